@@ -1,0 +1,55 @@
+"""What the control loop hands a policy, and what a policy answers.
+
+A policy is a pure function: ``decide(snapshot, state) -> (decision, state)``.
+The same policy objects run in the live control loop and in the simulator.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+Direction = Literal["out", "in", "hold"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Snapshot:
+    """One reading of the signals. ``None`` means the signal could not be read
+    (missing), which is never the same as zero."""
+
+    now: float  # seconds on a monotonic clock (or simulated time)
+    backlog: int | None  # requests waiting: RabbitMQ ready + unacked, or Kafka lag
+    arrival_rate: float | None  # requests/s offered, smoothed
+    per_instance_rps: float | None  # sustainable requests/s of one instance
+    busy_fraction: float | None  # mean over in-service instances, 0..1
+    gpu_utilization: float | None  # mean over in-service instances, 0..1
+    in_service: int  # instances serving now
+    pending: int  # instances booting (count as coming capacity, not free capacity)
+    desired: int  # the capacity last asked for
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    desired: int
+    direction: Direction
+    reasons: tuple[str, ...] = field(default_factory=tuple)
+
+
+S = TypeVar("S")
+
+
+class Policy(abc.ABC, Generic[S]):
+    """A scaling policy. Implementations hold configuration only; everything
+    that changes between calls lives in the state they return."""
+
+    name: str
+
+    @abc.abstractmethod
+    def initial_state(self) -> S: ...
+
+    @abc.abstractmethod
+    def decide(self, snapshot: Snapshot, state: S) -> tuple[Decision, S]: ...
+
+
+__all__ = ["Decision", "Direction", "Policy", "Snapshot"]

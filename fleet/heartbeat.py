@@ -1,0 +1,52 @@
+"""Worker heartbeats: what each worker tells the autoscaler every few seconds.
+
+Heartbeats are small and not tensor data, so they travel as JSON, validated
+with pydantic at the edge.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fleet.errors import DecodeError
+
+WorkerState = Literal["starting", "ready", "draining", "stopped"]
+
+
+class Heartbeat(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    worker_id: str
+    host: str = ""
+    instance_id: str | None = None  # the EC2 instance, where there is one
+    state: WorkerState = "ready"
+    models: list[str] = Field(default_factory=list)
+    sent_at: float  # seconds since the epoch
+    interval_s: float = 5.0
+    throughput_rps: float = 0.0  # requests answered per second over the last interval
+    busy_fraction: float = 0.0  # share of the interval spent running the model
+    batch_fill: float = 0.0  # mean batch size / max batch size
+    mean_batch_size: float = 0.0
+    queue_wait_ms_p50: float = 0.0
+    in_flight: int = 0  # requests received and not yet answered
+    gpu_utilization: float | None = None  # 0..1 from NVML; None without a GPU
+    provider: str = ""  # the ONNX Runtime execution provider in use
+    idle_reason: str | None = None  # e.g. no partitions assigned to this worker
+    answered_total: int = 0
+    errors_total: int = 0
+    expired_total: int = 0
+
+    def encode(self) -> bytes:
+        return self.model_dump_json().encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Heartbeat:
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise DecodeError(f"not a heartbeat: {exc.error_count()} invalid fields") from exc
+
+
+__all__ = ["Heartbeat", "WorkerState"]

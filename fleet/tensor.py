@@ -1,0 +1,160 @@
+"""Named tensors in the Open Inference Protocol's datatypes (KServe v2).
+
+A :class:`Tensor` holds raw little-endian bytes, a shape and a datatype. It
+converts to and from numpy without copying where numpy allows. ``BYTES``
+tensors hold variable-length elements, each a 4-byte little-endian length
+followed by its bytes, as in KServe's binary extension.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fleet.errors import InvalidArgument
+
+
+class DataType(enum.IntEnum):
+    """Tensor element types. The values are part of the wire format."""
+
+    BOOL = 1
+    UINT8 = 2
+    UINT16 = 3
+    UINT32 = 4
+    UINT64 = 5
+    INT8 = 6
+    INT16 = 7
+    INT32 = 8
+    INT64 = 9
+    FP16 = 10
+    FP32 = 11
+    FP64 = 12
+    BYTES = 13
+
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element; 0 for ``BYTES`` (variable length)."""
+        return 0 if self is DataType.BYTES else _NUMPY[self].itemsize
+
+    @property
+    def numpy(self) -> np.dtype[Any]:
+        return _NUMPY[self]
+
+    @classmethod
+    def from_numpy(cls, dtype: np.dtype[Any]) -> DataType:
+        if dtype.kind in ("O", "S"):
+            return cls.BYTES
+        try:
+            return _FROM_NUMPY[np.dtype(dtype).newbyteorder("<").str]
+        except KeyError:
+            raise InvalidArgument(f"numpy dtype {dtype} has no inference datatype") from None
+
+    @classmethod
+    def from_onnx(cls, onnx_type: str) -> DataType:
+        """Map an ONNX Runtime type string such as ``tensor(float)``."""
+        try:
+            return _FROM_ONNX[onnx_type]
+        except KeyError:
+            raise InvalidArgument(f"ONNX type {onnx_type} is not supported") from None
+
+
+_NUMPY: dict[DataType, np.dtype[Any]] = {
+    DataType.BOOL: np.dtype("?"),
+    DataType.UINT8: np.dtype("<u1"),
+    DataType.UINT16: np.dtype("<u2"),
+    DataType.UINT32: np.dtype("<u4"),
+    DataType.UINT64: np.dtype("<u8"),
+    DataType.INT8: np.dtype("<i1"),
+    DataType.INT16: np.dtype("<i2"),
+    DataType.INT32: np.dtype("<i4"),
+    DataType.INT64: np.dtype("<i8"),
+    DataType.FP16: np.dtype("<f2"),
+    DataType.FP32: np.dtype("<f4"),
+    DataType.FP64: np.dtype("<f8"),
+    DataType.BYTES: np.dtype("O"),
+}
+_FROM_NUMPY = {dt.str: t for t, dt in _NUMPY.items() if t is not DataType.BYTES}
+_FROM_ONNX = {
+    "tensor(bool)": DataType.BOOL,
+    "tensor(uint8)": DataType.UINT8,
+    "tensor(uint16)": DataType.UINT16,
+    "tensor(uint32)": DataType.UINT32,
+    "tensor(uint64)": DataType.UINT64,
+    "tensor(int8)": DataType.INT8,
+    "tensor(int16)": DataType.INT16,
+    "tensor(int32)": DataType.INT32,
+    "tensor(int64)": DataType.INT64,
+    "tensor(float16)": DataType.FP16,
+    "tensor(float)": DataType.FP32,
+    "tensor(double)": DataType.FP64,
+    "tensor(string)": DataType.BYTES,
+}
+_LEN = struct.Struct("<I")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Tensor:
+    """A named tensor: datatype, shape and raw little-endian data."""
+
+    name: str
+    datatype: DataType
+    shape: tuple[int, ...]
+    data: bytes | memoryview
+
+    @property
+    def element_count(self) -> int:
+        return math.prod(self.shape)
+
+    @classmethod
+    def from_numpy(cls, name: str, array: npt.ArrayLike) -> Tensor:
+        arr = np.asarray(array)
+        datatype = DataType.from_numpy(arr.dtype)
+        if datatype is DataType.BYTES:
+            parts: list[bytes] = []
+            for item in arr.reshape(-1):
+                raw = item.encode() if isinstance(item, str) else bytes(item)
+                parts.append(_LEN.pack(len(raw)))
+                parts.append(raw)
+            return cls(name=name, datatype=datatype, shape=arr.shape, data=b"".join(parts))
+        arr = np.ascontiguousarray(arr, dtype=datatype.numpy)
+        return cls(name=name, datatype=datatype, shape=arr.shape, data=arr.data.cast("B"))
+
+    def to_numpy(self) -> npt.NDArray[Any]:
+        """A numpy view of the data (read-only when the data is ``bytes``)."""
+        count = self.element_count
+        if self.datatype is DataType.BYTES:
+            return _split_bytes(self.data, count).reshape(self.shape)
+        expected = count * self.datatype.itemsize
+        if len(self.data) != expected:
+            raise InvalidArgument(
+                f"tensor {self.name!r}: {len(self.data)} bytes of data, "
+                f"shape {list(self.shape)} of {self.datatype.name} needs {expected}"
+            )
+        return np.frombuffer(self.data, dtype=self.datatype.numpy, count=count).reshape(self.shape)
+
+
+def _split_bytes(data: bytes | memoryview, count: int) -> npt.NDArray[Any]:
+    view = memoryview(data)
+    out = np.empty(count, dtype=object)
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(view):
+            raise InvalidArgument(f"BYTES tensor ends after {i} of {count} elements")
+        (size,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + size > len(view):
+            raise InvalidArgument(f"BYTES element {i} runs past the end of the data")
+        out[i] = bytes(view[pos : pos + size])
+        pos += size
+    if pos != len(view):
+        raise InvalidArgument(f"BYTES tensor has {len(view) - pos} trailing bytes")
+    return out
+
+
+__all__ = ["DataType", "Tensor"]

@@ -1,0 +1,237 @@
+"""The transport protocol: the only thing the client, the worker and the
+autoscaler know about a broker.
+
+Names (the same on every broker):
+
+- work queue / topic per model and priority class: ``fleet.<model>.<online|batch>``
+- dead letters: ``fleet.dead-letter``
+- heartbeats: ``fleet.heartbeats``
+
+Semantics every implementation keeps (the behavioural suite checks them):
+
+- ``publish_request`` returns only once the broker has the message (publisher
+  confirm / acks=all). A model nobody declared raises :class:`ModelNotFound`, a
+  full queue :class:`Overloaded`, a broker out of reach :class:`Unavailable`.
+- A delivery that is neither acked nor rejected when its consumer goes away
+  (crash, disconnect, cancel) is delivered again, with ``attempt`` one higher.
+  Past ``delivery_limit`` attempts it goes to the dead-letter queue instead.
+- ``reject`` sends a delivery to the dead-letter queue at once.
+- Replies go to the address ``open_inbox`` returned. An inbox survives a
+  reconnect under the same address; replies sent while it was gone are lost,
+  which is why the client re-sends what is unanswered after a reconnect.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import ClassVar
+from urllib.parse import parse_qs, urlsplit
+
+from fleet.contract import Priority, check_model_name
+from fleet.errors import ConfigError
+from fleet.logging import get_logger
+
+log = get_logger("fleet.transport")
+
+DEAD_LETTER = "fleet.dead-letter"
+HEARTBEATS = "fleet.heartbeats"
+
+OnDelivery = Callable[["Delivery"], Awaitable[None]]
+OnBytes = Callable[[bytes], None]
+Listener = Callable[[], Awaitable[None] | None]
+
+
+def queue_name(model: str, priority: Priority) -> str:
+    return f"fleet.{check_model_name(model)}.{priority.label}"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class TransportOptions:
+    """Settings common to every transport; each may be given in the URL's query
+    string (``amqp://host/?max_queue_length=5000``) or as keyword arguments."""
+
+    max_queue_length: int = 10_000  # messages per work queue; past it: Overloaded
+    delivery_limit: int = 5  # deliveries before a message is dead-lettered
+    publish_timeout: float = 5.0  # seconds to wait for a broker confirm
+    reconnect_interval: float = 0.5  # seconds between reconnection attempts
+    partitions: int = 8  # Kafka: partitions per request topic
+    max_lag: int = 10_000  # Kafka: lag past which publishing is refused (Overloaded)
+
+    @classmethod
+    def from_url(cls, url: str, **overrides: object) -> TransportOptions:
+        query = parse_qs(urlsplit(url).query)
+        values: dict[str, object] = {}
+        fields = cls.__dataclass_fields__
+        for key, raw in query.items():
+            if key not in fields:
+                continue  # transport-specific query parameters pass through
+            kind = type(getattr(cls(), key))
+            try:
+                values[key] = kind(raw[-1])
+            except ValueError:
+                raise ConfigError(f"URL option {key}={raw[-1]!r} is not a valid {kind.__name__}") from None
+        for key, value in overrides.items():
+            if key not in fields:
+                raise ConfigError(f"unknown transport option {key!r}")
+            if value is not None:
+                values[key] = value
+        opts = cls(**values)  # type: ignore[arg-type]
+        for key in ("max_queue_length", "delivery_limit", "partitions", "max_lag"):
+            if getattr(opts, key) < 1:
+                raise ConfigError(f"transport option {key} must be at least 1")
+        return opts
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Depth:
+    """How much work waits for a model. ``None`` means the broker would not say."""
+
+    model: str
+    ready: int  # waiting, not yet delivered (RabbitMQ ready; Kafka lag)
+    in_flight: int | None  # delivered, not yet acked (RabbitMQ unacked)
+    consumers: int | None = None
+
+    @property
+    def backlog(self) -> int:
+        return self.ready + (self.in_flight or 0)
+
+
+class Delivery(abc.ABC):
+    """One broker message handed to a consumer."""
+
+    body: bytes
+    model: str
+    priority: Priority
+    attempt: int  # 1 on the first delivery
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """Done with it: the broker forgets it. A no-op on a dead channel."""
+
+    @abc.abstractmethod
+    async def reject(self) -> None:
+        """Give up on it: the broker moves it to the dead-letter queue."""
+
+
+class Consumer(abc.ABC):
+    @abc.abstractmethod
+    async def cancel(self) -> None:
+        """Stop receiving. What was delivered and not acked may still be acked."""
+
+    def idle_reason(self) -> str | None:
+        """Why this consumer gets nothing although the broker is up (Kafka: no
+        partition assigned because there are more workers than partitions)."""
+        return None
+
+
+class Transport(abc.ABC):
+    """A broker connection. Use as ``async with connect(url) as transport``."""
+
+    scheme: ClassVar[str]
+
+    def __init__(self, url: str, options: TransportOptions) -> None:
+        self.url = url
+        self.options = options
+        self._reconnect_listeners: list[Listener] = []
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ lifecycle
+    @abc.abstractmethod
+    async def connect(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @property
+    @abc.abstractmethod
+    def connected(self) -> bool: ...
+
+    def add_reconnect_listener(self, listener: Listener) -> None:
+        """Called after a lost connection is back, topology re-declared and
+        consumers and inboxes restored."""
+        self._reconnect_listeners.append(listener)
+
+    async def _fire_reconnected(self) -> None:
+        for listener in list(self._reconnect_listeners):
+            try:
+                result = listener()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                log.exception("reconnect listener failed")
+
+    # ------------------------------------------------------------------ topology
+    @abc.abstractmethod
+    async def declare_model(self, model: str) -> None:
+        """Create the model's work queues (both priority classes). Idempotent."""
+
+    # ------------------------------------------------------------------ client side
+    @abc.abstractmethod
+    async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
+        """Publish a request frame and wait for the broker to confirm it."""
+
+    @abc.abstractmethod
+    async def open_inbox(self, on_reply: OnBytes) -> str:
+        """Start receiving reply frames; returns the address workers reply to."""
+
+    # ------------------------------------------------------------------ worker side
+    @abc.abstractmethod
+    async def consume(
+        self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int
+    ) -> Consumer:
+        """Deliver the model's requests of one priority class, at most
+        ``prefetch`` unacked at a time."""
+
+    @abc.abstractmethod
+    async def publish_reply(self, reply_to: str, body: bytes) -> None:
+        """Publish a reply frame (confirmed). An inbox that is gone drops it."""
+
+    @abc.abstractmethod
+    async def publish_heartbeat(self, body: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer: ...
+
+    # ------------------------------------------------------------------ operators
+    @abc.abstractmethod
+    async def depth(self, model: str) -> Depth:
+        """Backlog of the model over both priority classes."""
+
+    @abc.abstractmethod
+    async def take_dead_letters(self, limit: int = 100) -> list[bytes]:
+        """Remove and return up to ``limit`` messages from the dead-letter queue."""
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until true or ``timeout`` seconds pass."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() >= end:
+            return False
+        await asyncio.sleep(interval)
+    return True
+
+
+__all__ = [
+    "DEAD_LETTER",
+    "HEARTBEATS",
+    "Consumer",
+    "Delivery",
+    "Depth",
+    "OnBytes",
+    "OnDelivery",
+    "Transport",
+    "TransportOptions",
+    "queue_name",
+]

@@ -1,0 +1,362 @@
+"""The binary encoding of fleet messages, version 1.
+
+A broker message is one *frame* holding one or more items, so that many
+requests (or replies) share the per-message cost of the broker::
+
+    frame   := magic "\\x89FLT" | version u8 | kind u8 | flags u16
+               | reply_to str | count u32 | item*count
+    item    := length u32 | id str | body            (one bad body never fails its neighbours)
+    request := model str | version str | deadline f64 | sent_at f64 | priority u8
+               | nparams u16 | param* | ninputs u16 | tensor*
+    reply   := model str | version str | status u8 (0 ok, 1 error)
+               | [code u16 | retriable u8 | message str]
+               | queue_ms f32 | inference_ms f32 | batch_size u32 | worker_id str
+               | noutputs u16 | tensor*
+    tensor  := name str | datatype u8 | rank u8 | dim u64*rank | nbytes u64 | data
+    param   := key str | tag u8 (0 bool, 1 int, 2 float, 3 str) | value
+    str     := length u16 | utf-8
+
+All integers are little-endian. Every length is checked against
+:class:`Limits` before anything is allocated; any malformed input raises a
+:class:`fleet.errors.DecodeError` (or a subclass), never anything else.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fleet.contract import ErrorInfo, ItemError, ParamValue, Priority, Reply, Request, Timings
+from fleet.errors import DecodeError, FleetError, LimitExceeded, UnsupportedVersion
+from fleet.tensor import DataType, Tensor
+
+MAGIC = b"\x89FLT"
+VERSION = 1
+KIND_REQUESTS = 1
+KIND_REPLIES = 2
+
+_HEAD = struct.Struct("<4sBBH")
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_I64 = struct.Struct("<q")
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+_MAX_ERROR_MESSAGE = 4096
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Limits:
+    """What a decoder accepts. Enforced while decoding, before allocating."""
+
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_items: int = 4096
+    max_tensors: int = 64
+    max_rank: int = 8
+    max_elements: int = 1 << 27
+    max_parameters: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _str(parts: list[bytes], value: str) -> None:
+    raw = value.encode()
+    if len(raw) > 0xFFFF:
+        raise LimitExceeded(f"string of {len(raw)} bytes is longer than 65535")
+    parts.append(_U16.pack(len(raw)))
+    parts.append(raw)
+
+
+def _tensor(parts: list[bytes], t: Tensor) -> None:
+    _str(parts, t.name)
+    parts.append(_U8.pack(int(t.datatype)))
+    parts.append(_U8.pack(len(t.shape)))
+    for dim in t.shape:
+        parts.append(_U64.pack(dim))
+    parts.append(_U64.pack(len(t.data)))
+    parts.append(bytes(t.data))
+
+
+def _param(parts: list[bytes], key: str, value: ParamValue) -> None:
+    _str(parts, key)
+    if isinstance(value, bool):
+        parts.append(b"\x00\x01" if value else b"\x00\x00")
+    elif isinstance(value, int):
+        parts.append(b"\x01" + _I64.pack(value))
+    elif isinstance(value, float):
+        parts.append(b"\x02" + _F64.pack(value))
+    else:
+        parts.append(b"\x03")
+        _str(parts, str(value))
+
+
+def _frame(kind: int, reply_to: str, items: Sequence[list[bytes]]) -> bytes:
+    parts = [_HEAD.pack(MAGIC, VERSION, kind, 0)]
+    _str(parts, reply_to)
+    parts.append(_U32.pack(len(items)))
+    for item in items:
+        parts.append(_U32.pack(sum(len(p) for p in item)))
+        parts.extend(item)
+    return b"".join(parts)
+
+
+def encode_request_body(req: Request) -> list[bytes]:
+    """One request as the parts of a frame item (cached by the client for re-sends)."""
+    parts: list[bytes] = []
+    _str(parts, req.id)
+    _str(parts, req.model)
+    _str(parts, req.version or "")
+    parts.append(_F64.pack(req.deadline))
+    parts.append(_F64.pack(req.sent_at))
+    parts.append(_U8.pack(int(req.priority)))
+    parts.append(_U16.pack(len(req.parameters)))
+    for key, value in req.parameters.items():
+        _param(parts, key, value)
+    parts.append(_U16.pack(len(req.inputs)))
+    for t in req.inputs:
+        _tensor(parts, t)
+    return parts
+
+
+def encode_requests(requests: Iterable[Request | list[bytes]], reply_to: str) -> bytes:
+    """Requests (or bodies from :func:`encode_request_body`) as one frame."""
+    items = [r if isinstance(r, list) else encode_request_body(r) for r in requests]
+    return _frame(KIND_REQUESTS, reply_to, items)
+
+
+def encode_replies(replies: Iterable[Reply]) -> bytes:
+    items: list[list[bytes]] = []
+    for rep in replies:
+        parts: list[bytes] = []
+        _str(parts, rep.id)
+        _str(parts, rep.model)
+        _str(parts, rep.version)
+        if rep.error is None:
+            parts.append(b"\x00")
+        else:
+            message = rep.error.message.encode()[:_MAX_ERROR_MESSAGE].decode(errors="ignore")
+            parts.append(b"\x01" + _U16.pack(rep.error.code) + _U8.pack(rep.error.retriable))
+            _str(parts, message)
+        tm = rep.timings
+        parts.append(_F32.pack(tm.queue_ms))
+        parts.append(_F32.pack(tm.inference_ms))
+        parts.append(_U32.pack(tm.batch_size))
+        _str(parts, tm.worker_id)
+        parts.append(_U16.pack(len(rep.outputs)))
+        for t in rep.outputs:
+            _tensor(parts, t)
+        items.append(parts)
+    return _frame(KIND_REPLIES, "", items)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+class _Reader:
+    __slots__ = ("buf", "end", "pos")
+
+    def __init__(self, buf: memoryview, pos: int = 0, end: int | None = None) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = len(buf) if end is None else end
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > self.end:
+            raise DecodeError(f"truncated: wanted {n} bytes at offset {self.pos}, {self.end - self.pos} left")
+        view = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return view
+
+    def unpack(self, st: struct.Struct) -> int:
+        return st.unpack(self.take(st.size))[0]  # type: ignore[no-any-return]
+
+    def f64(self) -> float:
+        return float(_F64.unpack(self.take(8))[0])
+
+    def f32(self) -> float:
+        return float(_F32.unpack(self.take(4))[0])
+
+    def str(self) -> str:
+        raw = self.take(self.unpack(_U16))
+        try:
+            return bytes(raw).decode()
+        except UnicodeDecodeError:
+            raise DecodeError("a string is not valid UTF-8") from None
+
+
+def _read_tensor(r: _Reader, limits: Limits) -> Tensor:
+    name = r.str()
+    code = r.unpack(_U8)
+    try:
+        datatype = DataType(code)
+    except ValueError:
+        raise DecodeError(f"tensor {name!r}: unknown datatype code {code}") from None
+    rank = r.unpack(_U8)
+    if rank > limits.max_rank:
+        raise LimitExceeded(f"tensor {name!r}: rank {rank} is over the limit of {limits.max_rank}")
+    shape = tuple(r.unpack(_U64) for _ in range(rank))
+    count = math.prod(shape)
+    if count > limits.max_elements:
+        raise LimitExceeded(
+            f"tensor {name!r}: {count} elements is over the limit of {limits.max_elements}"
+        )
+    nbytes = r.unpack(_U64)
+    if datatype is not DataType.BYTES and nbytes != count * datatype.itemsize:
+        raise DecodeError(
+            f"tensor {name!r}: {nbytes} bytes of data, shape {list(shape)} of "
+            f"{datatype.name} needs {count * datatype.itemsize}"
+        )
+    return Tensor(name=name, datatype=datatype, shape=shape, data=r.take(nbytes))
+
+
+def _read_tensors(r: _Reader, limits: Limits) -> tuple[Tensor, ...]:
+    n = r.unpack(_U16)
+    if n > limits.max_tensors:
+        raise LimitExceeded(f"{n} tensors is over the limit of {limits.max_tensors}")
+    tensors = tuple(_read_tensor(r, limits) for _ in range(n))
+    if len({t.name for t in tensors}) != len(tensors):
+        raise DecodeError("two tensors share a name")
+    return tensors
+
+
+def _read_param(r: _Reader) -> tuple[str, ParamValue]:
+    key = r.str()
+    tag = r.unpack(_U8)
+    value: ParamValue
+    if tag == 0:
+        value = bool(r.unpack(_U8))
+    elif tag == 1:
+        value = r.unpack(_I64)
+    elif tag == 2:
+        value = r.f64()
+    elif tag == 3:
+        value = r.str()
+    else:
+        raise DecodeError(f"parameter {key!r}: unknown type tag {tag}")
+    return key, value
+
+
+def _read_request(r: _Reader, rid: str, limits: Limits) -> Request:
+    model = r.str()
+    version = r.str() or None
+    deadline = r.f64()
+    sent_at = r.f64()
+    prio = r.unpack(_U8)
+    if prio > max(Priority):
+        raise DecodeError(f"unknown priority {prio}")
+    nparams = r.unpack(_U16)
+    if nparams > limits.max_parameters:
+        raise LimitExceeded(f"{nparams} parameters is over the limit of {limits.max_parameters}")
+    params = dict(_read_param(r) for _ in range(nparams))
+    inputs = _read_tensors(r, limits)
+    return Request(
+        id=rid,
+        model=model,
+        version=version,
+        inputs=inputs,
+        deadline=deadline,
+        priority=Priority(prio),
+        parameters=params,
+        sent_at=sent_at,
+    )
+
+
+def _read_reply(r: _Reader, rid: str, limits: Limits) -> Reply:
+    model = r.str()
+    version = r.str()
+    status = r.unpack(_U8)
+    error: ErrorInfo | None = None
+    if status == 1:
+        code = r.unpack(_U16)
+        retriable = bool(r.unpack(_U8))
+        error = ErrorInfo(code=code, message=r.str(), retriable=retriable)
+    elif status != 0:
+        raise DecodeError(f"unknown reply status {status}")
+    timings = Timings(
+        queue_ms=r.f32(), inference_ms=r.f32(), batch_size=r.unpack(_U32), worker_id=r.str()
+    )
+    outputs = _read_tensors(r, limits)
+    return Reply(id=rid, model=model, version=version, outputs=outputs, error=error, timings=timings)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Frame:
+    kind: int
+    reply_to: str
+    items: list[Request | Reply | ItemError]
+
+
+def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    """Decode a frame. Frame-level damage raises :class:`DecodeError`; a damaged
+    item becomes an :class:`ItemError` (with its id when that much was readable)."""
+    if len(data) > limits.max_message_bytes:
+        raise LimitExceeded(
+            f"message of {len(data)} bytes is over the limit of {limits.max_message_bytes}"
+        )
+    r = _Reader(memoryview(data))
+    if len(data) < _HEAD.size:
+        raise DecodeError(f"message of {len(data)} bytes is shorter than a frame header")
+    magic, version, kind, _flags = _HEAD.unpack(r.take(_HEAD.size))
+    if magic != MAGIC:
+        raise DecodeError("not a fleet message (bad magic)")
+    if version != VERSION:
+        raise UnsupportedVersion(f"schema version {version}; this build speaks {VERSION}")
+    if kind not in (KIND_REQUESTS, KIND_REPLIES):
+        raise DecodeError(f"unknown frame kind {kind}")
+    reply_to = r.str()
+    count = r.unpack(_U32)
+    if count > limits.max_items:
+        raise LimitExceeded(f"{count} items is over the limit of {limits.max_items}")
+    read_body = _read_request if kind == KIND_REQUESTS else _read_reply
+    items: list[Request | Reply | ItemError] = []
+    for _ in range(count):
+        size = r.unpack(_U32)
+        item = _Reader(r.buf, r.pos, r.pos + size)
+        r.take(size)  # bounds-checks the whole item before reading into it
+        rid = ""
+        try:
+            rid = item.str()
+            body = read_body(item, rid, limits)
+            if item.pos != item.end:
+                raise DecodeError(f"{item.end - item.pos} trailing bytes in an item")
+            items.append(body)
+        except FleetError as exc:
+            items.append(ItemError(id=rid, error=exc))
+    if r.pos != r.end:
+        raise DecodeError(f"{r.end - r.pos} trailing bytes after the last item")
+    return Frame(kind=kind, reply_to=reply_to, items=items)
+
+
+def decode_requests(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    frame = decode(data, limits)
+    if frame.kind != KIND_REQUESTS:
+        raise DecodeError("expected a request frame, got replies")
+    return frame
+
+
+def decode_replies(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
+    frame = decode(data, limits)
+    if frame.kind != KIND_REPLIES:
+        raise DecodeError("expected a reply frame, got requests")
+    return frame
+
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "VERSION",
+    "Frame",
+    "Limits",
+    "decode",
+    "decode_replies",
+    "decode_requests",
+    "encode_replies",
+    "encode_request_body",
+    "encode_requests",
+]

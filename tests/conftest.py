@@ -1,0 +1,92 @@
+"""Shared fixtures: which brokers the tiers run against, and the built models.
+
+Brokers come from the environment:
+
+- ``FLEET_TEST_AMQP_URL`` / ``FLEET_TEST_KAFKA_URL``: the broker to test against;
+- ``FLEET_TEST_AMQP_RESTART`` / ``FLEET_TEST_KAFKA_RESTART``: a shell command that
+  restarts that broker (the fault tests need it).
+
+``scripts/test.sh`` starts local servers and sets all four. Under ``CI=true`` a
+tier whose broker is missing fails; elsewhere it is skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.transport.memory import MemoryBroker
+
+ROOT = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+_ENV = {"amqp": "FLEET_TEST_AMQP_URL", "kafka": "FLEET_TEST_KAFKA_URL"}
+_RESTART_ENV = {"amqp": "FLEET_TEST_AMQP_RESTART", "kafka": "FLEET_TEST_KAFKA_RESTART"}
+
+
+def missing(what: str) -> None:
+    """Fail under CI, skip elsewhere: a tier never passes for lack of a service."""
+    if IN_CI:
+        pytest.fail(f"{what} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(what)
+
+
+def broker_url_for(kind: str) -> str:
+    if kind == "memory":
+        return f"memory://test-{uuid.uuid4().hex[:8]}"
+    url = os.environ.get(_ENV[kind])
+    if not url:
+        missing(f"{_ENV[kind]} is not set; run scripts/test.sh to start a local {kind} broker")
+    assert url is not None
+    return url
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("memory", marks=pytest.mark.memory),
+        pytest.param("amqp", marks=pytest.mark.rabbitmq),
+        pytest.param("kafka", marks=pytest.mark.kafka),
+    ]
+)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def broker_url(broker_kind: str) -> Iterator[str]:
+    url = broker_url_for(broker_kind)
+    yield url
+    if broker_kind == "memory":
+        MemoryBroker.reset(url.removeprefix("memory://"))
+
+
+@pytest.fixture
+def restart_broker(broker_kind: str, broker_url: str) -> object:
+    """An async callable that restarts the broker under test."""
+
+    async def restart() -> None:
+        if broker_kind == "memory":
+            await MemoryBroker.get(broker_url.removeprefix("memory://")).restart()
+            return
+        cmd = os.environ.get(_RESTART_ENV[broker_kind])
+        if not cmd:
+            missing(f"{_RESTART_ENV[broker_kind]} is not set: cannot restart the broker")
+        assert cmd is not None
+        import asyncio
+
+        proc = await asyncio.create_subprocess_shell(cmd, stdout=subprocess.DEVNULL)
+        rc = await proc.wait()
+        assert rc == 0, f"restart command {cmd!r} exited {rc}"
+
+    return restart
+
+
+@pytest.fixture
+def unique_model() -> str:
+    """A model name no other test uses (queues and topics are per model)."""
+    return f"t{uuid.uuid4().hex[:10]}"
