@@ -41,7 +41,9 @@ class Priority(enum.IntEnum):
             try:
                 return cls[value.upper()]
             except KeyError:
-                raise InvalidArgument(f"priority must be 'online' or 'batch', not {value!r}") from None
+                raise InvalidArgument(
+                    f"priority must be 'online' or 'batch', not {value!r}"
+                ) from None
         return cls(value)
 
 

@@ -123,7 +123,8 @@ class Tensor:
                 parts.append(raw)
             return cls(name=name, datatype=datatype, shape=arr.shape, data=b"".join(parts))
         arr = np.ascontiguousarray(arr, dtype=datatype.numpy)
-        return cls(name=name, datatype=datatype, shape=arr.shape, data=arr.data.cast("B"))
+        data = arr.data.cast("B") if arr.size else b""
+        return cls(name=name, datatype=datatype, shape=arr.shape, data=data)
 
     def to_numpy(self) -> npt.NDArray[Any]:
         """A numpy view of the data (read-only when the data is ``bytes``)."""

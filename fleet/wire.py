@@ -169,7 +169,9 @@ class _Reader:
 
     def take(self, n: int) -> memoryview:
         if n < 0 or self.pos + n > self.end:
-            raise DecodeError(f"truncated: wanted {n} bytes at offset {self.pos}, {self.end - self.pos} left")
+            raise DecodeError(
+                f"truncated: wanted {n} bytes at offset {self.pos}, {self.end - self.pos} left"
+            )
         view = self.buf[self.pos : self.pos + n]
         self.pos += n
         return view
@@ -283,7 +285,9 @@ def _read_reply(r: _Reader, rid: str, limits: Limits) -> Reply:
         queue_ms=r.f32(), inference_ms=r.f32(), batch_size=r.unpack(_U32), worker_id=r.str()
     )
     outputs = _read_tensors(r, limits)
-    return Reply(id=rid, model=model, version=version, outputs=outputs, error=error, timings=timings)
+    return Reply(
+        id=rid, model=model, version=version, outputs=outputs, error=error, timings=timings
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -334,6 +338,29 @@ def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
     return Frame(kind=kind, reply_to=reply_to, items=items)
 
 
+def salvage_ids(data: bytes | memoryview, max_items: int = 65_536) -> tuple[str, list[str]]:
+    """Best effort for a frame :func:`decode` refused (too large, say): the
+    reply address and the request ids it can still read, so their callers can
+    be told at once. Never raises."""
+    reply_to = ""
+    ids: list[str] = []
+    try:
+        r = _Reader(memoryview(data))
+        magic, _version, kind, _flags = _HEAD.unpack(r.take(_HEAD.size))
+        if magic != MAGIC or kind != KIND_REQUESTS:
+            return "", []
+        reply_to = r.str()
+        count = min(r.unpack(_U32), max_items)
+        for _ in range(count):
+            size = r.unpack(_U32)
+            item = _Reader(r.buf, r.pos, r.pos + size)
+            r.take(size)
+            ids.append(item.str())
+    except FleetError:
+        pass
+    return reply_to, ids
+
+
 def decode_requests(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
     frame = decode(data, limits)
     if frame.kind != KIND_REQUESTS:
@@ -359,4 +386,5 @@ __all__ = [
     "encode_replies",
     "encode_request_body",
     "encode_requests",
+    "salvage_ids",
 ]

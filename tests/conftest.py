@@ -90,3 +90,24 @@ def restart_broker(broker_kind: str, broker_url: str) -> object:
 def unique_model() -> str:
     """A model name no other test uses (queues and topics are per model)."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo models, built once per test run (deterministic)."""
+    from worker.zoo import build_all
+
+    root = ROOT / ".cache" / "test-models"
+    build_all(root)
+    return root
+
+
+@pytest.fixture
+def model_repo(tmp_path: Path, built_models: Path, unique_model: str) -> Path:
+    """A model repository serving ``digits`` and ``mlp`` under names unique to
+    this test: ``<unique_model>-digits`` and ``<unique_model>-mlp``."""
+    root = tmp_path / "models"
+    root.mkdir()
+    for name in ("digits", "mlp"):
+        (root / f"{unique_model}-{name}").symlink_to(built_models / name, target_is_directory=True)
+    return root

@@ -73,7 +73,9 @@ class TransportOptions:
             try:
                 values[key] = kind(raw[-1])
             except ValueError:
-                raise ConfigError(f"URL option {key}={raw[-1]!r} is not a valid {kind.__name__}") from None
+                raise ConfigError(
+                    f"URL option {key}={raw[-1]!r} is not a valid {kind.__name__}"
+                ) from None
         for key, value in overrides.items():
             if key not in fields:
                 raise ConfigError(f"unknown transport option {key!r}")

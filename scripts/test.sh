@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The one test command: installs everything, starts the services it needs,
+# runs lint, types and every test tier, then stops what it started.
+#
+#   scripts/test.sh                 everything
+#   scripts/test.sh -m unit         extra arguments go to pytest
+#
+# Services: a URL in the environment wins (FLEET_TEST_AMQP_URL,
+# FLEET_TEST_KAFKA_URL, FLEET_TEST_AWS_URL; a broker you bring yourself, for
+# example a container). Otherwise local servers are started on loopback by
+# scripts/rabbitmq.sh (RabbitMQ from apt), scripts/kafka.sh (Apache Kafka jars
+# from Maven Central, KRaft mode) and scripts/moto.sh (moto's AWS server).
+# Under CI=true a tier whose service is missing fails; it is never skipped.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PYTHON="${PYTHON:-python3}"
+started=()
+
+say() { printf '\n==> %s\n' "$*" >&2; }
+
+cleanup() {
+    local rc=$?
+    for svc in "${started[@]}"; do
+        bash "scripts/${svc}.sh" stop >/dev/null 2>&1 || echo "could not stop ${svc}" >&2
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+
+say "python environment (.venv)"
+[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev,aws]'
+
+start_service() { # name env-var restart-env-var
+    local name=$1 var=$2 restart_var=${3:-}
+    if [[ -n "${!var:-}" ]]; then
+        say "$name: using $var from the environment"
+        return
+    fi
+    say "$name: starting a local server"
+    local url
+    url=$(bash "scripts/${name}.sh" start | tail -n 1)
+    started+=("$name")
+    export "$var=$url"
+    if [[ -n "$restart_var" ]]; then
+        export "$restart_var=bash $ROOT/scripts/${name}.sh restart"
+    fi
+}
+start_service rabbitmq FLEET_TEST_AMQP_URL FLEET_TEST_AMQP_RESTART
+start_service kafka FLEET_TEST_KAFKA_URL FLEET_TEST_KAFKA_RESTART
+start_service moto FLEET_TEST_AWS_URL
+
+say "lint and types"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+
+say "tests: every tier"
+.venv/bin/pytest "$@"

@@ -1,0 +1,77 @@
+"""The ``fleet`` command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleet.cli import build_parser
+
+
+def _fleet(
+    *args: str, cwd: Path | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "fleet", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", ["demo", "worker", "models"])
+def test_every_command_has_help(command: str) -> None:
+    parser = build_parser()
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args([command, "--help"])
+    assert exc.value.code == 0
+
+
+@pytest.mark.unit
+def test_worker_refuses_bad_settings_clearly() -> None:
+    proc = _fleet("worker", "--broker", "http://nope", "--models", "m")
+    assert proc.returncode == 2
+    assert "broker" in proc.stderr and "must start with" in proc.stderr
+
+
+@pytest.mark.unit
+def test_worker_with_a_missing_repository_says_so(tmp_path: Path) -> None:
+    proc = _fleet("worker", "--models", str(tmp_path / "absent"), "--http-port", "0")
+    assert proc.returncode == 1
+    assert "ConfigError" in proc.stderr and "absent" in proc.stderr
+
+
+@pytest.mark.memory
+def test_demo_runs_and_loses_nothing(tmp_path: Path, built_models: Path) -> None:
+    proc = _fleet(
+        "--log-level",
+        "WARNING",
+        "demo",
+        "--models",
+        str(built_models),
+        "--duration",
+        "2",
+        "--concurrency",
+        "32",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "summary:" in proc.stdout and "lost: 0" in proc.stdout
+    assert "errors: none" in proc.stdout
+
+
+@pytest.mark.unit
+def test_models_build_is_deterministic(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _fleet("models", "build", str(a)).returncode == 0
+    assert _fleet("models", "build", str(b)).returncode == 0
+    for name in ("digits", "mlp"):
+        assert (a / name / "1" / "model.onnx").read_bytes() == (
+            b / name / "1" / "model.onnx"
+        ).read_bytes()

@@ -1,0 +1,203 @@
+"""The binary encoding: round trips, limits, item isolation, and fuzzing."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet import wire
+from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
+from fleet.errors import (
+    DecodeError,
+    ErrorCode,
+    FleetError,
+    InvalidArgument,
+    LimitExceeded,
+    Overloaded,
+    UnsupportedVersion,
+)
+from fleet.tensor import DataType, Tensor
+
+pytestmark = pytest.mark.unit
+
+ARRAYS = {
+    DataType.BOOL: np.array([[True, False, True]]),
+    DataType.UINT8: np.arange(6, dtype=np.uint8).reshape(2, 3),
+    DataType.INT32: np.array([[-1, 2**31 - 1]], dtype=np.int32),
+    DataType.INT64: np.array([-(2**63), 2**63 - 1], dtype=np.int64),
+    DataType.FP16: np.array([[0.5, -2.0]], dtype=np.float16),
+    DataType.FP32: np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4),
+    DataType.FP64: np.array([[np.pi]], dtype=np.float64),
+    DataType.BYTES: np.array([[b"abc", b""], [b"\x00\xff", "utf-8 \u00e9".encode()]], dtype=object),
+}
+
+
+def _request(rid: str = "r1", **kw: object) -> Request:
+    fields: dict[str, object] = {
+        "id": rid,
+        "model": "digits",
+        "inputs": (Tensor.from_numpy("input", np.ones((1, 4), np.float32)),),
+        "deadline": 2e9,
+    }
+    fields.update(kw)
+    return Request(**fields)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("datatype", list(ARRAYS), ids=lambda d: d.name)
+def test_every_datatype_round_trips(datatype: DataType) -> None:
+    arr = ARRAYS[datatype]
+    req = _request(inputs=(Tensor.from_numpy("x", arr),))
+    frame = wire.decode_requests(wire.encode_requests([req], "inbox"))
+    (got,) = frame.items
+    assert isinstance(got, Request)
+    out = got.inputs[0].to_numpy()
+    assert got.inputs[0].datatype is datatype
+    assert out.shape == arr.shape
+    if datatype is DataType.BYTES:
+        assert out.tolist() == arr.tolist()
+    else:
+        np.testing.assert_array_equal(out, arr)
+
+
+def test_request_fields_round_trip() -> None:
+    req = _request(
+        version="3",
+        priority=Priority.BATCH,
+        parameters={"flag": True, "n": -7, "x": 0.25, "s": "hello"},
+        sent_at=1234.5,
+    )
+    frame = wire.decode_requests(wire.encode_requests([req], "inbox.7"))
+    assert frame.reply_to == "inbox.7"
+    (got,) = frame.items
+    assert isinstance(got, Request)
+    assert (got.id, got.model, got.version, got.priority) == ("r1", "digits", "3", Priority.BATCH)
+    assert got.parameters == {"flag": True, "n": -7, "x": 0.25, "s": "hello"}
+    assert (got.deadline, got.sent_at) == (2e9, 1234.5)
+
+
+def test_replies_round_trip_with_outputs_and_errors() -> None:
+    ok = Reply(
+        id="a",
+        model="m",
+        version="1",
+        outputs=(Tensor.from_numpy("y", np.arange(3, dtype=np.int64)),),
+        timings=Timings(queue_ms=1.5, inference_ms=2.5, batch_size=8, worker_id="w"),
+    )
+    bad = Reply(id="b", model="m", error=ErrorInfo.of(Overloaded("full")))
+    frame = wire.decode_replies(wire.encode_replies([ok, bad]))
+    got_ok, got_bad = frame.items
+    assert isinstance(got_ok, Reply) and isinstance(got_bad, Reply)
+    np.testing.assert_array_equal(got_ok.arrays()["y"], [0, 1, 2])
+    assert got_ok.timings == ok.timings
+    assert got_bad.error == ErrorInfo(code=ErrorCode.OVERLOADED, message="full", retriable=True)
+    with pytest.raises(Overloaded, match="full"):
+        got_bad.arrays()
+
+
+def test_many_requests_share_one_frame_and_a_bad_item_fails_alone() -> None:
+    frame = bytearray(wire.encode_requests([_request("a"), _request("b"), _request("c")], "x"))
+    # corrupt the datatype byte of item "b" only
+    pos = frame.index(b"\x01\x00b") + 3  # id "b": u16 length 1, then "b"
+    pos = frame.index(b"input", pos) + len(b"input")
+    frame[pos] = 99
+    items = wire.decode_requests(bytes(frame)).items
+    assert [type(i).__name__ for i in items] == ["Request", "ItemError", "Request"]
+    bad = items[1]
+    assert isinstance(bad, ItemError) and bad.id == "b"
+    assert "datatype" in bad.error.message
+
+
+def test_unknown_schema_version_is_a_typed_error() -> None:
+    data = bytearray(wire.encode_requests([_request()], "x"))
+    data[4] = 99
+    with pytest.raises(UnsupportedVersion, match="99"):
+        wire.decode(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("limits", "match"),
+    [
+        pytest.param(wire.Limits(max_message_bytes=100), "message of", id="size"),
+        pytest.param(wire.Limits(max_items=1), "items", id="items"),
+    ],
+)
+def test_frame_limits(limits: wire.Limits, match: str) -> None:
+    data = wire.encode_requests([_request("a"), _request("b")], "x")
+    with pytest.raises(LimitExceeded, match=match):
+        wire.decode(data, limits)
+
+
+@pytest.mark.parametrize(
+    ("limits", "match"),
+    [
+        pytest.param(wire.Limits(max_rank=1), "rank", id="rank"),
+        pytest.param(wire.Limits(max_elements=3), "elements", id="elements"),
+        pytest.param(wire.Limits(max_tensors=0), "tensors", id="tensors"),
+    ],
+)
+def test_item_limits_fail_only_the_item(limits: wire.Limits, match: str) -> None:
+    (item,) = wire.decode(wire.encode_requests([_request()], "x"), limits).items
+    assert isinstance(item, ItemError) and isinstance(item.error, LimitExceeded)
+    assert match in item.error.message and item.id == "r1"
+
+
+def test_huge_declared_shape_is_refused_before_allocating() -> None:
+    data = bytearray(wire.encode_requests([_request()], "x"))
+    dims = struct.pack("<QQ", 1, 4)
+    at = data.index(dims)
+    data[at : at + 16] = struct.pack("<QQ", 1 << 40, 1 << 20)
+    (item,) = wire.decode(bytes(data)).items
+    assert isinstance(item, ItemError) and isinstance(item.error, LimitExceeded)
+
+
+def test_salvage_reads_ids_of_a_frame_over_the_size_limit() -> None:
+    data = wire.encode_requests([_request("a"), _request("b")], "inbox.1")
+    with pytest.raises(LimitExceeded):
+        wire.decode(data, wire.Limits(max_message_bytes=64))
+    assert wire.salvage_ids(data) == ("inbox.1", ["a", "b"])
+    assert wire.salvage_ids(b"garbage") == ("", [])
+
+
+def test_tensor_with_wrong_data_length_is_invalid() -> None:
+    t = Tensor(name="x", datatype=DataType.FP32, shape=(2, 2), data=b"\x00" * 12)
+    with pytest.raises(InvalidArgument, match="needs 16"):
+        t.to_numpy()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=512))
+def test_random_bytes_only_raise_typed_errors(data: bytes) -> None:
+    try:
+        frame = wire.decode(data)
+    except DecodeError:
+        return
+    for item in frame.items:
+        assert isinstance(item, Request | Reply | ItemError)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_mutated_valid_frames_only_raise_typed_errors(data: st.DataObject) -> None:
+    frame = bytearray(wire.encode_requests([_request("a"), _request("b", version="2")], "inbox"))
+    for _ in range(data.draw(st.integers(1, 8))):
+        pos = data.draw(st.integers(0, len(frame) - 1))
+        frame[pos] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    for blob in (bytes(frame), bytes(frame[:cut])):
+        try:
+            decoded = wire.decode(blob)
+        except DecodeError:
+            continue
+        for item in decoded.items:
+            if isinstance(item, ItemError):
+                assert isinstance(item.error, FleetError)
+            elif isinstance(item, Request):
+                for t in item.inputs:
+                    try:
+                        t.to_numpy()
+                    except InvalidArgument:
+                        pass

@@ -1,0 +1,55 @@
+"""Prometheus metrics of one worker (its own registry, so several workers can
+live in one process, as they do in tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+_TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class WorkerMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "fleet_worker_requests", "Requests by outcome", ["model", "outcome"], registry=r
+        )
+        self.batch_size = Histogram(
+            "fleet_worker_batch_size",
+            "Rows per batch",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "fleet_worker_queue_wait_seconds",
+            "From the client's publish to the start of inference",
+            ["model"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.inference = Histogram(
+            "fleet_worker_inference_seconds",
+            "Model run per batch",
+            ["model"],
+            buckets=_TIME_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "fleet_worker_in_flight", "Requests received, not answered", registry=r
+        )
+        self.gpu_utilization = Gauge(
+            "fleet_worker_gpu_utilization", "GPU utilization 0..1", registry=r
+        )
+        self.ready = Gauge("fleet_worker_ready", "1 when serving", registry=r)
+        self.dead_lettered = Counter(
+            "fleet_worker_dead_lettered", "Messages sent to the dead-letter queue", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+__all__ = ["WorkerMetrics"]

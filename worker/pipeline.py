@@ -1,0 +1,213 @@
+"""One model version's pipeline: batcher → model run off the event loop → results.
+
+Items whose deadline passed are dropped before inference. When a batch fails,
+its items are run one by one so that only the bad one fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from fleet.contract import ErrorInfo, Reply, Request, Timings
+from fleet.errors import FleetError, Internal
+from fleet.logging import get_logger
+from fleet.tensor import Tensor
+from worker.batcher import Batcher
+
+log = get_logger("worker.pipeline")
+
+Feeds = dict[str, npt.NDArray[Any]]
+
+
+class ModelRunner(Protocol):
+    """What the pipeline needs of :class:`worker.runtime.Runtime`."""
+
+    max_batch_size: int
+
+    def run(self, feeds: Feeds) -> Feeds: ...
+
+
+@dataclass(eq=False, slots=True)
+class Item:
+    request: Request
+    feeds: Feeds
+    rows: int
+    token: object  # the service's handle for settling the item's message
+    reply_to: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    item: Item
+    reply: Reply | None  # None: expired, dropped without a reply
+
+
+Emit = Callable[[list[Outcome]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    model: str
+    rows: int
+    inference_s: float
+    queue_wait_s: list[float] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        *,
+        model: str,
+        version: str,
+        runner: ModelRunner,
+        max_wait: float,
+        worker_id: str,
+        emit: Emit,
+        on_batch: Callable[[BatchStats], None],
+        threads: int = 1,
+    ) -> None:
+        self.model = model
+        self.version = version
+        self.runner = runner
+        self.worker_id = worker_id
+        self.batcher: Batcher[Item] = Batcher(runner.max_batch_size, max_wait)
+        self._emit = emit
+        self._on_batch = on_batch
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"ort-{model}")
+        self._slots = asyncio.Semaphore(threads)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    def submit(self, item: Item) -> None:
+        self.batcher.put(item, rows=item.rows, priority=item.request.priority)
+
+    @property
+    def busy(self) -> bool:
+        return len(self.batcher) > 0 or bool(self._tasks)
+
+    async def close(self) -> None:
+        """Finish what was submitted, then stop."""
+        self.batcher.close()
+        if self._loop_task is not None:
+            await self._loop_task
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    async def abort(self) -> None:
+        """Stop now; unfinished items are never answered (their messages are
+        redelivered by the broker)."""
+        self.batcher.close()
+        self.batcher.drain()
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(
+            self._loop_task or asyncio.sleep(0), *self._tasks, return_exceptions=True
+        )
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self) -> None:
+        while batch := await self.batcher.next_batch():
+            await self._slots.acquire()
+            task = asyncio.get_running_loop().create_task(self._process(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _process(self, batch: list[Item]) -> None:
+        try:
+            now = time.time()
+            outcomes = [Outcome(i, None) for i in batch if i.request.expired(now)]
+            live = [i for i in batch if not i.request.expired(now)]
+            if live:
+                outcomes.extend(await self._infer(live))
+        finally:
+            self._slots.release()  # the next batch may run while these replies go out
+        try:
+            await self._emit(outcomes)
+        except Exception:
+            log.exception("publishing replies failed", model=self.model)
+
+    async def _infer(self, items: list[Item]) -> list[Outcome]:
+        loop = asyncio.get_running_loop()
+        started = time.time()
+        t0 = time.perf_counter()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+        except Exception as exc:
+            if len(items) == 1:
+                return [self._error(items[0], exc)]
+            log.warning("batch failed; isolating its items", model=self.model, size=len(items))
+            results: list[Outcome] = []
+            for item in items:
+                results.extend(await self._infer([item]))
+            return results
+        elapsed = time.perf_counter() - t0
+        rows = sum(i.rows for i in items)
+        waits = [max(0.0, started - i.request.sent_at) for i in items]
+        self._on_batch(
+            BatchStats(model=self.model, rows=rows, inference_s=elapsed, queue_wait_s=waits)
+        )
+        out: list[Outcome] = []
+        offset = 0
+        for item, wait in zip(items, waits, strict=True):
+            tensors = tuple(
+                Tensor.from_numpy(name, arr[offset : offset + item.rows])
+                for name, arr in outputs.items()
+            )
+            offset += item.rows
+            timings = Timings(
+                queue_ms=wait * 1000,
+                inference_ms=elapsed * 1000,
+                batch_size=rows,
+                worker_id=self.worker_id,
+            )
+            out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings)))
+        return out
+
+    def _run_batch(self, items: list[Item]) -> Feeds:
+        if len(items) == 1:
+            feeds = items[0].feeds
+        else:
+            feeds = {
+                name: np.concatenate([i.feeds[name] for i in items], axis=0)
+                for name in items[0].feeds
+            }
+        return self.runner.run(feeds)
+
+    def _reply(
+        self,
+        item: Item,
+        *,
+        outputs: tuple[Tensor, ...] = (),
+        error: ErrorInfo | None = None,
+        timings: Timings | None = None,
+    ) -> Reply:
+        return Reply(
+            id=item.request.id,
+            model=self.model,
+            version=self.version,
+            outputs=outputs,
+            error=error,
+            timings=timings or Timings(worker_id=self.worker_id),
+        )
+
+    def _error(self, item: Item, exc: BaseException) -> Outcome:
+        if not isinstance(exc, FleetError):
+            log.warning("model run failed", model=self.model, error=repr(exc))
+            exc = Internal(f"model {self.model} version {self.version} failed: {exc}")
+        return Outcome(item, self._reply(item, error=ErrorInfo.of(exc)))
+
+
+__all__ = ["BatchStats", "Item", "ModelRunner", "Outcome", "Pipeline"]

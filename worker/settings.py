@@ -1,0 +1,46 @@
+"""Worker settings: command-line flags, else ``FLEET_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleet.transport import SCHEMES
+
+
+def _default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class WorkerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="forbid", frozen=True)
+
+    broker: str = Field("memory://default", description="broker URL (memory://, amqp://, kafka://)")
+    models: Path | str = Field(
+        ..., description="model repository: a directory or s3://bucket/prefix"
+    )
+    worker_id: str = Field(default_factory=_default_worker_id)
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(8080, description="0 picks a free port; None serves no HTTP")
+    heartbeat_interval: float = Field(5.0, gt=0)
+    drain_timeout: float = Field(30.0, gt=0, description="seconds SIGTERM waits for in-flight work")
+    prefetch: int | None = Field(
+        None, ge=1, description="unacked messages per queue; default 2x batch"
+    )
+    max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_model_threads: int = Field(1, ge=1, description="concurrent batches per model version")
+
+    @field_validator("broker")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        scheme = v.split("://", 1)[0]
+        if "://" not in v or scheme not in SCHEMES:
+            raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
+        return v
+
+
+__all__ = ["WorkerSettings"]
