@@ -1,0 +1,252 @@
+"""A model version's serving settings, read from ``<root>/<model>/<version>/config.toml``.
+
+Every field is optional::
+
+    max_batch_size = 32          # rows per model run
+    max_wait_ms = 2.0            # how long the batcher waits to fill a batch
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    allow_cpu_fallback = false   # may the session run on CPU when a GPU was asked for?
+    intra_op_threads = 0         # 0: the CPUs this process may use (affinity, cgroup quota)
+    inter_op_threads = 1
+    buckets = [1, 2, 4, 8, 16, 32]   # batch sizes warmed up (and padded to)
+    pad_to_bucket = true         # pad each batch up to the next bucket
+    trt_cache_dir = "/var/cache/fleet/trt"
+
+Defaults that depend on other fields are filled in when the file is read, so a
+loaded :class:`ModelConfig` holds the values the runtime will use.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from fleet.errors import ConfigError
+
+CONFIG_FILE = "config.toml"
+
+#: Execution providers that run on an accelerator rather than on the host CPU.
+GPU_PROVIDERS = frozenset(
+    {
+        "TensorrtExecutionProvider",
+        "NvTensorRTRTXExecutionProvider",
+        "CUDAExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+        "DmlExecutionProvider",
+    }
+)
+
+CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
+_CPU_CFS_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+_CPU_CFS_PERIOD = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+
+
+def cgroup_cpu_limit(cpu_max: Path = CPU_MAX) -> int | None:
+    """The CPU quota of this process's cgroup, rounded up; None when unlimited or unknown.
+
+    Reads cgroup v2's ``cpu.max`` (``"<quota> <period>"`` or ``"max <period>"``) and
+    falls back to cgroup v1's ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``.
+    """
+    try:
+        fields = cpu_max.read_text().split()
+    except OSError:
+        fields = []
+        if cpu_max == CPU_MAX:
+            try:
+                fields = [_CPU_CFS_QUOTA.read_text().strip(), _CPU_CFS_PERIOD.read_text().strip()]
+            except OSError:
+                return None
+    if len(fields) != 2 or fields[0] in ("max", "-1"):
+        return None
+    try:
+        quota, period = int(fields[0]), int(fields[1])
+    except ValueError:
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return max(1, math.ceil(quota / period))
+
+
+def available_cpus(cpu_max: Path = CPU_MAX) -> int:
+    """The CPUs this process may use: its affinity mask, capped by the cgroup quota.
+
+    ONNX Runtime's own default is the host's core count, which oversubscribes a
+    container limited to a few CPUs.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cpu_max)
+    return max(1, min(cpus, limit) if limit is not None else cpus)
+
+
+def default_buckets(max_batch_size: int) -> tuple[int, ...]:
+    """Powers of two below ``max_batch_size``, then ``max_batch_size`` itself."""
+    sizes: list[int] = []
+    size = 1
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch_size)
+    return tuple(sizes)
+
+
+def default_trt_cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fleet" / "trt"
+
+
+def trt_cache_path(
+    root: Path | None,
+    *,
+    model: str,
+    version: str,
+    file_sha256: str,
+    ort_version: str,
+    gpu_name: str | None,
+) -> Path:
+    """Where TensorRT engines for one model file, runtime and GPU are cached.
+
+    An engine is only valid for the exact model bytes, the ONNX Runtime (and so
+    TensorRT) version that built it and the GPU model it was built on; each of
+    them is part of the path so that a change never reuses a stale engine.
+    """
+    gpu = _slug(gpu_name) if gpu_name else "no-gpu"
+    key = f"{file_sha256[:16]}-ort{_slug(ort_version)}-{gpu}"
+    return (root or default_trt_cache_root()) / model / version / key
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-") or "unknown"
+
+
+class ModelConfig(BaseModel):
+    """Serving settings of one model version; see the module docstring for the file format."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(default=32, ge=1, le=65536)
+    max_wait_ms: float = Field(default=2.0, ge=0.0, le=60_000.0)
+    providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",), min_length=1)
+    allow_cpu_fallback: bool = False
+    intra_op_threads: int = Field(default=0, ge=0, le=1024, validate_default=True)
+    inter_op_threads: int = Field(default=1, ge=1, le=1024)
+    buckets: tuple[int, ...] = ()
+    pad_to_bucket: bool = False
+    trt_cache_dir: Path | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_dependent_defaults(cls, data: Any) -> Any:
+        """Defaults that depend on the provider list and the batch size."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        providers = data.get("providers", ("CPUExecutionProvider",))
+        first = providers[0] if isinstance(providers, list | tuple) and providers else None
+        on_gpu = isinstance(first, str) and first in GPU_PROVIDERS
+        data.setdefault("allow_cpu_fallback", not on_gpu)
+        data.setdefault("pad_to_bucket", on_gpu)
+        max_batch = data.get("max_batch_size", 32)
+        if "buckets" not in data and type(max_batch) is int and max_batch >= 1:
+            data["buckets"] = default_buckets(max_batch)
+        return data
+
+    @field_validator("providers")
+    @classmethod
+    def _unique_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"providers are listed twice: {list(value)}")
+        if any(not name for name in value):
+            raise ValueError("provider names must not be empty")
+        return value
+
+    @field_validator("intra_op_threads")
+    @classmethod
+    def _resolve_threads(cls, value: int) -> int:
+        return value or available_cpus()
+
+    @field_validator("buckets")
+    @classmethod
+    def _check_buckets(cls, value: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        max_batch = info.data.get("max_batch_size")
+        if max_batch is None:  # max_batch_size itself is invalid and reported
+            return value
+        if not value:
+            raise ValueError("at least one batch size is needed")
+        bad = [b for b in value if b < 1 or b > max_batch]
+        if bad:
+            raise ValueError(
+                f"batch sizes must be between 1 and max_batch_size ({max_batch}), got {bad}"
+            )
+        return tuple(sorted({*value, max_batch}))
+
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the first (preferred) provider runs on an accelerator."""
+        return self.providers[0] in GPU_PROVIDERS
+
+    @classmethod
+    def from_toml(cls, path: Path) -> ModelConfig:
+        """Read ``config.toml``; a missing file means every default."""
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return cls()
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from exc
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+        return cls.from_mapping(data, source=str(path))
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], *, source: str = "model config") -> ModelConfig:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(f"{source}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad field, naming the field and what was wrong."""
+    known = ", ".join(ModelConfig.model_fields)
+    lines: list[str] = []
+    for err in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in err["loc"]) or "(file)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown field {field!r} (known fields: {known})")
+            continue
+        message = err["msg"].removeprefix("Value error, ")
+        shown = err["type"] != "value_error" and "input" in err
+        got = f" (got {err['input']!r})" if shown else ""
+        lines.append(f"field {field!r}: {message}{got}")
+    return "; ".join(lines)
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "GPU_PROVIDERS",
+    "ModelConfig",
+    "available_cpus",
+    "cgroup_cpu_limit",
+    "default_buckets",
+    "trt_cache_path",
+]
