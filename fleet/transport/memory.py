@@ -145,7 +145,10 @@ class MemoryBroker:
                 del q.unacked[tag]
             # back at the head, in their original order, like a requeue
             for _tag, m in reversed(mine):
-                q.ready.appendleft(m)
+                if m.attempts >= q.delivery_limit:  # like RabbitMQ: dead-lettered on return
+                    self.dead_letters.append(m.body)
+                else:
+                    q.ready.appendleft(m)
             consumer.in_flight = 0
         self.pump(q)
 

@@ -1,0 +1,179 @@
+"""Consumers of the ``amqp://`` transport: each on a channel of its own, and
+deliveries that remember the channel they came on."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from aio_pika.exceptions import CONNECTION_EXCEPTIONS
+
+from fleet.contract import Priority
+from fleet.logging import get_logger
+from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
+
+log = get_logger("fleet.transport.amqp")
+
+OnMessage = Callable[["Subscription", AbstractIncomingMessage], None]
+Declare = Callable[[AbstractChannel], Awaitable[AbstractQueue]]
+
+
+class Owner(Protocol):
+    """What a subscription needs from its transport."""
+
+    def _restart_soon(self, sub: Subscription) -> None: ...
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+    def _forget(self, sub: Subscription) -> None: ...
+
+
+def _attempt(message: AbstractIncomingMessage) -> int:
+    count = (message.headers or {}).get("x-delivery-count")
+    if isinstance(count, int) and not isinstance(count, bool):
+        return count + 1
+    return 2 if message.redelivered else 1
+
+
+class AmqpDelivery(Delivery):
+    def __init__(
+        self, sub: Subscription, message: AbstractIncomingMessage, model: str, priority: Priority
+    ) -> None:
+        self.body = message.body
+        self.model = model
+        self.priority = priority
+        self.attempt = _attempt(message)
+        self._sub = sub
+        self._message = message
+        self._channel = sub.channel
+        self._settled = False
+
+    async def ack(self) -> None:
+        await self._settle(ack=True)
+
+    async def reject(self) -> None:
+        await self._settle(ack=False)
+
+    async def _settle(self, *, ack: bool) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        channel = self._channel
+        if channel is None or channel is not self._sub.channel or channel.is_closed:
+            log.debug("channel of this delivery is gone; the broker redelivers it", ack=ack)
+            return
+        try:
+            if ack:
+                await self._message.ack()
+            else:
+                await self._message.nack(requeue=False)
+        except CONNECTION_EXCEPTIONS as exc:
+            log.debug("could not settle a delivery; the broker redelivers it", error=repr(exc))
+        self._sub.settled(channel)
+
+
+class Subscription(Consumer):
+    """One consumer on a channel of its own, started again after a reconnect."""
+
+    def __init__(
+        self,
+        transport: Owner,
+        label: str,
+        declare: Declare,
+        on_message: OnMessage,
+        *,
+        prefetch: int | None,
+    ) -> None:
+        self.transport = transport
+        self.label = label
+        self.declare = declare
+        self.on_message = on_message
+        self.prefetch = prefetch  # None: no-ack
+        self.channel: AbstractChannel | None = None
+        self.queue: AbstractQueue | None = None
+        self.tag: str | None = None
+        self.unsettled = 0
+        self.cancelled = False
+        self.restarting = False
+
+    async def start(self, conn: AbstractConnection) -> None:
+        """Open a fresh channel, declare the queue, consume."""
+        self.channel, self.unsettled = None, 0
+        channel = await conn.channel(publisher_confirms=False)
+        self.channel = channel
+        channel.close_callbacks.add(self._channel_closed)
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._broker_cancelled)
+        if self.prefetch is not None:
+            await channel.set_qos(prefetch_count=self.prefetch)
+        await self.resume()
+
+    async def resume(self) -> None:
+        """Declare the queue and consume on the current channel."""
+        assert self.channel is not None
+        self.queue = await self.declare(self.channel)
+        self.tag = await self.queue.consume(self._deliver, no_ack=self.prefetch is None)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        if self.prefetch is not None:
+            self.unsettled += 1
+        self.on_message(self, message)
+
+    def _channel_closed(self, channel: object, exc: BaseException | None) -> None:
+        if channel is self.channel and not self.cancelled:
+            log.debug("consumer channel closed", queue=self.label, error=repr(exc))
+            self.transport._restart_soon(self)
+
+    def _broker_cancelled(self, frame: Any) -> None:
+        if getattr(frame, "consumer_tag", None) == self.tag and not self.cancelled:
+            log.warning("the broker cancelled a consumer; consuming again", queue=self.label)
+            self.transport._restart_soon(self)
+
+    def settled(self, channel: AbstractChannel) -> None:
+        self.unsettled -= 1
+        if self.cancelled and self.unsettled <= 0 and channel is self.channel:
+            self.transport._spawn(self.close())
+
+    async def cancel(self) -> None:
+        """Stop receiving; the channel stays open until what it delivered is settled."""
+        self.cancelled = True
+        self.transport._forget(self)
+        channel, queue, tag = self.channel, self.queue, self.tag
+        if channel is not None and not channel.is_closed and queue is not None and tag:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await queue.cancel(tag)
+        if self.unsettled <= 0:
+            await self.close()
+
+    async def close(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None and not channel.is_closed:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await channel.close()
+
+
+def bytes_handler(callback: OnBytes) -> OnMessage:
+    def on_message(sub: Subscription, message: AbstractIncomingMessage) -> None:
+        try:
+            callback(message.body)
+        except Exception:
+            log.exception("message handler failed", queue=sub.label)
+
+    return on_message
+
+
+async def run_handler(on_delivery: OnDelivery, delivery: Delivery) -> None:
+    try:
+        await on_delivery(delivery)
+    except Exception:
+        log.exception("delivery handler failed", model=delivery.model)
+
+
+__all__ = ["AmqpDelivery", "Declare", "OnMessage", "Subscription", "bytes_handler", "run_handler"]

@@ -1,0 +1,500 @@
+"""``amqp://``: RabbitMQ through aio-pika.
+
+Topology (declared on connect and again after every reconnect):
+
+- work queues ``fleet.<model>.<online|batch>``: durable quorum queues, bounded
+  with ``reject-publish`` (a full queue nacks the publisher: :class:`Overloaded`),
+  a delivery limit, dead-lettered through the fanout exchange ``fleet.dlx`` into
+  the quorum queue ``fleet.dead-letter``;
+- replies: one classic, exclusive, auto-delete queue per inbox, named by the
+  client so that it comes back under the same address after a reconnect;
+- heartbeats: the fanout exchange ``fleet.heartbeats``, one exclusive queue per
+  subscriber.
+
+The connection is a plain one with a reconnection loop of our own: after a
+reconnect the topology is declared again, every inbox and consumer is started
+again on a fresh channel, and only then are the reconnect listeners called.
+Each consumer has a channel of its own; a delivery remembers that channel and
+settling it once the channel is gone is a no-op (the broker redelivers).
+
+Errors: a publish the broker returns (no such queue) is :class:`ModelNotFound`,
+one it nacks (full queue) :class:`Overloaded`, a timeout or a lost connection
+:class:`Unavailable`, a declaration that clashes with an existing queue
+:class:`ConfigError`. ``depth`` reads in-flight counts from the management API
+(``?management_url=`` in the URL, else port 15672 of the broker's host); without
+it ``in_flight`` is ``None``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from base64 import b64encode
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+
+import aio_pika
+import aiohttp
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from aio_pika.exceptions import (
+    CONNECTION_EXCEPTIONS,
+    ChannelNotFoundEntity,
+    ChannelPreconditionFailed,
+    DeliveryError,
+    PublishError,
+)
+
+from fleet.contract import Priority
+from fleet.errors import ConfigError, FleetError, ModelNotFound, Overloaded, Unavailable
+from fleet.logging import get_logger
+from fleet.transport._amqp_consumer import (
+    AmqpDelivery,
+    Declare,
+    OnMessage,
+    Subscription,
+    bytes_handler,
+    run_handler,
+)
+from fleet.transport.base import (
+    DEAD_LETTER,
+    HEARTBEATS,
+    Consumer,
+    Depth,
+    OnBytes,
+    OnDelivery,
+    Transport,
+    TransportOptions,
+    queue_name,
+)
+
+log = get_logger("fleet.transport.amqp")
+
+DLX = "fleet.dlx"
+REPLY_PREFIX = "fleet.reply."
+DEAD_LETTER_ARGUMENTS: dict[str, Any] = {
+    "x-queue-type": "quorum",
+    "x-max-length": 10_000,
+    "x-overflow": "drop-head",
+}
+# query parameters aiormq understands; every other one is ours or unknown
+_AMQP_QUERY = frozenset(
+    {"heartbeat", "name", "auth", "cafile", "capath", "cadata", "keyfile", "certfile"}
+    | {"no_verify_ssl"}
+)
+_MANAGEMENT_TIMEOUT = 1.0  # seconds per management API call
+_MANAGEMENT_RETRY = 30.0  # seconds to leave an unreachable management API alone
+
+
+def work_queue_arguments(options: TransportOptions) -> dict[str, Any]:
+    """Arguments of every work queue; a declaration with others fails (406).
+
+    RabbitMQ counts both limits one past ours: a quorum queue accepts a publish
+    while it holds at most ``x-max-length`` ready messages, and dead-letters a
+    message once it has been returned more than ``x-delivery-limit`` times."""
+    return {
+        "x-queue-type": "quorum",
+        "x-max-length": options.max_queue_length - 1,
+        "x-overflow": "reject-publish",
+        "x-delivery-limit": options.delivery_limit - 1,
+        "x-dead-letter-exchange": DLX,
+    }
+
+
+@contextlib.contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Library errors become fleet errors here."""
+    try:
+        yield
+    except FleetError:
+        raise
+    except ChannelPreconditionFailed as exc:
+        raise ConfigError(f"{what}: declared elsewhere with other arguments ({exc})") from exc
+    except ChannelNotFoundEntity as exc:
+        raise ModelNotFound(f"{what}: {exc}") from exc
+    except CONNECTION_EXCEPTIONS as exc:  # includes TimeoutError (an OSError)
+        raise Unavailable(f"{what}: {exc!r}") from exc
+
+
+class AmqpTransport(Transport):
+    scheme = "amqp"
+
+    def __init__(self, url: str, options: TransportOptions) -> None:
+        super().__init__(url, options)
+        parts = urlsplit(url)
+        query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in _AMQP_QUERY])
+        self._amqp_url = urlunsplit(parts._replace(query=query, fragment=""))
+        self._safe_url = urlunsplit(
+            parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
+        )
+        self._vhost = unquote(parts.path.strip("/")) or "/"
+        self._management = (
+            dict(parse_qsl(parts.query))
+            .get("management_url", f"http://{parts.hostname or 'localhost'}:15672")
+            .rstrip("/")
+        )
+        credentials = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
+        self._auth_header = {"Authorization": "Basic " + b64encode(credentials.encode()).decode()}
+        self._management_down_until = 0.0
+        self._conn: AbstractConnection | None = None
+        self._publisher: AbstractChannel | None = None
+        self._publisher_lock = asyncio.Lock()
+        self._up = asyncio.Event()
+        self._closing = False
+        self._queues: set[tuple[str, Priority]] = set()
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._reconnector: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def connected(self) -> bool:
+        conn = self._conn
+        return self._up.is_set() and conn is not None and conn.connected.is_set()
+
+    async def connect(self) -> None:
+        if self.connected:
+            return
+        self._closing = False
+        with _translated(f"connect to RabbitMQ at {self._safe_url}"):
+            await self._open()
+
+    async def _open(self) -> None:
+        """Connect, declare the topology, start every subscription: all or nothing."""
+        conn = await aio_pika.connect(self._amqp_url, timeout=self.options.publish_timeout)
+        try:
+            publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            await self._declare_topology(publisher)
+            for sub in list(self._subs):
+                await sub.start(conn)
+            if not conn.connected.is_set():
+                raise ConnectionError("connection lost while restoring it")
+        except BaseException:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await conn.close()
+            raise
+        self._conn, self._publisher = conn, publisher
+        conn.close_callbacks.add(self._connection_closed)
+        self._up.set()
+
+    def _connection_closed(self, conn: object, exc: BaseException | None) -> None:
+        if conn is not self._conn or self._closing:
+            return
+        self._up.clear()
+        log.warning("lost the connection to RabbitMQ; reconnecting", error=repr(exc))
+        if self._reconnector is None:
+            self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        try:
+            old, self._conn, self._publisher = self._conn, None, None
+            if old is not None:
+                with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                    await old.close()
+            attempt = 0
+            while not self._closing:
+                await asyncio.sleep(self.options.reconnect_interval)
+                attempt += 1
+                try:
+                    await self._open()
+                except CONNECTION_EXCEPTIONS as exc:
+                    level = log.info if attempt == 1 else log.debug
+                    level("reconnection attempt failed", attempt=attempt, error=repr(exc))
+                    continue
+                log.info("reconnected to RabbitMQ", url=self._safe_url, attempts=attempt)
+                await self._fire_reconnected()
+                return
+        finally:
+            self._reconnector = None
+
+    async def close(self) -> None:
+        self._closing = True
+        self._up.clear()
+        if self._reconnector is not None:
+            self._reconnector.cancel()
+            await asyncio.gather(self._reconnector, return_exceptions=True)
+        subs, self._subs = self._subs, []
+        for sub in subs:
+            sub.cancelled = True
+            await sub.close()
+        conn, self._conn, self._publisher = self._conn, None, None
+        if conn is not None:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await conn.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _ready(self) -> AbstractConnection:
+        """The live connection; waits up to ``publish_timeout`` for one."""
+        if self._closing:
+            raise Unavailable("transport is closed")
+        if not self._up.is_set():
+            try:
+                await asyncio.wait_for(self._up.wait(), self.options.publish_timeout)
+            except TimeoutError:
+                raise Unavailable(f"RabbitMQ at {self._safe_url} is unreachable") from None
+        if self._conn is None:
+            raise Unavailable("transport is closed")
+        return self._conn
+
+    @contextlib.asynccontextmanager
+    async def _scratch(self, what: str) -> AsyncIterator[AbstractChannel]:
+        """A throwaway channel: a failed passive declare closes it, nothing else."""
+        conn = await self._ready()
+        with _translated(what):
+            channel = await conn.channel(publisher_confirms=False)
+            try:
+                yield channel
+            finally:
+                if not channel.is_closed:
+                    with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                        await channel.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ subscriptions
+    async def _subscribe(
+        self, label: str, declare: Declare, on_message: OnMessage, *, prefetch: int | None
+    ) -> Subscription:
+        """Start a consumer now, and again after every reconnect."""
+        conn = await self._ready()
+        sub = Subscription(self, label, declare, on_message, prefetch=prefetch)
+        with _translated(f"consume from {label}"):
+            try:
+                await sub.start(conn)
+            except BaseException:
+                await sub.close()
+                raise
+        self._subs.append(sub)
+        return sub
+
+    def _forget(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+
+    def _restart_soon(self, sub: Subscription) -> None:
+        """A channel closed or a consumer cancelled while the connection is up."""
+        if self._closing or not self._up.is_set() or sub.restarting:
+            return  # the reconnection restores it
+        sub.restarting = True
+        self._spawn(self._restart(sub, sub.channel))
+
+    async def _restart(self, sub: Subscription, channel: AbstractChannel | None) -> None:
+        try:
+            while not (self._closing or sub.cancelled):
+                await asyncio.sleep(self.options.reconnect_interval)
+                conn = self._conn
+                if conn is None or not self._up.is_set() or sub.channel is not channel:
+                    return  # a reconnection took over
+                try:
+                    if channel is None or channel.is_closed:
+                        await sub.start(conn)
+                    else:
+                        await sub.resume()
+                except CONNECTION_EXCEPTIONS as exc:
+                    log.warning("could not restart a consumer", queue=sub.label, error=repr(exc))
+                    channel = sub.channel
+                    continue
+                log.info("consumer restarted", queue=sub.label)
+                return
+        finally:
+            sub.restarting = False
+
+    # ------------------------------------------------------------------ topology
+    async def _declare_topology(self, channel: AbstractChannel) -> None:
+        timeout = self.options.publish_timeout
+        dlx = await channel.declare_exchange(
+            DLX, aio_pika.ExchangeType.FANOUT, durable=True, timeout=timeout
+        )
+        dead = await channel.declare_queue(
+            DEAD_LETTER, durable=True, arguments=DEAD_LETTER_ARGUMENTS, timeout=timeout
+        )
+        await dead.bind(dlx, timeout=timeout)
+        await channel.declare_exchange(
+            HEARTBEATS, aio_pika.ExchangeType.FANOUT, durable=True, timeout=timeout
+        )
+        for model, priority in sorted(self._queues):
+            await self._declare_work(channel, queue_name(model, priority))
+
+    async def _declare_work(self, channel: AbstractChannel, name: str) -> AbstractQueue:
+        return await channel.declare_queue(
+            name,
+            durable=True,
+            arguments=work_queue_arguments(self.options),
+            timeout=self.options.publish_timeout,
+        )
+
+    async def declare_model(self, model: str) -> None:
+        names = [queue_name(model, p) for p in Priority]
+        async with self._scratch(f"declare queues of model {model!r}") as channel:
+            for name in names:
+                await self._declare_work(channel, name)
+        self._queues.update((model, p) for p in Priority)
+
+    # ------------------------------------------------------------------ publishing
+    async def _publish_channel(self) -> AbstractChannel:
+        conn = await self._ready()
+        async with self._publisher_lock:
+            if self._publisher is None or self._publisher.is_closed:
+                self._publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
+            return self._publisher
+
+    async def _publish(self, routing_key: str, body: bytes, *, persistent: bool) -> None:
+        """Publish on the default exchange (mandatory) and wait for the confirm."""
+        channel = await self._publish_channel()
+        mode = (
+            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
+        await channel.default_exchange.publish(
+            aio_pika.Message(body, delivery_mode=mode),
+            routing_key,
+            mandatory=True,
+            timeout=self.options.publish_timeout,
+        )
+
+    async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
+        name = queue_name(model, priority)
+        try:
+            await self._publish(name, body, persistent=True)
+        except PublishError as exc:  # returned: no queue of that name
+            raise ModelNotFound(f"no worker has declared queue {name!r}") from exc
+        except DeliveryError as exc:  # nacked: reject-publish on a full queue
+            raise Overloaded(f"queue {name!r} is full") from exc
+        except CONNECTION_EXCEPTIONS as exc:
+            raise Unavailable(f"publish to {name!r} failed: {exc!r}") from exc
+
+    async def publish_reply(self, reply_to: str, body: bytes) -> None:
+        if len(reply_to.encode()) > 255:  # no queue has such a name
+            log.debug("reply to an address that cannot exist; dropped", reply_to=reply_to)
+            return
+        try:
+            await self._publish(reply_to, body, persistent=False)
+        except PublishError:
+            log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
+        except CONNECTION_EXCEPTIONS as exc:  # DeliveryError included
+            raise Unavailable(f"reply to {reply_to!r} failed: {exc!r}") from exc
+
+    async def publish_heartbeat(self, body: bytes) -> None:
+        channel = await self._publish_channel()
+        with _translated("publish a heartbeat"):
+            exchange = await channel.get_exchange(HEARTBEATS, ensure=False)
+            await exchange.publish(
+                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT),
+                "",
+                mandatory=False,
+                timeout=self.options.publish_timeout,
+            )
+
+    # ------------------------------------------------------------------ consuming
+    async def open_inbox(self, on_reply: OnBytes) -> str:
+        name = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+
+        async def declare(channel: AbstractChannel) -> AbstractQueue:
+            return await channel.declare_queue(
+                name, exclusive=True, auto_delete=True, timeout=self.options.publish_timeout
+            )
+
+        await self._subscribe(name, declare, bytes_handler(on_reply), prefetch=None)
+        return name
+
+    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer:
+        name = f"{HEARTBEATS}.{uuid.uuid4().hex}"
+
+        async def declare(channel: AbstractChannel) -> AbstractQueue:
+            timeout = self.options.publish_timeout
+            queue = await channel.declare_queue(
+                name, exclusive=True, auto_delete=True, timeout=timeout
+            )
+            await queue.bind(HEARTBEATS, timeout=timeout)
+            return queue
+
+        return await self._subscribe(name, declare, bytes_handler(on_beat), prefetch=None)
+
+    async def consume(
+        self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int
+    ) -> Consumer:
+        name = queue_name(model, priority)
+
+        async def declare(channel: AbstractChannel) -> AbstractQueue:
+            return await self._declare_work(channel, name)
+
+        def on_message(sub: Subscription, message: AbstractIncomingMessage) -> None:
+            self._spawn(run_handler(on_delivery, AmqpDelivery(sub, message, model, priority)))
+
+        sub = await self._subscribe(name, declare, on_message, prefetch=max(1, prefetch))
+        self._queues.add((model, priority))
+        return sub
+
+    # ------------------------------------------------------------------ operators
+    async def depth(self, model: str) -> Depth:
+        found: list[str] = []
+        ready, consumers = 0, 0
+        for priority in Priority:
+            name = queue_name(model, priority)
+            try:
+                async with self._scratch(f"depth of {name!r}") as channel:
+                    queue = await channel.declare_queue(
+                        name, passive=True, timeout=self.options.publish_timeout
+                    )
+            except ModelNotFound:
+                continue
+            found.append(name)
+            ready += queue.declaration_result.message_count or 0
+            consumers = max(consumers, queue.declaration_result.consumer_count or 0)
+        if not found:
+            raise ModelNotFound(f"model {model!r} has no queues")
+        in_flight = await self._unacked(found)
+        return Depth(model=model, ready=ready, in_flight=in_flight, consumers=consumers)
+
+    async def _unacked(self, names: list[str]) -> int | None:
+        """Unacked messages from the management API (sampled by the broker every
+        few seconds), or ``None`` when it cannot be reached."""
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._management_down_until:
+            return None
+        vhost = quote(self._vhost, safe="")
+        total = 0
+        try:
+            timeout = aiohttp.ClientTimeout(total=_MANAGEMENT_TIMEOUT)
+            async with aiohttp.ClientSession(headers=self._auth_header, timeout=timeout) as session:
+                for name in names:
+                    url = f"{self._management}/api/queues/{vhost}/{quote(name, safe='')}"
+                    async with session.get(url) as resp:
+                        if resp.status == 404:  # not in its statistics yet
+                            return None
+                        resp.raise_for_status()
+                        data = await resp.json()
+                    total += int(data.get("messages_unacknowledged") or 0)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("management API unavailable; in-flight unknown", error=repr(exc))
+            self._management_down_until = loop.time() + _MANAGEMENT_RETRY
+            return None
+        return total
+
+    async def take_dead_letters(self, limit: int = 100) -> list[bytes]:
+        out: list[bytes] = []
+        async with self._scratch("take dead letters") as channel:
+            queue = await channel.declare_queue(
+                DEAD_LETTER, passive=True, timeout=self.options.publish_timeout
+            )
+            while len(out) < limit:
+                message = await queue.get(fail=False, timeout=self.options.publish_timeout)
+                if message is None:
+                    break
+                out.append(message.body)
+                await message.ack()
+        return out
+
+
+__all__ = ["DLX", "AmqpTransport", "work_queue_arguments"]

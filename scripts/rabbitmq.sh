@@ -1,0 +1,177 @@
+#!/usr/bin/env bash
+# A local RabbitMQ node for development and tests, on loopback only.
+#
+#   scripts/rabbitmq.sh start     start the node (installs rabbitmq-server if absent);
+#                                 prints the AMQP URL as the last line of stdout
+#   scripts/rabbitmq.sh stop      stop the node this script started (no other)
+#   scripts/rabbitmq.sh restart   a full node restart: stop the Erlang node, start it
+#                                 again; every client connection is dropped
+#   scripts/rabbitmq.sh status    say whether the node is up (exit 0) or not (exit 1)
+#
+# State (database, logs, config, pid file) lives under .cache/rabbitmq (git-ignored).
+# Ports: AMQP 127.0.0.1:${FLEET_RABBITMQ_PORT:-5672}, management HTTP
+# 127.0.0.1:${FLEET_RABBITMQ_MGMT_PORT:-15672} (named in the URL's query when not
+# 15672), Erlang distribution ${FLEET_RABBITMQ_DIST_PORT:-25672}; the node name is
+# ${FLEET_RABBITMQ_NODENAME:-fleet@localhost}, so several nodes can run side by side.
+# Works as root without systemd.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BASE="${FLEET_RABBITMQ_DIR:-$ROOT/.cache/rabbitmq}"
+PORT="${FLEET_RABBITMQ_PORT:-5672}"
+MGMT_PORT="${FLEET_RABBITMQ_MGMT_PORT:-15672}"
+DIST_PORT="${FLEET_RABBITMQ_DIST_PORT:-25672}"
+NODE="${FLEET_RABBITMQ_NODENAME:-fleet@localhost}"
+WAIT_S="${FLEET_RABBITMQ_WAIT_S:-90}"
+URL="amqp://guest:guest@127.0.0.1:${PORT}/"
+if [[ "$MGMT_PORT" != 15672 ]]; then # the transport looks for it on 15672 otherwise
+    URL="${URL}?management_url=http://127.0.0.1:${MGMT_PORT}"
+fi
+RMQ_BIN=/usr/lib/rabbitmq/bin
+
+log() { echo "rabbitmq.sh: $*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+install_server() {
+    if [[ -x "$RMQ_BIN/rabbitmq-server" ]]; then
+        return
+    fi
+    command -v apt-get >/dev/null || die "rabbitmq-server is not installed and apt-get is not available"
+    local sudo=()
+    if [[ "$(id -u)" != 0 ]]; then
+        command -v sudo >/dev/null || die "rabbitmq-server is not installed; run as root to install it"
+        sudo=(sudo)
+    fi
+    log "installing rabbitmq-server with apt-get"
+    "${sudo[@]}" apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq rabbitmq-server >&2
+    # the package may start a system-wide node; this script runs its own
+    if command -v service >/dev/null; then
+        "${sudo[@]}" service rabbitmq-server stop >/dev/null 2>&1 || true
+    fi
+}
+
+export_env() {
+    mkdir -p "$BASE/mnesia" "$BASE/log"
+    cat >"$BASE/rabbitmq.conf" <<EOF
+listeners.tcp.default = 127.0.0.1:${PORT}
+management.tcp.ip = 127.0.0.1
+management.tcp.port = ${MGMT_PORT}
+loopback_users.guest = true
+# queue figures in the management API (unacked counts) refresh every second
+collect_statistics_interval = 1000
+EOF
+    export RABBITMQ_NODENAME="$NODE"
+    export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    export RABBITMQ_NODE_PORT="$PORT"
+    export RABBITMQ_DIST_PORT="$DIST_PORT"
+    export RABBITMQ_CONFIG_FILE="$BASE/rabbitmq.conf"
+    export RABBITMQ_MNESIA_BASE="$BASE/mnesia"
+    export RABBITMQ_LOG_BASE="$BASE/log"
+    export RABBITMQ_PID_FILE="$BASE/node.pid"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$BASE/enabled_plugins"
+    export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+    export ERL_EPMD_ADDRESS=127.0.0.1
+    # a config file of our own: never the system one's /etc/rabbitmq/rabbitmq-env.conf
+    export RABBITMQ_CONF_ENV_FILE="$BASE/rabbitmq-env.conf"
+    touch "$RABBITMQ_CONF_ENV_FILE"
+}
+
+ctl() { "$RMQ_BIN/rabbitmqctl" -n "$NODE" "$@"; }
+
+is_up() { "$RMQ_BIN/rabbitmq-diagnostics" -q -n "$NODE" --timeout 10 ping >/dev/null 2>&1; }
+
+node_pid() {
+    local pid
+    [[ -f "$BASE/node.pid" ]] || return 1
+    pid="$(tr -dc '0-9' <"$BASE/node.pid")"
+    [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+}
+
+wait_gone() { # pid, half-seconds
+    local _
+    for _ in $(seq 1 "$2"); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+clear_stale() {
+    # a node of ours from an earlier run that is gone, or alive but not answering
+    local pid
+    if pid="$(node_pid)"; then
+        log "node process $pid is not answering; stopping it"
+        kill -CONT "$pid" 2>/dev/null || true
+        kill "$pid" 2>/dev/null || true
+        wait_gone "$pid" 20 || kill -KILL "$pid" 2>/dev/null || true
+        wait_gone "$pid" 20 || die "cannot stop node process $pid"
+    fi
+    rm -f "$BASE/node.pid"
+}
+
+port_busy() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+start() {
+    install_server
+    export_env
+    if is_up; then
+        echo "$URL"
+        return
+    fi
+    clear_stale
+    if port_busy "$PORT"; then
+        die "127.0.0.1:$PORT is taken by another process (a system RabbitMQ node?); stop it or set FLEET_RABBITMQ_PORT"
+    fi
+    "$RMQ_BIN/rabbitmq-plugins" --offline enable rabbitmq_management >/dev/null 2>&1 ||
+        log "could not enable the management plugin; continuing without it"
+    log "starting node $NODE (logs in $BASE/log)"
+    "$RMQ_BIN/rabbitmq-server" -detached >/dev/null 2>&1
+    local deadline=$((SECONDS + WAIT_S))
+    until is_up && ctl await_startup --timeout 5 >/dev/null 2>&1; do
+        if ((SECONDS >= deadline)); then
+            tail -n 30 "$BASE/log/$NODE.log" >&2 2>/dev/null || true
+            die "node $NODE did not start within ${WAIT_S}s"
+        fi
+        sleep 1
+    done
+    echo "$URL"
+}
+
+stop() {
+    export_env
+    if is_up; then
+        log "stopping node $NODE"
+        ctl stop "$BASE/node.pid" >/dev/null 2>&1 || ctl stop >/dev/null 2>&1 || true
+    fi
+    clear_stale
+}
+
+status() {
+    export_env
+    if is_up; then
+        echo "running: $NODE at $URL (management http://127.0.0.1:${MGMT_PORT}/)"
+    else
+        echo "stopped: $NODE"
+        return 1
+    fi
+}
+
+case "${1:-}" in
+start) start ;;
+stop) stop ;;
+restart)
+    stop
+    start
+    ;;
+status) status ;;
+*)
+    echo "usage: $0 start|stop|restart|status" >&2
+    exit 2
+    ;;
+esac
