@@ -7,6 +7,7 @@ The same policy objects run in the live control loop and in the simulator.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -35,6 +36,17 @@ class Decision:
     direction: Direction
     reasons: tuple[str, ...] = field(default_factory=tuple)
 
+    @classmethod
+    def hold(cls, desired: int, *reasons: str) -> Decision:
+        """Keep ``desired`` as it is, saying why."""
+        return cls(desired=desired, direction="hold", reasons=reasons)
+
+    @classmethod
+    def to(cls, current: int, desired: int, *reasons: str) -> Decision:
+        """Ask for ``desired``; the direction follows from ``current``."""
+        direction: Direction = "out" if desired > current else "in" if desired < current else "hold"
+        return cls(desired=desired, direction=direction, reasons=reasons)
+
 
 S = TypeVar("S")
 
@@ -47,6 +59,13 @@ class Policy(abc.ABC, Generic[S]):
 
     @abc.abstractmethod
     def initial_state(self) -> S: ...
+
+    def parameters(self) -> dict[str, object]:
+        """The policy's configuration as plain values (for reports and logs)."""
+        config = getattr(self, "config", None)
+        if config is not None and dataclasses.is_dataclass(config):
+            return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+        return {}
 
     @abc.abstractmethod
     def decide(self, snapshot: Snapshot, state: S) -> tuple[Decision, S]: ...

@@ -15,6 +15,18 @@ from fleet.errors import FleetError
 DEFAULT_MODELS = Path("models")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows an option's default unless its help already says it, or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        if action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            text += " (default: %(default)s)"
+        return text
+
+
 def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "worker",
@@ -22,7 +34,7 @@ def _add_worker(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Consume inference requests in batches, run ONNX Runtime, publish replies. "
         "Every flag may also be set as FLEET_<NAME> in the environment. "
         "SIGTERM drains: stop consuming, finish and answer in-flight work, exit 0.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--broker", help="broker URL: memory://NAME, amqp://..., kafka://host:port")
     p.add_argument("--models", help="model repository: a directory or s3://bucket/prefix")
@@ -90,10 +102,15 @@ async def _serve(worker: object) -> int:
         watcher_task = loop.create_task(_leaving())
     await stop.wait()
     await worker.stop()
-    if watcher is not None:
-        await watcher.complete()
-    if watcher_task is not None:
+    if watcher is not None and watcher_task is not None:
+        leaving = watcher_task.done() and not watcher_task.cancelled()
         watcher_task.cancel()
+        # SIGTERM without a scale-in (docker stop, reboot) has no lifecycle action to complete
+        if leaving or await watcher.is_terminating():
+            try:
+                await watcher.complete()
+            except FleetError as exc:
+                print(f"fleet worker: lifecycle hook not completed: {exc.message}", file=sys.stderr)
     return 0
 
 
@@ -103,7 +120,7 @@ def _add_models(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     b = msub.add_parser(
         "build",
         help="build the 'digits' and 'mlp' models deterministically",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     b.add_argument("dir", nargs="?", type=Path, default=DEFAULT_MODELS, help="model repository")
     b.add_argument("--force", action="store_true", help="rebuild even when present")
@@ -124,7 +141,7 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="run workers and drive traffic through them, with live progress",
         description="One command, no services needed: an embedded broker, the demo models "
         "(built if missing), workers, and a traffic run with a live display and a summary.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--broker", default="memory://demo", help="broker URL")
     p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository")

@@ -31,6 +31,7 @@ class Heartbeat(BaseModel):
     mean_batch_size: float = 0.0
     queue_wait_ms_p50: float = 0.0
     in_flight: int = 0  # requests received and not yet answered
+    requests_per_message: float = 1.0  # mean requests per broker message received (coalescing)
     gpu_utilization: float | None = None  # 0..1 from NVML; None without a GPU
     provider: str = ""  # the ONNX Runtime execution provider in use
     idle_reason: str | None = None  # e.g. no partitions assigned to this worker

@@ -71,7 +71,7 @@ class Worker:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self._limits = wire.Limits(max_message_bytes=settings.max_message_bytes)
-        self._idle_logged = False
+        self._idle_logged: str | None = None
         self.http_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -217,6 +217,7 @@ class Worker:
             return
         self._messages.add(msg)
         msg.remaining = len(frame.items)
+        self.stats.record_message(len(frame.items))
         replies: list[Reply] = []
         now = time.time()
         for item in frame.items:
@@ -354,13 +355,13 @@ class Worker:
         gpu = gpu_utilization()
         if gpu is not None:
             self.metrics.gpu_utilization.set(gpu)
-        reasons = {r for c in self._consumers if (r := c.idle_reason())}
-        idle = (
-            "; ".join(sorted(reasons)) if reasons and len(reasons) == len(self._consumers) else None
-        )
-        if idle and not self._idle_logged:
-            log.warning("worker idle", worker_id=self.worker_id, reason=idle)
-        self._idle_logged = bool(idle)
+        # e.g. Kafka: more workers than partitions leaves some consumers nothing
+        reasons = sorted({r for c in self._consumers if (r := c.idle_reason())})
+        idle = "; ".join(reasons) or None
+        if idle != self._idle_logged:
+            if idle:
+                log.warning("consumers idle", worker_id=self.worker_id, reason=idle)
+            self._idle_logged = idle
         max_batch = max(
             (r.max_batch_size for v in self.runtimes.values() for r in v.values()), default=1
         )
@@ -379,6 +380,7 @@ class Worker:
             mean_batch_size=w.mean_batch,
             queue_wait_ms_p50=w.queue_wait_p50 * 1000,
             in_flight=self._in_flight(),
+            requests_per_message=w.requests_per_message,
             gpu_utilization=gpu,
             provider=",".join(
                 sorted({r.provider for v in self.runtimes.values() for r in v.values()})

@@ -15,6 +15,7 @@ class Window:
     busy_fraction: float
     mean_batch: float
     queue_wait_p50: float  # seconds
+    requests_per_message: float
 
 
 @dataclass(eq=False)
@@ -28,6 +29,9 @@ class WindowStats:
     _busy: float = 0.0
     _waits: list[float] = field(default_factory=list)
     _since: float = -1.0
+    _messages: int = 0
+    _items: int = 0
+    _per_message: float = 1.0
 
     def __post_init__(self) -> None:
         self._since = self.clock()
@@ -39,18 +43,25 @@ class WindowStats:
         if len(self._waits) < 10_000:
             self._waits.extend(queue_waits)
 
+    def record_message(self, items: int) -> None:
+        self._messages += 1
+        self._items += items
+
     def roll(self) -> Window:
         now = self.clock()
         span = max(now - self._since, 1e-9)
+        if self._messages:  # an idle window keeps the last known ratio
+            self._per_message = self._items / self._messages
         w = Window(
             seconds=span,
             throughput_rps=self._rows / span,
             busy_fraction=min(1.0, self._busy / span),
             mean_batch=self._rows / self._batches if self._batches else 0.0,
             queue_wait_p50=statistics.median(self._waits) if self._waits else 0.0,
+            requests_per_message=self._per_message,
         )
         self._since = now
-        self._rows = self._batches = 0
+        self._rows = self._batches = self._messages = self._items = 0
         self._busy = 0.0
         self._waits = []
         return w

@@ -75,5 +75,6 @@ async def test_heartbeats_carry_throughput_and_state(model_repo: Path, unique_mo
     assert max(b.throughput_rps for b in beats) > 0
     assert max(b.busy_fraction for b in beats) > 0
     assert max(b.mean_batch_size for b in beats) >= 1
+    assert max(b.requests_per_message for b in beats) > 1  # the client coalesced
     assert beats[0].provider == "CPUExecutionProvider"
     assert sorted(beats[0].models) == [f"{unique_model}-digits", f"{unique_model}-mlp"]

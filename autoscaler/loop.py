@@ -1,0 +1,233 @@
+"""The control loop: signals → policy → actuator, once per poll interval.
+
+Each poll logs exactly one structured line, ``autoscaler.decision``, with the
+decision, its reasons and the signals it was made from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from autoscaler.actuators.base import Actuator
+from autoscaler.metrics import AutoscalerMetrics, CloudWatchPublisher, MetricsServer
+from autoscaler.signals import Signals
+from autoscaler.types import Decision, Policy, Snapshot
+from fleet.errors import FleetError
+from fleet.logging import get_logger
+from fleet.transport.base import Transport
+
+log = get_logger("autoscaler.loop")
+
+
+class Autoscaler:
+    """One autoscaler: ``await start()``, then ``run_once()`` per poll or
+    ``run(stop_event)``; ``await close()`` at the end."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy[Any],
+        actuator: Actuator,
+        signals: Signals,
+        poll_interval_s: float,
+        metrics: AutoscalerMetrics | None = None,
+        server: MetricsServer | None = None,
+        cloudwatch: CloudWatchPublisher | None = None,
+        transport: Transport | None = None,
+        on_decision: Callable[[Snapshot, Decision], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.transport = transport  # closed with the autoscaler when given
+        self.on_decision = on_decision  # called after each poll that reached the policy
+        self.actuator = actuator
+        self.signals = signals
+        self.poll_interval_s = poll_interval_s
+        self.metrics = metrics if metrics is not None else AutoscalerMetrics()
+        self.server = server
+        self.cloudwatch = cloudwatch
+        self.clock = clock
+        self.state: Any = policy.initial_state()
+        self.last_snapshot: Snapshot | None = None
+        self.last_decision: Decision | None = None
+        self.decisions = 0
+        self._started = False
+        signals.add_listener(actuator.observe_heartbeat)
+
+    async def start(self) -> None:
+        if self._started:
+            return
+        await self.actuator.start()
+        await self.signals.start()
+        if self.server is not None:
+            await self.server.start()
+        self._started = True
+
+    async def close(self) -> None:
+        self._started = False
+        with contextlib.suppress(FleetError):
+            await self.signals.close()
+        if self.server is not None:
+            await self.server.close()
+        await self.actuator.close()
+        if self.transport is not None:
+            await self.transport.close()
+
+    async def __aenter__(self) -> Autoscaler:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def run_once(self) -> Decision:
+        """Read the signals, decide, apply a change of desired capacity, log one
+        line and update the metrics. Returns the decision as applied."""
+        await self.start()
+        try:
+            capacity = await self.actuator.capacity()
+        except FleetError as exc:
+            # without capacity there is nothing to decide from: hold, say why
+            self.metrics.errors.labels(stage="capacity").inc()
+            prev = self.last_decision.desired if self.last_decision is not None else 0
+            decision = Decision(
+                desired=prev, direction="hold", reasons=(f"capacity unreadable: {exc.message}",)
+            )
+            log.error(
+                "autoscaler.decision",
+                desired=decision.desired,
+                direction=decision.direction,
+                reasons=list(decision.reasons),
+                backlog=None,
+                arrival_rate=None,
+                in_service=None,
+                pending=None,
+            )
+            self.metrics.decisions.labels(direction="hold").inc()
+            self.last_decision = decision
+            self.decisions += 1
+            return decision
+
+        snapshot = await self.signals.collect(capacity)
+        decision, self.state = self.policy.decide(snapshot, self.state)
+        reasons = tuple(decision.reasons)
+        applied = decision.desired
+        error: str | None = None
+        if decision.desired != snapshot.desired:
+            try:
+                applied = await self.actuator.set_desired(decision.desired, reasons)
+            except FleetError as exc:
+                self.metrics.errors.labels(stage="actuator").inc()
+                error = f"{type(exc).__name__}: {exc.message}"
+                applied = snapshot.desired
+                reasons = (*reasons, f"not applied: {error}")
+            else:
+                if applied != decision.desired:
+                    reasons = (*reasons, f"clamped from {decision.desired} to {applied}")
+        direction = decision.direction
+        if (
+            applied == snapshot.desired
+            and direction != "hold"
+            and decision.desired != snapshot.desired
+        ):
+            direction = "hold"  # clamped or failed to no change at all
+        final = Decision(desired=applied, direction=direction, reasons=reasons)
+
+        fields: dict[str, Any] = {
+            "desired": final.desired,
+            "direction": final.direction,
+            "reasons": list(final.reasons),
+            "backlog": snapshot.backlog,
+            "arrival_rate": None
+            if snapshot.arrival_rate is None
+            else round(snapshot.arrival_rate, 3),
+            "in_service": snapshot.in_service,
+            "pending": snapshot.pending,
+            "previous_desired": snapshot.desired,
+            "policy": getattr(self.policy, "name", type(self.policy).__name__),
+        }
+        if error is not None:
+            log.error("autoscaler.decision", **fields)
+        else:
+            log.info("autoscaler.decision", **fields)
+
+        self.metrics.observe(snapshot, final)
+        if self.cloudwatch is not None:
+            await self.cloudwatch.publish(snapshot, final)
+        self.last_snapshot = snapshot
+        self.last_decision = final
+        self.decisions += 1
+        if self.on_decision is not None:
+            self.on_decision(snapshot, final)
+        return final
+
+    async def run(self, stop_event: asyncio.Event) -> None:
+        """Poll every ``poll_interval_s`` (measured start to start) until
+        ``stop_event`` is set. A failed poll is logged and the next one runs."""
+        await self.start()
+        while not stop_event.is_set():
+            began = self.clock()
+            try:
+                await self.run_once()
+            except Exception:
+                self.metrics.errors.labels(stage="poll").inc()
+                log.exception("autoscaler poll failed")
+            delay = max(0.0, self.poll_interval_s - (self.clock() - began))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop_event.wait(), timeout=delay)
+
+
+async def from_config(cfg: Any) -> Autoscaler:
+    """Build (not start) the autoscaler an :class:`AutoscalerConfig` describes."""
+    from autoscaler.config import AutoscalerConfig, Ec2ActuatorConfig
+    from autoscaler.factory import build_actuator, build_policy
+    from fleet.transport import connect
+
+    assert isinstance(cfg, AutoscalerConfig)
+    policy = build_policy(cfg.policy)
+    transport = connect(cfg.broker)
+    await transport.connect()
+    signals = Signals(
+        transport,
+        cfg.models,
+        per_instance_rps=cfg.per_instance_rps,
+        arrival_smoothing_s=cfg.arrival_smoothing_s,
+        min_busy_fraction=cfg.min_busy_fraction,
+        declare_queues=cfg.declare_queues,
+    )
+    actuator = build_actuator(cfg)
+    metrics = AutoscalerMetrics()
+    server = (
+        MetricsServer(metrics, host=cfg.metrics.host, port=cfg.metrics.port)
+        if cfg.metrics.enabled
+        else None
+    )
+    cloudwatch = None
+    if cfg.metrics.cloudwatch_namespace:
+        region = cfg.metrics.cloudwatch_region or (
+            cfg.actuator.region if isinstance(cfg.actuator, Ec2ActuatorConfig) else "us-east-1"
+        )
+        cloudwatch = CloudWatchPublisher(
+            cfg.metrics.cloudwatch_namespace,
+            region=region,
+            endpoint_url=cfg.metrics.cloudwatch_endpoint_url,
+            dimensions=cfg.metrics.cloudwatch_dimensions,
+        )
+    scaler = Autoscaler(
+        policy=policy,
+        actuator=actuator,
+        signals=signals,
+        poll_interval_s=cfg.poll_interval_s,
+        metrics=metrics,
+        server=server,
+        cloudwatch=cloudwatch,
+        transport=transport,
+    )
+    return scaler
+
+
+__all__ = ["Autoscaler", "from_config"]

@@ -1,0 +1,311 @@
+"""The default scaling policy.
+
+Capacity is whichever of these asks for more:
+
+- **throughput**: ``arrival_rate / (per_instance_rps * target_load)`` plus the
+  instances that drain the backlog within ``drain_time_s``
+  (``backlog / (per_instance_rps * drain_time_s)``);
+- **device utilization**: ``in_service * utilization / target_utilization``
+  (GPU utilization where the workers report it, else their busy fraction).
+
+Then, in this order: the floor (``min_capacity``, or 0 after ``idle_to_zero_s``
+without traffic when ``scale_to_zero`` is on) and ``max_capacity``; pre-warming
+for a recurring surge; the tolerance band; the scale-in stabilization window
+(scale in only to the highest count recommended within it); the cooldowns,
+one per direction; the step limits.
+
+Instances still booting are part of ``desired``, so they count as capacity
+that is coming: the policy does not launch more for load they will take.
+They are not free capacity: utilization is measured over the instances in
+service only. When the backlog, the arrival rate or the per-instance
+throughput cannot be read, the policy holds (it never scales in on missing
+data); the one exception is an empty fleet with a backlog, which gets its
+first instance.
+
+**Recurring surges.** A surge is a jump of the demand to ``surge_ratio``
+times its level of the last ``surge_lookback_s``. When two surges start
+``P`` seconds apart (``min_period_s <= P <= max_period_s``, and, given a third,
+the one before agrees within 10%), capacity for the last surge's peak is
+asked for ``prewarm_lead_s`` before the next one is due. If that one does not
+come within ``prewarm_grace_s`` the pre-warm is given up and nothing more is
+predicted until two surges are seen again. This is what lets a fleet whose
+instances take minutes to boot serve bursts that last less than that.
+
+The policy is pure: no clock, no I/O, no randomness; time comes from the
+snapshot and everything that changes lives in :class:`PolicyState`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from autoscaler.types import Decision, Policy, Snapshot
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PolicyConfig:
+    """Parameters of :class:`DefaultPolicy`, with their defaults."""
+
+    min_capacity: int = 1
+    """Fewest instances while there is traffic."""
+    max_capacity: int = 64
+    """Most instances ever asked for."""
+    per_instance_rps: float | None = None
+    """Requests/s one instance sustains within the latency objective, used when
+    the snapshot does not carry a measurement (``fleet recommend`` writes it)."""
+    target_load: float = 0.9
+    """Share of ``per_instance_rps`` to plan each instance for (headroom for
+    Poisson bursts and measurement error)."""
+    drain_time_s: float = 30.0
+    """Time within which the capacity asked for should clear the backlog."""
+    target_utilization: float = 0.75
+    """Device utilization to bring the instances in service to."""
+    tolerance: float = 0.1
+    """No change while the computed need is within this share of the current
+    capacity (a band against flapping)."""
+    scale_out_cooldown_s: float = 15.0
+    """Least time between two scale-outs."""
+    scale_in_cooldown_s: float = 30.0
+    """Least time between two scale-ins."""
+    scale_in_stabilization_s: float = 90.0
+    """Scale in only to the highest count recommended within this window."""
+    max_step_up: int = 32
+    """Most instances added by one decision."""
+    max_step_down: int = 8
+    """Most instances removed by one decision."""
+    scale_to_zero: bool = False
+    """Opt in to going to zero instances after ``idle_to_zero_s`` without traffic."""
+    idle_to_zero_s: float = 900.0
+    """Seconds of no arrivals and an empty backlog before scaling to zero."""
+    predict_surges: bool = True
+    """Pre-warm for surges that recur at a regular interval."""
+    surge_ratio: float = 2.0
+    """A surge: demand this many times its recent level."""
+    surge_lookback_s: float = 120.0
+    """How far back the level a surge is measured against goes."""
+    min_period_s: float = 120.0
+    """Shortest recurrence interval that is predicted."""
+    max_period_s: float = 4 * 3600.0
+    """Longest recurrence interval that is predicted."""
+    prewarm_lead_s: float = 135.0
+    """How long before a predicted surge capacity is asked for: the instances'
+    boot time plus a poll or two."""
+    prewarm_grace_s: float = 60.0
+    """How long after its due time a predicted surge is waited for."""
+
+    def __post_init__(self) -> None:
+        if self.min_capacity < 0 or self.max_capacity < max(self.min_capacity, 1):
+            raise ValueError("need 0 <= min_capacity <= max_capacity and max_capacity >= 1")
+        if self.per_instance_rps is not None and not self.per_instance_rps > 0:
+            raise ValueError("per_instance_rps must be positive")
+        if not 0 < self.target_load <= 1 or not 0 < self.target_utilization <= 1:
+            raise ValueError("target_load and target_utilization must be in (0, 1]")
+        if not 0 <= self.tolerance < 1:
+            raise ValueError("tolerance must be in [0, 1)")
+        if self.max_step_up < 1 or self.max_step_down < 1:
+            raise ValueError("max_step_up and max_step_down must be at least 1")
+        if self.surge_ratio <= 1 or self.min_period_s <= 0 or self.max_period_s < self.min_period_s:
+            raise ValueError("need surge_ratio > 1 and 0 < min_period_s <= max_period_s")
+        for name in (
+            "drain_time_s",
+            "scale_out_cooldown_s",
+            "scale_in_cooldown_s",
+            "scale_in_stabilization_s",
+            "idle_to_zero_s",
+            "surge_lookback_s",
+            "prewarm_lead_s",
+            "prewarm_grace_s",
+        ):
+            if getattr(self, name) < 0 or (name == "drain_time_s" and self.drain_time_s == 0):
+                raise ValueError(f"{name} must not be negative (drain_time_s: positive)")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PolicyState:
+    last_out_at: float | None = None
+    last_in_at: float | None = None
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, count) in the window
+    idle_since: float | None = None
+    needs: tuple[tuple[float, float], ...] = ()  # (time, need) over surge_lookback_s
+    surge_onsets: tuple[float, ...] = ()  # the last few surge start times
+    surge_base: float = 0.0  # the demand level the current surge is measured against
+    surge_peak: int = 0  # the highest count the last surge needed
+    surge_until: float | None = None  # the current surge lasts at least until then
+
+
+class DefaultPolicy(Policy[PolicyState]):
+    """Throughput and backlog, device utilization, and recurring surges."""
+
+    name = "default"
+
+    def __init__(self, config: PolicyConfig | None = None) -> None:
+        self.config = config or PolicyConfig()
+
+    def initial_state(self) -> PolicyState:
+        return PolicyState()
+
+    # ------------------------------------------------------------------ decide
+    def decide(self, snapshot: Snapshot, state: PolicyState) -> tuple[Decision, PolicyState]:
+        cfg = self.config
+        s = snapshot
+        now, cur = s.now, s.desired
+        per = s.per_instance_rps if s.per_instance_rps is not None else cfg.per_instance_rps
+
+        missing = [
+            name
+            for name, value in (
+                ("backlog", s.backlog),
+                ("arrival rate", s.arrival_rate),
+                ("per-instance throughput", per),
+            )
+            if value is None
+        ]
+        if missing:
+            if cur == 0 and s.backlog is not None and s.backlog > 0:
+                want = max(1, cfg.min_capacity)
+                return (
+                    Decision.to(cur, want, f"backlog {s.backlog} and no capacity: start {want}"),
+                    replace(state, last_out_at=now, idle_since=None),
+                )
+            why = f"{', '.join(missing)} unknown: hold (never scale in on missing data)"
+            return Decision.hold(cur, why), state
+        assert s.backlog is not None and s.arrival_rate is not None and per is not None
+        backlog, arrival = s.backlog, s.arrival_rate
+        reasons: list[str] = []
+
+        # -- idle time, for scale to zero
+        idle = backlog == 0 and arrival <= 0.0
+        idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+
+        # -- what the load needs
+        rate_need = arrival / (per * cfg.target_load)
+        drain_need = backlog / (per * cfg.drain_time_s)
+        need = rate_need + drain_need
+        basis = (
+            f"{arrival:.1f} req/s at {per * cfg.target_load:.1f}/instance = {rate_need:.2f}"
+            f" + backlog {backlog} in {cfg.drain_time_s:.0f}s = {drain_need:.2f}"
+        )
+        util = s.gpu_utilization if s.gpu_utilization is not None else s.busy_fraction
+        if util is not None and s.in_service > 0:
+            util_need = s.in_service * util / cfg.target_utilization
+            if util_need > need:
+                need = util_need
+                basis = (
+                    f"utilization {util:.0%} of {s.in_service} in service,"
+                    f" target {cfg.target_utilization:.0%} = {util_need:.2f}"
+                )
+        reasons.append(f"need {need:.2f}: {basis}")
+        if s.pending:
+            reasons.append(f"{s.pending} booting counted as coming capacity")
+
+        # -- the floor and the ceiling
+        floor = max(cfg.min_capacity, 1)
+        if cfg.scale_to_zero and idle_since is not None and now - idle_since >= cfg.idle_to_zero_s:
+            floor = 0
+            reasons.append(f"idle for {now - idle_since:.0f}s: scale to zero")
+        target = min(max(math.ceil(need - 1e-9), floor), cfg.max_capacity)
+
+        # -- recurring surges
+        state, prewarm = self._surges(state, now, need)
+        if prewarm > target:
+            target = min(prewarm, cfg.max_capacity)
+            reasons.append(f"surge due every {self._period(state):.0f}s: pre-warm {target}")
+
+        # -- tolerance band (only for changes the demand asks for)
+        if (
+            cur > 0
+            and target != cur
+            and floor <= cur <= cfg.max_capacity
+            and prewarm <= cur
+            and abs(need / cur - 1.0) <= cfg.tolerance
+        ):
+            reasons.append(f"within the {cfg.tolerance:.0%} tolerance band of {cur}")
+            target = cur
+
+        # -- scale-in stabilization window
+        window = tuple(
+            (t, n) for t, n in state.recommendations if now - t < cfg.scale_in_stabilization_s
+        )
+        window = (*window, (now, target))
+        if target < cur:
+            highest = max(n for _, n in window)
+            if highest > target:
+                reasons.append(
+                    f"stabilization: {highest} recommended"
+                    f" within {cfg.scale_in_stabilization_s:.0f}s"
+                )
+                target = min(highest, cur)
+        state = replace(state, recommendations=window, idle_since=idle_since)
+
+        # -- cooldowns and steps
+        if target > cur:
+            if cur == 0:
+                reasons.append("scale from zero")
+            elif (
+                state.last_out_at is not None and now - state.last_out_at < cfg.scale_out_cooldown_s
+            ):
+                left = cfg.scale_out_cooldown_s - (now - state.last_out_at)
+                return Decision.hold(cur, *reasons, f"scale-out cooldown: {left:.0f}s left"), state
+            if target - cur > cfg.max_step_up:
+                target = cur + cfg.max_step_up
+                reasons.append(f"step limited to +{cfg.max_step_up}")
+            return Decision.to(cur, target, *reasons), replace(state, last_out_at=now)
+        if target < cur:
+            if state.last_in_at is not None and now - state.last_in_at < cfg.scale_in_cooldown_s:
+                left = cfg.scale_in_cooldown_s - (now - state.last_in_at)
+                return Decision.hold(cur, *reasons, f"scale-in cooldown: {left:.0f}s left"), state
+            if cur - target > cfg.max_step_down:
+                target = cur - cfg.max_step_down
+                reasons.append(f"step limited to -{cfg.max_step_down}")
+            return Decision.to(cur, target, *reasons), replace(state, last_in_at=now)
+        return Decision.hold(cur, *reasons), state
+
+    # ------------------------------------------------------------------ surges
+    def _period(self, state: PolicyState) -> float:
+        onsets = state.surge_onsets
+        return onsets[-1] - onsets[-2] if len(onsets) >= 2 else 0.0
+
+    def _surges(self, state: PolicyState, now: float, need: float) -> tuple[PolicyState, int]:
+        """Track surges; return the state and the count to pre-warm (0: none)."""
+        cfg = self.config
+        if not cfg.predict_surges:
+            return state, 0
+        needs = tuple((t, n) for t, n in state.needs if now - t <= cfg.surge_lookback_s)
+        level = min((n for _, n in needs), default=need)
+        active = state.surge_until is not None and now <= state.surge_until
+        onsets, base, peak, until = (
+            state.surge_onsets,
+            state.surge_base,
+            state.surge_peak,
+            state.surge_until,
+        )
+        if active and need >= cfg.surge_ratio * base:
+            until = now + cfg.surge_lookback_s / 2
+            peak = max(peak, math.ceil(need))
+        elif not active and needs and need >= cfg.surge_ratio * max(level, 1.0):
+            onsets = (*onsets, now)[-3:]
+            base, peak, until = max(level, 1.0), math.ceil(need), now + cfg.surge_lookback_s / 2
+            active = True
+        state = replace(
+            state,
+            needs=(*needs, (now, need)),
+            surge_onsets=onsets,
+            surge_base=base,
+            surge_peak=peak,
+            surge_until=until,
+        )
+        if active or len(onsets) < 2:
+            return state, 0
+        period = onsets[-1] - onsets[-2]
+        if not cfg.min_period_s <= period <= cfg.max_period_s:
+            return state, 0
+        if len(onsets) == 3 and abs((onsets[-2] - onsets[-3]) - period) > 0.1 * period:
+            return state, 0
+        due = onsets[-1] + period
+        if due - cfg.prewarm_lead_s <= now <= due + cfg.prewarm_grace_s:
+            return state, min(peak, cfg.max_capacity)
+        return state, 0
+
+
+__all__ = ["DefaultPolicy", "PolicyConfig", "PolicyState"]

@@ -1,0 +1,272 @@
+"""Signals: one :class:`~autoscaler.types.Snapshot` per poll.
+
+- **backlog**: summed over the watched models from :meth:`Transport.depth`
+  (RabbitMQ ready + unacked; Kafka lag, which already includes what workers
+  hold uncommitted). Where RabbitMQ's management API does not report unacked
+  messages, the in-flight counts of live workers' heartbeats stand in.
+  Depth counts broker messages; clients coalesce several requests into one
+  message, so message counts are scaled by the mean requests per message the
+  live workers report in their heartbeats.
+- **arrival rate**: requests/s offered, an EWMA of the transport's
+  ``produce_rate(model)`` where it has one, else of
+  ``Δbacklog/Δt + answer rate`` (the answer rate from the heartbeats'
+  ``answered_total`` counters).
+- **per-instance throughput, busy fraction, GPU utilization**: from heartbeats
+  of workers in state ``ready``; a heartbeat older than three of its own
+  intervals is dropped. Sustainable per-instance rps is ``throughput /
+  busy_fraction`` when the workers are busy enough for that to mean something,
+  else the configured ``per_instance_rps``.
+- **in service, pending, desired**: from the actuator.
+
+A signal that cannot be read is ``None``, never 0.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from autoscaler.actuators.base import Capacity
+from autoscaler.types import Snapshot
+from fleet.errors import DecodeError, FleetError
+from fleet.heartbeat import Heartbeat
+from fleet.logging import get_logger
+from fleet.transport.base import Consumer, Depth, Transport
+
+log = get_logger("autoscaler.signals")
+
+STALE_INTERVALS = 3.0  # a heartbeat older than this many of its intervals is dropped
+
+HeartbeatListener = Callable[[Heartbeat, float], None]
+
+
+@dataclass(slots=True)
+class _Worker:
+    beat: Heartbeat
+    received_at: float  # monotonic
+    answer_rate: float | None = None  # from the last two distinct heartbeats
+
+
+class Ewma:
+    """Exponentially weighted moving average over irregular samples, with a
+    time constant (0: the latest sample)."""
+
+    def __init__(self, time_constant_s: float) -> None:
+        self.tau = time_constant_s
+        self.value: float | None = None
+
+    def update(self, sample: float, dt: float) -> float:
+        if self.value is None or self.tau <= 0:
+            self.value = sample
+        else:
+            alpha = 1.0 - math.exp(-max(dt, 0.0) / self.tau)
+            self.value += alpha * (sample - self.value)
+        return self.value
+
+
+class Signals:
+    """Collects snapshots. Call :meth:`start` (subscribes to heartbeats), then
+    :meth:`collect` once per poll."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        models: Sequence[str],
+        *,
+        per_instance_rps: float | None = None,
+        arrival_smoothing_s: float = 10.0,
+        min_busy_fraction: float = 0.25,
+        declare_queues: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.models = list(models)
+        self.per_instance_rps = per_instance_rps
+        self.min_busy_fraction = min_busy_fraction
+        self.declare_queues = declare_queues
+        self.clock = clock
+        self._arrival = Ewma(arrival_smoothing_s)
+        self._workers: dict[str, _Worker] = {}
+        self._listeners: list[HeartbeatListener] = []
+        self._sub: Consumer | None = None
+        self._last_poll: float | None = None
+        self._last_backlog: int | None = None
+        self._measured_rps: float | None = None
+        self.last_depths: dict[str, Depth | None] = {}
+
+    # ------------------------------------------------------------------ heartbeats
+    def add_listener(self, listener: HeartbeatListener) -> None:
+        """Also hand every decoded heartbeat to ``listener(beat, received_at)``."""
+        self._listeners.append(listener)
+
+    async def start(self) -> None:
+        if self.declare_queues:
+            for model in self.models:
+                try:
+                    await self.transport.declare_model(model)
+                except FleetError as exc:
+                    log.warning("could not declare model queues", model=model, error=repr(exc))
+        if self._sub is None:
+            self._sub = await self.transport.subscribe_heartbeats(self.on_heartbeat_bytes)
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.cancel()
+            except FleetError as exc:
+                log.warning("could not cancel heartbeat subscription", error=repr(exc))
+
+    def on_heartbeat_bytes(self, data: bytes) -> None:
+        try:
+            beat = Heartbeat.decode(data)
+        except DecodeError as exc:
+            log.warning("dropping an undecodable heartbeat", error=exc.message)
+            return
+        self.on_heartbeat(beat)
+
+    def on_heartbeat(self, beat: Heartbeat) -> None:
+        now = self.clock()
+        for listener in self._listeners:
+            try:
+                listener(beat, now)
+            except Exception:
+                log.exception("heartbeat listener failed")
+        if beat.models and not set(beat.models) & set(self.models):
+            return  # a worker for other models
+        if beat.state == "stopped":
+            self._workers.pop(beat.worker_id, None)
+            return
+        prev = self._workers.get(beat.worker_id)
+        rate = prev.answer_rate if prev is not None else None
+        if prev is not None and beat.sent_at > prev.beat.sent_at:
+            dt = beat.sent_at - prev.beat.sent_at
+            answered = beat.answered_total - prev.beat.answered_total
+            if answered < 0:  # restarted under the same id: the counter started again
+                answered = beat.answered_total
+            rate = answered / dt
+        elif prev is not None and beat.sent_at < prev.beat.sent_at:
+            return  # out of order: keep the newer one
+        self._workers[beat.worker_id] = _Worker(beat=beat, received_at=now, answer_rate=rate)
+
+    def live_workers(self) -> list[Heartbeat]:
+        """Heartbeats of workers heard from within three of their intervals."""
+        now = self.clock()
+        for wid, w in list(self._workers.items()):
+            if now - w.received_at > STALE_INTERVALS * max(w.beat.interval_s, 1e-3):
+                del self._workers[wid]
+        return [w.beat for w in self._workers.values()]
+
+    # ------------------------------------------------------------------ polling
+    async def _depths(self) -> dict[str, Depth | None]:
+        out: dict[str, Depth | None] = {}
+        for model in self.models:
+            try:
+                out[model] = await self.transport.depth(model)
+            except FleetError as exc:
+                log.warning("backlog unreadable", model=model, error=repr(exc))
+                out[model] = None
+        return out
+
+    @staticmethod
+    def _per_message(live: list[Heartbeat]) -> float:
+        """Requests per broker message, from the workers (1 when none say)."""
+        ratios = [b.requests_per_message for b in live if b.requests_per_message >= 1]
+        return sum(ratios) / len(ratios) if ratios else 1.0
+
+    def _backlog(self, depths: dict[str, Depth | None], live: list[Heartbeat]) -> int | None:
+        if any(d is None for d in depths.values()):
+            return None
+        messages = 0
+        unknown_in_flight: set[str] = set()
+        for model, d in depths.items():
+            assert d is not None
+            messages += d.ready
+            if d.in_flight is None:
+                unknown_in_flight.add(model)
+            else:
+                messages += d.in_flight
+        total = round(messages * self._per_message(live))
+        # Kafka lag (end offset - committed) already counts what workers hold
+        # uncommitted; elsewhere an unknown in-flight count is the workers' sum.
+        if unknown_in_flight and getattr(self.transport, "scheme", "") != "kafka":
+            total += sum(
+                b.in_flight for b in live if not b.models or set(b.models) & unknown_in_flight
+            )
+        return total
+
+    async def _produce_rate(self) -> float | None:
+        fn = getattr(self.transport, "produce_rate", None)
+        if fn is None:
+            return None
+        total = 0.0
+        for model in self.models:
+            try:
+                value = fn(model)
+                if inspect.isawaitable(value):
+                    value = await value
+            except FleetError as exc:
+                log.warning("produce rate unreadable", model=model, error=repr(exc))
+                return None
+            if value is None:
+                return None
+            total += float(value)
+        return total
+
+    def _answer_rate(self) -> float:
+        return sum(w.answer_rate or 0.0 for w in self._workers.values())
+
+    def _per_instance(self, ready: list[Heartbeat]) -> float | None:
+        estimates = [
+            b.throughput_rps / b.busy_fraction
+            for b in ready
+            if b.busy_fraction >= self.min_busy_fraction and b.throughput_rps > 0
+        ]
+        if estimates:
+            self._measured_rps = sum(estimates) / len(estimates)
+            return self._measured_rps
+        if self.per_instance_rps is not None:
+            return self.per_instance_rps
+        return self._measured_rps
+
+    async def collect(self, capacity: Capacity) -> Snapshot:
+        """Read every signal once."""
+        now = self.clock()
+        live = self.live_workers()
+        ready = [b for b in live if b.state == "ready"]
+        depths = await self._depths()
+        self.last_depths = depths
+        backlog = self._backlog(depths, live)
+
+        produced = await self._produce_rate()
+        dt = now - self._last_poll if self._last_poll is not None else None
+        arrival: float | None
+        if produced is not None:
+            produced *= self._per_message(live)  # messages/s to requests/s
+            arrival = self._arrival.update(produced, dt or 0.0)
+        elif backlog is not None and self._last_backlog is not None and dt:
+            raw = max(0.0, (backlog - self._last_backlog) / dt + self._answer_rate())
+            arrival = self._arrival.update(raw, dt)
+        else:
+            arrival = None  # the first poll, or the backlog could not be read
+        self._last_poll = now
+        self._last_backlog = backlog
+
+        gpus = [b.gpu_utilization for b in ready if b.gpu_utilization is not None]
+        return Snapshot(
+            now=now,
+            backlog=backlog,
+            arrival_rate=arrival,
+            per_instance_rps=self._per_instance(ready),
+            busy_fraction=(sum(b.busy_fraction for b in ready) / len(ready)) if ready else None,
+            gpu_utilization=(sum(gpus) / len(gpus)) if gpus else None,
+            in_service=capacity.in_service,
+            pending=capacity.pending,
+            desired=capacity.desired,
+        )
+
+
+__all__ = ["STALE_INTERVALS", "Ewma", "HeartbeatListener", "Signals"]

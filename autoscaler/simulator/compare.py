@@ -1,0 +1,134 @@
+"""The policy comparison behind ``fleet compare-policies`` and ``docs/policies.md``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoscaler.baselines import (
+    KedaConfig,
+    KedaPolicy,
+    StaticConfig,
+    StaticPolicy,
+    TargetTrackingConfig,
+    TargetTrackingPolicy,
+)
+from autoscaler.policy import DefaultPolicy, PolicyConfig
+from autoscaler.simulator.engine import SimConfig, SimResult, simulate
+from autoscaler.simulator.patterns import BUILTIN, Pattern
+from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
+from autoscaler.simulator.report import GoalCheck, check_goal, plot
+from autoscaler.types import Policy
+
+POLICY_KINDS = ("default", "target-tracking", "keda", "static")
+
+
+def static_for_peak(
+    pattern: Pattern, profile: ServiceProfile, *, dt: float = 0.1, horizon_s: float | None = None
+) -> int:
+    """Instances that carry the pattern's peak at the sustainable per-instance rate."""
+    return max(1, math.ceil(pattern.peak(dt, horizon_s) / profile.sustainable_rps - 1e-9))
+
+
+def make_policy(
+    kind: str,
+    pattern: Pattern,
+    profile: ServiceProfile,
+    *,
+    static_capacity: int | None = None,
+    horizon_s: float | None = None,
+) -> Policy[Any]:
+    """A policy of ``kind`` with its documented defaults (static: sized for the peak)."""
+    if kind == "default":
+        return DefaultPolicy(PolicyConfig())
+    if kind == "target-tracking":
+        return TargetTrackingPolicy(TargetTrackingConfig())
+    if kind == "keda":
+        return KedaPolicy(KedaConfig())
+    if kind == "static":
+        count = static_capacity
+        if count is None:
+            count = static_for_peak(pattern, profile, horizon_s=horizon_s)
+        return StaticPolicy(StaticConfig(capacity=count))
+    raise ValueError(f"unknown policy kind {kind!r}; choose from {', '.join(POLICY_KINDS)}")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PatternComparison:
+    pattern: Pattern
+    results: tuple[SimResult, ...]
+    goal: GoalCheck | None
+
+    def by_policy(self, name: str) -> SimResult:
+        return next(r for r in self.results if r.policy == name)
+
+
+def compare_pattern(
+    pattern: Pattern,
+    *,
+    profile: ServiceProfile = DEFAULT_PROFILE,
+    config: SimConfig | None = None,
+    horizon_s: float | None = None,
+    kinds: Sequence[str] = POLICY_KINDS,
+) -> PatternComparison:
+    """Every policy kind on one pattern, same seed (so the same arrivals)."""
+    results = tuple(
+        simulate(
+            make_policy(kind, pattern, profile, horizon_s=horizon_s),
+            pattern,
+            profile=profile,
+            config=config,
+            horizon_s=horizon_s,
+        )
+        for kind in kinds
+    )
+    goal = None
+    if set(POLICY_KINDS) <= {r.policy for r in results}:
+        get = {r.policy: r for r in results}
+        goal = check_goal(get["default"], get["target-tracking"], get["keda"], get["static"])
+    return PatternComparison(pattern=pattern, results=results, goal=goal)
+
+
+def write_docs(
+    out_dir: str | Path,
+    *,
+    profile: ServiceProfile = DEFAULT_PROFILE,
+    config: SimConfig | None = None,
+    horizon_s: float | None = None,
+    patterns: Sequence[str] = tuple(BUILTIN),
+    command: str = "fleet compare-policies",
+) -> tuple[Path, list[PatternComparison]]:
+    """Run the comparison; write ``policies.md`` and ``img/<pattern>.png`` under ``out_dir``."""
+    cfg = config or SimConfig()
+    out = Path(out_dir)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    comparisons = [
+        compare_pattern(BUILTIN[name], profile=profile, config=cfg, horizon_s=horizon_s)
+        for name in patterns
+    ]
+    for comp in comparisons:
+        plot(
+            comp.results,
+            out / "img" / f"{comp.pattern.name}.png",
+            objective_ms=cfg.latency_objective_ms,
+        )
+    from autoscaler.simulator.docs import render
+
+    path = out / "policies.md"
+    path.write_text(
+        render(comparisons, profile=profile, config=cfg, command=command), encoding="utf-8"
+    )
+    return path, comparisons
+
+
+__all__ = [
+    "POLICY_KINDS",
+    "PatternComparison",
+    "compare_pattern",
+    "make_policy",
+    "static_for_peak",
+    "write_docs",
+]

@@ -1,0 +1,172 @@
+"""Traffic patterns: offered load (requests/s) as a function of time.
+
+Built in:
+
+- ``spiky``: a live-stream quiz. Near-zero traffic (2 req/s) and, every
+  10 minutes from minute 5, a burst as a question goes out: up to 400 req/s
+  within 5 s, held 40 s, then tailing off over 30 s. 2 hours.
+- ``diurnal``: an e-commerce day between 70 and 500 req/s: a trough at 04:00,
+  a morning climb, a lunchtime bump and the evening peak at 20:30. 24 hours.
+- ``triple``: 100 req/s that suddenly triples to 300 req/s at 01:00 for
+  30 minutes, then falls back (a flash sale). 3 hours.
+- ``ramp``: from 20 req/s up to 500 req/s over 90 minutes, held 30 minutes. 2 hours.
+- ``csv:FILE``: a user's own rates: rows of ``seconds,rate`` (a header line is
+  skipped), the rate held from each row's time to the next; the horizon is
+  the last row's time plus the median step.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from fleet.errors import ConfigError
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pattern:
+    name: str
+    horizon_s: float
+    rate: Callable[[FloatArray], FloatArray]  # vectorized: times (s) -> requests/s
+    description: str
+
+    def rates(self, dt: float, horizon_s: float | None = None) -> FloatArray:
+        """The rate at the middle of each step of ``dt`` seconds."""
+        horizon = self.horizon_s if horizon_s is None else horizon_s
+        steps = math.ceil(horizon / dt - 1e-9)
+        t = (np.arange(steps, dtype=np.float64) + 0.5) * dt
+        return np.maximum(self.rate(t), 0.0)
+
+    def peak(self, dt: float = 1.0, horizon_s: float | None = None) -> float:
+        return float(self.rates(dt, horizon_s).max())
+
+
+def _spiky(t: FloatArray) -> FloatArray:
+    base, peak, period, first = 2.0, 400.0, 600.0, 300.0
+    rise, hold, fall = 5.0, 40.0, 30.0
+    x = np.mod(t - first, period)
+    x = np.where(t < first, period, x)  # nothing before the first burst
+    ramp_up = np.clip(x / rise, 0.0, 1.0)
+    decay = np.clip(1.0 - (x - rise - hold) / fall, 0.0, 1.0)
+    shape = np.where(x < rise + hold, ramp_up, decay)
+    return base + (peak - base) * shape
+
+
+_DIURNAL_BUMPS = ((11.0, 2.2, 0.42), (13.0, 1.0, 0.30), (16.0, 2.0, 0.18), (20.5, 1.8, 1.0))
+
+
+def _day_shape(h: FloatArray) -> FloatArray:
+    """Sum of daily bumps (hour of day, width in hours, weight)."""
+    out = np.zeros_like(h)
+    for center, width, weight in _DIURNAL_BUMPS:
+        d = np.minimum(np.abs(h - center), 24.0 - np.abs(h - center))
+        out = out + weight * np.exp(-0.5 * (d / width) ** 2)
+    return out
+
+
+_DAY_GRID = _day_shape(np.linspace(0.0, 24.0, 24 * 60, endpoint=False))
+
+
+def _diurnal(t: FloatArray) -> FloatArray:
+    low, high = 70.0, 500.0
+    shape = _day_shape(np.mod(t / 3600.0, 24.0))
+    lo, hi = float(_DAY_GRID.min()), float(_DAY_GRID.max())
+    return np.asarray(low + (high - low) * (shape - lo) / (hi - lo))
+
+
+def _triple(t: FloatArray) -> FloatArray:
+    return np.where((t >= 3600.0) & (t < 5400.0), 300.0, 100.0)
+
+
+def _ramp(t: FloatArray) -> FloatArray:
+    return np.asarray(20.0 + (500.0 - 20.0) * np.clip(t / 5400.0, 0.0, 1.0))
+
+
+BUILTIN: dict[str, Pattern] = {
+    "spiky": Pattern(
+        name="spiky",
+        horizon_s=2 * 3600.0,
+        rate=_spiky,
+        description="2 req/s with a 400 req/s burst every 10 minutes (a live-stream quiz)",
+    ),
+    "diurnal": Pattern(
+        name="diurnal",
+        horizon_s=24 * 3600.0,
+        rate=_diurnal,
+        description="an e-commerce day between 70 and 500 req/s",
+    ),
+    "triple": Pattern(
+        name="triple",
+        horizon_s=3 * 3600.0,
+        rate=_triple,
+        description="100 req/s tripling to 300 req/s for 30 minutes at 01:00",
+    ),
+    "ramp": Pattern(
+        name="ramp",
+        horizon_s=2 * 3600.0,
+        rate=_ramp,
+        description="20 to 500 req/s over 90 minutes, then held",
+    ),
+}
+
+
+def from_csv(path: str | Path) -> Pattern:
+    """A pattern replaying ``seconds,rate`` rows."""
+    p = Path(path)
+    times: list[float] = []
+    values: list[float] = []
+    try:
+        with p.open(newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.reader(fh), start=1):
+                if not row or row[0].strip().startswith("#"):
+                    continue
+                try:
+                    t, r = float(row[0]), float(row[1])
+                except (ValueError, IndexError):
+                    if lineno == 1:
+                        continue  # a header
+                    raise ConfigError(f"{p}:{lineno}: expected 'seconds,rate'") from None
+                if r < 0 or (times and t <= times[-1]):
+                    raise ConfigError(f"{p}:{lineno}: times must increase and rates be >= 0")
+                times.append(t)
+                values.append(r)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    if not times:
+        raise ConfigError(f"{p}: no rows")
+    step = float(np.median(np.diff(times))) if len(times) > 1 else 60.0
+    ts = np.array(times)
+    vs = np.array(values)
+
+    def rate(t: FloatArray) -> FloatArray:
+        idx = np.clip(np.searchsorted(ts, t, side="right") - 1, 0, len(ts) - 1)
+        return np.asarray(vs[idx])
+
+    return Pattern(
+        name=p.stem,
+        horizon_s=times[-1] + step,
+        rate=rate,
+        description=f"rates replayed from {p.name}",
+    )
+
+
+def get_pattern(spec: str) -> Pattern:
+    """A built-in pattern by name, or ``csv:FILE``."""
+    if spec.startswith("csv:"):
+        return from_csv(spec[4:])
+    try:
+        return BUILTIN[spec]
+    except KeyError:
+        names = ", ".join([*BUILTIN, "csv:FILE"])
+        raise ConfigError(f"unknown traffic pattern {spec!r}; choose from {names}") from None
+
+
+__all__ = ["BUILTIN", "Pattern", "from_csv", "get_pattern"]

@@ -1,0 +1,170 @@
+"""Comparison tables, the goal check and plots of simulation results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoscaler.simulator.engine import SimResult
+
+COLUMNS = (
+    "pattern",
+    "policy",
+    "over objective",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "instance-h",
+    "cost",
+    "peak backlog",
+    "actions",
+)
+
+
+def _ms(value: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f"{value:,.0f}" if value >= 1000 else f"{value:.1f}"
+
+
+def row(r: SimResult) -> tuple[str, ...]:
+    return (
+        r.pattern,
+        r.policy,
+        f"{100 * r.over_share:.2f}%",
+        _ms(r.p50_ms),
+        _ms(r.p95_ms),
+        _ms(r.p99_ms),
+        f"{r.instance_hours:.1f}",
+        f"${r.cost:,.2f}",
+        f"{r.peak_backlog:,}",
+        str(r.actions),
+    )
+
+
+def markdown_table(results: Sequence[SimResult]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row(r)) + " |" for r in results]
+    return "\n".join(lines)
+
+
+def text_table(results: Sequence[SimResult]) -> str:
+    rows = [COLUMNS, *(row(r) for r in results)]
+    widths = [max(len(x[i]) for x in rows) for i in range(len(COLUMNS))]
+    out = []
+    for i, x in enumerate(rows):
+        out.append(
+            "  ".join(
+                c.ljust(w) if j < 2 else c.rjust(w)
+                for j, (c, w) in enumerate(zip(x, widths, strict=True))
+            )
+        )
+        if i == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class GoalCheck:
+    """The goal the default policy must meet on one pattern."""
+
+    pattern: str
+    failures: tuple[str, ...]
+    lines: tuple[str, ...]
+
+    @property
+    def met(self) -> bool:
+        return not self.failures
+
+
+def check_goal(
+    default: SimResult,
+    target_tracking: SimResult,
+    keda: SimResult,
+    static: SimResult,
+    *,
+    max_static_share: float = 0.5,
+    max_over_share: float = 0.01,
+) -> GoalCheck:
+    """Fewer requests over the objective than target tracking and KEDA with no
+    more instance-hours than either; against static provisioning for the peak,
+    at most half its instance-hours with at most 1% over the objective."""
+    failures: list[str] = []
+    lines: list[str] = []
+
+    def claim(ok: bool, text: str) -> None:
+        lines.append(("met: " if ok else "NOT met: ") + text)
+        if not ok:
+            failures.append(text)
+
+    d = default
+    for base in (target_tracking, keda):
+        claim(
+            d.over_objective < base.over_objective,
+            f"over objective {100 * d.over_share:.2f}%"
+            f" < {base.policy} {100 * base.over_share:.2f}%",
+        )
+        claim(
+            d.instance_hours <= base.instance_hours,
+            f"instance-hours {d.instance_hours:.1f} <= {base.policy} {base.instance_hours:.1f}",
+        )
+    share = d.instance_hours / static.instance_hours if static.instance_hours else math.inf
+    claim(
+        share <= max_static_share,
+        f"instance-hours {100 * share:.0f}% of static's {static.instance_hours:.1f}"
+        f" (at most {100 * max_static_share:.0f}%)",
+    )
+    claim(
+        d.over_share <= max_over_share,
+        f"over objective {100 * d.over_share:.2f}% (at most {100 * max_over_share:.0f}%)",
+    )
+    return GoalCheck(pattern=d.pattern, failures=tuple(failures), lines=tuple(lines))
+
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#7f7f7f", "#9467bd", "#ff7f0e")
+
+
+def plot(results: Sequence[SimResult], path: str | Path, *, objective_ms: float = 100.0) -> Path:
+    """One figure (900x600 px): offered load, desired and in-service capacity,
+    backlog and p99 latency over time, one colour per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(4, 1, figsize=(9, 6), dpi=100, sharex=True)
+    hours = max(r.horizon_s for r in results) > 3 * 3600
+    scale, unit = (3600.0, "h") if hours else (60.0, "min")
+    first = results[0].timeline
+    axes[0].plot(first.t_s / scale, first.offered_rps, color="black", lw=0.8)
+    axes[0].set_ylabel("offered\nreq/s", fontsize=8)
+    for i, r in enumerate(results):
+        tl, color = r.timeline, _COLORS[i % len(_COLORS)]
+        x = tl.t_s / scale
+        axes[1].step(x, tl.desired, where="post", color=color, lw=0.9, label=f"{r.policy} desired")
+        axes[1].plot(x, tl.in_service, color=color, lw=0.6, ls=":", alpha=0.9)
+        axes[2].plot(x, tl.backlog, color=color, lw=0.8)
+        axes[3].plot(x, tl.p99_ms, color=color, lw=0.8, label=r.policy)
+    axes[1].set_ylabel("instances\n(: in service)", fontsize=8)
+    axes[2].set_ylabel("backlog", fontsize=8)
+    axes[2].set_yscale("symlog", linthresh=100)
+    axes[3].set_ylabel("p99 ms", fontsize=8)
+    axes[3].set_yscale("log")
+    axes[3].axhline(objective_ms, color="black", lw=0.6, ls="--")
+    axes[3].set_xlabel(f"time ({unit})", fontsize=8)
+    axes[3].legend(fontsize=7, ncol=len(results), loc="upper left")
+    for ax in axes:
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{results[0].pattern}", fontsize=10)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["COLUMNS", "GoalCheck", "check_goal", "markdown_table", "plot", "row", "text_table"]

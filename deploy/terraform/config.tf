@@ -1,0 +1,80 @@
+# Configuration the instances read at boot: one SecureString parameter per
+# environment variable under each role's own path (the parameter's last path
+# element is the variable's name). User data carries only these paths.
+
+locals {
+  broker_url = {
+    external = var.broker_url
+    rabbitmq = local.mq_url
+    kafka    = local.msk_url
+  }[var.broker]
+
+  worker_env = merge(
+    {
+      FLEET_MODELS            = "s3://${var.models_bucket}/${var.models_prefix}"
+      FLEET_HTTP_PORT         = tostring(var.worker_http_port)
+      FLEET_DRAIN_TIMEOUT     = tostring(var.drain_timeout_seconds - 20) # finish before the hook times out
+      FLEET_LIFECYCLE_HOOK    = local.termination_hook_name
+      FLEET_ASG_NAME          = local.worker_group_name
+      FLEET_METRICS_NAMESPACE = var.metrics_namespace
+      AWS_REGION              = local.region
+    },
+    var.worker_env,
+  )
+
+  autoscaler_env = merge(
+    {
+      FLEET_ASG_NAME = local.worker_group_name
+      AWS_REGION     = local.region
+    },
+    var.autoscaler_env,
+  )
+
+  # The autoscaler's TOML carries the broker URL, so it is a SecureString too.
+  autoscaler_config = var.autoscaler_config != null ? var.autoscaler_config : templatefile("${path.module}/templates/autoscaler.toml.tftpl", {
+    broker_url   = local.broker_url
+    models       = var.models
+    group_name   = local.worker_group_name
+    region       = local.region
+    min_capacity = var.worker_min_size
+    max_capacity = var.worker_max_size
+    metrics_port = var.autoscaler_metrics_port
+  })
+}
+
+resource "aws_ssm_parameter" "worker_env" {
+  for_each = local.worker_env
+
+  name        = "${local.worker_parameter_path}/${each.key}"
+  description = "${var.name} worker environment: ${each.key}"
+  type        = "SecureString"
+  key_id      = aws_kms_key.fleet.arn
+  value       = each.value
+}
+
+resource "aws_ssm_parameter" "worker_broker_url" {
+  name        = "${local.worker_parameter_path}/FLEET_BROKER_URL"
+  description = "${var.name} worker environment: the broker URL (with credentials)"
+  type        = "SecureString"
+  key_id      = aws_kms_key.fleet.arn
+  value       = local.broker_url
+}
+
+resource "aws_ssm_parameter" "autoscaler_env" {
+  for_each = local.autoscaler_env
+
+  name        = "${local.autoscaler_parameter_path}/${each.key}"
+  description = "${var.name} autoscaler environment: ${each.key}"
+  type        = "SecureString"
+  key_id      = aws_kms_key.fleet.arn
+  value       = each.value
+}
+
+resource "aws_ssm_parameter" "autoscaler_config" {
+  name        = local.autoscaler_config_name
+  description = "${var.name} autoscaler configuration (TOML, with the broker URL)"
+  type        = "SecureString"
+  tier        = length(local.autoscaler_config) > 4096 ? "Advanced" : "Standard"
+  key_id      = aws_kms_key.fleet.arn
+  value       = local.autoscaler_config
+}

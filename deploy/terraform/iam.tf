@@ -1,0 +1,240 @@
+# Instance roles. Every Auto Scaling action is named (no wildcards) and, where
+# the API allows it, limited to the worker group's ARN.
+#
+# worker:     read its own SSM parameters; put CloudWatch metrics in one
+#             namespace; complete (and heartbeat) lifecycle actions on the
+#             worker group; read the model prefix of the model bucket; write
+#             its log group; pull its image from ECR (when ecr_repository_arns).
+# autoscaler: read its own SSM parameters; describe Auto Scaling groups; set
+#             the worker group's desired capacity and instance protection;
+#             write its log group; pull its image from ECR.
+
+locals {
+  parameter_arn_prefix = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
+  models_prefix_clean  = trim(var.models_prefix, "/")
+  ssm_service          = "ssm.${local.region}.amazonaws.com"
+}
+
+data "aws_iam_policy_document" "ec2_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ec2.amazonaws.com"]
+    }
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Worker
+# ---------------------------------------------------------------------------
+
+resource "aws_iam_role" "worker" {
+  name_prefix        = "${var.name}-worker-"
+  description        = "${var.name} GPU worker instances"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+}
+
+resource "aws_iam_instance_profile" "worker" {
+  name_prefix = "${var.name}-worker-"
+  role        = aws_iam_role.worker.name
+}
+
+data "aws_iam_policy_document" "worker" {
+  statement {
+    sid     = "ReadOwnParameters"
+    actions = ["ssm:GetParametersByPath", "ssm:GetParameters", "ssm:GetParameter"]
+    resources = [
+      "${local.parameter_arn_prefix}${local.worker_parameter_path}",
+      "${local.parameter_arn_prefix}${local.worker_parameter_path}/*",
+    ]
+  }
+
+  statement {
+    sid       = "DecryptOwnParameters"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.fleet.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.ssm_service]
+    }
+  }
+
+  statement {
+    sid       = "PutMetricsInOwnNamespace"
+    actions   = ["cloudwatch:PutMetricData"]
+    resources = ["*"] # PutMetricData has no resource-level permissions
+    condition {
+      test     = "StringEquals"
+      variable = "cloudwatch:namespace"
+      values   = [var.metrics_namespace]
+    }
+  }
+
+  statement {
+    sid = "CompleteLifecycleActionsOnOwnGroup"
+    actions = [
+      "autoscaling:CompleteLifecycleAction",
+      "autoscaling:RecordLifecycleActionHeartbeat",
+    ]
+    resources = [local.worker_group_arn]
+  }
+
+  statement {
+    sid       = "ListModelPrefix"
+    actions   = ["s3:ListBucket"]
+    resources = ["arn:${local.partition}:s3:::${var.models_bucket}"]
+    condition {
+      test     = "StringLike"
+      variable = "s3:prefix"
+      values   = [local.models_prefix_clean, "${local.models_prefix_clean}/*"]
+    }
+  }
+
+  statement {
+    sid       = "ReadModels"
+    actions   = ["s3:GetObject"]
+    resources = ["arn:${local.partition}:s3:::${var.models_bucket}/${local.models_prefix_clean}/*"]
+  }
+
+  dynamic "statement" {
+    for_each = var.models_kms_key_arn == null ? [] : [var.models_kms_key_arn]
+    content {
+      sid       = "DecryptModels"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+    }
+  }
+
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.worker.arn}:*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    content {
+      sid       = "EcrLogin"
+      actions   = ["ecr:GetAuthorizationToken"]
+      resources = ["*"] # GetAuthorizationToken has no resource-level permissions
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    content {
+      sid       = "PullImages"
+      actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+      resources = var.ecr_repository_arns
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "worker" {
+  name   = "worker"
+  role   = aws_iam_role.worker.id
+  policy = data.aws_iam_policy_document.worker.json
+}
+
+resource "aws_iam_role_policy_attachment" "worker_ssm_core" {
+  count = var.enable_ssm_session_manager ? 1 : 0
+
+  role       = aws_iam_role.worker.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}
+
+# ---------------------------------------------------------------------------
+# Autoscaler
+# ---------------------------------------------------------------------------
+
+resource "aws_iam_role" "autoscaler" {
+  name_prefix        = "${var.name}-autoscaler-"
+  description        = "${var.name} autoscaler instance"
+  assume_role_policy = data.aws_iam_policy_document.ec2_assume.json
+}
+
+resource "aws_iam_instance_profile" "autoscaler" {
+  name_prefix = "${var.name}-autoscaler-"
+  role        = aws_iam_role.autoscaler.name
+}
+
+data "aws_iam_policy_document" "autoscaler" {
+  statement {
+    sid     = "ReadOwnParameters"
+    actions = ["ssm:GetParametersByPath", "ssm:GetParameters", "ssm:GetParameter"]
+    resources = [
+      "${local.parameter_arn_prefix}${local.autoscaler_parameter_path}",
+      "${local.parameter_arn_prefix}${local.autoscaler_parameter_path}/*",
+      "${local.parameter_arn_prefix}${local.autoscaler_config_name}",
+    ]
+  }
+
+  statement {
+    sid       = "DecryptOwnParameters"
+    actions   = ["kms:Decrypt"]
+    resources = [aws_kms_key.fleet.arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = [local.ssm_service]
+    }
+  }
+
+  statement {
+    sid = "DescribeGroups"
+    actions = [
+      "autoscaling:DescribeAutoScalingGroups",
+      "autoscaling:DescribeAutoScalingInstances",
+      "autoscaling:DescribeWarmPool",
+    ]
+    resources = ["*"] # Describe actions have no resource-level permissions
+  }
+
+  statement {
+    sid = "SetCapacityOfWorkerGroupOnly"
+    actions = [
+      "autoscaling:SetDesiredCapacity",
+      "autoscaling:SetInstanceProtection",
+    ]
+    resources = [local.worker_group_arn]
+  }
+
+  statement {
+    sid       = "WriteOwnLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.autoscaler.arn}:*"]
+  }
+
+  dynamic "statement" {
+    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    content {
+      sid       = "EcrLogin"
+      actions   = ["ecr:GetAuthorizationToken"]
+      resources = ["*"] # GetAuthorizationToken has no resource-level permissions
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    content {
+      sid       = "PullImages"
+      actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
+      resources = var.ecr_repository_arns
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "autoscaler" {
+  name   = "autoscaler"
+  role   = aws_iam_role.autoscaler.id
+  policy = data.aws_iam_policy_document.autoscaler.json
+}
+
+resource "aws_iam_role_policy_attachment" "autoscaler_ssm_core" {
+  count = var.enable_ssm_session_manager ? 1 : 0
+
+  role       = aws_iam_role.autoscaler.name
+  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
+}

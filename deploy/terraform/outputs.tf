@@ -1,0 +1,102 @@
+output "vpc_id" {
+  description = "VPC the fleet runs in (created or given)."
+  value       = local.vpc_id
+}
+
+output "private_subnet_ids" {
+  description = "Private subnets of the worker and autoscaler groups."
+  value       = local.private_subnet_ids
+}
+
+output "worker_group_name" {
+  description = "Name of the worker Auto Scaling Group (FLEET_ASG_NAME; the autoscaler's actuator target)."
+  value       = aws_autoscaling_group.worker.name
+}
+
+output "worker_group_arn" {
+  description = "ARN of the worker Auto Scaling Group."
+  value       = aws_autoscaling_group.worker.arn
+}
+
+output "worker_launch_template_id" {
+  description = "Launch template of the workers."
+  value       = aws_launch_template.worker.id
+}
+
+output "termination_hook_name" {
+  description = "Termination lifecycle hook the workers complete after draining (FLEET_LIFECYCLE_HOOK)."
+  value       = local.termination_hook_name
+}
+
+output "launch_hook_name" {
+  description = "Launch lifecycle hook the boot script completes once the image is pulled."
+  value       = local.launch_hook_name
+}
+
+output "load_balancer_dns_name" {
+  description = "DNS name of the application load balancer."
+  value       = aws_lb.this.dns_name
+}
+
+output "target_group_arn" {
+  description = "Target group of the workers (health check: the worker's readiness path)."
+  value       = aws_lb_target_group.worker.arn
+}
+
+output "worker_ready_path" {
+  description = "Health check path of the target group."
+  value       = local.worker_ready_path
+}
+
+output "autoscaler_group_name" {
+  description = "Name of the autoscaler's group of one."
+  value       = aws_autoscaling_group.autoscaler.name
+}
+
+output "worker_role_arn" {
+  description = "IAM role of the worker instances."
+  value       = aws_iam_role.worker.arn
+}
+
+output "autoscaler_role_arn" {
+  description = "IAM role of the autoscaler instance."
+  value       = aws_iam_role.autoscaler.arn
+}
+
+output "worker_parameter_path" {
+  description = "SSM path holding the worker's environment (one SecureString per variable)."
+  value       = local.worker_parameter_path
+}
+
+output "autoscaler_parameter_path" {
+  description = "SSM path holding the autoscaler's environment."
+  value       = local.autoscaler_parameter_path
+}
+
+output "autoscaler_config_parameter" {
+  description = "SSM parameter holding the autoscaler's TOML configuration."
+  value       = local.autoscaler_config_name
+}
+
+output "broker_endpoint" {
+  description = "Endpoint of the managed broker (without credentials); null with an external broker."
+  value       = local.broker_endpoint
+}
+
+output "broker_password_secret_arn" {
+  description = "Secrets Manager secret with the Amazon MQ user's password (broker = \"rabbitmq\")."
+  value       = var.broker == "rabbitmq" ? aws_secretsmanager_secret.mq[0].arn : null
+}
+
+output "kms_key_arn" {
+  description = "KMS key encrypting the parameters, secrets, log groups and MSK storage."
+  value       = aws_kms_key.fleet.arn
+}
+
+output "log_groups" {
+  description = "CloudWatch log groups of the worker and autoscaler containers."
+  value = {
+    worker     = aws_cloudwatch_log_group.worker.name
+    autoscaler = aws_cloudwatch_log_group.autoscaler.name
+  }
+}

@@ -1,0 +1,311 @@
+# `terraform test` with a mocked AWS provider: no credentials, no API calls.
+# Run from deploy/terraform after `terraform init`.
+
+mock_provider "aws" {
+  mock_data "aws_caller_identity" {
+    defaults = { account_id = "123456789012" }
+  }
+  mock_data "aws_partition" {
+    defaults = { partition = "aws" }
+  }
+  mock_data "aws_region" {
+    defaults = { name = "us-east-1" }
+  }
+  mock_data "aws_availability_zones" {
+    defaults = { names = ["us-east-1a", "us-east-1b", "us-east-1c"] }
+  }
+  mock_data "aws_vpc" {
+    defaults = { cidr_block = "10.1.0.0/16" }
+  }
+  mock_data "aws_ssm_parameter" {
+    defaults = { insecure_value = "ami-0123456789abcdef0", value = "ami-0123456789abcdef0" }
+  }
+  mock_data "aws_ami" {
+    defaults = { id = "ami-0123456789abcdef0", root_device_name = "/dev/sda1" }
+  }
+  mock_data "aws_iam_policy_document" {
+    defaults = { json = "{\"Version\":\"2012-10-17\",\"Statement\":[]}" }
+  }
+  mock_data "aws_secretsmanager_random_password" {
+    defaults = { random_password = "GeneratedPassword0123456789abcdef" }
+  }
+  # Attributes the provider validates as ARNs when other resources use them.
+  mock_resource "aws_lb" {
+    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/fleet-alb/0123456789abcdef" }
+  }
+  mock_resource "aws_lb_target_group" {
+    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/wrk-0123/0123456789abcdef" }
+  }
+  mock_resource "aws_iam_role" {
+    defaults = { arn = "arn:aws:iam::123456789012:role/fleet-role" }
+  }
+  mock_resource "aws_iam_instance_profile" {
+    defaults = { arn = "arn:aws:iam::123456789012:instance-profile/fleet-profile" }
+  }
+  mock_resource "aws_cloudwatch_log_group" {
+    defaults = { arn = "arn:aws:logs:us-east-1:123456789012:log-group:/fleet/logs" }
+  }
+  mock_resource "aws_kms_key" {
+    defaults = { arn = "arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000" }
+  }
+  mock_resource "aws_secretsmanager_secret" {
+    defaults = { arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:fleet/rabbitmq-password-abcdef" }
+  }
+  mock_resource "aws_autoscaling_group" {
+    defaults = { arn = "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:00000000-0000-0000-0000-000000000000:autoScalingGroupName/fleet-worker" }
+  }
+  mock_resource "aws_launch_template" {
+    defaults = { id = "lt-0123456789abcdef0", latest_version = 1 }
+  }
+  mock_resource "aws_mq_broker" {
+    defaults = {
+      instances = [{ console_url = "https://b-1.mq.us-east-1.amazonaws.com", ip_address = "", endpoints = ["amqps://b-1.mq.us-east-1.amazonaws.com:5671"] }]
+    }
+  }
+  mock_resource "aws_msk_cluster" {
+    defaults = {
+      bootstrap_brokers     = "b-1.kafka.us-east-1.amazonaws.com:9092,b-2.kafka.us-east-1.amazonaws.com:9092"
+      bootstrap_brokers_tls = "b-1.kafka.us-east-1.amazonaws.com:9094,b-2.kafka.us-east-1.amazonaws.com:9094"
+    }
+  }
+}
+
+variables {
+  worker_image  = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-worker:0.1.0"
+  models_bucket = "fleet-models"
+  broker_url    = "amqps://fleet:not-a-real-password@broker.example.internal:5671/"
+}
+
+run "new_vpc_with_defaults" {
+  command = apply
+
+  assert {
+    condition     = length(aws_autoscaling_group.worker.vpc_zone_identifier) >= 2
+    error_message = "The worker group must span at least two subnets."
+  }
+  assert {
+    condition     = length(toset(aws_subnet.private[*].availability_zone)) >= 2
+    error_message = "The private subnets must lie in at least two availability zones."
+  }
+  assert {
+    condition     = aws_launch_template.worker.instance_type == "g5.xlarge"
+    error_message = "The default worker instance type is g5.xlarge."
+  }
+  assert {
+    condition     = aws_launch_template.worker.metadata_options[0].http_tokens == "required"
+    error_message = "The worker launch template must require IMDSv2."
+  }
+  assert {
+    condition     = aws_launch_template.autoscaler.metadata_options[0].http_tokens == "required"
+    error_message = "The autoscaler launch template must require IMDSv2."
+  }
+  assert {
+    condition     = alltrue([for b in aws_launch_template.worker.block_device_mappings : b.ebs[0].encrypted == "true"])
+    error_message = "The worker root volume must be encrypted."
+  }
+  assert {
+    condition     = aws_launch_template.worker.block_device_mappings[0].device_name == "/dev/sda1"
+    error_message = "The encrypted volume must be the AMI's root device."
+  }
+  assert {
+    condition     = aws_autoscaling_group.worker.health_check_type == "ELB"
+    error_message = "The worker group must use the load balancer's health checks."
+  }
+  assert {
+    condition     = aws_lb_target_group.worker.health_check[0].path == "/readyz"
+    error_message = "The target group must check the worker's readiness path."
+  }
+  assert {
+    condition     = aws_autoscaling_group.worker.warm_pool[0].pool_state == "Stopped"
+    error_message = "The warm pool must hold stopped instances."
+  }
+  assert {
+    condition = anytrue([
+      for h in aws_autoscaling_group.worker.initial_lifecycle_hook :
+      h.lifecycle_transition == "autoscaling:EC2_INSTANCE_TERMINATING" && h.name == output.termination_hook_name
+    ])
+    error_message = "The worker group must have the termination lifecycle hook the workers complete."
+  }
+  assert {
+    condition     = !strcontains(base64decode(aws_launch_template.worker.user_data), "not-a-real-password")
+    error_message = "The broker URL must not be in user data."
+  }
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "/fleet/worker/env")
+    error_message = "The user data reads the worker's SSM path."
+  }
+  assert {
+    condition     = aws_ssm_parameter.worker_broker_url.type == "SecureString"
+    error_message = "The broker URL is a SecureString parameter."
+  }
+  assert {
+    condition     = aws_ssm_parameter.worker_env["FLEET_LIFECYCLE_HOOK"].value == output.termination_hook_name
+    error_message = "The worker is told its termination hook."
+  }
+  assert {
+    condition     = aws_autoscaling_group.autoscaler.min_size == 1 && aws_autoscaling_group.autoscaler.max_size == 1
+    error_message = "The autoscaler runs in a group of exactly one."
+  }
+  assert {
+    condition     = aws_lb.this.internal && length(aws_lb_listener.http) == 1
+    error_message = "Without a certificate the load balancer is internal with an HTTP listener."
+  }
+  assert {
+    condition     = length(aws_mq_broker.this) == 0 && length(aws_msk_cluster.this) == 0
+    error_message = "No managed broker with broker = \"external\"."
+  }
+}
+
+run "existing_vpc" {
+  command = plan
+
+  variables {
+    vpc_id             = "vpc-0123456789abcdef0"
+    private_subnet_ids = ["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"]
+  }
+
+  assert {
+    condition     = length(aws_vpc.this) == 0 && length(aws_nat_gateway.this) == 0
+    error_message = "No network is created in an existing VPC."
+  }
+  assert {
+    condition     = aws_autoscaling_group.worker.vpc_zone_identifier == toset(["subnet-0aaaaaaaaaaaaaaaa", "subnet-0bbbbbbbbbbbbbbbb"])
+    error_message = "The worker group spans the given subnets."
+  }
+}
+
+run "existing_vpc_needs_two_subnets" {
+  command = plan
+
+  variables {
+    vpc_id             = "vpc-0123456789abcdef0"
+    private_subnet_ids = ["subnet-0aaaaaaaaaaaaaaaa"]
+  }
+
+  expect_failures = [var.private_subnet_ids]
+}
+
+run "new_vpc_needs_two_zones" {
+  command = plan
+
+  variables {
+    az_count = 1
+  }
+
+  expect_failures = [var.az_count]
+}
+
+run "external_broker_needs_url" {
+  command = plan
+
+  variables {
+    broker_url = null
+  }
+
+  expect_failures = [var.broker_url]
+}
+
+run "amazon_mq_for_rabbitmq" {
+  command = apply
+
+  variables {
+    broker     = "rabbitmq"
+    broker_url = null
+  }
+
+  assert {
+    condition     = !aws_mq_broker.this[0].publicly_accessible && aws_mq_broker.this[0].engine_type == "RabbitMQ"
+    error_message = "The Amazon MQ broker is private and runs RabbitMQ."
+  }
+  assert {
+    condition     = startswith(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "amqps://fleet:GeneratedPassword0123456789abcdef@b-1.mq.")
+    error_message = "The worker's broker URL carries the generated credentials."
+  }
+  assert {
+    condition     = !strcontains(base64decode(aws_launch_template.worker.user_data), "GeneratedPassword")
+    error_message = "The broker password must not be in user data."
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_egress_rule.clients_to_external_broker) == 0
+    error_message = "With a managed broker the clients reach only its security group."
+  }
+}
+
+run "amazon_msk" {
+  command = apply
+
+  variables {
+    broker     = "kafka"
+    broker_url = null
+  }
+
+  assert {
+    condition     = aws_msk_cluster.this[0].encryption_info[0].encryption_in_transit[0].in_cluster
+    error_message = "MSK encrypts traffic between brokers."
+  }
+  assert {
+    condition     = aws_msk_cluster.this[0].number_of_broker_nodes % length(aws_msk_cluster.this[0].broker_node_group_info[0].client_subnets) == 0
+    error_message = "MSK brokers are a multiple of the client subnets."
+  }
+  assert {
+    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "kafka://b-1.kafka.us-east-1.amazonaws.com:9092,b-2.kafka.us-east-1.amazonaws.com:9092"
+    error_message = "The workers' broker URL lists the MSK brokers."
+  }
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "broker = \"kafka://b-1.kafka.")
+    error_message = "The autoscaler's configuration points at MSK."
+  }
+}
+
+run "msk_tls_only" {
+  command = apply
+
+  variables {
+    broker            = "kafka"
+    broker_url        = null
+    msk_client_broker = "TLS"
+  }
+
+  assert {
+    condition     = startswith(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "kafka://b-1.kafka.us-east-1.amazonaws.com:9094")
+    error_message = "With TLS only the fleet connects on the TLS port."
+  }
+  assert {
+    condition     = alltrue([for r in aws_vpc_security_group_ingress_rule.broker_from_clients : r.from_port == 9094])
+    error_message = "With TLS only the broker opens only 9094."
+  }
+}
+
+run "autoscaler_configuration" {
+  command = apply
+
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "group_name = \"fleet-worker\"")
+    error_message = "The autoscaler drives this deployment's worker group."
+  }
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "kind = \"ec2\"")
+    error_message = "The autoscaler uses the EC2 actuator."
+  }
+  assert {
+    condition     = aws_ssm_parameter.autoscaler_config.type == "SecureString"
+    error_message = "The autoscaler configuration carries the broker URL: SecureString."
+  }
+  assert {
+    condition     = !strcontains(base64decode(aws_launch_template.autoscaler.user_data), "not-a-real-password")
+    error_message = "The broker URL must not be in the autoscaler's user data."
+  }
+}
+
+run "https_listener_with_certificate" {
+  command = plan
+
+  variables {
+    certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
+  }
+
+  assert {
+    condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http) == 0
+    error_message = "A certificate gives an HTTPS listener and no HTTP listener."
+  }
+}

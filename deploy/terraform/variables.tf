@@ -1,0 +1,432 @@
+# ---------------------------------------------------------------------------
+# General
+# ---------------------------------------------------------------------------
+
+variable "name" {
+  description = "Name of this deployment: a prefix for every resource, SSM path and log group."
+  type        = string
+  default     = "fleet"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,23}$", var.name))
+    error_message = "name must be 2-24 characters: lowercase letters, digits and dashes, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region to deploy into."
+  type        = string
+  default     = "us-east-1"
+}
+
+variable "tags" {
+  description = "Extra tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "log_retention_days" {
+  description = "Retention of the worker, autoscaler and VPC flow log groups, in days."
+  type        = number
+  default     = 365
+}
+
+# ---------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------
+
+variable "vpc_id" {
+  description = "An existing VPC to deploy into. Leave null to create a new VPC (see vpc_cidr, az_count)."
+  type        = string
+  default     = null
+}
+
+variable "private_subnet_ids" {
+  description = "With vpc_id: the private subnets (at least two, in different availability zones) for the workers, the autoscaler, an internal load balancer and a managed broker. They need outbound access to AWS APIs and the image registry (NAT or VPC endpoints)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length(var.private_subnet_ids) == 0 || length(var.private_subnet_ids) >= 2
+    error_message = "Give at least two private subnets, in different availability zones."
+  }
+}
+
+variable "public_subnet_ids" {
+  description = "With vpc_id and alb_internal = false: the public subnets (at least two) for an internet-facing load balancer."
+  type        = list(string)
+  default     = []
+}
+
+variable "vpc_cidr" {
+  description = "CIDR block of the new VPC (when vpc_id is null)."
+  type        = string
+  default     = "10.40.0.0/16"
+}
+
+variable "az_count" {
+  description = "Availability zones the new VPC spans (when vpc_id is null): one public and one private subnet in each."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.az_count >= 2 && var.az_count <= 6
+    error_message = "az_count must be between 2 and 6."
+  }
+}
+
+variable "single_nat_gateway" {
+  description = "New VPC: one NAT gateway for all private subnets (cheaper) instead of one per availability zone (survives a zone outage)."
+  type        = bool
+  default     = true
+}
+
+variable "enable_flow_logs" {
+  description = "New VPC: record VPC flow logs to CloudWatch Logs."
+  type        = bool
+  default     = true
+}
+
+# ---------------------------------------------------------------------------
+# Workers
+# ---------------------------------------------------------------------------
+
+variable "worker_image" {
+  description = "Container image of the worker (deploy/docker/Dockerfile), e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-worker:0.1.0. ECR images are pulled with the instance role (see ecr_repository_arns)."
+  type        = string
+}
+
+variable "worker_instance_type" {
+  description = "EC2 instance type of the workers."
+  type        = string
+  default     = "g5.xlarge"
+}
+
+variable "worker_ami_ssm_parameter" {
+  description = "Public SSM parameter naming the worker AMI. The default is the AWS Deep Learning Base AMI (NVIDIA driver, Docker, NVIDIA Container Toolkit, AWS CLI)."
+  type        = string
+  default     = "/aws/service/deeplearning/ami/x86_64/base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id"
+}
+
+variable "worker_root_volume_size_gb" {
+  description = "Size of the workers' encrypted gp3 root volume (the image and the model cache live there)."
+  type        = number
+  default     = 100
+}
+
+variable "ebs_kms_key_arn" {
+  description = "KMS key for the root volumes. Null uses the account's default EBS key (aws/ebs); a customer key must grant the Auto Scaling service-linked role."
+  type        = string
+  default     = null
+}
+
+variable "worker_min_size" {
+  description = "Minimum number of in-service workers."
+  type        = number
+  default     = 0
+}
+
+variable "worker_max_size" {
+  description = "Maximum number of in-service workers."
+  type        = number
+  default     = 8
+}
+
+variable "worker_initial_capacity" {
+  description = "Desired capacity when the group is created. Afterwards the autoscaler owns it (Terraform ignores changes)."
+  type        = number
+  default     = 1
+}
+
+variable "warm_pool_min_size" {
+  description = "Stopped, pre-initialised instances kept in the warm pool (image pulled, boot done)."
+  type        = number
+  default     = 1
+}
+
+variable "warm_pool_max_prepared_capacity" {
+  description = "Cap on in-service plus warm instances. Null means the group's max_size."
+  type        = number
+  default     = null
+}
+
+variable "worker_http_port" {
+  description = "Port of the worker's HTTP endpoints (/healthz, /readyz, /metrics)."
+  type        = number
+  default     = 8080
+}
+
+variable "drain_timeout_seconds" {
+  description = "How long a leaving worker may drain before the termination lifecycle hook times out and the instance goes anyway."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.drain_timeout_seconds >= 30 && var.drain_timeout_seconds <= 7200
+    error_message = "drain_timeout_seconds must be between 30 and 7200 (the lifecycle hook's heartbeat timeout)."
+  }
+}
+
+variable "launch_timeout_seconds" {
+  description = "How long a launching instance may take to pull the image and start before the launch lifecycle hook abandons it."
+  type        = number
+  default     = 900
+}
+
+variable "health_check_grace_period" {
+  description = "Seconds after launch before failing load balancer health checks replace an instance: cover model download and warm-up."
+  type        = number
+  default     = 600
+}
+
+variable "models_bucket" {
+  description = "Existing S3 bucket holding the model repository (<prefix>/<model>/<version>/model.onnx). The workers get read access to models_prefix only."
+  type        = string
+}
+
+variable "models_prefix" {
+  description = "Key prefix of the model repository inside models_bucket, without leading or trailing slash."
+  type        = string
+  default     = "models"
+}
+
+variable "models_kms_key_arn" {
+  description = "KMS key the model objects are encrypted with (SSE-KMS), if any: the workers get kms:Decrypt on it."
+  type        = string
+  default     = null
+}
+
+variable "metrics_namespace" {
+  description = "CloudWatch namespace the workers may put metrics into (the only one)."
+  type        = string
+  default     = "Fleet"
+}
+
+variable "worker_env" {
+  description = "Extra environment for the worker container (e.g. FLEET_MAX_BATCH_SIZE). Stored as SecureString parameters under the worker's path."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.worker_env : can(regex("^[A-Z_][A-Z0-9_]*$", k)) && k != "FLEET_BROKER_URL" && length(v) > 0])
+    error_message = "worker_env: names are UPPER_SNAKE_CASE, values non-empty, and FLEET_BROKER_URL comes from broker_url / the managed broker."
+  }
+}
+
+variable "ecr_repository_arns" {
+  description = "ECR repositories the instances may pull the worker and autoscaler images from. Empty: images come from a public registry."
+  type        = list(string)
+  default     = []
+}
+
+variable "enable_ssm_session_manager" {
+  description = "Attach AmazonSSMManagedInstanceCore to both roles so operators can open Session Manager shells (no SSH port is opened either way)."
+  type        = bool
+  default     = false
+}
+
+# ---------------------------------------------------------------------------
+# Load balancer
+# ---------------------------------------------------------------------------
+
+variable "alb_internal" {
+  description = "Internal load balancer in the private subnets (true) or internet-facing in the public subnets (false)."
+  type        = bool
+  default     = true
+}
+
+variable "alb_ingress_cidrs" {
+  description = "CIDR blocks allowed to reach the load balancer listener. Empty: the VPC's CIDR block."
+  type        = list(string)
+  default     = []
+}
+
+variable "certificate_arn" {
+  description = "ACM certificate for an HTTPS listener on 443. Null: a plain HTTP listener on alb_http_port (keep the load balancer internal then)."
+  type        = string
+  default     = null
+}
+
+variable "alb_http_port" {
+  description = "Port of the HTTP listener when certificate_arn is null."
+  type        = number
+  default     = 80
+}
+
+variable "alb_access_logs_bucket" {
+  description = "Existing S3 bucket for load balancer access logs. Null: access logs off."
+  type        = string
+  default     = null
+}
+
+variable "alb_deletion_protection" {
+  description = "Protect the load balancer from deletion (turn off before terraform destroy)."
+  type        = bool
+  default     = false
+}
+
+variable "metrics_scrape_cidrs" {
+  description = "CIDR blocks of a Prometheus that scrapes the workers' /metrics and the autoscaler's metrics port directly. Empty: no scrape port is opened."
+  type        = list(string)
+  default     = []
+}
+
+# ---------------------------------------------------------------------------
+# Autoscaler
+# ---------------------------------------------------------------------------
+
+variable "autoscaler_image" {
+  description = "Container image of the autoscaler (the CPU image, deploy/docker/Dockerfile.cpu). Null: worker_image."
+  type        = string
+  default     = null
+}
+
+variable "autoscaler_instance_type" {
+  description = "EC2 instance type of the autoscaler (a group of one)."
+  type        = string
+  default     = "t3.small"
+}
+
+variable "autoscaler_ami_ssm_parameter" {
+  description = "Public SSM parameter naming the autoscaler AMI (Amazon Linux 2023)."
+  type        = string
+  default     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+}
+
+variable "autoscaler_metrics_port" {
+  description = "Port of the autoscaler's /metrics and /healthz."
+  type        = number
+  default     = 9102
+}
+
+variable "models" {
+  description = "Names of the models the fleet serves: the autoscaler watches (and declares) their queues or topics."
+  type        = list(string)
+  default     = ["digits"]
+
+  validation {
+    condition     = length(var.models) > 0
+    error_message = "Name at least one model."
+  }
+}
+
+variable "autoscaler_config" {
+  description = "Autoscaler configuration (TOML, see deploy/autoscaler.example.toml), used verbatim: it must carry the broker URL itself. Null: templates/autoscaler.toml.tftpl rendered with this deployment's broker, models, group, region and capacity bounds."
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "autoscaler_env" {
+  description = "Extra environment for the autoscaler container (its settings are in the TOML configuration). Stored as SecureString parameters under the autoscaler's path."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.autoscaler_env : can(regex("^[A-Z_][A-Z0-9_]*$", k)) && length(v) > 0])
+    error_message = "autoscaler_env: names are UPPER_SNAKE_CASE and values non-empty."
+  }
+}
+
+# ---------------------------------------------------------------------------
+# Broker
+# ---------------------------------------------------------------------------
+
+variable "broker" {
+  description = "Where the broker comes from: \"external\" (bring your own, see broker_url), \"rabbitmq\" (Amazon MQ for RabbitMQ) or \"kafka\" (Amazon MSK)."
+  type        = string
+  default     = "external"
+
+  validation {
+    condition     = contains(["external", "rabbitmq", "kafka"], var.broker)
+    error_message = "broker must be \"external\", \"rabbitmq\" or \"kafka\"."
+  }
+}
+
+variable "broker_url" {
+  description = "With broker = \"external\": the broker URL (amqp[s]://user:pass@host:port/vhost or kafka://host:port,...). Stored as an encrypted SSM parameter; never in user data."
+  type        = string
+  default     = null
+  sensitive   = true
+
+  validation {
+    condition     = var.broker != "external" || (var.broker_url != null && can(regex("^(amqps?|kafka)://", var.broker_url)))
+    error_message = "broker = \"external\" needs broker_url (amqp://, amqps:// or kafka://)."
+  }
+}
+
+variable "external_broker_cidrs" {
+  description = "With broker = \"external\": CIDR blocks the workers and the autoscaler may reach the broker in."
+  type        = list(string)
+  default     = ["0.0.0.0/0"]
+}
+
+variable "external_broker_ports" {
+  description = "With broker = \"external\": the broker's ports (AMQP, AMQPS, RabbitMQ management, Kafka)."
+  type        = list(number)
+  default     = [5671, 5672, 9092, 9093, 9094, 15671, 15672]
+}
+
+variable "mq_instance_type" {
+  description = "Amazon MQ broker instance type."
+  type        = string
+  default     = "mq.m5.large"
+}
+
+variable "mq_engine_version" {
+  description = "Amazon MQ for RabbitMQ engine version."
+  type        = string
+  default     = "3.13"
+}
+
+variable "mq_deployment_mode" {
+  description = "Amazon MQ deployment: CLUSTER_MULTI_AZ (three nodes) or SINGLE_INSTANCE."
+  type        = string
+  default     = "CLUSTER_MULTI_AZ"
+
+  validation {
+    condition     = contains(["CLUSTER_MULTI_AZ", "SINGLE_INSTANCE"], var.mq_deployment_mode)
+    error_message = "mq_deployment_mode must be CLUSTER_MULTI_AZ or SINGLE_INSTANCE."
+  }
+}
+
+variable "mq_username" {
+  description = "Amazon MQ administrative user the fleet connects as. Its password is generated once and kept in Secrets Manager."
+  type        = string
+  default     = "fleet"
+}
+
+variable "msk_kafka_version" {
+  description = "Amazon MSK Apache Kafka version."
+  type        = string
+  default     = "3.6.0"
+}
+
+variable "msk_instance_type" {
+  description = "Amazon MSK broker instance type."
+  type        = string
+  default     = "kafka.m5.large"
+}
+
+variable "msk_broker_nodes" {
+  description = "Number of MSK brokers, a multiple of the number of private subnets. Null: one per private subnet."
+  type        = number
+  default     = null
+}
+
+variable "msk_client_broker" {
+  description = "Encryption between clients and MSK brokers: TLS (port 9094), TLS_PLAINTEXT (9094 and 9092) or PLAINTEXT (9092). The fleet connects on TLS only with TLS; the Kafka transport must then speak TLS."
+  type        = string
+  default     = "TLS_PLAINTEXT"
+
+  validation {
+    condition     = contains(["TLS", "TLS_PLAINTEXT", "PLAINTEXT"], var.msk_client_broker)
+    error_message = "msk_client_broker must be TLS, TLS_PLAINTEXT or PLAINTEXT."
+  }
+}
+
+variable "msk_volume_size_gb" {
+  description = "EBS storage per MSK broker, in GiB."
+  type        = number
+  default     = 100
+}

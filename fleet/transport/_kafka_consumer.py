@@ -1,0 +1,594 @@
+"""The worker side of the Kafka transport: a group consumer that hands out
+records as :class:`Delivery` objects and commits what was acked, and a tail
+consumer (no group) for inboxes and heartbeats.
+
+Commits. Each partition keeps, per assignment, the offsets handed out and not
+yet committed in order. ``ack`` marks one done; the committed offset is the
+highest *contiguous* done offset + 1, so a slow record holds back the commit of
+later ones (they are delivered again after a crash; processing is idempotent
+and the client drops duplicate replies by id). A committer task commits soon
+after acks, only partitions this consumer still owns.
+
+Attempts. Kafka keeps no delivery count, and a record read again after a crash
+or a rebalance is the very same record, so a header cannot count redeliveries.
+The count lives in the metadata string of the group's committed offset: before
+records are handed out, the consumer commits its current offset again with
+``fa1:<upto>=<count>,...``, meaning "offsets from the committed one up to
+``upto`` have been handed out ``count`` times". A consumer that is assigned the
+partition later (another worker, or this one after a rebalance) reads it and
+hands those records out with ``attempt = count + 1``; past ``delivery_limit``
+they go to the dead-letter topic instead. The header ``fleet-attempt`` carries
+the attempt a record was *published* with (1 from clients); it is the base the
+count is added to. So ``attempt`` is: how many times this consumer group has
+handed the record out, counting this time, as far as the committed metadata
+knows. It can undercount when the metadata commit itself fails (best effort),
+and it counts a record whose worker was still busy with it when a rebalance
+took its partition away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import (
+    CommitFailedError,
+    ConsumerStoppedError,
+    IllegalStateError,
+    KafkaError,
+)
+
+from fleet.contract import Priority
+from fleet.logging import get_logger
+from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
+
+if TYPE_CHECKING:
+    from fleet.transport.kafka import KafkaTransport
+
+log = get_logger("fleet.transport.kafka")
+
+ATTEMPT_HEADER = "fleet-attempt"
+_META_PREFIX = "fa1:"
+_MAX_SEGMENTS = 32
+REVOKE_GRACE = 1.0  # seconds a revoke waits for in-flight records to be acked
+DRAIN_TIMEOUT = 30.0  # seconds a cancelled consumer stays in its group for late acks
+POLL_MS = 200
+
+
+def header_attempt(headers: Sequence[tuple[str, bytes]] | None) -> int:
+    for key, value in headers or ():
+        if key == ATTEMPT_HEADER:
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                return max(1, int(value.decode()))
+    return 1
+
+
+def parse_attempts(metadata: str | None) -> list[tuple[int, int]]:
+    """``fa1:105=3,220=1`` -> ``[(105, 3), (220, 1)]``; anything else -> ``[]``."""
+    if not metadata or not metadata.startswith(_META_PREFIX):
+        return []
+    out: list[tuple[int, int]] = []
+    try:
+        for part in metadata[len(_META_PREFIX) :].split(","):
+            if part:
+                upto, count = part.split("=")
+                out.append((int(upto), int(count)))
+    except ValueError:
+        return []
+    return sorted(out)
+
+
+def format_attempts(segments: Sequence[tuple[int, int]]) -> str:
+    return _META_PREFIX + ",".join(f"{upto}={count}" for upto, count in segments)
+
+
+@dataclass(eq=False, slots=True)
+class _Partition:
+    """What one consumer knows of one partition during one assignment."""
+
+    tp: TopicPartition
+    next_commit: int | None  # committed offset to write next; None: not known yet
+    prior: list[tuple[int, int]]  # delivery counts read at assignment
+    pending: dict[int, bool] = field(default_factory=dict)  # handed out: offset -> done
+    handed_upto: int = -1
+    live: bool = True  # acks and commits count
+    open: bool = True  # more records may be handed out
+    dirty: bool = False
+
+    def prior_count(self, offset: int) -> int:
+        for upto, count in self.prior:
+            if offset <= upto:
+                return count
+        return 0
+
+    def metadata(self) -> str:
+        """Delivery counts of offsets from ``next_commit`` on, as of now."""
+        segs: list[tuple[int, int]] = []
+        lo = -1
+        for upto, count in self.prior:
+            if lo < self.handed_upto:
+                segs.append((min(upto, self.handed_upto), count + 1))
+            if upto > self.handed_upto:
+                segs.append((upto, count))
+            lo = upto
+        if self.handed_upto > lo:
+            segs.append((self.handed_upto, 1))
+        start = self.next_commit or 0
+        merged: list[tuple[int, int]] = []
+        for upto, count in segs:
+            if upto < start:
+                continue
+            if merged and merged[-1][1] == count:
+                merged[-1] = (upto, count)
+            else:
+                merged.append((upto, count))
+        while len(merged) > _MAX_SEGMENTS:  # keep it short: merge, keeping the higher count
+            a, b = merged[0], merged[1]
+            merged[:2] = [(b[0], max(a[1], b[1]))]
+        return format_attempts(merged)
+
+    def mark_done(self, offset: int) -> bool:
+        if not self.live or offset not in self.pending:
+            return False
+        self.pending[offset] = True
+        advanced = False
+        while self.pending:
+            first = next(iter(self.pending))
+            if not self.pending[first]:
+                break
+            del self.pending[first]
+            self.next_commit = first + 1
+            advanced = True
+        if advanced:
+            self.dirty = True
+        return advanced
+
+
+class KafkaDelivery(Delivery):
+    def __init__(
+        self, consumer: GroupConsumer, part: _Partition, record: Any, attempt: int
+    ) -> None:
+        self.body = bytes(record.value or b"")
+        self.model = consumer.model
+        self.priority = consumer.priority
+        self.attempt = attempt
+        self.record = record
+        self._consumer = consumer
+        self._part = part
+        self._generation = consumer.generation
+        self._settled = False
+
+    async def ack(self) -> None:
+        self._settle()
+        await asyncio.sleep(0)
+
+    async def reject(self) -> None:
+        if self._settled:
+            return
+        if self._part.live:  # a revoked partition's records go to their new owner
+            await self._consumer.transport.dead_letter(self.record, "rejected", self.attempt)
+        self._settle()
+
+    def _settle(self) -> None:
+        if self._settled:
+            return
+        self._settled = True
+        self._consumer.settled(self._part, self.record.offset, self._generation)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, consumer: GroupConsumer) -> None:
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._consumer.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        await self._consumer.on_assigned(set(assigned))
+
+
+class GroupConsumer(Consumer):
+    """One member of the consumer group of one request topic."""
+
+    def __init__(
+        self,
+        transport: KafkaTransport,
+        model: str,
+        priority: Priority,
+        topic: str,
+        on_delivery: OnDelivery,
+        prefetch: int,
+    ) -> None:
+        self.transport = transport
+        self.model = model
+        self.priority = priority
+        self.topic = topic
+        self.group = topic
+        self.on_delivery = on_delivery
+        self.prefetch = max(1, prefetch)
+        self.outstanding = 0
+        self.generation = 0  # one more after each reconnect: older deliveries are void
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._kafka: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._finisher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._room = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._commit_lock = asyncio.Lock()
+        self._assigned_once = asyncio.Event()
+        # clear from a revoke until the assignment listener is done: aiokafka
+        # may fetch for new partitions while the listener still runs
+        self._assignment_ready = asyncio.Event()
+        self._idle_reason: str | None = None
+        self._stopping = False
+        self._stopped = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self, join_timeout: float) -> None:
+        self._kafka = AIOKafkaConsumer(
+            bootstrap_servers=self.transport.bootstrap,
+            client_id=f"{self.transport.client_id}-{self.topic}",
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            heartbeat_interval_ms=500,
+            session_timeout_ms=10_000,
+            max_poll_interval_ms=300_000,
+            fetch_max_wait_ms=100,
+            retry_backoff_ms=100,
+        )
+        await self._kafka.start()
+        self._kafka.subscribe([self.topic], listener=_Listener(self))
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._run(), name=f"kafka-consume-{self.topic}")
+        self._committer = loop.create_task(self._commit_loop(), name=f"kafka-commit-{self.topic}")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._assigned_once.wait(), join_timeout)
+
+    def idle_reason(self) -> str | None:
+        return self._idle_reason
+
+    async def cancel(self) -> None:
+        """Stop fetching. Records handed out may still be acked: the consumer
+        stays in its group until they are (at most ``DRAIN_TIMEOUT``)."""
+        if self._stopping:
+            return
+        self._stopping = True
+        await self._stop_loop()
+        if self.outstanding == 0:
+            await self.shutdown()
+        else:
+            self._finisher = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wait_settled(), DRAIN_TIMEOUT)
+        await self.shutdown()
+
+    async def _wait_settled(self) -> None:
+        while self.outstanding > 0:
+            self._room.clear()
+            await self._room.wait()
+
+    async def _stop_loop(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def shutdown(self, *, cancel_handlers: bool = False) -> None:
+        """Commit what is done and leave the group. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stopping = True
+        await self._stop_loop()
+        finisher = self._finisher
+        if finisher is not None and finisher is not asyncio.current_task():
+            finisher.cancel()
+        if cancel_handlers:
+            for t in list(self._tasks):
+                t.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._committer is not None:
+            self._committer.cancel()
+            await asyncio.gather(self._committer, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._commit(list(self._parts.values())), 5.0)
+        except TimeoutError:
+            log.warning("final commit timed out", topic=self.topic)
+        for part in self._parts.values():
+            part.live = False
+        self._parts.clear()
+        if self._kafka is not None:
+            try:
+                await asyncio.wait_for(self._kafka.stop(), 10.0)
+            except (TimeoutError, KafkaError) as exc:
+                log.warning("consumer did not stop cleanly", topic=self.topic, error=repr(exc))
+        self.transport.forget_consumer(self)
+
+    # ------------------------------------------------------------------ rebalance
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        self._assignment_ready.clear()
+        parts = [p for tp, p in self._parts.items() if tp in revoked]
+        for p in parts:
+            p.open = False  # hand out nothing more from it
+        loop = asyncio.get_running_loop()
+        end = loop.time() + REVOKE_GRACE
+        # give in-flight records a moment to be acked, so the new owner does not
+        # compute them again; what is not done by then is abandoned to it
+        while any(not all(p.pending.values()) for p in parts) and loop.time() < end:
+            await asyncio.sleep(0.02)
+        await self._commit(parts)
+        for p in parts:
+            p.live = False
+            self._parts.pop(p.tp, None)
+        if parts:
+            log.info(
+                "partitions revoked", topic=self.topic, partitions=[p.tp.partition for p in parts]
+            )
+
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        mine = sorted((tp for tp in assigned if tp.topic == self.topic), key=lambda t: t.partition)
+        committed: dict[TopicPartition, Any] = {}
+        if mine:
+            try:
+                committed = await self.transport.committed(self.group, mine)
+            except Exception as exc:  # counts start afresh; never block the assignment
+                log.warning("could not read committed offsets", topic=self.topic, error=repr(exc))
+        for tp in mine:
+            meta = committed.get(tp)
+            offset = meta.offset if meta is not None and meta.offset >= 0 else None
+            prior = parse_attempts(meta.metadata if meta is not None else None)
+            self._parts[tp] = _Partition(tp=tp, next_commit=offset, prior=prior)
+        if mine:
+            if self._idle_reason is not None:
+                log.info("partitions assigned again", topic=self.topic)
+            self._idle_reason = None
+        else:
+            total = len(self._kafka.partitions_for_topic(self.topic) or ()) if self._kafka else 0
+            members = await self.transport.group_members(self.group)
+            who = f"{members} consumers" if members is not None else "more consumers"
+            reason = f"no partitions assigned: {who} for {total} partitions of {self.topic}"
+            if self._idle_reason is None:
+                log.warning("consumer idle", topic=self.topic, reason=reason)
+            self._idle_reason = reason
+        self._assignment_ready.set()
+        self._assigned_once.set()
+
+    def abandon_in_flight(self) -> None:
+        """After a lost connection: what was handed out and not acked is given
+        up (its acks become no-ops) and read again from the committed offset,
+        with an attempt one higher, as a broker that lost the consumer would."""
+        if self._stopping or self._kafka is None:
+            return
+        self.generation += 1
+        self.outstanding = 0
+        self._room.set()
+        owned = self._kafka.assignment()
+        for tp, old in list(self._parts.items()):
+            if tp not in owned or old.next_commit is None or not old.pending:
+                continue  # nothing handed out is open there
+            old.open = old.live = False
+            self._parts[tp] = _Partition(
+                tp=tp, next_commit=old.next_commit, prior=parse_attempts(old.metadata())
+            )
+            self._kafka.seek(tp, old.next_commit)
+            log.info("abandoned in-flight records", topic=self.topic, partition=tp.partition)
+
+    # ------------------------------------------------------------------ fetching
+    async def _run(self) -> None:
+        kafka = self._kafka
+        while not self._stopping:
+            try:
+                assigned = list(kafka.assignment())
+                if self.outstanding >= self.prefetch:
+                    # full: keep polling (group liveness) but fetch nothing
+                    if assigned:
+                        kafka.pause(*assigned)
+                    await kafka.getmany(timeout_ms=0)
+                    self._room.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._room.wait(), POLL_MS / 1000)
+                    continue
+                paused = list(kafka.paused())
+                if paused:
+                    kafka.resume(*paused)
+                room = self.prefetch - self.outstanding
+                batch = await kafka.getmany(timeout_ms=POLL_MS, max_records=room)
+                for tp, records in batch.items():
+                    if records:
+                        await self._hand_out(tp, records)
+            except asyncio.CancelledError:
+                raise
+            except ConsumerStoppedError:
+                return
+            except KafkaError as exc:
+                log.warning("fetch failed; retrying", topic=self.topic, error=repr(exc))
+                await asyncio.sleep(self.transport.options.reconnect_interval)
+            except Exception:
+                log.exception("consumer loop failed; retrying", topic=self.topic)
+                await asyncio.sleep(self.transport.options.reconnect_interval)
+
+    async def _hand_out(self, tp: TopicPartition, records: list[Any]) -> None:
+        if not self._assignment_ready.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._assignment_ready.wait(), 10.0)
+        part = self._parts.get(tp)
+        if part is None and tp in self._kafka.assignment():
+            self._kafka.seek(tp, records[0].offset)  # not set up yet: read them again
+            return
+        if part is None or not part.open:
+            return  # revoked meanwhile: the new owner reads these again
+        limit = self.transport.options.delivery_limit
+        before = part.handed_upto
+        todo: list[tuple[Any, int]] = []
+        for rec in records:
+            if rec.offset <= part.handed_upto:
+                continue
+            if part.next_commit is None:
+                part.next_commit = rec.offset
+            part.pending[rec.offset] = False
+            part.handed_upto = rec.offset
+            todo.append((rec, header_attempt(rec.headers) + part.prior_count(rec.offset)))
+        if not todo:
+            return
+        # record that these were handed out before handing them out (attempt counts)
+        await self._commit([part])
+        if not part.open:  # revoked while committing: none of these was handed out
+            part.handed_upto = before
+            for rec, _attempt in todo:
+                part.pending.pop(rec.offset, None)
+            return
+        for rec, attempt in todo:
+            if attempt > limit:
+                log.warning(
+                    "delivery limit reached; dead-lettering",
+                    topic=self.topic,
+                    partition=tp.partition,
+                    offset=rec.offset,
+                    attempt=attempt,
+                )
+                try:
+                    await self.transport.dead_letter(rec, "delivery-limit", attempt)
+                except Exception as exc:
+                    log.warning("dead-lettering failed", topic=self.topic, error=repr(exc))
+                    continue  # left pending: read again after a rebalance or restart
+                if part.mark_done(rec.offset):
+                    self._dirty.set()
+                continue
+            self.outstanding += 1
+            delivery = KafkaDelivery(self, part, rec, attempt)
+            task = asyncio.get_running_loop().create_task(self._deliver(delivery))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, delivery: KafkaDelivery) -> None:
+        try:
+            await self.on_delivery(delivery)
+        except Exception:
+            log.exception("delivery handler failed", topic=self.topic)
+
+    def settled(self, part: _Partition, offset: int, generation: int) -> None:
+        if generation == self.generation:
+            self.outstanding -= 1
+            self._room.set()
+        if part.mark_done(offset):
+            self._dirty.set()
+
+    # ------------------------------------------------------------------ commits
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._commit([p for p in self._parts.values() if p.dirty])
+
+    async def _commit(self, parts: Iterable[_Partition]) -> bool:
+        offsets = {
+            p.tp: (p.next_commit, p.metadata())
+            for p in parts
+            if p.live and p.next_commit is not None
+        }
+        if not offsets or self._kafka is None:
+            return True
+        async with self._commit_lock:
+            owned = self._kafka.assignment()
+            offsets = {tp: v for tp, v in offsets.items() if tp in owned}
+            if not offsets:
+                return False
+            try:
+                await self._kafka.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.info("commit skipped: partitions moved", topic=self.topic, error=repr(exc))
+                return False
+            except KafkaError as exc:
+                log.warning("commit failed", topic=self.topic, error=repr(exc))
+                for tp in offsets:
+                    part = self._parts.get(tp)
+                    if part is not None:
+                        part.dirty = True
+                return False
+        for tp, (offset, _meta) in offsets.items():
+            part = self._parts.get(tp)
+            if part is not None and part.next_commit == offset:
+                part.dirty = False  # unless an ack moved it on meanwhile
+        return True
+
+
+class TailConsumer(Consumer):
+    """Reads every partition of one topic from its end, without a group: an
+    inbox, or the heartbeats every subscriber sees."""
+
+    def __init__(self, transport: KafkaTransport, topic: str, on_bytes: OnBytes) -> None:
+        self.transport = transport
+        self.topic = topic
+        self.on_bytes = on_bytes
+        self._kafka: Any = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def start(self, partitions: Sequence[int]) -> None:
+        self._kafka = AIOKafkaConsumer(
+            bootstrap_servers=self.transport.bootstrap,
+            client_id=f"{self.transport.client_id}-tail",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=100,
+            retry_backoff_ms=100,
+        )
+        await self._kafka.start()
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        self._kafka.assign(tps)
+        await self.reposition_at_end()
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name=f"kafka-tail-{self.topic}"
+        )
+
+    async def reposition_at_end(self) -> None:
+        """Seek to the end and resolve the position now, so that nothing
+        published after this returns is skipped."""
+        tps = list(self._kafka.assignment())
+        await self._kafka.seek_to_end(*tps)
+        for tp in tps:
+            await self._kafka.position(tp)
+
+    async def _run(self) -> None:
+        while not self._closed:
+            try:
+                batch = await self._kafka.getmany(timeout_ms=POLL_MS)
+            except asyncio.CancelledError:
+                raise
+            except ConsumerStoppedError:
+                return
+            except KafkaError as exc:
+                log.debug("tail fetch failed; retrying", topic=self.topic, error=repr(exc))
+                await asyncio.sleep(self.transport.options.reconnect_interval)
+                continue
+            for records in batch.values():
+                for rec in records:
+                    try:
+                        self.on_bytes(bytes(rec.value or b""))
+                    except Exception:
+                        log.exception("subscriber callback failed", topic=self.topic)
+
+    async def cancel(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._kafka is not None:
+            with contextlib.suppress(TimeoutError, KafkaError):
+                await asyncio.wait_for(self._kafka.stop(), 10.0)
+        self.transport.forget_consumer(self)
+
+
+__all__ = ["ATTEMPT_HEADER", "GroupConsumer", "KafkaDelivery", "TailConsumer"]

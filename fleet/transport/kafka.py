@@ -1,0 +1,586 @@
+"""``kafka://host:port[,host:port]``: the transport on Apache Kafka (aiokafka).
+
+Topics. ``fleet.<model>.online`` and ``fleet.<model>.batch`` with
+``options.partitions`` partitions each, created by ``declare_model`` (and by
+``consume``); ``fleet.dead-letter`` and ``fleet.heartbeats`` with one partition,
+created on connect. The broker runs with topic auto-creation off, so a model
+nobody declared is :class:`ModelNotFound` rather than a new empty topic.
+
+Replies: a topic per client inbox, ``fleet.inbox.<random>`` with one partition,
+not a partition of a shared reply topic. Kafka has no exclusive consumer: with
+a shared topic, clients would either have to lease partitions among
+themselves (a consumer group would move a partition to another client on
+every rebalance, and replies would land with the wrong one) or read partitions
+they share and throw away the others' replies. A topic of its own is owned by
+construction, needs no coordination, and its address is just its name. The
+client assigns it (no group), seeks to its end and resolves that position
+before ``open_inbox`` returns, so no reply to a request sent afterwards can be
+skipped. ``close`` deletes the topic; a reply to an address whose topic is gone
+is dropped (logged at debug). The topic keeps its data an hour
+(``retention.ms``); the (then empty) topic of a client that crashed stays until
+an operator deletes ``fleet.inbox.*`` topics that have no reader.
+The cost, one topic per client process (not per request), is small next to a
+broker's limits.
+
+Consumer groups: one per request topic, named after the topic
+(``fleet.<model>.online`` / ``fleet.<model>.batch``). Each ``consume`` call is
+one consumer of one topic; a group per topic keeps the two priority classes'
+rebalances apart (a worker joining the batch class does not stop online
+traffic) and makes each group's lag exactly one topic's lag. Partitions cap the
+parallelism of a group: a consumer beyond the partition count gets nothing, and
+says so in :meth:`Consumer.idle_reason`.
+
+Lag: end offset minus committed offset, summed over both topics' partitions;
+a partition the group never committed counts from its log start (beginning
+offset), not from zero. ``depth()`` splits it: ``in_flight`` is the part the
+group has handed out and not committed (its consumers write the highest offset
+they handed out into the commit metadata before handing records out, see
+:mod:`fleet.transport._kafka_consumer`), ``ready`` the rest; ``backlog`` is the
+lag. ``consumers`` is the larger member count of the two groups.
+Backpressure: Kafka has no length limit, so ``publish_request`` refuses with
+:class:`Overloaded` once the messages waiting in the topic it publishes to
+(``ready``, cached for half a second, plus what this transport published since)
+reach ``min(options.max_lag, options.max_queue_length)``. Per topic, not per
+model, so a batch backlog never refuses online requests. ``produce_rate`` gives
+the growth of the end offsets per second, for the autoscaler.
+
+Commits, attempts and dead letters: see :mod:`fleet.transport._kafka_consumer`.
+
+Reconnects: aiokafka reconnects by itself; a probe every
+``options.reconnect_interval`` seconds notices the broker going away and coming
+back, re-creates the fixed topics and any missing inbox topic, makes each
+group consumer give up the records it handed out and that are not acked (their
+acks become no-ops; they are read again from the committed offset with an
+attempt one higher, as on a broker that lost the consumer), and then calls the
+reconnect listeners once, so clients re-send what is unanswered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    RequestTimedOutError,
+    TopicAlreadyExistsError,
+    UnknownTopicOrPartitionError,
+    for_code,
+)
+
+from fleet.contract import Priority
+from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
+from fleet.logging import get_logger
+from fleet.transport._kafka_consumer import (
+    ATTEMPT_HEADER,
+    GroupConsumer,
+    TailConsumer,
+    parse_attempts,
+)
+from fleet.transport.base import (
+    DEAD_LETTER,
+    HEARTBEATS,
+    Consumer,
+    Depth,
+    OnBytes,
+    OnDelivery,
+    Transport,
+    TransportOptions,
+    queue_name,
+)
+
+log = get_logger("fleet.transport.kafka")
+
+T = TypeVar("T")
+
+INBOX_PREFIX = "fleet.inbox."
+DEAD_LETTER_READERS = "fleet.dead-letter-readers"
+_INBOX_CONFIG = {"retention.ms": "3600000"}
+_LAG_TTL = 0.5  # seconds a topic's lag is reused by publish_request
+_REPLY_TOPIC_TTL = 30.0  # seconds a reply topic is believed to exist
+_PROBE_TIMEOUT = 2.0
+_JOIN_TIMEOUT = 15.0
+_FIRST_BYTE = b"1"
+_OFFSET_ERRORS = (KafkaError, OSError, TimeoutError)
+_CONNECTION_ERRORS = (
+    KafkaConnectionError,
+    NodeNotReadyError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+    OSError,
+    TimeoutError,
+)
+
+
+class KafkaTransport(Transport):
+    scheme = "kafka"
+
+    def __init__(self, url: str, options: TransportOptions) -> None:
+        super().__init__(url, options)
+        parts = urlsplit(url)
+        if parts.scheme != "kafka" or not parts.netloc:
+            raise ConfigError(f"Kafka URL {url!r} must look like kafka://host:port[,host:port]")
+        self.bootstrap: list[str] = [h for h in parts.netloc.split(",") if h]
+        self.client_id = f"fleet-{uuid.uuid4().hex[:8]}"
+        self._admin: Any = None
+        self._producer: Any = None
+        self._offsets: Any = None  # a consumer without a group, for offset look-ups
+        self._connected = False
+        self._closing = False
+        self._closed = False
+        self._watcher: asyncio.Task[None] | None = None
+        self._consumers: set[Consumer] = set()
+        self._inboxes: dict[str, TailConsumer] = {}
+        self._partitions_cache: dict[str, list[int]] = {}
+        self._lag_cache: dict[str, tuple[float, int]] = {}
+        self._published_since: dict[str, int] = {}
+        self._reply_topics: dict[str, float] = {}
+        self._rates: dict[str, tuple[float, int]] = {}
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def _timeout_ms(self) -> int:
+        return max(1000, int(self.options.publish_timeout * 1000))
+
+    # ------------------------------------------------------------------ lifecycle
+    async def connect(self) -> None:
+        if self._connected:
+            return
+        self._closing = self._closed = False
+        common: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap,
+            "client_id": self.client_id,
+            "request_timeout_ms": self._timeout_ms,
+            "retry_backoff_ms": 100,
+        }
+        try:
+            self._admin = AIOKafkaAdminClient(**common)
+            await asyncio.wait_for(self._admin.start(), self.options.publish_timeout)
+            self._producer = AIOKafkaProducer(**common, enable_idempotence=True, acks="all")
+            await asyncio.wait_for(self._producer.start(), self.options.publish_timeout)
+            self._offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
+            await asyncio.wait_for(self._offsets.start(), self.options.publish_timeout)
+            await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1})
+        except (*_OFFSET_ERRORS, Unavailable) as exc:
+            await self._stop_clients()
+            raise Unavailable(f"Kafka at {','.join(self.bootstrap)} unreachable: {exc!r}") from exc
+        self._connected = True
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="kafka-watch")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        for c in list(self._consumers):
+            if isinstance(c, GroupConsumer):
+                await c.shutdown(cancel_handlers=True)
+            else:
+                await c.cancel()
+        self._consumers.clear()
+        inboxes = list(self._inboxes)
+        for tail in list(self._inboxes.values()):
+            await tail.cancel()
+        self._inboxes.clear()
+        if inboxes and self._admin is not None and self._connected:
+            try:
+                await asyncio.wait_for(self._admin.delete_topics(inboxes), 3.0)
+            except _OFFSET_ERRORS as exc:
+                log.debug("inbox topics not deleted", topics=inboxes, error=repr(exc))
+        self._connected = False
+        await self._stop_clients()
+
+    async def _stop_clients(self) -> None:
+        for client, stop in (
+            (self._producer, "stop"),
+            (self._offsets, "stop"),
+            (self._admin, "close"),
+        ):
+            if client is None:
+                continue
+            try:
+                await asyncio.wait_for(getattr(client, stop)(), 10.0)
+            except _OFFSET_ERRORS as exc:
+                log.debug("client did not stop cleanly", error=repr(exc))
+        self._producer = self._offsets = self._admin = None
+
+    def forget_consumer(self, consumer: Consumer) -> None:
+        self._consumers.discard(consumer)
+
+    def _check_open(self) -> None:
+        if self._closing or self._admin is None:
+            raise Unavailable("transport is closed")
+
+    async def _call(self, what: str, aw: Awaitable[T]) -> T:
+        """Await a broker call, bounded; broker failures become ``Unavailable``."""
+        try:
+            return await asyncio.wait_for(aw, self.options.publish_timeout)
+        except _OFFSET_ERRORS as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                self._suspect_down()
+            raise Unavailable(f"Kafka {what} failed: {exc!r}") from exc
+
+    def _suspect_down(self) -> None:
+        if self._connected and not self._closing:
+            log.warning("Kafka broker unreachable")
+            self._connected = False
+
+    # ------------------------------------------------------------------ reconnects
+    async def _probe(self) -> bool:
+        try:
+            topics = await asyncio.wait_for(
+                self._admin.describe_topics([HEARTBEATS]), _PROBE_TIMEOUT
+            )
+        except (*_OFFSET_ERRORS, AttributeError):
+            return False
+        return bool(topics) and all(t.get("error_code", 0) == 0 for t in topics)
+
+    async def _watch(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.options.reconnect_interval)
+            if await self._probe():
+                if not self._connected:
+                    await self._restore()
+            else:
+                self._suspect_down()
+
+    async def _restore(self) -> None:
+        try:
+            await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1})
+            for topic, tail in list(self._inboxes.items()):
+                if await self._partitions(topic, fresh=True) is None:
+                    await self._create_topics({topic: 1}, _INBOX_CONFIG)
+                    await tail.reposition_at_end()
+        except (*_OFFSET_ERRORS, Unavailable) as exc:
+            log.info("broker back but not ready yet", error=repr(exc))
+            return
+        self._lag_cache.clear()
+        for c in list(self._consumers):
+            if isinstance(c, GroupConsumer):
+                c.abandon_in_flight()
+        self._connected = True
+        log.info("reconnected to Kafka", bootstrap=self.bootstrap)
+        await self._fire_reconnected()
+
+    # ------------------------------------------------------------------ topology
+    async def _create_topics(
+        self, topics: dict[str, int], configs: dict[str, str] | None = None
+    ) -> None:
+        new = [
+            NewTopic(name, n, 1, topic_configs=dict(configs or {})) for name, n in topics.items()
+        ]
+        resp = await self._call("create topics", self._admin.create_topics(new))
+        for entry in resp.topic_errors:
+            name, code = entry[0], entry[1]
+            if code == 0:
+                self._partitions_cache[name] = list(range(topics[name]))
+            elif code == TopicAlreadyExistsError.errno:
+                pass  # it keeps the partitions it has; metadata will tell
+            else:
+                raise Unavailable(f"could not create topic {name!r}: {for_code(code).__name__}")
+
+    async def _partitions(self, topic: str, *, fresh: bool = False) -> list[int] | None:
+        """The topic's partition ids, or None if there is no such topic."""
+        if not fresh and topic in self._partitions_cache:
+            return self._partitions_cache[topic]
+        meta = await self._call("metadata", self._admin.describe_topics([topic]))
+        for t in meta:
+            if t.get("topic") == topic and t.get("error_code", 0) == 0 and t.get("partitions"):
+                ids = sorted(p["partition"] for p in t["partitions"])
+                self._partitions_cache[topic] = ids
+                return ids
+        self._partitions_cache.pop(topic, None)
+        return None
+
+    async def declare_model(self, model: str) -> None:
+        self._check_open()
+        await self._create_topics({queue_name(model, p): self.options.partitions for p in Priority})
+
+    # ------------------------------------------------------------------ producing
+    async def _send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        try:
+            await asyncio.wait_for(
+                self._producer.send_and_wait(topic, value, partition=partition, headers=headers),
+                self.options.publish_timeout,
+            )
+        except UnknownTopicOrPartitionError as exc:
+            raise ModelNotFound(f"no topic {topic!r}") from exc
+        except _OFFSET_ERRORS as exc:
+            if isinstance(exc, _CONNECTION_ERRORS):
+                self._suspect_down()
+            raise Unavailable(f"Kafka did not confirm a message to {topic!r}: {exc!r}") from exc
+        except AttributeError as exc:  # the producer went away under us
+            raise Unavailable("transport is closed") from exc
+
+    async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
+        self._check_open()
+        topic = queue_name(model, priority)
+        if await self._partitions(topic) is None:
+            raise ModelNotFound(f"no worker has declared topic {topic!r}")
+        waiting = await self._waiting_estimate(topic)
+        limit = min(self.options.max_lag, self.options.max_queue_length)
+        if waiting >= limit:
+            raise Overloaded(f"topic {topic!r} has {waiting} messages waiting (limit {limit})")
+        await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
+        self._published_since[topic] = self._published_since.get(topic, 0) + 1
+
+    async def _waiting_estimate(self, topic: str) -> int:
+        now = time.monotonic()
+        cached = self._lag_cache.get(topic)
+        if cached is None or now - cached[0] > _LAG_TTL:
+            ready, _in_flight = await self._call("lag", self._topic_backlog(topic))
+            cached = self._lag_cache[topic] = (now, ready)
+            self._published_since[topic] = 0
+        return cached[1] + self._published_since.get(topic, 0)
+
+    async def dead_letter(self, record: Any, reason: str, attempt: int) -> None:
+        headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("fleet-dlq-")]
+        headers += [
+            ("fleet-dlq-topic", record.topic.encode()),
+            ("fleet-dlq-partition", str(record.partition).encode()),
+            ("fleet-dlq-offset", str(record.offset).encode()),
+            ("fleet-dlq-reason", reason.encode()),
+            ("fleet-dlq-attempt", str(attempt).encode()),
+        ]
+        await self._send(DEAD_LETTER, bytes(record.value or b""), headers=headers)
+
+    # ------------------------------------------------------------------ client side
+    async def open_inbox(self, on_reply: OnBytes) -> str:
+        self._check_open()
+        topic = f"{INBOX_PREFIX}{uuid.uuid4().hex[:16]}"
+        await self._create_topics({topic: 1}, _INBOX_CONFIG)
+        tail = TailConsumer(self, topic, on_reply)
+        try:
+            await self._call("inbox", tail.start([0]))
+        except Unavailable:
+            await tail.cancel()
+            raise
+        self._inboxes[topic] = tail
+        return topic
+
+    # ------------------------------------------------------------------ worker side
+    async def consume(
+        self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int
+    ) -> Consumer:
+        self._check_open()
+        topic = queue_name(model, priority)
+        await self._create_topics({topic: self.options.partitions})
+        consumer = GroupConsumer(self, model, priority, topic, on_delivery, prefetch)
+        try:
+            await consumer.start(_JOIN_TIMEOUT)
+        except _OFFSET_ERRORS as exc:
+            await consumer.shutdown()
+            raise Unavailable(f"could not join consumer group {topic!r}: {exc!r}") from exc
+        self._consumers.add(consumer)
+        return consumer
+
+    async def publish_reply(self, reply_to: str, body: bytes) -> None:
+        self._check_open()
+        topic, _, part = reply_to.partition(":")
+        partition = int(part) if part.isdigit() else None
+        if not await self._reply_topic_exists(topic):
+            log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
+            return
+        try:
+            await self._send(topic, body, partition=partition)
+        except (ModelNotFound, Unavailable):
+            self._reply_topics.pop(topic, None)
+            if not await self._reply_topic_exists(topic):
+                log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
+                return
+            raise
+
+    async def _reply_topic_exists(self, topic: str) -> bool:
+        seen = self._reply_topics.get(topic)
+        now = time.monotonic()
+        if seen is not None and now - seen < _REPLY_TOPIC_TTL:
+            return True
+        if await self._partitions(topic, fresh=True) is None:
+            return False
+        self._reply_topics[topic] = now
+        return True
+
+    async def publish_heartbeat(self, body: bytes) -> None:
+        self._check_open()
+        await self._send(HEARTBEATS, body)
+
+    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer:
+        self._check_open()
+        partitions = await self._partitions(HEARTBEATS) or [0]
+        tail = TailConsumer(self, HEARTBEATS, on_beat)
+        try:
+            await self._call("subscribe", tail.start(partitions))
+        except Unavailable:
+            await tail.cancel()
+            raise
+        self._consumers.add(tail)
+        return tail
+
+    # ------------------------------------------------------------------ operators
+    async def committed(
+        self, group: str, tps: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, Any]:
+        """The group's committed offsets (with metadata) of these partitions."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.options.publish_timeout
+        while True:
+            try:
+                result: dict[TopicPartition, Any] = await self._admin.list_consumer_group_offsets(
+                    group, partitions=list(tps)
+                )
+                return result
+            except KafkaError as exc:
+                # the coordinator may be loading (first group on a new broker, a restart)
+                if not getattr(exc, "retriable", False) or loop.time() >= end:
+                    raise
+                await asyncio.sleep(0.1)
+
+    async def group_members(self, group: str) -> int | None:
+        try:
+            responses = await asyncio.wait_for(
+                self._admin.describe_consumer_groups([group]), self.options.publish_timeout
+            )
+        except _OFFSET_ERRORS:
+            return None
+        for resp in responses:
+            for g in resp.groups:
+                if g[1] == group and g[0] == 0:
+                    return len(g[5])
+        return None
+
+    async def _topic_backlog(self, topic: str) -> tuple[int, int]:
+        """``(ready, in_flight)`` of one topic's group. Their sum is the lag:
+        end offset minus committed offset, a partition never committed counting
+        from its log start. ``in_flight`` is the part of it the group has handed
+        out, as its consumers record in the commit metadata before they do."""
+        partitions = await self._partitions(topic)
+        if partitions is None:
+            raise ModelNotFound(f"no topic {topic!r}")
+        tps = [TopicPartition(topic, p) for p in partitions]
+        end = await self._offsets.end_offsets(tps)
+        committed = await self.committed(topic, tps)
+        base: dict[TopicPartition, int] = {}
+        handed: dict[TopicPartition, int] = {}
+        never = []
+        for tp in tps:
+            meta = committed.get(tp)
+            if meta is not None and meta.offset >= 0:
+                base[tp] = meta.offset
+                segments = parse_attempts(meta.metadata)
+                if segments:
+                    handed[tp] = segments[-1][0] + 1
+            else:
+                never.append(tp)
+        if never:
+            base.update(await self._offsets.beginning_offsets(never))
+        ready = in_flight = 0
+        for tp in tps:
+            lag = max(0, end[tp] - base[tp])
+            out = min(lag, max(0, handed.get(tp, base[tp]) - base[tp]))
+            ready += lag - out
+            in_flight += out
+        return ready, in_flight
+
+    async def depth(self, model: str) -> Depth:
+        self._check_open()
+        topics = [queue_name(model, p) for p in Priority]
+        present = [t for t in topics if await self._partitions(t) is not None]
+        if not present:
+            raise ModelNotFound(f"model {model!r} has no topics")
+        ready = in_flight = 0
+        for t in present:
+            r, f = await self._call("lag", self._topic_backlog(t))
+            ready += r
+            in_flight += f
+        members = [await self.group_members(t) for t in present]
+        known = [m for m in members if m is not None]
+        return Depth(
+            model=model,
+            ready=ready,
+            in_flight=in_flight,
+            consumers=max(known) if known else None,
+        )
+
+    async def produce_rate(self, model: str) -> float | None:
+        """Messages per second appended to the model's topics since the last
+        call (end-offset growth); None on the first call."""
+        self._check_open()
+        total = 0
+        for p in Priority:
+            topic = queue_name(model, p)
+            partitions = await self._partitions(topic)
+            if partitions is None:
+                continue
+            tps = [TopicPartition(topic, i) for i in partitions]
+            end = await self._call("offsets", self._offsets.end_offsets(tps))
+            total += sum(end.values())
+        now = time.monotonic()
+        prev = self._rates.get(model)
+        self._rates[model] = (now, total)
+        if prev is None or now <= prev[0]:
+            return None
+        return max(0.0, (total - prev[1]) / (now - prev[0]))
+
+    async def take_dead_letters(self, limit: int = 100) -> list[bytes]:
+        self._check_open()
+        partitions = await self._partitions(DEAD_LETTER) or [0]
+        tps = [TopicPartition(DEAD_LETTER, p) for p in partitions]
+        reader = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            client_id=f"{self.client_id}-dlq",
+            group_id=DEAD_LETTER_READERS,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            request_timeout_ms=self._timeout_ms,
+        )
+        try:
+            return await self._call("dead letters", self._read_dead_letters(reader, tps, limit))
+        finally:
+            with contextlib.suppress(*_OFFSET_ERRORS):
+                await asyncio.wait_for(reader.stop(), 10.0)
+
+    async def _read_dead_letters(
+        self, reader: Any, tps: list[TopicPartition], limit: int
+    ) -> list[bytes]:
+        await reader.start()
+        reader.assign(tps)
+        end = await reader.end_offsets(tps)
+        out: list[bytes] = []
+        last: dict[TopicPartition, int] = {}
+        while len(out) < limit:
+            positions = {tp: await reader.position(tp) for tp in tps}
+            if all(positions[tp] >= end[tp] for tp in tps):
+                break
+            batch = await reader.getmany(timeout_ms=200, max_records=limit - len(out))
+            for tp, records in batch.items():
+                for rec in records:
+                    out.append(bytes(rec.value or b""))
+                    last[tp] = rec.offset
+        if last:
+            await reader.commit({tp: off + 1 for tp, off in last.items()})
+        return out
+
+
+__all__ = ["INBOX_PREFIX", "KafkaTransport"]

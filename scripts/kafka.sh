@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# A single-node Apache Kafka broker (KRaft, no ZooKeeper) on the loopback
+# interface, for the kafka test tier and local runs.
+#
+#   scripts/kafka.sh start     fetch the pinned jars (once), format storage (once),
+#                              start the broker, wait until it answers, print its URL
+#   scripts/kafka.sh stop      stop the broker this script started, wait for it to exit
+#   scripts/kafka.sh restart   stop + start; the data directory (topics, committed
+#                              offsets) survives
+#   scripts/kafka.sh status    say whether it runs; exit 1 when it does not
+#
+# Everything lives under .cache/kafka (git-ignored): libs/ (jars from Maven
+# Central, pinned in scripts/kafka/pom.xml), data/ (the log), server.properties,
+# kafka.pid and kafka.log. Ports: FLEET_KAFKA_PORT (9092) for clients,
+# FLEET_KAFKA_CONTROLLER_PORT (9093) for the KRaft controller.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CACHE="$ROOT/.cache/kafka"
+LIBS="$CACHE/libs"
+DATA="$CACHE/data"
+CONFIG="$CACHE/server.properties"
+LOG4J="$CACHE/log4j.properties"
+PIDFILE="$CACHE/kafka.pid"
+LOGFILE="$CACHE/kafka.log"
+CLUSTER_ID_FILE="$CACHE/cluster-id"
+POM="$ROOT/scripts/kafka/pom.xml"
+PORT="${FLEET_KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${FLEET_KAFKA_CONTROLLER_PORT:-9093}"
+HEAP="${FLEET_KAFKA_HEAP:-512m}"
+START_TIMEOUT=90
+STOP_TIMEOUT=60
+
+say() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() {
+    say "$*"
+    exit 1
+}
+
+classpath() { printf '%s/*' "$LIBS"; }
+
+java_opts() {
+    printf '%s\n' \
+        "-Xms128m" "-Xmx$HEAP" "-XX:+UseG1GC" "-XX:MaxGCPauseMillis=20" \
+        "-XX:ActiveProcessorCount=2" "-Djava.awt.headless=true" \
+        "-Dlog4j.configuration=file:$LOG4J" "-Dkafka.logs.dir=$CACHE"
+}
+
+# -------------------------------------------------------------------- setup
+
+fetch_jars() {
+    if compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
+        return
+    fi
+    command -v mvn >/dev/null || die "mvn not found: Maven fetches the Kafka jars"
+    say "fetching Apache Kafka jars from Maven Central into $LIBS"
+    mkdir -p "$LIBS.partial"
+    mvn -q -f "$POM" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$LIBS.partial"
+    rm -rf "$LIBS"
+    mv "$LIBS.partial" "$LIBS"
+}
+
+write_config() {
+    mkdir -p "$DATA"
+    cat >"$CONFIG" <<EOF
+# written by scripts/kafka.sh; edits are overwritten on start
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$DATA
+num.network.threads=2
+num.io.threads=4
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=false
+delete.topic.enable=true
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+log.segment.bytes=16777216
+log.retention.hours=24
+log.retention.check.interval.ms=300000
+EOF
+    cat >"$LOG4J" <<'EOF'
+log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka=INFO
+log4j.logger.org.apache.kafka=INFO
+log4j.logger.state.change.logger=WARN
+log4j.logger.kafka.request.logger=WARN
+EOF
+}
+
+format_storage() {
+    if [[ -f "$DATA/meta.properties" ]]; then
+        return
+    fi
+    local cluster_id opts
+    mapfile -t opts < <(java_opts)
+    if [[ -s "$CLUSTER_ID_FILE" ]]; then
+        cluster_id="$(<"$CLUSTER_ID_FILE")"
+    else
+        cluster_id="$(java "${opts[@]}" -cp "$(classpath)" kafka.tools.StorageTool random-uuid | tail -n 1)"
+        printf '%s\n' "$cluster_id" >"$CLUSTER_ID_FILE"
+    fi
+    say "formatting $DATA (cluster $cluster_id)"
+    java "${opts[@]}" -cp "$(classpath)" kafka.tools.StorageTool format \
+        -t "$cluster_id" -c "$CONFIG" --ignore-formatted >/dev/null
+}
+
+# -------------------------------------------------------------------- process
+
+# The pid of the broker this script started, if it still runs.
+broker_pid() {
+    [[ -f "$PIDFILE" ]] || return 1
+    local pid
+    pid="$(<"$PIDFILE")"
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    # the pid must still be our java, not a recycled number
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "kafka.Kafka $CONFIG" || return 1
+    printf '%s\n' "$pid"
+}
+
+port_open() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null
+}
+
+# The broker answers metadata requests (not just an open socket).
+answers() {
+    local py="$ROOT/.venv/bin/python"
+    port_open || return 1
+    if [[ -x "$py" ]]; then
+        "$py" - "$PORT" <<'EOF' >/dev/null 2>&1
+import asyncio, sys
+from aiokafka.admin import AIOKafkaAdminClient
+
+async def main() -> None:
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=f"127.0.0.1:{sys.argv[1]}", request_timeout_ms=3000
+    )
+    await admin.start()
+    try:
+        await asyncio.wait_for(admin.list_topics(), 5)
+    finally:
+        await admin.close()
+
+asyncio.run(main())
+EOF
+    else
+        grep -q "Kafka Server started" "$LOGFILE" 2>/dev/null
+    fi
+}
+
+start() {
+    local pid
+    if pid="$(broker_pid)"; then
+        say "already running (pid $pid)"
+    else
+        command -v java >/dev/null || die "java not found: the broker needs Java 17"
+        if port_open; then
+            die "127.0.0.1:$PORT is taken by a process this script did not start"
+        fi
+        fetch_jars
+        write_config
+        format_storage
+        local opts
+        mapfile -t opts < <(java_opts)
+        say "starting broker on 127.0.0.1:$PORT (log: $LOGFILE)"
+        # own session, so the broker outlives the shell that started it; the
+        # inner shell writes its pid and becomes the JVM
+        # shellcheck disable=SC2016  # expanded by the inner shell
+        setsid bash -c 'printf "%s\n" "$$" >"$1"; shift; exec "$@"' _ "$PIDFILE" \
+            java "${opts[@]}" -cp "$(classpath)" kafka.Kafka "$CONFIG" \
+            >>"$LOGFILE" 2>&1 </dev/null &
+        local waited=0
+        until [[ -s "$PIDFILE" ]] && broker_pid >/dev/null; do
+            ((waited < 50)) || die "broker did not start; see $LOGFILE"
+            sleep 0.1
+            waited=$((waited + 1))
+        done
+    fi
+    local deadline=$((SECONDS + START_TIMEOUT))
+    until answers; do
+        broker_pid >/dev/null || die "broker exited; see $LOGFILE"
+        ((SECONDS < deadline)) || die "broker did not answer within ${START_TIMEOUT}s; see $LOGFILE"
+        sleep 0.5
+    done
+    say "ready"
+    printf 'kafka://127.0.0.1:%s\n' "$PORT"
+}
+
+stop() {
+    local pid
+    if ! pid="$(broker_pid)"; then
+        say "not running"
+        rm -f "$PIDFILE"
+        return 0
+    fi
+    say "stopping broker (pid $pid)"
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + STOP_TIMEOUT))
+    while kill -0 "$pid" 2>/dev/null; do
+        if ((SECONDS >= deadline)); then
+            say "broker ignored SIGTERM for ${STOP_TIMEOUT}s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        sleep 0.2
+    done
+    rm -f "$PIDFILE"
+    say "stopped"
+}
+
+status() {
+    local pid
+    if pid="$(broker_pid)"; then
+        if answers; then
+            say "running (pid $pid), answering on 127.0.0.1:$PORT"
+        else
+            say "running (pid $pid), not answering yet on 127.0.0.1:$PORT"
+        fi
+        printf 'kafka://127.0.0.1:%s\n' "$PORT"
+        return 0
+    fi
+    say "not running"
+    return 1
+}
+
+case "${1:-}" in
+    start) start ;;
+    stop) stop ;;
+    restart)
+        stop
+        start
+        ;;
+    status) status ;;
+    *) die "usage: $0 start|stop|restart|status" ;;
+esac

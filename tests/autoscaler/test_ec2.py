@@ -1,0 +1,355 @@
+"""The ``ec2`` actuator against moto's AWS server over real HTTP.
+
+The server comes from ``FLEET_TEST_AWS_URL`` (``scripts/moto.sh start`` prints
+it). A group is made from a launch template in a VPC subnet; scaling through
+the actuator must change moto's EC2 instances, the clamp to the group's
+``MaxSize`` must hold (moto does not enforce it on ``SetDesiredCapacity``),
+and throttling must be retried.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from botocore.awsrequest import AWSResponse
+from botocore.config import Config
+from botocore.stub import Stubber
+
+from autoscaler.actuators.ec2 import Ec2Actuator
+from fleet.errors import ConfigError, Internal, Unavailable
+from fleet.heartbeat import Heartbeat
+from tests.conftest import missing
+
+REGION = "us-east-1"
+
+
+@pytest.fixture(autouse=True)
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    # moto accepts any key; never pick up a real profile from the environment
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+async def _no_sleep(_delay: float) -> None:
+    return None
+
+
+# --------------------------------------------------------------------------- moto
+
+
+@pytest.fixture
+def aws_url() -> str:
+    url = os.environ.get("FLEET_TEST_AWS_URL")
+    if not url:
+        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
+    assert url is not None
+    return url
+
+
+@dataclass
+class Group:
+    name: str
+    asg: Any
+    ec2: Any
+
+    def describe(self) -> dict[str, Any]:
+        groups = self.asg.describe_auto_scaling_groups(AutoScalingGroupNames=[self.name])
+        return dict(groups["AutoScalingGroups"][0])
+
+    def instance_ids(self) -> set[str]:
+        return {i["InstanceId"] for i in self.describe()["Instances"]}
+
+    def ec2_states(self, ids: set[str]) -> dict[str, str]:
+        if not ids:
+            return {}
+        resp = self.ec2.describe_instances(InstanceIds=sorted(ids))
+        return {
+            i["InstanceId"]: i["State"]["Name"]
+            for r in resp["Reservations"]
+            for i in r["Instances"]
+        }
+
+    def running_in_ec2(self) -> set[str]:
+        """Instances moto's EC2 runs for this group (by the group's tag)."""
+        resp = self.ec2.describe_instances(
+            Filters=[
+                {"Name": "tag:aws:autoscaling:groupName", "Values": [self.name]},
+                {"Name": "instance-state-name", "Values": ["pending", "running"]},
+            ]
+        )
+        return {i["InstanceId"] for r in resp["Reservations"] for i in r["Instances"]}
+
+
+@pytest.fixture
+def group(aws_url: str) -> Iterator[Group]:
+    asg = boto3.client("autoscaling", region_name=REGION, endpoint_url=aws_url)
+    ec2 = boto3.client("ec2", region_name=REGION, endpoint_url=aws_url)
+    suffix = uuid.uuid4().hex[:8]
+    vpc = ec2.create_vpc(CidrBlock="10.42.0.0/16")["Vpc"]["VpcId"]
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.42.1.0/24")["Subnet"]["SubnetId"]
+    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    template = f"fleet-worker-{suffix}"
+    ec2.create_launch_template(
+        LaunchTemplateName=template,
+        LaunchTemplateData={"ImageId": image, "InstanceType": "g4dn.xlarge"},
+    )
+    name = f"fleet-workers-{suffix}"
+    asg.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchTemplate={"LaunchTemplateName": template, "Version": "$Latest"},
+        MinSize=0,
+        MaxSize=3,
+        DesiredCapacity=0,
+        VPCZoneIdentifier=subnet,
+    )
+    yield Group(name=name, asg=asg, ec2=ec2)
+    asg.delete_auto_scaling_group(AutoScalingGroupName=name, ForceDelete=True)
+    ec2.delete_launch_template(LaunchTemplateName=template)
+
+
+def _actuator(aws_url: str, group: Group, **kw: Any) -> Ec2Actuator:
+    return Ec2Actuator(group.name, region=REGION, endpoint_url=aws_url, sleep=_no_sleep, **kw)
+
+
+@pytest.mark.aws
+async def test_scale_out_and_in_changes_moto_instances(aws_url: str, group: Group) -> None:
+    act = _actuator(aws_url, group)
+    await act.start()
+    assert await act.capacity() == (0, 0, 0)
+
+    assert await act.set_desired(2, ("backlog",)) == 2
+    ids = group.instance_ids()
+    assert len(ids) == 2
+    assert group.running_in_ec2() == ids
+    in_service, pending, desired = await act.capacity()
+    assert (in_service + pending, desired) == (2, 2)
+
+    assert await act.set_desired(1, ("idle",)) == 1
+    left = group.instance_ids()
+    assert len(left) == 1 and left < ids
+    gone = ids - left
+    assert set(group.ec2_states(gone).values()) <= {"shutting-down", "terminated"}
+    assert group.running_in_ec2() == left
+
+    assert await act.set_desired(0) == 0
+    assert group.running_in_ec2() == set()
+    assert group.describe()["DesiredCapacity"] == 0
+    await act.close()
+
+
+@pytest.mark.aws
+async def test_clamped_to_the_groups_max_and_min(aws_url: str, group: Group) -> None:
+    act = _actuator(aws_url, group)
+    assert await act.set_desired(10) == 3  # MaxSize
+    assert group.describe()["DesiredCapacity"] == 3
+    assert len(group.running_in_ec2()) == 3
+
+    group.asg.update_auto_scaling_group(AutoScalingGroupName=group.name, MinSize=1, MaxSize=2)
+    assert await act.set_desired(5) == 2  # bounds are read afresh
+    assert await act.set_desired(-4) == 1
+    assert group.describe()["DesiredCapacity"] == 1
+    assert len(group.running_in_ec2()) == 1
+
+
+@pytest.mark.aws
+async def test_missing_group_is_a_config_error(aws_url: str) -> None:
+    act = Ec2Actuator("no-such-group", region=REGION, endpoint_url=aws_url, sleep=_no_sleep)
+    with pytest.raises(ConfigError, match="does not exist"):
+        await act.capacity()
+
+
+@pytest.mark.aws
+async def test_instance_protection_keeps_the_busy_worker(aws_url: str, group: Group) -> None:
+    act = _actuator(aws_url, group, instance_protection=True)
+    await act.set_desired(3)
+    await act.capacity()  # protects what is in service
+    described = group.describe()["Instances"]
+    assert all(i["ProtectedFromScaleIn"] for i in described)
+    ids = sorted(i["InstanceId"] for i in described)
+    # every worker busy except ids[1]
+    for iid in ids:
+        beat = Heartbeat(
+            worker_id=f"w-{iid}",
+            instance_id=iid,
+            sent_at=0.0,
+            in_flight=0 if iid == ids[1] else 5,
+            busy_fraction=0.0 if iid == ids[1] else 0.9,
+        )
+        act.observe_heartbeat(beat, 0.0)
+    assert await act.set_desired(2) == 2
+    assert group.instance_ids() == {ids[0], ids[2]}
+
+
+def _throttle_first(client: Any, operation: str, times: int, code: str = "Throttling") -> list[int]:
+    """Answer the first ``times`` calls of ``operation`` with an AWS throttling
+    error before they leave the client; later calls reach moto."""
+    seen: list[int] = []
+    body = (
+        "<ErrorResponse><Error><Type>Sender</Type>"
+        f"<Code>{code}</Code><Message>Rate exceeded</Message>"
+        "</Error><RequestId>throttled</RequestId></ErrorResponse>"
+    ).encode()
+
+    class _Raw:
+        def stream(self, **_kw: Any) -> Iterator[bytes]:
+            yield body
+
+    def handler(request: Any, **_kw: Any) -> AWSResponse | None:
+        seen.append(1)
+        if len(seen) <= times:
+            headers: Any = {"Content-Type": "text/xml"}
+            return AWSResponse(request.url, 400, headers, _Raw())
+        return None
+
+    client.meta.events.register(f"before-send.auto-scaling.{operation}", handler)
+    return seen
+
+
+@pytest.mark.aws
+async def test_throttling_is_retried_then_applied(aws_url: str, group: Group) -> None:
+    act = _actuator(aws_url, group)
+    seen_set = _throttle_first(act.client, "SetDesiredCapacity", 3)
+    seen_describe = _throttle_first(
+        act.client, "DescribeAutoScalingGroups", 2, "RequestLimitExceeded"
+    )
+    assert await act.set_desired(2) == 2
+    assert len(seen_describe) == 3 and len(seen_set) == 4
+    assert act.retries == 5
+    assert len(group.running_in_ec2()) == 2
+
+
+@pytest.mark.aws
+async def test_throttling_past_the_bound_is_unavailable(aws_url: str, group: Group) -> None:
+    act = _actuator(aws_url, group, max_attempts=3)
+    seen = _throttle_first(act.client, "SetDesiredCapacity", 100)
+    with pytest.raises(Unavailable, match=r"Throttling.*gave up after 3 attempts"):
+        await act.set_desired(1)
+    assert len(seen) == 3
+    assert group.describe()["DesiredCapacity"] == 0
+
+
+# --------------------------------------------------------------------------- unit (Stubber)
+
+
+def _stubbed() -> tuple[Ec2Actuator, Stubber, list[float]]:
+    client = boto3.client("autoscaling", region_name=REGION)
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+
+    act = Ec2Actuator(
+        "g", client=client, sleep=sleep, max_attempts=4, backoff_base_s=0.1, backoff_max_s=0.3
+    )
+    return act, Stubber(client), delays
+
+
+_GROUP = {
+    "AutoScalingGroups": [
+        {
+            "AutoScalingGroupName": "g",
+            "MinSize": 0,
+            "MaxSize": 5,
+            "DesiredCapacity": 2,
+            "DefaultCooldown": 300,
+            "AvailabilityZones": ["us-east-1a"],
+            "HealthCheckType": "EC2",
+            "CreatedTime": "2024-01-01T00:00:00Z",
+            "Instances": [
+                {
+                    "InstanceId": "i-1",
+                    "AvailabilityZone": "us-east-1a",
+                    "LifecycleState": "InService",
+                    "HealthStatus": "Healthy",
+                    "ProtectedFromScaleIn": False,
+                },
+                {
+                    "InstanceId": "i-2",
+                    "AvailabilityZone": "us-east-1a",
+                    "LifecycleState": "Pending",
+                    "HealthStatus": "Healthy",
+                    "ProtectedFromScaleIn": False,
+                },
+                {
+                    "InstanceId": "i-3",
+                    "AvailabilityZone": "us-east-1a",
+                    "LifecycleState": "Terminating",
+                    "HealthStatus": "Healthy",
+                    "ProtectedFromScaleIn": False,
+                },
+            ],
+        }
+    ]
+}
+
+
+@pytest.mark.unit
+async def test_capacity_counts_in_service_and_pending() -> None:
+    act, stub, _ = _stubbed()
+    stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
+    with stub:
+        assert await act.capacity() == (1, 1, 2)
+
+
+@pytest.mark.unit
+async def test_throttling_backs_off_with_bounded_jitter() -> None:
+    act, stub, delays = _stubbed()
+    for _ in range(3):
+        stub.add_client_error("describe_auto_scaling_groups", "Throttling", "Rate exceeded", 400)
+    stub.add_response("describe_auto_scaling_groups", _GROUP)
+    stub.add_response(
+        "set_desired_capacity",
+        {},
+        {"AutoScalingGroupName": "g", "DesiredCapacity": 4, "HonorCooldown": False},
+    )
+    with stub:
+        assert await act.set_desired(4) == 4
+        stub.assert_no_pending_responses()
+    assert len(delays) == 3
+    for attempt, delay in enumerate(delays):
+        assert 0.0 <= delay <= min(0.3, 0.1 * 2**attempt)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("code", "error", "match"),
+    [
+        pytest.param("ValidationError", ConfigError, "SetDesiredCapacity refused", id="validation"),
+        pytest.param("AccessDenied", ConfigError, "autoscaling:SetDesiredCapacity", id="access"),
+        pytest.param("SomethingElse", Internal, "SomethingElse", id="other"),
+    ],
+)
+async def test_aws_errors_map_to_fleet_errors(
+    code: str, error: type[Exception], match: str
+) -> None:
+    act, stub, delays = _stubbed()
+    stub.add_response("describe_auto_scaling_groups", _GROUP)
+    stub.add_client_error("set_desired_capacity", code, "no", 400)
+    with stub, pytest.raises(error, match=match):
+        await act.set_desired(3)
+    assert delays == []
+
+
+@pytest.mark.unit
+async def test_unreachable_endpoint_is_unavailable() -> None:
+    client = boto3.client(
+        "autoscaling",
+        region_name=REGION,
+        endpoint_url="http://127.0.0.1:9",  # nothing listens on the discard port
+        config=Config(retries={"total_max_attempts": 1}),
+    )
+    act = Ec2Actuator("g", client=client, sleep=_no_sleep, max_attempts=2)
+    with pytest.raises(Unavailable, match="endpoint unreachable"):
+        await act.capacity()
+    assert act.retries == 1

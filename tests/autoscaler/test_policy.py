@@ -1,0 +1,327 @@
+"""The default policy, table-driven: each case is a sequence of snapshots and
+the decisions they must produce."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from autoscaler.policy import DefaultPolicy, PolicyConfig
+from autoscaler.types import Decision, Snapshot
+
+pytestmark = pytest.mark.unit
+
+PER = 50.0  # requests/s one instance sustains in these cases
+LOAD = PER * 0.9  # what the default target load plans per instance
+
+
+def snap(
+    now: float,
+    *,
+    rate: float | str | None = "auto",
+    instances: int = 4,
+    backlog: int | None = 0,
+    desired: int | None = None,
+    pending: int = 0,
+    util: float | None = None,
+    per: float | None = PER,
+) -> Snapshot:
+    """A snapshot; ``rate`` defaults to what ``instances`` carry at the target load."""
+    return Snapshot(
+        now=now,
+        backlog=backlog,
+        arrival_rate=LOAD * instances if isinstance(rate, str) else rate,
+        per_instance_rps=per,
+        busy_fraction=None,
+        gpu_utilization=util,
+        in_service=instances - pending,
+        pending=pending,
+        desired=instances if desired is None else desired,
+    )
+
+
+def run(cfg: PolicyConfig, snaps: list[Snapshot], *, follow: bool = True) -> list[Decision]:
+    """Feed snapshots in order; with ``follow`` each one's ``desired`` is the
+    previous decision (the actuator applied it)."""
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    out: list[Decision] = []
+    desired: int | None = None
+    for s in snaps:
+        if follow and desired is not None:
+            s = replace(s, desired=desired)
+        decision, state = policy.decide(s, state)
+        out.append(decision)
+        desired = decision.desired
+    return out
+
+
+CASES: list[Any] = [
+    pytest.param(
+        PolicyConfig(),
+        [snap(0, rate=LOAD * 8, instances=4)],
+        [8],
+        id="arrival-rate-over-throughput",
+    ),
+    pytest.param(
+        PolicyConfig(drain_time_s=30),
+        [snap(0, rate=LOAD * 4, backlog=int(PER * 30 * 3), instances=4)],
+        [7],
+        id="plus-backlog-drained-in-target-time",
+    ),
+    pytest.param(
+        PolicyConfig(target_utilization=0.5),
+        [snap(0, rate=LOAD * 2, instances=4, util=0.9)],
+        [8],
+        id="utilization-target-when-higher",
+    ),
+    pytest.param(
+        PolicyConfig(target_utilization=0.75),
+        [snap(0, rate=LOAD * 6, instances=4, util=0.3)],
+        [6],
+        id="throughput-when-higher-than-utilization",
+    ),
+    pytest.param(
+        PolicyConfig(max_capacity=10),
+        [snap(0, rate=LOAD * 40, instances=4)],
+        [10],
+        id="max-clamp",
+    ),
+    pytest.param(
+        PolicyConfig(min_capacity=3, scale_in_stabilization_s=0),
+        [snap(0, rate=1.0, instances=4)],
+        [3],
+        id="min-clamp",
+    ),
+    pytest.param(
+        PolicyConfig(max_step_up=2),
+        [snap(0, rate=LOAD * 20, instances=4), snap(30, rate=LOAD * 20, instances=6)],
+        [6, 8],
+        id="step-up-limit",
+    ),
+    pytest.param(
+        PolicyConfig(max_step_down=1, scale_in_stabilization_s=0, scale_in_cooldown_s=0),
+        [snap(0, rate=LOAD, instances=8), snap(5, rate=LOAD, instances=7)],
+        [7, 6],
+        id="step-down-limit",
+    ),
+    pytest.param(
+        PolicyConfig(scale_out_cooldown_s=60),
+        [
+            snap(0, rate=LOAD * 6, instances=4),
+            snap(30, rate=LOAD * 9, instances=6),
+            snap(61, rate=LOAD * 9, instances=6),
+        ],
+        [6, 6, 9],
+        id="scale-out-cooldown",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_cooldown_s=60, scale_in_stabilization_s=0, max_step_down=2),
+        [
+            snap(0, rate=LOAD, instances=8),
+            snap(30, rate=LOAD, instances=6),
+            snap(61, rate=LOAD, instances=6),
+        ],
+        [6, 6, 4],
+        id="scale-in-cooldown",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_cooldown_s=600, scale_out_cooldown_s=600, scale_in_stabilization_s=0),
+        [snap(0, rate=LOAD * 8, instances=4), snap(10, rate=LOAD * 2, instances=8)],
+        [8, 2],
+        id="scale-out-cooldown-does-not-block-scale-in",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_cooldown_s=600, scale_out_cooldown_s=600, scale_in_stabilization_s=0),
+        [snap(0, rate=LOAD * 2, instances=8), snap(10, rate=LOAD * 8, instances=2)],
+        [2, 8],
+        id="scale-in-cooldown-does-not-block-scale-out",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_stabilization_s=120, scale_in_cooldown_s=0),
+        [
+            snap(0, rate=LOAD * 8, instances=8),
+            snap(60, rate=LOAD * 2, instances=8),
+            snap(100, rate=LOAD * 2, instances=8),
+            snap(121, rate=LOAD * 2, instances=8),
+        ],
+        [8, 8, 8, 2],
+        id="scale-in-stabilization-window",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_stabilization_s=120, scale_in_cooldown_s=0),
+        [
+            snap(0, rate=LOAD * 8, instances=8),
+            snap(60, rate=LOAD * 5, instances=8),
+            snap(121, rate=LOAD * 2, instances=8),
+        ],
+        [8, 8, 5],
+        id="stabilization-takes-highest-in-window",
+    ),
+    pytest.param(
+        PolicyConfig(),
+        [snap(0, rate=0.0, backlog=3, instances=0, desired=0, per=None)],
+        [1],
+        id="zero-to-one-on-first-backlog-without-measurements",
+    ),
+    pytest.param(
+        PolicyConfig(min_capacity=0, scale_to_zero=True),
+        [snap(0, rate=2.0, backlog=1, instances=0, desired=0)],
+        [1],
+        id="zero-to-one-on-first-backlog",
+    ),
+    pytest.param(
+        PolicyConfig(min_capacity=1),
+        [snap(0, rate=0.0, instances=1), snap(3600, rate=0.0, instances=1)],
+        [1, 1],
+        id="never-zero-without-opt-in",
+    ),
+    pytest.param(
+        PolicyConfig(
+            min_capacity=1, scale_to_zero=True, idle_to_zero_s=600, scale_in_stabilization_s=0
+        ),
+        [
+            snap(0, rate=0.0, instances=1),
+            snap(300, rate=0.0, instances=1),
+            snap(599, rate=0.0, instances=1),
+            snap(600, rate=0.0, instances=1),
+        ],
+        [1, 1, 1, 0],
+        id="one-to-zero-after-idle-when-opted-in",
+    ),
+    pytest.param(
+        PolicyConfig(min_capacity=1, scale_to_zero=True, idle_to_zero_s=600),
+        [
+            snap(0, rate=0.0, instances=1),
+            snap(500, rate=0.5, backlog=1, instances=1),
+            snap(700, rate=0.0, instances=1),
+            snap(1000, rate=0.0, instances=1),
+        ],
+        [1, 1, 1, 1],
+        id="idle-clock-restarts-on-traffic",
+    ),
+    pytest.param(
+        PolicyConfig(),
+        [snap(0, rate=LOAD * 8, backlog=None, instances=4)],
+        [4],
+        id="missing-backlog-holds",
+    ),
+    pytest.param(
+        PolicyConfig(),
+        [snap(0, rate=None, instances=8)],
+        [8],
+        id="missing-rate-holds",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_stabilization_s=0, scale_in_cooldown_s=0),
+        [snap(0, rate=1.0, instances=8, per=None)],
+        [8],
+        id="missing-throughput-never-scales-in",
+    ),
+    pytest.param(
+        PolicyConfig(scale_in_stabilization_s=0, scale_in_cooldown_s=0, per_instance_rps=PER),
+        [snap(0, rate=LOAD * 2, instances=8, per=None)],
+        [2],
+        id="configured-throughput-stands-in",
+    ),
+    pytest.param(
+        PolicyConfig(),
+        [snap(0, rate=LOAD * 8, instances=8, pending=4)],
+        [8],
+        id="booting-counts-as-coming-capacity",
+    ),
+    pytest.param(
+        PolicyConfig(target_utilization=0.75),
+        # 2 in service at full utilization would ask for 2/0.75 = 3; 4 booting
+        # already make 6: booting is coming capacity, not free capacity
+        [snap(0, rate=LOAD * 6, instances=6, pending=4, util=1.0)],
+        [6],
+        id="booting-not-free-capacity",
+    ),
+    pytest.param(
+        PolicyConfig(tolerance=0.1, scale_in_stabilization_s=0, scale_in_cooldown_s=0),
+        [
+            snap(float(i) * 5, rate=LOAD * 10 * f, instances=10)
+            for i, f in enumerate((1.05, 0.93, 1.08, 0.91, 1.0, 1.09, 0.95))
+        ],
+        [10] * 7,
+        id="no-flapping-within-tolerance",
+    ),
+    pytest.param(
+        PolicyConfig(tolerance=0.1),
+        [snap(0, rate=LOAD * 10 * 1.25, instances=10)],
+        [13],
+        id="outside-tolerance-acts",
+    ),
+]
+
+
+@pytest.mark.parametrize(("cfg", "snaps", "expected"), CASES)
+def test_decisions(cfg: PolicyConfig, snaps: list[Snapshot], expected: list[int]) -> None:
+    got = [d.desired for d in run(cfg, snaps)]
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        pytest.param(snap(0, backlog=None, instances=8, rate=0.0), id="backlog"),
+        pytest.param(snap(0, rate=None, instances=8), id="rate"),
+        pytest.param(snap(0, rate=0.0, instances=8, per=None), id="throughput"),
+    ],
+)
+def test_missing_data_never_scales_in(snapshot: Snapshot) -> None:
+    policy = DefaultPolicy(PolicyConfig(scale_in_stabilization_s=0, scale_in_cooldown_s=0))
+    decision, _ = policy.decide(snapshot, policy.initial_state())
+    assert decision.direction == "hold"
+    assert decision.desired == 8
+    assert any("unknown" in r for r in decision.reasons)
+
+
+def test_every_decision_has_reasons() -> None:
+    for d in run(PolicyConfig(), [snap(0, rate=LOAD * 8), snap(30, rate=LOAD * 2)]):
+        assert d.reasons
+
+
+def test_recurring_surges_are_prewarmed() -> None:
+    """Two surges 600 s apart: capacity for the third is asked for before it."""
+    cfg = PolicyConfig(prewarm_lead_s=150, scale_in_stabilization_s=30, scale_in_cooldown_s=0)
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    desired = 1
+    seen: dict[float, int] = {}
+    for t in range(0, 1800, 5):
+        in_burst = (t % 600) >= 300 and (t % 600) < 340
+        rate = 400.0 if in_burst else 2.0
+        s = snap(float(t), rate=rate, instances=desired)
+        decision, state = policy.decide(s, state)
+        desired = decision.desired
+        seen[float(t)] = desired
+    # third burst starts at 1500 s: pre-warmed from 1350 s on
+    assert seen[1340.0] <= 2
+    assert seen[1400.0] >= 9
+    assert seen[1495.0] >= 9
+
+
+def test_is_pure() -> None:
+    policy = DefaultPolicy()
+    state = policy.initial_state()
+    s = snap(0, rate=LOAD * 8)
+    assert policy.decide(s, state) == policy.decide(s, state)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({"min_capacity": 5, "max_capacity": 4}, id="min-over-max"),
+        pytest.param({"target_load": 0.0}, id="target-load"),
+        pytest.param({"tolerance": 1.0}, id="tolerance"),
+        pytest.param({"max_step_up": 0}, id="step"),
+        pytest.param({"drain_time_s": 0.0}, id="drain-time"),
+    ],
+)
+def test_config_validation(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        PolicyConfig(**kwargs)

@@ -1,0 +1,289 @@
+"""Signals from a fake transport: missing is None, the EWMA, stale heartbeats."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+
+from autoscaler.actuators.base import Capacity
+from autoscaler.signals import Ewma, Signals
+from fleet.errors import ModelNotFound, Unavailable
+from fleet.heartbeat import Heartbeat
+from fleet.transport.base import Depth, OnBytes
+
+pytestmark = pytest.mark.unit
+
+CAP = Capacity(in_service=2, pending=1, desired=3)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Sub:
+    async def cancel(self) -> None:
+        return None
+
+
+class FakeTransport:
+    """Only what signals use: depth, declare_model, subscribe_heartbeats."""
+
+    def __init__(self) -> None:
+        self.depths: dict[str, Depth | Exception] = {}
+        self.declared: list[str] = []
+        self.on_beat: OnBytes | None = None
+
+    async def declare_model(self, model: str) -> None:
+        self.declared.append(model)
+
+    async def subscribe_heartbeats(self, on_beat: OnBytes) -> _Sub:
+        self.on_beat = on_beat
+        return _Sub()
+
+    async def depth(self, model: str) -> Depth:
+        d = self.depths[model]
+        if isinstance(d, Exception):
+            raise d
+        return d
+
+
+class KafkaLike(FakeTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates: dict[str, float | None] = {}
+
+    async def produce_rate(self, model: str) -> float | None:
+        return self.rates[model]
+
+
+def beat(wid: str, sent_at: float, **kw: Any) -> bytes:
+    kw.setdefault("models", ["a"])
+    return Heartbeat(worker_id=wid, sent_at=sent_at, interval_s=1.0, **kw).encode()
+
+
+async def make(
+    transport: FakeTransport | None = None, models: tuple[str, ...] = ("a",), **kw: Any
+) -> tuple[Signals, FakeTransport, Clock]:
+    t = transport or FakeTransport()
+    clock = Clock()
+    kw.setdefault("arrival_smoothing_s", 0.0)
+    s = Signals(t, list(models), clock=clock, **kw)  # type: ignore[arg-type]
+    await s.start()
+    return s, t, clock
+
+
+async def test_declares_models_and_subscribes() -> None:
+    _, t, _ = await make(models=("a", "b"))
+    assert t.declared == ["a", "b"]
+    assert t.on_beat is not None
+
+
+async def test_missing_signals_are_none_never_zero() -> None:
+    s, t, _ = await make()
+    t.depths["a"] = Unavailable("broker down")
+    snap = await s.collect(CAP)
+    assert snap.backlog is None
+    assert snap.arrival_rate is None
+    assert snap.per_instance_rps is None
+    assert snap.busy_fraction is None
+    assert snap.gpu_utilization is None
+    assert (snap.in_service, snap.pending, snap.desired) == (2, 1, 3)
+
+
+async def test_one_unreadable_model_makes_the_sum_missing() -> None:
+    s, t, _ = await make(models=("a", "b"))
+    t.depths["a"] = Depth(model="a", ready=5, in_flight=1)
+    t.depths["b"] = ModelNotFound("no queues")
+    assert (await s.collect(CAP)).backlog is None
+
+
+async def test_backlog_sums_ready_and_in_flight_over_models() -> None:
+    s, t, _ = await make(models=("a", "b"))
+    t.depths["a"] = Depth(model="a", ready=5, in_flight=2)
+    t.depths["b"] = Depth(model="b", ready=7, in_flight=0)
+    assert (await s.collect(CAP)).backlog == 14
+
+
+async def test_message_counts_are_scaled_to_requests_by_coalescing() -> None:
+    s, t, _ = await make()
+    t.depths["a"] = Depth(model="a", ready=10, in_flight=2)
+    assert t.on_beat is not None
+    t.on_beat(beat("w1", 1.0, requests_per_message=8.0))
+    t.on_beat(beat("w2", 1.0, requests_per_message=4.0))
+    assert (await s.collect(CAP)).backlog == 12 * 6
+
+
+async def test_kafka_produce_rate_is_scaled_to_requests() -> None:
+    s, t, _ = await make(KafkaLike())
+    assert isinstance(t, KafkaLike) and t.on_beat is not None
+    t.rates["a"] = 100.0
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    t.on_beat(beat("w1", 1.0, requests_per_message=3.0))
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(300.0)
+
+
+async def test_unknown_in_flight_comes_from_heartbeats() -> None:
+    s, t, _ = await make(models=("a", "b"))
+    t.depths["a"] = Depth(model="a", ready=5, in_flight=None)
+    t.depths["b"] = Depth(model="b", ready=1, in_flight=3)
+    assert t.on_beat is not None
+    t.on_beat(beat("w1", 1.0, in_flight=4, models=["a"]))
+    t.on_beat(beat("w2", 1.0, in_flight=6, models=["b"]))  # b's broker count already has it
+    t.on_beat(beat("w3", 1.0, in_flight=9, models=["other"]))  # not watched
+    assert (await s.collect(CAP)).backlog == 5 + 4 + 1 + 3
+
+
+async def test_kafka_lag_already_holds_in_flight() -> None:
+    t = FakeTransport()
+    t.scheme = "kafka"  # type: ignore[attr-defined]
+    s, _, _ = await make(t)
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=12, in_flight=None)
+    t.on_beat(beat("w1", 1.0, in_flight=4))
+    assert (await s.collect(CAP)).backlog == 12
+
+
+async def test_first_poll_has_no_rate_then_backlog_growth_is_arrival() -> None:
+    s, t, clock = await make()
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    assert (await s.collect(CAP)).arrival_rate is None
+    clock.t += 2.0
+    t.depths["a"] = Depth(model="a", ready=100, in_flight=0)
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(50.0)
+    clock.t += 2.0  # drained faster than it arrives: never negative
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    assert (await s.collect(CAP)).arrival_rate == 0.0
+
+
+async def test_answered_counters_add_to_arrival() -> None:
+    s, t, clock = await make()
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=10, in_flight=0)
+    t.on_beat(beat("w1", 100.0, answered_total=1000))
+    await s.collect(CAP)
+    clock.t += 1.0
+    t.on_beat(beat("w1", 101.0, answered_total=1030))  # 30/s answered
+    t.depths["a"] = Depth(model="a", ready=20, in_flight=0)  # and 10/s more waiting
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(40.0)
+
+
+async def test_counter_reset_is_not_negative() -> None:
+    s, t, clock = await make()
+    assert t.on_beat is not None
+    t.on_beat(beat("w1", 100.0, answered_total=1000))
+    t.on_beat(beat("w1", 101.0, answered_total=20))  # restarted under the same id
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    await s.collect(CAP)
+    clock.t += 1.0
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(20.0)
+
+
+async def test_arrival_is_smoothed() -> None:
+    s, t, clock = await make(arrival_smoothing_s=10.0)
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    await s.collect(CAP)
+    clock.t += 1.0
+    t.depths["a"] = Depth(model="a", ready=100, in_flight=0)
+    first = (await s.collect(CAP)).arrival_rate
+    assert first == pytest.approx(100.0)  # the first sample sets the average
+    clock.t += 1.0
+    t.depths["a"] = Depth(model="a", ready=100, in_flight=0)  # nothing new arrived
+    second = (await s.collect(CAP)).arrival_rate
+    alpha = 1 - math.exp(-1.0 / 10.0)
+    assert second == pytest.approx(100.0 + alpha * (0.0 - 100.0))
+
+
+def test_ewma_time_constant() -> None:
+    e = Ewma(5.0)
+    assert e.update(10.0, 1.0) == 10.0
+    e.update(0.0, 5.0)
+    assert e.value == pytest.approx(10.0 * math.exp(-1.0))
+    assert Ewma(0.0).update(3.0, 1.0) == 3.0
+
+
+async def test_produce_rate_is_used_where_the_transport_has_it() -> None:
+    t = KafkaLike()
+    t.rates = {"a": 30.0, "b": 12.0}
+    s, _, clock = await make(t, models=("a", "b"))
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=None)
+    t.depths["b"] = Depth(model="b", ready=0, in_flight=None)
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(42.0)
+    t.rates["b"] = None  # unknown for one model: from the backlog instead
+    clock.t += 1
+    t.depths["a"] = Depth(model="a", ready=25, in_flight=None)
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(25.0)
+
+
+async def test_heartbeat_figures_and_stale_ones_dropped() -> None:
+    s, t, clock = await make(per_instance_rps=77.0)
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    t.on_beat(beat("w1", 1.0, throughput_rps=100.0, busy_fraction=0.5, gpu_utilization=0.6))
+    t.on_beat(beat("w2", 1.0, throughput_rps=300.0, busy_fraction=0.75, gpu_utilization=None))
+    t.on_beat(beat("w3", 1.0, state="starting", busy_fraction=0.0))
+    snap = await s.collect(CAP)
+    assert snap.per_instance_rps == pytest.approx((200.0 + 400.0) / 2)
+    assert snap.busy_fraction == pytest.approx(0.625)
+    assert snap.gpu_utilization == pytest.approx(0.6)
+    assert len(s.live_workers()) == 3
+
+    clock.t += 2.5  # w1 beats again; the others are 2.5 intervals old: still live
+    t.on_beat(beat("w1", 3.5, throughput_rps=100.0, busy_fraction=0.5, gpu_utilization=0.6))
+    assert len(s.live_workers()) == 3
+    clock.t += 1.0  # w2 and w3 are now 3.5 intervals old: dropped
+    assert [b.worker_id for b in s.live_workers()] == ["w1"]
+    snap = await s.collect(CAP)
+    assert snap.per_instance_rps == pytest.approx(200.0)
+    assert snap.busy_fraction == pytest.approx(0.5)
+
+    clock.t += 10.0  # everyone stale: heartbeat signals missing again
+    snap = await s.collect(CAP)
+    assert snap.busy_fraction is None and snap.gpu_utilization is None
+    assert snap.per_instance_rps == 77.0  # the configured figure
+
+
+async def test_idle_workers_fall_back_to_the_configured_rate() -> None:
+    s, t, _ = await make(per_instance_rps=50.0, min_busy_fraction=0.25)
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    t.on_beat(beat("w1", 1.0, throughput_rps=2.0, busy_fraction=0.01))  # 200/s: noise
+    snap = await s.collect(CAP)
+    assert snap.per_instance_rps == 50.0
+    assert snap.busy_fraction == pytest.approx(0.01)
+
+
+async def test_without_configuration_the_last_measurement_stays() -> None:
+    s, t, _ = await make()
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    assert (await s.collect(CAP)).per_instance_rps is None
+    t.on_beat(beat("w1", 1.0, throughput_rps=90.0, busy_fraction=0.9))
+    assert (await s.collect(CAP)).per_instance_rps == pytest.approx(100.0)
+    t.on_beat(beat("w1", 2.0, throughput_rps=0.0, busy_fraction=0.0))
+    assert (await s.collect(CAP)).per_instance_rps == pytest.approx(100.0)
+
+
+async def test_stopped_and_undecodable_heartbeats() -> None:
+    s, t, _ = await make()
+    assert t.on_beat is not None
+    seen: list[str] = []
+    s.add_listener(lambda b, _t: seen.append(f"{b.worker_id}:{b.state}"))
+    t.on_beat(b"not json")
+    t.on_beat(beat("w1", 1.0))
+    t.on_beat(beat("w1", 2.0, state="stopped"))
+    assert s.live_workers() == []
+    assert seen == ["w1:ready", "w1:stopped"]
+
+
+async def test_out_of_order_heartbeat_is_ignored() -> None:
+    s, t, _ = await make()
+    assert t.on_beat is not None
+    t.on_beat(beat("w1", 5.0, busy_fraction=0.5))
+    t.on_beat(beat("w1", 4.0, busy_fraction=0.1))
+    assert s.live_workers()[0].busy_fraction == 0.5

@@ -1,0 +1,67 @@
+"""``fleet compare-policies`` and ``fleet simulate`` on short horizons."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from autoscaler.simcli import add_commands
+
+pytestmark = pytest.mark.unit
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="fleet")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_compare_policies_writes_table_and_images(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(["compare-policies", "--out", str(tmp_path), "--horizon", "900"])
+    args.handler(args)
+    doc = (tmp_path / "policies.md").read_text()
+    for name in ("spiky", "diurnal", "triple", "ramp"):
+        assert (tmp_path / "img" / f"{name}.png").stat().st_size > 10_000
+        assert f"img/{name}.png" in doc
+        for policy in ("default", "target-tracking", "keda", "static"):
+            assert f"| {name} | {policy} |" in doc
+    assert "ApproximateBacklogSizePerInstance" in doc
+    assert "over objective" in capsys.readouterr().out
+
+
+def test_simulate_prints_table_and_writes_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(
+        [
+            "simulate",
+            "--pattern",
+            "triple",
+            "--horizon",
+            "600",
+            "--policy",
+            "default",
+            "--policy",
+            "static",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    assert "default" in out and "static" in out
+    assert (tmp_path / "simulate-triple.png").exists()
+
+
+def test_every_option_has_help() -> None:
+    parser = argparse.ArgumentParser(prog="fleet")
+    sub = parser.add_subparsers(dest="command")
+    add_commands(sub)
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest != "help":
+                assert action.help, f"{name} {action.dest}"

@@ -1,0 +1,166 @@
+"""The simulator: determinism, accounting, queueing laws, and the goal the
+default policy must meet on every built-in pattern."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autoscaler.baselines import StaticConfig, StaticPolicy
+from autoscaler.policy import DefaultPolicy
+from autoscaler.simulator.compare import compare_pattern
+from autoscaler.simulator.engine import SimConfig, simulate
+from autoscaler.simulator.patterns import BUILTIN, Pattern, get_pattern
+from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile, linear_profile
+
+pytestmark = pytest.mark.unit
+
+
+def flat(rate: float, horizon_s: float = 1800.0) -> Pattern:
+    return Pattern(
+        name="flat",
+        horizon_s=horizon_s,
+        rate=lambda t: np.full_like(t, rate),
+        description=f"{rate} req/s",
+    )
+
+
+def test_same_seed_same_result() -> None:
+    pattern = BUILTIN["spiky"]
+    a = simulate(DefaultPolicy(), pattern, horizon_s=1800)
+    b = simulate(DefaultPolicy(), pattern, horizon_s=1800)
+    key = ("arrived", "served", "dropped", "over_objective", "p99_ms", "instance_hours", "actions")
+    assert [getattr(a, k) for k in key] == [getattr(b, k) for k in key]
+    assert np.array_equal(a.timeline.desired, b.timeline.desired)
+    c = simulate(DefaultPolicy(), pattern, horizon_s=1800, config=SimConfig(seed=1))
+    assert c.arrived != a.arrived
+
+
+@pytest.mark.parametrize(
+    ("pattern", "capacity", "queue_limit"),
+    [
+        pytest.param(flat(100.0, 600), 2, 50_000, id="steady"),
+        pytest.param(flat(400.0, 600), 1, 50_000, id="overloaded-leftover-at-end"),
+        pytest.param(flat(400.0, 600), 1, 500, id="overloaded-queue-full"),
+        pytest.param(flat(50.0, 600), 0, 1_000, id="no-capacity"),
+    ],
+)
+def test_every_arrival_served_or_dropped(pattern: Pattern, capacity: int, queue_limit: int) -> None:
+    r = simulate(
+        StaticPolicy(StaticConfig(capacity=capacity)),
+        pattern,
+        config=SimConfig(queue_limit=queue_limit, initial_capacity=capacity),
+    )
+    assert r.arrived > 0
+    assert r.served + r.dropped == r.arrived
+    assert r.over_objective >= r.dropped
+    assert r.over_objective <= r.arrived + 1e-6
+    if capacity == 0:
+        assert r.served == 0
+
+
+def test_utilization_law() -> None:
+    """Light load (batches of one): busy fraction = λ·E[S]/c within 3%."""
+    c, lam = 4, 60.0
+    r = simulate(StaticPolicy(StaticConfig(capacity=c)), flat(lam))
+    measured_lam = r.arrived / r.horizon_s
+    expected = measured_lam * float(DEFAULT_PROFILE.service_time(1.0)) / c
+    assert r.mean_busy == pytest.approx(expected, rel=0.03)
+
+
+@pytest.mark.parametrize(
+    ("c", "share"),
+    [pytest.param(2, 0.90, id="c2-90pct"), pytest.param(1, 0.95, id="c1-95pct")],
+)
+def test_littles_law(c: int, share: float) -> None:
+    """Near saturation a queue forms and drains: L = λW for the queue within 5%."""
+    lam = share * c * DEFAULT_PROFILE.max_rps
+    r = simulate(StaticPolicy(StaticConfig(capacity=c)), flat(lam))
+    measured_lam = r.arrived / r.horizon_s
+    assert r.mean_queued > 0.5
+    assert r.mean_queued == pytest.approx(measured_lam * r.mean_queue_wait_s, rel=0.05)
+
+
+def test_more_capacity_lower_latency() -> None:
+    few = simulate(StaticPolicy(StaticConfig(capacity=3)), flat(140.0, 600))
+    many = simulate(StaticPolicy(StaticConfig(capacity=6)), flat(140.0, 600))
+    assert many.p99_ms < few.p99_ms
+    assert many.instance_hours == pytest.approx(2 * few.instance_hours)
+
+
+def test_boot_delay_and_instance_hours() -> None:
+    """Instances launched count from launch; they serve only after the boot delay."""
+    r = simulate(
+        StaticPolicy(StaticConfig(capacity=3)),
+        flat(10.0, 600),
+        config=SimConfig(initial_capacity=1, boot_delay_s=300),
+    )
+    assert r.instance_hours == pytest.approx(3 * 600 / 3600, rel=0.02)
+    assert r.timeline.in_service[0] == pytest.approx(1)
+    assert r.timeline.in_service[-1] == pytest.approx(3)
+
+
+def test_profile_roundtrip(tmp_path: Path) -> None:
+    prof = linear_profile(base_ms=5, per_item_ms=1, max_batch=8, sustainable_rps=300)
+    prof.save(tmp_path / "p.json")
+    back = ServiceProfile.load(tmp_path / "p.json")
+    assert back.to_dict() == prof.to_dict()
+    assert float(back.service_time(3.0)) == pytest.approx(0.008)
+
+
+def test_csv_pattern(tmp_path: Path) -> None:
+    f = tmp_path / "rates.csv"
+    f.write_text("seconds,rate\n0,10\n60,100\n120,10\n")
+    p = get_pattern(f"csv:{f}")
+    assert p.horizon_s == 180
+    assert list(p.rates(60.0)) == [10.0, 100.0, 10.0]
+
+
+@functools.cache
+def _comparison(name: str) -> Any:
+    return compare_pattern(BUILTIN[name])
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in BUILTIN])
+def test_goal_against_the_baselines(name: str) -> None:
+    """Fewer requests over the objective than target tracking and KEDA, with no
+    more instance-hours than either."""
+    goal = _comparison(name).goal
+    assert goal is not None
+    against_baselines = [f for f in goal.failures if "target-tracking" in f or "keda" in f]
+    assert not against_baselines, f"{name}: " + "; ".join(against_baselines)
+
+
+# Against static provisioning for the peak the goal is not met yet on these
+# patterns (see docs/policies.md): strict, so the day it holds this fails and
+# the marker must go.
+_STATIC_GAP = {
+    "spiky": "bursts shorter than the boot delay: the first bursts are missed",
+    "triple": "the tripling lands inside the boot delay",
+    "ramp": "mean-to-peak ratio 0.64: no policy that serves the load uses < 50% of static",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            id=n,
+            marks=[pytest.mark.xfail(strict=True, reason=_STATIC_GAP[n])]
+            if n in _STATIC_GAP
+            else [],
+        )
+        for n in BUILTIN
+    ],
+)
+def test_goal_against_static_for_the_peak(name: str) -> None:
+    """At most 50% of static-for-the-peak's instance-hours with at most 1% of
+    requests over the objective."""
+    goal = _comparison(name).goal
+    assert goal is not None
+    assert goal.met, f"{name}: " + "; ".join(goal.failures)

@@ -1,0 +1,337 @@
+"""Structural checks of deploy/terraform on the parsed HCL (python-hcl2).
+
+These run everywhere, without terraform or the AWS provider. ``terraform
+validate`` and ``terraform test`` run from scripts/deploy-checks.sh where the
+provider is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+
+from worker.health import READY_PATH
+
+pytestmark = pytest.mark.deploy
+
+ROOT = Path(__file__).resolve().parents[2]
+TF = ROOT / "deploy" / "terraform"
+TEMPLATES = TF / "templates"
+
+
+def _clean(value: Any) -> Any:
+    """python-hcl2 output without metadata keys and with plain strings (its
+    newer releases keep the quotes of string literals and block labels)."""
+    if isinstance(value, dict):
+        return {
+            _clean(k): _clean(v)
+            for k, v in value.items()
+            if not (isinstance(k, str) and k.startswith("__"))
+        }
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def _load(path: Path) -> dict[str, Any]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        from hcl2.utils import SerializationOptions
+
+        options = SerializationOptions(
+            with_comments=False, explicit_blocks=False, strip_string_quotes=True
+        )
+        parsed = hcl2.loads(text, serialization_options=options)
+    except ImportError:  # python-hcl2 before 8
+        parsed = hcl2.loads(text)
+    return dict(_clean(parsed))
+
+
+@cache
+def config() -> dict[str, dict[str, Any]]:
+    """{"resource": {"type.name": body}, "data": {...}, "variable": {name: body},
+    "output": {...}, "locals": {name: expr}} over every .tf file."""
+    out: dict[str, dict[str, Any]] = {
+        "resource": {},
+        "data": {},
+        "variable": {},
+        "output": {},
+        "locals": {},
+    }
+    for path in sorted(TF.glob("*.tf")):
+        parsed = _load(path)
+        for kind in ("resource", "data"):
+            for block in parsed.get(kind, []):
+                for rtype, named in block.items():
+                    for name, body in named.items():
+                        out[kind][f"{rtype}.{name}"] = body
+        for kind in ("variable", "output"):
+            for block in parsed.get(kind, []):
+                out[kind].update(block)
+        for block in parsed.get("locals", []):
+            out["locals"].update(block)
+    return out
+
+
+def resources(rtype: str) -> dict[str, Any]:
+    return {k: v for k, v in config()["resource"].items() if k.startswith(rtype + ".")}
+
+
+def block(body: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    value = body.get(name, [])
+    return value if isinstance(value, list) else [value]
+
+
+def policy_statements() -> dict[str, list[dict[str, Any]]]:
+    return {
+        key: block(body, "statement")
+        for key, body in config()["data"].items()
+        if key.startswith("aws_iam_policy_document.")
+    }
+
+
+def tf_text() -> str:
+    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(TF.glob("*.tf")))
+
+
+# ---------------------------------------------------------------------------
+# Layout and documentation
+# ---------------------------------------------------------------------------
+
+
+def test_files_by_concern() -> None:
+    for name in (
+        "versions.tf",
+        "main.tf",
+        "variables.tf",
+        "outputs.tf",
+        "network.tf",
+        "worker.tf",
+        "autoscaler.tf",
+        "alb.tf",
+        "iam.tf",
+        "broker.tf",
+        "README.md",
+        ".checkov.baseline",
+    ):
+        assert (TF / name).is_file(), name
+    tests = list((TF / "tests").glob("*.tftest.hcl"))
+    assert tests, "terraform test files"
+    assert all('mock_provider "aws"' in t.read_text() for t in tests)
+
+
+def test_variables_and_outputs_documented() -> None:
+    for kind in ("variable", "output"):
+        for name, body in config()[kind].items():
+            assert str(body.get("description", "")).strip(), f"{kind} {name} has no description"
+    readme = (TF / "README.md").read_text(encoding="utf-8")
+    for name in config()["variable"]:
+        assert f"`{name}`" in readme, f"README does not describe variable {name}"
+    assert "terraform init" in readme and "terraform apply -var-file=" in readme
+
+
+def test_ami_from_ssm_public_parameter_and_default_instance_type() -> None:
+    variables = config()["variable"]
+    assert variables["worker_instance_type"]["default"] == "g5.xlarge"
+    assert str(variables["worker_ami_ssm_parameter"]["default"]).startswith("/aws/service/")
+    ami = config()["data"]["aws_ssm_parameter.worker_ami"]
+    assert ami["name"] == "${var.worker_ami_ssm_parameter}"
+    lt = config()["resource"]["aws_launch_template.worker"]
+    assert lt["instance_type"] == "${var.worker_instance_type}"
+
+
+# ---------------------------------------------------------------------------
+# Launch templates
+# ---------------------------------------------------------------------------
+
+
+def test_imdsv2_required() -> None:
+    templates = resources("aws_launch_template")
+    assert set(templates) == {"aws_launch_template.worker", "aws_launch_template.autoscaler"}
+    for key, lt in templates.items():
+        (meta,) = block(lt, "metadata_options")
+        assert meta["http_tokens"] == "required", key
+        assert meta["http_endpoint"] == "enabled", key
+        assert int(meta["http_put_response_hop_limit"]) == 1, key
+
+
+def test_root_volumes_encrypted() -> None:
+    for key, lt in resources("aws_launch_template").items():
+        mappings = block(lt, "block_device_mappings")
+        assert mappings, key
+        for mapping in mappings:
+            (ebs,) = block(mapping, "ebs")
+            assert ebs["encrypted"] in (True, "true"), key
+            # The encrypted volume is the AMI's root volume, not an extra one.
+            root = r"\$\{data\.aws_ami\.\w+\.root_device_name\}"
+            assert re.fullmatch(root, mapping["device_name"]), key
+
+
+# ---------------------------------------------------------------------------
+# Worker group
+# ---------------------------------------------------------------------------
+
+
+def test_worker_group_health_checks_warm_pool_and_hooks() -> None:
+    asg = config()["resource"]["aws_autoscaling_group.worker"]
+    assert asg["health_check_type"] == "ELB"
+    assert asg["target_group_arns"] == ["${aws_lb_target_group.worker.arn}"]
+    (warm,) = block(asg, "warm_pool")
+    assert warm["pool_state"] == "Stopped"
+    hooks = {h["lifecycle_transition"]: h for h in block(asg, "initial_lifecycle_hook")}
+    drain = hooks["autoscaling:EC2_INSTANCE_TERMINATING"]
+    assert drain["name"] == "${local.termination_hook_name}"
+    assert drain["default_result"] == "CONTINUE"
+    assert drain["heartbeat_timeout"] == "${var.drain_timeout_seconds}"
+    assert "autoscaling:EC2_INSTANCE_LAUNCHING" in hooks
+    # The workers learn the hook's name from their configuration.
+    assert "FLEET_LIFECYCLE_HOOK = local.termination_hook_name" in config()["locals"]["worker_env"]
+
+
+def test_worker_group_spans_at_least_two_subnets() -> None:
+    asg = config()["resource"]["aws_autoscaling_group.worker"]
+    assert asg["vpc_zone_identifier"] == "${local.private_subnet_ids}"
+    conditions = [p["condition"] for p in block(block(asg, "lifecycle")[0], "precondition")]
+    assert "${length(local.private_subnet_ids) >= 2}" in conditions
+    variables = config()["variable"]
+    assert int(variables["az_count"]["default"]) >= 2
+    (az_rule,) = block(variables["az_count"], "validation")
+    assert "var.az_count >= 2" in az_rule["condition"]
+    (subnet_rule,) = block(variables["private_subnet_ids"], "validation")
+    assert "length(var.private_subnet_ids) >= 2" in subnet_rule["condition"]
+
+
+def test_health_check_path_is_the_workers() -> None:
+    assert config()["locals"]["worker_ready_path"] == READY_PATH
+    (check,) = block(config()["resource"]["aws_lb_target_group.worker"], "health_check")
+    assert check["path"] == "${local.worker_ready_path}"
+    assert check["port"] == "traffic-port"
+    assert str(check["matcher"]) == "200"
+
+
+def test_autoscaler_is_a_group_of_one() -> None:
+    asg = config()["resource"]["aws_autoscaling_group.autoscaler"]
+    assert [int(asg[k]) for k in ("min_size", "max_size", "desired_capacity")] == [1, 1, 1]
+    assert len(resources("aws_autoscaling_group")) == 2
+
+
+# ---------------------------------------------------------------------------
+# IAM
+# ---------------------------------------------------------------------------
+
+
+def test_no_wildcard_autoscaling_actions_anywhere() -> None:
+    # Policy documents, jsonencode()d policies, anything in any .tf file.
+    assert not re.search(r"autoscaling:[A-Za-z]*\*", tf_text())
+    for key, statements in policy_statements().items():
+        for st in statements:
+            for action in st.get("actions", []):
+                assert action != "*", key
+                if action.startswith("autoscaling:"):
+                    assert "*" not in action, (key, action)
+
+
+def test_autoscaling_mutations_scoped_to_the_worker_group() -> None:
+    for key, statements in policy_statements().items():
+        for st in statements:
+            mutations = [
+                a
+                for a in st.get("actions", [])
+                if a.startswith("autoscaling:") and not a.startswith("autoscaling:Describe")
+            ]
+            if mutations:
+                assert st["resources"] == ["${local.worker_group_arn}"], (key, mutations)
+    assert config()["locals"]["worker_group_arn"].endswith(
+        ":autoScalingGroupName/${local.worker_group_name}"
+    )
+
+
+def _actions(doc: str) -> dict[str, dict[str, Any]]:
+    return {a: st for st in policy_statements()[doc] for a in st.get("actions", [])}
+
+
+def test_worker_role_permissions() -> None:
+    actions = _actions("aws_iam_policy_document.worker")
+    assert "autoscaling:CompleteLifecycleAction" in actions
+    assert "autoscaling:SetDesiredCapacity" not in actions
+    params = actions["ssm:GetParametersByPath"]["resources"]
+    assert all("${local.worker_parameter_path}" in r for r in params)
+    metrics = actions["cloudwatch:PutMetricData"]
+    assert [c["variable"] for c in metrics["condition"]] == ["cloudwatch:namespace"]
+    assert actions["s3:GetObject"]["resources"] == [
+        "arn:${local.partition}:s3:::${var.models_bucket}/${local.models_prefix_clean}/*"
+    ]
+
+
+def test_autoscaler_role_permissions() -> None:
+    actions = _actions("aws_iam_policy_document.autoscaler")
+    assert "autoscaling:DescribeAutoScalingGroups" in actions
+    assert actions["autoscaling:SetDesiredCapacity"]["resources"] == ["${local.worker_group_arn}"]
+    assert "autoscaling:CompleteLifecycleAction" not in actions
+    params = actions["ssm:GetParametersByPath"]["resources"]
+    assert not any("worker_parameter_path" in r for r in params)
+
+
+# ---------------------------------------------------------------------------
+# Secrets and network
+# ---------------------------------------------------------------------------
+
+_SECRET_WORDS = re.compile(r"broker_url|password|secret|mq_url|msk_url", re.IGNORECASE)
+
+
+def test_no_secret_in_user_data() -> None:
+    for key, lt in resources("aws_launch_template").items():
+        assert not _SECRET_WORDS.search(lt["user_data"]), key
+    for path in TEMPLATES.glob("*.sh.tftpl"):
+        text = path.read_text(encoding="utf-8")
+        assert not re.search(r"(amqps?|kafka)://", text), path.name
+        assert not re.search(r"AKIA[0-9A-Z]{16}", text), path.name
+        assert "get-parameters-by-path" in text or "RUN_SCRIPT" in text, path.name
+    # The broker URL reaches the instances only as SecureString parameters.
+    for key, param in resources("aws_ssm_parameter").items():
+        assert param["type"] == "SecureString", key
+
+
+def test_security_groups_open_only_what_is_used() -> None:
+    for key, rule in resources("aws_vpc_security_group_ingress_rule").items():
+        assert rule.get("cidr_ipv4") != "0.0.0.0/0", key
+        assert rule["ip_protocol"] == "tcp", key
+        assert rule["from_port"] == rule["to_port"], key
+    for key, rule in resources("aws_vpc_security_group_egress_rule").items():
+        assert rule["ip_protocol"] == "tcp", key
+    assert not resources("aws_security_group_rule")
+    for key, sg in resources("aws_security_group").items():
+        assert "ingress" not in sg and "egress" not in sg, key
+
+
+def test_managed_broker_toggles() -> None:
+    (rule,) = block(config()["variable"]["broker"], "validation")
+    for kind in ("external", "rabbitmq", "kafka"):
+        assert f'"{kind}"' in rule["condition"]
+    mq = config()["resource"]["aws_mq_broker.this"]
+    assert mq["engine_type"] == "RabbitMQ"
+    assert mq["publicly_accessible"] is False
+    assert "var.broker" in mq["count"]
+    msk = config()["resource"]["aws_msk_cluster.this"]
+    assert "var.broker" in msk["count"]
+    (enc,) = block(msk, "encryption_info")
+    assert enc["encryption_at_rest_kms_key_arn"] == "${aws_kms_key.fleet.arn}"
+
+
+def test_checkov_baseline_gives_a_reason_for_every_accepted_finding() -> None:
+    baseline = json.loads((TF / ".checkov.baseline").read_text(encoding="utf-8"))
+    for entry in baseline["failed_checks"]:
+        assert (TF / entry["file"].lstrip("/")).is_file(), entry["file"]
+        for finding in entry["findings"]:
+            assert finding["resource"] in config()["resource"], finding["resource"]
+            reasons = finding.get("reasons", {})
+            assert set(reasons) == set(finding["check_ids"]), finding["resource"]
+            assert all(len(r.strip()) > 40 for r in reasons.values()), finding["resource"]

@@ -1,0 +1,362 @@
+"""What only the Kafka transport has to get right: lag, commits, partitions as
+the cap on parallelism, rebalances, attempts kept in commit metadata, the inbox
+topic, and reconnecting after a broker restart."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+
+from fleet.contract import Priority
+from fleet.errors import ModelNotFound, Overloaded
+from fleet.transport import Delivery, connect, queue_name
+from fleet.transport.base import wait_until
+from fleet.transport.kafka import KafkaTransport
+from tests.conftest import broker_url_for
+
+pytestmark = pytest.mark.kafka
+
+ONLINE = Priority.ONLINE
+Connect = Callable[..., Awaitable[KafkaTransport]]
+
+
+@pytest.fixture
+def kafka_url() -> str:
+    return broker_url_for("kafka")
+
+
+@pytest.fixture
+async def kafka(kafka_url: str) -> AsyncIterator[Connect]:
+    """Connect transports (options as keywords); all are closed afterwards."""
+    made: list[KafkaTransport] = []
+
+    async def make(**options: Any) -> KafkaTransport:
+        t = connect(kafka_url, **options)
+        assert isinstance(t, KafkaTransport)
+        await t.connect()
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        await t.close()
+
+
+@pytest.fixture
+async def admin(kafka_url: str) -> AsyncIterator[Any]:
+    client = AIOKafkaAdminClient(bootstrap_servers=kafka_url.removeprefix("kafka://"))
+    await client.start()
+    yield client
+    await client.close()
+
+
+def collector(sink: list[Delivery], *, ack: bool = True) -> Callable[[Delivery], Awaitable[None]]:
+    async def on_delivery(d: Delivery) -> None:
+        sink.append(d)
+        if ack:
+            await d.ack()
+
+    return on_delivery
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 20.0, what: object = ""
+) -> None:
+    assert await wait_until(predicate, timeout, interval=0.05), f"condition not met in time {what}"
+
+
+async def lag_becomes(t: KafkaTransport, model: str, value: int, timeout: float = 20.0) -> None:
+    """Wait until the model's lag (``depth().backlog``: waiting + handed out
+    and not committed) is ``value``."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        lag = (await t.depth(model)).backlog
+        if lag == value:
+            return
+        assert loop.time() < end, f"lag stayed {lag}, expected {value}"
+        await asyncio.sleep(0.1)
+
+
+# --------------------------------------------------------------------------- lag
+
+
+async def test_lag_of_a_group_that_never_committed_counts_from_log_start(
+    kafka: Connect, admin: Any, unique_model: str
+) -> None:
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    for i in range(5):
+        await t.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    depth = await t.depth(unique_model)
+    assert (depth.ready, depth.in_flight) == (5, 0)
+    # move the log start past the first three records: the group never
+    # committed, so its lag is what is left in the log, not the whole offset range
+    tp = TopicPartition(queue_name(unique_model, ONLINE), 0)
+    await admin.delete_records({tp: RecordsToDelete(before_offset=3)})
+    await lag_becomes(t, unique_model, 2, timeout=10)
+
+
+async def test_lag_is_zero_when_caught_up_and_commits_are_next_offsets(
+    kafka: Connect, admin: Any, unique_model: str
+) -> None:
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    for i in range(4):
+        await t.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    got: list[Delivery] = []
+    await t.consume(unique_model, ONLINE, collector(got), prefetch=10)
+    await eventually(lambda: len(got) == 4)
+    await lag_becomes(t, unique_model, 0)
+    depth = await t.depth(unique_model)
+    assert (depth.ready, depth.in_flight, depth.consumers) == (0, 0, 1)
+    topic = queue_name(unique_model, ONLINE)
+    offsets = await admin.list_consumer_group_offsets(topic)
+    assert offsets[TopicPartition(topic, 0)].offset == 4  # the next offset to read
+
+
+async def test_commit_waits_for_the_oldest_unacked_record(
+    kafka: Connect, admin: Any, unique_model: str
+) -> None:
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    for i in range(3):
+        await t.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    got: list[Delivery] = []
+    await t.consume(unique_model, ONLINE, collector(got, ack=False), prefetch=10)
+    await eventually(lambda: len(got) == 3, what=got and [(d.body, d.attempt) for d in got])
+    await got[1].ack()
+    await got[2].ack()
+    await asyncio.sleep(0.5)
+    depth = await t.depth(unique_model)
+    # offset 0 is still open, so nothing is committed: all three are handed out
+    assert (depth.ready, depth.in_flight) == (0, 3)
+    await got[0].ack()
+    await lag_becomes(t, unique_model, 0)
+
+
+async def test_publish_past_max_lag_is_overloaded(kafka: Connect, unique_model: str) -> None:
+    t = await kafka(partitions=2, max_lag=3)
+    await t.declare_model(unique_model)
+    for i in range(3):
+        await t.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    with pytest.raises(Overloaded):
+        await t.publish_request(unique_model, ONLINE, b"one too many")
+    # the other priority class has its own backlog
+    await t.publish_request(unique_model, Priority.BATCH, b"batch is fine")
+
+
+async def test_unknown_model_is_model_not_found(kafka: Connect, unique_model: str) -> None:
+    t = await kafka()
+    with pytest.raises(ModelNotFound):
+        await asyncio.wait_for(t.publish_request(unique_model, ONLINE, b"x"), 5)
+    with pytest.raises(ModelNotFound):
+        await t.depth(unique_model)
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+async def test_extra_consumer_idles_and_the_others_get_everything(
+    kafka: Connect, unique_model: str
+) -> None:
+    workers = [await kafka(partitions=2) for _ in range(3)]
+    await workers[0].declare_model(unique_model)
+    sinks: list[list[Delivery]] = [[], [], []]
+    consumers = [
+        await w.consume(unique_model, ONLINE, collector(sink), prefetch=10)
+        for w, sink in zip(workers, sinks, strict=True)
+    ]
+
+    def settled() -> bool:
+        return sum(c.idle_reason() is not None for c in consumers) == 1
+
+    await eventually(settled, timeout=30)
+    idle = next(i for i, c in enumerate(consumers) if c.idle_reason() is not None)
+    reason = consumers[idle].idle_reason()
+    assert reason is not None and "no partitions assigned" in reason and "2 partitions" in reason
+    client = await kafka()
+    for i in range(20):
+        await client.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    await eventually(lambda: sum(len(s) for s in sinks) >= 20)
+    await asyncio.sleep(0.5)
+    assert sinks[idle] == []
+    bodies = sorted(d.body for s in sinks for d in s)
+    assert bodies == sorted(f"r{i}".encode() for i in range(20))
+
+
+async def test_rebalance_when_a_consumer_joins_and_leaves_loses_nothing(
+    kafka: Connect, unique_model: str
+) -> None:
+    first, second, client = [await kafka(partitions=4) for _ in range(3)]
+    await client.declare_model(unique_model)
+    got: list[Delivery] = []
+    await first.consume(unique_model, ONLINE, collector(got), prefetch=4)
+    sent: set[bytes] = set()
+
+    async def publish(n: int) -> None:
+        for _ in range(n):
+            body = f"r{len(sent)}".encode()
+            await client.publish_request(unique_model, ONLINE, body)
+            sent.add(body)
+            await asyncio.sleep(0.01)
+
+    await publish(20)
+    joined = await second.consume(unique_model, ONLINE, collector(got), prefetch=4)
+    await publish(20)
+    await joined.cancel()
+    await publish(20)
+    await eventually(lambda: {d.body for d in got} >= sent, timeout=40)
+    await lag_becomes(client, unique_model, 0)
+
+
+# --------------------------------------------------------------------------- attempts
+
+
+async def test_unacked_record_is_delivered_again_with_a_higher_attempt(
+    kafka: Connect, unique_model: str
+) -> None:
+    crashed = await kafka(partitions=1, delivery_limit=2)
+    await crashed.declare_model(unique_model)
+    first: list[Delivery] = []
+    await crashed.consume(unique_model, ONLINE, collector(first, ack=False), prefetch=1)
+    client = await kafka()
+    await client.publish_request(unique_model, ONLINE, b"poison")
+    await eventually(lambda: len(first) == 1)
+    assert first[0].attempt == 1
+    await crashed.close()  # goes away without acking
+
+    second_worker = await kafka(delivery_limit=2)
+    second: list[Delivery] = []
+    await second_worker.consume(unique_model, ONLINE, collector(second, ack=False), prefetch=1)
+    await eventually(lambda: len(second) == 1, timeout=30)
+    assert second[0].body == b"poison"
+    assert second[0].attempt == 2
+    await second_worker.close()
+
+    # a third delivery would pass the limit: it is dead-lettered instead
+    third_worker = await kafka(delivery_limit=2)
+    third: list[Delivery] = []
+    await third_worker.consume(unique_model, ONLINE, collector(third), prefetch=1)
+    await lag_becomes(third_worker, unique_model, 0, timeout=30)
+    assert third == []
+    letters: list[bytes] = []
+
+    async def dead_lettered() -> None:
+        while b"poison" not in letters:
+            letters.extend(await third_worker.take_dead_letters(limit=10_000))
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(dead_lettered(), 20)
+
+
+async def test_reject_moves_the_record_to_the_dead_letter_topic(
+    kafka: Connect, unique_model: str
+) -> None:
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    got: list[Delivery] = []
+    await t.consume(unique_model, ONLINE, collector(got, ack=False), prefetch=1)
+    body = f"reject-{unique_model}".encode()
+    await t.publish_request(unique_model, ONLINE, body)
+    await eventually(lambda: len(got) == 1)
+    await got[0].reject()
+    await lag_becomes(t, unique_model, 0)
+    letters: list[bytes] = []
+
+    async def dead_lettered() -> None:
+        while body not in letters:
+            letters.extend(await t.take_dead_letters(limit=10_000))
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(dead_lettered(), 20)
+    # taken means gone: the reader group committed past it
+    assert body not in await t.take_dead_letters(limit=10_000)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+async def test_inbox_is_positioned_at_its_end_before_it_is_returned(
+    kafka: Connect, kafka_url: str
+) -> None:
+    client, worker = await kafka(), await kafka()
+    replies: list[bytes] = []
+    address = await client.open_inbox(replies.append)
+    # written straight after open_inbox returns: must not be skipped
+    await worker.publish_reply(address, b"first")
+    await eventually(lambda: replies == [b"first"], timeout=10)
+    # a second client's inbox is its own: it sees nothing of the first's
+    others: list[bytes] = []
+    other = await client.open_inbox(others.append)
+    assert other != address
+    await worker.publish_reply(address, b"second")
+    await eventually(lambda: replies == [b"first", b"second"], timeout=10)
+    assert others == []
+    # raw producer: the address is a topic anyone can write to
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_url.removeprefix("kafka://"))
+    await producer.start()
+    try:
+        await producer.send_and_wait(address, b"third")
+    finally:
+        await producer.stop()
+    await eventually(lambda: replies[-1:] == [b"third"], timeout=10)
+
+
+async def test_reply_to_a_closed_inbox_is_dropped(kafka: Connect) -> None:
+    client, worker = await kafka(), await kafka()
+    address = await client.open_inbox(lambda _b: None)
+    await client.close()
+    await asyncio.wait_for(worker.publish_reply(address, b"late"), 10)
+    await asyncio.wait_for(worker.publish_reply("fleet.inbox.nobody", b"late"), 10)
+
+
+async def test_every_heartbeat_subscriber_sees_every_beat(kafka: Connect) -> None:
+    a, b, worker = await kafka(), await kafka(), await kafka()
+    seen_a: list[bytes] = []
+    seen_b: list[bytes] = []
+    await a.subscribe_heartbeats(seen_a.append)
+    await b.subscribe_heartbeats(seen_b.append)
+    await worker.publish_heartbeat(b'{"beat": 1}')
+    await eventually(lambda: b'{"beat": 1}' in seen_a and b'{"beat": 1}' in seen_b, timeout=10)
+
+
+# --------------------------------------------------------------------------- restart
+
+
+@pytest.mark.faults
+async def test_reconnect_listener_fires_after_a_broker_restart(
+    kafka: Connect, unique_model: str
+) -> None:
+    cmd = os.environ.get("FLEET_TEST_KAFKA_RESTART")
+    if not cmd:
+        pytest.skip("FLEET_TEST_KAFKA_RESTART is not set: cannot restart the broker")
+    client, worker = await kafka(partitions=2), await kafka(partitions=2)
+    await worker.declare_model(unique_model)
+    got: list[Delivery] = []
+    await worker.consume(unique_model, ONLINE, collector(got), prefetch=4)
+    replies: list[bytes] = []
+    address = await client.open_inbox(replies.append)
+    fired: list[int] = []
+    client.add_reconnect_listener(lambda: fired.append(1))
+
+    proc = await asyncio.create_subprocess_shell(
+        cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+    )
+    assert await asyncio.wait_for(proc.wait(), 100) == 0
+
+    await eventually(lambda: len(fired) == 1, timeout=30)
+    assert client.connected
+    # the inbox and the consumer work again, at the same address
+    await worker.publish_reply(address, b"after restart")
+    await client.publish_request(unique_model, ONLINE, b"after restart")
+    await eventually(lambda: replies == [b"after restart"], timeout=30)
+    await eventually(lambda: [d.body for d in got] == [b"after restart"], timeout=40)
+    await asyncio.sleep(1.0)
+    assert fired == [1]  # once

@@ -1,0 +1,361 @@
+"""The worker's side of scale-in on EC2 Auto Scaling.
+
+When the group decides an instance goes, it moves it into ``Terminating:Wait``
+(the termination lifecycle hook, ``deploy/terraform/worker.tf``) and the
+instance metadata's *target lifecycle state* turns ``Terminated``. The worker
+notices (or gets SIGTERM), drains, and then calls ``CompleteLifecycleAction``
+so the instance goes at once instead of when the hook times out::
+
+    watcher = LifecycleWatcher.from_env()          # None when not on a hooked group
+    if watcher is not None:
+        await watcher.wait_for_termination()       # polls IMDSv2
+        await drain()
+        await watcher.complete()                   # CONTINUE
+
+The metadata service is read with IMDSv2 (a session token from
+``PUT /latest/api/token``, then ``GET`` with the token header) and short
+timeouts. ``CompleteLifecycleAction`` runs boto3 in a thread, retries
+throttling and transient failures with backoff, and raises fleet errors:
+``ConfigError`` for missing permissions or credentials, ``Unavailable`` when
+the API cannot be reached, ``Internal`` when there is no lifecycle action to
+complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, cast
+
+import aiohttp
+
+from fleet.errors import ConfigError, Internal, Unavailable
+from fleet.logging import get_logger
+
+log = get_logger(__name__)
+
+DEFAULT_METADATA_URL = "http://169.254.169.254"
+TOKEN_PATH = "/latest/api/token"
+INSTANCE_ID_PATH = "/latest/meta-data/instance-id"
+TARGET_STATE_PATH = "/latest/meta-data/autoscaling/target-lifecycle-state"
+TERMINATED = "Terminated"
+
+ENV_HOOK = "FLEET_LIFECYCLE_HOOK"
+ENV_GROUP = "FLEET_ASG_NAME"
+ENV_REGION = "AWS_REGION"
+ENV_REGION_FALLBACK = "AWS_DEFAULT_REGION"
+# botocore's own setting for the metadata endpoint; honoured here too.
+ENV_METADATA_URL = "AWS_EC2_METADATA_SERVICE_ENDPOINT"
+
+_TOKEN_TTL_S = 21600
+_TOKEN_REFRESH_MARGIN_S = 60.0
+_IMDS_TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
+
+_RESULTS = frozenset({"CONTINUE", "ABANDON"})
+_THROTTLING = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "SlowDown",
+    }
+)
+_TRANSIENT = frozenset(
+    {
+        "InternalFailure",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "RequestTimeoutException",
+    }
+)
+_DENIED = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "UnrecognizedClientException",
+    }
+)
+_CREDENTIALS = frozenset(
+    {"InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
+)
+
+
+class _AutoScalingClient(Protocol):
+    def complete_lifecycle_action(self, **kwargs: Any) -> Mapping[str, Any]: ...
+
+
+class LifecycleWatcher:
+    """Watches this instance's target lifecycle state and completes the
+    termination lifecycle hook once the worker has drained."""
+
+    def __init__(
+        self,
+        *,
+        hook_name: str,
+        group_name: str,
+        region: str | None = None,
+        metadata_url: str = DEFAULT_METADATA_URL,
+        poll_interval: float = 5.0,
+        autoscaling_client: object | None = None,
+        max_attempts: int = 5,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+    ) -> None:
+        if not hook_name:
+            raise ConfigError("lifecycle hook name is empty")
+        if not group_name:
+            raise ConfigError("Auto Scaling group name is empty")
+        if poll_interval <= 0:
+            raise ConfigError(f"poll_interval must be positive, got {poll_interval}")
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be at least 1, got {max_attempts}")
+        self.hook_name = hook_name
+        self.group_name = group_name
+        self.region = region
+        self.metadata_url = metadata_url.rstrip("/")
+        self.poll_interval = poll_interval
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._client = cast("_AutoScalingClient | None", autoscaling_client)
+        self._token: str | None = None
+        self._token_expires = 0.0
+        self._instance_id: str | None = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> LifecycleWatcher | None:
+        """A watcher configured from ``FLEET_LIFECYCLE_HOOK``, ``FLEET_ASG_NAME``
+        and ``AWS_REGION``; ``None`` when the hook or the group is not set (not
+        running in a group with a termination hook)."""
+        env = os.environ if env is None else env
+        hook = env.get(ENV_HOOK, "").strip()
+        group = env.get(ENV_GROUP, "").strip()
+        if not hook or not group:
+            if hook or group:
+                log.warning(
+                    "lifecycle.incomplete_config",
+                    hook=hook or None,
+                    group=group or None,
+                    hint=f"set both {ENV_HOOK} and {ENV_GROUP}",
+                )
+            return None
+        region = env.get(ENV_REGION) or env.get(ENV_REGION_FALLBACK) or None
+        metadata_url = env.get(ENV_METADATA_URL) or DEFAULT_METADATA_URL
+        return cls(hook_name=hook, group_name=group, region=region, metadata_url=metadata_url)
+
+    # ------------------------------------------------------------------
+    # Instance metadata (IMDSv2)
+    # ------------------------------------------------------------------
+
+    def _session(self) -> aiohttp.ClientSession:
+        # trust_env=False: the metadata service is never reached through a proxy.
+        return aiohttp.ClientSession(timeout=_IMDS_TIMEOUT, trust_env=False)
+
+    async def _fetch_token(self, session: aiohttp.ClientSession) -> str:
+        now = time.monotonic()
+        if self._token is not None and now < self._token_expires:
+            return self._token
+        url = self.metadata_url + TOKEN_PATH
+        headers = {"X-aws-ec2-metadata-token-ttl-seconds": str(_TOKEN_TTL_S)}
+        try:
+            async with session.put(url, headers=headers) as resp:
+                if resp.status != 200:
+                    raise Unavailable(f"instance metadata token: HTTP {resp.status}")
+                token = (await resp.text()).strip()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Unavailable(f"instance metadata service unreachable at {url}: {exc!r}") from exc
+        if not token:
+            raise Unavailable("instance metadata service returned an empty token")
+        self._token = token
+        self._token_expires = now + _TOKEN_TTL_S - _TOKEN_REFRESH_MARGIN_S
+        return token
+
+    async def _get(self, path: str) -> str | None:
+        """GET a metadata path; ``None`` on 404 (the item does not exist)."""
+        url = self.metadata_url + path
+        async with self._session() as session:
+            for attempt in (1, 2):
+                token = await self._fetch_token(session)
+                try:
+                    async with session.get(
+                        url, headers={"X-aws-ec2-metadata-token": token}
+                    ) as resp:
+                        if resp.status == 401 and attempt == 1:
+                            # The token expired or the service restarted: get a new one.
+                            self._token = None
+                            continue
+                        if resp.status == 404:
+                            return None
+                        if resp.status != 200:
+                            raise Unavailable(f"instance metadata {path}: HTTP {resp.status}")
+                        return (await resp.text()).strip()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    raise Unavailable(f"instance metadata {path} unreachable: {exc!r}") from exc
+        raise Unavailable(f"instance metadata {path}: token rejected twice")
+
+    async def instance_id(self) -> str:
+        """This instance's id (cached after the first call)."""
+        if self._instance_id is None:
+            value = await self._get(INSTANCE_ID_PATH)
+            if not value:
+                raise Unavailable("instance metadata has no instance-id")
+            self._instance_id = value
+        return self._instance_id
+
+    async def target_lifecycle_state(self) -> str | None:
+        """The Auto Scaling target lifecycle state (``InService``, ``Terminated``,
+        ``Warmed:Stopped``...), or ``None`` when the instance is not in a group."""
+        return await self._get(TARGET_STATE_PATH)
+
+    async def wait_for_termination(self) -> None:
+        """Return once the target lifecycle state is ``Terminated``.
+
+        Polls every ``poll_interval`` seconds. A metadata service that cannot be
+        reached is logged and polled again: a transient failure must not make
+        a worker leave. Cancel the task to stop watching."""
+        failures = 0
+        last_state: str | None = None
+        while True:
+            try:
+                state = await self.target_lifecycle_state()
+            except Unavailable as exc:
+                failures += 1
+                if failures == 1 or failures % 12 == 0:
+                    log.warning(
+                        "lifecycle.metadata_unavailable", error=exc.message, failures=failures
+                    )
+            else:
+                failures = 0
+                if state != last_state:
+                    log.info("lifecycle.target_state", state=state, group=self.group_name)
+                    last_state = state
+                if state == TERMINATED:
+                    return
+            await asyncio.sleep(self.poll_interval)
+
+    async def is_terminating(self) -> bool:
+        """Whether the group is taking this instance out (for the SIGTERM path:
+        complete the hook only when there is one to complete)."""
+        try:
+            return await self.target_lifecycle_state() == TERMINATED
+        except Unavailable as exc:
+            log.warning("lifecycle.metadata_unavailable", error=exc.message)
+            return False
+
+    # ------------------------------------------------------------------
+    # CompleteLifecycleAction
+    # ------------------------------------------------------------------
+
+    def _autoscaling(self) -> _AutoScalingClient:
+        if self._client is None:
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError as exc:
+                raise ConfigError(
+                    "boto3 is needed to complete lifecycle actions: install inference-fleet[aws]"
+                ) from exc
+            config = Config(
+                connect_timeout=3,
+                read_timeout=10,
+                retries={"max_attempts": 1, "mode": "standard"},  # retried here
+            )
+            client = boto3.client("autoscaling", region_name=self.region, config=config)
+            self._client = cast("_AutoScalingClient", client)
+        return self._client
+
+    async def complete(self, result: str = "CONTINUE") -> None:
+        """Complete this instance's termination lifecycle action.
+
+        ``result`` is ``CONTINUE`` (terminate now) or ``ABANDON``. Throttling and
+        transient API failures are retried with backoff, up to ``max_attempts``.
+        Raises ``ConfigError`` (bad result, missing permission or credentials),
+        ``Unavailable`` (API unreachable or still throttling) or ``Internal``
+        (no lifecycle action in progress, or another API error)."""
+        if result not in _RESULTS:
+            raise ConfigError(
+                f"lifecycle action result must be CONTINUE or ABANDON, got {result!r}"
+            )
+        instance_id = await self.instance_id()
+        client = self._autoscaling()
+        params: dict[str, str] = {
+            "LifecycleHookName": self.hook_name,
+            "AutoScalingGroupName": self.group_name,
+            "LifecycleActionResult": result,
+            "InstanceId": instance_id,
+        }
+        call = cast("Callable[..., Mapping[str, Any]]", client.complete_lifecycle_action)
+        await self._with_retries(lambda: asyncio.to_thread(call, **params), instance_id)
+        log.info(
+            "lifecycle.completed",
+            instance_id=instance_id,
+            hook=self.hook_name,
+            group=self.group_name,
+            result=result,
+        )
+
+    async def _with_retries(
+        self, call: Callable[[], Awaitable[Mapping[str, Any]]], instance_id: str
+    ) -> None:
+        from botocore import exceptions as boto_errors
+
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                await call()
+                return
+            except boto_errors.ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                message = str(exc.response.get("Error", {}).get("Message", ""))
+                if code in _DENIED:
+                    raise ConfigError(
+                        f"not allowed to complete lifecycle actions on {self.group_name}: "
+                        f"{code}: {message}"
+                    ) from exc
+                if code in _CREDENTIALS:
+                    raise ConfigError(f"AWS credentials rejected: {code}: {message}") from exc
+                if code == "ValidationError":
+                    raise Internal(
+                        f"no lifecycle action to complete for {instance_id} "
+                        f"(hook {self.hook_name}, group {self.group_name}): {message}"
+                    ) from exc
+                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+                retriable = code in _THROTTLING or code in _TRANSIENT or status >= 500
+                if not retriable:
+                    raise Internal(f"CompleteLifecycleAction failed: {code}: {message}") from exc
+                if attempt >= self.max_attempts:
+                    raise Unavailable(
+                        f"CompleteLifecycleAction still failing after {attempt} attempts: {code}"
+                    ) from exc
+                log.warning("lifecycle.complete_retry", attempt=attempt, code=code)
+            except (
+                boto_errors.NoCredentialsError,
+                boto_errors.PartialCredentialsError,
+                boto_errors.NoRegionError,
+            ) as exc:
+                raise ConfigError(f"cannot call Auto Scaling: {exc}") from exc
+            except boto_errors.ConnectionError as exc:
+                if attempt >= self.max_attempts:
+                    raise Unavailable(f"Auto Scaling API unreachable: {exc}") from exc
+                log.warning("lifecycle.complete_retry", attempt=attempt, error=str(exc))
+            except boto_errors.BotoCoreError as exc:
+                raise Internal(f"CompleteLifecycleAction failed: {exc}") from exc
+            await asyncio.sleep(self._backoff(attempt))
+
+    def _backoff(self, attempt: int) -> float:
+        """Full jitter: uniform in [0, min(max, base * 2**(attempt-1))]."""
+        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return random.uniform(0.0, ceiling)
+
+
+__all__ = ["LifecycleWatcher"]
