@@ -93,7 +93,7 @@ class Client:
         timeout: float = 5.0,
         max_in_flight: int = 10_000,
         max_batch: int = 64,
-        max_publishes: int = 4,
+        max_publishes: int = 1,
         max_message_bytes: int = wire.DEFAULT_LIMITS.max_message_bytes,
         **transport_options: object,
     ) -> None:

@@ -8,6 +8,7 @@ Every field is optional::
     allow_cpu_fallback = false   # may the session run on CPU when a GPU was asked for?
     intra_op_threads = 0         # 0: the CPUs this process may use (affinity, cgroup quota)
     inter_op_threads = 1
+    allow_spinning = false       # ORT pool threads busy-wait for work when true
     buckets = [1, 2, 4, 8, 16, 32]   # batch sizes warmed up (and padded to)
     pad_to_bucket = true         # pad each batch up to the next bucket
     trt_cache_dir = "/var/cache/fleet/trt"
@@ -147,6 +148,10 @@ class ModelConfig(BaseModel):
     allow_cpu_fallback: bool = False
     intra_op_threads: int = Field(default=0, ge=0, le=1024, validate_default=True)
     inter_op_threads: int = Field(default=1, ge=1, le=1024)
+    # ONNX Runtime's pool threads busy-wait for work by default; on a worker
+    # that shares its CPUs with the event loop (and often the broker) that
+    # spinning steals the time decoding and replying need.
+    allow_spinning: bool = False
     buckets: tuple[int, ...] = ()
     pad_to_bucket: bool = False
     trt_cache_dir: Path | None = None

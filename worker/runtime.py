@@ -130,6 +130,9 @@ class Runtime:
         options = ort.SessionOptions()
         options.intra_op_num_threads = config.intra_op_threads
         options.inter_op_num_threads = config.inter_op_threads
+        spin = "1" if config.allow_spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
         options.execution_mode = (
             ort.ExecutionMode.ORT_PARALLEL
             if config.inter_op_threads > 1
