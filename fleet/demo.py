@@ -100,10 +100,9 @@ async def run_demo(
     rate: float | None,
     timeout: float,
 ) -> Any:
-    from worker.zoo import build_all
-
     from producer import Client
     from producer.loadgen import LoadResult, drive, random_inputs
+    from worker.zoo import build_all
 
     out = sys.stderr
     if not await asyncio.to_thread((models / model).exists):
