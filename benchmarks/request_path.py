@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -272,7 +273,10 @@ def _service(name: str, var: str, started: list[str]) -> str:
         text=True,
     )
     started.append(name)
-    return out.stdout.strip().splitlines()[-1]
+    found = re.findall(r"(?:amqps?|kafka)://\S+", out.stdout)
+    if not found:
+        raise RuntimeError(f"scripts/{name}.sh start printed no URL")
+    return str(found[-1])
 
 
 def main() -> int:

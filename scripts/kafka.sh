@@ -55,8 +55,9 @@ fetch_jars() {
     command -v mvn >/dev/null || die "mvn not found: Maven fetches the Kafka jars"
     say "fetching Apache Kafka jars from Maven Central into $LIBS"
     mkdir -p "$LIBS.partial"
-    mvn -q -f "$POM" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$LIBS.partial"
+    # batch mode (no colours) and to stderr: stdout carries only the URL
+    mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
+        -DincludeScope=runtime -DoutputDirectory="$LIBS.partial" >&2
     rm -rf "$LIBS"
     mv "$LIBS.partial" "$LIBS"
 }

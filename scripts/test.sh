@@ -42,7 +42,8 @@ start_service() { # name env-var restart-env-var
     fi
     say "$name: starting a local server"
     local url
-    url=$(bash "scripts/${name}.sh" start | tail -n 1)
+    url=$(bash "scripts/${name}.sh" start | tail -n 1 | grep -Eo '(amqps?|kafka|https?)://[^[:space:]]+' || true)
+    [[ -n "$url" ]] || { echo "scripts/${name}.sh start printed no URL" >&2; exit 1; }
     started+=("$name")
     export "$var=$url"
     if [[ -n "$restart_var" ]]; then
