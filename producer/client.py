@@ -272,19 +272,31 @@ class Client:
 
     async def _publish_lane(self, key: tuple[str, Priority], lane: _Lane) -> None:
         model, priority = key
+        failures = 0
         try:
             while chunk := self._next_chunk(lane):
                 frame = wire.encode_requests([p.body for p in chunk], self._reply_to)
                 try:
                     await self._transport.publish_request(model, priority, frame)
                 except Unavailable as exc:
-                    # kept pending: re-sent when the connection is back, or the
-                    # caller's deadline ends the wait
-                    log.warning("publish failed; will re-send after reconnect", error=str(exc))
+                    if not self._transport.connected:
+                        # kept pending: re-sent when the connection is back, or
+                        # the caller's deadline ends the wait
+                        log.warning("publish failed; will re-send after reconnect", error=str(exc))
+                        continue
+                    # connected but not confirmed: try again (same ids) until
+                    # the callers' deadlines end the wait
+                    failures += 1
+                    log.warning("publish not confirmed; trying again", error=str(exc))
+                    for p in reversed(chunk):
+                        p.queued = True
+                        lane.queue.appendleft(p)
+                    await asyncio.sleep(min(1.0, 0.05 * 2**failures))
                 except FleetError as exc:
                     for p in chunk:
                         self._fail(p, exc)
                 else:
+                    failures = 0
                     self.stats.published += len(chunk)
                     self.stats.messages += 1
         finally:

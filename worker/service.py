@@ -44,6 +44,8 @@ from worker.stats import WindowStats
 
 log = get_logger("worker.service")
 
+_REPLY_ATTEMPTS = 4  # a reply that fails to publish is tried again after 0.25, 0.5, 1 s
+
 
 @dataclass(eq=False, slots=True)
 class _Message:
@@ -307,13 +309,21 @@ class Worker:
         await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
 
     async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
-        try:
-            await self.transport.publish_reply(reply_to, wire.encode_replies(replies))
-        except FleetError as exc:
-            # not acked: the broker delivers the message again, here or elsewhere
-            log.warning("publishing replies failed; leaving the request unacked", error=str(exc))
-            for m in msgs:
-                m.failed = True
+        body = wire.encode_replies(replies)
+        for attempt in range(_REPLY_ATTEMPTS):
+            try:
+                await self.transport.publish_reply(reply_to, body)
+                break
+            except FleetError as exc:
+                if exc.retriable and attempt + 1 < _REPLY_ATTEMPTS and self.state != "stopped":
+                    await asyncio.sleep(0.25 * 2**attempt)
+                    continue
+                # not acked: the broker delivers the message again, here or elsewhere
+                log.warning(
+                    "publishing replies failed; leaving the request unacked", error=str(exc)
+                )
+                for m in msgs:
+                    m.failed = True
         for m in msgs:
             m.remaining -= 1
         for m in set(msgs):

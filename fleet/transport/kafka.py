@@ -72,6 +72,7 @@ from aiokafka.errors import (
     KafkaError,
     KafkaTimeoutError,
     NodeNotReadyError,
+    OutOfOrderSequenceNumber,
     RequestTimedOutError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
@@ -134,6 +135,8 @@ class KafkaTransport(Transport):
         self.client_id = f"fleet-{uuid.uuid4().hex[:8]}"
         self._admin: Any = None
         self._producer: Any = None
+        self._producer_options: dict[str, Any] = {}
+        self._replacing = False
         self._offsets: Any = None  # a consumer without a group, for offset look-ups
         self._connected = False
         self._closing = False
@@ -166,11 +169,11 @@ class KafkaTransport(Transport):
             "request_timeout_ms": self._timeout_ms,
             "retry_backoff_ms": 100,
         }
+        self._producer_options = common
         try:
             self._admin = AIOKafkaAdminClient(**common)
             await asyncio.wait_for(self._admin.start(), self.options.publish_timeout)
-            self._producer = AIOKafkaProducer(**common, enable_idempotence=True, acks="all")
-            await asyncio.wait_for(self._producer.start(), self.options.publish_timeout)
+            self._producer = await self._new_producer()
             self._offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
             await asyncio.wait_for(self._offsets.start(), self.options.publish_timeout)
             await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1})
@@ -312,6 +315,31 @@ class KafkaTransport(Transport):
         await self._create_topics({queue_name(model, p): self.options.partitions for p in Priority})
 
     # ------------------------------------------------------------------ producing
+    async def _new_producer(self) -> Any:
+        producer = AIOKafkaProducer(**self._producer_options, enable_idempotence=True, acks="all")
+        await asyncio.wait_for(producer.start(), self.options.publish_timeout)
+        return producer
+
+    async def _replace_producer(self) -> None:
+        """After a broker restart the idempotent producer's sequence numbers may
+        no longer match the broker's (OutOfOrderSequenceNumber): every later
+        send would fail the same way, so start over with a new producer id."""
+        if self._replacing:
+            return
+        self._replacing = True
+        try:
+            new = await self._new_producer()
+        except _OFFSET_ERRORS as exc:
+            log.warning("could not replace the Kafka producer", error=repr(exc))
+            return
+        finally:
+            self._replacing = False
+        old, self._producer = self._producer, new
+        log.info("Kafka producer replaced after a sequence error")
+        if old is not None:
+            with contextlib.suppress(*_OFFSET_ERRORS):
+                await old.stop()
+
     async def _send(
         self,
         topic: str,
@@ -330,6 +358,8 @@ class KafkaTransport(Transport):
         except _OFFSET_ERRORS as exc:
             if isinstance(exc, _CONNECTION_ERRORS):
                 self._suspect_down()
+            if isinstance(exc, OutOfOrderSequenceNumber):
+                await self._replace_producer()
             raise Unavailable(f"Kafka did not confirm a message to {topic!r}: {exc!r}") from exc
         except AttributeError as exc:  # the producer went away under us
             raise Unavailable("transport is closed") from exc
