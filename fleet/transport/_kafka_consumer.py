@@ -242,6 +242,9 @@ class GroupConsumer(Consumer):
             max_poll_interval_ms=300_000,
             fetch_max_wait_ms=100,
             retry_backoff_ms=100,
+            # a group formed while a new topic's metadata was still empty is
+            # re-balanced once the metadata shows its partitions
+            metadata_max_age_ms=3_000,
         )
         await self._kafka.start()
         self._kafka.subscribe([self.topic], listener=_Listener(self))

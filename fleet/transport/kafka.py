@@ -312,7 +312,26 @@ class KafkaTransport(Transport):
 
     async def declare_model(self, model: str) -> None:
         self._check_open()
-        await self._create_topics({queue_name(model, p): self.options.partitions for p in Priority})
+        topics = [queue_name(model, p) for p in Priority]
+        await self._create_topics({t: self.options.partitions for t in topics})
+        # a consumer group formed before the new topics' metadata is complete
+        # assigns them no partitions: wait until every partition has a leader
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.options.publish_timeout
+        while not all([await self._has_leaders(t) for t in topics]):
+            if loop.time() > end:
+                raise Unavailable(f"topics {topics} have no partition leaders yet")
+            await asyncio.sleep(0.1)
+
+    async def _has_leaders(self, topic: str) -> bool:
+        meta = await self._call("metadata", self._admin.describe_topics([topic]))
+        for t in meta:
+            if t.get("topic") == topic and t.get("error_code", 0) == 0:
+                parts = t.get("partitions") or []
+                return bool(parts) and all(
+                    p.get("error_code", 0) == 0 and p.get("leader", -1) >= 0 for p in parts
+                )
+        return False
 
     # ------------------------------------------------------------------ producing
     async def _new_producer(self) -> Any:
