@@ -75,3 +75,17 @@ def test_models_build_is_deterministic(tmp_path: Path) -> None:
         assert (a / name / "1" / "model.onnx").read_bytes() == (
             b / name / "1" / "model.onnx"
         ).read_bytes()
+
+
+@pytest.mark.unit
+def test_worker_settings_read_the_broker_from_either_environment_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.settings import WorkerSettings
+
+    monkeypatch.setenv("FLEET_BROKER_URL", "amqp://a/")  # the name the deploy files use
+    assert WorkerSettings(models="m").broker == "amqp://a/"
+    monkeypatch.delenv("FLEET_BROKER_URL")
+    monkeypatch.setenv("FLEET_BROKER", "kafka://b:9092")
+    assert WorkerSettings(models="m").broker == "kafka://b:9092"
+    assert WorkerSettings(models="m", broker="memory://c").broker == "memory://c"

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.transport import SCHEMES
@@ -17,9 +17,15 @@ def _default_worker_id() -> str:
 
 
 class WorkerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="FLEET_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_", extra="forbid", frozen=True, populate_by_name=True
+    )
 
-    broker: str = Field("memory://default", description="broker URL (memory://, amqp://, kafka://)")
+    broker: str = Field(
+        "memory://default",
+        description="broker URL; env FLEET_BROKER or FLEET_BROKER_URL",
+        validation_alias=AliasChoices("broker", "FLEET_BROKER", "FLEET_BROKER_URL"),
+    )
     models: Path | str = Field(
         ..., description="model repository: a directory or s3://bucket/prefix"
     )
