@@ -37,6 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fleet.demo import wait_model_served  # noqa: E402
+
 MODEL = "mlp"
 WIDTH = 256
 
@@ -201,22 +203,6 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def _wait_served(broker: str, model: str, timeout: float = 120) -> None:
-    from fleet.transport import connect
-
-    async with connect(broker) as t:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                d = await t.depth(model)
-                if d.consumers is None or d.consumers > 0:
-                    return
-            except Exception:
-                pass
-            await asyncio.sleep(0.5)
-    raise RuntimeError(f"no worker served {model} within {timeout}s")
-
-
 def bench_fleet(
     label: str, broker: str, models: Path, duration: float, in_flight: int, clients: int
 ) -> list[Row]:
@@ -240,7 +226,7 @@ def bench_fleet(
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
-        asyncio.run(_wait_served(broker, MODEL))
+        asyncio.run(wait_model_served(broker, MODEL))
         _drive(broker, 2, 32, None, 1)  # warm the path
         sat = _drive(broker, duration, in_flight, None, clients)
         sat.name = f"fleet over {label}, saturation"

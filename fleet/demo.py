@@ -54,7 +54,7 @@ async def _workers(broker: str, models: Path, count: int) -> AsyncIterator[None]
         for i in range(count)
     ]
     try:
-        await _wait_model_served(broker, _first_model(models))
+        await wait_model_served(broker, _first_model(models))
         yield
     finally:
         for p in procs:
@@ -71,7 +71,7 @@ def _first_model(models: Path) -> str:
     return sorted(p.name for p in models.iterdir() if p.is_dir())[0]
 
 
-async def _wait_model_served(broker: str, name: str, timeout: float = 120.0) -> None:
+async def wait_model_served(broker: str, name: str, timeout: float = 120.0) -> None:
     """Wait until a worker has declared the model's queues (it is then warm)."""
     from fleet.transport import connect
 
@@ -143,4 +143,4 @@ async def run_demo(
     return result
 
 
-__all__ = ["run_demo"]
+__all__ = ["run_demo", "wait_model_served"]

@@ -137,13 +137,13 @@ class Worker:
         )
 
     def _load_models(self) -> None:
-        specs = ModelRepository(self.settings.models).discover()
-        for spec in specs:
+        repo = ModelRepository(self.settings.models)
+        for spec in repo.discover():
             runtime = Runtime.load(spec)
             runtime.warm_up()
             self.runtimes.setdefault(spec.name, {})[spec.version] = runtime
-        for model, versions in self.runtimes.items():
-            self._latest[model] = max(versions, key=_version_key)
+        for model in self.runtimes:
+            self._latest[model] = repo.get(model).version  # the repository's "newest"
 
     async def stop(self) -> None:
         """Drain: stop consuming, finish and answer what was received, ack, close."""
@@ -403,10 +403,6 @@ class Worker:
 
     async def _send_heartbeat(self) -> None:
         await self.transport.publish_heartbeat(self.heartbeat().encode())
-
-
-def _version_key(v: str) -> tuple[int, int | str]:
-    return (1, int(v)) if v.isdigit() else (0, v)
 
 
 def _redact(url: str) -> str:
