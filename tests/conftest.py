@@ -12,6 +12,7 @@ tier whose broker is missing fails; elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import uuid
@@ -27,6 +28,15 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 _ENV = {"amqp": "FLEET_TEST_AMQP_URL", "kafka": "FLEET_TEST_KAFKA_URL"}
 _RESTART_ENV = {"amqp": "FLEET_TEST_AMQP_RESTART", "kafka": "FLEET_TEST_KAFKA_RESTART"}
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage_after_each_test() -> Iterator[None]:
+    """A socket or client a test leaks is reported when the garbage collector
+    finds it; collecting after every test makes that the test that leaked it,
+    not whichever later test happens to trigger a collection."""
+    yield
+    gc.collect()
 
 
 def missing(what: str) -> None:

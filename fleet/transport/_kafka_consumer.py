@@ -44,6 +44,7 @@ from aiokafka.errors import (
 
 from fleet.contract import Priority
 from fleet.logging import get_logger
+from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ class GroupConsumer(Consumer):
         self._stopped = False
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, join_timeout: float) -> None:
+    async def start(self, start_timeout: float, join_timeout: float) -> None:
         self._kafka = AIOKafkaConsumer(
             bootstrap_servers=self.transport.bootstrap,
             client_id=f"{self.transport.client_id}-{self.topic}",
@@ -246,7 +247,7 @@ class GroupConsumer(Consumer):
             # re-balanced once the metadata shows its partitions
             metadata_max_age_ms=3_000,
         )
-        await self._kafka.start()
+        await start_client(self._kafka, start_timeout)
         self._kafka.subscribe([self.topic], listener=_Listener(self))
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(self._run(), name=f"kafka-consume-{self.topic}")
@@ -310,10 +311,7 @@ class GroupConsumer(Consumer):
             part.live = False
         self._parts.clear()
         if self._kafka is not None:
-            try:
-                await asyncio.wait_for(self._kafka.stop(), 10.0)
-            except (TimeoutError, KafkaError) as exc:
-                log.warning("consumer did not stop cleanly", topic=self.topic, error=repr(exc))
+            await stop_client(self._kafka)
         self.transport.forget_consumer(self)
 
     # ------------------------------------------------------------------ rebalance
@@ -546,7 +544,7 @@ class TailConsumer(Consumer):
             fetch_max_wait_ms=100,
             retry_backoff_ms=100,
         )
-        await self._kafka.start()
+        await start_client(self._kafka, None)
         tps = [TopicPartition(self.topic, p) for p in partitions]
         self._kafka.assign(tps)
         await self.reposition_at_end()
@@ -589,8 +587,7 @@ class TailConsumer(Consumer):
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._kafka is not None:
-            with contextlib.suppress(TimeoutError, KafkaError):
-                await asyncio.wait_for(self._kafka.stop(), 10.0)
+            await stop_client(self._kafka)
         self.transport.forget_consumer(self)
 
 

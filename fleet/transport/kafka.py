@@ -88,6 +88,7 @@ from fleet.transport._kafka_consumer import (
     TailConsumer,
     parse_attempts,
 )
+from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
     DEAD_LETTER,
     HEARTBEATS,
@@ -171,15 +172,20 @@ class KafkaTransport(Transport):
         }
         self._producer_options = common
         try:
-            self._admin = AIOKafkaAdminClient(**common)
-            await asyncio.wait_for(self._admin.start(), self.options.publish_timeout)
+            admin = AIOKafkaAdminClient(**common)
+            await start_client(admin, self.options.publish_timeout, stop="close")
+            self._admin = admin
             self._producer = await self._new_producer()
-            self._offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
-            await asyncio.wait_for(self._offsets.start(), self.options.publish_timeout)
+            offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
+            await start_client(offsets, self.options.publish_timeout)
+            self._offsets = offsets
             await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1})
-        except (*_OFFSET_ERRORS, Unavailable) as exc:
+        except BaseException as exc:
             await self._stop_clients()
-            raise Unavailable(f"Kafka at {','.join(self.bootstrap)} unreachable: {exc!r}") from exc
+            if isinstance(exc, (*_OFFSET_ERRORS, Unavailable)):
+                where = ",".join(self.bootstrap)
+                raise Unavailable(f"Kafka at {where} unreachable: {exc!r}") from exc
+            raise
         self._connected = True
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="kafka-watch")
 
@@ -214,12 +220,8 @@ class KafkaTransport(Transport):
             (self._offsets, "stop"),
             (self._admin, "close"),
         ):
-            if client is None:
-                continue
-            try:
-                await asyncio.wait_for(getattr(client, stop)(), 10.0)
-            except _OFFSET_ERRORS as exc:
-                log.debug("client did not stop cleanly", error=repr(exc))
+            if client is not None:
+                await stop_client(client, stop)
         self._producer = self._offsets = self._admin = None
 
     def forget_consumer(self, consumer: Consumer) -> None:
@@ -336,7 +338,7 @@ class KafkaTransport(Transport):
     # ------------------------------------------------------------------ producing
     async def _new_producer(self) -> Any:
         producer = AIOKafkaProducer(**self._producer_options, enable_idempotence=True, acks="all")
-        await asyncio.wait_for(producer.start(), self.options.publish_timeout)
+        await start_client(producer, self.options.publish_timeout)
         return producer
 
     async def _replace_producer(self) -> None:
@@ -421,13 +423,16 @@ class KafkaTransport(Transport):
         topic = f"{INBOX_PREFIX}{uuid.uuid4().hex[:16]}"
         await self._create_topics({topic: 1}, _INBOX_CONFIG)
         tail = TailConsumer(self, topic, on_reply)
-        try:
-            await self._call("inbox", tail.start([0]))
-        except Unavailable:
-            await tail.cancel()
-            raise
+        await self._start_tail("inbox", tail, [0])
         self._inboxes[topic] = tail
         return topic
+
+    async def _start_tail(self, what: str, tail: TailConsumer, partitions: list[int]) -> None:
+        try:
+            await self._call(what, tail.start(partitions))
+        except BaseException:
+            await tail.cancel()
+            raise
 
     # ------------------------------------------------------------------ worker side
     async def consume(
@@ -438,10 +443,12 @@ class KafkaTransport(Transport):
         await self._create_topics({topic: self.options.partitions})
         consumer = GroupConsumer(self, model, priority, topic, on_delivery, prefetch)
         try:
-            await consumer.start(_JOIN_TIMEOUT)
-        except _OFFSET_ERRORS as exc:
+            await consumer.start(self.options.publish_timeout, _JOIN_TIMEOUT)
+        except BaseException as exc:
             await consumer.shutdown()
-            raise Unavailable(f"could not join consumer group {topic!r}: {exc!r}") from exc
+            if isinstance(exc, _OFFSET_ERRORS):
+                raise Unavailable(f"could not join consumer group {topic!r}: {exc!r}") from exc
+            raise
         self._consumers.add(consumer)
         return consumer
 
@@ -479,11 +486,7 @@ class KafkaTransport(Transport):
         self._check_open()
         partitions = await self._partitions(HEARTBEATS) or [0]
         tail = TailConsumer(self, HEARTBEATS, on_beat)
-        try:
-            await self._call("subscribe", tail.start(partitions))
-        except Unavailable:
-            await tail.cancel()
-            raise
+        await self._start_tail("subscribe", tail, partitions)
         self._consumers.add(tail)
         return tail
 
@@ -605,15 +608,14 @@ class KafkaTransport(Transport):
             request_timeout_ms=self._timeout_ms,
         )
         try:
+            await self._call("dead letters", start_client(reader, None))
             return await self._call("dead letters", self._read_dead_letters(reader, tps, limit))
         finally:
-            with contextlib.suppress(*_OFFSET_ERRORS):
-                await asyncio.wait_for(reader.stop(), 10.0)
+            await stop_client(reader)
 
     async def _read_dead_letters(
         self, reader: Any, tps: list[TopicPartition], limit: int
     ) -> list[bytes]:
-        await reader.start()
         reader.assign(tps)
         end = await reader.end_offsets(tps)
         out: list[bytes] = []
