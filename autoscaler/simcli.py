@@ -85,7 +85,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--policy",
         action="append",
         default=None,
-        help="policy kind, repeatable: default, target-tracking, keda, static (default: all four)",
+        choices=("default", "target-tracking", "keda", "static", "clairvoyant"),
+        help="policy kind, repeatable: default, target-tracking, keda, static, or clairvoyant"
+        " (a reference that reads the pattern ahead; not a policy you can run)"
+        " (default: the first four)",
     )
     p.add_argument(
         "--config",
@@ -177,7 +180,12 @@ def _simulate(args: argparse.Namespace) -> int:
     results: list[SimResult] = []
     for kind in kinds:
         policy = make_policy(
-            kind, pattern, profile, static_capacity=args.static_capacity, horizon_s=args.horizon
+            kind,
+            pattern,
+            profile,
+            static_capacity=args.static_capacity,
+            horizon_s=args.horizon,
+            config=cfg,
         )
         results.append(
             simulate(policy, pattern, profile=profile, config=cfg, horizon_s=args.horizon)

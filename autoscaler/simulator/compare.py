@@ -17,6 +17,7 @@ from autoscaler.baselines import (
     TargetTrackingPolicy,
 )
 from autoscaler.policy import DefaultPolicy, PolicyConfig
+from autoscaler.simulator.clairvoyant import ClairvoyantConfig, ClairvoyantPolicy
 from autoscaler.simulator.engine import SimConfig, SimResult, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
@@ -24,6 +25,9 @@ from autoscaler.simulator.report import GoalCheck, check_goal, plot
 from autoscaler.types import Policy
 
 POLICY_KINDS = ("default", "target-tracking", "keda", "static")
+REFERENCE_KINDS = ("clairvoyant",)
+"""Not policies anyone can run: references that mark what foresight is worth."""
+ALL_KINDS = (*POLICY_KINDS, *REFERENCE_KINDS)
 
 
 def static_for_peak(
@@ -40,8 +44,10 @@ def make_policy(
     *,
     static_capacity: int | None = None,
     horizon_s: float | None = None,
+    config: SimConfig | None = None,
 ) -> Policy[Any]:
-    """A policy of ``kind`` with its documented defaults (static: sized for the peak)."""
+    """A policy of ``kind`` with its documented defaults (static: sized for the
+    peak; clairvoyant: reading the rate a boot delay and a poll ahead)."""
     if kind == "default":
         return DefaultPolicy(PolicyConfig())
     if kind == "target-tracking":
@@ -53,7 +59,14 @@ def make_policy(
         if count is None:
             count = static_for_peak(pattern, profile, horizon_s=horizon_s)
         return StaticPolicy(StaticConfig(capacity=count))
-    raise ValueError(f"unknown policy kind {kind!r}; choose from {', '.join(POLICY_KINDS)}")
+    if kind == "clairvoyant":
+        cfg = config or SimConfig()
+        lookahead = cfg.boot_delay_s + cfg.poll_interval_s
+        return ClairvoyantPolicy(
+            pattern,
+            ClairvoyantConfig(per_instance_rps=profile.sustainable_rps, lookahead_s=lookahead),
+        )
+    raise ValueError(f"unknown policy kind {kind!r}; choose from {', '.join(ALL_KINDS)}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -72,12 +85,12 @@ def compare_pattern(
     profile: ServiceProfile = DEFAULT_PROFILE,
     config: SimConfig | None = None,
     horizon_s: float | None = None,
-    kinds: Sequence[str] = POLICY_KINDS,
+    kinds: Sequence[str] = ALL_KINDS,
 ) -> PatternComparison:
     """Every policy kind on one pattern, same seed (so the same arrivals)."""
     results = tuple(
         simulate(
-            make_policy(kind, pattern, profile, horizon_s=horizon_s),
+            make_policy(kind, pattern, profile, horizon_s=horizon_s, config=config),
             pattern,
             profile=profile,
             config=config,
@@ -125,7 +138,9 @@ def write_docs(
 
 
 __all__ = [
+    "ALL_KINDS",
     "POLICY_KINDS",
+    "REFERENCE_KINDS",
     "PatternComparison",
     "compare_pattern",
     "make_policy",

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from autoscaler.baselines import KedaConfig, TargetTrackingConfig
 from autoscaler.policy import PolicyConfig
-from autoscaler.simulator.engine import SimConfig
+from autoscaler.simulator.engine import SimConfig, SimResult
 from autoscaler.simulator.profile import ServiceProfile
 from autoscaler.simulator.report import markdown_table
 
@@ -47,6 +47,21 @@ def _param_table(cls: Any, doc: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _foresight(seer: SimResult, static_hours: float, *, max_share: float = 0.5) -> str:
+    share = seer.instance_hours / static_hours if static_hours else float("inf")
+    met = share <= max_share and seer.over_share <= 0.01
+    verdict = (
+        "so the static part of the goal is within reach of foresight"
+        if met
+        else "so even foresight does not reach the static part of the goal"
+    )
+    return (
+        f"With foresight: the `clairvoyant` reference (it reads the rate a boot delay "
+        f"ahead) uses {100 * share:.0f}% of static's instance-hours with "
+        f"{100 * seer.over_share:.2f}% over the objective, {verdict}."
+    )
+
+
 def render(
     comparisons: Sequence[PatternComparison],
     *,
@@ -81,6 +96,9 @@ def render(
                 f"no boot time, no headroom and fractional instances, would take "
                 f"{100 * bound:.0f}% of static's instance-hours.\n"
             )
+            seer = next((r for r in comp.results if r.policy == "clairvoyant"), None)
+            if seer is not None:
+                add(_foresight(seer, static.instance_hours) + "\n")
         add(f"![{p.name}](img/{p.name}.png)\n")
     add("## The simulated fleet\n")
     add(
@@ -121,6 +139,16 @@ def render(
     add(_param_table(KedaConfig) + "\n")
     add("### `static`\n")
     add("A fixed count, sized for the pattern's peak.\n")
+    add("### `clairvoyant` (a reference, not a policy)\n")
+    add(
+        "It reads the pattern's rate ahead by the boot delay plus a poll, plans every "
+        "instance for exactly the sustainable rate and lets instances go as soon as the "
+        "rest carry what is coming. No real policy can do this; it marks what knowing "
+        "the future is worth: where it misses a goal, a policy that only reacts to the "
+        "traffic would have to do better than one that knows what comes. It is a "
+        "strong reference, not a proven optimum. "
+        "See `autoscaler/simulator/clairvoyant.py`.\n"
+    )
     return "\n".join(parts)
 
 

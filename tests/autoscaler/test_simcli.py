@@ -27,9 +27,10 @@ def test_compare_policies_writes_table_and_images(
     for name in ("spiky", "diurnal", "triple", "ramp"):
         assert (tmp_path / "img" / f"{name}.png").stat().st_size > 10_000
         assert f"img/{name}.png" in doc
-        for policy in ("default", "target-tracking", "keda", "static"):
+        for policy in ("default", "target-tracking", "keda", "static", "clairvoyant"):
             assert f"| {name} | {policy} |" in doc
     assert "ApproximateBacklogSizePerInstance" in doc
+    assert doc.count("With foresight: the `clairvoyant` reference") == 4
     assert "over objective" in capsys.readouterr().out
 
 
@@ -47,13 +48,15 @@ def test_simulate_prints_table_and_writes_png(
             "default",
             "--policy",
             "static",
+            "--policy",
+            "clairvoyant",
             "--out",
             str(tmp_path),
         ]
     )
     assert args.handler(args) == 0
     out = capsys.readouterr().out
-    assert "default" in out and "static" in out
+    assert "default" in out and "static" in out and "clairvoyant" in out
     assert (tmp_path / "simulate-triple.png").exists()
 
 
@@ -65,3 +68,14 @@ def test_every_option_has_help() -> None:
         for action in p._actions:
             if action.dest != "help":
                 assert action.help, f"{name} {action.dest}"
+
+
+def test_policy_choices_are_the_known_kinds(capsys: pytest.CaptureFixture[str]) -> None:
+    from autoscaler.simulator.compare import ALL_KINDS
+
+    with pytest.raises(SystemExit):
+        parse(["simulate", "--policy", "bogus"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'bogus'" in err
+    for kind in ALL_KINDS:
+        assert f"'{kind}'" in err

@@ -135,12 +135,13 @@ def test_goal_against_the_baselines(name: str) -> None:
     assert not against_baselines, f"{name}: " + "; ".join(against_baselines)
 
 
-# Against static provisioning for the peak the goal is not met yet on these
+# Against static provisioning for the peak the goal is not met on these
 # patterns (see docs/policies.md): strict, so the day it holds this fails and
-# the marker must go.
+# the marker must go. Why, in the simulator's own terms, is tested below.
 _STATIC_GAP = {
-    "spiky": "bursts shorter than the boot delay: the first bursts are missed",
-    "triple": "the tripling lands inside the boot delay",
+    "spiky": "bursts shorter than the boot delay: the first two come unannounced",
+    "triple": "out of reach even with foresight: 2 instances at 100 req/s miss the "
+    "objective too often, 3 cost more than half of static",
     "ramp": "mean-to-peak ratio 0.64: no policy that serves the load uses < 50% of static",
 }
 
@@ -164,3 +165,48 @@ def test_goal_against_static_for_the_peak(name: str) -> None:
     goal = _comparison(name).goal
     assert goal is not None
     assert goal.met, f"{name}: " + "; ".join(goal.failures)
+
+
+def _static_goal(result: Any, static: Any) -> bool:
+    return bool(result.instance_hours <= 0.5 * static.instance_hours and result.over_share <= 0.01)
+
+
+@pytest.mark.parametrize(
+    ("name", "reachable"),
+    [("spiky", True), ("diurnal", True), ("triple", False), ("ramp", False)],
+)
+def test_what_foresight_is_worth(name: str, reachable: bool) -> None:
+    """The clairvoyant reference reads the rate a boot delay ahead. On spiky it
+    meets the static goal, so what the default policy lacks there is knowledge
+    of the future (the first bursts); on triple and ramp even it misses, so no
+    policy that has to react to the traffic can meet that part of the goal."""
+    comp = _comparison(name)
+    seer, static = comp.by_policy("clairvoyant"), comp.by_policy("static")
+    assert _static_goal(seer, static) is reachable
+    assert seer.over_share <= 0.01  # it always serves the load; only cost differs
+
+
+def test_triple_has_no_capacity_plan_that_meets_the_static_goal() -> None:
+    """The base rate of triple is exactly 2 instances' sustainable rate: with
+    foresight and 2 instances at the base, too many requests are late; with 3,
+    the instance-hours pass half of static's. Mixing the two does not help:
+    every share of the base spent at 3 that keeps the hours within half of
+    static's leaves more than 1% late."""
+    from autoscaler.simulator.clairvoyant import ClairvoyantConfig, ClairvoyantPolicy
+
+    pattern = BUILTIN["triple"]
+    static = _comparison("triple").by_policy("static")
+    plans = {}
+    for drain in (30.0, 1e9):  # drains backlogs (3 at the base), or never (2)
+        cfg = ClairvoyantConfig(per_instance_rps=50.0, lookahead_s=125.0, drain_time_s=drain)
+        plans[drain] = simulate(ClairvoyantPolicy(pattern, cfg), pattern)
+    three, two = plans[30.0], plans[1e9]
+    assert not _static_goal(three, static) and not _static_goal(two, static)
+    # running a share f of the base period at 3 and the rest at 2 interpolates
+    # both hours and late requests (each switch only adds a backlog): take the
+    # largest f the hours budget allows
+    budget = 0.5 * static.instance_hours
+    f = (budget - two.instance_hours) / (three.instance_hours - two.instance_hours)
+    assert 0 < f < 1
+    late = (1 - f) * two.over_share + f * three.over_share
+    assert late > 0.01, f"mixing at f={f:.2f} would leave {100 * late:.2f}% late"
