@@ -228,7 +228,7 @@ class GroupConsumer(Consumer):
         self._assignment_ready = asyncio.Event()
         self._idle_reason: str | None = None
         self._stopping = False
-        self._stopped = False
+        self._shutdown_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, start_timeout: float, join_timeout: float) -> None:
@@ -287,19 +287,28 @@ class GroupConsumer(Consumer):
             await asyncio.gather(task, return_exceptions=True)
 
     async def shutdown(self, *, cancel_handlers: bool = False) -> None:
-        """Commit what is done and leave the group. Idempotent."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping = True
+        """Commit what is done and leave the group. Idempotent, and every caller
+        returns only once it is done: the work runs in a task of its own, so a
+        second caller (the transport closing while a drain is finishing) waits
+        for it rather than going on while the consumer is still in its group,
+        and cancelling a caller does not leave it half done."""
+        if cancel_handlers:
+            handlers = list(self._tasks)
+            for t in handlers:
+                t.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+        if self._shutdown_task is None:
+            self._stopping = True
+            self._shutdown_task = asyncio.get_running_loop().create_task(
+                self._shutdown(), name=f"kafka-shutdown-{self.topic}"
+            )
+        await asyncio.shield(self._shutdown_task)
+
+    async def _shutdown(self) -> None:
         await self._stop_loop()
         finisher = self._finisher
         if finisher is not None and finisher is not asyncio.current_task():
             finisher.cancel()
-        if cancel_handlers:
-            for t in list(self._tasks):
-                t.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._committer is not None:
             self._committer.cancel()
             await asyncio.gather(self._committer, return_exceptions=True)
@@ -533,6 +542,7 @@ class TailConsumer(Consumer):
         self._kafka: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._cancel_task: asyncio.Task[None] | None = None
 
     async def start(self, partitions: Sequence[int]) -> None:
         self._kafka = AIOKafkaConsumer(
@@ -580,9 +590,16 @@ class TailConsumer(Consumer):
                         log.exception("subscriber callback failed", topic=self.topic)
 
     async def cancel(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
+        """Stop and leave. Every caller returns only once that is done (see
+        :meth:`GroupConsumer.shutdown`)."""
+        if self._cancel_task is None:
+            self._closed = True
+            self._cancel_task = asyncio.get_running_loop().create_task(
+                self._cancel(), name=f"kafka-tail-stop-{self.topic}"
+            )
+        await asyncio.shield(self._cancel_task)
+
+    async def _cancel(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)

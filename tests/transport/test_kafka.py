@@ -410,3 +410,22 @@ async def test_cancelling_a_start_at_any_moment_leaves_no_socket_open(
     address = await ready.open_inbox(replies.append)
     await ready.publish_reply(address, b"still works")
     await eventually(lambda: replies == [b"still works"])
+
+
+async def test_a_second_stop_waits_until_the_consumer_has_left(
+    kafka: Connect, unique_model: str
+) -> None:
+    """A drain finishing while the transport closes stops the same consumer
+    twice at once: the second call must not return before the consumer has
+    really left (else the transport closes around a half-stopped consumer
+    whose socket nobody closes)."""
+    t = await kafka()
+    await t.declare_model(unique_model)
+    group = await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
+    tail = await t.subscribe_heartbeats(lambda _b: None)
+    for consumer, stop in ((group, "shutdown"), (tail, "cancel")):
+        first = asyncio.ensure_future(getattr(consumer, stop)())
+        await asyncio.sleep(0)  # the first stop is under way
+        await getattr(consumer, stop)()
+        assert consumer._kafka._closed, f"second {stop}() returned before the client stopped"
+        await first
