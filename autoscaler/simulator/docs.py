@@ -10,7 +10,7 @@ from autoscaler.baselines import KedaConfig, TargetTrackingConfig
 from autoscaler.policy import PolicyConfig
 from autoscaler.simulator.engine import SimConfig, SimResult
 from autoscaler.simulator.profile import ServiceProfile
-from autoscaler.simulator.report import markdown_table
+from autoscaler.simulator.report import markdown_table, meets_static_goal
 
 if TYPE_CHECKING:
     from autoscaler.simulator.compare import PatternComparison
@@ -47,9 +47,9 @@ def _param_table(cls: Any, doc: dict[str, str] | None = None) -> str:
     return "\n".join(lines)
 
 
-def _foresight(seer: SimResult, static_hours: float, *, max_share: float = 0.5) -> str:
-    share = seer.instance_hours / static_hours if static_hours else float("inf")
-    met = share <= max_share and seer.over_share <= 0.01
+def _foresight(seer: SimResult, static: SimResult) -> str:
+    share = seer.instance_hours / static.instance_hours if static.instance_hours else float("inf")
+    met = meets_static_goal(seer, static)
     verdict = (
         "so the static part of the goal is within reach of foresight"
         if met
@@ -98,7 +98,7 @@ def render(
             )
             seer = next((r for r in comp.results if r.policy == "clairvoyant"), None)
             if seer is not None:
-                add(_foresight(seer, static.instance_hours) + "\n")
+                add(_foresight(seer, static) + "\n")
         add(f"![{p.name}](img/{p.name}.png)\n")
     add("## The simulated fleet\n")
     add(

@@ -79,14 +79,28 @@ class GoalCheck:
         return not self.failures
 
 
+MAX_STATIC_SHARE = 0.5
+"""The goal: at most this share of static-for-the-peak's instance-hours ..."""
+MAX_OVER_SHARE = 0.01
+"""... with at most this share of requests over the objective."""
+
+
+def meets_static_goal(result: SimResult, static: SimResult) -> bool:
+    """The goal against static provisioning for the peak, for any result."""
+    return (
+        result.instance_hours <= MAX_STATIC_SHARE * static.instance_hours
+        and result.over_share <= MAX_OVER_SHARE
+    )
+
+
 def check_goal(
     default: SimResult,
     target_tracking: SimResult,
     keda: SimResult,
     static: SimResult,
     *,
-    max_static_share: float = 0.5,
-    max_over_share: float = 0.01,
+    max_static_share: float = MAX_STATIC_SHARE,
+    max_over_share: float = MAX_OVER_SHARE,
 ) -> GoalCheck:
     """Fewer requests over the objective than target tracking and KEDA with no
     more instance-hours than either; against static provisioning for the peak,
@@ -167,4 +181,15 @@ def plot(results: Sequence[SimResult], path: str | Path, *, objective_ms: float 
     return out
 
 
-__all__ = ["COLUMNS", "GoalCheck", "check_goal", "markdown_table", "plot", "row", "text_table"]
+__all__ = [
+    "COLUMNS",
+    "MAX_OVER_SHARE",
+    "MAX_STATIC_SHARE",
+    "GoalCheck",
+    "check_goal",
+    "markdown_table",
+    "meets_static_goal",
+    "plot",
+    "row",
+    "text_table",
+]
