@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from autoscaler.registry import PolicySpec
 from autoscaler.types import Decision, Policy, Snapshot
 
 # --------------------------------------------------------------------------- target tracking
@@ -103,6 +104,14 @@ class TargetTrackingPolicy(Policy[TargetTrackingState]):
         keep = max(cfg.scale_out_periods, cfg.scale_in_periods)
         periods = (*state.periods, average)[-keep:]
         state = replace(state, period_start=now, samples=(metric,), periods=periods)
+        return self._alarms(state, now, cur, average)
+
+    def _alarms(
+        self, state: TargetTrackingState, now: float, cur: int, average: float
+    ) -> tuple[Decision, TargetTrackingState]:
+        """A period completed: the high alarm scales out, the low one in."""
+        cfg = self.config
+        periods = state.periods
         target = cfg.target_backlog_per_instance
         high = periods[-cfg.scale_out_periods :]
         low = periods[-cfg.scale_in_periods :]
@@ -205,8 +214,18 @@ class KedaPolicy(Policy[KedaState]):
                 return Decision.hold(cur, "inactive"), state
             if last_active is None or now - last_active >= cfg.cooldown_period_s:
                 return Decision.to(cur, 0, "KEDA cooldown: no messages"), state
+        want, why = self._recommendation(queue, cur)
+        stabilized, state = self._stabilized(state, now, cur, want)
+        final, state = self._rate_limited(state, now, cur, stabilized)
+        if final == cur and want != cur:
+            why += f"; held at {cur} by the stabilization window"
+        return Decision.to(cur, final, why), state
+
+    def _recommendation(self, queue: int, cur: int) -> tuple[int, str]:
+        """The HPA's replica count for an external metric with an
+        ``AverageValue`` target, within the bounds, and why."""
+        cfg = self.config
         current = max(cur, 1)
-        # HPA, external metric with an AverageValue target
         ratio = queue / (cfg.queue_length * current)
         if abs(ratio - 1.0) <= cfg.tolerance:
             want = current
@@ -215,19 +234,31 @@ class KedaPolicy(Policy[KedaState]):
             want = math.ceil(queue / cfg.queue_length)
             why = f"queue {queue} / {cfg.queue_length:g} per replica = {want}"
         floor = max(cfg.min_capacity, 1)
-        want = min(max(want, floor), cfg.max_capacity)
-        # stabilization: up uses the lowest, down the highest recommendation in its window
+        return min(max(want, floor), cfg.max_capacity), why
+
+    def _stabilized(
+        self, state: KedaState, now: float, cur: int, want: int
+    ) -> tuple[int, KedaState]:
+        """Stabilization: up uses the lowest, down the highest recommendation
+        in its window."""
+        cfg = self.config
         window = max(cfg.scale_up_stabilization_s, cfg.scale_down_stabilization_s)
         recs = (*((t, n) for t, n in state.recommendations if now - t < window), (now, want))
         state = replace(state, recommendations=recs)
         up_recs = [n for t, n in recs if now - t <= cfg.scale_up_stabilization_s]
         down_recs = [n for t, n in recs if now - t < cfg.scale_down_stabilization_s]
-        stabilized = cur
         if want > cur:
-            stabilized = max(min(up_recs), cur)
-        elif want < cur:
-            stabilized = min(max(down_recs), cur)
-        # rate limits, relative to the replicas at the start of each policy period
+            return max(min(up_recs), cur), state
+        if want < cur:
+            return min(max(down_recs), cur), state
+        return cur, state
+
+    def _rate_limited(
+        self, state: KedaState, now: float, cur: int, stabilized: int
+    ) -> tuple[int, KedaState]:
+        """The scaling policies' rate limits, relative to the replicas at the
+        start of each policy period."""
+        cfg = self.config
         changes = tuple(
             (t, n)
             for t, n in state.changes
@@ -245,13 +276,10 @@ class KedaPolicy(Policy[KedaState]):
             final = max(stabilized, limit)
         else:
             final = cur
-        final = min(max(final, floor), cfg.max_capacity)
+        final = min(max(final, max(cfg.min_capacity, 1)), cfg.max_capacity)
         if final != cur:
             changes = (*changes, (now, cur))
-        state = replace(state, changes=changes)
-        if final == cur and want != cur:
-            why += f"; held at {cur} by the stabilization window"
-        return Decision.to(cur, final, why), state
+        return final, replace(state, changes=changes)
 
 
 # --------------------------------------------------------------------------- static
@@ -281,7 +309,19 @@ class StaticPolicy(Policy[None]):
         return Decision.to(snapshot.desired, self.config.capacity, "static"), None
 
 
+TARGET_TRACKING = PolicySpec(
+    name="target-tracking", config=TargetTrackingConfig, build=TargetTrackingPolicy
+)
+"""``[policy] kind = "target-tracking"``."""
+KEDA = PolicySpec(name="keda", config=KedaConfig, build=KedaPolicy)
+"""``[policy] kind = "keda"``."""
+STATIC = PolicySpec(name="static", config=StaticConfig, build=StaticPolicy)
+"""``[policy] kind = "static"``."""
+
 __all__ = [
+    "KEDA",
+    "STATIC",
+    "TARGET_TRACKING",
     "KedaConfig",
     "KedaPolicy",
     "KedaState",

@@ -7,11 +7,11 @@ A minimal file::
     poll_interval_s = 5.0
 
     [policy]
-    kind = "default"          # default | target-tracking | keda | static
+    kind = "default"          # built in: default | target-tracking | keda | static
     # ...that policy's own parameters, passed through unchanged
 
     [actuator]
-    kind = "ec2"              # ec2 | local | dry-run
+    kind = "ec2"              # built in: ec2 | local | dry-run
     group_name = "fleet-workers"
     region = "us-east-1"
 
@@ -25,23 +25,17 @@ field as ``location: reason``.
 
 from __future__ import annotations
 
-import sys
-import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 
+from autoscaler.actuators.base import ActuatorConfigBase
+from autoscaler.registry import ACTUATORS, POLICIES, config_lines, unknown_kind
+from fleet.config_file import bad_fields, error_lines, read_toml
 from fleet.contract import check_model_name
-from fleet.errors import ConfigError, InvalidArgument
-
-PolicyKind = Literal["default", "target-tracking", "keda", "static"]
-BROKER_SCHEMES = ("memory", "amqp", "amqps", "kafka")
-
-
-def default_worker_command() -> list[str]:
-    """``python -m fleet worker`` with the interpreter running the autoscaler."""
-    return [sys.executable, "-m", "fleet", "worker"]
+from fleet.errors import InvalidArgument
+from fleet.transport import TRANSPORTS
 
 
 class _Section(BaseModel):
@@ -51,83 +45,27 @@ class _Section(BaseModel):
 class PolicySection(BaseModel):
     """``[policy]``: which policy decides, and its parameters.
 
-    ``kind`` picks the policy; every other key in the table is handed unchanged
-    to that policy's own configuration class, which validates it (an unknown or
-    bad parameter is reported as ``policy.<name>``).
+    ``kind`` names a policy of :data:`autoscaler.registry.POLICIES`; every
+    other key in the table is handed unchanged to that policy's own
+    configuration class, which validates it (an unknown or bad parameter is
+    reported as ``policy.<name>``).
     """
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    kind: PolicyKind = "default"
+    kind: str = "default"
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        if value not in POLICIES:
+            raise ValueError(unknown_kind(POLICIES, value))
+        return value
 
     @property
     def params(self) -> dict[str, Any]:
         """The policy's parameters: every key of the table except ``kind``."""
         return dict(self.model_extra or {})
-
-
-class Ec2ActuatorConfig(_Section):
-    """``[actuator] kind = "ec2"``: an EC2 Auto Scaling Group's desired capacity."""
-
-    kind: Literal["ec2"]
-    group_name: str = Field(min_length=1, max_length=255)
-    """The Auto Scaling Group's name."""
-    region: str = Field(default="us-east-1", min_length=1)
-    """The AWS region of the group."""
-    endpoint_url: str | None = None
-    """Another Auto Scaling endpoint (a local emulator in tests); ``None``: AWS."""
-    instance_protection: bool = False
-    """Protect in-service instances from scale-in and unprotect only the ones
-    chosen to go (the least busy by their heartbeats), so the group never
-    terminates a worker that is busy."""
-    max_attempts: int = Field(default=6, ge=1, le=20)
-    """Attempts per AWS call when throttled or the endpoint is unreachable."""
-    backoff_base_s: float = Field(default=0.2, gt=0, le=30)
-    """First retry delay; doubles each attempt, with full jitter."""
-    backoff_max_s: float = Field(default=5.0, gt=0, le=120)
-    """Cap on one retry delay."""
-
-
-class LocalActuatorConfig(_Section):
-    """``[actuator] kind = "local"``: ``fleet worker`` processes on this machine."""
-
-    kind: Literal["local"]
-    models_dir: Path
-    """The model repository the workers serve (``--models``)."""
-    command: list[str] = Field(default_factory=default_worker_command, min_length=1)
-    """The worker command; ``--broker``, ``--models``, ``--worker-id`` and
-    ``--http-port 0`` are appended. Default: this interpreter's ``-m fleet worker``."""
-    extra_args: list[str] = Field(default_factory=list)
-    """More arguments appended after the standard ones."""
-    max_workers: int = Field(default=4, ge=1, le=256)
-    """Hard cap on worker processes (the local equivalent of a group's MaxSize)."""
-    min_workers: int = Field(default=0, ge=0)
-    """Floor on worker processes (the local equivalent of a group's MinSize)."""
-    grace_period_s: float = Field(default=30.0, gt=0)
-    """How long a worker sent SIGTERM may take to drain before it is killed."""
-    log_dir: Path | None = None
-    """Where each worker's output goes (``<worker_id>.log``); ``None``: inherited."""
-    env: dict[str, str] = Field(default_factory=dict)
-    """Extra environment for the workers, e.g. ``{ FLEET_HEARTBEAT_INTERVAL = "1" }``."""
-    restart_backoff_s: float = Field(default=1.0, ge=0)
-    """Delay before a worker that died unexpectedly is replaced (doubles while
-    workers keep dying, up to 60 s)."""
-
-
-class DryRunActuatorConfig(_Section):
-    """``[actuator] kind = "dry-run"``: decides and logs; changes nothing."""
-
-    kind: Literal["dry-run"]
-    initial_capacity: int = Field(default=0, ge=0)
-    """The capacity it pretends is in service at start."""
-    max_capacity: int | None = Field(default=None, ge=0)
-    """Optional clamp, to rehearse a group's MaxSize."""
-
-
-ActuatorConfig = Annotated[
-    Ec2ActuatorConfig | LocalActuatorConfig | DryRunActuatorConfig,
-    Field(discriminator="kind"),
-]
 
 
 class MetricsConfig(_Section):
@@ -171,15 +109,17 @@ class AutoscalerConfig(_Section):
     """Declare the watched models' queues/topics at start, so requests can wait
     for the first worker (scale from zero)."""
     policy: PolicySection = Field(default_factory=PolicySection)
-    actuator: ActuatorConfig
+    actuator: SerializeAsAny[ActuatorConfigBase]
+    """Validated by the model of the actuator its ``kind`` names (see
+    :func:`parse_config`)."""
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
 
     @field_validator("broker")
     @classmethod
     def _broker_scheme(cls, value: str) -> str:
         scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in BROKER_SCHEMES:
-            raise ValueError(f"must be a URL with scheme {', '.join(BROKER_SCHEMES)}")
+        if scheme not in TRANSPORTS:
+            raise ValueError(f"must be a URL with scheme {', '.join(TRANSPORTS.names())}")
         return value
 
     @field_validator("models")
@@ -195,93 +135,67 @@ class AutoscalerConfig(_Section):
         return value
 
 
-def _location(loc: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        elif item in ("ec2", "local", "dry-run") and parts == ["actuator"]:
-            continue  # the discriminated union's tag adds nothing for a reader
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(file)"
-
-
-def format_errors(exc: ValidationError, *, prefix: str = "") -> list[str]:
-    """One ``location: reason`` line per bad field."""
-    lines = []
-    for err in exc.errors(include_url=False):
-        loc = _location(tuple(err["loc"]))
-        if prefix:
-            loc = prefix if loc == "(file)" else f"{prefix}.{loc}"
-        msg = str(err["msg"])
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field"
-        lines.append(f"{loc}: {msg}")
-    return lines
-
-
 def parse_config(data: dict[str, Any], *, source: str = "<config>") -> AutoscalerConfig:
-    """Validate a parsed TOML document (``source`` names it in errors)."""
+    """Validate a parsed TOML document (``source`` names it in errors); every
+    bad field, the policy's and the actuator's included, is listed at once."""
+    actuator, lines = _actuator(data)
+    top = {k: v for k, v in data.items() if k != "actuator"}
+    if actuator is not None:
+        top["actuator"] = actuator
     try:
-        cfg = AutoscalerConfig.model_validate(data)
+        cfg = AutoscalerConfig.model_validate(top)
     except ValidationError as exc:
-        lines = format_errors(exc)
-        policy = data.get("policy")
-        if isinstance(policy, dict) and not any(ln.startswith("policy") for ln in lines):
-            lines += _policy_errors(policy)  # every bad field at once, the policy's too
-        raise ConfigError(
-            f"{source}: {len(lines)} bad field(s):\n  " + "\n  ".join(lines)
-        ) from None
-    lines = _policy_errors(cfg.policy)
-    if lines:
-        raise ConfigError(f"{source}: {len(lines)} bad field(s):\n  " + "\n  ".join(lines))
+        found = error_lines(exc)
+        if "actuator" in data:  # reported above, not as missing
+            found = [ln for ln in found if not ln.startswith("actuator")]
+        lines = found + lines
+        cfg = None
+    policy = data.get("policy", {})
+    if isinstance(policy, dict) and not any(ln.startswith("policy") for ln in lines):
+        lines += _policy_lines(policy)
+    if lines or cfg is None:
+        raise bad_fields(source, lines)
     return cfg
 
 
-def _policy_errors(policy: PolicySection | dict[str, Any]) -> list[str]:
-    # Build the policy once so that a bad policy parameter is reported at load
-    # time, like every other field. A policy module that is not installed is
-    # reported by build_policy when the autoscaler starts.
-    from autoscaler.factory import PolicyUnavailable, build_policy
+def _actuator(data: dict[str, Any]) -> tuple[ActuatorConfigBase | None, list[str]]:
+    """The ``[actuator]`` table validated by its kind's model, or the lines
+    naming what is wrong with it (none when it is absent)."""
+    if "actuator" not in data:
+        return None, []
+    table = data["actuator"]
+    if not isinstance(table, dict):
+        return None, ["actuator: Input should be a valid dictionary"]
+    kind = table.get("kind")
+    if kind is None:
+        return None, ["actuator.kind: Field required"]
+    if not isinstance(kind, str) or kind not in ACTUATORS:
+        return None, [f"actuator.kind: {unknown_kind(ACTUATORS, kind)}"]
+    config = ACTUATORS.get(kind).config
+    lines = config_lines(config, table, prefix="actuator")
+    if lines:
+        return None, lines
+    return ACTUATORS.get(kind).parse(table), []
 
-    try:
-        section = (
-            policy if isinstance(policy, PolicySection) else PolicySection.model_validate(policy)
-        )
-        build_policy(section)
-    except (PolicyUnavailable, ValidationError):
+
+def _policy_lines(policy: dict[str, Any]) -> list[str]:
+    """Bad parameters of a ``[policy]`` table whose kind is known."""
+    kind = policy.get("kind", "default")
+    if not isinstance(kind, str) or kind not in POLICIES:
         return []
-    except ConfigError as exc:
-        return [ln.strip() for ln in exc.message.splitlines()[1:] if ln.strip()] or [exc.message]
-    return []
+    params = {k: v for k, v in policy.items() if k != "kind"}
+    return config_lines(POLICIES.get(kind).config, params, prefix="policy")
 
 
 def load_config(path: str | Path) -> AutoscalerConfig:
     """Read and validate a TOML configuration file."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    return parse_config(data, source=str(p))
+    return parse_config(read_toml(path), source=str(Path(path)))
 
 
 __all__ = [
-    "ActuatorConfig",
     "AutoscalerConfig",
-    "DryRunActuatorConfig",
-    "Ec2ActuatorConfig",
-    "LocalActuatorConfig",
     "MetricsConfig",
-    "PolicyKind",
     "PolicySection",
-    "default_worker_command",
-    "format_errors",
     "load_config",
     "parse_config",
 ]

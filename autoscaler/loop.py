@@ -13,11 +13,14 @@ from collections.abc import Callable
 from typing import Any
 
 from autoscaler.actuators.base import Actuator
+from autoscaler.config import AutoscalerConfig
+from autoscaler.factory import build_actuator, build_policy
 from autoscaler.metrics import AutoscalerMetrics, CloudWatchPublisher, MetricsServer
 from autoscaler.signals import Signals
 from autoscaler.types import Decision, Policy, Snapshot
 from fleet.errors import FleetError
 from fleet.logging import get_logger
+from fleet.transport import connect
 from fleet.transport.base import Transport
 
 log = get_logger("autoscaler.loop")
@@ -91,29 +94,48 @@ class Autoscaler:
         try:
             capacity = await self.actuator.capacity()
         except FleetError as exc:
-            # without capacity there is nothing to decide from: hold, say why
-            self.metrics.errors.labels(stage="capacity").inc()
-            prev = self.last_decision.desired if self.last_decision is not None else 0
-            decision = Decision(
-                desired=prev, direction="hold", reasons=(f"capacity unreadable: {exc.message}",)
-            )
-            log.error(
-                "autoscaler.decision",
-                desired=decision.desired,
-                direction=decision.direction,
-                reasons=list(decision.reasons),
-                backlog=None,
-                arrival_rate=None,
-                in_service=None,
-                pending=None,
-            )
-            self.metrics.decisions.labels(direction="hold").inc()
-            self.last_decision = decision
-            self.decisions += 1
-            return decision
-
+            return self._capacity_unreadable(exc)
         snapshot = await self.signals.collect(capacity)
         decision, self.state = self.policy.decide(snapshot, self.state)
+        final, error = await self._apply(snapshot, decision)
+        self._log(snapshot, final, error)
+        self.metrics.observe(snapshot, final)
+        if self.cloudwatch is not None:
+            await self.cloudwatch.publish(snapshot, final)
+        self.last_snapshot = snapshot
+        self._record(final)
+        if self.on_decision is not None:
+            self.on_decision(snapshot, final)
+        return final
+
+    def _record(self, decision: Decision) -> None:
+        self.last_decision = decision
+        self.decisions += 1
+
+    def _capacity_unreadable(self, exc: FleetError) -> Decision:
+        """Without capacity there is nothing to decide from: hold, say why."""
+        self.metrics.errors.labels(stage="capacity").inc()
+        prev = self.last_decision.desired if self.last_decision is not None else 0
+        decision = Decision(
+            desired=prev, direction="hold", reasons=(f"capacity unreadable: {exc.message}",)
+        )
+        log.error(
+            "autoscaler.decision",
+            desired=decision.desired,
+            direction=decision.direction,
+            reasons=list(decision.reasons),
+            backlog=None,
+            arrival_rate=None,
+            in_service=None,
+            pending=None,
+        )
+        self.metrics.decisions.labels(direction="hold").inc()
+        self._record(decision)
+        return decision
+
+    async def _apply(self, snapshot: Snapshot, decision: Decision) -> tuple[Decision, str | None]:
+        """Ask the actuator for a changed capacity; the decision as applied
+        (clamped, or held when it failed) and the error, if any."""
         reasons = tuple(decision.reasons)
         applied = decision.desired
         error: str | None = None
@@ -135,8 +157,10 @@ class Autoscaler:
             and decision.desired != snapshot.desired
         ):
             direction = "hold"  # clamped or failed to no change at all
-        final = Decision(desired=applied, direction=direction, reasons=reasons)
+        return Decision(desired=applied, direction=direction, reasons=reasons), error
 
+    def _log(self, snapshot: Snapshot, final: Decision, error: str | None) -> None:
+        """The one ``autoscaler.decision`` line of a poll."""
         fields: dict[str, Any] = {
             "desired": final.desired,
             "direction": final.direction,
@@ -148,22 +172,12 @@ class Autoscaler:
             "in_service": snapshot.in_service,
             "pending": snapshot.pending,
             "previous_desired": snapshot.desired,
-            "policy": getattr(self.policy, "name", type(self.policy).__name__),
+            "policy": self.policy.name,
         }
         if error is not None:
             log.error("autoscaler.decision", **fields)
         else:
             log.info("autoscaler.decision", **fields)
-
-        self.metrics.observe(snapshot, final)
-        if self.cloudwatch is not None:
-            await self.cloudwatch.publish(snapshot, final)
-        self.last_snapshot = snapshot
-        self.last_decision = final
-        self.decisions += 1
-        if self.on_decision is not None:
-            self.on_decision(snapshot, final)
-        return final
 
     async def run(self, stop_event: asyncio.Event) -> None:
         """Poll every ``poll_interval_s`` (measured start to start) until
@@ -181,14 +195,11 @@ class Autoscaler:
                 await asyncio.wait_for(stop_event.wait(), timeout=delay)
 
 
-async def from_config(cfg: Any) -> Autoscaler:
-    """Build (not start) the autoscaler an :class:`AutoscalerConfig` describes."""
-    from autoscaler.config import AutoscalerConfig, Ec2ActuatorConfig
-    from autoscaler.factory import build_actuator, build_policy
-    from fleet.transport import connect
-
-    assert isinstance(cfg, AutoscalerConfig)
+async def from_config(cfg: AutoscalerConfig) -> Autoscaler:
+    """Build (not start) the autoscaler an :class:`AutoscalerConfig` describes:
+    the policy and the actuator its kinds name, a connected transport."""
     policy = build_policy(cfg.policy)
+    actuator = build_actuator(cfg)
     transport = connect(cfg.broker)
     await transport.connect()
     signals = Signals(
@@ -199,35 +210,35 @@ async def from_config(cfg: Any) -> Autoscaler:
         min_busy_fraction=cfg.min_busy_fraction,
         declare_queues=cfg.declare_queues,
     )
-    actuator = build_actuator(cfg)
     metrics = AutoscalerMetrics()
-    server = (
-        MetricsServer(metrics, host=cfg.metrics.host, port=cfg.metrics.port)
-        if cfg.metrics.enabled
-        else None
-    )
-    cloudwatch = None
-    if cfg.metrics.cloudwatch_namespace:
-        region = cfg.metrics.cloudwatch_region or (
-            cfg.actuator.region if isinstance(cfg.actuator, Ec2ActuatorConfig) else "us-east-1"
-        )
-        cloudwatch = CloudWatchPublisher(
-            cfg.metrics.cloudwatch_namespace,
-            region=region,
-            endpoint_url=cfg.metrics.cloudwatch_endpoint_url,
-            dimensions=cfg.metrics.cloudwatch_dimensions,
-        )
-    scaler = Autoscaler(
+    return Autoscaler(
         policy=policy,
         actuator=actuator,
         signals=signals,
         poll_interval_s=cfg.poll_interval_s,
         metrics=metrics,
-        server=server,
-        cloudwatch=cloudwatch,
+        server=_server(cfg, metrics),
+        cloudwatch=_cloudwatch(cfg),
         transport=transport,
     )
-    return scaler
+
+
+def _server(cfg: AutoscalerConfig, metrics: AutoscalerMetrics) -> MetricsServer | None:
+    if not cfg.metrics.enabled:
+        return None
+    return MetricsServer(metrics, host=cfg.metrics.host, port=cfg.metrics.port)
+
+
+def _cloudwatch(cfg: AutoscalerConfig) -> CloudWatchPublisher | None:
+    if not cfg.metrics.cloudwatch_namespace:
+        return None
+    region = cfg.metrics.cloudwatch_region or cfg.actuator.aws_region() or "us-east-1"
+    return CloudWatchPublisher(
+        cfg.metrics.cloudwatch_namespace,
+        region=region,
+        endpoint_url=cfg.metrics.cloudwatch_endpoint_url,
+        dimensions=cfg.metrics.cloudwatch_dimensions,
+    )
 
 
 __all__ = ["Autoscaler", "from_config"]

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from autoscaler.types import Decision, Snapshot
+from fleet import aws
 from fleet.logging import get_logger
 
 if TYPE_CHECKING:
@@ -151,13 +152,12 @@ class CloudWatchPublisher:
         self.dimensions = [{"Name": k, "Value": v} for k, v in (dimensions or {}).items()]
         if client is None:
             import boto3
-            from botocore.config import Config
 
             client = boto3.client(
                 "cloudwatch",
                 region_name=region,
                 endpoint_url=endpoint_url,
-                config=Config(retries={"total_max_attempts": 2, "mode": "standard"}),
+                config=aws.client_config(max_attempts=2),
             )
         self.client = client
         self.failures = 0

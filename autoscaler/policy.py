@@ -40,6 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from autoscaler.registry import PolicySpec
 from autoscaler.types import Decision, Policy, Snapshot
 
 
@@ -151,7 +152,36 @@ class DefaultPolicy(Policy[PolicyState]):
         s = snapshot
         now, cur = s.now, s.desired
         per = s.per_instance_rps if s.per_instance_rps is not None else cfg.per_instance_rps
+        if s.backlog is None or s.arrival_rate is None or per is None:
+            return self._without_data(s, per, state)
+        idle = s.backlog == 0 and s.arrival_rate <= 0.0
+        idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
+        need, reasons = self._need(s, s.backlog, s.arrival_rate, per)
+        floor = self._floor(now, idle_since, reasons)
+        target = min(max(math.ceil(need - 1e-9), floor), cfg.max_capacity)
+        state, prewarm = self._surges(state, now, need)
+        if prewarm > target:
+            target = min(prewarm, cfg.max_capacity)
+            reasons.append(f"surge due every {self._period(state):.0f}s: pre-warm {target}")
+        if self._within_tolerance(cur, target, floor, prewarm, need):
+            reasons.append(f"within the {cfg.tolerance:.0%} tolerance band of {cur}")
+            target = cur
+        target, window = self._stabilized(state, now, cur, target, reasons)
+        state = replace(state, recommendations=window, idle_since=idle_since)
+        return self._limited(state, now, cur, target, reasons)
 
+    def _without_data(
+        self, s: Snapshot, per: float | None, state: PolicyState
+    ) -> tuple[Decision, PolicyState]:
+        """Hold when a signal is missing; an empty fleet with a backlog gets
+        its first instances all the same."""
+        cur = s.desired
+        if cur == 0 and s.backlog is not None and s.backlog > 0:
+            want = max(1, self.config.min_capacity)
+            return (
+                Decision.to(cur, want, f"backlog {s.backlog} and no capacity: start {want}"),
+                replace(state, last_out_at=s.now, idle_since=None),
+            )
         missing = [
             name
             for name, value in (
@@ -161,24 +191,15 @@ class DefaultPolicy(Policy[PolicyState]):
             )
             if value is None
         ]
-        if missing:
-            if cur == 0 and s.backlog is not None and s.backlog > 0:
-                want = max(1, cfg.min_capacity)
-                return (
-                    Decision.to(cur, want, f"backlog {s.backlog} and no capacity: start {want}"),
-                    replace(state, last_out_at=now, idle_since=None),
-                )
-            why = f"{', '.join(missing)} unknown: hold (never scale in on missing data)"
-            return Decision.hold(cur, why), state
-        assert s.backlog is not None and s.arrival_rate is not None and per is not None
-        backlog, arrival = s.backlog, s.arrival_rate
-        reasons: list[str] = []
+        why = f"{', '.join(missing)} unknown: hold (never scale in on missing data)"
+        return Decision.hold(cur, why), state
 
-        # -- idle time, for scale to zero
-        idle = backlog == 0 and arrival <= 0.0
-        idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
-
-        # -- what the load needs
+    def _need(
+        self, s: Snapshot, backlog: int, arrival: float, per: float
+    ) -> tuple[float, list[str]]:
+        """Instances the load needs (throughput and backlog, or utilization,
+        whichever is higher), and the reasons that say so."""
+        cfg = self.config
         rate_need = arrival / (per * cfg.target_load)
         drain_need = backlog / (per * cfg.drain_time_s)
         need = rate_need + drain_need
@@ -195,35 +216,38 @@ class DefaultPolicy(Policy[PolicyState]):
                     f"utilization {util:.0%} of {s.in_service} in service,"
                     f" target {cfg.target_utilization:.0%} = {util_need:.2f}"
                 )
-        reasons.append(f"need {need:.2f}: {basis}")
+        reasons = [f"need {need:.2f}: {basis}"]
         if s.pending:
             reasons.append(f"{s.pending} booting counted as coming capacity")
+        return need, reasons
 
-        # -- the floor and the ceiling
-        floor = max(cfg.min_capacity, 1)
+    def _floor(self, now: float, idle_since: float | None, reasons: list[str]) -> int:
+        """``min_capacity`` (at least 1), or 0 once idle long enough to scale to zero."""
+        cfg = self.config
         if cfg.scale_to_zero and idle_since is not None and now - idle_since >= cfg.idle_to_zero_s:
-            floor = 0
             reasons.append(f"idle for {now - idle_since:.0f}s: scale to zero")
-        target = min(max(math.ceil(need - 1e-9), floor), cfg.max_capacity)
+            return 0
+        return max(cfg.min_capacity, 1)
 
-        # -- recurring surges
-        state, prewarm = self._surges(state, now, need)
-        if prewarm > target:
-            target = min(prewarm, cfg.max_capacity)
-            reasons.append(f"surge due every {self._period(state):.0f}s: pre-warm {target}")
-
-        # -- tolerance band (only for changes the demand asks for)
-        if (
+    def _within_tolerance(
+        self, cur: int, target: int, floor: int, prewarm: int, need: float
+    ) -> bool:
+        """Whether a change the demand asks for is within the tolerance band."""
+        cfg = self.config
+        return (
             cur > 0
             and target != cur
             and floor <= cur <= cfg.max_capacity
             and prewarm <= cur
             and abs(need / cur - 1.0) <= cfg.tolerance
-        ):
-            reasons.append(f"within the {cfg.tolerance:.0%} tolerance band of {cur}")
-            target = cur
+        )
 
-        # -- scale-in stabilization window
+    def _stabilized(
+        self, state: PolicyState, now: float, cur: int, target: int, reasons: list[str]
+    ) -> tuple[int, tuple[tuple[float, int], ...]]:
+        """Scale in only to the highest count recommended within the window;
+        returns the target and the window's recommendations, this one added."""
+        cfg = self.config
         window = tuple(
             (t, n) for t, n in state.recommendations if now - t < cfg.scale_in_stabilization_s
         )
@@ -236,9 +260,13 @@ class DefaultPolicy(Policy[PolicyState]):
                     f" within {cfg.scale_in_stabilization_s:.0f}s"
                 )
                 target = min(highest, cur)
-        state = replace(state, recommendations=window, idle_since=idle_since)
+        return target, window
 
-        # -- cooldowns and steps
+    def _limited(
+        self, state: PolicyState, now: float, cur: int, target: int, reasons: list[str]
+    ) -> tuple[Decision, PolicyState]:
+        """The cooldowns, one per direction, and the step limits."""
+        cfg = self.config
         if target > cur:
             if cur == 0:
                 reasons.append("scale from zero")
@@ -308,4 +336,7 @@ class DefaultPolicy(Policy[PolicyState]):
         return state, 0
 
 
-__all__ = ["DefaultPolicy", "PolicyConfig", "PolicyState"]
+SPEC = PolicySpec(name="default", config=PolicyConfig, build=DefaultPolicy)
+"""``[policy] kind = "default"``."""
+
+__all__ = ["SPEC", "DefaultPolicy", "PolicyConfig", "PolicyState"]

@@ -8,7 +8,8 @@
   message, so message counts are scaled by the mean requests per message the
   live workers report in their heartbeats.
 - **arrival rate**: requests/s offered, an EWMA of the transport's
-  ``produce_rate(model)`` where it has one, else of
+  ``produce_rate(model)`` where it can read one (:class:`ProduceRateReader`,
+  :attr:`Capability.PRODUCE_RATE`), else of
   ``Δbacklog/Δt + answer rate`` (the answer rate from the heartbeats'
   ``answered_total`` counters).
 - **per-instance throughput, busy fraction, GPU utilization**: from heartbeats
@@ -23,18 +24,17 @@ A signal that cannot be read is ``None``, never 0.
 
 from __future__ import annotations
 
-import inspect
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autoscaler.actuators.base import Capacity
+from autoscaler.ewma import Ewma
 from autoscaler.types import Snapshot
 from fleet.errors import DecodeError, FleetError
 from fleet.heartbeat import Heartbeat
 from fleet.logging import get_logger
-from fleet.transport.base import Consumer, Depth, Transport
+from fleet.transport.base import Capability, Consumer, Depth, ProduceRateReader, Transport
 
 log = get_logger("autoscaler.signals")
 
@@ -48,23 +48,6 @@ class _Worker:
     beat: Heartbeat
     received_at: float  # monotonic
     answer_rate: float | None = None  # from the last two distinct heartbeats
-
-
-class Ewma:
-    """Exponentially weighted moving average over irregular samples, with a
-    time constant (0: the latest sample)."""
-
-    def __init__(self, time_constant_s: float) -> None:
-        self.tau = time_constant_s
-        self.value: float | None = None
-
-    def update(self, sample: float, dt: float) -> float:
-        if self.value is None or self.tau <= 0:
-            self.value = sample
-        else:
-            alpha = 1.0 - math.exp(-max(dt, 0.0) / self.tau)
-            self.value += alpha * (sample - self.value)
-        return self.value
 
 
 class Signals:
@@ -192,22 +175,22 @@ class Signals:
         total = round(messages * self._per_message(live))
         # Kafka lag (end offset - committed) already counts what workers hold
         # uncommitted; elsewhere an unknown in-flight count is the workers' sum.
-        if unknown_in_flight and getattr(self.transport, "scheme", "") != "kafka":
+        if unknown_in_flight and not self.transport.can(Capability.LAG_COUNTS_IN_FLIGHT):
             total += sum(
                 b.in_flight for b in live if not b.models or set(b.models) & unknown_in_flight
             )
         return total
 
     async def _produce_rate(self) -> float | None:
-        fn = getattr(self.transport, "produce_rate", None)
-        if fn is None:
+        """Messages/s published for the watched models, where the transport
+        reads it from the broker (:attr:`Capability.PRODUCE_RATE`)."""
+        reader = self.transport
+        if not reader.can(Capability.PRODUCE_RATE) or not isinstance(reader, ProduceRateReader):
             return None
         total = 0.0
         for model in self.models:
             try:
-                value = fn(model)
-                if inspect.isawaitable(value):
-                    value = await value
+                value = await reader.produce_rate(model)
             except FleetError as exc:
                 log.warning("produce rate unreadable", model=model, error=repr(exc))
                 return None
@@ -269,4 +252,4 @@ class Signals:
         )
 
 
-__all__ = ["STALE_INTERVALS", "Ewma", "HeartbeatListener", "Signals"]
+__all__ = ["STALE_INTERVALS", "HeartbeatListener", "Signals"]

@@ -37,7 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fleet.demo import wait_model_served  # noqa: E402
+from fleet.worker_command import worker_argv, worker_command  # noqa: E402
+from fleetctl.demo import wait_model_served  # noqa: E402
 
 MODEL = "mlp"
 WIDTH = 256
@@ -207,22 +208,12 @@ def bench_fleet(
     label: str, broker: str, models: Path, duration: float, in_flight: int, clients: int
 ) -> list[Row]:
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "fleet",
-            "--log-level",
-            "WARNING",
-            "worker",
-            "--broker",
-            broker,
-            "--models",
-            str(models),
-            "--worker-id",
-            "bench",
-            "--http-port",
-            "0",
-        ],
+        worker_argv(
+            broker=broker,
+            models=models,
+            worker_id="bench",
+            command=worker_command(log_level="WARNING"),
+        ),
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:

@@ -206,23 +206,7 @@ class Client:
             parameters=dict(parameters or {}),
             sent_at=now,
         )
-        if req.id in self._pending:
-            raise InvalidArgument(f"request id {req.id!r} is already in flight")
-        body = wire.encode_request_body(req)
-        size = sum(len(b) for b in body)
-        if size > self.max_message_bytes:
-            raise LimitExceeded(
-                f"request of {size} bytes is over the limit of {self.max_message_bytes}"
-            )
-        pending = _Pending(
-            id=req.id,
-            model=model,
-            priority=req.priority,
-            body=body,
-            size=size,
-            deadline=req.deadline,
-            future=asyncio.get_running_loop().create_future(),
-        )
+        pending = self._pending_for(req)
         self._pending[req.id] = pending
         self._enqueue(pending)
         try:
@@ -235,6 +219,26 @@ class Client:
             raise DeadlineExceeded(f"{model}: no reply within {wait:.3g}s") from None
         finally:
             self._pending.pop(req.id, None)
+
+    def _pending_for(self, req: Request) -> _Pending:
+        """The encoded request, checked against the client's limits."""
+        if req.id in self._pending:
+            raise InvalidArgument(f"request id {req.id!r} is already in flight")
+        body = wire.encode_request_body(req)
+        size = sum(len(b) for b in body)
+        if size > self.max_message_bytes:
+            raise LimitExceeded(
+                f"request of {size} bytes is over the limit of {self.max_message_bytes}"
+            )
+        return _Pending(
+            id=req.id,
+            model=req.model,
+            priority=req.priority,
+            body=body,
+            size=size,
+            deadline=req.deadline,
+            future=asyncio.get_running_loop().create_future(),
+        )
 
     # ------------------------------------------------------------------ publishing
     def _enqueue(self, p: _Pending) -> None:

@@ -13,7 +13,8 @@
 #   3. terraform validate and terraform test (mocked AWS provider), only where a
 #      terraform >= 1.9 and the AWS provider are already on this machine (a
 #      plugin directory); the registry is never contacted. Otherwise one line:
-#      "terraform validate/test: skipped: <reason>".
+#      "terraform validate/test: skipped: <reason>", and under CI=true a
+#      failure: CI never passes without them.
 #   4. hadolint on deploy/docker/Dockerfile and Dockerfile.cpu
 #   5. shellcheck on scripts/*.sh and the rendered user-data templates
 #
@@ -165,7 +166,9 @@ elif ! plugin_dir="$(find_plugin_dir)"; then
     skip_reason="the hashicorp/aws provider is not installed in a local plugin directory (set TF_PLUGIN_DIR)"
 fi
 
-if [[ -n "$skip_reason" ]]; then
+if [[ -n "$skip_reason" && "${CI:-}" =~ ^(1|true|yes)$ ]]; then
+    fail "terraform validate/test: $skip_reason (CI=true: a missing provider is a failure)"
+elif [[ -n "$skip_reason" ]]; then
     echo "terraform validate/test: skipped: $skip_reason"
 else
     say "terraform validate and test ($validate_tf, providers from $plugin_dir)"

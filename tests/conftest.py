@@ -12,12 +12,15 @@ tier whose broker is missing fails; elsewhere it is skipped with the reason.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -26,8 +29,29 @@ from fleet.transport.memory import MemoryBroker
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-_ENV = {"amqp": "FLEET_TEST_AMQP_URL", "kafka": "FLEET_TEST_KAFKA_URL"}
-_RESTART_ENV = {"amqp": "FLEET_TEST_AMQP_RESTART", "kafka": "FLEET_TEST_KAFKA_RESTART"}
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BrokerKind:
+    """One kind of broker the tiers run against."""
+
+    mark: pytest.MarkDecorator  # the tier its tests belong to
+    url_env: str | None = None  # the variable naming its URL; None: embedded
+    restart_env: str | None = None  # the variable holding its restart command
+
+
+BROKERS: dict[str, BrokerKind] = {
+    "memory": BrokerKind(mark=pytest.mark.memory),
+    "amqp": BrokerKind(
+        mark=pytest.mark.rabbitmq,
+        url_env="FLEET_TEST_AMQP_URL",
+        restart_env="FLEET_TEST_AMQP_RESTART",
+    ),
+    "kafka": BrokerKind(
+        mark=pytest.mark.kafka,
+        url_env="FLEET_TEST_KAFKA_URL",
+        restart_env="FLEET_TEST_KAFKA_RESTART",
+    ),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +63,7 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     gc.collect()
 
 
-def missing(what: str) -> None:
+def missing(what: str) -> NoReturn:
     """Fail under CI, skip elsewhere: a tier never passes for lack of a service."""
     if IN_CI:
         pytest.fail(f"{what} (CI=true: a missing service is a failure)", pytrace=False)
@@ -47,22 +71,17 @@ def missing(what: str) -> None:
 
 
 def broker_url_for(kind: str) -> str:
-    if kind == "memory":
-        return f"memory://test-{uuid.uuid4().hex[:8]}"
-    url = os.environ.get(_ENV[kind])
+    env = BROKERS[kind].url_env
+    if env is None:
+        return f"{kind}://test-{uuid.uuid4().hex[:8]}"
+    url = os.environ.get(env)
     if not url:
-        missing(f"{_ENV[kind]} is not set; run scripts/test.sh to start a local {kind} broker")
+        missing(f"{env} is not set; run scripts/test.sh to start a local {kind} broker")
     assert url is not None
     return url
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("memory", marks=pytest.mark.memory),
-        pytest.param("amqp", marks=pytest.mark.rabbitmq),
-        pytest.param("kafka", marks=pytest.mark.kafka),
-    ]
-)
+@pytest.fixture(params=[pytest.param(kind, marks=b.mark) for kind, b in BROKERS.items()])
 def broker_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -83,12 +102,11 @@ def restart_broker(broker_kind: str, broker_url: str) -> object:
         if broker_kind == "memory":
             await MemoryBroker.get(broker_url.removeprefix("memory://")).restart()
             return
-        cmd = os.environ.get(_RESTART_ENV[broker_kind])
+        env = BROKERS[broker_kind].restart_env
+        cmd = os.environ.get(env) if env else None
         if not cmd:
-            missing(f"{_RESTART_ENV[broker_kind]} is not set: cannot restart the broker")
+            missing(f"{env} is not set: cannot restart the broker")
         assert cmd is not None
-        import asyncio
-
         proc = await asyncio.create_subprocess_shell(cmd, stdout=subprocess.DEVNULL)
         rc = await proc.wait()
         assert rc == 0, f"restart command {cmd!r} exited {rc}"

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fleet.worker_command import worker_argv
 from worker.service import Worker, WorkerSettings
 
 
@@ -39,23 +39,12 @@ class WorkerProcess:
     """``fleet worker`` as a subprocess; ``ready`` once it logged so."""
 
     def __init__(self, broker: str, models: Path, worker_id: str, *extra: str) -> None:
-        self.argv = [
-            sys.executable,
-            "-m",
-            "fleet",
-            "worker",
-            "--broker",
-            broker,
-            "--models",
-            str(models),
-            "--worker-id",
-            worker_id,
-            "--http-port",
-            "0",
-            "--heartbeat-interval",
-            "0.5",
-            *extra,
-        ]
+        self.argv = worker_argv(
+            broker=broker,
+            models=models,
+            worker_id=worker_id,
+            extra=["--heartbeat-interval", "0.5", *extra],
+        )
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[dict[str, Any]] = []
         self._ready = asyncio.Event()

@@ -2,6 +2,7 @@
 
 Every field is optional::
 
+    runtime = "onnxruntime"      # the model runtime that loads the model (see worker.runtime)
     max_batch_size = 32          # rows per model run
     max_wait_ms = 2.0            # how long the batcher waits to fill a batch
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -14,7 +15,8 @@ Every field is optional::
     trt_cache_dir = "/var/cache/fleet/trt"
 
 Defaults that depend on other fields are filled in when the file is read, so a
-loaded :class:`ModelConfig` holds the values the runtime will use.
+loaded :class:`ModelConfig` holds the values the runtime will use. The
+fields after ``max_wait_ms`` are ONNX Runtime's; another runtime ignores them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from pydantic import (
     model_validator,
 )
 
-from fleet.errors import ConfigError
+from fleet.config_file import bad_fields, error_lines, read_toml
 
 CONFIG_FILE = "config.toml"
 
@@ -142,6 +143,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    runtime: str = Field(default="onnxruntime", min_length=1)
     max_batch_size: int = Field(default=32, ge=1, le=65536)
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=60_000.0)
     providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",), min_length=1)
@@ -210,40 +212,26 @@ class ModelConfig(BaseModel):
     @classmethod
     def from_toml(cls, path: Path) -> ModelConfig:
         """Read ``config.toml``; a missing file means every default."""
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
+        if not path.exists():
             return cls()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read: {exc}") from exc
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
-        return cls.from_mapping(data, source=str(path))
+        return cls.from_mapping(read_toml(path), source=str(path))
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any], *, source: str = "model config") -> ModelConfig:
+        """Validate ``data``; a :class:`~fleet.errors.ConfigError` lists every bad field."""
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ConfigError(f"{source}: {_describe(exc)}") from exc
+            raise bad_fields(source, _explain(exc)) from None
 
 
-def _describe(exc: ValidationError) -> str:
-    """One line per bad field, naming the field and what was wrong."""
+def _explain(exc: ValidationError) -> list[str]:
+    """``location: reason`` per bad field; an unknown field also lists the known ones."""
     known = ", ".join(ModelConfig.model_fields)
-    lines: list[str] = []
-    for err in exc.errors(include_url=False):
-        field = ".".join(str(part) for part in err["loc"]) or "(file)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown field {field!r} (known fields: {known})")
-            continue
-        message = err["msg"].removeprefix("Value error, ")
-        shown = err["type"] != "value_error" and "input" in err
-        got = f" (got {err['input']!r})" if shown else ""
-        lines.append(f"field {field!r}: {message}{got}")
-    return "; ".join(lines)
+    return [
+        f"{line} (known fields: {known})" if line.endswith(": unknown field") else line
+        for line in error_lines(exc)
+    ]
 
 
 __all__ = [

@@ -1,13 +1,15 @@
 """GPU utilization and name through NVML, for heartbeats and the TensorRT cache key.
 
-``pynvml`` (the ``nvidia-ml-py`` package) is imported on first use; without it,
-or without an NVIDIA GPU, every function returns None. The GPU is the first one
+``pynvml`` (the ``nvidia-ml-py`` package, the ``gpu`` extra) is imported on first
+use when it is installed; without it (reported once in the log), or without an
+NVIDIA GPU, every function returns None. The GPU is the first one
 this process sees: the first entry of ``CUDA_VISIBLE_DEVICES`` (an index or a
 UUID), else index 0.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from typing import Any
@@ -35,10 +37,11 @@ def _handle() -> tuple[Any, Any] | None:
 
 
 def _init() -> tuple[Any, Any]:
-    try:
-        import pynvml
-    except ImportError:
+    if importlib.util.find_spec("pynvml") is None:
+        log.info("no GPU metrics: pynvml is not installed (the gpu extra)")
         return None, None
+    import pynvml
+
     try:
         pynvml.nvmlInit()
         first = _first_visible()

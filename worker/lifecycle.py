@@ -14,25 +14,26 @@ so the instance goes at once instead of when the hook times out::
 
 The metadata service is read with IMDSv2 (a session token from
 ``PUT /latest/api/token``, then ``GET`` with the token header) and short
-timeouts. ``CompleteLifecycleAction`` runs boto3 in a thread, retries
-throttling and transient failures with backoff, and raises fleet errors:
-``ConfigError`` for missing permissions or credentials, ``Unavailable`` when
-the API cannot be reached, ``Internal`` when there is no lifecycle action to
-complete.
+timeouts. ``CompleteLifecycleAction`` runs boto3 in a thread; throttling,
+transient failures and an unreachable API are retried by botocore itself
+(:mod:`fleet.aws`: its ``standard`` retry mode, ``max_attempts`` attempts in
+all). What still fails raises a fleet error: ``ConfigError`` for missing
+permissions or credentials, ``Unavailable`` when the API cannot be reached or
+keeps throttling, ``Internal`` when there is no lifecycle action to complete.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, cast
 
 import aiohttp
 
-from fleet.errors import ConfigError, Internal, Unavailable
+from fleet import aws
+from fleet.errors import ConfigError, FleetError, Internal, Unavailable
 from fleet.logging import get_logger
 
 log = get_logger(__name__)
@@ -55,38 +56,6 @@ _TOKEN_REFRESH_MARGIN_S = 60.0
 _IMDS_TIMEOUT = aiohttp.ClientTimeout(total=2.0, connect=1.0)
 
 _RESULTS = frozenset({"CONTINUE", "ABANDON"})
-_THROTTLING = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "SlowDown",
-    }
-)
-_TRANSIENT = frozenset(
-    {
-        "InternalFailure",
-        "InternalError",
-        "ServiceUnavailable",
-        "RequestTimeout",
-        "RequestTimeoutException",
-    }
-)
-_DENIED = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "UnauthorizedOperation",
-        "UnrecognizedClientException",
-    }
-)
-_CREDENTIALS = frozenset(
-    {"InvalidClientTokenId", "ExpiredToken", "ExpiredTokenException", "SignatureDoesNotMatch"}
-)
 
 
 class _AutoScalingClient(Protocol):
@@ -109,7 +78,13 @@ class LifecycleWatcher:
         max_attempts: int = 5,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
+        retry_mode: aws.RetryMode = "standard",
     ) -> None:
+        """``max_attempts``: attempts of ``CompleteLifecycleAction`` in all,
+        made by botocore's ``retry_mode``. ``backoff_base`` and
+        ``backoff_max`` are accepted for older callers and ignored: botocore's
+        retry mode sets the backoff. ``autoscaling_client``: a client to use
+        as it is (its own retry configuration applies)."""
         if not hook_name:
             raise ConfigError("lifecycle hook name is empty")
         if not group_name:
@@ -126,6 +101,7 @@ class LifecycleWatcher:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.retry_mode: aws.RetryMode = retry_mode
         self._client = cast("_AutoScalingClient | None", autoscaling_client)
         self._token: str | None = None
         self._token_expires = 0.0
@@ -259,28 +235,33 @@ class LifecycleWatcher:
         if self._client is None:
             try:
                 import boto3
-                from botocore.config import Config
             except ImportError as exc:
                 raise ConfigError(
                     "boto3 is needed to complete lifecycle actions: install inference-fleet[aws]"
                 ) from exc
-            config = Config(
+            config = aws.client_config(
+                max_attempts=self.max_attempts,
+                mode=self.retry_mode,
                 connect_timeout=3,
                 read_timeout=10,
-                retries={"max_attempts": 1, "mode": "standard"},  # retried here
             )
             client = boto3.client("autoscaling", region_name=self.region, config=config)
+            aws.on_retry(client, self._retried)
             self._client = cast("_AutoScalingClient", client)
         return self._client
+
+    @staticmethod
+    def _retried(_operation: str, attempt: int) -> None:
+        log.warning("lifecycle.complete_retry", attempt=attempt)
 
     async def complete(self, result: str = "CONTINUE") -> None:
         """Complete this instance's termination lifecycle action.
 
         ``result`` is ``CONTINUE`` (terminate now) or ``ABANDON``. Throttling and
-        transient API failures are retried with backoff, up to ``max_attempts``.
-        Raises ``ConfigError`` (bad result, missing permission or credentials),
-        ``Unavailable`` (API unreachable or still throttling) or ``Internal``
-        (no lifecycle action in progress, or another API error)."""
+        transient API failures are retried by botocore, up to ``max_attempts``
+        attempts. Raises ``ConfigError`` (bad result, missing permission or
+        credentials), ``Unavailable`` (API unreachable or still throttling) or
+        ``Internal`` (no lifecycle action in progress, or another API error)."""
         if result not in _RESULTS:
             raise ConfigError(
                 f"lifecycle action result must be CONTINUE or ABANDON, got {result!r}"
@@ -294,7 +275,12 @@ class LifecycleWatcher:
             "InstanceId": instance_id,
         }
         call = cast("Callable[..., Mapping[str, Any]]", client.complete_lifecycle_action)
-        await self._with_retries(lambda: asyncio.to_thread(call, **params), instance_id)
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            await asyncio.to_thread(call, **params)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(exc, instance_id) from exc
         log.info(
             "lifecycle.completed",
             instance_id=instance_id,
@@ -303,59 +289,39 @@ class LifecycleWatcher:
             result=result,
         )
 
-    async def _with_retries(
-        self, call: Callable[[], Awaitable[Mapping[str, Any]]], instance_id: str
-    ) -> None:
+    def _error(self, exc: Exception, instance_id: str) -> FleetError:
+        """The fleet error for what ``CompleteLifecycleAction`` still failed
+        with once botocore's retries were spent."""
         from botocore import exceptions as boto_errors
 
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                await call()
-                return
-            except boto_errors.ClientError as exc:
-                code = str(exc.response.get("Error", {}).get("Code", ""))
-                message = str(exc.response.get("Error", {}).get("Message", ""))
-                if code in _DENIED:
-                    raise ConfigError(
-                        f"not allowed to complete lifecycle actions on {self.group_name}: "
-                        f"{code}: {message}"
-                    ) from exc
-                if code in _CREDENTIALS:
-                    raise ConfigError(f"AWS credentials rejected: {code}: {message}") from exc
-                if code == "ValidationError":
-                    raise Internal(
-                        f"no lifecycle action to complete for {instance_id} "
-                        f"(hook {self.hook_name}, group {self.group_name}): {message}"
-                    ) from exc
-                status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-                retriable = code in _THROTTLING or code in _TRANSIENT or status >= 500
-                if not retriable:
-                    raise Internal(f"CompleteLifecycleAction failed: {code}: {message}") from exc
-                if attempt >= self.max_attempts:
-                    raise Unavailable(
-                        f"CompleteLifecycleAction still failing after {attempt} attempts: {code}"
-                    ) from exc
-                log.warning("lifecycle.complete_retry", attempt=attempt, code=code)
-            except (
-                boto_errors.NoCredentialsError,
-                boto_errors.PartialCredentialsError,
-                boto_errors.NoRegionError,
-            ) as exc:
-                raise ConfigError(f"cannot call Auto Scaling: {exc}") from exc
-            except boto_errors.ConnectionError as exc:
-                if attempt >= self.max_attempts:
-                    raise Unavailable(f"Auto Scaling API unreachable: {exc}") from exc
-                log.warning("lifecycle.complete_retry", attempt=attempt, error=str(exc))
-            except boto_errors.BotoCoreError as exc:
-                raise Internal(f"CompleteLifecycleAction failed: {exc}") from exc
-            await asyncio.sleep(self._backoff(attempt))
-
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform in [0, min(max, base * 2**(attempt-1))]."""
-        ceiling = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
-        return random.uniform(0.0, ceiling)
+        code, message = aws.error_code(exc)
+        if isinstance(
+            exc,
+            boto_errors.NoCredentialsError
+            | boto_errors.PartialCredentialsError
+            | boto_errors.NoRegionError,
+        ):
+            return ConfigError(f"cannot call Auto Scaling: {exc}")
+        if not isinstance(exc, boto_errors.ClientError):
+            if aws.is_transient(exc):
+                return Unavailable(f"Auto Scaling API unreachable: {exc}")
+            return Internal(f"CompleteLifecycleAction failed: {exc}")
+        if code in aws.ACCESS_DENIED_CODES:
+            return ConfigError(
+                f"not allowed to complete lifecycle actions on {self.group_name}: {code}: {message}"
+            )
+        if code in aws.CREDENTIALS_CODES:
+            return ConfigError(f"AWS credentials rejected: {code}: {message}")
+        if code == "ValidationError":
+            return Internal(
+                f"no lifecycle action to complete for {instance_id} "
+                f"(hook {self.hook_name}, group {self.group_name}): {message}"
+            )
+        if aws.is_transient(exc):
+            return Unavailable(
+                f"CompleteLifecycleAction still failing after {self.max_attempts} attempts: {code}"
+            )
+        return Internal(f"CompleteLifecycleAction failed: {code}: {message}")
 
 
 __all__ = ["LifecycleWatcher"]

@@ -1,4 +1,9 @@
-"""One model version's pipeline: batcher → model run off the event loop → results.
+"""One model version's pipeline: batcher → model run off the event loop → reply sinks.
+
+An :class:`Item` is one request, already validated, and the :class:`ReplySink`
+its answer goes to. Every ingress (broker deliveries, an HTTP or a gRPC
+endpoint) produces the same items; the pipeline hands each sink the outcomes
+of its items, a batch at a time, and knows nothing of where they came from.
 
 Items whose deadline passed are dropped before inference. When a batch fails,
 its items are run one by one so that only the bad one fails.
@@ -8,49 +13,59 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
-import numpy.typing as npt
 
 from fleet.contract import ErrorInfo, Reply, Request, Timings
 from fleet.errors import FleetError, Internal
 from fleet.logging import get_logger
 from fleet.tensor import Tensor
 from worker.batcher import Batcher
+from worker.runtime import Feeds
 
 log = get_logger("worker.pipeline")
 
-Feeds = dict[str, npt.NDArray[Any]]
-
 
 class ModelRunner(Protocol):
-    """What the pipeline needs of :class:`worker.runtime.Runtime`."""
+    """What the pipeline needs of a :class:`worker.runtime.ModelRuntime`."""
 
-    max_batch_size: int
+    @property
+    def max_batch_size(self) -> int: ...
 
     def run(self, feeds: Feeds) -> Feeds: ...
 
 
+class ReplySink(Protocol):
+    """Where items' answers go, and how they are settled: one per ingress, or
+    one per request; the pipeline only groups a batch's outcomes by sink."""
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        """Deliver these outcomes (all of them this sink's) and settle their requests.
+
+        An outcome without a reply is a request dropped because its deadline
+        passed. Called once per batch with every outcome of it for this sink.
+        """
+        ...
+
+
 @dataclass(eq=False, slots=True)
 class Item:
+    """One validated request on its way through a pipeline."""
+
     request: Request
     feeds: Feeds
     rows: int
-    token: object  # the service's handle for settling the item's message
-    reply_to: str
+    sink: ReplySink
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     item: Item
     reply: Reply | None  # None: expired, dropped without a reply
-
-
-Emit = Callable[[list[Outcome]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +85,6 @@ class Pipeline:
         runner: ModelRunner,
         max_wait: float,
         worker_id: str,
-        emit: Emit,
         on_batch: Callable[[BatchStats], None],
         threads: int = 1,
     ) -> None:
@@ -79,7 +93,6 @@ class Pipeline:
         self.runner = runner
         self.worker_id = worker_id
         self.batcher: Batcher[Item] = Batcher(runner.max_batch_size, max_wait)
-        self._emit = emit
         self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"ort-{model}")
         self._slots = asyncio.Semaphore(threads)
@@ -105,8 +118,8 @@ class Pipeline:
         self._executor.shutdown(wait=True)
 
     async def abort(self) -> None:
-        """Stop now; unfinished items are never answered (their messages are
-        redelivered by the broker)."""
+        """Stop now; unfinished items are never answered (a broker delivers
+        their messages again)."""
         self.batcher.close()
         self.batcher.drain()
         if self._loop_task is not None:
@@ -134,8 +147,18 @@ class Pipeline:
                 outcomes.extend(await self._infer(live))
         finally:
             self._slots.release()  # the next batch may run while these replies go out
+        await self._hand_over(outcomes)
+
+    async def _hand_over(self, outcomes: list[Outcome]) -> None:
+        """Give each sink (by identity) its outcomes of the batch, every sink at once."""
+        by_sink: dict[int, tuple[ReplySink, list[Outcome]]] = {}
+        for o in outcomes:
+            by_sink.setdefault(id(o.item.sink), (o.item.sink, []))[1].append(o)
+        await asyncio.gather(*(self._settle(sink, outs) for sink, outs in by_sink.values()))
+
+    async def _settle(self, sink: ReplySink, outcomes: list[Outcome]) -> None:
         try:
-            await self._emit(outcomes)
+            await sink.settle(outcomes)
         except Exception:
             log.exception("publishing replies failed", model=self.model)
 
@@ -210,4 +233,4 @@ class Pipeline:
         return Outcome(item, self._reply(item, error=ErrorInfo.of(exc)))
 
 
-__all__ = ["BatchStats", "Item", "ModelRunner", "Outcome", "Pipeline"]
+__all__ = ["BatchStats", "Item", "ModelRunner", "Outcome", "Pipeline", "ReplySink"]

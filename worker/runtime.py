@@ -1,369 +1,102 @@
-"""One ONNX Runtime session: provider checks, input validation, bucketed runs, warm-up.
+"""The model runtime interface, and the registry of runtimes a model may name.
 
-The execution provider actually in use is read back from the session, never
-assumed: ONNX Runtime falls back to CPU with only a log line when a GPU
-provider cannot start. Thread counts are always set explicitly (ONNX Runtime's
-default is the host's core count, whatever the container allows).
+A *runtime* turns one model version of the repository into something the
+worker can serve: it checks a request's tensors against the model's signature,
+runs a batch, and warms itself up before the worker reports ready. The worker
+needs nothing else of it, so ONNX Runtime (:mod:`worker.onnx_runtime`) is one
+runtime among any others installed.
+
+A model's ``config.toml`` names its runtime (``runtime = "onnxruntime"``, the
+default); runtimes come from the ``fleet.runtimes`` entry-point group, so a
+package adds one by declaring an entry point that names a :class:`RuntimeSpec`::
+
+    [project.entry-points."fleet.runtimes"]
+    onnxruntime = "worker.onnx_runtime:SPEC"
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import numpy.typing as npt
-import onnxruntime as ort
 
-from fleet.errors import ConfigError, FleetError, Internal, InvalidArgument
-from fleet.logging import get_logger
-from fleet.tensor import DataType, Tensor
-from worker import gpu
-from worker.config import trt_cache_path
+from fleet.errors import ConfigError
+from fleet.registry import Registry
+from fleet.tensor import Tensor
+from worker.config import CONFIG_FILE
 from worker.repository import ModelSpec
 
-log = get_logger(__name__)
-
 Array = npt.NDArray[Any]
+#: A batch's input (or output) arrays by tensor name; dim 0 is the row.
+Feeds = dict[str, Array]
 
-_OrtInvalidArgument: type[Exception] = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+
+class ModelRuntime(Protocol):
+    """One loaded model version, as the worker uses it.
+
+    :meth:`run` is called off the event loop, from as many threads at once as
+    the worker's ``max_model_threads``; everything else on the event loop.
+    """
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model version served, with its configuration."""
+        ...
+
+    @property
+    def provider(self) -> str:
+        """Where the model runs, as heartbeats report it (e.g. ``CPUExecutionProvider``)."""
+        ...
+
+    @property
+    def max_batch_size(self) -> int:
+        """The most rows one :meth:`run` takes."""
+        ...
+
+    def validate(self, inputs: Sequence[Tensor]) -> tuple[Feeds, int]:
+        """A request's tensors checked against the signature: the arrays and the
+        row count; :class:`~fleet.errors.InvalidArgument` when they do not fit."""
+        ...
+
+    def run(self, feeds: Mapping[str, Array]) -> Feeds:
+        """Run one batch; every output has as many rows as the inputs."""
+        ...
+
+    def warm_up(self) -> Mapping[int, float]:
+        """Run each batch size the runtime will see once; seconds taken per size."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; runs already under way finish."""
+        ...
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
-class IOSpec:
-    """A model input or output: name, datatype and shape (None for a symbolic dim)."""
+class RuntimeSpec:
+    """A runtime as the registry knows it: its name and how to load a model version."""
 
     name: str
-    datatype: DataType
-    shape: tuple[int | None, ...]
-
-    def describe(self) -> str:
-        """The shape as a user reads it: ``[n, 64]`` (``n``: rows, ``?``: any)."""
-        dims = ["n" if i == 0 else ("?" if d is None else str(d)) for i, d in enumerate(self.shape)]
-        return f"[{', '.join(dims)}]"
+    load: Callable[[ModelSpec], ModelRuntime]
+    description: str = ""
 
 
-def resolve_providers(
-    requested: Sequence[str], *, available: Sequence[str], known: Sequence[str]
-) -> list[str]:
-    """The requested providers this build can run, in the requested order.
+#: Every model runtime: the ``fleet.runtimes`` entry points, plus :meth:`Registry.register`.
+RUNTIMES: Registry[RuntimeSpec] = Registry("fleet.runtimes", "model runtime", RuntimeSpec)
 
-    A name ONNX Runtime does not know (a typo) is an error; a known provider
-    this build lacks (CUDA on a CPU-only build) is dropped here and caught by
-    :func:`check_provider` once the session exists.
+
+def load_runtime(spec: ModelSpec) -> ModelRuntime:
+    """Load ``spec`` with the runtime its configuration names.
+
+    An unknown runtime is a :class:`~fleet.errors.ConfigError` naming the
+    model's configuration file and the runtimes that are known.
     """
-    unknown = [name for name in requested if name not in known]
-    if unknown:
-        raise ConfigError(
-            f"unknown execution provider {', '.join(unknown)};"
-            f" this ONNX Runtime build has {', '.join(available)}"
-        )
-    usable = [name for name in requested if name in available]
-    if not usable:
-        raise ConfigError(
-            f"none of the requested providers ({', '.join(requested)}) is available;"
-            f" this ONNX Runtime build has {', '.join(available)}"
-        )
-    return usable
-
-
-def check_provider(requested: str, in_use: str, *, allow_cpu_fallback: bool) -> None:
-    """Fail unless the session runs on the first requested provider (or fallback is allowed)."""
-    if in_use == requested:
-        return
-    message = f"requested {requested}, ONNX Runtime is using {in_use}"
-    if not allow_cpu_fallback:
-        raise ConfigError(f"{message} (set allow_cpu_fallback = true to accept this)")
-    log.warning("execution provider fallback", requested=requested, in_use=in_use)
-
-
-class Runtime:
-    """A loaded model version. ``run`` is thread-safe and called off the event loop."""
-
-    def __init__(
-        self,
-        *,
-        spec: ModelSpec,
-        session: Any,
-        provider: str,
-        inputs: list[IOSpec],
-        outputs: list[IOSpec],
-        max_batch_size: int,
-        buckets: tuple[int, ...],
-        pad_to_bucket: bool,
-        trt_cache_path: Path,
-    ) -> None:
-        self.spec = spec
-        self.provider = provider
-        self.inputs = inputs
-        self.outputs = outputs
-        self.max_batch_size = max_batch_size
-        self.buckets = buckets
-        self.pad_to_bucket = pad_to_bucket
-        self.trt_cache_path = trt_cache_path
-        self._session: Any = session
-        self._input_by_name = {io.name: io for io in inputs}
-        self._output_names = [o.name for o in outputs]
-
-    # -- loading ---------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, spec: ModelSpec) -> Runtime:
-        config = spec.config
-        label = f"{spec.name}:{spec.version}"
-        providers = resolve_providers(
-            config.providers,
-            available=ort.get_available_providers(),
-            known=ort.get_all_providers(),
-        )
-        cache_path = trt_cache_path(
-            config.trt_cache_dir,
-            model=spec.name,
-            version=spec.version,
-            file_sha256=spec.sha256(),
-            ort_version=ort.__version__,
-            gpu_name=gpu.device_name(),
-        )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = config.intra_op_threads
-        options.inter_op_num_threads = config.inter_op_threads
-        spin = "1" if config.allow_spinning else "0"
-        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
-        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        options.execution_mode = (
-            ort.ExecutionMode.ORT_PARALLEL
-            if config.inter_op_threads > 1
-            else ort.ExecutionMode.ORT_SEQUENTIAL
-        )
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        with_options: list[Any] = []
-        for name in providers:
-            if name == "TensorrtExecutionProvider":
-                cache_path.mkdir(parents=True, exist_ok=True)
-                trt = {
-                    "trt_engine_cache_enable": "True",
-                    "trt_engine_cache_path": str(cache_path),
-                    "trt_timing_cache_enable": "True",
-                    "trt_timing_cache_path": str(cache_path),
-                }
-                with_options.append((name, trt))
-            else:
-                with_options.append(name)
-        try:
-            session = ort.InferenceSession(
-                str(spec.path), sess_options=options, providers=with_options
-            )
-        except Exception as exc:  # onnxruntime's own exception types
-            raise ConfigError(f"{spec.path}: ONNX Runtime cannot load the model: {exc}") from exc
-        in_use = session.get_providers()[0]
-        check_provider(config.providers[0], in_use, allow_cpu_fallback=config.allow_cpu_fallback)
-        inputs = [_io_spec(node, spec.path, "input") for node in session.get_inputs()]
-        outputs = [_io_spec(node, spec.path, "output") for node in session.get_outputs()]
-        max_batch, buckets, pad = _batching(spec, inputs)
-        runtime = cls(
-            spec=spec,
-            session=session,
-            provider=in_use,
-            inputs=inputs,
-            outputs=outputs,
-            max_batch_size=max_batch,
-            buckets=buckets,
-            pad_to_bucket=pad,
-            trt_cache_path=cache_path,
-        )
-        log.info(
-            "model loaded",
-            model=label,
-            provider=in_use,
-            intra_op_threads=config.intra_op_threads,
-            inter_op_threads=config.inter_op_threads,
-            max_batch_size=max_batch,
-            buckets=list(buckets),
-            pad_to_bucket=pad,
-        )
-        return runtime
-
-    # -- requests ----------------------------------------------------------------------------
-
-    def validate(self, inputs: Sequence[Tensor]) -> tuple[dict[str, Array], int]:
-        """Check a request's tensors against the signature; the arrays and the row count."""
-        names = [t.name for t in inputs]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
-            raise InvalidArgument(f"input {duplicated[0]!r} is given more than once")
-        unknown = [n for n in names if n not in self._input_by_name]
-        if unknown:
-            raise InvalidArgument(
-                f"unknown input {unknown[0]!r}; the model's inputs are {self._input_names()}"
-            )
-        missing = [n for n in self._input_by_name if n not in names]
-        if missing:
-            raise InvalidArgument(
-                f"missing input {missing[0]!r}; the model's inputs are {self._input_names()}"
-            )
-        arrays: dict[str, Array] = {}
-        rows: int | None = None
-        for tensor in inputs:
-            expected = self._input_by_name[tensor.name]
-            if tensor.datatype is not expected.datatype:
-                raise InvalidArgument(
-                    f"input {tensor.name!r}: expected {expected.datatype.name},"
-                    f" got {tensor.datatype.name}"
-                )
-            shape = tuple(tensor.shape)
-            fits = len(shape) == len(expected.shape) and all(
-                want is None or want == got
-                for want, got in zip(expected.shape[1:], shape[1:], strict=True)
-            )
-            if not fits:
-                raise InvalidArgument(
-                    f"input {tensor.name!r}: expected shape {expected.describe()},"
-                    f" got {list(shape)}"
-                )
-            if rows is None:
-                rows = shape[0]
-            elif shape[0] != rows:
-                raise InvalidArgument(
-                    f"inputs must have the same number of rows (dim 0): {names[0]!r} has"
-                    f" {rows}, {tensor.name!r} has {shape[0]}"
-                )
-            arrays[tensor.name] = tensor.to_numpy()
-        assert rows is not None  # a model has at least one input
-        if rows < 1:
-            raise InvalidArgument("inputs have no rows (dim 0 is 0)")
-        if rows > self.max_batch_size:
-            raise InvalidArgument(
-                f"{rows} rows is more than this model's max batch size of {self.max_batch_size}"
-            )
-        return arrays, rows
-
-    def run(self, feeds: Mapping[str, Array]) -> dict[str, Array]:
-        """Run one batch; outputs have as many rows as the inputs."""
-        session = self._session
-        if session is None:
-            raise Internal(f"model {self.spec.name}:{self.spec.version} is closed")
-        rows = _rows(feeds)
-        target = self.bucket_for(rows) if self.pad_to_bucket else rows
-        if target != rows:
-            feeds = {name: _pad_rows(arr, target) for name, arr in feeds.items()}
-        try:
-            results = session.run(self._output_names, dict(feeds))
-        except _OrtInvalidArgument as exc:
-            raise InvalidArgument(f"the model rejected the input: {exc}") from exc
-        except Exception as exc:  # onnxruntime's other exception types
-            raise Internal(f"model {self.spec.name}:{self.spec.version} failed: {exc}") from exc
-        outputs: dict[str, Array] = {}
-        for name, value in zip(self._output_names, results, strict=True):
-            if not isinstance(value, np.ndarray) or value.ndim == 0 or value.shape[0] != target:
-                got = list(value.shape) if isinstance(value, np.ndarray) else type(value).__name__
-                raise Internal(
-                    f"model {self.spec.name}:{self.spec.version}: output {name!r} has shape {got},"
-                    f" expected {target} rows"
-                )
-            outputs[name] = value[:rows] if target != rows else value
-        return outputs
-
-    def infer(self, inputs: Sequence[Tensor]) -> dict[str, Array]:
-        """:meth:`validate` then :meth:`run`."""
-        feeds, _ = self.validate(inputs)
-        return self.run(feeds)
-
-    def bucket_for(self, rows: int) -> int:
-        """The smallest bucket that holds ``rows``."""
-        for size in self.buckets:
-            if size >= rows:
-                return size
-        raise InvalidArgument(
-            f"{rows} rows is more than this model's max batch size of {self.max_batch_size}"
-        )
-
-    def warm_up(self) -> dict[int, float]:
-        """Run every bucket size once with dummy input; seconds taken per bucket."""
-        timings: dict[int, float] = {}
-        for size in self.buckets:
-            feeds = {spec.name: _dummy(spec, size) for spec in self.inputs}
-            start = time.perf_counter()
-            try:
-                self.run(feeds)
-            except FleetError as exc:
-                raise Internal(f"warm-up with {size} rows failed: {exc.message}") from exc
-            timings[size] = time.perf_counter() - start
-        log.info(
-            "model warmed up",
-            model=f"{self.spec.name}:{self.spec.version}",
-            ms={size: round(t * 1000, 3) for size, t in timings.items()},
-        )
-        return timings
-
-    def close(self) -> None:
-        """Release the session; runs already under way finish."""
-        self._session = None
-
-    @property
-    def closed(self) -> bool:
-        return self._session is None
-
-    def _input_names(self) -> list[str]:
-        return list(self._input_by_name)
-
-
-def _io_spec(node: Any, path: Path, kind: str) -> IOSpec:
     try:
-        datatype = DataType.from_onnx(node.type)
-    except InvalidArgument as exc:
-        raise ConfigError(
-            f"{path}: {kind} {node.name!r} has type {node.type}, which cannot be served"
-            " (only tensors; convert classifiers with ZipMap disabled)"
-        ) from exc
-    shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in node.shape)
-    return IOSpec(name=node.name, datatype=datatype, shape=shape)
+        runtime = RUNTIMES.get(spec.config.runtime)
+    except ConfigError as exc:
+        raise ConfigError(f"{spec.path.parent / CONFIG_FILE}: runtime: {exc.message}") from None
+    return runtime.load(spec)
 
 
-def _batching(spec: ModelSpec, inputs: list[IOSpec]) -> tuple[int, tuple[int, ...], bool]:
-    """Max batch size, buckets and padding, given the model's batch axis."""
-    config = spec.config
-    for io in inputs:
-        if not io.shape:
-            raise ConfigError(
-                f"{spec.path}: input {io.name!r} is a scalar; inputs need a batch axis (dim 0)"
-            )
-    fixed = [io.shape[0] for io in inputs if io.shape[0] is not None]
-    if not fixed:
-        return config.max_batch_size, config.buckets, config.pad_to_bucket
-    size = min(fixed)
-    if size != max(fixed):
-        raise ConfigError(f"{spec.path}: inputs have different fixed batch sizes {fixed}")
-    # A fixed batch axis accepts exactly that many rows: cap the batch there and pad to it.
-    log.warning(
-        "model has a fixed batch axis",
-        model=f"{spec.name}:{spec.version}",
-        batch_size=size,
-        configured_max_batch_size=config.max_batch_size,
-    )
-    return min(size, config.max_batch_size), (size,), True
-
-
-def _rows(feeds: Mapping[str, Array]) -> int:
-    rows = {arr.shape[0] if arr.ndim else -1 for arr in feeds.values()}
-    if len(rows) != 1 or min(rows) < 1:
-        raise InvalidArgument(f"inputs must share a non-empty dim 0, got {sorted(rows)}")
-    return rows.pop()
-
-
-def _pad_rows(arr: Array, rows: int) -> Array:
-    """Repeat the last row up to ``rows`` (a real row is always a valid input)."""
-    extra = np.broadcast_to(arr[-1:], (rows - arr.shape[0], *arr.shape[1:]))
-    return np.concatenate([arr, extra], axis=0)
-
-
-def _dummy(spec: IOSpec, rows: int) -> Array:
-    shape = (rows, *(1 if d is None else d for d in spec.shape[1:]))
-    if spec.datatype is DataType.BYTES:
-        return np.full(shape, b"", dtype=object)
-    return np.zeros(shape, dtype=spec.datatype.numpy)
-
-
-__all__ = ["IOSpec", "Runtime", "check_provider", "resolve_providers"]
+__all__ = ["RUNTIMES", "Array", "Feeds", "ModelRuntime", "RuntimeSpec", "load_runtime"]

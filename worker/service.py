@@ -1,13 +1,10 @@
-"""The worker's service loop.
+"""The worker: model loading, pipelines, the broker ingress, health and heartbeats.
 
-For every broker message: decode → drop what expired → batch → infer off the
-event loop → publish the replies (confirmed) → then ack. A message is acked
-only when every request it carried has been answered (or dropped as
-expired), so a crash at any point means redelivery, never loss.
-
-A message that cannot be decoded goes to the dead-letter queue, and the callers
-whose ids can still be read get a typed error at once. So does a message on its
-last allowed delivery (it has been in flight on workers that died).
+A :class:`Worker` composes the parts: a :class:`~worker.model_table.ModelTable`
+(every model version loaded by its runtime, warmed up, one pipeline each), the
+:class:`~worker.broker_ingress.BrokerIngress` that turns broker deliveries into
+pipeline items and settles them, the HTTP health server, and heartbeats.
+Starting one changes no process-wide state; see :mod:`worker.tuning`.
 
 ::
 
@@ -22,57 +19,40 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import sys
 import time
-from collections import defaultdict
-from dataclasses import dataclass
 
-from fleet import wire
-from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
-from fleet.errors import FleetError, Internal, InvalidArgument, ModelNotFound
+from fleet.errors import FleetError
 from fleet.heartbeat import Heartbeat, WorkerState
 from fleet.logging import get_logger
-from fleet.transport import Consumer, Delivery, Transport, connect
+from fleet.transport import Transport, connect
+from worker.broker_ingress import BrokerIngress
 from worker.gpu import gpu_utilization
 from worker.health import HealthServer
+from worker.ledger import Ledger
 from worker.metrics import WorkerMetrics
-from worker.pipeline import BatchStats, Feeds, Item, Outcome, Pipeline
-from worker.repository import ModelRepository
-from worker.runtime import Runtime
+from worker.model_table import ModelTable
+from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.stats import WindowStats
 
 log = get_logger("worker.service")
 
-_REPLY_ATTEMPTS = 4  # a reply that fails to publish is tried again after 0.25, 0.5, 1 s
-
-
-@dataclass(eq=False, slots=True)
-class _Message:
-    """One broker message and the requests of it still unanswered."""
-
-    delivery: Delivery
-    remaining: int
-    dead_letter: bool = False
-    failed: bool = False  # a reply could not be published: leave it unacked
-
 
 class Worker:
+    """One worker: its models, pipelines and broker ingress, its health server and heartbeats."""
+
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
         self.worker_id = settings.worker_id
         self.metrics = WorkerMetrics()
         self.state: WorkerState = "starting"
         self.stats = WindowStats()
-        self.runtimes: dict[str, dict[str, Runtime]] = {}
-        self._latest: dict[str, str] = {}
-        self._pipelines: dict[tuple[str, str], Pipeline] = {}
+        self.ledger = Ledger(self.metrics, self.stats)
+        self.table = ModelTable()
         self._transport: Transport | None = None
-        self._consumers: list[Consumer] = []
-        self._messages: set[_Message] = set()
+        self._ingress: BrokerIngress | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
-        self._limits = wire.Limits(max_message_bytes=settings.max_message_bytes)
         self._idle_logged: str | None = None
         self.http_port: int | None = None
 
@@ -84,46 +64,35 @@ class Worker:
         return self._transport
 
     @property
+    def runtimes(self) -> dict[str, dict[str, ModelRuntime]]:
+        """The loaded runtimes by model and version."""
+        return self.table.runtimes
+
+    @property
     def models(self) -> list[str]:
-        return sorted(self.runtimes)
+        return self.table.models
 
     async def start(self) -> None:
         """Load and warm every model, connect, serve. Returns once ready."""
         s = self.settings
-        # Model runs finish on an executor thread that needs the GIL back to
-        # return; with the default 5 ms switch interval a busy event loop makes
-        # every batch wait that long. 0.5 ms keeps the handoff short.
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         if s.http_port is not None:
             self._health = HealthServer(ready=self._readiness, metrics=self.metrics.render)
             self.http_port = await self._health.start(s.http_host, s.http_port)
-        await asyncio.to_thread(self._load_models)
+        self.table = await asyncio.to_thread(ModelTable.load, s.models)
+        self.table.start(
+            worker_id=self.worker_id, on_batch=self.ledger.batch, threads=s.max_model_threads
+        )
         self._transport = connect(s.broker)
         await self._transport.connect()
-        for model in self.models:
-            await self._transport.declare_model(model)
-            for version, runtime in self.runtimes[model].items():
-                pipe = Pipeline(
-                    model=model,
-                    version=version,
-                    runner=runtime,
-                    max_wait=runtime.spec.config.max_wait_ms / 1000,
-                    worker_id=self.worker_id,
-                    emit=self._emit,
-                    on_batch=self._on_batch,
-                    threads=s.max_model_threads,
-                )
-                pipe.start()
-                self._pipelines[(model, version)] = pipe
-            prefetch = s.prefetch or 2 * max(
-                r.max_batch_size for r in self.runtimes[model].values()
-            )
-            for priority in Priority:
-                self._consumers.append(
-                    await self._transport.consume(
-                        model, priority, self._on_delivery, prefetch=prefetch
-                    )
-                )
+        self._ingress = BrokerIngress(
+            self._transport,
+            self.table,
+            self.ledger,
+            worker_id=self.worker_id,
+            max_message_bytes=s.max_message_bytes,
+            prefetch=s.prefetch,
+        )
+        await self._ingress.start()
         self.state = "ready"
         self.metrics.ready.set(1)
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -132,18 +101,9 @@ class Worker:
             worker_id=self.worker_id,
             broker=_redact(s.broker),
             models={m: sorted(v) for m, v in self.runtimes.items()},
-            providers=sorted({r.provider for v in self.runtimes.values() for r in v.values()}),
+            providers=self.table.providers,
             http_port=self.http_port,
         )
-
-    def _load_models(self) -> None:
-        repo = ModelRepository(self.settings.models)
-        for spec in repo.discover():
-            runtime = Runtime.load(spec)
-            runtime.warm_up()
-            self.runtimes.setdefault(spec.name, {})[spec.version] = runtime
-        for model in self.runtimes:
-            self._latest[model] = repo.get(model).version  # the repository's "newest"
 
     async def stop(self) -> None:
         """Drain: stop consuming, finish and answer what was received, ack, close."""
@@ -152,13 +112,10 @@ class Worker:
         self.state = "draining"
         self.metrics.ready.set(0)
         log.info("draining", worker_id=self.worker_id, in_flight=self._in_flight())
-        for c in self._consumers:
-            await c.cancel()
+        if self._ingress is not None:
+            await self._ingress.stop_consuming()
         try:
-            await asyncio.wait_for(
-                asyncio.gather(*(p.close() for p in self._pipelines.values())),
-                self.settings.drain_timeout,
-            )
+            await asyncio.wait_for(self.table.close(), self.settings.drain_timeout)
             await asyncio.wait_for(self._settled(), self.settings.drain_timeout)
         except TimeoutError:
             log.warning(
@@ -169,12 +126,13 @@ class Worker:
     async def abort(self) -> None:
         """Stop at once without finishing anything (what a crash looks like to
         the broker: everything unacked is delivered again)."""
-        for p in self._pipelines.values():
-            await p.abort()
+        await self.table.abort()
         await self._shutdown()
 
     async def _shutdown(self) -> None:
         self.state = "stopped"
+        if self._ingress is not None:
+            self._ingress.close()
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
@@ -189,11 +147,11 @@ class Worker:
         log.info("worker stopped", worker_id=self.worker_id, answered=self.stats.answered_total)
 
     async def _settled(self) -> None:
-        while self._messages:
-            await asyncio.sleep(0.01)
+        if self._ingress is not None:
+            await self._ingress.settled()
 
     def _in_flight(self) -> int:
-        return sum(m.remaining for m in self._messages)
+        return self._ingress.in_flight() if self._ingress is not None else 0
 
     def _readiness(self) -> tuple[bool, str]:
         if self.state != "ready":
@@ -201,156 +159,6 @@ class Worker:
         if self._transport is None or not self._transport.connected:
             return False, "broker disconnected"
         return True, "ready"
-
-    # ------------------------------------------------------------------ requests
-    async def _on_delivery(self, delivery: Delivery) -> None:
-        msg = _Message(delivery=delivery, remaining=0)
-        try:
-            frame = wire.decode_requests(delivery.body, self._limits)
-        except FleetError as exc:
-            await self._refuse(msg, exc)
-            return
-        if delivery.attempt >= self.transport.options.delivery_limit:
-            err = Internal(
-                f"request failed on {delivery.attempt} deliveries (the workers handling it "
-                "stopped); moved to the dead-letter queue"
-            )
-            await self._refuse(msg, err)
-            return
-        self._messages.add(msg)
-        msg.remaining = len(frame.items)
-        self.stats.record_message(len(frame.items))
-        replies: list[Reply] = []
-        now = time.time()
-        for item in frame.items:
-            if isinstance(item, ItemError):
-                msg.dead_letter = True
-                replies.append(self._error_reply(item.id, delivery.model, item.error))
-                continue
-            assert isinstance(item, Request)
-            if item.expired(now):
-                self.stats.expired_total += 1
-                self.metrics.requests.labels(delivery.model, "expired").inc()
-                msg.remaining -= 1
-                continue
-            try:
-                pipe, feeds, rows = self._route(item, delivery.model)
-            except FleetError as exc:
-                replies.append(self._error_reply(item.id, delivery.model, exc))
-                continue
-            self.metrics.in_flight.inc()
-            pipe.submit(
-                Item(request=item, feeds=feeds, rows=rows, token=msg, reply_to=frame.reply_to)
-            )
-        if replies:
-            await self._publish(frame.reply_to, replies, [msg] * len(replies))
-        await self._maybe_settle(msg)
-
-    def _route(self, req: Request, queue_model: str) -> tuple[Pipeline, Feeds, int]:
-        if req.model != queue_model:
-            raise InvalidArgument(
-                f"request for model {req.model!r} arrived on {queue_model!r}'s queue"
-            )
-        versions = self.runtimes.get(req.model)
-        if versions is None:
-            raise ModelNotFound(f"this worker does not serve model {req.model!r}")
-        version = req.version or self._latest[req.model]
-        runtime = versions.get(version)
-        if runtime is None:
-            raise ModelNotFound(
-                f"model {req.model!r} has no version {version!r}; versions: {sorted(versions)}"
-            )
-        feeds, rows = runtime.validate(req.inputs)
-        return self._pipelines[(req.model, version)], feeds, rows
-
-    async def _refuse(self, msg: _Message, exc: FleetError) -> None:
-        """Dead-letter a whole message, telling every caller it names."""
-        reply_to, ids = wire.salvage_ids(msg.delivery.body)
-        log.warning("message dead-lettered", model=msg.delivery.model, error=str(exc), ids=len(ids))
-        if reply_to and ids:
-            replies = [self._error_reply(i, msg.delivery.model, exc) for i in ids]
-            try:
-                await self.transport.publish_reply(reply_to, wire.encode_replies(replies))
-            except FleetError as pub_exc:
-                log.warning("could not tell the callers", error=str(pub_exc))
-        self.metrics.dead_lettered.inc()
-        self.stats.errors_total += len(ids)
-        await msg.delivery.reject()
-
-    def _error_reply(self, rid: str, model: str, exc: FleetError) -> Reply:
-        self.stats.errors_total += 1
-        self.metrics.requests.labels(model, "error").inc()
-        return Reply(
-            id=rid, model=model, error=ErrorInfo.of(exc), timings=Timings(worker_id=self.worker_id)
-        )
-
-    # ------------------------------------------------------------------ replies
-    async def _emit(self, outcomes: list[Outcome]) -> None:
-        by_address: dict[str, tuple[list[Reply], list[_Message]]] = defaultdict(lambda: ([], []))
-        for o in outcomes:
-            msg = o.item.token
-            assert isinstance(msg, _Message)
-            self.metrics.in_flight.dec()
-            if o.reply is None:
-                self.stats.expired_total += 1
-                self.metrics.requests.labels(o.item.request.model, "expired").inc()
-                msg.remaining -= 1
-                await self._maybe_settle(msg)
-                continue
-            replies, msgs = by_address[o.item.reply_to]
-            replies.append(o.reply)
-            msgs.append(msg)
-            if o.reply.ok:
-                self.stats.answered_total += 1
-                self.metrics.requests.labels(o.item.request.model, "ok").inc()
-            else:
-                self.stats.errors_total += 1
-                self.metrics.requests.labels(o.item.request.model, "error").inc()
-        await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
-
-    async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
-        body = wire.encode_replies(replies)
-        for attempt in range(_REPLY_ATTEMPTS):
-            try:
-                await self.transport.publish_reply(reply_to, body)
-                break
-            except FleetError as exc:
-                if exc.retriable and attempt + 1 < _REPLY_ATTEMPTS and self.state != "stopped":
-                    await asyncio.sleep(0.25 * 2**attempt)
-                    continue
-                # not acked: the broker delivers the message again, here or elsewhere
-                log.warning(
-                    "publishing replies failed; leaving the request unacked", error=str(exc)
-                )
-                for m in msgs:
-                    m.failed = True
-        for m in msgs:
-            m.remaining -= 1
-        for m in set(msgs):
-            await self._maybe_settle(m)
-
-    async def _maybe_settle(self, msg: _Message) -> None:
-        if msg.remaining > 0 or msg not in self._messages:
-            return
-        self._messages.discard(msg)
-        try:
-            if msg.failed:
-                return
-            if msg.dead_letter:
-                self.metrics.dead_lettered.inc()
-                await msg.delivery.reject()
-            else:
-                await msg.delivery.ack()
-        except FleetError as exc:
-            log.warning("ack failed; the message will be delivered again", error=str(exc))
-
-    def _on_batch(self, b: BatchStats) -> None:
-        self.stats.record_batch(b.rows, b.inference_s, b.queue_wait_s)
-        model = b.model
-        self.metrics.batch_size.labels(model).observe(b.rows)
-        self.metrics.inference.labels(model).observe(b.inference_s)
-        for w in b.queue_wait_s:
-            self.metrics.queue_wait.labels(model).observe(w)
 
     # ------------------------------------------------------------------ heartbeats
     async def _heartbeats(self) -> None:
@@ -365,16 +173,8 @@ class Worker:
         gpu = gpu_utilization()
         if gpu is not None:
             self.metrics.gpu_utilization.set(gpu)
-        # e.g. Kafka: more workers than partitions leaves some consumers nothing
-        reasons = sorted({r for c in self._consumers if (r := c.idle_reason())})
-        idle = "; ".join(reasons) or None
-        if idle != self._idle_logged:
-            if idle:
-                log.warning("consumers idle", worker_id=self.worker_id, reason=idle)
-            self._idle_logged = idle
-        max_batch = max(
-            (r.max_batch_size for v in self.runtimes.values() for r in v.values()), default=1
-        )
+        idle = self._idle_reason()
+        max_batch = self.table.max_batch_size()
         w = self.stats.roll()
         return Heartbeat(
             worker_id=self.worker_id,
@@ -392,14 +192,23 @@ class Worker:
             in_flight=self._in_flight(),
             requests_per_message=w.requests_per_message,
             gpu_utilization=gpu,
-            provider=",".join(
-                sorted({r.provider for v in self.runtimes.values() for r in v.values()})
-            ),
+            provider=",".join(self.table.providers),
             idle_reason=idle,
             answered_total=self.stats.answered_total,
             errors_total=self.stats.errors_total,
             expired_total=self.stats.expired_total,
         )
+
+    def _idle_reason(self) -> str | None:
+        """Why consumers get nothing, logged when it changes (e.g. Kafka: more
+        workers than partitions leaves some consumers nothing)."""
+        reasons = self._ingress.idle_reasons() if self._ingress is not None else []
+        idle = "; ".join(reasons) or None
+        if idle != self._idle_logged:
+            if idle:
+                log.warning("consumers idle", worker_id=self.worker_id, reason=idle)
+            self._idle_logged = idle
+        return idle
 
     async def _send_heartbeat(self) -> None:
         await self.transport.publish_heartbeat(self.heartbeat().encode())

@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleet.transport import SCHEMES
+from fleet.transport import TRANSPORTS
 
 
 def _default_worker_id() -> str:
@@ -44,8 +44,9 @@ class WorkerSettings(BaseSettings):
     @classmethod
     def _scheme(cls, v: str) -> str:
         scheme = v.split("://", 1)[0]
-        if "://" not in v or scheme not in SCHEMES:
-            raise ValueError(f"must start with one of {', '.join(s + '://' for s in SCHEMES)}")
+        if "://" not in v or scheme not in TRANSPORTS:
+            known = TRANSPORTS.names()
+            raise ValueError(f"must start with one of {', '.join(s + '://' for s in known)}")
         return v
 
 

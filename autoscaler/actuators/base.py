@@ -10,6 +10,8 @@ from __future__ import annotations
 import abc
 from typing import NamedTuple
 
+from pydantic import BaseModel, ConfigDict
+
 from fleet.heartbeat import Heartbeat
 
 
@@ -57,6 +59,21 @@ class Actuator(abc.ABC):
         await self.close()
 
 
+class ActuatorConfigBase(BaseModel):
+    """What every ``[actuator]`` table's model derives from: unknown keys are
+    refused, and ``kind`` names the actuator (each model narrows it to its own
+    ``Literal``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str
+
+    def aws_region(self) -> str | None:
+        """The AWS region this actuator works in, if any (the default region
+        for the autoscaler's CloudWatch metrics)."""
+        return None
+
+
 def clamp(n: int, low: int, high: int | None) -> int:
     """``n`` within ``[low, high]`` (``high=None``: no upper bound)."""
     n = max(n, low)
@@ -65,4 +82,4 @@ def clamp(n: int, low: int, high: int | None) -> int:
     return n
 
 
-__all__ = ["Actuator", "Capacity", "clamp"]
+__all__ = ["Actuator", "ActuatorConfigBase", "Capacity", "clamp"]

@@ -7,11 +7,26 @@ effect, as it would with instant instances.
 
 from __future__ import annotations
 
-from autoscaler.actuators.base import Actuator, Capacity, clamp
+from typing import Literal
+
+from pydantic import Field
+
+from autoscaler.actuators.base import Actuator, ActuatorConfigBase, Capacity, clamp
+from autoscaler.registry import ActuatorContext, ActuatorSpec
 from fleet.errors import ConfigError
 from fleet.logging import get_logger
 
 log = get_logger("autoscaler.actuators.dry_run")
+
+
+class DryRunActuatorConfig(ActuatorConfigBase):
+    """``[actuator] kind = "dry-run"``: decides and logs; changes nothing."""
+
+    kind: Literal["dry-run"]
+    initial_capacity: int = Field(default=0, ge=0)
+    """The capacity it pretends is in service at start."""
+    max_capacity: int | None = Field(default=None, ge=0)
+    """Optional clamp, to rehearse a group's MaxSize."""
 
 
 class DryRunActuator(Actuator):
@@ -37,4 +52,10 @@ class DryRunActuator(Actuator):
         return applied
 
 
-__all__ = ["DryRunActuator"]
+def _build(cfg: DryRunActuatorConfig, _context: ActuatorContext) -> DryRunActuator:
+    return DryRunActuator(initial_capacity=cfg.initial_capacity, max_capacity=cfg.max_capacity)
+
+
+SPEC = ActuatorSpec(name="dry-run", config=DryRunActuatorConfig, build=_build)
+
+__all__ = ["SPEC", "DryRunActuator", "DryRunActuatorConfig"]

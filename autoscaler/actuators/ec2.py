@@ -10,10 +10,11 @@
   scale-in, and on a scale-in the ones to go (booting ones first, then the
   least busy by their workers' heartbeats) are unprotected just before the
   capacity drops, so the group never picks a busy worker.
-- Throttling (and an endpoint out of reach) is retried with exponential backoff
-  and full jitter, a bounded number of times; then :class:`Unavailable`.
-  ``ValidationError`` and access denials are :class:`ConfigError` (naming the
-  action), other AWS errors :class:`Internal`.
+- Throttling, transient errors and an endpoint out of reach are retried by
+  botocore itself (:mod:`fleet.aws`: its ``standard`` or ``adaptive`` retry
+  mode, ``max_attempts`` attempts in all); what still fails is
+  :class:`Unavailable`. ``ValidationError`` and access denials are
+  :class:`ConfigError` (naming the action), other AWS errors :class:`Internal`.
 
 boto3 is synchronous: each call runs in a thread (``asyncio.to_thread``).
 """
@@ -21,12 +22,15 @@ boto3 is synchronous: each call runs in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
-import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from autoscaler.actuators.base import Actuator, Capacity, clamp
+from pydantic import Field
+
+from autoscaler.actuators.base import Actuator, ActuatorConfigBase, Capacity, clamp
+from autoscaler.registry import ActuatorContext, ActuatorSpec
+from fleet import aws
 from fleet.errors import ConfigError, FleetError, Internal, Unavailable
 from fleet.heartbeat import Heartbeat
 from fleet.logging import get_logger
@@ -35,46 +39,44 @@ if TYPE_CHECKING:
     from mypy_boto3_autoscaling import AutoScalingClient
     from mypy_boto3_autoscaling.type_defs import AutoScalingGroupTypeDef
 
-    from autoscaler.config import Ec2ActuatorConfig
-
 log = get_logger("autoscaler.actuators.ec2")
 
 T = TypeVar("T")
 
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "ThrottledException",
-        "RequestThrottled",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "SlowDown",
-    }
-)
-TRANSIENT_CODES = frozenset(
-    {
-        "ServiceUnavailable",
-        "InternalFailure",
-        "InternalError",
-        "RequestTimeout",
-        "ResourceContention",  # another update of the same group in progress
-        "ScalingActivityInProgress",
-    }
-)
-ACCESS_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "UnauthorizedOperation",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "AuthFailure",
-        "ExpiredToken",
-    }
-)
 PENDING_STATES = frozenset({"Pending", "Pending:Wait", "Pending:Proceed"})
+BUSY_CODES = frozenset({"ResourceContention", "ScalingActivityInProgress"})
+"""Another change of the same group is in progress: the next poll tries again."""
+
+
+class Ec2ActuatorConfig(ActuatorConfigBase):
+    """``[actuator] kind = "ec2"``: an EC2 Auto Scaling Group's desired capacity."""
+
+    kind: Literal["ec2"]
+    group_name: str = Field(min_length=1, max_length=255)
+    """The Auto Scaling Group's name."""
+    region: str = Field(default="us-east-1", min_length=1)
+    """The AWS region of the group."""
+    endpoint_url: str | None = None
+    """Another Auto Scaling endpoint (a local emulator in tests); ``None``: AWS."""
+    instance_protection: bool = False
+    """Protect in-service instances from scale-in and unprotect only the ones
+    chosen to go (the least busy by their heartbeats), so the group never
+    terminates a worker that is busy."""
+    max_attempts: int = Field(default=aws.DEFAULT_MAX_ATTEMPTS, ge=1, le=20)
+    """Attempts per AWS call (the first included) when throttled, on a
+    transient error or when the endpoint is unreachable."""
+    retry_mode: aws.RetryMode = "standard"
+    """botocore's retry mode: ``standard`` (exponential backoff with full
+    jitter) or ``adaptive`` (the same, plus client-side rate limiting)."""
+    backoff_base_s: float = Field(default=0.2, gt=0, le=30)
+    """Accepted for older files and ignored: botocore's retry mode sets the
+    backoff."""
+    backoff_max_s: float = Field(default=5.0, gt=0, le=120)
+    """Accepted for older files and ignored: botocore's retry mode sets the
+    backoff."""
+
+    def aws_region(self) -> str | None:
+        return self.region
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -100,22 +102,23 @@ class Ec2Actuator(Actuator):
         region: str = "us-east-1",
         endpoint_url: str | None = None,
         instance_protection: bool = False,
-        max_attempts: int = 6,
-        backoff_base_s: float = 0.2,
-        backoff_max_s: float = 5.0,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_attempts: int = aws.DEFAULT_MAX_ATTEMPTS,
+        retry_mode: aws.RetryMode = "standard",
     ) -> None:
+        """``client``: an Auto Scaling client to use as it is (its own retry
+        configuration applies); by default one is built with
+        :func:`fleet.aws.client_config`."""
         self.group_name = group_name
         self.region = region
         self.endpoint_url = endpoint_url
         self.instance_protection = instance_protection
         self.max_attempts = max(1, max_attempts)
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self._sleep = sleep
-        self._client = client
+        self.retry_mode: aws.RetryMode = retry_mode
+        self._client: AutoScalingClient | None = None
         self._busy: dict[str, tuple[int, float]] = {}  # instance id -> (in_flight, busy fraction)
-        self.retries = 0  # throttled or failed attempts that were retried
+        self.retries = 0  # attempts botocore retried (throttled, transient, unreachable)
+        if client is not None:
+            self._use(client)
 
     @classmethod
     def from_config(cls, cfg: Ec2ActuatorConfig) -> Ec2Actuator:
@@ -125,89 +128,74 @@ class Ec2Actuator(Actuator):
             endpoint_url=cfg.endpoint_url,
             instance_protection=cfg.instance_protection,
             max_attempts=cfg.max_attempts,
-            backoff_base_s=cfg.backoff_base_s,
-            backoff_max_s=cfg.backoff_max_s,
+            retry_mode=cfg.retry_mode,
         )
 
     # ------------------------------------------------------------------ plumbing
+    def _use(self, client: AutoScalingClient) -> AutoScalingClient:
+        aws.on_retry(client, self._retried)
+        self._client = client
+        return client
+
+    def _retried(self, operation: str, attempt: int) -> None:
+        self.retries += 1
+        log.warning("AWS call retried", action=operation, attempt=attempt)
+
     @property
     def client(self) -> AutoScalingClient:
         if self._client is None:
             import boto3
-            from botocore.config import Config
 
-            # botocore's own retries off: ours are the bounded, logged ones
-            self._client = boto3.client(
-                "autoscaling",
-                region_name=self.region,
-                endpoint_url=self.endpoint_url,
-                config=Config(retries={"total_max_attempts": 1, "mode": "standard"}),
+            return self._use(
+                boto3.client(
+                    "autoscaling",
+                    region_name=self.region,
+                    endpoint_url=self.endpoint_url,
+                    config=aws.client_config(max_attempts=self.max_attempts, mode=self.retry_mode),
+                )
             )
         return self._client
 
-    def _backoff(self, attempt: int) -> float:
-        return random.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * (2**attempt)))
-
     async def call(self, action: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        """Run one AWS call in a thread: retry throttling and transient errors
-        with backoff, translate the rest to fleet errors."""
+        """Run one AWS call in a thread (botocore retries what is worth
+        retrying) and translate what still fails to a fleet error."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return await asyncio.to_thread(fn, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise self._error(action, exc) from exc
+
+    def _error(self, action: str, exc: Exception) -> FleetError:
         from botocore.exceptions import (
-            BotoCoreError,
             ClientError,
-            ConnectionClosedError,
-            ConnectTimeoutError,
-            EndpointConnectionError,
             NoCredentialsError,
             NoRegionError,
             PartialCredentialsError,
-            ReadTimeoutError,
         )
 
-        last: FleetError | None = None
-        for attempt in range(self.max_attempts):
-            try:
-                return await asyncio.to_thread(fn, **kwargs)
-            except ClientError as exc:
-                err = exc.response.get("Error", {})
-                code = str(err.get("Code", ""))
-                message = str(err.get("Message", "")) or str(exc)
-                if code in THROTTLING_CODES or code in TRANSIENT_CODES:
-                    last = Unavailable(f"{action}: {code}: {message}")
-                elif code == "ValidationError":
-                    raise ConfigError(f"{action} refused: {message}") from exc
-                elif code in ACCESS_CODES:
-                    raise ConfigError(
-                        f"{action}: not allowed ({code}): grant autoscaling:{action} "
-                        f"on group {self.group_name!r}: {message}"
-                    ) from exc
-                else:
-                    raise Internal(f"{action}: {code or 'error'}: {message}") from exc
-            except (
-                EndpointConnectionError,
-                ConnectTimeoutError,
-                ReadTimeoutError,
-                ConnectionClosedError,
-            ) as exc:
-                last = Unavailable(f"{action}: endpoint unreachable: {exc}")
-            except (NoCredentialsError, PartialCredentialsError) as exc:
-                raise ConfigError(f"{action}: no usable AWS credentials: {exc}") from exc
-            except NoRegionError as exc:
-                raise ConfigError(f"{action}: no AWS region configured") from exc
-            except BotoCoreError as exc:
-                raise Unavailable(f"{action}: {exc}") from exc
-            if attempt + 1 < self.max_attempts:
-                delay = self._backoff(attempt)
-                self.retries += 1
-                log.warning(
-                    "AWS call failed; retrying",
-                    action=action,
-                    attempt=attempt + 1,
-                    delay_s=round(delay, 3),
-                    error=last.message,
-                )
-                await self._sleep(delay)
-        assert last is not None
-        raise Unavailable(f"{last.message} (gave up after {self.max_attempts} attempts)")
+        code, message = aws.error_code(exc)
+        gave_up = f"(gave up after {self.max_attempts} attempts)"
+        if isinstance(exc, NoCredentialsError | PartialCredentialsError):
+            return ConfigError(f"{action}: no usable AWS credentials: {exc}")
+        if isinstance(exc, NoRegionError):
+            return ConfigError(f"{action}: no AWS region configured")
+        if not isinstance(exc, ClientError):
+            if aws.is_transient(exc):
+                return Unavailable(f"{action}: endpoint unreachable: {exc} {gave_up}")
+            return Unavailable(f"{action}: {exc}")
+        if code == "ValidationError":
+            return ConfigError(f"{action} refused: {message}")
+        if code in aws.ACCESS_DENIED_CODES or code in aws.CREDENTIALS_CODES:
+            return ConfigError(
+                f"{action}: not allowed ({code}): grant autoscaling:{action} "
+                f"on group {self.group_name!r}: {message}"
+            )
+        if aws.is_transient(exc):
+            return Unavailable(f"{action}: {code}: {message} {gave_up}")
+        if code in BUSY_CODES:
+            return Unavailable(f"{action}: {code}: {message}")
+        return Internal(f"{action}: {code or 'error'}: {message}")
 
     # ------------------------------------------------------------------ the group
     async def describe(self) -> GroupState:
@@ -320,4 +308,10 @@ class Ec2Actuator(Actuator):
         return applied
 
 
-__all__ = ["Ec2Actuator", "GroupState"]
+def _build(cfg: Ec2ActuatorConfig, _context: ActuatorContext) -> Ec2Actuator:
+    return Ec2Actuator.from_config(cfg)
+
+
+SPEC = ActuatorSpec(name="ec2", config=Ec2ActuatorConfig, build=_build)
+
+__all__ = ["SPEC", "Ec2Actuator", "Ec2ActuatorConfig", "GroupState"]

@@ -25,19 +25,47 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any, Literal
 
-from autoscaler.actuators.base import Actuator, Capacity, clamp
+from pydantic import Field
+
+from autoscaler.actuators.base import Actuator, ActuatorConfigBase, Capacity, clamp
+from autoscaler.registry import ActuatorContext, ActuatorSpec
 from fleet.errors import ConfigError, Unavailable
 from fleet.heartbeat import Heartbeat
 from fleet.logging import get_logger
-
-if TYPE_CHECKING:
-    from autoscaler.config import LocalActuatorConfig
+from fleet.worker_command import worker_argv, worker_command
 
 log = get_logger("autoscaler.actuators.local")
 
 MAX_RESTART_BACKOFF_S = 60.0
+
+
+class LocalActuatorConfig(ActuatorConfigBase):
+    """``[actuator] kind = "local"``: ``fleet worker`` processes on this machine."""
+
+    kind: Literal["local"]
+    models_dir: Path
+    """The model repository the workers serve (``--models``)."""
+    command: list[str] = Field(default_factory=worker_command, min_length=1)
+    """The worker command; ``--broker``, ``--models``, ``--worker-id`` and
+    ``--http-port 0`` are appended. Default: this interpreter's
+    ``-m fleetctl worker``."""
+    extra_args: list[str] = Field(default_factory=list)
+    """More arguments appended after the standard ones."""
+    max_workers: int = Field(default=4, ge=1, le=256)
+    """Hard cap on worker processes (the local equivalent of a group's MaxSize)."""
+    min_workers: int = Field(default=0, ge=0)
+    """Floor on worker processes (the local equivalent of a group's MinSize)."""
+    grace_period_s: float = Field(default=30.0, gt=0)
+    """How long a worker sent SIGTERM may take to drain before it is killed."""
+    log_dir: Path | None = None
+    """Where each worker's output goes (``<worker_id>.log``); ``None``: inherited."""
+    env: dict[str, str] = Field(default_factory=dict)
+    """Extra environment for the workers, e.g. ``{ FLEET_HEARTBEAT_INTERVAL = "1" }``."""
+    restart_backoff_s: float = Field(default=1.0, ge=0)
+    """Delay before a worker that died unexpectedly is replaced (doubles while
+    workers keep dying, up to 60 s)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -125,18 +153,14 @@ class LocalActuator(Actuator):
     # ------------------------------------------------------------------ processes
     async def _spawn(self) -> WorkerProcess:
         worker_id = f"{self.id_prefix}-{next(self._seq)}"
-        argv = [
-            *self.command,
-            "--broker",
-            self.broker,
-            "--models",
-            str(self.models_dir),
-            "--worker-id",
-            worker_id,
-            "--http-port",
-            "0",
-            *self.extra_args,
-        ]
+        argv = worker_argv(
+            broker=self.broker,
+            models=self.models_dir,
+            worker_id=worker_id,
+            http_port=0,
+            command=self.command,
+            extra=self.extra_args,
+        )
         out: IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -312,4 +336,10 @@ class LocalActuator(Actuator):
         }
 
 
-__all__ = ["LocalActuator", "WorkerProcess"]
+def _build(cfg: LocalActuatorConfig, context: ActuatorContext) -> LocalActuator:
+    return LocalActuator.from_config(cfg, broker=context.broker)
+
+
+SPEC = ActuatorSpec(name="local", config=LocalActuatorConfig, build=_build)
+
+__all__ = ["SPEC", "LocalActuator", "LocalActuatorConfig", "WorkerProcess"]

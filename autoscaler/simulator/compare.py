@@ -4,29 +4,35 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoscaler.baselines import (
-    KedaConfig,
-    KedaPolicy,
-    StaticConfig,
-    StaticPolicy,
-    TargetTrackingConfig,
-    TargetTrackingPolicy,
-)
-from autoscaler.policy import DefaultPolicy, PolicyConfig
+from autoscaler.registry import POLICIES
 from autoscaler.simulator.clairvoyant import ClairvoyantConfig, ClairvoyantPolicy
-from autoscaler.simulator.engine import SimConfig, SimResult, simulate
+from autoscaler.simulator.docs import render
+from autoscaler.simulator.engine import SimConfig, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
-from autoscaler.simulator.report import GoalCheck, check_goal, plot
+from autoscaler.simulator.report import PatternComparison, check_goal, plot
 from autoscaler.types import Policy
 
-POLICY_KINDS = ("default", "target-tracking", "keda", "static")
-REFERENCE_KINDS = ("clairvoyant",)
+GOAL_KINDS = ("default", "target-tracking", "keda", "static")
+"""The policies the default one's goal is judged against, in the order the
+comparison lists them."""
+REFERENCE_KINDS = (ClairvoyantPolicy.name,)
 """Not policies anyone can run: references that mark what foresight is worth."""
+
+
+def policy_kinds() -> tuple[str, ...]:
+    """Every registered policy kind (:data:`autoscaler.registry.POLICIES`):
+    those of the goal first, in their order, then the others by name."""
+    names = POLICIES.names()
+    first = [kind for kind in GOAL_KINDS if kind in names]
+    return (*first, *sorted(set(names) - set(first)))
+
+
+POLICY_KINDS = policy_kinds()
+"""The policy kinds registered when this module was imported."""
 ALL_KINDS = (*POLICY_KINDS, *REFERENCE_KINDS)
 
 
@@ -48,35 +54,23 @@ def make_policy(
 ) -> Policy[Any]:
     """A policy of ``kind`` with its documented defaults (static: sized for the
     peak; clairvoyant: reading the rate a boot delay and a poll ahead)."""
-    if kind == "default":
-        return DefaultPolicy(PolicyConfig())
-    if kind == "target-tracking":
-        return TargetTrackingPolicy(TargetTrackingConfig())
-    if kind == "keda":
-        return KedaPolicy(KedaConfig())
-    if kind == "static":
-        count = static_capacity
-        if count is None:
-            count = static_for_peak(pattern, profile, horizon_s=horizon_s)
-        return StaticPolicy(StaticConfig(capacity=count))
-    if kind == "clairvoyant":
+    if kind == ClairvoyantPolicy.name:
         cfg = config or SimConfig()
         lookahead = cfg.boot_delay_s + cfg.poll_interval_s
         return ClairvoyantPolicy(
             pattern,
             ClairvoyantConfig(per_instance_rps=profile.sustainable_rps, lookahead_s=lookahead),
         )
-    raise ValueError(f"unknown policy kind {kind!r}; choose from {', '.join(ALL_KINDS)}")
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class PatternComparison:
-    pattern: Pattern
-    results: tuple[SimResult, ...]
-    goal: GoalCheck | None
-
-    def by_policy(self, name: str) -> SimResult:
-        return next(r for r in self.results if r.policy == name)
+    if kind not in POLICIES:
+        known = ", ".join((*policy_kinds(), *REFERENCE_KINDS))
+        raise ValueError(f"unknown policy kind {kind!r}; choose from {known}")
+    params: dict[str, Any] = {}
+    if kind == "static":
+        count = static_capacity
+        if count is None:
+            count = static_for_peak(pattern, profile, horizon_s=horizon_s)
+        params["capacity"] = count
+    return POLICIES.get(kind).create(params)
 
 
 def compare_pattern(
@@ -85,9 +79,11 @@ def compare_pattern(
     profile: ServiceProfile = DEFAULT_PROFILE,
     config: SimConfig | None = None,
     horizon_s: float | None = None,
-    kinds: Sequence[str] = ALL_KINDS,
+    kinds: Sequence[str] | None = None,
 ) -> PatternComparison:
-    """Every policy kind on one pattern, same seed (so the same arrivals)."""
+    """Every policy kind (default: every registered one and the references)
+    on one pattern, same seed (so the same arrivals)."""
+    chosen = (*policy_kinds(), *REFERENCE_KINDS) if kinds is None else tuple(kinds)
     results = tuple(
         simulate(
             make_policy(kind, pattern, profile, horizon_s=horizon_s, config=config),
@@ -96,10 +92,10 @@ def compare_pattern(
             config=config,
             horizon_s=horizon_s,
         )
-        for kind in kinds
+        for kind in chosen
     )
     goal = None
-    if set(POLICY_KINDS) <= {r.policy for r in results}:
+    if set(GOAL_KINDS) <= {r.policy for r in results}:
         get = {r.policy: r for r in results}
         goal = check_goal(get["default"], get["target-tracking"], get["keda"], get["static"])
     return PatternComparison(pattern=pattern, results=results, goal=goal)
@@ -128,8 +124,6 @@ def write_docs(
             out / "img" / f"{comp.pattern.name}.png",
             objective_ms=cfg.latency_objective_ms,
         )
-    from autoscaler.simulator.docs import render
-
     path = out / "policies.md"
     path.write_text(
         render(comparisons, profile=profile, config=cfg, command=command), encoding="utf-8"
@@ -139,11 +133,13 @@ def write_docs(
 
 __all__ = [
     "ALL_KINDS",
+    "GOAL_KINDS",
     "POLICY_KINDS",
     "REFERENCE_KINDS",
     "PatternComparison",
     "compare_pattern",
     "make_policy",
+    "policy_kinds",
     "static_for_peak",
     "write_docs",
 ]

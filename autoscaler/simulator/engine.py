@@ -35,16 +35,19 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from autoscaler.baselines import StaticPolicy
+from autoscaler.ewma import Ewma
 from autoscaler.simulator.patterns import Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
 from autoscaler.types import Policy, Snapshot
 
 FloatArray = npt.NDArray[np.float64]
+S = TypeVar("S")
 
 _SPLIT = 8  # parts per cohort, at the octiles of the residual-service distribution
 _OCTILES = (np.arange(_SPLIT, dtype=np.float64) + 0.5) / _SPLIT
@@ -167,10 +170,111 @@ class _Recorder:
         self.over += float(w[lat > self.objective_s].sum())
 
 
-def _static_count(policy: Policy[Any]) -> int | None:
-    from autoscaler.baselines import StaticPolicy
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Run:
+    """What stays fixed during one run: the arrivals, the step counts and the
+    profile's constants."""
 
-    return policy.config.capacity if isinstance(policy, StaticPolicy) else None
+    cfg: SimConfig
+    profile: ServiceProfile
+    dt: float
+    rates: FloatArray
+    arrivals: npt.NDArray[np.int64]
+    ticks: int
+    poll_ticks: int
+    bucket_ticks: int
+    n_buckets: int
+    mu_max: float
+    b_max: float
+    t1: float
+
+    @classmethod
+    def make(
+        cls, pattern: Pattern, profile: ServiceProfile, cfg: SimConfig, horizon_s: float | None
+    ) -> _Run:
+        dt = cfg.dt_s
+        rates = pattern.rates(dt, horizon_s)
+        ticks = len(rates)
+        arrivals = np.random.default_rng(cfg.seed).poisson(rates * dt).astype(np.int64)
+        poll_ticks = max(1, round(cfg.poll_interval_s / dt))
+        bucket_ticks = poll_ticks * max(1, math.ceil(ticks / poll_ticks / cfg.timeline_points))
+        return cls(
+            cfg=cfg,
+            profile=profile,
+            dt=dt,
+            rates=rates,
+            arrivals=arrivals,
+            ticks=ticks,
+            poll_ticks=poll_ticks,
+            bucket_ticks=bucket_ticks,
+            n_buckets=math.ceil(ticks / bucket_ticks),
+            mu_max=profile.max_rps,
+            b_max=float(profile.max_batch),
+            t1=float(profile.service_time(1.0)),
+        )
+
+
+@dataclass(slots=True)
+class _Fleet:
+    """The simulated fleet and queue, and what is counted over the run."""
+
+    in_service: int
+    desired: int
+    booting: list[int] = field(default_factory=list)  # tick each booting instance starts serving
+    queue: deque[list[float]] = field(default_factory=deque)  # [arrival time, count]
+    queued: int = 0
+    credit: float = 0.0
+    inflight: float = 0.0
+    served: int = 0
+    dropped: int = 0
+    instance_s: float = 0.0
+    actions: int = 0
+    peak_backlog: int = 0
+    busy_total: float = 0.0
+    service_total: float = 0.0
+    queue_area: float = 0.0  # request-seconds spent waiting in the queue
+    wait_area: float = 0.0  # the same, summed over served requests' waits
+
+
+@dataclass(slots=True)
+class _Usage:
+    """Instance-seconds of one poll interval: busy, device-utilized, serving."""
+
+    busy_s: float = 0.0
+    util_s: float = 0.0
+    serving_s: float = 0.0
+
+
+@dataclass(slots=True)
+class _Cohorts:
+    """Cohorts served during a stretch of slow steps, recorded at its end."""
+
+    bases: list[float] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    rhos: list[float] = field(default_factory=list)
+    bks: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Polls:
+    """Per-poll records for the timeline."""
+
+    t: list[float] = field(default_factory=list)
+    desired: list[int] = field(default_factory=list)
+    in_service: list[int] = field(default_factory=list)
+    backlog: list[float] = field(default_factory=list)
+
+
+def _initial_capacity(policy: Policy[Any], run: _Run) -> int:
+    """The configured start, a static policy's count, or enough for the first
+    minute's rate."""
+    if run.cfg.initial_capacity is not None:
+        return run.cfg.initial_capacity
+    if isinstance(policy, StaticPolicy):
+        return policy.config.capacity
+    first = float(run.rates[: max(1, round(60.0 / run.dt))].mean())
+    return max(1, math.ceil(first / run.profile.sustainable_rps))
 
 
 def simulate(
@@ -184,260 +288,298 @@ def simulate(
 ) -> SimResult:
     """Replay ``pattern`` against ``policy``; deterministic for ``config.seed``."""
     cfg = config or SimConfig()
-    dt = cfg.dt_s
-    rates = pattern.rates(dt, horizon_s)
-    ticks = len(rates)
-    horizon = ticks * dt
-    arrivals = np.random.default_rng(cfg.seed).poisson(rates * dt).astype(np.int64)
-    poll_ticks = max(1, round(cfg.poll_interval_s / dt))
-    bucket_ticks = poll_ticks * max(1, math.ceil(ticks / poll_ticks / cfg.timeline_points))
-    n_buckets = math.ceil(ticks / bucket_ticks)
-    rec = _Recorder(objective_s=cfg.latency_objective_ms / 1e3, buckets=n_buckets)
-
-    mu_max = profile.max_rps
-    b_max = float(profile.max_batch)
-    t1 = float(profile.service_time(1.0))
-
-    # -- fleet state
-    initial = cfg.initial_capacity
-    if initial is None:
-        initial = _static_count(policy)
-    if initial is None:
-        first = float(rates[: max(1, round(60.0 / dt))].mean())
-        initial = max(1, math.ceil(first / profile.sustainable_rps))
-    in_service = initial
-    booting: list[int] = []  # tick each booting instance starts serving
-    desired = initial
-    queue: deque[list[float]] = deque()  # [arrival time, count]
-    queued = 0
-    credit = 0.0
-    served = dropped = 0
-    instance_s = 0.0
-    actions = 0
-    peak_backlog = 0
+    run = _Run.make(pattern, profile, cfg, horizon_s)
+    rec = _Recorder(objective_s=cfg.latency_objective_ms / 1e3, buckets=run.n_buckets)
+    initial = _initial_capacity(policy, run)
+    fleet = _Fleet(in_service=initial, desired=initial)
+    polls = _Polls()
+    arrival = Ewma(cfg.arrival_smoothing_s)
     state = policy.initial_state()
-    smoothed: float | None = None
-    inflight = 0.0
-
-    # per-poll records for the timeline
-    poll_t: list[float] = []
-    poll_desired: list[int] = []
-    poll_in_service: list[int] = []
-    poll_backlog: list[float] = []
-
-    busy_total = 0.0
-    service_total = 0.0
-    queue_area = 0.0  # request-seconds spent waiting in the queue
-    wait_area = 0.0  # the same, summed over served requests' waits
-
     k = 0
-    while k < ticks:
-        k_start, k_end = k, min(k + poll_ticks, ticks)
-        poll_arrivals = int(arrivals[k:k_end].sum())
-        busy_s = util_s = serving_s = 0.0
-        while k < k_end:
-            # instances that finished booting
-            if booting:
-                ready = [r for r in booting if r <= k]
-                if ready:
-                    booting = [r for r in booting if r > k]
-                    in_service += len(ready)
-            seg_end = min([k_end, *(r for r in booting if r > k)])
-            c = in_service
-            n = arrivals[k:seg_end]
-            instance_s += (c + len(booting)) * (seg_end - k) * dt
-            lam = n / (dt * c) if c > 0 else None
-            if c > 0 and queued == 0 and lam is not None and float(lam.max()) < 0.98 * mu_max:
-                # ---- fast path: no queue forms in this stretch
-                b = np.asarray(profile.batch_at_rate(lam), dtype=np.float64)
-                run = np.asarray(profile.service_time(b), dtype=np.float64)
-                rho = np.where(b <= 1.0 + 1e-9, np.minimum(lam * t1, 1.0), 1.0)
-                nz = n > 0
-                ks = np.arange(k, seg_end, dtype=np.int64)
-                rec.add(run[nz], n[nz].astype(np.float64), run[nz], rho[nz], ks[nz] // bucket_ticks)
-                served += int(n.sum())
-                busy_s += float(rho.sum()) * c * dt
-                util_s += float((lam / mu_max).sum()) * c * dt
-                serving_s += c * (seg_end - k) * dt
-                inflight = c * float(rho[-1] * b[-1] + lam[-1] * run[-1] / 2)
-                k = seg_end
-                continue
-            # ---- slow path: step by step with the FIFO of cohorts
-            bases: list[float] = []
-            weights: list[float] = []
-            runs: list[float] = []
-            rhos: list[float] = []
-            bks: list[int] = []
-            for kk in range(k, seg_end):
-                t = kk * dt
-                nk = int(arrivals[kk])
-                queued_before = queued
-                if c == 0:
-                    room = max(0, cfg.queue_limit - queued)
-                    take = min(nk, room)
-                    dropped += nk - take
-                    if take:
-                        queue.append([t + dt / 2, float(take)])
-                        queued += take
-                    inflight = 0.0
-                    peak_backlog = max(peak_backlog, queued)
-                    queue_area += (queued_before + queued) / 2 * dt
-                    continue
-                lam_k = nk / (dt * c)
-                b_k = min(max(float(profile.batch_at_rate(lam_k)) + queued / c, 1.0), b_max)
-                run_k = float(profile.service_time(b_k))
-                rate = c * b_k / run_k
-                cap = rate * dt + credit
-                left = cap
-                pos = 0.0
-                out = 0
-                first = len(bases)
-                while queue and left >= 1.0:
-                    head = queue[0]
-                    m = min(head[1], math.floor(left))
-                    wait = max(0.0, t + (pos + m / 2) / rate - head[0])
-                    wait_area += wait * m
-                    bases.append(wait + run_k)
-                    weights.append(m)
-                    pos += m
-                    left -= m
-                    out += int(m)
-                    head[1] -= m
-                    if head[1] <= 0:
-                        queue.popleft()
-                queued -= out
-                fresh = min(nk, math.floor(left)) if left >= 1.0 else 0
-                if fresh:
-                    wait = max(0.0, (pos + fresh / 2) / rate - dt / 2)
-                    wait_area += wait * fresh
-                    bases.append(wait + run_k)
-                    weights.append(fresh)
-                    left -= fresh
-                    out += fresh
-                rest = nk - fresh
-                if rest:
-                    room = max(0, cfg.queue_limit - queued)
-                    take = min(rest, room)
-                    dropped += rest - take
-                    if take:
-                        queue.append([t + dt / 2, float(take)])
-                        queued += take
-                rho_k = min(1.0, out / (rate * dt))
-                added = len(bases) - first
-                runs.extend([run_k] * added)
-                rhos.extend([rho_k] * added)
-                bks.extend([kk // bucket_ticks] * added)
-                served += out
-                queue_area += (queued_before + queued) / 2 * dt
-                credit = left - math.floor(left) if queued else 0.0
-                busy_s += rho_k * c * dt
-                util_s += min(1.0, out / dt / c / mu_max) * c * dt
-                serving_s += c * dt
-                inflight = c * rho_k * b_k
-                peak_backlog = max(peak_backlog, queued + round(inflight))
-            rec.add(
-                np.array(bases),
-                np.array(weights),
-                np.array(runs),
-                np.array(rhos),
-                np.array(bks, dtype=np.int64),
-            )
-            k = seg_end
-
-        # ---- the policy's turn
-        now = k * dt
-        interval = (k_end - k_start) * dt
-        sample = poll_arrivals / max(interval, dt)
-        if smoothed is None or cfg.arrival_smoothing_s <= 0:
-            smoothed = sample
-        else:
-            alpha = 1.0 - math.exp(-interval / cfg.arrival_smoothing_s)
-            smoothed += alpha * (sample - smoothed)
-        backlog = queued + round(inflight)
-        peak_backlog = max(peak_backlog, backlog)
-        busy_total += busy_s
-        service_total += serving_s
-        snap = Snapshot(
-            now=now,
-            backlog=backlog,
-            arrival_rate=smoothed,
-            per_instance_rps=profile.sustainable_rps if in_service > 0 else None,
-            busy_fraction=busy_s / serving_s if serving_s > 0 else None,
-            gpu_utilization=util_s / serving_s if serving_s > 0 else None,
-            in_service=in_service,
-            pending=len(booting),
-            desired=desired,
-        )
-        decision, state = policy.decide(snap, state)
-        want = max(0, decision.desired)
-        if want != desired:
-            actions += 1
-            if want > desired:
-                ready_tick = k + max(0, round(cfg.boot_delay_s / dt))
-                booting.extend([ready_tick] * (want - desired))
-            else:
-                remove = desired - want
-                cancel = min(remove, len(booting))
-                if cancel:
-                    booting = sorted(booting)[: len(booting) - cancel]  # newest first
-                leave = remove - cancel
-                if leave:
-                    # the leaving instances finish the batch they are running
-                    instance_s += leave * float(profile.service_time(b_max))
-                    in_service = max(0, in_service - leave)
-            desired = want
-        poll_t.append(now)
-        poll_desired.append(desired)
-        poll_in_service.append(in_service)
-        poll_backlog.append(float(backlog))
-
+    while k < run.ticks:
+        k_start, k_end = k, min(k + run.poll_ticks, run.ticks)
+        poll_arrivals = int(run.arrivals[k:k_end].sum())
+        use = _Usage()
+        k = _advance(run, fleet, rec, use, k, k_end)
+        interval = (k_end - k_start) * run.dt
+        smoothed = arrival.update(poll_arrivals / max(interval, run.dt), interval)
+        state = _policy_turn(run, fleet, use, policy, state, k, smoothed, polls)
     # requests still waiting at the end were never answered
-    dropped += queued
+    fleet.dropped += fleet.queued
+    return _result(run, fleet, rec, polls, policy=name or policy.name, pattern=pattern.name)
 
-    # ---- timeline, one point per bucket
-    per_poll = bucket_ticks // poll_ticks
-    n_polls = len(poll_t)
 
-    def agg(values: list[float] | list[int], how: str) -> FloatArray:
-        arr = np.asarray(values, dtype=np.float64)
-        pad = (-n_polls) % per_poll
-        if pad:
-            arr = np.concatenate([arr, np.full(pad, arr[-1])])
-        arr = arr.reshape(-1, per_poll)
-        return np.asarray(arr.max(axis=1) if how == "max" else arr.mean(axis=1))
+# ---------------------------------------------------------------------------- serving
 
-    offered = np.asarray(arrivals, dtype=np.float64)
-    offered = np.concatenate([offered, np.zeros(n_buckets * bucket_ticks - ticks)])
+
+def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_end: int) -> int:
+    """Serve from tick ``k`` to ``k_end``, a stretch between boot completions at
+    a time; returns ``k_end``."""
+    dt = run.dt
+    while k < k_end:
+        _finish_boots(fleet, k)
+        seg_end = min([k_end, *(r for r in fleet.booting if r > k)])
+        c = fleet.in_service
+        n = run.arrivals[k:seg_end]
+        fleet.instance_s += (c + len(fleet.booting)) * (seg_end - k) * dt
+        lam = n / (dt * c) if c > 0 else None
+        if c > 0 and fleet.queued == 0 and lam is not None and float(lam.max()) < 0.98 * run.mu_max:
+            _fast_stretch(run, fleet, rec, use, k, seg_end, c, n, lam)
+        else:
+            cohorts = _Cohorts()
+            for kk in range(k, seg_end):
+                if c == 0:
+                    _tick_without_capacity(run, fleet, kk)
+                else:
+                    _tick(run, fleet, use, cohorts, kk, c)
+            rec.add(
+                np.array(cohorts.bases),
+                np.array(cohorts.weights),
+                np.array(cohorts.runs),
+                np.array(cohorts.rhos),
+                np.array(cohorts.bks, dtype=np.int64),
+            )
+        k = seg_end
+    return k
+
+
+def _finish_boots(fleet: _Fleet, k: int) -> None:
+    """Instances that finished booting by tick ``k`` go into service."""
+    if fleet.booting:
+        ready = [r for r in fleet.booting if r <= k]
+        if ready:
+            fleet.booting = [r for r in fleet.booting if r > k]
+            fleet.in_service += len(ready)
+
+
+def _fast_stretch(
+    run: _Run,
+    fleet: _Fleet,
+    rec: _Recorder,
+    use: _Usage,
+    k: int,
+    seg_end: int,
+    c: int,
+    n: npt.NDArray[np.int64],
+    lam: FloatArray,
+) -> None:
+    """No queue forms in this stretch: every step at once, with numpy."""
+    dt, profile = run.dt, run.profile
+    b = np.asarray(profile.batch_at_rate(lam), dtype=np.float64)
+    batch_run = np.asarray(profile.service_time(b), dtype=np.float64)
+    rho = np.where(b <= 1.0 + 1e-9, np.minimum(lam * run.t1, 1.0), 1.0)
+    nz = n > 0
+    ks = np.arange(k, seg_end, dtype=np.int64)
+    rec.add(
+        batch_run[nz], n[nz].astype(np.float64), batch_run[nz], rho[nz], ks[nz] // run.bucket_ticks
+    )
+    fleet.served += int(n.sum())
+    use.busy_s += float(rho.sum()) * c * dt
+    use.util_s += float((lam / run.mu_max).sum()) * c * dt
+    use.serving_s += c * (seg_end - k) * dt
+    fleet.inflight = c * float(rho[-1] * b[-1] + lam[-1] * batch_run[-1] / 2)
+
+
+def _enqueue(run: _Run, fleet: _Fleet, t: float, count: int) -> None:
+    """``count`` requests arriving in the step at ``t`` wait; what a full
+    queue refuses is dropped."""
+    room = max(0, run.cfg.queue_limit - fleet.queued)
+    take = min(count, room)
+    fleet.dropped += count - take
+    if take:
+        fleet.queue.append([t + run.dt / 2, float(take)])
+        fleet.queued += take
+
+
+def _tick_without_capacity(run: _Run, fleet: _Fleet, kk: int) -> None:
+    """One step with nothing in service: arrivals queue."""
+    queued_before = fleet.queued
+    _enqueue(run, fleet, kk * run.dt, int(run.arrivals[kk]))
+    fleet.inflight = 0.0
+    fleet.peak_backlog = max(fleet.peak_backlog, fleet.queued)
+    fleet.queue_area += (queued_before + fleet.queued) / 2 * run.dt
+
+
+def _tick(run: _Run, fleet: _Fleet, use: _Usage, cohorts: _Cohorts, kk: int, c: int) -> None:
+    """One step with ``c`` instances serving the FIFO of cohorts, then the
+    step's own arrivals; what they cannot take waits."""
+    dt, t, nk = run.dt, kk * run.dt, int(run.arrivals[kk])
+    queued_before = fleet.queued
+    lam_k = nk / (dt * c)
+    b_k = min(max(float(run.profile.batch_at_rate(lam_k)) + fleet.queued / c, 1.0), run.b_max)
+    run_k = float(run.profile.service_time(b_k))
+    rate = c * b_k / run_k
+    first = len(cohorts.bases)
+    left, pos, out = _drain_queue(fleet, cohorts, t, rate, run_k, rate * dt + fleet.credit)
+    fleet.queued -= out
+    fresh = min(nk, math.floor(left)) if left >= 1.0 else 0
+    if fresh:
+        wait = max(0.0, (pos + fresh / 2) / rate - dt / 2)
+        fleet.wait_area += wait * fresh
+        cohorts.bases.append(wait + run_k)
+        cohorts.weights.append(fresh)
+        left -= fresh
+        out += fresh
+    rest = nk - fresh
+    if rest:
+        _enqueue(run, fleet, t, rest)
+    rho_k = min(1.0, out / (rate * dt))
+    added = len(cohorts.bases) - first
+    cohorts.runs.extend([run_k] * added)
+    cohorts.rhos.extend([rho_k] * added)
+    cohorts.bks.extend([kk // run.bucket_ticks] * added)
+    fleet.served += out
+    fleet.queue_area += (queued_before + fleet.queued) / 2 * dt
+    fleet.credit = left - math.floor(left) if fleet.queued else 0.0
+    use.busy_s += rho_k * c * dt
+    use.util_s += min(1.0, out / dt / c / run.mu_max) * c * dt
+    use.serving_s += c * dt
+    fleet.inflight = c * rho_k * b_k
+    fleet.peak_backlog = max(fleet.peak_backlog, fleet.queued + round(fleet.inflight))
+
+
+def _drain_queue(
+    fleet: _Fleet, cohorts: _Cohorts, t: float, rate: float, run_k: float, left: float
+) -> tuple[float, float, int]:
+    """Serve waiting cohorts, oldest first, while a whole request fits in
+    ``left``; returns what is left, the fluid position reached and how many
+    were served (the queue count is not changed here)."""
+    pos = 0.0
+    out = 0
+    queue = fleet.queue
+    while queue and left >= 1.0:
+        head = queue[0]
+        m = min(head[1], math.floor(left))
+        wait = max(0.0, t + (pos + m / 2) / rate - head[0])
+        fleet.wait_area += wait * m
+        cohorts.bases.append(wait + run_k)
+        cohorts.weights.append(m)
+        pos += m
+        left -= m
+        out += int(m)
+        head[1] -= m
+        if head[1] <= 0:
+            queue.popleft()
+    return left, pos, out
+
+
+# ---------------------------------------------------------------------------- the policy
+
+
+def _policy_turn(
+    run: _Run,
+    fleet: _Fleet,
+    use: _Usage,
+    policy: Policy[S],
+    state: S,
+    k: int,
+    smoothed: float,
+    polls: _Polls,
+) -> S:
+    """Hand the policy a snapshot at tick ``k``, apply its decision, record
+    the poll; returns the policy's new state."""
+    now = k * run.dt
+    backlog = fleet.queued + round(fleet.inflight)
+    fleet.peak_backlog = max(fleet.peak_backlog, backlog)
+    fleet.busy_total += use.busy_s
+    fleet.service_total += use.serving_s
+    snap = Snapshot(
+        now=now,
+        backlog=backlog,
+        arrival_rate=smoothed,
+        per_instance_rps=run.profile.sustainable_rps if fleet.in_service > 0 else None,
+        busy_fraction=use.busy_s / use.serving_s if use.serving_s > 0 else None,
+        gpu_utilization=use.util_s / use.serving_s if use.serving_s > 0 else None,
+        in_service=fleet.in_service,
+        pending=len(fleet.booting),
+        desired=fleet.desired,
+    )
+    decision, state = policy.decide(snap, state)
+    _scale(run, fleet, k, max(0, decision.desired))
+    polls.t.append(now)
+    polls.desired.append(fleet.desired)
+    polls.in_service.append(fleet.in_service)
+    polls.backlog.append(float(backlog))
+    return state
+
+
+def _scale(run: _Run, fleet: _Fleet, k: int, want: int) -> None:
+    """Launch instances (serving after the boot delay) or remove them:
+    booting ones first, newest first, then in-service ones."""
+    if want == fleet.desired:
+        return
+    fleet.actions += 1
+    if want > fleet.desired:
+        ready_tick = k + max(0, round(run.cfg.boot_delay_s / run.dt))
+        fleet.booting.extend([ready_tick] * (want - fleet.desired))
+    else:
+        remove = fleet.desired - want
+        cancel = min(remove, len(fleet.booting))
+        if cancel:
+            fleet.booting = sorted(fleet.booting)[: len(fleet.booting) - cancel]  # newest first
+        leave = remove - cancel
+        if leave:
+            # the leaving instances finish the batch they are running
+            fleet.instance_s += leave * float(run.profile.service_time(run.b_max))
+            fleet.in_service = max(0, fleet.in_service - leave)
+    fleet.desired = want
+
+
+# ---------------------------------------------------------------------------- the result
+
+
+def _aggregate(values: list[float] | list[int], how: str, per_poll: int) -> FloatArray:
+    """Per-poll values, ``per_poll`` to a timeline point (max or mean)."""
+    arr = np.asarray(values, dtype=np.float64)
+    pad = (-len(values)) % per_poll
+    if pad:
+        arr = np.concatenate([arr, np.full(pad, arr[-1])])
+    arr = arr.reshape(-1, per_poll)
+    return np.asarray(arr.max(axis=1) if how == "max" else arr.mean(axis=1))
+
+
+def _timeline(run: _Run, rec: _Recorder, polls: _Polls) -> Timeline:
+    """One point per bucket of polls."""
+    per_poll = run.bucket_ticks // run.poll_ticks
+    n_buckets, bucket_ticks = run.n_buckets, run.bucket_ticks
+    offered = np.asarray(run.arrivals, dtype=np.float64)
+    offered = np.concatenate([offered, np.zeros(n_buckets * bucket_ticks - run.ticks)])
     p99 = np.array([_percentile(h, 0.99) * 1e3 for h in rec.per_bucket])
-    timeline = Timeline(
-        t_s=(np.arange(n_buckets, dtype=np.float64) + 1.0) * (bucket_ticks * dt),
-        offered_rps=offered.reshape(n_buckets, bucket_ticks).mean(axis=1) / dt,
-        desired=agg(poll_desired, "max")[:n_buckets],
-        in_service=agg(poll_in_service, "mean")[:n_buckets],
-        backlog=agg(poll_backlog, "max")[:n_buckets],
+    return Timeline(
+        t_s=(np.arange(n_buckets, dtype=np.float64) + 1.0) * (bucket_ticks * run.dt),
+        offered_rps=offered.reshape(n_buckets, bucket_ticks).mean(axis=1) / run.dt,
+        desired=_aggregate(polls.desired, "max", per_poll)[:n_buckets],
+        in_service=_aggregate(polls.in_service, "mean", per_poll)[:n_buckets],
+        backlog=_aggregate(polls.backlog, "max", per_poll)[:n_buckets],
         p99_ms=p99,
     )
-    arrived = int(arrivals.sum())
-    hours = instance_s / 3600.0
+
+
+def _result(
+    run: _Run, fleet: _Fleet, rec: _Recorder, polls: _Polls, *, policy: str, pattern: str
+) -> SimResult:
+    horizon = run.ticks * run.dt
+    hours = fleet.instance_s / 3600.0
+    served = fleet.served
     return SimResult(
-        policy=name or policy.name,
-        pattern=pattern.name,
+        policy=policy,
+        pattern=pattern,
         horizon_s=horizon,
-        arrived=arrived,
+        arrived=int(run.arrivals.sum()),
         served=served,
-        dropped=dropped,
-        over_objective=rec.over + dropped,
+        dropped=fleet.dropped,
+        over_objective=rec.over + fleet.dropped,
         p50_ms=_percentile(rec.hist, 0.50) * 1e3,
         p95_ms=_percentile(rec.hist, 0.95) * 1e3,
         p99_ms=_percentile(rec.hist, 0.99) * 1e3,
         instance_hours=hours,
-        cost=hours * cfg.price_per_hour,
-        peak_backlog=int(peak_backlog),
-        actions=actions,
-        mean_busy=busy_total / service_total if service_total > 0 else 0.0,
-        mean_queued=queue_area / horizon,
-        mean_queue_wait_s=wait_area / served if served else 0.0,
-        timeline=timeline,
+        cost=hours * run.cfg.price_per_hour,
+        peak_backlog=int(fleet.peak_backlog),
+        actions=fleet.actions,
+        mean_busy=fleet.busy_total / fleet.service_total if fleet.service_total > 0 else 0.0,
+        mean_queued=fleet.queue_area / horizon,
+        mean_queue_wait_s=fleet.wait_area / served if served else 0.0,
+        timeline=_timeline(run, rec, polls),
     )
 
 

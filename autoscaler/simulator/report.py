@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoscaler.simulator.engine import SimResult
+from autoscaler.simulator.patterns import Pattern
 
 COLUMNS = (
     "pattern",
@@ -140,6 +141,19 @@ def check_goal(
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#7f7f7f", "#9467bd", "#ff7f0e")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class PatternComparison:
+    """Every policy compared on one pattern, and the goal check when the
+    baselines it is judged against were among them."""
+
+    pattern: Pattern
+    results: tuple[SimResult, ...]
+    goal: GoalCheck | None
+
+    def by_policy(self, name: str) -> SimResult:
+        return next(r for r in self.results if r.policy == name)
+
+
 def plot(results: Sequence[SimResult], path: str | Path, *, objective_ms: float = 100.0) -> Path:
     """One figure (900x600 px): offered load, desired and in-service capacity,
     backlog and p99 latency over time, one colour per policy."""
@@ -186,6 +200,7 @@ __all__ = [
     "MAX_OVER_SHARE",
     "MAX_STATIC_SHARE",
     "GoalCheck",
+    "PatternComparison",
     "check_goal",
     "markdown_table",
     "meets_static_goal",

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
@@ -44,47 +44,21 @@ from aiokafka.errors import (
 
 from fleet.contract import Priority
 from fleet.logging import get_logger
+from fleet.transport._kafka_common import (
+    ConsumerHost,
+    format_attempts,
+    header_attempt,
+    parse_attempts,
+)
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 
-if TYPE_CHECKING:
-    from fleet.transport.kafka import KafkaTransport
-
 log = get_logger("fleet.transport.kafka")
 
-ATTEMPT_HEADER = "fleet-attempt"
-_META_PREFIX = "fa1:"
 _MAX_SEGMENTS = 32
 REVOKE_GRACE = 1.0  # seconds a revoke waits for in-flight records to be acked
 DRAIN_TIMEOUT = 30.0  # seconds a cancelled consumer stays in its group for late acks
 POLL_MS = 200
-
-
-def header_attempt(headers: Sequence[tuple[str, bytes]] | None) -> int:
-    for key, value in headers or ():
-        if key == ATTEMPT_HEADER:
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                return max(1, int(value.decode()))
-    return 1
-
-
-def parse_attempts(metadata: str | None) -> list[tuple[int, int]]:
-    """``fa1:105=3,220=1`` -> ``[(105, 3), (220, 1)]``; anything else -> ``[]``."""
-    if not metadata or not metadata.startswith(_META_PREFIX):
-        return []
-    out: list[tuple[int, int]] = []
-    try:
-        for part in metadata[len(_META_PREFIX) :].split(","):
-            if part:
-                upto, count = part.split("=")
-                out.append((int(upto), int(count)))
-    except ValueError:
-        return []
-    return sorted(out)
-
-
-def format_attempts(segments: Sequence[tuple[int, int]]) -> str:
-    return _META_PREFIX + ",".join(f"{upto}={count}" for upto, count in segments)
 
 
 @dataclass(eq=False, slots=True)
@@ -197,7 +171,7 @@ class GroupConsumer(Consumer):
 
     def __init__(
         self,
-        transport: KafkaTransport,
+        transport: ConsumerHost,
         model: str,
         priority: Priority,
         topic: str,
@@ -535,7 +509,7 @@ class TailConsumer(Consumer):
     """Reads every partition of one topic from its end, without a group: an
     inbox, or the heartbeats every subscriber sees."""
 
-    def __init__(self, transport: KafkaTransport, topic: str, on_bytes: OnBytes) -> None:
+    def __init__(self, transport: ConsumerHost, topic: str, on_bytes: OnBytes) -> None:
         self.transport = transport
         self.topic = topic
         self.on_bytes = on_bytes
@@ -608,4 +582,4 @@ class TailConsumer(Consumer):
         self.transport.forget_consumer(self)
 
 
-__all__ = ["ATTEMPT_HEADER", "GroupConsumer", "KafkaDelivery", "TailConsumer"]
+__all__ = ["GroupConsumer", "KafkaDelivery", "TailConsumer"]

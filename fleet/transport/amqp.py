@@ -32,6 +32,7 @@ import contextlib
 import uuid
 from base64 import b64encode
 from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
@@ -73,6 +74,7 @@ from fleet.transport.base import (
     TransportOptions,
     queue_name,
 )
+from fleet.transport.spec import TransportSpec
 
 log = get_logger("fleet.transport.amqp")
 
@@ -90,6 +92,15 @@ _AMQP_QUERY = frozenset(
 )
 _MANAGEMENT_TIMEOUT = 1.0  # seconds per management API call
 _MANAGEMENT_RETRY = 30.0  # seconds to leave an unreachable management API alone
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AmqpOptions(TransportOptions):
+    """The common options, plus where the management API is."""
+
+    management_url: str | None = None
+    """Base URL of the RabbitMQ management API, for ``depth``'s in-flight
+    counts (default: port 15672 of the broker's host)."""
 
 
 def work_queue_arguments(options: TransportOptions) -> dict[str, Any]:
@@ -124,9 +135,10 @@ def _translated(what: str) -> Iterator[None]:
 
 class AmqpTransport(Transport):
     scheme = "amqp"
+    options: AmqpOptions
 
     def __init__(self, url: str, options: TransportOptions) -> None:
-        super().__init__(url, options)
+        super().__init__(url, AmqpOptions.extend(options))
         parts = urlsplit(url)
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in _AMQP_QUERY])
         self._amqp_url = urlunsplit(parts._replace(query=query, fragment=""))
@@ -134,11 +146,8 @@ class AmqpTransport(Transport):
             parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         )
         self._vhost = unquote(parts.path.strip("/")) or "/"
-        self._management = (
-            dict(parse_qsl(parts.query))
-            .get("management_url", f"http://{parts.hostname or 'localhost'}:15672")
-            .rstrip("/")
-        )
+        default_management = f"http://{parts.hostname or 'localhost'}:15672"
+        self._management = (self.options.management_url or default_management).rstrip("/")
         credentials = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
         self._auth_header = {"Authorization": "Basic " + b64encode(credentials.encode()).decode()}
         self._management_down_until = 0.0
@@ -497,4 +506,12 @@ class AmqpTransport(Transport):
         return out
 
 
-__all__ = ["DLX", "AmqpTransport", "work_queue_arguments"]
+SPEC = TransportSpec(
+    name="amqp",
+    schemes=("amqp", "amqps"),
+    options=AmqpOptions,
+    factory=AmqpTransport,
+    url_params=_AMQP_QUERY,
+)
+
+__all__ = ["DLX", "SPEC", "AmqpOptions", "AmqpTransport", "work_queue_arguments"]

@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import enum
 import inspect
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
-from urllib.parse import parse_qs, urlsplit
 
 from fleet.contract import Priority, check_model_name
-from fleet.errors import ConfigError
 from fleet.logging import get_logger
+from fleet.transport.options import TransportOptions
 
 log = get_logger("fleet.transport")
 
@@ -45,47 +45,22 @@ OnBytes = Callable[[bytes], None]
 Listener = Callable[[], Awaitable[None] | None]
 
 
+class Capability(enum.Enum):
+    """What a transport can do beyond the roles every transport plays. A
+    transport declares its capabilities in :attr:`Transport.capabilities`;
+    callers ask with :meth:`Transport.can`, never by probing attributes or
+    comparing scheme names."""
+
+    PRODUCE_RATE = "produce_rate"
+    """It implements :class:`ProduceRateReader`: the rate requests were
+    published at, read from the broker (Kafka: end offsets over time)."""
+    LAG_COUNTS_IN_FLIGHT = "lag_counts_in_flight"
+    """:attr:`Depth.ready` already counts what consumers hold unacked (Kafka
+    lag is end offset minus committed), so nothing must be added for it."""
+
+
 def queue_name(model: str, priority: Priority) -> str:
     return f"fleet.{check_model_name(model)}.{priority.label}"
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class TransportOptions:
-    """Settings common to every transport; each may be given in the URL's query
-    string (``amqp://host/?max_queue_length=5000``) or as keyword arguments."""
-
-    max_queue_length: int = 10_000  # messages per work queue; past it: Overloaded
-    delivery_limit: int = 5  # deliveries before a message is dead-lettered
-    publish_timeout: float = 5.0  # seconds to wait for a broker confirm
-    reconnect_interval: float = 0.5  # seconds between reconnection attempts
-    partitions: int = 8  # Kafka: partitions per request topic
-    max_lag: int = 10_000  # Kafka: lag past which publishing is refused (Overloaded)
-
-    @classmethod
-    def from_url(cls, url: str, **overrides: object) -> TransportOptions:
-        query = parse_qs(urlsplit(url).query)
-        values: dict[str, object] = {}
-        fields = cls.__dataclass_fields__
-        for key, raw in query.items():
-            if key not in fields:
-                continue  # transport-specific query parameters pass through
-            kind = type(getattr(cls(), key))
-            try:
-                values[key] = kind(raw[-1])
-            except ValueError:
-                raise ConfigError(
-                    f"URL option {key}={raw[-1]!r} is not a valid {kind.__name__}"
-                ) from None
-        for key, value in overrides.items():
-            if key not in fields:
-                raise ConfigError(f"unknown transport option {key!r}")
-            if value is not None:
-                values[key] = value
-        opts = cls(**values)  # type: ignore[arg-type]
-        for key in ("max_queue_length", "delivery_limit", "partitions", "max_lag"):
-            if getattr(opts, key) < 1:
-                raise ConfigError(f"transport option {key} must be at least 1")
-        return opts
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,10 +105,93 @@ class Consumer(abc.ABC):
         return None
 
 
-class Transport(abc.ABC):
-    """A broker connection. Use as ``async with connect(url) as transport``."""
+class RequestPublisher(abc.ABC):
+    """Role: the client side of the work queues."""
+
+    @abc.abstractmethod
+    async def declare_model(self, model: str) -> None:
+        """Create the model's work queues (both priority classes). Idempotent."""
+
+    @abc.abstractmethod
+    async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
+        """Publish a request frame and wait for the broker to confirm it."""
+
+
+class ReplyInbox(abc.ABC):
+    """Role: where a client's replies arrive."""
+
+    @abc.abstractmethod
+    async def open_inbox(self, on_reply: OnBytes) -> str:
+        """Start receiving reply frames; returns the address workers reply to."""
+
+
+class WorkConsumer(abc.ABC):
+    """Role: the worker side of the work queues."""
+
+    @abc.abstractmethod
+    async def consume(
+        self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int
+    ) -> Consumer:
+        """Deliver the model's requests of one priority class, at most
+        ``prefetch`` unacked at a time."""
+
+    @abc.abstractmethod
+    async def publish_reply(self, reply_to: str, body: bytes) -> None:
+        """Publish a reply frame (confirmed). An inbox that is gone drops it."""
+
+
+class HeartbeatChannel(abc.ABC):
+    """Role: workers' heartbeats, seen by every subscriber."""
+
+    @abc.abstractmethod
+    async def publish_heartbeat(self, body: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer: ...
+
+
+class DepthReader(abc.ABC):
+    """Role: what operators and the autoscaler read from the broker."""
+
+    @abc.abstractmethod
+    async def depth(self, model: str) -> Depth:
+        """Backlog of the model over both priority classes."""
+
+    @abc.abstractmethod
+    async def take_dead_letters(self, limit: int = 100) -> list[bytes]:
+        """Remove and return up to ``limit`` messages from the dead-letter queue."""
+
+
+class ProduceRateReader(abc.ABC):
+    """Optional role (:attr:`Capability.PRODUCE_RATE`)."""
+
+    @abc.abstractmethod
+    async def produce_rate(self, model: str) -> float | None:
+        """Requests/s published for ``model`` lately; ``None`` if unknown."""
+
+
+_ROLE_OF_CAPABILITY: dict[Capability, type[object]] = {Capability.PRODUCE_RATE: ProduceRateReader}
+
+
+class Transport(RequestPublisher, ReplyInbox, WorkConsumer, HeartbeatChannel, DepthReader):
+    """A broker connection: its lifecycle, and every role each transport plays.
+    Use as ``async with connect(url) as transport``. What only some transports
+    can do is a :class:`Capability` they declare in :attr:`capabilities`."""
 
     scheme: ClassVar[str]
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        for capability in cls.capabilities:
+            role = _ROLE_OF_CAPABILITY.get(capability)
+            if role is not None and not issubclass(cls, role):
+                raise TypeError(
+                    f"{cls.__name__} declares {capability.name} but is no {role.__name__}"
+                )
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
     def __init__(self, url: str, options: TransportOptions) -> None:
         self.url = url
@@ -147,7 +205,6 @@ class Transport(abc.ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    # ------------------------------------------------------------------ lifecycle
     @abc.abstractmethod
     async def connect(self) -> None: ...
 
@@ -172,47 +229,6 @@ class Transport(abc.ABC):
             except Exception:
                 log.exception("reconnect listener failed")
 
-    # ------------------------------------------------------------------ topology
-    @abc.abstractmethod
-    async def declare_model(self, model: str) -> None:
-        """Create the model's work queues (both priority classes). Idempotent."""
-
-    # ------------------------------------------------------------------ client side
-    @abc.abstractmethod
-    async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
-        """Publish a request frame and wait for the broker to confirm it."""
-
-    @abc.abstractmethod
-    async def open_inbox(self, on_reply: OnBytes) -> str:
-        """Start receiving reply frames; returns the address workers reply to."""
-
-    # ------------------------------------------------------------------ worker side
-    @abc.abstractmethod
-    async def consume(
-        self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int
-    ) -> Consumer:
-        """Deliver the model's requests of one priority class, at most
-        ``prefetch`` unacked at a time."""
-
-    @abc.abstractmethod
-    async def publish_reply(self, reply_to: str, body: bytes) -> None:
-        """Publish a reply frame (confirmed). An inbox that is gone drops it."""
-
-    @abc.abstractmethod
-    async def publish_heartbeat(self, body: bytes) -> None: ...
-
-    @abc.abstractmethod
-    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer: ...
-
-    # ------------------------------------------------------------------ operators
-    @abc.abstractmethod
-    async def depth(self, model: str) -> Depth:
-        """Backlog of the model over both priority classes."""
-
-    @abc.abstractmethod
-    async def take_dead_letters(self, limit: int = 100) -> list[bytes]:
-        """Remove and return up to ``limit`` messages from the dead-letter queue."""
-
 
 async def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
     """Poll ``predicate`` until true or ``timeout`` seconds pass."""
@@ -228,12 +244,20 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, interval: fl
 __all__ = [
     "DEAD_LETTER",
     "HEARTBEATS",
+    "Capability",
     "Consumer",
     "Delivery",
     "Depth",
+    "DepthReader",
+    "HeartbeatChannel",
     "OnBytes",
     "OnDelivery",
+    "ProduceRateReader",
+    "ReplyInbox",
+    "RequestPublisher",
     "Transport",
     "TransportOptions",
+    "WorkConsumer",
     "queue_name",
+    "wait_until",
 ]

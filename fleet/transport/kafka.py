@@ -62,7 +62,8 @@ import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -82,24 +83,23 @@ from aiokafka.errors import (
 from fleet.contract import Priority
 from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
 from fleet.logging import get_logger
-from fleet.transport._kafka_consumer import (
-    ATTEMPT_HEADER,
-    GroupConsumer,
-    TailConsumer,
-    parse_attempts,
-)
+from fleet.transport._kafka_common import ATTEMPT_HEADER, dead_letter_headers, parse_attempts
+from fleet.transport._kafka_consumer import GroupConsumer, TailConsumer
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
     DEAD_LETTER,
     HEARTBEATS,
+    Capability,
     Consumer,
     Depth,
     OnBytes,
     OnDelivery,
+    ProduceRateReader,
     Transport,
     TransportOptions,
     queue_name,
 )
+from fleet.transport.spec import TransportSpec
 
 log = get_logger("fleet.transport.kafka")
 
@@ -124,11 +124,23 @@ _CONNECTION_ERRORS = (
 )
 
 
-class KafkaTransport(Transport):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KafkaOptions(TransportOptions):
+    """The common options, plus Kafka's own."""
+
+    partitions: int = 8  # partitions per request topic
+    max_lag: int = 10_000  # messages waiting past which publishing is refused (Overloaded)
+
+    COUNTS: ClassVar[tuple[str, ...]] = (*TransportOptions.COUNTS, "partitions", "max_lag")
+
+
+class KafkaTransport(Transport, ProduceRateReader):
     scheme = "kafka"
+    capabilities = frozenset({Capability.PRODUCE_RATE, Capability.LAG_COUNTS_IN_FLIGHT})
+    options: KafkaOptions
 
     def __init__(self, url: str, options: TransportOptions) -> None:
-        super().__init__(url, options)
+        super().__init__(url, KafkaOptions.extend(options))
         parts = urlsplit(url)
         if parts.scheme != "kafka" or not parts.netloc:
             raise ConfigError(f"Kafka URL {url!r} must look like kafka://host:port[,host:port]")
@@ -407,14 +419,7 @@ class KafkaTransport(Transport):
         return cached[1] + self._published_since.get(topic, 0)
 
     async def dead_letter(self, record: Any, reason: str, attempt: int) -> None:
-        headers = [(k, v) for k, v in (record.headers or ()) if not k.startswith("fleet-dlq-")]
-        headers += [
-            ("fleet-dlq-topic", record.topic.encode()),
-            ("fleet-dlq-partition", str(record.partition).encode()),
-            ("fleet-dlq-offset", str(record.offset).encode()),
-            ("fleet-dlq-reason", reason.encode()),
-            ("fleet-dlq-attempt", str(attempt).encode()),
-        ]
+        headers = dead_letter_headers(record, reason, attempt)
         await self._send(DEAD_LETTER, bytes(record.value or b""), headers=headers)
 
     # ------------------------------------------------------------------ client side
@@ -634,4 +639,6 @@ class KafkaTransport(Transport):
         return out
 
 
-__all__ = ["INBOX_PREFIX", "KafkaTransport"]
+SPEC = TransportSpec(name="kafka", schemes=("kafka",), options=KafkaOptions, factory=KafkaTransport)
+
+__all__ = ["INBOX_PREFIX", "SPEC", "KafkaOptions", "KafkaTransport"]

@@ -31,6 +31,7 @@ from fleet.transport.base import (
     TransportOptions,
     queue_name,
 )
+from fleet.transport.spec import TransportSpec
 
 log = get_logger("fleet.transport.memory")
 
@@ -396,4 +397,6 @@ class MemoryTransport(Transport):
         return out
 
 
-__all__ = ["MemoryBroker", "MemoryTransport"]
+SPEC = TransportSpec(name="memory", schemes=("memory",), factory=MemoryTransport)
+
+__all__ = ["SPEC", "MemoryBroker", "MemoryTransport"]

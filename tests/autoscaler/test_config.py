@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import sys
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import Field
 
-from autoscaler.config import (
-    DryRunActuatorConfig,
-    Ec2ActuatorConfig,
-    LocalActuatorConfig,
-    load_config,
-)
-from autoscaler.factory import POLICY_CLASSES, PolicyUnavailable, build_policy
+from autoscaler.actuators.base import ActuatorConfigBase
+from autoscaler.actuators.dry_run import DryRunActuator, DryRunActuatorConfig
+from autoscaler.actuators.ec2 import Ec2ActuatorConfig
+from autoscaler.actuators.local import LocalActuatorConfig
+from autoscaler.baselines import KedaPolicy, StaticPolicy, TargetTrackingPolicy
+from autoscaler.config import load_config, parse_config
+from autoscaler.factory import build_actuator, build_policy
+from autoscaler.loop import from_config
+from autoscaler.policy import DefaultPolicy
+from autoscaler.registry import ACTUATORS, POLICIES, ActuatorContext, ActuatorSpec, PolicySpec
+from autoscaler.types import Decision, Policy, Snapshot
 from fleet.errors import ConfigError
+from fleet.transport.memory import MemoryBroker
+from fleet.worker_command import worker_command
 
 pytestmark = pytest.mark.unit
 
@@ -75,7 +84,7 @@ def test_a_good_file_loads(tmp_path: Path) -> None:
     assert isinstance(act, LocalActuatorConfig)
     assert act.models_dir == Path("models")
     assert act.max_workers == 3
-    assert act.command == [sys.executable, "-m", "fleet", "worker"]
+    assert act.command == worker_command() == [sys.executable, "-m", "fleetctl", "worker"]
     assert act.env == {"FLEET_HEARTBEAT_INTERVAL": "1"}
     assert cfg.metrics.port == 0
     assert cfg.metrics.cloudwatch_namespace == "Fleet/Autoscaler"
@@ -98,8 +107,8 @@ def test_policy_parameters_pass_through(tmp_path: Path) -> None:
     cfg = load_config(_write(tmp_path, text))
     assert cfg.policy.kind == "keda"
     assert cfg.policy.params == {"queue_length": 50}
-    pytest.importorskip("autoscaler.baselines")
-    policy: Any = build_policy(cfg.policy)
+    policy = build_policy(cfg.policy)
+    assert isinstance(policy, KedaPolicy)
     assert policy.config.queue_length == 50.0
 
 
@@ -139,12 +148,15 @@ def test_policy_parameters_pass_through(tmp_path: Path) -> None:
             id="unknown-top",
         ),
         pytest.param(
-            ('kind = "default"', 'kind = "magic"'), "policy.kind", "'default'", id="policy-kind"
+            ('kind = "default"', 'kind = "magic"'),
+            "policy.kind",
+            "'magic'; must be one of 'default', 'keda', 'static', 'target-tracking'",
+            id="policy-kind",
         ),
         pytest.param(
             ('kind = "local"', 'kind = "k8s"'),
-            "actuator",
-            "'ec2', 'local', 'dry-run'",
+            "actuator.kind",
+            "'k8s'; must be one of 'dry-run', 'ec2', 'local'",
             id="actuator-kind",
         ),
         pytest.param(
@@ -198,7 +210,6 @@ def test_every_bad_field_is_listed_at_once(tmp_path: Path) -> None:
 
 
 def test_bad_policy_parameters_are_named(tmp_path: Path) -> None:
-    pytest.importorskip("autoscaler.policy")
     text = GOOD.replace(
         'kind = "default"', 'kind = "default"\nmin_capacity = "many"\nwarp_speed = 9'
     )
@@ -211,9 +222,9 @@ def test_bad_policy_parameters_are_named(tmp_path: Path) -> None:
 
 
 def test_default_policy_parameters_reach_the_policy(tmp_path: Path) -> None:
-    pytest.importorskip("autoscaler.policy")
     text = GOOD.replace('kind = "default"', 'kind = "default"\nmax_capacity = 7\ndrain_time_s = 12')
-    policy: Any = build_policy(load_config(_write(tmp_path, text)).policy)
+    policy = build_policy(load_config(_write(tmp_path, text)).policy)
+    assert isinstance(policy, DefaultPolicy)
     assert policy.config.max_capacity == 7 and policy.config.drain_time_s == 12.0
 
 
@@ -237,8 +248,21 @@ def test_missing_file(tmp_path: Path) -> None:
         load_config(tmp_path / "absent.toml")
 
 
-@pytest.mark.parametrize("kind", sorted(POLICY_CLASSES))
-def test_every_policy_kind_builds_or_says_why(tmp_path: Path, kind: str) -> None:
+BUILT_IN_POLICIES: dict[str, type[Policy[Any]]] = {
+    "default": DefaultPolicy,
+    "target-tracking": TargetTrackingPolicy,
+    "keda": KedaPolicy,
+    "static": StaticPolicy,
+}
+
+
+def test_the_built_in_kinds_are_registered() -> None:
+    assert set(BUILT_IN_POLICIES) <= set(POLICIES.names())
+    assert {"ec2", "local", "dry-run"} <= set(ACTUATORS.names())
+
+
+@pytest.mark.parametrize("kind", sorted(BUILT_IN_POLICIES))
+def test_every_policy_kind_builds_with_its_defaults(tmp_path: Path, kind: str) -> None:
     cfg = load_config(
         _write(
             tmp_path,
@@ -246,12 +270,158 @@ def test_every_policy_kind_builds_or_says_why(tmp_path: Path, kind: str) -> None
             '[actuator]\nkind = "dry-run"\n',
         )
     )
-    try:
+    policy = build_policy(cfg.policy)
+    assert type(policy) is BUILT_IN_POLICIES[kind]
+    assert policy.name == kind
+    assert policy.config == type(policy.config)()  # type: ignore[attr-defined]
+
+
+def test_a_dict_that_is_not_a_table_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"broker": "memory://x", "models": ["m"], "actuator": "dry-run"})
+    assert "actuator: Input should be a valid dictionary" in info.value.message
+    with pytest.raises(ConfigError) as info:
+        parse_config({"broker": "memory://x", "models": ["m"], "actuator": {}})
+    assert "actuator.kind: Field required" in info.value.message
+
+
+# --------------------------------------------------------------------------- plug-ins
+
+
+@dataclass(frozen=True, kw_only=True)
+class LevelConfig:
+    level: int = 1
+
+    def __post_init__(self) -> None:
+        if self.level < 0:
+            raise ValueError("level must not be negative")
+
+
+class LevelPolicy(Policy[None]):
+    """Always ``level`` instances."""
+
+    name = "level"
+
+    def __init__(self, config: LevelConfig) -> None:
+        self.config = config
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(self, snapshot: Snapshot, state: None) -> tuple[Decision, None]:
+        return Decision.to(snapshot.desired, self.config.level, "level"), None
+
+
+LEVEL = PolicySpec(name="level", config=LevelConfig, build=LevelPolicy)
+
+
+class RecordingConfig(ActuatorConfigBase):
+    kind: Literal["recording"]
+    start_with: int = Field(default=0, ge=0)
+    region: str = "eu-west-1"
+
+    def aws_region(self) -> str | None:
+        return self.region
+
+
+class RecordingActuator(DryRunActuator):
+    kind = "recording"
+
+    def __init__(self, start_with: int, broker: str) -> None:
+        super().__init__(initial_capacity=start_with)
+        self.broker = broker
+
+
+RECORDING = ActuatorSpec(
+    name="recording",
+    config=RecordingConfig,
+    build=lambda cfg, ctx: RecordingActuator(cfg.start_with, ctx.broker),
+)
+
+PLUGIN = """
+broker = "memory://{name}"
+models = ["m"]
+[policy]
+kind = "level"
+level = 3
+[actuator]
+kind = "recording"
+start_with = 2
+[metrics]
+enabled = false
+cloudwatch_namespace = "Fleet/Test"
+"""
+
+
+async def test_a_registered_policy_and_actuator_are_accepted_and_built() -> None:
+    import tomllib
+
+    name = f"plugin-{uuid.uuid4().hex[:6]}"
+    with POLICIES.registered(LEVEL), ACTUATORS.registered(RECORDING):
+        cfg = parse_config(tomllib.loads(PLUGIN.format(name=name)))
+        assert cfg.policy.kind == "level" and cfg.policy.params == {"level": 3}
+        assert isinstance(cfg.actuator, RecordingConfig) and cfg.actuator.start_with == 2
         policy = build_policy(cfg.policy)
-    except PolicyUnavailable as exc:
-        assert kind in exc.message
-        return
-    except ConfigError as exc:  # a policy with required parameters names them
-        assert "policy." in exc.message
-        return
-    assert callable(policy.decide)
+        assert isinstance(policy, LevelPolicy) and policy.config == LevelConfig(level=3)
+        actuator = build_actuator(cfg)
+        assert isinstance(actuator, RecordingActuator)
+        assert actuator.broker == f"memory://{name}"
+        scaler = await from_config(cfg)
+        try:
+            assert isinstance(scaler.policy, LevelPolicy)
+            assert isinstance(scaler.actuator, RecordingActuator)
+            assert (
+                scaler.cloudwatch is not None
+                and scaler.cloudwatch.client.meta.region_name == "eu-west-1"
+            )
+            decision = await scaler.run_once()
+            assert (decision.desired, decision.direction) == (3, "out")
+        finally:
+            await scaler.close()
+            MemoryBroker.reset(name)
+    assert "level" not in POLICIES.names() and "recording" not in ACTUATORS.names()
+
+
+def test_a_registered_kinds_bad_fields_are_named_at_once() -> None:
+    data = {
+        "broker": "memory://x",
+        "models": ["m"],
+        "policy": {"kind": "level", "level": -1, "speed": 2},
+        "actuator": {"kind": "recording", "start_with": -1},
+    }
+    with POLICIES.registered(LEVEL), ACTUATORS.registered(RECORDING):
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+    message = info.value.message
+    assert "2 bad field(s)" in message
+    assert "policy.speed: unknown field" in message
+    assert "actuator.start_with: Input should be greater than or equal to 0" in message
+    data["policy"] = {"kind": "level", "level": -1}
+    with POLICIES.registered(LEVEL), ACTUATORS.registered(RECORDING):
+        with pytest.raises(ConfigError, match="level must not be negative"):
+            parse_config(data)
+
+
+def test_an_unknown_kind_lists_the_known_ones_registered_included() -> None:
+    data = {
+        "broker": "memory://x",
+        "models": ["m"],
+        "policy": {"kind": "magic"},
+        "actuator": {"kind": "k8s"},
+    }
+    with POLICIES.registered(LEVEL), ACTUATORS.registered(RECORDING):
+        with pytest.raises(ConfigError) as info:
+            parse_config(data)
+    lines = info.value.message.splitlines()
+    assert lines[0] == "<config>: 2 bad field(s):"
+    policy = next(ln for ln in lines if ln.strip().startswith("policy.kind:"))
+    for kind in (*BUILT_IN_POLICIES, "level"):
+        assert repr(kind) in policy
+    actuator = next(ln for ln in lines if ln.strip().startswith("actuator.kind:"))
+    for kind in ("ec2", "local", "dry-run", "recording"):
+        assert repr(kind) in actuator
+
+
+def test_the_actuator_spec_refuses_another_kinds_config() -> None:
+    with pytest.raises(ConfigError, match="takes a RecordingConfig"):
+        RECORDING.create(DryRunActuatorConfig(kind="dry-run"), ActuatorContext(broker="memory://x"))

@@ -4,24 +4,27 @@ The server comes from ``FLEET_TEST_AWS_URL`` (``scripts/moto.sh start`` prints
 it). A group is made from a launch template in a VPC subnet; scaling through
 the actuator must change moto's EC2 instances, the clamp to the group's
 ``MaxSize`` must hold (moto does not enforce it on ``SetDesiredCapacity``),
-and throttling must be retried.
+and throttling must be retried (by botocore's own retry mode, which sees the
+throttling answers injected just before a request is sent).
 """
 
 from __future__ import annotations
 
 import os
+import types
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import boto3
+import botocore.endpoint
 import pytest
 from botocore.awsrequest import AWSResponse
-from botocore.config import Config
 from botocore.stub import Stubber
 
-from autoscaler.actuators.ec2 import Ec2Actuator
+from autoscaler.actuators.ec2 import Ec2Actuator, Ec2ActuatorConfig
+from fleet import aws
 from fleet.errors import ConfigError, Internal, Unavailable
 from fleet.heartbeat import Heartbeat
 from tests.conftest import missing
@@ -41,8 +44,12 @@ def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
 
 
-async def _no_sleep(_delay: float) -> None:
-    return None
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore's retry delays, recorded instead of slept."""
+    delays: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=delays.append))
+    return delays
 
 
 # --------------------------------------------------------------------------- moto
@@ -119,7 +126,7 @@ def group(aws_url: str) -> Iterator[Group]:
 
 
 def _actuator(aws_url: str, group: Group, **kw: Any) -> Ec2Actuator:
-    return Ec2Actuator(group.name, region=REGION, endpoint_url=aws_url, sleep=_no_sleep, **kw)
+    return Ec2Actuator(group.name, region=REGION, endpoint_url=aws_url, **kw)
 
 
 @pytest.mark.aws
@@ -164,7 +171,7 @@ async def test_clamped_to_the_groups_max_and_min(aws_url: str, group: Group) -> 
 
 @pytest.mark.aws
 async def test_missing_group_is_a_config_error(aws_url: str) -> None:
-    act = Ec2Actuator("no-such-group", region=REGION, endpoint_url=aws_url, sleep=_no_sleep)
+    act = Ec2Actuator("no-such-group", region=REGION, endpoint_url=aws_url)
     with pytest.raises(ConfigError, match="does not exist"):
         await act.capacity()
 
@@ -191,29 +198,45 @@ async def test_instance_protection_keeps_the_busy_worker(aws_url: str, group: Gr
     assert group.instance_ids() == {ids[0], ids[2]}
 
 
-def _throttle_first(client: Any, operation: str, times: int, code: str = "Throttling") -> list[int]:
-    """Answer the first ``times`` calls of ``operation`` with an AWS throttling
-    error before they leave the client; later calls reach moto."""
-    seen: list[int] = []
-    body = (
+def _error_body(code: str, message: str = "Rate exceeded") -> bytes:
+    return (
         "<ErrorResponse><Error><Type>Sender</Type>"
-        f"<Code>{code}</Code><Message>Rate exceeded</Message>"
+        f"<Code>{code}</Code><Message>{message}</Message>"
         "</Error><RequestId>throttled</RequestId></ErrorResponse>"
     ).encode()
 
+
+def _answer(client: Any, operation: str, answers: list[tuple[int, bytes]]) -> list[str]:
+    """Answer the first attempts of ``operation`` with ``answers`` (HTTP
+    status, body) just before they leave the client, where botocore's retry
+    handler sees them as the service's answers; later attempts are sent.
+    Returns the body of every attempt made."""
+    seen: list[str] = []
+
     class _Raw:
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
         def stream(self, **_kw: Any) -> Iterator[bytes]:
-            yield body
+            yield self.body
 
     def handler(request: Any, **_kw: Any) -> AWSResponse | None:
-        seen.append(1)
-        if len(seen) <= times:
+        body = request.body
+        seen.append(body.decode() if isinstance(body, bytes) else str(body))
+        if len(seen) <= len(answers):
+            status, data = answers[len(seen) - 1]
             headers: Any = {"Content-Type": "text/xml"}
-            return AWSResponse(request.url, 400, headers, _Raw())
+            return AWSResponse(request.url, status, headers, _Raw(data))
         return None
 
     client.meta.events.register(f"before-send.auto-scaling.{operation}", handler)
     return seen
+
+
+def _throttle_first(client: Any, operation: str, times: int, code: str = "Throttling") -> list[str]:
+    """Answer the first ``times`` attempts of ``operation`` with an AWS
+    throttling error; later attempts reach the endpoint."""
+    return _answer(client, operation, [(400, _error_body(code))] * times)
 
 
 @pytest.mark.aws
@@ -236,23 +259,45 @@ async def test_throttling_past_the_bound_is_unavailable(aws_url: str, group: Gro
     with pytest.raises(Unavailable, match=r"Throttling.*gave up after 3 attempts"):
         await act.set_desired(1)
     assert len(seen) == 3
+    assert act.retries == 2
     assert group.describe()["DesiredCapacity"] == 0
 
 
 # --------------------------------------------------------------------------- unit (Stubber)
 
 
-def _stubbed() -> tuple[Ec2Actuator, Stubber, list[float]]:
+def _stubbed() -> tuple[Ec2Actuator, Stubber]:
     client = boto3.client("autoscaling", region_name=REGION)
-    delays: list[float] = []
+    return Ec2Actuator("g", client=client, max_attempts=4), Stubber(client)
 
-    async def sleep(delay: float) -> None:
-        delays.append(delay)
 
-    act = Ec2Actuator(
-        "g", client=client, sleep=sleep, max_attempts=4, backoff_base_s=0.1, backoff_max_s=0.3
+def _offline(max_attempts: int) -> tuple[Ec2Actuator, Any]:
+    """An actuator whose client has the fleet's retry configuration and an
+    endpoint where nothing listens (every answer comes from :func:`_answer`)."""
+    client = boto3.client(
+        "autoscaling",
+        region_name=REGION,
+        endpoint_url="http://127.0.0.1:9",  # nothing listens on the discard port
+        config=aws.client_config(max_attempts=max_attempts),
     )
-    return act, Stubber(client), delays
+    return Ec2Actuator("g", client=client, max_attempts=max_attempts), client
+
+
+_NS = "http://autoscaling.amazonaws.com/doc/2011-01-01/"
+_GROUP_XML = f"""<DescribeAutoScalingGroupsResponse xmlns="{_NS}">
+<DescribeAutoScalingGroupsResult><AutoScalingGroups><member>
+<AutoScalingGroupName>g</AutoScalingGroupName>
+<MinSize>0</MinSize><MaxSize>5</MaxSize><DesiredCapacity>2</DesiredCapacity>
+<Instances>
+<member><InstanceId>i-1</InstanceId><LifecycleState>InService</LifecycleState>
+<HealthStatus>Healthy</HealthStatus><ProtectedFromScaleIn>false</ProtectedFromScaleIn></member>
+</Instances>
+</member></AutoScalingGroups></DescribeAutoScalingGroupsResult>
+<ResponseMetadata><RequestId>r-1</RequestId></ResponseMetadata>
+</DescribeAutoScalingGroupsResponse>""".encode()
+_SET_XML = f"""<SetDesiredCapacityResponse xmlns="{_NS}">
+<ResponseMetadata><RequestId>r-2</RequestId></ResponseMetadata>
+</SetDesiredCapacityResponse>""".encode()
 
 
 _GROUP = {
@@ -296,29 +341,68 @@ _GROUP = {
 
 @pytest.mark.unit
 async def test_capacity_counts_in_service_and_pending() -> None:
-    act, stub, _ = _stubbed()
+    act, stub = _stubbed()
     stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
     with stub:
         assert await act.capacity() == (1, 1, 2)
 
 
 @pytest.mark.unit
-async def test_throttling_backs_off_with_bounded_jitter() -> None:
-    act, stub, delays = _stubbed()
-    for _ in range(3):
-        stub.add_client_error("describe_auto_scaling_groups", "Throttling", "Rate exceeded", 400)
-    stub.add_response("describe_auto_scaling_groups", _GROUP)
-    stub.add_response(
-        "set_desired_capacity",
-        {},
-        {"AutoScalingGroupName": "g", "DesiredCapacity": 4, "HonorCooldown": False},
+def test_its_client_retries_with_botocore_as_configured() -> None:
+    act = Ec2Actuator.from_config(
+        Ec2ActuatorConfig(kind="ec2", group_name="g", max_attempts=3, retry_mode="adaptive")
     )
-    with stub:
-        assert await act.set_desired(4) == 4
-        stub.assert_no_pending_responses()
-    assert len(delays) == 3
-    for attempt, delay in enumerate(delays):
-        assert 0.0 <= delay <= min(0.3, 0.1 * 2**attempt)
+    config: Any = act.client.meta.config
+    assert config.retries == {"mode": "adaptive", "total_max_attempts": 3}
+    default: Any = Ec2Actuator("g").client.meta.config
+    assert default.retries == {
+        "mode": "standard",
+        "total_max_attempts": aws.DEFAULT_MAX_ATTEMPTS,
+    }
+
+
+@pytest.mark.unit
+def test_backoff_fields_are_still_accepted() -> None:
+    cfg = Ec2ActuatorConfig(kind="ec2", group_name="g", backoff_base_s=1.0, backoff_max_s=9.0)
+    assert cfg.retry_mode == "standard" and cfg.max_attempts == aws.DEFAULT_MAX_ATTEMPTS
+
+
+@pytest.mark.unit
+async def test_throttling_is_retried_by_botocore_with_bounded_backoff(sleeps: list[float]) -> None:
+    act, client = _offline(max_attempts=4)
+    seen_describe = _answer(
+        client,
+        "DescribeAutoScalingGroups",
+        [(400, _error_body("Throttling"))] * 3 + [(200, _GROUP_XML)],
+    )
+    seen_set = _answer(client, "SetDesiredCapacity", [(200, _SET_XML)])
+    assert await act.set_desired(4) == 4
+    assert len(seen_describe) == 4 and len(seen_set) == 1
+    assert "DesiredCapacity=4" in seen_set[0] and "HonorCooldown=false" in seen_set[0]
+    assert act.retries == 3
+    assert len(sleeps) == 3
+    for attempt, delay in enumerate(sleeps):
+        assert 0.0 <= delay <= min(20.0, 2**attempt)  # full jitter, 1 s base for throttling
+
+
+@pytest.mark.unit
+async def test_throttling_past_max_attempts_is_unavailable(sleeps: list[float]) -> None:
+    act, client = _offline(max_attempts=3)
+    seen = _answer(client, "DescribeAutoScalingGroups", [(400, _error_body("Throttling"))] * 3)
+    with pytest.raises(Unavailable, match=r"Throttling.*gave up after 3 attempts"):
+        await act.capacity()
+    assert len(seen) == 3 and act.retries == 2 and len(sleeps) == 2
+
+
+@pytest.mark.unit
+async def test_a_busy_group_is_unavailable_not_retried(sleeps: list[float]) -> None:
+    act, client = _offline(max_attempts=3)
+    seen = _answer(
+        client, "DescribeAutoScalingGroups", [(400, _error_body("ResourceContention", "busy"))]
+    )
+    with pytest.raises(Unavailable, match="ResourceContention"):
+        await act.capacity()
+    assert len(seen) == 1 and sleeps == []
 
 
 @pytest.mark.unit
@@ -327,29 +411,25 @@ async def test_throttling_backs_off_with_bounded_jitter() -> None:
     [
         pytest.param("ValidationError", ConfigError, "SetDesiredCapacity refused", id="validation"),
         pytest.param("AccessDenied", ConfigError, "autoscaling:SetDesiredCapacity", id="access"),
+        pytest.param("ExpiredToken", ConfigError, "not allowed", id="credentials"),
         pytest.param("SomethingElse", Internal, "SomethingElse", id="other"),
     ],
 )
 async def test_aws_errors_map_to_fleet_errors(
     code: str, error: type[Exception], match: str
 ) -> None:
-    act, stub, delays = _stubbed()
+    act, stub = _stubbed()
     stub.add_response("describe_auto_scaling_groups", _GROUP)
     stub.add_client_error("set_desired_capacity", code, "no", 400)
     with stub, pytest.raises(error, match=match):
         await act.set_desired(3)
-    assert delays == []
+    stub.assert_no_pending_responses()
+    assert act.retries == 0
 
 
 @pytest.mark.unit
-async def test_unreachable_endpoint_is_unavailable() -> None:
-    client = boto3.client(
-        "autoscaling",
-        region_name=REGION,
-        endpoint_url="http://127.0.0.1:9",  # nothing listens on the discard port
-        config=Config(retries={"total_max_attempts": 1}),
-    )
-    act = Ec2Actuator("g", client=client, sleep=_no_sleep, max_attempts=2)
-    with pytest.raises(Unavailable, match="endpoint unreachable"):
+async def test_unreachable_endpoint_is_unavailable(sleeps: list[float]) -> None:
+    act, _ = _offline(max_attempts=2)
+    with pytest.raises(Unavailable, match=r"endpoint unreachable.*gave up after 2 attempts"):
         await act.capacity()
-    assert act.retries == 1
+    assert act.retries == 1 and len(sleeps) == 1

@@ -19,6 +19,7 @@ import pytest
 from autoscaler.actuators.local import LocalActuator
 from autoscaler.signals import Signals
 from fleet.transport import Transport, connect
+from fleet.worker_command import worker_command
 from tests.conftest import broker_url_for
 
 HEARTBEAT_S = 0.5
@@ -55,7 +56,7 @@ def _actuator(broker: str, models: Path, tmp_path: Path, **kw: object) -> LocalA
     return LocalActuator(
         broker=broker,
         models_dir=models,
-        command=[sys.executable, "-m", "fleet", "worker"],
+        command=worker_command(),
         extra_args=["--heartbeat-interval", str(HEARTBEAT_S)],
         log_dir=tmp_path / "workers",
         **kw,  # type: ignore[arg-type]

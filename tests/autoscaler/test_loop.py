@@ -4,12 +4,10 @@ per decision, metrics on /metrics, failures that do not stop the loop."""
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,8 +16,10 @@ from structlog.testing import capture_logs
 
 from autoscaler.actuators.base import Actuator, Capacity
 from autoscaler.actuators.dry_run import DryRunActuator
-from autoscaler.loop import Autoscaler
+from autoscaler.config import parse_config
+from autoscaler.loop import Autoscaler, from_config
 from autoscaler.metrics import AutoscalerMetrics, CloudWatchPublisher, MetricsServer
+from autoscaler.policy import DefaultPolicy
 from autoscaler.signals import Signals
 from autoscaler.types import Decision, Policy, Snapshot
 from fleet.contract import Priority
@@ -234,28 +234,28 @@ async def test_cloudwatch_metrics_each_poll_and_failures_not_fatal(transport: Tr
     await scaler.close()
 
 
-async def test_once_prints_a_json_decision(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import argparse
-
-    from autoscaler.cli import add_commands
-
-    cfg = tmp_path / "a.toml"
-    cfg.write_text(
-        f'broker = "memory://cli-{uuid.uuid4().hex[:6]}"\nmodels = ["m"]\n'
-        '[policy]\nkind = "default"\n'
-        '[actuator]\nkind = "dry-run"\ninitial_capacity = 2\n[metrics]\nenabled = false\n'
+async def test_from_config_builds_the_configured_autoscaler() -> None:
+    name = f"from-config-{uuid.uuid4().hex[:6]}"
+    cfg = parse_config(
+        {
+            "broker": f"memory://{name}",
+            "models": ["m"],
+            "policy": {"kind": "default", "max_capacity": 3},
+            "actuator": {"kind": "dry-run", "initial_capacity": 2},
+            "metrics": {"enabled": False},
+        }
     )
-    parser = argparse.ArgumentParser(prog="fleet")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["autoscaler", "--config", str(cfg), "--once", "--log-level", "ERROR"])
-    rc = await asyncio.to_thread(args.handler, args)
-    out, err = capsys.readouterr()
-    if rc == 2 and "not installed" in err:
-        pytest.skip(f"policy module not there yet: {err.strip()}")
-    assert rc == 0, err
-    decision = json.loads(out.strip().splitlines()[-1])
-    assert decision["direction"] in ("out", "in", "hold")
-    assert decision["snapshot"]["backlog"] == 0
-    assert decision["snapshot"]["in_service"] == 2
+    scaler = await from_config(cfg)
+    try:
+        assert isinstance(scaler.policy, DefaultPolicy)
+        assert scaler.policy.config.max_capacity == 3
+        assert isinstance(scaler.actuator, DryRunActuator)
+        assert scaler.server is None and scaler.cloudwatch is None
+        with capture_logs() as logs:
+            decision = await scaler.run_once()
+        (line,) = _decision_lines(logs)
+        assert line["policy"] == "default" and line["backlog"] == 0
+        assert line["in_service"] == 2 and line["desired"] == decision.desired
+    finally:
+        await scaler.close()
+        MemoryBroker.reset(name)

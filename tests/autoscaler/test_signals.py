@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
 from autoscaler.actuators.base import Capacity
-from autoscaler.signals import Ewma, Signals
+from autoscaler.ewma import Ewma
+from autoscaler.signals import Signals
 from fleet.errors import ModelNotFound, Unavailable
 from fleet.heartbeat import Heartbeat
-from fleet.transport.base import Depth, OnBytes
+from fleet.transport.base import Capability, Depth, OnBytes, ProduceRateReader
 
 pytestmark = pytest.mark.unit
 
@@ -32,7 +33,13 @@ class _Sub:
 
 
 class FakeTransport:
-    """Only what signals use: depth, declare_model, subscribe_heartbeats."""
+    """Only what signals use: depth, declare_model, subscribe_heartbeats and
+    the capabilities it declares (none)."""
+
+    capabilities: ClassVar[frozenset[Capability]] = frozenset()
+
+    def can(self, capability: Capability) -> bool:
+        return capability in self.capabilities
 
     def __init__(self) -> None:
         self.depths: dict[str, Depth | Exception] = {}
@@ -53,13 +60,27 @@ class FakeTransport:
         return d
 
 
-class KafkaLike(FakeTransport):
+class KafkaLike(FakeTransport, ProduceRateReader):
+    """Reads the produce rate from the broker; its lag counts what consumers hold."""
+
+    capabilities = frozenset({Capability.PRODUCE_RATE, Capability.LAG_COUNTS_IN_FLIGHT})
+
     def __init__(self) -> None:
         super().__init__()
         self.rates: dict[str, float | None] = {}
 
     async def produce_rate(self, model: str) -> float | None:
         return self.rates[model]
+
+
+class RateButNoCapability(KafkaLike):
+    """Has the method but does not declare the capability: not asked."""
+
+    capabilities = frozenset()
+
+
+class LagCountsInFlight(FakeTransport):
+    capabilities = frozenset({Capability.LAG_COUNTS_IN_FLIGHT})
 
 
 def beat(wid: str, sent_at: float, **kw: Any) -> bytes:
@@ -140,8 +161,7 @@ async def test_unknown_in_flight_comes_from_heartbeats() -> None:
 
 
 async def test_kafka_lag_already_holds_in_flight() -> None:
-    t = FakeTransport()
-    t.scheme = "kafka"  # type: ignore[attr-defined]
+    t = LagCountsInFlight()
     s, _, _ = await make(t)
     assert t.on_beat is not None
     t.depths["a"] = Depth(model="a", ready=12, in_flight=None)
@@ -218,6 +238,17 @@ async def test_produce_rate_is_used_where_the_transport_has_it() -> None:
     clock.t += 1
     t.depths["a"] = Depth(model="a", ready=25, in_flight=None)
     assert (await s.collect(CAP)).arrival_rate == pytest.approx(25.0)
+
+
+async def test_produce_rate_only_where_the_capability_is_declared() -> None:
+    t = RateButNoCapability()
+    t.rates = {"a": 30.0}
+    s, _, clock = await make(t)
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    assert (await s.collect(CAP)).arrival_rate is None  # first poll, no rate read
+    clock.t += 1
+    t.depths["a"] = Depth(model="a", ready=7, in_flight=0)
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(7.0)
 
 
 async def test_heartbeat_figures_and_stale_ones_dropped() -> None:

@@ -25,6 +25,7 @@ from fleet.errors import (
 )
 from fleet.tensor import Tensor
 from fleet.transport import connect
+from fleet.transport.base import wait_until
 from producer import Client
 from tests.helpers import direct_onnx, rows, running_worker
 
@@ -44,7 +45,11 @@ async def test_outputs_equal_direct_onnx_runtime(
     want_mlp = direct_onnx(model_repo / mlp, {"input": x256})
     assert set(got_digits) == set(want_digits)
     np.testing.assert_array_equal(got_digits["label"], want_digits["label"])
-    np.testing.assert_allclose(got_digits["probabilities"], want_digits["probabilities"], rtol=1e-5)
+    # batched and padded differently, FP32 sums come out in another order: a
+    # relative tolerance for the probabilities, an absolute one for those near 0
+    np.testing.assert_allclose(
+        got_digits["probabilities"], want_digits["probabilities"], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(got_mlp["logits"], want_mlp["logits"], rtol=1e-4, atol=1e-5)
     # batched with other requests or alone, a row's answer is the same
     labels = np.concatenate([r["label"] for r in one_by_one])
@@ -99,7 +104,7 @@ async def test_poison_inputs_get_typed_errors_and_neighbours_succeed(
         goods = [client.infer(digits, {"input": good}, timeout=5) for _ in range(8)]
         bads = [client.infer(digits, inputs, timeout=5) for inputs, _, _ in poison.values()]
         results = await asyncio.gather(*goods, *bads, return_exceptions=True)
-        assert time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 < 2.5  # answered, well before the 5 s timeout
         for r in results[:8]:
             assert isinstance(r, dict), r
         for r, (name, (_, kind, text)) in zip(results[8:], poison.items(), strict=True):
@@ -127,7 +132,7 @@ async def test_undecodable_messages_go_to_the_dead_letter_queue(
         t0 = time.perf_counter()
         with pytest.raises(InvalidArgument, match="over the limit"):
             await client.infer(digits, {"input": rows(64, 300)})
-        assert time.perf_counter() - t0 < 1.0
+        assert time.perf_counter() - t0 < 2.5  # told, well before the 5 s timeout
         assert (await client.infer(digits, {"input": rows(64, 1)}))["label"].shape == (1,)
         dead: list[bytes] = []
         deadline = time.monotonic() + 10
@@ -185,7 +190,7 @@ async def test_expired_requests_are_not_computed(
 @pytest.mark.faults
 async def test_a_full_queue_is_overloaded_at_once(broker_url: str, unique_model: str) -> None:
     sep = "&" if "?" in broker_url else "?"
-    url = f"{broker_url}{sep}max_queue_length=5&max_lag=5"
+    url = f"{broker_url}{sep}max_queue_length=5"  # Kafka: also its lag limit
     model = f"{unique_model}-digits"
     async with connect(url) as admin:
         await admin.declare_model(model)  # queues exist; nobody consumes
@@ -218,7 +223,8 @@ async def test_duplicate_replies_are_dropped(broker_url: str, unique_model: str)
         got = await asyncio.wait_for(task, 5)
         assert got.error is not None and got.error.message == "first"
         await raw.publish_reply(client._reply_to, wire.encode_replies([second]))
-        await asyncio.sleep(0.2)
+        assert await wait_until(lambda: client.stats.duplicates_dropped >= 2, 5)
+        await asyncio.sleep(0.1)  # and no more than the two
         assert client.stats.duplicates_dropped == 2
         assert client.stats.answered == 1
 

@@ -10,6 +10,7 @@ import pytest
 
 from fleet.heartbeat import Heartbeat
 from fleet.transport import connect
+from fleet.transport.base import wait_until
 from producer import Client
 from tests.helpers import rows
 from worker.health import READY_PATH
@@ -66,9 +67,10 @@ async def test_heartbeats_carry_throughput_and_state(model_repo: Path, unique_mo
             await asyncio.gather(
                 *(client.infer(f"{unique_model}-mlp", {"input": rows(256, 1)}) for _ in range(50))
             )
-        await asyncio.sleep(0.5)
+        # a heartbeat counting every answer (they are sent every 0.2 s, delivered asynchronously)
+        assert await wait_until(lambda: any(b.answered_total == 50 for b in beats), 10)
         await worker.stop()
-        await asyncio.sleep(0.1)  # heartbeats are delivered asynchronously
+        assert await wait_until(lambda: beats[-1].state == "stopped", 10)
     assert beats and beats[0].worker_id == "hb"
     assert beats[-1].state == "stopped"
     assert beats[-1].answered_total == 50

@@ -265,3 +265,18 @@ def test_grafana_provisioning() -> None:
     path = boards["providers"][0]["options"]["path"]
     mounts = [shlex.split(v.replace(":", " "))[1] for v in services()["grafana"]["volumes"]]
     assert path in mounts
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_images_copy_every_package(name: str) -> None:
+    """An image that leaves a package out installs, then fails at its first command."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    copied = {
+        i.args.split()[0]
+        for i in parse_dockerfile(DOCKER / name)
+        if i.keyword == "COPY" and not i.args.startswith("--from")
+    }
+    assert packages <= copied, f"{name} does not copy {sorted(packages - copied)}"

@@ -2,23 +2,29 @@
 
 The instance metadata service is faked by an aiohttp server on 127.0.0.1 that
 speaks IMDSv2 (a token from PUT /latest/api/token is required on every GET).
-``CompleteLifecycleAction`` is checked with botocore's Stubber: moto does not
-implement it.
+``CompleteLifecycleAction`` is checked with botocore's Stubber (moto does not
+implement it), and its retries by answering attempts just before they leave
+the client, where botocore's own retry handler sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import types
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import boto3
+import botocore.endpoint
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
+from fleet import aws
 from fleet.errors import ConfigError, Internal, Unavailable
 from worker.lifecycle import LifecycleWatcher
 
@@ -221,38 +227,87 @@ async def test_termination_then_complete(imds: FakeImds, stubbed: tuple[object, 
     stubber.assert_no_pending_responses()
 
 
-async def test_throttling_is_retried(imds: FakeImds, stubbed: tuple[object, Stubber]) -> None:
-    client, stubber = stubbed
-    stubber.add_client_error(
-        "complete_lifecycle_action",
-        service_error_code="Throttling",
-        service_message="Rate exceeded",
-        http_status_code=400,
-        expected_params=_expected(),
+@pytest.fixture
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore's retry delays, recorded instead of slept."""
+    delays: list[float] = []
+    monkeypatch.setattr(botocore.endpoint, "time", types.SimpleNamespace(sleep=delays.append))
+    return delays
+
+
+_COMPLETED = (
+    b'<CompleteLifecycleActionResponse xmlns="http://autoscaling.amazonaws.com/doc/2011-01-01/">'
+    b"<CompleteLifecycleActionResult/><ResponseMetadata><RequestId>r</RequestId>"
+    b"</ResponseMetadata></CompleteLifecycleActionResponse>"
+)
+
+
+def _error(code: str) -> bytes:
+    return (
+        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
+        "<Message>Rate exceeded</Message></Error><RequestId>r</RequestId></ErrorResponse>"
+    ).encode()
+
+
+def _answering(answers: list[tuple[int, bytes]], max_attempts: int) -> tuple[object, list[str]]:
+    """A client with the fleet's retry configuration whose attempts are
+    answered, in order, with ``answers`` (HTTP status, body) just before they
+    are sent; returns it and the body of every attempt."""
+    client: Any = boto3.client(
+        "autoscaling",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        endpoint_url="http://127.0.0.1:9",  # never reached
+        config=aws.client_config(max_attempts=max_attempts),
     )
-    stubber.add_client_error(
-        "complete_lifecycle_action",
-        service_error_code="ServiceUnavailable",
-        http_status_code=503,
-        expected_params=_expected(),
+    seen: list[str] = []
+
+    class _Raw:
+        def __init__(self, body: bytes) -> None:
+            self.body = body
+
+        def stream(self, **_kw: Any) -> Iterator[bytes]:
+            yield self.body
+
+    def handler(request: Any, **_kw: Any) -> AWSResponse:
+        body = request.body
+        seen.append(body.decode() if isinstance(body, bytes) else str(body))
+        status, data = answers[min(len(seen), len(answers)) - 1]
+        headers: Any = {"Content-Type": "text/xml"}
+        return AWSResponse(request.url, status, headers, _Raw(data))
+
+    client.meta.events.register("before-send.auto-scaling.CompleteLifecycleAction", handler)
+    return client, seen
+
+
+async def test_throttling_is_retried(imds: FakeImds, sleeps: list[float]) -> None:
+    client, seen = _answering(
+        [(400, _error("Throttling")), (503, _error("ServiceUnavailable")), (200, _COMPLETED)],
+        max_attempts=5,
     )
-    stubber.add_response("complete_lifecycle_action", {}, _expected())
     await _watcher(imds, client).complete()
-    stubber.assert_no_pending_responses()
+    assert len(seen) == 3 and len(sleeps) == 2
+    for body in seen:
+        for key, value in _expected().items():
+            assert f"{key}={value}" in body
 
 
-async def test_throttling_gives_up_after_max_attempts(
-    imds: FakeImds, stubbed: tuple[object, Stubber]
-) -> None:
-    client, stubber = stubbed
-    for _ in range(3):
-        stubber.add_client_error(
-            "complete_lifecycle_action", service_error_code="Throttling", http_status_code=400
-        )
-    with pytest.raises(Unavailable) as info:
+async def test_throttling_gives_up_after_max_attempts(imds: FakeImds, sleeps: list[float]) -> None:
+    client, seen = _answering([(400, _error("Throttling"))], max_attempts=3)
+    with pytest.raises(Unavailable, match="still failing after 3 attempts") as info:
         await _watcher(imds, client, max_attempts=3).complete()
     assert info.value.retriable
-    stubber.assert_no_pending_responses()
+    assert len(seen) == 3
+
+
+def test_its_own_client_retries_with_botocore(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    watcher = LifecycleWatcher(hook_name=HOOK, group_name=GROUP, region="us-east-1", max_attempts=4)
+    client: Any = watcher._autoscaling()
+    assert client.meta.config.retries == {"mode": "standard", "total_max_attempts": 4}
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (3, 10)
 
 
 async def test_access_denied_is_a_config_error(

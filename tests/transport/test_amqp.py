@@ -24,7 +24,7 @@ from fleet.contract import Priority
 from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
 from fleet.transport import DEAD_LETTER, Transport, connect, queue_name
 from fleet.transport.base import wait_until
-from tests.conftest import broker_url_for
+from tests.conftest import broker_url_for, missing
 from tests.transport.conftest import WAIT, Deliveries, Frames
 
 pytestmark = pytest.mark.rabbitmq
@@ -104,7 +104,7 @@ async def management(amqp_url: str) -> Management:
     try:
         await api.request("GET", "/overview")
     except (aiohttp.ClientError, TimeoutError) as exc:
-        pytest.skip(f"the RabbitMQ management API is not reachable: {exc!r}")
+        missing(f"the RabbitMQ management API is not reachable: {exc!r}")
     return api
 
 
@@ -339,7 +339,7 @@ async def test_broker_restart(
     reconnect listener is called once."""
     command = os.environ.get("FLEET_TEST_AMQP_RESTART")
     if not command:
-        pytest.skip("FLEET_TEST_AMQP_RESTART is not set: cannot restart the broker")
+        missing("FLEET_TEST_AMQP_RESTART is not set: cannot restart the broker")
     client = await open_amqp(publish_timeout=60.0)
     worker = await open_amqp()
     calls: list[str] = []

@@ -1,18 +1,20 @@
-"""The pipeline with a fake model: isolation of bad items, expiry, output split."""
+"""The pipeline with a fake model: isolation of bad items, expiry, output split, and
+reply sinks that are not a broker."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
-from fleet.contract import Request
+from fleet.contract import Reply, Request
 from fleet.errors import ErrorCode
 from fleet.tensor import Tensor
-from worker.pipeline import BatchStats, Item, Outcome, Pipeline
+from worker.pipeline import BatchStats, Item, Outcome, Pipeline, ReplySink
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +35,39 @@ class FakeModel:
         return {"output": x * 2}
 
 
-def _item(i: int, value: float, *, deadline: float | None = None, rows: int = 1) -> Item:
+class CollectingSink:
+    """Keeps every outcome it is handed, one list per call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[Outcome]] = []
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        self.calls.append(list(outcomes))
+
+    @property
+    def outcomes(self) -> list[Outcome]:
+        return [o for call in self.calls for o in call]
+
+
+class RequestSink:
+    """One caller waiting on one request, as an HTTP or a gRPC ingress has them."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+
+    async def settle(self, outcomes: Sequence[Outcome]) -> None:
+        (outcome,) = outcomes
+        self.answer.set_result(outcome.reply)
+
+
+def _item(
+    i: int,
+    value: float,
+    *,
+    deadline: float | None = None,
+    rows: int = 1,
+    sink: ReplySink | None = None,
+) -> Item:
     x = np.full((rows, 2), value, np.float32)
     req = Request(
         id=f"r{i}",
@@ -42,30 +76,31 @@ def _item(i: int, value: float, *, deadline: float | None = None, rows: int = 1)
         deadline=deadline if deadline is not None else time.time() + 10,
         sent_at=time.time(),
     )
-    return Item(request=req, feeds={"input": x}, rows=rows, token=i, reply_to="inbox")
+    return Item(request=req, feeds={"input": x}, rows=rows, sink=sink or CollectingSink())
 
 
-async def _run(items: list[Item]) -> tuple[list[Outcome], FakeModel, list[BatchStats]]:
-    out: list[Outcome] = []
-    stats: list[BatchStats] = []
-    model = FakeModel()
-
-    async def emit(outcomes: list[Outcome]) -> None:
-        out.extend(outcomes)
-
-    pipe = Pipeline(
+def _pipeline(model: FakeModel, stats: list[BatchStats] | None = None) -> Pipeline:
+    return Pipeline(
         model="m",
         version="1",
         runner=model,
         max_wait=0.01,
         worker_id="w",
-        emit=emit,
-        on_batch=stats.append,
+        on_batch=(stats if stats is not None else []).append,
     )
+
+
+async def _run(items: list[Item]) -> tuple[list[Outcome], FakeModel, list[BatchStats]]:
+    """Run ``items`` as one batch; every outcome, whichever sink it went to."""
+    stats: list[BatchStats] = []
+    model = FakeModel()
+    pipe = _pipeline(model, stats)
     for it in items:
         pipe.submit(it)
     pipe.start()
     await asyncio.wait_for(pipe.close(), 5)
+    sinks = list({id(i.sink): i.sink for i in items}.values())
+    out = [o for sink in sinks if isinstance(sink, CollectingSink) for o in sink.outcomes]
     return out, model, stats
 
 
@@ -98,3 +133,41 @@ async def test_multi_row_requests_get_their_own_rows_back() -> None:
     np.testing.assert_array_equal(by_id["r1"].arrays()["output"], np.full((2, 2), 10.0))  # type: ignore[union-attr]
     assert model.batches == [5]
     assert stats[0].rows == 5 and by_id["r0"].timings.batch_size == 5  # type: ignore[union-attr]
+
+
+async def test_each_request_answered_through_its_own_sink() -> None:
+    """Nothing of a broker: a caller per request, as an HTTP ingress would have."""
+    model = FakeModel()
+    pipe = _pipeline(model)
+    pipe.start()
+    sinks = [RequestSink() for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        pipe.submit(_item(i, float(i), sink=sink))
+    replies = await asyncio.wait_for(asyncio.gather(*(s.answer for s in sinks)), 5)
+    await asyncio.wait_for(pipe.close(), 5)
+    for i, reply in enumerate(replies):
+        assert reply is not None and reply.ok and reply.id == f"r{i}"
+        np.testing.assert_array_equal(reply.arrays()["output"], [[2.0 * i, 2.0 * i]])
+    assert model.batches == [3]  # one batch, three sinks
+
+
+async def test_a_batch_gives_each_sink_its_outcomes_in_one_call() -> None:
+    a, b = CollectingSink(), CollectingSink()
+    items = [_item(0, 1.0, sink=a), _item(1, 2.0, sink=b), _item(2, 3.0, sink=a)]
+    expired = _item(3, 4.0, sink=b, deadline=time.time() - 1)
+    _, model, _ = await _run([*items, expired])
+    assert model.batches == [3]
+    assert len(a.calls) == 1 and len(b.calls) == 1
+    assert [o.item.request.id for o in a.calls[0]] == ["r0", "r2"]
+    assert {o.item.request.id: o.reply is not None for o in b.calls[0]} == {"r1": True, "r3": False}
+
+
+async def test_a_failing_sink_does_not_keep_replies_from_the_others() -> None:
+    class BrokenSink:
+        async def settle(self, outcomes: Sequence[Outcome]) -> None:
+            raise RuntimeError("the connection went away")
+
+    good = CollectingSink()
+    _, model, _ = await _run([_item(0, 1.0, sink=BrokenSink()), _item(1, 1.0, sink=good)])
+    assert model.batches == [2]
+    assert [o.item.request.id for o in good.outcomes] == ["r1"]

@@ -99,28 +99,31 @@ def test_bad_toml_names_the_file(tmp_path: Path) -> None:
     [
         pytest.param(
             "max_batch_size = 0",
-            r"field 'max_batch_size'.*greater than or equal to 1",
+            r"\n  max_batch_size: .*greater than or equal to 1",
             id="zero-batch",
         ),
         pytest.param(
-            'max_batch_size = "many"', r"field 'max_batch_size'.*valid integer", id="not-an-int"
+            'max_batch_size = "many"', r"\n  max_batch_size: .*valid integer", id="not-an-int"
         ),
-        pytest.param("max_wait_ms = -1", r"field 'max_wait_ms'", id="negative-wait"),
-        pytest.param("providers = []", r"field 'providers'", id="no-providers"),
-        pytest.param('providers = ["A", "A"]', r"listed twice", id="duplicate-provider"),
-        pytest.param("inter_op_threads = 0", r"field 'inter_op_threads'", id="no-inter-threads"),
-        pytest.param("intra_op_threads = -2", r"field 'intra_op_threads'", id="negative-threads"),
+        pytest.param("max_wait_ms = -1", r"\n  max_wait_ms: ", id="negative-wait"),
+        pytest.param("providers = []", r"\n  providers: ", id="no-providers"),
+        pytest.param(
+            'providers = ["A", "A"]', r"\n  providers: .*listed twice", id="duplicate-provider"
+        ),
+        pytest.param("inter_op_threads = 0", r"\n  inter_op_threads: ", id="no-inter-threads"),
+        pytest.param("intra_op_threads = -2", r"\n  intra_op_threads: ", id="negative-threads"),
         pytest.param(
             "buckets = [1, 64]",
-            r"field 'buckets'.*between 1 and max_batch_size \(32\)",
+            r"\n  buckets: .*between 1 and max_batch_size \(32\)",
             id="bucket-over-max",
         ),
-        pytest.param("buckets = []", r"field 'buckets'.*at least one", id="no-buckets"),
+        pytest.param("buckets = []", r"\n  buckets: .*at least one", id="no-buckets"),
         pytest.param(
             "max_batch = 8",
-            r"unknown field 'max_batch' \(known fields: max_batch_size",
+            r"\n  max_batch: unknown field \(known fields: runtime, max_batch_size",
             id="unknown-field",
         ),
+        pytest.param('runtime = ""', r"\n  runtime: ", id="empty-runtime"),
     ],
 )
 def test_bad_field_is_named(tmp_path: Path, text: str, message: str) -> None:
@@ -128,7 +131,26 @@ def test_bad_field_is_named(tmp_path: Path, text: str, message: str) -> None:
     path.write_text(text + "\n")
     with pytest.raises(ConfigError, match=message) as info:
         ModelConfig.from_toml(path)
-    assert str(path) in info.value.message
+    assert info.value.message.startswith(f"{path}: 1 bad field(s):")
+
+
+def test_every_bad_field_is_listed(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("max_batch_size = 0\ninter_op_threads = 0\n")
+    with pytest.raises(ConfigError, match=r"2 bad field\(s\)") as info:
+        ModelConfig.from_toml(path)
+    lines = info.value.message.splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in lines] == [
+        "max_batch_size",
+        "inter_op_threads",
+    ]
+
+
+def test_runtime_defaults_to_onnxruntime(tmp_path: Path) -> None:
+    assert ModelConfig().runtime == "onnxruntime"
+    path = tmp_path / "config.toml"
+    path.write_text('runtime = "other"\n')
+    assert ModelConfig.from_toml(path).runtime == "other"  # checked when the model loads
 
 
 @pytest.mark.parametrize(

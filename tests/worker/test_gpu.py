@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ class _NVMLError(Exception):
 def _fake_nvml(*, fail_init: bool = False) -> types.ModuleType:
     calls = {"init": 0}
     module = types.ModuleType("pynvml")
+    module.__spec__ = importlib.machinery.ModuleSpec("pynvml", None)  # installed, as it were
 
     def init() -> None:
         calls["init"] += 1
@@ -41,7 +43,7 @@ def fresh() -> Iterator[None]:
 
 
 def test_without_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
     assert gpu.gpu_utilization() is None
     assert gpu.device_name() is None
 

@@ -99,7 +99,9 @@ def test_bad_model_name(tmp_path: Path) -> None:
 
 def test_bad_config_names_file_and_field(tmp_path: Path) -> None:
     _version(tmp_path, "digits", "1", config="max_batch_size = -1\n")
-    with pytest.raises(ConfigError, match=r"digits/1/config.toml: field 'max_batch_size'"):
+    with pytest.raises(
+        ConfigError, match=r"digits/1/config.toml: 1 bad field\(s\):\n  max_batch_size: "
+    ):
         ModelRepository(tmp_path).discover()
 
 

@@ -1,320 +1,108 @@
+"""The runtime interface: the registry, a model naming its runtime, and a runtime
+that is not ONNX Runtime served end to end by a worker."""
+
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
-from fleet.errors import ConfigError, Internal, InvalidArgument
-from fleet.tensor import DataType, Tensor
-from tests.worker.models import WEIGHTS, linear_model, row_collapsing_model, spec_for
-from worker.runtime import IOSpec, Runtime, check_provider, resolve_providers
-
-pytestmark = pytest.mark.unit
-
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
-
-
-def _inputs(rows: int, *, seed: int = 0) -> list[Tensor]:
-    rng = np.random.default_rng(seed)
-    return [
-        Tensor.from_numpy("x", rng.standard_normal((rows, 4), dtype=np.float32)),
-        Tensor.from_numpy("ids", rng.integers(0, 100, (rows, 2), dtype=np.int64)),
-    ]
+from fleet.errors import ConfigError, InvalidArgument
+from fleet.tensor import Tensor
+from fleet.transport.memory import MemoryBroker
+from producer import Client
+from tests.helpers import running_worker
+from tests.worker.fakes import DoublingRuntime, doubling_repo, loaded
+from worker.config import ModelConfig
+from worker.onnx_runtime import SPEC as ONNX_SPEC
+from worker.repository import ModelRepository
+from worker.runtime import RUNTIMES, RuntimeSpec, load_runtime
+from worker.tuning import SERVING_SWITCH_INTERVAL, tune_process_for_serving
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+@pytest.mark.unit
+def test_onnxruntime_is_registered_by_its_entry_point() -> None:
+    assert "onnxruntime" in RUNTIMES.names()
+    assert RUNTIMES.get("onnxruntime") is ONNX_SPEC
+    assert ModelConfig().runtime == ONNX_SPEC.name
 
 
-@pytest.fixture(scope="module")
-def runtime(models: Path) -> Runtime:
-    return Runtime.load(spec_for(linear_model(), models, name="linear", max_batch_size=8))
-
-
-# -- providers -------------------------------------------------------------------------------
-
-
-def test_cpu_session(runtime: Runtime) -> None:
-    assert runtime.provider == "CPUExecutionProvider"
-    options = runtime._session.get_session_options()
-    assert options.intra_op_num_threads == runtime.spec.config.intra_op_threads >= 1
-    assert options.inter_op_num_threads == 1
-
-
-def test_unknown_provider_lists_the_available_ones(models: Path) -> None:
-    spec = spec_for(linear_model(), models, providers=["CudaProvider", "CPUExecutionProvider"])
-    with pytest.raises(ConfigError, match="unknown execution provider CudaProvider;") as info:
-        Runtime.load(spec)
-    assert "CPUExecutionProvider" in info.value.message
-
-
-@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime build has CUDA")
-def test_requested_gpu_without_fallback_fails(models: Path) -> None:
-    spec = spec_for(
-        linear_model(), models, providers=["CUDAExecutionProvider", "CPUExecutionProvider"]
-    )
-    assert spec.config.allow_cpu_fallback is False
-    with pytest.raises(
-        ConfigError,
-        match="requested CUDAExecutionProvider, ONNX Runtime is using CPUExecutionProvider",
-    ):
-        Runtime.load(spec)
-
-
-@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime build has CUDA")
-def test_requested_gpu_with_fallback_runs_on_cpu(models: Path) -> None:
-    spec = spec_for(
-        linear_model(),
-        models,
-        providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
-        allow_cpu_fallback=True,
-    )
-    runtime = Runtime.load(spec)
-    assert runtime.provider == "CPUExecutionProvider"
-    assert runtime.infer(_inputs(3))["y"].shape == (3, 3)
-
-
-@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime build has CUDA")
-def test_only_unavailable_providers(models: Path) -> None:
-    spec = spec_for(linear_model(), models, providers=["CUDAExecutionProvider"])
-    with pytest.raises(ConfigError, match="none of the requested providers"):
-        Runtime.load(spec)
-
-
-def test_check_provider() -> None:
-    check_provider("CPUExecutionProvider", "CPUExecutionProvider", allow_cpu_fallback=False)
-    check_provider("CUDAExecutionProvider", "CPUExecutionProvider", allow_cpu_fallback=True)
-    with pytest.raises(ConfigError, match="requested TensorrtExecutionProvider, ONNX Runtime is"):
-        check_provider(
-            "TensorrtExecutionProvider", "CUDAExecutionProvider", allow_cpu_fallback=False
-        )
-
-
-def test_resolve_providers_keeps_order_and_drops_missing() -> None:
-    known = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert resolve_providers(
-        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
-        available=["CUDAExecutionProvider", "CPUExecutionProvider"],
-        known=known,
-    ) == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-
-
-def test_trt_cache_path_is_computed(runtime: Runtime) -> None:
-    path = runtime.trt_cache_path
-    assert path.parts[-3:-1] == ("linear", "1")
-    assert runtime.spec.sha256()[:16] in path.name
-    assert ort.__version__ in path.name
-
-
-# -- signature and batch axis ------------------------------------------------------------------
-
-
-def test_signature(runtime: Runtime) -> None:
-    assert runtime.inputs == [
-        IOSpec(name="x", datatype=DataType.FP32, shape=(None, 4)),
-        IOSpec(name="ids", datatype=DataType.INT64, shape=(None, 2)),
-    ]
-    assert runtime.outputs == [
-        IOSpec(name="y", datatype=DataType.FP32, shape=(None, 3)),
-        IOSpec(name="ids_out", datatype=DataType.INT64, shape=(None, 2)),
-    ]
-    assert runtime.max_batch_size == 8
-    assert runtime.buckets == (1, 2, 4, 8)
-
-
-def test_fixed_batch_axis_caps_the_batch(models: Path) -> None:
-    spec = spec_for(
-        linear_model(batch=4, second_input=False), models, name="fixed", max_batch_size=32
-    )
-    runtime = Runtime.load(spec)
-    assert runtime.max_batch_size == 4
-    assert runtime.buckets == (4,)
-    assert runtime.pad_to_bucket
-    x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    feeds, rows = runtime.validate([Tensor.from_numpy("x", x)])
+@pytest.mark.unit
+def test_a_model_is_loaded_by_the_runtime_it_names(tmp_path: Path, doubling: RuntimeSpec) -> None:
+    root = doubling_repo(tmp_path, "twice", 'runtime = "doubling"\n')
+    runtime = load_runtime(ModelRepository(root).get("twice"))
+    assert isinstance(runtime, DoublingRuntime) and loaded == [runtime]
+    feeds, rows = runtime.validate([Tensor.from_numpy("x", np.ones((3, 2), np.float32))])
     assert rows == 3
-    np.testing.assert_allclose(runtime.run(feeds)["y"], x @ WEIGHTS, rtol=1e-6)
-    with pytest.raises(
-        InvalidArgument, match="5 rows is more than this model's max batch size of 4"
-    ):
-        runtime.validate([Tensor.from_numpy("x", np.zeros((5, 4), np.float32))])
-    assert list(runtime.warm_up()) == [4]
+    np.testing.assert_array_equal(runtime.run(feeds)["y"], np.full((3, 2), 2.0))
 
 
-# -- validate ----------------------------------------------------------------------------------
+@pytest.mark.unit
+def test_an_unknown_runtime_names_the_file_and_the_known_ones(tmp_path: Path) -> None:
+    root = doubling_repo(tmp_path, "twice", 'runtime = "doubling"\n')
+    spec = ModelRepository(root).get("twice")
+    config = tmp_path / "twice" / "1" / "config.toml"
+    with pytest.raises(ConfigError) as info:
+        load_runtime(spec)
+    assert info.value.message.startswith(f"{config}: runtime: unknown model runtime 'doubling'")
+    assert "known: onnxruntime" in info.value.message
 
 
-def test_validate_returns_arrays_and_rows(runtime: Runtime) -> None:
-    inputs = _inputs(3)
-    feeds, rows = runtime.validate(inputs)
-    assert rows == 3
-    assert set(feeds) == {"x", "ids"}
-    np.testing.assert_array_equal(feeds["x"], inputs[0].to_numpy())
+@pytest.mark.memory
+async def test_a_worker_serves_a_registered_runtime(
+    tmp_path: Path, doubling: RuntimeSpec, unique_model: str
+) -> None:
+    root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
+    name = f"rt-{uuid.uuid4().hex[:8]}"
+    url = f"memory://{name}"
+    try:
+        async with running_worker(url, root) as worker, Client(url, timeout=10) as client:
+            x = np.arange(6, dtype=np.float32).reshape(3, 2)
+            out = await client.infer(unique_model, {"x": x})
+            with pytest.raises(InvalidArgument, match="one FP32 input 'x'"):
+                await client.infer(unique_model, {"z": x})
+            beat = worker.heartbeat()
+    finally:
+        MemoryBroker.reset(name)
+    np.testing.assert_array_equal(out["y"], 2 * x)
+    (runtime,) = loaded
+    assert runtime.warmed and runtime.batches == [3]
+    assert worker.runtimes == {unique_model: {"1": runtime}}
+    assert beat.provider == "DoublingProvider" and beat.models == [unique_model]
+    assert worker.stats.answered_total == 1 and worker.stats.errors_total == 1
 
 
-@pytest.mark.parametrize(
-    ("tensors", "message"),
-    [
-        pytest.param(
-            [Tensor.from_numpy("x", np.zeros((1, 4), np.float32))],
-            "missing input 'ids'; the model's inputs are ['x', 'ids']",
-            id="missing",
-        ),
-        pytest.param(
-            [*_inputs(1), Tensor.from_numpy("z", np.zeros((1, 4), np.float32))],
-            "unknown input 'z'; the model's inputs are ['x', 'ids']",
-            id="unknown",
-        ),
-        pytest.param(
-            [*_inputs(1), _inputs(1)[0]],
-            "input 'x' is given more than once",
-            id="duplicate",
-        ),
-        pytest.param(
-            [Tensor.from_numpy("x", np.zeros((1, 4), np.float64)), _inputs(1)[1]],
-            "input 'x': expected FP32, got FP64",
-            id="datatype",
-        ),
-        pytest.param(
-            [_inputs(1)[0], Tensor.from_numpy("ids", np.zeros((1, 2), np.int32))],
-            "input 'ids': expected INT64, got INT32",
-            id="datatype-int",
-        ),
-        pytest.param(
-            [Tensor.from_numpy("x", np.zeros(4, np.float32)), _inputs(1)[1]],
-            "input 'x': expected shape [n, 4], got [4]",
-            id="rank",
-        ),
-        pytest.param(
-            [Tensor.from_numpy("x", np.zeros((1, 5), np.float32)), _inputs(1)[1]],
-            "input 'x': expected shape [n, 4], got [1, 5]",
-            id="dim",
-        ),
-        pytest.param(
-            [_inputs(2)[0], _inputs(3)[1]],
-            "inputs must have the same number of rows (dim 0): 'x' has 2, 'ids' has 3",
-            id="rows-differ",
-        ),
-        pytest.param(
-            [
-                Tensor(name="x", datatype=DataType.FP32, shape=(0, 4), data=b""),
-                Tensor(name="ids", datatype=DataType.INT64, shape=(0, 2), data=b""),
-            ],
-            "inputs have no rows (dim 0 is 0)",
-            id="no-rows",
-        ),
-        pytest.param(
-            _inputs(9), "9 rows is more than this model's max batch size of 8", id="too-many"
-        ),
-        pytest.param(
-            [
-                Tensor(name="x", datatype=DataType.FP32, shape=(1, 4), data=b"\0" * 12),
-                _inputs(1)[1],
-            ],
-            "tensor 'x': 12 bytes of data",
-            id="short-data",
-        ),
-    ],
-)
-def test_validate_errors(runtime: Runtime, tensors: list[Tensor], message: str) -> None:
-    with pytest.raises(InvalidArgument) as info:
-        runtime.validate(tensors)
-    assert message in info.value.message
+@pytest.mark.memory
+async def test_starting_a_worker_leaves_the_switch_interval_alone(
+    tmp_path: Path, doubling: RuntimeSpec, unique_model: str
+) -> None:
+    root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\n')
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(0.004)  # not the default, not what serving tunes it to
+    chosen = sys.getswitchinterval()  # as the interpreter stores it (whole microseconds)
+    try:
+        async with running_worker(f"memory://{unique_model}", root):
+            assert sys.getswitchinterval() == chosen
+        assert sys.getswitchinterval() == chosen
+    finally:
+        sys.setswitchinterval(before)
+        MemoryBroker.reset(unique_model)
 
 
-# -- run ---------------------------------------------------------------------------------------
-
-
-def test_run(runtime: Runtime) -> None:
-    inputs = _inputs(5)
-    out = runtime.infer(inputs)
-    np.testing.assert_allclose(out["y"], inputs[0].to_numpy() @ WEIGHTS, rtol=1e-6)
-    np.testing.assert_array_equal(out["ids_out"], inputs[1].to_numpy())
-
-
-@pytest.mark.parametrize("rows", [1, 3, 5, 7, 8])
-def test_padding_to_a_bucket_changes_nothing(models: Path, runtime: Runtime, rows: int) -> None:
-    padded = Runtime.load(
-        spec_for(linear_model(), models, name="padded", max_batch_size=8, pad_to_bucket=True)
-    )
-    assert padded.pad_to_bucket and not runtime.pad_to_bucket
-    feeds, _ = runtime.validate(_inputs(rows, seed=rows))
-    want = runtime.run(feeds)
-    got = padded.run(feeds)
-    assert padded.bucket_for(rows) >= rows
-    for name in want:
-        assert got[name].shape == want[name].shape
-        np.testing.assert_allclose(got[name], want[name], rtol=1e-6)
-
-
-def test_runs_from_many_threads(runtime: Runtime) -> None:
-    batches = [runtime.validate(_inputs(1 + i % 8, seed=i))[0] for i in range(32)]
-    with ThreadPoolExecutor(8) as pool:
-        results = list(pool.map(runtime.run, batches))
-    for feeds, out in zip(batches, results, strict=True):
-        np.testing.assert_allclose(out["y"], feeds["x"] @ WEIGHTS, rtol=1e-6)
-
-
-def test_output_rows_must_match_input_rows(models: Path) -> None:
-    runtime = Runtime.load(spec_for(row_collapsing_model(), models, name="collapse"))
-    with pytest.raises(Internal, match=r"output 'y' has shape \[1, 4\], expected 3 rows"):
-        runtime.run({"x": np.ones((3, 4), np.float32)})
-
-
-def test_onnxruntime_errors_are_translated(runtime: Runtime) -> None:
-    with pytest.raises(InvalidArgument, match="the model rejected the input") as info:
-        runtime.run({"x": np.ones((2, 4), np.float64), "ids": np.ones((2, 2), np.int64)})
-    assert info.value.__cause__ is not None
-
-
-def test_warm_up_covers_every_bucket(runtime: Runtime) -> None:
-    timings = runtime.warm_up()
-    assert list(timings) == [1, 2, 4, 8]
-    assert all(t > 0 for t in timings.values())
-
-
-def test_close(models: Path) -> None:
-    runtime = Runtime.load(spec_for(linear_model(), models, name="closing"))
-    feeds, _ = runtime.validate(_inputs(1))
-    runtime.close()
-    assert runtime.closed
-    with pytest.raises(Internal, match="closed"):
-        runtime.run(feeds)
-
-
-def test_unloadable_model_is_a_config_error(tmp_path: Path) -> None:
-    spec = spec_for(linear_model(), tmp_path)
-    spec.path.write_bytes(b"not a model")
-    with pytest.raises(ConfigError, match="ONNX Runtime cannot load the model"):
-        Runtime.load(spec)
-
-
-def test_scalar_input_is_refused(tmp_path: Path) -> None:
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "scalar",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    with pytest.raises(ConfigError, match="is a scalar; inputs need a batch axis"):
-        Runtime.load(spec_for(model, tmp_path))
-
-
-def test_read_only_input_from_the_wire(runtime: Runtime) -> None:
-    x = np.ones((2, 4), np.float32)
-    ids = np.zeros((2, 2), np.int64)
-    tensors = [
-        Tensor(name="x", datatype=DataType.FP32, shape=(2, 4), data=x.tobytes()),
-        Tensor(name="ids", datatype=DataType.INT64, shape=(2, 2), data=ids.tobytes()),
-    ]
-    feeds, rows = runtime.validate(tensors)
-    assert rows == 2 and not feeds["x"].flags.writeable
-    np.testing.assert_allclose(runtime.run(feeds)["y"], x @ WEIGHTS, rtol=1e-6)
+@pytest.mark.unit
+def test_tuning_a_serving_process_shortens_the_switch_interval() -> None:
+    before = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        tune_process_for_serving()
+        # the interpreter keeps whole microseconds
+        assert sys.getswitchinterval() == pytest.approx(SERVING_SWITCH_INTERVAL, abs=2e-6)
+        sys.setswitchinterval(0.0001)
+        shorter = sys.getswitchinterval()
+        tune_process_for_serving()  # a shorter one already set is kept
+        assert sys.getswitchinterval() == shorter
+    finally:
+        sys.setswitchinterval(before)

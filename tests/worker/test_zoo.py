@@ -10,8 +10,8 @@ import pytest
 
 from fleet.tensor import Tensor
 from worker import zoo
+from worker.onnx_runtime import OnnxRuntime
 from worker.repository import ModelRepository
-from worker.runtime import Runtime
 
 pytestmark = pytest.mark.unit
 
@@ -79,7 +79,7 @@ def test_digits_onnx_matches_sklearn(root: Path, digits_data: zoo.DigitsData) ->
 
 
 def test_digits_through_the_runtime(root: Path, digits_data: zoo.DigitsData) -> None:
-    runtime = Runtime.load(ModelRepository(root).get("digits"))
+    runtime = OnnxRuntime.load(ModelRepository(root).get("digits"))
     out = runtime.infer([Tensor.from_numpy("input", digits_data.x_test[:5])])
     np.testing.assert_array_equal(
         out["label"], digits_data.pipeline.predict(digits_data.x_test[:5])

@@ -6,15 +6,63 @@ real broker the workers run as ``fleet worker`` subprocesses.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fleet.errors import ConfigError, FleetError, ModelNotFound
+from fleet.worker_command import worker_argv, worker_command
+from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
+
+if TYPE_CHECKING:
+    from producer.loadgen import LoadResult
+
+
+def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """Register ``demo``."""
+    p = sub.add_parser(
+        "demo",
+        help="run workers and drive traffic through them, with live progress",
+        description="One command, no services needed: an embedded broker, the demo models "
+        "(built if missing), workers, and a traffic run with a live display and a summary.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--broker", default="memory://demo", help="broker URL")
+    p.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="model repository")
+    p.add_argument("--model", default="digits", help="model to drive traffic to")
+    p.add_argument("--workers", type=int, default=1, help="workers to start")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds of traffic")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    p.add_argument(
+        "--rate", type=float, default=None, help="offered requests/s (default: as fast as answered)"
+    )
+    p.add_argument("--timeout", type=float, default=5.0, help="per-request timeout in seconds")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from worker.tuning import tune_process_for_serving
+
+    if args.broker.startswith("memory://"):
+        tune_process_for_serving()  # the workers run in this process
+    summary = asyncio.run(
+        run_demo(
+            broker=args.broker,
+            models=args.models,
+            model=args.model,
+            workers=args.workers,
+            duration=args.duration,
+            concurrency=args.concurrency,
+            rate=args.rate,
+            timeout=args.timeout,
+        )
+    )
+    return 0 if summary.lost == 0 else 1
 
 
 def _input_width(models: Path, model: str) -> int:
@@ -47,10 +95,11 @@ async def _workers(broker: str, models: Path, count: int) -> AsyncIterator[None]
         finally:
             await asyncio.gather(*(w.stop() for w in workers))
         return
-    argv = ["-m", "fleet", "--log-level", "WARNING", "worker", "--broker", broker]
-    argv += ["--models", str(models), "--http-port", "0"]
+    command = worker_command(log_level="WARNING")
     procs = [
-        await asyncio.create_subprocess_exec(sys.executable, *argv, "--worker-id", f"demo-{i}")
+        await asyncio.create_subprocess_exec(
+            *worker_argv(broker=broker, models=models, worker_id=f"demo-{i}", command=command)
+        )
         for i in range(count)
     ]
     try:
@@ -99,9 +148,9 @@ async def run_demo(
     concurrency: int,
     rate: float | None,
     timeout: float,
-) -> Any:
+) -> LoadResult:
     from producer import Client
-    from producer.loadgen import LoadResult, drive, random_inputs
+    from producer.loadgen import drive, random_inputs
     from worker.zoo import build_all
 
     out = sys.stderr
@@ -143,4 +192,4 @@ async def run_demo(
     return result
 
 
-__all__ = ["run_demo", "wait_model_served"]
+__all__ = ["add_commands", "run_demo", "wait_model_served"]

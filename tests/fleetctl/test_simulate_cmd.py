@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.simcli import add_commands
+from fleetctl.simulate_cmd import add_commands
 
 pytestmark = pytest.mark.unit
 
@@ -70,12 +70,30 @@ def test_every_option_has_help() -> None:
                 assert action.help, f"{name} {action.dest}"
 
 
-def test_policy_choices_are_the_known_kinds(capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unknown_policy_lists_the_known_kinds(capsys: pytest.CaptureFixture[str]) -> None:
     from autoscaler.simulator.compare import ALL_KINDS
 
-    with pytest.raises(SystemExit):
-        parse(["simulate", "--policy", "bogus"])
+    args = parse(["simulate", "--policy", "bogus", "--horizon", "60"])
+    assert args.handler(args) == 2
     err = capsys.readouterr().err
-    assert "invalid choice: 'bogus'" in err
+    assert "unknown policy kind 'bogus'" in err
     for kind in ALL_KINDS:
-        assert f"'{kind}'" in err
+        assert kind in err
+
+
+def test_a_registered_policy_is_simulated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoscaler.baselines import STATIC
+    from autoscaler.registry import POLICIES, PolicySpec
+
+    fixed = PolicySpec(name="fixed-two", config=STATIC.config, build=STATIC.build)
+    with POLICIES.registered(fixed):
+        args = parse(
+            [
+                *("simulate", "--pattern", "ramp", "--policy", "fixed-two", "--horizon", "120"),
+                *("--out", str(tmp_path)),
+            ]
+        )
+        assert args.handler(args) == 0
+    assert "fixed-two" in capsys.readouterr().out

@@ -8,12 +8,23 @@ actuators (a ``local`` actuator's workers stop when the command exits).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from fleet.errors import ConfigError, FleetError
+from fleet.logging import configure
+from fleetctl.formatting import Subparsers
+
+if TYPE_CHECKING:
+    from autoscaler.config import AutoscalerConfig
+    from autoscaler.loop import Autoscaler
+    from autoscaler.types import Decision
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Register ``autoscaler`` on the ``fleet`` command's subparsers. The
     handler is ``args.handler(args) -> int``."""
     p = sub.add_parser(
@@ -35,11 +46,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def run_command(args: argparse.Namespace) -> int:
-    import asyncio
-
     from autoscaler.config import load_config
-    from fleet.errors import ConfigError, FleetError
-    from fleet.logging import configure
 
     configure(level=args.log_level)
     try:
@@ -59,35 +66,14 @@ def run_command(args: argparse.Namespace) -> int:
         return 130
 
 
-async def _main(cfg: Any, *, once: bool) -> int:
-    import asyncio
-    import signal
-
+async def _main(cfg: AutoscalerConfig, *, once: bool) -> int:
     from autoscaler.loop import from_config
 
     scaler = await from_config(cfg)
     try:
         await scaler.start()
         if once:
-            decision = await scaler.run_once()
-            snap = scaler.last_snapshot
-            out: dict[str, Any] = {
-                "desired": decision.desired,
-                "direction": decision.direction,
-                "reasons": list(decision.reasons),
-            }
-            if snap is not None:
-                out["snapshot"] = {
-                    "backlog": snap.backlog,
-                    "arrival_rate": snap.arrival_rate,
-                    "per_instance_rps": snap.per_instance_rps,
-                    "busy_fraction": snap.busy_fraction,
-                    "gpu_utilization": snap.gpu_utilization,
-                    "in_service": snap.in_service,
-                    "pending": snap.pending,
-                    "desired": snap.desired,
-                }
-            print(json.dumps(out))
+            print(json.dumps(_decision_json(scaler, await scaler.run_once())))
             return 0
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -97,6 +83,27 @@ async def _main(cfg: Any, *, once: bool) -> int:
         return 0
     finally:
         await scaler.close()
+
+
+def _decision_json(scaler: Autoscaler, decision: Decision) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "desired": decision.desired,
+        "direction": decision.direction,
+        "reasons": list(decision.reasons),
+    }
+    snap = scaler.last_snapshot
+    if snap is not None:
+        out["snapshot"] = {
+            "backlog": snap.backlog,
+            "arrival_rate": snap.arrival_rate,
+            "per_instance_rps": snap.per_instance_rps,
+            "busy_fraction": snap.busy_fraction,
+            "gpu_utilization": snap.gpu_utilization,
+            "in_service": snap.in_service,
+            "pending": snap.pending,
+            "desired": snap.desired,
+        }
+    return out
 
 
 __all__ = ["add_commands", "run_command"]

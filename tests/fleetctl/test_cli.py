@@ -2,31 +2,63 @@
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from fleet.cli import build_parser
+from fleetctl.cli import build_parser
 
 
 def _fleet(
     *args: str, cwd: Path | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleet", *args],
+        [sys.executable, "-m", "fleetctl", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
     )
 
 
+ROOT = Path(__file__).resolve().parents[2]
+# a command line in a code block (``fleet worker ...``), after a prompt, or in backticks
+DOCUMENTED = re.compile(r"(?:^\s*|`|\$ )fleet ((?:[a-z]+-)*[a-z]+)", re.M)
+
+
+def _commands() -> list[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+def _documented() -> set[str]:
+    found: set[str] = set()
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        found.update(DOCUMENTED.findall(path.read_text(encoding="utf-8")))
+    return found
+
+
 @pytest.mark.unit
-@pytest.mark.parametrize("command", ["demo", "worker", "models"])
+def test_help_lists_every_documented_command() -> None:
+    documented = _documented()
+    assert {"demo", "worker", "models", "autoscaler", "simulate"} <= documented
+    proc = _fleet("--help")
+    assert proc.returncode == 0, proc.stderr
+    listed = set(re.findall(r"^    ([a-z-]+)\s", proc.stdout, re.M))
+    missing = documented - listed
+    assert not missing, f"documented but not in 'fleet --help': {sorted(missing)}"
+    assert listed == set(_commands())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("command", _commands())
 def test_every_command_has_help(command: str) -> None:
     parser = build_parser()
     with pytest.raises(SystemExit) as exc:
@@ -89,3 +121,21 @@ def test_worker_settings_read_the_broker_from_either_environment_name(
     monkeypatch.setenv("FLEET_BROKER", "kafka://b:9092")
     assert WorkerSettings(models="m").broker == "kafka://b:9092"
     assert WorkerSettings(models="m", broker="memory://c").broker == "memory://c"
+
+
+@pytest.mark.memory
+@pytest.mark.parametrize("delay", [0.05, 0.4, 1.5])
+def test_a_worker_stopped_while_it_boots_exits_cleanly(built_models: Path, delay: float) -> None:
+    """SIGTERM at any moment of a worker's start (importing, loading, warming,
+    serving) ends it with 0: a scale-in may pick a worker that is still booting."""
+    import signal
+    import time
+
+    from fleet.worker_command import worker_argv
+
+    argv = worker_argv(broker="memory://boot", models=built_models, worker_id="boot")
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]

@@ -13,9 +13,8 @@ starting configuration the autoscaler loads: the per-instance target,
 ``max = ceil(peak_rps / per_instance * growth_factor)``) and ``recommend.png``
 (throughput and latency against offered load).
 
-Only :mod:`fleet` is used to talk to the worker: request frames go out with
-:func:`fleet.transport.connect` and :func:`fleet.wire.encode_requests`, replies
-come back to an inbox.
+Traffic goes through :class:`producer.Client`, the client every user has, set
+to one request per broker message and many publishes in flight.
 """
 
 from __future__ import annotations
@@ -30,14 +29,12 @@ from pathlib import Path
 import numpy as np
 
 from autoscaler.simulator.profile import ServiceProfile
-from fleet import wire
-from fleet.contract import Priority, Reply, Request, new_request_id
-from fleet.errors import ModelNotFound
+from fleet.contract import Reply
+from fleet.errors import FleetError, ModelNotFound
 from fleet.logging import get_logger
-from fleet.tensor import Tensor
-from fleet.transport import Transport, connect
+from producer import Client
 
-log = get_logger("autoscaler.recommend")
+log = get_logger("fleetctl.recommend")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -104,57 +101,39 @@ class Recommendation:
 
 @dataclass(slots=True)
 class _Tracker:
-    sent_at: dict[str, float] = field(default_factory=dict)
-    latency_ms: dict[str, float] = field(default_factory=dict)
-    failed: set[str] = field(default_factory=set)
+    """Per-step latencies and the worker's batch timings, from the replies."""
+
+    latency_ms: list[float] = field(default_factory=list)
+    failed: int = 0
     reply_times: list[float] = field(default_factory=list)
     batch_ms: dict[int, list[float]] = field(default_factory=dict)
 
-    def on_reply(self, body: bytes) -> None:
+    def on_reply(self, reply: Reply, sent: float) -> None:
         now = time.monotonic()
-        try:
-            frame = wire.decode_replies(body)
-        except Exception:
-            log.warning("undecodable reply frame")
-            return
-        for item in frame.items:
-            if not isinstance(item, Reply):
-                continue
-            sent = self.sent_at.get(item.id)
-            if sent is None or item.id in self.latency_ms:
-                continue  # not ours, or a duplicate
-            self.latency_ms[item.id] = (now - sent) * 1e3
-            self.reply_times.append(now)
-            if item.error is not None:
-                self.failed.add(item.id)
-            elif item.timings.batch_size > 0:
-                self.batch_ms.setdefault(item.timings.batch_size, []).append(
-                    item.timings.inference_ms
-                )
+        self.latency_ms.append((now - sent) * 1e3)
+        self.reply_times.append(now)
+        if reply.error is not None:
+            self.failed += 1
+        elif reply.timings.batch_size > 0:
+            self.batch_ms.setdefault(reply.timings.batch_size, []).append(
+                reply.timings.inference_ms
+            )
 
 
-def _request(settings: RampSettings, payload: np.ndarray, deadline_s: float) -> Request:
-    now = time.time()
-    return Request(
-        id=new_request_id(),
-        model=settings.model,
-        inputs=(Tensor.from_numpy(settings.input_name, payload),),
-        deadline=now + deadline_s,
-        priority=Priority.ONLINE,
-        sent_at=now,
-    )
+def _client(settings: RampSettings) -> Client:
+    """One request per broker message, published concurrently: the worker
+    sees the offered rate as it is, not smoothed by the client's coalescing."""
+    deadline_s = max(30.0, settings.step_s + settings.settle_s)
+    return Client(settings.broker, timeout=deadline_s, max_batch=1, max_publishes=256)
 
 
-async def _wait_for_worker(transport: Transport, settings: RampSettings, inbox: str) -> None:
-    """Publish one request until a worker has declared the model's queues."""
-    payload = np.zeros((1, settings.features), dtype=np.float32)
+async def _wait_for_worker(client: Client, settings: RampSettings) -> None:
+    """Send one request until a worker has declared the model's queues."""
+    inputs = {settings.input_name: np.zeros((1, settings.features), dtype=np.float32)}
     end = time.monotonic() + settings.ready_timeout_s
     while True:
-        req = _request(settings, payload, 30.0)
         try:
-            await transport.publish_request(
-                settings.model, Priority.ONLINE, wire.encode_requests([req], reply_to=inbox)
-            )
+            await client.infer_reply(settings.model, inputs)
             return
         except ModelNotFound:
             if time.monotonic() > end:
@@ -162,53 +141,48 @@ async def _wait_for_worker(transport: Transport, settings: RampSettings, inbox: 
             await asyncio.sleep(0.2)
 
 
-async def _run_step(
-    transport: Transport, settings: RampSettings, tracker: _Tracker, inbox: str, rate: float
-) -> Step:
+async def _one(client: Client, settings: RampSettings, tracker: _Tracker, x: np.ndarray) -> None:
+    sent = time.monotonic()
+    try:
+        reply = await client.infer_reply(settings.model, {settings.input_name: x})
+    except FleetError as exc:  # refused or never answered: counted as unanswered
+        log.debug("recommend.request_failed", error=repr(exc))
+        return
+    tracker.on_reply(reply, sent)
+
+
+async def _offer(
+    client: Client, settings: RampSettings, tracker: _Tracker, rate: float
+) -> tuple[list[asyncio.Task[None]], float, float]:
+    """Start ``rate`` requests/s for one step; returns the tasks and the step's span."""
     rng = np.random.default_rng(int(rate * 1000) % (2**32))
-    ids: list[str] = []
+    tasks: list[asyncio.Task[None]] = []
     start = time.monotonic()
-    tick = 0.005
-    deadline_s = max(30.0, settings.step_s + settings.settle_s)
-    publishes: set[asyncio.Task[None]] = set()
-    while True:
-        elapsed = time.monotonic() - start
-        if elapsed >= settings.step_s:
-            break
-        due = int(rate * elapsed) - len(ids)
-        for _ in range(max(0, due)):
-            payload = rng.standard_normal((1, settings.features)).astype(np.float32)
-            req = _request(settings, payload, deadline_s)
-            tracker.sent_at[req.id] = time.monotonic()
-            ids.append(req.id)
-            body = wire.encode_requests([req], reply_to=inbox)
-            task = asyncio.create_task(
-                transport.publish_request(settings.model, Priority.ONLINE, body)
-            )
-            publishes.add(task)
-            task.add_done_callback(publishes.discard)
-        await asyncio.sleep(tick)
-    end = time.monotonic()
-    if publishes:
-        results = await asyncio.gather(*publishes, return_exceptions=True)
-        refused = sum(1 for r in results if isinstance(r, BaseException))
-        if refused:
-            log.warning("publishes refused", count=refused)
-    settle_end = time.monotonic() + settings.settle_s
-    while time.monotonic() < settle_end and any(i not in tracker.latency_ms for i in ids):
-        await asyncio.sleep(0.02)
+    while (elapsed := time.monotonic() - start) < settings.step_s:
+        for _ in range(max(0, int(rate * elapsed) - len(tasks))):
+            x = rng.standard_normal((1, settings.features)).astype(np.float32)
+            tasks.append(asyncio.create_task(_one(client, settings, tracker, x)))
+        await asyncio.sleep(0.005)
+    return tasks, start, time.monotonic()
+
+
+async def _run_step(
+    client: Client, settings: RampSettings, rate: float, batch_ms: dict[int, list[float]]
+) -> Step:
+    tracker = _Tracker(batch_ms=batch_ms)
+    tasks, start, end = await _offer(client, settings, tracker, rate)
+    _done, late = await asyncio.wait(tasks, timeout=settings.settle_s) if tasks else (set(), set())
+    for task in late:  # replies arriving after the settle time are not counted
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
     window = [t for t in tracker.reply_times if start <= t <= end]
-    lat = sorted(tracker.latency_ms[i] for i in ids if i in tracker.latency_ms)
-    answered = len(lat)
-    errors = (len(ids) - answered) + sum(1 for i in ids if i in tracker.failed)
-    for i in ids:  # forget this step's ids: replies arriving later are ignored
-        tracker.sent_at.pop(i, None)
+    lat = sorted(tracker.latency_ms)
     return Step(
         offered_rps=rate,
         throughput_rps=len(window) / max(end - start, 1e-9),
-        sent=len(ids),
-        answered=answered,
-        errors=errors,
+        sent=len(tasks),
+        answered=len(lat),
+        errors=(len(tasks) - len(lat)) + tracker.failed,
         p50_ms=float(np.percentile(lat, 50)) if lat else math.inf,
         p99_ms=float(np.percentile(lat, 99)) if lat else math.inf,
     )
@@ -216,17 +190,16 @@ async def _run_step(
 
 async def recommend(settings: RampSettings) -> Recommendation:
     """Ramp until saturation and derive the per-instance target and the profile."""
-    tracker = _Tracker()
+    batch_ms: dict[int, list[float]] = {}
     steps: list[Step] = []
     reason = f"reached --max-rps {settings.max_rps:g}"
-    async with connect(settings.broker) as transport:
-        inbox = await transport.open_inbox(tracker.on_reply)
-        await _wait_for_worker(transport, settings, inbox)
+    async with _client(settings) as client:
+        await _wait_for_worker(client, settings)
         rate = settings.start_rps
         for _ in range(settings.max_steps):
             if rate > settings.max_rps:
                 break
-            step = await _run_step(transport, settings, tracker, inbox, rate)
+            step = await _run_step(client, settings, rate, batch_ms)
             steps.append(step)
             log.info(
                 "recommend.step",
@@ -268,16 +241,18 @@ async def recommend(settings: RampSettings) -> Recommendation:
         sustainable_rps=max(sustainable, 1e-3),
         knee_rps=knee,
         stopped_because=reason,
-        profile=_profile(settings, tracker, max(sustainable, 1e-3)),
+        profile=_profile(settings, batch_ms, max(sustainable, 1e-3)),
     )
 
 
-def _profile(settings: RampSettings, tracker: _Tracker, sustainable: float) -> ServiceProfile:
-    sizes = sorted(b for b, v in tracker.batch_ms.items() if v)
+def _profile(
+    settings: RampSettings, measured: dict[int, list[float]], sustainable: float
+) -> ServiceProfile:
+    sizes = sorted(b for b, v in measured.items() if v)
     if not sizes:
         batch_ms: tuple[tuple[int, float], ...] = ((1, 1e3 / max(sustainable, 1e-3)),)
     else:
-        batch_ms = tuple((b, max(statistics.median(tracker.batch_ms[b]), 1e-3)) for b in sizes)
+        batch_ms = tuple((b, max(statistics.median(measured[b]), 1e-3)) for b in sizes)
     return ServiceProfile(
         model=settings.model,
         max_batch=max(b for b, _ in batch_ms),

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from autoscaler.recommend import RampSettings, capacity_bounds, recommend, write_outputs
 from autoscaler.simulator.profile import ServiceProfile
+from fleetctl.recommend import RampSettings, capacity_bounds, recommend, write_outputs
 
 pytestmark = pytest.mark.memory
 

@@ -7,9 +7,15 @@ heavy is imported inside the handlers.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fleet.cli import HelpFormatter
+from fleetctl.formatting import HelpFormatter, Subparsers
+
+if TYPE_CHECKING:
+    from autoscaler.simulator.engine import SimConfig
+    from autoscaler.simulator.profile import ServiceProfile
 
 _FMT = HelpFormatter
 
@@ -50,7 +56,7 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dt", type=float, default=0.1, help="simulation step in seconds")
 
 
-def _sim_config(args: argparse.Namespace) -> tuple[object, object]:
+def _sim_config(args: argparse.Namespace) -> tuple[SimConfig, ServiceProfile]:
     from autoscaler.simulator.engine import SimConfig
     from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
 
@@ -67,8 +73,14 @@ def _sim_config(args: argparse.Namespace) -> tuple[object, object]:
     return cfg, profile
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Register ``simulate``, ``recommend`` and ``compare-policies``."""
+    _add_simulate(sub)
+    _add_recommend(sub)
+    _add_compare(sub)
+
+
+def _add_simulate(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate",
         help="replay a traffic pattern against scaling policies",
@@ -85,10 +97,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--policy",
         action="append",
         default=None,
-        choices=("default", "target-tracking", "keda", "static", "clairvoyant"),
-        help="policy kind, repeatable: default, target-tracking, keda, static, or clairvoyant"
-        " (a reference that reads the pattern ahead; not a policy you can run)"
-        " (default: the first four)",
+        metavar="KIND",
+        help="policy kind, repeatable: any registered kind (built in: default, target-tracking,"
+        " keda, static), or clairvoyant (a reference that reads the pattern ahead; not a policy"
+        " you can run) (default: every registered kind)",
     )
     p.add_argument(
         "--config",
@@ -106,6 +118,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     _sim_options(p)
     p.set_defaults(handler=_simulate)
 
+
+def _add_recommend(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "recommend",
         help="ramp load against one worker; recommend per-instance target and min/max",
@@ -148,6 +162,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
     p.set_defaults(handler=_recommend)
 
+
+def _add_compare(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "compare-policies",
         help="regenerate the policy comparison table and plots for the documentation",
@@ -167,16 +183,21 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from autoscaler.simulator.compare import POLICY_KINDS, make_policy
-    from autoscaler.simulator.engine import SimConfig, SimResult, simulate
+    from autoscaler.simulator.compare import REFERENCE_KINDS, make_policy, policy_kinds
+    from autoscaler.simulator.engine import SimResult, simulate
     from autoscaler.simulator.patterns import get_pattern
-    from autoscaler.simulator.profile import ServiceProfile
     from autoscaler.simulator.report import plot, text_table
 
     cfg, profile = _sim_config(args)
-    assert isinstance(cfg, SimConfig) and isinstance(profile, ServiceProfile)
     pattern = get_pattern(args.pattern)
-    kinds = args.policy or list(POLICY_KINDS)
+    kinds = args.policy or list(policy_kinds())
+    unknown = sorted(set(kinds) - {*policy_kinds(), *REFERENCE_KINDS})
+    if unknown:
+        known = ", ".join((*policy_kinds(), *REFERENCE_KINDS))
+        print(
+            f"fleet simulate: unknown policy kind {unknown[0]!r}; known: {known}", file=sys.stderr
+        )
+        return 2
     results: list[SimResult] = []
     for kind in kinds:
         policy = make_policy(
@@ -188,7 +209,9 @@ def _simulate(args: argparse.Namespace) -> int:
             config=cfg,
         )
         results.append(
-            simulate(policy, pattern, profile=profile, config=cfg, horizon_s=args.horizon)
+            simulate(
+                policy, pattern, profile=profile, config=cfg, horizon_s=args.horizon, name=kind
+            )
         )
     if args.config is not None:
         from autoscaler.config import load_config
@@ -215,13 +238,10 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from autoscaler.simulator.compare import write_docs
-    from autoscaler.simulator.engine import SimConfig
     from autoscaler.simulator.patterns import BUILTIN
-    from autoscaler.simulator.profile import ServiceProfile
     from autoscaler.simulator.report import text_table
 
     cfg, profile = _sim_config(args)
-    assert isinstance(cfg, SimConfig) and isinstance(profile, ServiceProfile)
     path, comparisons = write_docs(
         args.out,
         profile=profile,
@@ -241,7 +261,7 @@ def _compare(args: argparse.Namespace) -> int:
 def _recommend(args: argparse.Namespace) -> int:
     import asyncio
 
-    from autoscaler.recommend import RampSettings, recommend, write_outputs
+    from fleetctl.recommend import RampSettings, recommend, write_outputs
 
     settings = RampSettings(
         broker=args.broker,

@@ -1,0 +1,139 @@
+"""``fleet worker`` (serve models from a broker) and ``fleet models build``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleet.errors import FleetError
+from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
+
+if TYPE_CHECKING:
+    from worker.lifecycle import LifecycleWatcher
+    from worker.service import Worker
+
+_SETTINGS = (
+    "broker",
+    "models",
+    "worker_id",
+    "http_host",
+    "http_port",
+    "heartbeat_interval",
+    "drain_timeout",
+    "prefetch",
+)
+
+
+def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """Register ``worker`` and ``models``."""
+    _add_worker(sub)
+    _add_models(sub)
+
+
+def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="serve models from a repository, consuming requests from a broker",
+        description="Consume inference requests in batches, run ONNX Runtime, publish replies. "
+        "Every flag may also be set as FLEET_<NAME> in the environment. "
+        "SIGTERM drains: stop consuming, finish and answer in-flight work, exit 0.",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--broker", help="broker URL: memory://NAME, amqp://..., kafka://host:port")
+    p.add_argument("--models", help="model repository: a directory or s3://bucket/prefix")
+    p.add_argument("--worker-id", help="name in heartbeats and replies (default: host-pid)")
+    p.add_argument(
+        "--http-host", help="address of /healthz, /readyz and /metrics (default 127.0.0.1)"
+    )
+    p.add_argument(
+        "--http-port", type=int, help="port of the HTTP endpoints; 0 picks one (default 8080)"
+    )
+    p.add_argument(
+        "--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)"
+    )
+    p.add_argument(
+        "--drain-timeout", type=float, help="seconds SIGTERM waits for in-flight work (default 30)"
+    )
+    p.add_argument("--prefetch", type=int, help="unacked messages per queue (default 2x max batch)")
+    p.set_defaults(handler=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from worker.service import Worker
+    from worker.settings import WorkerSettings
+    from worker.tuning import tune_process_for_serving
+
+    given = {f: getattr(args, f) for f in _SETTINGS if getattr(args, f) is not None}
+    try:
+        settings = WorkerSettings(**given)
+    except ValidationError as exc:  # every bad field at once
+        print(f"fleet worker: invalid settings:\n{exc}", file=sys.stderr)
+        return 2
+    tune_process_for_serving()
+    return asyncio.run(serve(Worker(settings)))
+
+
+async def serve(worker: Worker) -> int:
+    """Run ``worker`` until SIGTERM/SIGINT or an Auto Scaling termination,
+    then drain it and, when the instance is leaving, complete the lifecycle
+    action."""
+    from worker.lifecycle import LifecycleWatcher
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await worker.start()
+    watcher = LifecycleWatcher.from_env()
+    watching = loop.create_task(_watch(watcher, stop)) if watcher is not None else None
+    await stop.wait()
+    await worker.stop()
+    if watcher is not None and watching is not None:
+        leaving = watching.done() and not watching.cancelled()
+        watching.cancel()
+        await _complete_if_leaving(watcher, leaving=leaving)
+    return 0
+
+
+async def _watch(watcher: LifecycleWatcher, stop: asyncio.Event) -> None:
+    await watcher.wait_for_termination()
+    stop.set()
+
+
+async def _complete_if_leaving(watcher: LifecycleWatcher, *, leaving: bool) -> None:
+    # SIGTERM without a scale-in (docker stop, reboot) has no lifecycle action to complete
+    if leaving or await watcher.is_terminating():
+        try:
+            await watcher.complete()
+        except FleetError as exc:
+            print(f"fleet worker: lifecycle hook not completed: {exc.message}", file=sys.stderr)
+
+
+def _add_models(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("models", help="build the demo models")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    b = msub.add_parser(
+        "build",
+        help="build the 'digits' and 'mlp' models deterministically",
+        formatter_class=HelpFormatter,
+    )
+    b.add_argument("dir", nargs="?", type=Path, default=DEFAULT_MODELS, help="model repository")
+    b.add_argument("--force", action="store_true", help="rebuild even when present")
+    b.set_defaults(handler=build_models)
+
+
+def build_models(args: argparse.Namespace) -> int:
+    from worker.zoo import build_all
+
+    for path in build_all(args.dir, force=args.force):
+        print(path)
+    return 0
+
+
+__all__ = ["add_commands", "build_models", "run_worker", "serve"]

@@ -1,0 +1,66 @@
+"""What happened to every request, counted the same way whatever ingress it came by.
+
+The :class:`Ledger` keeps both of the worker's views: the Prometheus metrics
+(``/metrics``) and the window statistics its heartbeats carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from worker.metrics import WorkerMetrics
+from worker.pipeline import BatchStats, Outcome
+from worker.stats import WindowStats
+
+
+@dataclass(eq=False, slots=True)
+class Ledger:
+    metrics: WorkerMetrics
+    stats: WindowStats
+
+    def message(self, items: int) -> None:
+        """A message (a client's coalesced requests) arrived with ``items`` requests."""
+        self.stats.record_message(items)
+
+    def submitted(self) -> None:
+        """A request went into a pipeline: in flight until :meth:`finished`."""
+        self.metrics.in_flight.inc()
+
+    def finished(self, outcome: Outcome) -> None:
+        """A request a pipeline took came out answered, failed or expired."""
+        self.metrics.in_flight.dec()
+        model = outcome.item.request.model
+        if outcome.reply is None:
+            self.expired(model)
+        elif outcome.reply.ok:
+            self.stats.answered_total += 1
+            self.metrics.requests.labels(model, "ok").inc()
+        else:
+            self.error(model)
+
+    def expired(self, model: str) -> None:
+        """A request was dropped unanswered: its deadline had passed."""
+        self.stats.expired_total += 1
+        self.metrics.requests.labels(model, "expired").inc()
+
+    def error(self, model: str) -> None:
+        """A request was answered with an error."""
+        self.stats.errors_total += 1
+        self.metrics.requests.labels(model, "error").inc()
+
+    def dead_lettered(self, requests: int = 0) -> None:
+        """A message went to the dead-letter queue, with ``requests`` of its
+        requests counted as failed besides those answered with an error."""
+        self.metrics.dead_lettered.inc()
+        self.stats.errors_total += requests
+
+    def batch(self, b: BatchStats) -> None:
+        """A pipeline ran a batch."""
+        self.stats.record_batch(b.rows, b.inference_s, b.queue_wait_s)
+        self.metrics.batch_size.labels(b.model).observe(b.rows)
+        self.metrics.inference.labels(b.model).observe(b.inference_s)
+        for w in b.queue_wait_s:
+            self.metrics.queue_wait.labels(b.model).observe(w)
+
+
+__all__ = ["Ledger"]
