@@ -27,6 +27,7 @@ from fleet.transport.base import (
     RequestPublisher,
     Transport,
     WorkConsumer,
+    is_reply_address,
     queue_name,
 )
 from fleet.transport.options import TransportOptions
@@ -71,5 +72,6 @@ __all__ = [
     "TransportSpec",
     "WorkConsumer",
     "connect",
+    "is_reply_address",
     "queue_name",
 ]

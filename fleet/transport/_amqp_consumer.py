@@ -61,7 +61,12 @@ class AmqpDelivery(Delivery):
     async def reject(self) -> None:
         await self._settle(ack=False)
 
-    async def _settle(self, *, ack: bool) -> None:
+    async def requeue(self) -> None:
+        """Nack with requeue: the quorum queue counts the return toward its
+        ``x-delivery-limit`` and dead-letters the message past it."""
+        await self._settle(ack=False, requeue=True)
+
+    async def _settle(self, *, ack: bool, requeue: bool = False) -> None:
         if self._settled:
             return
         self._settled = True
@@ -73,7 +78,7 @@ class AmqpDelivery(Delivery):
             if ack:
                 await self._message.ack()
             else:
-                await self._message.nack(requeue=False)
+                await self._message.nack(requeue=requeue)
         except CONNECTION_EXCEPTIONS as exc:
             log.debug("could not settle a delivery; the broker redelivers it", error=repr(exc))
         self._sub.settled(channel)

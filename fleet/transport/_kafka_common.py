@@ -34,6 +34,10 @@ class ConsumerHost(Protocol):
     async def dead_letter(self, record: Any, reason: str, attempt: int) -> None:
         """Publish ``record`` to the dead-letter topic (confirmed)."""
 
+    async def republish(self, record: Any, attempt: int) -> None:
+        """Publish ``record`` again at the end of its topic, to be delivered
+        with ``attempt`` (confirmed)."""
+
     async def committed(
         self, group: str, tps: Sequence[TopicPartition]
     ) -> dict[TopicPartition, Any]:
@@ -74,6 +78,12 @@ def format_attempts(segments: Sequence[tuple[int, int]]) -> str:
     return _META_PREFIX + ",".join(f"{upto}={count}" for upto, count in segments)
 
 
+def attempt_headers(record: Any, attempt: int) -> list[tuple[str, bytes]]:
+    """``record``'s headers with the attempt header set to ``attempt``."""
+    headers = [(k, v) for k, v in (record.headers or ()) if k != ATTEMPT_HEADER]
+    return [*headers, (ATTEMPT_HEADER, str(attempt).encode())]
+
+
 def dead_letter_headers(record: Any, reason: str, attempt: int) -> list[tuple[str, bytes]]:
     """``record``'s headers, plus where it came from and why it is dead."""
     headers = [
@@ -92,6 +102,7 @@ def dead_letter_headers(record: Any, reason: str, attempt: int) -> list[tuple[st
 __all__ = [
     "ATTEMPT_HEADER",
     "ConsumerHost",
+    "attempt_headers",
     "dead_letter_headers",
     "format_attempts",
     "header_attempt",

@@ -21,9 +21,19 @@ they go to the dead-letter topic instead. The header ``fleet-attempt`` carries
 the attempt a record was *published* with (1 from clients); it is the base the
 count is added to. So ``attempt`` is: how many times this consumer group has
 handed the record out, counting this time, as far as the committed metadata
-knows. It can undercount when the metadata commit itself fails (best effort),
-and it counts a record whose worker was still busy with it when a rebalance
-took its partition away.
+knows. It can undercount when the metadata commit itself fails (best effort).
+A rebalance takes partitions from consumers that are alive: the revoke
+commits the counts as they were before this assignment handed anything out,
+so a record its worker was still busy with is delivered to the new owner with
+the attempt it had (a crash never reaches the revoke, so it is counted).
+
+Hand-backs. ``requeue`` publishes the record again at the end of its topic
+with the ``fleet-attempt`` header one higher (past ``delivery_limit``: to the
+dead letters), then marks the original offset done, so the partition's
+commit moves on at once. ``reject`` publishes to the dead letters. Either
+publish is retried; if it keeps failing, the partition is rewound to its
+committed offset and what this consumer handed out from it and did not ack
+is read again with its attempt counted: a record is never left unsettled.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 log = get_logger("fleet.transport.kafka")
 
 _MAX_SEGMENTS = 32
+_HAND_BACK_TRIES = 3
 REVOKE_GRACE = 1.0  # seconds a revoke waits for in-flight records to be acked
 DRAIN_TIMEOUT = 30.0  # seconds a cancelled consumer stays in its group for late acks
 POLL_MS = 200
@@ -71,6 +82,7 @@ class _Partition:
     pending: dict[int, bool] = field(default_factory=dict)  # handed out: offset -> done
     handed_upto: int = -1
     live: bool = True  # acks and commits count
+    void: bool = False  # rewound: its open deliveries no longer count as outstanding
     open: bool = True  # more records may be handed out
     dirty: bool = False
 
@@ -80,18 +92,20 @@ class _Partition:
                 return count
         return 0
 
-    def metadata(self) -> str:
-        """Delivery counts of offsets from ``next_commit`` on, as of now."""
+    def metadata(self, *, count_handed: bool = True) -> str:
+        """Delivery counts of offsets from ``next_commit`` on, as of now;
+        without ``count_handed``, as if this assignment handed nothing out."""
+        handed = self.handed_upto if count_handed else -1
         segs: list[tuple[int, int]] = []
         lo = -1
         for upto, count in self.prior:
-            if lo < self.handed_upto:
-                segs.append((min(upto, self.handed_upto), count + 1))
-            if upto > self.handed_upto:
+            if lo < handed:
+                segs.append((min(upto, handed), count + 1))
+            if upto > handed:
                 segs.append((upto, count))
             lo = upto
-        if self.handed_upto > lo:
-            segs.append((self.handed_upto, 1))
+        if handed > lo:
+            segs.append((handed, 1))
         start = self.next_commit or 0
         merged: list[tuple[int, int]] = []
         for upto, count in segs:
@@ -142,16 +156,52 @@ class KafkaDelivery(Delivery):
         await asyncio.sleep(0)
 
     async def reject(self) -> None:
+        """Dead-letter it. A dead-letter publish that keeps failing hands the
+        record back instead (:meth:`requeue`), never leaving it unsettled."""
         if self._settled:
             return
-        if self._part.live:  # a revoked partition's records go to their new owner
-            await self._consumer.transport.dead_letter(self.record, "rejected", self.attempt)
-        self._settle()
+        if not self._part.live:  # a revoked partition's records go to their new owner
+            self._settle()
+            return
+        self._settled = True
+        await self._consumer.hand_back(self, dead="rejected")
+
+    async def requeue(self) -> None:
+        """Publish the record again at the end of its topic with the attempt
+        one higher (past ``delivery_limit``: to the dead letters), then mark
+        this offset done. Kafka cannot redeliver one record: seeking back would
+        deliver every later record of the partition again too (work in
+        flight, counted as a failed attempt), while a copy touches only this
+        one and never holds the partition's commit back. If the publish keeps
+        failing, the partition is rewound to its committed offset instead."""
+        if self._settled:
+            return
+        if not self._part.live:
+            self._settle()
+            return
+        self._settled = True
+        dead = "delivery-limit" if self.attempt >= self._limit else None
+        await self._consumer.hand_back(self, dead=dead)
+
+    @property
+    def part(self) -> _Partition:
+        return self._part
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def _limit(self) -> int:
+        return self._consumer.transport.options.delivery_limit
 
     def _settle(self) -> None:
         if self._settled:
             return
         self._settled = True
+        self.mark_settled()
+
+    def mark_settled(self) -> None:
         self._consumer.settled(self._part, self.record.offset, self._generation)
 
 
@@ -205,15 +255,22 @@ class GroupConsumer(Consumer):
         self._shutdown_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
-    async def start(self, start_timeout: float, join_timeout: float) -> None:
+    async def start(
+        self, start_timeout: float, join_timeout: float, session_timeout: float
+    ) -> None:
+        session_ms = int(session_timeout * 1000)
         self._kafka = AIOKafkaConsumer(
             bootstrap_servers=self.transport.bootstrap,
             client_id=f"{self.transport.client_id}-{self.topic}",
             group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            heartbeat_interval_ms=500,
-            session_timeout_ms=10_000,
+            # a member that dies is noticed after the session timeout, so its
+            # partitions stay silent that long: keep it short (see
+            # KafkaOptions.session_timeout); stop() leaves the group at once
+            # (LeaveGroup), so a clean exit costs no timeout
+            heartbeat_interval_ms=max(100, session_ms // 6),
+            session_timeout_ms=session_ms,
             max_poll_interval_ms=300_000,
             fetch_max_wait_ms=100,
             retry_backoff_ms=100,
@@ -309,7 +366,9 @@ class GroupConsumer(Consumer):
         # compute them again; what is not done by then is abandoned to it
         while any(not all(p.pending.values()) for p in parts) and loop.time() < end:
             await asyncio.sleep(0.02)
-        await self._commit(parts)
+        # this consumer is alive and gives them back: what it still holds was
+        # not failed, so the new owner delivers it with the attempt it had
+        await self._commit(parts, count_handed=False)
         for p in parts:
             p.live = False
             self._parts.pop(p.tp, None)
@@ -460,11 +519,60 @@ class GroupConsumer(Consumer):
             log.exception("delivery handler failed", topic=self.topic)
 
     def settled(self, part: _Partition, offset: int, generation: int) -> None:
-        if generation == self.generation:
+        if generation == self.generation and not part.void:
             self.outstanding -= 1
             self._room.set()
         if part.mark_done(offset):
             self._dirty.set()
+
+    async def hand_back(self, delivery: KafkaDelivery, *, dead: str | None) -> None:
+        """Publish ``delivery``'s record to the dead letters (``dead``: why) or again
+        to its topic with the attempt one higher, retrying; then settle it.
+        If that keeps failing, its partition is rewound (:meth:`rewind`)."""
+        record, attempt = delivery.record, delivery.attempt
+        last: Exception | None = None
+        for i in range(_HAND_BACK_TRIES):
+            if i:
+                await asyncio.sleep(self.transport.options.reconnect_interval)
+            try:
+                if dead is not None:
+                    await self.transport.dead_letter(record, dead, attempt)
+                else:
+                    await self.transport.republish(record, attempt + 1)
+            except Exception as exc:
+                last = exc
+                continue
+            delivery.mark_settled()
+            return
+        log.warning(
+            "could not hand a record back; rewinding its partition",
+            topic=self.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error=repr(last),
+        )
+        self.rewind(delivery.part, delivery.generation)
+
+    def rewind(self, old: _Partition, generation: int) -> None:
+        """Give up what was handed out from one partition and not acked (its
+        acks become no-ops) and read it again from the committed offset, with
+        an attempt one higher, as after a lost consumer."""
+        if self._stopping or self._kafka is None or generation != self.generation:
+            return
+        tp = old.tp
+        if self._parts.get(tp) is not old or tp not in self._kafka.assignment():
+            return  # revoked or rewound meanwhile: its owner reads it again
+        if old.next_commit is None:
+            return
+        self.outstanding -= sum(1 for done in old.pending.values() if not done)
+        old.void = True
+        old.open = old.live = False
+        self._room.set()
+        self._parts[tp] = _Partition(
+            tp=tp, next_commit=old.next_commit, prior=parse_attempts(old.metadata())
+        )
+        self._kafka.seek(tp, old.next_commit)
+        log.info("rewound a partition", topic=self.topic, partition=tp.partition)
 
     # ------------------------------------------------------------------ commits
     async def _commit_loop(self) -> None:
@@ -473,9 +581,9 @@ class GroupConsumer(Consumer):
             self._dirty.clear()
             await self._commit([p for p in self._parts.values() if p.dirty])
 
-    async def _commit(self, parts: Iterable[_Partition]) -> bool:
+    async def _commit(self, parts: Iterable[_Partition], *, count_handed: bool = True) -> bool:
         offsets = {
-            p.tp: (p.next_commit, p.metadata())
+            p.tp: (p.next_commit, p.metadata(count_handed=count_handed))
             for p in parts
             if p.live and p.next_commit is not None
         }

@@ -7,7 +7,8 @@ Topology (declared on connect and again after every reconnect):
   a delivery limit, dead-lettered through the fanout exchange ``fleet.dlx`` into
   the quorum queue ``fleet.dead-letter``;
 - replies: one classic, exclusive, auto-delete queue per inbox, named by the
-  client so that it comes back under the same address after a reconnect;
+  client (``fleet.inbox.<32 hex>``) so that it comes back under the same
+  address after a reconnect;
 - heartbeats: the fanout exchange ``fleet.heartbeats``, one exclusive queue per
   subscriber.
 
@@ -72,6 +73,9 @@ from fleet.transport.base import (
     OnDelivery,
     Transport,
     TransportOptions,
+    check_reply_address,
+    check_size,
+    new_reply_address,
     queue_name,
 )
 from fleet.transport.spec import TransportSpec
@@ -79,7 +83,9 @@ from fleet.transport.spec import TransportSpec
 log = get_logger("fleet.transport.amqp")
 
 DLX = "fleet.dlx"
-REPLY_PREFIX = "fleet.reply."
+BROKER_MAX_MESSAGE_BYTES = 128 << 20
+"""RabbitMQ's ``max_message_size`` default (3.10 on); a broker configured lower
+needs ``?max_message_bytes=`` to match."""
 DEAD_LETTER_ARGUMENTS: dict[str, Any] = {
     "x-queue-type": "quorum",
     "x-max-length": 10_000,
@@ -372,8 +378,14 @@ class AmqpTransport(Transport):
             timeout=self.options.publish_timeout,
         )
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The option, capped at the broker's ``max_message_size`` default."""
+        return min(self.options.max_message_bytes, BROKER_MAX_MESSAGE_BYTES)
+
     async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
         name = queue_name(model, priority)
+        check_size(body, self.max_message_bytes, "request")
         try:
             await self._publish(name, body, persistent=True)
         except PublishError as exc:  # returned: no queue of that name
@@ -384,9 +396,8 @@ class AmqpTransport(Transport):
             raise Unavailable(f"publish to {name!r} failed: {exc!r}") from exc
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
-        if len(reply_to.encode()) > 255:  # no queue has such a name
-            log.debug("reply to an address that cannot exist; dropped", reply_to=reply_to)
-            return
+        check_reply_address(reply_to)
+        check_size(body, self.max_message_bytes, "reply")
         try:
             await self._publish(reply_to, body, persistent=False)
         except PublishError:
@@ -395,6 +406,7 @@ class AmqpTransport(Transport):
             raise Unavailable(f"reply to {reply_to!r} failed: {exc!r}") from exc
 
     async def publish_heartbeat(self, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "heartbeat")
         channel = await self._publish_channel()
         with _translated("publish a heartbeat"):
             exchange = await channel.get_exchange(HEARTBEATS, ensure=False)
@@ -407,7 +419,7 @@ class AmqpTransport(Transport):
 
     # ------------------------------------------------------------------ consuming
     async def open_inbox(self, on_reply: OnBytes) -> str:
-        name = f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+        name = new_reply_address()
 
         async def declare(channel: AbstractChannel) -> AbstractQueue:
             return await channel.declare_queue(

@@ -16,6 +16,14 @@ Semantics every implementation keeps (the behavioural suite checks them):
   (crash, disconnect, cancel) is delivered again, with ``attempt`` one higher.
   Past ``delivery_limit`` attempts it goes to the dead-letter queue instead.
 - ``reject`` sends a delivery to the dead-letter queue at once.
+- Replies go to the address ``open_inbox`` returned: always
+  ``fleet.inbox.<32 hex digits>`` (:func:`is_reply_address`), on every
+  transport. ``publish_reply`` to any other address raises
+  :class:`~fleet.errors.InvalidArgument` and sends nothing, so a request can
+  never make a worker write into a work queue, the heartbeats or the dead
+  letters.
+- A body over :attr:`Transport.max_message_bytes` is refused with
+  :class:`~fleet.errors.LimitExceeded` before anything is sent.
 - Replies go to the address ``open_inbox`` returned. An inbox survives a
   reconnect under the same address; replies sent while it was gone are lost,
   which is why the client re-sends what is unanswered after a reconnect.
@@ -27,11 +35,14 @@ import abc
 import asyncio
 import enum
 import inspect
+import re
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 from fleet.contract import Priority, check_model_name
+from fleet.errors import InvalidArgument, LimitExceeded
 from fleet.logging import get_logger
 from fleet.transport.options import TransportOptions
 
@@ -39,6 +50,8 @@ log = get_logger("fleet.transport")
 
 DEAD_LETTER = "fleet.dead-letter"
 HEARTBEATS = "fleet.heartbeats"
+REPLY_PREFIX = "fleet.inbox."
+_REPLY_ADDRESS = re.compile(r"fleet\.inbox\.[0-9a-f]{32}")
 
 OnDelivery = Callable[["Delivery"], Awaitable[None]]
 OnBytes = Callable[[bytes], None]
@@ -61,6 +74,30 @@ class Capability(enum.Enum):
 
 def queue_name(model: str, priority: Priority) -> str:
     return f"fleet.{check_model_name(model)}.{priority.label}"
+
+
+def new_reply_address() -> str:
+    """A fresh inbox address: ``fleet.inbox.<32 hex digits>``."""
+    return f"{REPLY_PREFIX}{uuid.uuid4().hex}"
+
+
+def is_reply_address(address: str) -> bool:
+    """Whether ``address`` is an inbox address (``fleet.inbox.<32 hex>``), the
+    only kind a reply may be published to."""
+    return isinstance(address, str) and _REPLY_ADDRESS.fullmatch(address) is not None
+
+
+def check_reply_address(address: str) -> None:
+    """Raise :class:`InvalidArgument` unless ``address`` is an inbox address."""
+    if not is_reply_address(address):
+        shown = address[:80] if isinstance(address, str) else type(address).__name__
+        raise InvalidArgument(f"reply address {shown!r} is not an inbox address")
+
+
+def check_size(body: bytes, limit: int, what: str) -> None:
+    """Raise :class:`LimitExceeded` if ``body`` is over ``limit`` bytes."""
+    if len(body) > limit:
+        raise LimitExceeded(f"{what} of {len(body)} bytes is over the broker's limit of {limit}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -92,6 +129,13 @@ class Delivery(abc.ABC):
     @abc.abstractmethod
     async def reject(self) -> None:
         """Give up on it: the broker moves it to the dead-letter queue."""
+
+    @abc.abstractmethod
+    async def requeue(self) -> None:
+        """Hand it back now: the broker delivers it again (here or to another
+        consumer) with ``attempt`` one higher, and past ``delivery_limit``
+        moves it to the dead-letter queue. For a delivery the worker could not
+        finish (its replies could not be published): never left unsettled."""
 
 
 class Consumer(abc.ABC):
@@ -215,6 +259,13 @@ class Transport(RequestPublisher, ReplyInbox, WorkConsumer, HeartbeatChannel, De
     @abc.abstractmethod
     def connected(self) -> bool: ...
 
+    @property
+    def max_message_bytes(self) -> int:
+        """The largest message body this broker takes, requests and replies
+        alike; publishing a larger one raises a non-retriable
+        :class:`~fleet.errors.LimitExceeded` before anything is sent."""
+        return self.options.max_message_bytes
+
     def add_reconnect_listener(self, listener: Listener) -> None:
         """Called after a lost connection is back, topology re-declared and
         consumers and inboxes restored."""
@@ -244,6 +295,7 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, interval: fl
 __all__ = [
     "DEAD_LETTER",
     "HEARTBEATS",
+    "REPLY_PREFIX",
     "Capability",
     "Consumer",
     "Delivery",
@@ -258,6 +310,10 @@ __all__ = [
     "Transport",
     "TransportOptions",
     "WorkConsumer",
+    "check_reply_address",
+    "check_size",
+    "is_reply_address",
+    "new_reply_address",
     "queue_name",
     "wait_until",
 ]

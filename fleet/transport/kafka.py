@@ -6,7 +6,7 @@ Topics. ``fleet.<model>.online`` and ``fleet.<model>.batch`` with
 created on connect. The broker runs with topic auto-creation off, so a model
 nobody declared is :class:`ModelNotFound` rather than a new empty topic.
 
-Replies: a topic per client inbox, ``fleet.inbox.<random>`` with one partition,
+Replies: a topic per client inbox, ``fleet.inbox.<32 hex>`` with one partition,
 not a partition of a shared reply topic. Kafka has no exclusive consumer: with
 a shared topic, clients would either have to lease partitions among
 themselves (a consumer group would move a partition to another client on
@@ -15,7 +15,8 @@ they share and throw away the others' replies. A topic of its own is owned by
 construction, needs no coordination, and its address is just its name. The
 client assigns it (no group), seeks to its end and resolves that position
 before ``open_inbox`` returns, so no reply to a request sent afterwards can be
-skipped. ``close`` deletes the topic; a reply to an address whose topic is gone
+skipped. ``publish_reply`` writes to no other topic (``InvalidArgument``).
+``close`` deletes the topic; a reply to an address whose topic is gone
 is dropped (logged at debug). The topic keeps its data an hour
 (``retention.ms``); the (then empty) topic of a client that crashed stays until
 an operator deletes ``fleet.inbox.*`` topics that have no reader.
@@ -39,16 +40,28 @@ they handed out into the commit metadata before handing records out, see
 lag. ``consumers`` is the larger member count of the two groups.
 Backpressure: Kafka has no length limit, so ``publish_request`` refuses with
 :class:`Overloaded` once the messages waiting in the topic it publishes to
-(``ready``, cached for half a second, plus what this transport published since)
+(``ready``, cached for half a second, plus what this transport published since;
+a committed offset the broker does not return, as right after a restart, is
+taken to be the last one read, not the log start)
 reach ``min(options.max_lag, options.max_queue_length)``. Per topic, not per
 model, so a batch backlog never refuses online requests. ``produce_rate`` gives
 the growth of the end offsets per second, for the autoscaler.
 
 Commits, attempts and dead letters: see :mod:`fleet.transport._kafka_consumer`.
 
-Reconnects: aiokafka reconnects by itself; a probe every
-``options.reconnect_interval`` seconds notices the broker going away and coming
-back, re-creates the fixed topics and any missing inbox topic, makes each
+Sizes: ``options.max_message_bytes`` (default: what a broker with default
+settings takes, 1 MiB less :data:`RECORD_OVERHEAD`) is checked before sending
+(:class:`LimitExceeded`); the producer's ``max_request_size`` and the
+``max.message.bytes`` of every topic this transport creates are that plus the
+overhead, so what passes the check the broker takes. A topic created elsewhere
+with a lower limit refuses with :class:`LimitExceeded` too, never retriably.
+
+Reconnects: aiokafka reconnects by itself; a probe (a metadata request) every
+``options.reconnect_interval`` seconds, and at once after a call fails for a
+lost connection or a timeout, notices the broker going away and coming back.
+A call that timed out fails alone (retriably): only a failed probe counts the
+broker as gone, so a slow broker never causes what follows. Once it is back
+the watcher re-creates the fixed topics and any missing inbox topic, makes each
 group consumer give up the records it handed out and that are not acked (their
 acks become no-ops; they are read again from the committed offset with an
 attempt one higher, as on a broker that lost the consumer), and then calls the
@@ -72,6 +85,7 @@ from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NodeNotReadyError,
     OutOfOrderSequenceNumber,
     RequestTimedOutError,
@@ -81,14 +95,20 @@ from aiokafka.errors import (
 )
 
 from fleet.contract import Priority
-from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
+from fleet.errors import ConfigError, LimitExceeded, ModelNotFound, Overloaded, Unavailable
 from fleet.logging import get_logger
-from fleet.transport._kafka_common import ATTEMPT_HEADER, dead_letter_headers, parse_attempts
+from fleet.transport._kafka_common import (
+    ATTEMPT_HEADER,
+    attempt_headers,
+    dead_letter_headers,
+    parse_attempts,
+)
 from fleet.transport._kafka_consumer import GroupConsumer, TailConsumer
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
     DEAD_LETTER,
     HEARTBEATS,
+    REPLY_PREFIX,
     Capability,
     Consumer,
     Depth,
@@ -97,6 +117,9 @@ from fleet.transport.base import (
     ProduceRateReader,
     Transport,
     TransportOptions,
+    check_reply_address,
+    check_size,
+    new_reply_address,
     queue_name,
 )
 from fleet.transport.spec import TransportSpec
@@ -105,7 +128,14 @@ log = get_logger("fleet.transport.kafka")
 
 T = TypeVar("T")
 
-INBOX_PREFIX = "fleet.inbox."
+INBOX_PREFIX = REPLY_PREFIX
+RECORD_OVERHEAD = 4096
+"""Bytes a record batch may add to a body (batch header, record framing, our
+headers, the dead-letter headers): the producer's ``max_request_size`` and the
+topics' ``max.message.bytes`` are ``max_message_bytes`` plus this."""
+DEFAULT_MAX_MESSAGE_BYTES = (1 << 20) - RECORD_OVERHEAD
+"""What a broker with default settings takes (``message.max.bytes`` is 1 MiB
+and 12 bytes), with room for the overhead."""
 DEAD_LETTER_READERS = "fleet.dead-letter-readers"
 _INBOX_CONFIG = {"retention.ms": "3600000"}
 _LAG_TTL = 0.5  # seconds a topic's lag is reused by publish_request
@@ -114,14 +144,10 @@ _PROBE_TIMEOUT = 2.0
 _JOIN_TIMEOUT = 15.0
 _FIRST_BYTE = b"1"
 _OFFSET_ERRORS = (KafkaError, OSError, TimeoutError)
-_CONNECTION_ERRORS = (
-    KafkaConnectionError,
-    NodeNotReadyError,
-    KafkaTimeoutError,
-    RequestTimedOutError,
-    OSError,
-    TimeoutError,
-)
+_CONNECTION_ERRORS = (KafkaConnectionError, NodeNotReadyError, OSError)
+_TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError, TimeoutError)
+"""A timed-out request fails that call only: a slow broker is not a lost one.
+Whether the broker is really gone is for a probe to say (see ``_check_soon``)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -130,6 +156,18 @@ class KafkaOptions(TransportOptions):
 
     partitions: int = 8  # partitions per request topic
     max_lag: int = 10_000  # messages waiting past which publishing is refused (Overloaded)
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES  # largest body; past it: LimitExceeded
+    session_timeout: float = 6.0
+    """Seconds the broker waits for a consumer's heartbeat before it moves the
+    consumer's partitions to others: how long a killed worker's partitions
+    stay silent. 6 s is the lowest a broker allows by default
+    (``group.min.session.timeout.ms``); set it lower where the broker allows
+    it. Heartbeats go every sixth of it."""
+
+    def __post_init__(self) -> None:
+        TransportOptions.__post_init__(self)
+        if self.session_timeout < 0.5:
+            raise ConfigError("transport option session_timeout must be at least 0.5 s")
 
     COUNTS: ClassVar[tuple[str, ...]] = (*TransportOptions.COUNTS, "partitions", "max_lag")
 
@@ -162,10 +200,21 @@ class KafkaTransport(Transport, ProduceRateReader):
         self._published_since: dict[str, int] = {}
         self._reply_topics: dict[str, float] = {}
         self._rates: dict[str, tuple[float, int]] = {}
+        self._known_committed: dict[TopicPartition, Any] = {}
+        self._checker: asyncio.Task[None] | None = None
 
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.options.max_message_bytes
+
+    @property
+    def _topic_config(self) -> dict[str, str]:
+        """Every topic's ``max.message.bytes``: what the producer may send."""
+        return {"max.message.bytes": str(self.options.max_message_bytes + RECORD_OVERHEAD)}
 
     @property
     def _timeout_ms(self) -> int:
@@ -191,7 +240,7 @@ class KafkaTransport(Transport, ProduceRateReader):
             offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
             await start_client(offsets, self.options.publish_timeout)
             self._offsets = offsets
-            await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1})
+            await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1}, self._topic_config)
         except BaseException as exc:
             await self._stop_clients()
             if isinstance(exc, (*_OFFSET_ERRORS, Unavailable)):
@@ -205,9 +254,10 @@ class KafkaTransport(Transport, ProduceRateReader):
         if self._closed:
             return
         self._closed = self._closing = True
-        if self._watcher is not None:
-            self._watcher.cancel()
-            await asyncio.gather(self._watcher, return_exceptions=True)
+        for task in (self._watcher, self._checker):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for c in list(self._consumers):
             if isinstance(c, GroupConsumer):
                 await c.shutdown(cancel_handlers=True)
@@ -248,9 +298,22 @@ class KafkaTransport(Transport, ProduceRateReader):
         try:
             return await asyncio.wait_for(aw, self.options.publish_timeout)
         except _OFFSET_ERRORS as exc:
-            if isinstance(exc, _CONNECTION_ERRORS):
-                self._suspect_down()
+            self._check_soon(exc)
             raise Unavailable(f"Kafka {what} failed: {exc!r}") from exc
+
+    def _check_soon(self, exc: BaseException) -> None:
+        """A call failed: if it may mean the broker is gone, probe it now. Only
+        a failed probe marks the broker down (and so leads to a restore)."""
+        if not isinstance(exc, (*_CONNECTION_ERRORS, *_TIMEOUTS)) or self._closing:
+            return
+        if self._checker is None or self._checker.done():
+            self._checker = asyncio.get_running_loop().create_task(
+                self._check(), name="kafka-check"
+            )
+
+    async def _check(self) -> None:
+        if not await self._probe():
+            self._suspect_down()
 
     def _suspect_down(self) -> None:
         if self._connected and not self._closing:
@@ -278,10 +341,10 @@ class KafkaTransport(Transport, ProduceRateReader):
 
     async def _restore(self) -> None:
         try:
-            await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1})
+            await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1}, self._topic_config)
             for topic, tail in list(self._inboxes.items()):
                 if await self._partitions(topic, fresh=True) is None:
-                    await self._create_topics({topic: 1}, _INBOX_CONFIG)
+                    await self._create_topics({topic: 1}, self._inbox_config)
                     await tail.reposition_at_end()
         except (*_OFFSET_ERRORS, Unavailable) as exc:
             log.info("broker back but not ready yet", error=repr(exc))
@@ -327,7 +390,7 @@ class KafkaTransport(Transport, ProduceRateReader):
     async def declare_model(self, model: str) -> None:
         self._check_open()
         topics = [queue_name(model, p) for p in Priority]
-        await self._create_topics({t: self.options.partitions for t in topics})
+        await self._create_topics({t: self.options.partitions for t in topics}, self._topic_config)
         # a consumer group formed before the new topics' metadata is complete
         # assigns them no partitions: wait until every partition has a leader
         loop = asyncio.get_running_loop()
@@ -349,7 +412,12 @@ class KafkaTransport(Transport, ProduceRateReader):
 
     # ------------------------------------------------------------------ producing
     async def _new_producer(self) -> Any:
-        producer = AIOKafkaProducer(**self._producer_options, enable_idempotence=True, acks="all")
+        producer = AIOKafkaProducer(
+            **self._producer_options,
+            enable_idempotence=True,
+            acks="all",
+            max_request_size=self.options.max_message_bytes + RECORD_OVERHEAD,
+        )
         await start_client(producer, self.options.publish_timeout)
         return producer
 
@@ -388,9 +456,10 @@ class KafkaTransport(Transport, ProduceRateReader):
             )
         except UnknownTopicOrPartitionError as exc:
             raise ModelNotFound(f"no topic {topic!r}") from exc
+        except MessageSizeTooLargeError as exc:
+            raise LimitExceeded(f"Kafka refused a message to {topic!r} as too large") from exc
         except _OFFSET_ERRORS as exc:
-            if isinstance(exc, _CONNECTION_ERRORS):
-                self._suspect_down()
+            self._check_soon(exc)
             if isinstance(exc, OutOfOrderSequenceNumber):
                 await self._replace_producer()
             raise Unavailable(f"Kafka did not confirm a message to {topic!r}: {exc!r}") from exc
@@ -398,6 +467,7 @@ class KafkaTransport(Transport, ProduceRateReader):
             raise Unavailable("transport is closed") from exc
 
     async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "request")
         self._check_open()
         topic = queue_name(model, priority)
         if await self._partitions(topic) is None:
@@ -413,24 +483,41 @@ class KafkaTransport(Transport, ProduceRateReader):
         now = time.monotonic()
         cached = self._lag_cache.get(topic)
         if cached is None or now - cached[0] > _LAG_TTL:
-            ready, _in_flight = await self._call("lag", self._topic_backlog(topic))
-            cached = self._lag_cache[topic] = (now, ready)
-            self._published_since[topic] = 0
-        return cached[1] + self._published_since.get(topic, 0)
+            try:
+                ready, _in_flight = await self._call("lag", self._topic_backlog(topic))
+            except Unavailable as exc:
+                # The backlog is a guard, not a precondition: when it cannot be
+                # read (partition leaders moving after a restart), the last
+                # known figure stands until the next read, and the send itself
+                # says whether the broker takes the message.
+                log.warning("lag unreadable; using the last known", topic=topic, error=str(exc))
+                self._lag_cache[topic] = (now, cached[1] if cached is not None else 0)
+            else:
+                self._lag_cache[topic] = (now, ready)
+                self._published_since[topic] = 0
+        return self._lag_cache[topic][1] + self._published_since.get(topic, 0)
 
     async def dead_letter(self, record: Any, reason: str, attempt: int) -> None:
         headers = dead_letter_headers(record, reason, attempt)
         await self._send(DEAD_LETTER, bytes(record.value or b""), headers=headers)
 
+    async def republish(self, record: Any, attempt: int) -> None:
+        headers = attempt_headers(record, attempt)
+        await self._send(record.topic, bytes(record.value or b""), headers=headers)
+
     # ------------------------------------------------------------------ client side
     async def open_inbox(self, on_reply: OnBytes) -> str:
         self._check_open()
-        topic = f"{INBOX_PREFIX}{uuid.uuid4().hex[:16]}"
-        await self._create_topics({topic: 1}, _INBOX_CONFIG)
+        topic = new_reply_address()
+        await self._create_topics({topic: 1}, self._inbox_config)
         tail = TailConsumer(self, topic, on_reply)
         await self._start_tail("inbox", tail, [0])
         self._inboxes[topic] = tail
         return topic
+
+    @property
+    def _inbox_config(self) -> dict[str, str]:
+        return {**_INBOX_CONFIG, **self._topic_config}
 
     async def _start_tail(self, what: str, tail: TailConsumer, partitions: list[int]) -> None:
         try:
@@ -445,10 +532,12 @@ class KafkaTransport(Transport, ProduceRateReader):
     ) -> Consumer:
         self._check_open()
         topic = queue_name(model, priority)
-        await self._create_topics({topic: self.options.partitions})
+        await self._create_topics({topic: self.options.partitions}, self._topic_config)
         consumer = GroupConsumer(self, model, priority, topic, on_delivery, prefetch)
         try:
-            await consumer.start(self.options.publish_timeout, _JOIN_TIMEOUT)
+            await consumer.start(
+                self.options.publish_timeout, _JOIN_TIMEOUT, self.options.session_timeout
+            )
         except BaseException as exc:
             await consumer.shutdown()
             if isinstance(exc, _OFFSET_ERRORS):
@@ -458,14 +547,15 @@ class KafkaTransport(Transport, ProduceRateReader):
         return consumer
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
+        check_reply_address(reply_to)
+        check_size(body, self.max_message_bytes, "reply")
         self._check_open()
-        topic, _, part = reply_to.partition(":")
-        partition = int(part) if part.isdigit() else None
+        topic = reply_to
         if not await self._reply_topic_exists(topic):
             log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
             return
         try:
-            await self._send(topic, body, partition=partition)
+            await self._send(topic, body)
         except (ModelNotFound, Unavailable):
             self._reply_topics.pop(topic, None)
             if not await self._reply_topic_exists(topic):
@@ -484,6 +574,7 @@ class KafkaTransport(Transport, ProduceRateReader):
         return True
 
     async def publish_heartbeat(self, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "heartbeat")
         self._check_open()
         await self._send(HEARTBEATS, body)
 
@@ -543,6 +634,12 @@ class KafkaTransport(Transport, ProduceRateReader):
         never = []
         for tp in tps:
             meta = committed.get(tp)
+            if meta is not None and meta.offset >= 0:
+                self._known_committed[tp] = meta
+            else:
+                # right after a broker restart the read may come back empty:
+                # that is "not known yet", not "nothing committed"
+                meta = self._known_committed.get(tp)
             if meta is not None and meta.offset >= 0:
                 base[tp] = meta.offset
                 segments = parse_attempts(meta.metadata)

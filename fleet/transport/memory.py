@@ -29,6 +29,9 @@ from fleet.transport.base import (
     OnDelivery,
     Transport,
     TransportOptions,
+    check_reply_address,
+    check_size,
+    new_reply_address,
     queue_name,
 )
 from fleet.transport.spec import TransportSpec
@@ -127,12 +130,17 @@ class MemoryBroker:
             q.unacked[tag] = (msg, consumer)
             consumer.deliver(_MemoryDelivery(self, q, tag, msg))
 
-    def settle(self, q: _Queue, tag: int, *, dead_letter: bool) -> None:
+    def settle(self, q: _Queue, tag: int, *, dead_letter: bool, requeue: bool = False) -> None:
         entry = q.unacked.pop(tag, None)
         if entry is None:
             return  # its consumer died: already back in the queue
+        msg = entry[0]
+        if requeue and msg.attempts >= q.delivery_limit:  # like RabbitMQ: dead on return
+            dead_letter, requeue = True, False
         if dead_letter:
-            self.dead_letters.append(entry[0].body)
+            self.dead_letters.append(msg.body)
+        elif requeue:
+            q.ready.appendleft(msg)
         entry[1].in_flight -= 1
         self.pump(q)
 
@@ -181,6 +189,10 @@ class _MemoryDelivery(Delivery):
 
     async def reject(self) -> None:
         self._broker.settle(self._queue, self._tag, dead_letter=True)
+        await asyncio.sleep(0)
+
+    async def requeue(self) -> None:
+        self._broker.settle(self._queue, self._tag, dead_letter=False, requeue=True)
         await asyncio.sleep(0)
 
 
@@ -323,13 +335,14 @@ class MemoryTransport(Transport):
 
     # ------------------------------------------------------------------ client side
     async def publish_request(self, model: str, priority: Priority, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "request")
         await self._ready()
         self.broker.publish(queue_name(model, priority), body)
         await asyncio.sleep(0)
 
     async def open_inbox(self, on_reply: OnBytes) -> str:
         await self._ready()
-        address = f"inbox.{next(_tags)}"
+        address = new_reply_address()
         self._inboxes[address] = on_reply
         self.broker.inboxes[address] = on_reply
         return address
@@ -347,6 +360,8 @@ class MemoryTransport(Transport):
         return c
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
+        check_reply_address(reply_to)
+        check_size(body, self.max_message_bytes, "reply")
         await self._ready()
         cb = self.broker.inboxes.get(reply_to)
         if cb is None:
@@ -356,6 +371,7 @@ class MemoryTransport(Transport):
         await asyncio.sleep(0)
 
     async def publish_heartbeat(self, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "heartbeat")
         await self._ready()
         for cb in list(self.broker.heartbeat_subscribers):
             asyncio.get_running_loop().call_soon(cb, body)

@@ -30,8 +30,11 @@ class TransportOptions:
     delivery_limit: int = 5  # deliveries before a message is dead-lettered
     publish_timeout: float = 5.0  # seconds to wait for a broker confirm
     reconnect_interval: float = 0.5  # seconds between reconnection attempts
+    max_message_bytes: int = (
+        64 << 20
+    )  # largest message body the broker takes; past it: LimitExceeded
 
-    COUNTS: ClassVar[tuple[str, ...]] = ("max_queue_length", "delivery_limit")
+    COUNTS: ClassVar[tuple[str, ...]] = ("max_queue_length", "delivery_limit", "max_message_bytes")
     """Options that must be at least 1."""
 
     def __post_init__(self) -> None:
@@ -73,10 +76,16 @@ class TransportOptions:
 
     @classmethod
     def extend(cls, options: TransportOptions) -> Self:
-        """``options`` as this class: the options it has, defaults for the rest."""
+        """``options`` as this class: the options it has, defaults for the rest.
+        An option left at its common default takes this class's default (a
+        transport may default differently, e.g. a smaller ``max_message_bytes``)."""
         if isinstance(options, cls):
             return options
-        common = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+        common = {
+            f.name: getattr(options, f.name)
+            for f in dataclasses.fields(options)
+            if getattr(options, f.name) != f.default
+        }
         return cls(**common)
 
     @classmethod

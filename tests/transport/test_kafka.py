@@ -18,7 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from fleet.contract import Priority
 from fleet.errors import ModelNotFound, Overloaded
 from fleet.transport import Delivery, connect, queue_name
-from fleet.transport.base import wait_until
+from fleet.transport.base import new_reply_address, wait_until
 from fleet.transport.kafka import KafkaTransport
 from tests.conftest import broker_url_for, missing
 
@@ -316,7 +316,7 @@ async def test_reply_to_a_closed_inbox_is_dropped(kafka: Connect) -> None:
     address = await client.open_inbox(lambda _b: None)
     await client.close()
     await asyncio.wait_for(worker.publish_reply(address, b"late"), 10)
-    await asyncio.wait_for(worker.publish_reply("fleet.inbox.nobody", b"late"), 10)
+    await asyncio.wait_for(worker.publish_reply(new_reply_address(), b"late"), 10)
 
 
 async def test_every_heartbeat_subscriber_sees_every_beat(kafka: Connect) -> None:
@@ -423,7 +423,8 @@ async def test_a_second_stop_waits_until_the_consumer_has_left(
     await t.declare_model(unique_model)
     group = await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
     tail = await t.subscribe_heartbeats(lambda _b: None)
-    for consumer, stop in ((group, "shutdown"), (tail, "cancel")):
+    pairs: tuple[tuple[Any, str], ...] = ((group, "shutdown"), (tail, "cancel"))
+    for consumer, stop in pairs:
         first = asyncio.ensure_future(getattr(consumer, stop)())
         await asyncio.sleep(0)  # the first stop is under way
         await getattr(consumer, stop)()

@@ -275,3 +275,11 @@ def test_a_capability_without_its_role_is_refused() -> None:
 
         class _Boastful(MemoryTransport):
             capabilities = frozenset({Capability.PRODUCE_RATE})
+
+
+def test_a_transport_keeps_its_own_defaults_for_options_left_at_theirs() -> None:
+    transport = KafkaTransport("kafka://h:1", TransportOptions(publish_timeout=2.0))
+    assert transport.options.max_message_bytes == KafkaOptions().max_message_bytes
+    assert transport.options.max_message_bytes < TransportOptions().max_message_bytes
+    chosen = KafkaTransport("kafka://h:1", TransportOptions(max_message_bytes=5000))
+    assert chosen.max_message_bytes == 5000

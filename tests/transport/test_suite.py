@@ -9,9 +9,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from fleet.contract import Priority
-from fleet.errors import ModelNotFound, Overloaded
-from fleet.transport import Delivery
-from fleet.transport.base import wait_until
+from fleet.errors import InvalidArgument, LimitExceeded, ModelNotFound, Overloaded
+from fleet.transport import DEAD_LETTER, HEARTBEATS, Delivery, is_reply_address, queue_name
+from fleet.transport.base import new_reply_address, wait_until
 from tests.transport.conftest import WAIT, Deliveries, Frames, OpenTransport, wait_dead_letter
 
 ONLINE, BATCH = Priority.ONLINE, Priority.BATCH
@@ -63,8 +63,43 @@ async def test_reply_inbox(open_transport: OpenTransport) -> None:
     address = await client.open_inbox(replies)
     await worker.publish_reply(address, b"answer")
     await replies.wait_for(b"answer")
+    assert is_reply_address(address)
     # an inbox that is gone drops the reply; no error for the worker
-    await worker.publish_reply(address + "-gone", b"lost")
+    await worker.publish_reply(new_reply_address(), b"lost")
+
+
+async def test_reply_to_anything_but_an_inbox_is_refused(
+    open_transport: OpenTransport, unique_model: str
+) -> None:
+    worker = await open_transport()
+    await worker.declare_model(unique_model)
+    work, beats = Deliveries(), Frames()
+    await worker.consume(unique_model, ONLINE, work, prefetch=4)
+    await worker.subscribe_heartbeats(beats)
+    body = f"hijack-{unique_model}".encode()
+    targets = [
+        queue_name(unique_model, ONLINE),
+        queue_name(unique_model, BATCH),
+        HEARTBEATS,
+        DEAD_LETTER,
+        "fleet.inbox.",
+        "fleet.inbox." + "A" * 32,
+        "fleet.inbox." + "0" * 31,
+        "fleet.inbox." + "0" * 32 + ":0",
+        "garbage",
+        "",
+    ]
+    for target in targets:
+        assert not is_reply_address(target)
+        with pytest.raises(InvalidArgument) as err:
+            await worker.publish_reply(target, body)
+        assert not err.value.retriable
+    # a marker sent after them arrives; nothing sent before it did
+    await worker.publish_heartbeat(b"marker")
+    await beats.wait_for(b"marker")
+    assert body not in beats.items
+    assert await work.none_within(0.5)
+    assert not await wait_dead_letter(worker, body, timeout=1.0)
 
 
 async def test_full_queue_is_overloaded(open_transport: OpenTransport, unique_model: str) -> None:
@@ -161,6 +196,67 @@ async def test_delivery_limit_dead_letters(
     await last.consume(unique_model, ONLINE, got, prefetch=1)
     assert await wait_dead_letter(client, body)
     assert got.items == []
+
+
+async def test_requeue_redelivers_with_a_higher_attempt_then_dead_letters(
+    open_transport: OpenTransport, unique_model: str
+) -> None:
+    worker = await open_transport(delivery_limit=3)
+    await worker.declare_model(unique_model)
+    got = Deliveries()
+    await worker.consume(unique_model, ONLINE, got, prefetch=4)
+    body = f"handed-back-{unique_model}".encode()
+    await worker.publish_request(unique_model, ONLINE, body)
+    for attempt in (1, 2, 3):
+        d = (await got.wait(attempt))[-1]
+        assert (d.body, d.attempt) == (body, attempt)
+        await d.requeue()
+        await d.requeue()  # settling twice is harmless
+    assert await wait_dead_letter(worker, body)
+    # the queue is not stuck behind it
+    await worker.publish_request(unique_model, ONLINE, b"next")
+    last = (await got.wait(4))[-1]
+    assert (last.body, last.attempt) == (b"next", 1)
+    await last.ack()
+    assert len(got.items) == 4
+
+
+async def test_body_over_the_size_limit_is_refused_before_sending(
+    open_transport: OpenTransport, unique_model: str
+) -> None:
+    limit = 4096
+    worker = await open_transport(max_message_bytes=limit)
+    assert worker.max_message_bytes == limit
+    await worker.declare_model(unique_model)
+    replies, beats = Frames(), Frames()
+    address = await worker.open_inbox(replies)
+    await worker.subscribe_heartbeats(beats)
+    over = b"o" * (limit + 1)
+    calls: list[Callable[[], Awaitable[None]]] = [
+        lambda: worker.publish_request(unique_model, ONLINE, over),
+        lambda: worker.publish_reply(address, over),
+        lambda: worker.publish_heartbeat(over),
+    ]
+    for call in calls:
+        with pytest.raises(LimitExceeded) as err:
+            await call()
+        assert not err.value.retriable
+    depth = await worker.depth(unique_model)
+    assert depth.ready == 0
+
+    at = b"a" * limit
+    await worker.publish_request(unique_model, ONLINE, at)
+    await worker.publish_reply(address, at)
+    await worker.publish_heartbeat(at)
+    got = Deliveries()
+    await worker.consume(unique_model, ONLINE, got, prefetch=4)
+    (d,) = await got.wait(1)
+    assert d.body == at
+    await d.ack()
+    await replies.wait_for(at)
+    await beats.wait_for(at)
+    assert over not in replies.items and over not in beats.items
+    assert await got.none_within(0.3)
 
 
 async def test_heartbeats_fan_out(open_transport: OpenTransport) -> None:
