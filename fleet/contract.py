@@ -1,11 +1,37 @@
 """The request and reply envelopes every part of the fleet speaks.
 
 The encoding lives in :mod:`fleet.wire`; this module is only the data.
+
+Deadlines and clocks: a request carries its ``deadline`` (absolute, on the
+client's wall clock) and its ``timeout``, the seconds of budget it had left
+when it was published. The decoder stamps ``arrived`` with the decoding
+host's :func:`time.monotonic`, and :meth:`Request.expired` judges the budget
+on that host's own monotonic clock: a request expires ``timeout`` seconds
+after it arrived, whatever the two wall clocks say. The wall clock is trusted
+only beyond :data:`CLOCK_SKEW_TOLERANCE_S`: a request also expires once the
+local wall clock is more than that past its deadline. So:
+
+* a worker whose clock is *ahead* of the client's by S seconds drops nothing
+  early as long as S < ``CLOCK_SKEW_TOLERANCE_S`` (ahead by more, it drops
+  requests whose budget plus the tolerance is under S plus their time in the
+  broker queue);
+* a worker whose clock is *behind* by any amount still expires every request
+  ``timeout`` seconds after its arrival;
+* time spent in the broker queue is counted only through the wall clocks, at
+  that tolerance: a request that waited in the queue longer than its budget
+  plus ``CLOCK_SKEW_TOLERANCE_S`` (plus any skew) is dropped; one that waited
+  less is given its whole remaining budget from its arrival (its caller may
+  have given up meanwhile: the reply is then dropped quietly by the client);
+* a NaN deadline or budget counts as expired, never as "never expires".
+
+A request without a ``timeout`` or an ``arrived`` stamp (frame version 1, or
+made locally) is judged on the wall clock alone, as before.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
 import time
 import uuid
@@ -19,6 +45,10 @@ from fleet.errors import FleetError, InvalidArgument, error_from_code
 from fleet.tensor import Tensor
 
 ParamValue = bool | int | float | str
+
+CLOCK_SKEW_TOLERANCE_S = 30.0
+"""How far past its wall-clock deadline a request with a budget must be (on
+the judging host's wall clock) before the wall clock alone expires it."""
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -44,7 +74,12 @@ class Priority(enum.IntEnum):
                 raise InvalidArgument(
                     f"priority must be 'online' or 'batch', not {value!r}"
                 ) from None
-        return cls(value)
+        try:
+            return cls(value)
+        except (ValueError, TypeError):
+            raise InvalidArgument(
+                f"priority must be 0 (online) or 1 (batch), not {value!r}"
+            ) from None
 
 
 def check_model_name(name: str) -> str:
@@ -68,13 +103,35 @@ class Request:
     model: str
     version: str | None = None
     inputs: tuple[Tensor, ...]
-    deadline: float  # absolute, seconds since the epoch
+    deadline: float  # absolute, seconds since the epoch on the client's clock
     priority: Priority = Priority.ONLINE
     parameters: Mapping[str, ParamValue] = field(default_factory=dict)
-    sent_at: float = 0.0  # when the client published it, seconds since the epoch
+    sent_at: float = 0.0  # when the client made it, seconds since the epoch (its clock)
+    timeout: float | None = None  # seconds of budget left when published
+    arrived: float | None = field(default=None, compare=False)  # local time.monotonic()
 
-    def expired(self, now: float | None = None) -> bool:
-        return (time.time() if now is None else now) >= self.deadline
+    def expired(self, now: float | None = None, *, monotonic: float | None = None) -> bool:
+        """Whether the deadline passed: ``now`` is the local wall clock
+        (default :func:`time.time`), ``monotonic`` the local monotonic clock
+        (default :func:`time.monotonic`). See the module docstring."""
+        wall = time.time() if now is None else now
+        if self.timeout is None or self.arrived is None:
+            return not wall < self.deadline  # NaN: expired
+        if not wall < self.deadline + CLOCK_SKEW_TOLERANCE_S:
+            return True
+        mono = time.monotonic() if monotonic is None else monotonic
+        return not mono < self.arrived + self.timeout
+
+    def waited(self, now: float | None = None, *, monotonic: float | None = None) -> float:
+        """Seconds since the request arrived, on the local monotonic clock;
+        for a request without an ``arrived`` stamp, since ``sent_at`` on the
+        wall clock. Never negative, never NaN."""
+        if self.arrived is not None:
+            mono = time.monotonic() if monotonic is None else monotonic
+            elapsed = mono - self.arrived
+        else:
+            elapsed = (time.time() if now is None else now) - self.sent_at
+        return elapsed if math.isfinite(elapsed) and elapsed > 0 else 0.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -93,7 +150,7 @@ class ErrorInfo:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Timings:
-    queue_ms: float = 0.0  # from the client's publish to the start of inference
+    queue_ms: float = 0.0  # from arrival at the worker to the start of inference
     inference_ms: float = 0.0  # the batch's model run
     batch_size: int = 0
     worker_id: str = ""
@@ -130,6 +187,7 @@ class ItemError:
 
 
 __all__ = [
+    "CLOCK_SKEW_TOLERANCE_S",
     "ErrorInfo",
     "ItemError",
     "ParamValue",

@@ -48,7 +48,7 @@ class DataType(enum.IntEnum):
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype[Any]) -> DataType:
-        if dtype.kind in ("O", "S"):
+        if dtype.kind in ("O", "S", "U"):
             return cls.BYTES
         try:
             return _FROM_NUMPY[np.dtype(dtype).newbyteorder("<").str]
@@ -118,7 +118,7 @@ class Tensor:
         if datatype is DataType.BYTES:
             parts: list[bytes] = []
             for item in arr.reshape(-1):
-                raw = item.encode() if isinstance(item, str) else bytes(item)
+                raw = _element_bytes(name, item)
                 parts.append(_LEN.pack(len(raw)))
                 parts.append(raw)
             return cls(name=name, datatype=datatype, shape=arr.shape, data=b"".join(parts))
@@ -127,35 +127,75 @@ class Tensor:
         return cls(name=name, datatype=datatype, shape=arr.shape, data=data)
 
     def to_numpy(self) -> npt.NDArray[Any]:
-        """A numpy view of the data (read-only when the data is ``bytes``)."""
-        count = self.element_count
-        if self.datatype is DataType.BYTES:
-            return _split_bytes(self.data, count).reshape(self.shape)
-        expected = count * self.datatype.itemsize
-        if len(self.data) != expected:
-            raise InvalidArgument(
-                f"tensor {self.name!r}: {len(self.data)} bytes of data, "
-                f"shape {list(self.shape)} of {self.datatype.name} needs {expected}"
-            )
-        return np.frombuffer(self.data, dtype=self.datatype.numpy, count=count).reshape(self.shape)
+        """A numpy view of the data (read-only when the data is ``bytes``).
+
+        Raises only :class:`InvalidArgument`: the shape, the element count and
+        (for ``BYTES``) every element length are checked against the data
+        before anything is allocated, so nothing larger than the data is made.
+        """
+        count = check_shape(self.name, self.shape)
+        try:
+            if self.datatype is DataType.BYTES:
+                return _split_bytes(self.name, self.data, count).reshape(self.shape)
+            expected = count * self.datatype.itemsize
+            if len(self.data) != expected:
+                raise InvalidArgument(
+                    f"tensor {self.name!r}: {len(self.data)} bytes of data, "
+                    f"shape {list(self.shape)} of {self.datatype.name} needs {expected}"
+                )
+            arr = np.frombuffer(self.data, dtype=self.datatype.numpy, count=count)
+            return arr.reshape(self.shape)
+        except (ValueError, TypeError, OverflowError, MemoryError, struct.error) as exc:
+            raise InvalidArgument(f"tensor {self.name!r}: {exc}") from None
 
 
-def _split_bytes(data: bytes | memoryview, count: int) -> npt.NDArray[Any]:
+def check_shape(name: str, shape: tuple[int, ...]) -> int:
+    """The element count of ``shape``; :class:`InvalidArgument` unless every
+    dimension is a non-negative integer that fits the wire's u64."""
+    for dim in shape:
+        if not isinstance(dim, int | np.integer) or not 0 <= dim < 1 << 64:
+            raise InvalidArgument(f"tensor {name!r}: dimension {dim!r} in shape {list(shape)}")
+    return math.prod(int(d) for d in shape)
+
+
+def check_bytes_elements(name: str, data: bytes | memoryview, count: int) -> None:
+    """:class:`InvalidArgument` unless ``data`` is exactly ``count`` BYTES
+    elements (each a u32 length and that many bytes). Allocates nothing."""
+    view = memoryview(data)
+    if count * 4 > len(view):
+        raise InvalidArgument(
+            f"BYTES tensor {name!r}: {len(view)} bytes cannot hold {count} elements"
+        )
+    pos = 0
+    for i in range(count):
+        (size,) = _LEN.unpack_from(view, pos)
+        pos += 4 + size
+        if pos > len(view) or (i + 1 < count and pos + 4 > len(view)):
+            raise InvalidArgument(f"BYTES tensor {name!r}: element {i} runs past the end")
+    if pos != len(view):
+        raise InvalidArgument(f"BYTES tensor {name!r} has {len(view) - pos} trailing bytes")
+
+
+def _split_bytes(name: str, data: bytes | memoryview, count: int) -> npt.NDArray[Any]:
+    check_bytes_elements(name, data, count)
     view = memoryview(data)
     out = np.empty(count, dtype=object)
     pos = 0
     for i in range(count):
-        if pos + 4 > len(view):
-            raise InvalidArgument(f"BYTES tensor ends after {i} of {count} elements")
         (size,) = _LEN.unpack_from(view, pos)
-        pos += 4
-        if pos + size > len(view):
-            raise InvalidArgument(f"BYTES element {i} runs past the end of the data")
-        out[i] = bytes(view[pos : pos + size])
-        pos += size
-    if pos != len(view):
-        raise InvalidArgument(f"BYTES tensor has {len(view) - pos} trailing bytes")
+        out[i] = bytes(view[pos + 4 : pos + 4 + size])
+        pos += 4 + size
     return out
 
 
-__all__ = ["DataType", "Tensor"]
+def _element_bytes(name: str, item: object) -> bytes:
+    if isinstance(item, str):
+        return item.encode()
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    raise InvalidArgument(
+        f"tensor {name!r}: a BYTES tensor holds bytes or str, not {type(item).__name__}"
+    )
+
+
+__all__ = ["DataType", "Tensor", "check_bytes_elements", "check_shape"]

@@ -1,4 +1,4 @@
-"""The binary encoding of fleet messages, version 1.
+"""The binary encoding of fleet messages, version 2 (version 1 still decoded).
 
 A broker message is one *frame* holding one or more items, so that many
 requests (or replies) share the per-message cost of the broker::
@@ -6,7 +6,8 @@ requests (or replies) share the per-message cost of the broker::
     frame   := magic "\\x89FLT" | version u8 | kind u8 | flags u16
                | reply_to str | count u32 | item*count
     item    := length u32 | id str | body            (one bad body never fails its neighbours)
-    request := model str | version str | deadline f64 | sent_at f64 | priority u8
+    request := model str | version str | deadline f64 | sent_at f64
+               | timeout f64 (version 2 only) | priority u8
                | nparams u16 | param* | ninputs u16 | tensor*
     reply   := model str | version str | status u8 (0 ok, 1 error)
                | [code u16 | retriable u8 | message str]
@@ -16,24 +17,45 @@ requests (or replies) share the per-message cost of the broker::
     param   := key str | tag u8 (0 bool, 1 int, 2 float, 3 str) | value
     str     := length u16 | utf-8
 
-All integers are little-endian. Every length is checked against
-:class:`Limits` before anything is allocated; any malformed input raises a
-:class:`fleet.errors.DecodeError` (or a subclass), never anything else.
+All integers are little-endian. Every length, every tensor dimension, each
+tensor's element count and every ``BYTES`` element length are checked against
+:class:`Limits` and the data before anything is allocated; malformed input
+raises a :class:`fleet.errors.DecodeError` (or a subclass), never anything
+else, and a malformed item becomes an :class:`~fleet.contract.ItemError`
+carrying its id (when readable) while its neighbours decode normally.
+
+Versions: request frames are written as version 2, which adds ``timeout``,
+the seconds of budget the request had left when it was published (the
+client's clock measured it, so it means the same on every host). Version 1
+request frames (no ``timeout``) are still decoded; their requests are judged
+on the wall clock alone. Reply frames have the same layout in both versions
+and are written as version 1 so that clients of either build read them. The
+decoder stamps every request with the local :func:`time.monotonic` of its
+arrival; see :mod:`fleet.contract` for what clock skew does to deadlines.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from fleet.contract import ErrorInfo, ItemError, ParamValue, Priority, Reply, Request, Timings
-from fleet.errors import DecodeError, FleetError, LimitExceeded, UnsupportedVersion
-from fleet.tensor import DataType, Tensor
+from fleet.errors import (
+    DecodeError,
+    FleetError,
+    InvalidArgument,
+    LimitExceeded,
+    UnsupportedVersion,
+)
+from fleet.tensor import DataType, Tensor, check_bytes_elements, check_shape
 
 MAGIC = b"\x89FLT"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # decoded
+_REPLY_VERSION = 1  # the reply layout did not change: every build reads it
 KIND_REQUESTS = 1
 KIND_REPLIES = 2
 
@@ -46,6 +68,9 @@ _I64 = struct.Struct("<q")
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 _MAX_ERROR_MESSAGE = 4096
+_TIMEOUT_PART = 8  # index of the timeout in encode_request_body's parts
+_I64_RANGE = range(-(1 << 63), 1 << 63)
+_F32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -67,7 +92,10 @@ DEFAULT_LIMITS = Limits()
 
 
 def _str(parts: list[bytes], value: str) -> None:
-    raw = value.encode()
+    try:
+        raw = value.encode()
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"string {value[:40]!r} is not encodable as UTF-8") from None
     if len(raw) > 0xFFFF:
         raise LimitExceeded(f"string of {len(raw)} bytes is longer than 65535")
     parts.append(_U16.pack(len(raw)))
@@ -76,10 +104,13 @@ def _str(parts: list[bytes], value: str) -> None:
 
 def _tensor(parts: list[bytes], t: Tensor) -> None:
     _str(parts, t.name)
+    check_shape(t.name, t.shape)
+    if len(t.shape) > 0xFF:
+        raise InvalidArgument(f"tensor {t.name!r}: rank {len(t.shape)} is over 255")
     parts.append(_U8.pack(int(t.datatype)))
     parts.append(_U8.pack(len(t.shape)))
     for dim in t.shape:
-        parts.append(_U64.pack(dim))
+        parts.append(_U64.pack(int(dim)))
     parts.append(_U64.pack(len(t.data)))
     parts.append(bytes(t.data))
 
@@ -89,6 +120,8 @@ def _param(parts: list[bytes], key: str, value: ParamValue) -> None:
     if isinstance(value, bool):
         parts.append(b"\x00\x01" if value else b"\x00\x00")
     elif isinstance(value, int):
+        if value not in _I64_RANGE:
+            raise InvalidArgument(f"parameter {key!r}: {value} does not fit in a signed 64-bit int")
         parts.append(b"\x01" + _I64.pack(value))
     elif isinstance(value, float):
         parts.append(b"\x02" + _F64.pack(value))
@@ -97,8 +130,14 @@ def _param(parts: list[bytes], key: str, value: ParamValue) -> None:
         _str(parts, str(value))
 
 
+def _f32(value: float) -> float:
+    """``value`` within what an f32 holds (NaN stays NaN)."""
+    return max(-_F32_MAX, min(_F32_MAX, value)) if math.isfinite(value) else value
+
+
 def _frame(kind: int, reply_to: str, items: Sequence[list[bytes]]) -> bytes:
-    parts = [_HEAD.pack(MAGIC, VERSION, kind, 0)]
+    version = VERSION if kind == KIND_REQUESTS else _REPLY_VERSION
+    parts = [_HEAD.pack(MAGIC, version, kind, 0)]
     _str(parts, reply_to)
     parts.append(_U32.pack(len(items)))
     for item in items:
@@ -108,13 +147,17 @@ def _frame(kind: int, reply_to: str, items: Sequence[list[bytes]]) -> bytes:
 
 
 def encode_request_body(req: Request) -> list[bytes]:
-    """One request as the parts of a frame item (cached by the client for re-sends)."""
+    """One request as the parts of a frame item (cached by the client for
+    re-sends; :func:`with_timeout` restamps its budget at each publish). A
+    request without a ``timeout`` gets the time left to its deadline now."""
     parts: list[bytes] = []
     _str(parts, req.id)
     _str(parts, req.model)
     _str(parts, req.version or "")
     parts.append(_F64.pack(req.deadline))
     parts.append(_F64.pack(req.sent_at))
+    timeout = req.deadline - time.time() if req.timeout is None else req.timeout
+    parts.append(_F64.pack(timeout))
     parts.append(_U8.pack(int(req.priority)))
     parts.append(_U16.pack(len(req.parameters)))
     for key, value in req.parameters.items():
@@ -123,6 +166,13 @@ def encode_request_body(req: Request) -> list[bytes]:
     for t in req.inputs:
         _tensor(parts, t)
     return parts
+
+
+def with_timeout(body: list[bytes], seconds: float) -> list[bytes]:
+    """A body from :func:`encode_request_body` with its budget set to ``seconds``."""
+    out = list(body)
+    out[_TIMEOUT_PART] = _F64.pack(seconds)
+    return out
 
 
 def encode_requests(requests: Iterable[Request | list[bytes]], reply_to: str) -> bytes:
@@ -145,8 +195,8 @@ def encode_replies(replies: Iterable[Reply]) -> bytes:
             parts.append(b"\x01" + _U16.pack(rep.error.code) + _U8.pack(rep.error.retriable))
             _str(parts, message)
         tm = rep.timings
-        parts.append(_F32.pack(tm.queue_ms))
-        parts.append(_F32.pack(tm.inference_ms))
+        parts.append(_F32.pack(_f32(tm.queue_ms)))
+        parts.append(_F32.pack(_f32(tm.inference_ms)))
         parts.append(_U32.pack(tm.batch_size))
         _str(parts, tm.worker_id)
         parts.append(_U16.pack(len(rep.outputs)))
@@ -209,8 +259,20 @@ def _read_tensor(r: _Reader, limits: Limits) -> Tensor:
         raise LimitExceeded(
             f"tensor {name!r}: {count} elements is over the limit of {limits.max_elements}"
         )
+    for dim in shape:  # a zero-element shape may still name a huge dimension
+        if dim > limits.max_elements:
+            raise LimitExceeded(
+                f"tensor {name!r}: dimension {dim} is over the limit of {limits.max_elements}"
+            )
     nbytes = r.unpack(_U64)
-    if datatype is not DataType.BYTES and nbytes != count * datatype.itemsize:
+    if datatype is DataType.BYTES:
+        data = r.take(nbytes)
+        try:
+            check_bytes_elements(name, data, count)
+        except InvalidArgument as exc:
+            raise DecodeError(exc.message) from None
+        return Tensor(name=name, datatype=datatype, shape=shape, data=data)
+    if nbytes != count * datatype.itemsize:
         raise DecodeError(
             f"tensor {name!r}: {nbytes} bytes of data, shape {list(shape)} of "
             f"{datatype.name} needs {count * datatype.itemsize}"
@@ -245,11 +307,12 @@ def _read_param(r: _Reader) -> tuple[str, ParamValue]:
     return key, value
 
 
-def _read_request(r: _Reader, rid: str, limits: Limits) -> Request:
+def _read_request(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Request:
     model = r.str()
     version = r.str() or None
     deadline = r.f64()
     sent_at = r.f64()
+    timeout = r.f64() if ctx.version >= 2 else None
     prio = r.unpack(_U8)
     if prio > max(Priority):
         raise DecodeError(f"unknown priority {prio}")
@@ -267,10 +330,12 @@ def _read_request(r: _Reader, rid: str, limits: Limits) -> Request:
         priority=Priority(prio),
         parameters=params,
         sent_at=sent_at,
+        timeout=timeout,
+        arrived=ctx.arrived,
     )
 
 
-def _read_reply(r: _Reader, rid: str, limits: Limits) -> Reply:
+def _read_reply(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reply:
     model = r.str()
     version = r.str()
     status = r.unpack(_U8)
@@ -290,6 +355,12 @@ def _read_reply(r: _Reader, rid: str, limits: Limits) -> Reply:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Context:
+    version: int  # the frame's
+    arrived: float  # time.monotonic() when decoding began
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Frame:
     kind: int
@@ -297,9 +368,13 @@ class Frame:
     items: list[Request | Reply | ItemError]
 
 
-def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
+def decode(
+    data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS, *, arrived: float | None = None
+) -> Frame:
     """Decode a frame. Frame-level damage raises :class:`DecodeError`; a damaged
-    item becomes an :class:`ItemError` (with its id when that much was readable)."""
+    item becomes an :class:`ItemError` (with its id when that much was readable).
+    Requests are stamped ``arrived`` (default: :func:`time.monotonic` now)."""
+    stamp = time.monotonic() if arrived is None else arrived
     if len(data) > limits.max_message_bytes:
         raise LimitExceeded(
             f"message of {len(data)} bytes is over the limit of {limits.max_message_bytes}"
@@ -310,8 +385,10 @@ def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
     magic, version, kind, _flags = _HEAD.unpack(r.take(_HEAD.size))
     if magic != MAGIC:
         raise DecodeError("not a fleet message (bad magic)")
-    if version != VERSION:
-        raise UnsupportedVersion(f"schema version {version}; this build speaks {VERSION}")
+    if version not in VERSIONS:
+        raise UnsupportedVersion(
+            f"schema version {version}; this build speaks {', '.join(map(str, VERSIONS))}"
+        )
     if kind not in (KIND_REQUESTS, KIND_REPLIES):
         raise DecodeError(f"unknown frame kind {kind}")
     reply_to = r.str()
@@ -319,6 +396,7 @@ def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
     if count > limits.max_items:
         raise LimitExceeded(f"{count} items is over the limit of {limits.max_items}")
     read_body = _read_request if kind == KIND_REQUESTS else _read_reply
+    ctx = _Context(version=version, arrived=stamp)
     items: list[Request | Reply | ItemError] = []
     for _ in range(count):
         size = r.unpack(_U32)
@@ -327,7 +405,7 @@ def decode(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
         rid = ""
         try:
             rid = item.str()
-            body = read_body(item, rid, limits)
+            body = read_body(item, rid, limits, ctx)
             if item.pos != item.end:
                 raise DecodeError(f"{item.end - item.pos} trailing bytes in an item")
             items.append(body)
@@ -361,8 +439,10 @@ def salvage_ids(data: bytes | memoryview, max_items: int = 65_536) -> tuple[str,
     return reply_to, ids
 
 
-def decode_requests(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) -> Frame:
-    frame = decode(data, limits)
+def decode_requests(
+    data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS, *, arrived: float | None = None
+) -> Frame:
+    frame = decode(data, limits, arrived=arrived)
     if frame.kind != KIND_REQUESTS:
         raise DecodeError("expected a request frame, got replies")
     return frame
@@ -378,6 +458,7 @@ def decode_replies(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) ->
 __all__ = [
     "DEFAULT_LIMITS",
     "VERSION",
+    "VERSIONS",
     "Frame",
     "Limits",
     "decode",
@@ -387,4 +468,5 @@ __all__ = [
     "encode_request_body",
     "encode_requests",
     "salvage_ids",
+    "with_timeout",
 ]

@@ -8,14 +8,20 @@
 Many requests may be in flight on one connection. Requests for the same model
 and priority that are waiting while a publish is under way travel together in
 the next broker message (coalescing: no added latency when idle, few messages
-under load). Each request has a client-made id; replies are matched by id and a
-second reply for the same id is dropped. After the broker connection comes
-back, every request still unanswered is published again under the same id.
+under load), each message kept under the broker's size limit. Each request has
+a client-made id; replies are matched by id and a second reply for the same id
+is dropped. After the broker connection comes back, every request still
+unanswered is published again under the same id; a re-send the broker refuses
+as full does not fail a request whose original may still be answered.
+
+Every publish carries the request's remaining budget (measured on this
+client's monotonic clock), so workers judge its deadline on their own clocks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -42,6 +48,8 @@ from fleet.transport import Transport, connect
 log = get_logger("producer.client")
 
 _MAX_FRAME_BYTES = 1 << 20  # coalesce up to ~1 MiB per broker message
+_FRAME_OVERHEAD = 8 + 2 + 4  # header, reply address length, item count
+_ITEM_OVERHEAD = 4  # each item's length
 
 
 @dataclass(eq=False, slots=True)
@@ -51,9 +59,12 @@ class _Pending:
     priority: Priority
     body: list[bytes]
     size: int
-    deadline: float
+    deadline: float  # time.monotonic() when the caller stops waiting
     future: asyncio.Future[Reply]
     queued: bool = False
+    published: int = 0  # publishes the broker took
+    resent: bool = False  # queued again after a reconnect
+    refused: FleetError | None = None  # a re-send's retriable refusal, kept for the deadline
 
 
 @dataclass(slots=True)
@@ -64,6 +75,7 @@ class ClientStats:
     duplicates_dropped: int = 0
     resent: int = 0
     failed: int = 0
+    retried: int = 0  # attempts made again after a retriable error (``retries``)
 
 
 @dataclass(eq=False)
@@ -72,17 +84,40 @@ class _Lane:
     publishers: int = 0
 
 
+def _check_timeout(value: float) -> float:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise InvalidArgument(f"timeout must be a positive, finite number of seconds, not {value}")
+    return float(value)
+
+
 class Client:
     """Publishes inference requests and awaits their replies.
 
     Args:
         url: the broker, ``memory://NAME``, ``amqp://…`` or ``kafka://…``.
-        timeout: default seconds to wait for a reply (the request's deadline).
-        max_in_flight: requests awaiting replies before ``infer`` raises
-            :class:`Overloaded` at once.
+        timeout: default seconds to wait for a reply (the request's deadline);
+            positive and finite.
+        max_in_flight: requests awaiting replies at once. Past it ``infer``
+            raises :class:`Overloaded` at once, or waits (see
+            ``wait_for_capacity``).
+        max_bytes_in_flight: encoded request bytes awaiting replies at once
+            (``None``: no limit); past it, like ``max_in_flight``. A single
+            request larger than this raises :class:`LimitExceeded` at once.
+        wait_for_capacity: when true, a request past ``max_in_flight`` or
+            ``max_bytes_in_flight`` waits (first come, first served) for
+            capacity instead of raising; the wait counts against its timeout
+            and ends in :class:`DeadlineExceeded`.
+        retries: how many times a request is tried again, with exponential
+            backoff and within its timeout, after a retriable error
+            (:class:`Overloaded`, :class:`Unavailable`, or a retriable error
+            reply). 0 (the default): never.
         max_batch: at most this many requests per broker message.
         max_publishes: publishes under way at once per model and priority.
-        max_message_bytes: requests larger than this are refused locally.
+        max_message_bytes: the largest broker message the client makes; at
+            most (and by default) the transport's ``max_message_bytes``, the
+            broker's own limit. Coalesced messages stay under it, framing
+            included; a request that cannot fit raises a non-retriable
+            :class:`LimitExceeded` at once.
         transport_options: passed to :func:`fleet.transport.connect`.
     """
 
@@ -92,26 +127,35 @@ class Client:
         *,
         timeout: float = 5.0,
         max_in_flight: int = 10_000,
+        max_bytes_in_flight: int | None = None,
+        wait_for_capacity: bool = False,
+        retries: int = 0,
         max_batch: int = 64,
         max_publishes: int = 1,
-        max_message_bytes: int = wire.DEFAULT_LIMITS.max_message_bytes,
+        max_message_bytes: int | None = None,
         **transport_options: object,
     ) -> None:
-        if timeout <= 0:
-            raise InvalidArgument("timeout must be positive")
         self.url = url
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
+        if retries < 0 or max_in_flight < 1 or (max_bytes_in_flight or 1) < 1:
+            raise InvalidArgument("retries, max_in_flight and max_bytes_in_flight must be >= 0/1")
         self.max_in_flight = max_in_flight
+        self.max_bytes_in_flight = max_bytes_in_flight
+        self.wait_for_capacity = wait_for_capacity
+        self.retries = retries
         self.max_batch = max_batch
         self.max_publishes = max_publishes
-        self.max_message_bytes = max_message_bytes
         self.stats = ClientStats()
         self._transport: Transport = connect(url, **transport_options)
+        broker_limit = self._transport.max_message_bytes
+        self.max_message_bytes = min(max_message_bytes or broker_limit, broker_limit)
         self._pending: dict[str, _Pending] = {}
+        self._bytes_in_flight = 0
+        self._waiters: deque[asyncio.Future[None]] = deque()
         self._lanes: dict[tuple[str, Priority], _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._reply_to = ""
-        self._limits = wire.Limits(max_message_bytes=max(max_message_bytes, 64 << 20))
+        self._limits = wire.Limits(max_message_bytes=max(self.max_message_bytes, 64 << 20))
         self._closed = True
 
     @property
@@ -121,6 +165,10 @@ class Client:
     @property
     def in_flight(self) -> int:
         return len(self._pending)
+
+    @property
+    def bytes_in_flight(self) -> int:
+        return self._bytes_in_flight
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -144,6 +192,10 @@ class Client:
             if not p.future.done():
                 p.future.set_exception(Unavailable("client closed"))
         self._pending.clear()
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(Unavailable("client closed"))
         await self._transport.close()
 
     # ------------------------------------------------------------------ requests
@@ -161,6 +213,8 @@ class Client:
 
         Raises the reply's typed error (:class:`fleet.errors.FleetError`), or
         :class:`DeadlineExceeded` when no reply came within ``timeout``.
+        Cancelling it before its request is published keeps the request from
+        being published; after, its reply (if any) is dropped.
         """
         reply = await self.infer_reply(
             model,
@@ -190,11 +244,7 @@ class Client:
         check_model_name(model)
         if not inputs:
             raise InvalidArgument("inputs must name at least one tensor")
-        if len(self._pending) >= self.max_in_flight:
-            raise Overloaded(f"{len(self._pending)} requests in flight (max_in_flight)")
-        wait = self.timeout if timeout is None else timeout
-        if wait <= 0:
-            raise InvalidArgument("timeout must be positive")
+        wait = self.timeout if timeout is None else _check_timeout(timeout)
         now = time.time()
         req = Request(
             id=request_id or new_request_id(),
@@ -205,40 +255,134 @@ class Client:
             priority=Priority.parse(priority),
             parameters=dict(parameters or {}),
             sent_at=now,
+            timeout=wait,
         )
-        pending = self._pending_for(req)
-        self._pending[req.id] = pending
-        self._enqueue(pending)
-        try:
-            return await asyncio.wait_for(asyncio.shield(pending.future), wait)
-        except TimeoutError:
-            if not self._transport.connected:
-                raise Unavailable(
-                    f"{model}: no reply within {wait:.3g}s; the broker is unreachable"
-                ) from None
-            raise DeadlineExceeded(f"{model}: no reply within {wait:.3g}s") from None
-        finally:
-            self._pending.pop(req.id, None)
-
-    def _pending_for(self, req: Request) -> _Pending:
-        """The encoded request, checked against the client's limits."""
         if req.id in self._pending:
             raise InvalidArgument(f"request id {req.id!r} is already in flight")
         body = wire.encode_request_body(req)
-        size = sum(len(b) for b in body)
-        if size > self.max_message_bytes:
+        self._check_size(sum(len(b) for b in body))
+        return await self._with_retries(req, body, time.monotonic() + wait)
+
+    def _check_size(self, size: int) -> None:
+        framed = size + _ITEM_OVERHEAD + _FRAME_OVERHEAD + len(self._reply_to.encode())
+        if framed > self.max_message_bytes:
             raise LimitExceeded(
-                f"request of {size} bytes is over the limit of {self.max_message_bytes}"
+                f"request of {framed} bytes (framed) is over the broker's limit of "
+                f"{self.max_message_bytes} (max_message_bytes)"
             )
-        return _Pending(
+        if self.max_bytes_in_flight is not None and size > self.max_bytes_in_flight:
+            raise LimitExceeded(
+                f"request of {size} bytes is over max_bytes_in_flight={self.max_bytes_in_flight}"
+            )
+
+    async def _with_retries(self, req: Request, body: list[bytes], deadline: float) -> Reply:
+        """Attempts of one request: again after a retriable error, while
+        ``retries`` and the deadline allow."""
+        attempt = 0
+        while True:
+            try:
+                reply = await self._attempt(req, body, deadline)
+                error = None if reply.error is None else reply.error.to_exception()
+            except FleetError as exc:
+                error, reply = exc, None
+            if error is None or not error.retriable or attempt >= self.retries:
+                if reply is not None:
+                    return reply
+                assert error is not None
+                raise error
+            backoff = min(1.0, 0.05 * 2**attempt)
+            if time.monotonic() + backoff >= deadline:
+                raise error
+            attempt += 1
+            self.stats.retried += 1
+            await asyncio.sleep(backoff)
+
+    async def _attempt(self, req: Request, body: list[bytes], deadline: float) -> Reply:
+        size = sum(len(b) for b in body)
+        await self._reserve(req.model, size, deadline)
+        pending = _Pending(
             id=req.id,
             model=req.model,
             priority=req.priority,
             body=body,
             size=size,
-            deadline=req.deadline,
+            deadline=deadline,
             future=asyncio.get_running_loop().create_future(),
         )
+        self._pending[req.id] = pending
+        self._bytes_in_flight += size
+        self._enqueue(pending)
+        try:
+            remaining = max(0.0, deadline - time.monotonic())
+            return await asyncio.wait_for(asyncio.shield(pending.future), remaining)
+        except TimeoutError:
+            raise self._timed_out(pending, req.timeout or 0.0) from None
+        finally:
+            self._release(pending)
+
+    def _timed_out(self, p: _Pending, wait: float) -> FleetError:
+        if p.refused is not None:
+            return type(p.refused)(
+                f"{p.model}: no reply within {wait:.3g}s; its re-send after a reconnect "
+                f"was refused: {p.refused.message}",
+                retriable=p.refused.retriable,
+            )
+        if not self._transport.connected:
+            return Unavailable(f"{p.model}: no reply within {wait:.3g}s; the broker is unreachable")
+        return DeadlineExceeded(f"{p.model}: no reply within {wait:.3g}s")
+
+    # ------------------------------------------------------------------ capacity
+    def _has_room(self, size: int) -> bool:
+        if len(self._pending) >= self.max_in_flight:
+            return False
+        limit = self.max_bytes_in_flight
+        return limit is None or self._bytes_in_flight + size <= limit
+
+    async def _reserve(self, model: str, size: int, deadline: float) -> None:
+        """Return once a request of ``size`` bytes may go in flight (the
+        caller then takes the room before its next ``await``)."""
+        if not self._waiters and self._has_room(size):
+            return
+        if not self.wait_for_capacity:
+            raise Overloaded(
+                f"{len(self._pending)} requests, {self._bytes_in_flight} bytes in flight "
+                "(max_in_flight, max_bytes_in_flight)"
+            )
+        first = True
+        while True:
+            waiter = asyncio.get_running_loop().create_future()
+            if first:
+                self._waiters.append(waiter)
+            else:  # woken at the head but still no room: keep its place
+                self._waiters.appendleft(waiter)
+            first = False
+            try:
+                await asyncio.wait_for(waiter, max(0.0, deadline - time.monotonic()))
+            except (TimeoutError, asyncio.CancelledError) as exc:
+                if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                    self._wake()  # pass on a wake-up this caller cannot use
+                if isinstance(exc, TimeoutError):
+                    raise DeadlineExceeded(f"{model}: no capacity to send it in time") from None
+                raise
+            if self._has_room(size):
+                if self._has_room(0):
+                    self._wake()  # maybe room for the next one too
+                return
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _release(self, p: _Pending) -> None:
+        if self._pending.get(p.id) is p:
+            del self._pending[p.id]
+            self._bytes_in_flight -= p.size
+        if not p.future.done():
+            p.future.cancel()  # not yet published: its lane drops it
+        self._wake()
 
     # ------------------------------------------------------------------ publishing
     def _enqueue(self, p: _Pending) -> None:
@@ -258,30 +402,36 @@ class Client:
 
     def _next_chunk(self, lane: _Lane) -> list[_Pending]:
         chunk: list[_Pending] = []
-        size = 0
-        now = time.time()
+        budget = min(_MAX_FRAME_BYTES, self.max_message_bytes)
+        size = _FRAME_OVERHEAD + len(self._reply_to.encode())
+        now = time.monotonic()
         while lane.queue and len(chunk) < self.max_batch:
             p = lane.queue[0]
             if p.future.done() or p.deadline <= now:
                 lane.queue.popleft()
                 p.queued = False
-                continue  # answered or given up while waiting to be sent
-            if chunk and size + p.size > _MAX_FRAME_BYTES:
+                continue  # answered, cancelled or given up while waiting to be sent
+            if chunk and size + _ITEM_OVERHEAD + p.size > budget:
                 break
             lane.queue.popleft()
             p.queued = False
             chunk.append(p)
-            size += p.size
+            size += _ITEM_OVERHEAD + p.size
         return chunk
+
+    def _frame(self, chunk: list[_Pending]) -> bytes:
+        """The chunk as one message, each request stamped with the budget it has left."""
+        now = time.monotonic()
+        bodies = [wire.with_timeout(p.body, p.deadline - now) for p in chunk]
+        return wire.encode_requests(bodies, self._reply_to)
 
     async def _publish_lane(self, key: tuple[str, Priority], lane: _Lane) -> None:
         model, priority = key
         failures = 0
         try:
             while chunk := self._next_chunk(lane):
-                frame = wire.encode_requests([p.body for p in chunk], self._reply_to)
                 try:
-                    await self._transport.publish_request(model, priority, frame)
+                    await self._transport.publish_request(model, priority, self._frame(chunk))
                 except Unavailable as exc:
                     if not self._transport.connected:
                         # kept pending: re-sent when the connection is back, or
@@ -297,17 +447,28 @@ class Client:
                         lane.queue.appendleft(p)
                     await asyncio.sleep(min(1.0, 0.05 * 2**failures))
                 except FleetError as exc:
-                    for p in chunk:
-                        self._fail(p, exc)
+                    self._refused(chunk, exc)
                 else:
                     failures = 0
+                    for p in chunk:
+                        p.published += 1
                     self.stats.published += len(chunk)
                     self.stats.messages += 1
         finally:
             lane.publishers -= 1
 
+    def _refused(self, chunk: list[_Pending], exc: FleetError) -> None:
+        """A publish the broker refused: its requests fail at once, except
+        re-sends refused for a retriable reason, whose originals may still be
+        answered: they wait for a reply until their deadline."""
+        for p in chunk:
+            if p.resent and p.published and exc.retriable:
+                log.info("re-send refused; awaiting the original's reply", error=str(exc))
+                p.refused = exc
+            else:
+                self._fail(p, exc)
+
     def _fail(self, p: _Pending, exc: FleetError) -> None:
-        self._pending.pop(p.id, None)
         if not p.future.done():
             self.stats.failed += 1
             p.future.set_exception(exc)
@@ -318,6 +479,7 @@ class Client:
             log.info("re-sending unanswered requests after reconnect", count=len(waiting))
         self.stats.resent += len(waiting)
         for p in waiting:
+            p.resent = True
             self._enqueue(p)
 
     # ------------------------------------------------------------------ replies
@@ -334,6 +496,9 @@ class Client:
             p = self._pending.get(item.id)
             if p is None or p.future.done():
                 self.stats.duplicates_dropped += 1
+                continue
+            if item.error is not None and item.error.retriable and p.resent:
+                p.refused = item.error.to_exception()  # the original may still answer
                 continue
             self.stats.answered += 1
             p.future.set_result(item)
