@@ -25,6 +25,8 @@ _SETTINGS = (
     "heartbeat_interval",
     "drain_timeout",
     "prefetch",
+    "max_held_requests",
+    "max_held_bytes",
 )
 
 
@@ -59,6 +61,16 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--drain-timeout", type=float, help="seconds SIGTERM waits for in-flight work (default 30)"
     )
     p.add_argument("--prefetch", type=int, help="unacked messages per queue (default 2x max batch)")
+    p.add_argument(
+        "--max-held-requests",
+        type=int,
+        help="requests held at once before the worker stops taking messages (default 4x max batch)",
+    )
+    p.add_argument(
+        "--max-held-bytes",
+        type=int,
+        help="message bytes held at once before the worker stops taking messages (default 256 MiB)",
+    )
     p.set_defaults(handler=run_worker)
 
 

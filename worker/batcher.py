@@ -49,6 +49,11 @@ class Batcher(Generic[T]):
         return sum(len(lane) for lane in self._lanes.values())
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called: ``put`` raises."""
+        return self._closed
+
+    @property
     def rows(self) -> int:
         return sum(e.rows for lane in self._lanes.values() for e in lane)
 

@@ -6,14 +6,31 @@ replies (confirmed) → then ack. A message is acked only when every request it
 carried has been answered (or dropped as expired), so a crash at any point
 means redelivery, never loss.
 
-A message that cannot be decoded goes to the dead-letter queue, and the callers
-whose ids can still be read get a typed error at once. So does a message on its
-last allowed delivery (it has been in flight on workers that died).
+Every message is settled: acked once answered; handed back to the broker
+(``requeue``) when its replies could not be published after retries, so that
+it is delivered again rather than held forever; dead-lettered when it cannot
+be decoded, names a reply address that is no inbox (nothing is written
+there), or is past its delivery limit (it has been in flight on workers that
+died). The callers whose ids can still be read get a typed error at once.
+
+Every item gets its own answer: whatever goes wrong while routing one request
+becomes that request's typed error, and its neighbours are served.
+
+A redelivered message that holds more than one request may hold the one that
+killed the worker that had it; so its requests are published again, one per
+message (same reply address, same ids), and the message is acked. From then on
+each request has its own delivery count: a request that crashes every worker
+that runs it is dead-lettered alone, and its former frame-mates are served.
 
 The ingress is the :class:`~worker.pipeline.ReplySink` of every item it
 produces, so it gets all of a batch's outcomes at once, and the replies of one
-batch that go to the same reply address leave in one frame, whichever messages
-their requests came in.
+batch that go to the same reply address leave together, in as few frames as
+fit the broker's message size limit. A single reply too large for the broker
+is replaced by a ``LimitExceeded`` error reply.
+
+What a worker holds (requests received and not yet answered, and their
+messages' bytes) is bounded: past the bound it stops consuming, leaving the
+rest in the broker for other workers, and consumes again once half is done.
 """
 
 from __future__ import annotations
@@ -25,9 +42,9 @@ from dataclasses import dataclass
 
 from fleet import wire
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
-from fleet.errors import FleetError, Internal, InvalidArgument
+from fleet.errors import FleetError, Internal, InvalidArgument, LimitExceeded
 from fleet.logging import get_logger
-from fleet.transport import Consumer, Delivery, Transport
+from fleet.transport import Consumer, Delivery, Transport, is_reply_address
 from worker.ledger import Ledger
 from worker.model_table import ModelTable
 from worker.pipeline import Item, Outcome, Pipeline
@@ -36,6 +53,10 @@ from worker.runtime import Feeds
 log = get_logger("worker.broker_ingress")
 
 _REPLY_ATTEMPTS = 4  # a reply that fails to publish is tried again after 0.25, 0.5, 1 s
+_RESUME_RETRY = 1.0  # seconds before consuming is tried again after it failed
+# what a request's own content can make a runtime's checks raise: its caller's error
+_INPUT_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError)
+_STOPPING = Internal("the worker is stopping")  # not an answer: the message goes back
 
 
 @dataclass(eq=False, slots=True)
@@ -45,8 +66,9 @@ class _Message:
     delivery: Delivery
     reply_to: str
     remaining: int
+    size: int
     dead_letter: bool = False
-    failed: bool = False  # a reply could not be published: leave it unacked
+    failed: bool = False  # a reply could not be published: hand it back to the broker
 
 
 class BrokerIngress:
@@ -61,6 +83,8 @@ class BrokerIngress:
         worker_id: str,
         max_message_bytes: int,
         prefetch: int | None = None,
+        max_held_requests: int | None = None,
+        max_held_bytes: int = 256 << 20,
     ) -> None:
         self._transport = transport
         self._table = table
@@ -68,15 +92,27 @@ class BrokerIngress:
         self._worker_id = worker_id
         self._limits = wire.Limits(max_message_bytes=max_message_bytes)
         self._prefetch = prefetch
+        self._max_held_requests = max_held_requests or 4 * table.max_batch_size()
+        self._max_held_bytes = max_held_bytes
         self._consumers: list[Consumer] = []
         self._messages: set[_Message] = set()
         self._message_of: dict[Item, _Message] = {}
         self._closed = False
+        self._stopped = False
+        self._paused = False
+        self._flow = asyncio.Lock()  # consuming and pausing, one at a time
+        self._retry: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Declare every model's queues and consume them (prefetch: 2x the model's max batch)."""
         for model in self._table.models:
             await self._transport.declare_model(model)
+        async with self._flow:
+            await self._consume_all()
+
+    async def _consume_all(self) -> None:
+        for model in self._table.models:
             prefetch = self._prefetch or 2 * self._table.max_batch_size(model)
             for priority in Priority:
                 self._consumers.append(
@@ -86,25 +122,84 @@ class BrokerIngress:
                 )
 
     async def stop_consuming(self) -> None:
-        for c in self._consumers:
-            await c.cancel()
+        async with self._flow:
+            self._stopped = True
+            if self._retry is not None:
+                self._retry.cancel()
+            consumers, self._consumers = self._consumers, []
+            for c in consumers:
+                await c.cancel()
 
     async def settled(self) -> None:
-        """Return once every message received was acked, rejected or left."""
+        """Return once every message received was acked, rejected or handed back."""
         while self._messages:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
         """Stop retrying replies: the transport is going away."""
         self._closed = True
+        self._stopped = True
+        if self._retry is not None:
+            self._retry.cancel()
 
     def in_flight(self) -> int:
         """Requests received and not yet answered."""
         return sum(m.remaining for m in self._messages)
 
+    def held(self) -> tuple[int, int]:
+        """Requests received and not yet answered, and their messages' bytes."""
+        return self.in_flight(), sum(m.size for m in self._messages)
+
+    @property
+    def paused(self) -> bool:
+        """Not consuming because the worker holds as much as it may."""
+        return self._paused
+
     def idle_reasons(self) -> list[str]:
         """Why consumers get nothing (e.g. Kafka: more workers than partitions)."""
         return sorted({r for c in self._consumers if (r := c.idle_reason())})
+
+    # ------------------------------------------------------------------ held work
+    async def _check_hold(self) -> None:
+        """Stop consuming at the bound; consume again once at most half of it is held."""
+        requests, size = self.held()
+        if not self._paused:
+            if requests >= self._max_held_requests or size >= self._max_held_bytes:
+                await self._pause()
+        elif requests <= self._max_held_requests // 2 and size <= self._max_held_bytes // 2:
+            await self._resume()
+
+    async def _pause(self) -> None:
+        async with self._flow:
+            if self._paused or self._stopped:
+                return
+            self._paused = True
+            consumers, self._consumers = self._consumers, []
+            log.info("holding as much as allowed; consuming paused", held=self.held())
+            for c in consumers:
+                await c.cancel()
+
+    async def _resume(self) -> None:
+        async with self._flow:
+            if not self._paused or self._stopped:
+                return
+            try:
+                await self._consume_all()
+            except FleetError as exc:
+                consumers, self._consumers = self._consumers, []
+                for c in consumers:
+                    await c.cancel()
+                log.warning("could not consume again; retrying", error=str(exc))
+                loop = asyncio.get_running_loop()
+                self._retry = loop.call_later(_RESUME_RETRY, self._spawn_check)
+                return
+            self._paused = False
+            log.info("consuming again", held=self.held())
+
+    def _spawn_check(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._check_hold())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ requests
     async def _on_delivery(self, delivery: Delivery) -> None:
@@ -113,47 +208,111 @@ class BrokerIngress:
         except FleetError as exc:
             await self._refuse(delivery, exc)
             return
-        if delivery.attempt >= self._transport.options.delivery_limit:
+        if not is_reply_address(frame.reply_to):
+            shown = frame.reply_to[:80]
+            await self._refuse(delivery, InvalidArgument(f"{shown!r} is no reply address"))
+            return
+        if delivery.attempt > self._transport.options.delivery_limit:
             err = Internal(
-                f"request failed on {delivery.attempt} deliveries (the workers handling it "
-                "stopped); moved to the dead-letter queue"
+                f"request failed on {delivery.attempt - 1} deliveries (the workers handling "
+                "it stopped); moved to the dead-letter queue"
             )
             await self._refuse(delivery, err)
             return
-        msg = _Message(delivery=delivery, reply_to=frame.reply_to, remaining=len(frame.items))
+        if delivery.attempt > 1 and await self._isolate(delivery, frame):
+            return
+        msg = _Message(
+            delivery=delivery,
+            reply_to=frame.reply_to,
+            remaining=len(frame.items),
+            size=len(delivery.body),
+        )
         self._messages.add(msg)
         self._ledger.message(len(frame.items))
         replies = self._admit(msg, frame.items)
+        await self._check_hold()
         if replies:
             await self._publish(msg.reply_to, replies, [msg] * len(replies))
         await self._maybe_settle(msg)
 
+    async def _isolate(self, delivery: Delivery, frame: wire.Frame) -> bool:
+        """Publish a redelivered message's requests again, one per message, then
+        ack it; whether that was done (with one request, or with undecodable
+        items, or if publishing fails, the message is served as it is)."""
+        requests = [i for i in frame.items if isinstance(i, Request)]
+        if len(requests) < 2 or len(requests) != len(frame.items):
+            return False
+        now = time.time()
+        try:
+            for req in requests:
+                if req.expired(now):
+                    self._ledger.expired(delivery.model)
+                    continue
+                body = wire.encode_requests([req], frame.reply_to)
+                await self._transport.publish_request(delivery.model, delivery.priority, body)
+        except FleetError as exc:
+            log.warning("could not split a redelivered message; serving it whole", error=str(exc))
+            return False
+        log.info(
+            "redelivered message split into its requests",
+            model=delivery.model,
+            requests=len(requests),
+            attempt=delivery.attempt,
+        )
+        try:
+            await delivery.ack()
+        except FleetError as exc:
+            log.warning("ack failed; the message will be delivered again", error=str(exc))
+        return True
+
     def _admit(self, msg: _Message, items: Sequence[Request | Reply | ItemError]) -> list[Reply]:
         """Submit a message's live requests to their pipelines; the error replies
         of those that cannot be (expired ones are dropped and counted)."""
-        model = msg.delivery.model
         replies: list[Reply] = []
         now = time.time()
         for item in items:
             if isinstance(item, ItemError):
                 msg.dead_letter = True
-                replies.append(self._error_reply(item.id, model, item.error))
-                continue
-            assert isinstance(item, Request)
-            if item.expired(now):
-                self._ledger.expired(model)
+                replies.append(self._error_reply(item.id, msg.delivery.model, item.error))
+            elif isinstance(item, Request) and item.expired(now):
+                self._ledger.expired(msg.delivery.model)
                 msg.remaining -= 1
-                continue
-            try:
-                pipe, feeds, rows = self._route(item, model)
-            except FleetError as exc:
-                replies.append(self._error_reply(item.id, model, exc))
-                continue
-            self._ledger.submitted()
-            submitted = Item(request=item, feeds=feeds, rows=rows, sink=self)
-            self._message_of[submitted] = msg
-            pipe.submit(submitted)
+            elif isinstance(item, Request):
+                error = self._submit(msg, item)
+                if error is _STOPPING:  # the worker is stopping: the broker delivers it again
+                    msg.failed = True
+                    msg.remaining -= 1
+                elif error is not None:
+                    replies.append(self._error_reply(item.id, msg.delivery.model, error))
+            else:
+                error = InvalidArgument("a reply where a request was expected")
+                replies.append(self._error_reply(item.id, msg.delivery.model, error))
         return replies
+
+    def _submit(self, msg: _Message, req: Request) -> FleetError | None:
+        """Route one request to its pipeline; the error to answer it with if that fails."""
+        model = msg.delivery.model
+        try:
+            pipe, feeds, rows = self._route(req, model)
+        except FleetError as exc:
+            return exc
+        except _INPUT_ERRORS as exc:
+            log.warning("request refused", model=model, id=req.id, error=repr(exc))
+            return InvalidArgument(f"request {req.id!r}: its inputs do not fit: {exc}")
+        except Exception as exc:
+            log.exception("routing a request failed", model=model, id=req.id)
+            return Internal(f"request {req.id!r} could not be served: {exc!r}")
+        if not pipe.accepting:
+            return _STOPPING
+        submitted = Item(request=req, feeds=feeds, rows=rows, sink=self)
+        try:
+            pipe.submit(submitted)
+        except Exception as exc:
+            log.exception("submitting a request failed", model=model, id=req.id)
+            return Internal(f"request {req.id!r} could not be served: {exc!r}")
+        self._message_of[submitted] = msg
+        self._ledger.submitted()
+        return None
 
     def _route(self, req: Request, queue_model: str) -> tuple[Pipeline, Feeds, int]:
         if req.model != queue_model:
@@ -163,17 +322,20 @@ class BrokerIngress:
         return self._table.route(req)
 
     async def _refuse(self, delivery: Delivery, exc: FleetError) -> None:
-        """Dead-letter a whole message, telling every caller it names."""
+        """Dead-letter a whole message, telling every caller it names (when its
+        reply address is an inbox)."""
         reply_to, ids = wire.salvage_ids(delivery.body)
         log.warning("message dead-lettered", model=delivery.model, error=str(exc), ids=len(ids))
-        if reply_to and ids:
+        if ids and is_reply_address(reply_to):
             replies = [self._error_reply(i, delivery.model, exc) for i in ids]
-            try:
-                await self._transport.publish_reply(reply_to, wire.encode_replies(replies))
-            except FleetError as pub_exc:
-                log.warning("could not tell the callers", error=str(pub_exc))
+            for body, _ in self._frames(replies, [None] * len(replies)):
+                if not await self._send(reply_to, body):
+                    log.warning("could not tell the callers", ids=len(ids))
         self._ledger.dead_lettered(len(ids))
-        await delivery.reject()
+        try:
+            await delivery.reject()
+        except FleetError as reject_exc:
+            log.warning("reject failed; the message will be delivered again", error=str(reject_exc))
 
     def _error_reply(self, rid: str, model: str, exc: FleetError) -> Reply:
         self._ledger.error(model)
@@ -183,7 +345,7 @@ class BrokerIngress:
 
     # ------------------------------------------------------------------ replies
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Publish a batch's replies, one frame per reply address; settle their messages."""
+        """Publish a batch's replies, grouped per reply address; settle their messages."""
         by_address: dict[str, tuple[list[Reply], list[_Message]]] = {}
         for o in outcomes:
             msg = self._message_of.pop(o.item)
@@ -198,25 +360,82 @@ class BrokerIngress:
         await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
 
     async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
-        body = wire.encode_replies(replies)
-        for attempt in range(_REPLY_ATTEMPTS):
-            try:
-                await self._transport.publish_reply(reply_to, body)
-                break
-            except FleetError as exc:
-                if exc.retriable and attempt + 1 < _REPLY_ATTEMPTS and not self._closed:
-                    await asyncio.sleep(0.25 * 2**attempt)
-                    continue
-                # not acked: the broker delivers the message again, here or elsewhere
-                log.warning(
-                    "publishing replies failed; leaving the request unacked", error=str(exc)
-                )
-                for m in msgs:
-                    m.failed = True
+        try:
+            frames = self._frames(replies, msgs)
+        except Exception:
+            log.exception("encoding replies failed; handing their messages back")
+            frames = []
+            for m in msgs:
+                m.failed = True
+        for body, frame_msgs in frames:
+            if not await self._send(reply_to, body):
+                for fm in frame_msgs:
+                    if fm is not None:
+                        fm.failed = True
         for m in msgs:
             m.remaining -= 1
         for m in set(msgs):
             await self._maybe_settle(m)
+
+    def _frames(
+        self, replies: list[Reply], msgs: Sequence[_Message | None]
+    ) -> list[tuple[bytes, list[_Message | None]]]:
+        """The replies in as few frames as fit the broker's message size limit,
+        each with the messages its replies answer."""
+        limit = self._transport.max_message_bytes
+        whole = wire.encode_replies(replies)
+        if len(whole) <= limit:
+            return [(whole, list(msgs))]
+        overhead = len(wire.encode_replies([]))  # a frame's framing; each item adds its own
+        frames: list[tuple[bytes, list[_Message | None]]] = []
+        group: list[Reply] = []
+        group_msgs: list[_Message | None] = []
+        size = overhead
+        for reply, msg in zip(replies, msgs, strict=True):
+            one = len(wire.encode_replies([reply])) - overhead
+            if overhead + one > limit:
+                reply = self._too_large(reply, overhead + one, limit)
+                one = len(wire.encode_replies([reply])) - overhead
+            if group and size + one > limit:
+                frames.append((wire.encode_replies(group), group_msgs))
+                group, group_msgs, size = [], [], overhead
+            group.append(reply)
+            group_msgs.append(msg)
+            size += one
+        if group:
+            frames.append((wire.encode_replies(group), group_msgs))
+        return frames
+
+    def _too_large(self, reply: Reply, size: int, limit: int) -> Reply:
+        log.warning("reply over the broker's size limit", id=reply.id, bytes=size, limit=limit)
+        self._ledger.error(reply.model)
+        exc = LimitExceeded(
+            f"the reply of {size} bytes is over the broker's message limit of {limit} bytes"
+        )
+        return Reply(
+            id=reply.id,
+            model=reply.model,
+            version=reply.version,
+            error=ErrorInfo.of(exc),
+            timings=reply.timings,
+        )
+
+    async def _send(self, reply_to: str, body: bytes) -> bool:
+        """Publish one reply frame, retrying what may pass; whether it was published."""
+        for attempt in range(_REPLY_ATTEMPTS):
+            try:
+                await self._transport.publish_reply(reply_to, body)
+                return True
+            except FleetError as exc:
+                if exc.retriable and attempt + 1 < _REPLY_ATTEMPTS and not self._closed:
+                    await asyncio.sleep(0.25 * 2**attempt)
+                    continue
+                log.warning("publishing replies failed", error=str(exc), bytes=len(body))
+                return False
+            except Exception:
+                log.exception("publishing replies failed", bytes=len(body))
+                return False
+        return False
 
     async def _maybe_settle(self, msg: _Message) -> None:
         if msg.remaining > 0 or msg not in self._messages:
@@ -224,14 +443,18 @@ class BrokerIngress:
         self._messages.discard(msg)
         try:
             if msg.failed:
-                return
-            if msg.dead_letter:
+                log.warning(
+                    "message not finished; handing it back to the broker", model=msg.delivery.model
+                )
+                await msg.delivery.requeue()
+            elif msg.dead_letter:
                 self._ledger.dead_lettered()
                 await msg.delivery.reject()
             else:
                 await msg.delivery.ack()
         except FleetError as exc:
-            log.warning("ack failed; the message will be delivered again", error=str(exc))
+            log.warning("settling failed; the message will be delivered again", error=str(exc))
+        await self._check_hold()
 
 
 __all__ = ["BrokerIngress"]

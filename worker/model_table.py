@@ -4,6 +4,7 @@ Every ingress calls :meth:`ModelTable.route` to turn a request into the
 pipeline that answers it and the request's checked arrays::
 
     pipeline, feeds, rows = table.route(request)   # ModelNotFound, InvalidArgument
+    # (InvalidArgument also for a parameter the model does not take)
     pipeline.submit(Item(request=request, feeds=feeds, rows=rows, sink=sink))
 """
 
@@ -17,7 +18,7 @@ from fleet.contract import Request
 from fleet.errors import ModelNotFound
 from worker.pipeline import BatchStats, Pipeline
 from worker.repository import ModelRepository
-from worker.runtime import Feeds, ModelRuntime, load_runtime
+from worker.runtime import Feeds, ModelRuntime, check_parameters, load_runtime
 
 
 class ModelTable:
@@ -95,6 +96,7 @@ class ModelTable:
             raise ModelNotFound(
                 f"model {request.model!r} has no version {version!r}; versions: {sorted(versions)}"
             )
+        check_parameters(runtime, request.parameters)
         feeds, rows = runtime.validate(request.inputs)
         return self._pipelines[(request.model, version)], feeds, rows
 

@@ -82,6 +82,8 @@ def check_provider(requested: str, in_use: str, *, allow_cpu_fallback: bool) -> 
 class OnnxRuntime:
     """A loaded model version. ``run`` is thread-safe and called off the event loop."""
 
+    accepts_parameters: frozenset[str] = frozenset()  # an ONNX model takes no request parameters
+
     def __init__(
         self,
         *,

@@ -106,6 +106,11 @@ class Pipeline:
         self.batcher.put(item, rows=item.rows, priority=item.request.priority)
 
     @property
+    def accepting(self) -> bool:
+        """Whether :meth:`submit` takes items (not once closing or aborted)."""
+        return not self.batcher.closed
+
+    @property
     def busy(self) -> bool:
         return len(self.batcher) > 0 or bool(self._tasks)
 
@@ -164,7 +169,7 @@ class Pipeline:
 
     async def _infer(self, items: list[Item]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
-        started = time.time()
+        started, started_mono = time.time(), time.monotonic()
         t0 = time.perf_counter()
         try:
             outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
@@ -178,7 +183,7 @@ class Pipeline:
             return results
         elapsed = time.perf_counter() - t0
         rows = sum(i.rows for i in items)
-        waits = [max(0.0, started - i.request.sent_at) for i in items]
+        waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
             BatchStats(model=self.model, rows=rows, inference_s=elapsed, queue_wait_s=waits)
         )

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy.typing as npt
 
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, InvalidArgument
 from fleet.registry import Registry
 from fleet.tensor import Tensor
 from worker.config import CONFIG_FILE
@@ -38,6 +38,13 @@ class ModelRuntime(Protocol):
 
     :meth:`run` is called off the event loop, from as many threads at once as
     the worker's ``max_model_threads``; everything else on the event loop.
+
+    A runtime that takes request ``parameters`` declares their names in an
+    ``accepts_parameters`` attribute (a set of strings; see
+    :func:`accepted_parameters`). A request naming any other parameter is
+    refused with :class:`~fleet.errors.InvalidArgument`, so a misspelt
+    parameter is never silently ignored. A runtime without the attribute
+    takes none.
     """
 
     @property
@@ -73,6 +80,26 @@ class ModelRuntime(Protocol):
         ...
 
 
+def accepted_parameters(runtime: object) -> frozenset[str]:
+    """The names of the request parameters ``runtime`` takes (its
+    ``accepts_parameters``; none when it declares nothing)."""
+    names = getattr(runtime, "accepts_parameters", ())
+    return frozenset(str(n) for n in names)
+
+
+def check_parameters(runtime: ModelRuntime, parameters: Mapping[str, object]) -> None:
+    """Refuse, naming them, the parameters ``runtime`` does not take."""
+    accepted = accepted_parameters(runtime)
+    unknown = sorted(set(parameters) - accepted)
+    if unknown:
+        spec = runtime.spec
+        takes = ", ".join(sorted(accepted)) or "none"
+        raise InvalidArgument(
+            f"model {spec.name!r} version {spec.version!r} does not take the parameter"
+            f"{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; it takes: {takes}"
+        )
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class RuntimeSpec:
     """A runtime as the registry knows it: its name and how to load a model version."""
@@ -99,4 +126,13 @@ def load_runtime(spec: ModelSpec) -> ModelRuntime:
     return runtime.load(spec)
 
 
-__all__ = ["RUNTIMES", "Array", "Feeds", "ModelRuntime", "RuntimeSpec", "load_runtime"]
+__all__ = [
+    "RUNTIMES",
+    "Array",
+    "Feeds",
+    "ModelRuntime",
+    "RuntimeSpec",
+    "accepted_parameters",
+    "check_parameters",
+    "load_runtime",
+]

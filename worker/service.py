@@ -91,6 +91,8 @@ class Worker:
             worker_id=self.worker_id,
             max_message_bytes=s.max_message_bytes,
             prefetch=s.prefetch,
+            max_held_requests=s.max_held_requests,
+            max_held_bytes=s.max_held_bytes,
         )
         await self._ingress.start()
         self.state = "ready"
@@ -111,7 +113,7 @@ class Worker:
             return
         self.state = "draining"
         self.metrics.ready.set(0)
-        log.info("draining", worker_id=self.worker_id, in_flight=self._in_flight())
+        log.info("draining", worker_id=self.worker_id, in_flight=self.in_flight())
         if self._ingress is not None:
             await self._ingress.stop_consuming()
         try:
@@ -119,7 +121,7 @@ class Worker:
             await asyncio.wait_for(self._settled(), self.settings.drain_timeout)
         except TimeoutError:
             log.warning(
-                "drain timed out; the broker will redeliver the rest", left=self._in_flight()
+                "drain timed out; the broker will redeliver the rest", left=self.in_flight()
             )
         await self._shutdown()
 
@@ -150,7 +152,8 @@ class Worker:
         if self._ingress is not None:
             await self._ingress.settled()
 
-    def _in_flight(self) -> int:
+    def in_flight(self) -> int:
+        """Requests received from the broker and not yet answered."""
         return self._ingress.in_flight() if self._ingress is not None else 0
 
     def _readiness(self) -> tuple[bool, str]:
@@ -189,7 +192,7 @@ class Worker:
             batch_fill=w.mean_batch / max_batch if max_batch else 0.0,
             mean_batch_size=w.mean_batch,
             queue_wait_ms_p50=w.queue_wait_p50 * 1000,
-            in_flight=self._in_flight(),
+            in_flight=self.in_flight(),
             requests_per_message=w.requests_per_message,
             gpu_utilization=gpu,
             provider=",".join(self.table.providers),

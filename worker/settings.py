@@ -38,6 +38,17 @@ class WorkerSettings(BaseSettings):
         None, ge=1, description="unacked messages per queue; default 2x batch"
     )
     max_message_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_held_requests: int | None = Field(
+        None,
+        ge=1,
+        description="requests held (received, not yet answered) before the worker stops "
+        "consuming; default 4x the largest max batch",
+    )
+    max_held_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="bytes of messages held before the worker stops consuming",
+    )
     max_model_threads: int = Field(1, ge=1, description="concurrent batches per model version")
 
     @field_validator("broker")

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.worker.fakes import DOUBLING, loaded
+from tests.worker.fakes import DOUBLING, WIDE_DOUBLING, loaded
 from worker.runtime import RUNTIMES, RuntimeSpec
 
 
@@ -15,4 +15,12 @@ def doubling() -> Iterator[RuntimeSpec]:
     """The ``doubling`` runtime, registered for the test."""
     loaded.clear()
     with RUNTIMES.registered(DOUBLING) as spec:
+        yield spec
+
+
+@pytest.fixture
+def wide_doubling() -> Iterator[RuntimeSpec]:
+    """The ``wide-doubling`` runtime, registered for the test."""
+    loaded.clear()
+    with RUNTIMES.registered(WIDE_DOUBLING) as spec:
         yield spec

@@ -63,3 +63,27 @@ def doubling_repo(root: Path, model: str, config: str) -> Path:
     (version / "model.onnx").write_bytes(b"read by the runtime, which ignores it")
     (version / "config.toml").write_text(config)
     return root
+
+
+class WideDoublingRuntime(DoublingRuntime):
+    """``y = 2 * x`` for ``x`` FP32 ``[n, w]`` of any width ``w``; takes the
+    parameter ``scale`` (ignored), to show how a runtime declares parameters."""
+
+    accepts_parameters = frozenset({"scale"})
+
+    def validate(self, inputs: Sequence[Tensor]) -> tuple[Feeds, int]:
+        if [(t.name, t.datatype, len(t.shape)) for t in inputs] != [("x", DataType.FP32, 2)]:
+            raise InvalidArgument("the wide doubling model takes one FP32 input 'x' [n, w]")
+        x = inputs[0].to_numpy()
+        if not 1 <= x.shape[0] <= self.max_batch_size:
+            raise InvalidArgument(f"input 'x': shape {list(x.shape)} does not fit")
+        return {"x": x}, x.shape[0]
+
+
+def _load_wide(spec: ModelSpec) -> ModelRuntime:
+    runtime = WideDoublingRuntime(spec)
+    loaded.append(runtime)
+    return runtime
+
+
+WIDE_DOUBLING = RuntimeSpec(name="wide-doubling", load=_load_wide, description="any width")
