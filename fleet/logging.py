@@ -11,6 +11,20 @@ import structlog
 _configured = False
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was
+    configured: a stream replaced since (and perhaps closed) is never written to."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+STDERR = _Stderr()
+
+
 def configure(*, level: str = "INFO", json: bool = True) -> None:
     """Set up structlog once for the process (the CLI calls this)."""
     global _configured
@@ -19,7 +33,7 @@ def configure(*, level: str = "INFO", json: bool = True) -> None:
         if json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    logging.basicConfig(format="%(message)s", stream=sys.stderr, level=level.upper())
+    logging.basicConfig(format="%(message)s", stream=STDERR, level=level.upper())
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -29,7 +43,7 @@ def configure(*, level: str = "INFO", json: bool = True) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=STDERR),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     _configured = True
