@@ -20,13 +20,13 @@ from typing import Any
 import boto3
 import botocore.endpoint
 import pytest
-from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
 from autoscaler.actuators.ec2 import Ec2Actuator, Ec2ActuatorConfig
 from fleet import aws
 from fleet.errors import ConfigError, Internal, Unavailable
 from fleet.heartbeat import Heartbeat
+from tests.aws_answers import answer, error_body
 from tests.conftest import missing
 
 REGION = "us-east-1"
@@ -198,45 +198,10 @@ async def test_instance_protection_keeps_the_busy_worker(aws_url: str, group: Gr
     assert group.instance_ids() == {ids[0], ids[2]}
 
 
-def _error_body(code: str, message: str = "Rate exceeded") -> bytes:
-    return (
-        "<ErrorResponse><Error><Type>Sender</Type>"
-        f"<Code>{code}</Code><Message>{message}</Message>"
-        "</Error><RequestId>throttled</RequestId></ErrorResponse>"
-    ).encode()
-
-
-def _answer(client: Any, operation: str, answers: list[tuple[int, bytes]]) -> list[str]:
-    """Answer the first attempts of ``operation`` with ``answers`` (HTTP
-    status, body) just before they leave the client, where botocore's retry
-    handler sees them as the service's answers; later attempts are sent.
-    Returns the body of every attempt made."""
-    seen: list[str] = []
-
-    class _Raw:
-        def __init__(self, body: bytes) -> None:
-            self.body = body
-
-        def stream(self, **_kw: Any) -> Iterator[bytes]:
-            yield self.body
-
-    def handler(request: Any, **_kw: Any) -> AWSResponse | None:
-        body = request.body
-        seen.append(body.decode() if isinstance(body, bytes) else str(body))
-        if len(seen) <= len(answers):
-            status, data = answers[len(seen) - 1]
-            headers: Any = {"Content-Type": "text/xml"}
-            return AWSResponse(request.url, status, headers, _Raw(data))
-        return None
-
-    client.meta.events.register(f"before-send.auto-scaling.{operation}", handler)
-    return seen
-
-
 def _throttle_first(client: Any, operation: str, times: int, code: str = "Throttling") -> list[str]:
     """Answer the first ``times`` attempts of ``operation`` with an AWS
     throttling error; later attempts reach the endpoint."""
-    return _answer(client, operation, [(400, _error_body(code))] * times)
+    return answer(client, f"auto-scaling.{operation}", [(400, error_body(code))] * times)
 
 
 @pytest.mark.aws
@@ -273,7 +238,8 @@ def _stubbed() -> tuple[Ec2Actuator, Stubber]:
 
 def _offline(max_attempts: int) -> tuple[Ec2Actuator, Any]:
     """An actuator whose client has the fleet's retry configuration and an
-    endpoint where nothing listens (every answer comes from :func:`_answer`)."""
+    endpoint where nothing listens (every answer is injected with
+    :func:`tests.aws_answers.answer`)."""
     client = boto3.client(
         "autoscaling",
         region_name=REGION,
@@ -370,12 +336,12 @@ def test_backoff_fields_are_still_accepted() -> None:
 @pytest.mark.unit
 async def test_throttling_is_retried_by_botocore_with_bounded_backoff(sleeps: list[float]) -> None:
     act, client = _offline(max_attempts=4)
-    seen_describe = _answer(
+    seen_describe = answer(
         client,
-        "DescribeAutoScalingGroups",
-        [(400, _error_body("Throttling"))] * 3 + [(200, _GROUP_XML)],
+        "auto-scaling.DescribeAutoScalingGroups",
+        [(400, error_body("Throttling"))] * 3 + [(200, _GROUP_XML)],
     )
-    seen_set = _answer(client, "SetDesiredCapacity", [(200, _SET_XML)])
+    seen_set = answer(client, "auto-scaling.SetDesiredCapacity", [(200, _SET_XML)])
     assert await act.set_desired(4) == 4
     assert len(seen_describe) == 4 and len(seen_set) == 1
     assert "DesiredCapacity=4" in seen_set[0] and "HonorCooldown=false" in seen_set[0]
@@ -388,7 +354,9 @@ async def test_throttling_is_retried_by_botocore_with_bounded_backoff(sleeps: li
 @pytest.mark.unit
 async def test_throttling_past_max_attempts_is_unavailable(sleeps: list[float]) -> None:
     act, client = _offline(max_attempts=3)
-    seen = _answer(client, "DescribeAutoScalingGroups", [(400, _error_body("Throttling"))] * 3)
+    seen = answer(
+        client, "auto-scaling.DescribeAutoScalingGroups", [(400, error_body("Throttling"))] * 3
+    )
     with pytest.raises(Unavailable, match=r"Throttling.*gave up after 3 attempts"):
         await act.capacity()
     assert len(seen) == 3 and act.retries == 2 and len(sleeps) == 2
@@ -397,8 +365,10 @@ async def test_throttling_past_max_attempts_is_unavailable(sleeps: list[float]) 
 @pytest.mark.unit
 async def test_a_busy_group_is_unavailable_not_retried(sleeps: list[float]) -> None:
     act, client = _offline(max_attempts=3)
-    seen = _answer(
-        client, "DescribeAutoScalingGroups", [(400, _error_body("ResourceContention", "busy"))]
+    seen = answer(
+        client,
+        "auto-scaling.DescribeAutoScalingGroups",
+        [(400, error_body("ResourceContention", "busy"))],
     )
     with pytest.raises(Unavailable, match="ResourceContention"):
         await act.capacity()

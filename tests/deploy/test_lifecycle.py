@@ -21,11 +21,11 @@ import botocore.endpoint
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from botocore.awsrequest import AWSResponse
 from botocore.stub import Stubber
 
 from fleet import aws
 from fleet.errors import ConfigError, Internal, Unavailable
+from tests.aws_answers import answer, error_body
 from worker.lifecycle import LifecycleWatcher
 
 pytestmark = pytest.mark.deploy
@@ -242,13 +242,6 @@ _COMPLETED = (
 )
 
 
-def _error(code: str) -> bytes:
-    return (
-        f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>"
-        "<Message>Rate exceeded</Message></Error><RequestId>r</RequestId></ErrorResponse>"
-    ).encode()
-
-
 def _answering(answers: list[tuple[int, bytes]], max_attempts: int) -> tuple[object, list[str]]:
     """A client with the fleet's retry configuration whose attempts are
     answered, in order, with ``answers`` (HTTP status, body) just before they
@@ -261,29 +254,17 @@ def _answering(answers: list[tuple[int, bytes]], max_attempts: int) -> tuple[obj
         endpoint_url="http://127.0.0.1:9",  # never reached
         config=aws.client_config(max_attempts=max_attempts),
     )
-    seen: list[str] = []
-
-    class _Raw:
-        def __init__(self, body: bytes) -> None:
-            self.body = body
-
-        def stream(self, **_kw: Any) -> Iterator[bytes]:
-            yield self.body
-
-    def handler(request: Any, **_kw: Any) -> AWSResponse:
-        body = request.body
-        seen.append(body.decode() if isinstance(body, bytes) else str(body))
-        status, data = answers[min(len(seen), len(answers)) - 1]
-        headers: Any = {"Content-Type": "text/xml"}
-        return AWSResponse(request.url, status, headers, _Raw(data))
-
-    client.meta.events.register("before-send.auto-scaling.CompleteLifecycleAction", handler)
+    seen = answer(client, "auto-scaling.CompleteLifecycleAction", answers, repeat_last=True)
     return client, seen
 
 
 async def test_throttling_is_retried(imds: FakeImds, sleeps: list[float]) -> None:
     client, seen = _answering(
-        [(400, _error("Throttling")), (503, _error("ServiceUnavailable")), (200, _COMPLETED)],
+        [
+            (400, error_body("Throttling")),
+            (503, error_body("ServiceUnavailable")),
+            (200, _COMPLETED),
+        ],
         max_attempts=5,
     )
     await _watcher(imds, client).complete()
@@ -294,7 +275,7 @@ async def test_throttling_is_retried(imds: FakeImds, sleeps: list[float]) -> Non
 
 
 async def test_throttling_gives_up_after_max_attempts(imds: FakeImds, sleeps: list[float]) -> None:
-    client, seen = _answering([(400, _error("Throttling"))], max_attempts=3)
+    client, seen = _answering([(400, error_body("Throttling"))], max_attempts=3)
     with pytest.raises(Unavailable, match="still failing after 3 attempts") as info:
         await _watcher(imds, client, max_attempts=3).complete()
     assert info.value.retriable
