@@ -5,3 +5,11 @@ The only package that imports :mod:`producer`, :mod:`worker` and
 the demo, the simulator's commands and ``recommend``. The kernel
 (:mod:`fleet`) and the three parts above it know nothing of this package.
 """
+
+
+def stop_before_start(signum: int, frame: object) -> None:
+    """SIGTERM while a command is still importing or setting up (a worker
+    stopped while it boots): nothing has started, so nothing is lost; exit 0.
+    Installed by ``python -m fleetctl`` before anything heavy is imported, and
+    by :func:`fleetctl.cli.main`; a command that serves replaces it."""
+    raise SystemExit(0)

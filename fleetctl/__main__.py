@@ -3,15 +3,10 @@
 import signal
 import sys
 
+from fleetctl import stop_before_start
 
-def _stop_before_start(signum: int, frame: object) -> None:
-    # SIGTERM while the command is still importing (a worker stopped while it
-    # boots): nothing has started, so there is nothing to drain; exit cleanly.
-    raise SystemExit(0)
+signal.signal(signal.SIGTERM, stop_before_start)  # before the imports, which take a while
 
-
-signal.signal(signal.SIGTERM, _stop_before_start)
-
-from fleetctl.cli import main  # noqa: E402  (after the handler: imports take a while)
+from fleetctl.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from fleet import __version__
 from fleet.errors import FleetError
 from fleet.logging import configure
-from fleetctl import autoscaler_cmd, demo, simulate_cmd, worker_cmd
+from fleetctl import autoscaler_cmd, demo, simulate_cmd, stop_before_start, worker_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,16 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _stop_before_start(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A SIGTERM that arrives before the command has set up its
     own handling (a worker stopped while it still loads) ends it with 0:
     nothing has started, so nothing is lost."""
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _stop_before_start)
+        signal.signal(signal.SIGTERM, stop_before_start)
     args = build_parser().parse_args(argv)
     configure(level=args.log_level, json=args.log_format == "json")
     try:

@@ -16,19 +16,6 @@ if TYPE_CHECKING:
     from worker.lifecycle import LifecycleWatcher
     from worker.service import Worker
 
-_SETTINGS = (
-    "broker",
-    "models",
-    "worker_id",
-    "http_host",
-    "http_port",
-    "heartbeat_interval",
-    "drain_timeout",
-    "prefetch",
-    "max_held_requests",
-    "max_held_bytes",
-)
-
 
 def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """Register ``worker`` and ``models``."""
@@ -81,7 +68,11 @@ def run_worker(args: argparse.Namespace) -> int:
     from worker.settings import WorkerSettings
     from worker.tuning import tune_process_for_serving
 
-    given = {f: getattr(args, f) for f in _SETTINGS if getattr(args, f) is not None}
+    given = {
+        name: value
+        for name, value in vars(args).items()
+        if name in WorkerSettings.model_fields and value is not None
+    }
     try:
         settings = WorkerSettings(**given)
     except ValidationError as exc:  # every bad field at once

@@ -139,3 +139,15 @@ def test_a_worker_stopped_while_it_boots_exits_cleanly(built_models: Path, delay
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
+
+
+@pytest.mark.unit
+def test_every_worker_flag_is_a_worker_setting() -> None:
+    """The worker command hands its parsed flags to WorkerSettings by name: a
+    flag that names no setting would be dropped silently."""
+    from worker.settings import WorkerSettings
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    dests = {a.dest for a in sub.choices["worker"]._actions if a.dest != "help"}
+    assert dests <= set(WorkerSettings.model_fields), dests - set(WorkerSettings.model_fields)
