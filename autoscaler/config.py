@@ -108,6 +108,10 @@ class AutoscalerConfig(_Section):
     declare_queues: bool = True
     """Declare the watched models' queues/topics at start, so requests can wait
     for the first worker (scale from zero)."""
+    state_file: Path | None = None
+    """A local file where the policy's state (cooldowns, the scale-in
+    stabilization window, learned surges) is kept across restarts; ``None``:
+    a restarted autoscaler starts afresh."""
     policy: PolicySection = Field(default_factory=PolicySection)
     actuator: SerializeAsAny[ActuatorConfigBase]
     """Validated by the model of the actuator its ``kind`` names (see

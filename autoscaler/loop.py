@@ -2,6 +2,13 @@
 
 Each poll logs exactly one structured line, ``autoscaler.decision``, with the
 decision, its reasons and the signals it was made from.
+
+The policy's state is kept across restarts when a :class:`StateStore` is
+given (``state_file`` in the configuration): read at start, written after
+every poll. The state kept is the one the policy settles on once the actuator
+has answered (:meth:`Policy.settle`), so a change that was refused or clamped
+to nothing starts no cooldown. A change the actuator clamped to no change at
+all (the group's maximum) is not asked for again for ``ceiling_recheck_s``.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from autoscaler.config import AutoscalerConfig
 from autoscaler.factory import build_actuator, build_policy
 from autoscaler.metrics import AutoscalerMetrics, CloudWatchPublisher, MetricsServer
 from autoscaler.signals import Signals
+from autoscaler.state_store import StateStore
 from autoscaler.types import Decision, Policy, Snapshot
 from fleet.errors import FleetError
 from fleet.logging import get_logger
@@ -24,6 +32,9 @@ from fleet.transport import connect
 from fleet.transport.base import Transport
 
 log = get_logger("autoscaler.loop")
+
+CEILING_RECHECK_S = 300.0
+"""How long a capacity the actuator clamped to no change is not asked for again."""
 
 
 class Autoscaler:
@@ -42,6 +53,8 @@ class Autoscaler:
         cloudwatch: CloudWatchPublisher | None = None,
         transport: Transport | None = None,
         on_decision: Callable[[Snapshot, Decision], None] | None = None,
+        state_store: StateStore | None = None,
+        ceiling_recheck_s: float = CEILING_RECHECK_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
@@ -54,7 +67,14 @@ class Autoscaler:
         self.server = server
         self.cloudwatch = cloudwatch
         self.clock = clock
+        self.state_store = state_store
+        self.ceiling_recheck_s = ceiling_recheck_s
+        self._ceiling: tuple[int, float] | None = None  # (capacity clamped at, when)
         self.state: Any = policy.initial_state()
+        if state_store is not None:
+            saved = state_store.load(policy)
+            if saved is not None:
+                self.state = saved
         self.last_snapshot: Snapshot | None = None
         self.last_decision: Decision | None = None
         self.decisions = 0
@@ -96,8 +116,12 @@ class Autoscaler:
         except FleetError as exc:
             return self._capacity_unreadable(exc)
         snapshot = await self.signals.collect(capacity)
-        decision, self.state = self.policy.decide(snapshot, self.state)
+        before = self.state
+        decision, after = self.policy.decide(snapshot, before)
         final, error = await self._apply(snapshot, decision)
+        self.state = self.policy.settle(snapshot, decision, final.desired, before, after)
+        if self.state_store is not None:
+            self.state_store.save(self.policy, self.state)
         self._log(snapshot, final, error)
         self.metrics.observe(snapshot, final)
         if self.cloudwatch is not None:
@@ -139,7 +163,11 @@ class Autoscaler:
         reasons = tuple(decision.reasons)
         applied = decision.desired
         error: str | None = None
-        if decision.desired != snapshot.desired:
+        ceiling = self._known_ceiling(snapshot, decision)
+        if ceiling is not None:
+            applied = snapshot.desired
+            reasons = (*reasons, f"at the actuator's ceiling {ceiling}: not asked again yet")
+        elif decision.desired != snapshot.desired:
             try:
                 applied = await self.actuator.set_desired(decision.desired, reasons)
             except FleetError as exc:
@@ -150,6 +178,8 @@ class Autoscaler:
             else:
                 if applied != decision.desired:
                     reasons = (*reasons, f"clamped from {decision.desired} to {applied}")
+                if applied < decision.desired and applied <= snapshot.desired:
+                    self._ceiling = (applied, self.clock())
         direction = decision.direction
         if (
             applied == snapshot.desired
@@ -158,6 +188,17 @@ class Autoscaler:
         ):
             direction = "hold"  # clamped or failed to no change at all
         return Decision(desired=applied, direction=direction, reasons=reasons), error
+
+    def _known_ceiling(self, snapshot: Snapshot, decision: Decision) -> int | None:
+        """The ceiling the actuator clamped a step-up to lately, when this
+        decision asks past it again from it; else ``None``."""
+        if self._ceiling is None or decision.desired <= snapshot.desired:
+            return None
+        ceiling, at = self._ceiling
+        if self.clock() - at >= self.ceiling_recheck_s or snapshot.desired < ceiling:
+            self._ceiling = None
+            return None
+        return ceiling
 
     def _log(self, snapshot: Snapshot, final: Decision, error: str | None) -> None:
         """The one ``autoscaler.decision`` line of a poll."""
@@ -211,7 +252,9 @@ async def from_config(cfg: AutoscalerConfig) -> Autoscaler:
         declare_queues=cfg.declare_queues,
     )
     metrics = AutoscalerMetrics()
+    store = StateStore(cfg.state_file) if cfg.state_file is not None else None
     return Autoscaler(
+        state_store=store,
         policy=policy,
         actuator=actuator,
         signals=signals,

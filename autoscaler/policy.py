@@ -55,6 +55,11 @@ class PolicyConfig:
     per_instance_rps: float | None = None
     """Requests/s one instance sustains within the latency objective, used when
     the snapshot does not carry a measurement (``fleet recommend`` writes it)."""
+    assumed_per_instance_rps: float = 10.0
+    """Requests/s per instance assumed when nothing is in service to measure it
+    and nothing configured says (scaling from zero): a low guess, so the first
+    step is sized for the load rather than a single instance. It only ever adds
+    capacity; once instances serve, their measurement takes over."""
     target_load: float = 0.9
     """Share of ``per_instance_rps`` to plan each instance for (headroom for
     Poisson bursts and measurement error)."""
@@ -66,7 +71,9 @@ class PolicyConfig:
     """No change while the computed need is within this share of the current
     capacity (a band against flapping)."""
     scale_out_cooldown_s: float = 15.0
-    """Least time between two scale-outs."""
+    """Least time between two scale-outs while none is booting. While some are,
+    they count as coming capacity, so a further step only adds what the need
+    exceeds them by and is not held back (a burst's second step comes at once)."""
     scale_in_cooldown_s: float = 30.0
     """Least time between two scale-ins."""
     scale_in_stabilization_s: float = 90.0
@@ -79,6 +86,9 @@ class PolicyConfig:
     """Opt in to going to zero instances after ``idle_to_zero_s`` without traffic."""
     idle_to_zero_s: float = 900.0
     """Seconds of no arrivals and an empty backlog before scaling to zero."""
+    idle_rate_rps: float = 0.01
+    """An arrival rate below this counts as no arrivals (a smoothed rate decays
+    towards 0 without ever reaching it)."""
     predict_surges: bool = True
     """Pre-warm for surges that recur at a regular interval."""
     surge_ratio: float = 2.0
@@ -100,6 +110,8 @@ class PolicyConfig:
             raise ValueError("need 0 <= min_capacity <= max_capacity and max_capacity >= 1")
         if self.per_instance_rps is not None and not self.per_instance_rps > 0:
             raise ValueError("per_instance_rps must be positive")
+        if not self.assumed_per_instance_rps > 0 or self.idle_rate_rps < 0:
+            raise ValueError("assumed_per_instance_rps > 0 and idle_rate_rps >= 0")
         if not 0 < self.target_load <= 1 or not 0 < self.target_utilization <= 1:
             raise ValueError("target_load and target_utilization must be in (0, 1]")
         if not 0 <= self.tolerance < 1:
@@ -152,9 +164,12 @@ class DefaultPolicy(Policy[PolicyState]):
         s = snapshot
         now, cur = s.now, s.desired
         per = s.per_instance_rps if s.per_instance_rps is not None else cfg.per_instance_rps
+        assumed = per is None and s.in_service == 0
+        if assumed:
+            per = cfg.assumed_per_instance_rps
         if s.backlog is None or s.arrival_rate is None or per is None:
             return self._without_data(s, per, state)
-        idle = s.backlog == 0 and s.arrival_rate <= 0.0
+        idle = s.backlog == 0 and s.arrival_rate < cfg.idle_rate_rps
         idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
         need, reasons = self._need(s, s.backlog, s.arrival_rate, per)
         floor = self._floor(now, idle_since, reasons)
@@ -166,9 +181,29 @@ class DefaultPolicy(Policy[PolicyState]):
         if self._within_tolerance(cur, target, floor, prewarm, need):
             reasons.append(f"within the {cfg.tolerance:.0%} tolerance band of {cur}")
             target = cur
+        if assumed:
+            reasons.append(f"nothing in service measures throughput: assumed {per:g} req/s")
+            if target < cur:
+                reasons.append("per-instance throughput unknown: hold (never scale in on a guess)")
+                target = cur
         target, window = self._stabilized(state, now, cur, target, reasons)
         state = replace(state, recommendations=window, idle_since=idle_since)
-        return self._limited(state, now, cur, target, reasons)
+        return self._limited(state, s, target, reasons)
+
+    def settle(
+        self,
+        snapshot: Snapshot,
+        decision: Decision,
+        applied: int,
+        before: PolicyState,
+        after: PolicyState,
+    ) -> PolicyState:
+        """A cooldown starts only when the change took effect: where the
+        actuator refused it, or clamped it to no change, the cooldowns are
+        those from before the decision (the rest of the state is kept)."""
+        if decision.desired != snapshot.desired and applied == snapshot.desired:
+            return replace(after, last_out_at=before.last_out_at, last_in_at=before.last_in_at)
+        return after
 
     def _without_data(
         self, s: Snapshot, per: float | None, state: PolicyState
@@ -263,13 +298,17 @@ class DefaultPolicy(Policy[PolicyState]):
         return target, window
 
     def _limited(
-        self, state: PolicyState, now: float, cur: int, target: int, reasons: list[str]
+        self, state: PolicyState, s: Snapshot, target: int, reasons: list[str]
     ) -> tuple[Decision, PolicyState]:
-        """The cooldowns, one per direction, and the step limits."""
+        """The cooldowns, one per direction (none for a step-up while instances
+        boot: they count as coming capacity), and the step limits."""
         cfg = self.config
+        now, cur = s.now, s.desired
         if target > cur:
             if cur == 0:
                 reasons.append("scale from zero")
+            elif s.pending > 0 and state.last_out_at is not None:
+                reasons.append(f"step-up beyond the {s.pending} booting")
             elif (
                 state.last_out_at is not None and now - state.last_out_at < cfg.scale_out_cooldown_s
             ):

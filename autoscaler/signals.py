@@ -6,18 +6,27 @@
   messages, the in-flight counts of live workers' heartbeats stand in.
   Depth counts broker messages; clients coalesce several requests into one
   message, so message counts are scaled by the mean requests per message the
-  live workers report in their heartbeats.
+  live workers report in their heartbeats (the last figure heard while none
+  is live).
 - **arrival rate**: requests/s offered, an EWMA of the transport's
   ``produce_rate(model)`` where it can read one (:class:`ProduceRateReader`,
   :attr:`Capability.PRODUCE_RATE`), else of
   ``Δbacklog/Δt + answer rate`` (the answer rate from the heartbeats'
-  ``answered_total`` counters).
+  ``answered_total`` counters). The answer rate is *unknown*, and so is the
+  arrival rate, while instances are in service and no worker is heard from,
+  while a live worker has sent only one heartbeat (no rate yet, as after an
+  autoscaler restart), and for ``silence_hold_s`` after a worker fell silent
+  without saying it stopped: a worker that is not heard from is not a worker
+  that answers nothing.
 - **per-instance throughput, busy fraction, GPU utilization**: from heartbeats
   of workers in state ``ready``; a heartbeat older than three of its own
   intervals is dropped. Sustainable per-instance rps is ``throughput /
   busy_fraction`` when the workers are busy enough for that to mean something,
   else the configured ``per_instance_rps``.
 - **in service, pending, desired**: from the actuator.
+- **now**: the wall clock (``wall_clock``), so that times a policy keeps in its
+  state stay meaningful across restarts; intervals and heartbeat ages are
+  measured on the monotonic ``clock``.
 
 A signal that cannot be read is ``None``, never 0.
 """
@@ -39,6 +48,7 @@ from fleet.transport.base import Capability, Consumer, Depth, ProduceRateReader,
 log = get_logger("autoscaler.signals")
 
 STALE_INTERVALS = 3.0  # a heartbeat older than this many of its intervals is dropped
+SILENCE_HOLD_S = 60.0  # the answer rate is unknown this long after a worker fell silent
 
 HeartbeatListener = Callable[[Heartbeat, float], None]
 
@@ -63,15 +73,21 @@ class Signals:
         arrival_smoothing_s: float = 10.0,
         min_busy_fraction: float = 0.25,
         declare_queues: bool = True,
+        silence_hold_s: float = SILENCE_HOLD_S,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.transport = transport
         self.models = list(models)
         self.per_instance_rps = per_instance_rps
         self.min_busy_fraction = min_busy_fraction
         self.declare_queues = declare_queues
+        self.silence_hold_s = silence_hold_s
         self.clock = clock
+        self.wall_clock = wall_clock
         self._arrival = Ewma(arrival_smoothing_s)
+        self._silent_at: float | None = None  # when a worker last fell silent
+        self._per_message = 1.0  # the last requests-per-message figure heard
         self._workers: dict[str, _Worker] = {}
         self._listeners: list[HeartbeatListener] = []
         self._sub: Consumer | None = None
@@ -141,6 +157,7 @@ class Signals:
         for wid, w in list(self._workers.items()):
             if now - w.received_at > STALE_INTERVALS * max(w.beat.interval_s, 1e-3):
                 del self._workers[wid]
+                self._silent_at = now  # gone without saying it stopped
         return [w.beat for w in self._workers.values()]
 
     # ------------------------------------------------------------------ polling
@@ -154,11 +171,13 @@ class Signals:
                 out[model] = None
         return out
 
-    @staticmethod
-    def _per_message(live: list[Heartbeat]) -> float:
-        """Requests per broker message, from the workers (1 when none say)."""
+    def _per_message_now(self, live: list[Heartbeat]) -> float:
+        """Requests per broker message, from the live workers; while none
+        says, the last figure heard (1 before any)."""
         ratios = [b.requests_per_message for b in live if b.requests_per_message >= 1]
-        return sum(ratios) / len(ratios) if ratios else 1.0
+        if ratios:
+            self._per_message = sum(ratios) / len(ratios)
+        return self._per_message
 
     def _backlog(self, depths: dict[str, Depth | None], live: list[Heartbeat]) -> int | None:
         if any(d is None for d in depths.values()):
@@ -172,7 +191,7 @@ class Signals:
                 unknown_in_flight.add(model)
             else:
                 messages += d.in_flight
-        total = round(messages * self._per_message(live))
+        total = round(messages * self._per_message)
         # Kafka lag (end offset - committed) already counts what workers hold
         # uncommitted; elsewhere an unknown in-flight count is the workers' sum.
         if unknown_in_flight and not self.transport.can(Capability.LAG_COUNTS_IN_FLIGHT):
@@ -199,8 +218,35 @@ class Signals:
             total += float(value)
         return total
 
-    def _answer_rate(self) -> float:
-        return sum(w.answer_rate or 0.0 for w in self._workers.values())
+    def _answer_rate(self, in_service: int, now: float) -> float | None:
+        """Requests/s the workers answer, or ``None`` when that is unknown:
+        instances in service and no worker heard from, a live worker with no
+        rate yet (a single heartbeat), or a worker fallen silent lately."""
+        workers = list(self._workers.values())
+        if not workers:
+            return None if in_service > 0 else 0.0
+        if any(w.answer_rate is None for w in workers):
+            return None
+        if self._silent_at is not None and now - self._silent_at < self.silence_hold_s:
+            return None
+        return sum(w.answer_rate or 0.0 for w in workers)
+
+    async def _arrival_rate(self, now: float, backlog: int | None, in_service: int) -> float | None:
+        """The smoothed arrival rate: the broker's produce rate where it has
+        one, else backlog growth plus the answer rate; ``None`` when either
+        part is unknown (never a 0 that is only missing data)."""
+        produced = await self._produce_rate()
+        dt = now - self._last_poll if self._last_poll is not None else None
+        if produced is not None:
+            produced *= self._per_message  # messages/s to requests/s
+            return self._arrival.update(produced, dt or 0.0)
+        if backlog is None or self._last_backlog is None or not dt:
+            return None  # the first poll, or the backlog could not be read
+        answered = self._answer_rate(in_service, now)
+        if answered is None:
+            return None
+        raw = max(0.0, (backlog - self._last_backlog) / dt + answered)
+        return self._arrival.update(raw, dt)
 
     def _per_instance(self, ready: list[Heartbeat]) -> float | None:
         estimates = [
@@ -222,25 +268,15 @@ class Signals:
         ready = [b for b in live if b.state == "ready"]
         depths = await self._depths()
         self.last_depths = depths
+        self._per_message_now(live)
         backlog = self._backlog(depths, live)
-
-        produced = await self._produce_rate()
-        dt = now - self._last_poll if self._last_poll is not None else None
-        arrival: float | None
-        if produced is not None:
-            produced *= self._per_message(live)  # messages/s to requests/s
-            arrival = self._arrival.update(produced, dt or 0.0)
-        elif backlog is not None and self._last_backlog is not None and dt:
-            raw = max(0.0, (backlog - self._last_backlog) / dt + self._answer_rate())
-            arrival = self._arrival.update(raw, dt)
-        else:
-            arrival = None  # the first poll, or the backlog could not be read
+        arrival = await self._arrival_rate(now, backlog, capacity.in_service)
         self._last_poll = now
         self._last_backlog = backlog
 
         gpus = [b.gpu_utilization for b in ready if b.gpu_utilization is not None]
         return Snapshot(
-            now=now,
+            now=self.wall_clock(),
             backlog=backlog,
             arrival_rate=arrival,
             per_instance_rps=self._per_instance(ready),

@@ -70,5 +70,14 @@ class Policy(abc.ABC, Generic[S]):
     @abc.abstractmethod
     def decide(self, snapshot: Snapshot, state: S) -> tuple[Decision, S]: ...
 
+    def settle(
+        self, snapshot: Snapshot, decision: Decision, applied: int, before: S, after: S
+    ) -> S:
+        """The state to keep once the actuator has answered: ``after`` (what
+        :meth:`decide` returned) by default. ``applied`` is the capacity the
+        actuator applied (``snapshot.desired`` when it refused the change), so
+        a policy can start a cooldown only for a change that took effect."""
+        return after
+
 
 __all__ = ["Decision", "Direction", "Policy", "Snapshot"]

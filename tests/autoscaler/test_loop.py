@@ -8,6 +8,7 @@ import math
 import uuid
 from collections.abc import AsyncIterator, MutableMapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,11 +20,13 @@ from autoscaler.actuators.dry_run import DryRunActuator
 from autoscaler.config import parse_config
 from autoscaler.loop import Autoscaler, from_config
 from autoscaler.metrics import AutoscalerMetrics, CloudWatchPublisher, MetricsServer
-from autoscaler.policy import DefaultPolicy
+from autoscaler.policy import DefaultPolicy, PolicyConfig
 from autoscaler.signals import Signals
+from autoscaler.state_store import StateStore
 from autoscaler.types import Decision, Policy, Snapshot
 from fleet.contract import Priority
 from fleet.errors import Unavailable
+from fleet.heartbeat import Heartbeat
 from fleet.transport import Transport, connect
 from fleet.transport.memory import MemoryBroker
 
@@ -81,7 +84,10 @@ async def test_one_log_line_per_decision(transport: Transport) -> None:
     with capture_logs() as logs:
         await scaler.start()
         await _fill(transport, "m", 25)
+        scaler.signals.on_heartbeat(Heartbeat(worker_id="w", models=["m"], sent_at=100.0))
         d1 = await scaler.run_once()  # 25 waiting -> 3
+        # a second heartbeat: the worker's answer rate (0) is known, so is the arrival rate
+        scaler.signals.on_heartbeat(Heartbeat(worker_id="w", models=["m"], sent_at=101.0))
         d2 = await scaler.run_once()  # unchanged -> hold
         await _fill(transport, "m", 30)
         d3 = await scaler.run_once()  # 55 waiting -> 5 (the stub's cap), clamped to 4
@@ -129,7 +135,8 @@ async def test_metrics_are_exposed(transport: Transport) -> None:
     assert values["fleet_autoscaler_desired"] == 2.0
     assert values["fleet_autoscaler_in_service"] == 2.0
     assert values["fleet_autoscaler_backlog"] == 12.0
-    assert values["fleet_autoscaler_arrival_rate"] == 0.0
+    # two in service and no worker heard from: what they answer is unknown
+    assert math.isnan(values["fleet_autoscaler_arrival_rate"])
     assert math.isnan(values["fleet_autoscaler_per_instance_rps"])  # missing, not 0
     assert math.isnan(values["fleet_autoscaler_busy_fraction"])
     assert values['fleet_autoscaler_decisions_total{direction="out"}'] == 1.0
@@ -152,15 +159,17 @@ class FlakyActuator(Actuator):
     def __init__(self) -> None:
         self.capacity_fails = True
         self.set_fails = True
+        self.cap = Capacity(0, 0, 0)
 
     async def capacity(self) -> Capacity:
         if self.capacity_fails:
             raise Unavailable("group unreadable")
-        return Capacity(0, 0, 0)
+        return self.cap
 
     async def set_desired(self, n: int, reasons: tuple[str, ...] = ()) -> int:
         if self.set_fails:
             raise Unavailable("throttled for good")
+        self.cap = Capacity(n, 0, n)
         return n
 
 
@@ -259,3 +268,101 @@ async def test_from_config_builds_the_configured_autoscaler() -> None:
     finally:
         await scaler.close()
         MemoryBroker.reset(name)
+
+
+class ScriptedSignals:
+    """Hands the loop the snapshots a test scripts: ``(now, arrival rate)``
+    per poll, with the actuator's capacity filled in."""
+
+    def __init__(self, script: list[tuple[float, float]]) -> None:
+        self.script = list(script)
+
+    def add_listener(self, listener: Any) -> None:
+        return None
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def collect(self, capacity: Capacity) -> Snapshot:
+        now, rate = self.script.pop(0)
+        return Snapshot(
+            now=now,
+            backlog=0,
+            arrival_rate=rate,
+            per_instance_rps=50.0,
+            busy_fraction=None,
+            gpu_utilization=None,
+            in_service=capacity.in_service,
+            pending=capacity.pending,
+            desired=capacity.desired,
+        )
+
+
+def _scaler(
+    script: list[tuple[float, float]], actuator: Actuator, store: StateStore | None = None
+) -> Autoscaler:
+    policy = DefaultPolicy(
+        PolicyConfig(scale_in_cooldown_s=600, scale_in_stabilization_s=0, max_step_down=2)
+    )
+    return Autoscaler(
+        policy=policy,
+        actuator=actuator,
+        signals=ScriptedSignals(script),  # type: ignore[arg-type]
+        poll_interval_s=5.0,
+        state_store=store,
+    )
+
+
+async def test_policy_state_survives_a_restart(tmp_path: Path) -> None:
+    """A scale-in starts its cooldown; an autoscaler restarted within it
+    reads the state back and holds, as the first one would have."""
+    low = 45.0 * 2  # carried by 2 instances
+    store = StateStore(tmp_path / "state.json")
+    first = _scaler([(1000.0, low)], DryRunActuator(initial_capacity=8), store)
+    async with first:
+        assert (await first.run_once()).desired == 6
+    assert store.path.exists()
+    second = _scaler([(1010.0, low)], DryRunActuator(initial_capacity=6), store)
+    async with second:
+        d = await second.run_once()
+    assert (d.desired, d.direction) == (6, "hold")
+    assert any("scale-in cooldown" in r for r in d.reasons)
+    # without the saved state the same poll scales in again
+    fresh = _scaler([(1010.0, low)], DryRunActuator(initial_capacity=6))
+    async with fresh:
+        assert (await fresh.run_once()).desired == 4
+
+
+async def test_a_refused_change_starts_no_cooldown() -> None:
+    act = FlakyActuator()
+    act.capacity_fails = False
+    scaler = _scaler([(1000.0, 90.0), (1005.0, 90.0)], act)
+    act.cap = Capacity(in_service=8, pending=0, desired=8)
+    async with scaler:
+        d = await scaler.run_once()
+        assert d.direction == "hold" and any("not applied" in r for r in d.reasons)
+        act.set_fails = False
+        d = await scaler.run_once()
+    assert (d.desired, d.direction) == (6, "in")
+
+
+async def test_a_change_clamped_to_nothing_is_not_resent_every_poll() -> None:
+    """At the actuator's ceiling, asking for more again each poll changes
+    nothing: the loop remembers the ceiling and asks again only after a while."""
+    act = DryRunActuator(initial_capacity=4, max_capacity=4)
+    high = 45.0 * 10
+    script = [(1000.0 + 5 * i, high) for i in range(4)]
+    scaler = _scaler(script, act)
+    now = {"t": 0.0}
+    scaler.clock = lambda: now["t"]
+    decisions = []
+    async with scaler:
+        for t in (0.0, 5.0, 10.0, 400.0):
+            now["t"] = t
+            decisions.append(await scaler.run_once())
+    assert [d.desired for d in decisions] == [4, 4, 4, 4]
+    assert [c[:2] for c in act.calls] == [(10, 4), (10, 4)]  # the first, then after a while
+    assert any("ceiling" in r for r in decisions[1].reasons)

@@ -3,11 +3,13 @@ the decisions they must produce."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
+from autoscaler.ewma import Ewma
 from autoscaler.policy import DefaultPolicy, PolicyConfig
 from autoscaler.types import Decision, Snapshot
 
@@ -325,3 +327,89 @@ def test_is_pure() -> None:
 def test_config_validation(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         PolicyConfig(**kwargs)
+
+
+def test_scale_to_zero_fires_on_a_smoothed_rate() -> None:
+    """The live arrival rate is an EWMA: once traffic stops it decays towards
+    0 without ever reaching it. Idle is a rate below a threshold, so the
+    fleet still goes to zero after ``idle_to_zero_s``."""
+    cfg = PolicyConfig(min_capacity=0, scale_to_zero=True, idle_to_zero_s=600)
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    ewma = Ewma(10.0)
+    ewma.update(5.0, 0.0)
+    desired, zero_at = 1, None
+    for i in range(1, 400):
+        t = 5.0 * i
+        rate = ewma.update(0.0, 5.0)
+        assert rate > 0.0
+        decision, state = policy.decide(snap(t, rate=rate, instances=desired), state)
+        desired = decision.desired
+        if desired == 0:
+            zero_at = t
+            break
+    assert zero_at is not None, "never scaled to zero"
+    # under the threshold about a minute after the traffic stopped; then
+    # idle_to_zero_s and the scale-in stabilization window
+    assert 600 <= zero_at <= 70 + 600 + cfg.scale_in_stabilization_s
+
+
+def test_scale_from_zero_without_a_measured_rate_sizes_for_the_load() -> None:
+    """From zero nothing in service can measure what an instance sustains:
+    the first step is sized for the arrival rate and the backlog at the
+    assumed per-instance rate, and it grows while the first ones boot."""
+    cfg = PolicyConfig(min_capacity=0, scale_to_zero=True)
+    assumed = cfg.assumed_per_instance_rps
+    rate = 20 * assumed
+    first = math.ceil(rate / (assumed * cfg.target_load) + 100 / (assumed * cfg.drain_time_s))
+    d = run(
+        cfg,
+        [
+            snap(0, rate=rate, backlog=100, instances=0, desired=0, per=None),
+            snap(5, rate=2 * rate, backlog=1100, instances=first, pending=first, per=None),
+        ],
+    )
+    assert d[0].desired == first > 1
+    assert d[1].desired > first  # not held for the whole boot
+
+
+def test_assumed_rate_never_scales_in() -> None:
+    """The assumed rate only ever adds capacity: with instances in service and
+    nothing measured, the policy holds as before."""
+    cfg = PolicyConfig(scale_in_stabilization_s=0, scale_in_cooldown_s=0)
+    (d,) = run(cfg, [snap(0, rate=1.0, instances=8, pending=8, per=None)])
+    assert d.desired == 8 and d.direction == "hold"
+
+
+def test_second_step_up_inside_a_burst_is_not_held_by_the_cooldown() -> None:
+    """The demand keeps rising while the first step's instances boot: they
+    count as coming capacity, so the next step only adds what they do not
+    cover, and it is taken at once rather than after the cooldown."""
+    cfg = PolicyConfig(scale_out_cooldown_s=15)
+    d = run(
+        cfg,
+        [
+            snap(0, rate=LOAD * 8, instances=4),
+            snap(5, rate=LOAD * 12, instances=8, pending=4),
+            snap(10, rate=LOAD * 12, instances=12, pending=8),
+        ],
+    )
+    assert [x.desired for x in d] == [8, 12, 12]
+
+
+def test_cooldown_starts_only_when_the_change_took_effect() -> None:
+    """A step the actuator refused (or clamped to no change) starts no
+    cooldown: ``settle`` gives back the state from before it."""
+    cfg = PolicyConfig(scale_in_cooldown_s=600, scale_in_stabilization_s=0)
+    policy = DefaultPolicy(cfg)
+    before = policy.initial_state()
+    s = snap(0, rate=LOAD * 2, instances=8)
+    decision, after = policy.decide(s, before)
+    assert decision.desired == 2 and after.last_in_at == 0
+    failed = policy.settle(s, decision, 8, before, after)
+    assert failed.last_in_at is None
+    assert failed.recommendations == after.recommendations  # the rest is kept
+    assert policy.settle(s, decision, 2, before, after) == after
+    # refused, the next poll tries again instead of waiting out 600 s
+    again, _ = policy.decide(snap(5, rate=LOAD * 2, instances=8), failed)
+    assert again.desired == 2

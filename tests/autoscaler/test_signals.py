@@ -17,6 +17,7 @@ from fleet.transport.base import Capability, Depth, OnBytes, ProduceRateReader
 pytestmark = pytest.mark.unit
 
 CAP = Capacity(in_service=2, pending=1, desired=3)
+CAP0 = Capacity(in_service=0, pending=1, desired=1)  # nothing in service: nothing answers
 
 
 class Clock:
@@ -85,7 +86,8 @@ class LagCountsInFlight(FakeTransport):
 
 def beat(wid: str, sent_at: float, **kw: Any) -> bytes:
     kw.setdefault("models", ["a"])
-    return Heartbeat(worker_id=wid, sent_at=sent_at, interval_s=1.0, **kw).encode()
+    kw.setdefault("interval_s", 1.0)
+    return Heartbeat(worker_id=wid, sent_at=sent_at, **kw).encode()
 
 
 async def make(
@@ -172,13 +174,13 @@ async def test_kafka_lag_already_holds_in_flight() -> None:
 async def test_first_poll_has_no_rate_then_backlog_growth_is_arrival() -> None:
     s, t, clock = await make()
     t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
-    assert (await s.collect(CAP)).arrival_rate is None
+    assert (await s.collect(CAP0)).arrival_rate is None
     clock.t += 2.0
     t.depths["a"] = Depth(model="a", ready=100, in_flight=0)
-    assert (await s.collect(CAP)).arrival_rate == pytest.approx(50.0)
+    assert (await s.collect(CAP0)).arrival_rate == pytest.approx(50.0)
     clock.t += 2.0  # drained faster than it arrives: never negative
     t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
-    assert (await s.collect(CAP)).arrival_rate == 0.0
+    assert (await s.collect(CAP0)).arrival_rate == 0.0
 
 
 async def test_answered_counters_add_to_arrival() -> None:
@@ -207,14 +209,14 @@ async def test_counter_reset_is_not_negative() -> None:
 async def test_arrival_is_smoothed() -> None:
     s, t, clock = await make(arrival_smoothing_s=10.0)
     t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
-    await s.collect(CAP)
+    await s.collect(CAP0)
     clock.t += 1.0
     t.depths["a"] = Depth(model="a", ready=100, in_flight=0)
-    first = (await s.collect(CAP)).arrival_rate
+    first = (await s.collect(CAP0)).arrival_rate
     assert first == pytest.approx(100.0)  # the first sample sets the average
     clock.t += 1.0
     t.depths["a"] = Depth(model="a", ready=100, in_flight=0)  # nothing new arrived
-    second = (await s.collect(CAP)).arrival_rate
+    second = (await s.collect(CAP0)).arrival_rate
     alpha = 1 - math.exp(-1.0 / 10.0)
     assert second == pytest.approx(100.0 + alpha * (0.0 - 100.0))
 
@@ -233,11 +235,11 @@ async def test_produce_rate_is_used_where_the_transport_has_it() -> None:
     s, _, clock = await make(t, models=("a", "b"))
     t.depths["a"] = Depth(model="a", ready=0, in_flight=None)
     t.depths["b"] = Depth(model="b", ready=0, in_flight=None)
-    assert (await s.collect(CAP)).arrival_rate == pytest.approx(42.0)
+    assert (await s.collect(CAP0)).arrival_rate == pytest.approx(42.0)
     t.rates["b"] = None  # unknown for one model: from the backlog instead
     clock.t += 1
     t.depths["a"] = Depth(model="a", ready=25, in_flight=None)
-    assert (await s.collect(CAP)).arrival_rate == pytest.approx(25.0)
+    assert (await s.collect(CAP0)).arrival_rate == pytest.approx(25.0)
 
 
 async def test_produce_rate_only_where_the_capability_is_declared() -> None:
@@ -245,10 +247,10 @@ async def test_produce_rate_only_where_the_capability_is_declared() -> None:
     t.rates = {"a": 30.0}
     s, _, clock = await make(t)
     t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
-    assert (await s.collect(CAP)).arrival_rate is None  # first poll, no rate read
+    assert (await s.collect(CAP0)).arrival_rate is None  # first poll, no rate read
     clock.t += 1
     t.depths["a"] = Depth(model="a", ready=7, in_flight=0)
-    assert (await s.collect(CAP)).arrival_rate == pytest.approx(7.0)
+    assert (await s.collect(CAP0)).arrival_rate == pytest.approx(7.0)
 
 
 async def test_heartbeat_figures_and_stale_ones_dropped() -> None:
@@ -318,3 +320,93 @@ async def test_out_of_order_heartbeat_is_ignored() -> None:
     t.on_beat(beat("w1", 5.0, busy_fraction=0.5))
     t.on_beat(beat("w1", 4.0, busy_fraction=0.1))
     assert s.live_workers()[0].busy_fraction == 0.5
+
+
+async def test_silent_workers_make_the_arrival_rate_unknown_not_zero() -> None:
+    """Heartbeats stop while the load goes on: the answer rate is unknown, so
+    the arrival rate is missing (the policy holds), never a falling rate
+    that scales in."""
+    s, t, clock = await make(silence_hold_s=60.0)
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=10, in_flight=0)
+    t.on_beat(beat("w1", 100.0, answered_total=0))
+    t.on_beat(beat("w2", 100.0, answered_total=0))
+    await s.collect(CAP)
+    clock.t += 1.0
+    t.on_beat(beat("w1", 101.0, answered_total=180))
+    t.on_beat(beat("w2", 101.0, answered_total=180))
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(360.0)
+    for _ in range(20):  # the heartbeats stop; the backlog stays where it was
+        clock.t += 5.0
+        assert (await s.collect(CAP)).arrival_rate is None
+    assert s.live_workers() == []
+
+
+async def test_one_silent_worker_holds_the_rate_unknown_for_a_while() -> None:
+    s, t, clock = await make(silence_hold_s=60.0)
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    total = {"w1": 0, "w2": 0}
+    sent = 100.0
+
+    def beats(*ids: str) -> None:
+        for wid in ids:
+            total[wid] += 50
+            t.on_beat(beat(wid, sent, answered_total=total[wid]))
+
+    beats("w1", "w2")
+    sent += 1.0
+    beats("w1", "w2")
+    await s.collect(CAP)
+    seen = []
+    for _ in range(30):  # w2 falls silent at once; w1 goes on at 50/s
+        clock.t += 1.0
+        sent += 1.0
+        beats("w1")
+        seen.append((await s.collect(CAP)).arrival_rate)
+    # w2 is dropped after three intervals; its silence then holds the rate
+    # unknown for 60 s (the first polls still counted its last rate)
+    assert seen[0] == pytest.approx(100.0)
+    assert all(r is None for r in seen[4:])
+    clock.t += 60.0
+    sent += 60.0
+    beats("w1")
+    clock.t += 1.0
+    sent += 1.0
+    beats("w1")
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(50.0)
+
+
+async def test_after_a_restart_one_heartbeat_is_no_answer_rate() -> None:
+    """A fresh autoscaler has heard each worker once: their answer rates are
+    unknown, and the second poll must not read an arrival rate of 0."""
+    s, t, clock = await make()
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=40, in_flight=8)
+    t.on_beat(beat("w1", 500.0, answered_total=90_000, interval_s=5.0))
+    await s.collect(CAP)
+    clock.t += 5.0
+    t.depths["a"] = Depth(model="a", ready=40, in_flight=8)
+    assert (await s.collect(CAP)).arrival_rate is None
+    t.on_beat(beat("w1", 505.0, answered_total=90_900, interval_s=5.0))  # 180/s
+    clock.t += 5.0
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(180.0)
+
+
+async def test_requests_per_message_is_remembered_while_no_worker_is_live() -> None:
+    s, t, clock = await make()
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=10, in_flight=0)
+    t.on_beat(beat("w1", 1.0, requests_per_message=8.0))
+    assert (await s.collect(CAP)).backlog == 80
+    clock.t += 10.0  # w1 is stale: no worker says how many requests a message holds
+    assert s.live_workers() == []
+    assert (await s.collect(CAP)).backlog == 80
+
+
+async def test_snapshot_time_is_the_wall_clock() -> None:
+    """Policies keep times in their state, and the state outlives the
+    process: ``now`` comes from the wall clock, not the monotonic one."""
+    s, t, _ = await make(wall_clock=lambda: 1.7e9)
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    assert (await s.collect(CAP)).now == 1.7e9
