@@ -9,7 +9,12 @@
 - With ``instance_protection`` on, in-service instances are protected from
   scale-in, and on a scale-in the ones to go (booting ones first, then the
   least busy by their workers' heartbeats) are unprotected just before the
-  capacity drops, so the group never picks a busy worker.
+  capacity drops, so the group never picks a busy worker. How many go is
+  counted from the instances the group has (in service and booting), not
+  from its desired capacity, which may already be lower while a termination
+  is under way; the ones chosen stay unprotected until they are gone (a poll
+  in between does not protect them again). A heartbeat names its instance by
+  ``instance_id``, or by a worker id that is an EC2 instance id.
 - Throttling, transient errors and an endpoint out of reach are retried by
   botocore itself (:mod:`fleet.aws`: its ``standard`` or ``adaptive`` retry
   mode, ``max_attempts`` attempts in all); what still fails is
@@ -22,6 +27,7 @@ boto3 is synchronous: each call runs in a thread (``asyncio.to_thread``).
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -46,6 +52,7 @@ T = TypeVar("T")
 PENDING_STATES = frozenset({"Pending", "Pending:Wait", "Pending:Proceed"})
 BUSY_CODES = frozenset({"ResourceContention", "ScalingActivityInProgress"})
 """Another change of the same group is in progress: the next poll tries again."""
+INSTANCE_ID = re.compile(r"i-[0-9a-f]{8}(?:[0-9a-f]{9})?")
 
 
 class Ec2ActuatorConfig(ActuatorConfigBase):
@@ -116,6 +123,7 @@ class Ec2Actuator(Actuator):
         self.retry_mode: aws.RetryMode = retry_mode
         self._client: AutoScalingClient | None = None
         self._busy: dict[str, tuple[int, float]] = {}  # instance id -> (in_flight, busy fraction)
+        self._leaving: set[str] = set()  # unprotected to go; not protected again
         self.retries = 0  # attempts botocore retried (throttled, transient, unreachable)
         if client is not None:
             self._use(client)
@@ -252,16 +260,23 @@ class Ec2Actuator(Actuator):
 
     async def capacity(self) -> Capacity:
         st = await self.describe()
+        self._leaving &= {*st.in_service, *st.pending}  # the gone are gone
         if self.instance_protection:
-            await self._protect([i for i in st.in_service if i not in st.protected], True)
+            await self._protect(
+                [i for i in st.in_service if i not in st.protected and i not in self._leaving],
+                True,
+            )
         return Capacity(in_service=len(st.in_service), pending=len(st.pending), desired=st.desired)
 
     def observe_heartbeat(self, beat: Heartbeat, received_at: float) -> None:
-        if beat.instance_id:
+        iid = beat.instance_id
+        if not iid and INSTANCE_ID.fullmatch(beat.worker_id):
+            iid = beat.worker_id  # workers named after their instance
+        if iid:
             if beat.state == "stopped":
-                self._busy.pop(beat.instance_id, None)
+                self._busy.pop(iid, None)
             else:
-                self._busy[beat.instance_id] = (beat.in_flight, beat.busy_fraction)
+                self._busy[iid] = (beat.in_flight, beat.busy_fraction)
 
     def scale_in_order(self, st: GroupState) -> list[str]:
         """Instances in the order they should go: booting first, then the least
@@ -285,12 +300,8 @@ class Ec2Actuator(Actuator):
                 min_size=st.min_size,
                 max_size=st.max_size,
             )
-        if self.instance_protection and applied < st.desired:
-            order = self.scale_in_order(st)
-            victims = order[: st.desired - applied]
-            keep = [i for i in st.in_service if i not in victims and i not in st.protected]
-            await self._protect(keep, True)
-            await self._protect([i for i in victims if i in st.protected], False)
+        if self.instance_protection:
+            await self._choose_leaving(st, applied)
         await self.call(
             "SetDesiredCapacity",
             self.client.set_desired_capacity,
@@ -306,6 +317,19 @@ class Ec2Actuator(Actuator):
             reasons=list(reasons),
         )
         return applied
+
+    async def _choose_leaving(self, st: GroupState, applied: int) -> None:
+        """Unprotect exactly the instances to go for ``applied`` (counted from
+        the instances the group has) and protect the rest in service."""
+        members = len(st.in_service) + len(st.pending)
+        if applied >= members:
+            self._leaving.clear()  # none need go: the next poll protects them again
+            return
+        victims = self.scale_in_order(st)[: members - applied]
+        keep = [i for i in st.in_service if i not in victims and i not in st.protected]
+        await self._protect(keep, True)
+        await self._protect([i for i in victims if i in st.protected], False)
+        self._leaving = set(victims)
 
 
 def _build(cfg: Ec2ActuatorConfig, _context: ActuatorContext) -> Ec2Actuator:

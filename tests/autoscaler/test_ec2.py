@@ -198,6 +198,61 @@ async def test_instance_protection_keeps_the_busy_worker(aws_url: str, group: Gr
     assert group.instance_ids() == {ids[0], ids[2]}
 
 
+def _busy_except(act: Ec2Actuator, ids: list[str], idle: set[str]) -> None:
+    """Heartbeats: every worker busy except those in ``idle``. Workers carry
+    their instance id as their worker id (``instance_id`` unset)."""
+    for iid in ids:
+        beat = Heartbeat(
+            worker_id=iid,
+            sent_at=0.0,
+            in_flight=0 if iid in idle else 5,
+            busy_fraction=0.0 if iid in idle else 0.9,
+        )
+        act.observe_heartbeat(beat, 0.0)
+
+
+@pytest.mark.aws
+async def test_a_leaving_instance_is_not_protected_again_before_it_goes(
+    aws_url: str, group: Group
+) -> None:
+    """The group terminates some time after ``SetDesiredCapacity``; a poll in
+    between must not protect the chosen instance again, or the group cannot
+    terminate it and runs more instances than desired for good."""
+    act = _actuator(aws_url, group, instance_protection=True)
+    await act.set_desired(3)
+    await act.capacity()
+    ids = sorted(group.instance_ids())
+    _busy_except(act, ids, {ids[1]})
+    # the group takes the new desired capacity now and terminates later
+    answer(act.client, "auto-scaling.SetDesiredCapacity", [(200, _SET_XML)])
+    assert await act.set_desired(2) == 2
+    await act.capacity()  # a poll before the group got round to it
+    protected = {
+        i["InstanceId"] for i in group.describe()["Instances"] if i["ProtectedFromScaleIn"]
+    }
+    assert protected == {ids[0], ids[2]}
+    group.asg.set_desired_capacity(AutoScalingGroupName=group.name, DesiredCapacity=2)
+    assert group.instance_ids() == {ids[0], ids[2]}
+    assert await act.capacity() == (2, 0, 2)
+
+
+@pytest.mark.aws
+async def test_victims_are_counted_from_the_instances_not_the_desired_capacity(
+    aws_url: str, group: Group
+) -> None:
+    """Three instances while the group's desired capacity already says two
+    (a termination still to come): asked for one, two must go."""
+    act = _actuator(aws_url, group, instance_protection=True)
+    await act.set_desired(3)
+    await act.capacity()  # protects all three
+    group.asg.set_desired_capacity(AutoScalingGroupName=group.name, DesiredCapacity=2)
+    assert len(group.instance_ids()) == 3  # protected: nothing could go yet
+    ids = sorted(group.instance_ids())
+    _busy_except(act, ids, {ids[0], ids[2]})
+    assert await act.set_desired(1) == 1
+    assert group.instance_ids() == {ids[1]}
+
+
 def _throttle_first(client: Any, operation: str, times: int, code: str = "Throttling") -> list[str]:
     """Answer the first ``times`` attempts of ``operation`` with an AWS
     throttling error; later attempts reach the endpoint."""
