@@ -59,7 +59,11 @@ def make_policy(
         lookahead = cfg.boot_delay_s + cfg.poll_interval_s
         return ClairvoyantPolicy(
             pattern,
-            ClairvoyantConfig(per_instance_rps=profile.sustainable_rps, lookahead_s=lookahead),
+            ClairvoyantConfig(
+                per_instance_rps=profile.sustainable_rps,
+                lookahead_s=lookahead,
+                in_flight_per_instance=float(profile.max_batch),
+            ),
         )
     if kind not in POLICIES:
         known = ", ".join((*policy_kinds(), *REFERENCE_KINDS))
