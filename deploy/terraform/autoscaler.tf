@@ -3,16 +3,12 @@
 # with its configuration (the worker group's name, the capacity bounds) read
 # from SSM Parameter Store at boot.
 
-locals {
-  autoscaler_image = coalesce(var.autoscaler_image, var.worker_image)
-}
-
 data "aws_ssm_parameter" "autoscaler_ami" {
   name = var.autoscaler_ami_ssm_parameter
 }
 
 data "aws_ami" "autoscaler" {
-  owners = ["amazon"]
+  owners = var.autoscaler_ami_owners
 
   filter {
     name   = "image-id"
@@ -61,7 +57,7 @@ resource "aws_launch_template" "autoscaler" {
       region         = local.region
       parameter_path = local.autoscaler_parameter_path
       config_name    = local.autoscaler_config_name
-      image          = local.autoscaler_image
+      image          = var.autoscaler_image
       log_group      = aws_cloudwatch_log_group.autoscaler.name
     })
   }))

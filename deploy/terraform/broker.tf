@@ -1,16 +1,25 @@
 # Optional managed broker, chosen with var.broker:
 #   "external"  bring your own (var.broker_url); nothing is created here
-#   "rabbitmq"  Amazon MQ for RabbitMQ, private, AMQPS on 5671
+#   "rabbitmq"  Amazon MQ for RabbitMQ, private, AMQPS on 5671, its management
+#               API (queue statistics) over HTTPS on the console URL
 #   "kafka"     Amazon MSK, private, encrypted at rest with the fleet key and
 #               between brokers; clients per var.msk_client_broker
 # Either way the URL (with credentials) reaches the instances only through
 # SecureString parameters (config.tf).
 
 locals {
-  mq_url = var.broker != "rabbitmq" ? null : replace(
-    aws_mq_broker.this[0].instances[0].endpoints[0],
-    "amqps://",
-    "amqps://${var.mq_username}:${aws_secretsmanager_secret_version.mq[0].secret_string}@",
+  # Amazon MQ serves the RabbitMQ management API on its console URL (HTTPS on
+  # 443), not on port 15672: the URL names it, so the autoscaler reads queue
+  # statistics (unacked counts) from there.
+  mq_management_url = var.broker != "rabbitmq" ? null : aws_mq_broker.this[0].instances[0].console_url
+  mq_url = var.broker != "rabbitmq" ? null : format(
+    "%s?management_url=%s",
+    replace(
+      aws_mq_broker.this[0].instances[0].endpoints[0],
+      "amqps://",
+      "amqps://${var.mq_username}:${aws_secretsmanager_secret_version.mq[0].secret_string}@",
+    ),
+    urlencode(local.mq_management_url),
   )
   # The fleet connects on TLS only when the cluster allows nothing else.
   msk_bootstrap = var.broker != "kafka" ? null : (
@@ -155,7 +164,8 @@ resource "aws_msk_cluster" "this" {
     }
   }
 
-  # Reachable only from the workers' and the autoscaler's security groups.
+  # Reachable only from the workers' and the autoscaler's security groups and
+  # the producers of broker_client_cidrs / broker_client_security_group_ids.
   client_authentication {
     unauthenticated = true
   }

@@ -11,13 +11,12 @@ locals {
 
   worker_env = merge(
     {
-      FLEET_MODELS            = "s3://${var.models_bucket}/${var.models_prefix}"
-      FLEET_HTTP_PORT         = tostring(var.worker_http_port)
-      FLEET_DRAIN_TIMEOUT     = tostring(var.drain_timeout_seconds - 20) # finish before the hook times out
-      FLEET_LIFECYCLE_HOOK    = local.termination_hook_name
-      FLEET_ASG_NAME          = local.worker_group_name
-      FLEET_METRICS_NAMESPACE = var.metrics_namespace
-      AWS_REGION              = local.region
+      FLEET_MODELS         = local.models_uri
+      FLEET_HTTP_PORT      = tostring(var.worker_http_port)
+      FLEET_DRAIN_TIMEOUT  = tostring(var.drain_timeout_seconds - 20) # finish before the hook times out
+      FLEET_LIFECYCLE_HOOK = local.termination_hook_name
+      FLEET_ASG_NAME       = local.worker_group_name
+      AWS_REGION           = local.region
     },
     var.worker_env,
   )
@@ -39,6 +38,7 @@ locals {
     min_capacity = var.worker_min_size
     max_capacity = var.worker_max_size
     metrics_port = var.autoscaler_metrics_port
+    namespace    = var.metrics_namespace
   })
 }
 

@@ -1,18 +1,19 @@
 # Instance roles. Every Auto Scaling action is named (no wildcards) and, where
 # the API allows it, limited to the worker group's ARN.
 #
-# worker:     read its own SSM parameters; put CloudWatch metrics in one
-#             namespace; complete (and heartbeat) lifecycle actions on the
-#             worker group; read the model prefix of the model bucket; write
-#             its log group; pull its image from ECR (when ecr_repository_arns).
+# worker:     read its own SSM parameters; complete (and heartbeat) lifecycle
+#             actions on the worker group; read the model prefix of the model
+#             bucket; write its log group; pull its image from ECR.
 # autoscaler: read its own SSM parameters; describe Auto Scaling groups; set
-#             the worker group's desired capacity and instance protection;
-#             write its log group; pull its image from ECR.
+#             the worker group's desired capacity and instance protection; put
+#             CloudWatch metrics in metrics_namespace only (when set); write its
+#             log group; pull its image from ECR.
 
 locals {
   parameter_arn_prefix = "arn:${local.partition}:ssm:${local.region}:${local.account_id}:parameter"
   models_prefix_clean  = trim(var.models_prefix, "/")
   ssm_service          = "ssm.${local.region}.amazonaws.com"
+  s3_service           = "s3.${local.region}.amazonaws.com"
 }
 
 data "aws_iam_policy_document" "ec2_assume" {
@@ -62,17 +63,6 @@ data "aws_iam_policy_document" "worker" {
   }
 
   statement {
-    sid       = "PutMetricsInOwnNamespace"
-    actions   = ["cloudwatch:PutMetricData"]
-    resources = ["*"] # PutMetricData has no resource-level permissions
-    condition {
-      test     = "StringEquals"
-      variable = "cloudwatch:namespace"
-      values   = [var.metrics_namespace]
-    }
-  }
-
-  statement {
     sid = "CompleteLifecycleActionsOnOwnGroup"
     actions = [
       "autoscaling:CompleteLifecycleAction",
@@ -84,7 +74,7 @@ data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "ListModelPrefix"
     actions   = ["s3:ListBucket"]
-    resources = ["arn:${local.partition}:s3:::${var.models_bucket}"]
+    resources = ["arn:${local.partition}:s3:::${local.models_bucket}"]
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
@@ -95,15 +85,20 @@ data "aws_iam_policy_document" "worker" {
   statement {
     sid       = "ReadModels"
     actions   = ["s3:GetObject"]
-    resources = ["arn:${local.partition}:s3:::${var.models_bucket}/${local.models_prefix_clean}/*"]
+    resources = ["arn:${local.partition}:s3:::${local.models_bucket}/${local.models_prefix_clean}/*"]
   }
 
   dynamic "statement" {
-    for_each = var.models_kms_key_arn == null ? [] : [var.models_kms_key_arn]
+    for_each = local.models_kms_key_arn == null ? [] : [local.models_kms_key_arn]
     content {
       sid       = "DecryptModels"
       actions   = ["kms:Decrypt"]
       resources = [statement.value]
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = [local.s3_service]
+      }
     }
   }
 
@@ -114,7 +109,7 @@ data "aws_iam_policy_document" "worker" {
   }
 
   dynamic "statement" {
-    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    for_each = length(local.ecr_pull_arns) > 0 ? [1] : []
     content {
       sid       = "EcrLogin"
       actions   = ["ecr:GetAuthorizationToken"]
@@ -123,11 +118,11 @@ data "aws_iam_policy_document" "worker" {
   }
 
   dynamic "statement" {
-    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    for_each = length(local.ecr_pull_arns) > 0 ? [1] : []
     content {
       sid       = "PullImages"
       actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
-      resources = var.ecr_repository_arns
+      resources = local.ecr_pull_arns
     }
   }
 }
@@ -208,7 +203,21 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   dynamic "statement" {
-    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    for_each = var.metrics_namespace == null ? [] : [var.metrics_namespace]
+    content {
+      sid       = "PutMetricsInOwnNamespace"
+      actions   = ["cloudwatch:PutMetricData"]
+      resources = ["*"] # PutMetricData has no resource-level permissions
+      condition {
+        test     = "StringEquals"
+        variable = "cloudwatch:namespace"
+        values   = [statement.value]
+      }
+    }
+  }
+
+  dynamic "statement" {
+    for_each = length(local.ecr_pull_arns) > 0 ? [1] : []
     content {
       sid       = "EcrLogin"
       actions   = ["ecr:GetAuthorizationToken"]
@@ -217,11 +226,11 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   dynamic "statement" {
-    for_each = length(var.ecr_repository_arns) > 0 ? [1] : []
+    for_each = length(local.ecr_pull_arns) > 0 ? [1] : []
     content {
       sid       = "PullImages"
       actions   = ["ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability"]
-      resources = var.ecr_repository_arns
+      resources = local.ecr_pull_arns
     }
   }
 }

@@ -10,6 +10,9 @@
 #   broker.tf           optional managed broker (Amazon MQ for RabbitMQ, or MSK)
 #   config.tf           SSM parameters read by the instances at boot
 #   iam.tf              instance roles and their policies
+#   images.tf           ECR repositories for the worker and CPU images
+#   models.tf           the model repository's S3 bucket (unless given)
+#   dashboard.tf        CloudWatch dashboard of the worker group and autoscaler
 
 provider "aws" {
   region = var.region
@@ -37,6 +40,9 @@ locals {
 
   # Every Auto Scaling action granted in iam.tf is scoped to this ARN.
   worker_group_arn = "arn:${local.partition}:autoscaling:${local.region}:${local.account_id}:autoScalingGroup:*:autoScalingGroupName/${local.worker_group_name}"
+
+  # An image reference with an explicit tag or digest: [registry[:port]/]path(:tag|@sha256:hex|:tag@sha256:hex).
+  image_reference_pattern = "^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$"
 
   # SSM parameter paths: each role reads its own path and nothing else.
   worker_parameter_path     = "/${var.name}/worker/env"

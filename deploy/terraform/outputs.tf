@@ -38,14 +38,29 @@ output "load_balancer_dns_name" {
   value       = aws_lb.this.dns_name
 }
 
+output "load_balancer_arn" {
+  description = "ARN of the application load balancer."
+  value       = aws_lb.this.arn
+}
+
+output "load_balancer_zone_id" {
+  description = "Route 53 hosted zone of the load balancer, for an alias record."
+  value       = aws_lb.this.zone_id
+}
+
+output "load_balancer_url" {
+  description = "URL of the load balancer's listener (the workers' /healthz, /readyz and /metrics behind it)."
+  value       = var.certificate_arn == null ? "http://${aws_lb.this.dns_name}:${var.alb_http_port}" : "https://${aws_lb.this.dns_name}"
+}
+
 output "target_group_arn" {
-  description = "Target group of the workers (health check: the worker's readiness path)."
+  description = "Target group of the workers (health check: the worker's liveness path)."
   value       = aws_lb_target_group.worker.arn
 }
 
-output "worker_ready_path" {
-  description = "Health check path of the target group."
-  value       = local.worker_ready_path
+output "worker_health_path" {
+  description = "Health check path of the target group: the worker's liveness endpoint."
+  value       = local.worker_health_path
 }
 
 output "autoscaler_group_name" {
@@ -83,6 +98,56 @@ output "broker_endpoint" {
   value       = local.broker_endpoint
 }
 
+output "broker_management_url" {
+  description = "Amazon MQ: the RabbitMQ management API and web console (HTTPS); null otherwise."
+  value       = local.mq_management_url
+}
+
+output "security_group_ids" {
+  description = "Security group of every role: alb, worker, autoscaler and broker (null with an external broker). Add a producer's group to broker_client_security_group_ids to let it reach a managed broker."
+  value = {
+    alb        = aws_security_group.alb.id
+    worker     = aws_security_group.worker.id
+    autoscaler = aws_security_group.autoscaler.id
+    broker     = var.broker == "external" ? null : aws_security_group.broker[0].id
+  }
+}
+
+output "broker_security_group_id" {
+  description = "Security group of the managed broker; null with an external broker."
+  value       = var.broker == "external" ? null : aws_security_group.broker[0].id
+}
+
+output "worker_security_group_id" {
+  description = "Security group of the workers."
+  value       = aws_security_group.worker.id
+}
+
+output "autoscaler_security_group_id" {
+  description = "Security group of the autoscaler."
+  value       = aws_security_group.autoscaler.id
+}
+
+output "alb_security_group_id" {
+  description = "Security group of the load balancer."
+  value       = aws_security_group.alb.id
+}
+
+output "ecr_repository_urls" {
+  description = "ECR repositories created here (create_ecr_repositories): worker (the GPU image) and cpu (the CPU image); push to these, then set worker_image and autoscaler_image."
+  value       = { for key, repo in aws_ecr_repository.this : key => repo.repository_url }
+}
+
+output "models_bucket" {
+  description = "S3 bucket of the model repository (created here unless models_bucket was given)."
+  value       = local.models_bucket
+}
+
+output "models_uri" {
+  description = "The model repository the workers load (FLEET_MODELS): push models here with fleet models push."
+  value       = local.models_uri
+}
+
 output "broker_password_secret_arn" {
   description = "Secrets Manager secret with the Amazon MQ user's password (broker = \"rabbitmq\")."
   value       = var.broker == "rabbitmq" ? aws_secretsmanager_secret.mq[0].arn : null
@@ -99,4 +164,9 @@ output "log_groups" {
     worker     = aws_cloudwatch_log_group.worker.name
     autoscaler = aws_cloudwatch_log_group.autoscaler.name
   }
+}
+
+output "dashboard_name" {
+  description = "CloudWatch dashboard of the worker group, the load balancer and (with metrics_namespace) the autoscaler."
+  value       = aws_cloudwatch_dashboard.fleet.dashboard_name
 }

@@ -4,7 +4,9 @@
 #                  -> HTTPS (AWS APIs, S3, image registry), the broker's ports
 #   autoscaler     <- metrics port from metrics_scrape_cidrs only
 #                  -> HTTPS (Auto Scaling API, SSM, registry), the broker's ports
-#   managed broker <- its ports from the workers and the autoscaler only
+#   managed broker <- its ports from the workers and the autoscaler, and from
+#                     broker_client_cidrs / broker_client_security_group_ids
+#                     (the producers)
 
 locals {
   alb_ingress_cidrs = length(var.alb_ingress_cidrs) > 0 ? var.alb_ingress_cidrs : [local.vpc_cidr]
@@ -34,6 +36,18 @@ locals {
     for pair in setproduct(keys(local.broker_client_rules), var.external_broker_cidrs) :
     "${pair[0]}-${pair[1]}" => merge(local.broker_client_rules[pair[0]], { cidr = pair[1] })
   }
+  # Producers' access to a managed broker: index-keyed, so that security
+  # groups created in the same apply (unknown until then) can be listed.
+  broker_producer_rules = var.broker == "external" ? {} : merge(
+    {
+      for pair in setproduct(var.broker_client_cidrs, local.broker_ports) :
+      "cidr-${pair[0]}-${pair[1]}" => { cidr = pair[0], sg = null, port = pair[1] }
+    },
+    {
+      for pair in setproduct(range(length(var.broker_client_security_group_ids)), local.broker_ports) :
+      "sg${pair[0]}-${pair[1]}" => { cidr = null, sg = var.broker_client_security_group_ids[pair[0]], port = pair[1] }
+    },
+  )
   scrape_rules = {
     for pair in setproduct(["worker", "autoscaler"], var.metrics_scrape_cidrs) :
     "${pair[0]}-${pair[1]}" => { role = pair[0], cidr = pair[1] }
@@ -169,6 +183,18 @@ resource "aws_vpc_security_group_ingress_rule" "broker_from_clients" {
   from_port                    = each.value.port
   to_port                      = each.value.port
   referenced_security_group_id = local.broker_client_sgs[each.value.role]
+}
+
+resource "aws_vpc_security_group_ingress_rule" "broker_from_producers" {
+  for_each = local.broker_producer_rules
+
+  security_group_id            = aws_security_group.broker[0].id
+  description                  = "Broker port ${each.value.port} from producers"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.port
+  to_port                      = each.value.port
+  cidr_ipv4                    = each.value.cidr
+  referenced_security_group_id = each.value.sg
 }
 
 resource "aws_vpc_security_group_egress_rule" "clients_to_managed_broker" {

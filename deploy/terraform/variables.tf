@@ -92,14 +92,25 @@ variable "enable_flow_logs" {
 # ---------------------------------------------------------------------------
 
 variable "worker_image" {
-  description = "Container image of the worker (deploy/docker/Dockerfile), e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-worker:0.1.0. ECR images are pulled with the instance role (see ecr_repository_arns)."
+  description = "Container image of the worker (the GPU image, deploy/docker/Dockerfile) with an explicit tag or digest, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/worker:0.1.0 (output ecr_repository_urls). An ECR image is pulled with the instance role: its repository is granted automatically."
   type        = string
+
+  validation {
+    condition     = can(regex(local.image_reference_pattern, var.worker_image))
+    error_message = "worker_image must be an image reference with an explicit tag or digest (registry/repository:tag or @sha256:...), without spaces."
+  }
 }
 
 variable "worker_instance_type" {
   description = "EC2 instance type of the workers."
   type        = string
   default     = "g5.xlarge"
+}
+
+variable "worker_ami_owners" {
+  description = "Owners the worker AMI may come from (account IDs, \"self\", \"amazon\", \"aws-marketplace\"). Add \"self\" or your account ID for a team's own AMI."
+  type        = list(string)
+  default     = ["amazon"]
 }
 
 variable "worker_ami_ssm_parameter" {
@@ -139,13 +150,18 @@ variable "worker_initial_capacity" {
 }
 
 variable "warm_pool_min_size" {
-  description = "Stopped, pre-initialised instances kept in the warm pool (image pulled, boot done)."
+  description = "Stopped, pre-initialised instances (image pulled, boot done) kept in the warm pool: the size of the first scale-out step that starts in seconds instead of minutes. The default, 1, covers the first step of the default worker_initial_capacity of 1 (doubling). Each one is launched once at apply (it needs its vCPUs of On-Demand quota then) and costs only its EBS volume while stopped. 0: no warm instances."
   type        = number
   default     = 1
+
+  validation {
+    condition     = var.warm_pool_min_size >= 0
+    error_message = "warm_pool_min_size must be 0 or more."
+  }
 }
 
 variable "warm_pool_max_prepared_capacity" {
-  description = "Cap on in-service plus warm instances. Null means the group's max_size."
+  description = "Cap on in-service plus warm instances; the pool holds this minus the desired capacity, never fewer than warm_pool_min_size. Null: warm_pool_min_size, so the pool holds exactly warm_pool_min_size instances whatever the desired capacity (AWS's own default, the group's max_size, would keep max_size - desired stopped instances)."
   type        = number
   default     = null
 }
@@ -180,8 +196,9 @@ variable "health_check_grace_period" {
 }
 
 variable "models_bucket" {
-  description = "Existing S3 bucket holding the model repository (<prefix>/<model>/<version>/model.onnx). The workers get read access to models_prefix only."
+  description = "Existing S3 bucket holding the model repository (<prefix>/<model>/<version>/model.onnx). Null: a bucket is created (output models_uri): versioned, encrypted with the fleet key, public access blocked, TLS only. The workers get read access to models_prefix only."
   type        = string
+  default     = null
 }
 
 variable "models_prefix" {
@@ -197,13 +214,13 @@ variable "models_kms_key_arn" {
 }
 
 variable "metrics_namespace" {
-  description = "CloudWatch namespace the workers may put metrics into (the only one)."
+  description = "CloudWatch namespace the autoscaler publishes its metrics into every poll (DesiredCapacity, ScalingDecision, BacklogPerInstance, with the worker group's name as AutoScalingGroupName); its role may put metrics into this namespace only, and the dashboard shows them. Null: no CloudWatch metrics (the dashboard shows the group's own metrics)."
   type        = string
   default     = "Fleet"
 }
 
 variable "worker_env" {
-  description = "Extra environment for the worker container (e.g. FLEET_MAX_BATCH_SIZE). Stored as SecureString parameters under the worker's path."
+  description = "Extra environment for the worker container: its FLEET_* settings (fleet worker --help, e.g. FLEET_PREFETCH or FLEET_MAX_HELD_BYTES) and anything else the image reads. Stored as SecureString parameters under the worker's path."
   type        = map(string)
   default     = {}
 
@@ -214,9 +231,15 @@ variable "worker_env" {
 }
 
 variable "ecr_repository_arns" {
-  description = "ECR repositories the instances may pull the worker and autoscaler images from. Empty: images come from a public registry."
+  description = "More ECR repositories the instances may pull from. The repositories created here (create_ecr_repositories) and those worker_image and autoscaler_image name are granted without being listed."
   type        = list(string)
   default     = []
+}
+
+variable "create_ecr_repositories" {
+  description = "Create two private ECR repositories, <name>/worker (the GPU image) and <name>/cpu (the CPU image, for the autoscaler): immutable tags, scanned on push, encrypted with the fleet key, untagged images expired. Output ecr_repository_urls; push before the instances boot (README)."
+  type        = bool
+  default     = true
 }
 
 variable "enable_ssm_session_manager" {
@@ -276,15 +299,25 @@ variable "metrics_scrape_cidrs" {
 # ---------------------------------------------------------------------------
 
 variable "autoscaler_image" {
-  description = "Container image of the autoscaler (the CPU image, deploy/docker/Dockerfile.cpu). Null: worker_image."
+  description = "Container image of the autoscaler: the CPU image (deploy/docker/Dockerfile.cpu), with an explicit tag or digest, e.g. 123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/cpu:0.1.0. The GPU image would not fit the autoscaler's small instance."
   type        = string
-  default     = null
+
+  validation {
+    condition     = can(regex(local.image_reference_pattern, var.autoscaler_image))
+    error_message = "autoscaler_image must be an image reference with an explicit tag or digest (registry/repository:tag or @sha256:...), without spaces."
+  }
 }
 
 variable "autoscaler_instance_type" {
   description = "EC2 instance type of the autoscaler (a group of one)."
   type        = string
   default     = "t3.small"
+}
+
+variable "autoscaler_ami_owners" {
+  description = "Owners the autoscaler AMI may come from (account IDs, \"self\", \"amazon\")."
+  type        = list(string)
+  default     = ["amazon"]
 }
 
 variable "autoscaler_ami_ssm_parameter" {
@@ -365,6 +398,23 @@ variable "external_broker_ports" {
   description = "With broker = \"external\": the broker's ports (AMQP, AMQPS, RabbitMQ management, Kafka)."
   type        = list(number)
   default     = [5671, 5672, 9092, 9093, 9094, 15671, 15672]
+}
+
+variable "broker_client_cidrs" {
+  description = "With a managed broker: CIDR blocks of the clients (producers) that may reach the broker's ports. The workers and the autoscaler are admitted without being listed."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.broker_client_cidrs : can(cidrhost(c, 0)) && c != "0.0.0.0/0"])
+    error_message = "broker_client_cidrs must be CIDR blocks, and the broker is private: not 0.0.0.0/0."
+  }
+}
+
+variable "broker_client_security_group_ids" {
+  description = "With a managed broker: security groups of the clients (producers) that may reach the broker's ports."
+  type        = list(string)
+  default     = []
 }
 
 variable "mq_instance_type" {

@@ -10,7 +10,7 @@ data "aws_ssm_parameter" "worker_ami" {
 # Looked up for its root device name, so the encrypted volume below really is
 # the root volume (Ubuntu AMIs use /dev/sda1, Amazon Linux /dev/xvda).
 data "aws_ami" "worker" {
-  owners = ["amazon"]
+  owners = var.worker_ami_owners
 
   filter {
     name   = "image-id"
@@ -89,7 +89,9 @@ resource "aws_autoscaling_group" "worker" {
   max_size         = var.worker_max_size
   desired_capacity = var.worker_initial_capacity
 
-  # A worker that stops answering /readyz on the target group is replaced.
+  # A worker whose process stops answering its liveness path on the target
+  # group is replaced. Liveness, not readiness: a worker waiting for its broker
+  # is alive, and a broker outage must not replace the whole group.
   health_check_type         = "ELB"
   health_check_grace_period = var.health_check_grace_period
   target_group_arns         = [aws_lb_target_group.worker.arn]
@@ -111,11 +113,13 @@ resource "aws_autoscaling_group" "worker" {
   }
 
   # Stopped instances that already booted and pulled the image: scale-out
-  # starts one of these instead of booting a new instance from scratch.
+  # starts one of these instead of booting a new instance from scratch. The
+  # pool holds max(max_group_prepared_capacity - desired, min_size) instances;
+  # with the default cap of min_size that is exactly warm_pool_min_size.
   warm_pool {
     pool_state                  = "Stopped"
     min_size                    = var.warm_pool_min_size
-    max_group_prepared_capacity = var.warm_pool_max_prepared_capacity
+    max_group_prepared_capacity = coalesce(var.warm_pool_max_prepared_capacity, var.warm_pool_min_size)
 
     instance_reuse_policy {
       reuse_on_scale_in = false
@@ -171,6 +175,10 @@ resource "aws_autoscaling_group" "worker" {
     precondition {
       condition     = var.worker_min_size <= var.worker_initial_capacity && var.worker_initial_capacity <= var.worker_max_size
       error_message = "worker_initial_capacity must lie between worker_min_size and worker_max_size."
+    }
+    precondition {
+      condition     = var.warm_pool_min_size <= var.worker_max_size && coalesce(var.warm_pool_max_prepared_capacity, var.warm_pool_min_size) >= var.warm_pool_min_size
+      error_message = "warm_pool_min_size must not exceed worker_max_size, nor warm_pool_max_prepared_capacity fall below it."
     }
   }
 }

@@ -16,7 +16,8 @@ from typing import Any
 import hcl2
 import pytest
 
-from worker.health import READY_PATH
+from worker.health import HEALTH_PATH, READY_PATH
+from worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.deploy
 
@@ -119,6 +120,8 @@ def test_files_by_concern() -> None:
         "alb.tf",
         "iam.tf",
         "broker.tf",
+        "images.tf",
+        "models.tf",
         "README.md",
         ".checkov.baseline",
     ):
@@ -209,10 +212,12 @@ def test_worker_group_spans_at_least_two_subnets() -> None:
     assert "length(var.private_subnet_ids) >= 2" in subnet_rule["condition"]
 
 
-def test_health_check_path_is_the_workers() -> None:
-    assert config()["locals"]["worker_ready_path"] == READY_PATH
+def test_health_check_path_is_the_workers_liveness_not_readiness() -> None:
+    # The group replaces instances that fail the target group's check: that
+    # must be liveness, or a broker outage (readiness fails) replaces them all.
+    assert config()["locals"]["worker_health_path"] == HEALTH_PATH != READY_PATH
     (check,) = block(config()["resource"]["aws_lb_target_group.worker"], "health_check")
-    assert check["path"] == "${local.worker_ready_path}"
+    assert check["path"] == "${local.worker_health_path}"
     assert check["port"] == "traffic-port"
     assert str(check["matcher"]) == "200"
 
@@ -264,10 +269,10 @@ def test_worker_role_permissions() -> None:
     assert "autoscaling:SetDesiredCapacity" not in actions
     params = actions["ssm:GetParametersByPath"]["resources"]
     assert all("${local.worker_parameter_path}" in r for r in params)
-    metrics = actions["cloudwatch:PutMetricData"]
-    assert [c["variable"] for c in metrics["condition"]] == ["cloudwatch:namespace"]
+    # The worker publishes no CloudWatch metrics (Prometheus and heartbeats).
+    assert "cloudwatch:PutMetricData" not in actions
     assert actions["s3:GetObject"]["resources"] == [
-        "arn:${local.partition}:s3:::${var.models_bucket}/${local.models_prefix_clean}/*"
+        "arn:${local.partition}:s3:::${local.models_bucket}/${local.models_prefix_clean}/*"
     ]
 
 
@@ -278,6 +283,69 @@ def test_autoscaler_role_permissions() -> None:
     assert "autoscaling:CompleteLifecycleAction" not in actions
     params = actions["ssm:GetParametersByPath"]["resources"]
     assert not any("worker_parameter_path" in r for r in params)
+
+
+def _dynamic_statements(doc: str) -> dict[str, dict[str, Any]]:
+    body = config()["data"][doc]
+    out = {}
+    for dyn in block(body, "dynamic"):
+        for content in block(dyn.get("statement", {}), "content"):
+            out[content["sid"]] = {**content, "for_each": dyn["statement"]["for_each"]}
+    return out
+
+
+def test_autoscaler_may_put_metrics_into_its_namespace_only() -> None:
+    st = _dynamic_statements("aws_iam_policy_document.autoscaler")["PutMetricsInOwnNamespace"]
+    assert st["actions"] == ["cloudwatch:PutMetricData"]
+    assert "var.metrics_namespace" in st["for_each"]
+    (cond,) = block(st, "condition")
+    assert cond["variable"] == "cloudwatch:namespace"
+    assert cond["values"] == ["${statement.value}"]
+    template = (TEMPLATES / "autoscaler.toml.tftpl").read_text(encoding="utf-8")
+    assert "cloudwatch_namespace = ${jsonencode(namespace)}" in template
+    assert "namespace    = var.metrics_namespace" in (TF / "config.tf").read_text()
+
+
+def test_both_roles_may_pull_every_ecr_image_they_run() -> None:
+    # An ECR image whose repository the role may not pull from fails the
+    # registry login under set -e, and the launch hook abandons the instance.
+    for doc in ("worker", "autoscaler"):
+        statements = _dynamic_statements(f"aws_iam_policy_document.{doc}")
+        assert statements["PullImages"]["resources"] == "${local.ecr_pull_arns}", doc
+        assert "local.ecr_pull_arns" in statements["EcrLogin"]["for_each"], doc
+    pulls = config()["locals"]["ecr_pull_arns"]
+    for source in ("aws_ecr_repository.this", "local.image_ecr_arns", "var.ecr_repository_arns"):
+        assert source in pulls, source
+    image_arns = config()["locals"]["image_ecr_arns"]
+    assert "var.worker_image" in image_arns and "var.autoscaler_image" in image_arns
+
+
+def test_every_fleet_setting_given_to_the_worker_is_read() -> None:
+    # A FLEET_* variable the code never reads is a setting that silently does nothing.
+    source = "\n".join(
+        p.read_text(encoding="utf-8")
+        for pkg in ("worker", "fleet", "fleetctl")
+        for p in (ROOT / pkg).rglob("*.py")
+    )
+    read_by_name = set(re.findall(r"[\"'](FLEET_[A-Z0-9_]+)[\"']", source))
+    settings = {f"FLEET_{name.upper()}" for name in WorkerSettings.model_fields}
+    given = set(re.findall(r"\b(FLEET_[A-Z0-9_]+)\s*=", config()["locals"]["worker_env"]))
+    run_script = (TEMPLATES / "worker-run.sh.tftpl").read_text(encoding="utf-8")
+    given |= set(re.findall(r"(FLEET_[A-Z0-9_]+)=", run_script))
+    assert {"FLEET_MODELS", "FLEET_INSTANCE_ID", "FLEET_LIFECYCLE_HOOK"} <= given
+    unread = sorted(given - settings - read_by_name)
+    assert not unread, f"set for the worker but read by nothing: {unread}"
+    # The example in worker_env's description is a real setting too.
+    described = re.findall(r"FLEET_[A-Z0-9_]+", config()["variable"]["worker_env"]["description"])
+    assert described and not set(described) - settings - read_by_name, described
+
+
+def test_heartbeats_read_the_instance_id_the_run_script_sets() -> None:
+    service = (ROOT / "worker" / "service.py").read_text(encoding="utf-8")
+    assert 'os.environ.get("FLEET_INSTANCE_ID")' in service
+    run = (TEMPLATES / "worker-run.sh.tftpl").read_text(encoding="utf-8")
+    assert re.search(r"FLEET_INSTANCE_ID=%s.*\$instance_id", run)
+    assert "instance_id=$(imds instance-id)" in run
 
 
 # ---------------------------------------------------------------------------
@@ -312,6 +380,51 @@ def test_security_groups_open_only_what_is_used() -> None:
         assert "ingress" not in sg and "egress" not in sg, key
 
 
+def test_warm_pool_defaults_to_one_scale_out_step() -> None:
+    # AWS's default cap (max_size) keeps max_size - desired instances warm:
+    # 7 stopped GPU instances with the defaults, all launched once at apply.
+    (warm,) = block(config()["resource"]["aws_autoscaling_group.worker"], "warm_pool")
+    assert warm["max_group_prepared_capacity"] == (
+        "${coalesce(var.warm_pool_max_prepared_capacity, var.warm_pool_min_size)}"
+    )
+    variables = config()["variable"]
+    assert variables["warm_pool_max_prepared_capacity"]["default"] is None
+    assert int(variables["warm_pool_min_size"]["default"]) == int(
+        variables["worker_initial_capacity"]["default"]
+    )
+    assert "first scale-out step" in variables["warm_pool_min_size"]["description"]
+
+
+def test_ami_owners_are_variables() -> None:
+    for role in ("worker", "autoscaler"):
+        ami = config()["data"][f"aws_ami.{role}"]
+        assert ami["owners"] == f"${{var.{role}_ami_owners}}", role
+        assert config()["variable"][f"{role}_ami_owners"]["default"] == ["amazon"]
+
+
+def test_images_are_required_with_a_tag_and_the_autoscaler_gets_the_cpu_image() -> None:
+    variables = config()["variable"]
+    for name in ("worker_image", "autoscaler_image"):
+        assert "default" not in variables[name], name
+        (rule,) = block(variables[name], "validation")
+        assert "local.image_reference_pattern" in rule["condition"], name
+    user_data = config()["resource"]["aws_launch_template.autoscaler"]["user_data"]
+    assert "image          = var.autoscaler_image" in (TF / "autoscaler.tf").read_text()
+    assert "worker_image" not in user_data
+    pattern = config()["locals"]["image_reference_pattern"].replace("\\\\", "\\")
+    good = [
+        "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/worker:0.1.0",
+        "registry.example.com:5000/fleet/cpu:v1",
+        "fleet/worker@sha256:" + "0" * 64,
+        "fleet-worker:0.1.0@sha256:" + "a" * 64,
+    ]
+    bad = ["fleet-worker", "registry.example.com:5000/fleet/cpu", "", "fleet worker:1", "x:"]
+    for image in good:
+        assert re.fullmatch(pattern.strip("^$"), image), image
+    for image in bad:
+        assert not re.fullmatch(pattern.strip("^$"), image), image
+
+
 def test_managed_broker_toggles() -> None:
     (rule,) = block(config()["variable"]["broker"], "validation")
     for kind in ("external", "rabbitmq", "kafka"):
@@ -331,7 +444,80 @@ def test_checkov_baseline_gives_a_reason_for_every_accepted_finding() -> None:
     for entry in baseline["failed_checks"]:
         assert (TF / entry["file"].lstrip("/")).is_file(), entry["file"]
         for finding in entry["findings"]:
-            assert finding["resource"] in config()["resource"], finding["resource"]
+            # checkov names a counted resource with its index, e.g. aws_mq_broker.this[0]
+            resource = re.sub(r"\[\d+\]$", "", finding["resource"])
+            assert resource in config()["resource"], finding["resource"]
             reasons = finding.get("reasons", {})
             assert set(reasons) == set(finding["check_ids"]), finding["resource"]
             assert all(len(r.strip()) > 40 for r in reasons.values()), finding["resource"]
+
+
+# ---------------------------------------------------------------------------
+# README tables, provider lock, state backend
+# ---------------------------------------------------------------------------
+
+
+def test_readme_tables_are_the_generated_ones() -> None:
+    from tests.deploy import tf_tables
+
+    variables, outputs = tf_tables.tables_in_readme((TF / "README.md").read_text("utf-8"))
+    hint = "regenerate: .venv/bin/python -m tests.deploy.tf_tables"
+    assert variables == tf_tables.variables_table(), hint
+    assert outputs == tf_tables.outputs_table(), hint
+
+
+def test_provider_lock_is_committed_and_within_the_constraint() -> None:
+    lock = _load(TF / ".terraform.lock.hcl")
+    (providers,) = lock["provider"]
+    (aws,) = [body for name, body in providers.items() if name.endswith("hashicorp/aws")]
+    major, minor, _ = (int(x) for x in aws["version"].split("."))
+    assert (5, 60) <= (major, minor) < (6, 0)
+    required = _load(TF / "versions.tf")["terraform"][0]["required_providers"][0]["aws"]
+    assert required["version"] == ">= 5.60, < 6.0"
+    hashes = aws["hashes"]
+    # One h1 (the unpacked package checked by terraform init here) and a zh per
+    # platform's release archive, so that init on any platform can verify it.
+    assert sum(h.startswith("h1:") for h in hashes) >= 1
+    assert sum(h.startswith("zh:") for h in hashes) >= 5
+    assert ".terraform.lock.hcl" not in (ROOT / ".gitignore").read_text(encoding="utf-8")
+
+
+def test_remote_state_example_is_encrypted_and_locked() -> None:
+    example = _load(TF / "backend.tf.example")
+    (terraform,) = example["terraform"]
+    (backend,) = terraform["backend"]
+    s3 = backend["s3"]
+    assert s3["encrypt"] is True and s3["use_lockfile"] is True
+    assert {"bucket", "key", "region"} <= set(s3)
+    # Not active by default: a plain `terraform init` keeps local state.
+    assert not any("backend" in str(_load(p).get("terraform", "")) for p in TF.glob("*.tf"))
+
+
+def test_every_broker_variant_is_checked_by_checkov() -> None:
+    variants = {
+        p.stem: p.read_text(encoding="utf-8") for p in (TF / "tests" / "variants").glob("*.tfvars")
+    }
+    assert set(variants) == {"external", "rabbitmq", "kafka"}
+    for kind, text in variants.items():
+        assert f'broker = "{kind}"' in re.sub(r"\s+", " ", text), kind
+    script = (ROOT / "scripts" / "deploy-checks.sh").read_text(encoding="utf-8")
+    assert '--var-file "$var_file"' in script and "tests/variants/*.tfvars" in script
+
+
+async def test_liveness_answers_while_readiness_fails() -> None:
+    # What the target group checks must stay 200 while the broker is away.
+    import aiohttp
+
+    from worker.health import HealthServer
+
+    server = HealthServer(ready=lambda: (False, "broker disconnected"), metrics=lambda: b"")
+    port = await server.start("127.0.0.1", 0)
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{port}{HEALTH_PATH}") as live:
+                assert live.status == 200
+            async with session.get(f"http://127.0.0.1:{port}{READY_PATH}") as ready:
+                assert ready.status == 503
+                assert "broker disconnected" in await ready.text()
+    finally:
+        await server.stop()

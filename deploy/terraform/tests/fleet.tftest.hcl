@@ -71,9 +71,10 @@ mock_provider "aws" {
 }
 
 variables {
-  worker_image  = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet-worker:0.1.0"
-  models_bucket = "fleet-models"
-  broker_url    = "amqps://fleet:not-a-real-password@broker.example.internal:5671/"
+  worker_image     = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/worker:0.1.0"
+  autoscaler_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/cpu:0.1.0"
+  models_bucket    = "fleet-models"
+  broker_url       = "amqps://fleet:not-a-real-password@broker.example.internal:5671/"
 }
 
 run "new_vpc_with_defaults" {
@@ -112,8 +113,8 @@ run "new_vpc_with_defaults" {
     error_message = "The worker group must use the load balancer's health checks."
   }
   assert {
-    condition     = aws_lb_target_group.worker.health_check[0].path == "/readyz"
-    error_message = "The target group must check the worker's readiness path."
+    condition     = aws_lb_target_group.worker.health_check[0].path == "/healthz"
+    error_message = "The target group must check the worker's liveness path, not readiness."
   }
   assert {
     condition     = aws_autoscaling_group.worker.warm_pool[0].pool_state == "Stopped"
@@ -153,6 +154,115 @@ run "new_vpc_with_defaults" {
   assert {
     condition     = length(aws_mq_broker.this) == 0 && length(aws_msk_cluster.this) == 0
     error_message = "No managed broker with broker = \"external\"."
+  }
+  assert {
+    condition     = aws_autoscaling_group.worker.warm_pool[0].min_size == 1 && aws_autoscaling_group.worker.warm_pool[0].max_group_prepared_capacity == 1
+    error_message = "The warm pool holds exactly warm_pool_min_size (1) instances, not max_size - desired."
+  }
+  assert {
+    condition     = output.security_group_ids.broker == null && output.worker_security_group_id == aws_security_group.worker.id && output.alb_security_group_id == aws_security_group.alb.id && output.autoscaler_security_group_id == aws_security_group.autoscaler.id
+    error_message = "Every security group is an output."
+  }
+  assert {
+    condition     = output.load_balancer_arn == aws_lb.this.arn
+    error_message = "The load balancer is an output."
+  }
+  assert {
+    condition     = !contains(keys(aws_ssm_parameter.worker_env), "FLEET_METRICS_NAMESPACE")
+    error_message = "The worker is given no setting it does not read."
+  }
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "cloudwatch_namespace = \"Fleet\"")
+    error_message = "The autoscaler publishes its metrics into metrics_namespace."
+  }
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.autoscaler.user_data), "IMAGE='123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/cpu:0.1.0'")
+    error_message = "The autoscaler runs the CPU image."
+  }
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "FLEET_INSTANCE_ID=")
+    error_message = "The worker's heartbeats name its instance (FLEET_INSTANCE_ID, from IMDS)."
+  }
+  assert {
+    condition     = toset(keys(aws_ecr_repository.this)) == toset(["worker", "cpu"]) && aws_ecr_repository.this["worker"].image_tag_mutability == "IMMUTABLE"
+    error_message = "Two ECR repositories, immutable tags."
+  }
+  assert {
+    condition     = length(aws_s3_bucket.models) == 0 && aws_ssm_parameter.worker_env["FLEET_MODELS"].value == "s3://fleet-models/models"
+    error_message = "A given models bucket is used, none created."
+  }
+  assert {
+    condition = toset(local.ecr_pull_arns) == toset([
+      aws_ecr_repository.this["worker"].arn,
+      aws_ecr_repository.this["cpu"].arn,
+      "arn:aws:ecr:us-east-1:123456789012:repository/fleet/worker",
+      "arn:aws:ecr:us-east-1:123456789012:repository/fleet/cpu",
+    ])
+    error_message = "The roles may pull from the created repositories and those the images name."
+  }
+}
+
+run "models_bucket_created" {
+  command = apply
+
+  variables {
+    models_bucket           = null
+    create_ecr_repositories = false
+    metrics_namespace       = null
+  }
+
+  assert {
+    condition     = aws_s3_bucket.models[0].bucket == "fleet-models-123456789012-us-east-1" && output.models_uri == "s3://fleet-models-123456789012-us-east-1/models"
+    error_message = "A models bucket is created and named in the outputs."
+  }
+  assert {
+    condition     = aws_ssm_parameter.worker_env["FLEET_MODELS"].value == output.models_uri
+    error_message = "The workers load the created bucket."
+  }
+  assert {
+    condition     = aws_s3_bucket_public_access_block.models[0].block_public_policy && aws_s3_bucket_versioning.models[0].versioning_configuration[0].status == "Enabled"
+    error_message = "The models bucket is private and versioned."
+  }
+  assert {
+    condition     = length(aws_ecr_repository.this) == 0 && length(local.ecr_pull_arns) == 2
+    error_message = "Without created repositories the roles may still pull the images' own ECR repositories."
+  }
+  assert {
+    condition     = !strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "cloudwatch_namespace")
+    error_message = "metrics_namespace = null: no CloudWatch metrics."
+  }
+}
+
+run "image_needs_a_tag" {
+  command = plan
+
+  variables {
+    worker_image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/fleet/worker"
+  }
+
+  expect_failures = [var.worker_image]
+}
+
+run "image_from_a_registry_with_a_port_needs_a_tag" {
+  command = plan
+
+  variables {
+    autoscaler_image = "registry.example.com:5000/fleet/cpu"
+  }
+
+  expect_failures = [var.autoscaler_image]
+}
+
+run "image_by_digest" {
+  command = plan
+
+  variables {
+    worker_image = "registry.example.com:5000/fleet/worker@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+  }
+
+  assert {
+    condition     = length(local.image_ecr_arns) == 1
+    error_message = "An image outside ECR needs no ECR grant."
   }
 }
 
@@ -229,6 +339,56 @@ run "amazon_mq_for_rabbitmq" {
     condition     = length(aws_vpc_security_group_egress_rule.clients_to_external_broker) == 0
     error_message = "With a managed broker the clients reach only its security group."
   }
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "?management_url=https%3A%2F%2Fb-1.mq.us-east-1.amazonaws.com")
+    error_message = "The broker URL names Amazon MQ's management API (its console URL), not port 15672."
+  }
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "management_url=https%3A%2F%2Fb-1.mq.")
+    error_message = "The autoscaler reads queue statistics from Amazon MQ's management API."
+  }
+  assert {
+    condition     = output.broker_management_url == "https://b-1.mq.us-east-1.amazonaws.com" && output.broker_endpoint == "amqps://b-1.mq.us-east-1.amazonaws.com:5671"
+    error_message = "The broker's endpoint and management URL are outputs."
+  }
+  assert {
+    condition     = output.security_group_ids.broker == output.broker_security_group_id && output.broker_security_group_id != null
+    error_message = "The broker's security group is an output."
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.broker_from_producers) == 0
+    error_message = "No producer is admitted unless listed."
+  }
+}
+
+run "producers_reach_a_managed_broker" {
+  command = plan
+
+  variables {
+    broker                           = "rabbitmq"
+    broker_url                       = null
+    broker_client_cidrs              = ["10.99.0.0/16"]
+    broker_client_security_group_ids = ["sg-0123456789abcdef0"]
+  }
+
+  assert {
+    condition = toset([for r in aws_vpc_security_group_ingress_rule.broker_from_producers : "${coalesce(r.cidr_ipv4, r.referenced_security_group_id)}:${r.from_port}"]) == toset([
+      "10.99.0.0/16:5671", "10.99.0.0/16:443", "sg-0123456789abcdef0:5671", "sg-0123456789abcdef0:443",
+    ])
+    error_message = "Every producer CIDR and security group reaches AMQPS and the management API."
+  }
+}
+
+run "producers_never_from_everywhere" {
+  command = plan
+
+  variables {
+    broker              = "rabbitmq"
+    broker_url          = null
+    broker_client_cidrs = ["0.0.0.0/0"]
+  }
+
+  expect_failures = [var.broker_client_cidrs]
 }
 
 run "amazon_msk" {
