@@ -5,7 +5,7 @@ Every field is optional::
     runtime = "onnxruntime"      # the model runtime that loads the model (see worker.runtime)
     max_batch_size = 32          # rows per model run
     max_wait_ms = 2.0            # how long the batcher waits to fill a batch
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]   # default: see below
     allow_cpu_fallback = false   # may the session run on CPU when a GPU was asked for?
     intra_op_threads = 0         # 0: the CPUs this process may use (affinity, cgroup quota)
     inter_op_threads = 1
@@ -15,7 +15,12 @@ Every field is optional::
     trt_cache_dir = "/var/cache/fleet/trt"
 
 Defaults that depend on other fields are filled in when the file is read, so a
-loaded :class:`ModelConfig` holds the values the runtime will use. The
+loaded :class:`ModelConfig` holds the values the runtime will use. Without
+``providers`` an ONNX Runtime model gets the best this device offers
+(:func:`default_providers`): CUDA, then the CPU, where the process sees an
+NVIDIA GPU; the CPU otherwise. TensorRT is used only where it is listed. On a
+GPU host the CPU is then a fallback that is refused unless
+``allow_cpu_fallback = true`` (a CPU-only build on a GPU instance is a mistake). The
 fields after ``max_wait_ms`` are ONNX Runtime's; another runtime ignores them.
 """
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +58,11 @@ GPU_PROVIDERS = frozenset(
         "DmlExecutionProvider",
     }
 )
+
+CPU_ONLY = ("CPUExecutionProvider",)
+CUDA_FIRST = ("CUDAExecutionProvider", "CPUExecutionProvider")
+_NVIDIA_DEVICE = re.compile(r"nvidia[0-9]+")
+_HIDDEN = frozenset({"", "-1", "none", "NoDevFiles"})
 
 CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 _CPU_CFS_QUOTA = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
@@ -96,6 +107,38 @@ def available_cpus(cpu_max: Path = CPU_MAX) -> int:
         cpus = os.cpu_count() or 1
     limit = cgroup_cpu_limit(cpu_max)
     return max(1, min(cpus, limit) if limit is not None else cpus)
+
+
+def gpu_present(
+    *,
+    dev: Path = Path("/dev"),
+    driver: Path = Path("/proc/driver/nvidia/gpus"),
+    env: Mapping[str, str] | None = None,
+) -> bool:
+    """Whether this process sees an NVIDIA GPU: a device node ``/dev/nvidiaN`` or
+    an entry in the driver's GPU list, unless ``CUDA_VISIBLE_DEVICES`` hides them all.
+
+    Files only, no driver library: a container started without ``--gpus`` has
+    neither, one started with it has both.
+    """
+    visible = (os.environ if env is None else env).get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in _HIDDEN:
+        return False
+    try:
+        if any(_NVIDIA_DEVICE.fullmatch(p.name) for p in dev.iterdir()):
+            return True
+    except OSError:
+        pass
+    try:
+        return any(driver.iterdir())
+    except OSError:
+        return False
+
+
+def default_providers(*, gpu: bool | None = None) -> tuple[str, ...]:
+    """The providers a model without ``providers`` asks for: CUDA first where
+    there is a GPU (``gpu``, else :func:`gpu_present`), the CPU alone otherwise."""
+    return CUDA_FIRST if (gpu_present() if gpu is None else gpu) else CPU_ONLY
 
 
 def default_buckets(max_batch_size: int) -> tuple[int, ...]:
@@ -146,7 +189,7 @@ class ModelConfig(BaseModel):
     runtime: str = Field(default="onnxruntime", min_length=1)
     max_batch_size: int = Field(default=32, ge=1, le=65536)
     max_wait_ms: float = Field(default=2.0, ge=0.0, le=60_000.0)
-    providers: tuple[str, ...] = Field(default=("CPUExecutionProvider",), min_length=1)
+    providers: tuple[str, ...] = Field(default=CPU_ONLY, min_length=1)
     allow_cpu_fallback: bool = False
     intra_op_threads: int = Field(default=0, ge=0, le=1024, validate_default=True)
     inter_op_threads: int = Field(default=1, ge=1, le=1024)
@@ -165,7 +208,9 @@ class ModelConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data = dict(data)
-        providers = data.get("providers", ("CPUExecutionProvider",))
+        if "providers" not in data and data.get("runtime", "onnxruntime") == "onnxruntime":
+            data["providers"] = default_providers()
+        providers = data.get("providers", CPU_ONLY)
         first = providers[0] if isinstance(providers, list | tuple) and providers else None
         on_gpu = isinstance(first, str) and first in GPU_PROVIDERS
         data.setdefault("allow_cpu_fallback", not on_gpu)
