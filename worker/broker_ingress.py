@@ -53,7 +53,6 @@ from worker.runtime import Feeds
 log = get_logger("worker.broker_ingress")
 
 _REPLY_ATTEMPTS = 4  # a reply that fails to publish is tried again after 0.25, 0.5, 1 s
-_RESUME_RETRY = 1.0  # seconds before consuming is tried again after it failed
 # what a request's own content can make a runtime's checks raise: its caller's error
 _INPUT_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError)
 _STOPPING = Internal("the worker is stopping")  # not an answer: the message goes back
@@ -101,8 +100,6 @@ class BrokerIngress:
         self._stopped = False
         self._paused = False
         self._flow = asyncio.Lock()  # consuming and pausing, one at a time
-        self._retry: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Declare every model's queues and consume them (prefetch: 2x the model's max batch)."""
@@ -124,8 +121,6 @@ class BrokerIngress:
     async def stop_consuming(self) -> None:
         async with self._flow:
             self._stopped = True
-            if self._retry is not None:
-                self._retry.cancel()
             consumers, self._consumers = self._consumers, []
             for c in consumers:
                 await c.cancel()
@@ -139,8 +134,6 @@ class BrokerIngress:
         """Stop retrying replies: the transport is going away."""
         self._closed = True
         self._stopped = True
-        if self._retry is not None:
-            self._retry.cancel()
 
     def in_flight(self) -> int:
         """Requests received and not yet answered."""
@@ -170,36 +163,24 @@ class BrokerIngress:
             await self._resume()
 
     async def _pause(self) -> None:
+        """Pause the consumers rather than cancel them: a paused Kafka consumer
+        keeps its group membership, so holding the bound costs no rebalance."""
         async with self._flow:
             if self._paused or self._stopped:
                 return
             self._paused = True
-            consumers, self._consumers = self._consumers, []
-            log.info("holding as much as allowed; consuming paused", held=self.held())
-            for c in consumers:
-                await c.cancel()
+            log.debug("holding as much as allowed; consuming paused", held=self.held())
+            for c in self._consumers:
+                await c.pause()
 
     async def _resume(self) -> None:
         async with self._flow:
             if not self._paused or self._stopped:
                 return
-            try:
-                await self._consume_all()
-            except FleetError as exc:
-                consumers, self._consumers = self._consumers, []
-                for c in consumers:
-                    await c.cancel()
-                log.warning("could not consume again; retrying", error=str(exc))
-                loop = asyncio.get_running_loop()
-                self._retry = loop.call_later(_RESUME_RETRY, self._spawn_check)
-                return
             self._paused = False
-            log.info("consuming again", held=self.held())
-
-    def _spawn_check(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._check_hold())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+            log.debug("consuming again", held=self.held())
+            for c in self._consumers:
+                await c.resume()
 
     # ------------------------------------------------------------------ requests
     async def _on_delivery(self, delivery: Delivery) -> None:

@@ -106,6 +106,7 @@ class Subscription(Consumer):
         self.tag: str | None = None
         self.unsettled = 0
         self.cancelled = False
+        self.paused = False
         self.restarting = False
 
     async def start(self, conn: AbstractConnection) -> None:
@@ -118,13 +119,39 @@ class Subscription(Consumer):
         underlay.on_consumer_cancel_callbacks.add(self._broker_cancelled)
         if self.prefetch is not None:
             await channel.set_qos(prefetch_count=self.prefetch)
-        await self.resume()
+        await self.consume()
 
-    async def resume(self) -> None:
-        """Declare the queue and consume on the current channel."""
+    async def consume(self) -> None:
+        """Declare the queue and, unless paused, consume on the current channel."""
         assert self.channel is not None
         self.queue = await self.declare(self.channel)
-        self.tag = await self.queue.consume(self._deliver, no_ack=self.prefetch is None)
+        if not self.paused:
+            self.tag = await self.queue.consume(self._deliver, no_ack=self.prefetch is None)
+
+    async def pause(self) -> None:
+        """Cancel the consumer but keep the channel: what it delivered can
+        still be settled, and :meth:`resume` consumes on it again."""
+        if self.paused:
+            return
+        self.paused = True
+        queue, tag, self.tag = self.queue, self.tag, None
+        channel = self.channel
+        if channel is not None and not channel.is_closed and queue is not None and tag:
+            with contextlib.suppress(*CONNECTION_EXCEPTIONS):
+                await queue.cancel(tag)
+
+    async def resume(self) -> None:
+        if not self.paused:
+            return
+        self.paused = False
+        channel, queue = self.channel, self.queue
+        if self.cancelled or channel is None or channel.is_closed or queue is None:
+            return  # a restart or a reconnection consumes again
+        try:
+            self.tag = await queue.consume(self._deliver, no_ack=self.prefetch is None)
+        except CONNECTION_EXCEPTIONS as exc:
+            log.warning("could not consume again; restarting", queue=self.label, error=repr(exc))
+            self.transport._restart_soon(self)
 
     async def _deliver(self, message: AbstractIncomingMessage) -> None:
         if self.prefetch is not None:

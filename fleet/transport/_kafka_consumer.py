@@ -252,6 +252,7 @@ class GroupConsumer(Consumer):
         self._assignment_ready = asyncio.Event()
         self._idle_reason: str | None = None
         self._stopping = False
+        self._held = False  # paused: stay in the group, fetch nothing
         self._shutdown_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -288,6 +289,17 @@ class GroupConsumer(Consumer):
 
     def idle_reason(self) -> str | None:
         return self._idle_reason
+
+    async def pause(self) -> None:
+        """Fetch nothing more, but stay in the group with the partitions
+        assigned: unlike leaving, this costs no rebalance."""
+        self._held = True
+        if self._kafka is not None and not self._stopping:
+            self._kafka.pause(*self._kafka.assignment())
+
+    async def resume(self) -> None:
+        self._held = False
+        self._room.set()
 
     async def cancel(self) -> None:
         """Stop fetching. Records handed out may still be acked: the consumer
@@ -431,8 +443,8 @@ class GroupConsumer(Consumer):
         while not self._stopping:
             try:
                 assigned = list(kafka.assignment())
-                if self.outstanding >= self.prefetch:
-                    # full: keep polling (group liveness) but fetch nothing
+                if self._held or self.outstanding >= self.prefetch:
+                    # full or paused: keep polling (group liveness) but fetch nothing
                     if assigned:
                         kafka.pause(*assigned)
                     await kafka.getmany(timeout_ms=0)
@@ -446,7 +458,9 @@ class GroupConsumer(Consumer):
                 room = self.prefetch - self.outstanding
                 batch = await kafka.getmany(timeout_ms=POLL_MS, max_records=room)
                 for tp, records in batch.items():
-                    if records:
+                    if records and self._held:  # paused during the fetch: read them later
+                        kafka.seek(tp, records[0].offset)
+                    elif records:
                         await self._hand_out(tp, records)
             except asyncio.CancelledError:
                 raise
@@ -643,6 +657,14 @@ class TailConsumer(Consumer):
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"kafka-tail-{self.topic}"
         )
+
+    async def pause(self) -> None:
+        """Read nothing until :meth:`resume`; the position is kept, so nothing
+        published meanwhile is missed."""
+        self._kafka.pause(*self._kafka.assignment())
+
+    async def resume(self) -> None:
+        self._kafka.resume(*self._kafka.paused())
 
     async def reposition_at_end(self) -> None:
         """Seek to the end and resolve the position now, so that nothing

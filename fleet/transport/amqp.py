@@ -316,7 +316,7 @@ class AmqpTransport(Transport):
                     if channel is None or channel.is_closed:
                         await sub.start(conn)
                     else:
-                        await sub.resume()
+                        await sub.consume()
                 except CONNECTION_EXCEPTIONS as exc:
                     log.warning("could not restart a consumer", queue=sub.label, error=repr(exc))
                     channel = sub.channel

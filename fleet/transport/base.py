@@ -143,6 +143,16 @@ class Consumer(abc.ABC):
     async def cancel(self) -> None:
         """Stop receiving. What was delivered and not acked may still be acked."""
 
+    @abc.abstractmethod
+    async def pause(self) -> None:
+        """Receive nothing more until :meth:`resume`, keeping the subscription
+        (on Kafka: the group membership and its partitions, so pausing costs no
+        rebalance). What was delivered may still be acked. Idempotent."""
+
+    @abc.abstractmethod
+    async def resume(self) -> None:
+        """Receive again after :meth:`pause`. Idempotent."""
+
     def idle_reason(self) -> str | None:
         """Why this consumer gets nothing although the broker is up (Kafka: no
         partition assigned because there are more workers than partitions)."""

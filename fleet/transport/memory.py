@@ -210,10 +210,11 @@ class _MemoryConsumer(Consumer):
         self.prefetch = prefetch
         self.in_flight = 0
         self.active = True
+        self.paused = False
         self.tasks: set[asyncio.Task[None]] = set()
 
     def has_room(self) -> bool:
-        return self.active and self.in_flight < self.prefetch
+        return self.active and not self.paused and self.in_flight < self.prefetch
 
     def deliver(self, d: _MemoryDelivery) -> None:
         self.in_flight += 1
@@ -226,6 +227,16 @@ class _MemoryConsumer(Consumer):
             await self.on_delivery(d)
         except Exception:
             log.exception("delivery handler failed", queue=self.queue.name)
+
+    async def pause(self) -> None:
+        self.paused = True
+        await asyncio.sleep(0)
+
+    async def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.transport.broker.pump(self.queue)
+        await asyncio.sleep(0)
 
     async def cancel(self) -> None:
         self.active = False
@@ -383,11 +394,21 @@ class MemoryTransport(Transport):
         transport = self
 
         class _Sub(Consumer):
+            """Heartbeats are not kept: those published while paused are not seen."""
+
             async def cancel(self) -> None:
                 if on_beat in transport._heartbeat_subs:
                     transport._heartbeat_subs.remove(on_beat)
+                await self.pause()
+
+            async def pause(self) -> None:
                 if on_beat in transport.broker.heartbeat_subscribers:
                     transport.broker.heartbeat_subscribers.remove(on_beat)
+
+            async def resume(self) -> None:
+                live = transport.broker.heartbeat_subscribers
+                if on_beat in transport._heartbeat_subs and on_beat not in live:
+                    live.append(on_beat)
 
         return _Sub()
 

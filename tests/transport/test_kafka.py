@@ -218,6 +218,36 @@ async def test_rebalance_when_a_consumer_joins_and_leaves_loses_nothing(
     await lag_becomes(client, unique_model, 0)
 
 
+async def test_a_paused_consumer_stays_in_its_group_and_keeps_its_partitions(
+    kafka: Connect, unique_model: str
+) -> None:
+    """Pausing at the worker's bound must not leave the group: leaving and
+    joining again would rebalance every member each time."""
+    first, second, client = [await kafka(partitions=2) for _ in range(3)]
+    await client.declare_model(unique_model)
+    a: list[Delivery] = []
+    b: list[Delivery] = []
+    ca = await first.consume(unique_model, ONLINE, collector(a), prefetch=4)
+    cb = await second.consume(unique_model, ONLINE, collector(b), prefetch=4)
+    group = queue_name(unique_model, ONLINE)
+    await eventually(lambda: ca.idle_reason() is None and cb.idle_reason() is None, timeout=30)
+
+    await ca.pause()
+    for i in range(20):
+        await client.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    await eventually(lambda: len(b) >= 1)
+    await asyncio.sleep(1.0)
+    assert await client.group_members(group) == 2, "the paused member left its group"
+    assert ca.idle_reason() is None, "the paused member lost its partition"
+    assert a == [], "a paused consumer received"
+    assert len(b) < 20, "its partition moved to the other member"
+
+    await ca.resume()
+    await eventually(lambda: len(a) + len(b) >= 20)
+    assert sorted(d.body for d in a + b) == sorted(f"r{i}".encode() for i in range(20))
+    assert all(d.attempt == 1 for d in a + b)
+
+
 # --------------------------------------------------------------------------- attempts
 
 

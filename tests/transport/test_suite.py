@@ -163,6 +163,37 @@ async def test_redelivery_after_consumer_goes_away(
     await d2.ack()
 
 
+async def test_pause_keeps_what_was_delivered_and_resume_delivers_the_rest(
+    open_transport: OpenTransport, unique_model: str
+) -> None:
+    worker = await open_transport()
+    client = await open_transport()
+    await worker.declare_model(unique_model)
+    got = Deliveries()
+    consumer = await worker.consume(unique_model, ONLINE, got, prefetch=8)
+    await client.publish_request(unique_model, ONLINE, b"before")
+    (first,) = await got.wait(1)
+
+    await consumer.pause()
+    await consumer.pause()  # idempotent
+    for body in (b"p1", b"p2", b"p3"):
+        await client.publish_request(unique_model, ONLINE, body)
+    assert await got.none_within(1.0), "a paused consumer received"
+    await first.ack()  # what was delivered before the pause can still be settled
+
+    await consumer.resume()
+    await consumer.resume()  # idempotent
+    later = (await got.wait(4))[1:]
+    assert sorted(d.body for d in later) == [b"p1", b"p2", b"p3"]
+    assert all(d.attempt == 1 for d in later), "a pause is no redelivery"
+    for d in later:
+        await d.ack()
+    await consumer.cancel()
+    again = Deliveries()
+    await (await open_transport()).consume(unique_model, ONLINE, again, prefetch=8)
+    assert await again.none_within(1.0), "everything was acked"
+
+
 async def test_reject_dead_letters(open_transport: OpenTransport, unique_model: str) -> None:
     worker = await open_transport()
     await worker.declare_model(unique_model)
