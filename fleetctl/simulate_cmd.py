@@ -31,7 +31,32 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
         "--boot-delay",
         type=float,
         default=120.0,
-        help="seconds from launching an instance to it serving",
+        help="seconds of a cold boot, from launching an instance to its container running",
+    )
+    p.add_argument(
+        "--warm-pool",
+        type=int,
+        default=0,
+        help="stopped, pre-initialized instances kept ready to start (0: no warm pool)",
+    )
+    p.add_argument(
+        "--warm-boot",
+        type=float,
+        default=40.0,
+        help="seconds to start an instance from the warm pool",
+    )
+    p.add_argument(
+        "--model-load",
+        type=float,
+        default=0.0,
+        help="seconds to load and warm the model, after a cold boot or a warm start alike",
+    )
+    p.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        help="seconds a request waits in the queue before it is dropped as a miss"
+        " (default: it waits as long as it takes)",
     )
     p.add_argument(
         "--poll-interval", type=float, default=5.0, help="seconds between policy decisions"
@@ -69,6 +94,11 @@ def _sim_config(args: argparse.Namespace) -> tuple[SimConfig, ServiceProfile]:
         price_per_hour=args.price,
         queue_limit=args.queue_limit,
         seed=args.seed,
+        warm_pool_size=args.warm_pool,
+        warm_start_s=args.warm_boot,
+        model_load_s=args.model_load,
+        deadline_s=args.deadline,
+        initial_capacity=None if getattr(args, "warm_start", True) else 1,
     )
     return cfg, profile
 
@@ -91,7 +121,14 @@ def _add_simulate(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--pattern",
         default="spiky",
-        help="spiky, diurnal, triple, ramp, or csv:FILE (rows of seconds,rate)",
+        help="spiky, diurnal, triple, ramp, bursty, or csv:FILE: rows of 'seconds,rate', or"
+        " one column of request timestamps in seconds, replayed as they came",
+    )
+    p.add_argument(
+        "--warm-start",
+        action="store_true",
+        help="start from a warm fleet sized for the pattern's first minute (default: a cold"
+        " start from one instance), to see steady-state behaviour apart from a cold start",
     )
     p.add_argument(
         "--policy",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -10,10 +11,16 @@ from typing import Any
 from autoscaler.registry import POLICIES
 from autoscaler.simulator.clairvoyant import ClairvoyantConfig, ClairvoyantPolicy
 from autoscaler.simulator.docs import render
-from autoscaler.simulator.engine import SimConfig, simulate
+from autoscaler.simulator.engine import SimConfig, SimResult, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
-from autoscaler.simulator.report import PatternComparison, check_goal, plot
+from autoscaler.simulator.report import (
+    GoalCheck,
+    PatternComparison,
+    check_goal,
+    check_seer_goal,
+    plot,
+)
 from autoscaler.types import Policy
 
 GOAL_KINDS = ("default", "target-tracking", "keda", "static")
@@ -105,6 +112,63 @@ def compare_pattern(
     return PatternComparison(pattern=pattern, results=results, goal=goal)
 
 
+GOAL_KINDS_SEER = ("default", "target-tracking", "keda", ClairvoyantPolicy.name)
+"""The runs the goal against foresight compares."""
+GOAL_SEEDS = (0, 1, 2, 3, 4)
+GOAL_WARM_POOL = 4
+"""Warm instances in the goal's fleet: a burst's first step (4 x 50 req/s)
+starts in ``warm_start_s`` (40 s) instead of a cold boot (120 s)."""
+
+
+def goal_config(seed: int, base: SimConfig | None = None) -> SimConfig:
+    """The fleet the goal against foresight is measured on: ``base`` (default:
+    the default fleet) with the seed and a warm pool of :data:`GOAL_WARM_POOL`."""
+    return dataclasses.replace(
+        base or SimConfig(), seed=seed, warm_pool_size=GOAL_WARM_POOL, warm_start_s=40.0
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class SeerGoalRun:
+    """The goal against foresight on one pattern and seed."""
+
+    pattern: str
+    seed: int
+    results: tuple[SimResult, ...]
+    goal: GoalCheck
+
+    def by_policy(self, name: str) -> SimResult:
+        return next(r for r in self.results if r.policy == name)
+
+
+def seer_goal(
+    pattern: Pattern,
+    seed: int,
+    *,
+    profile: ServiceProfile = DEFAULT_PROFILE,
+    base: SimConfig | None = None,
+    horizon_s: float | None = None,
+) -> SeerGoalRun:
+    """The default policy against target tracking, KEDA and the clairvoyant
+    reference on ``pattern`` with ``seed``, on the goal's fleet."""
+    cfg = goal_config(seed, base)
+    results = tuple(
+        simulate(
+            make_policy(kind, pattern, profile, horizon_s=horizon_s, config=cfg),
+            pattern,
+            profile=profile,
+            config=cfg,
+            horizon_s=horizon_s,
+        )
+        for kind in GOAL_KINDS_SEER
+    )
+    get = {r.policy: r for r in results}
+    goal = check_seer_goal(
+        get["default"], get["target-tracking"], get["keda"], get[ClairvoyantPolicy.name]
+    )
+    return SeerGoalRun(pattern=pattern.name, seed=seed, results=results, goal=goal)
+
+
 def write_docs(
     out_dir: str | Path,
     *,
@@ -138,12 +202,18 @@ def write_docs(
 __all__ = [
     "ALL_KINDS",
     "GOAL_KINDS",
+    "GOAL_KINDS_SEER",
+    "GOAL_SEEDS",
+    "GOAL_WARM_POOL",
     "POLICY_KINDS",
     "REFERENCE_KINDS",
     "PatternComparison",
+    "SeerGoalRun",
     "compare_pattern",
+    "goal_config",
     "make_policy",
     "policy_kinds",
+    "seer_goal",
     "static_for_peak",
     "write_docs",
 ]

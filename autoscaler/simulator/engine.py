@@ -20,9 +20,18 @@ Time advances in steps of ``dt_s`` (100 ms). Each step:
   ``t(b)``.
 - **capacity**: the policy is asked every ``poll_interval_s`` with a
   :class:`~autoscaler.types.Snapshot` of what the live signals would read;
-  new instances serve after ``boot_delay_s``; scale-in removes booting
-  instances first, then in-service ones, which finish their batch and leave.
-  Instance-hours count every instance from launch to removal, booting included.
+  a new instance serves after ``warm_start_s`` when the warm pool has one
+  stopped and ready (``warm_pool_size``), else after ``boot_delay_s`` (a cold
+  boot), plus ``model_load_s`` either way. A warm instance taken is replaced
+  in the pool after a cold boot; an instance scaled in goes back to the pool
+  while it has room. Scale-in removes booting instances first (the last to be
+  ready first), then in-service ones, which finish their batch and leave.
+- **billing**: per second from launch to removal, booting included, with
+  ``billing_minimum_s`` (EC2: 60 s) charged for an instance removed sooner.
+  Stopped instances in the warm pool are not billed (only their volumes are).
+- **deadlines**: with ``deadline_s`` set, a request that has waited that long
+  in the queue is dropped there (the worker would discard it unprocessed) and
+  counts as over the objective (``expired``).
 
 When nothing waits and every step's arrivals stay below what the instances
 can serve, a whole stretch of steps is computed at once with numpy; only
@@ -63,7 +72,19 @@ class SimConfig:
     poll_interval_s: float = 5.0
     """Seconds between policy decisions (the control loop's default)."""
     boot_delay_s: float = 120.0
-    """From launch to serving: instance start, container start, model load, warm-up."""
+    """A cold boot, from launch to serving: instance start, image pull, container
+    start (``model_load_s`` comes on top)."""
+    warm_pool_size: int = 0
+    """Stopped, pre-initialized instances kept ready to start (0: no warm pool)."""
+    warm_start_s: float = 40.0
+    """From taking an instance from the warm pool to its container running."""
+    model_load_s: float = 0.0
+    """Loading and warming the model, after a cold boot or a warm start alike."""
+    billing_minimum_s: float = 60.0
+    """Least time an instance is billed for (EC2 bills per second, at least 60 s)."""
+    deadline_s: float | None = None
+    """A request that waited this long in the queue is dropped (None: requests
+    wait for as long as it takes)."""
     latency_objective_ms: float = 100.0
     price_per_hour: float = 1.006
     """Per instance (g5.xlarge on-demand, us-east-1)."""
@@ -83,6 +104,10 @@ class SimConfig:
             raise ValueError("need dt_s > 0 and poll_interval_s >= dt_s")
         if self.boot_delay_s < 0 or self.queue_limit < 1 or not self.latency_objective_ms > 0:
             raise ValueError("boot_delay_s >= 0, queue_limit >= 1, latency_objective_ms > 0")
+        if min(self.warm_pool_size, self.warm_start_s, self.model_load_s) < 0:
+            raise ValueError("warm_pool_size, warm_start_s and model_load_s must not be negative")
+        if self.billing_minimum_s < 0 or (self.deadline_s is not None and not self.deadline_s > 0):
+            raise ValueError("billing_minimum_s >= 0 and deadline_s > 0 (or None)")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -102,7 +127,8 @@ class SimResult:
     horizon_s: float
     arrived: int
     served: int
-    dropped: int  # refused by a full queue, or still queued at the end
+    dropped: int  # refused by a full queue, expired, or still queued at the end
+    expired: int  # dropped from the queue past their deadline
     over_objective: float  # served over the objective, plus dropped
     p50_ms: float
     p95_ms: float
@@ -195,7 +221,7 @@ class _Run:
         dt = cfg.dt_s
         rates = pattern.rates(dt, horizon_s)
         ticks = len(rates)
-        arrivals = np.random.default_rng(cfg.seed).poisson(rates * dt).astype(np.int64)
+        arrivals = pattern.arrivals(dt, ticks, np.random.default_rng(cfg.seed))
         poll_ticks = max(1, round(cfg.poll_interval_s / dt))
         bucket_ticks = poll_ticks * max(1, math.ceil(ticks / poll_ticks / cfg.timeline_points))
         return cls(
@@ -220,7 +246,11 @@ class _Fleet:
 
     in_service: int
     desired: int
-    booting: list[int] = field(default_factory=list)  # tick each booting instance starts serving
+    booting: list[tuple[int, int]] = field(default_factory=list)  # (ready tick, launch tick)
+    serving_since: list[int] = field(default_factory=list)  # launch ticks of those in service
+    warm: int = 0  # stopped instances ready in the warm pool
+    refills: list[int] = field(default_factory=list)  # ticks pool replacements are ready
+    expired: int = 0
     queue: deque[list[float]] = field(default_factory=deque)  # [arrival time, count]
     queued: int = 0
     credit: float = 0.0
@@ -291,7 +321,13 @@ def simulate(
     run = _Run.make(pattern, profile, cfg, horizon_s)
     rec = _Recorder(objective_s=cfg.latency_objective_ms / 1e3, buckets=run.n_buckets)
     initial = _initial_capacity(policy, run)
-    fleet = _Fleet(in_service=initial, desired=initial)
+    start = -(10**9)  # the initial instances have run long enough
+    fleet = _Fleet(
+        in_service=initial,
+        desired=initial,
+        serving_since=[start] * initial,
+        warm=cfg.warm_pool_size,
+    )
     polls = _Polls()
     arrival = Ewma(cfg.arrival_smoothing_s)
     state = policy.initial_state()
@@ -318,7 +354,7 @@ def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_en
     dt = run.dt
     while k < k_end:
         _finish_boots(fleet, k)
-        seg_end = min([k_end, *(r for r in fleet.booting if r > k)])
+        seg_end = min([k_end, *(r for r, _ in fleet.booting if r > k)])
         c = fleet.in_service
         n = run.arrivals[k:seg_end]
         fleet.instance_s += (c + len(fleet.booting)) * (seg_end - k) * dt
@@ -345,11 +381,17 @@ def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_en
 
 def _finish_boots(fleet: _Fleet, k: int) -> None:
     """Instances that finished booting by tick ``k`` go into service."""
+    if fleet.refills:
+        done = sum(1 for r in fleet.refills if r <= k)
+        if done:
+            fleet.refills = [r for r in fleet.refills if r > k]
+            fleet.warm += done
     if fleet.booting:
-        ready = [r for r in fleet.booting if r <= k]
+        ready = [b for b in fleet.booting if b[0] <= k]
         if ready:
-            fleet.booting = [r for r in fleet.booting if r > k]
+            fleet.booting = [b for b in fleet.booting if b[0] > k]
             fleet.in_service += len(ready)
+            fleet.serving_since.extend(launched for _, launched in ready)
 
 
 def _fast_stretch(
@@ -393,6 +435,7 @@ def _enqueue(run: _Run, fleet: _Fleet, t: float, count: int) -> None:
 
 def _tick_without_capacity(run: _Run, fleet: _Fleet, kk: int) -> None:
     """One step with nothing in service: arrivals queue."""
+    _expire(run, fleet, kk * run.dt)
     queued_before = fleet.queued
     _enqueue(run, fleet, kk * run.dt, int(run.arrivals[kk]))
     fleet.inflight = 0.0
@@ -404,6 +447,7 @@ def _tick(run: _Run, fleet: _Fleet, use: _Usage, cohorts: _Cohorts, kk: int, c: 
     """One step with ``c`` instances serving the FIFO of cohorts, then the
     step's own arrivals; what they cannot take waits."""
     dt, t, nk = run.dt, kk * run.dt, int(run.arrivals[kk])
+    _expire(run, fleet, t)
     queued_before = fleet.queued
     lam_k = nk / (dt * c)
     b_k = min(max(float(run.profile.batch_at_rate(lam_k)) + fleet.queued / c, 1.0), run.b_max)
@@ -436,6 +480,20 @@ def _tick(run: _Run, fleet: _Fleet, use: _Usage, cohorts: _Cohorts, kk: int, c: 
     use.serving_s += c * dt
     fleet.inflight = c * rho_k * b_k
     fleet.peak_backlog = max(fleet.peak_backlog, fleet.queued + round(fleet.inflight))
+
+
+def _expire(run: _Run, fleet: _Fleet, t: float) -> None:
+    """Drop the cohorts that have waited past the deadline by ``t``."""
+    deadline = run.cfg.deadline_s
+    if deadline is None:
+        return
+    queue = fleet.queue
+    while queue and t - queue[0][0] > deadline:
+        _, count = queue.popleft()
+        n = int(count)
+        fleet.queued -= n
+        fleet.dropped += n
+        fleet.expired += n
 
 
 def _drain_queue(
@@ -510,19 +568,45 @@ def _scale(run: _Run, fleet: _Fleet, k: int, want: int) -> None:
         return
     fleet.actions += 1
     if want > fleet.desired:
-        ready_tick = k + max(0, round(run.cfg.boot_delay_s / run.dt))
-        fleet.booting.extend([ready_tick] * (want - fleet.desired))
+        _launch(run, fleet, k, want - fleet.desired)
     else:
         remove = fleet.desired - want
         cancel = min(remove, len(fleet.booting))
         if cancel:
-            fleet.booting = sorted(fleet.booting)[: len(fleet.booting) - cancel]  # newest first
-        leave = remove - cancel
+            fleet.booting.sort()  # the last to be ready go first
+            for _, launched in fleet.booting[len(fleet.booting) - cancel :]:
+                _bill_minimum(run, fleet, k, launched)
+            del fleet.booting[len(fleet.booting) - cancel :]
+        leave = min(remove - cancel, fleet.in_service)
         if leave:
             # the leaving instances finish the batch they are running
             fleet.instance_s += leave * float(run.profile.service_time(run.b_max))
-            fleet.in_service = max(0, fleet.in_service - leave)
+            fleet.in_service -= leave
+            fleet.serving_since.sort()  # the newest go first
+            for launched in fleet.serving_since[len(fleet.serving_since) - leave :]:
+                _bill_minimum(run, fleet, k, launched)
+            del fleet.serving_since[len(fleet.serving_since) - leave :]
+            room = run.cfg.warm_pool_size - fleet.warm - len(fleet.refills)
+            fleet.warm += max(0, min(leave, room))  # stopped, back in the pool
     fleet.desired = want
+
+
+def _launch(run: _Run, fleet: _Fleet, k: int, count: int) -> None:
+    """``count`` instances: warm ones from the pool first (each replaced in
+    the pool after a cold boot), then cold ones."""
+    cfg, dt = run.cfg, run.dt
+    warm = min(count, fleet.warm)
+    fleet.warm -= warm
+    cold_tick = k + max(0, round((cfg.boot_delay_s + cfg.model_load_s) / dt))
+    warm_tick = k + max(0, round((cfg.warm_start_s + cfg.model_load_s) / dt))
+    fleet.refills.extend([k + max(0, round(cfg.boot_delay_s / dt))] * warm)
+    fleet.booting.extend([(warm_tick, k)] * warm + [(cold_tick, k)] * (count - warm))
+
+
+def _bill_minimum(run: _Run, fleet: _Fleet, k: int, launched: int) -> None:
+    """An instance removed at tick ``k`` is billed at least the minimum."""
+    lived = (k - launched) * run.dt
+    fleet.instance_s += max(0.0, run.cfg.billing_minimum_s - lived)
 
 
 # ---------------------------------------------------------------------------- the result
@@ -568,6 +652,7 @@ def _result(
         arrived=int(run.arrivals.sum()),
         served=served,
         dropped=fleet.dropped,
+        expired=fleet.expired,
         over_objective=rec.over + fleet.dropped,
         p50_ms=_percentile(rec.hist, 0.50) * 1e3,
         p95_ms=_percentile(rec.hist, 0.95) * 1e3,

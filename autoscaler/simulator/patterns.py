@@ -10,9 +10,21 @@ Built in:
 - ``triple``: 100 req/s that suddenly triples to 300 req/s at 01:00 for
   30 minutes, then falls back (a flash sale). 3 hours.
 - ``ramp``: from 20 req/s up to 500 req/s over 90 minutes, held 30 minutes. 2 hours.
-- ``csv:FILE``: a user's own rates: rows of ``seconds,rate`` (a header line is
-  skipped), the rate held from each row's time to the next; the horizon is
-  the last row's time plus the median step.
+- ``bursty``: traffic of a production inference service: 2 req/s, and on/off
+  bursts with heavy-tailed sizes and idle gaps (seeded, :func:`bursty`):
+  gaps of 1 to 15 minutes (Pareto, shape 1.2), bursts of 10 to 60 s whose
+  peaks (150 to 350 req/s, Pareto, shape 3) reach about 5 to 10 times the
+  mean rate (32 req/s), each rising and falling over 3 s. 2 hours.
+- ``csv:FILE``: a user's own traffic, in one of two formats (``#`` lines and a
+  header line are skipped):
+
+  - **rates**: rows of ``seconds,rate``, the rate (requests/s) held from each
+    row's time to the next; the horizon is the last row's time plus the
+    median step. Arrivals are drawn around the rate, as for the built-ins.
+  - **timestamps**: one column, the time of each request in seconds (epoch
+    or relative; in increasing order). The requests are replayed as they
+    came (the seed plays no part); the rate policies read is their count per
+    second. The horizon ends one second after the last request.
 """
 
 from __future__ import annotations
@@ -37,6 +49,17 @@ class Pattern:
     horizon_s: float
     rate: Callable[[FloatArray], FloatArray]  # vectorized: times (s) -> requests/s
     description: str
+    timestamps: FloatArray | None = None
+    """The requests' own times (from 0), replayed as they are; ``None``:
+    arrivals are drawn around ``rate``."""
+
+    def arrivals(self, dt: float, steps: int, rng: np.random.Generator) -> npt.NDArray[np.int64]:
+        """Requests arriving in each of ``steps`` steps of ``dt`` seconds."""
+        if self.timestamps is not None:
+            idx = np.floor(self.timestamps / dt).astype(np.int64)
+            idx = idx[(idx >= 0) & (idx < steps)]
+            return np.bincount(idx, minlength=steps).astype(np.int64)
+        return rng.poisson(self.rates(dt, steps * dt) * dt).astype(np.int64)
 
     def rates(self, dt: float, horizon_s: float | None = None) -> FloatArray:
         """The rate at the middle of each step of ``dt`` seconds."""
@@ -90,6 +113,47 @@ def _ramp(t: FloatArray) -> FloatArray:
     return np.asarray(20.0 + (500.0 - 20.0) * np.clip(t / 5400.0, 0.0, 1.0))
 
 
+def _burst_schedule(seed: int, horizon_s: float) -> FloatArray:
+    """Rows of (start s, duration s, peak req/s): heavy-tailed gaps and peaks."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[float, float, float]] = []
+    t = 0.0
+    while True:
+        gap = min(60.0 * (1.0 + rng.pareto(1.2)), 900.0)
+        t += gap
+        duration = float(rng.uniform(10.0, 60.0))
+        if t + duration > horizon_s:
+            break
+        peak = min(150.0 * (1.0 + rng.pareto(3.0)), 350.0)
+        rows.append((t, duration, peak))
+        t += duration
+    return np.array(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def bursty(seed: int = 0, horizon_s: float = 2 * 3600.0) -> Pattern:
+    """On/off bursts (see the module's description); ``seed`` draws the
+    schedule of bursts, not the arrivals."""
+    base, edge = 2.0, 3.0
+    schedule = _burst_schedule(seed, horizon_s)
+
+    def rate(t: FloatArray) -> FloatArray:
+        out = np.full_like(t, base)
+        for start, duration, peak in schedule:
+            up = np.clip((t - start) / edge, 0.0, 1.0)
+            down = np.clip((start + duration - t) / edge, 0.0, 1.0)
+            out = out + (peak - base) * np.minimum(up, down)
+        return out
+
+    name = "bursty" if seed == 0 else f"bursty-{seed}"
+    return Pattern(
+        name=name,
+        horizon_s=horizon_s,
+        rate=rate,
+        description="2 req/s with on/off bursts of heavy-tailed size and idle gaps "
+        f"(a production inference service; schedule seed {seed})",
+    )
+
+
 BUILTIN: dict[str, Pattern] = {
     "spiky": Pattern(
         name="spiky",
@@ -115,33 +179,50 @@ BUILTIN: dict[str, Pattern] = {
         rate=_ramp,
         description="20 to 500 req/s over 90 minutes, then held",
     ),
+    "bursty": bursty(0),
 }
 
 
-def from_csv(path: str | Path) -> Pattern:
-    """A pattern replaying ``seconds,rate`` rows."""
-    p = Path(path)
-    times: list[float] = []
-    values: list[float] = []
+def _read_rows(p: Path) -> list[tuple[int, list[str]]]:
+    """The file's data rows with their line numbers (blank, ``#`` and a
+    header line skipped)."""
+    rows: list[tuple[int, list[str]]] = []
     try:
         with p.open(newline="", encoding="utf-8") as fh:
             for lineno, row in enumerate(csv.reader(fh), start=1):
-                if not row or row[0].strip().startswith("#"):
+                if not row or not row[0].strip() or row[0].strip().startswith("#"):
                     continue
-                try:
-                    t, r = float(row[0]), float(row[1])
-                except (ValueError, IndexError):
-                    if lineno == 1:
+                if not rows and lineno == 1:
+                    try:
+                        float(row[0])
+                    except ValueError:
                         continue  # a header
-                    raise ConfigError(f"{p}:{lineno}: expected 'seconds,rate'") from None
-                if r < 0 or (times and t <= times[-1]):
-                    raise ConfigError(f"{p}:{lineno}: times must increase and rates be >= 0")
-                times.append(t)
-                values.append(r)
+                rows.append((lineno, row))
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    if not times:
+    if not rows:
         raise ConfigError(f"{p}: no rows")
+    return rows
+
+
+def from_csv(path: str | Path) -> Pattern:
+    """A pattern replaying a CSV file: ``seconds,rate`` rows, or one column
+    of request timestamps (see the module's description)."""
+    p = Path(path)
+    rows = _read_rows(p)
+    if all(len([c for c in row if c.strip()]) == 1 for _, row in rows):
+        return _from_timestamps(p, rows)
+    times: list[float] = []
+    values: list[float] = []
+    for lineno, row in rows:
+        try:
+            t, r = float(row[0]), float(row[1])
+        except (ValueError, IndexError):
+            raise ConfigError(f"{p}:{lineno}: expected 'seconds,rate'") from None
+        if r < 0 or (times and t <= times[-1]):
+            raise ConfigError(f"{p}:{lineno}: times must increase and rates be >= 0")
+        times.append(t)
+        values.append(r)
     step = float(np.median(np.diff(times))) if len(times) > 1 else 60.0
     ts = np.array(times)
     vs = np.array(values)
@@ -158,6 +239,35 @@ def from_csv(path: str | Path) -> Pattern:
     )
 
 
+def _from_timestamps(p: Path, rows: list[tuple[int, list[str]]]) -> Pattern:
+    """Requests replayed at their own times; the rate is their count per second."""
+    stamps: list[float] = []
+    for lineno, row in rows:
+        try:
+            t = float(row[0])
+        except ValueError:
+            raise ConfigError(f"{p}:{lineno}: expected a request timestamp in seconds") from None
+        if stamps and t < stamps[-1]:
+            raise ConfigError(f"{p}:{lineno}: timestamps must not decrease")
+        stamps.append(t)
+    times = np.array(stamps) - stamps[0]
+    horizon = math.floor(float(times[-1])) + 1.0
+    per_second = np.bincount(np.floor(times).astype(np.int64), minlength=int(horizon))
+    counts = per_second.astype(np.float64)
+
+    def rate(t: FloatArray) -> FloatArray:
+        idx = np.clip(np.floor(t).astype(np.int64), 0, len(counts) - 1)
+        return np.asarray(counts[idx])
+
+    return Pattern(
+        name=p.stem,
+        horizon_s=horizon,
+        rate=rate,
+        description=f"{len(stamps)} requests replayed from {p.name}",
+        timestamps=times,
+    )
+
+
 def get_pattern(spec: str) -> Pattern:
     """A built-in pattern by name, or ``csv:FILE``."""
     if spec.startswith("csv:"):
@@ -169,4 +279,4 @@ def get_pattern(spec: str) -> Pattern:
         raise ConfigError(f"unknown traffic pattern {spec!r}; choose from {names}") from None
 
 
-__all__ = ["BUILTIN", "Pattern", "from_csv", "get_pattern"]
+__all__ = ["BUILTIN", "Pattern", "bursty", "from_csv", "get_pattern"]

@@ -138,6 +138,55 @@ def check_goal(
     return GoalCheck(pattern=d.pattern, failures=tuple(failures), lines=tuple(lines))
 
 
+MAX_SEER_HOURS = 1.10
+"""The goal against foresight: at most this multiple of the clairvoyant
+reference's instance-hours ..."""
+MAX_OVER_ABOVE_SEER = 0.005
+"""... with at most ``MAX_OVER_SHARE`` of requests over the objective, and at
+most this share more than the reference."""
+
+
+def check_seer_goal(
+    default: SimResult, target_tracking: SimResult, keda: SimResult, seer: SimResult
+) -> GoalCheck:
+    """The goal against foresight: instance-hours at most 1.10x the
+    clairvoyant reference's; requests over the objective at most 1% and at
+    most the reference's + 0.5 percentage points; fewer over the objective
+    than target tracking and KEDA at no more instance-hours than either."""
+    failures: list[str] = []
+    lines: list[str] = []
+
+    def claim(ok: bool, text: str) -> None:
+        lines.append(("met: " if ok else "NOT met: ") + text)
+        if not ok:
+            failures.append(text)
+
+    d = default
+    ratio = d.instance_hours / seer.instance_hours if seer.instance_hours else math.inf
+    claim(
+        ratio <= MAX_SEER_HOURS,
+        f"instance-hours {d.instance_hours:.2f} = {ratio:.2f}x clairvoyant's"
+        f" {seer.instance_hours:.2f} (at most {MAX_SEER_HOURS:.2f}x)",
+    )
+    claim(
+        d.over_share <= MAX_OVER_SHARE,
+        f"over objective {100 * d.over_share:.2f}% (at most {100 * MAX_OVER_SHARE:.0f}%)",
+    )
+    claim(
+        d.over_share <= seer.over_share + MAX_OVER_ABOVE_SEER,
+        f"over objective {100 * d.over_share:.2f}% <= clairvoyant's"
+        f" {100 * seer.over_share:.2f}% + {100 * MAX_OVER_ABOVE_SEER:.1f} pp",
+    )
+    for base in (target_tracking, keda):
+        claim(
+            d.over_objective < base.over_objective and d.instance_hours <= base.instance_hours,
+            f"over objective {100 * d.over_share:.2f}% < {base.policy}"
+            f" {100 * base.over_share:.2f}% at instance-hours {d.instance_hours:.2f}"
+            f" <= {base.instance_hours:.2f}",
+        )
+    return GoalCheck(pattern=d.pattern, failures=tuple(failures), lines=tuple(lines))
+
+
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#7f7f7f", "#9467bd", "#ff7f0e")
 
 
@@ -197,11 +246,14 @@ def plot(results: Sequence[SimResult], path: str | Path, *, objective_ms: float 
 
 __all__ = [
     "COLUMNS",
+    "MAX_OVER_ABOVE_SEER",
     "MAX_OVER_SHARE",
+    "MAX_SEER_HOURS",
     "MAX_STATIC_SHARE",
     "GoalCheck",
     "PatternComparison",
     "check_goal",
+    "check_seer_goal",
     "markdown_table",
     "meets_static_goal",
     "plot",

@@ -17,6 +17,7 @@ from autoscaler.simulator.engine import SimConfig, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern, get_pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile, linear_profile
 from autoscaler.simulator.report import MAX_OVER_SHARE, MAX_STATIC_SHARE, meets_static_goal
+from autoscaler.types import Decision, Policy, Snapshot
 
 pytestmark = pytest.mark.unit
 
@@ -126,7 +127,26 @@ def _comparison(name: str) -> Any:
     return compare_pattern(BUILTIN[name])
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in BUILTIN])
+_BASELINE_GAP = {
+    "bursty": "measured (seed 0, no warm pool): default 57.01% over the objective, target"
+    " tracking 43.31%, KEDA 46.87%: it scales in during idle gaps and a burst is over"
+    " before new instances serve",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(
+            n,
+            id=n,
+            marks=[pytest.mark.xfail(strict=True, reason=_BASELINE_GAP[n])]
+            if n in _BASELINE_GAP
+            else [],
+        )
+        for n in BUILTIN
+    ],
+)
 def test_goal_against_the_baselines(name: str) -> None:
     """Fewer requests over the objective than target tracking and KEDA, with no
     more instance-hours than either."""
@@ -144,6 +164,7 @@ _STATIC_GAP = {
     "triple": "out of reach even with foresight: 2 instances at 100 req/s miss the "
     "objective too often, 3 cost more than half of static",
     "ramp": "mean-to-peak ratio 0.64: no policy that serves the load uses < 50% of static",
+    "bursty": "bursts of 10 to 60 s, shorter than a boot: 57% over the objective",
 }
 
 
@@ -190,6 +211,7 @@ _SEER = {
     "diurnal": (116.8088, 0.3231),
     "triple": (8.1390, 3.1764),
     "ramp": (13.8403, 0.1911),
+    "bursty": (6.5255, 1.5337),
 }
 
 
@@ -242,3 +264,116 @@ def test_triple_has_no_capacity_plan_that_meets_the_static_goal() -> None:
     assert 0 < f < 1
     late = (1 - f) * two.over_share + f * three.over_share
     assert late > MAX_OVER_SHARE, f"mixing at f={f:.2f} would leave {100 * late:.2f}% late"
+
+
+class Scripted(Policy[None]):
+    """Asks for the count of the last step whose time has come."""
+
+    name = "scripted"
+
+    def __init__(self, steps: list[tuple[float, int]]) -> None:
+        self.steps = steps
+
+    def initial_state(self) -> None:
+        return None
+
+    def decide(self, snapshot: Snapshot, state: None) -> tuple[Decision, None]:
+        want = snapshot.desired
+        for at, count in self.steps:
+            if snapshot.now >= at:
+                want = count
+        return Decision.to(snapshot.desired, want, "scripted"), None
+
+
+def _in_service_at(r: Any, t: float) -> float:
+    i = int(np.searchsorted(r.timeline.t_s, t))
+    return float(r.timeline.in_service[i])
+
+
+def test_billing_minimum_for_an_instance_removed_early() -> None:
+    """EC2 bills per second with a 60 s minimum: two instances launched at
+    5 s and cancelled at 20 s while booting cost 60 s each, not 15 s."""
+    policy = Scripted([(5.0, 3), (20.0, 1)])
+    pattern = flat(10.0, 600)
+    billed = simulate(policy, pattern, config=SimConfig(initial_capacity=1))
+    exact = simulate(policy, pattern, config=SimConfig(initial_capacity=1, billing_minimum_s=0))
+    assert exact.instance_hours * 3600 == pytest.approx(600 + 2 * 15)
+    assert billed.instance_hours * 3600 == pytest.approx(600 + 2 * 60)
+
+
+def test_warm_pool_starts_fast_then_refills() -> None:
+    """A pool of two: of three launched at 5 s two serve after the warm
+    start (40 s), the third after a cold boot (120 s); the pool is whole
+    again a cold boot later, so the next step starts warm too."""
+    cfg = SimConfig(initial_capacity=1, warm_pool_size=2, warm_start_s=40, boot_delay_s=120)
+    r = simulate(Scripted([(5.0, 4), (300.0, 6)]), flat(10.0, 600), config=cfg)
+    assert _in_service_at(r, 40.0) == 1
+    assert _in_service_at(r, 50.0) == 3
+    assert _in_service_at(r, 120.0) == 3
+    assert _in_service_at(r, 130.0) == 4
+    assert _in_service_at(r, 340.0) == 4
+    assert _in_service_at(r, 350.0) == 6
+    cold = simulate(Scripted([(5.0, 4)]), flat(10.0, 600), config=SimConfig(initial_capacity=1))
+    assert _in_service_at(cold, 50.0) == 1
+
+
+def test_model_load_comes_on_top_of_the_boot() -> None:
+    cfg = SimConfig(initial_capacity=1, boot_delay_s=120, model_load_s=30)
+    r = simulate(Scripted([(5.0, 2)]), flat(10.0, 600), config=cfg)
+    assert _in_service_at(r, 150.0) == 1
+    assert _in_service_at(r, 160.0) == 2
+
+
+def test_requests_past_their_deadline_are_dropped_as_misses() -> None:
+    """Overloaded, with a 2 s deadline: what waits longer is dropped in the
+    queue (never served late), and counts as over the objective."""
+    cfg = SimConfig(initial_capacity=1, deadline_s=2.0)
+    r = simulate(StaticPolicy(StaticConfig(capacity=1)), flat(200.0, 300), config=cfg)
+    assert r.expired > 0.3 * r.arrived
+    assert r.served + r.dropped == r.arrived
+    assert r.over_objective >= r.expired
+    # the wait, then the rest of the running batch and its own (the largest)
+    slowest = 2.0 + cfg.dt_s + 2 * float(DEFAULT_PROFILE.service_time(16.0))
+    assert r.p99_ms <= 1.02 * slowest * 1e3
+    forever = simulate(
+        StaticPolicy(StaticConfig(capacity=1)),
+        flat(200.0, 300),
+        config=SimConfig(initial_capacity=1),
+    )
+    assert forever.expired == 0 and forever.p99_ms > 10 * slowest * 1e3
+
+
+def test_bursty_is_seeded_on_off_and_heavy_tailed() -> None:
+    """Mostly idle; bursts of 10 to 60 s reaching about 5 to 10 times the mean;
+    the schedule depends on its seed only."""
+    from autoscaler.simulator.patterns import _burst_schedule, bursty
+
+    a, b = bursty(0).rates(1.0), BUILTIN["bursty"].rates(1.0)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, bursty(1).rates(1.0))
+    for seed in range(5):
+        rates = bursty(seed).rates(1.0)
+        schedule = _burst_schedule(seed, bursty(seed).horizon_s)
+        assert len(schedule) >= 20
+        assert (rates <= 2.0 + 1e-9).mean() > 0.7  # idle most of the time
+        assert np.all((schedule[:, 1] >= 10) & (schedule[:, 1] <= 60))
+        gaps = np.diff(schedule[:, 0]) - schedule[:-1, 1]
+        assert gaps.min() >= 60 and gaps.max() <= 900 + 1e-6
+        ratio = schedule[:, 2] / rates.mean()
+        assert 3.5 <= float(np.median(ratio)) <= 8.0 and ratio.max() >= 9.0
+
+
+def test_csv_timestamps_are_replayed_as_they_came(tmp_path: Path) -> None:
+    f = tmp_path / "requests.csv"
+    stamps = [1000.0, 1000.2, 1000.4, 1003.5, 1003.6, 1009.9]
+    f.write_text("\n".join(str(t) for t in stamps) + "\n")
+    p = get_pattern(f"csv:{f}")
+    assert p.horizon_s == 10.0
+    assert p.rates(1.0).tolist() == [3.0, 0.0, 0.0, 2.0, 0, 0, 0, 0, 0, 1.0]
+    for seed in (0, 1):
+        r = simulate(
+            StaticPolicy(StaticConfig(capacity=1)),
+            p,
+            config=SimConfig(seed=seed, initial_capacity=1),
+        )
+        assert r.arrived == len(stamps) and r.served == len(stamps)
