@@ -8,11 +8,13 @@ share of malformed ones (wrong width, wrong dtype: must get InvalidArgument)
 and, now and then, an oversize one (must get LimitExceeded). Meanwhile faults
 fire on a schedule drawn from ``--seed``:
 
-- ``amqp``: client and worker reach RabbitMQ through the fault proxy of
-  ``tests/chaos/proxy.py``: latency and jitter, a bandwidth cap, resets
-  mid-frame, a half-open connection; a memory alarm; the worker paused.
-- ``kafka``: the broker paused (SIGSTOP) past the request timeout; the worker
-  paused. (The broker advertises its own address, so no proxy in between.)
+- on both brokers, client and worker reach the broker through the fault proxy
+  of ``tests/chaos/proxy.py``: latency and jitter, a bandwidth cap, resets
+  mid-frame, a half-open connection; and the worker paused (SIGSTOP) past
+  the deadline. On Kafka the proxy sits on the port that the broker's second
+  listener advertises (``scripts/kafka.sh``), so it carries every connection;
+- ``amqp`` also: a memory alarm and a disk alarm;
+- ``kafka`` also: the broker paused (SIGSTOP) past the request timeout.
 
 Every answer is checked against ONNX Runtime run here on the same input. The
 ledger (``tests/chaos/ledger.py``) counts ok, each typed error, and the three
@@ -117,7 +119,7 @@ async def oversize(ledger: Ledger, client: Client, pool: Pool, end: float) -> No
 
 
 def faults_for(
-    broker: str, proxy: FaultProxy | None, worker: WorkerProcess, rng: random.Random
+    broker: str, proxy: FaultProxy, worker: WorkerProcess, rng: random.Random
 ) -> dict[str, Fault]:
     async def pause_worker() -> None:
         worker.signal(signal.SIGSTOP)
@@ -125,24 +127,6 @@ def faults_for(
             await asyncio.sleep(rng.uniform(TIMEOUT + 1, 2 * TIMEOUT))
         finally:
             worker.signal(signal.SIGCONT)
-
-    faults: dict[str, Fault] = {"worker paused": pause_worker}
-    if broker == "kafka":
-        from tests.chaos.conftest import kafka_pid
-
-        pid = kafka_pid()
-
-        async def pause_broker() -> None:
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                await asyncio.sleep(rng.uniform(3, 5))  # past the 2 s request timeout
-            finally:
-                os.kill(pid, signal.SIGCONT)
-
-        faults["broker paused"] = pause_broker
-        return faults
-    assert proxy is not None
-    from tests.chaos.conftest import rabbitmqctl
 
     def held(apply: Callable[[], object], seconds: tuple[float, float]) -> Fault:
         async def run() -> None:
@@ -159,25 +143,57 @@ def faults_for(
             proxy.reset(mid_frame=True)
             await asyncio.sleep(rng.uniform(0.5, 2))
 
+    faults: dict[str, Fault] = {
+        "worker paused": pause_worker,
+        "latency": held(lambda: proxy.set_latency(0.05, jitter=0.05), (3, 8)),
+        "bandwidth": held(lambda: proxy.set_bandwidth(20_000), (3, 6)),
+        "resets": resets,
+        "blackhole": held(proxy.blackhole, (2, 6)),
+    }
+    faults.update(kafka_faults(rng) if broker == "kafka" else rabbitmq_faults(rng))
+    return faults
+
+
+def kafka_faults(rng: random.Random) -> dict[str, Fault]:
+    from tests.chaos.conftest import kafka_pid
+
+    pid = kafka_pid()
+
+    async def pause_broker() -> None:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(rng.uniform(3, 5))  # past the 2 s request timeout
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    return {"broker paused": pause_broker}
+
+
+def rabbitmq_faults(rng: random.Random) -> dict[str, Fault]:
+    from tests.chaos.conftest import rabbitmqctl
+
     async def ctl(*argv: str) -> None:
         try:
             await asyncio.to_thread(rabbitmqctl, *argv)
         except subprocess.CalledProcessError as exc:  # the node is down: an outage anyway
             print(f"rabbitmqctl {' '.join(argv)} failed: {exc.stderr!r}", flush=True)
 
-    async def alarm() -> None:
-        await ctl("set_vm_memory_high_watermark", "0.0001")
-        try:
-            await asyncio.sleep(rng.uniform(2, 5))
-        finally:
-            await ctl("set_vm_memory_high_watermark", "0.4")
+    def alarm(raise_it: tuple[str, str], clear_it: tuple[str, str]) -> Fault:
+        async def run() -> None:
+            await ctl(*raise_it)
+            try:
+                await asyncio.sleep(rng.uniform(2, 5))
+            finally:
+                await ctl(*clear_it)
 
-    faults["latency"] = held(lambda: proxy.set_latency(0.05, jitter=0.05), (3, 8))
-    faults["bandwidth"] = held(lambda: proxy.set_bandwidth(20_000), (3, 6))
-    faults["resets"] = resets
-    faults["blackhole"] = held(proxy.blackhole, (2, 6))
-    faults["memory alarm"] = alarm
-    return faults
+        return run
+
+    return {
+        "memory alarm": alarm(
+            ("set_vm_memory_high_watermark", "0.0001"), ("set_vm_memory_high_watermark", "0.4")
+        ),
+        "disk alarm": alarm(("set_disk_free_limit", "100000GB"), ("set_disk_free_limit", "50MB")),
+    }
 
 
 async def schedule(
@@ -217,14 +233,17 @@ async def soak(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, rng: random.Random, repo: Path, pools: list[Pool]) -> int:
-    url, proxy = args.url, None
+    from tests.chaos.conftest import KAFKA_PROXIED_PORT, KAFKA_PROXY_PORT, proxied, with_query
+
+    url = args.url
+    host = urlsplit(url).hostname or "127.0.0.1"
     if args.broker == "amqp":
-        parts = urlsplit(url)
-        proxy = await FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
-        creds = parts.netloc.rpartition("@")[0]
-        url = parts._replace(netloc=f"{creds}@127.0.0.1:{proxy.port}").geturl()
-    else:
-        url += ("&" if "?" in url else "?") + "publish_timeout=2"
+        proxy = FaultProxy(host, urlsplit(url).port or 5672)
+    else:  # through the listener that advertises the proxy's port
+        proxy = FaultProxy(host, KAFKA_PROXIED_PORT, listen_port=KAFKA_PROXY_PORT)
+        url = with_query(url, publish_timeout=2)
+    await proxy.start()
+    url = proxied(url, proxy.port)
     worker = WorkerProcess(url, repo, "soak")
     try:
         await worker.start()
@@ -257,8 +276,7 @@ async def _run(args: argparse.Namespace, rng: random.Random, repo: Path, pools: 
             rss_end = rss_kib(worker.proc.pid)
     finally:
         await worker.stop()
-        if proxy is not None:
-            await proxy.close()
+        await proxy.close()
     return report(ledger, fired, rss_start, rss_end)
 
 

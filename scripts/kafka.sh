@@ -12,7 +12,11 @@
 # Everything lives under .cache/kafka (git-ignored): libs/ (jars from Maven
 # Central, pinned in scripts/kafka/pom.xml), data/ (the log), server.properties,
 # kafka.pid and kafka.log. Ports: FLEET_KAFKA_PORT (9092) for clients,
-# FLEET_KAFKA_CONTROLLER_PORT (9093) for the KRaft controller.
+# FLEET_KAFKA_CONTROLLER_PORT (9093) for the KRaft controller, and a second
+# client listener on FLEET_KAFKA_PROXIED_PORT (9094) that advertises
+# FLEET_KAFKA_PROXY_PORT (9095) instead of its own port: a TCP proxy on that
+# port (the chaos tier's fault proxy) then carries every connection a client
+# makes, not only the first.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +31,8 @@ CLUSTER_ID_FILE="$CACHE/cluster-id"
 POM="$ROOT/scripts/kafka/pom.xml"
 PORT="${FLEET_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${FLEET_KAFKA_CONTROLLER_PORT:-9093}"
+PROXIED_PORT="${FLEET_KAFKA_PROXIED_PORT:-9094}"
+PROXY_PORT="${FLEET_KAFKA_PROXY_PORT:-9095}"
 HEAP="${FLEET_KAFKA_HEAP:-512m}"
 START_TIMEOUT=90
 STOP_TIMEOUT=60
@@ -69,11 +75,11 @@ write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXIED_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXY_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
 log.dirs=$DATA
 num.network.threads=2
 num.io.threads=4

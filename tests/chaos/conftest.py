@@ -24,6 +24,9 @@ from tests.helpers import direct_onnx, rows
 
 RMQ_BIN = Path("/usr/lib/rabbitmq/bin")
 KAFKA_PIDFILE = ROOT / ".cache" / "kafka" / "kafka.pid"
+# scripts/kafka.sh: a second listener that advertises the proxy's port
+KAFKA_PROXIED_PORT = int(os.environ.get("FLEET_KAFKA_PROXIED_PORT", "9094"))
+KAFKA_PROXY_PORT = int(os.environ.get("FLEET_KAFKA_PROXY_PORT", "9095"))
 
 
 def with_query(url: str, **params: object) -> str:
@@ -56,6 +59,25 @@ def kafka_url() -> str:
 async def amqp_proxy(amqp_url: str) -> AsyncIterator[FaultProxy]:
     parts = urlsplit(amqp_url)
     async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672, seed=7) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def kafka_proxy(kafka_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy on the port the broker's second listener advertises, so
+    that every connection a Kafka client makes (not only the bootstrap one)
+    passes through it."""
+    host = urlsplit(kafka_url).hostname or "127.0.0.1"
+    try:
+        _, writer = await asyncio.open_connection(host, KAFKA_PROXIED_PORT)
+    except OSError:
+        missing(
+            f"no Kafka listener on {host}:{KAFKA_PROXIED_PORT} advertising port "
+            f"{KAFKA_PROXY_PORT}: start the broker with scripts/kafka.sh"
+        )
+    writer.close()
+    proxy = FaultProxy(host, KAFKA_PROXIED_PORT, seed=7, listen_port=KAFKA_PROXY_PORT)
+    async with proxy:
         yield proxy
 
 

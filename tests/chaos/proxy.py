@@ -88,8 +88,17 @@ class _Conn:
 class FaultProxy:
     """A TCP proxy in front of ``host:port`` that injects faults on command."""
 
-    def __init__(self, host: str, port: int, *, seed: int = 0, idle_reset: float = 1.0) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        seed: int = 0,
+        idle_reset: float = 1.0,
+        listen_port: int = 0,
+    ) -> None:
         self.upstream = (host, port)
+        self.listen_port = listen_port  # 0: any free port
         self.stats = ProxyStats()
         self.idle_reset = idle_reset
         self._rng = random.Random(seed)
@@ -106,7 +115,9 @@ class FaultProxy:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> FaultProxy:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(
+            self._accept, "127.0.0.1", self.listen_port, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         self._watchdog = asyncio.get_running_loop().create_task(self._reset_idle())
         return self
