@@ -1,0 +1,303 @@
+"""``terraform apply`` of deploy/terraform against moto's AWS server, the ``ec2``
+actuator driving the worker group it made, then ``terraform destroy``.
+
+The configuration is applied from a copy with one test-only file added, a
+provider override that points every AWS service at ``FLEET_TEST_AWS_URL``. The
+worker AMI's SSM parameter is seeded (AWS's public ``/aws/service/...`` names
+are reserved). Every name carries a prefix unique to the run, in a region the
+other tiers do not use, so runs on a shared moto server never meet.
+
+Needs terraform >= 1.9 and the hashicorp/aws provider in a local plugin
+directory (as scripts/deploy-checks.sh finds them); under ``CI=true`` their
+absence fails the tier.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from autoscaler.actuators.ec2 import Ec2Actuator
+from tests.conftest import missing
+from worker.health import HEALTH_PATH
+
+pytestmark = [pytest.mark.apply, pytest.mark.timeout(900)]
+
+ROOT = Path(__file__).resolve().parents[2]
+TF = ROOT / "deploy" / "terraform"
+REGION = "eu-west-3"
+SERVICES = (
+    "autoscaling cloudwatch ec2 ecr elbv2 iam kafka kms logs mq s3 secretsmanager ssm sts".split()
+)
+PLUGIN_DIRS = (
+    "/opt/tf-plugins",
+    "~/.terraform.d/plugins",
+    "~/.local/share/terraform/plugins",
+    "/usr/local/share/terraform/plugins",
+    "/usr/share/terraform/plugins",
+)
+
+
+def _terraform() -> str | None:
+    """A terraform >= 1.9: the one on PATH, else the virtual environment's."""
+    for candidate in (shutil.which("terraform"), str(ROOT / ".venv" / "bin" / "terraform")):
+        if not candidate or not os.access(candidate, os.X_OK):
+            continue
+        out = subprocess.run(
+            [candidate, "version"], capture_output=True, text=True, check=False, timeout=60
+        ).stdout
+        found = re.search(r"Terraform v(\d+)\.(\d+)", out)
+        if found and (int(found[1]), int(found[2])) >= (1, 9):
+            return candidate
+    return None
+
+
+def _plugin_dir() -> Path | None:
+    dirs = [os.environ.get("TF_PLUGIN_DIR", ""), *PLUGIN_DIRS]
+    for raw in filter(None, dirs):
+        base = Path(raw).expanduser()
+        if any((base / "registry.terraform.io" / "hashicorp" / "aws").glob("*/linux_amd64/*")):
+            return base
+    return None
+
+
+def _override(aws_url: str) -> str:
+    endpoints = "\n".join(f'    {s} = "{aws_url}"' for s in SERVICES)
+    return f"""# Test only: every AWS service at the local emulator.
+provider "aws" {{
+  access_key                  = "testing"
+  secret_key                  = "testing"
+  skip_credentials_validation = true
+  skip_metadata_api_check     = true
+  s3_use_path_style           = true
+  endpoints {{
+{endpoints}
+  }}
+}}
+"""
+
+
+@dataclass
+class Applied:
+    name: str
+    outputs: dict[str, Any]
+    apply_s: float
+    workdir: Path
+    variables: list[str]
+    run: Any  # (*args) -> CompletedProcess
+
+    def client(self, service: str) -> Any:
+        return _client(service)
+
+
+_URL_ENV = "FLEET_TEST_AWS_URL"
+
+
+def _client(service: str) -> Any:
+    """A client of moto's server with fake credentials, never a real profile's."""
+    return boto3.client(
+        service,
+        region_name=REGION,
+        endpoint_url=os.environ[_URL_ENV],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_"))}
+    env.update(
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION=REGION,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        CHECKPOINT_DISABLE="1",
+        TF_IN_AUTOMATION="1",
+        TF_INPUT="0",
+    )
+    return env
+
+
+@pytest.fixture(autouse=True)
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in _env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+
+
+@pytest.fixture(scope="module")
+def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    aws_url = os.environ.get(_URL_ENV)
+    if not aws_url:
+        missing(f"{_URL_ENV} is not set; run scripts/moto.sh start (or scripts/test.sh)")
+    terraform, plugin_dir = _terraform(), _plugin_dir()
+    if terraform is None or plugin_dir is None:
+        missing("terraform apply: no terraform >= 1.9 or no hashicorp/aws provider plugin here")
+    assert aws_url and terraform and plugin_dir
+
+    name = f"ap{uuid.uuid4().hex[:8]}"
+    workdir = tmp_path_factory.mktemp("terraform") / "terraform"
+    shutil.copytree(TF, workdir, ignore=shutil.ignore_patterns(".terraform", "tests"))
+    (workdir / "fleet_test_override.tf").write_text(_override(aws_url), encoding="utf-8")
+    shutil.copy(TF / "tests" / "variants" / "external.tfvars", workdir / "test.tfvars")
+
+    ami_parameter = f"/{name}/test/worker-ami"
+    image = _client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    ssm = _client("ssm")
+    ssm.put_parameter(Name=ami_parameter, Value=image, Type="String")
+
+    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [terraform, f"-chdir={workdir}", *args, "-no-color"],
+            env=_env(),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+        if check:
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+        return proc
+
+    variables = [
+        "-var-file=test.tfvars",
+        f"-var=name={name}",
+        f"-var=region={REGION}",
+        f"-var=worker_ami_ssm_parameter={ami_parameter}",
+        f"-var=autoscaler_ami_ssm_parameter={ami_parameter}",
+    ]
+    run("init", "-backend=false", "-lockfile=readonly", f"-plugin-dir={plugin_dir}")
+    started = time.monotonic()
+    try:
+        run("apply", "-auto-approve", *variables)
+        apply_s = time.monotonic() - started
+        outputs = {k: v["value"] for k, v in json.loads(run("output", "-json").stdout).items()}
+        yield Applied(name, outputs, apply_s, workdir, variables, run)
+    finally:
+        run("destroy", "-auto-approve", *variables, check=False)
+        ssm.delete_parameter(Name=ami_parameter)
+
+
+def _check_resources(a: Applied) -> None:
+    """What apply made is there, and wired as the outputs say."""
+    out = a.outputs
+    asg = a.client("autoscaling")
+    (group,) = asg.describe_auto_scaling_groups(AutoScalingGroupNames=[out["worker_group_name"]])[
+        "AutoScalingGroups"
+    ]
+    assert group["HealthCheckType"] == "ELB"
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 8, 1)
+    assert group["TargetGroupARNs"] == [out["target_group_arn"]]
+    assert len(group["VPCZoneIdentifier"].split(",")) == len(out["private_subnet_ids"]) >= 2
+    warm = asg.describe_warm_pool(AutoScalingGroupName=out["worker_group_name"])
+    assert warm["WarmPoolConfiguration"]["MinSize"] == 1
+    assert warm["WarmPoolConfiguration"]["MaxGroupPreparedCapacity"] == 1
+
+    elb = a.client("elbv2")
+    (target_group,) = elb.describe_target_groups(TargetGroupArns=[out["target_group_arn"]])[
+        "TargetGroups"
+    ]
+    assert target_group["HealthCheckPath"] == HEALTH_PATH == out["worker_health_path"]
+    (lb,) = elb.describe_load_balancers(LoadBalancerArns=[out["load_balancer_arn"]])[
+        "LoadBalancers"
+    ]
+    assert lb["Scheme"] == "internal" and lb["DNSName"] == out["load_balancer_dns_name"]
+
+    groups = {k: v for k, v in out["security_group_ids"].items() if v is not None}
+    assert set(groups) == {"alb", "worker", "autoscaler"}  # external broker: none of its own
+    found = a.client("ec2").describe_security_groups(GroupIds=sorted(groups.values()))
+    assert {g["VpcId"] for g in found["SecurityGroups"]} == {out["vpc_id"]}
+
+    ssm = a.client("ssm")
+    env = _parameters(ssm, out["worker_parameter_path"])
+    assert env["FLEET_MODELS"] == out["models_uri"] == f"s3://{out['models_bucket']}/models"
+    assert env["FLEET_BROKER_URL"].startswith("amqps://fleet:")
+    assert "FLEET_METRICS_NAMESPACE" not in env
+    config = ssm.get_parameter(Name=out["autoscaler_config_parameter"], WithDecryption=True)
+    assert f'group_name = "{out["worker_group_name"]}"' in config["Parameter"]["Value"]
+
+    a.client("s3").head_bucket(Bucket=out["models_bucket"])
+    repos = a.client("ecr").describe_repositories(
+        repositoryNames=[f"{a.name}/worker", f"{a.name}/cpu"]
+    )
+    urls = {r["repositoryName"].split("/")[-1]: r["repositoryUri"] for r in repos["repositories"]}
+    assert urls == out["ecr_repository_urls"]
+    a.client("cloudwatch").get_dashboard(DashboardName=out["dashboard_name"])
+
+
+def _parameters(ssm: Any, path: str) -> dict[str, str]:
+    pages = ssm.get_paginator("get_parameters_by_path").paginate(
+        Path=path, Recursive=True, WithDecryption=True
+    )
+    return {p["Name"].rsplit("/", 1)[-1]: p["Value"] for page in pages for p in page["Parameters"]}
+
+
+async def _drive_the_group(a: Applied) -> None:
+    """The autoscaler's actuator scales the group Terraform made, out and in."""
+    group_name = a.outputs["worker_group_name"]
+    act = Ec2Actuator(group_name, region=REGION, endpoint_url=os.environ[_URL_ENV])
+    try:
+        await act.start()
+        assert await act.set_desired(3, ("test: scale-out",)) == 3
+        in_service, pending, desired = await act.capacity()
+        assert (in_service + pending, desired) == (3, 3)
+        assert await act.set_desired(0, ("test: scale-in",)) == 0
+        in_service, pending, desired = await act.capacity()
+        assert (in_service + pending, desired) == (0, 0)
+        # The group's bounds hold whatever is asked.
+        assert await act.set_desired(50) == 8
+        assert await act.set_desired(0) == 0
+    finally:
+        await act.close()
+
+
+def _nothing_left(a: Applied) -> None:
+    out, name = a.outputs, a.name
+    assert a.run("state", "list").stdout.strip() == ""
+    asg = a.client("autoscaling")
+    groups = asg.describe_auto_scaling_groups(
+        AutoScalingGroupNames=[out["worker_group_name"], out["autoscaler_group_name"]]
+    )["AutoScalingGroups"]
+    assert groups == []
+    templates = a.client("ec2").describe_launch_templates()["LaunchTemplates"]
+    assert not [t for t in templates if t["LaunchTemplateName"].startswith(f"{name}-")]
+    vpcs = a.client("ec2").describe_vpcs()["Vpcs"]
+    assert out["vpc_id"] not in {v["VpcId"] for v in vpcs}
+    assert _parameters(a.client("ssm"), f"/{name}/worker") == {}
+    assert _parameters(a.client("ssm"), f"/{name}/autoscaler") == {}
+    buckets = {b["Name"] for b in a.client("s3").list_buckets()["Buckets"]}
+    assert out["models_bucket"] not in buckets
+    repos = a.client("ecr").describe_repositories()["repositories"]
+    assert not [r for r in repos if r["repositoryName"].startswith(f"{name}/")]
+    lbs = a.client("elbv2").describe_load_balancers()["LoadBalancers"]
+    assert out["load_balancer_arn"] not in {lb["LoadBalancerArn"] for lb in lbs}
+    roles = a.client("iam").list_roles()["Roles"]
+    assert not [r for r in roles if r["RoleName"].startswith(f"{name}-")]
+    logs = a.client("logs").describe_log_groups(logGroupNamePrefix=f"/{name}/")["logGroups"]
+    assert logs == []
+    key = a.client("kms").describe_key(KeyId=out["kms_key_arn"])["KeyMetadata"]
+    assert key["KeyState"] == "PendingDeletion"  # KMS keys are only ever scheduled
+
+
+async def test_apply_scale_and_destroy(applied: Applied) -> None:
+    _check_resources(applied)
+    await _drive_the_group(applied)
+    started = time.monotonic()
+    applied.run("destroy", "-auto-approve", *applied.variables)
+    destroy_s = time.monotonic() - started
+    _nothing_left(applied)
+    print(f"terraform apply {applied.apply_s:.0f} s, destroy {destroy_s:.0f} s")
