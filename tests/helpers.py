@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,11 +38,19 @@ async def running_worker(
 class WorkerProcess:
     """``fleet worker`` as a subprocess; ``ready`` once it logged so."""
 
-    def __init__(self, broker: str, models: Path, worker_id: str, *extra: str) -> None:
+    def __init__(
+        self,
+        broker: str,
+        models: Path,
+        worker_id: str,
+        *extra: str,
+        command: Sequence[str] | None = None,
+    ) -> None:
         self.argv = worker_argv(
             broker=broker,
             models=models,
             worker_id=worker_id,
+            command=command,
             extra=["--heartbeat-interval", "0.5", *extra],
         )
         self.proc: asyncio.subprocess.Process | None = None
