@@ -95,6 +95,8 @@ class BrokerIngress:
         self._max_held_bytes = max_held_bytes
         self._consumers: list[Consumer] = []
         self._messages: set[_Message] = set()
+        self._held_requests = 0  # sum of remaining over _messages, kept as they change
+        self._held_bytes = 0  # sum of size over _messages
         self._message_of: dict[Item, _Message] = {}
         self._closed = False
         self._stopped = False
@@ -137,11 +139,11 @@ class BrokerIngress:
 
     def in_flight(self) -> int:
         """Requests received and not yet answered."""
-        return sum(m.remaining for m in self._messages)
+        return self._held_requests
 
     def held(self) -> tuple[int, int]:
         """Requests received and not yet answered, and their messages' bytes."""
-        return self.in_flight(), sum(m.size for m in self._messages)
+        return self._held_requests, self._held_bytes
 
     @property
     def paused(self) -> bool:
@@ -209,6 +211,8 @@ class BrokerIngress:
             size=len(delivery.body),
         )
         self._messages.add(msg)
+        self._held_requests += msg.remaining
+        self._held_bytes += msg.size
         self._ledger.message(len(frame.items))
         replies = self._admit(msg, frame.items)
         await self._check_hold()
@@ -257,12 +261,12 @@ class BrokerIngress:
                 replies.append(self._error_reply(item.id, msg.delivery.model, item.error))
             elif isinstance(item, Request) and item.expired(now):
                 self._ledger.expired(msg.delivery.model)
-                msg.remaining -= 1
+                self._answered(msg)
             elif isinstance(item, Request):
                 error = self._submit(msg, item)
                 if error is _STOPPING:  # the worker is stopping: the broker delivers it again
                     msg.failed = True
-                    msg.remaining -= 1
+                    self._answered(msg)
                 elif error is not None:
                     replies.append(self._error_reply(item.id, msg.delivery.model, error))
             else:
@@ -332,7 +336,7 @@ class BrokerIngress:
             msg = self._message_of.pop(o.item)
             self._ledger.finished(o)
             if o.reply is None:
-                msg.remaining -= 1
+                self._answered(msg)
                 await self._maybe_settle(msg)
                 continue
             replies, msgs = by_address.setdefault(msg.reply_to, ([], []))
@@ -354,7 +358,7 @@ class BrokerIngress:
                     if fm is not None:
                         fm.failed = True
         for m in msgs:
-            m.remaining -= 1
+            self._answered(m)
         for m in set(msgs):
             await self._maybe_settle(m)
 
@@ -418,10 +422,17 @@ class BrokerIngress:
                 return False
         return False
 
+    def _answered(self, msg: _Message) -> None:
+        """One request of ``msg`` needs nothing more (replied, dropped or given back)."""
+        if msg.remaining > 0:
+            msg.remaining -= 1
+            self._held_requests -= 1
+
     async def _maybe_settle(self, msg: _Message) -> None:
         if msg.remaining > 0 or msg not in self._messages:
             return
         self._messages.discard(msg)
+        self._held_bytes -= msg.size
         try:
             if msg.failed:
                 log.warning(

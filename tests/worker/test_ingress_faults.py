@@ -396,6 +396,10 @@ async def test_a_worker_holds_no_more_than_its_bound_and_leaves_the_rest_to_othe
                 assert await wait_until(lambda: set(_replies(frames)) == set(ids), 30)
                 assert second.stats.answered_total > 0
             assert await _settled(raw, unique_model, 10)
+            # what is held is counted as it changes: back to nothing once all is answered
+            for w in (first, second):
+                ingress = w._ingress
+                assert ingress is not None and ingress.held() == (0, 0)
     finally:
         release.set()
         MemoryBroker.reset(unique_model)
