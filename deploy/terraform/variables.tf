@@ -107,6 +107,12 @@ variable "worker_instance_type" {
   default     = "g5.xlarge"
 }
 
+variable "worker_require_gpu" {
+  description = "Refuse to start the worker when the instance's GPU cannot be used (nvidia-smi finds none): the launch lifecycle hook times out and the group replaces the instance, instead of a GPU instance serving on its CPU. Null: true for NVIDIA GPU instance types (g4dn, g5, g6, p4d, p5, ...)."
+  type        = bool
+  default     = null
+}
+
 variable "worker_ami_owners" {
   description = "Owners the worker AMI may come from (account IDs, \"self\", \"amazon\", \"aws-marketplace\"). Add \"self\" or your account ID for a team's own AMI."
   type        = list(string)

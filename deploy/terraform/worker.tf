@@ -3,6 +3,14 @@
 # across the private subnets with ELB health checks, a warm pool of stopped
 # instances and lifecycle hooks for launching and draining.
 
+locals {
+  # NVIDIA GPU instance families (g4dn, g5, g6, p4d, p5, ...; not g4ad, AMD).
+  worker_require_gpu = coalesce(
+    var.worker_require_gpu,
+    can(regex("^(g[0-9]+[a-z]*|p[0-9]+[a-z]*)\\.", var.worker_instance_type)) && !startswith(var.worker_instance_type, "g4ad."),
+  )
+}
+
 data "aws_ssm_parameter" "worker_ami" {
   name = var.worker_ami_ssm_parameter
 }
@@ -67,6 +75,7 @@ resource "aws_launch_template" "worker" {
       log_group             = aws_cloudwatch_log_group.worker.name
       group_name            = local.worker_group_name
       launch_hook_name      = local.launch_hook_name
+      require_gpu           = local.worker_require_gpu
     })
   }))
 

@@ -180,6 +180,10 @@ run "new_vpc_with_defaults" {
     error_message = "The autoscaler runs the CPU image."
   }
   assert {
+    condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "REQUIRE_GPU='true'")
+    error_message = "A g5 worker whose GPU cannot be used refuses to serve on its CPU."
+  }
+  assert {
     condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "FLEET_INSTANCE_ID=")
     error_message = "The worker's heartbeats name its instance (FLEET_INSTANCE_ID, from IMDS)."
   }
@@ -467,5 +471,44 @@ run "https_listener_with_certificate" {
   assert {
     condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http) == 0
     error_message = "A certificate gives an HTTPS listener and no HTTP listener."
+  }
+}
+
+run "cpu_instance_types_run_on_the_cpu" {
+  command = plan
+
+  variables {
+    worker_instance_type = "c7i.2xlarge"
+  }
+
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "REQUIRE_GPU='false'")
+    error_message = "A CPU instance type needs no GPU."
+  }
+}
+
+run "amd_gpu_instances_need_no_nvidia_gpu" {
+  command = plan
+
+  variables {
+    worker_instance_type = "g4ad.xlarge"
+  }
+
+  assert {
+    condition     = local.worker_require_gpu == false
+    error_message = "g4ad has an AMD GPU: nvidia-smi finds none there."
+  }
+}
+
+run "gpu_requirement_can_be_waived" {
+  command = plan
+
+  variables {
+    worker_require_gpu = false
+  }
+
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "REQUIRE_GPU='false'")
+    error_message = "worker_require_gpu = false lets a GPU instance serve on its CPU."
   }
 }
