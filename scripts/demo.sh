@@ -8,6 +8,6 @@ cd "$ROOT"
 if [[ ! -x .venv/bin/fleet ]]; then
     "${PYTHON:-python3}" -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e .
+    .venv/bin/python -m pip install -q -e '.[tools]'
 fi
 exec .venv/bin/fleet --log-level WARNING demo "$@"
