@@ -122,6 +122,9 @@ def test_files_by_concern() -> None:
         "broker.tf",
         "images.tf",
         "models.tf",
+        "dashboard.tf",
+        ".terraform.lock.hcl",
+        "backend.tf.example",
         "README.md",
         ".checkov.baseline",
     ):
@@ -521,3 +524,20 @@ async def test_liveness_answers_while_readiness_fails() -> None:
                 assert "broker disconnected" in await ready.text()
     finally:
         await server.stop()
+
+
+def test_amazon_mq_url_names_the_management_api_the_transport_reads() -> None:
+    # broker.tf appends ?management_url=<urlencode(console URL)>; the AMQP
+    # transport must take it as the management API (Amazon MQ serves no 15672).
+    from urllib.parse import quote
+
+    from fleet.transport import connect
+
+    broker_tf = (TF / "broker.tf").read_text(encoding="utf-8")
+    assert '"%s?management_url=%s"' in broker_tf
+    assert "urlencode(local.mq_management_url)" in broker_tf
+    console = "https://b-1234.mq.us-east-1.amazonaws.com"
+    endpoint = "amqps://fleet:pw@b-1234.mq.us-east-1.amazonaws.com:5671"
+    url = f"{endpoint}?management_url={quote(console, safe='')}"
+    transport = connect(url)
+    assert transport._management == console  # type: ignore[attr-defined]
