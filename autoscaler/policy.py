@@ -146,6 +146,24 @@ class PolicyState:
     surge_peak: int = 0  # the highest count the last surge needed
     surge_until: float | None = None  # the current surge lasts at least until then
 
+    def shifted(self, by: float) -> PolicyState:
+        """The same state with every time in it moved by ``by`` seconds (to
+        carry what was learned into a run whose clock starts elsewhere)."""
+
+        def at(t: float | None) -> float | None:
+            return None if t is None else t + by
+
+        return replace(
+            self,
+            last_out_at=at(self.last_out_at),
+            last_in_at=at(self.last_in_at),
+            recommendations=tuple((t + by, n) for t, n in self.recommendations),
+            idle_since=at(self.idle_since),
+            needs=tuple((t + by, n) for t, n in self.needs),
+            surge_onsets=tuple(t + by for t in self.surge_onsets),
+            surge_until=at(self.surge_until),
+        )
+
 
 class DefaultPolicy(Policy[PolicyState]):
     """Throughput and backlog, device utilization, and recurring surges."""

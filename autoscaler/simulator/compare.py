@@ -15,8 +15,10 @@ from autoscaler.simulator.engine import SimConfig, SimResult, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
 from autoscaler.simulator.report import (
-    GoalCheck,
+    GOAL_CARRY_OVER,
+    GOAL_WARM_POOL,
     PatternComparison,
+    SeerGoalRun,
     check_goal,
     check_seer_goal,
     plot,
@@ -115,9 +117,22 @@ def compare_pattern(
 GOAL_KINDS_SEER = ("default", "target-tracking", "keda", ClairvoyantPolicy.name)
 """The runs the goal against foresight compares."""
 GOAL_SEEDS = (0, 1, 2, 3, 4)
-GOAL_WARM_POOL = 4
-"""Warm instances in the goal's fleet: a burst's first step (4 x 50 req/s)
-starts in ``warm_start_s`` (40 s) instead of a cold boot (120 s)."""
+
+
+def learned_state(
+    policy: Policy[Any],
+    pattern: Pattern,
+    *,
+    profile: ServiceProfile,
+    config: SimConfig,
+    horizon_s: float | None = None,
+) -> Any:
+    """What ``policy`` learned over one earlier run of ``pattern``, its times
+    moved back by the run's length so that the next run continues it."""
+    first = simulate(policy, pattern, profile=profile, config=config, horizon_s=horizon_s)
+    state = first.final_state
+    shift = getattr(state, "shifted", None)
+    return shift(-first.horizon_s) if callable(shift) else state
 
 
 def goal_config(seed: int, base: SimConfig | None = None) -> SimConfig:
@@ -126,19 +141,6 @@ def goal_config(seed: int, base: SimConfig | None = None) -> SimConfig:
     return dataclasses.replace(
         base or SimConfig(), seed=seed, warm_pool_size=GOAL_WARM_POOL, warm_start_s=40.0
     )
-
-
-@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
-class SeerGoalRun:
-    """The goal against foresight on one pattern and seed."""
-
-    pattern: str
-    seed: int
-    results: tuple[SimResult, ...]
-    goal: GoalCheck
-
-    def by_policy(self, name: str) -> SimResult:
-        return next(r for r in self.results if r.policy == name)
 
 
 def seer_goal(
@@ -152,21 +154,27 @@ def seer_goal(
     """The default policy against target tracking, KEDA and the clairvoyant
     reference on ``pattern`` with ``seed``, on the goal's fleet."""
     cfg = goal_config(seed, base)
-    results = tuple(
-        simulate(
-            make_policy(kind, pattern, profile, horizon_s=horizon_s, config=cfg),
-            pattern,
-            profile=profile,
-            config=cfg,
-            horizon_s=horizon_s,
+    results: list[SimResult] = []
+    for kind in GOAL_KINDS_SEER:
+        policy = make_policy(kind, pattern, profile, horizon_s=horizon_s, config=cfg)
+        start = None
+        if kind == "default" and pattern.name in GOAL_CARRY_OVER:
+            start = learned_state(policy, pattern, profile=profile, config=cfg, horizon_s=horizon_s)
+        results.append(
+            simulate(
+                policy,
+                pattern,
+                profile=profile,
+                config=cfg,
+                horizon_s=horizon_s,
+                initial_state=start,
+            )
         )
-        for kind in GOAL_KINDS_SEER
-    )
     get = {r.policy: r for r in results}
     goal = check_seer_goal(
         get["default"], get["target-tracking"], get["keda"], get[ClairvoyantPolicy.name]
     )
-    return SeerGoalRun(pattern=pattern.name, seed=seed, results=results, goal=goal)
+    return SeerGoalRun(pattern=pattern.name, seed=seed, results=tuple(results), goal=goal)
 
 
 def write_docs(
@@ -177,8 +185,11 @@ def write_docs(
     horizon_s: float | None = None,
     patterns: Sequence[str] = tuple(BUILTIN),
     command: str = "fleet compare-policies",
-) -> tuple[Path, list[PatternComparison]]:
-    """Run the comparison; write ``policies.md`` and ``img/<pattern>.png`` under ``out_dir``."""
+    goal_seeds: Sequence[int] = (),
+) -> tuple[Path, list[PatternComparison], list[SeerGoalRun]]:
+    """Run the comparison; write ``policies.md`` and ``img/<pattern>.png`` under
+    ``out_dir``. With ``goal_seeds``, the goal against foresight is measured
+    on each pattern with each seed and tabled too."""
     cfg = config or SimConfig()
     out = Path(out_dir)
     (out / "img").mkdir(parents=True, exist_ok=True)
@@ -192,15 +203,22 @@ def write_docs(
             out / "img" / f"{comp.pattern.name}.png",
             objective_ms=cfg.latency_objective_ms,
         )
+    goal_runs = [
+        seer_goal(BUILTIN[name], seed, profile=profile, base=config, horizon_s=horizon_s)
+        for name in patterns
+        for seed in goal_seeds
+    ]
     path = out / "policies.md"
     path.write_text(
-        render(comparisons, profile=profile, config=cfg, command=command), encoding="utf-8"
+        render(comparisons, profile=profile, config=cfg, command=command, goal_runs=goal_runs),
+        encoding="utf-8",
     )
-    return path, comparisons
+    return path, comparisons, goal_runs
 
 
 __all__ = [
     "ALL_KINDS",
+    "GOAL_CARRY_OVER",
     "GOAL_KINDS",
     "GOAL_KINDS_SEER",
     "GOAL_SEEDS",
@@ -211,6 +229,7 @@ __all__ = [
     "SeerGoalRun",
     "compare_pattern",
     "goal_config",
+    "learned_state",
     "make_policy",
     "policy_kinds",
     "seer_goal",

@@ -11,7 +11,17 @@ from autoscaler.policy import PolicyConfig
 from autoscaler.simulator.clairvoyant import ClairvoyantPolicy
 from autoscaler.simulator.engine import SimConfig, SimResult
 from autoscaler.simulator.profile import ServiceProfile
-from autoscaler.simulator.report import PatternComparison, markdown_table, meets_static_goal
+from autoscaler.simulator.report import (
+    GOAL_CARRY_OVER,
+    GOAL_WARM_POOL,
+    MAX_OVER_ABOVE_SEER,
+    MAX_OVER_SHARE,
+    MAX_SEER_HOURS,
+    PatternComparison,
+    SeerGoalRun,
+    markdown_table,
+    meets_static_goal,
+)
 
 SOURCES = {
     "target-tracking": [
@@ -66,11 +76,14 @@ def render(
     profile: ServiceProfile,
     config: SimConfig,
     command: str,
+    goal_runs: Sequence[SeerGoalRun] = (),
 ) -> str:
-    """``docs/policies.md``: the introduction, the results per pattern, the
+    """``docs/policies.md``: the introduction, the goal against foresight
+    (per pattern and seed, when measured), the results per pattern, the
     simulated fleet and the policies with their parameters."""
     parts = [
         *_introduction(config, command),
+        *(_seer_goal(goal_runs) if goal_runs else []),
         "## Results\n",
         *(part for comp in comparisons for part in _results(comp, profile)),
         *_fleet(config, profile),
@@ -87,6 +100,41 @@ def _introduction(cfg: SimConfig, command: str) -> list[str]:
         "a request over it, refused by a full queue or still queued at the end counts as "
         "*over objective*. Instance-hours include booting instances; cost is at "
         f"${cfg.price_per_hour:g} per instance-hour.\n",
+    ]
+
+
+def _seer_goal(runs: Sequence[SeerGoalRun]) -> list[str]:
+    """The goal against foresight: one row per pattern and seed."""
+    head = (
+        "| pattern | seed | default instance-h | clairvoyant instance-h | ratio "
+        "| default over | clairvoyant over | target-tracking over (instance-h) "
+        "| keda over (instance-h) | goal |"
+    )
+    lines = [head, "|" + "---|" * 10]
+    for run in runs:
+        d, seer = run.by_policy("default"), run.by_policy(ClairvoyantPolicy.name)
+        tt, keda = run.by_policy("target-tracking"), run.by_policy("keda")
+        ratio = d.instance_hours / seer.instance_hours if seer.instance_hours else float("inf")
+        lines.append(
+            f"| {run.pattern} | {run.seed} | {d.instance_hours:.2f} | {seer.instance_hours:.2f}"
+            f" | {ratio:.2f} | {100 * d.over_share:.2f}% | {100 * seer.over_share:.2f}%"
+            f" | {100 * tt.over_share:.2f}% ({tt.instance_hours:.1f})"
+            f" | {100 * keda.over_share:.2f}% ({keda.instance_hours:.1f})"
+            f" | {'met' if run.goal.met else 'NOT met'} |"
+        )
+    seeds = sorted({run.seed for run in runs})
+    return [
+        "## The goal against foresight\n",
+        f"On seeds {', '.join(map(str, seeds))} of every built-in pattern, with a warm pool of "
+        f"{GOAL_WARM_POOL} (warm start 40 s, cold boot 120 s): the default policy's "
+        f"instance-hours at most {MAX_SEER_HOURS:.2f}x the `clairvoyant` reference's; requests "
+        f"over the objective at most {100 * MAX_OVER_SHARE:.0f}% and at most the reference's + "
+        f"{100 * MAX_OVER_ABOVE_SEER:.1f} percentage points; fewer over the objective than "
+        "target tracking and KEDA at no more instance-hours than either. "
+        f"On {', '.join(f'`{n}`' for n in GOAL_CARRY_OVER)} the default policy starts with "
+        "the state it learned in an earlier run of the pattern (as a restarted autoscaler "
+        "reads it back from its state file).\n",
+        "\n".join(lines) + "\n",
     ]
 
 
@@ -115,9 +163,16 @@ def _results(comp: PatternComparison, profile: ServiceProfile) -> list[str]:
 def _fleet(cfg: SimConfig, profile: ServiceProfile) -> list[str]:
     return [
         "## The simulated fleet\n",
-        f"- step {cfg.dt_s:g} s, poll interval {cfg.poll_interval_s:g} s, boot delay "
-        f"{cfg.boot_delay_s:g} s, queue limit {cfg.queue_limit:,} requests, arrival-rate "
-        f"EWMA {cfg.arrival_smoothing_s:g} s;\n"
+        f"- step {cfg.dt_s:g} s, poll interval {cfg.poll_interval_s:g} s, cold boot "
+        f"{cfg.boot_delay_s:g} s, model load {cfg.model_load_s:g} s on top, warm pool "
+        f"{cfg.warm_pool_size} (warm start {cfg.warm_start_s:g} s; the goal against "
+        "foresight has its own), queue limit "
+        f"{cfg.queue_limit:,} requests, request deadline "
+        + ("none" if cfg.deadline_s is None else f"{cfg.deadline_s:g} s")
+        + f", arrival-rate EWMA {cfg.arrival_smoothing_s:g} s;\n"
+        f"- billing per second from launch, booting included, at least "
+        f"{cfg.billing_minimum_s:g} s per instance (EC2's minimum); stopped warm-pool "
+        "instances are not billed;\n"
         f"- service-time profile `{profile.source}`: batches up to {profile.max_batch}, "
         + ", ".join(f"t({b}) = {ms:g} ms" for b, ms in profile.batch_ms)
         + f"; {profile.max_rps:.0f} req/s per instance at full batches, "
@@ -138,9 +193,14 @@ def _policies() -> list[str]:
         "Capacity from the arrival rate over the per-instance throughput (at `target_load`) "
         "plus the backlog drained within `drain_time_s`, or from device utilization, "
         "whichever is higher; min/max; a tolerance band; a scale-in stabilization window; "
-        "separate cooldowns; step limits; scale from zero on the first backlog; opt-in "
-        "scale to zero; pre-warming for surges that recur at a regular interval. Booting "
-        "instances count as coming capacity. Missing data: hold. "
+        "separate cooldowns (none for a step-up while instances boot: they count as coming "
+        "capacity); step limits; scale from zero on the first backlog, sized at "
+        "`assumed_per_instance_rps` while nothing in service measures throughput; opt-in "
+        "scale to zero once the arrival rate is below `idle_rate_rps`; pre-warming for "
+        "surges that recur at a regular interval. Missing data (an answer rate nobody "
+        "reports is missing, not 0): hold. The live autoscaler keeps the policy's state "
+        "across restarts in `state_file`, and a cooldown starts only when the actuator's "
+        "change took effect. "
         "See `autoscaler/policy.py`.\n",
         _param_table(PolicyConfig) + "\n",
         "### `target-tracking` (SageMaker asynchronous inference)\n",

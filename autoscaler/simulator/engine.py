@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -141,6 +141,8 @@ class SimResult:
     mean_queued: float  # time-average of requests waiting in the queue
     mean_queue_wait_s: float  # mean time a served request waited in the queue
     timeline: Timeline = field(repr=False)
+    final_state: Any = field(default=None, repr=False, compare=False)
+    """The policy's state at the end (to carry what it learned into another run)."""
 
     @property
     def over_share(self) -> float:
@@ -315,8 +317,11 @@ def simulate(
     config: SimConfig | None = None,
     horizon_s: float | None = None,
     name: str | None = None,
+    initial_state: S | None = None,
 ) -> SimResult:
-    """Replay ``pattern`` against ``policy``; deterministic for ``config.seed``."""
+    """Replay ``pattern`` against ``policy``; deterministic for ``config.seed``.
+    ``initial_state``: the policy's state to start from (default: its initial
+    one), e.g. what an earlier run learned (:attr:`SimResult.final_state`)."""
     cfg = config or SimConfig()
     run = _Run.make(pattern, profile, cfg, horizon_s)
     rec = _Recorder(objective_s=cfg.latency_objective_ms / 1e3, buckets=run.n_buckets)
@@ -330,7 +335,7 @@ def simulate(
     )
     polls = _Polls()
     arrival = Ewma(cfg.arrival_smoothing_s)
-    state = policy.initial_state()
+    state = policy.initial_state() if initial_state is None else initial_state
     k = 0
     while k < run.ticks:
         k_start, k_end = k, min(k + run.poll_ticks, run.ticks)
@@ -342,7 +347,8 @@ def simulate(
         state = _policy_turn(run, fleet, use, policy, state, k, smoothed, polls)
     # requests still waiting at the end were never answered
     fleet.dropped += fleet.queued
-    return _result(run, fleet, rec, polls, policy=name or policy.name, pattern=pattern.name)
+    result = _result(run, fleet, rec, polls, policy=name or policy.name, pattern=pattern.name)
+    return replace(result, final_state=state)
 
 
 # ---------------------------------------------------------------------------- serving

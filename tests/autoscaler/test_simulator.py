@@ -4,6 +4,7 @@ default policy must meet on every built-in pattern."""
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from autoscaler.baselines import StaticConfig, StaticPolicy
 from autoscaler.policy import DefaultPolicy
-from autoscaler.simulator.compare import compare_pattern
+from autoscaler.simulator.compare import compare_pattern, seer_goal
 from autoscaler.simulator.engine import SimConfig, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern, get_pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile, linear_profile
@@ -122,6 +123,16 @@ def test_csv_pattern(tmp_path: Path) -> None:
     assert list(p.rates(60.0)) == [10.0, 100.0, 10.0]
 
 
+# A benchmark rather than a unit test: a simulated day (diurnal) of every policy.
+_BENCH = pytest.mark.skipif(
+    os.environ.get("FLEET_SIM_BENCH") != "1", reason="a benchmark: FLEET_SIM_BENCH=1 runs it"
+)
+
+
+def _days_benched(n: str) -> list[Any]:
+    return [_BENCH] if n == "diurnal" else []
+
+
 @functools.cache
 def _comparison(name: str) -> Any:
     return compare_pattern(BUILTIN[name])
@@ -142,7 +153,7 @@ _BASELINE_GAP = {
             id=n,
             marks=[pytest.mark.xfail(strict=True, reason=_BASELINE_GAP[n])]
             if n in _BASELINE_GAP
-            else [],
+            else _days_benched(n),
         )
         for n in BUILTIN
     ],
@@ -156,42 +167,88 @@ def test_goal_against_the_baselines(name: str) -> None:
     assert not against_baselines, f"{name}: " + "; ".join(against_baselines)
 
 
-# Against static provisioning for the peak the goal is not met on these
-# patterns (see docs/policies.md): strict, so the day it holds this fails and
-# the marker must go. Why, in the simulator's own terms, is tested below.
-_STATIC_GAP = {
-    "spiky": "bursts shorter than the boot delay: the first two come unannounced",
-    "triple": "out of reach even with foresight: 2 instances at 100 req/s miss the "
-    "objective too often, 3 cost more than half of static",
-    "ramp": "mean-to-peak ratio 0.64: no policy that serves the load uses < 50% of static",
-    "bursty": "bursts of 10 to 60 s, shorter than a boot: 57% over the objective",
+# The goal against foresight (seed 0 of each pattern here; seeds 0-4 in the
+# table of docs/policies.md, made by `fleet compare-policies`). Where it does
+# not hold the marker says by how much, as measured: strict, so the day it
+# holds the test fails and the marker must go.
+_SEER_GAP = {
+    "spiky": "measured (seed 0, learned state carried over): 10.06 instance-hours, 1.61x the"
+    " clairvoyant's 6.25, with 0.01% over the objective: pre-warming 135 s before a surge,"
+    " planning 45 req/s per instance and the 90 s scale-in stabilization after it cost more"
+    " than foresight's exact plan",
+    "triple": "measured (seed 0): 11.10 instance-hours, 1.36x the clairvoyant's 8.14, with"
+    " 0.69% over (the clairvoyant 3.15%): at the base rate the reference's two instances"
+    " leave ~3% late and three cost 1.36x; no plan has both",
+    "diurnal": "measured (seed 0): 126.93 instance-hours (1.09x the clairvoyant's 116.81)"
+    " with 0.15% over, but target tracking uses 102.64 (6.56% over): fewer requests over"
+    " the objective, not at fewer instance-hours",
+    "ramp": "measured (seed 0): 14.74 instance-hours (1.07x the clairvoyant's 13.84) with"
+    " 0.17% over, but target tracking uses 12.82 (5.60% over) and KEDA 11.94 (54.56% over):"
+    " fewer requests over the objective, not at fewer instance-hours",
+    "bursty": "measured (seed 0): 48.92% over the objective at 6.16 instance-hours (the"
+    " clairvoyant 0.27% at 6.53, target tracking 44.00% at 60.99, KEDA 37.00% at 21.40):"
+    " bursts of 10 to 60 s are over before new instances serve, and the policy keeps no"
+    " capacity through the idle gaps",
+}
+
+
+def _goal_params(claims: bool = False) -> list[Any]:
+    out = []
+    for n in BUILTIN:
+        marks = _days_benched(n)
+        if n in _SEER_GAP and not claims:
+            marks.append(pytest.mark.xfail(strict=True, reason=_SEER_GAP[n]))
+        out.append(pytest.param(n, id=n, marks=marks))
+    return out
+
+
+@functools.cache
+def _seer_goal(name: str) -> Any:
+    return seer_goal(BUILTIN[name], 0)
+
+
+@pytest.mark.parametrize("name", _goal_params())
+def test_goal_against_foresight(name: str) -> None:
+    """With a warm pool: instance-hours at most 1.10x the clairvoyant
+    reference's; at most 1% over the objective and at most the reference's +
+    0.5 pp; fewer over the objective than target tracking and KEDA at no more
+    instance-hours."""
+    goal = _seer_goal(name).goal
+    assert goal.met, f"{name}: " + "; ".join(goal.failures)
+
+
+# The parts of that goal that hold on seed 0: each one a test that fails the
+# day it no longer holds.
+_HOLDS = {
+    "spiky": ("over", "over-seer", "target-tracking", "keda"),
+    "diurnal": ("hours", "over", "over-seer", "keda"),
+    "triple": ("over", "over-seer", "target-tracking", "keda"),
+    "ramp": ("hours", "over", "over-seer"),
+    "bursty": ("hours",),
 }
 
 
 @pytest.mark.parametrize(
-    "name",
+    ("name", "claim"),
     [
-        pytest.param(
-            n,
-            id=n,
-            marks=[pytest.mark.xfail(strict=True, reason=_STATIC_GAP[n])]
-            if n in _STATIC_GAP
-            else [],
-        )
-        for n in BUILTIN
+        pytest.param(p.values[0], c, id=f"{p.values[0]}-{c}", marks=p.marks)
+        for p in _goal_params(claims=True)
+        for c in _HOLDS[p.values[0]]
     ],
 )
-def test_goal_against_static_for_the_peak(name: str) -> None:
-    """At most 50% of static-for-the-peak's instance-hours with at most 1% of
-    requests over the objective."""
-    goal = _comparison(name).goal
-    assert goal is not None
-    assert goal.met, f"{name}: " + "; ".join(goal.failures)
+def test_parts_of_the_goal_that_hold(name: str, claim: str) -> None:
+    goal = _seer_goal(name).goal
+    assert goal.holds(claim), "\n".join(goal.lines)
 
 
 @pytest.mark.parametrize(
     ("name", "reachable"),
-    [("spiky", True), ("diurnal", True), ("triple", False), ("ramp", False)],
+    [
+        ("spiky", True),
+        pytest.param("diurnal", True, marks=_BENCH),
+        ("triple", False),
+        ("ramp", False),
+    ],
 )
 def test_what_foresight_is_worth(name: str, reachable: bool) -> None:
     """The clairvoyant reference reads the rate a boot delay ahead. On spiky it
@@ -215,7 +272,7 @@ _SEER = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n) for n in BUILTIN])
+@pytest.mark.parametrize("name", [pytest.param(n, id=n, marks=_days_benched(n)) for n in BUILTIN])
 def test_clairvoyant_reference_is_pinned(name: str) -> None:
     seer = _comparison(name).by_policy("clairvoyant")
     hours, over_pct = _SEER[name]
@@ -377,3 +434,61 @@ def test_csv_timestamps_are_replayed_as_they_came(tmp_path: Path) -> None:
             config=SimConfig(seed=seed, initial_capacity=1),
         )
         assert r.arrived == len(stamps) and r.served == len(stamps)
+
+
+# ---------------------------------------------------------------------------- fidelity
+
+
+@pytest.mark.parametrize(
+    ("capacity", "rate"),
+    [pytest.param(1, 50.0, id="1-at-50"), pytest.param(2, 100.0, id="2-at-100")],
+)
+def test_event_level_reference_does_not_depend_on_the_step(capacity: int, rate: float) -> None:
+    """Request by request, the share over the objective is the same whatever
+    step the arrivals are drawn with (within 10%), and a queue of batches
+    near saturation does miss it."""
+    from autoscaler.simulator.events import event_level
+
+    shares = [event_level(flat(rate), capacity, dt=dt).over_share for dt in (0.05, 0.1, 0.2)]
+    assert min(shares) > 0.02
+    assert max(shares) <= 1.10 * min(shares), shares
+
+
+def test_event_level_reference_at_light_load() -> None:
+    """Batches of one that never wait: every latency is t(1), within the objective."""
+    from autoscaler.simulator.events import event_level
+
+    r = event_level(flat(5.0, 600), 4)
+    assert r.over_share == 0.0
+    assert r.mean_batch == pytest.approx(1.0, abs=0.01)
+    assert r.p99_ms == pytest.approx(float(DEFAULT_PROFILE.service_time(1.0)) * 1e3, rel=0.01)
+
+
+# The fast model does not agree with the event-level reference, and depends on
+# the step: measured (1800 s, seed 0) share over the objective, fast model at
+# dt 0.05 / 0.1 / 0.2 s against the reference's.
+_FIDELITY_GAP = {
+    "1-at-50": "fast 24.79% / 13.07% / 4.77% against 6.78% / 6.98% / 6.79% event-level",
+    "2-at-100": "fast 12.93% / 4.77% / 1.37% against 3.81% / 3.75% / 3.66% event-level",
+}
+
+
+@pytest.mark.parametrize(
+    ("capacity", "rate"),
+    [
+        pytest.param(c, r, id=i, marks=pytest.mark.xfail(strict=True, reason=_FIDELITY_GAP[i]))
+        for c, r, i in ((1, 50.0, "1-at-50"), (2, 100.0, "2-at-100"))
+    ],
+)
+def test_fast_model_agrees_with_the_event_level_reference(capacity: int, rate: float) -> None:
+    """Within 10% relative of the reference, at every step."""
+    from autoscaler.simulator.events import event_level
+
+    for dt in (0.05, 0.1, 0.2):
+        fast = simulate(
+            StaticPolicy(StaticConfig(capacity=capacity)),
+            flat(rate),
+            config=SimConfig(dt_s=dt, initial_capacity=capacity),
+        )
+        ref = event_level(flat(rate), capacity, dt=dt)
+        assert fast.over_share == pytest.approx(ref.over_share, rel=0.10), dt
