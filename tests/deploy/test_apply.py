@@ -237,6 +237,27 @@ def _check_resources(a: Applied) -> None:
     urls = {r["repositoryName"].split("/")[-1]: r["repositoryUri"] for r in repos["repositories"]}
     assert urls == out["ecr_repository_urls"]
     a.client("cloudwatch").get_dashboard(DashboardName=out["dashboard_name"])
+    _check_policies(a, repos["repositories"])
+
+
+def _check_policies(a: Applied, repos: list[dict[str, Any]]) -> None:
+    """Each role may pull its images (the created repositories and the ones the
+    images name); only the autoscaler puts metrics, into its namespace only."""
+    iam = a.client("iam")
+    statements = {}
+    for role in ("worker", "autoscaler"):
+        role_name = a.outputs[f"{role}_role_arn"].rsplit("/", 1)[-1]
+        document = iam.get_role_policy(RoleName=role_name, PolicyName=role)["PolicyDocument"]
+        if isinstance(document, str):
+            document = json.loads(document)
+        statements[role] = {s["Sid"]: s for s in document["Statement"]}
+    image_repo = "arn:aws:ecr:us-east-1:123456789012:repository/fleet/worker"  # external.tfvars
+    for role, by_sid in statements.items():
+        pulls = by_sid["PullImages"]["Resource"]
+        assert {r["repositoryArn"] for r in repos} | {image_repo} <= set(pulls), role
+    assert "PutMetricsInOwnNamespace" not in statements["worker"]
+    metrics = statements["autoscaler"]["PutMetricsInOwnNamespace"]
+    assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Fleet"}}
 
 
 def _parameters(ssm: Any, path: str) -> dict[str, str]:
