@@ -42,6 +42,26 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
         "--http-port", type=int, help="port of the HTTP endpoints; 0 picks one (default 8080)"
     )
     p.add_argument(
+        "--oip-host",
+        help="address of the Open Inference Protocol over HTTP, /v2/... (default 127.0.0.1)",
+    )
+    p.add_argument(
+        "--oip-port",
+        type=int,
+        help="port of the Open Inference Protocol over HTTP, apart from /metrics; "
+        "0 picks one (default: not served)",
+    )
+    p.add_argument(
+        "--max-sync-requests",
+        type=int,
+        help="OIP requests waiting or running at once before more get 503 (default 4x max batch)",
+    )
+    p.add_argument(
+        "--sync-timeout",
+        type=float,
+        help="seconds an OIP request without a timeout parameter may wait (default 60)",
+    )
+    p.add_argument(
         "--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)"
     )
     p.add_argument(

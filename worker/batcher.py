@@ -2,7 +2,8 @@
 
 A batch is flushed when it holds ``max_batch_size`` rows or when ``max_wait``
 seconds have passed since its first item arrived, whichever comes first
-(monotonic clock). ``online`` items always go before ``batch`` items. An item
+(monotonic clock). Synchronous items (a caller holding a connection open) go
+first, then queued ``online`` items, then ``batch`` items. An item
 carries a row count (a request may hold several rows); a batch never holds
 more than ``max_batch_size`` rows.
 """
@@ -36,6 +37,7 @@ class Batcher(Generic[T]):
     _lanes: dict[Priority, deque[_Entry[T]]] = field(
         default_factory=lambda: {p: deque() for p in Priority}
     )
+    _sync: deque[_Entry[T]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False
 
@@ -45,8 +47,12 @@ class Batcher(Generic[T]):
         if self.max_wait < 0:
             raise ValueError("max_wait must not be negative")
 
+    def _ordered(self) -> list[deque[_Entry[T]]]:
+        """The lanes in the order they are served."""
+        return [self._sync, *(self._lanes[p] for p in Priority)]
+
     def __len__(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values())
+        return sum(len(lane) for lane in self._ordered())
 
     @property
     def closed(self) -> bool:
@@ -55,14 +61,22 @@ class Batcher(Generic[T]):
 
     @property
     def rows(self) -> int:
-        return sum(e.rows for lane in self._lanes.values() for e in lane)
+        return sum(e.rows for lane in self._ordered() for e in lane)
 
-    def put(self, item: T, *, rows: int = 1, priority: Priority = Priority.ONLINE) -> None:
+    def put(
+        self,
+        item: T,
+        *,
+        rows: int = 1,
+        priority: Priority = Priority.ONLINE,
+        synchronous: bool = False,
+    ) -> None:
         if self._closed:
             raise RuntimeError("batcher is closed")
         if not 1 <= rows <= self.max_batch_size:
             raise ValueError(f"an item of {rows} rows cannot fit a batch of {self.max_batch_size}")
-        self._lanes[priority].append(_Entry(item, rows, self.clock()))
+        lane = self._sync if synchronous else self._lanes[priority]
+        lane.append(_Entry(item, rows, self.clock()))
         self._wakeup.set()
 
     def close(self) -> None:
@@ -72,20 +86,19 @@ class Batcher(Generic[T]):
 
     def drain(self) -> list[T]:
         """Take everything still queued (for shutdown)."""
-        out = [e.item for p in Priority for e in self._lanes[p]]
-        for lane in self._lanes.values():
+        out = [e.item for lane in self._ordered() for e in lane]
+        for lane in self._ordered():
             lane.clear()
         return out
 
     def _oldest(self) -> float | None:
-        heads = [lane[0].arrived for lane in self._lanes.values() if lane]
+        heads = [lane[0].arrived for lane in self._ordered() if lane]
         return min(heads) if heads else None
 
     def _take(self) -> list[T]:
         batch: list[T] = []
         rows = 0
-        for p in Priority:
-            lane = self._lanes[p]
+        for lane in self._ordered():
             while lane and rows + lane[0].rows <= self.max_batch_size:
                 entry = lane.popleft()
                 rows += entry.rows

@@ -5,7 +5,8 @@ its answer goes to. Every ingress (broker deliveries, an HTTP or a gRPC
 endpoint) produces the same items; the pipeline hands each sink the outcomes
 of its items, a batch at a time, and knows nothing of where they came from.
 
-Items whose deadline passed are dropped before inference. When a batch fails,
+Items whose deadline passed, or that their ingress cancelled (a synchronous
+caller that went away), are dropped before inference. When a batch fails,
 its items are run one by one so that only the bad one fails.
 """
 
@@ -60,6 +61,8 @@ class Item:
     feeds: Feeds
     rows: int
     sink: ReplySink
+    synchronous: bool = False  # a caller holds a connection open: served first
+    cancelled: bool = False  # set by the ingress: drop it unless it already runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +106,9 @@ class Pipeline:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     def submit(self, item: Item) -> None:
-        self.batcher.put(item, rows=item.rows, priority=item.request.priority)
+        self.batcher.put(
+            item, rows=item.rows, priority=item.request.priority, synchronous=item.synchronous
+        )
 
     @property
     def accepting(self) -> bool:
@@ -146,8 +151,9 @@ class Pipeline:
     async def _process(self, batch: list[Item]) -> None:
         try:
             now = time.time()
-            outcomes = [Outcome(i, None) for i in batch if i.request.expired(now)]
-            live = [i for i in batch if not i.request.expired(now)]
+            dropped = [i.cancelled or i.request.expired(now) for i in batch]
+            outcomes = [Outcome(i, None) for i, d in zip(batch, dropped, strict=True) if d]
+            live = [i for i, d in zip(batch, dropped, strict=True) if not d]
             if live:
                 outcomes.extend(await self._infer(live))
         finally:

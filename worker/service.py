@@ -3,7 +3,9 @@
 A :class:`Worker` composes the parts: a :class:`~worker.model_table.ModelTable`
 (every model version loaded by its runtime, warmed up, one pipeline each), the
 :class:`~worker.broker_ingress.BrokerIngress` that turns broker deliveries into
-pipeline items and settles them, the HTTP health server, and heartbeats.
+pipeline items and settles them, the Open Inference Protocol's HTTP server
+(:class:`~worker.oip_http.OipHttpServer`, another ingress of the same
+pipelines, when ``oip_port`` is set), the HTTP health server, and heartbeats.
 Starting one changes no process-wide state; see :mod:`worker.tuning`.
 
 ::
@@ -31,6 +33,7 @@ from worker.health import HealthServer
 from worker.ledger import Ledger
 from worker.metrics import WorkerMetrics
 from worker.model_table import ModelTable
+from worker.oip_http import OipHttpServer
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.stats import WindowStats
@@ -53,8 +56,10 @@ class Worker:
         self._ingress: BrokerIngress | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
+        self._oip: OipHttpServer | None = None
         self._idle_logged: str | None = None
         self.http_port: int | None = None
+        self.oip_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -82,6 +87,16 @@ class Worker:
         self.table.start(
             worker_id=self.worker_id, on_batch=self.ledger.batch, threads=s.max_model_threads
         )
+        if s.oip_port is not None:
+            self._oip = OipHttpServer(
+                self.table,
+                self.ledger,
+                ready=lambda: self.state == "ready",
+                max_body_bytes=s.max_message_bytes,
+                max_queued=s.max_sync_requests or 4 * self.table.max_batch_size(),
+                default_timeout=s.sync_timeout,
+            )
+            self.oip_port = await self._oip.start(s.oip_host, s.oip_port)
         self._transport = connect(s.broker)
         await self._transport.connect()
         self._ingress = BrokerIngress(
@@ -105,6 +120,7 @@ class Worker:
             models={m: sorted(v) for m, v in self.runtimes.items()},
             providers=self.table.providers,
             http_port=self.http_port,
+            oip_port=self.oip_port,
         )
 
     async def stop(self) -> None:
@@ -144,6 +160,8 @@ class Worker:
             except FleetError:
                 pass
             await self._transport.close()
+        if self._oip is not None:
+            await self._oip.stop()
         if self._health is not None:
             await self._health.stop()
         log.info("worker stopped", worker_id=self.worker_id, answered=self.stats.answered_total)
@@ -153,8 +171,9 @@ class Worker:
             await self._ingress.settled()
 
     def in_flight(self) -> int:
-        """Requests received from the broker and not yet answered."""
-        return self._ingress.in_flight() if self._ingress is not None else 0
+        """Requests received (from the broker or over OIP) and not yet answered."""
+        queued = self._ingress.in_flight() if self._ingress is not None else 0
+        return queued + (self._oip.in_flight() if self._oip is not None else 0)
 
     def _readiness(self) -> tuple[bool, str]:
         if self.state != "ready":

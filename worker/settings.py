@@ -32,6 +32,21 @@ class WorkerSettings(BaseSettings):
     worker_id: str = Field(default_factory=_default_worker_id)
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(8080, description="0 picks a free port; None serves no HTTP")
+    oip_host: str = Field("127.0.0.1", description="address of the Open Inference Protocol")
+    oip_port: int | None = Field(
+        None,
+        description="port of the Open Inference Protocol over HTTP (/v2/...), apart from "
+        "/metrics; 0 picks a free port; None serves none",
+    )
+    max_sync_requests: int | None = Field(
+        None,
+        ge=1,
+        description="synchronous (OIP) requests waiting or running at once before more are "
+        "refused with 503; default 4x the largest max batch",
+    )
+    sync_timeout: float = Field(
+        60.0, gt=0, description="seconds an OIP request without a timeout parameter may wait"
+    )
     heartbeat_interval: float = Field(5.0, gt=0)
     drain_timeout: float = Field(30.0, gt=0, description="seconds SIGTERM waits for in-flight work")
     prefetch: int | None = Field(

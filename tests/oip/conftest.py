@@ -1,0 +1,45 @@
+"""Fixtures of the Open Inference Protocol tests: a worker serving OIP over HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from fleet.transport.memory import MemoryBroker
+from tests.helpers import running_worker
+from tests.oip.gated import GATED, GatedRuntime, loaded
+from tests.worker.fakes import doubling_repo
+from worker.runtime import RUNTIMES
+from worker.service import Worker
+
+
+@pytest.fixture
+def broker(unique_model: str) -> Iterator[str]:
+    yield f"memory://{unique_model}"
+    MemoryBroker.reset(unique_model)
+
+
+@pytest.fixture
+async def oip_worker(broker: str, model_repo: Path) -> AsyncIterator[Worker]:
+    """A worker serving the demo models over the broker and over OIP HTTP."""
+    async with running_worker(broker, model_repo, oip_port=0) as worker:
+        yield worker
+
+
+@pytest.fixture
+def gated_repo(tmp_path: Path, unique_model: str) -> Iterator[Path]:
+    """A repository serving ``<unique_model>-gated`` (batches of 4, waiting 20 ms)."""
+    loaded.clear()
+    with RUNTIMES.registered(GATED):
+        yield doubling_repo(
+            tmp_path,
+            f"{unique_model}-gated",
+            'runtime = "gated"\nmax_batch_size = 4\nmax_wait_ms = 20\n',
+        )
+
+
+def gated_runtime() -> GatedRuntime:
+    assert len(loaded) == 1
+    return loaded[0]
