@@ -541,3 +541,18 @@ def test_amazon_mq_url_names_the_management_api_the_transport_reads() -> None:
     url = f"{endpoint}?management_url={quote(console, safe='')}"
     transport = connect(url)
     assert transport._management == console  # type: ignore[attr-defined]
+
+
+def test_readme_tfvars_set_declared_variables_and_every_required_one() -> None:
+    readme = (TF / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"cat > fleet\.tfvars <<'VARS'\n(.*?)\n\s*VARS\n", readme, re.DOTALL)
+    assert match, "the README writes fleet.tfvars"
+    text = "\n".join(line.strip() for line in match.group(1).splitlines())
+    values = _clean(hcl2.loads(text))
+    variables = config()["variable"]
+    assert set(values) <= set(variables), set(values) - set(variables)
+    required = {name for name, body in variables.items() if "default" not in body}
+    assert required <= set(values), required - set(values)
+    for name in ("worker_image", "autoscaler_image"):
+        pattern = config()["locals"]["image_reference_pattern"].replace("\\\\", "\\")
+        assert re.fullmatch(pattern.strip("^$"), values[name]), name
