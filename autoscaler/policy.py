@@ -104,6 +104,13 @@ class PolicyConfig:
     boot time plus a poll or two."""
     prewarm_grace_s: float = 60.0
     """How long after its due time a predicted surge is waited for."""
+    burst_max_s: float = 300.0
+    """A surge that lasts at most this long is a *burst*: over before
+    instances launched for it would serve."""
+    burst_hold_s: float = 600.0
+    """After a burst whose recurrence is not predicted, hold the capacity it
+    needed this long (the next may come at any time, and would be over before
+    new instances serve); 0: never."""
 
     def __post_init__(self) -> None:
         if self.min_capacity < 0 or self.max_capacity < max(self.min_capacity, 1):
@@ -129,6 +136,8 @@ class PolicyConfig:
             "surge_lookback_s",
             "prewarm_lead_s",
             "prewarm_grace_s",
+            "burst_max_s",
+            "burst_hold_s",
         ):
             if getattr(self, name) < 0 or (name == "drain_time_s" and self.drain_time_s == 0):
                 raise ValueError(f"{name} must not be negative (drain_time_s: positive)")
@@ -145,6 +154,8 @@ class PolicyState:
     surge_base: float = 0.0  # the demand level the current surge is measured against
     surge_peak: int = 0  # the highest count the last surge needed
     surge_until: float | None = None  # the current surge lasts at least until then
+    hold_until: float | None = None  # the capacity a burst needed is held until then
+    hold_count: int = 0  # ... and that capacity
 
     def shifted(self, by: float) -> PolicyState:
         """The same state with every time in it moved by ``by`` seconds (to
@@ -162,6 +173,7 @@ class PolicyState:
             needs=tuple((t + by, n) for t, n in self.needs),
             surge_onsets=tuple(t + by for t in self.surge_onsets),
             surge_until=at(self.surge_until),
+            hold_until=at(self.hold_until),
         )
 
 
@@ -196,6 +208,12 @@ class DefaultPolicy(Policy[PolicyState]):
         if prewarm > target:
             target = min(prewarm, cfg.max_capacity)
             reasons.append(f"surge due every {self._period(state):.0f}s: pre-warm {target}")
+        state, held = self._burst_hold(state, now)
+        if held:
+            prewarm = max(prewarm, min(held, cfg.max_capacity))
+            if prewarm > target:
+                target = prewarm
+                reasons.append(f"holding {target} for a burst whose recurrence is not predicted")
         if self._within_tolerance(cur, target, floor, prewarm, need):
             reasons.append(f"within the {cfg.tolerance:.0%} tolerance band of {cur}")
             target = cur
@@ -347,6 +365,38 @@ class DefaultPolicy(Policy[PolicyState]):
         return Decision.hold(cur, *reasons), state
 
     # ------------------------------------------------------------------ surges
+    def _predicted(self, state: PolicyState) -> bool:
+        """Whether the next surge is predicted (pre-warmed for): two surges at
+        a period in range, and a third before them, if any, agreeing."""
+        cfg, onsets = self.config, state.surge_onsets
+        if len(onsets) < 2:
+            return False
+        period = onsets[-1] - onsets[-2]
+        if not cfg.min_period_s <= period <= cfg.max_period_s:
+            return False
+        return len(onsets) < 3 or abs((onsets[-2] - onsets[-3]) - period) <= 0.1 * period
+
+    def _burst_hold(self, state: PolicyState, now: float) -> tuple[PolicyState, int]:
+        """The capacity held for bursts whose recurrence is not predicted (0:
+        none): a burst's peak while it lasts, and for ``burst_hold_s`` after
+        it ended (which is noted when the surge is over)."""
+        cfg = self.config
+        if cfg.burst_hold_s <= 0 or not state.surge_onsets or self._predicted(state):
+            return state, 0
+        held = state.hold_count if state.hold_until is not None and now <= state.hold_until else 0
+        if state.surge_until is not None and now <= state.surge_until:
+            short = now - state.surge_onsets[-1] <= cfg.burst_max_s + cfg.surge_lookback_s / 2
+            return state, max(held, state.surge_peak if short else 0)
+        if state.surge_until is None:
+            return state, held
+        end = state.surge_until - cfg.surge_lookback_s / 2  # its last surge-level need
+        state = replace(state, surge_until=None)
+        if end - state.surge_onsets[-1] > cfg.burst_max_s:
+            return state, held
+        keep = max(state.surge_peak, held)
+        state = replace(state, hold_until=end + cfg.burst_hold_s, hold_count=keep)
+        return state, keep if now <= end + cfg.burst_hold_s else 0
+
     def _period(self, state: PolicyState) -> float:
         onsets = state.surge_onsets
         return onsets[-1] - onsets[-2] if len(onsets) >= 2 else 0.0

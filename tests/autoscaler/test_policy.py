@@ -413,3 +413,40 @@ def test_cooldown_starts_only_when_the_change_took_effect() -> None:
     # refused, the next poll tries again instead of waiting out 600 s
     again, _ = policy.decide(snap(5, rate=LOAD * 2, instances=8), failed)
     assert again.desired == 2
+
+
+def _bursts(cfg: PolicyConfig, starts: list[int], length: int, until: int) -> dict[int, int]:
+    """Desired capacity every 5 s: 2 req/s, and 400 req/s for ``length`` s
+    from each of ``starts`` (the policy's decisions applied at once)."""
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    desired, seen = 1, {}
+    for t in range(0, until, 5):
+        rate = 400.0 if any(s <= t < s + length for s in starts) else 2.0
+        decision, state = policy.decide(snap(float(t), rate=rate, instances=desired), state)
+        desired = seen[t] = decision.desired
+    return seen
+
+
+def test_capacity_is_held_after_an_unpredicted_burst() -> None:
+    """A burst shorter than a boot, at no regular interval: what it needed is
+    held for ``burst_hold_s`` (the next would be over before new instances
+    serve), then given back."""
+    cfg = PolicyConfig(burst_hold_s=600, scale_in_stabilization_s=30, scale_in_cooldown_s=0)
+    seen = _bursts(cfg, [300], 40, 1500)
+    peak = math.ceil(400 / LOAD)
+    assert seen[320] >= peak
+    assert all(seen[t] >= peak for t in range(340, 300 + 40 + 600, 5))
+    assert seen[1100] <= 2
+    never = _bursts(replace(cfg, burst_hold_s=0), [300], 40, 1500)
+    assert never[500] <= 2
+
+
+def test_no_hold_after_a_long_surge_or_a_regular_one() -> None:
+    cfg = PolicyConfig(burst_hold_s=600, scale_in_stabilization_s=30, scale_in_cooldown_s=0)
+    long_surge = _bursts(cfg, [300], 900, 1800)  # longer than burst_max_s
+    assert long_surge[1400] <= 2
+    # three bursts 600 s apart: the fourth is pre-warmed for, not held for
+    regular = _bursts(replace(cfg, prewarm_lead_s=150), [300, 900, 1500], 40, 2000)
+    assert regular[1700] <= 2  # between the third and the pre-warm for the fourth
+    assert regular[1960] >= math.ceil(400 / LOAD)  # pre-warmed for 2100
