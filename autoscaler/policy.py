@@ -22,6 +22,12 @@ throughput cannot be read, the policy holds (it never scales in on missing
 data); the one exception is an empty fleet with a backlog, which gets its
 first instance.
 
+**Bursts.** A surge that lasts at most ``burst_max_s`` is a burst. While
+the next one is not predicted, the capacity a burst needed is held while it
+lasts and for ``burst_hold_s`` after it (the most any burst in that time
+needed): traffic that comes in bursts shorter than a boot is served only by
+instances already there.
+
 **Recurring surges.** A surge is a jump of the demand to ``surge_ratio``
 times its level of the last ``surge_lookback_s``. When two surges start
 ``P`` seconds apart (``min_period_s <= P <= max_period_s``, and, given a third,
@@ -110,7 +116,7 @@ class PolicyConfig:
     burst_hold_s: float = 600.0
     """After a burst whose recurrence is not predicted, hold the capacity it
     needed this long (the next may come at any time, and would be over before
-    new instances serve); 0: never."""
+    new instances serve); 0: never. Surges are tracked only with ``predict_surges``."""
 
     def __post_init__(self) -> None:
         if self.min_capacity < 0 or self.max_capacity < max(self.min_capacity, 1):
