@@ -20,7 +20,7 @@
 #      "terraform validate/test: skipped: <reason>", and under CI=true a
 #      failure: CI never passes without them.
 #   4. hadolint on deploy/docker/Dockerfile and Dockerfile.cpu
-#   5. shellcheck on scripts/*.sh and the rendered user-data templates
+#   5. shellcheck on scripts/*.sh, deploy/*.sh and the rendered user-data templates
 #
 # Every step runs; the exit status is 1 when any failed. Environment:
 #   TF_PLUGIN_DIR   a provider plugin directory to use (checked first)
@@ -222,7 +222,7 @@ if ! shellcheck_bin="$(tool shellcheck)"; then
     shellcheck_bin="$(tool shellcheck || true)"
 fi
 if [[ -n "$shellcheck_bin" ]]; then
-    "$shellcheck_bin" scripts/*.sh || fail "shellcheck scripts/*.sh"
+    "$shellcheck_bin" scripts/*.sh deploy/*.sh || fail "shellcheck scripts/*.sh deploy/*.sh"
     # Templates are rendered first: every ${...} interpolation becomes a
     # placeholder word and $${ becomes ${, as templatefile() would.
     mkdir -p "$work/templates"
