@@ -155,6 +155,10 @@ class OipHttpServer:
         """Synchronous requests submitted and not yet settled."""
         return self._queued
 
+    def waiting(self) -> int:
+        """Calls waiting for their answer (not those whose caller went away)."""
+        return len(self._waiting)
+
     # ------------------------------------------------------------------ metadata
     async def _server_metadata(self, _request: web.Request) -> web.Response:
         return _json(

@@ -56,7 +56,7 @@ class Worker:
         self._ingress: BrokerIngress | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
-        self._oip: OipHttpServer | None = None
+        self.oip: OipHttpServer | None = None
         self._idle_logged: str | None = None
         self.http_port: int | None = None
         self.oip_port: int | None = None
@@ -88,7 +88,7 @@ class Worker:
             worker_id=self.worker_id, on_batch=self.ledger.batch, threads=s.max_model_threads
         )
         if s.oip_port is not None:
-            self._oip = OipHttpServer(
+            self.oip = OipHttpServer(
                 self.table,
                 self.ledger,
                 ready=lambda: self.state == "ready",
@@ -96,7 +96,7 @@ class Worker:
                 max_queued=s.max_sync_requests or 4 * self.table.max_batch_size(),
                 default_timeout=s.sync_timeout,
             )
-            self.oip_port = await self._oip.start(s.oip_host, s.oip_port)
+            self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
         self._transport = connect(s.broker)
         await self._transport.connect()
         self._ingress = BrokerIngress(
@@ -160,8 +160,8 @@ class Worker:
             except FleetError:
                 pass
             await self._transport.close()
-        if self._oip is not None:
-            await self._oip.stop()
+        if self.oip is not None:
+            await self.oip.stop()
         if self._health is not None:
             await self._health.stop()
         log.info("worker stopped", worker_id=self.worker_id, answered=self.stats.answered_total)
@@ -173,7 +173,7 @@ class Worker:
     def in_flight(self) -> int:
         """Requests received (from the broker or over OIP) and not yet answered."""
         queued = self._ingress.in_flight() if self._ingress is not None else 0
-        return queued + (self._oip.in_flight() if self._oip is not None else 0)
+        return queued + (self.oip.in_flight() if self.oip is not None else 0)
 
     def _readiness(self) -> tuple[bool, str]:
         if self.state != "ready":

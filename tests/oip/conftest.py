@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,15 +29,17 @@ async def oip_worker(broker: str, model_repo: Path) -> AsyncIterator[Worker]:
 
 
 @pytest.fixture
-def gated_repo(tmp_path: Path, unique_model: str) -> Iterator[Path]:
-    """A repository serving ``<unique_model>-gated`` (batches of 4, waiting 20 ms)."""
+def gated_repo(tmp_path: Path, unique_model: str) -> Iterator[Callable[[float], Path]]:
+    """Makes a repository serving ``<unique_model>-gated``: batches of 4 rows,
+    flushed when full or after the given ``max_wait_ms``."""
     loaded.clear()
+
+    def make(max_wait_ms: float) -> Path:
+        config = f'runtime = "gated"\nmax_batch_size = 4\nmax_wait_ms = {max_wait_ms}\n'
+        return doubling_repo(tmp_path / "models", f"{unique_model}-gated", config)
+
     with RUNTIMES.registered(GATED):
-        yield doubling_repo(
-            tmp_path,
-            f"{unique_model}-gated",
-            'runtime = "gated"\nmax_batch_size = 4\nmax_wait_ms = 20\n',
-        )
+        yield make
 
 
 def gated_runtime() -> GatedRuntime:
