@@ -151,9 +151,10 @@ def _client_proc(broker: str, duration: float, in_flight: int, rate: float | Non
     from producer import Client
     from producer.loadgen import drive, random_inputs
 
-    async def run() -> Any:
+    async def run() -> tuple[Any, float]:
         async with Client(broker, timeout=30, max_in_flight=100_000) as client:
-            return await drive(
+            cpu = time.process_time()
+            result = await drive(
                 client,
                 MODEL,
                 random_inputs(WIDTH),
@@ -162,9 +163,10 @@ def _client_proc(broker: str, duration: float, in_flight: int, rate: float | Non
                 rate=rate,
                 timeout=30,
             )
+            return result, time.process_time() - cpu
 
-    r = asyncio.run(run())
-    q.put((r.latencies, r.batch_sizes, dict(r.errors), r.sent, r.seconds))
+    r, cpu = asyncio.run(run())
+    q.put((r.latencies, r.batch_sizes, dict(r.errors), r.sent, r.seconds, cpu))
 
 
 def _drive(broker: str, duration: float, in_flight: int, rate: float | None, clients: int) -> Row:
@@ -193,7 +195,26 @@ def _drive(broker: str, duration: float, in_flight: int, rate: float | None, cli
     errors = sum(sum(part[2].values()) for part in parts)
     seconds = max(part[4] for part in parts)
     row = Row("", len(lat) / seconds, _pct(lat, 50), _pct(lat, 99))
-    row.extra = {"errors": errors, "mean_batch": float(np.mean(batches)) if batches else 0.0}
+    row.extra = {
+        "errors": errors,
+        "mean_batch": float(np.mean(batches)) if batches else 0.0,
+        "client_cpu_s": sum(part[5] for part in parts),
+        "answered": len(lat),
+    }
+    return row
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _with_cpu(row: Row, worker_cpu_s: float) -> Row:
+    """CPU milliseconds per answered request, worker and client processes."""
+    n = max(1, int(row.extra["answered"]))
+    row.extra["worker_cpu_ms"] = 1000 * worker_cpu_s / n
+    row.extra["client_cpu_ms"] = 1000 * row.extra["client_cpu_s"] / n
     return row
 
 
@@ -219,10 +240,15 @@ def bench_fleet(
     try:
         asyncio.run(wait_model_served(broker, MODEL))
         _drive(broker, 2, 32, None, 1)  # warm the path
+        before = _cpu_s(worker.pid)
         sat = _drive(broker, duration, in_flight, None, clients)
+        after = _cpu_s(worker.pid)
+        sat = _with_cpu(sat, after - before)
         sat.name = f"fleet over {label}, saturation"
         sat.note = f"{in_flight} in flight, batch {sat.extra['mean_batch']:.1f}"
-        half = _drive(broker, duration, in_flight, sat.rps / 2, clients)
+        half = _with_cpu(
+            _drive(broker, duration, in_flight, sat.rps / 2, clients), _cpu_s(worker.pid) - after
+        )
         half.name = f"fleet over {label}, half load"
         half.note = f"{sat.rps / 2:.0f} req/s offered"
         rss = _rss_mb(worker.pid)
@@ -330,6 +356,11 @@ def main() -> int:
             f"  worker resident memory {rss:.0f} MB with both demo models "
             f"(target <= 300 MB: {verdict(rss <= 300)})"
         )
+        for row, what in ((sat, "at saturation"), (half, "at half load")):
+            print(
+                f"  CPU per request {what}: worker {row.extra['worker_cpu_ms']:.3f} ms, "
+                f"client {row.extra['client_cpu_ms']:.3f} ms (model included)"
+            )
         print(f"  errors: {int(sat.extra['errors'] + half.extra['errors'])}")
     return 0 if ok else 1
 
