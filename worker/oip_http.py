@@ -24,6 +24,7 @@ deadline; 500 for a failure inside the worker.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -114,6 +115,7 @@ class OipHttpServer:
         self._waiting: dict[Item, asyncio.Future[Reply | None]] = {}
         self._queued = 0  # items submitted and not yet settled
         self._runner: web.AppRunner | None = None
+        self._ids = map(f"oip-{new_request_id()[:12]}-{{}}".format, itertools.count())
         self.port: int | None = None
 
     # ------------------------------------------------------------------ serving
@@ -241,7 +243,7 @@ class OipHttpServer:
             raise Overloaded(f"{self._queued} synchronous requests are waiting; try another worker")
         timeout = parsed.timeout_s or self._default_timeout
         req = Request(
-            id=parsed.id or new_request_id(),
+            id=parsed.id or next(self._ids),  # a uuid per call costs a syscall
             model=model,
             version=version,
             inputs=parsed.inputs,

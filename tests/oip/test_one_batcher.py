@@ -175,3 +175,50 @@ async def test_queue_and_http_traffic_together_equal_onnx_runtime(
     for x, logits in zip(xs, got, strict=True):
         want = direct_onnx(model_repo / mlp, {"input": x})["logits"]
         np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+
+
+async def test_a_draining_worker_answers_what_it_took_and_refuses_more(
+    broker: str, gated_repo: Callable[[float], Path], unique_model: str
+) -> None:
+    model = f"{unique_model}-gated"
+    async with running_worker(broker, gated_repo(1), oip_port=0) as worker:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{worker.oip_port}")
+        runtime = gated_runtime()
+        try:
+            blocker = await _blocked(worker, http, model)
+            taken = asyncio.ensure_future(_http(http, model, _x(1.0)))
+            assert await wait_until(lambda: worker.in_flight() == 2, 10)
+            stopping = asyncio.ensure_future(worker.stop())
+            assert await wait_until(lambda: worker.state == "draining", 10)
+            with pytest.raises(InferenceServerException) as info:
+                await _http(http, model, _x(1.0))
+            assert info.value.status() == "503"
+            assert not await http.is_server_ready()
+            runtime.gate.set()
+            np.testing.assert_array_equal(await blocker, _x(18.0, 4))
+            np.testing.assert_array_equal(await taken, _x(2.0))
+            await stopping
+        finally:
+            runtime.gate.set()
+            await http.close()
+
+
+async def test_an_aborted_worker_answers_its_waiting_calls_503(
+    broker: str, gated_repo: Callable[[float], Path], unique_model: str
+) -> None:
+    model = f"{unique_model}-gated"
+    async with running_worker(broker, gated_repo(1), oip_port=0) as worker:
+        http = httpclient.InferenceServerClient(f"127.0.0.1:{worker.oip_port}")
+        runtime = gated_runtime()
+        try:
+            blocker = await _blocked(worker, http, model)
+            waiting = asyncio.ensure_future(_http(http, model, _x(1.0)))
+            assert await wait_until(lambda: worker.in_flight() == 2, 10)
+            await worker.abort()
+            for call in (blocker, waiting):
+                with pytest.raises(InferenceServerException) as info:
+                    await call
+                assert info.value.status() == "503"
+        finally:
+            runtime.gate.set()
+            await http.close()
