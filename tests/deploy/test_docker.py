@@ -129,7 +129,7 @@ def test_gpu_image_on_cuda_runtime_with_onnxruntime_gpu() -> None:
 def test_cpu_image_has_no_gpu_pieces() -> None:
     text = (DOCKER / "Dockerfile.cpu").read_text(encoding="utf-8")
     assert "nvidia" not in text and "onnxruntime-gpu" not in text
-    assert ".[aws]" in text
+    assert "ARG EXTRAS=aws\n" in text and '".[${EXTRAS}]"' in text
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)

@@ -37,10 +37,26 @@ def test_tools_are_an_extra_of_their_own() -> None:
 def test_images_install_no_tools() -> None:
     for name in ("Dockerfile", "Dockerfile.cpu"):
         text = (ROOT / "deploy" / "docker" / name).read_text(encoding="utf-8")
-        installs = re.findall(r'pip install[^\n]*"\.\[([a-z,]+)\]"', text)
+        # ".[gpu,aws]", or ".[${EXTRAS}]" with the default of ARG EXTRAS=...
+        defaults = dict(re.findall(r"^ARG ([A-Z_]+)=(\S+)$", text, re.MULTILINE))
+        installs = [
+            re.sub(r"\$\{(\w+)\}", lambda m, d=defaults: d[m[1]], extras)
+            for extras in re.findall(r'pip install[^\n]*"\.\[([^\]]+)\]"', text)
+        ]
         assert installs, name
         for extras in installs:
-            assert "tools" not in extras.split(",") and "dev" not in extras.split(","), name
+            assert not {"tools", "dev"} & set(extras.split(",")), (name, extras)
+
+
+def test_compose_builds_the_models_with_the_tools() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy" / "docker" / "compose.yaml").read_text("utf-8"))
+    models = compose["services"]["models"]
+    assert models["command"][:2] == ["models", "build"]
+    assert "tools" in models["build"]["args"]["EXTRAS"].split(",")
+    assert models["image"] != compose["services"]["worker"]["image"]
+    assert "args" not in compose["services"]["worker"].get("build", {})
 
 
 def test_serving_starts_without_the_tools() -> None:
