@@ -144,7 +144,7 @@ output "models_bucket" {
 }
 
 output "models_uri" {
-  description = "The model repository the workers load (FLEET_MODELS): push models here with fleet models push."
+  description = "The model repository the workers load (FLEET_MODELS): upload models here (aws s3 sync models/ <models_uri>/)."
   value       = local.models_uri
 }
 
