@@ -5,12 +5,17 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from fleet.contract import Priority
 from fleet.transport import Delivery, Transport, connect, queue_name
 from fleet.transport.base import wait_until
+from fleet.transport.kafka import KafkaTransport
+from tests.conftest import broker_url_for
+from tests.transport.kafka_support import Connect
 
 WAIT = 15.0  # seconds: the bound on every wait for something the broker does
 
@@ -103,3 +108,37 @@ async def _drop_amqp_queues(
         channel = await connection.channel()
         for priority in Priority:
             await channel.queue_delete(queue_name(unique_model, priority))
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+@pytest.fixture
+def kafka_url() -> str:
+    return broker_url_for("kafka")
+
+
+@pytest.fixture
+async def kafka(kafka_url: str) -> AsyncIterator[Connect]:
+    """Connect transports (options as keywords); all are closed afterwards."""
+    made: list[KafkaTransport] = []
+
+    async def make(**options: Any) -> KafkaTransport:
+        options.setdefault("reconnect_interval", 0.2)
+        t = connect(kafka_url, **options)
+        assert isinstance(t, KafkaTransport)
+        await t.connect()
+        made.append(t)
+        return t
+
+    yield make
+    for t in made:
+        await t.close()
+
+
+@pytest.fixture
+async def admin(kafka_url: str) -> AsyncIterator[Any]:
+    client = AIOKafkaAdminClient(bootstrap_servers=kafka_url.removeprefix("kafka://"))
+    await client.start()
+    yield client
+    await client.close()

@@ -8,82 +8,24 @@ import asyncio
 import gc
 import os
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
+from aiokafka.admin import RecordsToDelete
 
 from fleet.contract import Priority
 from fleet.errors import ModelNotFound, Overloaded
 from fleet.transport import Delivery, connect, queue_name
-from fleet.transport.base import new_reply_address, wait_until
+from fleet.transport.base import new_reply_address
 from fleet.transport.kafka import KafkaTransport
-from tests.conftest import broker_url_for, missing
+from tests.conftest import missing
+from tests.transport.kafka_support import Connect, collector, eventually, lag_becomes
 
 pytestmark = pytest.mark.kafka
 
 ONLINE = Priority.ONLINE
-Connect = Callable[..., Awaitable[KafkaTransport]]
-
-
-@pytest.fixture
-def kafka_url() -> str:
-    return broker_url_for("kafka")
-
-
-@pytest.fixture
-async def kafka(kafka_url: str) -> AsyncIterator[Connect]:
-    """Connect transports (options as keywords); all are closed afterwards."""
-    made: list[KafkaTransport] = []
-
-    async def make(**options: Any) -> KafkaTransport:
-        t = connect(kafka_url, **options)
-        assert isinstance(t, KafkaTransport)
-        await t.connect()
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        await t.close()
-
-
-@pytest.fixture
-async def admin(kafka_url: str) -> AsyncIterator[Any]:
-    client = AIOKafkaAdminClient(bootstrap_servers=kafka_url.removeprefix("kafka://"))
-    await client.start()
-    yield client
-    await client.close()
-
-
-def collector(sink: list[Delivery], *, ack: bool = True) -> Callable[[Delivery], Awaitable[None]]:
-    async def on_delivery(d: Delivery) -> None:
-        sink.append(d)
-        if ack:
-            await d.ack()
-
-    return on_delivery
-
-
-async def eventually(
-    predicate: Callable[[], bool], timeout: float = 20.0, what: object = ""
-) -> None:
-    assert await wait_until(predicate, timeout, interval=0.05), f"condition not met in time {what}"
-
-
-async def lag_becomes(t: KafkaTransport, model: str, value: int, timeout: float = 20.0) -> None:
-    """Wait until the model's lag (``depth().backlog``: waiting + handed out
-    and not committed) is ``value``."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        lag = (await t.depth(model)).backlog
-        if lag == value:
-            return
-        assert loop.time() < end, f"lag stayed {lag}, expected {value}"
-        await asyncio.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- lag
@@ -357,6 +299,46 @@ async def test_every_heartbeat_subscriber_sees_every_beat(kafka: Connect) -> Non
     await b.subscribe_heartbeats(seen_b.append)
     await worker.publish_heartbeat(b'{"beat": 1}')
     await eventually(lambda: b'{"beat": 1}' in seen_a and b'{"beat": 1}' in seen_b, timeout=10)
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+async def test_no_client_asks_for_the_metadata_of_every_topic(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka refreshes the metadata of every topic in the cluster while a
+    client tracks none; on a cluster of thousands of topics that is a large
+    response, parsed in one step of the caller's event loop. Every client a
+    transport runs must ask only for the topics it uses, also on the refresh
+    that follows an error."""
+    from aiokafka.client import AIOKafkaClient
+
+    asked: list[tuple[AIOKafkaClient, list[str] | None]] = []
+    made: list[AIOKafkaClient] = []
+    real_update, real_init = AIOKafkaClient._metadata_update, AIOKafkaClient.__init__
+
+    async def spy(self: AIOKafkaClient, cluster: Any, topics: Any) -> Any:
+        asked.append((self, sorted(topics) if topics else None))
+        return await real_update(self, cluster, topics)
+
+    def init(self: AIOKafkaClient, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(AIOKafkaClient, "_metadata_update", spy)
+    monkeypatch.setattr(AIOKafkaClient, "__init__", init)
+    client, worker = await kafka(partitions=2), await kafka(partitions=2)
+    await worker.declare_model(unique_model)
+    await worker.consume(unique_model, ONLINE, collector([]), prefetch=4)
+    await client.open_inbox(lambda body: None)
+    await client.publish_request(unique_model, ONLINE, b"x")
+    await client.depth(unique_model)
+    # what a lost connection does: every client refreshes its metadata
+    await asyncio.gather(*(c.force_metadata_update() for c in made))
+    everything = [c for c, topics in asked if topics is None]
+    assert not everything, f"{len(everything)} metadata requests for every topic"
+    assert {c for c, _ in asked} == set(made)  # every client was made to refresh
 
 
 # --------------------------------------------------------------------------- restart

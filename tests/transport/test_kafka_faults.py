@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,58 +18,12 @@ from aiokafka.errors import RequestTimedOutError
 
 from fleet.contract import Priority
 from fleet.errors import LimitExceeded, Unavailable
-from fleet.transport import Delivery, connect, queue_name
-from fleet.transport.base import wait_until
-from fleet.transport.kafka import KafkaTransport
-from tests.conftest import broker_url_for
+from fleet.transport import Delivery, queue_name
+from tests.transport.kafka_support import Connect, collector, eventually, lag_becomes
 
 pytestmark = pytest.mark.kafka
 
 ONLINE = Priority.ONLINE
-Connect = Callable[..., Awaitable[KafkaTransport]]
-
-
-@pytest.fixture
-def kafka_url() -> str:
-    return broker_url_for("kafka")
-
-
-@pytest.fixture
-async def kafka(kafka_url: str) -> AsyncIterator[Connect]:
-    made: list[KafkaTransport] = []
-
-    async def make(**options: Any) -> KafkaTransport:
-        options.setdefault("reconnect_interval", 0.2)
-        t = connect(kafka_url, **options)
-        assert isinstance(t, KafkaTransport)
-        await t.connect()
-        made.append(t)
-        return t
-
-    yield make
-    for t in made:
-        await t.close()
-
-
-def collector(sink: list[Delivery], *, ack: bool = True) -> Callable[[Delivery], Awaitable[None]]:
-    async def on_delivery(d: Delivery) -> None:
-        sink.append(d)
-        if ack:
-            await d.ack()
-
-    return on_delivery
-
-
-async def eventually(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    assert await wait_until(predicate, timeout, interval=0.05), "condition not met in time"
-
-
-async def backlog_becomes(t: KafkaTransport, model: str, value: int) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + 20.0
-    while (lag := (await t.depth(model)).backlog) != value:
-        assert loop.time() < end, f"backlog stayed {lag}, expected {value}"
-        await asyncio.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- sizes
@@ -137,7 +91,7 @@ async def test_a_reject_whose_dead_letter_publish_fails_is_handed_back(
     assert (got[1].body, got[1].attempt) == (b"poison", 2)
     monkeypatch.undo()
     await got[1].reject()
-    await backlog_becomes(worker, unique_model, 0)
+    await lag_becomes(worker, unique_model, 0)
 
 
 # --------------------------------------------------------------------------- slow is not dead
@@ -198,7 +152,7 @@ async def test_an_empty_committed_read_is_not_the_whole_log(
     for i in range(60):
         await worker.publish_request(unique_model, ONLINE, b"%d" % i)
     await worker.consume(unique_model, ONLINE, collector([]), prefetch=16)
-    await backlog_becomes(client, unique_model, 0)  # the client has read the commits
+    await lag_becomes(client, unique_model, 0)  # the client has read the commits
 
     reads: list[int] = []
 
