@@ -118,6 +118,23 @@ async def oversize(ledger: Ledger, client: Client, pool: Pool, end: float) -> No
         )
 
 
+class LoopLag:
+    """How late this process's event loop runs a timer, sampled every 50 ms:
+    the client, the ledger and the fault proxy share this loop, so a starved
+    process makes outcomes late whatever the fleet does."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []  # (monotonic, seconds late)
+
+    async def run(self, end: float) -> None:
+        while (t := time.monotonic()) < end:
+            await asyncio.sleep(0.05)
+            self.samples.append((t, time.monotonic() - t - 0.05))
+
+    def worst(self, a: float = 0.0, b: float = float("inf")) -> float:
+        return max((lag for t, lag in self.samples if a <= t <= b), default=0.0)
+
+
 def faults_for(
     broker: str, proxy: FaultProxy, worker: WorkerProcess, rng: random.Random
 ) -> dict[str, Fault]:
@@ -253,6 +270,7 @@ async def _run(args: argparse.Namespace, rng: random.Random, repo: Path, pools: 
         raise
     ledger = Ledger(grace=10.0)
     fired: list[str] = []
+    lag = LoopLag()
     try:
         async with Client(url, timeout=TIMEOUT) as client:
             warm = Ledger()
@@ -272,15 +290,16 @@ async def _run(args: argparse.Namespace, rng: random.Random, repo: Path, pools: 
                 *senders,
                 oversize(ledger, client, pools[0], end),
                 schedule(ledger, faults, rng, end, fired),
+                lag.run(end),
             )
             rss_end = rss_kib(worker.proc.pid)
     finally:
         await worker.stop()
         await proxy.close()
-    return report(ledger, fired, rss_start, rss_end)
+    return report(ledger, fired, rss_start, rss_end, lag)
 
 
-def report(ledger: Ledger, fired: list[str], rss_start: int, rss_end: int) -> int:
+def report(ledger: Ledger, fired: list[str], rss_start: int, rss_end: int, lag: LoopLag) -> int:
     counts = ledger.counts()
     ratio = rss_end / rss_start if rss_start else float("inf")
     print(f"faults fired: {len(fired)} ({', '.join(fired)})")
@@ -294,8 +313,12 @@ def report(ledger: Ledger, fired: list[str], rss_start: int, rss_end: int) -> in
     t0 = ledger.entries[0].sent if ledger.entries else 0.0
     windows = ", ".join(f"{a - t0:.1f}-{b - t0:.1f}s" for a, b in ledger.faults)
     print(f"fault windows: {windows}")
+    print(f"this process's event loop: worst lag {lag.worst():.2f}s")
     for e in ledger.bad()[:20]:
-        print(f"  {e.outcome} (sent at {e.sent - t0:.1f}s): {e.model} {e.id} {e.detail}")
+        print(
+            f"  {e.outcome} (sent at {e.sent - t0:.1f}s): {e.model} {e.id} {e.detail}; "
+            f"worst loop lag meanwhile {lag.worst(e.sent, e.ended):.2f}s"
+        )
     failed = any(counts.get(k, 0) for k in BAD) or ratio > RSS_GROWTH
     print("FAIL" if failed else "PASS")
     return 1 if failed else 0
