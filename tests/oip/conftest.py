@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.transport.memory import MemoryBroker
+from tests.conftest import BROKERS, broker_url_for
 from tests.helpers import running_worker
 from tests.oip.gated import GATED, GatedRuntime, loaded
 from tests.worker.fakes import doubling_repo
@@ -19,6 +20,18 @@ from worker.service import Worker
 def broker(unique_model: str) -> Iterator[str]:
     yield f"memory://{unique_model}"
     MemoryBroker.reset(unique_model)
+
+
+@pytest.fixture(
+    params=[pytest.param(kind, marks=BROKERS[kind].mark, id=kind) for kind in ("memory", "amqp")]
+)
+def queue_broker(request: pytest.FixtureRequest, unique_model: str) -> Iterator[str]:
+    """The broker the queue traffic of a mixed test goes through: memory:// or RabbitMQ."""
+    if request.param == "memory":
+        yield f"memory://{unique_model}"
+        MemoryBroker.reset(unique_model)
+    else:
+        yield broker_url_for(request.param)
 
 
 @pytest.fixture
