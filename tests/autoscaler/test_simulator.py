@@ -4,7 +4,6 @@ default policy must meet on every built-in pattern."""
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -123,22 +122,12 @@ def test_csv_pattern(tmp_path: Path) -> None:
     assert list(p.rates(60.0)) == [10.0, 100.0, 10.0]
 
 
-# A benchmark rather than a unit test: a simulated day (diurnal) of every policy.
-_BENCH = pytest.mark.skipif(
-    os.environ.get("FLEET_SIM_BENCH") != "1", reason="a benchmark: FLEET_SIM_BENCH=1 runs it"
-)
-
-
-def _days_benched(n: str) -> list[Any]:
-    return [_BENCH] if n == "diurnal" else []
-
-
 @functools.cache
 def _comparison(name: str) -> Any:
     return compare_pattern(BUILTIN[name])
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n, marks=_days_benched(n)) for n in BUILTIN])
+@pytest.mark.parametrize("name", list(BUILTIN))
 def test_goal_against_the_baselines(name: str) -> None:
     """Fewer requests over the objective than target tracking and KEDA, with no
     more instance-hours than either."""
@@ -177,7 +166,7 @@ _SEER_GAP = {
 def _goal_params(claims: bool = False) -> list[Any]:
     out = []
     for n in BUILTIN:
-        marks = _days_benched(n)
+        marks: list[Any] = []
         if n in _SEER_GAP and not claims:
             marks.append(pytest.mark.xfail(strict=True, reason=_SEER_GAP[n]))
         out.append(pytest.param(n, id=n, marks=marks))
@@ -227,7 +216,7 @@ def test_parts_of_the_goal_that_hold(name: str, claim: str) -> None:
     ("name", "reachable"),
     [
         ("spiky", True),
-        pytest.param("diurnal", True, marks=_BENCH),
+        ("diurnal", True),
         ("triple", False),
         ("ramp", False),
     ],
@@ -254,7 +243,7 @@ _SEER = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, id=n, marks=_days_benched(n)) for n in BUILTIN])
+@pytest.mark.parametrize("name", list(BUILTIN))
 def test_clairvoyant_reference_is_pinned(name: str) -> None:
     seer = _comparison(name).by_policy("clairvoyant")
     hours, over_pct = _SEER[name]
