@@ -127,7 +127,10 @@ def test_worker_settings_read_the_broker_from_either_environment_name(
 @pytest.mark.parametrize("delay", [0.05, 0.4, 1.5])
 def test_a_worker_stopped_while_it_boots_exits_cleanly(built_models: Path, delay: float) -> None:
     """SIGTERM at any moment of a worker's start (importing, loading, warming,
-    serving) ends it with 0: a scale-in may pick a worker that is still booting."""
+    serving) ends it with 0: a scale-in may pick a worker that is still booting.
+    The moments counted start once the interpreter runs the command's first
+    line, which installs the handler (before that, Python itself is starting
+    and the signal's default action ends it); ``delay`` is from then."""
     import signal
     import time
 
@@ -135,10 +138,22 @@ def test_a_worker_stopped_while_it_boots_exits_cleanly(built_models: Path, delay
 
     argv = worker_argv(broker="memory://boot", models=built_models, worker_id="boot")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 30
+    while not _catches(proc.pid, signal.SIGTERM):
+        assert time.monotonic() < end and proc.poll() is None, "no SIGTERM handler installed"
+        time.sleep(0.002)
     time.sleep(delay)
     proc.send_signal(signal.SIGTERM)
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler for ``sig`` (its SigCgt mask)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    return False
 
 
 @pytest.mark.unit
