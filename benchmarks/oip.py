@@ -28,7 +28,6 @@ import json
 import multiprocessing as mp
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +49,7 @@ from benchmarks.request_path import (  # noqa: E402
     _pct,
     _service,
     bench_raw_ort,
+    stop_process,
 )
 from fleet.worker_command import worker_argv, worker_command  # noqa: E402
 from fleetctl.demo import wait_model_served  # noqa: E402
@@ -225,11 +225,7 @@ def bench_paths(broker: str, models: Path, duration: float, in_flight: int) -> l
         rows += [q_row, h_row]
         return rows
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, 60)
 
 
 def _report(rows: list[Row]) -> bool:

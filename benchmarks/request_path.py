@@ -137,11 +137,16 @@ def bench_celery(amqp_url: str, model_path: Path, duration: float, in_flight: in
             f"{in_flight} in flight",
         )
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, 30)
+
+
+def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
+    """SIGTERM (a worker drains), and SIGKILL if it has not exited within ``grace`` s."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
 
 
 # ----------------------------------------------------------------------------- fleet
@@ -255,11 +260,7 @@ def bench_fleet(
         sat.extra["rss_mb"] = half.extra["rss_mb"] = rss
         return [sat, half]
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop_process(worker, 60)
 
 
 # ----------------------------------------------------------------------------- services
