@@ -15,7 +15,14 @@ from collections.abc import Sequence
 from fleet import __version__
 from fleet.errors import FleetError
 from fleet.logging import configure
-from fleetctl import autoscaler_cmd, demo, simulate_cmd, stop_before_start, worker_cmd
+from fleetctl import (
+    autoscaler_cmd,
+    demo,
+    models_cmd,
+    simulate_cmd,
+    stop_before_start,
+    worker_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo.add_commands(sub)
     worker_cmd.add_commands(sub)
+    models_cmd.add_commands(sub)
     autoscaler_cmd.add_commands(sub)
     simulate_cmd.add_commands(sub)
     return parser

@@ -1,4 +1,4 @@
-"""``fleet worker`` (serve models from a broker) and ``fleet models build``."""
+"""``fleet worker``: serve models from a broker."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import argparse
 import asyncio
 import signal
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet.errors import FleetError
-from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
+from fleetctl.formatting import HelpFormatter, Subparsers
 
 if TYPE_CHECKING:
     from worker.lifecycle import LifecycleWatcher
@@ -18,9 +17,8 @@ if TYPE_CHECKING:
 
 
 def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    """Register ``worker`` and ``models``."""
+    """Register ``worker``."""
     _add_worker(sub)
-    _add_models(sub)
 
 
 def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
@@ -138,25 +136,4 @@ async def _complete_if_leaving(watcher: LifecycleWatcher, *, leaving: bool) -> N
             print(f"fleet worker: lifecycle hook not completed: {exc.message}", file=sys.stderr)
 
 
-def _add_models(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("models", help="build the demo models")
-    msub = p.add_subparsers(dest="models_command", required=True)
-    b = msub.add_parser(
-        "build",
-        help="build the 'digits' and 'mlp' models deterministically",
-        formatter_class=HelpFormatter,
-    )
-    b.add_argument("dir", nargs="?", type=Path, default=DEFAULT_MODELS, help="model repository")
-    b.add_argument("--force", action="store_true", help="rebuild even when present")
-    b.set_defaults(handler=build_models)
-
-
-def build_models(args: argparse.Namespace) -> int:
-    from worker.zoo import build_all
-
-    for path in build_all(args.dir, force=args.force):
-        print(path)
-    return 0
-
-
-__all__ = ["add_commands", "build_models", "run_worker", "serve"]
+__all__ = ["add_commands", "run_worker", "serve"]
