@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+import worker.config
 from fleet.errors import ConfigError
 from worker.config import (
     ModelConfig,
@@ -16,7 +17,9 @@ from worker.config import (
 pytestmark = pytest.mark.unit
 
 
-def test_defaults_on_cpu() -> None:
+def test_defaults_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A host without a GPU, whatever this one has: the defaults follow gpu_present().
+    monkeypatch.setattr(worker.config, "gpu_present", lambda **_kw: False)
     config = ModelConfig()
     assert config.max_batch_size == 32
     assert config.max_wait_ms == 2.0
