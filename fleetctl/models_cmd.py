@@ -7,6 +7,7 @@ call below; heavy libraries are imported by the handlers.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
@@ -31,9 +32,14 @@ def _add_build(msub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def build_models(args: argparse.Namespace) -> int:
-    from worker.zoo import build_all
+    from worker.zoo import ToolsMissing, build_all
 
-    for path in build_all(args.dir, force=args.force):
+    try:
+        paths = build_all(args.dir, force=args.force)
+    except ToolsMissing as exc:
+        print(f"fleet models build: {exc.message}", file=sys.stderr)
+        return 2
+    for path in paths:
         print(path)
     return 0
 

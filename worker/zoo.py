@@ -31,7 +31,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from fleet.errors import Internal
+from fleet.errors import ConfigError, Internal
 from fleet.logging import get_logger
 from worker.repository import MODEL_FILE, file_sha256
 
@@ -53,6 +53,26 @@ MLP_SEED = 20240601
 MLP_LAYERS = (256, 1024, 1024, 1024, 10)
 
 Array = npt.NDArray[Any]
+
+#: How to install the libraries that build the demo models (the ``tools`` extra).
+TOOLS_INSTALL = "pip install 'inference-fleet[tools]'"
+
+
+class ToolsMissing(ConfigError):
+    """A library that builds the demo models is not installed (the ``tools`` extra)."""
+
+
+def require_tools() -> None:
+    """Raise :class:`ToolsMissing` unless scikit-learn and skl2onnx import."""
+    try:
+        import sklearn  # noqa: F401
+        import skl2onnx  # noqa: F401
+    except ImportError as exc:
+        missing = {"sklearn": "scikit-learn"}.get(exc.name or "", exc.name or str(exc))
+        raise ToolsMissing(
+            f"building the demo models needs {missing}, "
+            f"which the 'tools' extra installs: {TOOLS_INSTALL}"
+        ) from exc
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -196,7 +216,8 @@ def build_all(root: Path, *, force: bool = False) -> list[Path]:
     """Build every demo model under ``root``; returns their model files.
 
     A model whose files were written by this builder version and are intact is
-    kept as it is unless ``force``.
+    kept as it is unless ``force``. Building needs the ``tools`` extra
+    (:class:`ToolsMissing` without it).
     """
     root = Path(root)
     paths: list[Path] = []
@@ -206,6 +227,7 @@ def build_all(root: Path, *, force: bool = False) -> list[Path]:
             log.info("model already built", model=name, path=str(version_dir))
             paths.append(version_dir / MODEL_FILE)
             continue
+        require_tools()
         path = build(root)
         log.info("model built", model=name, path=str(path))
         paths.append(path)
@@ -295,13 +317,16 @@ def _atomic_write(path: Path, data: bytes) -> None:
 __all__ = [
     "IR_VERSION",
     "OPSET",
+    "TOOLS_INSTALL",
     "ZOO_VERSION",
     "DigitsData",
+    "ToolsMissing",
     "build_all",
     "build_digits",
     "build_mlp",
     "digits_model",
     "is_built",
     "mlp_model",
+    "require_tools",
     "train_digits",
 ]
