@@ -65,8 +65,8 @@ class ToolsMissing(ConfigError):
 def require_tools() -> None:
     """Raise :class:`ToolsMissing` unless scikit-learn and skl2onnx import."""
     try:
-        import sklearn  # noqa: F401
         import skl2onnx  # noqa: F401
+        import sklearn  # noqa: F401
     except ImportError as exc:
         missing = {"sklearn": "scikit-learn"}.get(exc.name or "", exc.name or str(exc))
         raise ToolsMissing(
