@@ -68,7 +68,8 @@ def require_tools() -> None:
         import skl2onnx  # noqa: F401
         import sklearn  # noqa: F401
     except ImportError as exc:
-        missing = {"sklearn": "scikit-learn"}.get(exc.name or "", exc.name or str(exc))
+        top = (exc.name or "").partition(".")[0]
+        missing = {"sklearn": "scikit-learn"}.get(top, top or str(exc))
         raise ToolsMissing(
             f"building the demo models needs {missing}, "
             f"which the 'tools' extra installs: {TOOLS_INSTALL}"
