@@ -154,6 +154,27 @@ class Timings:
     inference_ms: float = 0.0  # the batch's model run
     batch_size: int = 0
     worker_id: str = ""
+    received_at: float = 0.0  # worker's wall clock when the request arrived (0: not sent)
+    replied_at: float = 0.0  # worker's wall clock when its reply was encoded (0: not sent)
+
+
+@dataclass(frozen=True, slots=True)
+class Stages:
+    """Where one request's time went, in milliseconds (see :mod:`fleet.stages`).
+
+    ``publish`` overlaps the stages after it; the others follow each other.
+    Stages a reply cannot tell (an error reply made before its batch ran,
+    or a reply from a worker that does not send stage times) are 0."""
+
+    coalesce_ms: float = 0.0
+    publish_ms: float = 0.0
+    request_broker_ms: float = 0.0
+    batch_wait_ms: float = 0.0
+    inference_ms: float = 0.0
+    reply_ms: float = 0.0
+    reply_broker_ms: float = 0.0
+    decode_ms: float = 0.0
+    total_ms: float = 0.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -166,6 +187,7 @@ class Reply:
     outputs: tuple[Tensor, ...] = ()
     error: ErrorInfo | None = None
     timings: Timings = field(default_factory=Timings)
+    stages: Stages | None = field(default=None, compare=False)  # filled in by the client
 
     @property
     def ok(self) -> bool:
@@ -194,6 +216,7 @@ __all__ = [
     "Priority",
     "Reply",
     "Request",
+    "Stages",
     "Timings",
     "check_model_name",
     "new_request_id",

@@ -29,7 +29,9 @@ class Heartbeat(BaseModel):
     busy_fraction: float = 0.0  # share of the interval spent running the model
     batch_fill: float = 0.0  # mean batch size / max batch size
     mean_batch_size: float = 0.0
-    queue_wait_ms_p50: float = 0.0
+    queue_wait_ms_p50: float = 0.0  # receipt to the start of the batch's run, per request
+    inference_ms_p50: float = 0.0  # the model run, per batch
+    reply_ms_p50: float = 0.0  # a batch's end to its replies published
     in_flight: int = 0  # requests received and not yet answered
     requests_per_message: float = 1.0  # mean requests per broker message received (coalescing)
     gpu_utilization: float | None = None  # 0..1 from NVML; None without a GPU

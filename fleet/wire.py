@@ -12,6 +12,7 @@ requests (or replies) share the per-message cost of the broker::
     reply   := model str | version str | status u8 (0 ok, 1 error)
                | [code u16 | retriable u8 | message str]
                | queue_ms f32 | inference_ms f32 | batch_size u32 | worker_id str
+               | received_at f64 | replied_at f64 (version 2 only)
                | noutputs u16 | tensor*
     tensor  := name str | datatype u8 | rank u8 | dim u64*rank | nbytes u64 | data
     param   := key str | tag u8 (0 bool, 1 int, 2 float, 3 str) | value
@@ -28,10 +29,16 @@ Versions: request frames are written as version 2, which adds ``timeout``,
 the seconds of budget the request had left when it was published (the
 client's clock measured it, so it means the same on every host). Version 1
 request frames (no ``timeout``) are still decoded; their requests are judged
-on the wall clock alone. Reply frames have the same layout in both versions
-and are written as version 1 so that clients of either build read them. The
-decoder stamps every request with the local :func:`time.monotonic` of its
-arrival; see :mod:`fleet.contract` for what clock skew does to deadlines.
+on the wall clock alone. The decoder stamps every request with the local
+:func:`time.monotonic` of its arrival; see :mod:`fleet.contract` for what
+clock skew does to deadlines.
+
+Reply frames are written as version 1 unless the request frame they answer
+set :data:`FLAG_STAGES` in its ``flags``: its client reads version 2, which
+adds the worker's wall-clock times of receipt and reply (the stages of
+:mod:`fleet.stages`). A build that does not know the flag ignores it, so a
+client of either build and a worker of either build always understand each
+other.
 """
 
 from __future__ import annotations
@@ -55,9 +62,14 @@ from fleet.tensor import DataType, Tensor, check_bytes_elements, check_shape
 MAGIC = b"\x89FLT"
 VERSION = 2
 VERSIONS = (1, 2)  # decoded
-_REPLY_VERSION = 1  # the reply layout did not change: every build reads it
+_REPLY_VERSION = 1  # read by every build; version 2 only for a client that asked
 KIND_REQUESTS = 1
 KIND_REPLIES = 2
+FLAG_STAGES = 0x1
+"""Request frame flag: the client reads version 2 replies (stage times)."""
+
+Parts = list[bytes | memoryview]
+"""The pieces of an encoded item, joined once into its frame."""
 
 _HEAD = struct.Struct("<4sBBH")
 _U8 = struct.Struct("<B")
@@ -91,7 +103,7 @@ DEFAULT_LIMITS = Limits()
 # --------------------------------------------------------------------------- encoding
 
 
-def _str(parts: list[bytes], value: str) -> None:
+def _str(parts: Parts, value: str) -> None:
     try:
         raw = value.encode()
     except UnicodeEncodeError:
@@ -102,7 +114,7 @@ def _str(parts: list[bytes], value: str) -> None:
     parts.append(raw)
 
 
-def _tensor(parts: list[bytes], t: Tensor) -> None:
+def _tensor(parts: Parts, t: Tensor) -> None:
     _str(parts, t.name)
     check_shape(t.name, t.shape)
     if len(t.shape) > 0xFF:
@@ -112,10 +124,10 @@ def _tensor(parts: list[bytes], t: Tensor) -> None:
     for dim in t.shape:
         parts.append(_U64.pack(int(dim)))
     parts.append(_U64.pack(len(t.data)))
-    parts.append(bytes(t.data))
+    parts.append(t.data)  # not copied: the frame's join is the one copy
 
 
-def _param(parts: list[bytes], key: str, value: ParamValue) -> None:
+def _param(parts: Parts, key: str, value: ParamValue) -> None:
     _str(parts, key)
     if isinstance(value, bool):
         parts.append(b"\x00\x01" if value else b"\x00\x00")
@@ -135,9 +147,10 @@ def _f32(value: float) -> float:
     return max(-_F32_MAX, min(_F32_MAX, value)) if math.isfinite(value) else value
 
 
-def _frame(kind: int, reply_to: str, items: Sequence[list[bytes]]) -> bytes:
-    version = VERSION if kind == KIND_REQUESTS else _REPLY_VERSION
-    parts = [_HEAD.pack(MAGIC, version, kind, 0)]
+def _frame(
+    kind: int, reply_to: str, items: Sequence[Parts], *, version: int, flags: int = 0
+) -> bytes:
+    parts: Parts = [_HEAD.pack(MAGIC, version, kind, flags)]
     _str(parts, reply_to)
     parts.append(_U32.pack(len(items)))
     for item in items:
@@ -146,11 +159,13 @@ def _frame(kind: int, reply_to: str, items: Sequence[list[bytes]]) -> bytes:
     return b"".join(parts)
 
 
-def encode_request_body(req: Request) -> list[bytes]:
+def encode_request_body(req: Request) -> Parts:
     """One request as the parts of a frame item (cached by the client for
     re-sends; :func:`with_timeout` restamps its budget at each publish). A
-    request without a ``timeout`` gets the time left to its deadline now."""
-    parts: list[bytes] = []
+    request without a ``timeout`` gets the time left to its deadline now.
+    Tensor data is referenced, not copied: it must not change until the
+    request is answered."""
+    parts: Parts = []
     _str(parts, req.id)
     _str(parts, req.model)
     _str(parts, req.version or "")
@@ -168,23 +183,29 @@ def encode_request_body(req: Request) -> list[bytes]:
     return parts
 
 
-def with_timeout(body: list[bytes], seconds: float) -> list[bytes]:
+def with_timeout(body: Parts, seconds: float) -> Parts:
     """A body from :func:`encode_request_body` with its budget set to ``seconds``."""
     out = list(body)
     out[_TIMEOUT_PART] = _F64.pack(seconds)
     return out
 
 
-def encode_requests(requests: Iterable[Request | list[bytes]], reply_to: str) -> bytes:
+def encode_requests(requests: Iterable[Request | Parts], reply_to: str, *, flags: int = 0) -> bytes:
     """Requests (or bodies from :func:`encode_request_body`) as one frame."""
     items = [r if isinstance(r, list) else encode_request_body(r) for r in requests]
-    return _frame(KIND_REQUESTS, reply_to, items)
+    return _frame(KIND_REQUESTS, reply_to, items, version=VERSION, flags=flags)
 
 
-def encode_replies(replies: Iterable[Reply]) -> bytes:
-    items: list[list[bytes]] = []
+def encode_replies(
+    replies: Iterable[Reply], *, stages: bool = False, now: float | None = None
+) -> bytes:
+    """Replies as one frame: version 2 with stage times when ``stages`` (the
+    request frame set :data:`FLAG_STAGES`), each stamped ``replied_at`` =
+    ``now`` (default :func:`time.time`); else version 1."""
+    replied_at = (time.time() if now is None else now) if stages else 0.0
+    items: list[Parts] = []
     for rep in replies:
-        parts: list[bytes] = []
+        parts: Parts = []
         _str(parts, rep.id)
         _str(parts, rep.model)
         _str(parts, rep.version)
@@ -199,11 +220,14 @@ def encode_replies(replies: Iterable[Reply]) -> bytes:
         parts.append(_F32.pack(_f32(tm.inference_ms)))
         parts.append(_U32.pack(tm.batch_size))
         _str(parts, tm.worker_id)
+        if stages:
+            parts.append(_F64.pack(tm.received_at))
+            parts.append(_F64.pack(replied_at if tm.received_at else 0.0))
         parts.append(_U16.pack(len(rep.outputs)))
         for t in rep.outputs:
             _tensor(parts, t)
         items.append(parts)
-    return _frame(KIND_REPLIES, "", items)
+    return _frame(KIND_REPLIES, "", items, version=2 if stages else _REPLY_VERSION)
 
 
 # --------------------------------------------------------------------------- decoding
@@ -346,8 +370,15 @@ def _read_reply(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reply:
         error = ErrorInfo(code=code, message=r.str(), retriable=retriable)
     elif status != 0:
         raise DecodeError(f"unknown reply status {status}")
+    queue_ms, inference_ms, batch_size, worker_id = r.f32(), r.f32(), r.unpack(_U32), r.str()
+    received_at, replied_at = (r.f64(), r.f64()) if ctx.version >= 2 else (0.0, 0.0)
     timings = Timings(
-        queue_ms=r.f32(), inference_ms=r.f32(), batch_size=r.unpack(_U32), worker_id=r.str()
+        queue_ms=queue_ms,
+        inference_ms=inference_ms,
+        batch_size=batch_size,
+        worker_id=worker_id,
+        received_at=received_at,
+        replied_at=replied_at,
     )
     outputs = _read_tensors(r, limits)
     return Reply(
@@ -366,6 +397,7 @@ class Frame:
     kind: int
     reply_to: str
     items: list[Request | Reply | ItemError]
+    flags: int = 0
 
 
 def decode(
@@ -382,7 +414,7 @@ def decode(
     r = _Reader(memoryview(data))
     if len(data) < _HEAD.size:
         raise DecodeError(f"message of {len(data)} bytes is shorter than a frame header")
-    magic, version, kind, _flags = _HEAD.unpack(r.take(_HEAD.size))
+    magic, version, kind, flags = _HEAD.unpack(r.take(_HEAD.size))
     if magic != MAGIC:
         raise DecodeError("not a fleet message (bad magic)")
     if version not in VERSIONS:
@@ -413,7 +445,7 @@ def decode(
             items.append(ItemError(id=rid, error=exc))
     if r.pos != r.end:
         raise DecodeError(f"{r.end - r.pos} trailing bytes after the last item")
-    return Frame(kind=kind, reply_to=reply_to, items=items)
+    return Frame(kind=kind, reply_to=reply_to, items=items, flags=flags)
 
 
 def salvage_ids(data: bytes | memoryview, max_items: int = 65_536) -> tuple[str, list[str]]:
@@ -457,10 +489,12 @@ def decode_replies(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) ->
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FLAG_STAGES",
     "VERSION",
     "VERSIONS",
     "Frame",
     "Limits",
+    "Parts",
     "decode",
     "decode_replies",
     "decode_requests",

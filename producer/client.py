@@ -25,14 +25,22 @@ import math
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from fleet import wire
-from fleet.contract import ParamValue, Priority, Reply, Request, check_model_name, new_request_id
+from fleet.contract import (
+    ParamValue,
+    Priority,
+    Reply,
+    Request,
+    Stages,
+    check_model_name,
+    new_request_id,
+)
 from fleet.errors import (
     DeadlineExceeded,
     FleetError,
@@ -42,6 +50,7 @@ from fleet.errors import (
     Unavailable,
 )
 from fleet.logging import get_logger
+from fleet.stages import CLIENT_STAGES, Histogram, StageHistograms
 from fleet.tensor import Tensor
 from fleet.transport import Transport, connect
 
@@ -57,7 +66,7 @@ class _Pending:
     id: str
     model: str
     priority: Priority
-    body: list[bytes]
+    body: wire.Parts
     size: int
     deadline: float  # time.monotonic() when the caller stops waiting
     future: asyncio.Future[Reply]
@@ -65,6 +74,11 @@ class _Pending:
     published: int = 0  # publishes the broker took
     resent: bool = False  # queued again after a reconnect
     refused: FleetError | None = None  # a re-send's retriable refusal, kept for the deadline
+    want_stages: bool = False  # the caller asked for the reply's stages
+    enqueued: float = 0.0  # time.monotonic() when it entered its lane
+    publish_started: float = 0.0  # time.monotonic() when its (last) publish began
+    publish_wall: float = 0.0  # time.time() then
+    confirmed: float = 0.0  # time.monotonic() when the broker confirmed that publish
 
 
 @dataclass(slots=True)
@@ -146,6 +160,13 @@ class Client:
         self.max_batch = max_batch
         self.max_publishes = max_publishes
         self.stats = ClientStats()
+        self.stages = StageHistograms(
+            "fleet_client_stage_seconds",
+            "Per request, where its time went (stages of fleet.stages)",
+            labels=("model",),
+        )
+        """Stage histograms, a Prometheus collector: ``REGISTRY.register(client.stages)``."""
+        self._stage_hists: dict[str, tuple[Histogram, ...]] = {}
         self._transport: Transport = connect(url, **transport_options)
         broker_limit = self._transport.max_message_bytes
         self.max_message_bytes = min(max_message_bytes or broker_limit, broker_limit)
@@ -236,9 +257,11 @@ class Client:
         priority: str | Priority = Priority.ONLINE,
         parameters: Mapping[str, ParamValue] | None = None,
         request_id: str | None = None,
+        stages: bool = False,
     ) -> Reply:
         """Like :meth:`infer` but returns the whole :class:`Reply` (timings,
-        or the error without raising it)."""
+        or the error without raising it); with ``stages``, its
+        :attr:`Reply.stages` says where the request's time went."""
         if self._closed:
             raise Unavailable("client is not connected: use 'async with Client(url)'")
         check_model_name(model)
@@ -261,7 +284,7 @@ class Client:
             raise InvalidArgument(f"request id {req.id!r} is already in flight")
         body = wire.encode_request_body(req)
         self._check_size(sum(len(b) for b in body))
-        return await self._with_retries(req, body, time.monotonic() + wait)
+        return await self._with_retries(req, body, time.monotonic() + wait, stages)
 
     def _check_size(self, size: int) -> None:
         framed = size + _ITEM_OVERHEAD + _FRAME_OVERHEAD + len(self._reply_to.encode())
@@ -275,13 +298,15 @@ class Client:
                 f"request of {size} bytes is over max_bytes_in_flight={self.max_bytes_in_flight}"
             )
 
-    async def _with_retries(self, req: Request, body: list[bytes], deadline: float) -> Reply:
+    async def _with_retries(
+        self, req: Request, body: wire.Parts, deadline: float, stages: bool = False
+    ) -> Reply:
         """Attempts of one request: again after a retriable error, while
         ``retries`` and the deadline allow."""
         attempt = 0
         while True:
             try:
-                reply = await self._attempt(req, body, deadline)
+                reply = await self._attempt(req, body, deadline, stages)
                 error = None if reply.error is None else reply.error.to_exception()
             except FleetError as exc:
                 error, reply = exc, None
@@ -297,7 +322,9 @@ class Client:
             self.stats.retried += 1
             await asyncio.sleep(backoff)
 
-    async def _attempt(self, req: Request, body: list[bytes], deadline: float) -> Reply:
+    async def _attempt(
+        self, req: Request, body: wire.Parts, deadline: float, stages: bool
+    ) -> Reply:
         size = sum(len(b) for b in body)
         await self._reserve(req.model, size, deadline)
         pending = _Pending(
@@ -308,6 +335,7 @@ class Client:
             size=size,
             deadline=deadline,
             future=asyncio.get_running_loop().create_future(),
+            want_stages=stages,
         )
         self._pending[req.id] = pending
         self._bytes_in_flight += size
@@ -389,6 +417,7 @@ class Client:
         if p.queued:
             return
         p.queued = True
+        p.enqueued = time.monotonic()
         key = (p.model, p.priority)
         lane = self._lanes.get(key)
         if lane is None:
@@ -421,9 +450,11 @@ class Client:
 
     def _frame(self, chunk: list[_Pending]) -> bytes:
         """The chunk as one message, each request stamped with the budget it has left."""
-        now = time.monotonic()
+        now, wall = time.monotonic(), time.time()
+        for p in chunk:
+            p.publish_started, p.publish_wall = now, wall
         bodies = [wire.with_timeout(p.body, p.deadline - now) for p in chunk]
-        return wire.encode_requests(bodies, self._reply_to)
+        return wire.encode_requests(bodies, self._reply_to, flags=wire.FLAG_STAGES)
 
     async def _publish_lane(self, key: tuple[str, Priority], lane: _Lane) -> None:
         model, priority = key
@@ -450,8 +481,11 @@ class Client:
                     self._refused(chunk, exc)
                 else:
                     failures = 0
+                    confirmed = time.monotonic()
                     for p in chunk:
                         p.published += 1
+                        p.confirmed = confirmed
+                    self._hists(model)[1].observe(confirmed - chunk[0].publish_started, len(chunk))
                     self.stats.published += len(chunk)
                     self.stats.messages += 1
         finally:
@@ -484,11 +518,13 @@ class Client:
 
     # ------------------------------------------------------------------ replies
     def _on_reply(self, body: bytes) -> None:
+        received, received_wall = time.monotonic(), time.time()
         try:
             frame = wire.decode_replies(body, self._limits)
         except FleetError as exc:
             log.warning("undecodable reply message dropped", error=str(exc))
             return
+        decoded = time.monotonic()
         for item in frame.items:
             if not isinstance(item, Reply):
                 log.warning("undecodable reply dropped", id=getattr(item, "id", ""))
@@ -501,7 +537,49 @@ class Client:
                 p.refused = item.error.to_exception()  # the original may still answer
                 continue
             self.stats.answered += 1
+            values = self._observe_stages(p, item, received, received_wall, decoded)
+            if p.want_stages:
+                item = replace(item, stages=Stages(*(v * 1000 for v in values)))
             p.future.set_result(item)
+
+    def _hists(self, model: str) -> tuple[Histogram, ...]:
+        hists = self._stage_hists.get(model)
+        if hists is None:
+            hists = tuple(self.stages.histogram(stage, model) for stage in CLIENT_STAGES)
+            self._stage_hists[model] = hists
+        return hists
+
+    def _observe_stages(
+        self, p: _Pending, reply: Reply, received: float, received_wall: float, decoded: float
+    ) -> tuple[float, ...]:
+        """The request's stages in seconds, in :data:`CLIENT_STAGES` order, counted
+        in the histograms (the publish stage was counted at its confirm)."""
+        tm = reply.timings
+        publish = p.confirmed - p.publish_started if p.confirmed >= p.publish_started else 0.0
+        request_broker = reply_broker = worker_reply = 0.0
+        batch_wait, inference = tm.queue_ms / 1000, tm.inference_ms / 1000
+        if tm.received_at and tm.replied_at:  # a worker that sends stage times
+            worker = max(0.0, tm.replied_at - tm.received_at)
+            broker = max(0.0, received - p.publish_started - worker)
+            request_broker = min(max(0.0, tm.received_at - p.publish_wall), broker)
+            reply_broker = broker - request_broker
+            worker_reply = max(0.0, worker - batch_wait - inference)
+        del received_wall  # the reply leg is what is left of the broker's share
+        values = (
+            p.publish_started - p.enqueued,
+            publish,
+            request_broker,
+            batch_wait,
+            inference,
+            worker_reply,
+            reply_broker,
+            decoded - received,
+            decoded - p.enqueued,
+        )
+        for i, (hist, value) in enumerate(zip(self._hists(reply.model), values, strict=True)):
+            if i != 1:
+                hist.observe(value)
+        return values
 
 
 __all__ = ["Client", "ClientStats"]

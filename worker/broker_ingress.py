@@ -68,6 +68,7 @@ class _Message:
     size: int
     dead_letter: bool = False
     failed: bool = False  # a reply could not be published: hand it back to the broker
+    stages: bool = False  # its client reads replies with stage times (wire.FLAG_STAGES)
 
 
 class BrokerIngress:
@@ -209,6 +210,7 @@ class BrokerIngress:
             reply_to=frame.reply_to,
             remaining=len(frame.items),
             size=len(delivery.body),
+            stages=bool(frame.flags & wire.FLAG_STAGES),
         )
         self._messages.add(msg)
         self._held_requests += msg.remaining
@@ -332,6 +334,7 @@ class BrokerIngress:
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Publish a batch's replies, grouped per reply address; settle their messages."""
         by_address: dict[str, tuple[list[Reply], list[_Message]]] = {}
+        ended = min((o.ended for o in outcomes if o.ended), default=0.0)
         for o in outcomes:
             msg = self._message_of.pop(o.item)
             self._ledger.finished(o)
@@ -343,10 +346,16 @@ class BrokerIngress:
             replies.append(o.reply)
             msgs.append(msg)
         await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
+        if ended and by_address:
+            self._ledger.replied(
+                outcomes[0].item.request.model,
+                time.monotonic() - ended,
+                sum(len(r) for r, _ in by_address.values()),
+            )
 
     async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
         try:
-            frames = self._frames(replies, msgs)
+            frames = self._frames(replies, msgs, stages=any(m.stages for m in msgs))
         except Exception:
             log.exception("encoding replies failed; handing their messages back")
             frames = []
@@ -363,32 +372,36 @@ class BrokerIngress:
             await self._maybe_settle(m)
 
     def _frames(
-        self, replies: list[Reply], msgs: Sequence[_Message | None]
+        self, replies: list[Reply], msgs: Sequence[_Message | None], *, stages: bool = False
     ) -> list[tuple[bytes, list[_Message | None]]]:
         """The replies in as few frames as fit the broker's message size limit,
         each with the messages its replies answer."""
         limit = self._transport.max_message_bytes
-        whole = wire.encode_replies(replies)
+
+        def encode_replies(replies: list[Reply]) -> bytes:
+            return wire.encode_replies(replies, stages=stages)
+
+        whole = encode_replies(replies)
         if len(whole) <= limit:
             return [(whole, list(msgs))]
-        overhead = len(wire.encode_replies([]))  # a frame's framing; each item adds its own
+        overhead = len(encode_replies([]))  # a frame's framing; each item adds its own
         frames: list[tuple[bytes, list[_Message | None]]] = []
         group: list[Reply] = []
         group_msgs: list[_Message | None] = []
         size = overhead
         for reply, msg in zip(replies, msgs, strict=True):
-            one = len(wire.encode_replies([reply])) - overhead
+            one = len(encode_replies([reply])) - overhead
             if overhead + one > limit:
                 reply = self._too_large(reply, overhead + one, limit)
-                one = len(wire.encode_replies([reply])) - overhead
+                one = len(encode_replies([reply])) - overhead
             if group and size + one > limit:
-                frames.append((wire.encode_replies(group), group_msgs))
+                frames.append((encode_replies(group), group_msgs))
                 group, group_msgs, size = [], [], overhead
             group.append(reply)
             group_msgs.append(msg)
             size += one
         if group:
-            frames.append((wire.encode_replies(group), group_msgs))
+            frames.append((encode_replies(group), group_msgs))
         return frames
 
     def _too_large(self, reply: Reply, size: int, limit: int) -> Reply:

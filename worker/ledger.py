@@ -6,17 +6,32 @@ The :class:`Ledger` keeps both of the worker's views: the Prometheus metrics
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from fleet.stages import StageHistograms
 from worker.metrics import WorkerMetrics
 from worker.pipeline import BatchStats, Outcome
 from worker.stats import WindowStats
+
+
+def _stage_histograms() -> StageHistograms:
+    return StageHistograms(
+        "fleet_worker_stage_seconds",
+        "Per request, the worker's stages: batch_wait (receipt to the start of its "
+        "batch's run), inference (the batch's run), reply (the end of the run to the "
+        "reply published)",
+        labels=("model",),
+    )
 
 
 @dataclass(eq=False, slots=True)
 class Ledger:
     metrics: WorkerMetrics
     stats: WindowStats
+    stages: StageHistograms = field(default_factory=_stage_histograms)
+
+    def __post_init__(self) -> None:
+        self.metrics.registry.register(self.stages)
 
     def message(self, items: int) -> None:
         """A message (a client's coalesced requests) arrived with ``items`` requests."""
@@ -59,8 +74,18 @@ class Ledger:
         self.stats.record_batch(b.rows, b.inference_s, b.queue_wait_s)
         self.metrics.batch_size.labels(b.model).observe(b.rows)
         self.metrics.inference.labels(b.model).observe(b.inference_s)
+        queue_wait = self.metrics.queue_wait.labels(b.model)
+        batch_wait = self.stages.histogram("batch_wait", b.model)
         for w in b.queue_wait_s:
-            self.metrics.queue_wait.labels(b.model).observe(w)
+            queue_wait.observe(w)
+            batch_wait.observe(w)
+        self.stages.histogram("inference", b.model).observe(b.inference_s, len(b.queue_wait_s))
+
+    def replied(self, model: str, seconds: float, requests: int) -> None:
+        """``requests`` replies of ``model`` were published ``seconds`` after
+        their batch's run ended."""
+        self.stats.record_reply(seconds)
+        self.stages.histogram("reply", model).observe(seconds, requests)
 
 
 __all__ = ["Ledger"]

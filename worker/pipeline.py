@@ -69,6 +69,7 @@ class Item:
 class Outcome:
     item: Item
     reply: Reply | None  # None: expired, dropped without a reply
+    ended: float = 0.0  # time.monotonic() when its batch's run ended (0: it did not run)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +189,7 @@ class Pipeline:
                 results.extend(await self._infer([item]))
             return results
         elapsed = time.perf_counter() - t0
+        ended = time.monotonic()
         rows = sum(i.rows for i in items)
         waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
@@ -206,8 +208,9 @@ class Pipeline:
                 inference_ms=elapsed * 1000,
                 batch_size=rows,
                 worker_id=self.worker_id,
+                received_at=started - wait,
             )
-            out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings)))
+            out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings), ended))
         return out
 
     def _run_batch(self, items: list[Item]) -> Feeds:

@@ -211,6 +211,8 @@ class Worker:
             batch_fill=w.mean_batch / max_batch if max_batch else 0.0,
             mean_batch_size=w.mean_batch,
             queue_wait_ms_p50=w.queue_wait_p50 * 1000,
+            inference_ms_p50=w.inference_p50 * 1000,
+            reply_ms_p50=w.reply_p50 * 1000,
             in_flight=self.in_flight(),
             requests_per_message=w.requests_per_message,
             gpu_utilization=gpu,

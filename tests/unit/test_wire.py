@@ -201,3 +201,36 @@ def test_mutated_valid_frames_only_raise_typed_errors(data: st.DataObject) -> No
                         t.to_numpy()
                     except InvalidArgument:
                         pass
+
+
+def test_stage_times_travel_only_to_a_client_that_asked() -> None:
+    tm = Timings(queue_ms=1.5, inference_ms=2.5, batch_size=8, worker_id="w", received_at=100.25)
+    ok = Reply(id="a", model="m", timings=tm)
+    unsent = Reply(id="b", model="m", error=ErrorInfo.of(Overloaded("full")))  # never ran
+    asked = wire.encode_replies([ok, unsent], stages=True, now=100.75)
+    plain = wire.encode_replies([ok, unsent])
+    assert asked[4] == 2 and plain[4] == 1  # the frame versions
+    got_ok, got_unsent = wire.decode_replies(asked).items
+    assert isinstance(got_ok, Reply) and isinstance(got_unsent, Reply)
+    assert (got_ok.timings.received_at, got_ok.timings.replied_at) == (100.25, 100.75)
+    assert (got_unsent.timings.received_at, got_unsent.timings.replied_at) == (0.0, 0.0)
+    old_ok, _ = wire.decode_replies(plain).items  # what a client that did not ask reads
+    assert isinstance(old_ok, Reply)
+    assert old_ok.timings == Timings(queue_ms=1.5, inference_ms=2.5, batch_size=8, worker_id="w")
+
+
+def test_request_frame_flags_round_trip_and_old_frames_have_none() -> None:
+    flagged = wire.encode_requests([_request()], "inbox", flags=wire.FLAG_STAGES)
+    assert wire.decode_requests(flagged).flags == wire.FLAG_STAGES
+    assert wire.decode_requests(wire.encode_requests([_request()], "inbox")).flags == 0
+
+
+def test_request_tensor_data_is_not_copied_until_the_frame_is_joined() -> None:
+    x = np.ones((2, 4), np.float32)
+    body = wire.encode_request_body(_request(inputs=(Tensor.from_numpy("input", x),)))
+    assert any(isinstance(p, memoryview) and np.shares_memory(np.asarray(p), x) for p in body)
+    frame = wire.encode_requests([body], "inbox")
+    x[:] = 2  # the joined frame holds its own copy
+    got = wire.decode_requests(frame).items[0]
+    assert isinstance(got, Request)
+    np.testing.assert_array_equal(got.inputs[0].to_numpy(), np.ones((2, 4), np.float32))
