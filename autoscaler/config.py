@@ -21,6 +21,12 @@ A minimal file::
 ``deploy/autoscaler.example.toml`` carries every field with a comment. A bad
 file raises :class:`fleet.errors.ConfigError` whose message lists each bad
 field as ``location: reason``.
+
+The broker's password need not be in the file: a ``broker`` URL that names a
+user and no password (``amqp://fleet@mq:5672/``) takes it from the
+environment, ``FLEET_BROKER_PASSWORD``, or the file that
+``FLEET_BROKER_PASSWORD_FILE`` names (a mounted secret). Neither the
+configuration's ``repr`` nor its errors ever show the password.
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from autoscaler.actuators.base import ActuatorConfigBase
 from autoscaler.registry import ACTUATORS, POLICIES, config_lines, unknown_kind
 from fleet.config_file import bad_fields, error_lines, read_toml
 from fleet.contract import check_model_name
-from fleet.errors import InvalidArgument
+from fleet.errors import ConfigError, InvalidArgument
+from fleet.settings import BROKER, RedactedRepr, resolve_password
 from fleet.transport import TRANSPORTS
 
 
@@ -88,12 +95,14 @@ class MetricsConfig(_Section):
     """Dimensions on every CloudWatch datum, e.g. ``{ AutoScalingGroupName = "x" }``."""
 
 
-class AutoscalerConfig(_Section):
+class AutoscalerConfig(RedactedRepr, _Section):
     """The whole file. Every field but ``broker``, ``models`` and ``[actuator]``
     has a default."""
 
     broker: str
-    """Broker URL the workers use: ``amqp://…``, ``kafka://…`` or ``memory://…``."""
+    """Broker URL the workers use: ``amqp://…``, ``kafka://…`` or ``memory://…``.
+    Without a password (``amqp://fleet@mq/``) it takes ``FLEET_BROKER_PASSWORD``
+    or the contents of the file ``FLEET_BROKER_PASSWORD_FILE`` names."""
     models: list[str] = Field(min_length=1)
     """The models whose backlog this autoscaler watches (summed)."""
     poll_interval_s: float = Field(default=5.0, gt=0, le=3600)
@@ -124,7 +133,10 @@ class AutoscalerConfig(_Section):
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in TRANSPORTS:
             raise ValueError(f"must be a URL with scheme {', '.join(TRANSPORTS.names())}")
-        return value
+        try:
+            return resolve_password(value, BROKER)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
 
     @field_validator("models")
     @classmethod

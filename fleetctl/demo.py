@@ -1,7 +1,8 @@
 """``fleet demo``: workers plus a traffic run with a live display and a summary.
 
 On ``memory://`` everything runs in this process (no services needed). On a
-real broker the workers run as ``fleet worker`` subprocesses.
+real broker the workers run as ``fleet worker`` subprocesses, the broker URL
+in their environment (never on their command lines, which ``ps`` shows).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet.errors import ConfigError, FleetError, ModelNotFound
-from fleet.worker_command import worker_argv, worker_command
+from fleet.redact import redact_url
+from fleet.worker_command import worker_command, worker_launch
 from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
 
 if TYPE_CHECKING:
@@ -95,13 +98,7 @@ async def _workers(broker: str, models: Path, count: int) -> AsyncIterator[None]
         finally:
             await asyncio.gather(*(w.stop() for w in workers))
         return
-    command = worker_command(log_level="WARNING")
-    procs = [
-        await asyncio.create_subprocess_exec(
-            *worker_argv(broker=broker, models=models, worker_id=f"demo-{i}", command=command)
-        )
-        for i in range(count)
-    ]
+    procs = await spawn_workers(broker, models, count)
     try:
         await wait_model_served(broker, _first_model(models))
         yield
@@ -114,6 +111,21 @@ async def _workers(broker: str, models: Path, count: int) -> AsyncIterator[None]
             except TimeoutError:
                 p.kill()
                 await p.wait()
+
+
+async def spawn_workers(
+    broker: str, models: Path, count: int, *, command: list[str] | None = None
+) -> list[asyncio.subprocess.Process]:
+    """Start ``count`` worker processes (``demo-0``, ...); the broker URL goes
+    in their environment, not on their command lines."""
+    command = command or worker_command(log_level="WARNING")
+    launches = [
+        worker_launch(broker=broker, models=models, worker_id=f"demo-{i}", command=command)
+        for i in range(count)
+    ]
+    return [
+        await asyncio.create_subprocess_exec(*w.argv, env={**os.environ, **w.env}) for w in launches
+    ]
 
 
 def _first_model(models: Path) -> str:
@@ -164,7 +176,7 @@ async def run_demo(
         line = f"[{r.seconds:5.1f}s] {r.line()}"
         print(("\r" + line) if tty else line, end="" if tty else "\n", file=out, flush=True)
 
-    print(f"starting {workers} worker(s) on {broker} ...", file=out)
+    print(f"starting {workers} worker(s) on {redact_url(broker)} ...", file=out)
     async with _workers(broker, models, workers), Client(broker, timeout=timeout) as client:
         mode = f"{rate:g} req/s offered" if rate else f"{concurrency} in flight"
         print(f"driving {model!r} for {duration:g}s ({mode})", file=out)
@@ -192,4 +204,4 @@ async def run_demo(
     return result
 
 
-__all__ = ["add_commands", "run_demo", "wait_model_served"]
+__all__ = ["add_commands", "run_demo", "spawn_workers", "wait_model_served"]

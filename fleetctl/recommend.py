@@ -11,7 +11,9 @@ Outputs: ``profile.json`` (for ``fleet simulate``), ``autoscaler.toml`` (a
 starting configuration the autoscaler loads: the per-instance target,
 ``min = ceil(min_rps / per_instance)``,
 ``max = ceil(peak_rps / per_instance * growth_factor)``) and ``recommend.png``
-(throughput and latency against offered load).
+(throughput and latency against offered load). ``autoscaler.toml`` names the
+broker without its password: the autoscaler takes that from
+``FLEET_BROKER_PASSWORD`` or the file ``FLEET_BROKER_PASSWORD_FILE`` names.
 
 Traffic goes through :class:`producer.Client`, the client every user has, set
 to one request per broker message and many publishes in flight.
@@ -32,6 +34,7 @@ from autoscaler.simulator.profile import ServiceProfile
 from fleet.contract import Reply
 from fleet.errors import FleetError, ModelNotFound
 from fleet.logging import get_logger
+from fleet.redact import dataclass_repr, strip_password, url_password
 from producer import Client
 
 log = get_logger("fleetctl.recommend")
@@ -57,6 +60,9 @@ class RampSettings:
     def __post_init__(self) -> None:
         if self.growth <= 1 or self.start_rps <= 0 or self.step_s <= 0 or self.features < 1:
             raise ValueError("need growth > 1, start_rps > 0, step_s > 0, features >= 1")
+
+    def __repr__(self) -> str:
+        return dataclass_repr(self)  # the broker's password as ***
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -294,7 +300,8 @@ def config_toml(
     peak_rps: float,
     growth_factor: float,
 ) -> str:
-    """A starting autoscaler configuration (``autoscaler.config`` schema)."""
+    """A starting autoscaler configuration (``autoscaler.config`` schema). The
+    broker URL is written without its password, which a file must not hold."""
     per = round(rec.sustainable_rps, 2)
     low, high = capacity_bounds(
         per, min_rps=min_rps, peak_rps=peak_rps, growth_factor=growth_factor
@@ -303,7 +310,8 @@ def config_toml(
         f"# Written by fleet recommend for model {rec.model!r}: {per:g} req/s per instance",
         f"# within p99 {rec.objective_ms:g} ms; min = ceil({min_rps:g} / {per:g}),",
         f"# max = ceil({peak_rps:g} / {per:g} x {growth_factor:g}).",
-        f"broker = {_toml_value(broker)}",
+        *_password_note(broker),
+        f"broker = {_toml_value(strip_password(broker))}",
         f"models = {_toml_value([rec.model])}",
         f"per_instance_rps = {_toml_value(per)}",
         "",
@@ -318,6 +326,15 @@ def config_toml(
         "",
     ]
     return "\n".join(lines)
+
+
+def _password_note(broker: str) -> list[str]:
+    if url_password(broker) is None:
+        return []
+    return [
+        "# The broker's password is not written here: the autoscaler reads it from",
+        "# FLEET_BROKER_PASSWORD, or from the file FLEET_BROKER_PASSWORD_FILE names.",
+    ]
 
 
 def plot_ramp(rec: Recommendation, path: str | Path) -> Path:

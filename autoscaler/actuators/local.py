@@ -1,8 +1,10 @@
 """``local``: ``fleet worker`` processes on this machine.
 
-- Scale-out starts ``<command> --broker URL --models DIR --worker-id ID
-  --http-port 0``. A process is *pending* until a heartbeat with its worker id
-  and state ``ready`` arrives, then *in service*.
+- Scale-out starts ``<command> --models DIR --worker-id ID --http-port 0``
+  with the broker URL in its environment (``FLEET_BROKER``), never on its
+  command line, where ``ps`` would show the password to every user. A process
+  is *pending* until a heartbeat with its worker id and state ``ready``
+  arrives, then *in service*.
 - Scale-in sends SIGTERM to the newest workers (booting ones first) so they
   drain: stop consuming, answer what they hold, ack, exit. One that has not
   exited after the grace period is killed (SIGKILL) with a warning; the broker
@@ -34,7 +36,7 @@ from autoscaler.registry import ActuatorContext, ActuatorSpec
 from fleet.errors import ConfigError, Unavailable
 from fleet.heartbeat import Heartbeat
 from fleet.logging import get_logger
-from fleet.worker_command import worker_argv, worker_command
+from fleet.worker_command import worker_command, worker_launch
 
 log = get_logger("autoscaler.actuators.local")
 
@@ -48,9 +50,9 @@ class LocalActuatorConfig(ActuatorConfigBase):
     models_dir: Path
     """The model repository the workers serve (``--models``)."""
     command: list[str] = Field(default_factory=worker_command, min_length=1)
-    """The worker command; ``--broker``, ``--models``, ``--worker-id`` and
-    ``--http-port 0`` are appended. Default: this interpreter's
-    ``-m fleetctl worker``."""
+    """The worker command; ``--models``, ``--worker-id`` and ``--http-port 0``
+    are appended, and the broker URL is in its environment as ``FLEET_BROKER``.
+    Default: this interpreter's ``-m fleetctl worker``."""
     extra_args: list[str] = Field(default_factory=list)
     """More arguments appended after the standard ones."""
     max_workers: int = Field(default=4, ge=1, le=256)
@@ -153,7 +155,7 @@ class LocalActuator(Actuator):
     # ------------------------------------------------------------------ processes
     async def _spawn(self) -> WorkerProcess:
         worker_id = f"{self.id_prefix}-{next(self._seq)}"
-        argv = worker_argv(
+        launch = worker_launch(
             broker=self.broker,
             models=self.models_dir,
             worker_id=worker_id,
@@ -161,6 +163,7 @@ class LocalActuator(Actuator):
             command=self.command,
             extra=self.extra_args,
         )
+        argv = launch.argv
         out: IO[bytes] | None = None
         if self.log_dir is not None:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -171,7 +174,7 @@ class LocalActuator(Actuator):
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=out,
                 stderr=asyncio.subprocess.STDOUT if out is not None else None,
-                env={**os.environ, **self.env},
+                env={**os.environ, **self.env, **launch.env},
                 start_new_session=True,  # a terminal's Ctrl-C is ours to pass on, not theirs
             )
         except OSError as exc:
