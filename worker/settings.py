@@ -1,4 +1,10 @@
-"""Worker settings: command-line flags, else ``FLEET_*`` environment variables."""
+"""Worker settings: command-line flags, else ``FLEET_*`` environment variables.
+
+The broker's password belongs in the environment, not on the command line:
+``FLEET_BROKER`` holds the whole URL, or ``--broker`` names the user only
+(``amqp://fleet@mq/``) and ``FLEET_BROKER_PASSWORD`` or
+``FLEET_BROKER_PASSWORD_FILE`` (a file holding it) supplies the password.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleet.errors import ConfigError
+from fleet.settings import BROKER, RedactedRepr, resolve_password
 from fleet.transport import TRANSPORTS
 
 
@@ -16,14 +24,17 @@ def _default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(RedactedRepr, BaseSettings):
+    """Its ``repr`` and its validation errors never show the broker's password."""
+
     model_config = SettingsConfigDict(
         env_prefix="FLEET_", extra="forbid", frozen=True, populate_by_name=True
     )
 
     broker: str = Field(
         "memory://default",
-        description="broker URL; env FLEET_BROKER or FLEET_BROKER_URL",
+        description="broker URL; env FLEET_BROKER or FLEET_BROKER_URL; a URL naming a user "
+        "without a password takes FLEET_BROKER_PASSWORD or FLEET_BROKER_PASSWORD_FILE",
         validation_alias=AliasChoices("broker", "FLEET_BROKER", "FLEET_BROKER_URL"),
     )
     models: Path | str = Field(
@@ -73,7 +84,10 @@ class WorkerSettings(BaseSettings):
         if "://" not in v or scheme not in TRANSPORTS:
             known = TRANSPORTS.names()
             raise ValueError(f"must start with one of {', '.join(s + '://' for s in known)}")
-        return v
+        try:
+            return resolve_password(v, BROKER)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
 
 
 __all__ = ["WorkerSettings"]
