@@ -27,7 +27,10 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
         help="serve models from a repository, consuming requests from a broker",
         description="Consume inference requests in batches, run ONNX Runtime, publish replies. "
         "Every flag may also be set as FLEET_<NAME> in the environment. "
-        "SIGTERM drains: stop consuming, finish and answer in-flight work, exit 0.",
+        "SIGTERM drains: stop consuming, finish and answer in-flight work, exit 0. "
+        "A worker whose broker does not answer yet retries with capped exponential backoff "
+        "(alive on /healthz, not ready on /readyz meanwhile; SIGTERM exits 0); refused "
+        "credentials or a bad URL end it at once with a non-zero status.",
         formatter_class=HelpFormatter,
     )
     p.add_argument("--broker", help="broker URL: memory://NAME, amqp://..., kafka://host:port")
@@ -76,7 +79,27 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
         type=int,
         help="message bytes held at once before the worker stops taking messages (default 256 MiB)",
     )
+    _add_broker_wait(p)
     p.set_defaults(handler=run_worker)
+
+
+def _add_broker_wait(p: argparse.ArgumentParser) -> None:
+    """The flags of the wait for the broker at start."""
+    p.add_argument(
+        "--broker-wait-timeout",
+        type=float,
+        help="seconds to wait for the broker at start before exiting 1 (default: no limit)",
+    )
+    p.add_argument(
+        "--broker-retry-initial",
+        type=float,
+        help="seconds before the second attempt to reach the broker (default 0.5)",
+    )
+    p.add_argument(
+        "--broker-retry-max",
+        type=float,
+        help="most seconds between attempts to reach the broker (default 30)",
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -100,17 +123,19 @@ def run_worker(args: argparse.Namespace) -> int:
     return asyncio.run(serve(Worker(settings)))
 
 
-async def serve(worker: Worker) -> int:
-    """Run ``worker`` until SIGTERM/SIGINT or an Auto Scaling termination,
-    then drain it and, when the instance is leaving, complete the lifecycle
-    action."""
+async def serve(worker: Worker, stop: asyncio.Event | None = None) -> int:
+    """Run ``worker`` until SIGTERM/SIGINT (or ``stop`` is set) or an Auto
+    Scaling termination, then drain it and, when the instance is leaving,
+    complete the lifecycle action. A stop while the worker starts (loading its
+    models, waiting for its broker) ends it at once with 0: it holds no work."""
     from worker.lifecycle import LifecycleWatcher
 
-    stop = asyncio.Event()
+    stop = asyncio.Event() if stop is None else stop
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await worker.start()
+    if not await _start_unless_stopped(worker, stop):
+        return 0
     watcher = LifecycleWatcher.from_env()
     watching = loop.create_task(_watch(watcher, stop)) if watcher is not None else None
     await stop.wait()
@@ -120,6 +145,26 @@ async def serve(worker: Worker) -> int:
         watching.cancel()
         await _complete_if_leaving(watcher, leaving=leaving)
     return 0
+
+
+async def _start_unless_stopped(worker: Worker, stop: asyncio.Event) -> bool:
+    """Start ``worker``; ``False`` when ``stop`` came first (the start is then
+    cancelled and the worker shut down). A start that fails shuts it down too."""
+    starting = asyncio.ensure_future(worker.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if not starting.done():
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await worker.abort()
+        return False
+    if starting.exception() is not None:
+        await worker.abort()
+        starting.result()  # raises what the start raised
+    return True
 
 
 async def _watch(watcher: LifecycleWatcher, stop: asyncio.Event) -> None:

@@ -1,6 +1,21 @@
-"""The worker's side of scale-in on EC2 Auto Scaling.
+"""A worker's lifecycle on a fleet: waiting for its broker at boot, and its
+side of scale-in on EC2 Auto Scaling.
 
-When the group decides an instance goes, it moves it into ``Terminating:Wait``
+**Boot.** A worker may start before its broker answers (a fleet applied in one
+go, a broker being replaced). :class:`BrokerWait` connects with capped
+exponential backoff and jitter, logging each failed attempt with the delay
+before the next (never the password), for as long as the worker's
+``broker_wait_timeout`` allows (no limit by default)::
+
+    wait = BrokerWait(url, backoff=Backoff(initial=0.5, cap=30), timeout=None)
+    await wait.connect(transport)      # wait.status says what it waits for meanwhile
+
+Only what retrying cannot fix ends the wait at once: credentials the broker
+refuses (:class:`BrokerRefused`) and bad settings such as a malformed URL
+(:class:`~fleet.errors.ConfigError`). The wait running out raises
+:class:`BrokerUnreachable`.
+
+**Scale-in.** When the group decides an instance goes, it moves it into ``Terminating:Wait``
 (the termination lifecycle hook, ``deploy/terraform/worker.tf``) and the
 instance metadata's *target lifecycle state* turns ``Terminated``. The worker
 notices (or gets SIGTERM), drains, and then calls ``CompleteLifecycleAction``
@@ -26,15 +41,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
+from urllib.parse import unquote, urlsplit
 
 import aiohttp
 
 from fleet import aws
 from fleet.errors import ConfigError, FleetError, Internal, Unavailable
 from fleet.logging import get_logger
+from fleet.redact import MASK, redact_text, redact_url
+from fleet.transport import Transport
 
 log = get_logger(__name__)
 
@@ -324,4 +344,181 @@ class LifecycleWatcher:
         return Internal(f"CompleteLifecycleAction failed: {code}: {message}")
 
 
-__all__ = ["LifecycleWatcher"]
+# ----------------------------------------------------------------------
+# Boot: waiting for the broker
+# ----------------------------------------------------------------------
+
+#: Broker client errors (aio-pika/aiormq, aiokafka) that mean the broker refused
+#: the credentials: compared by class name along the error's causes, so that
+#: no broker library is imported here.
+CREDENTIAL_ERRORS = frozenset(
+    {
+        "ProbableAuthenticationError",
+        "AuthenticationError",
+        "AuthenticationFailedError",
+        "AuthenticationMethodNotSupported",
+        "SaslAuthenticationFailed",
+    }
+)
+
+
+class BrokerUnreachable(Unavailable):
+    """The broker could not be reached within the wait a worker allows itself."""
+
+
+class BrokerRefused(ConfigError):
+    """The broker refused the worker's credentials: retrying cannot help."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter: the wait after failed attempt
+    ``n`` is drawn between half and all of ``min(cap, initial * 2**(n-1))``, so
+    workers started together do not retry in step."""
+
+    initial: float = 0.5
+    cap: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.initial <= self.cap:
+            raise ConfigError(
+                f"backoff needs 0 < initial <= cap, got initial={self.initial}, cap={self.cap}"
+            )
+
+    def ceiling(self, attempt: int) -> float:
+        """The longest wait after failed attempt ``attempt`` (counted from 1)."""
+        return min(self.cap, self.initial * 2.0 ** min(max(attempt, 1) - 1, 64))
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        ceiling = self.ceiling(attempt)
+        return ceiling / 2 + rng.random() * ceiling / 2
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def refused_credentials(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an error it was raised from) is the broker refusing
+    the credentials."""
+    return any(
+        cls.__name__ in CREDENTIAL_ERRORS for err in _causes(exc) for cls in type(err).__mro__
+    )
+
+
+def _scrub(text: str, url: str) -> str:
+    """``text`` without the password of ``url`` (as written, and decoded), and
+    every URL in it redacted."""
+    password = urlsplit(url).password
+    for secret in (password, unquote(password or "")) if password else ():
+        text = text.replace(secret, MASK)
+    return redact_text(text)
+
+
+class BrokerWait:
+    """Connects a transport at boot, retrying until the broker answers."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        backoff: Backoff | None = None,
+        timeout: float | None = None,
+        rng: random.Random | None = None,
+        on_attempt: Callable[[str], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        """``timeout``: seconds to wait in all (``None``: no limit).
+        ``on_attempt`` is called with ``failed``, ``refused`` or ``connected``
+        after each attempt. ``sleep`` and ``clock`` (default: the event loop's)
+        are for tests."""
+        if timeout is not None and timeout <= 0:
+            raise ConfigError(f"broker wait timeout must be positive, got {timeout}")
+        self.url = url
+        self.backoff = backoff or Backoff()
+        self.timeout = timeout
+        self._rng = rng or random.Random()
+        self._on_attempt = on_attempt or (lambda _outcome: None)
+        self._sleep = sleep
+        self._clock = clock
+        self.attempts = 0
+        self.status: str | None = None  # what it waits for, while it waits
+
+    async def connect(self, transport: Transport) -> None:
+        """Return once ``transport`` is connected. Raises :class:`BrokerRefused`
+        or :class:`~fleet.errors.ConfigError` at once, :class:`BrokerUnreachable`
+        when the wait runs out; ``transport`` is closed on every failure and on
+        cancellation (SIGTERM while waiting)."""
+        clock = self._clock or asyncio.get_running_loop().time
+        deadline = None if self.timeout is None else clock() + self.timeout
+        try:
+            while True:
+                error = await self._attempt(transport)
+                if error is None:
+                    return
+                delay = self.backoff.delay(self.attempts, self._rng)
+                if deadline is not None:
+                    delay = min(delay, deadline - clock())
+                    if delay <= 0:
+                        raise BrokerUnreachable(
+                            f"broker {redact_url(self.url)} still unreachable after "
+                            f"{self.timeout:g} s and {self.attempts} attempts: {error}"
+                        )
+                self._waiting(error, delay)
+                await self._sleep(delay)
+        except BaseException:
+            self.status = None
+            await transport.close()
+            raise
+
+    async def _attempt(self, transport: Transport) -> str | None:
+        """One attempt: ``None`` when connected, else why not (retriable)."""
+        self.attempts += 1
+        try:
+            await transport.connect()
+        except (FleetError, OSError) as exc:
+            message = _scrub(exc.message if isinstance(exc, FleetError) else repr(exc), self.url)
+            if refused_credentials(exc):
+                self._on_attempt("refused")
+                raise BrokerRefused(
+                    f"broker {redact_url(self.url)} refused the credentials: {message}"
+                ) from None
+            if isinstance(exc, FleetError) and not exc.retriable:
+                self._on_attempt("refused")
+                raise
+            self._on_attempt("failed")
+            return message
+        self._on_attempt("connected")
+        if self.attempts > 1:
+            log.info("broker.connected", broker=redact_url(self.url), attempts=self.attempts)
+        self.status = None
+        return None
+
+    def _waiting(self, error: str, delay: float) -> None:
+        self.status = (
+            f"waiting for the broker (attempt {self.attempts} failed, next in {delay:.1f} s)"
+        )
+        log.warning(
+            "broker.unreachable",
+            broker=redact_url(self.url),
+            attempt=self.attempts,
+            next_delay_s=round(delay, 3),
+            error=error,
+        )
+
+
+__all__ = [
+    "CREDENTIAL_ERRORS",
+    "Backoff",
+    "BrokerRefused",
+    "BrokerUnreachable",
+    "BrokerWait",
+    "LifecycleWatcher",
+    "refused_credentials",
+]

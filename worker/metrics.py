@@ -47,6 +47,18 @@ class WorkerMetrics:
         self.dead_lettered = Counter(
             "fleet_worker_dead_lettered", "Messages sent to the dead-letter queue", registry=r
         )
+        self.model_provider = Gauge(
+            "fleet_worker_model_provider",
+            "1 for the execution provider each loaded model version runs on",
+            ["model", "version", "provider"],
+            registry=r,
+        )
+        self.broker_connect_attempts = Counter(
+            "fleet_worker_broker_connect_attempts",
+            "Attempts to reach the broker while starting, by outcome",
+            ["outcome"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

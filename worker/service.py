@@ -31,6 +31,7 @@ from worker.broker_ingress import BrokerIngress
 from worker.gpu import gpu_utilization
 from worker.health import HealthServer
 from worker.ledger import Ledger
+from worker.lifecycle import Backoff, BrokerWait
 from worker.metrics import WorkerMetrics
 from worker.model_table import ModelTable
 from worker.oip_http import OipHttpServer
@@ -56,6 +57,7 @@ class Worker:
         self._ingress: BrokerIngress | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
+        self.boot: BrokerWait | None = None  # the wait for the broker at start
         self.oip: OipHttpServer | None = None
         self._idle_logged: str | None = None
         self.http_port: int | None = None
@@ -81,9 +83,14 @@ class Worker:
         """Load and warm every model, connect, serve. Returns once ready."""
         s = self.settings
         if s.http_port is not None:
-            self._health = HealthServer(ready=self._readiness, metrics=self.metrics.render)
+            self._health = HealthServer(
+                ready=self._readiness, metrics=self.metrics.render, details=self._details
+            )
             self.http_port = await self._health.start(s.http_host, s.http_port)
         self.table = await asyncio.to_thread(ModelTable.load, s.models)
+        for model, versions in self.runtimes.items():
+            for version, runtime in versions.items():
+                self.metrics.model_provider.labels(model, version, runtime.provider).set(1)
         self.table.start(
             worker_id=self.worker_id, on_batch=self.ledger.batch, threads=s.max_model_threads
         )
@@ -97,8 +104,7 @@ class Worker:
                 default_timeout=s.sync_timeout,
             )
             self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
-        self._transport = connect(s.broker)
-        await self._transport.connect()
+        self._transport = await self._wait_for_broker()
         self._ingress = BrokerIngress(
             self._transport,
             self.table,
@@ -122,6 +128,23 @@ class Worker:
             http_port=self.http_port,
             oip_port=self.oip_port,
         )
+
+    async def _wait_for_broker(self) -> Transport:
+        """The connected transport, once the broker answers (see
+        :class:`~worker.lifecycle.BrokerWait`); not ready meanwhile."""
+        s = self.settings
+        counter = self.metrics.broker_connect_attempts
+        self.boot = BrokerWait(
+            s.broker,
+            backoff=Backoff(
+                initial=min(s.broker_retry_initial, s.broker_retry_max), cap=s.broker_retry_max
+            ),
+            timeout=s.broker_wait_timeout,
+            on_attempt=lambda outcome: counter.labels(outcome).inc(),
+        )
+        transport = connect(s.broker)
+        await self.boot.connect(transport)
+        return transport
 
     async def stop(self) -> None:
         """Drain: stop consuming, finish and answer what was received, ack, close."""
@@ -176,11 +199,22 @@ class Worker:
         return queued + (self.oip.in_flight() if self.oip is not None else 0)
 
     def _readiness(self) -> tuple[bool, str]:
+        if self.boot is not None and self.boot.status is not None:
+            return False, self.boot.status
         if self.state != "ready":
             return False, self.state
         if self._transport is None or not self._transport.connected:
             return False, "broker disconnected"
         return True, "ready"
+
+    def _details(self) -> dict[str, object]:
+        """What ``/readyz`` shows besides readiness: each model version's provider."""
+        return {
+            "models": {
+                model: {version: {"provider": r.provider} for version, r in versions.items()}
+                for model, versions in self.runtimes.items()
+            }
+        }
 
     # ------------------------------------------------------------------ heartbeats
     async def _heartbeats(self) -> None:

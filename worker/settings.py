@@ -76,6 +76,18 @@ class WorkerSettings(RedactedRepr, BaseSettings):
         description="bytes of messages held before the worker stops consuming",
     )
     max_model_threads: int = Field(1, ge=1, description="concurrent batches per model version")
+    broker_wait_timeout: float | None = Field(
+        None,
+        gt=0,
+        description="seconds a starting worker waits for its broker before it exits non-zero; "
+        "default None: no limit (alive on /healthz, not ready on /readyz, while it waits)",
+    )
+    broker_retry_initial: float = Field(
+        0.5, gt=0, description="seconds before the second attempt to reach the broker at start"
+    )
+    broker_retry_max: float = Field(
+        30.0, gt=0, description="most seconds between attempts to reach the broker at start"
+    )
 
     @field_validator("broker")
     @classmethod
