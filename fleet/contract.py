@@ -109,6 +109,7 @@ class Request:
     sent_at: float = 0.0  # when the client made it, seconds since the epoch (its clock)
     timeout: float | None = None  # seconds of budget left when published
     arrived: float | None = field(default=None, compare=False)  # local time.monotonic()
+    headers: Mapping[str, str] = field(default_factory=dict)  # W3C trace context and the like
 
     def expired(self, now: float | None = None, *, monotonic: float | None = None) -> bool:
         """Whether the deadline passed: ``now`` is the local wall clock

@@ -7,8 +7,10 @@ requests (or replies) share the per-message cost of the broker::
                | reply_to str | count u32 | item*count
     item    := length u32 | id str | body            (one bad body never fails its neighbours)
     request := model str | version str | deadline f64 | sent_at f64
-               | timeout f64 (version 2 only) | priority u8
-               | nparams u16 | param* | ninputs u16 | tensor*
+               | timeout f64 (version 2 on) | priority u8
+               | nparams u16 | param* | nheaders u8 (version 3) | header*
+               | ninputs u16 | tensor*
+    header  := key str | value str
     reply   := model str | version str | status u8 (0 ok, 1 error)
                | [code u16 | retriable u8 | message str]
                | queue_ms f32 | inference_ms f32 | batch_size u32 | worker_id str
@@ -29,7 +31,10 @@ Versions: request frames are written as version 2, which adds ``timeout``,
 the seconds of budget the request had left when it was published (the
 client's clock measured it, so it means the same on every host). Version 1
 request frames (no ``timeout``) are still decoded; their requests are judged
-on the wall clock alone. The decoder stamps every request with the local
+on the wall clock alone. Version 3 adds ``headers`` (the W3C trace context
+of :mod:`fleet.tracing`); a client writes it only for requests that carry
+headers, so only tracing needs workers of this build. The decoder stamps
+every request with the local
 :func:`time.monotonic` of its arrival; see :mod:`fleet.contract` for what
 clock skew does to deadlines.
 
@@ -60,8 +65,9 @@ from fleet.errors import (
 from fleet.tensor import DataType, Tensor, check_bytes_elements, check_shape
 
 MAGIC = b"\x89FLT"
-VERSION = 2
-VERSIONS = (1, 2)  # decoded
+VERSION = 2  # requests without headers
+HEADERS_VERSION = 3  # requests with headers
+VERSIONS = (1, 2, 3)  # decoded
 _REPLY_VERSION = 1  # read by every build; version 2 only for a client that asked
 KIND_REQUESTS = 1
 KIND_REPLIES = 2
@@ -95,6 +101,7 @@ class Limits:
     max_rank: int = 8
     max_elements: int = 1 << 27
     max_parameters: int = 64
+    max_headers: int = 16
 
 
 DEFAULT_LIMITS = Limits()
@@ -159,6 +166,11 @@ def _frame(
     return b"".join(parts)
 
 
+def body_version(req: Request) -> int:
+    """The frame version a request's body is written in."""
+    return HEADERS_VERSION if req.headers else VERSION
+
+
 def encode_request_body(req: Request) -> Parts:
     """One request as the parts of a frame item (cached by the client for
     re-sends; :func:`with_timeout` restamps its budget at each publish). A
@@ -177,6 +189,13 @@ def encode_request_body(req: Request) -> Parts:
     parts.append(_U16.pack(len(req.parameters)))
     for key, value in req.parameters.items():
         _param(parts, key, value)
+    if req.headers:
+        if len(req.headers) > 0xFF:
+            raise LimitExceeded(f"{len(req.headers)} headers is over 255")
+        parts.append(_U8.pack(len(req.headers)))
+        for key, text in req.headers.items():
+            _str(parts, key)
+            _str(parts, text)
     parts.append(_U16.pack(len(req.inputs)))
     for t in req.inputs:
         _tensor(parts, t)
@@ -190,10 +209,27 @@ def with_timeout(body: Parts, seconds: float) -> Parts:
     return out
 
 
-def encode_requests(requests: Iterable[Request | Parts], reply_to: str, *, flags: int = 0) -> bytes:
-    """Requests (or bodies from :func:`encode_request_body`) as one frame."""
+def encode_requests(
+    requests: Iterable[Request | Parts],
+    reply_to: str,
+    *,
+    flags: int = 0,
+    version: int | None = None,
+) -> bytes:
+    """Requests (or bodies from :func:`encode_request_body`) as one frame.
+
+    Every body of a frame has its version (:func:`body_version`): requests
+    with headers and without cannot share a frame. Bodies given as parts
+    need ``version`` when they are not :data:`VERSION`'s."""
+    requests = list(requests)
+    versions = {body_version(r) for r in requests if isinstance(r, Request)}
+    if version is not None:
+        versions.add(version)
+    if len(versions) > 1:
+        raise InvalidArgument("requests with headers and without cannot share a frame")
     items = [r if isinstance(r, list) else encode_request_body(r) for r in requests]
-    return _frame(KIND_REQUESTS, reply_to, items, version=VERSION, flags=flags)
+    frame_version = versions.pop() if versions else VERSION
+    return _frame(KIND_REQUESTS, reply_to, items, version=frame_version, flags=flags)
 
 
 def encode_replies(
@@ -344,6 +380,14 @@ def _read_request(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reques
     if nparams > limits.max_parameters:
         raise LimitExceeded(f"{nparams} parameters is over the limit of {limits.max_parameters}")
     params = dict(_read_param(r) for _ in range(nparams))
+    headers: dict[str, str] = {}
+    if ctx.version >= HEADERS_VERSION:
+        nheaders = r.unpack(_U8)
+        if nheaders > limits.max_headers:
+            raise LimitExceeded(f"{nheaders} headers is over the limit of {limits.max_headers}")
+        for _ in range(nheaders):
+            key = r.str()
+            headers[key] = r.str()
     inputs = _read_tensors(r, limits)
     return Request(
         id=rid,
@@ -356,6 +400,7 @@ def _read_request(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reques
         sent_at=sent_at,
         timeout=timeout,
         arrived=ctx.arrived,
+        headers=headers,
     )
 
 
@@ -490,11 +535,13 @@ def decode_replies(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) ->
 __all__ = [
     "DEFAULT_LIMITS",
     "FLAG_STAGES",
+    "HEADERS_VERSION",
     "VERSION",
     "VERSIONS",
     "Frame",
     "Limits",
     "Parts",
+    "body_version",
     "decode",
     "decode_replies",
     "decode_requests",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fleet import wire
+from fleet import tracing, wire
 from fleet.contract import (
     ParamValue,
     Priority,
@@ -79,6 +79,8 @@ class _Pending:
     publish_started: float = 0.0  # time.monotonic() when its (last) publish began
     publish_wall: float = 0.0  # time.time() then
     confirmed: float = 0.0  # time.monotonic() when the broker confirmed that publish
+    version: int = wire.VERSION  # its body's frame version: only equal ones share a frame
+    span: Any = None  # its call's trace span, when tracing is on
 
 
 @dataclass(slots=True)
@@ -199,6 +201,7 @@ class Client:
         await self.close()
 
     async def connect(self) -> None:
+        tracing.from_environment("fleet-client")
         await self._transport.connect()
         self._transport.add_reconnect_listener(self._resend_unanswered)
         self._reply_to = await self._transport.open_inbox(self._on_reply)
@@ -268,6 +271,8 @@ class Client:
         if not inputs:
             raise InvalidArgument("inputs must name at least one tensor")
         wait = self.timeout if timeout is None else _check_timeout(timeout)
+        tracer = tracing.active()
+        span, headers = tracing.start_call(tracer, model) if tracer is not None else (None, {})
         now = time.time()
         req = Request(
             id=request_id or new_request_id(),
@@ -279,12 +284,24 @@ class Client:
             parameters=dict(parameters or {}),
             sent_at=now,
             timeout=wait,
+            headers=headers,
         )
+        if span is None:
+            return await self._send(req, time.monotonic() + wait, stages, None)
+        try:
+            reply = await self._send(req, time.monotonic() + wait, stages, span)
+        except BaseException as exc:
+            tracing.end_call(span, exc)
+            raise
+        tracing.end_call(span, None if reply.error is None else reply.error.to_exception())
+        return reply
+
+    async def _send(self, req: Request, deadline: float, stages: bool, span: Any) -> Reply:
         if req.id in self._pending:
             raise InvalidArgument(f"request id {req.id!r} is already in flight")
         body = wire.encode_request_body(req)
         self._check_size(sum(len(b) for b in body))
-        return await self._with_retries(req, body, time.monotonic() + wait, stages)
+        return await self._with_retries(req, body, deadline, stages, span)
 
     def _check_size(self, size: int) -> None:
         framed = size + _ITEM_OVERHEAD + _FRAME_OVERHEAD + len(self._reply_to.encode())
@@ -299,14 +316,14 @@ class Client:
             )
 
     async def _with_retries(
-        self, req: Request, body: wire.Parts, deadline: float, stages: bool = False
+        self, req: Request, body: wire.Parts, deadline: float, stages: bool, span: Any
     ) -> Reply:
         """Attempts of one request: again after a retriable error, while
         ``retries`` and the deadline allow."""
         attempt = 0
         while True:
             try:
-                reply = await self._attempt(req, body, deadline, stages)
+                reply = await self._attempt(req, body, deadline, stages, span)
                 error = None if reply.error is None else reply.error.to_exception()
             except FleetError as exc:
                 error, reply = exc, None
@@ -323,7 +340,7 @@ class Client:
             await asyncio.sleep(backoff)
 
     async def _attempt(
-        self, req: Request, body: wire.Parts, deadline: float, stages: bool
+        self, req: Request, body: wire.Parts, deadline: float, stages: bool, span: Any
     ) -> Reply:
         size = sum(len(b) for b in body)
         await self._reserve(req.model, size, deadline)
@@ -336,6 +353,8 @@ class Client:
             deadline=deadline,
             future=asyncio.get_running_loop().create_future(),
             want_stages=stages,
+            version=wire.body_version(req),
+            span=span,
         )
         self._pending[req.id] = pending
         self._bytes_in_flight += size
@@ -440,7 +459,7 @@ class Client:
                 lane.queue.popleft()
                 p.queued = False
                 continue  # answered, cancelled or given up while waiting to be sent
-            if chunk and size + _ITEM_OVERHEAD + p.size > budget:
+            if chunk and (size + _ITEM_OVERHEAD + p.size > budget or p.version != chunk[0].version):
                 break
             lane.queue.popleft()
             p.queued = False
@@ -454,7 +473,9 @@ class Client:
         for p in chunk:
             p.publish_started, p.publish_wall = now, wall
         bodies = [wire.with_timeout(p.body, p.deadline - now) for p in chunk]
-        return wire.encode_requests(bodies, self._reply_to, flags=wire.FLAG_STAGES)
+        return wire.encode_requests(
+            bodies, self._reply_to, flags=wire.FLAG_STAGES, version=chunk[0].version
+        )
 
     async def _publish_lane(self, key: tuple[str, Priority], lane: _Lane) -> None:
         model, priority = key
@@ -537,10 +558,22 @@ class Client:
                 p.refused = item.error.to_exception()  # the original may still answer
                 continue
             self.stats.answered += 1
-            values = self._observe_stages(p, item, received, received_wall, decoded)
+            values = self._observe_stages(p, item, received, decoded)
             if p.want_stages:
                 item = replace(item, stages=Stages(*(v * 1000 for v in values)))
+            if p.span is not None:
+                self._trace_stages(p, received_wall, decoded - received)
             p.future.set_result(item)
+
+    def _trace_stages(self, p: _Pending, received_wall: float, decode: float) -> None:
+        tracer = tracing.active()
+        if tracer is None:
+            return
+        marks = {"coalesce": (tracing.wall_of(p.enqueued), p.publish_wall)}
+        if p.confirmed >= p.publish_started:
+            marks["publish"] = (p.publish_wall, p.publish_wall + p.confirmed - p.publish_started)
+        marks["decode"] = (received_wall, received_wall + decode)
+        tracing.client_stages(tracer, p.span, marks)
 
     def _hists(self, model: str) -> tuple[Histogram, ...]:
         hists = self._stage_hists.get(model)
@@ -550,7 +583,7 @@ class Client:
         return hists
 
     def _observe_stages(
-        self, p: _Pending, reply: Reply, received: float, received_wall: float, decoded: float
+        self, p: _Pending, reply: Reply, received: float, decoded: float
     ) -> tuple[float, ...]:
         """The request's stages in seconds, in :data:`CLIENT_STAGES` order, counted
         in the histograms (the publish stage was counted at its confirm)."""
@@ -564,7 +597,6 @@ class Client:
             request_broker = min(max(0.0, tm.received_at - p.publish_wall), broker)
             reply_broker = broker - request_broker
             worker_reply = max(0.0, worker - batch_wait - inference)
-        del received_wall  # the reply leg is what is left of the broker's share
         values = (
             p.publish_started - p.enqueued,
             publish,

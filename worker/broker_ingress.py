@@ -39,8 +39,9 @@ import asyncio
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from fleet import wire
+from fleet import tracing, wire
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
 from fleet.errors import FleetError, Internal, InvalidArgument, LimitExceeded
 from fleet.logging import get_logger
@@ -105,7 +106,9 @@ class BrokerIngress:
         self._flow = asyncio.Lock()  # consuming and pausing, one at a time
 
     async def start(self) -> None:
-        """Declare every model's queues and consume them (prefetch: 2x the model's max batch)."""
+        """Declare every model's queues and consume them (prefetch: 2x the model's max
+        batch). Tracing starts here if the ``OTEL_*`` environment asks for it."""
+        tracing.from_environment("fleet-worker")
         for model in self._table.models:
             await self._transport.declare_model(model)
         async with self._flow:
@@ -235,7 +238,7 @@ class BrokerIngress:
                 if req.expired(now):
                     self._ledger.expired(delivery.model)
                     continue
-                body = wire.encode_requests([req], frame.reply_to)
+                body = wire.encode_requests([req], frame.reply_to, flags=frame.flags)
                 await self._transport.publish_request(delivery.model, delivery.priority, body)
         except FleetError as exc:
             log.warning("could not split a redelivered message; serving it whole", error=str(exc))
@@ -346,12 +349,39 @@ class BrokerIngress:
             replies.append(o.reply)
             msgs.append(msg)
         await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
+        tracer = tracing.active()
+        if tracer is not None:
+            self._trace(tracer, outcomes)
         if ended and by_address:
             self._ledger.replied(
                 outcomes[0].item.request.model,
                 time.monotonic() - ended,
                 sum(len(r) for r, _ in by_address.values()),
             )
+
+    def _trace(self, tracer: Any, outcomes: Sequence[Outcome]) -> None:
+        """The spans of the traced requests among these, just published."""
+        published = time.time()
+        for o in outcomes:
+            headers, reply = o.item.request.headers, o.reply
+            if not headers or reply is None or not reply.timings.received_at:
+                continue
+            tm = reply.timings
+            try:
+                tracing.worker_spans(
+                    tracer,
+                    headers,
+                    model=reply.model,
+                    version=reply.version,
+                    received=tm.received_at,
+                    batch_wait=tm.queue_ms / 1000,
+                    inference=tm.inference_ms / 1000,
+                    published=published,
+                    batch_size=tm.batch_size,
+                    worker_id=tm.worker_id,
+                )
+            except Exception:  # a tracing failure never fails serving
+                log.exception("recording a trace failed", id=reply.id)
 
     async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
         try:
