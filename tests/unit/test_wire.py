@@ -234,3 +234,22 @@ def test_request_tensor_data_is_not_copied_until_the_frame_is_joined() -> None:
     got = wire.decode_requests(frame).items[0]
     assert isinstance(got, Request)
     np.testing.assert_array_equal(got.inputs[0].to_numpy(), np.ones((2, 4), np.float32))
+
+
+def test_headers_travel_in_version_3_and_cannot_share_a_frame_without() -> None:
+    traced = _request("t", headers={"traceparent": "00-" + "a" * 32 + "-" + "b" * 16 + "-01"})
+    frame = wire.encode_requests([traced], "inbox")
+    assert frame[4] == wire.HEADERS_VERSION
+    got = wire.decode_requests(frame).items[0]
+    assert isinstance(got, Request) and got.headers == traced.headers
+    assert wire.encode_requests([_request()], "inbox")[4] == wire.VERSION
+    with pytest.raises(InvalidArgument, match="share a frame"):
+        wire.encode_requests([traced, _request()], "inbox")
+
+
+def test_too_many_headers_fail_only_their_item() -> None:
+    many = _request("m", headers={f"h{i}": "v" for i in range(20)})
+    frame = wire.decode_requests(wire.encode_requests([many], "inbox"))
+    (item,) = frame.items
+    assert isinstance(item, ItemError) and item.id == "m"
+    assert isinstance(item.error, LimitExceeded)
