@@ -22,8 +22,10 @@ Errors: a publish the broker returns (no such queue) is :class:`ModelNotFound`,
 one it nacks (full queue) :class:`Overloaded`, a timeout or a lost connection
 :class:`Unavailable`, a declaration that clashes with an existing queue
 :class:`ConfigError`. ``depth`` reads in-flight counts from the management API
-(``?management_url=`` in the URL, else port 15672 of the broker's host); without
-it ``in_flight`` is ``None``.
+(``?management_url=`` in the URL, else ``$FLEET_MANAGEMENT_URL``, else
+``http://host:15672`` for ``amqp://`` and ``https://host:15671`` for
+``amqps://``, with credentials of its own where given: see
+:mod:`fleet.transport._amqp_management`); without it ``in_flight`` is ``None``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from base64 import b64encode
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -64,6 +65,7 @@ from fleet.transport._amqp_consumer import (
     bytes_handler,
     run_handler,
 )
+from fleet.transport._amqp_management import management_api
 from fleet.transport.base import (
     DEAD_LETTER,
     HEARTBEATS,
@@ -100,13 +102,15 @@ _MANAGEMENT_TIMEOUT = 1.0  # seconds per management API call
 _MANAGEMENT_RETRY = 30.0  # seconds to leave an unreachable management API alone
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True, repr=False)
 class AmqpOptions(TransportOptions):
     """The common options, plus where the management API is."""
 
     management_url: str | None = None
     """Base URL of the RabbitMQ management API, for ``depth``'s in-flight
-    counts (default: port 15672 of the broker's host)."""
+    counts, with its own user (and password) where it has one (default:
+    ``$FLEET_MANAGEMENT_URL``, else ``http://host:15672`` for ``amqp://`` and
+    ``https://host:15671`` for ``amqps://``)."""
 
 
 def work_queue_arguments(options: TransportOptions) -> dict[str, Any]:
@@ -152,10 +156,10 @@ class AmqpTransport(Transport):
             parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         )
         self._vhost = unquote(parts.path.strip("/")) or "/"
-        default_management = f"http://{parts.hostname or 'localhost'}:15672"
-        self._management = (self.options.management_url or default_management).rstrip("/")
-        credentials = f"{unquote(parts.username or 'guest')}:{unquote(parts.password or 'guest')}"
-        self._auth_header = {"Authorization": "Basic " + b64encode(credentials.encode()).decode()}
+        self._management_api = management_api(url, self.options.management_url)
+        self._management = self._management_api.base
+        self._auth_header = self._management_api.headers
+        self._management_ssl = self._management_api.ssl_context()
         self._management_down_until = 0.0
         self._conn: AbstractConnection | None = None
         self._publisher: AbstractChannel | None = None
@@ -491,9 +495,16 @@ class AmqpTransport(Transport):
             async with aiohttp.ClientSession(headers=self._auth_header, timeout=timeout) as session:
                 for name in names:
                     url = f"{self._management}/api/queues/{vhost}/{quote(name, safe='')}"
-                    async with session.get(url) as resp:
+                    async with session.get(url, ssl=self._management_ssl or True) as resp:
                         if resp.status == 404:  # not in its statistics yet
                             return None
+                        if resp.status in (401, 403):
+                            log.warning(
+                                "management API refused the credentials; in-flight unknown",
+                                url=self._management,
+                                user=self._management_api.username,
+                                status=resp.status,
+                            )
                         resp.raise_for_status()
                         data = await resp.json()
                     total += int(data.get("messages_unacknowledged") or 0)

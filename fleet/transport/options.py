@@ -19,12 +19,15 @@ from typing import ClassVar, Self, Union, get_args, get_origin, get_type_hints
 from urllib.parse import parse_qs, urlsplit
 
 from fleet.errors import ConfigError
+from fleet.redact import dataclass_repr
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
+@dataclass(frozen=True, kw_only=True, slots=True, repr=False)
 class TransportOptions:
     """Settings common to every transport; each may be given in the URL's query
-    string (``amqp://host/?max_queue_length=5000``) or as keyword arguments."""
+    string (``amqp://host/?max_queue_length=5000``) or as keyword arguments.
+    The ``repr`` shows a URL option's password as ``***``; a subclass keeps
+    that with ``@dataclass(..., repr=False)``."""
 
     max_queue_length: int = 10_000  # messages per work queue; past it: Overloaded
     delivery_limit: int = 5  # deliveries before a message is dead-lettered
@@ -36,6 +39,9 @@ class TransportOptions:
 
     COUNTS: ClassVar[tuple[str, ...]] = ("max_queue_length", "delivery_limit", "max_message_bytes")
     """Options that must be at least 1."""
+
+    def __repr__(self) -> str:
+        return dataclass_repr(self)
 
     def __post_init__(self) -> None:
         for key in self.COUNTS:
