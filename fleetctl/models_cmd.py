@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fleetctl import variants_cmd
 from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
 
 
@@ -18,6 +19,7 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("models", help="build and manage the models of a repository")
     msub = p.add_subparsers(dest="models_command", required=True)
     _add_build(msub)
+    variants_cmd.add_commands(msub)
 
 
 def _add_build(msub: Subparsers[argparse.ArgumentParser]) -> None:

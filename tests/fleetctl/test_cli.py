@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +168,51 @@ def test_every_worker_flag_is_a_worker_setting() -> None:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     dests = {a.dest for a in sub.choices["worker"]._actions if a.dest != "help"}
     assert dests <= set(WorkerSettings.model_fields), dests - set(WorkerSettings.model_fields)
+
+
+@pytest.mark.unit
+def test_models_quantize_writes_the_next_version(tmp_path: Path, built_models: Path) -> None:
+    root = tmp_path / "models"
+    shutil.copytree(built_models / "digits" / "1", root / "digits" / "1")
+    proc = _fleet(
+        "--log-level", "WARNING", "models", "quantize", "--model", "digits",
+        "--repository", str(root), "--mode", "static",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary, path = proc.stdout.strip().splitlines()
+    assert summary.startswith("digits version 2: int8-static variant of version 1;")
+    assert Path(path) == root / "digits" / "2" / "model.onnx"
+    meta = json.loads((root / "digits" / "2" / "metadata.json").read_text())
+    assert meta["variant"]["method"] == "int8-static"
+    assert meta["variant"]["calibration_rows"] > 0
+
+
+@pytest.mark.unit
+def test_models_convert_and_the_gate_through_the_handlers(
+    tmp_path: Path, built_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleetctl import variants_cmd
+    from worker.variants import DEFAULT_MARGIN, AccuracyGateFailed
+
+    root = tmp_path / "models"
+    for name in ("digits", "mlp"):
+        shutil.copytree(built_models / name / "1", root / name / "1")
+    parser = build_parser()
+    args = parser.parse_args(
+        ["models", "convert", "--fp16", "--model", "digits", "--repository", str(root)]
+    )
+    assert args.margin == variants_cmd.DEFAULT_MARGIN == DEFAULT_MARGIN
+    assert args.handler(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("digits version 2: fp16 variant of version 1;") for line in lines)
+    # INT8 mlp agrees with FP32 mlp on most rows, not all: no margin, no variant
+    args = parser.parse_args(
+        ["models", "quantize", "--model", "mlp", "--repository", str(root), "--margin", "0"]
+    )
+    with pytest.raises(AccuracyGateFailed, match="nothing written") as exc:
+        args.handler(args)
+    # the mlp's weights are random: its labels are its FP32 version's own top-1 predictions
+    assert exc.value.source_accuracy == 1.0 and 0.95 <= exc.value.accuracy < 1.0
+    assert sorted(p.name for p in (root / "mlp").iterdir()) == ["1"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["models", "convert", "--model", "digits"])  # --fp16 is required
