@@ -140,6 +140,16 @@ def is_transient(exc: Exception) -> bool:
     )
 
 
+def s3_client(*, max_attempts: int = DEFAULT_MAX_ATTEMPTS, region: str | None = None) -> Any:
+    """A boto3 S3 client with the fleet's retry policy. Credentials, region and
+    endpoint come from the environment as for any boto3 client (``AWS_PROFILE``,
+    ``AWS_REGION``, ``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``...).
+    ``ImportError`` without boto3 (the ``aws`` extra)."""
+    import boto3
+
+    return boto3.client("s3", region_name=region, config=client_config(max_attempts=max_attempts))
+
+
 __all__ = [
     "ACCESS_DENIED_CODES",
     "CREDENTIALS_CODES",
@@ -151,4 +161,5 @@ __all__ = [
     "error_code",
     "is_transient",
     "on_retry",
+    "s3_client",
 ]

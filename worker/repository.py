@@ -4,6 +4,10 @@ The root is a local directory or ``s3://bucket/prefix``; an S3 root is copied
 into a local cache directory first (only the models' files), then read the same
 way. Versions are directory names, ordered numerically where numeric
 (``1 < 2 < 10``), then by name.
+
+:func:`push_s3` (``fleet models push``) uploads a local repository to an S3
+root in the layout :func:`sync_s3` reads:
+``<prefix>/<model>/<version>/{model.onnx,config.toml,metadata.json}``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fleet import aws
 from fleet.contract import check_model_name
-from fleet.errors import ConfigError, FleetError, ModelNotFound
+from fleet.errors import ConfigError, FleetError, ModelNotFound, Unavailable
 from fleet.logging import get_logger
 from worker.config import CONFIG_FILE, ModelConfig
 
@@ -152,15 +157,7 @@ def sync_s3(uri: str, dest: Path, *, client: Any = None) -> list[Path]:
     a file already in ``dest`` with the same size and ETag is kept.
     """
     bucket, prefix = parse_s3_uri(uri)
-    if client is None:
-        try:
-            import boto3
-        except ImportError as exc:
-            raise ConfigError(
-                f"model repository {uri}: boto3 is needed for s3:// roots"
-                " (pip install 'inference-fleet[aws]')"
-            ) from exc
-        client = boto3.client("s3")
+    client = client if client is not None else _s3(uri)
     from botocore.exceptions import BotoCoreError, ClientError
 
     copied: list[Path] = []
@@ -196,6 +193,110 @@ def sync_s3(uri: str, dest: Path, *, client: Any = None) -> list[Path]:
     return copied
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Pushed:
+    """What :func:`push_s3` did: the keys it uploaded, left as they were (same
+    SHA-256) and deleted (``delete=True``)."""
+
+    uploaded: list[str]
+    unchanged: list[str]
+    deleted: list[str]
+
+
+def push_s3(root: Path, uri: str, *, client: Any = None, delete: bool = False) -> Pushed:
+    """Upload the model repository at ``root`` to ``uri`` (``s3://bucket/prefix``).
+
+    The repository is read first as a worker reads it (every version has its
+    ``model.onnx``, every ``config.toml`` is valid), so a broken one uploads
+    nothing. Each version's ``config.toml`` and ``metadata.json`` go before its
+    ``model.onnx``. An object whose ``sha256`` metadata matches the file is
+    left alone. ``delete``: also delete the model files under the prefix that
+    ``root`` does not have (versions removed since the last push).
+    """
+    specs = _discover_local(Path(root), label=str(root))
+    bucket, prefix = parse_s3_uri(uri)
+    client = client if client is not None else _s3(uri)
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    done = Pushed(uploaded=[], unchanged=[], deleted=[])
+    try:
+        for spec in specs:
+            for name in (CONFIG_FILE, "metadata.json", MODEL_FILE):
+                path = spec.path.with_name(name)
+                if path.is_file():
+                    key = f"{prefix}{spec.name}/{spec.version}/{name}"
+                    pushed = _upload(client, bucket, key, path)
+                    (done.uploaded if pushed else done.unchanged).append(key)
+        if delete:
+            keep = {*done.uploaded, *done.unchanged}
+            for key in _model_keys(client, bucket, prefix):
+                if key not in keep:
+                    client.delete_object(Bucket=bucket, Key=key)
+                    done.deleted.append(key)
+    except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+        raise _s3_error(f"push to {uri}", exc) from exc
+    log.info(
+        "model repository pushed",
+        uri=uri,
+        uploaded=len(done.uploaded),
+        unchanged=len(done.unchanged),
+        deleted=len(done.deleted),
+    )
+    return done
+
+
+def _s3(uri: str) -> Any:
+    try:
+        return aws.s3_client()
+    except ImportError as exc:
+        raise ConfigError(
+            f"model repository {uri}: boto3 is needed for s3:// roots"
+            " (pip install 'inference-fleet[aws]')"
+        ) from exc
+
+
+def _upload(client: Any, bucket: str, key: str, path: Path) -> bool:
+    """Upload ``path`` unless the object has its SHA-256; whether it uploaded."""
+    from botocore.exceptions import ClientError
+
+    digest = file_sha256(path)
+    try:
+        head = client.head_object(Bucket=bucket, Key=key)
+    except ClientError as exc:
+        if aws.error_code(exc)[0] not in ("404", "NoSuchKey", "NotFound"):
+            raise
+    else:
+        if head.get("Metadata", {}).get("sha256") == digest:
+            return False
+    client.upload_file(str(path), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}})
+    return True
+
+
+def _model_keys(client: Any, bucket: str, prefix: str) -> list[str]:
+    """The keys under ``prefix`` that :func:`sync_s3` would copy."""
+    keys: list[str] = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = PurePosixPath(obj["Key"][len(prefix) :])
+            if len(rel.parts) == 3 and rel.name in MODEL_FILES and ".." not in rel.parts:
+                keys.append(obj["Key"])
+    return keys
+
+
+def _s3_error(what: str, exc: Exception) -> FleetError:
+    """A configuration problem (``ConfigError``: no bucket, no permission, no
+    credentials) or an unreachable S3 (``Unavailable``)."""
+    from boto3.exceptions import S3UploadFailedError
+
+    if isinstance(exc, S3UploadFailedError) and isinstance(exc.__context__, Exception):
+        exc = exc.__context__  # the upload's own client error
+    code, message = aws.error_code(exc)
+    if aws.is_transient(exc):
+        return Unavailable(f"{what}: S3 unreachable: {message}")
+    return ConfigError(f"{what}: {code}: {message}" if code else f"{what}: {exc}")
+
+
 def _remove_stale(dest: Path, keep: set[Path]) -> None:
     """Drop cached model files whose object is gone from the bucket."""
     if not dest.is_dir():
@@ -219,8 +320,10 @@ __all__ = [
     "MODEL_FILE",
     "ModelRepository",
     "ModelSpec",
+    "Pushed",
     "file_sha256",
     "parse_s3_uri",
+    "push_s3",
     "sync_s3",
     "version_key",
 ]

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fleet import aws
+from fleet.errors import ConfigError
+from fleet.transport.memory import MemoryBroker
 from fleetctl.cli import build_parser
+from producer import Client
+from tests.conftest import missing
+from tests.helpers import rows, running_worker
+from worker.repository import ModelRepository, push_s3
 
 
 def _run(*argv: str) -> int:
@@ -45,3 +56,131 @@ def test_build_keeps_built_models_without_the_tools_extra(
     out, _err = capsys.readouterr()
     printed = [Path(line) for line in out.splitlines() if line.endswith("model.onnx")]
     assert sorted(p.parent.parent.name for p in printed) == ["digits", "mlp"]
+
+
+# ---------------------------------------------------------------- push (moto's S3)
+
+
+@pytest.fixture
+def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """An empty bucket on moto's server, which every boto3 client here reaches
+    through the environment (as a user's would reach S3)."""
+    url = os.environ.get("FLEET_TEST_AWS_URL")
+    if not url:
+        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
+    assert url is not None
+    for name, value in {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # where an s3:// repository is copied
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    s3 = aws.s3_client()
+    name = f"fleet-models-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for obj in s3.list_objects_v2(Bucket=name).get("Contents", []):
+        s3.delete_object(Bucket=name, Key=obj["Key"])
+    s3.delete_bucket(Bucket=name)
+
+
+def _repository(tmp_path: Path, built_models: Path, unique_model: str) -> Path:
+    """``<unique>-digits/1`` (the demo model) and ``<unique>-small/1`` (the same
+    model file, its own config, no metadata)."""
+    root = tmp_path / "repo"
+    root.mkdir()
+    (root / f"{unique_model}-digits").symlink_to(built_models / "digits", target_is_directory=True)
+    small = root / f"{unique_model}-small" / "1"
+    small.mkdir(parents=True)
+    shutil.copyfile(built_models / "digits" / "1" / "model.onnx", small / "model.onnx")
+    (small / "config.toml").write_text("max_batch_size = 8\nmax_wait_ms = 1.0\n")
+    return root
+
+
+def _keys(name: str) -> set[str]:
+    return {o["Key"] for o in aws.s3_client().list_objects_v2(Bucket=name).get("Contents", [])}
+
+
+@pytest.mark.aws
+async def test_push_then_a_worker_serves_the_models_from_s3(
+    bucket: str,
+    tmp_path: Path,
+    built_models: Path,
+    unique_model: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = _repository(tmp_path, built_models, unique_model)
+    uri = f"s3://{bucket}/fleet/models"
+    assert _run("models", "push", "--repository", str(root), "--to", uri) == 0
+    out = capsys.readouterr().out
+    assert "5 uploaded, 0 unchanged, 0 deleted" in out
+    digits, small = (
+        f"fleet/models/{unique_model}-digits/1/",
+        f"fleet/models/{unique_model}-small/1/",
+    )
+    assert _keys(bucket) == {
+        *(digits + f for f in ("model.onnx", "config.toml", "metadata.json")),
+        *(small + f for f in ("model.onnx", "config.toml")),
+    }
+
+    # what the worker's loader reads back is what was pushed
+    local = ModelRepository(root).discover()
+    remote = ModelRepository(uri, cache_dir=tmp_path / "copy").discover()
+    assert [(s.name, s.version, s.config) for s in remote] == [
+        (s.name, s.version, s.config) for s in local
+    ]
+    assert [s.sha256() for s in remote] == [s.sha256() for s in local]
+    assert remote[1].config.max_batch_size == 8
+
+    # a worker started with the s3:// repository answers
+    broker = f"memory://{unique_model}"
+    try:
+        async with running_worker(broker, uri) as worker, Client(broker) as client:  # type: ignore[arg-type]
+            assert worker.models == [f"{unique_model}-digits", f"{unique_model}-small"]
+            reply = await client.infer(f"{unique_model}-small", {"input": rows(64, 2)})
+            assert reply["label"].shape == (2,)
+    finally:
+        MemoryBroker.reset(unique_model)
+
+    # again: nothing changed, nothing uploaded
+    assert _run("models", "push", "--repository", str(root), "--to", uri) == 0
+    assert "0 uploaded, 5 unchanged, 0 deleted" in capsys.readouterr().out
+
+    # a model gone from the repository goes from the bucket with --delete only
+    shutil.rmtree(root / f"{unique_model}-small")
+    assert _run("models", "push", "--repository", str(root), "--to", uri) == 0
+    assert "0 deleted" in capsys.readouterr().out
+    assert _run("models", "push", "--repository", str(root), "--to", uri, "--delete") == 0
+    assert "0 uploaded, 3 unchanged, 2 deleted" in capsys.readouterr().out
+    assert {k.rpartition("/")[0] + "/" for k in _keys(bucket)} == {digits}
+
+
+@pytest.mark.aws
+def test_push_of_a_broken_repository_uploads_nothing(bucket: str, tmp_path: Path) -> None:
+    (tmp_path / "repo" / "m" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "m" / "1" / "config.toml").write_text("max_batch_size = 4\n")
+    with pytest.raises(ConfigError, match=r"no model\.onnx"):
+        push_s3(tmp_path / "repo", f"s3://{bucket}/models")
+    assert _keys(bucket) == set()
+
+
+@pytest.mark.aws
+def test_push_to_a_missing_bucket_is_a_config_error(
+    bucket: str, tmp_path: Path, built_models: Path
+) -> None:
+    with pytest.raises(ConfigError, match="NoSuchBucket"):
+        push_s3(built_models, f"s3://{bucket}-absent/models")
+
+
+@pytest.mark.unit
+def test_push_refuses_a_destination_that_is_not_s3(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run("models", "push", "--repository", str(tmp_path), "--to", str(tmp_path)) == 2
+    assert "s3://bucket/prefix" in capsys.readouterr().err
