@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from fleet.errors import ConfigError, FleetError, ModelNotFound
 from fleet.redact import redact_url
+from fleet.settings import BROKER, resolve_password
 from fleet.worker_command import worker_command, worker_launch
 from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
 
@@ -165,6 +166,7 @@ async def run_demo(
     from producer.loadgen import drive, random_inputs
     from worker.zoo import build_all
 
+    broker = resolve_password(broker, BROKER)  # a URL naming only the user: FLEET_BROKER_PASSWORD
     out = sys.stderr
     if not await asyncio.to_thread((models / model).exists):
         print(f"building the demo models in {models}/ ...", file=out)

@@ -35,6 +35,7 @@ from fleet.contract import Reply
 from fleet.errors import FleetError, ModelNotFound
 from fleet.logging import get_logger
 from fleet.redact import dataclass_repr, strip_password, url_password
+from fleet.settings import BROKER, resolve_password
 from producer import Client
 
 log = get_logger("fleetctl.recommend")
@@ -130,7 +131,8 @@ def _client(settings: RampSettings) -> Client:
     """One request per broker message, published concurrently: the worker
     sees the offered rate as it is, not smoothed by the client's coalescing."""
     deadline_s = max(30.0, settings.step_s + settings.settle_s)
-    return Client(settings.broker, timeout=deadline_s, max_batch=1, max_publishes=256)
+    broker = resolve_password(settings.broker, BROKER)  # naming only the user: from the env
+    return Client(broker, timeout=deadline_s, max_batch=1, max_publishes=256)
 
 
 async def _wait_for_worker(client: Client, settings: RampSettings) -> None:
