@@ -45,6 +45,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
@@ -209,15 +210,16 @@ def check_gate(
 ) -> tuple[float, float]:
     """The two accuracies; :class:`AccuracyGateFailed` when the drop exceeds ``margin``.
 
-    Compared in whole rows (``source_correct - correct > margin * rows``), so the
-    verdict does not hang on how a float difference rounds.
+    Compared in whole rows against the margin as written in decimal
+    (``source_correct - correct > Fraction(str(margin)) * rows``), so the verdict
+    does not hang on how a float difference rounds: 0.29 of 100 rows allows 29.
     """
     if not 0.0 <= margin <= 1.0:
         raise InvalidArgument(f"margin must be between 0 and 1, got {margin}")
     if rows <= 0:
         raise InvalidArgument("the held-out set is empty")
     source_accuracy, accuracy = source_correct / rows, correct / rows
-    if source_correct - correct > margin * rows:
+    if source_correct - correct > Fraction(str(margin)) * rows:
         raise AccuracyGateFailed(
             f"{what}: held-out accuracy {accuracy:.4f} ({correct}/{rows}) is"
             f" {source_accuracy - accuracy:.4f} below the source's {source_accuracy:.4f}"

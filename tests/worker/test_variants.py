@@ -61,6 +61,8 @@ def _outputs(model: onnx.ModelProto | Path, x: np.ndarray) -> list[np.ndarray]:
         pytest.param(436, 432, 450, 0.01, True, id="drop-4-of-450-within-4.5"),
         pytest.param(436, 431, 450, 0.01, False, id="drop-5-of-450-beyond-4.5"),
         pytest.param(100, 99, 100, 0.01, True, id="drop-exactly-the-margin"),
+        pytest.param(100, 71, 100, 0.29, True, id="exact-in-decimal-not-in-binary"),
+        pytest.param(100, 70, 100, 0.29, False, id="one-row-past-a-decimal-margin"),
         pytest.param(100, 99, 100, 0.0, False, id="no-margin-any-drop-fails"),
         pytest.param(90, 95, 100, 0.0, True, id="better-than-the-source"),
     ],
