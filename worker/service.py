@@ -26,6 +26,7 @@ import time
 from fleet.errors import FleetError
 from fleet.heartbeat import Heartbeat, WorkerState
 from fleet.logging import get_logger
+from fleet.redact import redact_url
 from fleet.transport import Transport, connect
 from worker.broker_ingress import BrokerIngress
 from worker.gpu import gpu_utilization
@@ -122,7 +123,7 @@ class Worker:
         log.info(
             "worker ready",
             worker_id=self.worker_id,
-            broker=_redact(s.broker),
+            broker=redact_url(s.broker),
             models={m: sorted(v) for m, v in self.runtimes.items()},
             providers=self.table.providers,
             http_port=self.http_port,
@@ -270,13 +271,6 @@ class Worker:
 
     async def _send_heartbeat(self) -> None:
         await self.transport.publish_heartbeat(self.heartbeat().encode())
-
-
-def _redact(url: str) -> str:
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"
 
 
 __all__ = ["Worker", "WorkerSettings"]
