@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from fleet.errors import ConfigError
+from fleet.redact import redact_text
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,13 +49,14 @@ def _location(loc: tuple[int | str, ...], hidden: Collection[str]) -> str:
 def error_lines(
     exc: ValidationError, *, prefix: str = "", hidden: Collection[str] = ()
 ) -> list[str]:
-    """One ``location: reason`` line per bad field, under ``prefix``."""
+    """One ``location: reason`` line per bad field, under ``prefix``; never the
+    input itself, and any URL in a reason with its password masked."""
     lines = []
     for err in exc.errors(include_url=False):
         loc = _location(tuple(err["loc"]), hidden)
         if prefix:
             loc = prefix if loc == "(file)" else f"{prefix}.{loc}"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"])
+        msg = "unknown field" if err["type"] == "extra_forbidden" else redact_text(str(err["msg"]))
         lines.append(f"{loc}: {msg}")
     return lines
 

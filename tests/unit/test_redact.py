@@ -155,3 +155,22 @@ def test_a_password_file_beside_a_password_in_the_url_is_refused(tmp_path: Path)
     with pytest.raises(ConfigError, match="carries a password") as info:
         resolve_password(URL, "FLEET_BROKER", password_file=secret, env={})
     assert SECRET not in info.value.message and "s3cr" not in info.value.message
+
+
+def test_config_errors_mask_a_url_a_validator_names() -> None:
+    from pydantic import BaseModel, field_validator
+
+    from fleet.config_file import validate
+
+    class Section(BaseModel):
+        endpoint: str
+
+        @field_validator("endpoint")
+        @classmethod
+        def _refuse(cls, value: str) -> str:
+            raise ValueError(f"cannot reach {value}")
+
+    with pytest.raises(ConfigError) as bad:
+        validate(Section, {"endpoint": "https://user:hunter2@api.example/"}, source="f.toml")
+    assert "endpoint: Value error, cannot reach https://user:***@api.example/" in bad.value.message
+    assert "hunter2" not in bad.value.message
