@@ -70,6 +70,8 @@ def resolve_password(
     A URL that names no user takes none. A password both in the URL and from
     a file is a :class:`ConfigError` (which one would be meant?)."""
     given = url_password(url)
+    if given is None and not urlsplit(url).username:
+        return url  # nobody to log in as: no secret is read
     if password_file is not None:
         if given is not None:
             raise ConfigError(f"{redact_url(url)} carries a password and a password file is set")
@@ -78,9 +80,7 @@ def resolve_password(
         return url
     else:
         secret = password_from_env(name, env)
-    if secret is None or not urlsplit(url).username:
-        return url
-    return insert_password(url, secret)
+    return url if secret is None else insert_password(url, secret)
 
 
 class RedactedRepr(BaseModel):

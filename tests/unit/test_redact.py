@@ -174,3 +174,8 @@ def test_config_errors_mask_a_url_a_validator_names() -> None:
         validate(Section, {"endpoint": "https://user:hunter2@api.example/"}, source="f.toml")
     assert "endpoint: Value error, cannot reach https://user:***@api.example/" in bad.value.message
     assert "hunter2" not in bad.value.message
+
+
+def test_a_url_without_a_user_reads_no_secret() -> None:
+    env = {"FLEET_BROKER_PASSWORD_FILE": "/nonexistent/secret"}
+    assert resolve_password("memory://demo", "FLEET_BROKER", env=env) == "memory://demo"
