@@ -4,7 +4,7 @@ Every field is optional::
 
     runtime = "onnxruntime"      # the model runtime that loads the model (see worker.runtime)
     max_batch_size = 32          # rows per model run
-    max_wait_ms = 2.0            # how long the batcher waits to fill a batch
+    max_wait_ms = 0.0            # how long a free model waits to fill a batch (0: not at all)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]   # default: see below
     allow_cpu_fallback = false   # may the session run on CPU when a GPU was asked for?
     intra_op_threads = 0         # 0: the CPUs this process may use (affinity, cgroup quota)
@@ -188,7 +188,10 @@ class ModelConfig(BaseModel):
 
     runtime: str = Field(default="onnxruntime", min_length=1)
     max_batch_size: int = Field(default=32, ge=1, le=65536)
-    max_wait_ms: float = Field(default=2.0, ge=0.0, le=60_000.0)
+    # A batch is taken whenever a model slot is free: what arrived while the
+    # model ran forms the next batch. A free model waits up to this long for a
+    # full batch first; 0 runs it at once, the lowest latency at any load.
+    max_wait_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
     providers: tuple[str, ...] = Field(default=CPU_ONLY, min_length=1)
     allow_cpu_fallback: bool = False
     intra_op_threads: int = Field(default=0, ge=0, le=1024, validate_default=True)

@@ -143,8 +143,15 @@ class Pipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        while batch := await self.batcher.next_batch():
+        """Take a batch each time a model slot is free: what arrived while the
+        model ran goes into the next batch whole, and with ``max_wait`` 0 an
+        idle model runs a request at once rather than waiting for company."""
+        while True:
             await self._slots.acquire()
+            batch = await self.batcher.next_batch()
+            if not batch:
+                self._slots.release()
+                return
             task = asyncio.get_running_loop().create_task(self._process(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)

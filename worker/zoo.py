@@ -146,7 +146,7 @@ def build_digits(root: Path) -> Path:
             f"digits: held-out accuracy {data.accuracy:.4f} is below {DIGITS_MIN_ACCURACY}"
         )
     model = digits_model(data)
-    config = "# Serving settings: see worker/config.py.\nmax_batch_size = 64\nmax_wait_ms = 2.0\n"
+    config = "# Serving settings: see worker/config.py.\nmax_batch_size = 64\nmax_wait_ms = 0.0\n"
     extra = {
         "dataset": "sklearn.datasets.load_digits",
         "estimator": "StandardScaler + LogisticRegression(C=1.0)",
@@ -205,7 +205,7 @@ def mlp_model(seed: int = MLP_SEED) -> onnx.ModelProto:
 def build_mlp(root: Path) -> Path:
     """Write ``<root>/mlp/1/``; returns the model file."""
     model = mlp_model()
-    config = "# Serving settings: see worker/config.py.\nmax_batch_size = 64\nmax_wait_ms = 2.0\n"
+    config = "# Serving settings: see worker/config.py.\nmax_batch_size = 64\nmax_wait_ms = 0.0\n"
     extra = {"layers": list(MLP_LAYERS), "seed": MLP_SEED, "init": "He normal, bias N(0, 0.01)"}
     return _write(root / "mlp" / VERSION, "mlp", model, config, extra)
 

@@ -35,7 +35,7 @@ async def test_synchronous_and_queued_requests_share_batches_synchronous_first(
         try:
             blocker = await _blocked(worker, http, model)
             first = [asyncio.ensure_future(queue.infer(model, {"x": _x(1.0)})) for _ in range(4)]
-            assert await wait_until(lambda: worker.in_flight() == 5, 10)  # the next batch
+            assert await wait_until(lambda: worker.in_flight() == 5, 10)
             later = [asyncio.ensure_future(queue.infer(model, {"x": _x(3.0)})) for _ in range(2)]
             assert await wait_until(lambda: worker.in_flight() == 7, 10)
             sync = [asyncio.ensure_future(_http(http, model, _x(2.0))) for _ in range(2)]
@@ -50,9 +50,9 @@ async def test_synchronous_and_queued_requests_share_batches_synchronous_first(
             runtime.gate.set()
             await http.close()
     firsts = [b[:, 0].tolist() for b in runtime.batches]
-    # the queued requests that came first fill the batch formed while the blocker ran;
-    # the next holds the synchronous requests first, then the queued ones, together
-    assert firsts == [[9.0] * 4, [1.0] * 4, [2.0, 2.0, 3.0, 3.0]]
+    # the batch taken when the blocker's slot frees holds the synchronous requests
+    # first, then the queued ones in their order; the next, the rest of the queue
+    assert firsts == [[9.0] * 4, [2.0, 2.0, 1.0, 1.0], [1.0, 1.0, 3.0, 3.0]]
 
 
 async def test_queue_and_http_traffic_together_equal_onnx_runtime(

@@ -22,7 +22,7 @@ def test_defaults_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker.config, "gpu_present", lambda **_kw: False)
     config = ModelConfig()
     assert config.max_batch_size == 32
-    assert config.max_wait_ms == 2.0
+    assert config.max_wait_ms == 0.0
     assert config.providers == ("CPUExecutionProvider",)
     assert config.inter_op_threads == 1
     assert config.intra_op_threads == available_cpus() >= 1
