@@ -35,6 +35,7 @@ to the clock skew between the two.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Mapping
@@ -80,15 +81,19 @@ def from_environment(service: str) -> bool:
     disabled = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
     if exporter_name in ("", "none") or disabled:
         return False
-    try:
-        provider = _provider(exporter_name, service)
-    except ImportError as exc:
+    needed = ["opentelemetry.sdk.trace"]
+    if exporter_name == "otlp":
+        needed.append("opentelemetry.exporter.otlp.proto.http")
+    missing = [name for name in needed if not _installed(name)]
+    if missing:
         log.warning(
             "tracing asked for but OpenTelemetry is not installed: "
             "pip install 'inference-fleet[otel]'",
-            error=str(exc),
+            missing=missing,
         )
         return False
+    try:
+        provider = _provider(exporter_name, service)
     except ValueError as exc:
         log.warning("tracing not started", error=str(exc))
         return False
@@ -98,6 +103,14 @@ def from_environment(service: str) -> bool:
     enable(provider)
     log.info("tracing on", exporter=exporter_name)
     return True
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` (and each package above it) can be imported."""
+    parts = module.split(".")
+    return all(
+        importlib.util.find_spec(".".join(parts[: i + 1])) is not None for i in range(len(parts))
+    )
 
 
 def _provider(exporter_name: str, service: str) -> Any:

@@ -55,15 +55,23 @@ def test_the_otlp_exporter_is_built_from_the_environment(
 
 
 def test_without_the_sdk_tracing_stays_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    import builtins
+    import importlib.util
 
-    real_import = builtins.__import__
+    real_find_spec = importlib.util.find_spec
 
-    def no_sdk(name: str, *args: object, **kwargs: object) -> object:
-        if name.startswith("opentelemetry.sdk"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)  # type: ignore[arg-type]
+    def no_sdk(name: str, package: str | None = None) -> object:
+        return None if name.startswith("opentelemetry.sdk") else real_find_spec(name, package)
 
     monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
-    monkeypatch.setattr(builtins, "__import__", no_sdk)
+    monkeypatch.setattr(importlib.util, "find_spec", no_sdk)
     assert tracing.from_environment("fleet-test") is False
+    assert tracing.active() is None
+
+
+def test_a_console_exporter_turns_it_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opentelemetry import trace
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "console")
+    monkeypatch.setattr(trace, "set_tracer_provider", lambda provider: None)  # keep the global
+    assert tracing.from_environment("fleet-test") is True
+    assert tracing.active() is not None
