@@ -706,7 +706,10 @@ def _write_version(
         "# Serving settings: the source's, below.\n"
     )
     config = header + (source_config.read_text() if source_config.is_file() else "")
-    tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=".variant-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=model_dir, prefix=".variant-"))
+    except OSError as exc:
+        raise ConfigError(f"{model_dir}: cannot write a new version there: {exc}") from exc
     try:
         (tmp / MODEL_FILE).write_bytes(data)
         (tmp / CONFIG_FILE).write_text(config)
@@ -724,7 +727,10 @@ def _write_version(
         }
         (tmp / METADATA_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         tmp.chmod(0o755)  # mkdtemp makes it private; models are read by other users
-        os.rename(tmp, model_dir / version)
+        os.rename(tmp, model_dir / version)  # fails if that version appeared meanwhile
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ConfigError(f"{model_dir}: the new version could not be written: {exc}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

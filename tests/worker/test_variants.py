@@ -233,6 +233,19 @@ def test_corrupt_weights_are_refused(
     assert _files(repo) == before
 
 
+def test_a_version_that_cannot_be_written_leaves_nothing_behind(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def taken(src: str, dst: str) -> None:
+        raise OSError(39, "Directory not empty", str(dst))
+
+    monkeypatch.setattr(variants.os, "rename", taken)
+    before = _files(repo)
+    with pytest.raises(ConfigError, match="the new version could not be written"):
+        variants.make_variant(repo, "digits", "int8-dynamic")
+    assert _files(repo) == before
+
+
 def test_variants_are_byte_identical_from_run_to_run(tmp_path: Path, digits_root: Path) -> None:
     roots = [tmp_path / "a", tmp_path / "b"]
     for root in roots:
