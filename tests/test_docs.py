@@ -10,7 +10,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOCS = {"extending": ROOT / "docs" / "extending.md"}
+DOCS = {
+    "extending": ROOT / "docs" / "extending.md",
+    "observability": ROOT / "docs" / "observability.md",
+}
 
 
 def _blocks(path: Path) -> list[str]:
