@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
+
+if TYPE_CHECKING:
+    from worker.variants import Method
 
 DEFAULT_MARGIN = 0.01  # worker.variants.DEFAULT_MARGIN, without importing ONNX at parse time
 
@@ -71,14 +75,13 @@ def convert(args: argparse.Namespace) -> int:
     return _make(args, "fp16")
 
 
-def _make(args: argparse.Namespace, method: str) -> int:
-    from worker.variants import METHODS, make_variant
+def _make(args: argparse.Namespace, method: Method) -> int:
+    from worker.variants import make_variant
 
-    chosen = next(m for m in METHODS if m == method)
     variant = make_variant(
         args.repository,
         args.model,
-        chosen,
+        method,
         source_version=args.source_version,
         margin=args.margin,
     )
