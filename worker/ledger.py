@@ -7,6 +7,7 @@ The :class:`Ledger` keeps both of the worker's views: the Prometheus metrics
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from fleet.stages import StageHistograms
 from worker.metrics import WorkerMetrics
@@ -29,9 +30,17 @@ class Ledger:
     metrics: WorkerMetrics
     stats: WindowStats
     stages: StageHistograms = field(default_factory=_stage_histograms)
+    _outcomes: dict[tuple[str, str], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics.registry.register(self.stages)
+
+    def _count(self, model: str, outcome: str) -> None:
+        """``fleet_worker_requests{model, outcome}`` += 1, its child looked up once."""
+        child = self._outcomes.get((model, outcome))
+        if child is None:
+            child = self._outcomes[model, outcome] = self.metrics.requests.labels(model, outcome)
+        child.inc()
 
     def message(self, items: int) -> None:
         """A message (a client's coalesced requests) arrived with ``items`` requests."""
@@ -49,19 +58,19 @@ class Ledger:
             self.expired(model)
         elif outcome.reply.ok:
             self.stats.answered_total += 1
-            self.metrics.requests.labels(model, "ok").inc()
+            self._count(model, "ok")
         else:
             self.error(model)
 
     def expired(self, model: str) -> None:
         """A request was dropped unanswered: its deadline had passed."""
         self.stats.expired_total += 1
-        self.metrics.requests.labels(model, "expired").inc()
+        self._count(model, "expired")
 
     def error(self, model: str) -> None:
         """A request was answered with an error."""
         self.stats.errors_total += 1
-        self.metrics.requests.labels(model, "error").inc()
+        self._count(model, "error")
 
     def dead_lettered(self, requests: int = 0) -> None:
         """A message went to the dead-letter queue, with ``requests`` of its
