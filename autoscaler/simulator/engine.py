@@ -41,6 +41,7 @@ Requests still queued when the horizon ends are counted as dropped.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass, field, replace
@@ -56,11 +57,15 @@ from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
 from autoscaler.types import Policy, Snapshot
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 S = TypeVar("S")
 
 _SPLIT = 8  # parts per cohort, at the octiles of the residual-service distribution
 _OCTILES = (np.arange(_SPLIT, dtype=np.float64) + 0.5) / _SPLIT
 _EDGES = np.geomspace(1e-4, 1e5, 1201)  # latency histogram bins, seconds (1.7% wide)
+_LOG_EDGE0 = math.log(float(_EDGES[0]))
+_LOG_STEP = (math.log(float(_EDGES[-1])) - _LOG_EDGE0) / (len(_EDGES) - 1)
+_FLUSH_COHORTS = 50_000  # cohorts buffered before they are binned
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -162,15 +167,33 @@ def _percentile(hist: FloatArray, q: float) -> float:
     return float(lo * (hi / lo) ** min(max(frac, 0.0), 1.0))
 
 
+def _bin_of(lat: FloatArray) -> IntArray:
+    """The histogram bin of each latency: the last edge at or below it
+    (``searchsorted(_EDGES, lat, side="right") - 1``, clipped to the bins),
+    from its logarithm, checked against the edges."""
+    bins = len(_EDGES) - 1
+    guess = np.floor((np.log(np.maximum(lat, 1e-300)) - _LOG_EDGE0) / _LOG_STEP)
+    idx = np.clip(guess, 0, bins - 1).astype(np.int64)
+    idx -= (lat < _EDGES[idx]) & (idx > 0)
+    idx += (lat >= _EDGES[idx + 1]) & (idx < bins - 1)
+    return idx
+
+
 @dataclass(slots=True)
 class _Recorder:
-    """Latency histograms: overall and per timeline bucket."""
+    """Latency histograms: overall and per timeline bucket. Cohorts are
+    buffered and binned many at a time (:meth:`flush`); read ``hist``,
+    ``per_bucket`` and ``over`` after the last flush."""
 
     objective_s: float
     buckets: int
     hist: FloatArray = field(init=False)
     per_bucket: FloatArray = field(init=False)
     over: float = 0.0
+    _pending: list[tuple[FloatArray, FloatArray | IntArray, FloatArray, FloatArray, IntArray]] = (
+        field(init=False, default_factory=list)
+    )
+    _pending_n: int = 0
 
     def __post_init__(self) -> None:
         self.hist = np.zeros(len(_EDGES) - 1)
@@ -179,22 +202,44 @@ class _Recorder:
     def add(
         self,
         base: FloatArray,
-        weight: FloatArray,
+        weight: FloatArray | IntArray,
         run: FloatArray,
         rho: FloatArray,
-        bucket: npt.NDArray[np.int64],
+        bucket: IntArray,
     ) -> None:
         """Cohorts: latency before the residual (``base``), their size, the batch
         run time and the busy fraction that sets the residual distribution."""
         if base.size == 0:
             return
+        self._pending.append((base, weight, run, rho, bucket))
+        self._pending_n += base.size
+        if self._pending_n >= _FLUSH_COHORTS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Bin every buffered cohort."""
+        if not self._pending:
+            return
+        base, weight, run, rho = (np.concatenate([p[i] for p in self._pending]) for i in range(4))
+        bucket = np.concatenate([p[4] for p in self._pending])
+        self._pending.clear()
+        self._pending_n = 0
+        some = weight > 0
+        if not some.all():  # steps without arrivals
+            base, weight, run, rho, bucket = (a[some] for a in (base, weight, run, rho, bucket))
+            if base.size == 0:
+                return
         r = np.maximum(rho, 1e-12)[:, None]
         resid = np.clip((_OCTILES[None, :] - (1.0 - r)) / r, 0.0, 1.0) * run[:, None]
         lat = (base[:, None] + resid).ravel()
         w = np.repeat(weight / _SPLIT, _SPLIT)
-        idx = np.clip(np.searchsorted(_EDGES, lat, side="right") - 1, 0, len(_EDGES) - 2)
-        self.hist += np.bincount(idx, weights=w, minlength=len(_EDGES) - 1)
-        np.add.at(self.per_bucket, (np.repeat(bucket, _SPLIT), idx), w)
+        bins = len(_EDGES) - 1
+        idx = _bin_of(lat)
+        self.hist += np.bincount(idx, weights=w, minlength=bins)
+        lo, hi = int(bucket.min()), int(bucket.max())
+        flat = (np.repeat(bucket, _SPLIT) - lo) * bins + idx
+        counts = np.bincount(flat, weights=w, minlength=(hi - lo + 1) * bins)
+        self.per_bucket[lo : hi + 1] += counts.reshape(hi - lo + 1, bins)
         self.over += float(w[lat > self.objective_s].sum())
 
 
@@ -215,15 +260,21 @@ class _Run:
     mu_max: float
     b_max: float
     t1: float
+    tick_bucket: IntArray  # the timeline bucket of each step
+    poll_sums: list[int]  # arrivals in each poll interval
+    poll_max: list[int]  # the most arrivals in one step of each poll interval
 
     @classmethod
     def make(
         cls, pattern: Pattern, profile: ServiceProfile, cfg: SimConfig, horizon_s: float | None
     ) -> _Run:
         dt = cfg.dt_s
-        rates = pattern.rates(dt, horizon_s)
+        if pattern.timestamps is None:  # hashable: drawn once for every policy
+            rates, arrivals = _drawn(pattern, dt, horizon_s, cfg.seed)
+        else:
+            rates = pattern.rates(dt, horizon_s)
+            arrivals = pattern.arrivals(dt, len(rates), np.random.default_rng(cfg.seed))
         ticks = len(rates)
-        arrivals = pattern.arrivals(dt, ticks, np.random.default_rng(cfg.seed))
         poll_ticks = max(1, round(cfg.poll_interval_s / dt))
         bucket_ticks = poll_ticks * max(1, math.ceil(ticks / poll_ticks / cfg.timeline_points))
         return cls(
@@ -239,7 +290,31 @@ class _Run:
             mu_max=profile.max_rps,
             b_max=float(profile.max_batch),
             t1=float(profile.service_time(1.0)),
+            tick_bucket=np.arange(ticks, dtype=np.int64) // bucket_ticks,
+            poll_sums=_per_poll(arrivals, poll_ticks, "sum"),
+            poll_max=_per_poll(arrivals, poll_ticks, "max"),
         )
+
+
+def _per_poll(arrivals: IntArray, poll_ticks: int, how: str) -> list[int]:
+    """Each poll interval's arrivals summed, or their most in one step."""
+    pad = (-len(arrivals)) % poll_ticks
+    grid = np.concatenate([arrivals, np.zeros(pad, dtype=np.int64)]).reshape(-1, poll_ticks)
+    return (grid.sum(axis=1) if how == "sum" else grid.max(axis=1)).tolist()  # type: ignore[no-any-return]
+
+
+@functools.lru_cache(maxsize=4)
+def _drawn(
+    pattern: Pattern, dt: float, horizon_s: float | None, seed: int
+) -> tuple[FloatArray, npt.NDArray[np.int64]]:
+    """The pattern's rate per step and the arrivals drawn around it with
+    ``seed``: the same for every policy compared on them, so drawn once
+    (read-only arrays)."""
+    rates = pattern.rates(dt, horizon_s)
+    arrivals = pattern.arrivals(dt, len(rates), np.random.default_rng(seed))
+    rates.flags.writeable = False
+    arrivals.flags.writeable = False
+    return rates, arrivals
 
 
 @dataclass(slots=True)
@@ -339,7 +414,7 @@ def simulate(
     k = 0
     while k < run.ticks:
         k_start, k_end = k, min(k + run.poll_ticks, run.ticks)
-        poll_arrivals = int(run.arrivals[k:k_end].sum())
+        poll_arrivals = run.poll_sums[k // run.poll_ticks]
         use = _Usage()
         k = _advance(run, fleet, rec, use, k, k_end)
         interval = (k_end - k_start) * run.dt
@@ -347,6 +422,7 @@ def simulate(
         state = _policy_turn(run, fleet, use, policy, state, k, smoothed, polls)
     # requests still waiting at the end were never answered
     fleet.dropped += fleet.queued
+    rec.flush()
     result = _result(run, fleet, rec, polls, policy=name or policy.name, pattern=pattern.name)
     return replace(result, final_state=state)
 
@@ -364,23 +440,27 @@ def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_en
         c = fleet.in_service
         n = run.arrivals[k:seg_end]
         fleet.instance_s += (c + len(fleet.booting)) * (seg_end - k) * dt
-        lam = n / (dt * c) if c > 0 else None
-        if c > 0 and fleet.queued == 0 and lam is not None and float(lam.max()) < 0.98 * run.mu_max:
-            _fast_stretch(run, fleet, rec, use, k, seg_end, c, n, lam)
-        else:
+        whole = seg_end - k == run.poll_ticks and k % run.poll_ticks == 0  # a whole poll interval
+        if c > 0 and fleet.queued == 0:
+            top = run.poll_max[k // run.poll_ticks] if whole else int(n.max())
+            if top / (dt * c) < 0.98 * run.mu_max:
+                total = run.poll_sums[k // run.poll_ticks] if whole else int(n.sum())
+                _fast_stretch(run, fleet, rec, use, (k, seg_end, c), n, total)
+                k = seg_end
+                continue
+        if c == 0:
             cohorts = _Cohorts()
-            for kk in range(k, seg_end):
-                if c == 0:
-                    _tick_without_capacity(run, fleet, kk)
-                else:
-                    _tick(run, fleet, use, cohorts, kk, c)
-            rec.add(
-                np.array(cohorts.bases),
-                np.array(cohorts.weights),
-                np.array(cohorts.runs),
-                np.array(cohorts.rhos),
-                np.array(cohorts.bks, dtype=np.int64),
-            )
+            for kk, nk in enumerate(n.tolist(), start=k):
+                _tick_without_capacity(run, fleet, kk, nk)
+        else:
+            cohorts = _ticks(run, fleet, use, k, n.tolist(), c)
+        rec.add(
+            np.array(cohorts.bases),
+            np.array(cohorts.weights),
+            np.array(cohorts.runs),
+            np.array(cohorts.rhos),
+            np.array(cohorts.bks, dtype=np.int64),
+        )
         k = seg_end
     return k
 
@@ -405,27 +485,26 @@ def _fast_stretch(
     fleet: _Fleet,
     rec: _Recorder,
     use: _Usage,
-    k: int,
-    seg_end: int,
-    c: int,
+    stretch: tuple[int, int, int],
     n: npt.NDArray[np.int64],
-    lam: FloatArray,
+    total: int,
 ) -> None:
-    """No queue forms in this stretch: every step at once, with numpy."""
+    """No queue forms in this stretch (steps ``k`` to ``seg_end`` with ``c``
+    in service, ``n`` arrivals in each, ``total`` in all): every step at
+    once, with numpy."""
+    k, seg_end, c = stretch
     dt, profile = run.dt, run.profile
+    lam = n / (dt * c)
     b = np.asarray(profile.batch_at_rate(lam), dtype=np.float64)
     batch_run = np.asarray(profile.service_time(b), dtype=np.float64)
     rho = np.where(b <= 1.0 + 1e-9, np.minimum(lam * run.t1, 1.0), 1.0)
-    nz = n > 0
-    ks = np.arange(k, seg_end, dtype=np.int64)
-    rec.add(
-        batch_run[nz], n[nz].astype(np.float64), batch_run[nz], rho[nz], ks[nz] // run.bucket_ticks
-    )
-    fleet.served += int(n.sum())
+    rec.add(batch_run, n, batch_run, rho, run.tick_bucket[k:seg_end])  # steps without arrivals too
+    fleet.served += total
     use.busy_s += float(rho.sum()) * c * dt
     use.util_s += float((lam / run.mu_max).sum()) * c * dt
     use.serving_s += c * (seg_end - k) * dt
-    fleet.inflight = c * float(rho[-1] * b[-1] + lam[-1] * batch_run[-1] / 2)
+    last_rho, last_b, last_lam, last_run = (float(a[-1]) for a in (rho, b, lam, batch_run))
+    fleet.inflight = c * (last_rho * last_b + last_lam * last_run / 2)
 
 
 def _enqueue(run: _Run, fleet: _Fleet, t: float, count: int) -> None:
@@ -439,53 +518,61 @@ def _enqueue(run: _Run, fleet: _Fleet, t: float, count: int) -> None:
         fleet.queued += take
 
 
-def _tick_without_capacity(run: _Run, fleet: _Fleet, kk: int) -> None:
-    """One step with nothing in service: arrivals queue."""
+def _tick_without_capacity(run: _Run, fleet: _Fleet, kk: int, nk: int) -> None:
+    """One step with nothing in service: its ``nk`` arrivals queue."""
     _expire(run, fleet, kk * run.dt)
     queued_before = fleet.queued
-    _enqueue(run, fleet, kk * run.dt, int(run.arrivals[kk]))
+    _enqueue(run, fleet, kk * run.dt, nk)
     fleet.inflight = 0.0
     fleet.peak_backlog = max(fleet.peak_backlog, fleet.queued)
     fleet.queue_area += (queued_before + fleet.queued) / 2 * run.dt
 
 
-def _tick(run: _Run, fleet: _Fleet, use: _Usage, cohorts: _Cohorts, kk: int, c: int) -> None:
-    """One step with ``c`` instances serving the FIFO of cohorts, then the
-    step's own arrivals; what they cannot take waits."""
-    dt, t, nk = run.dt, kk * run.dt, int(run.arrivals[kk])
-    _expire(run, fleet, t)
-    queued_before = fleet.queued
-    lam_k = nk / (dt * c)
-    b_k = min(max(float(run.profile.batch_at_rate(lam_k)) + fleet.queued / c, 1.0), run.b_max)
-    run_k = float(run.profile.service_time(b_k))
-    rate = c * b_k / run_k
-    first = len(cohorts.bases)
-    left, pos, out = _drain_queue(fleet, cohorts, t, rate, run_k, rate * dt + fleet.credit)
-    fleet.queued -= out
-    fresh = min(nk, math.floor(left)) if left >= 1.0 else 0
-    if fresh:
-        wait = max(0.0, (pos + fresh / 2) / rate - dt / 2)
-        fleet.wait_area += wait * fresh
-        cohorts.bases.append(wait + run_k)
-        cohorts.weights.append(fresh)
-        left -= fresh
-        out += fresh
-    rest = nk - fresh
-    if rest:
-        _enqueue(run, fleet, t, rest)
-    rho_k = min(1.0, out / (rate * dt))
-    added = len(cohorts.bases) - first
-    cohorts.runs.extend([run_k] * added)
-    cohorts.rhos.extend([rho_k] * added)
-    cohorts.bks.extend([kk // run.bucket_ticks] * added)
-    fleet.served += out
-    fleet.queue_area += (queued_before + fleet.queued) / 2 * dt
-    fleet.credit = left - math.floor(left) if fleet.queued else 0.0
-    use.busy_s += rho_k * c * dt
-    use.util_s += min(1.0, out / dt / c / run.mu_max) * c * dt
-    use.serving_s += c * dt
-    fleet.inflight = c * rho_k * b_k
-    fleet.peak_backlog = max(fleet.peak_backlog, fleet.queued + round(fleet.inflight))
+def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: int) -> _Cohorts:
+    """Steps from ``k`` on, one by one, with ``c`` instances serving the FIFO
+    of cohorts, then each step's own arrivals (``counts``); what they cannot
+    take waits. Returns the cohorts served."""
+    cohorts = _Cohorts()
+    bases, weights = cohorts.bases, cohorts.weights
+    dt, b_max, mu_max, bucket_ticks = run.dt, run.b_max, run.mu_max, run.bucket_ticks
+    batch_of, service_time_of = run.profile.batch_of, run.profile.service_time_of
+    expiring = run.cfg.deadline_s is not None
+    for kk, nk in enumerate(counts, start=k):
+        t = kk * dt
+        if expiring:
+            _expire(run, fleet, t)
+        queued_before = fleet.queued
+        b_k = min(max(batch_of(nk / (dt * c)) + queued_before / c, 1.0), b_max)
+        run_k = service_time_of(b_k)
+        rate = c * b_k / run_k
+        first = len(bases)
+        left, pos, out = _drain_queue(fleet, cohorts, t, rate, run_k, rate * dt + fleet.credit)
+        fleet.queued -= out
+        fresh = min(nk, math.floor(left)) if left >= 1.0 else 0
+        if fresh:
+            wait = max(0.0, (pos + fresh / 2) / rate - dt / 2)
+            fleet.wait_area += wait * fresh
+            bases.append(wait + run_k)
+            weights.append(fresh)
+            left -= fresh
+            out += fresh
+        if nk - fresh:
+            _enqueue(run, fleet, t, nk - fresh)
+        rho_k = min(1.0, out / (rate * dt))
+        added = len(bases) - first
+        cohorts.runs.extend([run_k] * added)
+        cohorts.rhos.extend([rho_k] * added)
+        cohorts.bks.extend([kk // bucket_ticks] * added)
+        queued = fleet.queued
+        fleet.served += out
+        fleet.queue_area += (queued_before + queued) / 2 * dt
+        fleet.credit = left - math.floor(left) if queued else 0.0
+        use.busy_s += rho_k * c * dt
+        use.util_s += min(1.0, out / dt / c / mu_max) * c * dt
+        use.serving_s += c * dt
+        fleet.inflight = inflight = c * rho_k * b_k
+        fleet.peak_backlog = max(fleet.peak_backlog, queued + round(inflight))
+    return cohorts
 
 
 def _expire(run: _Run, fleet: _Fleet, t: float) -> None:

@@ -26,6 +26,7 @@ The default profile (:data:`DEFAULT_PROFILE`) is a large model on one GPU:
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ class ServiceProfile:
     _times: FloatArray = field(init=False, repr=False, compare=False)
     _rate_grid: FloatArray = field(init=False, repr=False, compare=False)
     _batch_grid: FloatArray = field(init=False, repr=False, compare=False)
+    _time_points: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
+    _batch_points: tuple[list[float], list[float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -82,11 +85,22 @@ class ServiceProfile:
             hi = np.where(grow, hi, mid)
         object.__setattr__(self, "_rate_grid", rates)
         object.__setattr__(self, "_batch_grid", (lo + hi) / 2)
+        object.__setattr__(self, "_time_points", (self._sizes.tolist(), self._times.tolist()))
+        object.__setattr__(self, "_batch_points", (rates.tolist(), self._batch_grid.tolist()))
 
     # ------------------------------------------------------------------ the model
     def service_time(self, batch: FloatArray | float) -> Any:
         """Seconds one model run takes for ``batch`` requests (array or scalar)."""
         return np.interp(batch, self._sizes, self._times)
+
+    def service_time_of(self, batch: float) -> float:
+        """:meth:`service_time` of one batch size, as a float (the same value,
+        without numpy's cost per call)."""
+        return _interp(batch, *self._time_points)
+
+    def batch_of(self, rate: float) -> float:
+        """:meth:`batch_at_rate` of one rate, as a float."""
+        return _interp(rate, *self._batch_points)
 
     @property
     def max_rps(self) -> float:
@@ -139,6 +153,17 @@ class ServiceProfile:
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a profile is a JSON object")
         return cls.from_dict(data)
+
+
+def _interp(x: float, xs: list[float], ys: list[float]) -> float:
+    """``numpy.interp`` of one value, by the same arithmetic."""
+    if x <= xs[0]:
+        return ys[0]
+    if x >= xs[-1]:
+        return ys[-1]
+    j = bisect.bisect_right(xs, x) - 1
+    slope = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
+    return slope * (x - xs[j]) + ys[j]
 
 
 def linear_profile(
