@@ -66,6 +66,11 @@ class AutoscalerMetrics:
         self.gpu_utilization = Gauge(
             "fleet_autoscaler_gpu_utilization", "Mean GPU utilization of ready workers", registry=r
         )
+        self.saturation = Gauge(
+            "fleet_autoscaler_saturation",
+            "Mean busy fraction x batch fill of ready workers (NaN: unknown)",
+            registry=r,
+        )
         self.decisions = Counter(
             "fleet_autoscaler_decisions", "Decisions by direction", ["direction"], registry=r
         )
@@ -87,6 +92,7 @@ class AutoscalerMetrics:
         self.per_instance_rps.set(_value(snapshot.per_instance_rps))
         self.busy_fraction.set(_value(snapshot.busy_fraction))
         self.gpu_utilization.set(_value(snapshot.gpu_utilization))
+        self.saturation.set(_value(snapshot.saturation))
         self.decisions.labels(direction=decision.direction).inc()
         self.last_poll.set(time.time())
 

@@ -5,8 +5,11 @@ Capacity is whichever of these asks for more:
 - **throughput**: ``arrival_rate / (per_instance_rps * target_load)`` plus the
   instances that drain the backlog within ``drain_time_s``
   (``backlog / (per_instance_rps * drain_time_s)``);
-- **device utilization**: ``in_service * utilization / target_utilization``
-  (GPU utilization where the workers report it, else their busy fraction).
+- **saturation**: ``in_service * saturation / target_utilization``, the
+  share of the in-service instances' capacity in use: busy fraction times
+  batch fill (:attr:`Snapshot.saturation`). Not NVML's GPU utilization nor
+  busy time alone: both sit near 1.0 for a worker that batches continuously,
+  at any load, and would scale out a fleet that has room.
 
 Then, in this order: the floor (``min_capacity``, or 0 after ``idle_to_zero_s``
 without traffic when ``scale_to_zero`` is on) and ``max_capacity``; pre-warming
@@ -16,7 +19,7 @@ one per direction; the step limits.
 
 Instances still booting are part of ``desired``, so they count as capacity
 that is coming: the policy does not launch more for load they will take.
-They are not free capacity: utilization is measured over the instances in
+They are not free capacity: saturation is measured over the instances in
 service only. When the backlog, the arrival rate or the per-instance
 throughput cannot be read, the policy holds (it never scales in on missing
 data); the one exception is an empty fleet with a backlog, which gets its
@@ -72,7 +75,8 @@ class PolicyConfig:
     drain_time_s: float = 30.0
     """Time within which the capacity asked for should clear the backlog."""
     target_utilization: float = 0.75
-    """Device utilization to bring the instances in service to."""
+    """Saturation (share of capacity in use: busy fraction times batch fill)
+    to bring the instances in service to."""
     tolerance: float = 0.1
     """No change while the computed need is within this share of the current
     capacity (a band against flapping)."""
@@ -184,7 +188,7 @@ class PolicyState:
 
 
 class DefaultPolicy(Policy[PolicyState]):
-    """Throughput and backlog, device utilization, and recurring surges."""
+    """Throughput and backlog, saturation, and recurring surges."""
 
     name = "default"
 
@@ -274,7 +278,7 @@ class DefaultPolicy(Policy[PolicyState]):
     def _need(
         self, s: Snapshot, backlog: int, arrival: float, per: float
     ) -> tuple[float, list[str]]:
-        """Instances the load needs (throughput and backlog, or utilization,
+        """Instances the load needs (throughput and backlog, or saturation,
         whichever is higher), and the reasons that say so."""
         cfg = self.config
         rate_need = arrival / (per * cfg.target_load)
@@ -284,13 +288,13 @@ class DefaultPolicy(Policy[PolicyState]):
             f"{arrival:.1f} req/s at {per * cfg.target_load:.1f}/instance = {rate_need:.2f}"
             f" + backlog {backlog} in {cfg.drain_time_s:.0f}s = {drain_need:.2f}"
         )
-        util = s.gpu_utilization if s.gpu_utilization is not None else s.busy_fraction
+        util = s.saturation
         if util is not None and s.in_service > 0:
             util_need = s.in_service * util / cfg.target_utilization
             if util_need > need:
                 need = util_need
                 basis = (
-                    f"utilization {util:.0%} of {s.in_service} in service,"
+                    f"saturation {util:.0%} of {s.in_service} in service,"
                     f" target {cfg.target_utilization:.0%} = {util_need:.2f}"
                 )
         reasons = [f"need {need:.2f}: {basis}"]

@@ -18,11 +18,24 @@
   autoscaler restart), and for ``silence_hold_s`` after a worker fell silent
   without saying it stopped: a worker that is not heard from is not a worker
   that answers nothing.
-- **per-instance throughput, busy fraction, GPU utilization**: from heartbeats
-  of workers in state ``ready``; a heartbeat older than three of its own
-  intervals is dropped. Sustainable per-instance rps is ``throughput /
-  busy_fraction`` when the workers are busy enough for that to mean something,
-  else the configured ``per_instance_rps``.
+- **per-instance throughput, busy fraction, GPU utilization, saturation**:
+  from heartbeats of workers in state ``ready``; a heartbeat older than three
+  of its own intervals is dropped. A worker *batches* when its model runs
+  hold more than one request on average (``mean_batch_size > 1``). Busy time
+  and NVML's GPU utilization sit near 1.0 for a worker that batches
+  continuously, at any load, so neither measures its headroom: its
+  **saturation** (the capacity signal the default policy scales on) is its
+  busy fraction times the fill of its batches (``batch_fill``, mean batch
+  size / max batch size): the room left in its batches is headroom too. A
+  worker whose max batch is 1 fills every batch, so its saturation is its
+  busy fraction.
+  Sustainable per-instance rps is ``throughput / busy_fraction`` where that
+  is a measurement of capacity: a worker that does not batch and is busy
+  enough (``min_busy_fraction``), or one whose batches are full
+  (``batch_fill >= FULL_BATCH``: it answers all it can). A batching worker
+  with room in its batches answers what it is offered, not what it could, so
+  its throughput says nothing of its capacity: the configured
+  ``per_instance_rps`` (or the last measurement) stands.
 - **in service, pending, desired**: from the actuator.
 - **now**: the wall clock (``wall_clock``), so that times a policy keeps in its
   state stay meaningful across restarts; intervals and heartbeat ages are
@@ -48,6 +61,7 @@ from fleet.transport.base import Capability, Consumer, Depth, ProduceRateReader,
 log = get_logger("autoscaler.signals")
 
 STALE_INTERVALS = 3.0  # a heartbeat older than this many of its intervals is dropped
+FULL_BATCH = 0.95  # a batch fill from which a batching worker's throughput is its capacity
 SILENCE_HOLD_S = 60.0  # the answer rate is unknown this long after a worker fell silent
 
 HeartbeatListener = Callable[[Heartbeat, float], None]
@@ -248,12 +262,19 @@ class Signals:
         raw = max(0.0, (backlog - self._last_backlog) / dt + answered)
         return self._arrival.update(raw, dt)
 
+    def _measures_capacity(self, beat: Heartbeat) -> bool:
+        """Whether ``throughput / busy_fraction`` is what the worker could
+        answer: it batches and its batches are full, or it does not batch and
+        is busy enough for its busy time to say."""
+        if beat.throughput_rps <= 0 or beat.busy_fraction <= 0:
+            return False
+        if batches(beat):
+            return beat.batch_fill >= FULL_BATCH
+        return beat.busy_fraction >= self.min_busy_fraction
+
     def _per_instance(self, ready: list[Heartbeat]) -> float | None:
-        estimates = [
-            b.throughput_rps / b.busy_fraction
-            for b in ready
-            if b.busy_fraction >= self.min_busy_fraction and b.throughput_rps > 0
-        ]
+        measured = [b for b in ready if self._measures_capacity(b)]
+        estimates = [b.throughput_rps / b.busy_fraction for b in measured]
         if estimates:
             self._measured_rps = sum(estimates) / len(estimates)
             return self._measured_rps
@@ -275,6 +296,7 @@ class Signals:
         self._last_backlog = backlog
 
         gpus = [b.gpu_utilization for b in ready if b.gpu_utilization is not None]
+        loads = [saturation(b) for b in ready]
         return Snapshot(
             now=self.wall_clock(),
             backlog=backlog,
@@ -285,7 +307,31 @@ class Signals:
             in_service=capacity.in_service,
             pending=capacity.pending,
             desired=capacity.desired,
+            saturation=(sum(loads) / len(loads)) if loads else None,
         )
 
 
-__all__ = ["STALE_INTERVALS", "HeartbeatListener", "Signals"]
+def batches(beat: Heartbeat) -> bool:
+    """Whether the worker batches: more than one request per model run on average."""
+    return beat.mean_batch_size > 1.0 and beat.batch_fill > 0.0
+
+
+def saturation(beat: Heartbeat) -> float:
+    """The share of a worker's capacity in use (1: at capacity): its busy
+    fraction times the fill of its batches (a batching worker is busy nearly
+    all the time at any load; the room left in its batches is its headroom).
+    A heartbeat without a batch fill (no batch in the interval) counts its
+    busy fraction alone."""
+    if beat.batch_fill <= 0.0:
+        return beat.busy_fraction
+    return beat.busy_fraction * min(beat.batch_fill, 1.0)
+
+
+__all__ = [
+    "FULL_BATCH",
+    "STALE_INTERVALS",
+    "HeartbeatListener",
+    "Signals",
+    "batches",
+    "saturation",
+]

@@ -24,10 +24,15 @@ class Snapshot:
     arrival_rate: float | None  # requests/s offered, smoothed
     per_instance_rps: float | None  # sustainable requests/s of one instance
     busy_fraction: float | None  # mean over in-service instances, 0..1
-    gpu_utilization: float | None  # mean over in-service instances, 0..1
+    gpu_utilization: float | None  # mean over in-service instances, 0..1 (NVML busy time)
     in_service: int  # instances serving now
     pending: int  # instances booting (count as coming capacity, not free capacity)
     desired: int  # the capacity last asked for
+    saturation: float | None = None
+    """Share of the in-service instances' capacity in use, mean over them (1:
+    at capacity): busy fraction times batch fill (mean batch size / max batch
+    size). Not busy time alone: that is near 1 for an instance that batches
+    continuously, at any load."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -99,6 +99,7 @@ def _decision_json(scaler: Autoscaler, decision: Decision) -> dict[str, Any]:
             "per_instance_rps": snap.per_instance_rps,
             "busy_fraction": snap.busy_fraction,
             "gpu_utilization": snap.gpu_utilization,
+            "saturation": snap.saturation,
             "in_service": snap.in_service,
             "pending": snap.pending,
             "desired": snap.desired,

@@ -219,7 +219,8 @@ def _policies() -> list[str]:
         "## The policies and their parameters\n",
         "### `default`\n",
         "Capacity from the arrival rate over the per-instance throughput (at `target_load`) "
-        "plus the backlog drained within `drain_time_s`, or from device utilization, "
+        "plus the backlog drained within `drain_time_s`, or from saturation (busy fraction "
+        "times batch fill, not busy time alone: near 1 whenever an instance batches), "
         "whichever is higher; min/max; a tolerance band; a scale-in stabilization window; "
         "separate cooldowns (none for a step-up while instances boot: they count as coming "
         "capacity); step limits; scale from zero on the first backlog, sized at "

@@ -19,7 +19,11 @@ Time advances in steps of ``dt_s`` (100 ms). Each step:
   is split into 8 equal parts at that distribution's octiles) + its own batch
   ``t(b)``.
 - **capacity**: the policy is asked every ``poll_interval_s`` with a
-  :class:`~autoscaler.types.Snapshot` of what the live signals would read;
+  :class:`~autoscaler.types.Snapshot` of what the live signals would read:
+  busy fraction and GPU utilization as workers report them (busy time, so
+  near 1.0 whenever an instance batches), saturation as busy time times the
+  fill of the batches, and the profile's sustainable rate as the per-instance
+  throughput;
   a new instance serves after ``warm_start_s`` when the warm pool has one
   stopped and ready (``warm_pool_size``), else after ``boot_delay_s`` (a cold
   boot), plus ``model_load_s`` either way. A warm instance taken is replaced
@@ -345,10 +349,11 @@ class _Fleet:
 
 @dataclass(slots=True)
 class _Usage:
-    """Instance-seconds of one poll interval: busy, device-utilized, serving."""
+    """Instance-seconds of one poll interval: busy, saturated (busy times
+    batch fill), serving."""
 
     busy_s: float = 0.0
-    util_s: float = 0.0
+    sat_s: float = 0.0
     serving_s: float = 0.0
 
 
@@ -501,7 +506,7 @@ def _fast_stretch(
     rec.add(batch_run, n, batch_run, rho, run.tick_bucket[k:seg_end])  # steps without arrivals too
     fleet.served += total
     use.busy_s += float(rho.sum()) * c * dt
-    use.util_s += float((lam / run.mu_max).sum()) * c * dt
+    use.sat_s += float((rho * b).sum()) / run.b_max * c * dt
     use.serving_s += c * (seg_end - k) * dt
     last_rho, last_b, last_lam, last_run = (float(a[-1]) for a in (rho, b, lam, batch_run))
     fleet.inflight = c * (last_rho * last_b + last_lam * last_run / 2)
@@ -534,7 +539,7 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
     take waits. Returns the cohorts served."""
     cohorts = _Cohorts()
     bases, weights = cohorts.bases, cohorts.weights
-    dt, b_max, mu_max, bucket_ticks = run.dt, run.b_max, run.mu_max, run.bucket_ticks
+    dt, b_max, bucket_ticks = run.dt, run.b_max, run.bucket_ticks
     batch_of, service_time_of = run.profile.batch_of, run.profile.service_time_of
     expiring = run.cfg.deadline_s is not None
     for kk, nk in enumerate(counts, start=k):
@@ -568,7 +573,7 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
         fleet.queue_area += (queued_before + queued) / 2 * dt
         fleet.credit = left - math.floor(left) if queued else 0.0
         use.busy_s += rho_k * c * dt
-        use.util_s += min(1.0, out / dt / c / mu_max) * c * dt
+        use.sat_s += rho_k * b_k / b_max * c * dt
         use.serving_s += c * dt
         fleet.inflight = inflight = c * rho_k * b_k
         fleet.peak_backlog = max(fleet.peak_backlog, queued + round(inflight))
@@ -640,10 +645,11 @@ def _policy_turn(
         arrival_rate=smoothed,
         per_instance_rps=run.profile.sustainable_rps if fleet.in_service > 0 else None,
         busy_fraction=use.busy_s / use.serving_s if use.serving_s > 0 else None,
-        gpu_utilization=use.util_s / use.serving_s if use.serving_s > 0 else None,
+        gpu_utilization=use.busy_s / use.serving_s if use.serving_s > 0 else None,
         in_service=fleet.in_service,
         pending=len(fleet.booting),
         desired=fleet.desired,
+        saturation=use.sat_s / use.serving_s if use.serving_s > 0 else None,
     )
     decision, state = policy.decide(snap, state)
     _scale(run, fleet, k, max(0, decision.desired))

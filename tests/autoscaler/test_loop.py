@@ -139,6 +139,7 @@ async def test_metrics_are_exposed(transport: Transport) -> None:
     assert math.isnan(values["fleet_autoscaler_arrival_rate"])
     assert math.isnan(values["fleet_autoscaler_per_instance_rps"])  # missing, not 0
     assert math.isnan(values["fleet_autoscaler_busy_fraction"])
+    assert math.isnan(values["fleet_autoscaler_saturation"])
     assert values['fleet_autoscaler_decisions_total{direction="out"}'] == 1.0
     assert values['fleet_autoscaler_decisions_total{direction="hold"}'] == 1.0
     assert values['fleet_autoscaler_decisions_total{direction="in"}'] == 0.0

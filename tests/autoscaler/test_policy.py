@@ -37,10 +37,11 @@ def snap(
         arrival_rate=LOAD * instances if isinstance(rate, str) else rate,
         per_instance_rps=per,
         busy_fraction=None,
-        gpu_utilization=util,
+        gpu_utilization=None,
         in_service=instances - pending,
         pending=pending,
         desired=instances if desired is None else desired,
+        saturation=util,
     )
 
 
@@ -77,13 +78,13 @@ CASES: list[Any] = [
         PolicyConfig(target_utilization=0.5),
         [snap(0, rate=LOAD * 2, instances=4, util=0.9)],
         [8],
-        id="utilization-target-when-higher",
+        id="saturation-target-when-higher",
     ),
     pytest.param(
         PolicyConfig(target_utilization=0.75),
         [snap(0, rate=LOAD * 6, instances=4, util=0.3)],
         [6],
-        id="throughput-when-higher-than-utilization",
+        id="throughput-when-higher-than-saturation",
     ),
     pytest.param(
         PolicyConfig(max_capacity=10),
@@ -236,7 +237,7 @@ CASES: list[Any] = [
     ),
     pytest.param(
         PolicyConfig(target_utilization=0.75),
-        # 2 in service at full utilization would ask for 2/0.75 = 3; 4 booting
+        # 2 in service at full saturation would ask for 2/0.75 = 3; 4 booting
         # already make 6: booting is coming capacity, not free capacity
         [snap(0, rate=LOAD * 6, instances=6, pending=4, util=1.0)],
         [6],
