@@ -188,7 +188,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
         outputs = {k: v["value"] for k, v in json.loads(run("output", "-json").stdout).items()}
         yield Applied(name, outputs, apply_s, workdir, variables, run)
     finally:
-        run("destroy", "-auto-approve", *variables, check=False)
+        run("destroy", "-auto-approve", "-refresh=false", *variables, check=False)
         ssm.delete_parameter(Name=ami_parameter)
 
 
@@ -318,7 +318,7 @@ async def test_apply_scale_and_destroy(applied: Applied) -> None:
     _check_resources(applied)
     await _drive_the_group(applied)
     started = time.monotonic()
-    applied.run("destroy", "-auto-approve", *applied.variables)
+    applied.run("destroy", "-auto-approve", "-refresh=false", *applied.variables)
     destroy_s = time.monotonic() - started
     _nothing_left(applied)
     print(f"terraform apply {applied.apply_s:.0f} s, destroy {destroy_s:.0f} s")

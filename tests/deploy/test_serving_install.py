@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[2]
-TOOLS = {"scikit-learn", "skl2onnx", "matplotlib"}
+TOOLS = {"scikit-learn", "skl2onnx", "matplotlib", "onnxconverter-common"}
 BLOCKED = ("sklearn", "skl2onnx", "matplotlib", "scipy")
 
 
