@@ -12,7 +12,8 @@ Capacity is whichever of these asks for more:
   at any load, and would scale out a fleet that has room.
 
 Then, in this order: the floor (``min_capacity``, or 0 after ``idle_to_zero_s``
-without traffic when ``scale_to_zero`` is on) and ``max_capacity``; pre-warming
+without traffic when ``scale_to_zero`` is on; raised to a scheduled floor
+while one of ``schedule``'s windows is open) and ``max_capacity``; pre-warming
 for a recurring surge; the tolerance band; the scale-in stabilization window
 (scale in only to the highest count recommended within it); the cooldowns,
 one per direction; the step limits.
@@ -50,6 +51,7 @@ import math
 from dataclasses import dataclass, replace
 
 from autoscaler.registry import PolicySpec
+from autoscaler.schedule import ScheduledFloor, scheduled_floor
 from autoscaler.types import Decision, Policy, Snapshot
 
 
@@ -121,6 +123,10 @@ class PolicyConfig:
     """After a burst whose recurrence is not predicted, hold the capacity it
     needed this long (the next may come at any time, and would be over before
     new instances serve); 0: never. Surges are tracked only with ``predict_surges``."""
+    schedule: tuple[ScheduledFloor, ...] = ()
+    """Scheduled capacity floors (``[[policy.schedule]]``: ``cron`` in UTC,
+    ``min``, ``duration``): at least ``min`` instances while a window is open,
+    with or without traffic (see :mod:`autoscaler.schedule`)."""
 
     def __post_init__(self) -> None:
         if self.min_capacity < 0 or self.max_capacity < max(self.min_capacity, 1):
@@ -263,6 +269,10 @@ class DefaultPolicy(Policy[PolicyState]):
                 Decision.to(cur, want, f"backlog {s.backlog} and no capacity: start {want}"),
                 replace(state, last_out_at=s.now, idle_since=None),
             )
+        reasons: list[str] = []
+        scheduled = self._scheduled(s.now, reasons)
+        if scheduled > cur:  # a floor needs no signal
+            return Decision.to(cur, scheduled, *reasons), replace(state, last_out_at=s.now)
         missing = [
             name
             for name, value in (
@@ -303,12 +313,23 @@ class DefaultPolicy(Policy[PolicyState]):
         return need, reasons
 
     def _floor(self, now: float, idle_since: float | None, reasons: list[str]) -> int:
-        """``min_capacity`` (at least 1), or 0 once idle long enough to scale to zero."""
+        """``min_capacity`` (at least 1), or 0 once idle long enough to scale
+        to zero; a scheduled floor whose window is open raises it."""
         cfg = self.config
+        scheduled = self._scheduled(now, reasons)
         if cfg.scale_to_zero and idle_since is not None and now - idle_since >= cfg.idle_to_zero_s:
-            reasons.append(f"idle for {now - idle_since:.0f}s: scale to zero")
-            return 0
-        return max(cfg.min_capacity, 1)
+            if not scheduled:
+                reasons.append(f"idle for {now - idle_since:.0f}s: scale to zero")
+                return 0
+        return max(cfg.min_capacity, 1, scheduled)
+
+    def _scheduled(self, now: float, reasons: list[str]) -> int:
+        """The scheduled floor open at ``now`` (0: none), at most ``max_capacity``."""
+        count, cron = scheduled_floor(self.config.schedule, now)
+        count = min(count, self.config.max_capacity)
+        if count:
+            reasons.append(f"scheduled floor {count} ({cron})")
+        return count
 
     def _within_tolerance(
         self, cur: int, target: int, floor: int, prewarm: int, need: float
