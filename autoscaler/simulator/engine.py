@@ -197,6 +197,9 @@ class _Recorder:
     _pending: list[tuple[FloatArray, FloatArray | IntArray, FloatArray, FloatArray, IntArray]] = (
         field(init=False, default_factory=list)
     )
+    _steps: list[tuple[FloatArray, IntArray, FloatArray, IntArray, int]] = field(
+        init=False, default_factory=list
+    )
     _pending_n: int = 0
 
     def __post_init__(self) -> None:
@@ -220,8 +223,35 @@ class _Recorder:
         if self._pending_n >= _FLUSH_COHORTS:
             self.flush()
 
+    def add_steps(
+        self, run: FloatArray, n: IntArray, rho: FloatArray, bucket: IntArray, c: int
+    ) -> None:
+        """Steps without a queue, ``c`` in service: each step's ``n``
+        arrivals wait for nothing but the rest of the running batch, then
+        their own (``run``); ``rho`` is the busy fraction."""
+        self._steps.append((run, n, rho, bucket, c))
+        self._pending_n += n.size
+        if self._pending_n >= _FLUSH_COHORTS:
+            self.flush()
+
+    def _merged_steps(self) -> None:
+        """The buffered steps as cohorts, one per distinct arrival count,
+        instances in service and timeline bucket (their latencies are the
+        same: the count and the instances set the batch), with the summed
+        arrivals as weight (exact: counts of requests)."""
+        steps, self._steps = self._steps, []
+        run, rho = (np.concatenate([p[i] for p in steps]) for i in (0, 2))
+        n, bucket = (np.concatenate([p[i] for p in steps]) for i in (1, 3))
+        c = np.concatenate([np.full(len(p[1]), p[4], dtype=np.int64) for p in steps])
+        key = (bucket * (int(c.max()) + 1) + c) * (int(n.max()) + 1) + n
+        _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+        weight = np.bincount(inverse.ravel(), weights=n)
+        self._pending.append((run[first], weight, run[first], rho[first], bucket[first]))
+
     def flush(self) -> None:
         """Bin every buffered cohort."""
+        if self._steps:
+            self._merged_steps()
         if not self._pending:
             return
         base, weight, run, rho = (np.concatenate([p[i] for p in self._pending]) for i in range(4))
@@ -503,7 +533,7 @@ def _fast_stretch(
     b = np.asarray(profile.batch_at_rate(lam), dtype=np.float64)
     batch_run = np.asarray(profile.service_time(b), dtype=np.float64)
     rho = np.where(b <= 1.0 + 1e-9, np.minimum(lam * run.t1, 1.0), 1.0)
-    rec.add(batch_run, n, batch_run, rho, run.tick_bucket[k:seg_end])  # steps without arrivals too
+    rec.add_steps(batch_run, n, rho, run.tick_bucket[k:seg_end], c)
     fleet.served += total
     use.busy_s += float(rho.sum()) * c * dt
     use.sat_s += float((rho * b).sum()) / run.b_max * c * dt
