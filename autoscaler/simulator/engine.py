@@ -570,22 +570,24 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
     cohorts = _Cohorts()
     bases, weights = cohorts.bases, cohorts.weights
     dt, b_max, bucket_ticks = run.dt, run.b_max, run.bucket_ticks
-    batch_of, service_time_of = run.profile.batch_of, run.profile.service_time_of
+    batch_of, service_time_of = run.profile.lookups()
     expiring = run.cfg.deadline_s is not None
     for kk, nk in enumerate(counts, start=k):
         t = kk * dt
         if expiring:
             _expire(run, fleet, t)
         queued_before = fleet.queued
-        b_k = min(max(batch_of(nk / (dt * c)) + queued_before / c, 1.0), b_max)
+        b_k = batch_of(nk / (dt * c)) + queued_before / c
+        b_k = 1.0 if b_k < 1.0 else b_max if b_k > b_max else b_k  # min(max(b, 1), b_max)
         run_k = service_time_of(b_k)
         rate = c * b_k / run_k
         first = len(bases)
         left, pos, out = _drain_queue(fleet, cohorts, t, rate, run_k, rate * dt + fleet.credit)
         fleet.queued -= out
-        fresh = min(nk, math.floor(left)) if left >= 1.0 else 0
+        fresh = (nk if nk < left else math.floor(left)) if left >= 1.0 else 0
         if fresh:
-            wait = max(0.0, (pos + fresh / 2) / rate - dt / 2)
+            wait = (pos + fresh / 2) / rate - dt / 2
+            wait = wait if wait > 0.0 else 0.0
             fleet.wait_area += wait * fresh
             bases.append(wait + run_k)
             weights.append(fresh)
@@ -593,7 +595,8 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
             out += fresh
         if nk - fresh:
             _enqueue(run, fleet, t, nk - fresh)
-        rho_k = min(1.0, out / (rate * dt))
+        rho_k = out / (rate * dt)
+        rho_k = rho_k if rho_k < 1.0 else 1.0
         added = len(bases) - first
         cohorts.runs.extend([run_k] * added)
         cohorts.rhos.extend([rho_k] * added)
@@ -606,7 +609,9 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
         use.sat_s += rho_k * b_k / b_max * c * dt
         use.serving_s += c * dt
         fleet.inflight = inflight = c * rho_k * b_k
-        fleet.peak_backlog = max(fleet.peak_backlog, queued + round(inflight))
+        backlog = queued + round(inflight)
+        if backlog > fleet.peak_backlog:
+            fleet.peak_backlog = backlog
     return cohorts
 
 

@@ -27,8 +27,10 @@ The default profile (:data:`DEFAULT_PROFILE`) is a large model on one GPU:
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +103,14 @@ class ServiceProfile:
     def batch_of(self, rate: float) -> float:
         """:meth:`batch_at_rate` of one rate, as a float."""
         return _interp(rate, *self._batch_points)
+
+    def lookups(self) -> tuple[Callable[[float], float], Callable[[float], float]]:
+        """:meth:`batch_of` and :meth:`service_time_of` as plain functions
+        (cheaper to call in a loop)."""
+        return (
+            functools.partial(_interp, xs=self._batch_points[0], ys=self._batch_points[1]),
+            functools.partial(_interp, xs=self._time_points[0], ys=self._time_points[1]),
+        )
 
     @property
     def max_rps(self) -> float:
