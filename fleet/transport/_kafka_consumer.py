@@ -70,6 +70,10 @@ _HAND_BACK_TRIES = 3
 REVOKE_GRACE = 1.0  # seconds a revoke waits for in-flight records to be acked
 DRAIN_TIMEOUT = 30.0  # seconds a cancelled consumer stays in its group for late acks
 POLL_MS = 200
+# How long the broker holds an empty fetch. A record that arrives meanwhile
+# ends the wait at once (fetch.min.bytes is 1), so this costs no latency; a
+# short hold only wakes an idle consumer more often.
+FETCH_MAX_WAIT_MS = 500
 
 
 @dataclass(eq=False, slots=True)
@@ -273,7 +277,7 @@ class GroupConsumer(Consumer):
             heartbeat_interval_ms=max(100, session_ms // 6),
             session_timeout_ms=session_ms,
             max_poll_interval_ms=300_000,
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             retry_backoff_ms=100,
             # a group formed while a new topic's metadata was still empty is
             # re-balanced once the metadata shows its partitions
@@ -647,7 +651,7 @@ class TailConsumer(Consumer):
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="latest",
-            fetch_max_wait_ms=100,
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             retry_backoff_ms=100,
         )
         await start_client(self._kafka, None)
