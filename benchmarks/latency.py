@@ -1,0 +1,313 @@
+"""Latency at everyday load, where it goes, and what the fleet costs in CPU.
+
+    .venv/bin/python benchmarks/latency.py [--brokers amqp,kafka] [--models mlp,digits]
+        [--rates 200,1000,4000] [--duration 10] [--baseline-ref HEAD~1]
+
+For each broker and model, one ``fleet worker`` process and one client process:
+
+1. idle: both connected, no traffic, for ``--idle`` seconds: CPU share of a core each;
+2. open-loop Poisson arrivals (seeded) at each rate: p50 and p99 of the whole
+   call and of every stage (:mod:`fleet.stages`), and CPU per request of the
+   client and the worker, with the model's own time taken out (the batches'
+   inference time, per request);
+3. saturation: ``--in-flight`` requests in flight (closed loop): requests/s;
+   with ``--baseline-ref``, the same against a worker and client of that git
+   revision (checked out in a temporary worktree), in the same run: the ratio.
+
+Prints the targets and whether each is met. Brokers come from
+FLEET_TEST_AMQP_URL / FLEET_TEST_KAFKA_URL, else the local scripts start them.
+Traffic goes to loopback only and every run is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.request_path import _cpu_s, _service, stop_process  # noqa: E402
+from fleet.stages import CLIENT_STAGES  # noqa: E402
+from fleet.worker_command import worker_argv, worker_command  # noqa: E402
+from fleetctl.demo import wait_model_served  # noqa: E402
+
+WIDTH = {"mlp": 256, "digits": 64}
+TARGETS = {  # (rate, broker) -> (p50 ms, p99 ms)
+    (1000, "amqp"): (3.0, 10.0),
+    (1000, "kafka"): (5.0, 20.0),
+    (4000, "amqp"): (None, 50.0),
+    (4000, "kafka"): (None, 50.0),
+}
+
+# The client process: runs in the tree under test (this one or the baseline's),
+# so it uses only the Client API every build has; stages where the build has them.
+CLIENT = r"""
+import asyncio, inspect, json, sys, time
+import numpy as np
+from producer import Client
+
+args = json.loads(sys.argv[1])
+
+async def main():
+    rng = np.random.default_rng(args["seed"])
+    pool = rng.standard_normal((256, args["width"])).astype(np.float32)
+    lat, stages, inference = [], [], 0.0
+    async with Client(args["broker"], timeout=30, max_in_flight=100_000) as client:
+        has_stages = "stages" in inspect.signature(client.infer_reply).parameters
+        extra = {"stages": True} if has_stages else {}
+        if args["mode"] == "idle":
+            cpu = time.process_time()
+            await asyncio.sleep(args["duration"])
+            print(json.dumps({"cpu_s": time.process_time() - cpu}))
+            return
+
+        async def one(i):
+            nonlocal inference
+            t0 = time.perf_counter()
+            x = {"input": pool[i % 256 : i % 256 + 1]}
+            reply = await client.infer_reply(args["model"], x, **extra)
+            if reply.error is None:
+                lat.append(time.perf_counter() - t0)
+                inference += reply.timings.inference_ms / 1000 / max(1, reply.timings.batch_size)
+                if reply.stages is not None if has_stages else False:
+                    stages.append([getattr(reply.stages, f) for f in reply.stages.__slots__])
+
+        cpu = time.process_time()
+        t_start = time.perf_counter()
+        end = t_start + args["duration"]
+        if args["mode"] == "closed":
+            counter = iter(range(1 << 40))
+            async def loop():
+                while time.perf_counter() < end:
+                    await one(next(counter))
+            await asyncio.gather(*(loop() for _ in range(args["in_flight"])))
+        else:
+            tasks, at, i = set(), t_start, 0
+            while at < end:
+                delay = at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                task = asyncio.ensure_future(one(i))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                at += rng.exponential(1.0 / args["rate"])
+                i += 1
+            await asyncio.gather(*tasks)
+        seconds = time.perf_counter() - t_start
+        print(json.dumps({"lat": lat, "stages": stages, "cpu_s": time.process_time() - cpu,
+                          "seconds": seconds, "inference_s": inference}))
+
+asyncio.run(main())
+"""
+
+
+def _client(tree: Path, **args: Any) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-c", CLIENT, json.dumps(args)],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        capture_output=True,
+        text=True,
+        timeout=float(args.get("duration", 10)) + 300,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"client failed: {out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _worker(tree: Path, broker: str, models: Path) -> subprocess.Popen[Any]:
+    argv = worker_argv(
+        broker=broker, models=models, worker_id="bench", command=worker_command(log_level="WARNING")
+    )
+    return subprocess.Popen(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
+
+
+def _pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def measure(tree: Path, broker: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Idle, each rate and saturation against one worker of ``tree``."""
+    worker = _worker(tree, broker, args.models if tree == ROOT else tree / "models")
+    base = {"broker": broker, "model": model, "width": WIDTH[model], "seed": 0}
+    try:
+        asyncio.run(wait_model_served(broker, model))
+        _client(tree, **base, mode="closed", duration=2, in_flight=32)  # warm the path
+        out: dict[str, Any] = {"rates": {}}
+        if args.idle > 0 and tree == ROOT:
+            before = _cpu_s(worker.pid)
+            idle = _client(tree, **base, mode="idle", duration=args.idle)
+            out["idle"] = {
+                "worker": (_cpu_s(worker.pid) - before) / args.idle,
+                "client": idle["cpu_s"] / args.idle,
+            }
+        for rate in args.rates:
+            before = _cpu_s(worker.pid)
+            r = _client(tree, **base, mode="open", rate=rate, duration=args.duration)
+            r["worker_cpu_s"] = _cpu_s(worker.pid) - before
+            out["rates"][rate] = r
+        before = _cpu_s(worker.pid)
+        sat = _client(tree, **base, mode="closed", duration=args.duration, in_flight=args.in_flight)
+        sat["worker_cpu_s"] = _cpu_s(worker.pid) - before
+        out["saturation"] = sat
+        return out
+    finally:
+        stop_process(worker, 60)
+
+
+def _cpu_ms(r: dict[str, Any]) -> float:
+    """Client + worker CPU ms per answered request, the model's own time excluded."""
+    n = max(1, len(r["lat"]))
+    return 1000 * (r["cpu_s"] + r["worker_cpu_s"] - r["inference_s"]) / n
+
+
+def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | None) -> bool:
+    ok = True
+    print(f"\n== {label}")
+    if "idle" in res:
+        w, c = res["idle"]["worker"], res["idle"]["client"]
+        met = w < 0.02 and c < 0.02
+        ok &= met
+        print(f"idle: worker {w:.2%} of a core, client {c:.2%} (target < 2% each: {_v(met)})")
+    head = "".join(f"{s[:9]:>10}" for s in CLIENT_STAGES)
+    print(f"{'rate':>8} {'req/s':>8} {'p50':>7} {'p99':>7}  CPU/req  | stage p50 / p99 ms:{head}")
+    for rate, r in res["rates"].items():
+        lat = [x * 1000 for x in r["lat"]]
+        st = np.array(r["stages"]) if r["stages"] else np.zeros((0, len(CLIENT_STAGES)))
+        p50s = "".join(f"{_pct(list(st[:, i]), 50):>10.2f}" for i in range(st.shape[1]))
+        p99s = "".join(f"{_pct(list(st[:, i]), 99):>10.2f}" for i in range(st.shape[1]))
+        rps = len(lat) / r["seconds"]
+        print(
+            f"{rate:>8} {rps:>8.0f} {_pct(lat, 50):>7.2f} {_pct(lat, 99):>7.2f} "
+            f"{_cpu_ms(r):>7.3f}  | p50{' ' * 14}{p50s}\n{'':>42}| p99{' ' * 14}{p99s}"
+        )
+        if base is not None and rate in base["rates"]:
+            b = base["rates"][rate]
+            b_lat = [x * 1000 for x in b["lat"]]
+            b50, b99 = _pct(b_lat, 50), _pct(b_lat, 99)
+            print(
+                f"{'':>8} baseline build: p50 {b50:.2f} ms, p99 {b99:.2f} ms, "
+                f"CPU/req {_cpu_ms(b):.3f} ms; this build's p50 {_pct(lat, 50) / b50:.2f}x, "
+                f"p99 {_pct(lat, 99) / b99:.2f}x"
+            )
+        p50_t, p99_t = TARGETS.get((int(rate), broker), (None, None))
+        if p50_t is not None:
+            met = _pct(lat, 50) <= p50_t
+            ok &= met
+            print(f"  p50 {_pct(lat, 50):.2f} ms (target <= {p50_t} ms: {_v(met)})")
+        if p99_t is not None:
+            met = _pct(lat, 99) <= p99_t
+            ok &= met
+            print(f"  p99 {_pct(lat, 99):.2f} ms (target <= {p99_t} ms: {_v(met)})")
+        if int(rate) <= 200:
+            met = _cpu_ms(r) <= 1.0
+            ok &= met
+            print(f"  CPU per request {_cpu_ms(r):.3f} ms (target <= 1 ms: {_v(met)})")
+    sat = res["saturation"]
+    rps = len(sat["lat"]) / sat["seconds"]
+    met = _cpu_ms(sat) <= 0.1
+    ok &= met
+    print(
+        f"saturation: {rps:.0f} req/s, CPU per request {_cpu_ms(sat):.3f} ms "
+        f"(target <= 0.1 ms: {_v(met)})"
+    )
+    if base is not None:
+        b = base["saturation"]
+        b_rps = len(b["lat"]) / b["seconds"]
+        met = rps >= 0.95 * b_rps
+        ok &= met
+        print(
+            f"  baseline build: {b_rps:.0f} req/s, CPU/req {_cpu_ms(b):.3f} ms; "
+            f"ratio {rps / b_rps:.2f}x (target: no lower, 5% noise allowed: {_v(met)})"
+        )
+    return ok
+
+
+def _v(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def _baseline_tree(ref: str, into: Path) -> Path:
+    """A worktree of ``ref`` with its own demo models (built by its own code:
+    the serving settings of that build)."""
+    tree = into / "baseline"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from worker.zoo import build_all; build_all(sys.argv[1])",
+            str(tree / "models"),
+        ],
+        cwd=tree,
+        env={**os.environ, "PYTHONPATH": str(tree)},
+        check=True,
+        capture_output=True,
+    )
+    return tree
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--brokers", default="amqp,kafka")
+    ap.add_argument("--models-to-run", dest="names", default="mlp,digits")
+    ap.add_argument("--rates", default="200,1000,4000", help="offered requests/s, comma-separated")
+    ap.add_argument("--duration", type=float, default=10.0, help="seconds per run")
+    ap.add_argument(
+        "--idle", type=float, default=10.0, help="seconds of idle measurement (0: skip)"
+    )
+    ap.add_argument("--in-flight", type=int, default=256, help="requests in flight at saturation")
+    ap.add_argument("--baseline-ref", help="git revision to compare saturation against")
+    ap.add_argument("--models", type=Path, default=ROOT / ".cache" / "bench-models")
+    args = ap.parse_args()
+    args.rates = [int(r) for r in args.rates.split(",") if r]
+    from worker.zoo import build_all
+
+    build_all(args.models)
+    started: list[str] = []
+    ok = True
+    with tempfile.TemporaryDirectory() as tmp:
+        base_tree = _baseline_tree(args.baseline_ref, Path(tmp)) if args.baseline_ref else None
+        try:
+            for b in [x for x in args.brokers.split(",") if x]:
+                name, var = {
+                    "amqp": ("rabbitmq", "FLEET_TEST_AMQP_URL"),
+                    "kafka": ("kafka", "FLEET_TEST_KAFKA_URL"),
+                }[b]
+                url = _service(name, var, started)
+                for model in [m for m in args.names.split(",") if m]:
+                    res = measure(ROOT, url, model, args)
+                    base = measure(base_tree, url, model, args) if base_tree else None
+                    ok &= report(
+                        f"{model} over {b}, one worker, {os.cpu_count()} CPUs", b, res, base
+                    )
+        finally:
+            for name in started:
+                subprocess.run(["bash", str(ROOT / "scripts" / f"{name}.sh"), "stop"], check=False)
+            if base_tree is not None:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
+                    check=False,
+                )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
