@@ -70,6 +70,9 @@ _HAND_BACK_TRIES = 3
 REVOKE_GRACE = 1.0  # seconds a revoke waits for in-flight records to be acked
 DRAIN_TIMEOUT = 30.0  # seconds a cancelled consumer stays in its group for late acks
 POLL_MS = 200
+# How long one getmany waits for records. Records end the wait at once and
+# stopping cancels it, so a long wait costs nothing but idle wake-ups saved.
+FETCH_POLL_MS = 1000
 # How long the broker holds an empty fetch. A record that arrives meanwhile
 # ends the wait at once (fetch.min.bytes is 1), so this costs no latency; a
 # short hold only wakes an idle consumer more often.
@@ -460,7 +463,7 @@ class GroupConsumer(Consumer):
                 if paused:
                     kafka.resume(*paused)
                 room = self.prefetch - self.outstanding
-                batch = await kafka.getmany(timeout_ms=POLL_MS, max_records=room)
+                batch = await kafka.getmany(timeout_ms=FETCH_POLL_MS, max_records=room)
                 for tp, records in batch.items():
                     if records and self._held:  # paused during the fetch: read them later
                         kafka.seek(tp, records[0].offset)
@@ -681,7 +684,7 @@ class TailConsumer(Consumer):
     async def _run(self) -> None:
         while not self._closed:
             try:
-                batch = await self._kafka.getmany(timeout_ms=POLL_MS)
+                batch = await self._kafka.getmany(timeout_ms=FETCH_POLL_MS)
             except asyncio.CancelledError:
                 raise
             except ConsumerStoppedError:
