@@ -13,6 +13,7 @@
     ├── Unavailable                 UNAVAILABLE       yes  (broker or worker unreachable)
     ├── Internal                    INTERNAL          no
     └── ConfigError                 CONFIG            no   (bad settings or model config)
+        └── AuthenticationFailed    CONFIG            no   (credentials or certificate refused)
 
 Every error has a stable ``code`` (what travels on the wire in a reply) and a
 ``retriable`` flag. Library errors (aio-pika, aiokafka, onnxruntime, boto3) are
@@ -108,6 +109,12 @@ class ConfigError(FleetError):
     code = ErrorCode.CONFIG
 
 
+class AuthenticationFailed(ConfigError):
+    """The broker refused the credentials, or one side refused the other's
+    certificate (an untrusted CA, a name that does not match). Retrying with the
+    same settings cannot succeed, so it is raised at connect, not retried."""
+
+
 _BY_CODE: dict[ErrorCode, type[FleetError]] = {
     ErrorCode.INTERNAL: Internal,
     ErrorCode.INVALID_ARGUMENT: InvalidArgument,
@@ -130,6 +137,7 @@ def error_from_code(code: int, message: str, retriable: bool) -> FleetError:
 
 
 __all__ = [
+    "AuthenticationFailed",
     "ConfigError",
     "DeadlineExceeded",
     "DecodeError",

@@ -54,6 +54,18 @@ start_service rabbitmq FLEET_TEST_AMQP_URL FLEET_TEST_AMQP_RESTART
 start_service kafka FLEET_TEST_KAFKA_URL FLEET_TEST_KAFKA_RESTART
 start_service moto FLEET_TEST_AWS_URL
 
+# The TLS and SASL listeners of the brokers started here (the tls tier): each
+# script's tls-env prints VAR=value lines; a variable already set wins.
+for svc in "${started[@]}"; do
+    [[ $svc == moto ]] && continue
+    while IFS= read -r line; do
+        [[ $line == FLEET_TEST_*=* ]] || continue
+        var=${line%%=*}
+        [[ -n "${!var:-}" ]] && continue
+        export "${line?}"
+    done < <(bash "scripts/${svc}.sh" tls-env)
+done
+
 say "lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
