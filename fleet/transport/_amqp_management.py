@@ -66,7 +66,9 @@ class ManagementApi:
             if self.certfile:
                 context.load_cert_chain(self.certfile, self.keyfile)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"management API TLS settings: {exc}") from None
+            files = {"cafile": self.cafile, "certfile": self.certfile, "keyfile": self.keyfile}
+            named = ", ".join(f"{k}={v}" for k, v in files.items() if v)
+            raise ConfigError(f"management API TLS settings ({named}): {exc}") from None
         return context
 
 

@@ -21,19 +21,34 @@ settling it once the channel is gone is a no-op (the broker redelivers).
 Errors: a publish the broker returns (no such queue) is :class:`ModelNotFound`,
 one it nacks (full queue) :class:`Overloaded`, a timeout or a lost connection
 :class:`Unavailable`, a declaration that clashes with an existing queue
-:class:`ConfigError`. ``depth`` reads in-flight counts from the management API
+:class:`ConfigError`, and so is a name the user's permissions do not cover.
+At connect, a login the broker refuses (``ACCESS_REFUSED``), a broker
+certificate we do not trust and a client certificate the broker refuses are
+:class:`AuthenticationFailed`, a TLS handshake with something that is no TLS
+listener a :class:`ConfigError`: none of them is retried.
+
+``depth`` reads in-flight counts from the management API
 (``?management_url=`` in the URL, else ``$FLEET_MANAGEMENT_URL``, else
 ``http://host:15672`` for ``amqp://`` and ``https://host:15671`` for
 ``amqps://``, with credentials of its own where given: see
 :mod:`fleet.transport._amqp_management`); without it ``in_flight`` is ``None``.
+
+TLS: ``amqps://`` takes aiormq's URL parameters ``cafile`` (else the system's
+CAs), ``capath``, ``cadata`` (base64 DER), ``certfile``/``keyfile`` (a client
+certificate: mutual TLS; with ``auth=EXTERNAL`` it is the login, no password)
+and ``no_verify_ssl=1``. The context is made here at every connect, so that a
+file that cannot be read is a :class:`ConfigError`, not a connection retried.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
+import ssl
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from base64 import b64decode
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
@@ -53,10 +68,24 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
+from aiormq.exceptions import (
+    AuthenticationError,
+    ChannelAccessRefused,
+    IncompatibleProtocolError,
+    ProbableAuthenticationError,
+)
 
 from fleet.contract import Priority
-from fleet.errors import ConfigError, FleetError, ModelNotFound, Overloaded, Unavailable
+from fleet.errors import (
+    AuthenticationFailed,
+    ConfigError,
+    FleetError,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
 from fleet.logging import get_logger
+from fleet.redact import redact_url
 from fleet.transport._amqp_consumer import (
     AmqpDelivery,
     Declare,
@@ -98,6 +127,14 @@ _AMQP_QUERY = frozenset(
     {"heartbeat", "name", "auth", "cafile", "capath", "cadata", "keyfile", "certfile"}
     | {"no_verify_ssl"}
 )
+_CERTIFICATE_ALERT = re.compile(
+    r"ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_\w+|UNSUPPORTED_CERTIFICATE|ACCESS_DENIED)"
+)
+"""TLS alerts a server sends when it refuses the client's certificate."""
+_CUT_SHORT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+"""A handshake cut short: a broker going away, retried like any lost connection."""
+_RESET = (ConnectionResetError, BrokenPipeError, EOFError, IncompatibleProtocolError)
+_DIAGNOSE_TIMEOUT = 2.0  # seconds for the second look at a reset with a client certificate
 _MANAGEMENT_TIMEOUT = 1.0  # seconds per management API call
 _MANAGEMENT_RETRY = 30.0  # seconds to leave an unreachable management API alone
 
@@ -128,6 +165,74 @@ def work_queue_arguments(options: TransportOptions) -> dict[str, Any]:
     }
 
 
+def tls_context(query: Mapping[str, str]) -> ssl.SSLContext:
+    """The TLS context of an ``amqps://`` URL's parameters (``cafile``,
+    ``capath``, ``cadata``, ``certfile``/``keyfile``, ``no_verify_ssl``), as
+    aiormq would make it; a file that cannot be read or used is a
+    :class:`ConfigError` that names it."""
+    files = {k: query[k] for k in ("cafile", "capath", "certfile", "keyfile") if query.get(k)}
+    try:
+        cadata = query.get("cadata")
+        context = ssl.create_default_context(
+            cafile=files.get("cafile"),
+            capath=files.get("capath"),
+            cadata=b64decode(cadata) if cadata else None,
+        )
+        if "certfile" in files:
+            context.load_cert_chain(files["certfile"], files.get("keyfile"))
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        named = ", ".join(f"{k}={v}" for k, v in files.items()) or "the system's CAs"
+        raise ConfigError(f"amqps:// TLS settings ({named}): {exc}") from None
+    if query.get("no_verify_ssl", "0") != "0":
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and every error it was raised from or while handling."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def connect_refusal(exc: BaseException, where: str) -> ConfigError | None:
+    """What a failed connect means when retrying it cannot help: the broker
+    refused the login (:class:`AuthenticationFailed`), one side refused the
+    other's certificate (:class:`AuthenticationFailed`), or the port speaks no
+    TLS (:class:`ConfigError`). ``None``: something else (a broker down).
+    ``where`` names the broker, its password redacted."""
+    for err in _causes(exc):
+        if isinstance(err, ProbableAuthenticationError):
+            reply = err.args[0] if err.args else "ACCESS_REFUSED"
+            return AuthenticationFailed(f"{where} refused the login: {reply}")
+        if isinstance(err, AuthenticationError):
+            offered = err.args[0] if err.args else "?"
+            return AuthenticationFailed(
+                f"{where} does not offer the login mechanism ?auth= asks for; it offers {offered}"
+            )
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return AuthenticationFailed(
+                f"{where}: its TLS certificate is not trusted ({err.verify_message});"
+                " ?cafile= names the CA that signed it"
+            )
+        if isinstance(err, ssl.SSLError) and not isinstance(err, _CUT_SHORT):
+            reason = err.reason or str(err)
+            if _CERTIFICATE_ALERT.search(reason):
+                return AuthenticationFailed(
+                    f"{where} refused our client certificate ({reason}): ?certfile= must be"
+                    " signed by a CA the broker trusts"
+                )
+            return ConfigError(
+                f"{where}: the TLS handshake failed ({reason}); is that port RabbitMQ's TLS"
+                " listener (5671 by default), not its amqp:// one?"
+            )
+    return None
+
+
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Library errors become fleet errors here."""
@@ -139,6 +244,8 @@ def _translated(what: str) -> Iterator[None]:
         raise ConfigError(f"{what}: declared elsewhere with other arguments ({exc})") from exc
     except ChannelNotFoundEntity as exc:
         raise ModelNotFound(f"{what}: {exc}") from exc
+    except ChannelAccessRefused as exc:
+        raise ConfigError(f"{what}: the user's permissions do not allow it ({exc})") from exc
     except CONNECTION_EXCEPTIONS as exc:  # includes TimeoutError (an OSError)
         raise Unavailable(f"{what}: {exc!r}") from exc
 
@@ -155,6 +262,9 @@ class AmqpTransport(Transport):
         self._safe_url = urlunsplit(
             parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         )
+        # the user stays, the password is masked: who was refused
+        self._login_url = redact_url(urlunsplit(parts._replace(query="", fragment="")))
+        self._tls_query = dict(parse_qsl(parts.query)) if parts.scheme == "amqps" else None
         self._vhost = unquote(parts.path.strip("/")) or "/"
         self._management_api = management_api(url, self.options.management_url)
         self._management = self._management_api.base
@@ -181,12 +291,52 @@ class AmqpTransport(Transport):
         if self.connected:
             return
         self._closing = False
-        with _translated(f"connect to RabbitMQ at {self._safe_url}"):
-            await self._open()
+        try:
+            with _translated(f"connect to RabbitMQ at {self._safe_url}"):
+                await self._open()
+        except Unavailable as exc:
+            where = f"RabbitMQ at {self._login_url}"
+            refusal = connect_refusal(exc, where)
+            if refusal is None and any(isinstance(e, _RESET) for e in _causes(exc)):
+                refusal = await self._diagnose(where)
+            if refusal is not None:
+                raise refusal from exc.__cause__
+            raise
+
+    async def _diagnose(self, where: str) -> ConfigError | None:
+        """A second look at a connection reset during connect, with a client
+        certificate: under TLS 1.3 the client's handshake is over before the
+        broker checks that certificate, and the reset our first bytes cause
+        can overtake the broker's refusal (an alert). So: handshake once
+        more, send nothing, read; a refusal comes back as that alert."""
+        query = self._tls_query
+        if query is None or not query.get("certfile"):
+            return None
+        parts = urlsplit(self._amqp_url)
+        writer: asyncio.StreamWriter | None = None
+        try:
+            async with asyncio.timeout(min(self.options.publish_timeout, _DIAGNOSE_TIMEOUT)):
+                reader, writer = await asyncio.open_connection(
+                    parts.hostname, parts.port or 5671, ssl=tls_context(query)
+                )
+                await reader.read(1)
+        except ssl.SSLError as exc:
+            return connect_refusal(exc, where)
+        except (OSError, TimeoutError):
+            return None  # not a refusal: the broker's own trouble, retried
+        finally:
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    await writer.wait_closed()
+        return None
 
     async def _open(self) -> None:
         """Connect, declare the topology, start every subscription: all or nothing."""
-        conn = await aio_pika.connect(self._amqp_url, timeout=self.options.publish_timeout)
+        context = None if self._tls_query is None else tls_context(self._tls_query)
+        conn = await aio_pika.connect(
+            self._amqp_url, timeout=self.options.publish_timeout, ssl_context=context
+        )
         try:
             publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
             await self._declare_topology(publisher)
@@ -222,7 +372,14 @@ class AmqpTransport(Transport):
                 attempt += 1
                 try:
                     await self._open()
+                except ConfigError as exc:  # TLS files that cannot be read (any more)
+                    log.warning("reconnection attempt failed", attempt=attempt, error=exc.message)
+                    continue
                 except CONNECTION_EXCEPTIONS as exc:
+                    refusal = connect_refusal(exc, f"RabbitMQ at {self._login_url}")
+                    if refusal is not None:  # settings changed under us: say so every time
+                        log.warning("reconnection refused", attempt=attempt, error=refusal.message)
+                        continue
                     level = log.info if attempt == 1 else log.debug
                     level("reconnection attempt failed", attempt=attempt, error=repr(exc))
                     continue
@@ -537,4 +694,12 @@ SPEC = TransportSpec(
     url_params=_AMQP_QUERY,
 )
 
-__all__ = ["DLX", "SPEC", "AmqpOptions", "AmqpTransport", "work_queue_arguments"]
+__all__ = [
+    "DLX",
+    "SPEC",
+    "AmqpOptions",
+    "AmqpTransport",
+    "connect_refusal",
+    "tls_context",
+    "work_queue_arguments",
+]
