@@ -46,10 +46,11 @@ CERT_USER=fleet # the CN of scripts/tls.sh's client certificate
 # (fleet/transport/base.py, amqp.py): work queues fleet.<model>.<online|batch>, the
 # dead letters and their exchange fleet.dlx, the heartbeats exchange and its
 # per-subscriber queues, the reply inboxes. Writing is publishing (to the default
-# exchange, amq.default, and to the heartbeats) and binding a queue (the dead
-# letters, a heartbeat queue).
+# exchange, amq.default, and to the heartbeats), binding a queue (the dead
+# letters, a heartbeat queue) and naming fleet.dlx as a work queue's dead-letter
+# exchange.
 FLEET_NAMES='^fleet\.([A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(online|batch)|dlx|dead-letter|heartbeats|heartbeats\.[0-9a-f]{32}|inbox\.[0-9a-f]{32})$'
-FLEET_WRITE='^(amq\.default|fleet\.heartbeats|fleet\.heartbeats\.[0-9a-f]{32}|fleet\.dead-letter)$'
+FLEET_WRITE='^(amq\.default|fleet\.(dlx|dead-letter|heartbeats|heartbeats\.[0-9a-f]{32}))$'
 URL="amqp://guest:guest@127.0.0.1:${PORT}/"
 if [[ "$MGMT_PORT" != 15672 ]]; then # the transport looks for it on 15672 otherwise
     URL="${URL}?management_url=http://127.0.0.1:${MGMT_PORT}"
