@@ -17,6 +17,16 @@
 # FLEET_KAFKA_PROXY_PORT (9095) instead of its own port: a TCP proxy on that
 # port (the chaos tier's fault proxy) then carries every connection a client
 # makes, not only the first.
+#
+# Secured listeners for the tls tier, with certificates from scripts/tls.sh
+# under .cache/kafka/tls: TLS on FLEET_KAFKA_SSL_PORT (9096; a client
+# certificate is required: mutual TLS), SASL over TLS on
+# FLEET_KAFKA_SASL_SSL_PORT (9097) and SASL without TLS on
+# FLEET_KAFKA_SASL_PORT (9098); SASL takes PLAIN, SCRAM-SHA-256 and
+# SCRAM-SHA-512 for the user "fleet", whose password is made once into
+# .cache/kafka/sasl-password.
+#   scripts/kafka.sh tls-env   print those listeners' URLs, the password and the
+#                              certificate directory as FLEET_TEST_*=value lines
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -33,6 +43,13 @@ PORT="${FLEET_KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${FLEET_KAFKA_CONTROLLER_PORT:-9093}"
 PROXIED_PORT="${FLEET_KAFKA_PROXIED_PORT:-9094}"
 PROXY_PORT="${FLEET_KAFKA_PROXY_PORT:-9095}"
+SSL_PORT="${FLEET_KAFKA_SSL_PORT:-9096}"
+SASL_SSL_PORT="${FLEET_KAFKA_SASL_SSL_PORT:-9097}"
+SASL_PORT="${FLEET_KAFKA_SASL_PORT:-9098}"
+TLS_DIR="$CACHE/tls"
+SASL_USER=fleet
+SASL_PASSWORD_FILE="$CACHE/sasl-password"
+SCRAM_MARK="$DATA/fleet-scram-users"
 HEAP="${FLEET_KAFKA_HEAP:-512m}"
 START_TIMEOUT=90
 STOP_TIMEOUT=60
@@ -68,18 +85,47 @@ fetch_jars() {
     mv "$LIBS.partial" "$LIBS"
 }
 
+sasl_password() {
+    if [[ ! -s "$SASL_PASSWORD_FILE" ]]; then
+        (
+            umask 077
+            od -An -N18 -tx1 /dev/urandom | tr -d ' \n' >"$SASL_PASSWORD_FILE"
+        )
+    fi
+    cat "$SASL_PASSWORD_FILE"
+}
+
 write_config() {
     mkdir -p "$DATA"
+    bash "$ROOT/scripts/tls.sh" "$TLS_DIR" >/dev/null
+    local password jaas_plain scram
+    password="$(sasl_password)"
+    jaas_plain="org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER=\"$password\";"
+    scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    (umask 077 && : >"$CONFIG") # it holds the PLAIN password
     cat >"$CONFIG" <<EOF
 # written by scripts/kafka.sh; edits are overwritten on start
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXIED_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXY_PORT
+listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXIED_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT,SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$PORT,PROXIED://127.0.0.1:$PROXY_PORT,SSL://127.0.0.1:$SSL_PORT,SASL_SSL://127.0.0.1:$SASL_SSL_PORT,SASL_PLAINTEXT://127.0.0.1:$SASL_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,PROXIED:PLAINTEXT,SSL:SSL,SASL_SSL:SASL_SSL,SASL_PLAINTEXT:SASL_PLAINTEXT
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/server-bundle.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+ssl.client.auth=none
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=$jaas_plain
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas_plain
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=$scram
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=$scram
 log.dirs=$DATA
 num.network.threads=2
 num.io.threads=4
@@ -124,8 +170,14 @@ format_storage() {
         printf '%s\n' "$cluster_id" >"$CLUSTER_ID_FILE"
     fi
     say "formatting $DATA (cluster $cluster_id)"
+    local password mechanism scram=()
+    password="$(sasl_password)"
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+        scram+=(--add-scram "$mechanism=[name=$SASL_USER,password=$password]")
+    done
     java "${opts[@]}" -cp "$(classpath)" kafka.tools.StorageTool format \
-        -t "$cluster_id" -c "$CONFIG" --ignore-formatted >/dev/null
+        -t "$cluster_id" -c "$CONFIG" --ignore-formatted "${scram[@]}" >/dev/null
+    touch "$SCRAM_MARK"
 }
 
 # -------------------------------------------------------------------- process
@@ -206,8 +258,39 @@ start() {
         ((SECONDS < deadline)) || die "broker did not answer within ${START_TIMEOUT}s; see $LOGFILE"
         sleep 0.5
     done
+    add_scram_users
     say "ready"
     printf 'kafka://127.0.0.1:%s\n' "$PORT"
+}
+
+# SCRAM credentials live in the cluster's metadata: a new data directory gets
+# them when it is formatted; one formatted before has them added once here.
+add_scram_users() {
+    [[ -f "$SCRAM_MARK" ]] && return
+    local password opts mechanism
+    password="$(sasl_password)"
+    mapfile -t opts < <(java_opts)
+    say "adding SCRAM credentials for user $SASL_USER"
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do # one per request
+        java "${opts[@]}" -cp "$(classpath)" kafka.admin.ConfigCommand \
+            --bootstrap-server "127.0.0.1:$PORT" --alter --entity-type users \
+            --entity-name "$SASL_USER" --add-config "$mechanism=[password=$password]" \
+            >/dev/null || die "could not add SCRAM credentials; see $LOGFILE"
+    done
+    touch "$SCRAM_MARK"
+}
+
+tls_env() {
+    broker_pid >/dev/null || die "not running"
+    local password ca="$TLS_DIR/ca.pem"
+    password="$(sasl_password)"
+    printf '%s\n' \
+        "FLEET_TEST_TLS_DIR=$TLS_DIR" \
+        "FLEET_TEST_KAFKA_SSL_URL=kafka+ssl://127.0.0.1:$SSL_PORT/?cafile=$ca&certfile=$TLS_DIR/client.pem&keyfile=$TLS_DIR/client.key" \
+        "FLEET_TEST_KAFKA_SASL_SSL_URL=kafka+sasl+ssl://$SASL_USER@127.0.0.1:$SASL_SSL_PORT/?cafile=$ca&sasl_mechanism=SCRAM-SHA-512" \
+        "FLEET_TEST_KAFKA_SASL_SSL_URL_PASSWORD=$password" \
+        "FLEET_TEST_KAFKA_SASL_URL=kafka+sasl://$SASL_USER@127.0.0.1:$SASL_PORT/?sasl_mechanism=PLAIN" \
+        "FLEET_TEST_KAFKA_SASL_URL_PASSWORD=$password"
 }
 
 stop() {
@@ -254,5 +337,6 @@ case "${1:-}" in
         start
         ;;
     status) status ;;
-    *) die "usage: $0 start|stop|restart|status" ;;
+    tls-env) tls_env ;;
+    *) die "usage: $0 start|stop|restart|status|tls-env" ;;
 esac

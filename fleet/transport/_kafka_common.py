@@ -26,6 +26,10 @@ class ConsumerHost(Protocol):
     def bootstrap(self) -> list[str]: ...
 
     @property
+    def client_options(self) -> dict[str, Any]:
+        """The servers and security settings every aiokafka client is built with."""
+
+    @property
     def client_id(self) -> str: ...
 
     @property

@@ -268,7 +268,7 @@ class GroupConsumer(Consumer):
     ) -> None:
         session_ms = int(session_timeout * 1000)
         self._kafka = AIOKafkaConsumer(
-            bootstrap_servers=self.transport.bootstrap,
+            **self.transport.client_options,
             client_id=f"{self.transport.client_id}-{self.topic}",
             group_id=self.group,
             enable_auto_commit=False,
@@ -649,7 +649,7 @@ class TailConsumer(Consumer):
 
     async def start(self, partitions: Sequence[int]) -> None:
         self._kafka = AIOKafkaConsumer(
-            bootstrap_servers=self.transport.bootstrap,
+            **self.transport.client_options,
             client_id=f"{self.transport.client_id}-tail",
             group_id=None,
             enable_auto_commit=False,

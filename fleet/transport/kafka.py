@@ -1,5 +1,8 @@
 """``kafka://host:port[,host:port]``: the transport on Apache Kafka (aiokafka).
 
+``kafka+ssl://``, ``kafka+sasl+ssl://`` and ``kafka+sasl://`` connect with TLS,
+SASL or both (see :mod:`fleet.transport._kafka_security`).
+
 Topics. ``fleet.<model>.online`` and ``fleet.<model>.batch`` with
 ``options.partitions`` partitions each, created by ``declare_model`` (and by
 ``consume``); ``fleet.dead-letter`` and ``fleet.heartbeats`` with one partition,
@@ -97,6 +100,7 @@ from aiokafka.errors import (
 from fleet.contract import Priority
 from fleet.errors import ConfigError, LimitExceeded, ModelNotFound, Overloaded, Unavailable
 from fleet.logging import get_logger
+from fleet.redact import redact_url
 from fleet.transport._kafka_common import (
     ATTEMPT_HEADER,
     attempt_headers,
@@ -104,6 +108,7 @@ from fleet.transport._kafka_common import (
     parse_attempts,
 )
 from fleet.transport._kafka_consumer import GroupConsumer, TailConsumer
+from fleet.transport._kafka_security import PROTOCOLS, URL_PARAMS, KafkaSecurity, diagnose
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
     DEAD_LETTER,
@@ -180,9 +185,14 @@ class KafkaTransport(Transport, ProduceRateReader):
     def __init__(self, url: str, options: TransportOptions) -> None:
         super().__init__(url, KafkaOptions.extend(options))
         parts = urlsplit(url)
-        if parts.scheme != "kafka" or not parts.netloc:
-            raise ConfigError(f"Kafka URL {url!r} must look like kafka://host:port[,host:port]")
-        self.bootstrap: list[str] = [h for h in parts.netloc.split(",") if h]
+        hosts = parts.netloc.rpartition("@")[2]
+        if parts.scheme not in PROTOCOLS or not hosts:
+            raise ConfigError(
+                f"Kafka URL {redact_url(url)!r} must look like kafka://host:port[,host:port]"
+                " (or kafka+ssl://, kafka+sasl+ssl://, kafka+sasl://)"
+            )
+        self.security = KafkaSecurity.from_url(url)
+        self.bootstrap: list[str] = [h for h in hosts.split(",") if h]
         self.client_id = f"fleet-{uuid.uuid4().hex[:8]}"
         self._admin: Any = None
         self._producer: Any = None
@@ -208,6 +218,12 @@ class KafkaTransport(Transport, ProduceRateReader):
         return self._connected
 
     @property
+    def client_options(self) -> dict[str, Any]:
+        """The servers and security settings every aiokafka client of this
+        transport is built with."""
+        return {"bootstrap_servers": self.bootstrap, **self.security.client_kwargs()}
+
+    @property
     def max_message_bytes(self) -> int:
         return self.options.max_message_bytes
 
@@ -226,7 +242,7 @@ class KafkaTransport(Transport, ProduceRateReader):
             return
         self._closing = self._closed = False
         common: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
+            **self.client_options,
             "client_id": self.client_id,
             "request_timeout_ms": self._timeout_ms,
             "retry_backoff_ms": 100,
@@ -244,6 +260,7 @@ class KafkaTransport(Transport, ProduceRateReader):
         except BaseException as exc:
             await self._stop_clients()
             if isinstance(exc, (*_OFFSET_ERRORS, Unavailable)):
+                await diagnose(self.bootstrap[0], self.security)
                 where = ",".join(self.bootstrap)
                 raise Unavailable(f"Kafka at {where} unreachable: {exc!r}") from exc
             raise
@@ -702,7 +719,7 @@ class KafkaTransport(Transport, ProduceRateReader):
         partitions = await self._partitions(DEAD_LETTER) or [0]
         tps = [TopicPartition(DEAD_LETTER, p) for p in partitions]
         reader = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **self.client_options,
             client_id=f"{self.client_id}-dlq",
             group_id=DEAD_LETTER_READERS,
             enable_auto_commit=False,
@@ -736,6 +753,12 @@ class KafkaTransport(Transport, ProduceRateReader):
         return out
 
 
-SPEC = TransportSpec(name="kafka", schemes=("kafka",), options=KafkaOptions, factory=KafkaTransport)
+SPEC = TransportSpec(
+    name="kafka",
+    schemes=tuple(PROTOCOLS),
+    options=KafkaOptions,
+    factory=KafkaTransport,
+    url_params=URL_PARAMS,
+)
 
 __all__ = ["INBOX_PREFIX", "SPEC", "KafkaOptions", "KafkaTransport"]

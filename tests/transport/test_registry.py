@@ -4,6 +4,7 @@ None of these connects to a broker: ``connect`` only builds a transport."""
 
 from __future__ import annotations
 
+import re
 import sys
 import uuid
 from collections.abc import Iterator
@@ -45,8 +46,10 @@ def _with_query(url: str, query: str) -> str:
 
 # ---------------------------------------------------------------------- registry
 def test_every_built_in_scheme_is_registered() -> None:
-    assert {"memory", "amqp", "amqps", "kafka"} <= set(TRANSPORTS.names())
+    secured = {"kafka+ssl", "kafka+sasl", "kafka+sasl+ssl"}
+    assert {"memory", "amqp", "amqps", "kafka", *secured} <= set(TRANSPORTS.names())
     assert TRANSPORTS.get("amqps") is TRANSPORTS.get("amqp")
+    assert all(TRANSPORTS.get(s) is TRANSPORTS.get("kafka") for s in secured)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +67,8 @@ def test_connect_builds_the_transport_of_the_scheme(url: str, kind: type[Transpo
 
 @pytest.mark.parametrize("url", ["ftp://host/", "no-scheme-at-all", "memory:nothing"])
 def test_an_unknown_scheme_lists_the_known_ones(url: str) -> None:
-    with pytest.raises(ConfigError, match=r"known: amqp://, amqps://, kafka://, memory://"):
+    known = "amqp://, amqps://, kafka://, kafka+sasl://, kafka+sasl+ssl://, kafka+ssl://, memory://"
+    with pytest.raises(ConfigError, match=re.escape(f"known: {known}")):
         connect(url)
 
 

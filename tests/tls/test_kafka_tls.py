@@ -1,0 +1,98 @@
+"""Kafka over TLS and SASL, against the broker's secured listeners: requests
+answered through a worker on each listener, and every refusal (a wrong
+password, an untrusted broker certificate, no client certificate where one
+is required) a clear, non-retriable error at connect."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fleet.errors import AuthenticationFailed, ConfigError
+from fleet.transport import connect
+from producer import Client
+from tests.helpers import direct_onnx, rows, running_worker
+from tests.tls.conftest import tls_env
+
+pytestmark = [pytest.mark.tls, pytest.mark.kafka]
+
+
+def listener(name: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The URL of listener ``name`` (its password in FLEET_BROKER_PASSWORD)."""
+    url = tls_env(f"FLEET_TEST_KAFKA_{name}_URL")
+    if "@" in url:
+        monkeypatch.setenv(
+            "FLEET_BROKER_PASSWORD", tls_env(f"FLEET_TEST_KAFKA_{name}_URL_PASSWORD")
+        )
+    return url
+
+
+@pytest.mark.parametrize(
+    ("name", "mechanism"),
+    [
+        pytest.param("SSL", None, id="mutual-tls"),
+        pytest.param("SASL_SSL", "SCRAM-SHA-512", id="scram-sha-512-over-tls"),
+        pytest.param("SASL_SSL", "SCRAM-SHA-256", id="scram-sha-256-over-tls"),
+        pytest.param("SASL", "PLAIN", id="plain-on-loopback"),
+    ],
+)
+async def test_requests_are_answered_on_each_secured_listener(
+    name: str,
+    mechanism: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+    model_repo: Path,
+    unique_model: str,
+) -> None:
+    url = listener(name, monkeypatch)
+    if mechanism is not None:
+        url = url.replace(url[url.index("sasl_mechanism=") :], f"sasl_mechanism={mechanism}")
+    model = f"{unique_model}-digits"
+    x = rows(64, 6)
+    async with running_worker(url, model_repo), Client(url, timeout=20) as client:
+        got = await client.infer(model, {"input": x})
+    want = direct_onnx(model_repo / model, {"input": x})
+    np.testing.assert_array_equal(got["label"], want["label"])
+
+
+async def test_a_wrong_password_is_refused_at_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = listener("SASL_SSL", monkeypatch)
+    monkeypatch.setenv("FLEET_BROKER_PASSWORD", "not-the-password")
+    transport = connect(url)
+    with pytest.raises(AuthenticationFailed, match="refused the SASL SCRAM-SHA-512 login") as err:
+        await transport.connect()
+    assert not err.value.retriable
+    assert "not-the-password" not in str(err.value)
+    await transport.close()
+
+
+async def test_an_untrusted_broker_certificate_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tls_dir: Path
+) -> None:
+    url = listener("SSL", monkeypatch).replace(f"{tls_dir}/ca.pem", f"{tls_dir}/other-ca.pem")
+    assert "other-ca.pem" in url
+    transport = connect(url)
+    with pytest.raises(AuthenticationFailed, match="certificate is not trusted"):
+        await transport.connect()
+    await transport.close()
+
+
+async def test_mutual_tls_without_a_client_certificate_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    url = listener("SSL", monkeypatch)
+    without = url.split("&certfile=")[0]
+    assert "certfile" not in without and "cafile" in without
+    transport = connect(without)
+    with pytest.raises(AuthenticationFailed, match="client certificate"):
+        await transport.connect()
+    await transport.close()
+
+
+def test_tls_files_that_cannot_be_read_fail_before_connecting(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    url = listener("SSL", monkeypatch).split("?")[0] + f"?cafile={tmp_path}/none.pem"
+    with pytest.raises(ConfigError, match="Kafka TLS files"):
+        connect(url).security.client_kwargs()  # type: ignore[attr-defined]
