@@ -21,6 +21,7 @@ from fleetctl import (
     models_cmd,
     simulate_cmd,
     stop_before_start,
+    topology_cmd,
     worker_cmd,
 )
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cmd.add_commands(sub)
     autoscaler_cmd.add_commands(sub)
     simulate_cmd.add_commands(sub)
+    topology_cmd.add_commands(sub)
     return parser
 
 

@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import ssl
 import uuid
 from base64 import b64decode
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import aio_pika
@@ -98,10 +99,12 @@ from fleet.transport._amqp_management import management_api
 from fleet.transport.base import (
     DEAD_LETTER,
     HEARTBEATS,
+    REPLY_PREFIX,
     Consumer,
     Depth,
     OnBytes,
     OnDelivery,
+    Resource,
     Transport,
     TransportOptions,
     check_reply_address,
@@ -148,6 +151,18 @@ class AmqpOptions(TransportOptions):
     counts, with its own user (and password) where it has one (default:
     ``$FLEET_MANAGEMENT_URL``, else ``http://host:15672`` for ``amqp://`` and
     ``https://host:15671`` for ``amqps://``)."""
+    quorum_group_size: int | None = None
+    """Replicas of each new work queue (``x-quorum-initial-group-size``);
+    default: the broker's own (``quorum_queue.initial_cluster_size``, else
+    every node). Queues that exist keep theirs: RabbitMQ refuses to redeclare
+    a queue with another group size, so change it on a new fleet only."""
+
+    COUNTS: ClassVar[tuple[str, ...]] = TransportOptions.COUNTS
+
+    def __post_init__(self) -> None:
+        TransportOptions.__post_init__(self)
+        if self.quorum_group_size is not None and self.quorum_group_size < 1:
+            raise ConfigError("transport option quorum_group_size must be at least 1")
 
 
 def work_queue_arguments(options: TransportOptions) -> dict[str, Any]:
@@ -156,13 +171,17 @@ def work_queue_arguments(options: TransportOptions) -> dict[str, Any]:
     RabbitMQ counts both limits one past ours: a quorum queue accepts a publish
     while it holds at most ``x-max-length`` ready messages, and dead-letters a
     message once it has been returned more than ``x-delivery-limit`` times."""
-    return {
+    arguments: dict[str, Any] = {
         "x-queue-type": "quorum",
         "x-max-length": options.max_queue_length - 1,
         "x-overflow": "reject-publish",
         "x-delivery-limit": options.delivery_limit - 1,
         "x-dead-letter-exchange": DLX,
     }
+    group = getattr(options, "quorum_group_size", None)
+    if group is not None:
+        arguments["x-quorum-initial-group-size"] = group
+    return arguments
 
 
 def tls_context(query: Mapping[str, str]) -> ssl.SSLContext:
@@ -503,6 +522,28 @@ class AmqpTransport(Transport):
         for model, priority in sorted(self._queues):
             await self._declare_work(channel, queue_name(model, priority))
 
+    async def topology(self, models: Sequence[str]) -> list[Resource]:
+        work = work_queue_arguments(self.options)
+        inbox = f"{REPLY_PREFIX}<32 hex digits>"
+        return [
+            _exchange(DLX, "dead letters: where work queues send what they give up on"),
+            _queue(DEAD_LETTER, DEAD_LETTER_ARGUMENTS, "dead letters, oldest dropped past 10,000"),
+            _binding(DLX, DEAD_LETTER),
+            _exchange(HEARTBEATS, "worker heartbeats; each reader binds a queue of its own"),
+            *(
+                _queue(queue_name(m, p), work, f"{p.label} requests for {m}")
+                for m in models
+                for p in Priority
+            ),
+            Resource(
+                kind="queue",
+                name=inbox,
+                settings={"exclusive": "true", "auto_delete": "true"},
+                command="",
+                note="one per client process, exclusive to its connection: made by the client",
+            ),
+        ]
+
     async def _declare_work(self, channel: AbstractChannel, name: str) -> AbstractQueue:
         return await channel.declare_queue(
             name,
@@ -684,6 +725,37 @@ class AmqpTransport(Transport):
                 out.append(message.body)
                 await message.ack()
         return out
+
+
+def _exchange(name: str, note: str) -> Resource:
+    return Resource(
+        kind="exchange",
+        name=name,
+        settings={"type": "fanout", "durable": "true"},
+        command=f"rabbitmqadmin declare exchange name={name} type=fanout durable=true",
+        note=note,
+    )
+
+
+def _queue(name: str, arguments: Mapping[str, Any], note: str) -> Resource:
+    args = json.dumps(dict(arguments), separators=(",", ":"))
+    return Resource(
+        kind="queue",
+        name=name,
+        settings={"durable": "true", **{k: str(v) for k, v in arguments.items()}},
+        command=f"rabbitmqadmin declare queue name={name} durable=true arguments='{args}'",
+        note=note,
+    )
+
+
+def _binding(exchange: str, queue: str) -> Resource:
+    return Resource(
+        kind="binding",
+        name=f"{exchange} -> {queue}",
+        settings={},
+        command=f"rabbitmqadmin declare binding source={exchange} destination={queue}",
+        note=f"{exchange} delivers to {queue}",
+    )
 
 
 SPEC = TransportSpec(

@@ -37,7 +37,7 @@ import enum
 import inspect
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -224,6 +224,19 @@ class ProduceRateReader(abc.ABC):
         """Requests/s published for ``model`` lately; ``None`` if unknown."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resource:
+    """One thing the fleet creates on a broker (a topic, a queue, an exchange)
+    and the settings it creates it with: what ``fleet topology`` prints, so an
+    operator can create it beforehand instead."""
+
+    kind: str  # "topic", "queue", "exchange", "binding"
+    name: str
+    settings: dict[str, str]
+    command: str  # a shell command that creates it with the broker's own tools
+    note: str = ""
+
+
 _ROLE_OF_CAPABILITY: dict[Capability, type[object]] = {Capability.PRODUCE_RATE: ProduceRateReader}
 
 
@@ -276,6 +289,13 @@ class Transport(RequestPublisher, ReplyInbox, WorkConsumer, HeartbeatChannel, De
         :class:`~fleet.errors.LimitExceeded` before anything is sent."""
         return self.options.max_message_bytes
 
+    async def topology(self, models: Sequence[str]) -> list[Resource]:
+        """What the fleet creates on this broker for ``models``, each with the
+        settings it is created with (a connected transport: some settings,
+        such as Kafka's replication factor, follow the cluster's size). A
+        transport that creates nothing returns ``[]``."""
+        return []
+
     def add_reconnect_listener(self, listener: Listener) -> None:
         """Called after a lost connection is back, topology re-declared and
         consumers and inboxes restored."""
@@ -317,6 +337,7 @@ __all__ = [
     "ProduceRateReader",
     "ReplyInbox",
     "RequestPublisher",
+    "Resource",
     "Transport",
     "TransportOptions",
     "WorkConsumer",

@@ -85,6 +85,8 @@ from urllib.parse import urlsplit
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    InvalidReplicationFactorError,
     KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
@@ -93,6 +95,7 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     RequestTimedOutError,
     TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -120,6 +123,7 @@ from fleet.transport.base import (
     OnBytes,
     OnDelivery,
     ProduceRateReader,
+    Resource,
     Transport,
     TransportOptions,
     check_reply_address,
@@ -150,6 +154,9 @@ _JOIN_TIMEOUT = 15.0
 _FIRST_BYTE = b"1"
 _OFFSET_ERRORS = (KafkaError, OSError, TimeoutError)
 _CONNECTION_ERRORS = (KafkaConnectionError, NodeNotReadyError, OSError)
+_NOT_ALLOWED = (TopicAuthorizationFailedError.errno, ClusterAuthorizationFailedError.errno)
+"""Codes of a refused CreateTopics: fine where the topic exists already
+(created beforehand by an operator)."""
 _TIMEOUTS = (KafkaTimeoutError, RequestTimedOutError, TimeoutError)
 """A timed-out request fails that call only: a slow broker is not a lost one.
 Whether the broker is really gone is for a probe to say (see ``_check_soon``)."""
@@ -168,11 +175,34 @@ class KafkaOptions(TransportOptions):
     stay silent. 6 s is the lowest a broker allows by default
     (``group.min.session.timeout.ms``); set it lower where the broker allows
     it. Heartbeats go every sixth of it."""
+    replication_factor: int | None = None
+    """Copies of every topic the fleet creates; default ``min(3, brokers)``."""
+    min_insync_replicas: int | None = None
+    """Copies that must have a record before the broker confirms it (the
+    producer sends with ``acks=all``); default 2 where the replication factor
+    is 3 or more, else the broker's default."""
 
     def __post_init__(self) -> None:
         TransportOptions.__post_init__(self)
         if self.session_timeout < 0.5:
             raise ConfigError("transport option session_timeout must be at least 0.5 s")
+        for key in ("replication_factor", "min_insync_replicas"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"transport option {key} must be at least 1")
+        rf, isr = self.replication_factor, self.min_insync_replicas
+        if rf is not None and isr is not None and isr > rf:
+            raise ConfigError(
+                f"transport option min_insync_replicas={isr} is over replication_factor={rf}:"
+                " no write could ever be confirmed"
+            )
+
+    def replicas(self, brokers: int) -> tuple[int, int | None]:
+        """The replication factor and ``min.insync.replicas`` (None: the
+        broker's default) of the topics created on a cluster of ``brokers``."""
+        rf = self.replication_factor or max(1, min(3, brokers))
+        isr = self.min_insync_replicas or (2 if rf >= 3 else None)
+        return rf, isr
 
     COUNTS: ClassVar[tuple[str, ...]] = (*TransportOptions.COUNTS, "partitions", "max_lag")
 
@@ -212,6 +242,7 @@ class KafkaTransport(Transport, ProduceRateReader):
         self._rates: dict[str, tuple[float, int]] = {}
         self._known_committed: dict[TopicPartition, Any] = {}
         self._checker: asyncio.Task[None] | None = None
+        self._brokers = 1  # the cluster's size, as its metadata said at connect
 
     @property
     def connected(self) -> bool:
@@ -229,8 +260,13 @@ class KafkaTransport(Transport, ProduceRateReader):
 
     @property
     def _topic_config(self) -> dict[str, str]:
-        """Every topic's ``max.message.bytes``: what the producer may send."""
-        return {"max.message.bytes": str(self.options.max_message_bytes + RECORD_OVERHEAD)}
+        """Every topic's ``max.message.bytes`` (what the producer may send) and
+        ``min.insync.replicas``."""
+        config = {"max.message.bytes": str(self.options.max_message_bytes + RECORD_OVERHEAD)}
+        isr = self.options.replicas(self._brokers)[1]
+        if isr is not None:
+            config["min.insync.replicas"] = str(isr)
+        return config
 
     @property
     def _timeout_ms(self) -> int:
@@ -252,6 +288,7 @@ class KafkaTransport(Transport, ProduceRateReader):
             admin = AIOKafkaAdminClient(**common)
             await start_client(admin, self.options.publish_timeout, stop="close")
             self._admin = admin
+            self._brokers = max(1, len(admin._client.cluster.brokers()))
             self._producer = await self._new_producer()
             offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
             await start_client(offsets, self.options.publish_timeout)
@@ -378,8 +415,9 @@ class KafkaTransport(Transport, ProduceRateReader):
     async def _create_topics(
         self, topics: dict[str, int], configs: dict[str, str] | None = None
     ) -> None:
+        rf = self.options.replicas(self._brokers)[0]
         new = [
-            NewTopic(name, n, 1, topic_configs=dict(configs or {})) for name, n in topics.items()
+            NewTopic(name, n, rf, topic_configs=dict(configs or {})) for name, n in topics.items()
         ]
         resp = await self._call("create topics", self._admin.create_topics(new))
         for entry in resp.topic_errors:
@@ -388,8 +426,18 @@ class KafkaTransport(Transport, ProduceRateReader):
                 self._partitions_cache[name] = list(range(topics[name]))
             elif code == TopicAlreadyExistsError.errno:
                 pass  # it keeps the partitions it has; metadata will tell
-            else:
+            elif code == InvalidReplicationFactorError.errno:
+                raise ConfigError(
+                    f"cannot create topic {name!r} with {rf} replicas on {self._brokers}"
+                    " broker(s): lower the transport option replication_factor"
+                )
+            elif code not in _NOT_ALLOWED:
                 raise Unavailable(f"could not create topic {name!r}: {for_code(code).__name__}")
+            elif await self._partitions(name, fresh=True) is None:
+                raise ConfigError(
+                    f"not allowed to create topic {name!r}: grant CreateTopics, or create it"
+                    " beforehand (`fleet topology` prints how)"
+                )
 
     async def _partitions(self, topic: str, *, fresh: bool = False) -> list[int] | None:
         """The topic's partition ids, or None if there is no such topic."""
@@ -416,6 +464,42 @@ class KafkaTransport(Transport, ProduceRateReader):
             if loop.time() > end:
                 raise Unavailable(f"topics {topics} have no partition leaders yet")
             await asyncio.sleep(0.1)
+
+    async def topology(self, models: Sequence[str]) -> list[Resource]:
+        self._check_open()
+        common = self._topic_config
+        topics = [
+            (DEAD_LETTER, 1, common, "dead letters"),
+            (HEARTBEATS, 1, common, "worker heartbeats"),
+            *(
+                (queue_name(m, p), self.options.partitions, common, f"{p.label} requests for {m}")
+                for m in models
+                for p in Priority
+            ),
+            (
+                f"{INBOX_PREFIX}<32 hex digits>",
+                1,
+                self._inbox_config,
+                "one per client process: created when it starts, deleted when it closes",
+            ),
+        ]
+        return [self._topic_resource(*t) for t in topics]
+
+    def _topic_resource(
+        self, name: str, partitions: int, config: dict[str, str], note: str
+    ) -> Resource:
+        rf = self.options.replicas(self._brokers)[0]
+        settings = {"partitions": str(partitions), "replication.factor": str(rf), **config}
+        command = [
+            "kafka-topics.sh",
+            f"--bootstrap-server {','.join(self.bootstrap)}",
+            f"--create --topic {name}",
+            f"--partitions {partitions} --replication-factor {rf}",
+            *(f"--config {k}={v}" for k, v in config.items()),
+        ]
+        return Resource(
+            kind="topic", name=name, settings=settings, command=" ".join(command), note=note
+        )
 
     async def _has_leaders(self, topic: str) -> bool:
         meta = await self._call("metadata", self._admin.describe_topics([topic]))
