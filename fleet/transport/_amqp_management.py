@@ -11,7 +11,8 @@
   user) the broker URL's, else ``guest``. A user of its own named without a
   password from any of these is a :class:`~fleet.errors.ConfigError`.
 - TLS: an ``https://`` API is verified against the broker URL's ``cafile``
-  (else the system's CAs) and shown the broker URL's client certificate
+  (else the system's CAs), not at all where the broker URL says
+  ``no_verify_ssl=1``, and shown the broker URL's client certificate
   (``certfile``/``keyfile``) where it has one.
 
 The credentials travel in a header, never in the URL, and the ``repr`` shows
@@ -45,6 +46,7 @@ class ManagementApi:
     cafile: str | None = None
     certfile: str | None = None
     keyfile: str | None = None
+    verify: bool = True
 
     def __repr__(self) -> str:
         return f"ManagementApi(base={self.base!r}, username={self.username!r}, password={MASK!r})"
@@ -56,10 +58,13 @@ class ManagementApi:
         return {"Authorization": f"Basic {token}"}
 
     def ssl_context(self) -> ssl.SSLContext | None:
-        """TLS settings for an ``https://`` API with a CA file or a client
-        certificate; ``None``: the library's default (the system's CAs). A file
-        that cannot be read or used is a :class:`ConfigError`."""
-        if not self.base.startswith("https://") or not (self.cafile or self.certfile):
+        """TLS settings for an ``https://`` API with a CA file, a client
+        certificate or no verification; ``None``: the library's default (the
+        system's CAs). A file that cannot be read or used is a
+        :class:`ConfigError`."""
+        if not self.base.startswith("https://") or not (
+            self.cafile or self.certfile or not self.verify
+        ):
             return None
         try:
             context = ssl.create_default_context(cafile=self.cafile)
@@ -69,6 +74,9 @@ class ManagementApi:
             files = {"cafile": self.cafile, "certfile": self.certfile, "keyfile": self.keyfile}
             named = ", ".join(f"{k}={v}" for k, v in files.items() if v)
             raise ConfigError(f"management API TLS settings ({named}): {exc}") from None
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
         return context
 
 
@@ -104,6 +112,7 @@ def management_api(
         cafile=query.get("cafile"),
         certfile=query.get("certfile"),
         keyfile=query.get("keyfile"),
+        verify=query.get("no_verify_ssl", "0") == "0",
     )
 
 
