@@ -7,9 +7,11 @@
 #
 # Services: a URL in the environment wins (FLEET_TEST_AMQP_URL,
 # FLEET_TEST_KAFKA_URL, FLEET_TEST_AWS_URL; a broker you bring yourself, for
-# example a container). Otherwise local servers are started on loopback by
-# scripts/rabbitmq.sh (RabbitMQ from apt), scripts/kafka.sh (Apache Kafka jars
-# from Maven Central, KRaft mode) and scripts/moto.sh (moto's AWS server).
+# example a container). Otherwise, when a Docker engine answers, testcontainers
+# starts each in a container (tests/services.py); else local servers are started
+# on loopback by scripts/rabbitmq.sh (RabbitMQ from apt), scripts/kafka.sh
+# (Apache Kafka jars from Maven Central, KRaft mode) and scripts/moto.sh (moto's
+# AWS server).
 # Under CI=true a tier whose service is missing fails; it is never skipped.
 set -euo pipefail
 
@@ -17,6 +19,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 started=()
+containers=()
 
 say() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -24,6 +27,10 @@ cleanup() {
     local rc=$?
     for svc in "${started[@]}"; do
         bash "scripts/${svc}.sh" stop >/dev/null 2>&1 || echo "could not stop ${svc}" >&2
+    done
+    for svc in "${containers[@]}"; do
+        .venv/bin/python -m tests.services stop "$svc" >/dev/null 2>&1 ||
+            echo "could not remove the ${svc} container" >&2
     done
     exit "$rc"
 }
@@ -38,6 +45,19 @@ start_service() { # name env-var restart-env-var
     local name=$1 var=$2 restart_var=${3:-}
     if [[ -n "${!var:-}" ]]; then
         say "$name: using $var from the environment"
+        return
+    fi
+    local from
+    from=$(.venv/bin/python -m tests.services choose "$name")
+    if [[ $from == container ]]; then
+        say "$name: starting a container (a Docker engine answers)"
+        local url
+        url=$(.venv/bin/python -m tests.services start "$name" | tail -n 1)
+        containers+=("$name")
+        export "$var=$url"
+        if [[ -n "$restart_var" ]]; then
+            export "$restart_var=cd $ROOT && .venv/bin/python -m tests.services restart $name"
+        fi
         return
     fi
     say "$name: starting a local server"
