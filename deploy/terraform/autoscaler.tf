@@ -54,11 +54,12 @@ resource "aws_launch_template" "autoscaler" {
 
   user_data = base64encode(templatefile("${path.module}/templates/autoscaler-user-data.sh.tftpl", {
     run_script = templatefile("${path.module}/templates/autoscaler-run.sh.tftpl", {
-      region         = local.region
-      parameter_path = local.autoscaler_parameter_path
-      config_name    = local.autoscaler_config_name
-      image          = var.autoscaler_image
-      log_group      = aws_cloudwatch_log_group.autoscaler.name
+      region              = local.region
+      parameter_path      = local.autoscaler_parameter_path
+      file_parameter_path = local.autoscaler_file_parameter_path
+      config_name         = local.autoscaler_config_name
+      image               = var.autoscaler_image
+      log_group           = aws_cloudwatch_log_group.autoscaler.name
     })
   }))
 
@@ -105,7 +106,9 @@ resource "aws_autoscaling_group" "autoscaler" {
   # The configuration and the permission to read it exist before the first boot.
   depends_on = [
     aws_iam_role_policy.autoscaler,
+    aws_iam_role_policy.autoscaler_kafka,
     aws_ssm_parameter.autoscaler_env,
     aws_ssm_parameter.autoscaler_config,
+    aws_ssm_parameter.autoscaler_broker_password,
   ]
 }

@@ -1,44 +1,91 @@
 # Optional managed broker, chosen with var.broker:
 #   "external"  bring your own (var.broker_url); nothing is created here
-#   "rabbitmq"  Amazon MQ for RabbitMQ, private, AMQPS on 5671, its management
-#               API (queue statistics) over HTTPS on the console URL
+#   "rabbitmq"  Amazon MQ for RabbitMQ, private, AMQPS on 5671 only, its
+#               management API (queue statistics) over HTTPS on the console URL;
+#               the fleet connects as broker_username, an application user the
+#               administrator creates (README), never as the administrator
 #   "kafka"     Amazon MSK, private, encrypted at rest with the fleet key and
-#               between brokers; clients per var.msk_client_broker
-# Either way the URL (with credentials) reaches the instances only through
-# SecureString parameters (config.tf).
+#               between brokers; clients per var.msk_auth (default: TLS and IAM)
+# The URL reaches the instances only through SecureString parameters, and a
+# password never is in it: it is a file parameter of its own (config.tf).
 
 locals {
+  # Amazon MQ for RabbitMQ serves AMQP over TLS only, on 5671.
+  mq_host = var.broker != "rabbitmq" ? null : regex("^amqps://([^:/]+)", aws_mq_broker.this[0].instances[0].endpoints[0])[0]
   # Amazon MQ serves the RabbitMQ management API on its console URL (HTTPS on
   # 443), not on port 15672: the URL names it, so the autoscaler reads queue
-  # statistics (unacked counts) from there.
+  # statistics (unacked counts) from there, as the same user.
   mq_management_url = var.broker != "rabbitmq" ? null : aws_mq_broker.this[0].instances[0].console_url
   mq_url = var.broker != "rabbitmq" ? null : format(
-    "%s?management_url=%s",
-    replace(
-      aws_mq_broker.this[0].instances[0].endpoints[0],
-      "amqps://",
-      "amqps://${var.mq_username}:${aws_secretsmanager_secret_version.mq[0].secret_string}@",
-    ),
-    urlencode(local.mq_management_url),
+    "amqps://%s@%s:5671?management_url=%s", var.broker_username, local.mq_host, urlencode(local.mq_management_url),
   )
-  # The fleet connects on TLS only when the cluster allows nothing else.
-  msk_bootstrap = var.broker != "kafka" ? null : (
-    var.msk_client_broker == "TLS" ? aws_msk_cluster.this[0].bootstrap_brokers_tls : aws_msk_cluster.this[0].bootstrap_brokers
-  )
-  msk_url = var.broker != "kafka" ? null : "kafka://${local.msk_bootstrap}"
+
+  # What each MSK client authentication gives: the port (and bootstrap string)
+  # the fleet connects to, and the URL's scheme and query (the Kafka
+  # transport's contract). Every one but plaintext is TLS between clients and
+  # brokers.
+  msk_modes = {
+    iam = {
+      port   = 9098
+      scheme = "kafka+sasl+ssl"
+      user   = ""
+      query  = "/?sasl_mechanism=AWS_MSK_IAM&aws_region=${local.region}"
+    }
+    scram = {
+      port   = 9096
+      scheme = "kafka+sasl+ssl"
+      user   = "${var.broker_username}@"
+      query  = "/?sasl_mechanism=SCRAM-SHA-512"
+    }
+    tls = {
+      port   = 9094
+      scheme = "kafka+ssl"
+      user   = ""
+      query  = ""
+    }
+    plaintext = {
+      port   = 9092
+      scheme = "kafka"
+      user   = ""
+      query  = ""
+    }
+  }
+  msk_mode = local.msk_modes[var.msk_auth]
+  msk_bootstrap = var.broker != "kafka" ? null : {
+    iam       = aws_msk_cluster.this[0].bootstrap_brokers_sasl_iam
+    scram     = aws_msk_cluster.this[0].bootstrap_brokers_sasl_scram
+    tls       = aws_msk_cluster.this[0].bootstrap_brokers_tls
+    plaintext = aws_msk_cluster.this[0].bootstrap_brokers
+  }[var.msk_auth]
+  msk_url   = var.broker != "kafka" ? null : "${local.msk_mode.scheme}://${local.msk_mode.user}${local.msk_bootstrap}${local.msk_mode.query}"
+  msk_scram = var.broker == "kafka" && var.msk_auth == "scram"
 
   broker_endpoint = {
     external = null
-    rabbitmq = var.broker == "rabbitmq" ? aws_mq_broker.this[0].instances[0].endpoints[0] : null
+    rabbitmq = var.broker == "rabbitmq" ? "amqps://${local.mq_host}:5671" : null
     kafka    = local.msk_bootstrap
   }[var.broker]
+
+  # The password of broker_username, given to the instances as a file
+  # (FLEET_BROKER_PASSWORD_FILE): Amazon MQ's application user, MSK's SCRAM user.
+  broker_password_file = var.broker == "rabbitmq" || local.msk_scram
+  broker_password = (
+    var.broker == "rabbitmq" ? aws_secretsmanager_secret_version.mq_fleet[0].secret_string :
+    local.msk_scram ? jsondecode(aws_secretsmanager_secret_version.msk_scram[0].secret_string).password :
+    null
+  )
+  broker_password_secret_arn = (
+    var.broker == "rabbitmq" ? aws_secretsmanager_secret.mq_fleet[0].arn :
+    local.msk_scram ? aws_secretsmanager_secret.msk_scram[0].arn :
+    null
+  )
 }
 
 # ---------------------------------------------------------------------------
 # Amazon MQ for RabbitMQ
 # ---------------------------------------------------------------------------
 
-# A new random password is drawn on every plan; the secret version keeps the
+# A new random password is drawn on every plan; the secret versions keep the
 # first one (ignore_changes), and everything reads it from there.
 data "aws_secretsmanager_random_password" "mq" {
   count = var.broker == "rabbitmq" ? 1 : 0
@@ -47,11 +94,20 @@ data "aws_secretsmanager_random_password" "mq" {
   exclude_punctuation = true
 }
 
+data "aws_secretsmanager_random_password" "mq_fleet" {
+  count = var.broker == "rabbitmq" ? 1 : 0
+
+  password_length     = 32
+  exclude_punctuation = true
+}
+
+# The administrator: the one user Amazon MQ creates. Only an operator uses it,
+# to create the fleet's user (README); it reaches no instance.
 resource "aws_secretsmanager_secret" "mq" {
   count = var.broker == "rabbitmq" ? 1 : 0
 
-  name_prefix             = "${var.name}/rabbitmq-password-"
-  description             = "${var.name}: password of the Amazon MQ user ${var.mq_username}"
+  name_prefix             = "${var.name}/rabbitmq-admin-password-"
+  description             = "${var.name}: password of the Amazon MQ administrator ${var.mq_admin_username}"
   kms_key_id              = aws_kms_key.fleet.arn
   recovery_window_in_days = 7
 }
@@ -61,6 +117,29 @@ resource "aws_secretsmanager_secret_version" "mq" {
 
   secret_id     = aws_secretsmanager_secret.mq[0].id
   secret_string = data.aws_secretsmanager_random_password.mq[0].random_password
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
+# The fleet's application user (broker_username): the administrator creates it
+# with this password, the fleet's permissions only and the management tag
+# (README); the workers and the autoscaler read the password from a file.
+resource "aws_secretsmanager_secret" "mq_fleet" {
+  count = var.broker == "rabbitmq" ? 1 : 0
+
+  name_prefix             = "${var.name}/rabbitmq-password-"
+  description             = "${var.name}: password of the Amazon MQ application user ${var.broker_username}"
+  kms_key_id              = aws_kms_key.fleet.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "mq_fleet" {
+  count = var.broker == "rabbitmq" ? 1 : 0
+
+  secret_id     = aws_secretsmanager_secret.mq_fleet[0].id
+  secret_string = data.aws_secretsmanager_random_password.mq_fleet[0].random_password
 
   lifecycle {
     ignore_changes = [secret_string]
@@ -110,8 +189,10 @@ resource "aws_mq_broker" "this" {
     general = true
   }
 
+  # Amazon MQ for RabbitMQ creates one user, an administrator; more users
+  # are made in the management API (README: the fleet's user).
   user {
-    username = var.mq_username
+    username = var.mq_admin_username
     password = aws_secretsmanager_secret_version.mq[0].secret_string
   }
 
@@ -121,6 +202,11 @@ resource "aws_mq_broker" "this" {
     # Amazon MQ cannot change a RabbitMQ user in place: a changed user block
     # would replace the broker. The password is rotated by hand (README).
     ignore_changes = [user]
+
+    postcondition {
+      condition     = alltrue([for i in self.instances : length(i.endpoints) > 0 && alltrue([for e in i.endpoints : can(regex("^amqps://[^:/]+:5671$", e))])])
+      error_message = "Amazon MQ for RabbitMQ is expected to serve AMQPS on 5671 only."
+    }
   }
 }
 
@@ -159,15 +245,25 @@ resource "aws_msk_cluster" "this" {
     encryption_at_rest_kms_key_arn = aws_kms_key.fleet.arn
 
     encryption_in_transit {
-      client_broker = var.msk_client_broker
+      client_broker = var.msk_auth == "plaintext" ? "PLAINTEXT" : "TLS"
       in_cluster    = true
     }
   }
 
   # Reachable only from the workers' and the autoscaler's security groups and
-  # the producers of broker_client_cidrs / broker_client_security_group_ids.
+  # the producers of broker_client_cidrs / broker_client_security_group_ids;
+  # on top of that, by default, only with an IAM identity the cluster's
+  # policies admit (iam.tf), or as the SCRAM user.
   client_authentication {
-    unauthenticated = true
+    unauthenticated = contains(["tls", "plaintext"], var.msk_auth)
+
+    dynamic "sasl" {
+      for_each = contains(["iam", "scram"], var.msk_auth) ? [var.msk_auth] : []
+      content {
+        iam   = sasl.value == "iam"
+        scram = sasl.value == "scram"
+      }
+    }
   }
 
   logging_info {
@@ -184,5 +280,57 @@ resource "aws_msk_cluster" "this" {
       condition     = coalesce(var.msk_broker_nodes, length(local.private_subnet_ids)) % length(local.private_subnet_ids) == 0
       error_message = "msk_broker_nodes must be a multiple of the number of private subnets."
     }
+  }
+}
+
+# SASL/SCRAM (msk_auth = "scram"): MSK reads the user's credentials from a
+# Secrets Manager secret whose name starts with AmazonMSK_ and that is
+# encrypted with a customer managed key (not the default aws/secretsmanager
+# key, which MSK cannot use): the fleet key. Associating it attaches MSK's own
+# resource policy to the secret, so none is managed here.
+data "aws_secretsmanager_random_password" "msk_scram" {
+  count = local.msk_scram ? 1 : 0
+
+  password_length     = 32
+  exclude_punctuation = true
+}
+
+resource "aws_secretsmanager_secret" "msk_scram" {
+  count = local.msk_scram ? 1 : 0
+
+  name_prefix             = "AmazonMSK_${var.name}-${var.broker_username}-"
+  description             = "${var.name}: SASL/SCRAM credentials of the MSK user ${var.broker_username}"
+  kms_key_id              = aws_kms_key.fleet.arn
+  recovery_window_in_days = 7
+}
+
+resource "aws_secretsmanager_secret_version" "msk_scram" {
+  count = local.msk_scram ? 1 : 0
+
+  secret_id = aws_secretsmanager_secret.msk_scram[0].id
+  secret_string = jsonencode({
+    username = var.broker_username
+    password = data.aws_secretsmanager_random_password.msk_scram[0].random_password
+  })
+
+  lifecycle {
+    ignore_changes = [secret_string]
+  }
+}
+
+resource "aws_msk_scram_secret_association" "this" {
+  count = local.msk_scram ? 1 : 0
+
+  cluster_arn     = aws_msk_cluster.this[0].arn
+  secret_arn_list = [aws_secretsmanager_secret.msk_scram[0].arn]
+
+  depends_on = [aws_secretsmanager_secret_version.msk_scram]
+}
+
+# Plaintext is an explicit opt-in; plan and apply say so every time.
+check "msk_plaintext" {
+  assert {
+    condition     = !(var.broker == "kafka" && var.msk_auth == "plaintext")
+    error_message = "msk_auth = \"plaintext\": MSK takes clients without TLS and without authentication on 9092; requests, replies and every topic are readable and writable by anything the security group admits."
   }
 }

@@ -1,8 +1,17 @@
 # Configuration the instances read at boot: one SecureString parameter per
 # environment variable under each role's own path (the parameter's last path
 # element is the variable's name). User data carries only these paths.
+#
+# A password is no environment variable and no part of the broker URL: it is a
+# file parameter under the role's files path. The boot script writes each one
+# into a file only the container's user can read, mounts it read-only and sets
+# the variable the parameter is named after to its path
+# (FLEET_BROKER_PASSWORD_FILE=/run/fleet/files/FLEET_BROKER_PASSWORD_FILE).
 
 locals {
+  # The variable the worker and the autoscaler read the broker password's file from.
+  broker_password_variable = "FLEET_BROKER_PASSWORD_FILE"
+
   broker_url = {
     external = var.broker_url
     rabbitmq = local.mq_url
@@ -60,6 +69,23 @@ resource "aws_ssm_parameter" "worker_broker_url" {
   value       = local.broker_url
 }
 
+resource "aws_ssm_parameter" "worker_broker_password" {
+  count = local.broker_password_file ? 1 : 0
+
+  name        = "${local.worker_file_parameter_path}/${local.broker_password_variable}"
+  description = "${var.name} worker file: the password of the broker user ${var.broker_username}"
+  type        = "SecureString"
+  key_id      = aws_kms_key.fleet.arn
+  value       = local.broker_password
+
+  lifecycle {
+    precondition {
+      condition     = !contains(keys(var.worker_env), "FLEET_BROKER_PASSWORD") && !contains(keys(var.worker_env), local.broker_password_variable)
+      error_message = "With a managed broker the password comes from its secret: worker_env must not set FLEET_BROKER_PASSWORD or FLEET_BROKER_PASSWORD_FILE."
+    }
+  }
+}
+
 resource "aws_ssm_parameter" "autoscaler_env" {
   for_each = local.autoscaler_env
 
@@ -68,6 +94,23 @@ resource "aws_ssm_parameter" "autoscaler_env" {
   type        = "SecureString"
   key_id      = aws_kms_key.fleet.arn
   value       = each.value
+}
+
+resource "aws_ssm_parameter" "autoscaler_broker_password" {
+  count = local.broker_password_file ? 1 : 0
+
+  name        = "${local.autoscaler_file_parameter_path}/${local.broker_password_variable}"
+  description = "${var.name} autoscaler file: the password of the broker user ${var.broker_username}"
+  type        = "SecureString"
+  key_id      = aws_kms_key.fleet.arn
+  value       = local.broker_password
+
+  lifecycle {
+    precondition {
+      condition     = !contains(keys(var.autoscaler_env), "FLEET_BROKER_PASSWORD") && !contains(keys(var.autoscaler_env), local.broker_password_variable)
+      error_message = "With a managed broker the password comes from its secret: autoscaler_env must not set FLEET_BROKER_PASSWORD or FLEET_BROKER_PASSWORD_FILE."
+    }
+  }
 }
 
 resource "aws_ssm_parameter" "autoscaler_config" {

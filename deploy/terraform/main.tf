@@ -44,10 +44,12 @@ locals {
   # An image reference with an explicit tag or digest: [registry[:port]/]path(:tag|@sha256:hex|:tag@sha256:hex).
   image_reference_pattern = "^[a-z0-9]([a-z0-9._-]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([a-z0-9._-]*[a-z0-9])?)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$"
 
-  # SSM parameter paths: each role reads its own path and nothing else.
-  worker_parameter_path     = "/${var.name}/worker/env"
-  autoscaler_parameter_path = "/${var.name}/autoscaler/env"
-  autoscaler_config_name    = "/${var.name}/autoscaler/config"
+  # SSM parameter paths: each role reads its own paths and nothing else.
+  worker_parameter_path          = "/${var.name}/worker/env"
+  worker_file_parameter_path     = "/${var.name}/worker/files"
+  autoscaler_parameter_path      = "/${var.name}/autoscaler/env"
+  autoscaler_file_parameter_path = "/${var.name}/autoscaler/files"
+  autoscaler_config_name         = "/${var.name}/autoscaler/config"
 }
 
 # One customer managed key for parameters, secrets, log groups and the broker.

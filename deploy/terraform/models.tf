@@ -1,7 +1,7 @@
 # The model repository: models_bucket when given, else a bucket created here,
 # versioned (a model version overwritten by mistake can be restored), encrypted
 # with the fleet key, with public access blocked and plain HTTP refused.
-# `aws s3 sync` uploads the <model>/<version>/ directories
+# `fleet models push --to <models_uri>` uploads the <model>/<version>/ directories
 # under models_prefix; output models_uri is the workers' FLEET_MODELS.
 
 locals {

@@ -94,13 +94,32 @@ output "autoscaler_config_parameter" {
 }
 
 output "broker_endpoint" {
-  description = "Endpoint of the managed broker (without credentials); null with an external broker."
+  description = "Endpoint of the managed broker (without credentials): Amazon MQ's amqps://host:5671, or the MSK bootstrap brokers of msk_auth's port; null with an external broker."
   value       = local.broker_endpoint
 }
 
+output "broker_client_url" {
+  description = "The broker URL the workers and the autoscaler are given (FLEET_BROKER_URL), without a password: a user's password comes from FLEET_BROKER_PASSWORD_FILE (broker_password_secret_arn). Amazon MQ: amqps://<broker_username>@host:5671 naming the management API; MSK: kafka+sasl+ssl:// with sasl_mechanism=AWS_MSK_IAM (iam) or SCRAM-SHA-512 (scram), kafka+ssl:// (tls), kafka:// (plaintext). Null with an external broker."
+  value = {
+    external = null
+    rabbitmq = local.mq_url
+    kafka    = local.msk_url
+  }[var.broker]
+}
+
+output "broker_username" {
+  description = "The user the fleet connects to the managed broker as (Amazon MQ's application user, MSK's SCRAM user); null where there is none (external broker, MSK without SCRAM)."
+  value       = local.broker_password_file ? var.broker_username : null
+}
+
 output "broker_management_url" {
-  description = "Amazon MQ: the RabbitMQ management API and web console (HTTPS); null otherwise."
+  description = "Amazon MQ: the RabbitMQ management API and web console (HTTPS on 443), where the autoscaler reads queue statistics; null otherwise."
   value       = local.mq_management_url
+}
+
+output "kafka_producer_policy_json" {
+  description = "MSK with IAM access control (msk_auth = \"iam\"): an IAM policy for a producer's role: connect, publish to the models' topics, read their groups' lag, read the shared reply topic (fleet.replies), or create, read and delete a reply topic of its own (fleet.inbox.*). Null otherwise."
+  value       = local.msk_iam ? data.aws_iam_policy_document.producer_kafka[0].json : null
 }
 
 output "security_group_ids" {
@@ -144,12 +163,22 @@ output "models_bucket" {
 }
 
 output "models_uri" {
-  description = "The model repository the workers load (FLEET_MODELS): upload models here (aws s3 sync models/ <models_uri>/)."
+  description = "The model repository the workers load (FLEET_MODELS): upload models here with fleet models push --to <models_uri> (it checks the repository first and skips files already there)."
   value       = local.models_uri
 }
 
 output "broker_password_secret_arn" {
-  description = "Secrets Manager secret with the Amazon MQ user's password (broker = \"rabbitmq\")."
+  description = "Secrets Manager secret with the password of broker_username: Amazon MQ's application user (the secret is the password), MSK's SCRAM user (JSON: username, password; its name starts with AmazonMSK_). Null otherwise."
+  value       = local.broker_password_secret_arn
+}
+
+output "broker_admin_username" {
+  description = "Amazon MQ: the administrator Amazon MQ creates (mq_admin_username), for creating the fleet's user; null otherwise."
+  value       = var.broker == "rabbitmq" ? var.mq_admin_username : null
+}
+
+output "broker_admin_secret_arn" {
+  description = "Amazon MQ: Secrets Manager secret with the administrator's password (mq_admin_username), for creating the fleet's user and for operators; no instance reads it. Null otherwise."
   value       = var.broker == "rabbitmq" ? aws_secretsmanager_secret.mq[0].arn : null
 }
 

@@ -15,11 +15,9 @@ locals {
   # Ports the clients of the broker (workers, autoscaler) reach it on.
   managed_broker_ports = {
     rabbitmq = [5671, 443] # AMQPS, management API over HTTPS
-    kafka = {
-      TLS           = [9094]
-      TLS_PLAINTEXT = [9092, 9094]
-      PLAINTEXT     = [9092]
-    }[var.msk_client_broker]
+    # MSK: the one port of the client authentication in use (IAM 9098,
+    # SCRAM 9096, TLS 9094, plaintext 9092).
+    kafka = [local.msk_mode.port]
   }
   broker_ports = var.broker == "external" ? var.external_broker_ports : local.managed_broker_ports[var.broker]
 

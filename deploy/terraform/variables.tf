@@ -383,14 +383,14 @@ variable "broker" {
 }
 
 variable "broker_url" {
-  description = "With broker = \"external\": the broker URL (amqp[s]://user:pass@host:port/vhost or kafka://host:port,...). Stored as an encrypted SSM parameter; never in user data."
+  description = "With broker = \"external\": the broker URL (amqp[s]://user:pass@host:port/vhost, or kafka://host:port,... and its TLS and SASL forms kafka+ssl://, kafka+sasl+ssl://, kafka+sasl://). Stored as an encrypted SSM parameter; never in user data."
   type        = string
   default     = null
   sensitive   = true
 
   validation {
-    condition     = var.broker != "external" || (var.broker_url != null && can(regex("^(amqps?|kafka)://", var.broker_url)))
-    error_message = "broker = \"external\" needs broker_url (amqp://, amqps:// or kafka://)."
+    condition     = var.broker != "external" || (var.broker_url != null && can(regex("^(amqps?|kafka(\\+ssl|\\+sasl|\\+sasl\\+ssl)?)://", var.broker_url)))
+    error_message = "broker = \"external\" needs broker_url (amqp://, amqps://, kafka://, kafka+ssl://, kafka+sasl+ssl:// or kafka+sasl://)."
   }
 }
 
@@ -401,9 +401,9 @@ variable "external_broker_cidrs" {
 }
 
 variable "external_broker_ports" {
-  description = "With broker = \"external\": the broker's ports (AMQP, AMQPS, RabbitMQ management, Kafka)."
+  description = "With broker = \"external\": the broker's ports (AMQP, AMQPS, RabbitMQ management, Kafka: plaintext, TLS, SASL/SCRAM and IAM on MSK)."
   type        = list(number)
-  default     = [5671, 5672, 9092, 9093, 9094, 15671, 15672]
+  default     = [5671, 5672, 9092, 9093, 9094, 9096, 9098, 15671, 15672]
 }
 
 variable "broker_client_cidrs" {
@@ -446,10 +446,26 @@ variable "mq_deployment_mode" {
   }
 }
 
-variable "mq_username" {
-  description = "Amazon MQ administrative user the fleet connects as. Its password is generated once and kept in Secrets Manager."
+variable "broker_username" {
+  description = "The user the fleet connects to a managed broker as: Amazon MQ's application user (not an administrator; created once by the administrator, see README) and MSK's SCRAM user (msk_auth = \"scram\"). Its password is generated once, kept in Secrets Manager (output broker_password_secret_arn) and given to the workers and the autoscaler as a file (FLEET_BROKER_PASSWORD_FILE), never in the broker URL."
   type        = string
   default     = "fleet"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", var.broker_username))
+    error_message = "broker_username: letters, digits, '_', '.' and '-', starting with a letter or digit."
+  }
+}
+
+variable "mq_admin_username" {
+  description = "Amazon MQ for RabbitMQ administrator, the one user Amazon MQ creates (its password is generated and kept in Secrets Manager, output broker_admin_secret_arn). The fleet never uses it: the administrator creates broker_username with the fleet's permissions only (README)."
+  type        = string
+  default     = "admin"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_.-]{1,99}$", var.mq_admin_username))
+    error_message = "mq_admin_username: 2-100 letters, digits, '_', '.' and '-', starting with a letter or digit."
+  }
 }
 
 variable "msk_kafka_version" {
@@ -470,14 +486,14 @@ variable "msk_broker_nodes" {
   default     = null
 }
 
-variable "msk_client_broker" {
-  description = "Encryption between clients and MSK brokers: TLS (port 9094), TLS_PLAINTEXT (9094 and 9092) or PLAINTEXT (9092). The fleet connects on TLS only with TLS; the Kafka transport must then speak TLS."
+variable "msk_auth" {
+  description = "How the fleet's clients connect to MSK, and the URL the fleet is given: \"iam\" (TLS and IAM access control on 9098, kafka+sasl+ssl:// with sasl_mechanism=AWS_MSK_IAM; the instance roles get kafka-cluster actions on the fleet's topics and groups only), \"scram\" (TLS and SASL/SCRAM-SHA-512 on 9096 as broker_username, its password in a Secrets Manager secret MSK reads), \"tls\" (TLS on 9094, no client authentication: anything the security group admits may read and write every topic) or \"plaintext\" (9092). WARNING: \"plaintext\" turns off encryption and authentication between clients and brokers, so requests, replies and every topic travel readable and writable by anything that reaches the port; it is never a default, only an explicit opt-in for a network you trust, and plan warns while it is set."
   type        = string
-  default     = "TLS_PLAINTEXT"
+  default     = "iam"
 
   validation {
-    condition     = contains(["TLS", "TLS_PLAINTEXT", "PLAINTEXT"], var.msk_client_broker)
-    error_message = "msk_client_broker must be TLS, TLS_PLAINTEXT or PLAINTEXT."
+    condition     = contains(["iam", "scram", "tls", "plaintext"], var.msk_auth)
+    error_message = "msk_auth must be \"iam\", \"scram\", \"tls\" or \"plaintext\" (no encryption, no authentication: an explicit opt-in)."
   }
 }
 

@@ -69,6 +69,7 @@ resource "aws_launch_template" "worker" {
     run_script = templatefile("${path.module}/templates/worker-run.sh.tftpl", {
       region                = local.region
       parameter_path        = local.worker_parameter_path
+      file_parameter_path   = local.worker_file_parameter_path
       image                 = var.worker_image
       http_port             = var.worker_http_port
       drain_timeout_seconds = var.drain_timeout_seconds
@@ -169,8 +170,10 @@ resource "aws_autoscaling_group" "worker" {
   # The configuration and the permission to read it exist before the first boot.
   depends_on = [
     aws_iam_role_policy.worker,
+    aws_iam_role_policy.worker_kafka,
     aws_ssm_parameter.worker_env,
     aws_ssm_parameter.worker_broker_url,
+    aws_ssm_parameter.worker_broker_password,
   ]
 
   lifecycle {

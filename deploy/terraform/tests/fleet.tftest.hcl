@@ -64,8 +64,11 @@ mock_provider "aws" {
   }
   mock_resource "aws_msk_cluster" {
     defaults = {
-      bootstrap_brokers     = "b-1.kafka.us-east-1.amazonaws.com:9092,b-2.kafka.us-east-1.amazonaws.com:9092"
-      bootstrap_brokers_tls = "b-1.kafka.us-east-1.amazonaws.com:9094,b-2.kafka.us-east-1.amazonaws.com:9094"
+      arn                          = "arn:aws:kafka:us-east-1:123456789012:cluster/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2"
+      bootstrap_brokers            = "b-1.kafka.us-east-1.amazonaws.com:9092,b-2.kafka.us-east-1.amazonaws.com:9092"
+      bootstrap_brokers_tls        = "b-1.kafka.us-east-1.amazonaws.com:9094,b-2.kafka.us-east-1.amazonaws.com:9094"
+      bootstrap_brokers_sasl_scram = "b-1.kafka.us-east-1.amazonaws.com:9096,b-2.kafka.us-east-1.amazonaws.com:9096"
+      bootstrap_brokers_sasl_iam   = "b-1.kafka.us-east-1.amazonaws.com:9098,b-2.kafka.us-east-1.amazonaws.com:9098"
     }
   }
 }
@@ -332,11 +335,37 @@ run "amazon_mq_for_rabbitmq" {
     error_message = "The Amazon MQ broker is private and runs RabbitMQ."
   }
   assert {
-    condition     = startswith(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "amqps://fleet:GeneratedPassword0123456789abcdef@b-1.mq.")
-    error_message = "The worker's broker URL carries the generated credentials."
+    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "amqps://fleet@b-1.mq.us-east-1.amazonaws.com:5671?management_url=https%3A%2F%2Fb-1.mq.us-east-1.amazonaws.com"
+    error_message = "The workers connect over AMQPS on 5671 as the application user, the password not in the URL, naming Amazon MQ's management API (its console URL), not port 15672."
   }
   assert {
-    condition     = !strcontains(base64decode(aws_launch_template.worker.user_data), "GeneratedPassword")
+    condition     = [for u in aws_mq_broker.this[0].user : u.username] == ["admin"] && var.broker_username == "fleet"
+    error_message = "The user Amazon MQ creates is the administrator, not the user the fleet connects as."
+  }
+  assert {
+    condition     = !strcontains(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "GeneratedPassword") && !strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "GeneratedPassword")
+    error_message = "No password in the broker URL of the workers or the autoscaler."
+  }
+  assert {
+    condition = (
+      aws_ssm_parameter.worker_broker_password[0].name == "/fleet/worker/files/FLEET_BROKER_PASSWORD_FILE" &&
+      aws_ssm_parameter.autoscaler_broker_password[0].name == "/fleet/autoscaler/files/FLEET_BROKER_PASSWORD_FILE" &&
+      aws_ssm_parameter.worker_broker_password[0].type == "SecureString" &&
+      nonsensitive(aws_ssm_parameter.worker_broker_password[0].value) == aws_secretsmanager_secret_version.mq_fleet[0].secret_string &&
+      nonsensitive(aws_ssm_parameter.autoscaler_broker_password[0].value) == aws_secretsmanager_secret_version.mq_fleet[0].secret_string
+    )
+    error_message = "The application user's password reaches the workers and the autoscaler as a file parameter (FLEET_BROKER_PASSWORD_FILE)."
+  }
+  assert {
+    condition     = output.broker_password_secret_arn == aws_secretsmanager_secret.mq_fleet[0].arn && output.broker_admin_secret_arn == aws_secretsmanager_secret.mq[0].arn && output.broker_username == "fleet"
+    error_message = "The application user's and the administrator's secrets are outputs of their own."
+  }
+  assert {
+    condition     = strcontains(base64decode(aws_launch_template.worker.user_data), "FILE_PARAMETER_PATH='/fleet/worker/files'") && strcontains(base64decode(aws_launch_template.autoscaler.user_data), "FILE_PARAMETER_PATH='/fleet/autoscaler/files'")
+    error_message = "Both boot scripts read their file parameters."
+  }
+  assert {
+    condition     = !strcontains(base64decode(aws_launch_template.worker.user_data), "GeneratedPassword") && !strcontains(base64decode(aws_launch_template.autoscaler.user_data), "GeneratedPassword")
     error_message = "The broker password must not be in user data."
   }
   assert {
@@ -344,16 +373,16 @@ run "amazon_mq_for_rabbitmq" {
     error_message = "With a managed broker the clients reach only its security group."
   }
   assert {
-    condition     = strcontains(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "?management_url=https%3A%2F%2Fb-1.mq.us-east-1.amazonaws.com")
-    error_message = "The broker URL names Amazon MQ's management API (its console URL), not port 15672."
-  }
-  assert {
-    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "management_url=https%3A%2F%2Fb-1.mq.")
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "broker = \"amqps://fleet@b-1.mq.us-east-1.amazonaws.com:5671?management_url=https%3A%2F%2Fb-1.mq.")
     error_message = "The autoscaler reads queue statistics from Amazon MQ's management API."
   }
   assert {
     condition     = output.broker_management_url == "https://b-1.mq.us-east-1.amazonaws.com" && output.broker_endpoint == "amqps://b-1.mq.us-east-1.amazonaws.com:5671"
     error_message = "The broker's endpoint and management URL are outputs."
+  }
+  assert {
+    condition     = toset([for r in aws_vpc_security_group_ingress_rule.broker_from_clients : r.from_port]) == toset([5671, 443])
+    error_message = "The workers and the autoscaler reach AMQPS and the management API over HTTPS, nothing else."
   }
   assert {
     condition     = output.security_group_ids.broker == output.broker_security_group_id && output.broker_security_group_id != null
@@ -362,6 +391,10 @@ run "amazon_mq_for_rabbitmq" {
   assert {
     condition     = length(aws_vpc_security_group_ingress_rule.broker_from_producers) == 0
     error_message = "No producer is admitted unless listed."
+  }
+  assert {
+    condition     = length(aws_iam_role_policy.worker_kafka) == 0 && output.kafka_producer_policy_json == null
+    error_message = "No Kafka permissions without MSK."
   }
 }
 
@@ -412,32 +445,187 @@ run "amazon_msk" {
     error_message = "MSK brokers are a multiple of the client subnets."
   }
   assert {
-    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "kafka://b-1.kafka.us-east-1.amazonaws.com:9092,b-2.kafka.us-east-1.amazonaws.com:9092"
-    error_message = "The workers' broker URL lists the MSK brokers."
+    condition = (
+      aws_msk_cluster.this[0].encryption_info[0].encryption_in_transit[0].client_broker == "TLS" &&
+      !aws_msk_cluster.this[0].client_authentication[0].unauthenticated &&
+      aws_msk_cluster.this[0].client_authentication[0].sasl[0].iam &&
+      !aws_msk_cluster.this[0].client_authentication[0].sasl[0].scram
+    )
+    error_message = "By default MSK takes TLS clients with IAM access control only."
   }
   assert {
-    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "broker = \"kafka://b-1.kafka.")
-    error_message = "The autoscaler's configuration points at MSK."
+    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "kafka+sasl+ssl://b-1.kafka.us-east-1.amazonaws.com:9098,b-2.kafka.us-east-1.amazonaws.com:9098/?sasl_mechanism=AWS_MSK_IAM&aws_region=us-east-1"
+    error_message = "IAM: SASL over TLS on MSK's IAM port (9098), AWS_MSK_IAM, the region named."
+  }
+  assert {
+    condition     = strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "broker = \"kafka+sasl+ssl://b-1.kafka.us-east-1.amazonaws.com:9098,")
+    error_message = "The autoscaler's configuration points at MSK's IAM port."
+  }
+  assert {
+    condition     = alltrue([for r in aws_vpc_security_group_ingress_rule.broker_from_clients : r.from_port == 9098]) && length(aws_vpc_security_group_ingress_rule.broker_from_clients) == 2
+    error_message = "IAM: the broker opens 9098 to the workers and the autoscaler, and nothing else."
+  }
+  assert {
+    condition     = length(aws_ssm_parameter.worker_broker_password) == 0 && length(aws_secretsmanager_secret.msk_scram) == 0 && output.broker_password_secret_arn == null
+    error_message = "IAM: no password anywhere."
+  }
+  assert {
+    condition = alltrue(flatten([
+      for doc in [data.aws_iam_policy_document.worker_kafka[0], data.aws_iam_policy_document.autoscaler_kafka[0], data.aws_iam_policy_document.producer_kafka[0]] : [
+        for st in doc.statement : [
+          for r in st.resources :
+          r == aws_msk_cluster.this[0].arn ||
+          startswith(r, "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.") ||
+          startswith(r, "arn:aws:kafka:us-east-1:123456789012:group/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.")
+        ]
+      ]
+    ]))
+    error_message = "Every kafka-cluster permission is scoped to this cluster and to the fleet's topics and groups."
+  }
+  assert {
+    condition = toset(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:ReadData")])) == toset([
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.online",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.batch",
+    ])
+    error_message = "The workers read the models' request topics only."
+  }
+  assert {
+    condition = toset(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:AlterGroup")])) == toset([
+      "arn:aws:kafka:us-east-1:123456789012:group/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.online",
+      "arn:aws:kafka:us-east-1:123456789012:group/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.batch",
+    ])
+    error_message = "The workers join the models' consumer groups only."
+  }
+  assert {
+    condition = toset(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:WriteData")])) == toset([
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.online",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.batch",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.dead-letter",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.heartbeats",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.replies",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.inbox.*",
+    ])
+    error_message = "The workers write the models' topics (retries), dead letters, heartbeats and replies, nothing else."
+  }
+  assert {
+    condition = !anytrue(flatten([
+      for doc in [data.aws_iam_policy_document.worker_kafka[0], data.aws_iam_policy_document.autoscaler_kafka[0]] :
+      [for st in doc.statement : contains(st.actions, "kafka-cluster:DeleteTopic")]
+    ]))
+    error_message = "Neither role deletes topics (only a client deletes its own reply topic)."
+  }
+  assert {
+    condition     = !anytrue([for st in data.aws_iam_policy_document.autoscaler_kafka[0].statement : contains(st.actions, "kafka-cluster:AlterGroup") || contains(st.actions, "kafka-cluster:WriteData")])
+    error_message = "The autoscaler joins no group and writes nothing."
+  }
+  assert {
+    condition     = anytrue([for st in data.aws_iam_policy_document.producer_kafka[0].statement : contains(st.actions, "kafka-cluster:DeleteTopic") && toset(st.resources) == toset(["arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.inbox.*"])])
+    error_message = "A producer deletes its own reply topic on close, and no other."
+  }
+  assert {
+    condition     = aws_iam_role_policy.worker_kafka[0].role == aws_iam_role.worker.id && aws_iam_role_policy.autoscaler_kafka[0].role == aws_iam_role.autoscaler.id && output.kafka_producer_policy_json != null
+    error_message = "Both roles get their Kafka policy, and producers one to attach."
   }
 }
 
-run "msk_tls_only" {
+run "msk_scram" {
   command = apply
 
   variables {
-    broker            = "kafka"
-    broker_url        = null
-    msk_client_broker = "TLS"
+    broker     = "kafka"
+    broker_url = null
+    msk_auth   = "scram"
   }
 
   assert {
-    condition     = startswith(nonsensitive(aws_ssm_parameter.worker_broker_url.value), "kafka://b-1.kafka.us-east-1.amazonaws.com:9094")
-    error_message = "With TLS only the fleet connects on the TLS port."
+    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "kafka+sasl+ssl://fleet@b-1.kafka.us-east-1.amazonaws.com:9096,b-2.kafka.us-east-1.amazonaws.com:9096/?sasl_mechanism=SCRAM-SHA-512"
+    error_message = "SCRAM: SASL over TLS on MSK's SCRAM port (9096) as broker_username, the password not in the URL."
+  }
+  assert {
+    condition     = aws_msk_cluster.this[0].client_authentication[0].sasl[0].scram && !aws_msk_cluster.this[0].client_authentication[0].sasl[0].iam && !aws_msk_cluster.this[0].client_authentication[0].unauthenticated
+    error_message = "SCRAM only."
+  }
+  assert {
+    condition     = startswith(aws_secretsmanager_secret.msk_scram[0].name_prefix, "AmazonMSK_") && aws_secretsmanager_secret.msk_scram[0].kms_key_id == aws_kms_key.fleet.arn
+    error_message = "MSK reads SCRAM secrets named AmazonMSK_* and encrypted with a customer managed key: the fleet key."
+  }
+  assert {
+    condition     = jsondecode(aws_secretsmanager_secret_version.msk_scram[0].secret_string).username == "fleet" && aws_msk_scram_secret_association.this[0].secret_arn_list == toset([aws_secretsmanager_secret.msk_scram[0].arn]) && aws_msk_scram_secret_association.this[0].cluster_arn == aws_msk_cluster.this[0].arn
+    error_message = "The SCRAM user's secret is associated with the cluster."
+  }
+  assert {
+    condition = (
+      nonsensitive(aws_ssm_parameter.worker_broker_password[0].value) == "GeneratedPassword0123456789abcdef" &&
+      nonsensitive(aws_ssm_parameter.autoscaler_broker_password[0].value) == "GeneratedPassword0123456789abcdef" &&
+      !strcontains(nonsensitive(aws_ssm_parameter.autoscaler_config.value), "GeneratedPassword") &&
+      !strcontains(base64decode(aws_launch_template.worker.user_data), "GeneratedPassword")
+    )
+    error_message = "The SCRAM password reaches both roles as a file parameter only."
+  }
+  assert {
+    condition     = output.broker_password_secret_arn == aws_secretsmanager_secret.msk_scram[0].arn && output.broker_username == "fleet"
+    error_message = "The SCRAM secret is an output."
+  }
+  assert {
+    condition     = alltrue([for r in aws_vpc_security_group_ingress_rule.broker_from_clients : r.from_port == 9096])
+    error_message = "SCRAM: the broker opens 9096 only."
+  }
+  assert {
+    condition     = length(aws_iam_role_policy.worker_kafka) == 0 && length(aws_iam_role_policy.autoscaler_kafka) == 0
+    error_message = "SCRAM needs no kafka-cluster permissions."
+  }
+}
+
+run "msk_tls_without_client_authentication" {
+  command = plan
+
+  variables {
+    broker     = "kafka"
+    broker_url = null
+    msk_auth   = "tls"
+  }
+
+  assert {
+    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "kafka+ssl://b-1.kafka.us-east-1.amazonaws.com:9094,b-2.kafka.us-east-1.amazonaws.com:9094"
+    error_message = "TLS: the fleet speaks TLS to the TLS port."
   }
   assert {
     condition     = alltrue([for r in aws_vpc_security_group_ingress_rule.broker_from_clients : r.from_port == 9094])
-    error_message = "With TLS only the broker opens only 9094."
+    error_message = "TLS: the broker opens 9094 only."
   }
+}
+
+run "msk_plaintext_is_an_opt_in_that_warns" {
+  command = plan
+
+  variables {
+    broker     = "kafka"
+    broker_url = null
+    msk_auth   = "plaintext"
+  }
+
+  expect_failures = [check.msk_plaintext]
+
+  assert {
+    condition     = nonsensitive(aws_ssm_parameter.worker_broker_url.value) == "kafka://b-1.kafka.us-east-1.amazonaws.com:9092,b-2.kafka.us-east-1.amazonaws.com:9092"
+    error_message = "Plaintext: kafka:// on 9092."
+  }
+  assert {
+    condition     = aws_msk_cluster.this[0].encryption_info[0].encryption_in_transit[0].client_broker == "PLAINTEXT" && alltrue([for r in aws_vpc_security_group_ingress_rule.broker_from_clients : r.from_port == 9092])
+    error_message = "Plaintext: port 9092 only."
+  }
+}
+
+run "msk_auth_is_one_of_four" {
+  command = plan
+
+  variables {
+    broker     = "kafka"
+    broker_url = null
+    msk_auth   = "TLS_PLAINTEXT"
+  }
+
+  expect_failures = [var.msk_auth]
 }
 
 run "autoscaler_configuration" {
