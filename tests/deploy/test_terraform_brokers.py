@@ -362,3 +362,40 @@ def test_broker_password_reaches_both_roles_as_a_file_parameter() -> None:
     # The URL names the user only: no secret version is read into it.
     for name in ("mq_url", "msk_url"):
         assert "secret" not in config()["locals"][name], name
+
+
+# ---------------------------------------------------------------------------
+# README: creating the Amazon MQ application user
+# ---------------------------------------------------------------------------
+
+
+def _readme() -> str:
+    return (TF / "README.md").read_text(encoding="utf-8")
+
+
+def test_readme_names_only_outputs_that_exist() -> None:
+    named = set(re.findall(r"terraform output (?:-raw )?([a-z_]+)", _readme()))
+    named |= set(re.findall(r"\bsecret ([a-z_]+_arn)\b", _readme()))
+    assert {"broker_client_url", "broker_admin_secret_arn", "models_uri"} <= named
+    assert named <= set(config()["output"]), named - set(config()["output"])
+
+
+def test_readme_creates_the_application_user_with_the_tested_permissions() -> None:
+    import json
+
+    section = _readme().split("### Amazon MQ: the fleet's user", 1)[1].split("\n```\n", 1)[0]
+    heredocs = re.findall(r"<<'?JSON'?\n(.*?)\nJSON(?:\n|$)", section, re.DOTALL)
+    assert len(heredocs) == 2, heredocs
+    password = '"$(secret broker_password_secret_arn)"'
+    assert password in heredocs[0]
+    user = json.loads(heredocs[0].replace(password, '"x"'))
+    permissions = json.loads(heredocs[1])
+    assert user == {"password": "x", "tags": "management"}  # the management API, own vhost
+    script = (TF.parents[1] / "scripts" / "rabbitmq.sh").read_text(encoding="utf-8")
+    names = re.search(r"^FLEET_NAMES='(.*)'$", script, re.MULTILINE)
+    write = re.search(r"^FLEET_WRITE='(.*)'$", script, re.MULTILINE)
+    assert names and write
+    assert permissions == {"configure": names[1], "write": write[1], "read": names[1]}
+    # The passwords never are command-line arguments.
+    assert not re.search(r"curl[^\n]*\s(-u|--user)\s", section)
+    assert section.count("--config <(printf") == 2
