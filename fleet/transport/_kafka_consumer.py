@@ -638,10 +638,15 @@ class TailConsumer(Consumer):
     """Reads every partition of one topic from its end, without a group: an
     inbox, or the heartbeats every subscriber sees."""
 
-    def __init__(self, transport: ConsumerHost, topic: str, on_bytes: OnBytes) -> None:
+    def __init__(
+        self, transport: ConsumerHost, topic: str, on_bytes: OnBytes, *, key: bytes | None = None
+    ) -> None:
         self.transport = transport
         self.topic = topic
         self.on_bytes = on_bytes
+        self.key = key  # only records with this key (an inbox on a shared topic)
+        self.read_records = 0  # every record fetched, kept or not
+        self.read_bytes = 0
         self._kafka: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -695,6 +700,10 @@ class TailConsumer(Consumer):
                 continue
             for records in batch.values():
                 for rec in records:
+                    self.read_records += 1
+                    self.read_bytes += len(rec.value or b"") + len(rec.key or b"")
+                    if self.key is not None and rec.key != self.key:
+                        continue
                     try:
                         self.on_bytes(bytes(rec.value or b""))
                     except Exception:

@@ -9,22 +9,29 @@ Topics. ``fleet.<model>.online`` and ``fleet.<model>.batch`` with
 created on connect. The broker runs with topic auto-creation off, so a model
 nobody declared is :class:`ModelNotFound` rather than a new empty topic.
 
-Replies: a topic per client inbox, ``fleet.inbox.<32 hex>`` with one partition,
-not a partition of a shared reply topic. Kafka has no exclusive consumer: with
-a shared topic, clients would either have to lease partitions among
-themselves (a consumer group would move a partition to another client on
-every rebalance, and replies would land with the wrong one) or read partitions
-they share and throw away the others' replies. A topic of its own is owned by
-construction, needs no coordination, and its address is just its name. The
-client assigns it (no group), seeks to its end and resolves that position
-before ``open_inbox`` returns, so no reply to a request sent afterwards can be
-skipped. ``publish_reply`` writes to no other topic (``InvalidArgument``).
-``close`` deletes the topic; a reply to an address whose topic is gone
-is dropped (logged at debug). The topic keeps its data an hour
-(``retention.ms``); the (then empty) topic of a client that crashed stays until
-an operator deletes ``fleet.inbox.*`` topics that have no reader.
-The cost, one topic per client process (not per request), is small next to a
-broker's limits.
+Replies (``inbox=shared``, the default): one topic, ``fleet.replies``, with
+``reply_partitions`` partitions (16), created like the others. An inbox is a
+partition of it, picked at random when the inbox opens, and an address,
+``fleet.inbox.<32 hex>``, whose first four hex digits name the partition
+(:func:`shared_inbox`). A worker publishes a reply to that partition keyed by
+the address; the client reads the partition from its end (assigned, no group:
+Kafka has no exclusive consumer) and keeps the records with its key. A client
+thus also reads the replies of the clients that share its partition, about
+1/``reply_partitions`` of all, and in exchange: no topic per client, nothing
+left behind when a client crashes, no right to create or delete topics, and
+no metadata lookups per reply address. The topic does not come and go with
+clients, so a publish that fails (an unknown topic, no leader) is an error to
+retry, never a reply dropped as "inbox gone". The client resolves its position
+at the end before ``open_inbox`` returns, so no reply to a request sent
+afterwards can be skipped. Replies are kept an hour (``retention.ms``).
+
+``inbox=topic`` keeps the older way: a topic of its own per inbox,
+``fleet.inbox.<32 hex>`` with one partition, created by ``open_inbox`` and
+deleted by ``close`` (a crashed client's stays; it needs the rights to create
+and delete topics). A worker tells the two apart by the address (the shared
+kind has ``0`` as its 13th hex digit, a uuid4 has ``4``) and serves both, so
+clients of either kind can use the same workers; a reply to an own-topic
+inbox whose topic is gone is dropped (logged at debug).
 
 Consumer groups: one per request topic, named after the topic
 (``fleet.<model>.online`` / ``fleet.<model>.batch``). Each ``consume`` call is
@@ -75,6 +82,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
@@ -101,7 +109,14 @@ from aiokafka.errors import (
 )
 
 from fleet.contract import Priority
-from fleet.errors import ConfigError, LimitExceeded, ModelNotFound, Overloaded, Unavailable
+from fleet.errors import (
+    ConfigError,
+    InvalidArgument,
+    LimitExceeded,
+    ModelNotFound,
+    Overloaded,
+    Unavailable,
+)
 from fleet.logging import get_logger
 from fleet.redact import redact_url
 from fleet.transport._kafka_common import (
@@ -138,6 +153,11 @@ log = get_logger("fleet.transport.kafka")
 T = TypeVar("T")
 
 INBOX_PREFIX = REPLY_PREFIX
+REPLIES = "fleet.replies"
+"""The topic every client's replies go to (``inbox=shared``, the default)."""
+_SHARED_MARK = "0"
+"""The 13th hex digit of an inbox address on :data:`REPLIES` (a uuid4's is 4)."""
+INBOX_KINDS = ("shared", "topic")
 RECORD_OVERHEAD = 4096
 """Bytes a record batch may add to a body (batch header, record framing, our
 headers, the dead-letter headers): the producer's ``max_request_size`` and the
@@ -146,7 +166,9 @@ DEFAULT_MAX_MESSAGE_BYTES = (1 << 20) - RECORD_OVERHEAD
 """What a broker with default settings takes (``message.max.bytes`` is 1 MiB
 and 12 bytes), with room for the overhead."""
 DEAD_LETTER_READERS = "fleet.dead-letter-readers"
-_INBOX_CONFIG = {"retention.ms": "3600000"}
+_INBOX_CONFIG = {"retention.ms": "3600000", "segment.ms": "600000"}
+"""Replies are read within seconds: kept an hour, in segments of ten minutes
+(retention deletes whole segments only)."""
 _LAG_TTL = 0.5  # seconds a topic's lag is reused by publish_request
 _REPLY_TOPIC_TTL = 30.0  # seconds a reply topic is believed to exist
 _PROBE_TIMEOUT = 2.0
@@ -177,6 +199,15 @@ class KafkaOptions(TransportOptions):
     it. Heartbeats go every sixth of it."""
     replication_factor: int | None = None
     """Copies of every topic the fleet creates; default ``min(3, brokers)``."""
+    inbox: str = "shared"
+    """Where a client's replies arrive. ``shared``: a partition of the one topic
+    ``fleet.replies``, filtered by the inbox's address (no topic per client,
+    nothing left behind by a crashed one, no right to create or delete
+    topics). ``topic``: a topic of its own, created when it opens and deleted
+    when it closes (reads no one else's replies)."""
+    reply_partitions: int = 16
+    """Partitions of ``fleet.replies`` where the fleet creates it: a client reads
+    the replies of the clients that share its partition, about 1/this of all."""
     min_insync_replicas: int | None = None
     """Copies that must have a record before the broker confirms it (the
     producer sends with ``acks=all``); default 2 where the replication factor
@@ -186,6 +217,10 @@ class KafkaOptions(TransportOptions):
         TransportOptions.__post_init__(self)
         if self.session_timeout < 0.5:
             raise ConfigError("transport option session_timeout must be at least 0.5 s")
+        if self.inbox not in INBOX_KINDS:
+            raise ConfigError(f"transport option inbox={self.inbox!r} is not one of {INBOX_KINDS}")
+        if self.reply_partitions > 0x10000:
+            raise ConfigError("transport option reply_partitions must be at most 65536")
         for key in ("replication_factor", "min_insync_replicas"):
             value = getattr(self, key)
             if value is not None and value < 1:
@@ -204,7 +239,26 @@ class KafkaOptions(TransportOptions):
         isr = self.min_insync_replicas or (2 if rf >= 3 else None)
         return rf, isr
 
-    COUNTS: ClassVar[tuple[str, ...]] = (*TransportOptions.COUNTS, "partitions", "max_lag")
+    COUNTS: ClassVar[tuple[str, ...]] = (
+        *TransportOptions.COUNTS,
+        "partitions",
+        "max_lag",
+        "reply_partitions",
+    )
+
+
+def shared_inbox(partition: int) -> str:
+    """A new inbox address on partition ``partition`` of :data:`REPLIES`: the
+    partition in its first four hex digits, :data:`_SHARED_MARK` as its 13th."""
+    rand = uuid.uuid4().hex
+    return f"{INBOX_PREFIX}{partition:04x}{rand[4:12]}{_SHARED_MARK}{rand[13:]}"
+
+
+def shared_partition(address: str) -> int | None:
+    """The partition of :data:`REPLIES` an inbox address reads, or None for an
+    inbox that is a topic of its own."""
+    digits = address[len(INBOX_PREFIX) :]
+    return int(digits[:4], 16) if digits[12:13] == _SHARED_MARK else None
 
 
 class KafkaTransport(Transport, ProduceRateReader):
@@ -294,6 +348,7 @@ class KafkaTransport(Transport, ProduceRateReader):
             await start_client(offsets, self.options.publish_timeout)
             self._offsets = offsets
             await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1}, self._topic_config)
+            await self._create_topics({REPLIES: self.options.reply_partitions}, self._inbox_config)
         except BaseException as exc:
             await self._stop_clients()
             if isinstance(exc, (*_OFFSET_ERRORS, Unavailable)):
@@ -318,7 +373,7 @@ class KafkaTransport(Transport, ProduceRateReader):
             else:
                 await c.cancel()
         self._consumers.clear()
-        inboxes = list(self._inboxes)
+        inboxes = [a for a in self._inboxes if shared_partition(a) is None]
         for tail in list(self._inboxes.values()):
             await tail.cancel()
         self._inboxes.clear()
@@ -396,8 +451,12 @@ class KafkaTransport(Transport, ProduceRateReader):
     async def _restore(self) -> None:
         try:
             await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1}, self._topic_config)
+            await self._create_topics({REPLIES: self.options.reply_partitions}, self._inbox_config)
             for topic, tail in list(self._inboxes.items()):
-                if await self._partitions(topic, fresh=True) is None:
+                if (
+                    shared_partition(topic) is None
+                    and await self._partitions(topic, fresh=True) is None
+                ):
                     await self._create_topics({topic: 1}, self._inbox_config)
                     await tail.reposition_at_end()
         except (*_OFFSET_ERRORS, Unavailable) as exc:
@@ -477,6 +536,13 @@ class KafkaTransport(Transport, ProduceRateReader):
                 for p in Priority
             ),
             (
+                REPLIES,
+                self.options.reply_partitions,
+                self._inbox_config,
+                "replies to every client, keyed by inbox address",
+            )
+            if self.options.inbox == "shared"
+            else (
                 f"{INBOX_PREFIX}<32 hex digits>",
                 1,
                 self._inbox_config,
@@ -549,10 +615,13 @@ class KafkaTransport(Transport, ProduceRateReader):
         *,
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
+        key: bytes | None = None,
     ) -> None:
         try:
             await asyncio.wait_for(
-                self._producer.send_and_wait(topic, value, partition=partition, headers=headers),
+                self._producer.send_and_wait(
+                    topic, value, key=key, partition=partition, headers=headers
+                ),
                 self.options.publish_timeout,
             )
         except UnknownTopicOrPartitionError as exc:
@@ -609,12 +678,21 @@ class KafkaTransport(Transport, ProduceRateReader):
     # ------------------------------------------------------------------ client side
     async def open_inbox(self, on_reply: OnBytes) -> str:
         self._check_open()
-        topic = new_reply_address()
-        await self._create_topics({topic: 1}, self._inbox_config)
-        tail = TailConsumer(self, topic, on_reply)
-        await self._start_tail("inbox", tail, [0])
-        self._inboxes[topic] = tail
-        return topic
+        if self.options.inbox == "topic":
+            address = new_reply_address()
+            await self._create_topics({address: 1}, self._inbox_config)
+            tail = TailConsumer(self, address, on_reply)
+            partition = 0
+        else:
+            partitions = await self._partitions(REPLIES, fresh=True)
+            if not partitions:
+                raise Unavailable(f"no topic {REPLIES!r} for replies (`fleet topology`)")
+            partition = random.choice(partitions)
+            address = shared_inbox(partition)
+            tail = TailConsumer(self, REPLIES, on_reply, key=address.encode())
+        await self._start_tail("inbox", tail, [partition])
+        self._inboxes[address] = tail
+        return address
 
     @property
     def _inbox_config(self) -> dict[str, str]:
@@ -651,6 +729,10 @@ class KafkaTransport(Transport, ProduceRateReader):
         check_reply_address(reply_to)
         check_size(body, self.max_message_bytes, "reply")
         self._check_open()
+        partition = shared_partition(reply_to)
+        if partition is not None:
+            await self._publish_shared_reply(reply_to, partition, body)
+            return
         topic = reply_to
         if not await self._reply_topic_exists(topic):
             log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
@@ -663,6 +745,27 @@ class KafkaTransport(Transport, ProduceRateReader):
                 log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
                 return
             raise
+
+    async def _publish_shared_reply(self, address: str, partition: int, body: bytes) -> None:
+        """Publish to ``partition`` of :data:`REPLIES`, keyed by the inbox's
+        address. Every failure is an error for the caller to retry (or to give
+        the request back for): the topic does not come and go with clients, so
+        an unknown topic or a missing leader is transient, never an inbox gone."""
+        partitions = await self._partitions(REPLIES)
+        if partitions is None or partition not in partitions:
+            partitions = await self._partitions(REPLIES, fresh=True)
+        if partitions is None:
+            raise Unavailable(f"no topic {REPLIES!r} for replies")
+        if partition not in partitions:
+            raise InvalidArgument(
+                f"reply address names partition {partition} of {REPLIES!r},"
+                f" which has {len(partitions)}"
+            )
+        try:
+            await self._send(REPLIES, body, partition=partition, key=address.encode())
+        except ModelNotFound as exc:
+            self._partitions_cache.pop(REPLIES, None)
+            raise Unavailable(f"topic {REPLIES!r} not available: {exc}") from exc
 
     async def _reply_topic_exists(self, topic: str) -> bool:
         seen = self._reply_topics.get(topic)
@@ -845,4 +948,12 @@ SPEC = TransportSpec(
     url_params=URL_PARAMS,
 )
 
-__all__ = ["INBOX_PREFIX", "SPEC", "KafkaOptions", "KafkaTransport"]
+__all__ = [
+    "INBOX_PREFIX",
+    "REPLIES",
+    "SPEC",
+    "KafkaOptions",
+    "KafkaTransport",
+    "shared_inbox",
+    "shared_partition",
+]

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.admin import RecordsToDelete
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from fleet.contract import Priority
-from fleet.errors import FleetError, ModelNotFound, Overloaded
+from fleet.errors import FleetError, ModelNotFound, Overloaded, Unavailable
 from fleet.transport import Delivery, connect, queue_name
 from fleet.transport.base import new_reply_address
-from fleet.transport.kafka import KafkaTransport
+from fleet.transport.kafka import REPLIES, KafkaTransport, shared_partition
 from tests.conftest import missing
 from tests.transport.kafka_support import Connect, collector, eventually, lag_becomes
 
@@ -257,12 +257,14 @@ async def test_reject_moves_the_record_to_the_dead_letter_topic(
 # --------------------------------------------------------------------------- replies
 
 
+@pytest.mark.parametrize("inbox", ["shared", "topic"])
 async def test_inbox_is_positioned_at_its_end_before_it_is_returned(
-    kafka: Connect, kafka_url: str
+    kafka: Connect, kafka_url: str, inbox: str
 ) -> None:
-    client, worker = await kafka(), await kafka()
+    client, worker = await kafka(inbox=inbox), await kafka()
     replies: list[bytes] = []
     address = await client.open_inbox(replies.append)
+    assert (shared_partition(address) is None) == (inbox == "topic")
     # written straight after open_inbox returns: must not be skipped
     await worker.publish_reply(address, b"first")
     await eventually(lambda: replies == [b"first"], timeout=10)
@@ -273,14 +275,69 @@ async def test_inbox_is_positioned_at_its_end_before_it_is_returned(
     await worker.publish_reply(address, b"second")
     await eventually(lambda: replies == [b"first", b"second"], timeout=10)
     assert others == []
-    # raw producer: the address is a topic anyone can write to
+    # raw producer: anyone who may write to the topic can address the inbox
+    partition = shared_partition(address)
+    topic, key = (address, None) if partition is None else (REPLIES, address.encode())
     producer = AIOKafkaProducer(bootstrap_servers=kafka_url.removeprefix("kafka://"))
     await producer.start()
     try:
-        await producer.send_and_wait(address, b"third")
+        await producer.send_and_wait(topic, b"third", key=key, partition=partition)
     finally:
         await producer.stop()
     await eventually(lambda: replies[-1:] == [b"third"], timeout=10)
+
+
+async def test_shared_inboxes_leave_nothing_behind_and_read_only_their_own(
+    kafka: Connect, kafka_url: str
+) -> None:
+    """Inboxes on ``fleet.replies`` create no topic, and two that share a
+    partition each get exactly their own replies."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_url.removeprefix("kafka://"))
+    await admin.start()
+    try:
+        before = set(await admin.list_topics())
+        client, worker = await kafka(), await kafka()
+        got: dict[str, list[bytes]] = {}
+        by_partition: dict[int, str] = {}
+        pair: tuple[str, str] | None = None
+        while pair is None:  # pigeonhole: at most partitions + 1 inboxes
+            sink: list[bytes] = []
+            address = await client.open_inbox(sink.append)
+            got[address] = sink
+            partition = shared_partition(address)
+            assert partition is not None
+            if partition in by_partition:
+                pair = (by_partition[partition], address)
+            by_partition[partition] = address
+        for address in pair:
+            await worker.publish_reply(address, address.encode())
+        for address in pair:
+            await eventually(lambda a=address: got[a] == [a.encode()], timeout=10)  # type: ignore[misc]
+        assert all(got[a] == [] for a in got if a not in pair)
+        reader = client._inboxes[pair[0]]  # type: ignore[attr-defined]
+        assert reader.read_records >= 2  # it read the other's reply, and kept only its own
+        await client.close()
+        assert not {t for t in await admin.list_topics() if t.startswith("fleet.inbox.")} - before
+    finally:
+        await admin.close()
+
+
+async def test_a_failed_shared_reply_is_an_error_to_retry_not_a_drop(
+    kafka: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown topic or a missing leader while publishing a reply is
+    transient: the worker must retry or give the request back, so the error
+    reaches it (the reply is not dropped as if the inbox were gone)."""
+    client, worker = await kafka(), await kafka()
+    address = await client.open_inbox(lambda _b: None)
+
+    async def unknown_topic(*args: Any, **kwargs: Any) -> None:
+        raise ModelNotFound("no topic 'fleet.replies'")
+
+    monkeypatch.setattr(worker, "_send", unknown_topic)
+    with pytest.raises(Unavailable) as err:
+        await worker.publish_reply(address, b"reply")
+    assert err.value.retriable
 
 
 async def test_reply_to_a_closed_inbox_is_dropped(kafka: Connect) -> None:
