@@ -647,6 +647,7 @@ class TailConsumer(Consumer):
         self.key = key  # only records with this key (an inbox on a shared topic)
         self.read_records = 0  # every record fetched, kept or not
         self.read_bytes = 0
+        self.kept_bytes = 0  # of the records handed on
         self._kafka: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -704,6 +705,7 @@ class TailConsumer(Consumer):
                     self.read_bytes += len(rec.value or b"") + len(rec.key or b"")
                     if self.key is not None and rec.key != self.key:
                         continue
+                    self.kept_bytes += len(rec.value or b"") + len(rec.key or b"")
                     try:
                         self.on_bytes(bytes(rec.value or b""))
                     except Exception:
