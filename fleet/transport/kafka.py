@@ -171,6 +171,7 @@ _INBOX_CONFIG = {"retention.ms": "3600000", "segment.ms": "600000"}
 (retention deletes whole segments only)."""
 _LAG_TTL = 0.5  # seconds a topic's lag is reused by publish_request
 _REPLY_TOPIC_TTL = 30.0  # seconds a reply topic is believed to exist
+_REPLY_TOPICS_KEPT = 1024  # past this many, the expired are forgotten
 _PROBE_TIMEOUT = 2.0
 _JOIN_TIMEOUT = 15.0
 _FIRST_BYTE = b"1"
@@ -772,8 +773,14 @@ class KafkaTransport(Transport, ProduceRateReader):
         now = time.monotonic()
         if seen is not None and now - seen < _REPLY_TOPIC_TTL:
             return True
-        if await self._partitions(topic, fresh=True) is None:
+        exists = await self._partitions(topic, fresh=True) is not None
+        self._partitions_cache.pop(topic, None)  # reply topics are tracked here alone
+        if not exists:
             return False
+        if len(self._reply_topics) >= _REPLY_TOPICS_KEPT:  # forget the expired
+            self._reply_topics = {
+                t: at for t, at in self._reply_topics.items() if now - at < _REPLY_TOPIC_TTL
+            }
         self._reply_topics[topic] = now
         return True
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import time
 import warnings
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -320,6 +321,18 @@ async def test_shared_inboxes_leave_nothing_behind_and_read_only_their_own(
         assert not {t for t in await admin.list_topics() if t.startswith("fleet.inbox.")} - before
     finally:
         await admin.close()
+
+
+async def test_a_worker_forgets_the_reply_topics_of_clients_long_gone(kafka: Connect) -> None:
+    """The reply topics of ``inbox=topic`` clients are remembered 30 s each; a
+    worker serving thousands of short-lived clients must not keep them all."""
+    worker, client = await kafka(), await kafka(inbox="topic")
+    address = await client.open_inbox(lambda _b: None)
+    long_ago = time.monotonic() - 3600
+    worker._reply_topics = {f"fleet.inbox.{i:032x}": long_ago for i in range(1024)}  # type: ignore[attr-defined]
+    await worker.publish_reply(address, b"reply")
+    assert set(worker._reply_topics) == {address}  # type: ignore[attr-defined]
+    assert address not in worker._partitions_cache  # type: ignore[attr-defined]
 
 
 async def test_a_failed_shared_reply_is_an_error_to_retry_not_a_drop(
