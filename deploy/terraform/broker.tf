@@ -106,7 +106,9 @@ data "aws_secretsmanager_random_password" "mq_fleet" {
 resource "aws_secretsmanager_secret" "mq" {
   count = var.broker == "rabbitmq" ? 1 : 0
 
-  name_prefix             = "${var.name}/rabbitmq-admin-password-"
+  # The name it had when the fleet connected as the administrator: an existing
+  # secret (and the broker's password in it) is kept, not replaced.
+  name_prefix             = "${var.name}/rabbitmq-password-"
   description             = "${var.name}: password of the Amazon MQ administrator ${var.mq_admin_username}"
   kms_key_id              = aws_kms_key.fleet.arn
   recovery_window_in_days = 7
@@ -129,7 +131,7 @@ resource "aws_secretsmanager_secret_version" "mq" {
 resource "aws_secretsmanager_secret" "mq_fleet" {
   count = var.broker == "rabbitmq" ? 1 : 0
 
-  name_prefix             = "${var.name}/rabbitmq-password-"
+  name_prefix             = "${var.name}/rabbitmq-app-password-"
   description             = "${var.name}: password of the Amazon MQ application user ${var.broker_username}"
   kms_key_id              = aws_kms_key.fleet.arn
   recovery_window_in_days = 7
@@ -202,6 +204,11 @@ resource "aws_mq_broker" "this" {
     # Amazon MQ cannot change a RabbitMQ user in place: a changed user block
     # would replace the broker. The password is rotated by hand (README).
     ignore_changes = [user]
+
+    precondition {
+      condition     = var.broker_username != var.mq_admin_username
+      error_message = "broker_username is the fleet's own user, not the administrator (mq_admin_username): give them different names."
+    }
 
     postcondition {
       condition     = alltrue([for i in self.instances : length(i.endpoints) > 0 && alltrue([for e in i.endpoints : can(regex("^amqps://[^:/]+:5671$", e))])])

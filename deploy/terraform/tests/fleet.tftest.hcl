@@ -398,6 +398,18 @@ run "amazon_mq_for_rabbitmq" {
   }
 }
 
+run "amazon_mq_fleet_user_is_not_the_administrator" {
+  command = plan
+
+  variables {
+    broker            = "rabbitmq"
+    broker_url        = null
+    mq_admin_username = "fleet"
+  }
+
+  expect_failures = [aws_mq_broker.this]
+}
+
 run "producers_reach_a_managed_broker" {
   command = plan
 
