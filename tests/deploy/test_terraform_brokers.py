@@ -18,7 +18,9 @@ import pytest
 
 from fleet.contract import Priority
 from fleet.settings import BROKER, resolve_password
+from fleet.transport import _kafka_security as security
 from fleet.transport.base import DEAD_LETTER, HEARTBEATS, REPLY_PREFIX, queue_name
+from fleet.transport.kafka import REPLIES
 from tests.deploy.test_terraform import TEMPLATES, TF, block, config
 
 pytestmark = pytest.mark.deploy
@@ -100,7 +102,6 @@ def test_msk_url_scheme_matches_auth_mode_and_port() -> None:
 
 
 def test_msk_urls_are_what_the_kafka_transport_takes() -> None:
-    security = pytest.importorskip("fleet.transport._kafka_security")
     assert security.PROTOCOLS == KAFKA_SCHEMES
     for name, mode in config()["locals"]["msk_modes"].items():
         url = _msk_url(mode)
@@ -108,9 +109,8 @@ def test_msk_urls_are_what_the_kafka_transport_takes() -> None:
         assert security.PROTOCOLS[mode["scheme"]] == protocol, name
         if mechanism is not None:
             assert mechanism in security.MECHANISMS, name
-        if name == "iam":
-            continue  # its check also needs the signer package installed
-        parsed = security.KafkaSecurity.from_url(url, env={"FLEET_BROKER_PASSWORD": "pw"})
+        env = {} if name == "iam" else {"FLEET_BROKER_PASSWORD": "pw"}  # IAM signs, no password
+        parsed = security.KafkaSecurity.from_url(url, env=env)
         assert (parsed.protocol, parsed.mechanism) == (protocol, mechanism), name
 
 
@@ -141,11 +141,7 @@ def test_kafka_names_are_the_transports() -> None:
     assert locals_["kafka_dead_letter"] == DEAD_LETTER
     assert locals_["kafka_heartbeats"] == HEARTBEATS
     assert locals_["kafka_inbox_wildcard"] == REPLY_PREFIX + "*"
-    # The shared reply topic, where the transport has one (inbox=shared).
-    from fleet.transport import kafka
-
-    if hasattr(kafka, "REPLIES"):
-        assert locals_["kafka_replies"] == kafka.REPLIES
+    assert locals_["kafka_replies"] == REPLIES  # the shared reply topic (inbox=shared)
     assert locals_["kafka_priorities"] == [p.label for p in Priority]
     template = re.search(r'"(fleet\.\$\{m\}\.\$\{p\})"', locals_["kafka_model_topics"])
     assert template, locals_["kafka_model_topics"]
