@@ -12,9 +12,12 @@ Topology (declared on connect and again after every reconnect):
 - heartbeats: the fanout exchange ``fleet.heartbeats``, one exclusive queue per
   subscriber.
 
-The connection is a plain one with a reconnection loop of our own: after a
-reconnect the topology is declared again, every inbox and consumer is started
-again on a fresh channel, and only then are the reconnect listeners called.
+The connection is a plain one with a reconnection loop of our own. A URL may
+name the nodes of a cluster, ``amqp://user:pass@h1:p1,h2:p2,h3:p3/``: a
+connect tries them in turn, and a reconnect starts from the node after the one
+lost. After a reconnect the topology is declared again, every inbox and
+consumer is started again on a fresh channel, and only then are the reconnect
+listeners called.
 Each consumer has a channel of its own; a delivery remembers that channel and
 settling it once the channel is gone is a no-op (the broker redelivers).
 
@@ -208,6 +211,24 @@ def tls_context(query: Mapping[str, str]) -> ssl.SSLContext:
     return context
 
 
+def node_urls(url: str) -> list[str]:
+    """The URL of each node ``url`` names: ``amqp://user:pass@h1:p1,h2:p2/vhost``
+    names the nodes of one cluster, with the same login, vhost and parameters;
+    a URL with one host comes back as it is."""
+    parts = urlsplit(url)
+    login, at, hosts = parts.netloc.rpartition("@")
+    urls = []
+    for host in hosts.split(","):
+        if not host.strip():
+            raise ConfigError(f"RabbitMQ URL {redact_url(url)!r} names an empty host")
+        urls.append(urlunsplit(parts._replace(netloc=f"{login}{at}{host.strip()}")))
+    return urls
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).netloc.rpartition("@")[2]
+
+
 def _causes(exc: BaseException) -> Iterator[BaseException]:
     """``exc`` and every error it was raised from or while handling."""
     seen: set[int] = set()
@@ -278,6 +299,8 @@ class AmqpTransport(Transport):
         parts = urlsplit(url)
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in _AMQP_QUERY])
         self._amqp_url = urlunsplit(parts._replace(query=query, fragment=""))
+        self._amqp_urls = node_urls(self._amqp_url)
+        self._node = 0  # the index in _amqp_urls of the node to try first
         self._safe_url = urlunsplit(
             parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         )
@@ -331,7 +354,7 @@ class AmqpTransport(Transport):
         query = self._tls_query
         if query is None or not query.get("certfile"):
             return None
-        parts = urlsplit(self._amqp_url)
+        parts = urlsplit(self._amqp_urls[self._node])
         writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(min(self.options.publish_timeout, _DIAGNOSE_TIMEOUT)):
@@ -351,11 +374,30 @@ class AmqpTransport(Transport):
         return None
 
     async def _open(self) -> None:
+        """Open the connection on the first node that answers, trying the URL's
+        nodes in turn from the one last used (after a lost connection, the
+        next one); a login or certificate refused is not tried further."""
+        count = len(self._amqp_urls)
+        for tried in range(1, count + 1):
+            try:
+                await self._open_node(self._amqp_urls[self._node])
+            except CONNECTION_EXCEPTIONS as exc:
+                if tried == count or connect_refusal(exc, "") is not None:
+                    raise
+                log.info(
+                    "RabbitMQ node unreachable; trying the next",
+                    node=_host(self._amqp_urls[self._node]),
+                    error=repr(exc),
+                )
+                self._node = (self._node + 1) % count
+            else:
+                return
+
+    async def _open_node(self, url: str) -> None:
         """Connect, declare the topology, start every subscription: all or nothing."""
         context = None if self._tls_query is None else tls_context(self._tls_query)
-        conn = await aio_pika.connect(
-            self._amqp_url, timeout=self.options.publish_timeout, ssl_context=context
-        )
+        timeout = self.options.publish_timeout
+        conn = await aio_pika.connect(url, timeout=timeout, ssl_context=context)
         try:
             publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
             await self._declare_topology(publisher)
@@ -382,6 +424,7 @@ class AmqpTransport(Transport):
     async def _reconnect(self) -> None:
         try:
             old, self._conn, self._publisher = self._conn, None, None
+            self._node = (self._node + 1) % len(self._amqp_urls)  # that node may be going away
             if old is not None:
                 with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                     await old.close()
@@ -772,6 +815,7 @@ __all__ = [
     "AmqpOptions",
     "AmqpTransport",
     "connect_refusal",
+    "node_urls",
     "tls_context",
     "work_queue_arguments",
 ]
