@@ -173,6 +173,7 @@ _LAG_TTL = 0.5  # seconds a topic's lag is reused by publish_request
 _REPLY_TOPIC_TTL = 30.0  # seconds a reply topic is believed to exist
 _REPLY_TOPICS_KEPT = 1024  # past this many, the expired are forgotten
 _PROBE_TIMEOUT = 2.0
+_HEALTHY_PROBE_INTERVAL = 5.0  # seconds between probes of a broker that answers
 _JOIN_TIMEOUT = 15.0
 _FIRST_BYTE = b"1"
 _OFFSET_ERRORS = (KafkaError, OSError, TimeoutError)
@@ -298,6 +299,7 @@ class KafkaTransport(Transport, ProduceRateReader):
         self._known_committed: dict[TopicPartition, Any] = {}
         self._checker: asyncio.Task[None] | None = None
         self._brokers = 1  # the cluster's size, as its metadata said at connect
+        self._wake = asyncio.Event()  # the watcher's sleep, cut short
 
     @property
     def connected(self) -> bool:
@@ -429,6 +431,7 @@ class KafkaTransport(Transport, ProduceRateReader):
         if self._connected and not self._closing:
             log.warning("Kafka broker unreachable")
             self._connected = False
+            self._wake.set()
 
     # ------------------------------------------------------------------ reconnects
     async def _probe(self) -> bool:
@@ -441,8 +444,16 @@ class KafkaTransport(Transport, ProduceRateReader):
         return bool(topics) and all(t.get("error_code", 0) == 0 for t in topics)
 
     async def _watch(self) -> None:
+        """Probe the broker: every ``reconnect_interval`` while it is away, every
+        :data:`_HEALTHY_PROBE_INTERVAL` while it answers (a failing call probes
+        at once, see :meth:`_check_soon`): an idle client asks for little."""
         while not self._closing:
-            await asyncio.sleep(self.options.reconnect_interval)
+            interval = self.options.reconnect_interval
+            if self._connected:
+                interval = max(interval, _HEALTHY_PROBE_INTERVAL)
+            with contextlib.suppress(TimeoutError):  # woken early by _suspect_down
+                await asyncio.wait_for(self._wake.wait(), interval)
+            self._wake.clear()
             if await self._probe():
                 if not self._connected:
                     await self._restore()
