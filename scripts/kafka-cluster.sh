@@ -147,6 +147,7 @@ broker.session.timeout.ms=4000
 log.segment.bytes=16777216
 log.retention.hours=24
 log.retention.check.interval.ms=300000
+offsets.retention.minutes=60
 EOF
 }
 

@@ -50,8 +50,9 @@ PACE = 0.2  # seconds each of the concurrent callers rests between requests
 
 
 @pytest.fixture
-async def cluster() -> AsyncIterator[KafkaCluster]:
-    """The cluster, all three nodes running before and after the test."""
+async def cluster(unique_model: str) -> AsyncIterator[KafkaCluster]:
+    """The cluster, all three nodes running before and after the test, which
+    leaves no topic of its own behind."""
     cluster = KafkaCluster(
         cluster_env("FLEET_TEST_KAFKA_CLUSTER_URL"), cluster_env("FLEET_TEST_KAFKA_CLUSTER_CTL")
     )
@@ -60,6 +61,17 @@ async def cluster() -> AsyncIterator[KafkaCluster]:
     yield cluster
     if not await cluster.all_running():  # a failed test left a node down
         await cluster.run("start")
+    await cluster.delete_topics(f"fleet.{unique_model}-")  # fleet.<model>.<priority>
+
+
+@pytest.fixture
+def model_repo(tmp_path: Path, built_models: Path, unique_model: str) -> Path:
+    """The digits model alone, as ``<unique_model>-digits``: half the topics
+    of the usual repository, so a node has fewer partitions to move."""
+    root = tmp_path / "models"
+    root.mkdir()
+    (root / f"{unique_model}-digits").symlink_to(built_models / "digits", target_is_directory=True)
+    return root
 
 
 def client_url(cluster: KafkaCluster) -> str:
