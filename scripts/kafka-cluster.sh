@@ -21,7 +21,9 @@
 # 19093, 19094) and for the controller quorum on
 # FLEET_KAFKA_CLUSTER_CONTROLLER_PORT+N-1 (19192, 19193, 19194). Everything
 # lives under .cache/kafka-cluster (git-ignored): nN/ holds node N's log
-# directory (data/), server.properties, kafka.pid and kafka.log.
+# directory (data/), server.properties, kafka.pid and kafka.log; classes.jsa
+# is the class data sharing archive the nodes start with (see build_archive).
+# Each node's heap is FLEET_KAFKA_CLUSTER_HEAP (256m).
 #
 # Topics get 3 replicas and need 2 in sync (min.insync.replicas) by default,
 # the group offsets and transaction state too. A broker that stops

@@ -47,6 +47,7 @@ DEADLINE = 20.0
 ROWS = 40  # distinct inputs cycled through under load
 CONCURRENCY = 4
 PACE = 0.2  # seconds each of the concurrent callers rests between requests
+AROUND = {"start_after": 2.0, "tail": 2.0}  # seconds of load before and after a short fault
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ async def test_stopping_a_partition_leader_under_load(
             took["stop"] = time.monotonic() - t0
             took["flowing"] = await flowing_again(ledger, t0)
 
-        await under_fault(ledger, steady_load(load, ledger, client), stop_leader)
+        await under_fault(ledger, steady_load(load, ledger, client), stop_leader, **AROUND)
         await serves_again(ledger, client, load, range(ROWS, ROWS + 20))
         stall = longest_stall(ledger, took["since"])
         await cluster.run("start-node", str(leader))
@@ -195,7 +196,7 @@ async def test_kill_9_of_a_node_under_load_loses_no_confirmed_request(
             await cluster.run("kill-node", str(victim))
             took["flowing"] = await flowing_again(ledger, t0)
 
-        await under_fault(ledger, steady_load(load, ledger, client), kill)
+        await under_fault(ledger, steady_load(load, ledger, client), kill, **AROUND)
         await serves_again(ledger, client, load, range(ROWS, ROWS + 20))
         stall = longest_stall(ledger, took["since"])
         await cluster.run("start-node", str(victim))
