@@ -12,8 +12,10 @@ from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 
 from fleet import wire
 from fleet.contract import Priority
@@ -90,6 +92,37 @@ class KafkaCluster:
             )
         return {c[0]: c[1] for c in described[0].resources[0][4]}
 
+    async def holding_partition(self, topic: str) -> int:
+        """A partition of ``topic`` that holds records (its end offset is past
+        0); fails the test when none does."""
+        parts = sorted(p["partition"] for _, p in await self.partitions([topic]))
+        reader = AIOKafkaConsumer(bootstrap_servers=self.hosts, enable_auto_commit=False)
+        await reader.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in parts]
+            end = await asyncio.wait_for(reader.end_offsets(tps), 10)
+        finally:
+            await reader.stop()
+        filled = [tp.partition for tp in tps if end[tp] > 0]
+        assert filled, f"no records in {topic}: {end}"
+        return int(filled[0])
+
+    async def wait_fenced(self, node: int, within: float = 60.0) -> None:
+        """Return once the cluster's metadata no longer lists ``node`` (the
+        controller fenced it); fail after ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        async with self.admin() as admin:
+            while True:
+                try:
+                    brokers = (await asyncio.wait_for(admin.describe_cluster(), 5))["brokers"]
+                except (KafkaError, OSError, TimeoutError):  # asked the node that is gone
+                    brokers = None
+                if brokers is not None and node not in {b["node_id"] for b in brokers}:
+                    return
+                assert loop.time() < end, f"node {node} still listed after {within}s: {brokers}"
+                await asyncio.sleep(0.2)
+
     async def delete_topics(self, prefix: str) -> None:
         """Delete the topics whose names start with ``prefix``: a test's topics
         would otherwise pile up in the cluster, and every start and stop of a
@@ -145,6 +178,14 @@ class Confirmed:
             self.ids.update(wire.salvage_ids(body)[1])
 
         transport.publish_request = confirmed  # type: ignore[method-assign]
+
+    async def reach(self, count: int, within: float = 30.0) -> None:
+        """Wait until ``count`` requests were confirmed; fail after ``within`` s."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
+        while len(self.ids) < count:
+            assert loop.time() < end, f"{len(self.ids)} of {count} confirmed in {within}s"
+            await asyncio.sleep(0.05)
 
     def unanswered(self, ledger: Ledger) -> list[str]:
         """Confirmed requests of ``ledger`` that did not end ``ok``."""
