@@ -524,16 +524,30 @@ class KafkaTransport(Transport, ProduceRateReader):
         return None
 
     async def declare_model(self, model: str) -> None:
+        """Create the model's topics and wait until every partition has a
+        leader: a consumer group formed before the new topics' metadata is
+        complete assigns them no partitions. A request that fails on the way
+        (it went to a broker just killed, which the cluster has not fenced
+        yet) is tried again until ``publish_timeout``."""
         self._check_open()
         topics = [queue_name(model, p) for p in Priority]
-        await self._create_topics({t: self.options.partitions for t in topics}, self._topic_config)
-        # a consumer group formed before the new topics' metadata is complete
-        # assigns them no partitions: wait until every partition has a leader
         loop = asyncio.get_running_loop()
         end = loop.time() + self.options.publish_timeout
-        while not all([await self._has_leaders(t) for t in topics]):
+        created = False
+        while True:
+            try:
+                if not created:
+                    await self._create_topics(
+                        {t: self.options.partitions for t in topics}, self._topic_config
+                    )
+                    created = True
+                if all([await self._has_leaders(t) for t in topics]):
+                    return
+                failure: Unavailable | None = None
+            except Unavailable as exc:
+                failure = exc
             if loop.time() > end:
-                raise Unavailable(f"topics {topics} have no partition leaders yet")
+                raise failure or Unavailable(f"topics {topics} have no partition leaders yet")
             await asyncio.sleep(0.1)
 
     async def topology(self, models: Sequence[str]) -> list[Resource]:

@@ -316,7 +316,9 @@ async def test_shared_inboxes_leave_nothing_behind_and_read_only_their_own(
             await eventually(lambda a=address: got[a] == [a.encode()], timeout=10)  # type: ignore[misc]
         assert all(got[a] == [] for a in got if a not in pair)
         reader = client._inboxes[pair[0]]  # type: ignore[attr-defined]
-        assert reader.read_records >= 2  # it read the other's reply, and kept only its own
+        # it reads the other's reply too, and keeps only its own
+        await eventually(lambda: reader.read_records >= 2, timeout=10)
+        assert got[pair[0]] == [pair[0].encode()]
         await client.close()
         assert not {t for t in await admin.list_topics() if t.startswith("fleet.inbox.")} - before
     finally:
@@ -333,6 +335,25 @@ async def test_a_worker_forgets_the_reply_topics_of_clients_long_gone(kafka: Con
     await worker.publish_reply(address, b"reply")
     assert set(worker._reply_topics) == {address}  # type: ignore[attr-defined]
     assert address not in worker._partitions_cache  # type: ignore[attr-defined]
+
+
+async def test_declaring_a_model_rides_out_a_request_to_a_dead_broker(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until a cluster fences a killed broker, an admin request may go to it and
+    fail; declaring a model (a worker's start) tries again within its timeout."""
+    worker = await kafka()
+    real = worker._has_leaders  # type: ignore[attr-defined]
+    failures = [Unavailable("metadata failed: NodeNotReadyError")]
+
+    async def flaky(topic: str) -> bool:
+        if failures:
+            raise failures.pop()
+        return bool(await real(topic))
+
+    monkeypatch.setattr(worker, "_has_leaders", flaky)
+    await worker.declare_model(unique_model)
+    assert failures == []
 
 
 async def test_a_failed_shared_reply_is_an_error_to_retry_not_a_drop(
