@@ -251,7 +251,7 @@ async def diagnose(host: str, security: KafkaSecurity, timeout: float = _DIAGNOS
             )
             # TLS 1.3 ends the handshake before the server judges our
             # certificate: its verdict comes with the first answer
-            await conn.send(MetadataRequest[0]([]))
+            await conn.send(MetadataRequest([]))
     except (KafkaError, OSError, TimeoutError) as exc:
         refused = _refusal(host, security, exc)
         if refused is not None:

@@ -12,6 +12,8 @@ import pytest
 
 from fleet.errors import AuthenticationFailed, ConfigError
 from fleet.transport import connect
+from fleet.transport._kafka_security import diagnose
+from fleet.transport.kafka import KafkaTransport
 from producer import Client
 from tests.helpers import direct_onnx, rows, running_worker
 from tests.tls.conftest import tls_env
@@ -88,6 +90,18 @@ async def test_mutual_tls_without_a_client_certificate_is_refused(
     with pytest.raises(AuthenticationFailed, match="client certificate"):
         await transport.connect()
     await transport.close()
+
+
+@pytest.mark.parametrize("name", ["SSL", "SASL_SSL"])
+async def test_a_second_look_at_a_broker_that_answers_finds_nothing_wrong(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed bootstrap the transport connects once more to tell a
+    refusal from an outage; where the broker answers and accepts us (it was
+    only busy), that look must end quietly: the Unavailable stands."""
+    transport = connect(listener(name, monkeypatch))
+    assert isinstance(transport, KafkaTransport)
+    await diagnose(transport.bootstrap[0], transport.security)
 
 
 def test_tls_files_that_cannot_be_read_fail_before_connecting(
