@@ -86,10 +86,53 @@ for svc in "${started[@]}"; do
     done < <(bash "scripts/${svc}.sh" tls-env)
 done
 
+# 3-node RabbitMQ and 3-broker Kafka clusters for the cluster tier; variables
+# already set (clusters you bring yourself) win.
+start_clusters() {
+    local name var line
+    for name in rabbitmq-cluster kafka-cluster; do
+        var=FLEET_TEST_AMQP_CLUSTER_URL
+        [[ $name == kafka-cluster ]] && var=FLEET_TEST_KAFKA_CLUSTER_URL
+        if [[ -n "${!var:-}" ]]; then
+            say "$name: using $var from the environment"
+            continue
+        fi
+        say "$name: starting a local 3-node cluster"
+        bash "scripts/${name}.sh" start >/dev/null
+        started+=("$name")
+        while IFS= read -r line; do
+            [[ $line == FLEET_TEST_*=* ]] && export "${line?}"
+        done < <(bash "scripts/${name}.sh" env)
+    done
+}
+
 say "lint and types"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 
+# The cluster tier runs last, on 3-node clusters started for it once the other
+# tiers are done and the single-node servers stopped: on a small machine the
+# clusters would otherwise compete with every other tier for the CPUs. With
+# arguments, the clusters start only when they name the tier ("-m cluster").
+clusters=0
+if [[ $# -eq 0 || "$*" == *cluster* ]]; then
+    clusters=1
+fi
+
 say "tests: every tier"
-.venv/bin/pytest "$@"
+if [[ $# -eq 0 ]]; then
+    .venv/bin/pytest --ignore=tests/cluster
+else
+    [[ $clusters == 1 ]] && start_clusters
+    .venv/bin/pytest "$@"
+    exit
+fi
+[[ $clusters == 1 ]] || exit 0
+say "tests: the cluster tier"
+for svc in "${started[@]}"; do # free the CPUs the single-node servers hold
+    bash "scripts/${svc}.sh" stop >/dev/null 2>&1 || true
+done
+started=()
+start_clusters
+.venv/bin/pytest tests/cluster
