@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from autoscaler.actuators.local import LocalActuator
 from autoscaler.config import load_config, parse_config
 from autoscaler.simulator.profile import ServiceProfile
-from fleet.errors import ConfigError, Unavailable
+from fleet.errors import AuthenticationFailed, ConfigError, FleetError, Unavailable
 from fleet.transport import connect
 from fleet.worker_command import worker_launch
 from fleetctl.demo import spawn_workers
@@ -208,9 +208,11 @@ def test_recommend_takes_the_password_from_the_environment(
 # ---------------------------------------------------------------- connect failures
 
 
-async def _connect_failure(url: str) -> tuple[str, list[MutableMapping[str, Any]]]:
+async def _connect_failure(
+    url: str, error: type[FleetError] = Unavailable
+) -> tuple[str, list[MutableMapping[str, Any]]]:
     transport = connect(url, publish_timeout=3.0)
-    with structlog.testing.capture_logs() as logs, pytest.raises(Unavailable) as failed:
+    with structlog.testing.capture_logs() as logs, pytest.raises(error) as failed:
         await transport.connect()
     await transport.close()
     return failed.value.message, logs
@@ -226,7 +228,8 @@ async def test_a_connect_failure_shows_no_password() -> None:
 async def test_refused_credentials_show_no_password() -> None:
     real = broker_url_for("amqp").split("?", 1)[0]
     host = real.rpartition("@")[2]
-    message, logs = await _connect_failure(f"amqp://fleet:{PASSWORD}@{host}")
+    # refused credentials: not retried, and the password shown nowhere
+    message, logs = await _connect_failure(f"amqp://fleet:{PASSWORD}@{host}", AuthenticationFailed)
     assert "ACCESS_REFUSED" in message and PASSWORD not in message
     assert PASSWORD not in repr(logs)
 
