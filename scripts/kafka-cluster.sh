@@ -36,7 +36,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SELF="$ROOT/scripts/kafka-cluster.sh"
 CACHE="$ROOT/.cache/kafka-cluster"
 LIBS="$ROOT/.cache/kafka/libs" # shared with scripts/kafka.sh
-POM="$ROOT/scripts/kafka/pom.xml"
 LOG4J="$CACHE/log4j.properties"
 CLUSTER_ID_FILE="$CACHE/cluster-id"
 ARCHIVE="$CACHE/classes.jsa"
@@ -96,18 +95,9 @@ check_node() {
 
 # -------------------------------------------------------------------- setup
 
-# The same pinned jars, in the same place, as scripts/kafka.sh fetches.
+# The same pinned jars, in the same place, as scripts/kafka.sh uses.
 fetch_jars() {
-    if compgen -G "$LIBS/kafka_2.13-*.jar" >/dev/null; then
-        return
-    fi
-    command -v mvn >/dev/null || die "mvn not found: Maven fetches the Kafka jars"
-    say "fetching Apache Kafka jars from Maven Central into $LIBS"
-    mkdir -p "$LIBS.partial"
-    mvn -q -B -Dstyle.color=never -f "$POM" dependency:copy-dependencies \
-        -DincludeScope=runtime -DoutputDirectory="$LIBS.partial" >&2
-    rm -rf "$LIBS"
-    mv "$LIBS.partial" "$LIBS"
+    bash "$ROOT/scripts/kafka.sh" fetch
 }
 
 write_config() {

@@ -25,6 +25,7 @@
 # FLEET_KAFKA_SASL_PORT (9098); SASL takes PLAIN, SCRAM-SHA-256 and
 # SCRAM-SHA-512 for the user "fleet", whose password is made once into
 # .cache/kafka/sasl-password.
+#   scripts/kafka.sh fetch     fetch the pinned jars into .cache/kafka/libs (once)
 #   scripts/kafka.sh tls-env   print those listeners' URLs, the password and the
 #                              certificate directory as FLEET_TEST_*=value lines
 set -euo pipefail
@@ -338,5 +339,6 @@ case "${1:-}" in
         ;;
     status) status ;;
     tls-env) tls_env ;;
-    *) die "usage: $0 start|stop|restart|status|tls-env" ;;
+    fetch) fetch_jars ;;
+    *) die "usage: $0 start|stop|restart|status|tls-env|fetch" ;;
 esac
