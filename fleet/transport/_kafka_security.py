@@ -242,7 +242,6 @@ async def diagnose(host: str, security: KafkaSecurity, timeout: float = _DIAGNOS
     is down."""
     name, _, port = host.rpartition(":")
     kwargs = security.client_kwargs()
-    kwargs["ssl_context"] = security.ssl_context()
     conn: Any = None
     try:
         async with asyncio.timeout(timeout):
