@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,8 +37,10 @@ from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
 
 from benchmarks.request_path import _service, stop_process  # noqa: E402
 from fleet.transport.kafka import INBOX_PREFIX  # noqa: E402
+from fleet.worker_command import worker_argv, worker_command  # noqa: E402
 from fleetctl.demo import wait_model_served  # noqa: E402
 from producer import Client  # noqa: E402
+from worker.zoo import build_all  # noqa: E402
 
 MODEL, WIDTH = "mlp", 256
 
@@ -126,14 +129,9 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=4, help="requests in flight per client")
     ap.add_argument("--models", type=Path, default=ROOT / ".cache" / "bench-models")
     args = ap.parse_args()
-    from fleet.worker_command import worker_argv, worker_command
-    from worker.zoo import build_all
-
     build_all(args.models)
     started: list[str] = []
     url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
-    import subprocess
-
     worker = subprocess.Popen(
         worker_argv(
             broker=url,
