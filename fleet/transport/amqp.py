@@ -90,6 +90,7 @@ from fleet.errors import (
 )
 from fleet.logging import get_logger
 from fleet.redact import redact_url
+from fleet.settings import BROKER, resolve_password
 from fleet.transport._amqp_consumer import (
     AmqpDelivery,
     Declare,
@@ -296,6 +297,8 @@ class AmqpTransport(Transport):
 
     def __init__(self, url: str, options: TransportOptions) -> None:
         super().__init__(url, AmqpOptions.extend(options))
+        # a URL naming only the user: $FLEET_BROKER_PASSWORD[_FILE] (never argv)
+        url = resolve_password(url, BROKER)
         parts = urlsplit(url)
         query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k in _AMQP_QUERY])
         self._amqp_url = urlunsplit(parts._replace(query=query, fragment=""))

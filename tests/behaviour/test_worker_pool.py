@@ -11,6 +11,7 @@ import pytest
 from fleet.heartbeat import Heartbeat
 from fleet.transport import connect
 from producer import Client
+from tests.behaviour.conftest import secure_url
 from tests.helpers import direct_onnx, rows, running_worker
 
 pytestmark = pytest.mark.faults
@@ -63,11 +64,9 @@ async def test_a_worker_joins_then_leaves_under_load(
 
 @pytest.mark.kafka
 async def test_workers_beyond_the_partition_count_idle_and_say_so(
-    model_repo: Path, unique_model: str
+    model_repo: Path, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.conftest import broker_url_for
-
-    base = broker_url_for("kafka")
+    base = secure_url("kafka", monkeypatch)
     url = f"{base}{'&' if '?' in base else '?'}partitions=1"
     model = f"{unique_model}-digits"
     beats: dict[str, Heartbeat] = {}

@@ -285,6 +285,28 @@ async def test_the_least_privilege_user_runs_the_fleet(
     assert await wait_dead_letter(operator, poison)
 
 
+async def test_a_url_naming_only_the_user_takes_the_password_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, model_repo: Path, unique_model: str
+) -> None:
+    """``amqps://fleet-app@host/`` and ``FLEET_BROKER_PASSWORD``: the client,
+    the worker and the management API (same user) all log in with it."""
+    url = tls_env("FLEET_TEST_AMQPS_APP_URL")
+    password = tls_env("FLEET_TEST_AMQPS_APP_URL_PASSWORD")
+    monkeypatch.setenv("FLEET_BROKER_PASSWORD", password)
+    digits, x = f"{unique_model}-digits", rows(64, 8)
+    async with running_worker(url, model_repo), Client(url, timeout=WAIT) as client:
+        got = await client.infer(digits, {"input": x})
+    want = direct_onnx(model_repo / digits, {"input": x})
+    np.testing.assert_array_equal(got["label"], want["label"])
+    transport = connect(url)
+    try:
+        await transport.connect()
+        assert (await transport.depth(digits)).ready == 0  # the management API logs in too
+        assert password not in repr(transport)
+    finally:
+        await transport.close()
+
+
 async def test_the_least_privilege_user_is_refused_other_names(
     open_transport: OpenTransport, app_url: str
 ) -> None:
