@@ -178,22 +178,30 @@ start() {
         fi
     done
     bash "$ROOT/scripts/tls.sh" "$TLS_DIR" >/dev/null
-    "$RMQ_BIN/rabbitmq-plugins" --offline enable rabbitmq_management >/dev/null 2>&1 ||
-        log "could not enable the management plugin; continuing without it"
-    "$RMQ_BIN/rabbitmq-plugins" --offline enable rabbitmq_auth_mechanism_ssl >/dev/null 2>&1 ||
-        log "could not enable rabbitmq_auth_mechanism_ssl; auth=EXTERNAL will be refused"
+    enable_plugins
     log "starting node $NODE (logs in $BASE/log)"
     "$RMQ_BIN/rabbitmq-server" -detached >/dev/null 2>&1
     local deadline=$((SECONDS + WAIT_S))
-    until is_up && ctl await_startup --timeout 5 >/dev/null 2>&1; do
+    # once the node answers, one await_startup waits for its boot to finish
+    until is_up && ctl await_startup --timeout $((deadline - SECONDS + 1)) >/dev/null 2>&1; do
         if ((SECONDS >= deadline)); then
             tail -n 30 "$BASE/log/$NODE.log" >&2 2>/dev/null || true
             die "node $NODE did not start within ${WAIT_S}s"
         fi
-        sleep 1
+        sleep 0.5
     done
     add_users
     echo "$URL"
+}
+
+enable_plugins() {
+    # each rabbitmq-plugins call boots an Erlang VM: skip it when already enabled
+    local plugin
+    for plugin in rabbitmq_management rabbitmq_auth_mechanism_ssl; do
+        grep -qw "$plugin" "$RABBITMQ_ENABLED_PLUGINS_FILE" 2>/dev/null && continue
+        "$RMQ_BIN/rabbitmq-plugins" --offline enable "$plugin" >/dev/null 2>&1 ||
+            log "could not enable $plugin; continuing without it (management API / auth=EXTERNAL)"
+    done
 }
 
 has_user() { ctl -q list_users | awk '{print $1}' | grep -qxF "$1"; }
@@ -206,8 +214,14 @@ add_users() {
             openssl rand -hex 24 >"$APP_PASSWORD_FILE"
         )
     fi
-    local password
+    local password stamp mark="$BASE/mnesia/$NODE.users"
     password="$(<"$APP_PASSWORD_FILE")"
+    # users live in the node's database: a restart keeps them, so the eight
+    # rabbitmqctl calls below (an Erlang VM each) run only when something changed
+    stamp="$(printf '%s\n' "$APP_USER" "$password" "$CERT_USER" "$FLEET_NAMES" "$FLEET_WRITE" | sha256sum)"
+    if [[ -f "$mark" && "$(<"$mark")" == "$stamp" ]]; then
+        return
+    fi
     if has_user "$APP_USER"; then
         ctl -q change_password "$APP_USER" "$password" >/dev/null
     else
@@ -222,6 +236,7 @@ add_users() {
     fi
     ctl -q clear_password "$CERT_USER" >/dev/null
     ctl -q set_permissions -p / "$CERT_USER" "$FLEET_NAMES" "$FLEET_WRITE" "$FLEET_NAMES" >/dev/null
+    printf '%s\n' "$stamp" >"$mark"
 }
 
 tls_env() {

@@ -13,7 +13,9 @@ tier whose broker is missing fails; elsewhere it is skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import base64
 import gc
+import json
 import os
 import subprocess
 import uuid
@@ -21,9 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import quote
+from urllib.request import Request, urlopen
 
 import pytest
 
+from fleet.transport._amqp_management import management_api
 from fleet.transport.memory import MemoryBroker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,9 +120,35 @@ def restart_broker(broker_kind: str, broker_url: str) -> object:
 
 
 @pytest.fixture
-def unique_model() -> str:
-    """A model name no other test uses (queues and topics are per model)."""
-    return f"t{uuid.uuid4().hex[:10]}"
+def unique_model() -> Iterator[str]:
+    """A model name no other test uses (queues and topics are per model).
+
+    Afterwards the test RabbitMQ node's queues of that name are deleted: a node
+    recovers every durable queue it holds at each start, so queues left by
+    hundreds of tests would make every later broker restart slower."""
+    name = f"t{uuid.uuid4().hex[:10]}"
+    yield name
+    url = os.environ.get("FLEET_TEST_AMQP_URL")
+    if url:
+        _delete_queues(url, name)
+
+
+def _delete_queues(broker_url: str, model: str) -> None:
+    """Delete the queues ``fleet.<model>...`` through the management API; a
+    node that is down or slow to answer is left as it is."""
+    api = management_api(broker_url)
+    token = base64.b64encode(f"{api.username}:{api.password}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    pattern = quote(f"^fleet\\.{model}", safe="")
+    listing = f"{api.base}/api/queues/%2F?name={pattern}&use_regex=true&page=1&page_size=500"
+    try:
+        with urlopen(Request(listing, headers=headers), timeout=2) as reply:
+            names = [q["name"] for q in json.load(reply)["items"]]
+        for queue in names:
+            target = f"{api.base}/api/queues/%2F/{quote(queue, safe='')}"
+            urlopen(Request(target, headers=headers, method="DELETE"), timeout=2).close()
+    except (OSError, ValueError, KeyError):
+        pass
 
 
 @pytest.fixture(scope="session")
