@@ -115,6 +115,19 @@ class AuthenticationFailed(ConfigError):
     same settings cannot succeed, so it is raised at connect, not retried."""
 
 
+class JobNotFound(FleetError):
+    """The result store holds no record of the job: its TTL passed, or it was
+    never submitted (to this store)."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class JobCancelled(FleetError):
+    """The job was cancelled before a worker finished it; it has no result."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
 _BY_CODE: dict[ErrorCode, type[FleetError]] = {
     ErrorCode.INTERNAL: Internal,
     ErrorCode.INVALID_ARGUMENT: InvalidArgument,
@@ -145,6 +158,8 @@ __all__ = [
     "FleetError",
     "Internal",
     "InvalidArgument",
+    "JobCancelled",
+    "JobNotFound",
     "LimitExceeded",
     "ModelNotFound",
     "Overloaded",

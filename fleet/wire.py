@@ -73,6 +73,9 @@ KIND_REQUESTS = 1
 KIND_REPLIES = 2
 FLAG_STAGES = 0x1
 """Request frame flag: the client reads version 2 replies (stage times)."""
+FLAG_CLAIMS = 0x2
+"""Request frame flag: the client reads replies through a payload store
+(:mod:`fleet.payloads`); a worker claims large replies only for such clients."""
 
 Parts = list[bytes | memoryview]
 """The pieces of an encoded item, joined once into its frame."""
@@ -534,6 +537,7 @@ def decode_replies(data: bytes | memoryview, limits: Limits = DEFAULT_LIMITS) ->
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "FLAG_CLAIMS",
     "FLAG_STAGES",
     "HEADERS_VERSION",
     "VERSION",

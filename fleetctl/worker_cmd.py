@@ -79,8 +79,28 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
         type=int,
         help="message bytes held at once before the worker stops taking messages (default 256 MiB)",
     )
-    _add_broker_wait(p)
+    _add_services(p)
     p.set_defaults(handler=run_worker)
+
+
+def _add_services(p: argparse.ArgumentParser) -> None:
+    """The flags of the wait for the broker, and of the result store."""
+    _add_broker_wait(p)
+    p.add_argument(
+        "--results",
+        help="result store for jobs: memory://NAME, redis://host:port/db (env FLEET_RESULTS; "
+        "its password from FLEET_RESULTS_PASSWORD[_FILE]); default: none, jobs are refused",
+    )
+    p.add_argument(
+        "--payloads",
+        help="payload store of the claim check (large requests and replies): file:///dir or "
+        "s3://bucket/prefix; default: none, claimed requests are refused",
+    )
+    p.add_argument(
+        "--claim-threshold",
+        type=int,
+        help="replies over this many bytes go through the payload store (default 1 MiB)",
+    )
 
 
 def _add_broker_wait(p: argparse.ArgumentParser) -> None:

@@ -49,10 +49,20 @@ from fleet.errors import (
     Overloaded,
     Unavailable,
 )
+from fleet.jobs import DEFAULT_TTL_S, ResultStore, check_job_id, job_address, new_job_id
 from fleet.logging import get_logger
+from fleet.payloads import (
+    DEFAULT_CLAIM_THRESHOLD,
+    PayloadStore,
+    claim_request,
+    open_payloads,
+    request_size,
+    resolve_reply,
+)
 from fleet.stages import CLIENT_STAGES, Histogram, StageHistograms
 from fleet.tensor import Tensor
 from fleet.transport import Transport, connect
+from producer.jobs import Jobs
 
 log = get_logger("producer.client")
 
@@ -92,6 +102,7 @@ class ClientStats:
     resent: int = 0
     failed: int = 0
     retried: int = 0  # attempts made again after a retriable error (``retries``)
+    submitted_jobs: int = 0  # jobs published (submit)
 
 
 @dataclass(eq=False)
@@ -149,9 +160,17 @@ class Client:
         max_batch: int = 64,
         max_publishes: int = 1,
         max_message_bytes: int | None = None,
+        results: str | ResultStore | None = None,
+        payloads: str | PayloadStore | None = None,
+        claim_threshold: int = DEFAULT_CLAIM_THRESHOLD,
         **transport_options: object,
     ) -> None:
         self.url = url
+        self.payloads = open_payloads(payloads) if isinstance(payloads, str) else payloads
+        """Where requests and replies too large for a message go (the claim check)."""
+        self.claim_threshold = claim_threshold
+        self.jobs: Jobs | None = None if results is None else Jobs(results, payloads=self.payloads)
+        """Jobs in the result store ``results`` names (:meth:`submit`)."""
         self.timeout = _check_timeout(timeout)
         if retries < 0 or max_in_flight < 1 or (max_bytes_in_flight or 1) < 1:
             raise InvalidArgument("retries, max_in_flight and max_bytes_in_flight must be >= 0/1")
@@ -180,6 +199,8 @@ class Client:
         self._reply_to = ""
         self._limits = wire.Limits(max_message_bytes=max(self.max_message_bytes, 64 << 20))
         self._closed = True
+        self._declared: set[str] = set()  # models whose queues submit declared
+        self._flags = wire.FLAG_STAGES | (wire.FLAG_CLAIMS if self.payloads is not None else 0)
 
     @property
     def transport(self) -> Transport:
@@ -202,6 +223,8 @@ class Client:
 
     async def connect(self) -> None:
         tracing.from_environment("fleet-client")
+        if self.jobs is not None:
+            await self.jobs.__aenter__()
         await self._transport.connect()
         self._transport.add_reconnect_listener(self._resend_unanswered)
         self._reply_to = await self._transport.open_inbox(self._on_reply)
@@ -221,6 +244,82 @@ class Client:
             if not waiter.done():
                 waiter.set_exception(Unavailable("client closed"))
         await self._transport.close()
+        if self.jobs is not None:
+            await self.jobs.__aexit__(None, None, None)
+
+    # ------------------------------------------------------------------ jobs
+    async def submit(
+        self,
+        model: str,
+        inputs: Mapping[str, npt.ArrayLike],
+        *,
+        version: str | None = None,
+        timeout: float = 3600.0,
+        ttl: float = DEFAULT_TTL_S,
+        priority: str | Priority = Priority.BATCH,
+        parameters: Mapping[str, ParamValue] | None = None,
+        job_id: str | None = None,
+    ) -> str:
+        """Submit ``model`` on ``inputs`` as a job and return its id at once.
+
+        The job must start within ``timeout`` seconds (else it fails with
+        :class:`DeadlineExceeded`); its record and result are kept ``ttl``
+        seconds. Read it with :attr:`jobs` (or :class:`producer.jobs.Jobs`
+        from any process): ``await client.jobs.result(job_id)``. Needs a
+        client made with ``results=``."""
+        if self.jobs is None:
+            raise InvalidArgument("jobs need a result store: Client(url, results='redis://...')")
+        if self._closed:
+            raise Unavailable("client is not connected: use 'async with Client(url)'")
+        check_model_name(model)
+        if not inputs:
+            raise InvalidArgument("inputs must name at least one tensor")
+        wait = _check_timeout(timeout)
+        job_id = new_job_id() if job_id is None else check_job_id(job_id)
+        now = time.time()
+        req = Request(
+            id=job_id,
+            model=model,
+            version=version,
+            inputs=tuple(Tensor.from_numpy(n, np.asarray(a)) for n, a in inputs.items()),
+            deadline=now + wait,
+            priority=Priority.parse(priority),
+            parameters=dict(parameters or {}),
+            sent_at=now,
+            timeout=wait,
+        )
+        if self._should_claim(req):
+            assert self.payloads is not None
+            req, _ = await claim_request(req, self.payloads)  # the worker deletes it
+        body = wire.encode_requests([req], job_address(job_id), flags=self._flags)
+        if len(body) > self.max_message_bytes:
+            raise LimitExceeded(
+                f"job request of {len(body)} bytes is over the broker's limit of "
+                f"{self.max_message_bytes} (max_message_bytes)"
+            )
+        await self._declare_for_jobs(model)
+        await self.jobs.store.create(job_id, model=model, ttl=max(ttl, wait))
+        try:
+            await self._transport.publish_request(model, req.priority, body)
+        except BaseException:
+            await asyncio.shield(self.jobs.store.delete(job_id))
+            raise
+        self.stats.submitted_jobs += 1
+        return job_id
+
+    async def _declare_for_jobs(self, model: str) -> None:
+        """A job waits in the broker for a worker even when none runs yet (a
+        fleet scaled to zero): its model's queues are declared once, here. A
+        user without the right to declare leaves it to the workers."""
+        if model in self._declared:
+            return
+        try:
+            await self._transport.declare_model(model)
+        except FleetError as exc:
+            if exc.retriable:
+                raise
+            log.info("could not declare the model's queues; workers will", model=model)
+        self._declared.add(model)
 
     # ------------------------------------------------------------------ requests
     async def infer(
@@ -287,13 +386,38 @@ class Client:
             headers=headers,
         )
         if span is None:
-            return await self._send(req, time.monotonic() + wait, stages, None)
+            return await self._claimed_send(req, time.monotonic() + wait, stages, None)
         try:
-            reply = await self._send(req, time.monotonic() + wait, stages, span)
+            reply = await self._claimed_send(req, time.monotonic() + wait, stages, span)
         except BaseException as exc:
             tracing.end_call(span, exc)
             raise
         tracing.end_call(span, None if reply.error is None else reply.error.to_exception())
+        return reply
+
+    def _should_claim(self, req: Request) -> bool:
+        """Whether ``req`` goes through the payload store: over the threshold,
+        or too large for a broker message."""
+        if self.payloads is None:
+            return False
+        limit = min(self.claim_threshold, self.max_message_bytes - 4096)
+        return request_size(req) > limit
+
+    async def _claimed_send(self, req: Request, deadline: float, stages: bool, span: Any) -> Reply:
+        """:meth:`_send`, through the payload store when the request or its
+        reply is large; the blobs are deleted when the call ends."""
+        if not self._should_claim(req):
+            reply = await self._send(req, deadline, stages, span)
+        else:
+            assert self.payloads is not None
+            req, ref = await claim_request(req, self.payloads)
+            try:
+                reply = await self._send(req, deadline, stages, span)
+            finally:
+                await asyncio.shield(self.payloads.delete(ref))
+        reply, blob = await resolve_reply(reply, self.payloads)
+        if blob is not None and self.payloads is not None:
+            await self.payloads.delete(blob)
         return reply
 
     async def _send(self, req: Request, deadline: float, stages: bool, span: Any) -> Reply:
@@ -474,7 +598,7 @@ class Client:
             p.publish_started, p.publish_wall = now, wall
         bodies = [wire.with_timeout(p.body, p.deadline - now) for p in chunk]
         return wire.encode_requests(
-            bodies, self._reply_to, flags=wire.FLAG_STAGES, version=chunk[0].version
+            bodies, self._reply_to, flags=self._flags, version=chunk[0].version
         )
 
     async def _publish_lane(self, key: tuple[str, Priority], lane: _Lane) -> None:

@@ -6,12 +6,12 @@
 #   scripts/test.sh -m unit         extra arguments go to pytest
 #
 # Services: a URL in the environment wins (FLEET_TEST_AMQP_URL,
-# FLEET_TEST_KAFKA_URL, FLEET_TEST_AWS_URL; a broker you bring yourself, for
-# example a container). Otherwise, when a Docker engine answers, testcontainers
-# starts each in a container (tests/services.py); else local servers are started
-# on loopback by scripts/rabbitmq.sh (RabbitMQ from apt), scripts/kafka.sh
-# (Apache Kafka jars from Maven Central, KRaft mode) and scripts/moto.sh (moto's
-# AWS server).
+# FLEET_TEST_KAFKA_URL, FLEET_TEST_AWS_URL, FLEET_TEST_REDIS_URL; a service you
+# bring yourself, for example a container). Otherwise, when a Docker engine
+# answers, testcontainers starts each in a container (tests/services.py); else
+# local servers are started on loopback by scripts/rabbitmq.sh (RabbitMQ from
+# apt), scripts/kafka.sh (Apache Kafka jars from Maven Central, KRaft mode),
+# scripts/moto.sh (moto's AWS server) and scripts/redis.sh (Redis from apt).
 # Under CI=true a tier whose service is missing fails; it is never skipped.
 set -euo pipefail
 
@@ -67,7 +67,7 @@ start_service() { # name env-var restart-env-var
     fi
     say "$name: starting a local server"
     local url
-    url=$(bash "scripts/${name}.sh" start | tail -n 1 | grep -Eo '(amqps?|kafka|https?)://[^[:space:]]+' || true)
+    url=$(bash "scripts/${name}.sh" start | tail -n 1 | grep -Eo '(amqps?|kafka|https?|redis)://[^[:space:]]+' || true)
     [[ -n "$url" ]] || { echo "scripts/${name}.sh start printed no URL" >&2; exit 1; }
     started+=("$name")
     export "$var=$url"
@@ -78,11 +78,12 @@ start_service() { # name env-var restart-env-var
 start_service rabbitmq FLEET_TEST_AMQP_URL FLEET_TEST_AMQP_RESTART
 start_service kafka FLEET_TEST_KAFKA_URL FLEET_TEST_KAFKA_RESTART
 start_service moto FLEET_TEST_AWS_URL
+start_service redis FLEET_TEST_REDIS_URL FLEET_TEST_REDIS_RESTART
 
 # The TLS and SASL listeners of the brokers started here (the tls tier): each
 # script's tls-env prints VAR=value lines; a variable already set wins.
 for svc in "${started[@]}"; do
-    [[ $svc == moto ]] && continue
+    [[ $svc == moto || $svc == redis ]] && continue
     while IFS= read -r line; do
         [[ $line == FLEET_TEST_*=* ]] || continue
         var=${line%%=*}
@@ -132,11 +133,11 @@ if [[ $# -gt 0 ]]; then
     exit
 fi
 
-# The deploy and apply tiers (terraform against moto's server, checkov) and the
-# simulator use no broker and mostly wait on other processes: they run beside
-# the broker tiers, in a second pytest with its own temporary directory, and
-# their report follows the main one.
-side=(tests/deploy tests/autoscaler/test_simulator.py)
+# The deploy and apply tiers (terraform against moto's server, checkov), the
+# simulator and the batch runs (on the embedded broker) use no broker server:
+# they run beside the broker tiers, in a second pytest with its own temporary
+# directory, and their report follows the main one.
+side=(tests/deploy tests/autoscaler/test_simulator.py tests/jobs/test_batch.py)
 side_log=.cache/side-tests.log
 mkdir -p .cache
 say "tests: ${side[*]} (beside the others; report in $side_log)"

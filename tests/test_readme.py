@@ -34,7 +34,7 @@ def test_readme_has_examples() -> None:
 @pytest.mark.parametrize(
     ("module", "names"),
     [
-        ("producer", {"Client", "ClientStats", "SyncClient"}),
+        ("producer", {"Client", "ClientStats", "Jobs", "JobStatus", "SyncClient"}),
         (
             "fleet.errors",
             {
@@ -49,6 +49,8 @@ def test_readme_has_examples() -> None:
                 "Unavailable",
                 "Internal",
                 "ConfigError",
+                "JobNotFound",
+                "JobCancelled",
             },
         ),
     ],

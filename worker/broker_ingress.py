@@ -36,6 +36,7 @@ rest in the broker for other workers, and consumes again once half is done.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,8 +44,16 @@ from typing import Any
 
 from fleet import tracing, wire
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
-from fleet.errors import FleetError, Internal, InvalidArgument, LimitExceeded
+from fleet.errors import DeadlineExceeded, FleetError, Internal, InvalidArgument, LimitExceeded
+from fleet.jobs import ResultStore, job_id_of
 from fleet.logging import get_logger
+from fleet.payloads import (
+    CLAIM,
+    DEFAULT_CLAIM_THRESHOLD,
+    PayloadStore,
+    claim_reply,
+    resolve_request,
+)
 from fleet.transport import Consumer, Delivery, Transport, is_reply_address
 from worker.ledger import Ledger
 from worker.model_table import ModelTable
@@ -70,6 +79,7 @@ class _Message:
     dead_letter: bool = False
     failed: bool = False  # a reply could not be published: hand it back to the broker
     stages: bool = False  # its client reads replies with stage times (wire.FLAG_STAGES)
+    claims: bool = False  # its client reads replies from the payload store (wire.FLAG_CLAIMS)
 
 
 class BrokerIngress:
@@ -86,8 +96,14 @@ class BrokerIngress:
         prefetch: int | None = None,
         max_held_requests: int | None = None,
         max_held_bytes: int = 256 << 20,
+        results: ResultStore | None = None,
+        payloads: PayloadStore | None = None,
+        claim_threshold: int = DEFAULT_CLAIM_THRESHOLD,
     ) -> None:
         self._transport = transport
+        self._results = results
+        self._payloads = payloads
+        self._claim_threshold = claim_threshold
         self._table = table
         self._ledger = ledger
         self._worker_id = worker_id
@@ -195,7 +211,8 @@ class BrokerIngress:
         except FleetError as exc:
             await self._refuse(delivery, exc)
             return
-        if not is_reply_address(frame.reply_to):
+        job = job_id_of(frame.reply_to)
+        if job is None and not is_reply_address(frame.reply_to):
             shown = frame.reply_to[:80]
             await self._refuse(delivery, InvalidArgument(f"{shown!r} is no reply address"))
             return
@@ -206,6 +223,12 @@ class BrokerIngress:
             )
             await self._refuse(delivery, err)
             return
+        if job is not None and not await self._take_job(delivery, job, frame):
+            return
+        fetched = await self._fetch_claims(delivery, frame)
+        if fetched is None:
+            return
+        frame = fetched
         if delivery.attempt > 1 and await self._isolate(delivery, frame):
             return
         msg = _Message(
@@ -214,6 +237,7 @@ class BrokerIngress:
             remaining=len(frame.items),
             size=len(delivery.body),
             stages=bool(frame.flags & wire.FLAG_STAGES),
+            claims=bool(frame.flags & wire.FLAG_CLAIMS),
         )
         self._messages.add(msg)
         self._held_requests += msg.remaining
@@ -224,6 +248,74 @@ class BrokerIngress:
         if replies:
             await self._publish(msg.reply_to, replies, [msg] * len(replies))
         await self._maybe_settle(msg)
+
+    async def _take_job(self, delivery: Delivery, job: str, frame: wire.Frame) -> bool:
+        """Mark a job's request running; whether to serve it. A job already
+        final (cancelled, or finished by a worker before a redelivery) is acked
+        unserved; a store that does not answer hands the message back."""
+        if self._results is None:
+            await self._refuse(
+                delivery, InvalidArgument("a job's request, and this worker has no result store")
+            )
+            return False
+        if len(frame.items) != 1:
+            await self._refuse(delivery, InvalidArgument("a job's message holds one request"))
+            return False
+        try:
+            started = await self._results.start(job)
+        except FleetError as exc:
+            log.warning("result store unavailable; the job goes back", job=job, error=str(exc))
+            await asyncio.sleep(1.0)  # not at once: the store is down for everyone
+            await self._settle_back(delivery)
+            return False
+        if not started:
+            log.info("job final or expired; not run", job=job, model=delivery.model)
+            try:
+                await delivery.ack()
+            except FleetError as exc:
+                log.warning("ack failed; the message will be delivered again", error=str(exc))
+        return started
+
+    async def _fetch_claims(self, delivery: Delivery, frame: wire.Frame) -> wire.Frame | None:
+        """The frame with every claimed request's inputs fetched from the
+        payload store; one that cannot be is that request's typed error. A
+        store that does not answer hands the message back (``None``)."""
+        if not any(isinstance(i, Request) and CLAIM in i.parameters for i in frame.items):
+            return frame
+        items: list[Request | Reply | ItemError] = []
+        for item in frame.items:
+            if isinstance(item, Request) and CLAIM in item.parameters:
+                try:
+                    item = await resolve_request(item, self._payloads)
+                except FleetError as exc:
+                    if exc.retriable:
+                        log.warning("payload store unavailable; message goes back", error=str(exc))
+                        await asyncio.sleep(1.0)
+                        await self._settle_back(delivery)
+                        return None
+                    item = ItemError(id=item.id, error=exc)
+            items.append(item)
+        return dataclasses.replace(frame, items=items)
+
+    async def _claim_large(self, replies: list[Reply]) -> list[Reply]:
+        """Replies over the claim threshold, through the payload store."""
+        if self._payloads is None:
+            return replies
+        out = []
+        for reply in replies:
+            if sum(len(t.data) for t in reply.outputs) > self._claim_threshold:
+                try:
+                    reply = await claim_reply(reply, self._payloads)
+                except FleetError as exc:
+                    log.warning("could not store a large reply", id=reply.id, error=str(exc))
+            out.append(reply)
+        return out
+
+    async def _settle_back(self, delivery: Delivery) -> None:
+        try:
+            await delivery.requeue()
+        except FleetError as exc:
+            log.warning("requeue failed; the message will be delivered again", error=str(exc))
 
     async def _isolate(self, delivery: Delivery, frame: wire.Frame) -> bool:
         """Publish a redelivered message's requests again, one per message, then
@@ -266,7 +358,11 @@ class BrokerIngress:
                 replies.append(self._error_reply(item.id, msg.delivery.model, item.error))
             elif isinstance(item, Request) and item.expired(now):
                 self._ledger.expired(msg.delivery.model)
-                self._answered(msg)
+                if job_id_of(msg.reply_to) is not None:  # a job's state must end
+                    late = DeadlineExceeded(f"job {item.id!r} expired before a worker ran it")
+                    replies.append(self._error_reply(item.id, msg.delivery.model, late))
+                else:
+                    self._answered(msg)
             elif isinstance(item, Request):
                 error = self._submit(msg, item)
                 if error is _STOPPING:  # the worker is stopping: the broker delivers it again
@@ -316,7 +412,10 @@ class BrokerIngress:
         reply address is an inbox)."""
         reply_to, ids = wire.salvage_ids(delivery.body)
         log.warning("message dead-lettered", model=delivery.model, error=str(exc), ids=len(ids))
-        if ids and is_reply_address(reply_to):
+        told = is_reply_address(reply_to) or (
+            job_id_of(reply_to) is not None and self._results is not None  # the job fails
+        )
+        if ids and told:
             replies = [self._error_reply(i, delivery.model, exc) for i in ids]
             for body, _ in self._frames(replies, [None] * len(replies)):
                 if not await self._send(reply_to, body):
@@ -384,6 +483,8 @@ class BrokerIngress:
                 log.exception("recording a trace failed", id=reply.id)
 
     async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
+        if all(m.claims for m in msgs):
+            replies = await self._claim_large(replies)
         try:
             frames = self._frames(replies, msgs, stages=any(m.stages for m in msgs))
         except Exception:
@@ -449,10 +550,15 @@ class BrokerIngress:
         )
 
     async def _send(self, reply_to: str, body: bytes) -> bool:
-        """Publish one reply frame, retrying what may pass; whether it was published."""
+        """Publish one reply frame (a job's: store it), retrying what may pass;
+        whether it was published."""
+        job = job_id_of(reply_to)
         for attempt in range(_REPLY_ATTEMPTS):
             try:
-                await self._transport.publish_reply(reply_to, body)
+                if job is not None:
+                    await self._store_result(job, body)
+                else:
+                    await self._transport.publish_reply(reply_to, body)
                 return True
             except FleetError as exc:
                 if exc.retriable and attempt + 1 < _REPLY_ATTEMPTS and not self._closed:
@@ -464,6 +570,20 @@ class BrokerIngress:
                 log.exception("publishing replies failed", bytes=len(body))
                 return False
         return False
+
+    async def _store_result(self, job: str, body: bytes) -> None:
+        """A job's reply frame into the result store, ``done`` when every reply
+        in it is an answer, ``failed`` when one is an error."""
+        assert self._results is not None
+        frame = wire.decode_replies(body, self._limits)
+        ok = all(isinstance(r, Reply) and r.ok for r in frame.items)
+        if not await self._results.finish(job, ok=ok, result=body):
+            log.info("job was final already; result not stored", job=job)
+        elif self._payloads is not None:  # its request's blob, if it had one, is done with
+            try:
+                await self._payloads.delete_named(f"{job}.request")
+            except FleetError as exc:
+                log.warning("could not delete a job's request payload", job=job, error=str(exc))
 
     def _answered(self, msg: _Message) -> None:
         """One request of ``msg`` needs nothing more (replied, dropped or given back)."""

@@ -25,7 +25,9 @@ import time
 
 from fleet.errors import FleetError
 from fleet.heartbeat import Heartbeat, WorkerState
+from fleet.jobs import ResultStore, open_store
 from fleet.logging import get_logger
+from fleet.payloads import open_payloads
 from fleet.redact import redact_url
 from fleet.transport import Transport, connect
 from worker.broker_ingress import BrokerIngress
@@ -56,6 +58,7 @@ class Worker:
         self.table = ModelTable()
         self._transport: Transport | None = None
         self._ingress: BrokerIngress | None = None
+        self._results: ResultStore | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self.boot: BrokerWait | None = None  # the wait for the broker at start
@@ -106,6 +109,9 @@ class Worker:
             )
             self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
         self._transport = await self._wait_for_broker()
+        if s.results is not None:
+            self._results = open_store(s.results)
+            await self._results.connect()
         self._ingress = BrokerIngress(
             self._transport,
             self.table,
@@ -115,6 +121,9 @@ class Worker:
             prefetch=s.prefetch,
             max_held_requests=s.max_held_requests,
             max_held_bytes=s.max_held_bytes,
+            results=self._results,
+            payloads=None if s.payloads is None else open_payloads(s.payloads),
+            claim_threshold=s.claim_threshold,
         )
         await self._ingress.start()
         self.state = "ready"
@@ -184,6 +193,8 @@ class Worker:
             except FleetError:
                 pass
             await self._transport.close()
+        if self._results is not None:
+            await self._results.close()
         if self.oip is not None:
             await self.oip.stop()
         if self._health is not None:

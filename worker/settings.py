@@ -40,6 +40,21 @@ class WorkerSettings(RedactedRepr, BaseSettings):
     models: Path | str = Field(
         ..., description="model repository: a directory or s3://bucket/prefix"
     )
+    results: str | None = Field(
+        None,
+        description="result store URL for jobs (memory://NAME, redis://host:port/db); env "
+        "FLEET_RESULTS; its password may come from FLEET_RESULTS_PASSWORD[_FILE]. Without "
+        "one, a job's request is dead-lettered",
+    )
+    payloads: str | None = Field(
+        None,
+        description="payload store of the claim check: file:///dir or s3://bucket/prefix; "
+        "requests whose inputs are elsewhere are refused. Without one, claimed requests are "
+        "refused and replies are never claimed",
+    )
+    claim_threshold: int = Field(
+        1 << 20, ge=1024, description="replies over this many bytes go to the payload store"
+    )
     worker_id: str = Field(default_factory=_default_worker_id)
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(8080, description="0 picks a free port; None serves no HTTP")

@@ -1,0 +1,85 @@
+"""``memory://name``: a result store in this process (tests, the embedded mode).
+
+Stores of the same name share their records, as processes sharing a Redis
+would; :meth:`MemoryResultStore.reset` forgets a name's records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import ClassVar
+
+from fleet.jobs import (
+    DEFAULT_TTL_S,
+    OPEN_STATES,
+    JobRecord,
+    JobState,
+    ResultStore,
+    ResultStoreSpec,
+    check_job_id,
+    now,
+)
+
+
+class MemoryResultStore(ResultStore):
+    _shared: ClassVar[dict[str, dict[str, tuple[JobRecord, float]]]] = {}
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._records = self._shared.setdefault(url.removeprefix("memory://"), {})
+
+    @classmethod
+    def reset(cls, name: str) -> None:
+        cls._shared.pop(name, None)
+
+    def _live(self, job_id: str) -> JobRecord | None:
+        entry = self._records.get(check_job_id(job_id))
+        if entry is None:
+            return None
+        record, expires = entry
+        if time.monotonic() >= expires:
+            del self._records[job_id]
+            return None
+        return record
+
+    def _move(self, job_id: str, **changes: object) -> bool:
+        record = self._live(job_id)
+        if record is None or record.state not in OPEN_STATES:
+            return False
+        _, expires = self._records[job_id]
+        updated = dataclasses.replace(record, updated_at=now(), **changes)  # type: ignore[arg-type]
+        self._records[job_id] = (updated, expires)
+        return True
+
+    async def create(self, job_id: str, *, model: str, ttl: float = DEFAULT_TTL_S) -> None:
+        t = now()
+        record = JobRecord(
+            id=check_job_id(job_id),
+            state=JobState.QUEUED,
+            model=model,
+            submitted_at=t,
+            updated_at=t,
+        )
+        self._records[job_id] = (record, time.monotonic() + ttl)
+
+    async def start(self, job_id: str) -> bool:
+        record = self._live(job_id)
+        attempts = record.attempts + 1 if record is not None else 0
+        return self._move(job_id, state=JobState.RUNNING, attempts=attempts)
+
+    async def finish(self, job_id: str, *, ok: bool, result: bytes) -> bool:
+        state = JobState.DONE if ok else JobState.FAILED
+        return self._move(job_id, state=state, result=bytes(result))
+
+    async def cancel(self, job_id: str) -> bool:
+        return self._move(job_id, state=JobState.CANCELLED)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        return self._live(job_id)
+
+    async def delete(self, job_id: str) -> None:
+        self._records.pop(check_job_id(job_id), None)
+
+
+SPEC = ResultStoreSpec(name="memory", schemes=("memory",), factory=MemoryResultStore)

@@ -1,0 +1,159 @@
+"""``redis://`` / ``rediss://``: jobs in Redis or Valkey.
+
+One hash per job, ``fleet:job:<id>``, with the fields ``state``, ``model``,
+``submitted``, ``updated``, ``attempts`` and, once final, ``result`` (the
+encoded reply frame); it expires with the job's TTL. Every transition is a
+Lua script, so it is atomic and conditional on the job being open: a result
+and its final state are written together, and a cancelled or finished job is
+never written over. ``rediss://`` takes ``?ssl_ca_certs=`` and the other
+options of redis-py's URL form.
+
+The password: the URL's, else ``$FLEET_RESULTS_PASSWORD`` or the contents
+of the file ``$FLEET_RESULTS_PASSWORD_FILE`` names, for the user the URL
+names (``redis://fleet@host/``) or, where it names none, Redis's ``default``
+user.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import redis.asyncio as aioredis
+from redis import exceptions as rx
+
+from fleet.errors import AuthenticationFailed, Internal, Unavailable
+from fleet.jobs import (
+    DEFAULT_TTL_S,
+    JobRecord,
+    JobState,
+    ResultStore,
+    ResultStoreSpec,
+    check_job_id,
+    now,
+)
+from fleet.redact import insert_password, redact_url
+from fleet.settings import password_from_env, resolve_password
+
+RESULTS = "FLEET_RESULTS"
+"""Prefix of the result store's password variables."""
+
+_MOVE = """
+local s = redis.call('HGET', KEYS[1], 'state')
+if s ~= 'queued' and s ~= 'running' then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'updated', ARGV[2])
+if ARGV[1] == 'running' then redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
+if ARGV[3] ~= nil then redis.call('HSET', KEYS[1], 'result', ARGV[3]) end
+return 1
+"""
+
+
+def _bytes(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else value
+
+
+def _key(job_id: str) -> str:
+    return f"fleet:job:{check_job_id(job_id)}"
+
+
+class RedisResultStore(ResultStore):
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        self.url = redact_url(url)
+        self._redis = aioredis.from_url(
+            with_password(url),
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            health_check_interval=30,
+        )
+        self._move_script = self._redis.register_script(_MOVE)
+
+    @asynccontextmanager
+    async def _typed(self, what: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except rx.AuthenticationError as exc:
+            refused = f"result store {self.url} refused the login: {exc}"
+            raise AuthenticationFailed(refused) from None
+        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            raise Unavailable(f"result store {self.url}: {what}: {exc}") from None
+        except rx.RedisError as exc:
+            raise Internal(f"result store {self.url}: {what}: {exc}") from None
+
+    async def connect(self) -> None:
+        async with self._typed("ping"):
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def create(self, job_id: str, *, model: str, ttl: float = DEFAULT_TTL_S) -> None:
+        t = repr(now())
+        mapping: dict[str | bytes, str | bytes | int] = {
+            "state": "queued",
+            "model": model,
+            "submitted": t,
+            "updated": t,
+            "attempts": 0,
+        }
+        async with self._typed("record a job"), self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(_key(job_id))
+            pipe.hset(_key(job_id), mapping=mapping)  # type: ignore[arg-type]
+            pipe.pexpire(_key(job_id), max(1, int(ttl * 1000)))
+            await pipe.execute()
+
+    async def _move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
+        args: list[Any] = [state.value, repr(now())]
+        if result is not None:
+            args.append(result)
+        async with self._typed(f"mark a job {state.value}"):
+            return bool(await self._move_script(keys=[_key(job_id)], args=args))
+
+    async def start(self, job_id: str) -> bool:
+        return await self._move(job_id, JobState.RUNNING)
+
+    async def finish(self, job_id: str, *, ok: bool, result: bytes) -> bool:
+        return await self._move(job_id, JobState.DONE if ok else JobState.FAILED, bytes(result))
+
+    async def cancel(self, job_id: str) -> bool:
+        return await self._move(job_id, JobState.CANCELLED)
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        async with self._typed("read a job"):
+            raw = await self._redis.hgetall(_key(job_id))
+        fields = {_bytes(k): _bytes(v) for k, v in raw.items()}
+        if b"state" not in fields:
+            return None
+        try:
+            return JobRecord(
+                id=job_id,
+                state=JobState(fields[b"state"].decode()),
+                model=fields.get(b"model", b"").decode(),
+                submitted_at=float(fields.get(b"submitted", b"0")),
+                updated_at=float(fields.get(b"updated", b"0")),
+                attempts=int(fields.get(b"attempts", b"0")),
+                result=fields.get(b"result"),
+            )
+        except ValueError as exc:
+            raise Internal(f"result store {self.url}: job {job_id} is malformed: {exc}") from None
+
+    async def delete(self, job_id: str) -> None:
+        async with self._typed("delete a job"):
+            await self._redis.delete(_key(job_id))
+
+
+def with_password(url: str) -> str:
+    """``url`` with the password it should log in with (see the module's docstring)."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.username:
+        secret = password_from_env(RESULTS)
+        if secret is None:
+            return url
+        url = urlunsplit(parts._replace(netloc=f"default@{parts.netloc.rpartition('@')[2]}"))
+        return insert_password(url, secret)
+    return resolve_password(url, RESULTS)
+
+
+SPEC = ResultStoreSpec(name="redis", schemes=("redis", "rediss"), factory=RedisResultStore)

@@ -1,0 +1,159 @@
+"""Jobs from any process: submit now, read the state and the result later.
+
+::
+
+    async with Client(broker, results="redis://:pw@127.0.0.1:6390/0") as client:
+        job_id = await client.submit("digits", {"input": x})
+
+    # later, anywhere (only the result store is needed)
+    async with Jobs("redis://:pw@127.0.0.1:6390/0") as jobs:
+        outputs = await jobs.result(job_id, timeout=60)
+
+:meth:`Client.submit <producer.client.Client.submit>` records the job as
+``queued`` in the result store, then publishes its request (``batch``
+priority by default) with the job's address as its reply address; a worker
+started with ``--results`` (the same store) marks it ``running`` and stores
+its reply with the final state. See :mod:`fleet.jobs` for the states and what
+happens on faults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import numpy.typing as npt
+
+from fleet import wire
+from fleet.contract import Reply
+from fleet.errors import (
+    DeadlineExceeded,
+    FleetError,
+    InvalidArgument,
+    JobCancelled,
+    JobNotFound,
+)
+from fleet.jobs import JobRecord, JobState, ResultStore, check_job_id, open_store
+from fleet.payloads import PayloadStore, open_payloads, reply_claim, resolve_reply
+
+_POLL_FIRST_S, _POLL_MAX_S = 0.02, 0.5
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobStatus:
+    """A job's state as the store has it; ``error`` for a ``failed`` one."""
+
+    id: str
+    state: JobState
+    model: str = ""
+    submitted_at: float = 0.0
+    updated_at: float = 0.0
+    attempts: int = 0
+    error: FleetError | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.state.final
+
+
+def reply_of(record: JobRecord) -> Reply:
+    """The reply a final job's record holds."""
+    if record.result is None:
+        raise JobNotFound(f"job {record.id} ({record.state}) has no result")
+    frame = wire.decode_replies(record.result, wire.Limits(max_message_bytes=1 << 40))
+    (reply,) = frame.items
+    if not isinstance(reply, Reply):
+        raise InvalidArgument(f"job {record.id}: its result holds no reply")
+    return reply
+
+
+class Jobs:
+    """Reads, waits for and cancels jobs in a result store (a URL or a store)."""
+
+    def __init__(
+        self, results: str | ResultStore, *, payloads: str | PayloadStore | None = None
+    ) -> None:
+        self.store = open_store(results) if isinstance(results, str) else results
+        self._owned = isinstance(results, str)
+        self.payloads = open_payloads(payloads) if isinstance(payloads, str) else payloads
+        """Where large results are (the claim check)."""
+
+    async def __aenter__(self) -> Jobs:
+        await self.store.connect()
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._owned:
+            await self.store.close()
+
+    async def status(self, job_id: str) -> JobStatus:
+        """The job's state now (:attr:`JobState.UNKNOWN` when the store has no record)."""
+        record = await self.store.get(check_job_id(job_id))
+        if record is None:
+            return JobStatus(id=job_id, state=JobState.UNKNOWN)
+        error = None
+        if record.state is JobState.FAILED:
+            reply = reply_of(record)
+            error = reply.error.to_exception() if reply.error is not None else None
+        return JobStatus(
+            id=job_id,
+            state=record.state,
+            model=record.model,
+            submitted_at=record.submitted_at,
+            updated_at=record.updated_at,
+            attempts=record.attempts,
+            error=error,
+        )
+
+    async def reply(self, job_id: str, *, timeout: float | None = None) -> Reply:
+        """Wait up to ``timeout`` seconds (``None``: as long as it takes) for
+        the job to end; its :class:`Reply` (a failed job's carries its error).
+        :class:`JobCancelled`, :class:`JobNotFound`, or
+        :class:`DeadlineExceeded` when it is still open at the timeout."""
+        check_job_id(job_id)
+        end = None if timeout is None else time.monotonic() + timeout
+        pause = _POLL_FIRST_S
+        while True:
+            record = await self.store.get(job_id)
+            if record is None:
+                raise JobNotFound(f"job {job_id}: no record (expired, or never submitted)")
+            if record.state is JobState.CANCELLED:
+                raise JobCancelled(f"job {job_id} was cancelled")
+            if record.state.final:
+                reply, _ = await resolve_reply(reply_of(record), self.payloads)
+                return reply
+            if end is not None and time.monotonic() >= end:
+                raise DeadlineExceeded(
+                    f"job {job_id} still {record.state} after {timeout} s", retriable=True
+                )
+            wait = pause if end is None else min(pause, max(0.0, end - time.monotonic()))
+            await asyncio.sleep(wait)
+            pause = min(pause * 2, _POLL_MAX_S)
+
+    async def result(
+        self, job_id: str, *, timeout: float | None = None
+    ) -> dict[str, npt.NDArray[Any]]:
+        """The job's outputs, or its typed error raised (see :meth:`reply`)."""
+        return (await self.reply(job_id, timeout=timeout)).arrays()
+
+    async def cancel(self, job_id: str) -> bool:
+        """Cancel an open job; ``False`` when it had ended (or is unknown)."""
+        return await self.store.cancel(check_job_id(job_id))
+
+    async def forget(self, job_id: str) -> None:
+        """Delete the job's record and result now, before its TTL (a large
+        result's blob too)."""
+        record = await self.store.get(check_job_id(job_id))
+        if record is not None and record.result is not None and self.payloads is not None:
+            blob = reply_claim(reply_of(record))
+            if blob is not None:
+                await self.payloads.delete(blob)
+        await self.store.delete(job_id)
+
+
+__all__ = ["JobStatus", "Jobs", "reply_of"]
