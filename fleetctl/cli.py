@@ -17,6 +17,7 @@ from fleet.errors import FleetError
 from fleet.logging import configure
 from fleetctl import (
     autoscaler_cmd,
+    batch_cmd,
     demo,
     models_cmd,
     simulate_cmd,
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     autoscaler_cmd.add_commands(sub)
     simulate_cmd.add_commands(sub)
     topology_cmd.add_commands(sub)
+    batch_cmd.add_commands(sub)
     return parser
 
 

@@ -1,0 +1,243 @@
+"""Offline batch runs: a large input file streamed through the fleet, resumable.
+
+::
+
+    summary = await run_batch(client, "digits", "data.npz", "out/", chunk_rows=64)
+
+The input is ``.npy`` (one array; its name is the model input's, ``--input-name``)
+or ``.npz`` (one array per model input, all with the same number of rows).
+Arrays stored uncompressed are memory-mapped, so memory stays bounded whatever
+the file's size; a compressed ``.npz`` member is read whole. Rows go in
+chunks of ``chunk_rows`` (at most the model's max batch size), ``in_flight``
+chunks at a time, at ``batch`` priority.
+
+The output directory gets one ``.npy`` per model output, written in place as
+replies come (memory-mapped), so row ``i`` of every output answers row ``i``
+of the input; ``progress.json`` records the chunks done, saved (after the
+outputs are flushed) every second and at the end. A run started again on the
+same output directory skips the chunks done: an interrupted run resumes, and
+no row is answered twice in the output. A chunk that gets a typed error is
+not marked done (a later run tries it again); the errors are counted by type
+in the summary and listed in ``errors.jsonl``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from fleet.contract import Priority
+from fleet.errors import FleetError, InvalidArgument
+from producer.client import Client
+
+PROGRESS = "progress.json"
+ERRORS = "errors.jsonl"
+
+
+@dataclass
+class BatchSummary:
+    """What a run did: rows answered now, rows done before (resumed), errors."""
+
+    rows: int = 0
+    total_rows: int = 0
+    skipped_rows: int = 0
+    seconds: float = 0.0
+    errors: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors and self.rows + self.skipped_rows == self.total_rows
+
+
+def _npz_member(path: Path, info: zipfile.ZipInfo) -> npt.NDArray[Any] | None:
+    """An uncompressed ``.npz`` member memory-mapped in place (``None``: a
+    format version this reader leaves to :func:`numpy.load`)."""
+    with path.open("rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        name_len = int.from_bytes(local[26:28], "little")
+        extra_len = int.from_bytes(local[28:30], "little")
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            return None
+        offset = f.tell()
+    if dtype.hasobject:
+        return None
+    order: Literal["C", "F"] = "F" if fortran else "C"
+    array: npt.NDArray[Any] = np.memmap(
+        path, dtype=dtype, mode="r", offset=offset, shape=shape, order=order
+    )
+    return array
+
+
+def open_inputs(path: Path, input_name: str = "input") -> dict[str, npt.NDArray[Any]]:
+    """The input arrays by name, memory-mapped where they can be."""
+    if path.suffix == ".npy":
+        return {input_name: np.load(path, mmap_mode="r")}
+    if path.suffix != ".npz":
+        raise InvalidArgument(f"{path}: the input must be .npy or .npz")
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            mapped = _npz_member(path, info) if info.compress_type == zipfile.ZIP_STORED else None
+            if mapped is not None:
+                arrays[name] = mapped
+            else:
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member)
+    if not arrays:
+        raise InvalidArgument(f"{path}: no arrays")
+    rows = {a.shape[0] if a.ndim else -1 for a in arrays.values()}
+    if len(rows) != 1 or -1 in rows:
+        raise InvalidArgument(f"{path}: every array needs the same number of rows, got {rows}")
+    return arrays
+
+
+class _Output:
+    """The output arrays (``.npy``, memory-mapped) and the chunks done."""
+
+    def __init__(self, directory: Path, total_rows: int, chunk_rows: int, source: str) -> None:
+        self.dir = directory
+        self.total_rows, self.chunk_rows = total_rows, chunk_rows
+        self.chunks = -(-total_rows // chunk_rows)
+        self.arrays: dict[str, np.memmap[Any, Any]] = {}
+        self.done: set[int] = set()
+        self.key = {"source": source, "rows": total_rows, "chunk_rows": chunk_rows}
+        progress = directory / PROGRESS
+        if progress.exists():
+            saved = json.loads(progress.read_text(encoding="utf-8"))
+            if saved.get("key") != self.key:
+                raise InvalidArgument(
+                    f"{directory} holds another run's output ({saved.get('key')}); "
+                    "use an empty directory"
+                )
+            self.done = set(saved["done"])
+            for name in saved["outputs"]:
+                self.arrays[name] = np.load(directory / f"{name}.npy", mmap_mode="r+")
+
+    def write(self, chunk: int, outputs: dict[str, npt.NDArray[Any]]) -> None:
+        start = chunk * self.chunk_rows
+        for name, value in outputs.items():
+            array = self.arrays.get(name)
+            if array is None:
+                shape = (self.total_rows, *value.shape[1:])
+                array = np.lib.format.open_memmap(
+                    self.dir / f"{name}.npy", mode="w+", dtype=value.dtype, shape=shape
+                )
+                self.arrays[name] = array
+            array[start : start + len(value)] = value
+        self.done.add(chunk)
+
+    def save(self) -> None:
+        """Flush the outputs, then record what is done (so a record never
+        names rows that are not on disk)."""
+        for array in self.arrays.values():
+            array.flush()
+        state = {"key": self.key, "outputs": sorted(self.arrays), "done": sorted(self.done)}
+        tmp = self.dir / f".{PROGRESS}.tmp"
+        tmp.write_text(json.dumps(state), encoding="utf-8")
+        os.replace(tmp, self.dir / PROGRESS)
+
+
+async def run_batch(
+    client: Client,
+    model: str,
+    input_path: str | Path,
+    output_dir: str | Path,
+    *,
+    input_name: str = "input",
+    chunk_rows: int = 64,
+    in_flight: int = 32,
+    timeout: float = 60.0,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> BatchSummary:
+    """Run ``model`` over every row of ``input_path`` into ``output_dir`` (see
+    the module's docstring); ``progress(done_rows, total_rows, rows_per_s)``
+    is called as chunks finish."""
+    if chunk_rows < 1 or in_flight < 1:
+        raise InvalidArgument("chunk_rows and in_flight must be at least 1")
+    inputs, out = await asyncio.to_thread(
+        _prepare, Path(input_path), Path(output_dir), input_name, chunk_rows
+    )
+    out_dir, total = out.dir, out.total_rows
+    summary = BatchSummary(total_rows=total)
+    summary.skipped_rows = sum(min(chunk_rows, total - c * chunk_rows) for c in out.done)
+    started = last_save = time.monotonic()
+    gate = asyncio.Semaphore(in_flight)
+
+    async def one(chunk: int) -> None:
+        nonlocal last_save
+        rows = slice(chunk * chunk_rows, min(total, (chunk + 1) * chunk_rows))
+        feeds = {name: np.ascontiguousarray(a[rows]) for name, a in inputs.items()}
+        try:
+            outputs = await client.infer(model, feeds, timeout=timeout, priority=Priority.BATCH)
+        except FleetError as exc:
+            summary.errors[type(exc).__name__] += 1
+            line = {"chunk": chunk, "error": type(exc).__name__, "message": exc.message}
+            with (out_dir / ERRORS).open("a", encoding="utf-8") as f:
+                f.write(json.dumps(line) + "\n")
+            return
+        finally:
+            gate.release()
+        out.write(chunk, outputs)
+        summary.rows += rows.stop - rows.start
+        now = time.monotonic()
+        if now - last_save >= 1.0:
+            last_save = now
+            out.save()
+        if progress is not None:
+            done = summary.rows + summary.skipped_rows
+            progress(done, total, summary.rows / max(now - started, 1e-9))
+
+    tasks: set[asyncio.Task[None]] = set()
+    try:
+        for chunk in _todo(out):
+            await gate.acquire()
+            task = asyncio.create_task(one(chunk))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        out.save()
+        summary.seconds = time.monotonic() - started
+    return summary
+
+
+def _prepare(
+    input_path: Path, out_dir: Path, input_name: str, chunk_rows: int
+) -> tuple[dict[str, npt.NDArray[Any]], _Output]:
+    inputs = open_inputs(input_path, input_name)
+    total = len(next(iter(inputs.values())))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return inputs, _Output(out_dir, total, chunk_rows, str(input_path.resolve()))
+
+
+def _todo(out: _Output) -> Iterator[int]:
+    return (c for c in range(out.chunks) if c not in out.done)
+
+
+__all__ = ["BatchSummary", "open_inputs", "run_batch"]
