@@ -97,6 +97,12 @@ def _add_services(p: argparse.ArgumentParser) -> None:
         "s3://bucket/prefix; default: none, claimed requests are refused",
     )
     p.add_argument(
+        "--cache",
+        help="result cache shared with clients: memory://NAME, redis://host:port/db "
+        "(default: none)",
+    )
+    p.add_argument("--cache-ttl", type=float, help="seconds a cached answer is kept (default 3600)")
+    p.add_argument(
         "--claim-threshold",
         type=int,
         help="replies over this many bytes go through the payload store (default 1 MiB)",

@@ -123,6 +123,7 @@ class _Output:
         self.chunks = -(-total_rows // chunk_rows)
         self.arrays: dict[str, np.memmap[Any, Any]] = {}
         self.done: set[int] = set()
+        self.saved_at = time.monotonic()
         self.key = {"source": source, "rows": total_rows, "chunk_rows": chunk_rows}
         progress = directory / PROGRESS
         if progress.exists():
@@ -149,9 +150,14 @@ class _Output:
             array[start : start + len(value)] = value
         self.done.add(chunk)
 
-    def save(self) -> None:
+    def save(self, every: float = 0.0) -> None:
         """Flush the outputs, then record what is done (so a record never
-        names rows that are not on disk)."""
+        names rows that are not on disk); with ``every``, only when that many
+        seconds passed since the last save."""
+        now = time.monotonic()
+        if now - self.saved_at < every:
+            return
+        self.saved_at = now
         for array in self.arrays.values():
             array.flush()
         state = {"key": self.key, "outputs": sorted(self.arrays), "done": sorted(self.done)}
@@ -183,29 +189,24 @@ async def run_batch(
     out_dir, total = out.dir, out.total_rows
     summary = BatchSummary(total_rows=total)
     summary.skipped_rows = sum(min(chunk_rows, total - c * chunk_rows) for c in out.done)
-    started = last_save = time.monotonic()
+    started = time.monotonic()
     gate = asyncio.Semaphore(in_flight)
 
     async def one(chunk: int) -> None:
-        nonlocal last_save
         rows = slice(chunk * chunk_rows, min(total, (chunk + 1) * chunk_rows))
         feeds = {name: np.ascontiguousarray(a[rows]) for name, a in inputs.items()}
         try:
             outputs = await client.infer(model, feeds, timeout=timeout, priority=Priority.BATCH)
         except FleetError as exc:
             summary.errors[type(exc).__name__] += 1
-            line = {"chunk": chunk, "error": type(exc).__name__, "message": exc.message}
-            with (out_dir / ERRORS).open("a", encoding="utf-8") as f:
-                f.write(json.dumps(line) + "\n")
+            _record_error(out_dir, chunk, exc)
             return
         finally:
             gate.release()
         out.write(chunk, outputs)
         summary.rows += rows.stop - rows.start
         now = time.monotonic()
-        if now - last_save >= 1.0:
-            last_save = now
-            out.save()
+        out.save(every=1.0)
         if progress is not None:
             done = summary.rows + summary.skipped_rows
             progress(done, total, summary.rows / max(now - started, 1e-9))
@@ -234,6 +235,12 @@ def _prepare(
     total = len(next(iter(inputs.values())))
     out_dir.mkdir(parents=True, exist_ok=True)
     return inputs, _Output(out_dir, total, chunk_rows, str(input_path.resolve()))
+
+
+def _record_error(out_dir: Path, chunk: int, exc: FleetError) -> None:
+    line = {"chunk": chunk, "error": type(exc).__name__, "message": exc.message}
+    with (out_dir / ERRORS).open("a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def _todo(out: _Output) -> Iterator[int]:

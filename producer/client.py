@@ -32,6 +32,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fleet import tracing, wire
+from fleet.cache import CACHE_PARAM, ResultCache, inputs_key
 from fleet.contract import (
     ParamValue,
     Priority,
@@ -49,7 +50,7 @@ from fleet.errors import (
     Overloaded,
     Unavailable,
 )
-from fleet.jobs import DEFAULT_TTL_S, ResultStore, check_job_id, job_address, new_job_id
+from fleet.jobs import DEFAULT_TTL_S, ResultStore, check_job_id, job_address, new_job_id, open_cache
 from fleet.logging import get_logger
 from fleet.payloads import (
     DEFAULT_CLAIM_THRESHOLD,
@@ -66,6 +67,7 @@ from producer.jobs import Jobs
 
 log = get_logger("producer.client")
 
+_VERSION_TTL_S = 2.0  # how long a model's current version (the cache's) is trusted
 _MAX_FRAME_BYTES = 1 << 20  # coalesce up to ~1 MiB per broker message
 _FRAME_OVERHEAD = 8 + 2 + 4  # header, reply address length, item count
 _ITEM_OVERHEAD = 4  # each item's length
@@ -103,6 +105,13 @@ class ClientStats:
     failed: int = 0
     retried: int = 0  # attempts made again after a retriable error (``retries``)
     submitted_jobs: int = 0  # jobs published (submit)
+    cache_hits: int = 0  # answered from the result cache
+    cache_misses: int = 0  # looked up and not found: published
+
+    @property
+    def cache_hit_ratio(self) -> float:
+        looked = self.cache_hits + self.cache_misses
+        return self.cache_hits / looked if looked else 0.0
 
 
 @dataclass(eq=False)
@@ -163,9 +172,13 @@ class Client:
         results: str | ResultStore | None = None,
         payloads: str | PayloadStore | None = None,
         claim_threshold: int = DEFAULT_CLAIM_THRESHOLD,
+        cache: str | ResultCache | None = None,
         **transport_options: object,
     ) -> None:
         self.url = url
+        self.cache = open_cache(cache) if isinstance(cache, str) else cache
+        """The result cache (:mod:`fleet.cache`): looked up before publishing."""
+        self._versions: dict[str, tuple[str | None, float]] = {}  # model: (version, read at)
         self.payloads = open_payloads(payloads) if isinstance(payloads, str) else payloads
         """Where requests and replies too large for a message go (the claim check)."""
         self.claim_threshold = claim_threshold
@@ -225,6 +238,8 @@ class Client:
         tracing.from_environment("fleet-client")
         if self.jobs is not None:
             await self.jobs.__aenter__()
+        if self.cache is not None:
+            await self.cache.connect()
         await self._transport.connect()
         self._transport.add_reconnect_listener(self._resend_unanswered)
         self._reply_to = await self._transport.open_inbox(self._on_reply)
@@ -246,6 +261,8 @@ class Client:
         await self._transport.close()
         if self.jobs is not None:
             await self.jobs.__aexit__(None, None, None)
+        if self.cache is not None:
+            await self.cache.close()
 
     # ------------------------------------------------------------------ jobs
     async def submit(
@@ -403,9 +420,41 @@ class Client:
         limit = min(self.claim_threshold, self.max_message_bytes - 4096)
         return request_size(req) > limit
 
+    async def _cached(self, req: Request) -> tuple[Reply | None, Request]:
+        """A cached answer to ``req`` (a hit), else ``req`` asking the worker
+        to fill the cache. A cache that does not answer is a miss."""
+        assert self.cache is not None
+        key = inputs_key(req)
+        try:
+            version = req.version or await self._current_version(req.model)
+            frame = None if version is None else await self.cache.get(req.model, version, key)
+            hit = None if frame is None else wire.decode_replies(frame, self._limits).items[0]
+        except FleetError as exc:
+            log.warning("result cache unavailable; a miss", error=str(exc))
+            hit = None
+        if isinstance(hit, Reply) and hit.ok:
+            self.stats.cache_hits += 1
+            return replace(hit, id=req.id), req
+        self.stats.cache_misses += 1
+        return None, replace(req, parameters={**req.parameters, CACHE_PARAM: key})
+
+    async def _current_version(self, model: str) -> str | None:
+        """The model's current version, read again after a few seconds."""
+        assert self.cache is not None
+        version, read_at = self._versions.get(model, (None, -math.inf))
+        if time.monotonic() - read_at > _VERSION_TTL_S:
+            version = await self.cache.current_version(model)
+            self._versions[model] = (version, time.monotonic())
+        return version
+
     async def _claimed_send(self, req: Request, deadline: float, stages: bool, span: Any) -> Reply:
-        """:meth:`_send`, through the payload store when the request or its
-        reply is large; the blobs are deleted when the call ends."""
+        """:meth:`_send`, answered by the cache when it can, through the
+        payload store when the request or its reply is large; the blobs are
+        deleted when the call ends."""
+        if self.cache is not None:
+            hit, req = await self._cached(req)
+            if hit is not None:
+                return hit
         if not self._should_claim(req):
             reply = await self._send(req, deadline, stages, span)
         else:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleet import tracing, wire
+from fleet.cache import CACHE_PARAM, DEFAULT_CACHE_TTL_S, ResultCache
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
 from fleet.errors import DeadlineExceeded, FleetError, Internal, InvalidArgument, LimitExceeded
 from fleet.jobs import ResultStore, job_id_of
@@ -99,7 +100,11 @@ class BrokerIngress:
         results: ResultStore | None = None,
         payloads: PayloadStore | None = None,
         claim_threshold: int = DEFAULT_CLAIM_THRESHOLD,
+        cache: ResultCache | None = None,
+        cache_ttl: float = DEFAULT_CACHE_TTL_S,
     ) -> None:
+        self._cache, self._cache_ttl = cache, cache_ttl
+        self._fills: set[asyncio.Task[None]] = set()
         self._transport = transport
         self._results = results
         self._payloads = payloads
@@ -127,6 +132,9 @@ class BrokerIngress:
         tracing.from_environment("fleet-worker")
         for model in self._table.models:
             await self._transport.declare_model(model)
+        if self._cache is not None:  # clients look up answers under the version served now
+            for model, version in self._table.latest.items():
+                await self._cache.set_version(model, version)
         async with self._flow:
             await self._consume_all()
 
@@ -311,6 +319,29 @@ class BrokerIngress:
             out.append(reply)
         return out
 
+    def _fill_cache(self, outcomes: Sequence[Outcome]) -> None:
+        """Store the answers whose clients asked (their inputs' hash), in the
+        background: a slow cache never holds up replies."""
+        fills = [
+            (o.reply, str(o.item.request.parameters[CACHE_PARAM]))
+            for o in outcomes
+            if o.reply is not None and o.reply.ok and CACHE_PARAM in o.item.request.parameters
+        ]
+        if fills and len(self._fills) < 64:  # a bound: past it, answers go uncached
+            task = asyncio.get_running_loop().create_task(self._fill(fills))
+            self._fills.add(task)
+            task.add_done_callback(self._fills.discard)
+
+    async def _fill(self, fills: list[tuple[Reply, str]]) -> None:
+        assert self._cache is not None
+        for reply, key in fills:
+            try:
+                frame = wire.encode_replies([reply])
+                await self._cache.put(reply.model, reply.version, key, frame, self._cache_ttl)
+            except FleetError as exc:
+                log.warning("could not fill the cache", model=reply.model, error=str(exc))
+                return
+
     async def _settle_back(self, delivery: Delivery) -> None:
         try:
             await delivery.requeue()
@@ -448,6 +479,8 @@ class BrokerIngress:
             replies.append(o.reply)
             msgs.append(msg)
         await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
+        if self._cache is not None:
+            self._fill_cache(outcomes)
         tracer = tracing.active()
         if tracer is not None:
             self._trace(tracer, outcomes)

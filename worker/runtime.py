@@ -90,7 +90,8 @@ def accepted_parameters(runtime: object) -> frozenset[str]:
 def check_parameters(runtime: ModelRuntime, parameters: Mapping[str, object]) -> None:
     """Refuse, naming them, the parameters ``runtime`` does not take."""
     accepted = accepted_parameters(runtime)
-    unknown = sorted(set(parameters) - accepted)
+    # "fleet." names are the fleet's own (the cache's hash, a claim), read by the ingress
+    unknown = sorted(k for k in set(parameters) - accepted if not k.startswith("fleet."))
     if unknown:
         spec = runtime.spec
         takes = ", ".join(sorted(accepted)) or "none"

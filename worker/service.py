@@ -23,9 +23,10 @@ import os
 import socket
 import time
 
+from fleet.cache import ResultCache
 from fleet.errors import FleetError
 from fleet.heartbeat import Heartbeat, WorkerState
-from fleet.jobs import ResultStore, open_store
+from fleet.jobs import ResultStore, open_cache, open_store
 from fleet.logging import get_logger
 from fleet.payloads import open_payloads
 from fleet.redact import redact_url
@@ -59,6 +60,7 @@ class Worker:
         self._transport: Transport | None = None
         self._ingress: BrokerIngress | None = None
         self._results: ResultStore | None = None
+        self._cache: ResultCache | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self.boot: BrokerWait | None = None  # the wait for the broker at start
@@ -112,6 +114,9 @@ class Worker:
         if s.results is not None:
             self._results = open_store(s.results)
             await self._results.connect()
+        if s.cache is not None:
+            self._cache = open_cache(s.cache)
+            await self._cache.connect()
         self._ingress = BrokerIngress(
             self._transport,
             self.table,
@@ -124,6 +129,8 @@ class Worker:
             results=self._results,
             payloads=None if s.payloads is None else open_payloads(s.payloads),
             claim_threshold=s.claim_threshold,
+            cache=self._cache,
+            cache_ttl=s.cache_ttl,
         )
         await self._ingress.start()
         self.state = "ready"
@@ -195,6 +202,8 @@ class Worker:
             await self._transport.close()
         if self._results is not None:
             await self._results.close()
+        if self._cache is not None:
+            await self._cache.close()
         if self.oip is not None:
             await self.oip.stop()
         if self._health is not None:

@@ -55,6 +55,12 @@ class WorkerSettings(RedactedRepr, BaseSettings):
     claim_threshold: int = Field(
         1 << 20, ge=1024, description="replies over this many bytes go to the payload store"
     )
+    cache: str | None = Field(
+        None,
+        description="result cache (memory://NAME, redis://host:port/db): answers to clients "
+        "that use the same cache are stored by model, version and inputs' hash",
+    )
+    cache_ttl: float = Field(3600.0, gt=0, description="seconds a cached answer is kept")
     worker_id: str = Field(default_factory=_default_worker_id)
     http_host: str = "127.0.0.1"
     http_port: int | None = Field(8080, description="0 picks a free port; None serves no HTTP")

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from fleet.cache import ResultCache
 from fleet.errors import ConfigError, InvalidArgument
 from fleet.registry import Registry
 
@@ -146,11 +147,13 @@ class ResultStore(ABC):
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class ResultStoreSpec:
-    """One kind of result store: its name, its URL schemes, its factory."""
+    """One kind of result store: its name, its URL schemes, its factory, and
+    the factory of the result cache (:mod:`fleet.cache`) on the same service."""
 
     name: str
     schemes: tuple[str, ...]
     factory: Callable[[str], ResultStore]
+    cache_factory: Callable[[str], ResultCache] | None = None
 
 
 RESULT_STORES: Registry[ResultStoreSpec] = Registry(
@@ -165,6 +168,15 @@ def open_store(url: str) -> ResultStore:
         known = ", ".join(f"{s}://" for s in RESULT_STORES.names())
         raise ConfigError(f"result store URL scheme {scheme!r} is not known; known: {known}")
     return RESULT_STORES.get(scheme).factory(url)
+
+
+def open_cache(url: str) -> ResultCache:
+    """The result cache at ``url``: ``memory://NAME``, ``redis://``, ``rediss://``."""
+    scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+    spec = RESULT_STORES.get(scheme) if "://" in url and scheme in RESULT_STORES else None
+    if spec is None or spec.cache_factory is None:
+        raise ConfigError(f"cache URL scheme {scheme!r} is not known; use memory:// or redis://")
+    return spec.cache_factory(url)
 
 
 def now() -> float:
@@ -184,5 +196,6 @@ __all__ = [
     "job_address",
     "job_id_of",
     "new_job_id",
+    "open_cache",
     "open_store",
 ]

@@ -10,6 +10,7 @@ import dataclasses
 import time
 from typing import ClassVar
 
+from fleet.cache import MemoryCache
 from fleet.jobs import (
     DEFAULT_TTL_S,
     OPEN_STATES,
@@ -82,4 +83,6 @@ class MemoryResultStore(ResultStore):
         self._records.pop(check_job_id(job_id), None)
 
 
-SPEC = ResultStoreSpec(name="memory", schemes=("memory",), factory=MemoryResultStore)
+SPEC = ResultStoreSpec(
+    name="memory", schemes=("memory",), factory=MemoryResultStore, cache_factory=MemoryCache
+)

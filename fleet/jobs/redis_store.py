@@ -17,13 +17,14 @@ user.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
 
+from fleet.cache import DEFAULT_CACHE_TTL_S, ResultCache
 from fleet.errors import AuthenticationFailed, Internal, Unavailable
 from fleet.jobs import (
     DEFAULT_TTL_S,
@@ -58,6 +59,20 @@ def _key(job_id: str) -> str:
     return f"fleet:job:{check_job_id(job_id)}"
 
 
+@asynccontextmanager
+async def _typed(url: str, what: str) -> AsyncIterator[None]:
+    """Redis errors as the fleet's typed errors."""
+    try:
+        yield
+    except rx.AuthenticationError as exc:
+        refused = f"result store {url} refused the login: {exc}"
+        raise AuthenticationFailed(refused) from None
+    except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+        raise Unavailable(f"result store {url}: {what}: {exc}") from None
+    except rx.RedisError as exc:
+        raise Internal(f"result store {url}: {what}: {exc}") from None
+
+
 class RedisResultStore(ResultStore):
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = redact_url(url)
@@ -70,17 +85,8 @@ class RedisResultStore(ResultStore):
         )
         self._move_script = self._redis.register_script(_MOVE)
 
-    @asynccontextmanager
-    async def _typed(self, what: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except rx.AuthenticationError as exc:
-            refused = f"result store {self.url} refused the login: {exc}"
-            raise AuthenticationFailed(refused) from None
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise Unavailable(f"result store {self.url}: {what}: {exc}") from None
-        except rx.RedisError as exc:
-            raise Internal(f"result store {self.url}: {what}: {exc}") from None
+    def _typed(self, what: str) -> AbstractAsyncContextManager[None]:
+        return _typed(self.url, what)
 
     async def connect(self) -> None:
         async with self._typed("ping"):
@@ -156,4 +162,51 @@ def with_password(url: str) -> str:
     return resolve_password(url, RESULTS)
 
 
-SPEC = ResultStoreSpec(name="redis", schemes=("redis", "rediss"), factory=RedisResultStore)
+class RedisCache(ResultCache):
+    """The result cache (:mod:`fleet.cache`) in Redis: ``fleet:cache:<model>:
+    <version>:<hash>`` with a TTL, and ``fleet:cache:<model>:version``."""
+
+    def __init__(self, url: str, *, timeout: float = 2.0) -> None:
+        self.url = redact_url(url)
+        self._redis = aioredis.from_url(
+            with_password(url),
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+
+    def _typed(self, what: str) -> AbstractAsyncContextManager[None]:
+        return _typed(self.url, what)
+
+    async def connect(self) -> None:
+        async with self._typed("ping"):
+            await self._redis.ping()
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def get(self, model: str, version: str, key: str) -> bytes | None:
+        async with self._typed("read the cache"):
+            value = await self._redis.get(f"fleet:cache:{model}:{version}:{key}")
+        return None if value is None else _bytes(value)
+
+    async def put(
+        self, model: str, version: str, key: str, frame: bytes, ttl: float = DEFAULT_CACHE_TTL_S
+    ) -> None:
+        async with self._typed("fill the cache"):
+            name = f"fleet:cache:{model}:{version}:{key}"
+            await self._redis.set(name, frame, px=max(1, int(ttl * 1000)))
+
+    async def current_version(self, model: str) -> str | None:
+        async with self._typed("read the current version"):
+            value = await self._redis.get(f"fleet:cache:{model}:version")
+        return None if value is None else _bytes(value).decode()
+
+    async def set_version(self, model: str, version: str) -> None:
+        async with self._typed("set the current version"):
+            await self._redis.set(f"fleet:cache:{model}:version", version)
+
+
+SPEC = ResultStoreSpec(
+    name="redis", schemes=("redis", "rediss"), factory=RedisResultStore, cache_factory=RedisCache
+)
