@@ -19,6 +19,7 @@ from fleetctl import (
     autoscaler_cmd,
     batch_cmd,
     demo,
+    jobs_cmd,
     models_cmd,
     simulate_cmd,
     stop_before_start,
@@ -46,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     simulate_cmd.add_commands(sub)
     topology_cmd.add_commands(sub)
     batch_cmd.add_commands(sub)
+    jobs_cmd.add_commands(sub)
     return parser
 
 
