@@ -141,11 +141,12 @@ side=(tests/deploy tests/autoscaler/test_simulator.py tests/jobs/test_batch.py)
 side_log=.cache/side-tests.log
 mkdir -p .cache
 say "tests: ${side[*]} (beside the others; report in $side_log)"
-.venv/bin/pytest -p no:cacheprovider --basetemp=.cache/pytest-side "${side[@]}" >"$side_log" 2>&1 &
+.venv/bin/pytest -p no:cacheprovider --basetemp=.cache/pytest-side --durations=10 "${side[@]}" \
+    >"$side_log" 2>&1 &
 side_pid=$!
 say "tests: every other tier"
 main_rc=0
-.venv/bin/pytest --ignore=tests/cluster "${side[@]/#/--ignore=}" || main_rc=$?
+.venv/bin/pytest --durations=30 --ignore=tests/cluster "${side[@]/#/--ignore=}" || main_rc=$?
 side_rc=0
 wait "$side_pid" || side_rc=$?
 say "tests: ${side[*]} (ran beside the others)"
@@ -161,4 +162,4 @@ for svc in "${started[@]}"; do # free the CPUs the single-node servers hold
 done
 started=()
 start_clusters
-.venv/bin/pytest tests/cluster
+.venv/bin/pytest --durations=10 tests/cluster

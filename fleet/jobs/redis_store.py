@@ -59,6 +59,23 @@ def _key(job_id: str) -> str:
     return f"fleet:job:{check_job_id(job_id)}"
 
 
+MAX_CONNECTIONS = 32
+"""Connections to Redis per store or cache: more calls at once wait their turn."""
+
+
+def _client(url: str, timeout: float) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        with_password(url),
+        max_connections=MAX_CONNECTIONS,
+        timeout=timeout,  # the wait for a free connection
+        decode_responses=False,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
 @asynccontextmanager
 async def _typed(url: str, what: str) -> AsyncIterator[None]:
     """Redis errors as the fleet's typed errors."""
@@ -76,13 +93,7 @@ async def _typed(url: str, what: str) -> AsyncIterator[None]:
 class RedisResultStore(ResultStore):
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = redact_url(url)
-        self._redis = aioredis.from_url(
-            with_password(url),
-            decode_responses=False,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
+        self._redis = _client(url, timeout)
         self._move_script = self._redis.register_script(_MOVE)
 
     def _typed(self, what: str) -> AbstractAsyncContextManager[None]:
@@ -93,7 +104,7 @@ class RedisResultStore(ResultStore):
             await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     async def create(self, job_id: str, *, model: str, ttl: float = DEFAULT_TTL_S) -> None:
         t = repr(now())
@@ -168,12 +179,7 @@ class RedisCache(ResultCache):
 
     def __init__(self, url: str, *, timeout: float = 2.0) -> None:
         self.url = redact_url(url)
-        self._redis = aioredis.from_url(
-            with_password(url),
-            decode_responses=False,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
+        self._redis = _client(url, timeout)
 
     def _typed(self, what: str) -> AbstractAsyncContextManager[None]:
         return _typed(self.url, what)
@@ -183,7 +189,7 @@ class RedisCache(ResultCache):
             await self._redis.ping()
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._redis.aclose(close_connection_pool=True)
 
     async def get(self, model: str, version: str, key: str) -> bytes | None:
         async with self._typed("read the cache"):

@@ -44,7 +44,13 @@ async def test_jobs_bring_a_group_at_zero_back(
     await scaler.start()
     loop_task = asyncio.create_task(scaler.run(stop))
     try:
-        await _until(lambda: act.status()["desired"] == 0 and not act.workers, 60, "zero", rec)
+
+        def at_zero() -> bool:  # decided by the loop (not the actuator's state at start)
+            polls = rec.polls
+            return bool(polls) and polls[-1][2].desired == 0 and not act.workers
+
+        await _until(at_zero, 60, "zero", rec)
+        zero_at = time.monotonic()
         x = np.random.default_rng(8).random((20, 64), dtype=np.float32)
         async with Client(broker, results=results) as client:
             assert client.jobs is not None
@@ -56,7 +62,8 @@ async def test_jobs_bring_a_group_at_zero_back(
         assert states == {JobState.DONE}
         want = direct_onnx(model_repo / model, {"input": x})["label"]
         assert [r.arrays()["label"][0] for r in replies] == want.tolist()
-        assert rec.first(lambda s, d: "scale from zero" in " ".join(d.reasons)) is not None
+        back = rec.first(lambda s, d: d.desired >= 1, zero_at)
+        assert back is not None and "scale from zero" in " ".join(back[2].reasons), back
         await _until(lambda: act.status()["desired"] == 0, 60, "back to zero", rec)
         print(f"{kind}: 20 jobs submitted at zero workers, all done {answered:.1f} s later")
     finally:
