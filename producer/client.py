@@ -114,6 +114,32 @@ class ClientStats:
         return self.cache_hits / looked if looked else 0.0
 
 
+def _request(
+    rid: str,
+    model: str,
+    version: str | None,
+    inputs: Mapping[str, npt.ArrayLike],
+    wait: float,
+    priority: str | Priority,
+    parameters: Mapping[str, ParamValue] | None,
+    headers: Mapping[str, str],
+) -> Request:
+    """A request with ``wait`` seconds of budget from now."""
+    now = time.time()
+    return Request(
+        id=rid,
+        model=model,
+        version=version,
+        inputs=tuple(Tensor.from_numpy(n, np.asarray(a)) for n, a in inputs.items()),
+        deadline=now + wait,
+        priority=Priority.parse(priority),
+        parameters=dict(parameters or {}),
+        sent_at=now,
+        timeout=wait,
+        headers=headers,
+    )
+
+
 @dataclass(eq=False)
 class _Lane:
     queue: deque[_Pending] = field(default_factory=deque)
@@ -293,18 +319,7 @@ class Client:
             raise InvalidArgument("inputs must name at least one tensor")
         wait = _check_timeout(timeout)
         job_id = new_job_id() if job_id is None else check_job_id(job_id)
-        now = time.time()
-        req = Request(
-            id=job_id,
-            model=model,
-            version=version,
-            inputs=tuple(Tensor.from_numpy(n, np.asarray(a)) for n, a in inputs.items()),
-            deadline=now + wait,
-            priority=Priority.parse(priority),
-            parameters=dict(parameters or {}),
-            sent_at=now,
-            timeout=wait,
-        )
+        req = _request(job_id, model, version, inputs, wait, priority, parameters, {})
         if self._should_claim(req):
             assert self.payloads is not None
             req, _ = await claim_request(req, self.payloads)  # the worker deletes it
@@ -389,19 +404,8 @@ class Client:
         wait = self.timeout if timeout is None else _check_timeout(timeout)
         tracer = tracing.active()
         span, headers = tracing.start_call(tracer, model) if tracer is not None else (None, {})
-        now = time.time()
-        req = Request(
-            id=request_id or new_request_id(),
-            model=model,
-            version=version,
-            inputs=tuple(Tensor.from_numpy(n, np.asarray(a)) for n, a in inputs.items()),
-            deadline=now + wait,
-            priority=Priority.parse(priority),
-            parameters=dict(parameters or {}),
-            sent_at=now,
-            timeout=wait,
-            headers=headers,
-        )
+        rid = request_id or new_request_id()
+        req = _request(rid, model, version, inputs, wait, priority, parameters, headers)
         if span is None:
             return await self._claimed_send(req, time.monotonic() + wait, stages, None)
         try:

@@ -90,11 +90,14 @@ async def _typed(url: str, what: str) -> AsyncIterator[None]:
         raise Internal(f"result store {url}: {what}: {exc}") from None
 
 
-class RedisResultStore(ResultStore):
+class _Redis:
+    """A Redis connection pool, its errors typed; what the store and the cache share."""
+
+    url: str
+
     def __init__(self, url: str, *, timeout: float = 5.0) -> None:
         self.url = redact_url(url)
         self._redis = _client(url, timeout)
-        self._move_script = self._redis.register_script(_MOVE)
 
     def _typed(self, what: str) -> AbstractAsyncContextManager[None]:
         return _typed(self.url, what)
@@ -105,6 +108,12 @@ class RedisResultStore(ResultStore):
 
     async def close(self) -> None:
         await self._redis.aclose(close_connection_pool=True)
+
+
+class RedisResultStore(_Redis, ResultStore):
+    def __init__(self, url: str, *, timeout: float = 5.0) -> None:
+        super().__init__(url, timeout=timeout)
+        self._move_script = self._redis.register_script(_MOVE)
 
     async def create(self, job_id: str, *, model: str, ttl: float = DEFAULT_TTL_S) -> None:
         t = repr(now())
@@ -173,23 +182,12 @@ def with_password(url: str) -> str:
     return resolve_password(url, RESULTS)
 
 
-class RedisCache(ResultCache):
+class RedisCache(_Redis, ResultCache):
     """The result cache (:mod:`fleet.cache`) in Redis: ``fleet:cache:<model>:
     <version>:<hash>`` with a TTL, and ``fleet:cache:<model>:version``."""
 
     def __init__(self, url: str, *, timeout: float = 2.0) -> None:
-        self.url = redact_url(url)
-        self._redis = _client(url, timeout)
-
-    def _typed(self, what: str) -> AbstractAsyncContextManager[None]:
-        return _typed(self.url, what)
-
-    async def connect(self) -> None:
-        async with self._typed("ping"):
-            await self._redis.ping()
-
-    async def close(self) -> None:
-        await self._redis.aclose(close_connection_pool=True)
+        super().__init__(url, timeout=timeout)
 
     async def get(self, model: str, version: str, key: str) -> bytes | None:
         async with self._typed("read the cache"):
