@@ -38,7 +38,9 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
         help="broker URL (default: $FLEET_BROKER); a password from FLEET_BROKER_PASSWORD[_FILE]",
     )
     p.add_argument("--model", required=True, help="the model to run")
-    p.add_argument("--input", required=True, help="an .npy or .npz file (one array per input)")
+    p.add_argument(
+        "--input", required=True, help="an .npy or .npz file (one array per input), or s3://..."
+    )
     p.add_argument("--output", required=True, help="the output directory (created if absent)")
     p.add_argument(
         "--input-name", default="input", help="the model input an .npy file feeds (default input)"

@@ -5,7 +5,8 @@
     summary = await run_batch(client, "digits", "data.npz", "out/", chunk_rows=64)
 
 The input is ``.npy`` (one array; its name is the model input's, ``--input-name``)
-or ``.npz`` (one array per model input, all with the same number of rows).
+or ``.npz`` (one array per model input, all with the same number of rows), a
+local file or ``s3://bucket/key`` (copied into the output directory once).
 Arrays stored uncompressed are memory-mapped, so memory stays bounded whatever
 the file's size; a compressed ``.npz`` member is read whole. Rows go in
 chunks of ``chunk_rows`` (at most the model's max batch size), ``in_flight``
@@ -184,7 +185,7 @@ async def run_batch(
     if chunk_rows < 1 or in_flight < 1:
         raise InvalidArgument("chunk_rows and in_flight must be at least 1")
     inputs, out = await asyncio.to_thread(
-        _prepare, Path(input_path), Path(output_dir), input_name, chunk_rows
+        _prepare, str(input_path), Path(output_dir), input_name, chunk_rows
     )
     out_dir, total = out.dir, out.total_rows
     summary = BatchSummary(total_rows=total)
@@ -229,12 +230,36 @@ async def run_batch(
 
 
 def _prepare(
-    input_path: Path, out_dir: Path, input_name: str, chunk_rows: int
+    source: str, out_dir: Path, input_name: str, chunk_rows: int
 ) -> tuple[dict[str, npt.NDArray[Any]], _Output]:
-    inputs = open_inputs(input_path, input_name)
-    total = len(next(iter(inputs.values())))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return inputs, _Output(out_dir, total, chunk_rows, str(input_path.resolve()))
+    if source.startswith("s3://"):
+        local = _download(source, out_dir)
+    else:
+        local = Path(source)
+        source = str(local.resolve())
+    inputs = open_inputs(local, input_name)
+    total = len(next(iter(inputs.values())))
+    return inputs, _Output(out_dir, total, chunk_rows, source)
+
+
+def _download(url: str, out_dir: Path) -> Path:
+    """``s3://bucket/key.npz`` copied (streamed, not held in memory) into
+    ``out_dir`` once; a run started again uses the copy."""
+    import boto3
+
+    from fleet.aws import client_config
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    suffix = Path(key).suffix
+    if not bucket or suffix not in (".npy", ".npz"):
+        raise InvalidArgument(f"{url}: the input must be s3://bucket/key.npy or .npz")
+    local = out_dir / f"input{suffix}"
+    if not local.exists():
+        part = out_dir / f".input{suffix}.part"
+        boto3.client("s3", config=client_config()).download_file(bucket, key, str(part))
+        os.replace(part, local)
+    return local
 
 
 def _record_error(out_dir: Path, chunk: int, exc: FleetError) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 from fleet.errors import InvalidArgument
 from producer import Client
 from producer.batch import ERRORS, PROGRESS, run_batch
-from tests.conftest import ROOT
+from tests.conftest import ROOT, missing
 from tests.helpers import direct_onnx, running_worker
 
 pytestmark = pytest.mark.jobs
@@ -108,3 +109,39 @@ async def test_failed_chunks_are_counted_by_type_and_tried_again(
             await run_batch(client, digits, source, out, chunk_rows=50)
         with pytest.raises(InvalidArgument, match=r"\.npy or \.npz"):
             await run_batch(client, digits, tmp_path / "rows.csv", tmp_path / "o2")
+
+
+@pytest.mark.aws
+async def test_an_input_in_s3_is_copied_once_and_run(
+    model_repo: Path, unique_model: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    aws = os.environ.get("FLEET_TEST_AWS_URL")
+    if not aws:
+        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": str(aws),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(key, value)
+    bucket, digits = f"fleet-batch-{unique_model}", f"{unique_model}-digits"
+    x = np.random.default_rng(10).standard_normal((500, 64), dtype=np.float32)
+    np.save(tmp_path / "rows.npy", x)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.upload_file(str(tmp_path / "rows.npy"), bucket, "in/rows.npy")
+    broker, out = f"memory://{unique_model}", tmp_path / "out"
+    async with running_worker(broker, model_repo), Client(broker) as client:
+        summary = await run_batch(client, digits, f"s3://{bucket}/in/rows.npy", out)
+        assert summary.complete and summary.rows == 500
+        again = await run_batch(client, digits, f"s3://{bucket}/in/rows.npy", out)
+        assert again.rows == 0 and again.skipped_rows == 500  # resumed: nothing left
+    want = direct_onnx(model_repo / digits, {"input": x})["label"]
+    np.testing.assert_array_equal(np.load(out / "label.npy"), want)
+    s3.delete_object(Bucket=bucket, Key="in/rows.npy")
+    s3.delete_bucket(Bucket=bucket)
