@@ -123,13 +123,13 @@ def test_gpu_image_on_cuda_runtime_with_onnxruntime_gpu() -> None:
     assert re.search(r"ONNXRUNTIME_GPU_VERSION=\d+\.\d+\.\d+", text)
     assert '"onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}"' in text
     assert "pip uninstall -y onnxruntime" in text
-    assert ".[gpu,aws]" in text
+    assert ".[gpu,aws,jobs]" in text
 
 
 def test_cpu_image_has_no_gpu_pieces() -> None:
     text = (DOCKER / "Dockerfile.cpu").read_text(encoding="utf-8")
     assert "nvidia" not in text and "onnxruntime-gpu" not in text
-    assert "ARG EXTRAS=aws\n" in text and '".[${EXTRAS}]"' in text
+    assert "ARG EXTRAS=aws,jobs\n" in text and '".[${EXTRAS}]"' in text
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)

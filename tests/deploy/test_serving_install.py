@@ -29,7 +29,7 @@ def test_tools_are_an_extra_of_their_own() -> None:
     extras = project["optional-dependencies"]
     assert not _names(project["dependencies"]) & (TOOLS | {"scipy"})
     assert _names(extras["tools"]) == TOOLS
-    for serving in ("gpu", "aws"):
+    for serving in ("gpu", "aws", "jobs"):
         assert not _names(extras[serving]) & (TOOLS | {"scipy"}), serving
     assert TOOLS <= _names(extras["dev"])  # the tests build the demo models
 
