@@ -133,11 +133,17 @@ if [[ $# -gt 0 ]]; then
     exit
 fi
 
-# The deploy and apply tiers (terraform against moto's server, checkov), the
-# simulator and the batch runs (on the embedded broker) use no broker server:
-# they run beside the broker tiers, in a second pytest with its own temporary
+# The tests that use no broker server (the deploy and apply tiers: terraform
+# against moto's server, checkov; the simulator and the policies; the command
+# line, the docs and the README; the batch runs, on the embedded broker) run
+# beside the broker tiers, in a second pytest with its own temporary
 # directory, and their report follows the main one.
-side=(tests/deploy tests/autoscaler/test_simulator.py tests/jobs/test_batch.py)
+side=(
+    tests/deploy tests/autoscaler/test_simulator.py tests/autoscaler/test_policy.py
+    tests/autoscaler/test_baselines.py tests/fleetctl/test_cli.py
+    tests/fleetctl/test_simulate_cmd.py tests/test_structure.py tests/test_docs.py
+    tests/test_readme.py tests/jobs/test_batch.py
+)
 side_log=.cache/side-tests.log
 mkdir -p .cache
 say "tests: ${side[*]} (beside the others; report in $side_log)"
