@@ -35,6 +35,7 @@ is :class:`~fleet.errors.AuthenticationFailed` at connect (see
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
 import ssl
@@ -43,7 +44,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from aiokafka.abc import AbstractTokenProvider
-from aiokafka.conn import create_conn
+from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import (
     KafkaConnectionError,
     KafkaError,
@@ -69,6 +70,7 @@ AWS_MSK_IAM = "AWS_MSK_IAM"
 URL_PARAMS = frozenset({"sasl_mechanism", "cafile", "certfile", "keyfile", "aws_region"})
 """The query parameters this module reads; not transport options."""
 _DIAGNOSE_TIMEOUT = 5.0
+_CLOSE_WAIT_S = 2.0  # how long the second look waits for its socket to close
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -242,12 +244,14 @@ async def diagnose(host: str, security: KafkaSecurity, timeout: float = _DIAGNOS
     is down."""
     name, _, port = host.rpartition(":")
     kwargs = security.client_kwargs()
-    conn: Any = None
+    # made here rather than by aiokafka's create_conn, so that every path,
+    # a failed or cancelled connect included, can wait for its socket to close
+    conn = AIOKafkaConnection(
+        name.strip("[]"), int(port), request_timeout_ms=int(timeout * 1000), **kwargs
+    )
     try:
         async with asyncio.timeout(timeout):
-            conn = await create_conn(
-                name.strip("[]"), int(port), request_timeout_ms=int(timeout * 1000), **kwargs
-            )
+            await conn.connect()
             # TLS 1.3 ends the handshake before the server judges our
             # certificate: its verdict comes with the first answer
             await conn.send(MetadataRequest([]))
@@ -256,8 +260,16 @@ async def diagnose(host: str, security: KafkaSecurity, timeout: float = _DIAGNOS
         if refused is not None:
             raise refused from None
     finally:
-        if conn is not None:
-            conn.close()
+        await _closed(conn)
+
+
+async def _closed(conn: Any) -> None:
+    """Close ``conn`` and wait (a little) until its socket is closed: a TLS
+    transport closes only after its close_notify, some loop turns later."""
+    closing = conn.close()
+    if closing is not None and not closing.done():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(closing), _CLOSE_WAIT_S)
 
 
 def _refusal(host: str, security: KafkaSecurity, exc: BaseException) -> AuthenticationFailed | None:
