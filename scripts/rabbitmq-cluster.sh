@@ -3,7 +3,7 @@
 #
 #   scripts/rabbitmq-cluster.sh start         make a fresh cluster (unless all three nodes
 #                                             already run, clustered): start the nodes in
-#                                             parallel, join nodes 2 and 3 to node 1; prints
+#                                             parallel, join nodes 2 then 3 to node 1; prints
 #                                             the AMQP URL as the last line of stdout
 #   scripts/rabbitmq-cluster.sh stop          stop every node of it (idempotent)
 #   scripts/rabbitmq-cluster.sh status        say which nodes run (exit 0 when all three do)
@@ -213,10 +213,19 @@ clustered() {
 
 join() {
     local n="$1"
-    ctl "$n" stop_app >/dev/null
-    ctl "$n" join_cluster "$(node_name 1)" >/dev/null
-    ctl "$n" start_app >/dev/null
-    wait_booted "$n"
+    ctl "$n" stop_app >/dev/null &&
+        ctl "$n" join_cluster "$(node_name 1)" >/dev/null &&
+        ctl "$n" start_app >/dev/null &&
+        wait_booted "$n"
+}
+
+join_or_retry() { # a node whose join failed is reset and tries once more
+    local n="$1"
+    join "$n" && return 0
+    log "node $n could not join $(node_name 1); resetting it and trying again"
+    ctl "$n" stop_app >/dev/null 2>&1 || true
+    ctl "$n" reset >/dev/null 2>&1 || true
+    join "$n"
 }
 
 all_up() {
@@ -245,13 +254,10 @@ start() {
         wait_booted "$n"
         log "node $n booted"
     done
-    local pids=()
+    # one at a time: two nodes joining at once can clash in the schema
+    # database (seen: one of them failing to start mnesia)
     for n in 2 3; do
-        join "$n" &
-        pids+=("$!")
-    done
-    for n in "${pids[@]}"; do
-        wait "$n" || die "a node could not join $(node_name 1)"
+        join_or_retry "$n" || die "node $n could not join $(node_name 1)"
     done
     clustered || die "the nodes are not one cluster: $(running_nodes 1 | tr '\n' ' ')"
     url

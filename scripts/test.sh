@@ -104,8 +104,8 @@ start_clusters() {
             continue
         fi
         say "$name: starting a local 3-node cluster"
+        started+=("$name") # stopped at exit even when its start fails half way
         bash "scripts/${name}.sh" start >/dev/null
-        started+=("$name")
         while IFS= read -r line; do
             [[ $line == FLEET_TEST_*=* ]] && export "${line?}"
         done < <(bash "scripts/${name}.sh" env)
