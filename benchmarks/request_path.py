@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import os
 import re
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,20 +232,30 @@ def _rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def bench_fleet(
-    label: str, broker: str, models: Path, duration: float, in_flight: int, clients: int
-) -> list[Row]:
+@contextlib.contextmanager
+def served(broker: str, models: Path, worker_id: str = "bench") -> Iterator[subprocess.Popen[Any]]:
+    """One ``fleet worker`` process serving ``models`` on ``broker``, once it
+    serves :data:`MODEL`; drained (SIGTERM) at the end."""
     worker = subprocess.Popen(
         worker_argv(
             broker=broker,
             models=models,
-            worker_id="bench",
+            worker_id=worker_id,
             command=worker_command(log_level="WARNING"),
         ),
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         asyncio.run(wait_model_served(broker, MODEL))
+        yield worker
+    finally:
+        stop_process(worker, 60)
+
+
+def bench_fleet(
+    label: str, broker: str, models: Path, duration: float, in_flight: int, clients: int
+) -> list[Row]:
+    with served(broker, models) as worker:
         _drive(broker, 2, 32, None, 1)  # warm the path
         before = _cpu_s(worker.pid)
         sat = _drive(broker, duration, in_flight, None, clients)
@@ -259,8 +271,6 @@ def bench_fleet(
         rss = _rss_mb(worker.pid)
         sat.extra["rss_mb"] = half.extra["rss_mb"] = rss
         return [sat, half]
-    finally:
-        stop_process(worker, 60)
 
 
 # ----------------------------------------------------------------------------- services

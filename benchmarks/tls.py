@@ -23,19 +23,15 @@ Loopback only; every run is bounded.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.request_path import MODEL, _drive, stop_process  # noqa: E402
-from fleet.worker_command import worker_argv, worker_command  # noqa: E402
-from fleetctl.demo import wait_model_served  # noqa: E402
+from benchmarks.request_path import _drive, served  # noqa: E402
 from worker.zoo import build_all  # noqa: E402
 
 VARIANTS = [  # (name, URL variable, plaintext baseline)
@@ -53,21 +49,9 @@ def _one(url: str, password: str | None, models: Path, duration: float, in_fligh
         os.environ.pop("FLEET_BROKER_PASSWORD", None)
     else:
         os.environ["FLEET_BROKER_PASSWORD"] = password  # workers and clients read it
-    worker = subprocess.Popen(
-        worker_argv(
-            broker=url,
-            models=models,
-            worker_id="bench-tls",
-            command=worker_command(log_level="WARNING"),
-        ),
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-    try:
-        asyncio.run(wait_model_served(url, MODEL))
+    with served(url, models, "bench-tls"):
         _drive(url, 2, 16, None, 1)  # warm
         return _drive(url, duration, in_flight, None, 1).rps
-    finally:
-        stop_process(worker, 60)
 
 
 def main() -> int:

@@ -225,9 +225,10 @@ class S3Payloads(PayloadStore):
 _BLOB_LIMITS = wire.Limits(max_message_bytes=MAX_PAYLOAD_BYTES)
 
 
-def request_size(req: Request) -> int:
-    """Bytes of ``req`` encoded (its inputs, mostly)."""
-    return sum(len(part) for part in wire.encode_request_body(req))
+def inputs_size(req: Request) -> int:
+    """Bytes of ``req``'s tensors: what decides whether it goes through the
+    store, counted without encoding it (the rest of a request is small)."""
+    return sum(len(t.data) for t in req.inputs)
 
 
 async def claim_request(req: Request, store: PayloadStore) -> tuple[Request, Ref]:
@@ -256,7 +257,7 @@ async def resolve_request(req: Request, store: PayloadStore | None) -> Request:
     if store is None:
         raise InvalidArgument("a request whose inputs are in a payload store, and none is set")
     frame = wire.decode_requests(await store.get(ref), _BLOB_LIMITS)
-    (whole,) = frame.items if len(frame.items) == 1 else (None,)
+    whole = frame.items[0] if len(frame.items) == 1 else None
     if not isinstance(whole, Request) or (whole.id, whole.model) != (req.id, req.model):
         raise InvalidArgument(f"payload {ref.url} holds another request")
     return dataclasses.replace(req, inputs=whole.inputs, parameters=whole.parameters)
@@ -285,7 +286,7 @@ async def resolve_reply(reply: Reply, store: PayloadStore | None) -> tuple[Reply
     if store is None:
         raise ConfigError(f"the reply is in a payload store ({ref.url}) and none is set")
     frame = wire.decode_replies(await store.get(ref), _BLOB_LIMITS)
-    (whole,) = frame.items if len(frame.items) == 1 else (None,)
+    whole = frame.items[0] if len(frame.items) == 1 else None
     if not isinstance(whole, Reply) or whole.id != reply.id:
         raise DecodeError(f"payload {ref.url} holds another reply")
     return dataclasses.replace(whole, stages=reply.stages), ref
@@ -312,9 +313,9 @@ __all__ = [
     "claim_of",
     "claim_reply",
     "claim_request",
+    "inputs_size",
     "open_payloads",
     "reply_claim",
-    "request_size",
     "resolve_reply",
     "resolve_request",
 ]

@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict
 
@@ -64,14 +64,23 @@ def resolve_password(
     *,
     password_file: str | Path | None = None,
     env: Mapping[str, str] | None = None,
+    default_user: str | None = None,
 ) -> str:
     """``url`` with its password: the one it carries, else the contents of
     ``password_file``, else ``$<name>_PASSWORD`` / ``$<name>_PASSWORD_FILE``.
-    A URL that names no user takes none. A password both in the URL and from
-    a file is a :class:`ConfigError` (which one would be meant?)."""
+    A URL that names no user takes none, unless ``default_user`` names the
+    user a password alone logs in as (Redis's ``default``): then a password
+    found is put in for that user. A password both in the URL and from a
+    file is a :class:`ConfigError` (which one would be meant?)."""
     given = url_password(url)
-    if given is None and not urlsplit(url).username:
-        return url  # nobody to log in as: no secret is read
+    parts = urlsplit(url)
+    if given is None and not parts.username:
+        if default_user is None:
+            return url  # nobody to log in as: no secret is read
+        host = parts.netloc.rpartition("@")[2]
+        named = urlunsplit(parts._replace(netloc=f"{default_user}@{host}"))
+        resolved = resolve_password(named, name, password_file=password_file, env=env)
+        return resolved if url_password(resolved) is not None else url
     if password_file is not None:
         if given is not None:
             raise ConfigError(f"{redact_url(url)} carries a password and a password file is set")

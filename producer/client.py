@@ -56,8 +56,8 @@ from fleet.payloads import (
     DEFAULT_CLAIM_THRESHOLD,
     PayloadStore,
     claim_request,
+    inputs_size,
     open_payloads,
-    request_size,
     resolve_reply,
 )
 from fleet.stages import CLIENT_STAGES, Histogram, StageHistograms
@@ -263,7 +263,7 @@ class Client:
     async def connect(self) -> None:
         tracing.from_environment("fleet-client")
         if self.jobs is not None:
-            await self.jobs.__aenter__()
+            await self.jobs.connect()
         if self.cache is not None:
             await self.cache.connect()
         await self._transport.connect()
@@ -286,7 +286,7 @@ class Client:
                 waiter.set_exception(Unavailable("client closed"))
         await self._transport.close()
         if self.jobs is not None:
-            await self.jobs.__aexit__(None, None, None)
+            await self.jobs.close()
         if self.cache is not None:
             await self.cache.close()
 
@@ -422,7 +422,7 @@ class Client:
         if self.payloads is None:
             return False
         limit = min(self.claim_threshold, self.max_message_bytes - 4096)
-        return request_size(req) > limit
+        return inputs_size(req) > limit
 
     async def _cached(self, req: Request) -> tuple[Reply | None, Request]:
         """A cached answer to ``req`` (a hit), else ``req`` asking the worker

@@ -54,10 +54,6 @@ class JobStatus:
     attempts: int = 0
     error: FleetError | None = None
 
-    @property
-    def final(self) -> bool:
-        return self.state.final
-
 
 def reply_of(record: JobRecord) -> Reply:
     """The reply a final job's record holds."""
@@ -82,12 +78,20 @@ class Jobs:
         """Where large results are (the claim check)."""
 
     async def __aenter__(self) -> Jobs:
-        await self.store.connect()
+        await self.connect()
         return self
 
     async def __aexit__(
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Check that the store answers."""
+        await self.store.connect()
+
+    async def close(self) -> None:
+        """Close the store, if it was made here (from a URL)."""
         if self._owned:
             await self.store.close()
 

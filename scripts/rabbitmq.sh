@@ -64,22 +64,7 @@ die() {
 }
 
 install_server() {
-    if [[ -x "$RMQ_BIN/rabbitmq-server" ]]; then
-        return
-    fi
-    command -v apt-get >/dev/null || die "rabbitmq-server is not installed and apt-get is not available"
-    local sudo=()
-    if [[ "$(id -u)" != 0 ]]; then
-        command -v sudo >/dev/null || die "rabbitmq-server is not installed; run as root to install it"
-        sudo=(sudo)
-    fi
-    log "installing rabbitmq-server with apt-get"
-    "${sudo[@]}" apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq rabbitmq-server >&2
-    # the package may start a system-wide node; this script runs its own
-    if command -v service >/dev/null; then
-        "${sudo[@]}" service rabbitmq-server stop >/dev/null 2>&1 || true
-    fi
+    [[ -x "$RMQ_BIN/rabbitmq-server" ]] || bash "$ROOT/scripts/apt-package.sh" rabbitmq-server
 }
 
 export_env() {

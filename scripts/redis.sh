@@ -35,20 +35,7 @@ cli_bin() {
 }
 
 install_server() {
-    server_bin >/dev/null && return
-    command -v apt-get >/dev/null || die "redis-server is not installed and apt-get is not available"
-    local sudo=()
-    if [[ "$(id -u)" != 0 ]]; then
-        command -v sudo >/dev/null || die "redis-server is not installed; run as root to install it"
-        sudo=(sudo)
-    fi
-    log "installing redis-server with apt-get"
-    "${sudo[@]}" apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq redis-server >&2
-    # the package may start a system-wide server; this script runs its own
-    if command -v service >/dev/null; then
-        "${sudo[@]}" service redis-server stop >/dev/null 2>&1 || true
-    fi
+    server_bin >/dev/null || bash "$ROOT/scripts/apt-package.sh" redis-server
 }
 
 password() {

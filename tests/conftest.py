@@ -13,7 +13,6 @@ tier whose broker is missing fails; elsewhere it is skipped with the reason.
 from __future__ import annotations
 
 import asyncio
-import base64
 import gc
 import json
 import os
@@ -137,8 +136,7 @@ def _delete_queues(broker_url: str, model: str) -> None:
     """Delete the queues ``fleet.<model>...`` through the management API; a
     node that is down or slow to answer is left as it is."""
     api = management_api(broker_url)
-    token = base64.b64encode(f"{api.username}:{api.password}".encode()).decode()
-    headers = {"Authorization": f"Basic {token}"}
+    headers = api.headers
     pattern = quote(f"^fleet\\.{model}", safe="")
     listing = f"{api.base}/api/queues/%2F?name={pattern}&use_regex=true&page=1&page_size=500"
     try:

@@ -111,3 +111,20 @@ def direct_onnx(
 
 def rows(width: int, n: int, seed: int = 0) -> npt.NDArray[np.float32]:
     return np.random.default_rng(seed).standard_normal((n, width)).astype(np.float32)
+
+
+def assert_digits_answers(
+    got_labels: npt.ArrayLike, got_probabilities: npt.ArrayLike, want: dict[str, Any]
+) -> None:
+    """Outputs of the digits model equal ``want`` (ONNX Runtime on the same
+    rows), up to float rounding. The worker batches rows differently from the
+    reference run, and a different batch may sum in another order: so the
+    probabilities are compared with a tolerance, and a label may differ only
+    where the reference's top two probabilities are within that tolerance."""
+    labels, probabilities = np.asarray(got_labels), np.asarray(got_probabilities)
+    ref = np.asarray(want["probabilities"])
+    np.testing.assert_allclose(probabilities, ref, rtol=1e-5, atol=1e-6)
+    differ = np.flatnonzero(labels != np.asarray(want["label"]))
+    if differ.size:
+        margin = ref[differ].max(axis=1) - ref[differ, labels[differ]]
+        assert (margin <= 1e-5).all(), f"rows {differ[:10].tolist()} answered with another label"

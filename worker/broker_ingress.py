@@ -307,8 +307,7 @@ class BrokerIngress:
 
     async def _claim_large(self, replies: list[Reply]) -> list[Reply]:
         """Replies over the claim threshold, through the payload store."""
-        if self._payloads is None:
-            return replies
+        assert self._payloads is not None
         out = []
         for reply in replies:
             if sum(len(t.data) for t in reply.outputs) > self._claim_threshold:
@@ -449,7 +448,7 @@ class BrokerIngress:
         if ids and told:
             replies = [self._error_reply(i, delivery.model, exc) for i in ids]
             for body, _ in self._frames(replies, [None] * len(replies)):
-                if not await self._send(reply_to, body):
+                if not await self._send(reply_to, body, ok=False):
                     log.warning("could not tell the callers", ids=len(ids))
         self._ledger.dead_lettered(len(ids))
         try:
@@ -516,7 +515,7 @@ class BrokerIngress:
                 log.exception("recording a trace failed", id=reply.id)
 
     async def _publish(self, reply_to: str, replies: list[Reply], msgs: list[_Message]) -> None:
-        if all(m.claims for m in msgs):
+        if self._payloads is not None and all(m.claims for m in msgs):
             replies = await self._claim_large(replies)
         try:
             frames = self._frames(replies, msgs, stages=any(m.stages for m in msgs))
@@ -525,8 +524,9 @@ class BrokerIngress:
             frames = []
             for m in msgs:
                 m.failed = True
+        ok = all(r.ok for r in replies)  # a job's: its one reply
         for body, frame_msgs in frames:
-            if not await self._send(reply_to, body):
+            if not await self._send(reply_to, body, ok=ok):
                 for fm in frame_msgs:
                     if fm is not None:
                         fm.failed = True
@@ -582,14 +582,14 @@ class BrokerIngress:
             timings=reply.timings,
         )
 
-    async def _send(self, reply_to: str, body: bytes) -> bool:
-        """Publish one reply frame (a job's: store it), retrying what may pass;
-        whether it was published."""
+    async def _send(self, reply_to: str, body: bytes, *, ok: bool) -> bool:
+        """Publish one reply frame (a job's: store it, ``done`` when ``ok``,
+        else ``failed``), retrying what may pass; whether it was published."""
         job = job_id_of(reply_to)
         for attempt in range(_REPLY_ATTEMPTS):
             try:
                 if job is not None:
-                    await self._store_result(job, body)
+                    await self._store_result(job, body, ok=ok)
                 else:
                     await self._transport.publish_reply(reply_to, body)
                 return True
@@ -604,12 +604,9 @@ class BrokerIngress:
                 return False
         return False
 
-    async def _store_result(self, job: str, body: bytes) -> None:
-        """A job's reply frame into the result store, ``done`` when every reply
-        in it is an answer, ``failed`` when one is an error."""
+    async def _store_result(self, job: str, body: bytes, *, ok: bool) -> None:
+        """A job's reply frame into the result store, ``done`` or ``failed``."""
         assert self._results is not None
-        frame = wire.decode_replies(body, self._limits)
-        ok = all(isinstance(r, Reply) and r.ok for r in frame.items)
         if not await self._results.finish(job, ok=ok, result=body):
             log.info("job was final already; result not stored", job=job)
         elif self._payloads is not None:  # its request's blob, if it had one, is done with

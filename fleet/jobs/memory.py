@@ -44,12 +44,16 @@ class MemoryResultStore(ResultStore):
             return None
         return record
 
-    def _move(self, job_id: str, **changes: object) -> bool:
+    def _move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
+        """As the Redis store's script: only an open job moves; a start counts."""
         record = self._live(job_id)
         if record is None or record.state not in OPEN_STATES:
             return False
         _, expires = self._records[job_id]
-        updated = dataclasses.replace(record, updated_at=now(), **changes)  # type: ignore[arg-type]
+        attempts = record.attempts + (state is JobState.RUNNING)
+        updated = dataclasses.replace(
+            record, state=state, updated_at=now(), attempts=attempts, result=result
+        )
         self._records[job_id] = (updated, expires)
         return True
 
@@ -65,16 +69,13 @@ class MemoryResultStore(ResultStore):
         self._records[job_id] = (record, time.monotonic() + ttl)
 
     async def start(self, job_id: str) -> bool:
-        record = self._live(job_id)
-        attempts = record.attempts + 1 if record is not None else 0
-        return self._move(job_id, state=JobState.RUNNING, attempts=attempts)
+        return self._move(job_id, JobState.RUNNING)
 
     async def finish(self, job_id: str, *, ok: bool, result: bytes) -> bool:
-        state = JobState.DONE if ok else JobState.FAILED
-        return self._move(job_id, state=state, result=bytes(result))
+        return self._move(job_id, JobState.DONE if ok else JobState.FAILED, bytes(result))
 
     async def cancel(self, job_id: str) -> bool:
-        return self._move(job_id, state=JobState.CANCELLED)
+        return self._move(job_id, JobState.CANCELLED)
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self._live(job_id)

@@ -19,7 +19,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
@@ -35,8 +34,8 @@ from fleet.jobs import (
     check_job_id,
     now,
 )
-from fleet.redact import insert_password, redact_url
-from fleet.settings import password_from_env, resolve_password
+from fleet.redact import redact_url
+from fleet.settings import resolve_password
 
 RESULTS = "FLEET_RESULTS"
 """Prefix of the result store's password variables."""
@@ -172,14 +171,7 @@ class RedisResultStore(_Redis, ResultStore):
 
 def with_password(url: str) -> str:
     """``url`` with the password it should log in with (see the module's docstring)."""
-    parts = urlsplit(url)
-    if parts.password is None and not parts.username:
-        secret = password_from_env(RESULTS)
-        if secret is None:
-            return url
-        url = urlunsplit(parts._replace(netloc=f"default@{parts.netloc.rpartition('@')[2]}"))
-        return insert_password(url, secret)
-    return resolve_password(url, RESULTS)
+    return resolve_password(url, RESULTS, default_user="default")
 
 
 class RedisCache(_Redis, ResultCache):

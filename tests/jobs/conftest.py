@@ -11,6 +11,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,29 @@ def redis_url() -> str:
         missing("FLEET_TEST_REDIS_URL is not set; run scripts/redis.sh start (or scripts/test.sh)")
     assert url is not None
     return url
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """An S3 client of moto's server (``FLEET_TEST_AWS_URL``), with the
+    environment set so that the code under test reaches the same server with
+    fake credentials, never a real profile's."""
+    import boto3
+
+    aws = os.environ.get("FLEET_TEST_AWS_URL")
+    if not aws:
+        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": str(aws),
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return boto3.client("s3")
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -4,9 +4,9 @@ through a payload store, checked by hash, and are deleted afterwards."""
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,7 +15,7 @@ from fleet.errors import ConfigError, DecodeError, InvalidArgument, LimitExceede
 from fleet.jobs import JobState
 from fleet.payloads import FilePayloads, Ref, open_payloads
 from producer import Client
-from tests.conftest import BROKERS, broker_url_for, missing
+from tests.conftest import BROKERS, broker_url_for
 from tests.helpers import rows, running_worker
 from tests.jobs.conftest import build_doubler
 
@@ -139,27 +139,11 @@ async def test_a_200_mb_request_on_the_brokers(
 
 @pytest.mark.aws
 async def test_an_s3_store_on_the_brokers_path(
-    model_repo: Path, unique_model: str, monkeypatch: pytest.MonkeyPatch
+    model_repo: Path, unique_model: str, s3: Any
 ) -> None:
     """s3:// on moto's server: the blobs are objects, deleted afterwards;
     a changed object is refused by its hash."""
-    import boto3
-
-    aws = os.environ.get("FLEET_TEST_AWS_URL")
-    if not aws:
-        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL_S3": str(aws),
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-    }.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
     bucket = f"fleet-payloads-{unique_model}"
-    s3 = boto3.client("s3")
     s3.create_bucket(Bucket=bucket)
     url = f"s3://{bucket}/claims"
     store = open_payloads(url)

@@ -124,6 +124,14 @@ def test_a_url_without_a_user_takes_no_password() -> None:
     assert resolve_password("memory://x", "FLEET_BROKER", env=env) == "memory://x"
 
 
+def test_a_default_user_takes_the_password_for_a_url_without_one() -> None:
+    env = {"FLEET_RESULTS_PASSWORD": SECRET}
+    got = resolve_password("redis://h:6379/0", "FLEET_RESULTS", env=env, default_user="default")
+    assert got == "redis://default:s3cr%25t%2Fpw@h:6379/0"
+    nothing = resolve_password("redis://h:6379/0", "FLEET_RESULTS", env={}, default_user="default")
+    assert nothing == "redis://h:6379/0"  # no password anywhere: the URL as it was
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
