@@ -200,7 +200,7 @@ class KafkaDelivery(Delivery):
 
     @property
     def _limit(self) -> int:
-        return self._consumer.transport.options.delivery_limit
+        return self._consumer.delivery_limit
 
     def _settle(self) -> None:
         if self._settled:
@@ -234,12 +234,16 @@ class GroupConsumer(Consumer):
         topic: str,
         on_delivery: OnDelivery,
         prefetch: int,
+        *,
+        group: str | None = None,
+        delivery_limit: int | None = None,
     ) -> None:
         self.transport = transport
         self.model = model
         self.priority = priority
         self.topic = topic
-        self.group = topic
+        self.group = group or topic
+        self.delivery_limit = delivery_limit or transport.options.delivery_limit
         self.on_delivery = on_delivery
         self.prefetch = max(1, prefetch)
         self.outstanding = 0
@@ -490,7 +494,7 @@ class GroupConsumer(Consumer):
             return
         if part is None or not part.open:
             return  # revoked meanwhile: the new owner reads these again
-        limit = self.transport.options.delivery_limit
+        limit = self.delivery_limit
         before = part.handed_upto
         todo: list[tuple[Any, int]] = []
         for rec in records:

@@ -102,15 +102,19 @@ from fleet.transport._amqp_consumer import (
 from fleet.transport._amqp_management import management_api
 from fleet.transport.base import (
     DEAD_LETTER,
+    DEAD_LETTER_TAP,
     HEARTBEATS,
     REPLY_PREFIX,
+    Capability,
     Consumer,
+    DeadLetterTap,
     Depth,
     OnBytes,
     OnDelivery,
     Resource,
     Transport,
     TransportOptions,
+    check_destination,
     check_reply_address,
     check_size,
     new_reply_address,
@@ -291,8 +295,9 @@ def _translated(what: str) -> Iterator[None]:
         raise Unavailable(f"{what}: {exc!r}") from exc
 
 
-class AmqpTransport(Transport):
+class AmqpTransport(Transport, DeadLetterTap):
     scheme = "amqp"
+    capabilities = frozenset({Capability.DEAD_LETTER_TAP})
     options: AmqpOptions
 
     def __init__(self, url: str, options: TransportOptions) -> None:
@@ -322,6 +327,7 @@ class AmqpTransport(Transport):
         self._up = asyncio.Event()
         self._closing = False
         self._queues: set[tuple[str, Priority]] = set()
+        self._destinations: set[str] = set()  # notification exchanges declared
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconnector: asyncio.Task[None] | None = None
@@ -576,6 +582,12 @@ class AmqpTransport(Transport):
             _queue(DEAD_LETTER, DEAD_LETTER_ARGUMENTS, "dead letters, oldest dropped past 10,000"),
             _binding(DLX, DEAD_LETTER),
             _exchange(HEARTBEATS, "worker heartbeats; each reader binds a queue of its own"),
+            _queue(
+                DEAD_LETTER_TAP,
+                DEAD_LETTER_ARGUMENTS,
+                "dead letters again, for workers with a result store (jobs end failed)",
+            ),
+            _binding(DLX, DEAD_LETTER_TAP),
             *(
                 _queue(queue_name(m, p), work, f"{p.label} requests for {m}")
                 for m in models
@@ -665,6 +677,35 @@ class AmqpTransport(Transport):
                 timeout=self.options.publish_timeout,
             )
 
+    async def declare_notifications(self, destination: str) -> None:
+        check_destination(destination)
+        async with self._scratch(f"declare notification exchange {destination!r}") as channel:
+            await channel.declare_exchange(
+                destination,
+                aio_pika.ExchangeType.TOPIC,
+                durable=True,
+                timeout=self.options.publish_timeout,
+            )
+        self._destinations.add(destination)
+
+    async def publish_notification(self, destination: str, key: str, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "notification")
+        if destination not in self._destinations:
+            await self.declare_notifications(destination)
+        channel = await self._publish_channel()
+        try:
+            with _translated(f"publish a notification to {destination!r}"):
+                exchange = await channel.get_exchange(destination, ensure=False)
+                await exchange.publish(
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                    key,
+                    mandatory=False,  # nobody bound: the exchange's owner chose so
+                    timeout=self.options.publish_timeout,
+                )
+        except ModelNotFound as exc:  # deleted under us: declared again next time
+            self._destinations.discard(destination)
+            raise Unavailable(str(exc)) from exc
+
     # ------------------------------------------------------------------ consuming
     async def open_inbox(self, on_reply: OnBytes) -> str:
         name = new_reply_address()
@@ -677,18 +718,53 @@ class AmqpTransport(Transport):
         await self._subscribe(name, declare, bytes_handler(on_reply), prefetch=None)
         return name
 
-    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer:
-        name = f"{HEARTBEATS}.{uuid.uuid4().hex}"
+    def _bound(
+        self,
+        name: str,
+        exchange: str,
+        *,
+        routing_key: str | None = None,
+        arguments: dict[str, Any] | None = None,
+    ) -> Declare:
+        """Declare the queue ``name`` bound to ``exchange``: exclusive and
+        deleted with its consumer, or durable with ``arguments`` when given."""
 
         async def declare(channel: AbstractChannel) -> AbstractQueue:
             timeout = self.options.publish_timeout
-            queue = await channel.declare_queue(
-                name, exclusive=True, auto_delete=True, timeout=timeout
-            )
-            await queue.bind(HEARTBEATS, timeout=timeout)
+            if arguments is None:
+                queue = await channel.declare_queue(
+                    name, exclusive=True, auto_delete=True, timeout=timeout
+                )
+            else:
+                queue = await channel.declare_queue(
+                    name, durable=True, arguments=arguments, timeout=timeout
+                )
+            await queue.bind(exchange, routing_key=routing_key, timeout=timeout)
             return queue
 
+        return declare
+
+    async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer:
+        name = f"{HEARTBEATS}.{uuid.uuid4().hex}"
+        declare = self._bound(name, HEARTBEATS)
         return await self._subscribe(name, declare, bytes_handler(on_beat), prefetch=None)
+
+    async def subscribe_notifications(self, destination: str, on_message: OnBytes) -> Consumer:
+        await self.declare_notifications(destination)
+        name = f"{destination}.{uuid.uuid4().hex}"
+        declare = self._bound(name, destination, routing_key="#")
+        return await self._subscribe(name, declare, bytes_handler(on_message), prefetch=None)
+
+    async def tap_dead_letters(self, on_delivery: OnDelivery, *, prefetch: int) -> Consumer:
+        declare = self._bound(DEAD_LETTER_TAP, DLX, arguments=DEAD_LETTER_ARGUMENTS)
+
+        def on_message(sub: Subscription, message: AbstractIncomingMessage) -> None:
+            delivery = AmqpDelivery(sub, message, "", Priority.BATCH)
+            self._spawn(run_handler(on_delivery, delivery))
+
+        return await self._subscribe(
+            DEAD_LETTER_TAP, declare, on_message, prefetch=max(1, prefetch)
+        )
 
     async def consume(
         self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int

@@ -24,6 +24,10 @@ Semantics every implementation keeps (the behavioural suite checks them):
   letters.
 - A body over :attr:`Transport.max_message_bytes` is refused with
   :class:`~fleet.errors.LimitExceeded` before anything is sent.
+- Notifications go to a destination the user names (a topic exchange on
+  RabbitMQ, a topic on Kafka): :func:`check_destination` keeps them out of the
+  fleet's own names, so a setting can never make a worker write into a work
+  queue, an inbox or the heartbeats.
 - Replies go to the address ``open_inbox`` returned. An inbox survives a
   reconnect under the same address; replies sent while it was gone are lost,
   which is why the client re-sends what is unanswered after a reconnect.
@@ -49,9 +53,11 @@ from fleet.transport.options import TransportOptions
 log = get_logger("fleet.transport")
 
 DEAD_LETTER = "fleet.dead-letter"
+DEAD_LETTER_TAP = "fleet.dead-letter.jobs"
 HEARTBEATS = "fleet.heartbeats"
 REPLY_PREFIX = "fleet.inbox."
 _REPLY_ADDRESS = re.compile(r"fleet\.inbox\.[0-9a-f]{32}")
+_DESTINATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 OnDelivery = Callable[["Delivery"], Awaitable[None]]
 OnBytes = Callable[[bytes], None]
@@ -67,6 +73,11 @@ class Capability(enum.Enum):
     PRODUCE_RATE = "produce_rate"
     """It implements :class:`ProduceRateReader`: the rate requests were
     published at, read from the broker (Kafka: end offsets over time)."""
+    DEAD_LETTER_TAP = "dead_letter_tap"
+    """It implements :class:`DeadLetterTap`: the broker itself dead-letters a
+    message past the delivery limit (a worker never sees that delivery), and
+    hands every dead letter to the consumers of a shared queue as well. Where
+    the workers apply the limit themselves (Kafka) there is no need of one."""
     LAG_COUNTS_IN_FLIGHT = "lag_counts_in_flight"
     """:attr:`Depth.ready` already counts what consumers hold unacked (Kafka
     lag is end offset minus committed), so nothing must be added for it."""
@@ -92,6 +103,20 @@ def check_reply_address(address: str) -> None:
     if not is_reply_address(address):
         shown = address[:80] if isinstance(address, str) else type(address).__name__
         raise InvalidArgument(f"reply address {shown!r} is not an inbox address")
+
+
+def check_destination(name: str) -> str:
+    """``name`` if it can name a notification destination: 1 to 200 letters,
+    digits, ``.``, ``_`` or ``-``, not starting with ``fleet.`` (the fleet's
+    own); else :class:`InvalidArgument`."""
+    shown = name[:80] if isinstance(name, str) else type(name).__name__
+    if not isinstance(name, str) or not _DESTINATION.fullmatch(name):
+        raise InvalidArgument(
+            f"notification destination {shown!r} is not 1-200 letters, digits, '.', '_' or '-'"
+        )
+    if name.startswith("fleet."):
+        raise InvalidArgument(f"notification destination {shown!r}: 'fleet.' names are the fleet's")
+    return name
 
 
 def check_size(body: bytes, limit: int, what: str) -> None:
@@ -204,6 +229,27 @@ class HeartbeatChannel(abc.ABC):
     async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer: ...
 
 
+class NotificationChannel(abc.ABC):
+    """Role: messages to a destination the user names, for services that react
+    to events (finished jobs) without polling. RabbitMQ: a durable topic
+    exchange, routing key ``key``; Kafka: a topic, record key ``key``. What a
+    destination keeps while nobody listens is its owner's choice: bind a
+    durable queue of your own on RabbitMQ; a Kafka topic keeps its records."""
+
+    @abc.abstractmethod
+    async def declare_notifications(self, destination: str) -> None:
+        """Create the destination if it is missing (idempotent). One that
+        exists as something else is a :class:`~fleet.errors.ConfigError`."""
+
+    @abc.abstractmethod
+    async def publish_notification(self, destination: str, key: str, body: bytes) -> None:
+        """Publish one notification and wait for the broker to confirm it."""
+
+    @abc.abstractmethod
+    async def subscribe_notifications(self, destination: str, on_message: OnBytes) -> Consumer:
+        """Receive the destination's notifications published from now on."""
+
+
 class DepthReader(abc.ABC):
     """Role: what operators and the autoscaler read from the broker."""
 
@@ -224,6 +270,18 @@ class ProduceRateReader(abc.ABC):
         """Requests/s published for ``model`` lately; ``None`` if unknown."""
 
 
+class DeadLetterTap(abc.ABC):
+    """Optional role (:attr:`Capability.DEAD_LETTER_TAP`)."""
+
+    @abc.abstractmethod
+    async def tap_dead_letters(self, on_delivery: OnDelivery, *, prefetch: int) -> Consumer:
+        """Deliver every message dead-lettered from now on (and those waiting
+        in the tap's queue ``fleet.dead-letter.jobs``, which is made here),
+        shared among the tap's consumers; :data:`DEAD_LETTER` keeps its copy
+        for operators. The tap's queue keeps at most 10,000, dropping the
+        oldest."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Resource:
     """One thing the fleet creates on a broker (a topic, a queue, an exchange)
@@ -237,10 +295,15 @@ class Resource:
     note: str = ""
 
 
-_ROLE_OF_CAPABILITY: dict[Capability, type[object]] = {Capability.PRODUCE_RATE: ProduceRateReader}
+_ROLE_OF_CAPABILITY: dict[Capability, type[object]] = {
+    Capability.PRODUCE_RATE: ProduceRateReader,
+    Capability.DEAD_LETTER_TAP: DeadLetterTap,
+}
 
 
-class Transport(RequestPublisher, ReplyInbox, WorkConsumer, HeartbeatChannel, DepthReader):
+class Transport(
+    RequestPublisher, ReplyInbox, WorkConsumer, HeartbeatChannel, NotificationChannel, DepthReader
+):
     """A broker connection: its lifecycle, and every role each transport plays.
     Use as ``async with connect(url) as transport``. What only some transports
     can do is a :class:`Capability` they declare in :attr:`capabilities`."""
@@ -324,14 +387,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float, interval: fl
 
 __all__ = [
     "DEAD_LETTER",
+    "DEAD_LETTER_TAP",
     "HEARTBEATS",
     "REPLY_PREFIX",
     "Capability",
     "Consumer",
+    "DeadLetterTap",
     "Delivery",
     "Depth",
     "DepthReader",
     "HeartbeatChannel",
+    "NotificationChannel",
     "OnBytes",
     "OnDelivery",
     "ProduceRateReader",
@@ -341,6 +407,7 @@ __all__ = [
     "Transport",
     "TransportOptions",
     "WorkConsumer",
+    "check_destination",
     "check_reply_address",
     "check_size",
     "is_reply_address",

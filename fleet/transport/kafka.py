@@ -130,10 +130,12 @@ from fleet.transport._kafka_security import PROTOCOLS, URL_PARAMS, KafkaSecurity
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
     DEAD_LETTER,
+    DEAD_LETTER_TAP,
     HEARTBEATS,
     REPLY_PREFIX,
     Capability,
     Consumer,
+    DeadLetterTap,
     Depth,
     OnBytes,
     OnDelivery,
@@ -141,6 +143,7 @@ from fleet.transport.base import (
     Resource,
     Transport,
     TransportOptions,
+    check_destination,
     check_reply_address,
     check_size,
     new_reply_address,
@@ -263,9 +266,11 @@ def shared_partition(address: str) -> int | None:
     return int(digits[:4], 16) if digits[12:13] == _SHARED_MARK else None
 
 
-class KafkaTransport(Transport, ProduceRateReader):
+class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
-    capabilities = frozenset({Capability.PRODUCE_RATE, Capability.LAG_COUNTS_IN_FLIGHT})
+    capabilities = frozenset(
+        {Capability.PRODUCE_RATE, Capability.LAG_COUNTS_IN_FLIGHT, Capability.DEAD_LETTER_TAP}
+    )
     options: KafkaOptions
 
     def __init__(self, url: str, options: TransportOptions) -> None:
@@ -738,7 +743,9 @@ class KafkaTransport(Transport, ProduceRateReader):
         self._check_open()
         topic = queue_name(model, priority)
         await self._create_topics({topic: self.options.partitions}, self._topic_config)
-        consumer = GroupConsumer(self, model, priority, topic, on_delivery, prefetch)
+        return await self._join(GroupConsumer(self, model, priority, topic, on_delivery, prefetch))
+
+    async def _join(self, consumer: GroupConsumer) -> Consumer:
         try:
             await consumer.start(
                 self.options.publish_timeout, _JOIN_TIMEOUT, self.options.session_timeout
@@ -746,10 +753,29 @@ class KafkaTransport(Transport, ProduceRateReader):
         except BaseException as exc:
             await consumer.shutdown()
             if isinstance(exc, _OFFSET_ERRORS):
-                raise Unavailable(f"could not join consumer group {topic!r}: {exc!r}") from exc
+                group = consumer.group
+                raise Unavailable(f"could not join consumer group {group!r}: {exc!r}") from exc
             raise
         self._consumers.add(consumer)
         return consumer
+
+    async def tap_dead_letters(self, on_delivery: OnDelivery, *, prefetch: int) -> Consumer:
+        """The group ``fleet.dead-letter.jobs`` on the dead letters' topic (its
+        first member starts at the topic's beginning); a tapped record handed
+        back is published to the topic again, never dead-lettered twice."""
+        self._check_open()
+        return await self._join(
+            GroupConsumer(
+                self,
+                "",
+                Priority.BATCH,
+                DEAD_LETTER,
+                on_delivery,
+                prefetch,
+                group=DEAD_LETTER_TAP,
+                delivery_limit=1 << 30,
+            )
+        )
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
         check_reply_address(reply_to)
@@ -818,6 +844,31 @@ class KafkaTransport(Transport, ProduceRateReader):
         self._check_open()
         partitions = await self._partitions(HEARTBEATS) or [0]
         tail = TailConsumer(self, HEARTBEATS, on_beat)
+        await self._start_tail("subscribe", tail, partitions)
+        self._consumers.add(tail)
+        return tail
+
+    async def declare_notifications(self, destination: str) -> None:
+        check_destination(destination)
+        self._check_open()
+        if await self._partitions(destination) is None:
+            await self._create_topics({destination: 1}, self._topic_config)
+            if await self._partitions(destination, fresh=True) is None:
+                raise Unavailable(f"topic {destination!r} was created but has no metadata yet")
+
+    async def publish_notification(self, destination: str, key: str, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "notification")
+        await self.declare_notifications(destination)
+        try:
+            await self._send(destination, body, key=key.encode())
+        except ModelNotFound as exc:  # deleted under us: created again next time
+            self._partitions_cache.pop(destination, None)
+            raise Unavailable(str(exc)) from exc
+
+    async def subscribe_notifications(self, destination: str, on_message: OnBytes) -> Consumer:
+        await self.declare_notifications(destination)
+        partitions = await self._partitions(destination) or [0]
+        tail = TailConsumer(self, destination, on_message)
         await self._start_tail("subscribe", tail, partitions)
         self._consumers.add(tail)
         return tail

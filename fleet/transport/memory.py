@@ -22,13 +22,18 @@ from fleet.contract import Priority
 from fleet.errors import ModelNotFound, Overloaded, Unavailable
 from fleet.logging import get_logger
 from fleet.transport.base import (
+    DEAD_LETTER_TAP,
+    HEARTBEATS,
+    Capability,
     Consumer,
+    DeadLetterTap,
     Delivery,
     Depth,
     OnBytes,
     OnDelivery,
     Transport,
     TransportOptions,
+    check_destination,
     check_reply_address,
     check_size,
     new_reply_address,
@@ -70,7 +75,8 @@ class MemoryBroker:
         self.name = name
         self.queues: dict[str, _Queue] = {}
         self.inboxes: dict[str, OnBytes] = {}
-        self.heartbeat_subscribers: list[OnBytes] = []
+        self.subscribers: dict[str, list[OnBytes]] = {}  # heartbeats, notifications
+        self.destinations: set[str] = set()  # declared notification destinations
         self.dead_letters: deque[bytes] = deque(maxlen=_DEAD_LETTER_LIMIT)
         self.transports: set[MemoryTransport] = set()
         self.up = True
@@ -113,6 +119,28 @@ class MemoryBroker:
         q.ready.append(_Message(body))
         self.pump(q)
 
+    def dead_letter(self, body: bytes) -> None:
+        """To the dead letters, and to the tap's queue once someone made it."""
+        self.dead_letters.append(body)
+        tap = self.queues.get(DEAD_LETTER_TAP)
+        if tap is not None:
+            if len(tap.ready) >= tap.max_length:
+                tap.ready.popleft()  # drop-head, like the RabbitMQ queue
+            tap.ready.append(_Message(body))
+            self.pump(tap)
+
+    def declare_tap(self) -> _Queue:
+        q = self.queues.get(DEAD_LETTER_TAP)
+        if q is None:
+            q = self.queues[DEAD_LETTER_TAP] = _Queue(
+                name=DEAD_LETTER_TAP,
+                model="",
+                priority=Priority.BATCH,
+                max_length=_DEAD_LETTER_LIMIT,
+                delivery_limit=1 << 30,
+            )
+        return q
+
     def pump(self, q: _Queue) -> None:
         while q.ready:
             live = [c for c in q.consumers if c.has_room()]
@@ -124,7 +152,7 @@ class MemoryBroker:
             msg.attempts += 1
             if msg.attempts > q.delivery_limit:
                 log.warning("delivery limit reached; dead-lettering", queue=q.name)
-                self.dead_letters.append(msg.body)
+                self.dead_letter(msg.body)
                 continue
             tag = next(_tags)
             q.unacked[tag] = (msg, consumer)
@@ -138,7 +166,7 @@ class MemoryBroker:
         if requeue and msg.attempts >= q.delivery_limit:  # like RabbitMQ: dead on return
             dead_letter, requeue = True, False
         if dead_letter:
-            self.dead_letters.append(msg.body)
+            self.dead_letter(msg.body)
         elif requeue:
             q.ready.appendleft(msg)
         entry[1].in_flight -= 1
@@ -155,7 +183,7 @@ class MemoryBroker:
             # back at the head, in their original order, like a requeue
             for _tag, m in reversed(mine):
                 if m.attempts >= q.delivery_limit:  # like RabbitMQ: dead-lettered on return
-                    self.dead_letters.append(m.body)
+                    self.dead_letter(m.body)
                 else:
                     q.ready.appendleft(m)
             consumer.in_flight = 0
@@ -247,8 +275,9 @@ class _MemoryConsumer(Consumer):
         await asyncio.sleep(0)
 
 
-class MemoryTransport(Transport):
+class MemoryTransport(Transport, DeadLetterTap):
     scheme = "memory"
+    capabilities = frozenset({Capability.DEAD_LETTER_TAP})
 
     def __init__(self, url: str, options: TransportOptions) -> None:
         super().__init__(url, options)
@@ -258,7 +287,7 @@ class MemoryTransport(Transport):
         self._closing = False
         self._consumers: list[_MemoryConsumer] = []
         self._inboxes: dict[str, OnBytes] = {}
-        self._heartbeat_subs: list[OnBytes] = []
+        self._subs: list[tuple[str, OnBytes]] = []  # (channel, callback)
         self._reconnector: asyncio.Task[None] | None = None
         self._up = asyncio.Event()
 
@@ -276,7 +305,8 @@ class MemoryTransport(Transport):
         self.broker.transports.add(self)
         for address, cb in self._inboxes.items():
             self.broker.inboxes[address] = cb
-        self.broker.heartbeat_subscribers.extend(self._heartbeat_subs)
+        for channel, cb in self._subs:
+            self.broker.subscribers.setdefault(channel, []).append(cb)
         for c in self._consumers:
             c.active = True
             c.in_flight = 0
@@ -292,9 +322,10 @@ class MemoryTransport(Transport):
         self.broker.transports.discard(self)
         for address in self._inboxes:
             self.broker.inboxes.pop(address, None)
-        for cb in self._heartbeat_subs:
-            if cb in self.broker.heartbeat_subscribers:
-                self.broker.heartbeat_subscribers.remove(cb)
+        for channel, cb in self._subs:
+            live = self.broker.subscribers.get(channel, [])
+            if cb in live:
+                live.remove(cb)
         for c in self._consumers:
             c.active = False
             self.broker.drop_consumer(c, requeue_unacked=requeue)
@@ -326,7 +357,7 @@ class MemoryTransport(Transport):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._consumers.clear()
         self._inboxes.clear()
-        self._heartbeat_subs.clear()
+        self._subs.clear()
 
     async def _ready(self) -> None:
         if self._connected:
@@ -363,7 +394,15 @@ class MemoryTransport(Transport):
         self, model: str, priority: Priority, on_delivery: OnDelivery, *, prefetch: int
     ) -> Consumer:
         await self._ready()
-        q = self.broker.declare(model, priority, self.options)
+        return self._consume(
+            self.broker.declare(model, priority, self.options), on_delivery, prefetch
+        )
+
+    async def tap_dead_letters(self, on_delivery: OnDelivery, *, prefetch: int) -> Consumer:
+        await self._ready()
+        return self._consume(self.broker.declare_tap(), on_delivery, prefetch)
+
+    def _consume(self, q: _Queue, on_delivery: OnDelivery, prefetch: int) -> Consumer:
         c = _MemoryConsumer(self, q, on_delivery, max(1, prefetch))
         self._consumers.append(c)
         q.consumers.append(c)
@@ -383,32 +422,53 @@ class MemoryTransport(Transport):
 
     async def publish_heartbeat(self, body: bytes) -> None:
         check_size(body, self.max_message_bytes, "heartbeat")
-        await self._ready()
-        for cb in list(self.broker.heartbeat_subscribers):
-            asyncio.get_running_loop().call_soon(cb, body)
+        await self._fan_out(HEARTBEATS, body)
 
     async def subscribe_heartbeats(self, on_beat: OnBytes) -> Consumer:
+        return await self._subscribe_channel(HEARTBEATS, on_beat)
+
+    async def declare_notifications(self, destination: str) -> None:
         await self._ready()
-        self._heartbeat_subs.append(on_beat)
-        self.broker.heartbeat_subscribers.append(on_beat)
+        self.broker.destinations.add(check_destination(destination))
+
+    async def publish_notification(self, destination: str, key: str, body: bytes) -> None:
+        check_size(body, self.max_message_bytes, "notification")
+        await self.declare_notifications(destination)
+        await self._fan_out(destination, body)
+
+    async def subscribe_notifications(self, destination: str, on_message: OnBytes) -> Consumer:
+        await self.declare_notifications(destination)
+        return await self._subscribe_channel(destination, on_message)
+
+    async def _fan_out(self, channel: str, body: bytes) -> None:
+        await self._ready()
+        loop = asyncio.get_running_loop()
+        for cb in list(self.broker.subscribers.get(channel, ())):
+            loop.call_soon(cb, body)
+
+    async def _subscribe_channel(self, channel: str, on_message: OnBytes) -> Consumer:
+        await self._ready()
+        entry = (channel, on_message)
+        self._subs.append(entry)
+        live = self.broker.subscribers.setdefault(channel, [])
+        live.append(on_message)
         transport = self
 
         class _Sub(Consumer):
-            """Heartbeats are not kept: those published while paused are not seen."""
+            """Nothing is kept: what is published while paused is not seen."""
 
             async def cancel(self) -> None:
-                if on_beat in transport._heartbeat_subs:
-                    transport._heartbeat_subs.remove(on_beat)
+                if entry in transport._subs:
+                    transport._subs.remove(entry)
                 await self.pause()
 
             async def pause(self) -> None:
-                if on_beat in transport.broker.heartbeat_subscribers:
-                    transport.broker.heartbeat_subscribers.remove(on_beat)
+                if on_message in live:
+                    live.remove(on_message)
 
             async def resume(self) -> None:
-                live = transport.broker.heartbeat_subscribers
-                if on_beat in transport._heartbeat_subs and on_beat not in live:
-                    live.append(on_beat)
+                if entry in transport._subs and on_message not in live:
+                    live.append(on_message)
 
         return _Sub()
 

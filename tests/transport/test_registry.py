@@ -16,8 +16,10 @@ from fleet.errors import ConfigError
 from fleet.transport import (
     TRANSPORTS,
     Capability,
+    DeadLetterTap,
     DepthReader,
     HeartbeatChannel,
+    NotificationChannel,
     ProduceRateReader,
     ReplyInbox,
     RequestPublisher,
@@ -256,7 +258,14 @@ def test_a_transport_extends_common_options_to_its_own() -> None:
 
 
 # ---------------------------------------------------------------------- roles
-_ROLES = (RequestPublisher, ReplyInbox, WorkConsumer, HeartbeatChannel, DepthReader)
+_ROLES = (
+    RequestPublisher,
+    ReplyInbox,
+    WorkConsumer,
+    HeartbeatChannel,
+    NotificationChannel,
+    DepthReader,
+)
 
 
 @pytest.mark.parametrize("kind", [MemoryTransport, AmqpTransport, KafkaTransport])
@@ -264,13 +273,17 @@ def test_every_transport_plays_every_role(kind: type[Transport]) -> None:
     assert all(issubclass(kind, role) for role in _ROLES)
 
 
-def test_kafka_declares_its_capabilities_and_plays_their_roles() -> None:
+def test_each_transport_declares_its_capabilities_and_plays_their_roles() -> None:
     kafka = connect(URLS["kafka"])
     assert kafka.can(Capability.PRODUCE_RATE) and kafka.can(Capability.LAG_COUNTS_IN_FLIGHT)
     assert isinstance(kafka, ProduceRateReader)
+    for url in (URLS["memory"], URLS["amqp"], URLS["kafka"]):
+        transport = connect(url)
+        assert transport.can(Capability.DEAD_LETTER_TAP)
+        assert isinstance(transport, DeadLetterTap)
     for url in (URLS["memory"], URLS["amqp"]):
         other = connect(url)
-        assert not any(other.can(c) for c in Capability)
+        assert {c for c in Capability if other.can(c)} == {Capability.DEAD_LETTER_TAP}
         assert not isinstance(other, ProduceRateReader)
 
 

@@ -10,7 +10,14 @@ import pytest
 
 from fleet.contract import Priority
 from fleet.errors import InvalidArgument, LimitExceeded, ModelNotFound, Overloaded
-from fleet.transport import DEAD_LETTER, HEARTBEATS, Delivery, is_reply_address, queue_name
+from fleet.transport import (
+    DEAD_LETTER,
+    HEARTBEATS,
+    Delivery,
+    Transport,
+    is_reply_address,
+    queue_name,
+)
 from fleet.transport.base import new_reply_address, wait_until
 from tests.transport.conftest import WAIT, Deliveries, Frames, OpenTransport, wait_dead_letter
 
@@ -68,15 +75,35 @@ async def test_reply_inbox(open_transport: OpenTransport) -> None:
     await worker.publish_reply(new_reply_address(), b"lost")
 
 
+async def _refused_everywhere(
+    worker: Transport,
+    model: str,
+    publish: Callable[[str, bytes], Awaitable[None]],
+    targets: list[str],
+) -> None:
+    """``publish`` to each target is an ``InvalidArgument`` that sends nothing:
+    no work, no heartbeat, no dead letter."""
+    await worker.declare_model(model)
+    work, beats = Deliveries(), Frames()
+    await worker.consume(model, ONLINE, work, prefetch=4)
+    await worker.subscribe_heartbeats(beats)
+    body = f"hijack-{model}".encode()
+    for target in targets:
+        with pytest.raises(InvalidArgument) as err:
+            await publish(target, body)
+        assert not err.value.retriable
+    # a marker sent after them arrives; nothing sent before it did
+    await worker.publish_heartbeat(b"marker")
+    await beats.wait_for(b"marker")
+    assert body not in beats.items
+    assert await work.none_within(0.5)
+    assert not await wait_dead_letter(worker, body, timeout=1.0)
+
+
 async def test_reply_to_anything_but_an_inbox_is_refused(
     open_transport: OpenTransport, unique_model: str
 ) -> None:
     worker = await open_transport()
-    await worker.declare_model(unique_model)
-    work, beats = Deliveries(), Frames()
-    await worker.consume(unique_model, ONLINE, work, prefetch=4)
-    await worker.subscribe_heartbeats(beats)
-    body = f"hijack-{unique_model}".encode()
     targets = [
         queue_name(unique_model, ONLINE),
         queue_name(unique_model, BATCH),
@@ -89,17 +116,8 @@ async def test_reply_to_anything_but_an_inbox_is_refused(
         "garbage",
         "",
     ]
-    for target in targets:
-        assert not is_reply_address(target)
-        with pytest.raises(InvalidArgument) as err:
-            await worker.publish_reply(target, body)
-        assert not err.value.retriable
-    # a marker sent after them arrives; nothing sent before it did
-    await worker.publish_heartbeat(b"marker")
-    await beats.wait_for(b"marker")
-    assert body not in beats.items
-    assert await work.none_within(0.5)
-    assert not await wait_dead_letter(worker, body, timeout=1.0)
+    assert not any(is_reply_address(t) for t in targets)
+    await _refused_everywhere(worker, unique_model, worker.publish_reply, targets)
 
 
 async def test_full_queue_is_overloaded(open_transport: OpenTransport, unique_model: str) -> None:
@@ -267,6 +285,7 @@ async def test_body_over_the_size_limit_is_refused_before_sending(
         lambda: worker.publish_request(unique_model, ONLINE, over),
         lambda: worker.publish_reply(address, over),
         lambda: worker.publish_heartbeat(over),
+        lambda: worker.publish_notification(f"events-{unique_model}", "k", over),
     ]
     for call in calls:
         with pytest.raises(LimitExceeded) as err:
@@ -386,3 +405,47 @@ async def test_broker_restart(
     assert (new.body, new.attempt) == (b"new", 1)
     await asyncio.sleep(0.5)
     assert reconnects == {"client": 1, "worker": 1}
+
+
+# --------------------------------------------------------------------------- notifications
+async def test_notifications_reach_every_subscriber_in_order(
+    open_transport: OpenTransport, unique_model: str
+) -> None:
+    destination = f"events-{unique_model}"
+    worker, reader = await open_transport(), await open_transport()
+    await worker.declare_notifications(destination)
+    await worker.declare_notifications(destination)  # idempotent
+    first, second = Frames(), Frames()
+    await reader.subscribe_notifications(destination, first)
+    await reader.subscribe_notifications(destination, second)
+    bodies = [f"{unique_model}-{i}".encode() for i in range(5)]
+    for i, body in enumerate(bodies):
+        await worker.publish_notification(destination, f"m.{'done' if i % 2 else 'failed'}", body)
+    for seen in (first, second):
+        await seen.wait_for(bodies[-1])
+        assert seen.items == bodies
+
+
+async def test_notifications_never_go_to_the_fleets_own_names(
+    open_transport: OpenTransport, unique_model: str
+) -> None:
+    worker = await open_transport()
+    targets = [
+        queue_name(unique_model, ONLINE),
+        HEARTBEATS,
+        DEAD_LETTER,
+        "fleet.inbox." + "0" * 32,
+        "fleet.anything",
+        "",
+        "-leading-dash",
+        "a b",
+        "x" * 201,
+    ]
+    for target in targets:
+        with pytest.raises(InvalidArgument):
+            await worker.declare_notifications(target)
+
+    async def notify(target: str, body: bytes) -> None:
+        await worker.publish_notification(target, "k", body)
+
+    await _refused_everywhere(worker, unique_model, notify, targets)
