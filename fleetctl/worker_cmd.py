@@ -88,8 +88,15 @@ def _add_services(p: argparse.ArgumentParser) -> None:
     _add_broker_wait(p)
     p.add_argument(
         "--results",
-        help="result store for jobs: memory://NAME, redis://host:port/db (env FLEET_RESULTS; "
+        help="result store for jobs: memory://NAME, redis://host:port/db, s3://bucket/prefix "
+        "(env FLEET_RESULTS; "
         "its password from FLEET_RESULTS_PASSWORD[_FILE]); default: none, jobs are refused",
+    )
+    p.add_argument(
+        "--notify",
+        metavar="DESTINATION",
+        help="topic exchange (RabbitMQ) or topic (Kafka) that gets a JSON message per finished "
+        "job, keyed MODEL.done or MODEL.failed; created if missing (default: none)",
     )
     p.add_argument(
         "--payloads",

@@ -9,7 +9,7 @@
 """
 
 from producer.client import Client, ClientStats
-from producer.jobs import Jobs, JobStatus
+from producer.jobs import JobEvents, Jobs, JobStatus
 from producer.sync import SyncClient
 
-__all__ = ["Client", "ClientStats", "JobStatus", "Jobs", "SyncClient"]
+__all__ = ["Client", "ClientStats", "JobEvents", "JobStatus", "Jobs", "SyncClient"]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -31,13 +32,18 @@ from fleet import wire
 from fleet.contract import Reply
 from fleet.errors import (
     DeadlineExceeded,
+    DecodeError,
     FleetError,
     InvalidArgument,
     JobCancelled,
     JobNotFound,
 )
-from fleet.jobs import JobRecord, JobState, ResultStore, check_job_id, open_store
+from fleet.jobs import JobEvent, JobRecord, JobState, ResultStore, check_job_id, open_store
+from fleet.logging import get_logger
 from fleet.payloads import PayloadStore, open_payloads, reply_claim, resolve_reply
+from fleet.transport import Consumer, Transport, check_destination, connect
+
+log = get_logger("producer.jobs")
 
 _POLL_FIRST_S, _POLL_MAX_S = 0.02, 0.5
 
@@ -160,4 +166,62 @@ class Jobs:
         await self.store.delete(job_id)
 
 
-__all__ = ["JobStatus", "Jobs", "reply_of"]
+class JobEvents:
+    """The notifications of finished jobs (:class:`~fleet.jobs.JobEvent`)
+    that workers started with ``--notify DESTINATION`` publish, from now on::
+
+        async with JobEvents(broker, "jobs-finished") as events:
+            async for event in events:
+                print(event.job, event.state)
+
+    A message that is no job notification is logged and skipped. Delivery is
+    at least once: an id may come twice."""
+
+    def __init__(self, broker: str | Transport, destination: str, *, maxsize: int = 10_000):
+        self.transport = connect(broker) if isinstance(broker, str) else broker
+        self._owned = isinstance(broker, str)
+        self.destination = check_destination(destination)
+        self._queue: asyncio.Queue[JobEvent] = asyncio.Queue(maxsize)
+        self._consumer: Consumer | None = None
+        self.dropped = 0
+        """Events not kept: unreadable, or more than ``maxsize`` unread."""
+
+    async def __aenter__(self) -> JobEvents:
+        if self._owned:
+            await self.transport.connect()
+        self._consumer = await self.transport.subscribe_notifications(
+            self.destination, self._on_message
+        )
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._consumer is not None:
+            await self._consumer.cancel()
+        if self._owned:
+            await self.transport.close()
+
+    def _on_message(self, body: bytes) -> None:
+        try:
+            self._queue.put_nowait(JobEvent.decode(body))
+        except (DecodeError, asyncio.QueueFull) as exc:
+            self.dropped += 1
+            log.warning("job notification dropped", destination=self.destination, error=str(exc))
+
+    async def get(self, *, timeout: float | None = None) -> JobEvent:
+        """The next event; :class:`DeadlineExceeded` after ``timeout`` seconds."""
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            raise DeadlineExceeded(f"no job notification in {timeout} s", retriable=True) from None
+
+    def __aiter__(self) -> AsyncIterator[JobEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[JobEvent]:
+        while True:
+            yield await self._queue.get()
+
+
+__all__ = ["JobEvents", "JobStatus", "Jobs", "reply_of"]

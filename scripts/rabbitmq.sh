@@ -49,8 +49,8 @@ CERT_USER=fleet # the CN of scripts/tls.sh's client certificate
 # exchange, amq.default, and to the heartbeats), binding a queue (the dead
 # letters, a heartbeat queue) and naming fleet.dlx as a work queue's dead-letter
 # exchange.
-FLEET_NAMES='^fleet\.([A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(online|batch)|dlx|dead-letter|heartbeats|heartbeats\.[0-9a-f]{32}|inbox\.[0-9a-f]{32})$'
-FLEET_WRITE='^(amq\.default|fleet\.(dlx|dead-letter|heartbeats|heartbeats\.[0-9a-f]{32}))$'
+FLEET_NAMES='^fleet\.([A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(online|batch)|dlx|dead-letter|dead-letter\.jobs|heartbeats|heartbeats\.[0-9a-f]{32}|inbox\.[0-9a-f]{32})$'
+FLEET_WRITE='^(amq\.default|fleet\.(dlx|dead-letter|dead-letter\.jobs|heartbeats|heartbeats\.[0-9a-f]{32}))$'
 URL="amqp://guest:guest@127.0.0.1:${PORT}/"
 if [[ "$MGMT_PORT" != 15672 ]]; then # the transport looks for it on 15672 otherwise
     URL="${URL}?management_url=http://127.0.0.1:${MGMT_PORT}"
@@ -149,6 +149,7 @@ start() {
     install_server
     export_env
     if is_up; then
+        add_users # a no-op unless the users or their permissions changed
         echo "$URL"
         return
     fi

@@ -46,7 +46,7 @@ from fleet import tracing, wire
 from fleet.cache import CACHE_PARAM, DEFAULT_CACHE_TTL_S, ResultCache
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
 from fleet.errors import DeadlineExceeded, FleetError, Internal, InvalidArgument, LimitExceeded
-from fleet.jobs import ResultStore, job_id_of
+from fleet.jobs import OPEN_STATES, JobEvent, JobState, ResultStore, job_id_of
 from fleet.logging import get_logger
 from fleet.payloads import (
     CLAIM,
@@ -55,7 +55,14 @@ from fleet.payloads import (
     claim_reply,
     resolve_request,
 )
-from fleet.transport import Consumer, Delivery, Transport, is_reply_address
+from fleet.transport import (
+    Capability,
+    Consumer,
+    DeadLetterTap,
+    Delivery,
+    Transport,
+    is_reply_address,
+)
 from worker.ledger import Ledger
 from worker.model_table import ModelTable
 from worker.pipeline import Item, Outcome, Pipeline
@@ -102,7 +109,9 @@ class BrokerIngress:
         claim_threshold: int = DEFAULT_CLAIM_THRESHOLD,
         cache: ResultCache | None = None,
         cache_ttl: float = DEFAULT_CACHE_TTL_S,
+        notify: str | None = None,
     ) -> None:
+        self._notify = notify
         self._cache, self._cache_ttl = cache, cache_ttl
         self._fills: set[asyncio.Task[None]] = set()
         self._transport = transport
@@ -130,6 +139,8 @@ class BrokerIngress:
         """Declare every model's queues and consume them (prefetch: 2x the model's max
         batch). Tracing starts here if the ``OTEL_*`` environment asks for it."""
         tracing.from_environment("fleet-worker")
+        if self._notify is not None:  # a clash with what exists stops the worker here
+            await self._transport.declare_notifications(self._notify)
         for model in self._table.models:
             await self._transport.declare_model(model)
         if self._cache is not None:  # clients look up answers under the version served now
@@ -139,6 +150,7 @@ class BrokerIngress:
             await self._consume_all()
 
     async def _consume_all(self) -> None:
+        await self._tap()
         for model in self._table.models:
             prefetch = self._prefetch or 2 * self._table.max_batch_size(model)
             for priority in Priority:
@@ -147,6 +159,46 @@ class BrokerIngress:
                         model, priority, self._on_delivery, prefetch=prefetch
                     )
                 )
+
+    async def _tap(self) -> None:
+        """Jobs the broker dead-letters itself (past its delivery limit) end
+        ``failed`` here: the worker never sees that delivery."""
+        if self._results is not None and self._transport.can(Capability.DEAD_LETTER_TAP):
+            assert isinstance(self._transport, DeadLetterTap)
+            tap = await self._transport.tap_dead_letters(self._on_dead_letter, prefetch=16)
+            self._consumers.append(tap)
+
+    async def _on_dead_letter(self, delivery: Delivery) -> None:
+        reply_to, ids = wire.salvage_ids(delivery.body)
+        job = job_id_of(reply_to)
+        try:
+            if job is not None and ids:
+                await self._fail_dead_job(job, ids[0])
+        except FleetError as exc:
+            log.warning("a dead job could not be failed; it goes back", job=job, error=str(exc))
+            await asyncio.sleep(1.0)
+            await self._settle_back(delivery)
+            return
+        try:
+            await delivery.ack()
+        except FleetError as exc:
+            log.warning("ack failed; the message will be delivered again", error=str(exc))
+
+    async def _fail_dead_job(self, job: str, request_id: str) -> None:
+        """Store a dead-lettered job ``failed`` (and notify it), unless it ended."""
+        assert self._results is not None
+        record = await self._results.get(job)
+        if record is None or record.state not in OPEN_STATES:
+            return  # ended (refused by a worker, which stored why), or expired
+        exc = Internal(
+            f"job {job} was dead-lettered by the broker: the workers holding it stopped "
+            f"{self._transport.options.delivery_limit} times"
+        )
+        reply = Reply(id=request_id, model=record.model, error=ErrorInfo.of(exc))
+        log.warning("job dead-lettered by the broker; stored as failed", job=job)
+        if await self._results.finish(job, ok=False, result=wire.encode_replies([reply])):
+            if self._notify is not None:
+                await self._publish_event(job, reply)
 
     async def stop_consuming(self) -> None:
         async with self._flow:
@@ -278,6 +330,13 @@ class BrokerIngress:
             return False
         if not started:
             log.info("job final or expired; not run", job=job, model=delivery.model)
+            try:
+                await self._notify_stored(job)
+            except FleetError as exc:
+                log.warning("notifying a finished job failed; it goes back", error=str(exc))
+                await asyncio.sleep(1.0)
+                await self._settle_back(delivery)
+                return False
             try:
                 await delivery.ack()
             except FleetError as exc:
@@ -448,7 +507,7 @@ class BrokerIngress:
         if ids and told:
             replies = [self._error_reply(i, delivery.model, exc) for i in ids]
             for body, _ in self._frames(replies, [None] * len(replies)):
-                if not await self._send(reply_to, body, ok=False):
+                if not await self._send(reply_to, body, replies):
                     log.warning("could not tell the callers", ids=len(ids))
         self._ledger.dead_lettered(len(ids))
         try:
@@ -524,9 +583,8 @@ class BrokerIngress:
             frames = []
             for m in msgs:
                 m.failed = True
-        ok = all(r.ok for r in replies)  # a job's: its one reply
         for body, frame_msgs in frames:
-            if not await self._send(reply_to, body, ok=ok):
+            if not await self._send(reply_to, body, replies):
                 for fm in frame_msgs:
                     if fm is not None:
                         fm.failed = True
@@ -582,14 +640,15 @@ class BrokerIngress:
             timings=reply.timings,
         )
 
-    async def _send(self, reply_to: str, body: bytes, *, ok: bool) -> bool:
-        """Publish one reply frame (a job's: store it, ``done`` when ``ok``,
-        else ``failed``), retrying what may pass; whether it was published."""
+    async def _send(self, reply_to: str, body: bytes, replies: Sequence[Reply]) -> bool:
+        """Publish one reply frame (a job's, its one reply: store it, ``done``
+        or ``failed``, and notify), retrying what may pass; whether it was
+        published."""
         job = job_id_of(reply_to)
         for attempt in range(_REPLY_ATTEMPTS):
             try:
                 if job is not None:
-                    await self._store_result(job, body, ok=ok)
+                    await self._store_result(job, body, replies[0])
                 else:
                     await self._transport.publish_reply(reply_to, body)
                 return True
@@ -604,16 +663,51 @@ class BrokerIngress:
                 return False
         return False
 
-    async def _store_result(self, job: str, body: bytes, *, ok: bool) -> None:
-        """A job's reply frame into the result store, ``done`` or ``failed``."""
+    async def _store_result(self, job: str, body: bytes, reply: Reply) -> None:
+        """A job's reply frame into the result store, ``done`` or ``failed``,
+        then its notification. A job final already (a delivery again after a
+        worker stopped between the two) is notified from its record."""
         assert self._results is not None
-        if not await self._results.finish(job, ok=ok, result=body):
+        if not await self._results.finish(job, ok=reply.ok, result=body):
             log.info("job was final already; result not stored", job=job)
-        elif self._payloads is not None:  # its request's blob, if it had one, is done with
+            await self._notify_stored(job)
+            return
+        if self._notify is not None:
+            await self._publish_event(job, reply)
+        if self._payloads is not None:  # its request's blob, if it had one, is done with
             try:
                 await self._payloads.delete_named(f"{job}.request")
             except FleetError as exc:
                 log.warning("could not delete a job's request payload", job=job, error=str(exc))
+
+    async def _publish_event(self, job: str, reply: Reply) -> None:
+        assert self._notify is not None
+        event = JobEvent(
+            job=job,
+            model=reply.model,
+            state=JobState.DONE if reply.ok else JobState.FAILED,
+            version=reply.version,
+            error=reply.error,
+            finished_at=time.time(),
+        )
+        await self._transport.publish_notification(self._notify, event.key, event.encode())
+
+    async def _notify_stored(self, job: str) -> None:
+        """Notify a job stored ``done`` or ``failed`` before, from its record
+        (at least once: the worker that stored it may have stopped first)."""
+        if self._notify is None or self._results is None:
+            return
+        record = await self._results.get(job)
+        if record is None or record.result is None:
+            return  # cancelled, or expired
+        try:
+            frame = wire.decode_replies(record.result, wire.Limits(max_message_bytes=1 << 40))
+            (reply,) = frame.items
+        except (FleetError, ValueError):
+            log.warning("a stored result is unreadable; not notified", job=job)
+            return
+        if isinstance(reply, Reply):
+            await self._publish_event(job, reply)
 
     def _answered(self, msg: _Message) -> None:
         """One request of ``msg`` needs nothing more (replied, dropped or given back)."""

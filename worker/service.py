@@ -111,12 +111,7 @@ class Worker:
             )
             self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
         self._transport = await self._wait_for_broker()
-        if s.results is not None:
-            self._results = open_store(s.results)
-            await self._results.connect()
-        if s.cache is not None:
-            self._cache = open_cache(s.cache)
-            await self._cache.connect()
+        await self._open_stores()
         self._ingress = BrokerIngress(
             self._transport,
             self.table,
@@ -131,6 +126,7 @@ class Worker:
             claim_threshold=s.claim_threshold,
             cache=self._cache,
             cache_ttl=s.cache_ttl,
+            notify=s.notify,
         )
         await self._ingress.start()
         self.state = "ready"
@@ -145,6 +141,16 @@ class Worker:
             http_port=self.http_port,
             oip_port=self.oip_port,
         )
+
+    async def _open_stores(self) -> None:
+        """The result store and the result cache, where the settings name them."""
+        s = self.settings
+        if s.results is not None:
+            self._results = open_store(s.results)
+            await self._results.connect()
+        if s.cache is not None:
+            self._cache = open_cache(s.cache)
+            await self._cache.connect()
 
     async def _wait_for_broker(self) -> Transport:
         """The connected transport, once the broker answers (see

@@ -15,9 +15,9 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleet.errors import ConfigError
+from fleet.errors import ConfigError, InvalidArgument
 from fleet.settings import BROKER, RedactedRepr, resolve_password
-from fleet.transport import TRANSPORTS
+from fleet.transport import TRANSPORTS, check_destination
 
 
 def _default_worker_id() -> str:
@@ -42,9 +42,15 @@ class WorkerSettings(RedactedRepr, BaseSettings):
     )
     results: str | None = Field(
         None,
-        description="result store URL for jobs (memory://NAME, redis://host:port/db); env "
+        description="result store URL for jobs (memory://NAME, redis://host:port/db, "
+        "s3://bucket/prefix); env "
         "FLEET_RESULTS; its password may come from FLEET_RESULTS_PASSWORD[_FILE]. Without "
         "one, a job's request is dead-lettered",
+    )
+    notify: str | None = Field(
+        None,
+        description="a topic exchange (RabbitMQ) or topic (Kafka) that gets a JSON message "
+        "per finished job, keyed <model>.<done|failed>; created if missing. Default: none",
     )
     payloads: str | None = Field(
         None,
@@ -120,6 +126,16 @@ class WorkerSettings(RedactedRepr, BaseSettings):
         try:
             return resolve_password(v, BROKER)
         except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("notify")
+    @classmethod
+    def _destination(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return check_destination(v)
+        except InvalidArgument as exc:
             raise ValueError(exc.message) from None
 
 

@@ -18,25 +18,34 @@ stays).
 
 Stores are a registry (``fleet.result_stores`` entry points), chosen by URL
 scheme: ``memory://name`` (in this process, for tests and the embedded mode)
-and ``redis://`` / ``rediss://`` (Redis or Valkey; the password as in the
-URL, else ``$FLEET_RESULTS_PASSWORD`` or the file ``$FLEET_RESULTS_PASSWORD_FILE``
-names).
+``redis://`` / ``rediss://`` (Redis or Valkey; the password as in the URL,
+else ``$FLEET_RESULTS_PASSWORD`` or the file ``$FLEET_RESULTS_PASSWORD_FILE``
+names) and ``s3://bucket/prefix`` (conditional writes; see
+:mod:`fleet.jobs.s3_store`).
+
+A job that the broker dead-letters (past its delivery limit) is stored as
+``failed`` by a worker with a store, which reads the dead letters too
+(:class:`~fleet.transport.DeadLetterTap`); a worker started with a notify
+destination publishes a :class:`JobEvent` for every job it stores.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import json
 import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
 from fleet.cache import ResultCache
-from fleet.errors import ConfigError, InvalidArgument
+from fleet.contract import ErrorInfo
+from fleet.errors import ConfigError, DecodeError, Internal, InvalidArgument
 from fleet.registry import Registry
 
 JOB_PREFIX = "fleet.job."
@@ -96,6 +105,124 @@ class JobRecord:
     attempts: int = 0  # times a worker took it (more than one: delivered again)
     result: bytes | None = None  # the encoded reply frame (fleet.wire), once final
 
+    @classmethod
+    def new(cls, job_id: str, model: str) -> JobRecord:
+        """A job just submitted: ``queued``."""
+        t = now()
+        return cls(
+            id=check_job_id(job_id),
+            state=JobState.QUEUED,
+            model=model,
+            submitted_at=t,
+            updated_at=t,
+        )
+
+    def moved(self, state: JobState, result: bytes | None = None) -> JobRecord:
+        """This record after a transition to ``state`` (a start counts an attempt)."""
+        return dataclasses.replace(
+            self,
+            state=state,
+            updated_at=now(),
+            attempts=self.attempts + (state is JobState.RUNNING),
+            result=result,
+        )
+
+    def fields(self) -> dict[str, str]:
+        """The record but its id and result, as text: how stores keep it."""
+        return {
+            "state": self.state.value,
+            "model": self.model,
+            "submitted": repr(self.submitted_at),
+            "updated": repr(self.updated_at),
+            "attempts": str(self.attempts),
+        }
+
+    @classmethod
+    def from_fields(
+        cls, job_id: str, fields: Mapping[str, str], result: bytes | None, where: str
+    ) -> JobRecord:
+        """The record :meth:`fields` wrote; :class:`~fleet.errors.Internal`
+        naming ``where`` if it is malformed."""
+        try:
+            return cls(
+                id=job_id,
+                state=JobState(fields["state"]),
+                model=fields.get("model", ""),
+                submitted_at=float(fields.get("submitted", "0")),
+                updated_at=float(fields.get("updated", "0")),
+                attempts=int(fields.get("attempts", "0")),
+                result=result,
+            )
+        except (KeyError, ValueError) as exc:
+            raise Internal(f"result store {where}: job {job_id} is malformed: {exc}") from None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class JobEvent:
+    """The notification of one finished job (``done`` or ``failed``): a JSON
+    object, published by the worker that stored the result to the destination
+    it was started with (``--notify``). Delivery is at least once: a worker
+    that stopped between storing a result and notifying leaves the request to
+    be delivered again, and the next worker notifies; a consumer that must not
+    act twice keeps the ids it has seen. The key (RabbitMQ routing key, Kafka
+    record key) is ``<model>.<state>``, so a binding such as ``*.failed``
+    takes the failures alone."""
+
+    job: str
+    model: str
+    state: JobState
+    version: str = ""
+    error: ErrorInfo | None = None  # a failed job's typed error
+    finished_at: float = 0.0  # the worker's wall clock
+
+    @property
+    def key(self) -> str:
+        return f"{self.model}.{self.state.value}"
+
+    def encode(self) -> bytes:
+        error = None
+        if self.error is not None:
+            error = {
+                "code": self.error.code,
+                "type": type(self.error.to_exception()).__name__,
+                "message": self.error.message,
+                "retriable": self.error.retriable,
+            }
+        return json.dumps(
+            {
+                "job": self.job,
+                "model": self.model,
+                "version": self.version,
+                "state": self.state.value,
+                "error": error,
+                "finished_at": self.finished_at,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, body: bytes) -> JobEvent:
+        """The event in ``body``; :class:`~fleet.errors.DecodeError` if it is none."""
+        try:
+            raw = json.loads(body)
+            error = raw["error"]
+            return cls(
+                job=check_job_id(raw["job"]),
+                model=str(raw["model"]),
+                state=JobState(raw["state"]),
+                version=str(raw.get("version", "")),
+                error=None
+                if error is None
+                else ErrorInfo(
+                    code=int(error["code"]),
+                    message=str(error["message"]),
+                    retriable=bool(error.get("retriable", False)),
+                ),
+                finished_at=float(raw.get("finished_at", 0.0)),
+            )
+        except (ValueError, KeyError, TypeError, InvalidArgument) as exc:
+            raise DecodeError(f"not a job notification: {exc}") from None
+
 
 class ResultStore(ABC):
     """Where jobs' states and results live. Every transition is atomic and
@@ -123,18 +250,24 @@ class ResultStore(ABC):
         """Record a new job as ``queued``, kept for ``ttl`` seconds."""
 
     @abstractmethod
+    async def move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
+        """Move an open job (queued or running) to ``state``, with ``result``
+        when it is final, in one atomic step (a start counts an attempt);
+        ``False`` if it was final already or has no record."""
+
     async def start(self, job_id: str) -> bool:
         """Mark an open job ``running``; ``False`` (do not run it) if it is
         final or has no record."""
+        return await self.move(job_id, JobState.RUNNING)
 
-    @abstractmethod
     async def finish(self, job_id: str, *, ok: bool, result: bytes) -> bool:
         """Store an open job's result as ``done`` (``ok``) or ``failed``, in
         one step; ``False`` if it was final already or has no record."""
+        return await self.move(job_id, JobState.DONE if ok else JobState.FAILED, bytes(result))
 
-    @abstractmethod
     async def cancel(self, job_id: str) -> bool:
         """Mark an open job ``cancelled``; ``False`` if it was final or unknown."""
+        return await self.move(job_id, JobState.CANCELLED)
 
     @abstractmethod
     async def get(self, job_id: str) -> JobRecord | None:
@@ -188,6 +321,7 @@ __all__ = [
     "JOB_PREFIX",
     "OPEN_STATES",
     "RESULT_STORES",
+    "JobEvent",
     "JobRecord",
     "JobState",
     "ResultStore",

@@ -6,7 +6,6 @@ would; :meth:`MemoryResultStore.reset` forgets a name's records.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import ClassVar
 
@@ -19,7 +18,6 @@ from fleet.jobs import (
     ResultStore,
     ResultStoreSpec,
     check_job_id,
-    now,
 )
 
 
@@ -44,38 +42,18 @@ class MemoryResultStore(ResultStore):
             return None
         return record
 
-    def _move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
+    async def move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
         """As the Redis store's script: only an open job moves; a start counts."""
         record = self._live(job_id)
         if record is None or record.state not in OPEN_STATES:
             return False
         _, expires = self._records[job_id]
-        attempts = record.attempts + (state is JobState.RUNNING)
-        updated = dataclasses.replace(
-            record, state=state, updated_at=now(), attempts=attempts, result=result
-        )
-        self._records[job_id] = (updated, expires)
+        self._records[job_id] = (record.moved(state, result), expires)
         return True
 
     async def create(self, job_id: str, *, model: str, ttl: float = DEFAULT_TTL_S) -> None:
-        t = now()
-        record = JobRecord(
-            id=check_job_id(job_id),
-            state=JobState.QUEUED,
-            model=model,
-            submitted_at=t,
-            updated_at=t,
-        )
-        self._records[job_id] = (record, time.monotonic() + ttl)
-
-    async def start(self, job_id: str) -> bool:
-        return self._move(job_id, JobState.RUNNING)
-
-    async def finish(self, job_id: str, *, ok: bool, result: bytes) -> bool:
-        return self._move(job_id, JobState.DONE if ok else JobState.FAILED, bytes(result))
-
-    async def cancel(self, job_id: str) -> bool:
-        return self._move(job_id, JobState.CANCELLED)
+        record = JobRecord.new(job_id, model)
+        self._records[record.id] = (record, time.monotonic() + ttl)
 
     async def get(self, job_id: str) -> JobRecord | None:
         return self._live(job_id)

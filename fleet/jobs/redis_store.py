@@ -115,35 +115,19 @@ class RedisResultStore(_Redis, ResultStore):
         self._move_script = self._redis.register_script(_MOVE)
 
     async def create(self, job_id: str, *, model: str, ttl: float = DEFAULT_TTL_S) -> None:
-        t = repr(now())
-        mapping: dict[str | bytes, str | bytes | int] = {
-            "state": "queued",
-            "model": model,
-            "submitted": t,
-            "updated": t,
-            "attempts": 0,
-        }
+        record = JobRecord.new(job_id, model)
         async with self._typed("record a job"), self._redis.pipeline(transaction=True) as pipe:
             pipe.delete(_key(job_id))
-            pipe.hset(_key(job_id), mapping=mapping)  # type: ignore[arg-type]
+            pipe.hset(_key(job_id), mapping=record.fields())  # type: ignore[arg-type]
             pipe.pexpire(_key(job_id), max(1, int(ttl * 1000)))
             await pipe.execute()
 
-    async def _move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
+    async def move(self, job_id: str, state: JobState, result: bytes | None = None) -> bool:
         args: list[Any] = [state.value, repr(now())]
         if result is not None:
             args.append(result)
         async with self._typed(f"mark a job {state.value}"):
             return bool(await self._move_script(keys=[_key(job_id)], args=args))
-
-    async def start(self, job_id: str) -> bool:
-        return await self._move(job_id, JobState.RUNNING)
-
-    async def finish(self, job_id: str, *, ok: bool, result: bytes) -> bool:
-        return await self._move(job_id, JobState.DONE if ok else JobState.FAILED, bytes(result))
-
-    async def cancel(self, job_id: str) -> bool:
-        return await self._move(job_id, JobState.CANCELLED)
 
     async def get(self, job_id: str) -> JobRecord | None:
         async with self._typed("read a job"):
@@ -151,18 +135,12 @@ class RedisResultStore(_Redis, ResultStore):
         fields = {_bytes(k): _bytes(v) for k, v in raw.items()}
         if b"state" not in fields:
             return None
+        result = fields.pop(b"result", None)
         try:
-            return JobRecord(
-                id=job_id,
-                state=JobState(fields[b"state"].decode()),
-                model=fields.get(b"model", b"").decode(),
-                submitted_at=float(fields.get(b"submitted", b"0")),
-                updated_at=float(fields.get(b"updated", b"0")),
-                attempts=int(fields.get(b"attempts", b"0")),
-                result=fields.get(b"result"),
-            )
-        except ValueError as exc:
+            text = {k.decode(): v.decode() for k, v in fields.items()}
+        except UnicodeDecodeError as exc:
             raise Internal(f"result store {self.url}: job {job_id} is malformed: {exc}") from None
+        return JobRecord.from_fields(job_id, text, result, self.url)
 
     async def delete(self, job_id: str) -> None:
         async with self._typed("delete a job"):

@@ -263,11 +263,19 @@ async def test_the_least_privilege_user_runs_the_fleet(
     operator = await open_transport(app_url)
     beats = Frames()
     await operator.subscribe_heartbeats(beats)  # what the autoscaler does
+    results = f"memory://jobs-{unique_model}"  # a store: the worker taps the dead letters too
     async with (
-        running_worker(app_url, model_repo, worker_id=worker_id, heartbeat_interval=0.2) as worker,
-        Client(app_url, timeout=WAIT) as client,
+        running_worker(
+            app_url, model_repo, worker_id=worker_id, heartbeat_interval=0.2, results=results
+        ) as worker,
+        Client(app_url, timeout=WAIT, results=results) as client,
     ):
         got = await client.infer(digits, {"input": x})
+        assert client.jobs is not None
+        job = await client.submit(digits, {"input": x})
+        np.testing.assert_array_equal(
+            (await client.jobs.result(job, timeout=WAIT))["label"], got["label"]
+        )
         # every worker on the broker beats into the same exchange: wait for this one's
         assert await wait_until(lambda: worker_id in beating(beats), WAIT)
         assert await answered(operator, digits)  # the management API over HTTPS
