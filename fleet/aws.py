@@ -20,8 +20,11 @@ nothing where AWS is not used.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from fleet.errors import ConfigError, FleetError, Unavailable
 
 if TYPE_CHECKING:
     from botocore.config import Config
@@ -150,6 +153,48 @@ def s3_client(*, max_attempts: int = DEFAULT_MAX_ATTEMPTS, region: str | None = 
     return boto3.client("s3", region_name=region, config=client_config(max_attempts=max_attempts))
 
 
+class S3Refused(Exception):
+    """An S3 error code the caller asked to read itself (:class:`S3Bucket`)."""
+
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+class S3Bucket:
+    """One bucket, its client made on first use (:func:`s3_client`), and its
+    calls run in a thread with AWS errors typed: transient ones
+    :class:`~fleet.errors.Unavailable`, the rest
+    :class:`~fleet.errors.ConfigError` naming ``where`` and what was done, but
+    for the codes the caller reads itself (:class:`S3Refused`)."""
+
+    def __init__(self, bucket: str, where: str, *, client: Any = None) -> None:
+        self.bucket, self.where = bucket, where
+        self._client = client
+
+    @property
+    def s3(self) -> Any:
+        if self._client is None:
+            self._client = s3_client()
+        return self._client
+
+    async def call(
+        self, what: str, name: str, *, refused: frozenset[str] = frozenset(), **kwargs: Any
+    ) -> Any:
+        """``client.<name>(Bucket=..., **kwargs)``."""
+        try:
+            return await asyncio.to_thread(getattr(self.s3, name), Bucket=self.bucket, **kwargs)
+        except FleetError:
+            raise
+        except Exception as exc:
+            code, message = error_code(exc)
+            if code in refused:
+                raise S3Refused(code) from None
+            if not code or is_transient(exc):
+                raise Unavailable(f"{self.where}: {what}: {message}") from None
+            raise ConfigError(f"{self.where}: {what}: {code}: {message}") from None
+
+
 __all__ = [
     "ACCESS_DENIED_CODES",
     "CREDENTIALS_CODES",
@@ -157,6 +202,8 @@ __all__ = [
     "RETRY_MODES",
     "AwsClient",
     "RetryMode",
+    "S3Bucket",
+    "S3Refused",
     "client_config",
     "error_code",
     "is_transient",

@@ -43,10 +43,8 @@ from fleet.contract import Reply, Request
 from fleet.errors import (
     ConfigError,
     DecodeError,
-    FleetError,
     InvalidArgument,
     LimitExceeded,
-    Unavailable,
 )
 from fleet.tensor import Tensor
 
@@ -180,46 +178,33 @@ class S3Payloads(PayloadStore):
             raise ConfigError(f"payload store {url!r}: use s3://bucket/prefix")
         self.bucket, self.prefix = parts.netloc, parts.path.strip("/")
         self.root = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self._client = client
+        from fleet.aws import S3Bucket
 
-    def _s3(self) -> Any:
-        if self._client is None:
-            import boto3
-
-            from fleet.aws import client_config
-
-            self._client = boto3.client("s3", config=client_config())
-        return self._client
+        self._bucket = S3Bucket(self.bucket, f"payload store {self.root}", client=client)
 
     def _key(self, url: str) -> str:
         return url.removeprefix(f"s3://{self.bucket}/")
 
-    async def _call(self, what: str, fn: Any, **kwargs: Any) -> Any:
-        from fleet.aws import error_code, is_transient
-
-        try:
-            return await asyncio.to_thread(fn, Bucket=self.bucket, **kwargs)
-        except FleetError:
-            raise
-        except Exception as exc:
-            code, message = error_code(exc)
-            if code in ("NoSuchKey", "404"):
-                gone = f"payload s3://{self.bucket}/{kwargs.get('Key')} is gone"
-                raise DecodeError(gone) from None
-            if not code or is_transient(exc):
-                raise Unavailable(f"payload store {self.root}: {what}: {message}") from None
-            raise ConfigError(f"payload store {self.root}: {what}: {code}: {message}") from None
-
     async def _put(self, url: str, data: bytes) -> None:
-        await self._call("put", self._s3().put_object, Key=self._key(url), Body=data)
+        await self._bucket.call("put", "put_object", Key=self._key(url), Body=data)
 
     async def _get(self, url: str) -> bytes:
-        reply = await self._call("get", self._s3().get_object, Key=self._key(url))
+        from fleet.aws import S3Refused
+
+        try:
+            reply = await self._bucket.call(
+                "get", "get_object", refused=_MISSING, Key=self._key(url)
+            )
+        except S3Refused:
+            raise DecodeError(f"payload {url} is gone") from None
         body: bytes = await asyncio.to_thread(reply["Body"].read)
         return body
 
     async def _delete(self, url: str) -> None:
-        await self._call("delete", self._s3().delete_object, Key=self._key(url))
+        await self._bucket.call("delete", "delete_object", Key=self._key(url))
+
+
+_MISSING = frozenset({"NoSuchKey", "404"})
 
 
 _BLOB_LIMITS = wire.Limits(max_message_bytes=MAX_PAYLOAD_BYTES)

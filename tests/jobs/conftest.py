@@ -1,4 +1,4 @@
-"""The jobs tier: result stores (``memory://`` and Redis) and jobs end to end.
+"""The jobs tier: result stores (``memory://``, Redis, S3 on moto) and jobs end to end.
 
 Redis comes from ``FLEET_TEST_REDIS_URL`` (``scripts/test.sh`` starts
 ``scripts/redis.sh``, or a container when a Docker engine answers); under
@@ -53,10 +53,14 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Any:
     return boto3.client("s3")
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "s3"])
 def store_url(request: pytest.FixtureRequest) -> str:
     if request.param == "memory":
         return f"memory://jobs-{uuid.uuid4().hex[:8]}"
+    if request.param == "s3":
+        bucket = f"jobs-{uuid.uuid4().hex[:8]}"
+        request.getfixturevalue("s3").create_bucket(Bucket=bucket)
+        return f"s3://{bucket}/fleet"
     return redis_url()
 
 
