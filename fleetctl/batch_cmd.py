@@ -1,6 +1,6 @@
 """``fleet batch run``: a large input file through the fleet, resumable.
 
-Streams every row of an ``.npy``/``.npz`` file through the fleet at ``batch``
+Streams every row of an ``.npy``/``.npz``/``.parquet`` file through the fleet at ``batch``
 priority, a chunk of rows per request and a bounded number of requests in
 flight, into one ``.npy`` per model output in the output directory (row ``i``
 answers input row ``i``). Memory stays bounded: inputs stored uncompressed
@@ -28,7 +28,7 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     inner = batch.add_subparsers(dest="batch_command", required=True, metavar="COMMAND")
     p = inner.add_parser(
         "run",
-        help="stream an .npy/.npz file through the fleet into .npy outputs (resumable)",
+        help="stream an .npy/.npz/.parquet file through the fleet into .npy outputs (resumable)",
         description=__doc__,
         formatter_class=HelpFormatter,
     )
@@ -39,11 +39,16 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--model", required=True, help="the model to run")
     p.add_argument(
-        "--input", required=True, help="an .npy or .npz file (one array per input), or s3://..."
+        "--input",
+        required=True,
+        help="an .npy, .npz (one array per input) or .parquet file (list columns: inputs of "
+        "their names; numeric columns: one input, --input-name), or s3://...",
     )
     p.add_argument("--output", required=True, help="the output directory (created if absent)")
     p.add_argument(
-        "--input-name", default="input", help="the model input an .npy file feeds (default input)"
+        "--input-name",
+        default="input",
+        help="the model input an .npy file or Parquet's numeric columns feed (default input)",
     )
     p.add_argument(
         "--chunk-rows", type=int, default=64, help="rows per request, at most the max batch (64)"

@@ -4,11 +4,14 @@
 
     summary = await run_batch(client, "digits", "data.npz", "out/", chunk_rows=64)
 
-The input is ``.npy`` (one array; its name is the model input's, ``--input-name``)
-or ``.npz`` (one array per model input, all with the same number of rows), a
-local file or ``s3://bucket/key`` (copied into the output directory once).
-Arrays stored uncompressed are memory-mapped, so memory stays bounded whatever
-the file's size; a compressed ``.npz`` member is read whole. Rows go in
+The input is ``.npy`` (one array; its name is the model input's, ``--input-name``),
+``.npz`` (one array per model input, all with the same number of rows) or
+``.parquet`` (each list column an input of its name, ``[n, k]``; the numeric
+scalar columns side by side one input named ``--input-name``; needs
+the ``parquet`` extra), a local file or ``s3://bucket/key`` (copied into the output
+directory once). Arrays stored uncompressed are memory-mapped and Parquet is
+read a row group at a time, so memory stays bounded whatever the file's
+size; a compressed ``.npz`` member is read whole. Rows go in
 chunks of ``chunk_rows`` (at most the model's max batch size), ``in_flight``
 chunks at a time, at ``batch`` priority.
 
@@ -91,13 +94,18 @@ def _npz_member(path: Path, info: zipfile.ZipInfo) -> npt.NDArray[Any] | None:
     return array
 
 
-def open_inputs(path: Path, input_name: str = "input") -> dict[str, npt.NDArray[Any]]:
+Inputs = dict[str, "npt.NDArray[Any] | ParquetColumn"]
+
+
+def open_inputs(path: Path, input_name: str = "input") -> Inputs:
     """The input arrays by name, memory-mapped where they can be."""
     if path.suffix == ".npy":
         return {input_name: np.load(path, mmap_mode="r")}
+    if path.suffix == ".parquet":
+        return open_parquet(path, input_name)
     if path.suffix != ".npz":
-        raise InvalidArgument(f"{path}: the input must be .npy or .npz")
-    arrays = {}
+        raise InvalidArgument(f"{path}: the input must be .npy, .npz or .parquet")
+    arrays: Inputs = {}
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
@@ -113,6 +121,117 @@ def open_inputs(path: Path, input_name: str = "input") -> dict[str, npt.NDArray[
     if len(rows) != 1 or -1 in rows:
         raise InvalidArgument(f"{path}: every array needs the same number of rows, got {rows}")
     return arrays
+
+
+class ParquetColumn:
+    """One model input read from a Parquet file as rows are asked for: a list
+    column as ``[n, k]`` rows, or the numeric scalar columns side by side.
+    Only the row groups a slice touches are read, and the last two are kept,
+    so a run reads each once in order and memory stays at about two row
+    groups."""
+
+    def __init__(self, path: Path, columns: list[str], *, stacked: bool) -> None:
+        import pyarrow.parquet as pq
+
+        self._file = pq.ParquetFile(path)
+        self._columns, self._stacked = columns, stacked
+        meta = self._file.metadata
+        self._starts = np.cumsum(
+            [0] + [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        )
+        self._cache: dict[int, npt.NDArray[Any]] = {}
+        first = self._group(0) if meta.num_row_groups else np.zeros((0, len(columns)))
+        self.shape: tuple[int, ...] = (int(self._starts[-1]), *first.shape[1:])
+        self.dtype = first.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _group(self, index: int) -> npt.NDArray[Any]:
+        if index not in self._cache:
+            table = self._file.read_row_group(index, columns=self._columns)
+            if self._stacked:
+                cols = [table.column(c).to_numpy() for c in self._columns]
+                array = np.stack(cols, axis=1) if cols else np.zeros((table.num_rows, 0))
+            else:
+                array = _list_rows(table.column(self._columns[0]), self._columns[0])
+            while len(self._cache) >= 2:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[index] = array
+        return self._cache[index]
+
+    def __getitem__(self, rows: slice) -> npt.NDArray[Any]:
+        start, stop, _ = rows.indices(self.shape[0])
+        first = int(np.searchsorted(self._starts, start, side="right")) - 1
+        parts = []
+        index = first
+        while index < len(self._starts) - 1 and self._starts[index] < stop:
+            base = int(self._starts[index])
+            group = self._group(index)
+            parts.append(group[max(0, start - base) : stop - base])
+            index += 1
+        if not parts:
+            return np.zeros((0, *self.shape[1:]), self.dtype)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _list_rows(column: Any, name: str) -> npt.NDArray[Any]:
+    """A Parquet list column as ``[n, k]``: every row needs the same length."""
+    import pyarrow as pa
+
+    flat = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if flat.null_count:
+        raise InvalidArgument(f"column {name!r} has empty (null) rows")
+    values = flat.flatten().to_numpy(zero_copy_only=False)
+    lengths = set(flat.value_lengths().to_numpy(zero_copy_only=False).tolist())
+    if len(lengths) > 1:
+        raise InvalidArgument(f"column {name!r}: rows of lengths {sorted(lengths)[:5]}; need one")
+    width = lengths.pop() if lengths else 0
+    rows: npt.NDArray[Any] = values.reshape(len(flat), width)
+    return rows
+
+
+def open_parquet(path: Path, input_name: str = "input") -> Inputs:
+    """The model inputs of a Parquet file: each list column is an input of its
+    name, ``[n, k]``; the numeric scalar columns, in the file's order, are
+    one input named ``input_name``, ``[n, columns]``."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InvalidArgument(
+            f"{path}: reading Parquet needs pyarrow (pip install 'inference-fleet[parquet]')"
+        ) from None
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise InvalidArgument(f"{path}: not a Parquet file: {exc}") from None
+    lists, scalars = [], []
+    for f in schema:
+        if (
+            pa.types.is_list(f.type)
+            or pa.types.is_fixed_size_list(f.type)
+            or pa.types.is_large_list(f.type)
+        ):
+            lists.append(f.name)
+        elif pa.types.is_integer(f.type) or pa.types.is_floating(f.type):
+            scalars.append(f.name)
+        else:
+            raise InvalidArgument(
+                f"{path}: column {f.name!r} of type {f.type} is neither numbers nor lists"
+            )
+    inputs: Inputs = {name: ParquetColumn(path, [name], stacked=False) for name in lists}
+    if scalars:
+        if input_name in inputs:
+            raise InvalidArgument(f"{path}: a list column is named {input_name!r} too")
+        inputs[input_name] = ParquetColumn(path, scalars, stacked=True)
+    if not inputs:
+        raise InvalidArgument(f"{path}: no columns")
+    return inputs
 
 
 class _Output:
@@ -231,7 +350,7 @@ async def run_batch(
 
 def _prepare(
     source: str, out_dir: Path, input_name: str, chunk_rows: int
-) -> tuple[dict[str, npt.NDArray[Any]], _Output]:
+) -> tuple[Inputs, _Output]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if source.startswith("s3://"):
         local = _download(source, out_dir)
@@ -252,8 +371,8 @@ def _download(url: str, out_dir: Path) -> Path:
 
     bucket, _, key = url.removeprefix("s3://").partition("/")
     suffix = Path(key).suffix
-    if not bucket or suffix not in (".npy", ".npz"):
-        raise InvalidArgument(f"{url}: the input must be s3://bucket/key.npy or .npz")
+    if not bucket or suffix not in (".npy", ".npz", ".parquet"):
+        raise InvalidArgument(f"{url}: the input must be s3://bucket/key.npy, .npz or .parquet")
     local = out_dir / f"input{suffix}"
     if not local.exists():
         part = out_dir / f".input{suffix}.part"

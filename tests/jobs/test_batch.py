@@ -107,7 +107,7 @@ async def test_failed_chunks_are_counted_by_type_and_tried_again(
         assert again.errors["InvalidArgument"] == 3  # tried again, not skipped
         with pytest.raises(InvalidArgument, match="another run"):
             await run_batch(client, digits, source, out, chunk_rows=50)
-        with pytest.raises(InvalidArgument, match=r"\.npy or \.npz"):
+        with pytest.raises(InvalidArgument, match=r"\.npy, \.npz or \.parquet"):
             await run_batch(client, digits, tmp_path / "rows.csv", tmp_path / "o2")
 
 
@@ -130,3 +130,53 @@ async def test_an_input_in_s3_is_copied_once_and_run(
     assert_digits_answers(np.load(out / "label.npy"), np.load(out / "probabilities.npy"), want)
     s3.delete_object(Bucket=bucket, Key="in/rows.npy")
     s3.delete_bucket(Bucket=bucket)
+
+
+@pytest.mark.parametrize("layout", ["list", "columns"])
+async def test_a_parquet_input_runs_a_row_group_at_a_time_and_resumes(
+    model_repo: Path, unique_model: str, tmp_path: Path, layout: str
+) -> None:
+    """A list column is the input of its name; numeric columns side by side
+    are one input. Row groups of 300 rows against chunks of 64: slices cross
+    row groups, and a resumed run skips what is done."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    broker, digits = f"memory://{unique_model}", f"{unique_model}-digits"
+    x = np.random.default_rng(11).standard_normal((1000, 64), dtype=np.float32)
+    if layout == "list":
+        table = pa.table({"input": pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 64)})
+    else:
+        table = pa.table({f"f{i}": x[:, i] for i in range(64)})
+    source, out = tmp_path / "rows.parquet", tmp_path / "out"
+    pq.write_table(table, source, row_group_size=300)
+    async with running_worker(broker, model_repo), Client(broker) as client:
+        summary = await run_batch(client, digits, source, out)
+        assert summary.complete and summary.rows == 1000
+        again = await run_batch(client, digits, source, out)
+        assert (again.rows, again.skipped_rows) == (0, 1000)
+    want = direct_onnx(model_repo / digits, {"input": x})
+    assert_digits_answers(np.load(out / "label.npy"), np.load(out / "probabilities.npy"), want)
+
+
+def test_a_parquet_input_that_cannot_be_a_tensor_is_refused(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from producer.batch import open_inputs
+
+    cases = {
+        "text": (pa.table({"a": [1.0, 2.0], "name": ["x", "y"]}), r"'name' of type string"),
+        "ragged": (pa.table({"input": [[1.0, 2.0], [3.0]]}), r"rows of lengths \[1, 2\]"),
+        "nulls": (pa.table({"input": [[1.0], None]}), "empty"),
+    }
+    for name, (table, message) in cases.items():
+        path = tmp_path / f"{name}.parquet"
+        pq.write_table(table, path)
+        with pytest.raises(InvalidArgument, match=message):
+            inputs = open_inputs(path)
+            for column in inputs.values():
+                column[0:2]
+    (tmp_path / "not.parquet").write_bytes(b"PAR1 but not really")
+    with pytest.raises(InvalidArgument, match="not a Parquet file"):
+        open_inputs(tmp_path / "not.parquet")
