@@ -27,6 +27,7 @@ locals {
       FLEET_ASG_NAME       = local.worker_group_name
       AWS_REGION           = local.region
     },
+    local.jobs_env,
     var.worker_env,
   )
 

@@ -263,7 +263,10 @@ resource "aws_iam_role_policy_attachment" "autoscaler_ssm_core" {
 # name only (fleet/transport/base.py, fleet/transport/kafka.py):
 #   fleet.<model>.<online|batch>  a model's request topics; each one's consumer
 #                                 group has the topic's name
-#   fleet.dead-letter             dead letters (the workers write them)
+#   fleet.dead-letter             dead letters (the workers write them; workers
+#                                 with a result store read them in the group
+#                                 fleet.dead-letter.jobs, to end dead jobs failed)
+#   <job_notify>                  finished jobs' notifications (the workers write them)
 #   fleet.heartbeats              the workers' heartbeats (the autoscaler reads them)
 #   fleet.replies                 the clients' shared reply topic (inbox=shared):
 #                                 the workers write replies, a client reads its partition
@@ -279,12 +282,13 @@ resource "aws_iam_role_policy_attachment" "autoscaler_ssm_core" {
 locals {
   msk_iam = var.broker == "kafka" && var.msk_auth == "iam"
 
-  kafka_priorities     = ["online", "batch"]
-  kafka_model_topics   = flatten([for m in var.models : [for p in local.kafka_priorities : "fleet.${m}.${p}"]])
-  kafka_dead_letter    = "fleet.dead-letter"
-  kafka_heartbeats     = "fleet.heartbeats"
-  kafka_replies        = "fleet.replies"
-  kafka_inbox_wildcard = "fleet.inbox.*"
+  kafka_priorities      = ["online", "batch"]
+  kafka_model_topics    = flatten([for m in var.models : [for p in local.kafka_priorities : "fleet.${m}.${p}"]])
+  kafka_dead_letter     = "fleet.dead-letter"
+  kafka_dead_letter_tap = "fleet.dead-letter.jobs"
+  kafka_heartbeats      = "fleet.heartbeats"
+  kafka_replies         = "fleet.replies"
+  kafka_inbox_wildcard  = "fleet.inbox.*"
 
   msk_cluster_arn = local.msk_iam ? aws_msk_cluster.this[0].arn : ""
   msk_topic_arn   = "${replace(local.msk_cluster_arn, ":cluster/", ":topic/")}/"
@@ -330,6 +334,27 @@ data "aws_iam_policy_document" "worker_kafka" {
     sid       = "KafkaWriteRepliesToInboxTopics"
     actions   = ["kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]
     resources = ["${local.msk_topic_arn}${local.kafka_inbox_wildcard}"]
+  }
+
+  statement {
+    sid       = "KafkaTapDeadLetters"
+    actions   = ["kafka-cluster:ReadData"]
+    resources = ["${local.msk_topic_arn}${local.kafka_dead_letter}"]
+  }
+
+  statement {
+    sid       = "KafkaJoinDeadLetterTapGroup"
+    actions   = ["kafka-cluster:DescribeGroup", "kafka-cluster:AlterGroup"]
+    resources = ["${local.msk_group_arn}${local.kafka_dead_letter_tap}"]
+  }
+
+  dynamic "statement" {
+    for_each = var.job_notify == null ? [] : [var.job_notify]
+    content {
+      sid       = "KafkaWriteJobNotifications"
+      actions   = ["kafka-cluster:CreateTopic", "kafka-cluster:DescribeTopic", "kafka-cluster:WriteData"]
+      resources = ["${local.msk_topic_arn}${statement.value}"]
+    }
   }
 }
 

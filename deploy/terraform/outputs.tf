@@ -199,3 +199,23 @@ output "dashboard_name" {
   description = "CloudWatch dashboard of the worker group, the load balancer and (with metrics_namespace) the autoscaler."
   value       = aws_cloudwatch_dashboard.fleet.dashboard_name
 }
+
+output "jobs_bucket" {
+  description = "The jobs bucket (results/ and payloads/), or null with jobs = false."
+  value       = local.jobs_bucket
+}
+
+output "jobs_results_url" {
+  description = "The result store of jobs (the workers' FLEET_RESULTS): give clients the same, Client(broker, results=...) and fleet jobs --results."
+  value       = local.jobs_results_url
+}
+
+output "jobs_payloads_url" {
+  description = "The payload store of the claim check (the workers' FLEET_PAYLOADS): give clients the same, Client(broker, payloads=...)."
+  value       = local.jobs_payloads_url
+}
+
+output "jobs_client_policy_json" {
+  description = "An IAM policy for the roles of clients that submit jobs or send large payloads: the jobs bucket's two prefixes and the fleet key through S3. Null with jobs = false."
+  value       = var.jobs ? data.aws_iam_policy_document.jobs_access.json : null
+}

@@ -219,6 +219,34 @@ variable "models_kms_key_arn" {
   default     = null
 }
 
+variable "jobs" {
+  description = "Create the jobs bucket: the workers store jobs' results in it (FLEET_RESULTS=s3://<bucket>/results) and take large payloads through it (FLEET_PAYLOADS=s3://<bucket>/payloads). False: no bucket; jobs need a result store given through worker_env (FLEET_RESULTS, e.g. a Redis)."
+  type        = bool
+  default     = true
+}
+
+variable "jobs_retention_days" {
+  description = "Days the jobs bucket keeps a job's record, result and payloads (S3 expires objects in whole days): more than the longest job TTL clients use (a day by default)."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.jobs_retention_days >= 1 && floor(var.jobs_retention_days) == var.jobs_retention_days
+    error_message = "jobs_retention_days: a whole number of days, at least 1."
+  }
+}
+
+variable "job_notify" {
+  description = "A topic exchange (RabbitMQ) or topic (Kafka) that gets a JSON message per finished job (FLEET_NOTIFY; fleet jobs watch reads it). Null: no notifications."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.job_notify == null || (can(regex("^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$", var.job_notify)) && !startswith(coalesce(var.job_notify, "x"), "fleet."))
+    error_message = "job_notify: 1-200 letters, digits, '.', '_' or '-', not starting with 'fleet.' (the fleet's own names)."
+  }
+}
+
 variable "metrics_namespace" {
   description = "CloudWatch namespace the autoscaler publishes its metrics into every poll (DesiredCapacity, ScalingDecision, BacklogPerInstance, with the worker group's name as AutoScalingGroupName); its role may put metrics into this namespace only, and the dashboard shows them. Null: no CloudWatch metrics (the dashboard shows the group's own metrics)."
   type        = string

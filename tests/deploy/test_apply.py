@@ -260,6 +260,44 @@ def _check_policies(a: Applied, repos: list[dict[str, Any]]) -> None:
     assert metrics["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Fleet"}}
 
 
+async def _check_jobs(a: Applied) -> None:
+    """The jobs bucket is private, expires what it holds, and works as the
+    workers' result store with the permissions the workers get."""
+    from fleet.errors import ConfigError
+    from fleet.jobs import JobState, new_job_id
+    from fleet.jobs.s3_store import S3ResultStore
+
+    out, s3 = a.outputs, a.client("s3")
+    bucket = out["jobs_bucket"]
+    env = _parameters(a.client("ssm"), out["worker_parameter_path"])
+    assert env["FLEET_RESULTS"] == out["jobs_results_url"] == f"s3://{bucket}/results"
+    assert env["FLEET_PAYLOADS"] == out["jobs_payloads_url"] == f"s3://{bucket}/payloads"
+    (rule,) = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert rule["Expiration"]["Days"] == 2
+    block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+    assert all(block.values())
+    role_name = out["worker_role_arn"].rsplit("/", 1)[-1]
+    document = a.client("iam").get_role_policy(RoleName=role_name, PolicyName="jobs")
+    policy = document["PolicyDocument"]
+    policy = json.loads(policy) if isinstance(policy, str) else policy
+    assert {st["Sid"] for st in policy["Statement"]} == {
+        "ListJobsBucket",
+        "ReadWriteJobs",
+        "JobObjectsKey",
+    }
+    assert json.loads(out["jobs_client_policy_json"]) == policy
+    async with S3ResultStore(out["jobs_results_url"], client=s3) as store:
+        job = new_job_id()
+        with pytest.raises(ConfigError, match="403"):  # the bucket refuses plain HTTP
+            await store.create(job, model="digits")
+        # moto serves no TLS: lift the policy to check the store against the applied bucket
+        s3.delete_bucket_policy(Bucket=bucket)
+        await store.create(job, model="digits")
+        assert await store.start(job) and await store.finish(job, ok=True, result=b"frame")
+        record = await store.get(job)
+        assert record is not None and (record.state, record.result) == (JobState.DONE, b"frame")
+
+
 def _parameters(ssm: Any, path: str) -> dict[str, str]:
     pages = ssm.get_paginator("get_parameters_by_path").paginate(
         Path=path, Recursive=True, WithDecryption=True
@@ -301,7 +339,7 @@ def _nothing_left(a: Applied) -> None:
     assert _parameters(a.client("ssm"), f"/{name}/worker") == {}
     assert _parameters(a.client("ssm"), f"/{name}/autoscaler") == {}
     buckets = {b["Name"] for b in a.client("s3").list_buckets()["Buckets"]}
-    assert out["models_bucket"] not in buckets
+    assert out["models_bucket"] not in buckets and out["jobs_bucket"] not in buckets
     repos = a.client("ecr").describe_repositories()["repositories"]
     assert not [r for r in repos if r["repositoryName"].startswith(f"{name}/")]
     lbs = a.client("elbv2").describe_load_balancers()["LoadBalancers"]
@@ -316,6 +354,7 @@ def _nothing_left(a: Applied) -> None:
 
 async def test_apply_scale_and_destroy(applied: Applied) -> None:
     _check_resources(applied)
+    await _check_jobs(applied)
     await _drive_the_group(applied)
     started = time.monotonic()
     applied.run("destroy", "-auto-approve", "-refresh=false", *applied.variables)

@@ -19,7 +19,7 @@ import pytest
 from fleet.contract import Priority
 from fleet.settings import BROKER, resolve_password
 from fleet.transport import _kafka_security as security
-from fleet.transport.base import DEAD_LETTER, HEARTBEATS, REPLY_PREFIX, queue_name
+from fleet.transport.base import DEAD_LETTER, DEAD_LETTER_TAP, HEARTBEATS, REPLY_PREFIX, queue_name
 from fleet.transport.kafka import REPLIES
 from tests.deploy.test_terraform import TEMPLATES, TF, block, config
 
@@ -148,9 +148,11 @@ def test_kafka_names_are_the_transports() -> None:
     for p in Priority:
         topic = template[1].replace("${m}", "digits").replace("${p}", p.label)
         assert topic == queue_name("digits", p)
-    # Consumer groups are named after their topics (fleet/transport/_kafka_consumer.py).
+    # Consumer groups are named after their topics (fleet/transport/_kafka_consumer.py),
+    # but for the dead letters' tap
     consumer = (TF.parents[1] / "fleet" / "transport" / "_kafka_consumer.py").read_text("utf-8")
-    assert "self.group = topic" in consumer
+    assert "self.group = group or topic" in consumer
+    assert locals_["kafka_dead_letter_tap"] == DEAD_LETTER_TAP
     assert locals_["kafka_model_group_arns"] == (
         '${[for t in local.kafka_model_topics : "${local.msk_group_arn}${t}"]}'
     )
@@ -176,6 +178,7 @@ def test_kafka_permissions_are_scoped_to_the_cluster_and_the_fleets_names() -> N
         "${local.msk_cluster_arn}",
         "${local.kafka_model_topic_arns}",
         "${local.kafka_model_group_arns}",
+        "${local.msk_group_arn}${local.kafka_dead_letter_tap}",
         "${local.msk_topic_arn}${local.kafka_dead_letter}",
         "${local.msk_topic_arn}${local.kafka_heartbeats}",
         "${local.msk_topic_arn}${local.kafka_replies}",
@@ -209,14 +212,25 @@ def test_worker_kafka_permissions() -> None:
     dead, beats, replies, inbox = map(
         _topic, ("dead_letter", "heartbeats", "replies", "inbox_wildcard")
     )
-    assert grants["ReadData"] == {models}
-    assert grants["AlterGroup"] == grants["DescribeGroup"] == {groups}
+    tap = "${local.msk_group_arn}${local.kafka_dead_letter_tap}"
+    assert grants["ReadData"] == {models, dead}  # the dead letters: ending dead jobs failed
+    assert grants["AlterGroup"] == grants["DescribeGroup"] == {groups, tap}
     assert grants["WriteData"] == {models, dead, beats, replies, inbox}
     assert grants["CreateTopic"] == {models, dead, beats, replies}
     assert grants["DescribeTopic"] == {models, dead, beats, replies, inbox}
     assert grants["WriteDataIdempotently"] == {"${local.msk_cluster_arn}"}
     # The fleet deletes only a client's own reply topic, on close.
     assert "DeleteTopic" not in grants
+    # job_notify's topic, only where it is set
+    (notify,) = config()["data"]["aws_iam_policy_document.worker_kafka"]["dynamic"]
+    assert notify["statement"]["for_each"] == "${var.job_notify == null ? [] : [var.job_notify]}"
+    (content,) = notify["statement"]["content"]
+    assert content["resources"] == ["${local.msk_topic_arn}${statement.value}"]
+    assert {a.removeprefix("kafka-cluster:") for a in content["actions"]} == {
+        "CreateTopic",
+        "DescribeTopic",
+        "WriteData",
+    }
 
 
 def test_autoscaler_kafka_permissions() -> None:

@@ -240,6 +240,58 @@ run "models_bucket_created" {
   }
 }
 
+run "jobs_bucket_and_worker_settings" {
+  command = apply
+
+  variables {
+    job_notify = "jobs-finished"
+  }
+
+  assert {
+    condition     = output.jobs_results_url == "s3://fleet-jobs-123456789012-us-east-1/results" && output.jobs_payloads_url == "s3://fleet-jobs-123456789012-us-east-1/payloads"
+    error_message = "A jobs bucket is created; its two stores are in the outputs."
+  }
+  assert {
+    condition     = aws_ssm_parameter.worker_env["FLEET_RESULTS"].value == output.jobs_results_url && aws_ssm_parameter.worker_env["FLEET_PAYLOADS"].value == output.jobs_payloads_url && aws_ssm_parameter.worker_env["FLEET_NOTIFY"].value == "jobs-finished"
+    error_message = "The workers store jobs in the bucket, take payloads through it and notify job_notify."
+  }
+  assert {
+    condition     = aws_s3_bucket_public_access_block.jobs[0].restrict_public_buckets && one(aws_s3_bucket_server_side_encryption_configuration.jobs[0].rule).apply_server_side_encryption_by_default[0].kms_master_key_id == aws_kms_key.fleet.arn
+    error_message = "The jobs bucket is private and encrypted with the fleet key."
+  }
+  assert {
+    condition     = one(aws_s3_bucket_lifecycle_configuration.jobs[0].rule).expiration[0].days == 2
+    error_message = "Jobs and payloads expire after jobs_retention_days."
+  }
+  assert {
+    condition     = length(aws_iam_role_policy.worker_jobs) == 1 && output.jobs_client_policy_json != null
+    error_message = "The workers may use the bucket, and clients get a policy to attach."
+  }
+}
+
+run "jobs_off" {
+  command = plan
+
+  variables {
+    jobs = false
+  }
+
+  assert {
+    condition     = length(aws_s3_bucket.jobs) == 0 && output.jobs_results_url == null && !contains(keys(local.worker_env), "FLEET_RESULTS")
+    error_message = "jobs = false: no bucket and no result store for the workers."
+  }
+}
+
+run "job_notify_refuses_the_fleets_names" {
+  command = plan
+
+  variables {
+    job_notify = "fleet.heartbeats"
+  }
+
+  expect_failures = [var.job_notify]
+}
+
 run "image_needs_a_tag" {
   command = plan
 
