@@ -21,7 +21,7 @@ PYTHON="${PYTHON:-python3}"
 started=()
 containers=()
 
-say() { printf '\n==> %s\n' "$*" >&2; }
+say() { printf '\n==> [%ds] %s\n' "$SECONDS" "$*" >&2; }
 
 side_pid=
 cleanup() {
