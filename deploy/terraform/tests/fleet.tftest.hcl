@@ -550,15 +550,17 @@ run "amazon_msk" {
     condition = toset(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:ReadData")])) == toset([
       "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.online",
       "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.batch",
+      "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.dead-letter",
     ])
-    error_message = "The workers read the models' request topics only."
+    error_message = "The workers read the models' request topics, and the dead letters (jobs past the delivery limit end failed), only."
   }
   assert {
     condition = toset(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:AlterGroup")])) == toset([
       "arn:aws:kafka:us-east-1:123456789012:group/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.online",
       "arn:aws:kafka:us-east-1:123456789012:group/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.digits.batch",
+      "arn:aws:kafka:us-east-1:123456789012:group/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/fleet.dead-letter.jobs",
     ])
-    error_message = "The workers join the models' consumer groups only."
+    error_message = "The workers join the models' consumer groups and the dead-letter tap's only."
   }
   assert {
     condition = toset(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:WriteData")])) == toset([
@@ -589,6 +591,21 @@ run "amazon_msk" {
   assert {
     condition     = aws_iam_role_policy.worker_kafka[0].role == aws_iam_role.worker.id && aws_iam_role_policy.autoscaler_kafka[0].role == aws_iam_role.autoscaler.id && output.kafka_producer_policy_json != null
     error_message = "Both roles get their Kafka policy, and producers one to attach."
+  }
+}
+
+run "msk_job_notifications" {
+  command = plan
+
+  variables {
+    broker     = "kafka"
+    broker_url = null
+    job_notify = "jobs-finished"
+  }
+
+  assert {
+    condition     = contains(flatten([for st in data.aws_iam_policy_document.worker_kafka[0].statement : st.resources if contains(st.actions, "kafka-cluster:WriteData")]), "arn:aws:kafka:us-east-1:123456789012:topic/fleet-kafka/abcd1234-abcd-dcba-4321-a1b2abcd9f9f-2/jobs-finished")
+    error_message = "With job_notify the workers may write its topic."
   }
 }
 
