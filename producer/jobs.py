@@ -28,17 +28,15 @@ from typing import Any
 
 import numpy.typing as npt
 
-from fleet import wire
 from fleet.contract import Reply
 from fleet.errors import (
     DeadlineExceeded,
     DecodeError,
     FleetError,
-    InvalidArgument,
     JobCancelled,
     JobNotFound,
 )
-from fleet.jobs import JobEvent, JobRecord, JobState, ResultStore, check_job_id, open_store
+from fleet.jobs import JobEvent, JobState, ResultStore, check_job_id, open_store, reply_of
 from fleet.logging import get_logger
 from fleet.payloads import PayloadStore, open_payloads, reply_claim, resolve_reply
 from fleet.transport import Consumer, Transport, check_destination, connect
@@ -59,17 +57,6 @@ class JobStatus:
     updated_at: float = 0.0
     attempts: int = 0
     error: FleetError | None = None
-
-
-def reply_of(record: JobRecord) -> Reply:
-    """The reply a final job's record holds."""
-    if record.result is None:
-        raise JobNotFound(f"job {record.id} ({record.state}) has no result")
-    frame = wire.decode_replies(record.result, wire.Limits(max_message_bytes=1 << 40))
-    (reply,) = frame.items
-    if not isinstance(reply, Reply):
-        raise InvalidArgument(f"job {record.id}: its result holds no reply")
-    return reply
 
 
 class Jobs:

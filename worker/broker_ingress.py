@@ -46,7 +46,7 @@ from fleet import tracing, wire
 from fleet.cache import CACHE_PARAM, DEFAULT_CACHE_TTL_S, ResultCache
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
 from fleet.errors import DeadlineExceeded, FleetError, Internal, InvalidArgument, LimitExceeded
-from fleet.jobs import OPEN_STATES, JobEvent, JobState, ResultStore, job_id_of
+from fleet.jobs import OPEN_STATES, JobEvent, JobState, ResultStore, job_id_of, reply_of
 from fleet.logging import get_logger
 from fleet.payloads import (
     CLAIM,
@@ -701,13 +701,11 @@ class BrokerIngress:
         if record is None or record.result is None:
             return  # cancelled, or expired
         try:
-            frame = wire.decode_replies(record.result, wire.Limits(max_message_bytes=1 << 40))
-            (reply,) = frame.items
+            reply = reply_of(record)
         except (FleetError, ValueError):
             log.warning("a stored result is unreadable; not notified", job=job)
             return
-        if isinstance(reply, Reply):
-            await self._publish_event(job, reply)
+        await self._publish_event(job, reply)
 
     def _answered(self, msg: _Message) -> None:
         """One request of ``msg`` needs nothing more (replied, dropped or given back)."""

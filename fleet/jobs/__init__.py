@@ -43,9 +43,10 @@ from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
+from fleet import wire
 from fleet.cache import ResultCache
-from fleet.contract import ErrorInfo
-from fleet.errors import ConfigError, DecodeError, Internal, InvalidArgument
+from fleet.contract import ErrorInfo, Reply
+from fleet.errors import ConfigError, DecodeError, Internal, InvalidArgument, JobNotFound
 from fleet.registry import Registry
 
 JOB_PREFIX = "fleet.job."
@@ -155,6 +156,18 @@ class JobRecord:
             )
         except (KeyError, ValueError) as exc:
             raise Internal(f"result store {where}: job {job_id} is malformed: {exc}") from None
+
+
+def reply_of(record: JobRecord) -> Reply:
+    """The reply a final job's record holds: :class:`JobNotFound` if it has
+    none, :class:`InvalidArgument` (or a decode error) if it holds no reply."""
+    if record.result is None:
+        raise JobNotFound(f"job {record.id} ({record.state}) has no result")
+    frame = wire.decode_replies(record.result, wire.Limits(max_message_bytes=1 << 40))
+    (reply,) = frame.items
+    if not isinstance(reply, Reply):
+        raise InvalidArgument(f"job {record.id}: its result holds no reply")
+    return reply
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -332,4 +345,5 @@ __all__ = [
     "new_job_id",
     "open_cache",
     "open_store",
+    "reply_of",
 ]
