@@ -112,10 +112,11 @@ start_clusters() {
     done
 }
 
-say "lint and types"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/mypy
+lint() {
+    .venv/bin/ruff check .
+    .venv/bin/ruff format --check .
+    .venv/bin/mypy
+}
 
 # The cluster tier runs last, on 3-node clusters started for it once the other
 # tiers are done and the single-node servers stopped: on a small machine the
@@ -127,17 +128,25 @@ if [[ $# -eq 0 || "$*" == *cluster* ]]; then
 fi
 
 if [[ $# -gt 0 ]]; then
+    say "lint and types"
+    lint
     say "tests: pytest $*"
     [[ $clusters == 1 ]] && start_clusters
     .venv/bin/pytest "$@"
     exit
 fi
 
-# The tests that use no broker server (the deploy and apply tiers: terraform
-# against moto's server, checkov; the simulator and the policies; the command
-# line, the docs and the README; the batch runs, on the embedded broker) run
-# beside the broker tiers, in a second pytest with its own temporary
-# directory, and their report follows the main one.
+# Lint and types, then the tests that use no broker server (the deploy and
+# apply tiers: terraform against moto's server, checkov; the simulator and the
+# policies; the command line, the docs and the README; the batch runs, on the
+# embedded broker) run beside the broker tiers, in a second pytest with its
+# own temporary directory, and their report follows the main one.
+#
+# The broker tiers run in WORKERS pytest processes (pytest-xdist) sharing the
+# servers: a test that restarts, pauses or alarms a server holds them alone
+# (tests/sharing.py). Most of their time is spent waiting on the servers, so
+# three processes finish sooner than one even on two cores.
+WORKERS="${FLEET_TEST_WORKERS:-3}"
 side=(
     tests/deploy tests/autoscaler/test_simulator.py tests/autoscaler/test_policy.py
     tests/autoscaler/test_baselines.py tests/fleetctl/test_cli.py
@@ -146,19 +155,22 @@ side=(
 )
 side_log=.cache/side-tests.log
 mkdir -p .cache
-say "tests: ${side[*]} (beside the others; report in $side_log)"
-.venv/bin/pytest -p no:cacheprovider --basetemp=.cache/pytest-side --durations=10 "${side[@]}" \
-    >"$side_log" 2>&1 &
+say "lint and types, then tests: ${side[*]} (beside the others; report in $side_log)"
+{
+    lint && .venv/bin/pytest -p no:cacheprovider --basetemp=.cache/pytest-side --durations=10 \
+        "${side[@]}"
+} >"$side_log" 2>&1 &
 side_pid=$!
-say "tests: every other tier"
+say "tests: every other tier, in $WORKERS processes"
 main_rc=0
-.venv/bin/pytest --durations=30 --ignore=tests/cluster "${side[@]/#/--ignore=}" || main_rc=$?
+.venv/bin/pytest -n "$WORKERS" --durations=30 --ignore=tests/cluster "${side[@]/#/--ignore=}" ||
+    main_rc=$?
 side_rc=0
 wait "$side_pid" || side_rc=$?
-say "tests: ${side[*]} (ran beside the others)"
+say "lint and types, then tests: ${side[*]} (ran beside the others)"
 cat "$side_log"
 if ((main_rc != 0 || side_rc != 0)); then
-    echo "tests failed: other tiers exit $main_rc, deploy/apply/simulator exit $side_rc" >&2
+    echo "tests failed: other tiers exit $main_rc, lint/deploy/apply/simulator exit $side_rc" >&2
     exit 1
 fi
 [[ $clusters == 1 ]] || exit 0

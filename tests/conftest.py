@@ -17,6 +17,7 @@ import gc
 import json
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import pytest
 
 from fleet.transport._amqp_management import management_api
 from fleet.transport.memory import MemoryBroker
+from tests.sharing import file_lock, holding, in_parallel, lock_mode
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -56,6 +58,19 @@ BROKERS: dict[str, BrokerKind] = {
         restart_env="FLEET_TEST_KAFKA_RESTART",
     ),
 }
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Under xdist, hold the shared servers as the test needs them (see
+    tests/sharing.py) before its setup and time limit start."""
+    mode = lock_mode(item) if in_parallel() else None
+    if mode is None:
+        yield
+        return
+    run = getattr(item.config, "workerinput", {}).get("testrunuid", "serial")
+    with holding(Path(tempfile.gettempdir()) / f"fleet-tests-{run}", mode):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -155,7 +170,8 @@ def built_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from worker.zoo import build_all
 
     root = ROOT / ".cache" / "test-models"
-    build_all(root)
+    with file_lock(ROOT / ".cache" / "test-models.lock"):  # xdist workers build once
+        build_all(root)
     return root
 
 

@@ -22,7 +22,7 @@ from tests.chaos.conftest import (
 from tests.chaos.ledger import Ledger
 from tests.helpers import running_worker
 
-pytestmark = [pytest.mark.chaos, pytest.mark.rabbitmq]
+pytestmark = [pytest.mark.chaos, pytest.mark.rabbitmq, pytest.mark.exclusive]
 
 TIMEOUTS = ("DeadlineExceeded", "Unavailable")
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT, broker_url_for
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.exclusive]
 
 
 @pytest.mark.parametrize(

@@ -329,6 +329,7 @@ async def test_broker_cancel_restarts_the_consumer(
     await delivery.ack()
 
 
+@pytest.mark.exclusive
 async def test_broker_restart(
     open_amqp: OpenAmqp,
     amqp_url: str,

@@ -288,6 +288,7 @@ async def test_inbox_is_positioned_at_its_end_before_it_is_returned(
     await eventually(lambda: replies[-1:] == [b"third"], timeout=10)
 
 
+@pytest.mark.exclusive
 async def test_shared_inboxes_leave_nothing_behind_and_read_only_their_own(
     kafka: Connect, kafka_url: str
 ) -> None:
@@ -449,6 +450,7 @@ async def _retrying(publish: Callable[[], Awaitable[None]], timeout: float = 60.
             await asyncio.sleep(0.5)
 
 
+@pytest.mark.exclusive
 async def test_reconnect_listener_fires_after_a_broker_restart(
     kafka: Connect, unique_model: str
 ) -> None:
