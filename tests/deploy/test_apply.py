@@ -22,9 +22,11 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
@@ -141,6 +143,23 @@ def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="module")
 def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    """The external-broker variant, applied (destroyed at the end if the test
+    did not)."""
+    with _applying("external", tmp_path_factory) as applied:
+        yield applied
+
+
+@pytest.fixture(scope="module")
+def applied_mq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    """The Amazon MQ for RabbitMQ variant, applied."""
+    with _applying("rabbitmq", tmp_path_factory) as applied:
+        yield applied
+
+
+@contextmanager
+def _applying(variant: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    """Apply deploy/terraform with tests/variants/VARIANT.tfvars under a name
+    unique to the run; destroy it at the end."""
     aws_url = os.environ.get(_URL_ENV)
     if not aws_url:
         missing(f"{_URL_ENV} is not set; run scripts/moto.sh start (or scripts/test.sh)")
@@ -153,7 +172,7 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
     workdir = tmp_path_factory.mktemp("terraform") / "terraform"
     shutil.copytree(TF, workdir, ignore=shutil.ignore_patterns(".terraform", "tests"))
     (workdir / "fleet_test_override.tf").write_text(_override(aws_url), encoding="utf-8")
-    shutil.copy(TF / "tests" / "variants" / "external.tfvars", workdir / "test.tfvars")
+    shutil.copy(TF / "tests" / "variants" / f"{variant}.tfvars", workdir / "test.tfvars")
 
     ami_parameter = f"/{name}/test/worker-ami"
     image = _client("ec2").describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
@@ -361,3 +380,77 @@ async def test_apply_scale_and_destroy(applied: Applied) -> None:
     destroy_s = time.monotonic() - started
     _nothing_left(applied)
     print(f"terraform apply {applied.apply_s:.0f} s, destroy {destroy_s:.0f} s")
+
+
+def test_the_amazon_mq_variant_applies_wired_and_destroys(applied_mq: Applied) -> None:
+    """Amazon MQ for RabbitMQ: a private broker reached over AMQPS, its
+    management API over HTTPS on the console URL, the fleet's application user
+    named in the URL with its password only in a file parameter, the
+    administrator's secret read by no instance; destroy removes it all."""
+    a, out = applied_mq, applied_mq.outputs
+    mq = a.client("mq")
+    (summary,) = [
+        b for b in mq.list_brokers()["BrokerSummaries"] if b["BrokerName"] == f"{a.name}-rabbitmq"
+    ]
+    broker = mq.describe_broker(BrokerId=summary["BrokerId"])
+    assert broker["EngineType"].lower() == "rabbitmq"
+    assert broker["PubliclyAccessible"] is False
+    assert broker["SecurityGroups"] == [out["broker_security_group_id"]]
+    assert set(broker["SubnetIds"]) <= set(out["private_subnet_ids"])
+    assert {u["Username"] for u in broker["Users"]} == {out["broker_admin_username"]}
+    assert out["broker_admin_username"] != out["broker_username"]
+
+    url = out["broker_client_url"]
+    parts = urlsplit(url)
+    endpoint = urlsplit(broker["BrokerInstances"][0]["Endpoints"][0])
+    assert (parts.scheme, parts.username, parts.password) == ("amqps", out["broker_username"], None)
+    assert (parts.hostname, parts.port) == (endpoint.hostname, 5671)
+    assert parse_qs(parts.query)["management_url"] == [out["broker_management_url"]]
+    assert out["broker_management_url"].startswith("https://")
+
+    ssm, secrets = a.client("ssm"), a.client("secretsmanager")
+    password = secrets.get_secret_value(SecretId=out["broker_password_secret_arn"])["SecretString"]
+    admin = secrets.get_secret_value(SecretId=out["broker_admin_secret_arn"])["SecretString"]
+    assert len(password) >= 24 and password != admin
+    for role in ("worker", "autoscaler"):
+        assert _parameters(ssm, f"/{a.name}/{role}/files") == {
+            "FLEET_BROKER_PASSWORD_FILE": password
+        }
+    env = _parameters(ssm, out["worker_parameter_path"])
+    assert env["FLEET_BROKER_URL"] == url and password not in json.dumps(env)
+    config = ssm.get_parameter(Name=out["autoscaler_config_parameter"], WithDecryption=True)
+    assert f"broker = {json.dumps(url)}" in config["Parameter"]["Value"]
+    _check_broker_ports(a)
+    _check_no_role_reads(a, out["broker_admin_secret_arn"])
+
+    a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
+    assert a.run("state", "list").stdout.strip() == ""
+    names = {b["BrokerName"] for b in mq.list_brokers()["BrokerSummaries"]}
+    assert f"{a.name}-rabbitmq" not in names
+
+
+def _check_broker_ports(a: Applied) -> None:
+    """The broker admits AMQPS (5671) and HTTPS (443) from the workers, the
+    autoscaler and the producers' CIDR blocks (rabbitmq.tfvars), nothing else."""
+    out = a.outputs
+    (group,) = a.client("ec2").describe_security_groups(GroupIds=[out["broker_security_group_id"]])[
+        "SecurityGroups"
+    ]
+    sources: dict[int, set[str]] = {}
+    for rule in group["IpPermissions"]:
+        assert rule["FromPort"] == rule["ToPort"], rule
+        found = sources.setdefault(rule["FromPort"], set())
+        found |= {r["CidrIp"] for r in rule.get("IpRanges", [])}
+        found |= {p["GroupId"] for p in rule.get("UserIdGroupPairs", [])}
+    clients = {out["worker_security_group_id"], out["autoscaler_security_group_id"], "10.99.0.0/16"}
+    assert sources == {5671: clients, 443: clients}
+
+
+def _check_no_role_reads(a: Applied, secret_arn: str) -> None:
+    """No instance role's policy names ``secret_arn``."""
+    iam = a.client("iam")
+    for role in ("worker", "autoscaler"):
+        role_name = a.outputs[f"{role}_role_arn"].rsplit("/", 1)[-1]
+        for policy in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+            document = iam.get_role_policy(RoleName=role_name, PolicyName=policy)
+            assert secret_arn not in json.dumps(document["PolicyDocument"]), (role, policy)
