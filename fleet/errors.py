@@ -115,6 +115,12 @@ class AuthenticationFailed(ConfigError):
     same settings cannot succeed, so it is raised at connect, not retried."""
 
 
+class NotAuthorized(ConfigError):
+    """The broker knows the user but its ACLs (or IAM policy) do not grant what
+    was asked: a topic, a group or a cluster right. Retrying cannot succeed
+    until an operator grants it, so it is raised, not retried."""
+
+
 class JobNotFound(FleetError):
     """The result store holds no record of the job: its TTL passed, or it was
     never submitted (to this store)."""
@@ -162,6 +168,7 @@ __all__ = [
     "JobNotFound",
     "LimitExceeded",
     "ModelNotFound",
+    "NotAuthorized",
     "Overloaded",
     "Unavailable",
     "UnsupportedVersion",

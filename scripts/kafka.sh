@@ -49,6 +49,7 @@ SASL_SSL_PORT="${FLEET_KAFKA_SASL_SSL_PORT:-9097}"
 SASL_PORT="${FLEET_KAFKA_SASL_PORT:-9098}"
 TLS_DIR="$CACHE/tls"
 SASL_USER=fleet
+ACL_USERS="fleet_worker fleet_client fleet_autoscaler fleet_nobody" # PLAIN users with ACLs only
 SASL_PASSWORD_FILE="$CACHE/sasl-password"
 SCRAM_MARK="$DATA/fleet-scram-users"
 HEAP="${FLEET_KAFKA_HEAP:-512m}"
@@ -101,7 +102,13 @@ write_config() {
     bash "$ROOT/scripts/tls.sh" "$TLS_DIR" >/dev/null
     local password jaas_plain scram
     password="$(sasl_password)"
-    jaas_plain="org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER=\"$password\";"
+    # PLAIN users: the tls tier's, and one per fleet role for the ACL test
+    # (tests/tls/test_kafka_acls.py), which grants them what docs/security.md lists.
+    jaas_plain="org.apache.kafka.common.security.plain.PlainLoginModule required user_$SASL_USER=\"$password\""
+    for role in $ACL_USERS; do
+        jaas_plain+=" user_$role=\"$password\""
+    done
+    jaas_plain+=";"
     scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
     (umask 077 && : >"$CONFIG") # it holds the PLAIN password
     cat >"$CONFIG" <<EOF
@@ -121,6 +128,10 @@ ssl.truststore.location=$TLS_DIR/ca.pem
 ssl.client.auth=none
 listener.name.ssl.ssl.client.auth=required
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+# ACLs are enforced; the plaintext listeners' ANONYMOUS, the SASL user and the
+# mutual-TLS client (CN=fleet) may do anything, the role users what ACLs grant.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS;User:$SASL_USER;User:CN=fleet
 listener.name.sasl_ssl.plain.sasl.jaas.config=$jaas_plain
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram

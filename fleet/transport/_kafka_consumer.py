@@ -60,6 +60,7 @@ from fleet.transport._kafka_common import (
     header_attempt,
     parse_attempts,
 )
+from fleet.transport._kafka_security import AUTHORIZATION_ERRORS
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 
@@ -258,6 +259,10 @@ class GroupConsumer(Consumer):
         self._dirty = asyncio.Event()
         self._commit_lock = asyncio.Lock()
         self._assigned_once = asyncio.Event()
+        # an authorization error before the first assignment: the group is
+        # refused to us, and start() raises it rather than waiting on
+        self._refused: KafkaError | None = None
+        self._refusal = asyncio.Event()
         # clear from a revoke until the assignment listener is done: aiokafka
         # may fetch for new partitions while the listener still runs
         self._assignment_ready = asyncio.Event()
@@ -295,8 +300,15 @@ class GroupConsumer(Consumer):
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(self._run(), name=f"kafka-consume-{self.topic}")
         self._committer = loop.create_task(self._commit_loop(), name=f"kafka-commit-{self.topic}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._assigned_once.wait(), join_timeout)
+        waits = [loop.create_task(e.wait()) for e in (self._assigned_once, self._refusal)]
+        try:
+            await asyncio.wait(waits, timeout=join_timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        if self._refused is not None:
+            raise self._refused
 
     def idle_reason(self) -> str | None:
         return self._idle_reason
@@ -477,6 +489,18 @@ class GroupConsumer(Consumer):
                 raise
             except ConsumerStoppedError:
                 return
+            except AUTHORIZATION_ERRORS as exc:
+                if not self._assigned_once.is_set():  # refused from the start: start() raises
+                    self._refused = exc
+                    self._refusal.set()
+                    return
+                # granted before, revoked now: an operator may grant it again
+                log.error(
+                    "fetch refused by the broker's ACLs; retrying",
+                    topic=self.topic,
+                    error=repr(exc),
+                )
+                await asyncio.sleep(self.transport.options.reconnect_interval)
             except KafkaError as exc:
                 log.warning("fetch failed; retrying", topic=self.topic, error=repr(exc))
                 await asyncio.sleep(self.transport.options.reconnect_interval)

@@ -46,14 +46,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.conn import AIOKafkaConnection
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
     SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
     UnsupportedSaslMechanismError,
 )
 from aiokafka.protocol.metadata import MetadataRequest
 
-from fleet.errors import AuthenticationFailed, ConfigError
+from fleet.errors import AuthenticationFailed, ConfigError, NotAuthorized
 from fleet.redact import redact_url
 from fleet.settings import BROKER, password_from_env
 
@@ -272,6 +275,33 @@ async def _closed(conn: Any) -> None:
             await asyncio.wait_for(asyncio.shield(closing), _CLOSE_WAIT_S)
 
 
+AUTHORIZATION_ERRORS = (
+    TopicAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+def not_authorized(exc: BaseException, security: KafkaSecurity, doing: str) -> NotAuthorized | None:
+    """The :class:`NotAuthorized` that ``exc`` (or an exception it came from)
+    means, if the broker refused a right the user lacks."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, AUTHORIZATION_ERRORS):
+        seen = seen.__cause__ or seen.__context__
+    if seen is None:
+        return None
+    who = f"user {security.username!r}" if security.username else "this client"
+    what = {
+        TopicAuthorizationFailedError: "a topic right",
+        GroupAuthorizationFailedError: "a consumer group right",
+        ClusterAuthorizationFailedError: "a cluster right (IdempotentWrite for the producer)",
+    }[type(seen)]
+    return NotAuthorized(
+        f"Kafka refused {who} {what} while {doing} ({type(seen).__name__}):"
+        " grant the rights docs/security.md lists for this role"
+    )
+
+
 def _refusal(host: str, security: KafkaSecurity, exc: BaseException) -> AuthenticationFailed | None:
     """The :class:`AuthenticationFailed` that ``exc`` (or its cause) means, if any."""
     cause = exc.__cause__ if isinstance(exc, KafkaConnectionError) else exc
@@ -293,10 +323,12 @@ def _refusal(host: str, security: KafkaSecurity, exc: BaseException) -> Authenti
 
 
 __all__ = [
+    "AUTHORIZATION_ERRORS",
     "MECHANISMS",
     "PROTOCOLS",
     "URL_PARAMS",
     "KafkaSecurity",
     "MskIamTokens",
     "diagnose",
+    "not_authorized",
 ]

@@ -114,6 +114,7 @@ from fleet.errors import (
     InvalidArgument,
     LimitExceeded,
     ModelNotFound,
+    NotAuthorized,
     Overloaded,
     Unavailable,
 )
@@ -126,7 +127,13 @@ from fleet.transport._kafka_common import (
     parse_attempts,
 )
 from fleet.transport._kafka_consumer import GroupConsumer, TailConsumer
-from fleet.transport._kafka_security import PROTOCOLS, URL_PARAMS, KafkaSecurity, diagnose
+from fleet.transport._kafka_security import (
+    PROTOCOLS,
+    URL_PARAMS,
+    KafkaSecurity,
+    diagnose,
+    not_authorized,
+)
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
     DEAD_LETTER,
@@ -359,6 +366,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             await self._create_topics({REPLIES: self.options.reply_partitions}, self._inbox_config)
         except BaseException as exc:
             await self._stop_clients()
+            refused = not_authorized(exc, self.security, "connecting")
+            if refused is not None:
+                raise refused from exc
             if isinstance(exc, (*_OFFSET_ERRORS, Unavailable)):
                 await diagnose(self.bootstrap[0], self.security)
                 where = ",".join(self.bootstrap)
@@ -415,6 +425,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         try:
             return await asyncio.wait_for(aw, self.options.publish_timeout)
         except _OFFSET_ERRORS as exc:
+            refused = not_authorized(exc, self.security, what)
+            if refused is not None:
+                raise refused from exc
             self._check_soon(exc)
             raise Unavailable(f"Kafka {what} failed: {exc!r}") from exc
 
@@ -501,7 +514,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             if code == 0:
                 self._partitions_cache[name] = list(range(topics[name]))
             elif code == TopicAlreadyExistsError.errno:
-                pass  # it keeps the partitions it has; metadata will tell
+                # it keeps the partitions it has; metadata will tell, once
+                # it knows the topic (one made a moment ago by another client)
+                if name not in self._partitions_cache:
+                    await self._await_metadata(name)
             elif code == InvalidReplicationFactorError.errno:
                 raise ConfigError(
                     f"cannot create topic {name!r} with {rf} replicas on {self._brokers}"
@@ -510,10 +526,21 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             elif code not in _NOT_ALLOWED:
                 raise Unavailable(f"could not create topic {name!r}: {for_code(code).__name__}")
             elif await self._partitions(name, fresh=True) is None:
-                raise ConfigError(
+                raise NotAuthorized(
                     f"not allowed to create topic {name!r}: grant CreateTopics, or create it"
                     " beforehand (`fleet topology` prints how)"
                 )
+
+    async def _await_metadata(self, topic: str) -> None:
+        """Wait until metadata shows ``topic``, which exists: the broker that
+        answers metadata learns of a new topic a moment after the controller
+        made it."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self.options.publish_timeout
+        while await self._partitions(topic, fresh=True) is None:
+            if loop.time() > end:
+                raise Unavailable(f"topic {topic!r} exists but has no metadata yet")
+            await asyncio.sleep(0.1)
 
     async def _partitions(self, topic: str, *, fresh: bool = False) -> list[int] | None:
         """The topic's partition ids, or None if there is no such topic."""
@@ -660,6 +687,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         except MessageSizeTooLargeError as exc:
             raise LimitExceeded(f"Kafka refused a message to {topic!r} as too large") from exc
         except _OFFSET_ERRORS as exc:
+            refused = not_authorized(exc, self.security, f"sending to {topic!r}")
+            if refused is not None:
+                raise refused from exc
             self._check_soon(exc)
             if isinstance(exc, OutOfOrderSequenceNumber):
                 await self._replace_producer()
@@ -752,8 +782,11 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             )
         except BaseException as exc:
             await consumer.shutdown()
+            group = consumer.group
+            refused = not_authorized(exc, self.security, f"joining consumer group {group!r}")
+            if refused is not None:
+                raise refused from exc
             if isinstance(exc, _OFFSET_ERRORS):
-                group = consumer.group
                 raise Unavailable(f"could not join consumer group {group!r}: {exc!r}") from exc
             raise
         self._consumers.add(consumer)
@@ -853,8 +886,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._check_open()
         if await self._partitions(destination) is None:
             await self._create_topics({destination: 1}, self._topic_config)
-            if await self._partitions(destination, fresh=True) is None:
-                raise Unavailable(f"topic {destination!r} was created but has no metadata yet")
+            await self._await_metadata(destination)
 
     async def publish_notification(self, destination: str, key: str, body: bytes) -> None:
         check_size(body, self.max_message_bytes, "notification")
