@@ -13,6 +13,7 @@ tier whose broker is missing fails; elsewhere it is skipped with the reason.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -30,7 +31,7 @@ import pytest
 
 from fleet.transport._amqp_management import management_api
 from fleet.transport.memory import MemoryBroker
-from tests.sharing import file_lock, holding, in_parallel, lock_mode
+from tests.sharing import file_lock, holding, in_parallel, lock_mode, shared_resources
 
 ROOT = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -69,7 +70,11 @@ def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
         yield
         return
     run = getattr(item.config, "workerinput", {}).get("testrunuid", "serial")
-    with holding(Path(tempfile.gettempdir()) / f"fleet-tests-{run}", mode):
+    locks = Path(tempfile.gettempdir()) / f"fleet-tests-{run}"
+    with contextlib.ExitStack() as held:
+        held.enter_context(holding(locks, mode))
+        for name in shared_resources(item):
+            held.enter_context(file_lock(locks / f"{name}.lock"))
         yield
 
 

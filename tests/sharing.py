@@ -10,6 +10,13 @@ shared lock waits behind it, so a steady stream of shared tests cannot starve
 it. The lock is taken before pytest-timeout starts a test's clock, so waiting
 for it never counts against the test's time limit.
 
+Some tests share a broker-wide resource among themselves only: the
+dead-letter queue, which every test that takes dead letters drains (taking
+the others' too). ``@pytest.mark.shares("dead-letters")`` serializes those
+tests with each other, while the rest run beside them; that lock is taken
+after the servers' lock, always in this order, so no two tests wait on each
+other in a cycle.
+
 Without xdist nothing is locked: the tests run one after another anyway.
 """
 
@@ -42,6 +49,11 @@ def lock_mode(item: pytest.Item) -> int | None:
     if any(item.get_closest_marker(tier) for tier in SERVER_TIERS):
         return fcntl.LOCK_SH
     return None
+
+
+def shared_resources(item: pytest.Item) -> list[str]:
+    """The names in the test's ``shares`` marks, sorted (the order they are taken in)."""
+    return sorted({str(a) for mark in item.iter_markers("shares") for a in mark.args})
 
 
 def in_parallel() -> bool:

@@ -115,6 +115,7 @@ async def test_poison_inputs_get_typed_errors_and_neighbours_succeed(
         assert worker.state == "ready"
 
 
+@pytest.mark.shares("dead-letters")
 @pytest.mark.faults
 async def test_undecodable_messages_go_to_the_dead_letter_queue(
     broker_url: str, model_repo: Path, unique_model: str

@@ -110,6 +110,7 @@ async def die_holding(broker: str, model: str) -> None:
     await crashed.close()
 
 
+@pytest.mark.exclusive  # any worker with a result store taps the same dead letters
 async def test_a_job_past_the_delivery_limit_ends_failed_and_is_notified(
     broker_url: str, model_repo: Path, unique_model: str
 ) -> None:

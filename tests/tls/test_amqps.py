@@ -256,6 +256,7 @@ async def test_without_a_client_certificate_external_is_refused(
 
 
 # --------------------------------------------------------------------------- least privilege
+@pytest.mark.shares("dead-letters")
 async def test_the_least_privilege_user_runs_the_fleet(
     open_transport: OpenTransport, app_url: str, model_repo: Path, unique_model: str
 ) -> None:

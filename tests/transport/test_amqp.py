@@ -406,6 +406,7 @@ async def _poll(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> 
     return True
 
 
+@pytest.mark.shares("dead-letters")
 async def test_take_dead_letters_respects_the_limit(open_amqp: OpenAmqp, unique_model: str) -> None:
     worker = await open_amqp()
     await worker.take_dead_letters(10_000)  # start from an empty queue

@@ -194,6 +194,7 @@ async def test_a_paused_consumer_stays_in_its_group_and_keeps_its_partitions(
 # --------------------------------------------------------------------------- attempts
 
 
+@pytest.mark.shares("dead-letters")
 async def test_unacked_record_is_delivered_again_with_a_higher_attempt(
     kafka: Connect, unique_model: str
 ) -> None:
@@ -231,6 +232,7 @@ async def test_unacked_record_is_delivered_again_with_a_higher_attempt(
     await asyncio.wait_for(dead_lettered(), 20)
 
 
+@pytest.mark.shares("dead-letters")
 async def test_reject_moves_the_record_to_the_dead_letter_topic(
     kafka: Connect, unique_model: str
 ) -> None:

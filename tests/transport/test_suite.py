@@ -100,6 +100,7 @@ async def _refused_everywhere(
     assert not await wait_dead_letter(worker, body, timeout=1.0)
 
 
+@pytest.mark.shares("dead-letters")
 async def test_reply_to_anything_but_an_inbox_is_refused(
     open_transport: OpenTransport, unique_model: str
 ) -> None:
@@ -212,6 +213,7 @@ async def test_pause_keeps_what_was_delivered_and_resume_delivers_the_rest(
     assert await again.none_within(1.0), "everything was acked"
 
 
+@pytest.mark.shares("dead-letters")
 async def test_reject_dead_letters(open_transport: OpenTransport, unique_model: str) -> None:
     worker = await open_transport()
     await worker.declare_model(unique_model)
@@ -225,6 +227,7 @@ async def test_reject_dead_letters(open_transport: OpenTransport, unique_model: 
     assert await got.none_within(0.5)
 
 
+@pytest.mark.shares("dead-letters")
 async def test_delivery_limit_dead_letters(
     open_transport: OpenTransport, unique_model: str
 ) -> None:
@@ -247,6 +250,7 @@ async def test_delivery_limit_dead_letters(
     assert got.items == []
 
 
+@pytest.mark.shares("dead-letters")
 async def test_requeue_redelivers_with_a_higher_attempt_then_dead_letters(
     open_transport: OpenTransport, unique_model: str
 ) -> None:
@@ -426,6 +430,7 @@ async def test_notifications_reach_every_subscriber_in_order(
         assert seen.items == bodies
 
 
+@pytest.mark.shares("dead-letters")
 async def test_notifications_never_go_to_the_fleets_own_names(
     open_transport: OpenTransport, unique_model: str
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.sharing import holding, lock_mode
+from tests.sharing import holding, lock_mode, shared_resources
 
 pytestmark = pytest.mark.unit
 
@@ -130,3 +130,12 @@ def test_shared_takers_hold_the_lock_together(tmp_path: Path) -> None:
     for thread in threads:
         thread.join(10)
     assert sorted(order) == ["a", "b"]
+
+
+def test_shared_resources_are_taken_in_one_order() -> None:
+    class Marked:
+        def iter_markers(self, name: str) -> list[pytest.Mark]:
+            assert name == "shares"
+            return [pytest.mark.shares("b", "a").mark, pytest.mark.shares("a").mark]
+
+    assert shared_resources(Marked()) == ["a", "b"]  # type: ignore[arg-type]
