@@ -22,8 +22,9 @@ Each consumer has a channel of its own; a delivery remembers that channel and
 settling it once the channel is gone is a no-op (the broker redelivers).
 
 Errors: a publish the broker returns (no such queue) is :class:`ModelNotFound`,
-one it nacks (full queue) :class:`Overloaded`, a timeout or a lost connection
-:class:`Unavailable`, a declaration that clashes with an existing queue
+one it nacks with the queue full :class:`Overloaded`, one it nacks with room in
+the queue (a quorum queue whose leader is changing), a timeout or a lost
+connection :class:`Unavailable`, a declaration that clashes with an existing queue
 :class:`ConfigError`, and so is a name the user's permissions do not cover.
 At connect, a login the broker refuses (``ACCESS_REFUSED``), a broker
 certificate we do not trust and a client certificate the broker refuses are
@@ -650,10 +651,32 @@ class AmqpTransport(Transport, DeadLetterTap):
             await self._publish(name, body, persistent=True)
         except PublishError as exc:  # returned: no queue of that name
             raise ModelNotFound(f"no worker has declared queue {name!r}") from exc
-        except DeliveryError as exc:  # nacked: reject-publish on a full queue
-            raise Overloaded(f"queue {name!r} is full") from exc
+        except DeliveryError as exc:
+            raise await self._nacked(name) from exc
         except CONNECTION_EXCEPTIONS as exc:
             raise Unavailable(f"publish to {name!r} failed: {exc!r}") from exc
+
+    async def _nacked(self, name: str) -> FleetError:
+        """Why the broker nacked a publish to work queue ``name``.
+
+        A full queue nacks (``reject-publish``): :class:`Overloaded`. A quorum
+        queue also nacks a publish it could not commit while its leader
+        changes; then the queue still has room, and the outage is
+        :class:`Unavailable` (retriable: the client tries again)."""
+        try:
+            async with self._scratch(f"depth of {name!r}") as channel:
+                queue = await channel.declare_queue(
+                    name, passive=True, timeout=self.options.publish_timeout
+                )
+        except FleetError as exc:
+            return Unavailable(f"publish to {name!r} nacked; its queue did not answer: {exc}")
+        ready = queue.declaration_result.message_count or 0
+        if ready >= self.options.max_queue_length:
+            return Overloaded(f"queue {name!r} is full")
+        return Unavailable(
+            f"publish to {name!r} nacked with room in the queue ({ready} ready); "
+            "its leader is likely changing"
+        )
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
         check_reply_address(reply_to)

@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import ChannelPreconditionFailed
+from pamqp.commands import Basic
 
 from fleet.contract import Priority
 from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
@@ -190,6 +191,31 @@ async def test_full_queue_is_overloaded_at_once(open_amqp: OpenAmqp, unique_mode
     assert time.monotonic() - started < 2.0  # a nack, not a timeout
     assert isinstance(info.value.__cause__, aio_pika.exceptions.DeliveryError)
     assert (await transport.depth(unique_model)).ready == 3
+
+
+async def test_nack_with_room_is_unavailable_not_overloaded(
+    open_amqp: OpenAmqp, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A quorum queue also nacks a publish it cannot commit (its leader is
+    changing): with room in the queue that is a retriable outage, not a full
+    queue, so the client tries again instead of failing the request."""
+    transport = await open_amqp(max_queue_length=3)
+    await transport.declare_model(unique_model)
+    await transport.publish_request(unique_model, ONLINE, b"1")
+
+    async def nacked(*_: object, **__: object) -> None:
+        raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
+
+    monkeypatch.setattr(transport, "_publish", nacked)
+    with pytest.raises(Unavailable, match="room") as info:
+        await transport.publish_request(unique_model, ONLINE, b"2")
+    assert info.value.retriable
+    assert isinstance(info.value.__cause__, aio_pika.exceptions.DeliveryError)
+    monkeypatch.undo()
+    await transport.publish_request(unique_model, ONLINE, b"2")
+    await transport.publish_request(unique_model, ONLINE, b"3")
+    with pytest.raises(Overloaded):  # a real full queue stays Overloaded
+        await transport.publish_request(unique_model, ONLINE, b"4")
 
 
 async def test_unknown_model_is_not_found(open_amqp: OpenAmqp, unique_model: str) -> None:
