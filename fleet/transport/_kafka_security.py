@@ -282,24 +282,24 @@ AUTHORIZATION_ERRORS = (
 )
 
 
-def not_authorized(exc: BaseException, security: KafkaSecurity, doing: str) -> NotAuthorized | None:
-    """The :class:`NotAuthorized` that ``exc`` (or an exception it came from)
-    means, if the broker refused a right the user lacks."""
+def raise_if_not_authorized(exc: BaseException, security: KafkaSecurity, doing: str) -> None:
+    """Raise the :class:`NotAuthorized` that ``exc`` (or an exception it came
+    from) means, if the broker refused a right the user lacks; else return."""
     seen: BaseException | None = exc
     while seen is not None and not isinstance(seen, AUTHORIZATION_ERRORS):
         seen = seen.__cause__ or seen.__context__
     if seen is None:
-        return None
+        return
     who = f"user {security.username!r}" if security.username else "this client"
     what = {
         TopicAuthorizationFailedError: "a topic right",
         GroupAuthorizationFailedError: "a consumer group right",
         ClusterAuthorizationFailedError: "a cluster right (IdempotentWrite for the producer)",
     }[type(seen)]
-    return NotAuthorized(
+    raise NotAuthorized(
         f"Kafka refused {who} {what} while {doing} ({type(seen).__name__}):"
         " grant the rights docs/security.md lists for this role"
-    )
+    ) from exc
 
 
 def _refusal(host: str, security: KafkaSecurity, exc: BaseException) -> AuthenticationFailed | None:
@@ -330,5 +330,5 @@ __all__ = [
     "KafkaSecurity",
     "MskIamTokens",
     "diagnose",
-    "not_authorized",
+    "raise_if_not_authorized",
 ]

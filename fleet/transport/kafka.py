@@ -132,7 +132,7 @@ from fleet.transport._kafka_security import (
     URL_PARAMS,
     KafkaSecurity,
     diagnose,
-    not_authorized,
+    raise_if_not_authorized,
 )
 from fleet.transport._kafka_start import start_client, stop_client
 from fleet.transport.base import (
@@ -366,9 +366,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             await self._create_topics({REPLIES: self.options.reply_partitions}, self._inbox_config)
         except BaseException as exc:
             await self._stop_clients()
-            refused = not_authorized(exc, self.security, "connecting")
-            if refused is not None:
-                raise refused from exc
+            raise_if_not_authorized(exc, self.security, "connecting")
             if isinstance(exc, (*_OFFSET_ERRORS, Unavailable)):
                 await diagnose(self.bootstrap[0], self.security)
                 where = ",".join(self.bootstrap)
@@ -425,9 +423,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         try:
             return await asyncio.wait_for(aw, self.options.publish_timeout)
         except _OFFSET_ERRORS as exc:
-            refused = not_authorized(exc, self.security, what)
-            if refused is not None:
-                raise refused from exc
+            raise_if_not_authorized(exc, self.security, what)
             self._check_soon(exc)
             raise Unavailable(f"Kafka {what} failed: {exc!r}") from exc
 
@@ -687,9 +683,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         except MessageSizeTooLargeError as exc:
             raise LimitExceeded(f"Kafka refused a message to {topic!r} as too large") from exc
         except _OFFSET_ERRORS as exc:
-            refused = not_authorized(exc, self.security, f"sending to {topic!r}")
-            if refused is not None:
-                raise refused from exc
+            raise_if_not_authorized(exc, self.security, f"sending to {topic!r}")
             self._check_soon(exc)
             if isinstance(exc, OutOfOrderSequenceNumber):
                 await self._replace_producer()
@@ -783,9 +777,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         except BaseException as exc:
             await consumer.shutdown()
             group = consumer.group
-            refused = not_authorized(exc, self.security, f"joining consumer group {group!r}")
-            if refused is not None:
-                raise refused from exc
+            raise_if_not_authorized(exc, self.security, f"joining consumer group {group!r}")
             if isinstance(exc, _OFFSET_ERRORS):
                 raise Unavailable(f"could not join consumer group {group!r}: {exc!r}") from exc
             raise
