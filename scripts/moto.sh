@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # moto's AWS emulator for the `aws` test tier, on loopback only.
 #
-#   scripts/moto.sh start    start moto_server in the background (if not already
-#                            answering); prints its endpoint URL as the last line
+#   scripts/moto.sh start    start moto's server (scripts/moto_server.py) in the
+#                            background (if not already answering); prints its
+#                            endpoint URL as the last line
 #   scripts/moto.sh stop     stop the server this script started (no other)
 #   scripts/moto.sh status   say whether it answers (exit 0) or not (exit 1)
 #
@@ -23,14 +24,17 @@ die() {
     exit 1
 }
 
-moto_bin() {
-    if [[ -x "$ROOT/.venv/bin/moto_server" ]]; then
-        echo "$ROOT/.venv/bin/moto_server"
-    elif command -v moto_server >/dev/null; then
-        command -v moto_server
-    else
-        die "moto_server not found: pip install 'moto[server]' (in .venv)"
-    fi
+# The Python that runs scripts/moto_server.py: moto's server with the MSK calls
+# moto lacks filled in (see that file).
+moto_python() {
+    local py
+    for py in "$ROOT/.venv/bin/python" python3; do
+        if command -v "$py" >/dev/null && "$py" -c 'import moto.server, flask' 2>/dev/null; then
+            echo "$py"
+            return
+        fi
+    done
+    die "moto's server is not installed: pip install 'moto[server]' (in .venv)"
 }
 
 answers() {
@@ -65,10 +69,10 @@ start() {
     if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
         die "127.0.0.1:$PORT is taken by another process; stop it or set FLEET_MOTO_PORT"
     fi
-    local bin
-    bin="$(moto_bin)"
-    log "starting $bin on 127.0.0.1:$PORT (log in $BASE/moto.log)"
-    nohup "$bin" -H 127.0.0.1 -p "$PORT" >"$BASE/moto.log" 2>&1 </dev/null &
+    local py
+    py="$(moto_python)"
+    log "starting moto's server ($py) on 127.0.0.1:$PORT (log in $BASE/moto.log)"
+    nohup "$py" "$ROOT/scripts/moto_server.py" -H 127.0.0.1 -p "$PORT" >"$BASE/moto.log" 2>&1 </dev/null &
     echo "$!" >"$PIDFILE"
     local deadline=$((SECONDS + WAIT_S))
     until answers; do

@@ -61,6 +61,7 @@ AMQP_PORT = 5672
 MANAGEMENT_PORT = 15672
 KAFKA_PORT = 9093  # KafkaContainer's client listener
 MOTO_PORT = 5000  # motoserver/moto listens here
+MOTO_SERVER = Path(__file__).resolve().parents[1] / "scripts" / "moto_server.py"
 REDIS_PORT = 6379
 
 
@@ -345,6 +346,10 @@ def _start_moto(image: str) -> Running:
 
     container = docker_container()(image)
     container.with_bind_ports(MOTO_PORT, free_port())
+    # moto's server with the MSK calls moto lacks, as scripts/moto.sh runs it
+    container.with_volume_mapping(str(MOTO_SERVER), "/fleet/moto_server.py", mode="ro")
+    container.with_kwargs(entrypoint=["python3", "/fleet/moto_server.py"])
+    container.with_command(f"-H 0.0.0.0 -p {MOTO_PORT}")
     container.waiting_for(
         HttpWaitStrategy(MOTO_PORT, "/moto-api/")
         .for_status_code(200)

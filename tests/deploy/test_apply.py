@@ -103,6 +103,30 @@ class Applied:
     def client(self, service: str) -> Any:
         return _client(service)
 
+    def value(self, expression: str) -> Any:
+        """``expression`` evaluated by ``terraform console`` on the applied state."""
+        proc = self.run("console", *self.variables, stdin=f"jsonencode({expression})\n")
+        return json.loads(json.loads(proc.stdout.strip()))
+
+
+class Outputs(dict[str, Any]):
+    """``terraform output``; an output a targeted apply left out (it writes
+    only the outputs that name a target) is evaluated from its expression
+    in outputs.tf by ``terraform console`` when asked for."""
+
+    def __init__(self, found: dict[str, Any], applied: Applied) -> None:
+        super().__init__(found)
+        self._applied = applied
+
+    def __missing__(self, name: str) -> Any:
+        from tests.deploy.test_terraform import config
+
+        expression = config()["output"][name]["value"]
+        if expression.startswith("${") and expression.endswith("}"):
+            expression = expression[2:-1]
+        self[name] = value = self._applied.value(expression)
+        return value
+
 
 _URL_ENV = "FLEET_TEST_AWS_URL"
 
@@ -149,16 +173,83 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
         yield applied
 
 
+# What the broker variants' tests look at: the broker, its security group
+# rules, the instances' parameters and the roles' policies. Applied with
+# -target, Terraform makes these and what they depend on (network, key,
+# secrets, buckets), not the groups, load balancer and launch templates the
+# external variant's test already applies in full.
+BROKER_TARGETS = tuple(
+    f"-target={t}"
+    for t in (
+        "aws_ssm_parameter.worker_env",
+        "aws_ssm_parameter.worker_broker_url",
+        "aws_ssm_parameter.worker_broker_password",
+        "aws_ssm_parameter.autoscaler_env",
+        "aws_ssm_parameter.autoscaler_broker_password",
+        "aws_ssm_parameter.autoscaler_config",
+        "aws_iam_role_policy.worker",
+        "aws_iam_role_policy.autoscaler",
+        "aws_iam_role_policy.worker_kafka",
+        "aws_iam_role_policy.autoscaler_kafka",
+        "aws_vpc_security_group_ingress_rule.broker_from_clients",
+        "aws_vpc_security_group_ingress_rule.broker_from_producers",
+        "aws_msk_scram_secret_association.this",
+        "data.aws_iam_policy_document.producer_kafka",
+    )
+)
+
+
 @pytest.fixture(scope="module")
 def applied_mq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
     """The Amazon MQ for RabbitMQ variant, applied."""
-    with _applying("rabbitmq", tmp_path_factory) as applied:
+    with _applying("rabbitmq", tmp_path_factory, targets=BROKER_TARGETS) as applied:
+        yield applied
+
+
+def _serves_msk() -> None:
+    """Fail (or skip, outside CI) at once where the AWS server is plain moto,
+    on which an MSK apply never finishes."""
+    if not os.environ.get(_URL_ENV):
+        return  # _applying says so
+    kafka = _client("kafka")
+    probe = f"arn:aws:kafka:{REGION}:123456789012:cluster/probe/{uuid.uuid4()}"
+    try:
+        kafka.get_bootstrap_brokers(ClusterArn=probe)
+    except kafka.exceptions.NotFoundException:
+        return
+    except Exception as exc:  # plain moto: not implemented
+        missing(
+            f"the AWS server at {_URL_ENV} does not serve MSK's GetBootstrapBrokers ({exc});"
+            " start it with scripts/moto.sh (scripts/moto_server.py)"
+        )
+
+
+@pytest.fixture(scope="module")
+def applied_msk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    """The Amazon MSK variant (TLS and IAM access control), applied."""
+    _serves_msk()
+    with _applying("kafka", tmp_path_factory, targets=BROKER_TARGETS) as applied:
+        yield applied
+
+
+@pytest.fixture(scope="module")
+def applied_msk_scram(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
+    """The Amazon MSK variant with SASL/SCRAM, applied."""
+    _serves_msk()
+    scram = "-var=msk_auth=scram"
+    with _applying("kafka", tmp_path_factory, scram, targets=BROKER_TARGETS) as applied:
         yield applied
 
 
 @contextmanager
-def _applying(variant: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
-    """Apply deploy/terraform with tests/variants/VARIANT.tfvars under a name
+def _applying(
+    variant: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    *extra: str,
+    targets: tuple[str, ...] = (),
+) -> Iterator[Applied]:
+    """Apply deploy/terraform with tests/variants/VARIANT.tfvars (and the
+    ``extra`` -var arguments; only ``targets`` where given) under a name
     unique to the run; destroy it at the end."""
     aws_url = os.environ.get(_URL_ENV)
     if not aws_url:
@@ -179,10 +270,13 @@ def _applying(variant: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     ssm = _client("ssm")
     ssm.put_parameter(Name=ami_parameter, Value=image, Type="String")
 
-    def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [terraform, f"-chdir={workdir}", *args, "-no-color"],
             env=_env(),
+            input=stdin,
             capture_output=True,
             text=True,
             check=False,
@@ -198,14 +292,17 @@ def _applying(variant: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         f"-var=region={REGION}",
         f"-var=worker_ami_ssm_parameter={ami_parameter}",
         f"-var=autoscaler_ami_ssm_parameter={ami_parameter}",
+        *extra,
     ]
     run("init", "-backend=false", "-lockfile=readonly", f"-plugin-dir={plugin_dir}")
     started = time.monotonic()
     try:
-        run("apply", "-auto-approve", *variables)
+        run("apply", "-auto-approve", *variables, *targets)
         apply_s = time.monotonic() - started
         outputs = {k: v["value"] for k, v in json.loads(run("output", "-json").stdout).items()}
-        yield Applied(name, outputs, apply_s, workdir, variables, run)
+        applied = Applied(name, outputs, apply_s, workdir, variables, run)
+        applied.outputs = Outputs(outputs, applied)
+        yield applied
     finally:
         run("destroy", "-auto-approve", "-refresh=false", *variables, check=False)
         ssm.delete_parameter(Name=ami_parameter)
@@ -420,7 +517,7 @@ def test_the_amazon_mq_variant_applies_wired_and_destroys(applied_mq: Applied) -
     assert env["FLEET_BROKER_URL"] == url and password not in json.dumps(env)
     config = ssm.get_parameter(Name=out["autoscaler_config_parameter"], WithDecryption=True)
     assert f"broker = {json.dumps(url)}" in config["Parameter"]["Value"]
-    _check_broker_ports(a)
+    _check_broker_ports(a, (5671, 443))
     _check_no_role_reads(a, out["broker_admin_secret_arn"])
 
     a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
@@ -429,9 +526,10 @@ def test_the_amazon_mq_variant_applies_wired_and_destroys(applied_mq: Applied) -
     assert f"{a.name}-rabbitmq" not in names
 
 
-def _check_broker_ports(a: Applied) -> None:
-    """The broker admits AMQPS (5671) and HTTPS (443) from the workers, the
-    autoscaler and the producers' CIDR blocks (rabbitmq.tfvars), nothing else."""
+def _check_broker_ports(a: Applied, ports: tuple[int, ...]) -> None:
+    """The broker admits ``ports`` (Amazon MQ: AMQPS and HTTPS) from the
+    workers, the autoscaler and the producers' CIDR blocks (the variants'
+    broker_client_cidrs), nothing else."""
     out = a.outputs
     (group,) = a.client("ec2").describe_security_groups(GroupIds=[out["broker_security_group_id"]])[
         "SecurityGroups"
@@ -443,7 +541,7 @@ def _check_broker_ports(a: Applied) -> None:
         found |= {r["CidrIp"] for r in rule.get("IpRanges", [])}
         found |= {p["GroupId"] for p in rule.get("UserIdGroupPairs", [])}
     clients = {out["worker_security_group_id"], out["autoscaler_security_group_id"], "10.99.0.0/16"}
-    assert sources == {5671: clients, 443: clients}
+    assert sources == dict.fromkeys(ports, clients)
 
 
 def _check_no_role_reads(a: Applied, secret_arn: str) -> None:
@@ -454,3 +552,158 @@ def _check_no_role_reads(a: Applied, secret_arn: str) -> None:
         for policy in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
             document = iam.get_role_policy(RoleName=role_name, PolicyName=policy)
             assert secret_arn not in json.dumps(document["PolicyDocument"]), (role, policy)
+
+
+# ---------------------------------------------------------------------- Amazon MSK
+def _msk_cluster(a: Applied) -> dict[str, Any]:
+    kafka = a.client("kafka")
+    (summary,) = [
+        c
+        for c in kafka.list_clusters(ClusterNameFilter=f"{a.name}-kafka")["ClusterInfoList"]
+        if c["ClusterName"] == f"{a.name}-kafka"
+    ]
+    info: dict[str, Any] = kafka.describe_cluster(ClusterArn=summary["ClusterArn"])["ClusterInfo"]
+    return info
+
+
+def _msk_transport(a: Applied, cluster: dict[str, Any], files: dict[str, str], tmp: Path) -> Any:
+    """The Kafka transport the workers build from what apply gave them (their
+    environment, their files), not connected: the brokers are not real."""
+    from fleet.transport import connect
+
+    env = _parameters(a.client("ssm"), a.outputs["worker_parameter_path"])
+    url = env["FLEET_BROKER_URL"]
+    assert url == a.outputs["broker_client_url"]
+    for name, value in files.items():
+        (tmp / name).write_text(value, encoding="utf-8")
+        os.environ[name] = str(tmp / name)
+    try:
+        transport = connect(url)
+    finally:
+        for name in files:
+            del os.environ[name]
+    brokers = a.client("kafka").get_bootstrap_brokers(ClusterArn=cluster["ClusterArn"])
+    return transport, brokers
+
+
+def _check_msk_cluster(a: Applied, cluster: dict[str, Any], port: int) -> None:
+    """Private, encrypted at rest with the fleet key and in transit, logs to
+    its group, reachable on ``port`` from the fleet's roles and the producers'
+    CIDR blocks only."""
+    out = a.outputs
+    assert cluster["State"] == "ACTIVE"
+    nodes = cluster["BrokerNodeGroupInfo"]
+    assert nodes["SecurityGroups"] == [out["broker_security_group_id"]]
+    assert set(nodes["ClientSubnets"]) == set(out["private_subnet_ids"])
+    encryption = cluster["EncryptionInfo"]
+    assert encryption["EncryptionAtRest"]["DataVolumeKMSKeyId"] == out["kms_key_arn"]
+    assert encryption["EncryptionInTransit"] == {"ClientBroker": "TLS", "InCluster": True}
+    logs = cluster["LoggingInfo"]["BrokerLogs"]["CloudWatchLogs"]
+    assert logs == {"Enabled": True, "LogGroup": f"/{a.name}/msk"}
+    _check_broker_ports(a, (port,))
+
+
+def _role_statements(a: Applied, role: str) -> dict[str, dict[str, Any]]:
+    iam = a.client("iam")
+    role_name = a.outputs[f"{role}_role_arn"].rsplit("/", 1)[-1]
+    found: dict[str, dict[str, Any]] = {}
+    for policy in iam.list_role_policies(RoleName=role_name)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role_name, PolicyName=policy)["PolicyDocument"]
+        document = json.loads(document) if isinstance(document, str) else document
+        found.update({st["Sid"]: st for st in document["Statement"] if "Sid" in st})
+    return found
+
+
+def test_the_msk_variant_applies_wired_and_destroys(applied_msk: Applied, tmp_path: Path) -> None:
+    """Amazon MSK with TLS and IAM access control: the workers are given a
+    ``kafka+sasl+ssl://`` URL naming the cluster's IAM brokers (9098), which
+    the Kafka transport reads as SASL_SSL with AWS_MSK_IAM in the fleet's
+    region; no password anywhere; the roles may connect to this cluster and
+    touch the fleet's topics and groups by name only; destroy removes it."""
+    a, out = applied_msk, applied_msk.outputs
+    cluster = _msk_cluster(a)
+    _check_msk_cluster(a, cluster, 9098)
+    auth = cluster["ClientAuthentication"]
+    assert auth["Sasl"]["Iam"]["Enabled"] is True
+    assert auth["Unauthenticated"]["Enabled"] is False
+    assert not auth["Sasl"].get("Scram", {}).get("Enabled")
+
+    transport, brokers = _msk_transport(a, cluster, {}, tmp_path)
+    hosts = brokers["BootstrapBrokerStringSaslIam"].split(",")
+    assert transport.bootstrap == hosts and all(h.endswith(":9098") for h in hosts)
+    security = transport.security
+    assert (security.protocol, security.mechanism) == ("SASL_SSL", "AWS_MSK_IAM")
+    assert (security.aws_region, security.username, security.password) == (REGION, None, None)
+    assert out["broker_endpoint"] == brokers["BootstrapBrokerStringSaslIam"]
+    assert _parameters(a.client("ssm"), f"/{a.name}/worker/files") == {}
+    assert out["broker_password_secret_arn"] is None
+    assert json.loads(out["kafka_producer_policy_json"])["Statement"]
+
+    arn = cluster["ClusterArn"]
+    topic = arn.replace(":cluster/", ":topic/") + "/"
+    for role in ("worker", "autoscaler"):
+        statements = _role_statements(a, role)
+        connect = [s for s in statements.values() if "kafka-cluster:Connect" in s["Action"]]
+        assert [s["Resource"] for s in connect] == [arn], role
+        named = {
+            r
+            for s in statements.values()
+            if any(x.startswith("kafka-cluster:") for x in _listed(s["Action"]))
+            for r in _listed(s["Resource"])
+        }
+        assert all(
+            r == arn or r.startswith((topic, arn.replace(":cluster/", ":group/"))) for r in named
+        ), role
+    assert f"{topic}fleet.digits.online" in {
+        r for s in _role_statements(a, "worker").values() for r in _listed(s["Resource"])
+    }
+
+    a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
+    assert a.run("state", "list").stdout.strip() == ""
+    with pytest.raises(a.client("kafka").exceptions.NotFoundException):
+        a.client("kafka").describe_cluster(ClusterArn=arn)
+
+
+def test_the_msk_scram_variant_applies_wired_and_destroys(
+    applied_msk_scram: Applied, tmp_path: Path
+) -> None:
+    """Amazon MSK with SASL/SCRAM: the cluster takes SCRAM only, its secret
+    (AmazonMSK_ name, the fleet key) is associated with it, and the workers'
+    URL names the user and the SCRAM brokers (9096) while the password comes
+    from the file parameter; the transport reads both; destroy removes it."""
+    a, out = applied_msk_scram, applied_msk_scram.outputs
+    cluster = _msk_cluster(a)
+    _check_msk_cluster(a, cluster, 9096)
+    auth = cluster["ClientAuthentication"]
+    assert auth["Sasl"]["Scram"]["Enabled"] is True
+    assert not auth["Sasl"].get("Iam", {}).get("Enabled")
+    assert auth["Unauthenticated"]["Enabled"] is False
+
+    secret_arn = out["broker_password_secret_arn"]
+    secrets = a.client("secretsmanager")
+    secret = secrets.describe_secret(SecretId=secret_arn)
+    assert secret["Name"].startswith("AmazonMSK_") and secret["KmsKeyId"] == out["kms_key_arn"]
+    stored = json.loads(secrets.get_secret_value(SecretId=secret_arn)["SecretString"])
+    assert stored["username"] == out["broker_username"] and len(stored["password"]) >= 24
+    arn = cluster["ClusterArn"]
+    assert a.client("kafka").list_scram_secrets(ClusterArn=arn)["SecretArnList"] == [secret_arn]
+
+    files = _parameters(a.client("ssm"), f"/{a.name}/worker/files")
+    assert files == {"FLEET_BROKER_PASSWORD_FILE": stored["password"]}
+    assert stored["password"] not in out["broker_client_url"]
+    transport, brokers = _msk_transport(a, cluster, files, tmp_path)
+    hosts = brokers["BootstrapBrokerStringSaslScram"].split(",")
+    assert transport.bootstrap == hosts and all(h.endswith(":9096") for h in hosts)
+    security = transport.security
+    assert (security.protocol, security.mechanism) == ("SASL_SSL", "SCRAM-SHA-512")
+    assert (security.username, security.password) == (stored["username"], stored["password"])
+    _check_no_role_reads(a, secret_arn)
+
+    a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
+    assert a.run("state", "list").stdout.strip() == ""
+    with pytest.raises(a.client("kafka").exceptions.NotFoundException):
+        a.client("kafka").describe_cluster(ClusterArn=arn)
+
+
+def _listed(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else value

@@ -332,6 +332,12 @@ def test_moto_from_its_image_waits_for_its_api() -> None:
         running = services.start_container("moto", env={})
     container = _started(start)
     assert container.image.startswith("motoserver/moto:")
+    assert container.volumes == {
+        str(services.MOTO_SERVER): {"bind": "/fleet/moto_server.py", "mode": "ro"}
+    }
+    assert services.MOTO_SERVER.is_file()
+    assert container._kwargs["entrypoint"] == ["python3", "/fleet/moto_server.py"]
+    assert container._command == "-H 0.0.0.0 -p 5000"
     assert isinstance(container._wait_strategy, HttpWaitStrategy)
     assert running.url == f"http://{HOST}:{_bound_port(container, 5000)}"
 
