@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/latency.py [--brokers amqp,kafka] [--models mlp,digits]
         [--rates 200,1000,4000] [--duration 10] [--baseline-ref HEAD~1]
+        [--event-loops asyncio,uvloop --repeat 3]
 
 For each broker and model, one ``fleet worker`` process and one client process:
 
@@ -14,7 +15,9 @@ For each broker and model, one ``fleet worker`` process and one client process:
    with ``--baseline-ref``, the same against a worker and client of that git
    revision (checked out in a temporary worktree), in the same run: the ratio.
 
-Prints the targets and whether each is met. Brokers come from
+Prints the targets and whether each is met. With ``--event-loops``, each loop
+(worker and client on it) is measured ``--repeat`` times, interleaved, and the
+medians are compared with asyncio's instead. Brokers come from
 FLEET_TEST_AMQP_URL / FLEET_TEST_KAFKA_URL, else the local scripts start them.
 Traffic goes to loopback only and every run is bounded in time.
 """
@@ -107,7 +110,11 @@ async def main():
         print(json.dumps({"lat": lat, "stages": stages, "cpu_s": time.process_time() - cpu,
                           "seconds": seconds, "inference_s": inference}))
 
-asyncio.run(main())
+if args.get("event_loop") == "uvloop":
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 
@@ -126,21 +133,29 @@ def _client(tree: Path, **args: Any) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _worker(tree: Path, broker: str, models: Path) -> subprocess.Popen[Any]:
+def _worker(tree: Path, broker: str, models: Path, loop: str) -> subprocess.Popen[Any]:
     argv = worker_argv(
         broker=broker, models=models, worker_id="bench", command=worker_command(log_level="WARNING")
     )
-    return subprocess.Popen(argv, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)})
+    env = {**os.environ, "PYTHONPATH": str(tree)}
+    if loop != "asyncio":
+        env["FLEET_EVENT_LOOP"] = loop
+    return subprocess.Popen(argv, cwd=tree, env=env)
 
 
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def measure(tree: Path, broker: str, model: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Idle, each rate and saturation against one worker of ``tree``."""
-    worker = _worker(tree, broker, args.models if tree == ROOT else tree / "models")
+def measure(
+    tree: Path, broker: str, model: str, args: argparse.Namespace, loop: str = "asyncio"
+) -> dict[str, Any]:
+    """Idle, each rate and saturation against one worker of ``tree``, the
+    worker and the client on event loop ``loop``."""
+    worker = _worker(tree, broker, args.models if tree == ROOT else tree / "models", loop)
     base = {"broker": broker, "model": model, "width": WIDTH[model], "seed": 0}
+    if loop != "asyncio":
+        base["event_loop"] = loop
     try:
         asyncio.run(wait_model_served(broker, model))
         _client(tree, **base, mode="closed", duration=2, in_flight=32)  # warm the path
@@ -234,6 +249,45 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
     return ok
 
 
+def compare_loops(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Each event loop's medians over its runs (interleaved with the other
+    loops'), and their ratios to asyncio's."""
+    print(f"\n== {label}: event loops, median of {len(runs['asyncio'])} interleaved runs each")
+
+    def med(values: list[float]) -> float:
+        return float(np.median(values))
+
+    rates = list(runs["asyncio"][0]["rates"])
+    for loop, results in runs.items():
+        cells = []
+        for rate in rates:
+            lats = [[x * 1000 for x in r["rates"][rate]["lat"]] for r in results]
+            p50 = med([_pct(lat, 50) for lat in lats])
+            p99 = med([_pct(lat, 99) for lat in lats])
+            cpu = med([_cpu_ms(r["rates"][rate]) for r in results])
+            cells.append((rate, p50, p99, cpu))
+        sats = [r["saturation"] for r in results]
+        rps = med([len(x["lat"]) / x["seconds"] for x in sats])
+        sat_cpu = med([_cpu_ms(x) for x in sats])
+        runs_of = {"cells": cells, "rps": rps, "sat_cpu": sat_cpu}
+        if loop == "asyncio":
+            ref = runs_of
+        text = "; ".join(
+            f"{rate}/s p50 {p50:.2f} p99 {p99:.2f} ms CPU/req {cpu:.3f} ms"
+            for rate, p50, p99, cpu in cells
+        )
+        print(f"{loop:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms")
+        if loop != "asyncio":
+            ratios = "; ".join(
+                f"{c[0]}/s p50 {c[1] / r[1]:.2f}x p99 {c[2] / r[2]:.2f}x CPU {c[3] / r[3]:.2f}x"
+                for c, r in zip(cells, ref["cells"], strict=True)
+            )
+            print(
+                f"{'':>8}  vs asyncio: {ratios}; saturation {rps / ref['rps']:.2f}x, "
+                f"CPU/req {sat_cpu / ref['sat_cpu']:.2f}x"
+            )
+
+
 def _v(met: bool) -> str:
     return "met" if met else "NOT met"
 
@@ -276,6 +330,13 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=256, help="requests in flight at saturation")
     ap.add_argument("--baseline-ref", help="git revision to compare saturation against")
     ap.add_argument("--models", type=Path, default=ROOT / ".cache" / "bench-models")
+    ap.add_argument(
+        "--event-loops",
+        default="asyncio",
+        help="event loops to compare, e.g. asyncio,uvloop: each measured --repeat times, "
+        "interleaved, with the medians' ratios to asyncio printed",
+    )
+    ap.add_argument("--repeat", type=int, default=1, help="runs per event loop")
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
     from worker.zoo import build_all
@@ -293,11 +354,18 @@ def main() -> int:
                 }[b]
                 url = _service(name, var, started)
                 for model in [m for m in args.names.split(",") if m]:
+                    label = f"{model} over {b}, one worker, {os.cpu_count()} CPUs"
+                    loops = [x for x in args.event_loops.split(",") if x]
+                    if loops != ["asyncio"]:
+                        runs: dict[str, list[dict[str, Any]]] = {x: [] for x in loops}
+                        for _ in range(args.repeat):
+                            for loop in loops:
+                                runs[loop].append(measure(ROOT, url, model, args, loop))
+                        compare_loops(label, runs)
+                        continue
                     res = measure(ROOT, url, model, args)
                     base = measure(base_tree, url, model, args) if base_tree else None
-                    ok &= report(
-                        f"{model} over {b}, one worker, {os.cpu_count()} CPUs", b, res, base
-                    )
+                    ok &= report(label, b, res, base)
         finally:
             for name in started:
                 subprocess.run(["bash", str(ROOT / "scripts" / f"{name}.sh"), "stop"], check=False)

@@ -8,7 +8,9 @@ import signal
 import sys
 from typing import TYPE_CHECKING
 
+from fleet import eventloop
 from fleet.errors import FleetError
+from fleet.eventloop import EVENT_LOOPS
 from fleetctl.formatting import HelpFormatter, Subparsers
 
 if TYPE_CHECKING:
@@ -133,6 +135,11 @@ def _add_broker_wait(p: argparse.ArgumentParser) -> None:
         type=float,
         help="most seconds between attempts to reach the broker (default 30)",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        help="the event loop (default asyncio); uvloop needs pip install 'inference-fleet[uvloop]'",
+    )
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -153,7 +160,7 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"fleet worker: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     tune_process_for_serving()
-    return asyncio.run(serve(Worker(settings)))
+    return eventloop.run(serve(Worker(settings)), settings.event_loop)
 
 
 async def serve(worker: Worker, stop: asyncio.Event | None = None) -> int:

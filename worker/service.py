@@ -25,6 +25,7 @@ import time
 
 from fleet.cache import ResultCache
 from fleet.errors import FleetError
+from fleet.eventloop import running_loop_kind
 from fleet.heartbeat import Heartbeat, WorkerState
 from fleet.jobs import ResultStore, open_cache, open_store
 from fleet.logging import get_logger
@@ -140,6 +141,7 @@ class Worker:
             providers=self.table.providers,
             http_port=self.http_port,
             oip_port=self.oip_port,
+            event_loop=running_loop_kind(),
         )
 
     async def _open_stores(self) -> None:

@@ -16,6 +16,8 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleet.errors import ConfigError, InvalidArgument
+from fleet.eventloop import EventLoop
+from fleet.eventloop import check as check_event_loop
 from fleet.settings import BROKER, RedactedRepr, resolve_password
 from fleet.transport import TRANSPORTS, check_destination
 
@@ -115,6 +117,10 @@ class WorkerSettings(RedactedRepr, BaseSettings):
     broker_retry_max: float = Field(
         30.0, gt=0, description="most seconds between attempts to reach the broker at start"
     )
+    event_loop: EventLoop = Field(
+        "asyncio",
+        description="the event loop: asyncio, or uvloop (pip install 'inference-fleet[uvloop]')",
+    )
 
     @field_validator("broker")
     @classmethod
@@ -125,6 +131,14 @@ class WorkerSettings(RedactedRepr, BaseSettings):
             raise ValueError(f"must start with one of {', '.join(s + '://' for s in known)}")
         try:
             return resolve_password(v, BROKER)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+
+    @field_validator("event_loop")
+    @classmethod
+    def _loop(cls, v: str) -> str:
+        try:
+            return check_event_loop(v)
         except ConfigError as exc:
             raise ValueError(exc.message) from None
 
