@@ -36,7 +36,10 @@ TIMEOUTS = ("DeadlineExceeded", "Unavailable")
 @pytest.fixture(
     params=[
         pytest.param("amqp", marks=pytest.mark.rabbitmq),
-        pytest.param("kafka", marks=pytest.mark.kafka),
+        # the Kafka proxy listens on the fixed port the broker advertises:
+        # one test at a time (the fixture is looked up by name, so the lock
+        # cannot see it among the test's fixtures)
+        pytest.param("kafka", marks=[pytest.mark.kafka, pytest.mark.exclusive]),
     ]
 )
 def route(request: pytest.FixtureRequest) -> tuple[str, FaultProxy]:
