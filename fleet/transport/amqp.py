@@ -166,10 +166,17 @@ class AmqpOptions(TransportOptions):
     every node). Queues that exist keep theirs: RabbitMQ refuses to redeclare
     a queue with another group size, so change it on a new fleet only."""
 
+    nack_failover: float = 5.0
+    """Seconds the node a transport is connected to may keep nacking publishes
+    to queues with room (a quorum queue whose copy there lost its leader)
+    before a transport given several nodes moves to the next one."""
+
     COUNTS: ClassVar[tuple[str, ...]] = TransportOptions.COUNTS
 
     def __post_init__(self) -> None:
         TransportOptions.__post_init__(self)
+        if self.nack_failover <= 0:
+            raise ConfigError("transport option nack_failover must be above 0 seconds")
         if self.quorum_group_size is not None and self.quorum_group_size < 1:
             raise ConfigError("transport option quorum_group_size must be at least 1")
 
@@ -310,6 +317,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         self._amqp_url = urlunsplit(parts._replace(query=query, fragment=""))
         self._amqp_urls = node_urls(self._amqp_url)
         self._node = 0  # the index in _amqp_urls of the node to try first
+        self._nacked_since: float | None = None  # first of the nacks with room in a row
         self._safe_url = urlunsplit(
             parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         )
@@ -649,6 +657,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         check_size(body, self.max_message_bytes, "request")
         try:
             await self._publish(name, body, persistent=True)
+            self._nacked_since = None
         except PublishError as exc:  # returned: no queue of that name
             raise ModelNotFound(f"no worker has declared queue {name!r}") from exc
         except DeliveryError as exc:
@@ -673,10 +682,29 @@ class AmqpTransport(Transport, DeadLetterTap):
         ready = queue.declaration_result.message_count or 0
         if ready >= self.options.max_queue_length:
             return Overloaded(f"queue {name!r} is full")
+        self._fail_over_if_stuck()
         return Unavailable(
             f"publish to {name!r} nacked with room in the queue ({ready} ready); "
             "its leader is likely changing"
         )
+
+    def _fail_over_if_stuck(self) -> None:
+        """After ``nack_failover`` seconds of nacks with room, move to the next
+        node (where there is one): the queue's copy on this node may not learn
+        its new leader until the old one is back."""
+        now = asyncio.get_running_loop().time()
+        if self._nacked_since is None:
+            self._nacked_since = now
+            return
+        if now - self._nacked_since < self.options.nack_failover or len(self._amqp_urls) < 2:
+            return
+        self._nacked_since = None
+        log.warning(
+            "RabbitMQ node keeps nacking publishes to queues with room; moving to the next node",
+            node=_host(self._amqp_urls[self._node]),
+            seconds=self.options.nack_failover,
+        )
+        self._connection_closed(self._conn, None)
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
         check_reply_address(reply_to)

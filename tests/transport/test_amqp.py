@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import aio_pika
 import aiohttp
@@ -216,6 +216,48 @@ async def test_nack_with_room_is_unavailable_not_overloaded(
     await transport.publish_request(unique_model, ONLINE, b"3")
     with pytest.raises(Overloaded):  # a real full queue stays Overloaded
         await transport.publish_request(unique_model, ONLINE, b"4")
+
+
+@pytest.mark.parametrize("nodes", [1, 2])
+async def test_lasting_nacks_with_room_move_a_cluster_transport_to_the_next_node(
+    amqp_url: str, unique_model: str, monkeypatch: pytest.MonkeyPatch, nodes: int
+) -> None:
+    """A node whose copy of a quorum queue never learns the new leader nacks
+    every publish to it: past ``nack_failover`` seconds of that, a transport
+    given several nodes (here the same node twice) reconnects to the next one;
+    one given a single node stays where it is."""
+    parts = urlsplit(amqp_url)
+    login, _, host = parts.netloc.rpartition("@")
+    url = urlunsplit(parts._replace(netloc=f"{login}@{','.join([host] * nodes)}"))
+    transport = connect(url, nack_failover=0.3, reconnect_interval=0.1)
+    await transport.connect()
+    try:
+        await transport.declare_model(unique_model)
+        reconnected = asyncio.Event()
+
+        async def on_reconnect() -> None:
+            reconnected.set()
+
+        transport.add_reconnect_listener(on_reconnect)
+
+        async def nacked(*_: object, **__: object) -> None:
+            raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
+
+        monkeypatch.setattr(transport, "_publish", nacked)
+        with pytest.raises(Unavailable, match="room"):
+            await transport.publish_request(unique_model, ONLINE, b"1")
+        await asyncio.sleep(0.35)
+        with pytest.raises(Unavailable, match="room"):
+            await transport.publish_request(unique_model, ONLINE, b"2")
+        monkeypatch.undo()
+        if nodes == 1:
+            assert transport.connected and not reconnected.is_set()
+        else:
+            await asyncio.wait_for(reconnected.wait(), WAIT)
+            assert transport._node == 1  # type: ignore[attr-defined]
+        await transport.publish_request(unique_model, ONLINE, b"3")
+    finally:
+        await transport.close()
 
 
 async def test_unknown_model_is_not_found(open_amqp: OpenAmqp, unique_model: str) -> None:
