@@ -8,6 +8,8 @@ was answered exactly once.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,8 +110,8 @@ async def _until(pred: Any, timeout: float, what: str, rec: Recorder) -> float:
     return time.monotonic()
 
 
-# alone under xdist: the burst must outpace one worker, which a client sharing
-# the CPUs with other tests may not do (the backlog then never asks for more)
+# alone under xdist: it starts and stops worker processes against the shared
+# servers and measures its cycle in polls
 @pytest.mark.exclusive
 @pytest.mark.timeout(90)
 async def test_backlog_scales_out_drains_and_scales_in(
@@ -135,18 +137,24 @@ async def test_backlog_scales_out_drains_and_scales_in(
         async with Client(real_broker, timeout=60.0, max_batch=1) as client:
             x = np.random.default_rng(0).random((1, 64), dtype=np.float32)
             burst_at = time.monotonic()
-            calls = [
-                asyncio.ensure_future(client.infer(model, {"input": x}, timeout=60.0))
-                for _ in range(BURST)
-            ]
-
-            # the backlog is seen ...
-            await _until(
-                lambda: rec.first(lambda s, d: (s.backlog or 0) > 0, burst_at) is not None,
-                10,
-                "a backlog",
-                rec,
-            )
+            # the one worker holds still while the burst arrives, so that it
+            # queues up whatever the speed of the client and of the machine
+            held = act.workers[0]
+            os.kill(held.pid, signal.SIGSTOP)
+            try:
+                calls = [
+                    asyncio.ensure_future(client.infer(model, {"input": x}, timeout=60.0))
+                    for _ in range(BURST)
+                ]
+                # the backlog is seen ...
+                await _until(
+                    lambda: rec.first(lambda s, d: (s.backlog or 0) > 0, burst_at) is not None,
+                    10,
+                    "a backlog",
+                    rec,
+                )
+            finally:
+                os.kill(held.pid, signal.SIGCONT)
             # ... and workers are started within two polls of the first poll
             # whose demand is clearly beyond one instance (a small backlog at
             # a modest rate is rightly held; counted in polls: a loaded machine
