@@ -159,7 +159,14 @@ async def test_backlog_scales_out_drains_and_scales_in(
             # whose demand is clearly beyond one instance (a small backlog at
             # a modest rate is rightly held; counted in polls: a loaded machine
             # stretches seconds)
-            await _until(lambda: len(act.workers) > 1, 10, "extra workers", rec)
+            # (the decision is recorded once the actuator has started its workers)
+            await _until(
+                lambda: rec.first(lambda s, d: d.direction == "out", burst_at) is not None,
+                10,
+                "a scale-out",
+                rec,
+            )
+            assert len(act.workers) > 1
             started = time.monotonic()
             out = rec.first(lambda s, d: d.direction == "out", burst_at)
             assert out is not None
