@@ -103,6 +103,11 @@ class Applied:
     def client(self, service: str) -> Any:
         return _client(service)
 
+    def destroy(self) -> None:
+        """``terraform destroy``; the state is empty after it."""
+        self.run("destroy", "-auto-approve", "-refresh=false", *self.variables)
+        assert self.run("state", "list").stdout.strip() == ""
+
     def value(self, expression: str) -> Any:
         """``expression`` evaluated by ``terraform console`` on the applied state."""
         proc = self.run("console", *self.variables, stdin=f"jsonencode({expression})\n")
@@ -359,14 +364,7 @@ def _check_resources(a: Applied) -> None:
 def _check_policies(a: Applied, repos: list[dict[str, Any]]) -> None:
     """Each role may pull its images (the created repositories and the ones the
     images name); only the autoscaler puts metrics, into its namespace only."""
-    iam = a.client("iam")
-    statements = {}
-    for role in ("worker", "autoscaler"):
-        role_name = a.outputs[f"{role}_role_arn"].rsplit("/", 1)[-1]
-        document = iam.get_role_policy(RoleName=role_name, PolicyName=role)["PolicyDocument"]
-        if isinstance(document, str):
-            document = json.loads(document)
-        statements[role] = {s["Sid"]: s for s in document["Statement"]}
+    statements = {role: _role_statements(a, role) for role in ("worker", "autoscaler")}
     image_repo = "arn:aws:ecr:us-east-1:123456789012:repository/fleet/worker"  # external.tfvars
     for role, by_sid in statements.items():
         pulls = by_sid["PullImages"]["Resource"]
@@ -473,7 +471,7 @@ async def test_apply_scale_and_destroy(applied: Applied) -> None:
     await _check_jobs(applied)
     await _drive_the_group(applied)
     started = time.monotonic()
-    applied.run("destroy", "-auto-approve", "-refresh=false", *applied.variables)
+    applied.destroy()
     destroy_s = time.monotonic() - started
     _nothing_left(applied)
     print(f"terraform apply {applied.apply_s:.0f} s, destroy {destroy_s:.0f} s")
@@ -520,8 +518,7 @@ def test_the_amazon_mq_variant_applies_wired_and_destroys(applied_mq: Applied) -
     _check_broker_ports(a, (5671, 443))
     _check_no_role_reads(a, out["broker_admin_secret_arn"])
 
-    a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
-    assert a.run("state", "list").stdout.strip() == ""
+    a.destroy()
     names = {b["BrokerName"] for b in mq.list_brokers()["BrokerSummaries"]}
     assert f"{a.name}-rabbitmq" not in names
 
@@ -658,8 +655,7 @@ def test_the_msk_variant_applies_wired_and_destroys(applied_msk: Applied, tmp_pa
         r for s in _role_statements(a, "worker").values() for r in _listed(s["Resource"])
     }
 
-    a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
-    assert a.run("state", "list").stdout.strip() == ""
+    a.destroy()
     with pytest.raises(a.client("kafka").exceptions.NotFoundException):
         a.client("kafka").describe_cluster(ClusterArn=arn)
 
@@ -699,8 +695,7 @@ def test_the_msk_scram_variant_applies_wired_and_destroys(
     assert (security.username, security.password) == (stored["username"], stored["password"])
     _check_no_role_reads(a, secret_arn)
 
-    a.run("destroy", "-auto-approve", "-refresh=false", *a.variables)
-    assert a.run("state", "list").stdout.strip() == ""
+    a.destroy()
     with pytest.raises(a.client("kafka").exceptions.NotFoundException):
         a.client("kafka").describe_cluster(ClusterArn=arn)
 
