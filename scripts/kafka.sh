@@ -10,8 +10,9 @@
 #   scripts/kafka.sh status    say whether it runs; exit 1 when it does not
 #
 # Everything lives under .cache/kafka (git-ignored): libs/ (jars from Maven
-# Central, pinned in scripts/kafka/pom.xml), data/ (the log), server.properties,
-# kafka.pid and kafka.log. Ports: FLEET_KAFKA_PORT (9092) for clients,
+# Central, pinned in scripts/kafka/pom.xml), data/ (the log; on a tmpfs where
+# there is one, see scripts/data-dir.sh), server.properties, kafka.pid and
+# kafka.log. Ports: FLEET_KAFKA_PORT (9092) for clients,
 # FLEET_KAFKA_CONTROLLER_PORT (9093) for the KRaft controller, and a second
 # client listener on FLEET_KAFKA_PROXIED_PORT (9094) that advertises
 # FLEET_KAFKA_PROXY_PORT (9095) instead of its own port: a TCP proxy on that
@@ -33,7 +34,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache/kafka"
 LIBS="$CACHE/libs"
-DATA="$CACHE/data"
+DATA="$(bash "$ROOT/scripts/data-dir.sh" "$CACHE/data")" # a tmpfs where there is one
 CONFIG="$CACHE/server.properties"
 LOG4J="$CACHE/log4j.properties"
 PIDFILE="$CACHE/kafka.pid"

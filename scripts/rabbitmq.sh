@@ -13,7 +13,8 @@
 #                                 FLEET_TEST_AMQPS_APP_URL (the least-privilege user)
 #                                 and FLEET_TEST_AMQPS_APP_URL_PASSWORD
 #
-# State (database, logs, config, pid file) lives under .cache/rabbitmq (git-ignored).
+# State (database, logs, config, pid file) lives under .cache/rabbitmq (git-ignored);
+# the database on a tmpfs where there is one (see scripts/data-dir.sh).
 # Ports: AMQP 127.0.0.1:${FLEET_RABBITMQ_PORT:-5672}, management HTTP
 # 127.0.0.1:${FLEET_RABBITMQ_MGMT_PORT:-15672} (named in the URL's query when not
 # 15672), Erlang distribution ${FLEET_RABBITMQ_DIST_PORT:-25672}; the node name is
@@ -39,6 +40,7 @@ WAIT_S="${FLEET_RABBITMQ_WAIT_S:-90}"
 TLS_PORT="${FLEET_RABBITMQ_TLS_PORT:-5671}"
 MGMT_TLS_PORT="${FLEET_RABBITMQ_MGMT_TLS_PORT:-15671}"
 TLS_DIR="$BASE/tls"
+MNESIA="$(bash "$ROOT/scripts/data-dir.sh" "$BASE/mnesia")" # a tmpfs where there is one
 APP_USER=fleet-app
 APP_PASSWORD_FILE="$BASE/$APP_USER.password"
 CERT_USER=fleet # the CN of scripts/tls.sh's client certificate
@@ -68,7 +70,7 @@ install_server() {
 }
 
 export_env() {
-    mkdir -p "$BASE/mnesia" "$BASE/log"
+    mkdir -p "$BASE/log"
     cat >"$BASE/rabbitmq.conf" <<EOF
 listeners.tcp.default = 127.0.0.1:${PORT}
 management.tcp.ip = 127.0.0.1
@@ -97,7 +99,7 @@ EOF
     export RABBITMQ_NODE_PORT="$PORT"
     export RABBITMQ_DIST_PORT="$DIST_PORT"
     export RABBITMQ_CONFIG_FILE="$BASE/rabbitmq.conf"
-    export RABBITMQ_MNESIA_BASE="$BASE/mnesia"
+    export RABBITMQ_MNESIA_BASE="$MNESIA"
     export RABBITMQ_LOG_BASE="$BASE/log"
     export RABBITMQ_PID_FILE="$BASE/node.pid"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$BASE/enabled_plugins"
@@ -200,7 +202,7 @@ add_users() {
             openssl rand -hex 24 >"$APP_PASSWORD_FILE"
         )
     fi
-    local password stamp mark="$BASE/mnesia/$NODE.users"
+    local password stamp mark="$MNESIA/$NODE.users"
     password="$(<"$APP_PASSWORD_FILE")"
     # users live in the node's database: a restart keeps them, so the eight
     # rabbitmqctl calls below (an Erlang VM each) run only when something changed

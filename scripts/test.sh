@@ -112,6 +112,17 @@ start_clusters() {
     done
 }
 
+# The last warnings and errors of the local brokers' logs: what a failed run
+# needs to tell a broker's trouble from the code's.
+broker_warnings() {
+    local file
+    for file in .cache/kafka/kafka.log .cache/rabbitmq/log/*.log; do
+        [[ -f $file ]] || continue
+        say "the last warnings and errors in $file"
+        grep -E ' (WARN|ERROR)|\[(warning|error)\]' "$file" | tail -n 40 | cut -c1-400 || true
+    done
+}
+
 lint() {
     .venv/bin/ruff check .
     .venv/bin/ruff format --check .
@@ -170,6 +181,7 @@ wait "$side_pid" || side_rc=$?
 say "lint and types, then tests: ${side[*]} (ran beside the others)"
 cat "$side_log"
 if ((main_rc != 0 || side_rc != 0)); then
+    ((main_rc == 0)) || broker_warnings
     echo "tests failed: other tiers exit $main_rc, lint/deploy/apply/simulator exit $side_rc" >&2
     exit 1
 fi

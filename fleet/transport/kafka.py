@@ -535,7 +535,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         end = loop.time() + self.options.publish_timeout
         while await self._partitions(topic, fresh=True) is None:
             if loop.time() > end:
-                raise Unavailable(f"topic {topic!r} exists but has no metadata yet")
+                raise Unavailable(
+                    f"topic {topic!r} exists but the broker's metadata has not shown it"
+                    f" within {self.options.publish_timeout:g}s"
+                )
             await asyncio.sleep(0.1)
 
     async def _partitions(self, topic: str, *, fresh: bool = False) -> list[int] | None:
@@ -575,7 +578,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             except Unavailable as exc:
                 failure = exc
             if loop.time() > end:
-                raise failure or Unavailable(f"topics {topics} have no partition leaders yet")
+                raise failure or Unavailable(
+                    f"topics {topics} have no partition leaders"
+                    f" within {self.options.publish_timeout:g}s"
+                )
             await asyncio.sleep(0.1)
 
     async def topology(self, models: Sequence[str]) -> list[Resource]:
