@@ -23,8 +23,10 @@ that is coming: the policy does not launch more for load they will take.
 They are not free capacity: saturation is measured over the instances in
 service only. When the backlog, the arrival rate or the per-instance
 throughput cannot be read, the policy holds (it never scales in on missing
-data); the one exception is an empty fleet with a backlog, which gets its
-first instance.
+data), with two exceptions: an empty fleet with a backlog gets its first
+instance, and a backlog whose arrival rate is unknown still scales out to
+the instances that drain it within ``drain_time_s`` (a lower bound on the
+need, so never a scale-in).
 
 **Bursts.** A surge that lasts at most ``burst_max_s`` is a burst. While
 the next one is not predicted, the capacity a burst needed is held while it
@@ -273,6 +275,9 @@ class DefaultPolicy(Policy[PolicyState]):
         scheduled = self._scheduled(s.now, reasons)
         if scheduled > cur:  # a floor needs no signal
             return Decision.to(cur, scheduled, *reasons), replace(state, last_out_at=s.now)
+        drained = self._backlog_alone(s, per, state)
+        if drained is not None:
+            return drained
         missing = [
             name
             for name, value in (
@@ -284,6 +289,28 @@ class DefaultPolicy(Policy[PolicyState]):
         ]
         why = f"{', '.join(missing)} unknown: hold (never scale in on missing data)"
         return Decision.hold(cur, why), state
+
+    def _backlog_alone(
+        self, s: Snapshot, per: float | None, state: PolicyState
+    ) -> tuple[Decision, PolicyState] | None:
+        """With the arrival rate unknown (the broker's rates lag at the start
+        of traffic) a backlog is still demand already here: the instances that
+        drain it in ``drain_time_s`` are a lower bound on the need, enough to
+        scale out on (never in). None where it asks for no more than ``desired``."""
+        cfg = self.config
+        if s.arrival_rate is not None or s.backlog is None or per is None:
+            return None
+        need = s.backlog / (per * cfg.drain_time_s)
+        target = min(math.ceil(need - 1e-9), cfg.max_capacity)
+        if target <= s.desired:
+            return None
+        reasons = [
+            f"arrival rate unknown; need at least {need:.2f}: backlog {s.backlog}"
+            f" in {cfg.drain_time_s:.0f}s at {per:g}/instance (scale out only)"
+        ]
+        if s.pending:
+            reasons.append(f"{s.pending} booting counted as coming capacity")
+        return self._limited(state, s, target, reasons)
 
     def _need(
         self, s: Snapshot, backlog: int, arrival: float, per: float

@@ -229,11 +229,11 @@ def _policies() -> list[str]:
         "surges that recur at a regular interval; scheduled floors (`schedule`: at least "
         "`min` instances for `duration` from each time a five-field cron expression "
         "matches, UTC; none here, and simulated time starts at 1970-01-01 00:00 UTC). "
-        "Missing data (an answer rate nobody "
-        "reports is missing, not 0): hold. The live autoscaler keeps the policy's state "
-        "across restarts in `state_file`, and a cooldown starts only when the actuator's "
-        "change took effect. "
-        "See `autoscaler/policy.py`.\n",
+        "Missing data (an answer rate nobody reports is missing, not 0): hold, except "
+        "that a backlog with the arrival rate unknown still scales out to what drains it "
+        "within `drain_time_s`. The live autoscaler keeps the policy's state across "
+        "restarts in `state_file`, and a cooldown starts only when the actuator's change "
+        "took effect. See `autoscaler/policy.py`.\n",
         _param_table(PolicyConfig) + "\n",
         "### `target-tracking` (SageMaker asynchronous inference)\n",
         "\n".join(f"- {s}" for s in SOURCES["target-tracking"]) + "\n",

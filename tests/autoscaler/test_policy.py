@@ -283,6 +283,27 @@ def test_missing_data_never_scales_in(snapshot: Snapshot) -> None:
     assert any("unknown" in r for r in decision.reasons)
 
 
+def test_a_backlog_scales_out_while_the_arrival_rate_is_unknown() -> None:
+    """At the start of traffic the broker's rates lag: the arrival rate is
+    unknown, but a backlog is demand already here. Draining it is a lower
+    bound on what the fleet needs, so it scales out on it (never in)."""
+    cfg = PolicyConfig(scale_in_stabilization_s=0, scale_in_cooldown_s=0)
+    backlog = 15_000
+    want = math.ceil(backlog / (PER * cfg.drain_time_s))
+    assert want > 4
+    (d,) = run(cfg, [snap(0, rate=None, instances=2, backlog=backlog)])
+    assert d.direction == "out"
+    assert d.desired == min(2 + cfg.max_step_up, want)
+    assert any("arrival rate unknown" in r for r in d.reasons)
+    # a backlog the fleet drains in time asks for nothing: hold, never in
+    (small,) = run(cfg, [snap(0, rate=None, instances=8, backlog=10)])
+    assert small.direction == "hold" and small.desired == 8
+    # the scale-out cooldown still applies
+    held = run(cfg, [snap(0, rate=LOAD * 4, instances=2), snap(1, rate=None, backlog=backlog)])
+    assert held[0].direction == "out" and held[1].direction == "hold"
+    assert any("cooldown" in r for r in held[1].reasons)
+
+
 def test_every_decision_has_reasons() -> None:
     for d in run(PolicyConfig(), [snap(0, rate=LOAD * 8), snap(30, rate=LOAD * 2)]):
         assert d.reasons
