@@ -434,8 +434,13 @@ class AmqpTransport(Transport, DeadLetterTap):
     def _connection_closed(self, conn: object, exc: BaseException | None) -> None:
         if conn is not self._conn or self._closing:
             return
-        self._up.clear()
         log.warning("lost the connection to RabbitMQ; reconnecting", error=repr(exc))
+        self._start_reconnect()
+
+    def _start_reconnect(self) -> None:
+        """Leave the current node and reconnect (to the next one, where there
+        are several), unless a reconnection is already under way."""
+        self._up.clear()
         if self._reconnector is None:
             self._reconnector = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -673,13 +678,9 @@ class AmqpTransport(Transport, DeadLetterTap):
         changes; then the queue still has room, and the outage is
         :class:`Unavailable` (retriable: the client tries again)."""
         try:
-            async with self._scratch(f"depth of {name!r}") as channel:
-                queue = await channel.declare_queue(
-                    name, passive=True, timeout=self.options.publish_timeout
-                )
+            ready, _ = await self._counts(name)
         except FleetError as exc:
             return Unavailable(f"publish to {name!r} nacked; its queue did not answer: {exc}")
-        ready = queue.declaration_result.message_count or 0
         if ready >= self.options.max_queue_length:
             return Overloaded(f"queue {name!r} is full")
         self._fail_over_if_stuck()
@@ -704,7 +705,7 @@ class AmqpTransport(Transport, DeadLetterTap):
             node=_host(self._amqp_urls[self._node]),
             seconds=self.options.nack_failover,
         )
-        self._connection_closed(self._conn, None)
+        self._start_reconnect()
 
     async def publish_reply(self, reply_to: str, body: bytes) -> None:
         check_reply_address(reply_to)
@@ -839,19 +840,26 @@ class AmqpTransport(Transport, DeadLetterTap):
         for priority in Priority:
             name = queue_name(model, priority)
             try:
-                async with self._scratch(f"depth of {name!r}") as channel:
-                    queue = await channel.declare_queue(
-                        name, passive=True, timeout=self.options.publish_timeout
-                    )
+                waiting, consuming = await self._counts(name)
             except ModelNotFound:
                 continue
             found.append(name)
-            ready += queue.declaration_result.message_count or 0
-            consumers = max(consumers, queue.declaration_result.consumer_count or 0)
+            ready += waiting
+            consumers = max(consumers, consuming)
         if not found:
             raise ModelNotFound(f"model {model!r} has no queues")
         in_flight = await self._unacked(found)
         return Depth(model=model, ready=ready, in_flight=in_flight, consumers=consumers)
+
+    async def _counts(self, name: str) -> tuple[int, int]:
+        """Queue ``name``'s ready messages and consumers (a passive declare);
+        ``ModelNotFound`` where there is no such queue."""
+        async with self._scratch(f"depth of {name!r}") as channel:
+            queue = await channel.declare_queue(
+                name, passive=True, timeout=self.options.publish_timeout
+            )
+        result = queue.declaration_result
+        return result.message_count or 0, result.consumer_count or 0
 
     async def _unacked(self, names: list[str]) -> int | None:
         """Unacked messages from the management API (sampled by the broker every

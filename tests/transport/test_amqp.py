@@ -20,6 +20,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import ChannelPreconditionFailed
 from pamqp.commands import Basic
+from structlog.testing import capture_logs
 
 from fleet.contract import Priority
 from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
@@ -244,17 +245,22 @@ async def test_lasting_nacks_with_room_move_a_cluster_transport_to_the_next_node
             raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
 
         monkeypatch.setattr(transport, "_publish", nacked)
-        with pytest.raises(Unavailable, match="room"):
-            await transport.publish_request(unique_model, ONLINE, b"1")
-        await asyncio.sleep(0.35)
-        with pytest.raises(Unavailable, match="room"):
-            await transport.publish_request(unique_model, ONLINE, b"2")
-        monkeypatch.undo()
-        if nodes == 1:
-            assert transport.connected and not reconnected.is_set()
-        else:
-            await asyncio.wait_for(reconnected.wait(), WAIT)
-            assert transport._node == 1  # type: ignore[attr-defined]
+        with capture_logs() as logs:
+            with pytest.raises(Unavailable, match="room"):
+                await transport.publish_request(unique_model, ONLINE, b"1")
+            await asyncio.sleep(0.35)
+            with pytest.raises(Unavailable, match="room"):
+                await transport.publish_request(unique_model, ONLINE, b"2")
+            monkeypatch.undo()
+            if nodes == 1:
+                assert transport.connected and not reconnected.is_set()
+            else:
+                await asyncio.wait_for(reconnected.wait(), WAIT)
+                assert transport._node == 1  # type: ignore[attr-defined]
+        # the failover says why it moves, and reports no lost connection
+        warnings = [e["event"] for e in logs if e["log_level"] in ("warning", "error")]
+        moving = "keeps nacking publishes to queues with room; moving to the next node"
+        assert [moving in w for w in warnings] == ([] if nodes == 1 else [True])
         await transport.publish_request(unique_model, ONLINE, b"3")
     finally:
         await transport.close()
