@@ -44,6 +44,36 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--http-port", type=int, help="port of the HTTP endpoints; 0 picks one (default 8080)"
     )
+    _add_oip(p)
+    p.add_argument(
+        "--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)"
+    )
+    p.add_argument(
+        "--watch-interval",
+        type=float,
+        help="seconds between looks at the model repository for versions added (loaded, "
+        "warmed up, served) and removed (drained, unloaded); 0 reads it once (default 5)",
+    )
+    p.add_argument(
+        "--drain-timeout", type=float, help="seconds SIGTERM waits for in-flight work (default 30)"
+    )
+    p.add_argument("--prefetch", type=int, help="unacked messages per queue (default 2x max batch)")
+    p.add_argument(
+        "--max-held-requests",
+        type=int,
+        help="requests held at once before the worker stops taking messages (default 4x max batch)",
+    )
+    p.add_argument(
+        "--max-held-bytes",
+        type=int,
+        help="message bytes held at once before the worker stops taking messages (default 256 MiB)",
+    )
+    _add_services(p)
+    p.set_defaults(handler=run_worker)
+
+
+def _add_oip(p: argparse.ArgumentParser) -> None:
+    """The flags of the Open Inference Protocol over HTTP."""
     p.add_argument(
         "--oip-host",
         help="address of the Open Inference Protocol over HTTP, /v2/... (default 127.0.0.1)",
@@ -64,25 +94,6 @@ def _add_worker(sub: Subparsers[argparse.ArgumentParser]) -> None:
         type=float,
         help="seconds an OIP request without a timeout parameter may wait (default 60)",
     )
-    p.add_argument(
-        "--heartbeat-interval", type=float, help="seconds between heartbeats (default 5)"
-    )
-    p.add_argument(
-        "--drain-timeout", type=float, help="seconds SIGTERM waits for in-flight work (default 30)"
-    )
-    p.add_argument("--prefetch", type=int, help="unacked messages per queue (default 2x max batch)")
-    p.add_argument(
-        "--max-held-requests",
-        type=int,
-        help="requests held at once before the worker stops taking messages (default 4x max batch)",
-    )
-    p.add_argument(
-        "--max-held-bytes",
-        type=int,
-        help="message bytes held at once before the worker stops taking messages (default 256 MiB)",
-    )
-    _add_services(p)
-    p.set_defaults(handler=run_worker)
 
 
 def _add_services(p: argparse.ArgumentParser) -> None:

@@ -29,6 +29,7 @@ from urllib.request import Request, urlopen
 
 import pytest
 
+from fleet import aws
 from fleet.transport._amqp_management import management_api
 from fleet.transport.memory import MemoryBroker
 from tests.sharing import file_lock, holding, in_parallel, lock_mode, shared_resources
@@ -167,6 +168,35 @@ def _delete_queues(broker_url: str, model: str) -> None:
             urlopen(Request(target, headers=headers, method="DELETE"), timeout=2).close()
     except (OSError, ValueError, KeyError):
         pass
+
+
+@pytest.fixture
+def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    """An empty bucket on moto's server, which every boto3 client here reaches
+    through the environment (as a user's would reach S3)."""
+    url = os.environ.get("FLEET_TEST_AWS_URL")
+    if not url:
+        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
+    assert url is not None
+    for name, value in {
+        "AWS_ENDPOINT_URL": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # where an s3:// repository is copied
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    s3 = aws.s3_client()
+    name = f"fleet-models-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=name)
+    yield name
+    for obj in s3.list_objects_v2(Bucket=name).get("Contents", []):
+        s3.delete_object(Bucket=name, Key=obj["Key"])
+    s3.delete_bucket(Bucket=name)
 
 
 @pytest.fixture(scope="session")

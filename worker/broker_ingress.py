@@ -152,13 +152,30 @@ class BrokerIngress:
     async def _consume_all(self) -> None:
         await self._tap()
         for model in self._table.models:
-            prefetch = self._prefetch or 2 * self._table.max_batch_size(model)
-            for priority in Priority:
-                self._consumers.append(
-                    await self._transport.consume(
-                        model, priority, self._on_delivery, prefetch=prefetch
-                    )
-                )
+            await self._consume(model)
+
+    async def _consume(self, model: str) -> None:
+        prefetch = self._prefetch or 2 * self._table.max_batch_size(model)
+        for priority in Priority:
+            consumer = await self._transport.consume(
+                model, priority, self._on_delivery, prefetch=prefetch
+            )
+            self._consumers.append(consumer)
+            if self._paused:
+                await consumer.pause()
+
+    async def model_changed(self, model: str, new: bool) -> None:
+        """The table's versions of ``model`` changed while serving: clients of
+        the result cache look answers up under its default version from now
+        on, and a model new to this worker gets its queues consumed."""
+        if self._cache is not None:
+            await self._cache.set_version(model, self._table.latest[model])
+        if not new:
+            return
+        await self._transport.declare_model(model)
+        async with self._flow:
+            if not self._stopped:
+                await self._consume(model)
 
     async def _tap(self) -> None:
         """Jobs the broker dead-letters itself (past its delivery limit) end

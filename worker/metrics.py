@@ -53,6 +53,12 @@ class WorkerMetrics:
             ["model", "version", "provider"],
             registry=r,
         )
+        self.model_load_failures = Counter(
+            "fleet_worker_model_load_failures",
+            "Model versions found in the repository while serving and refused",
+            ["model", "version"],
+            registry=r,
+        )
         self.broker_connect_attempts = Counter(
             "fleet_worker_broker_connect_attempts",
             "Attempts to reach the broker while starting, by outcome",

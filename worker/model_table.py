@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fleet.contract import Request
 from fleet.errors import ModelNotFound
 from worker.pipeline import BatchStats, Pipeline
-from worker.repository import ModelRepository
+from worker.repository import ModelRepository, version_key
 from worker.runtime import Feeds, ModelRuntime, check_parameters, load_runtime
 
 
@@ -29,6 +30,7 @@ class ModelTable:
         self.runtimes: dict[str, dict[str, ModelRuntime]] = {}
         self.latest: dict[str, str] = {}
         self._pipelines: dict[tuple[str, str], Pipeline] = {}
+        self._pipeline_args: dict[str, Any] | None = None  # set by start()
 
     @classmethod
     def load(cls, root: str | Path) -> ModelTable:
@@ -70,19 +72,49 @@ class ModelTable:
         self, *, worker_id: str, on_batch: Callable[[BatchStats], None], threads: int = 1
     ) -> None:
         """One running pipeline per model version."""
-        for model, versions in self.runtimes.items():
-            for version, runtime in versions.items():
-                pipe = Pipeline(
-                    model=model,
-                    version=version,
-                    runner=runtime,
-                    max_wait=runtime.spec.config.max_wait_ms / 1000,
-                    worker_id=worker_id,
-                    on_batch=on_batch,
-                    threads=threads,
-                )
-                pipe.start()
-                self._pipelines[(model, version)] = pipe
+        self._pipeline_args = {"worker_id": worker_id, "on_batch": on_batch, "threads": threads}
+        for versions in self.runtimes.values():
+            for runtime in versions.values():
+                self._start_pipeline(runtime)
+
+    def _start_pipeline(self, runtime: ModelRuntime) -> None:
+        assert self._pipeline_args is not None
+        spec = runtime.spec
+        pipe = Pipeline(
+            model=spec.name,
+            version=spec.version,
+            runner=runtime,
+            max_wait=spec.config.max_wait_ms / 1000,
+            **self._pipeline_args,
+        )
+        pipe.start()
+        self._pipelines[(spec.name, spec.version)] = pipe
+
+    def serve(self, runtime: ModelRuntime) -> None:
+        """Start serving ``runtime`` (loaded and warmed up) beside the versions
+        served now; a version newer than the model's default becomes the
+        default at once: the next request without a version gets it."""
+        spec = runtime.spec
+        if spec.version in self.runtimes.get(spec.name, {}):
+            raise ValueError(f"model {spec.name!r} version {spec.version!r} is served already")
+        if self._pipeline_args is not None:
+            self._start_pipeline(runtime)
+        self.add(runtime)
+        self.latest[spec.name] = max(self.runtimes[spec.name], key=version_key)
+
+    async def retire(self, model: str, version: str) -> None:
+        """Stop serving one version: no request is routed to it from now on,
+        and the requests it holds are answered before its pipeline stops.
+        A model's last version is never retired."""
+        versions = self.runtimes[model]
+        if len(versions) < 2:
+            raise ValueError(f"model {model!r} version {version!r} is its last")
+        runtime = versions.pop(version)
+        self.latest[model] = max(versions, key=version_key)
+        pipe = self._pipelines.pop((model, version), None)
+        if pipe is not None:  # finishes even if the caller is cancelled meanwhile
+            await asyncio.shield(pipe.close())
+        runtime.close()
 
     def route(self, request: Request) -> tuple[Pipeline, Feeds, int]:
         """The pipeline of the model version ``request`` asks for (the default

@@ -12,9 +12,10 @@ root in the layout :func:`sync_s3` reads:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -78,6 +79,22 @@ class ModelRepository:
         self._specs = specs
         return list(specs)
 
+    def scan(self) -> Scan:
+        """What the repository holds now, for a watcher: every readable
+        version, and each version directory that cannot be read with why
+        (one being written, a bad config) in place of an error. An S3 root
+        is synced first (its errors raise ``ConfigError``)."""
+        if self._s3:
+            sync_s3(self.uri, self.root, quiet=True)
+        found = Scan()
+        found.specs.extend(_discover_local(self.root, label=self.uri, problems=found.problems))
+        for spec in found.specs:
+            found.signatures[(spec.name, spec.version)] = signature(spec.path.parent)
+        for where, _ in found.problems:
+            if where.parent.parent == self.root:  # a version directory
+                found.signatures[(where.parent.name, where.name)] = signature(where)
+        return found
+
     def get(self, name: str, version: str | None = None) -> ModelSpec:
         """One version of a model (the newest when ``version`` is None)."""
         specs = self._specs if self._specs is not None else self.discover()
@@ -94,7 +111,42 @@ class ModelRepository:
         raise ModelNotFound(f"model {name!r} has no version {version!r} (versions: {versions})")
 
 
-def _discover_local(root: Path, *, label: str) -> list[ModelSpec]:
+@dataclass(slots=True)
+class Scan:
+    """One look at a repository (:meth:`ModelRepository.scan`)."""
+
+    specs: list[ModelSpec] = field(default_factory=list)
+    #: directories that could not be read, and why
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+    #: (model, version) -> what its files look like now (see :func:`signature`)
+    signatures: dict[tuple[str, str], tuple[tuple[str, int, int], ...]] = field(
+        default_factory=dict
+    )
+
+
+def signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Name, size and modification time of each file in ``directory``: what
+    changes while a version is being written."""
+    out: list[tuple[str, int, int]] = []
+    for path in sorted(directory.iterdir()) if directory.is_dir() else ():
+        with contextlib.suppress(OSError):  # gone meanwhile
+            st = path.stat()
+            out.append((path.name, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def _discover_local(
+    root: Path, *, label: str, problems: list[tuple[Path, str]] | None = None
+) -> list[ModelSpec]:
+    """Every version under ``root``. With ``problems`` (a watcher's scan), a
+    directory that cannot be read is added to it and skipped; without, it
+    raises ``ConfigError``, as does an empty repository."""
+
+    def problem(where: Path, message: str) -> None:
+        if problems is None:
+            raise ConfigError(f"{where}: {message}")
+        problems.append((where, message))
+
     if not root.exists():
         raise ConfigError(f"model repository {label} does not exist")
     if not root.is_dir():
@@ -104,24 +156,35 @@ def _discover_local(root: Path, *, label: str) -> list[ModelSpec]:
         try:
             name = check_model_name(model_dir.name)
         except FleetError as exc:
-            raise ConfigError(f"{model_dir}: {exc.message}") from exc
+            problem(model_dir, exc.message)
+            continue
         versions = sorted(
             (p for p in model_dir.iterdir() if p.is_dir() and _visible(p)),
             key=lambda p: version_key(p.name),
         )
         if not versions:
-            raise ConfigError(
-                f"{model_dir}: model {name!r} has no version directories"
-                f" (expected {model_dir}/<version>/{MODEL_FILE})"
+            problem(
+                model_dir,
+                f"model {name!r} has no version directories"
+                f" (expected {model_dir}/<version>/{MODEL_FILE})",
             )
         for version_dir in versions:
             model_file = version_dir / MODEL_FILE
             if not model_file.is_file():
-                raise ConfigError(f"{version_dir}: no {MODEL_FILE} in this version directory")
-            config = ModelConfig.from_toml(version_dir / CONFIG_FILE)
+                problem(version_dir, f"no {MODEL_FILE} in this version directory")
+                continue
+            try:
+                config = ModelConfig.from_toml(version_dir / CONFIG_FILE)
+            except ConfigError as exc:
+                if problems is None:
+                    raise
+                problems.append((version_dir, exc.message))
+                continue
             specs.append(
                 ModelSpec(name=name, version=version_dir.name, path=model_file, config=config)
             )
+    if problems is not None:
+        return specs
     if not specs:
         raise ConfigError(
             f"model repository {label} is empty (expected <model>/<version>/{MODEL_FILE})"
@@ -150,7 +213,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
-def sync_s3(uri: str, dest: Path, *, client: Any = None) -> list[Path]:
+def sync_s3(uri: str, dest: Path, *, client: Any = None, quiet: bool = False) -> list[Path]:
     """Copy the models' files under an S3 prefix into ``dest``; returns the files copied.
 
     Only ``<model>/<version>/{model.onnx,config.toml,metadata.json}`` are copied;
@@ -189,7 +252,8 @@ def sync_s3(uri: str, dest: Path, *, client: Any = None) -> list[Path]:
     except (BotoCoreError, ClientError) as exc:
         raise ConfigError(f"model repository {uri}: {exc}") from exc
     _remove_stale(dest, seen)
-    log.info("model repository synced", uri=uri, cache=str(dest), files=len(copied))
+    if copied or not quiet:  # a watcher polls: say only what changed
+        log.info("model repository synced", uri=uri, cache=str(dest), files=len(copied))
     return copied
 
 
@@ -321,9 +385,11 @@ __all__ = [
     "ModelRepository",
     "ModelSpec",
     "Pushed",
+    "Scan",
     "file_sha256",
     "parse_s3_uri",
     "push_s3",
+    "signature",
     "sync_s3",
     "version_key",
 ]

@@ -40,9 +40,11 @@ from worker.lifecycle import Backoff, BrokerWait
 from worker.metrics import WorkerMetrics
 from worker.model_table import ModelTable
 from worker.oip_http import OipHttpServer
+from worker.repository import ModelRepository
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.stats import WindowStats
+from worker.watcher import RepositoryWatcher
 
 log = get_logger("worker.service")
 
@@ -63,6 +65,8 @@ class Worker:
         self._results: ResultStore | None = None
         self._cache: ResultCache | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self.watcher: RepositoryWatcher | None = None
+        self._watch_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self.boot: BrokerWait | None = None  # the wait for the broker at start
         self.oip: OipHttpServer | None = None
@@ -130,6 +134,7 @@ class Worker:
             notify=s.notify,
         )
         await self._ingress.start()
+        self._start_watching(self._ingress)
         self.state = "ready"
         self.metrics.ready.set(1)
         self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeats())
@@ -178,6 +183,7 @@ class Worker:
         self.state = "draining"
         self.metrics.ready.set(0)
         log.info("draining", worker_id=self.worker_id, in_flight=self.in_flight())
+        await self._stop_watching()
         if self._ingress is not None:
             await self._ingress.stop_consuming()
         try:
@@ -192,8 +198,33 @@ class Worker:
     async def abort(self) -> None:
         """Stop at once without finishing anything (what a crash looks like to
         the broker: everything unacked is delivered again)."""
+        await self._stop_watching()
         await self.table.abort()
         await self._shutdown()
+
+    def _start_watching(self, ingress: BrokerIngress) -> None:
+        """Keep the served versions in step with the repository (see
+        :mod:`worker.watcher`), unless ``watch_interval`` is 0."""
+        s = self.settings
+        if s.watch_interval <= 0:
+            return
+        self.watcher = RepositoryWatcher(
+            ModelRepository(s.models),
+            self.table,
+            interval=s.watch_interval,
+            metrics=self.metrics,
+            on_change=ingress.model_changed,
+        )
+        self._watch_task = asyncio.get_running_loop().create_task(
+            self.watcher.run(), name="repository-watcher"
+        )
+
+    async def _stop_watching(self) -> None:
+        """No version is loaded or retired from here on."""
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+            await asyncio.gather(self._watch_task, return_exceptions=True)
+            self._watch_task = None
 
     async def _shutdown(self) -> None:
         self.state = "stopped"
@@ -238,12 +269,18 @@ class Worker:
 
     def _details(self) -> dict[str, object]:
         """What ``/readyz`` shows besides readiness: each model version's provider."""
-        return {
+        details: dict[str, object] = {
             "models": {
                 model: {version: {"provider": r.provider} for version, r in versions.items()}
                 for model, versions in self.runtimes.items()
             }
         }
+        if self.watcher is not None and self.watcher.refused:
+            details["refused"] = {
+                f"{model}:{version}": r.reason
+                for (model, version), r in sorted(self.watcher.refused.items())
+            }
+        return details
 
     # ------------------------------------------------------------------ heartbeats
     async def _heartbeats(self) -> None:

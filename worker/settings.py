@@ -88,6 +88,13 @@ class WorkerSettings(RedactedRepr, BaseSettings):
         60.0, gt=0, description="seconds an OIP request without a timeout parameter may wait"
     )
     heartbeat_interval: float = Field(5.0, gt=0)
+    watch_interval: float = Field(
+        5.0,
+        ge=0,
+        description="seconds between looks at the model repository: versions added are "
+        "loaded, warmed up and served, versions removed drained and unloaded; 0 reads it "
+        "once, at start",
+    )
     drain_timeout: float = Field(30.0, gt=0, description="seconds SIGTERM waits for in-flight work")
     prefetch: int | None = Field(
         None, ge=1, description="unacked messages per queue; default 2x batch"

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,6 @@ from fleet.errors import ConfigError
 from fleet.transport.memory import MemoryBroker
 from fleetctl.cli import build_parser
 from producer import Client
-from tests.conftest import missing
 from tests.helpers import rows, running_worker
 from worker.repository import ModelRepository, push_s3
 
@@ -59,35 +55,6 @@ def test_build_keeps_built_models_without_the_tools_extra(
 
 
 # ---------------------------------------------------------------- push (moto's S3)
-
-
-@pytest.fixture
-def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    """An empty bucket on moto's server, which every boto3 client here reaches
-    through the environment (as a user's would reach S3)."""
-    url = os.environ.get("FLEET_TEST_AWS_URL")
-    if not url:
-        missing("FLEET_TEST_AWS_URL is not set; run scripts/moto.sh start (or scripts/test.sh)")
-    assert url is not None
-    for name, value in {
-        "AWS_ENDPOINT_URL": url,
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_CONFIG_FILE": os.devnull,
-        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),  # where an s3:// repository is copied
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    monkeypatch.delenv("AWS_REGION", raising=False)
-    s3 = aws.s3_client()
-    name = f"fleet-models-{uuid.uuid4().hex[:8]}"
-    s3.create_bucket(Bucket=name)
-    yield name
-    for obj in s3.list_objects_v2(Bucket=name).get("Contents", []):
-        s3.delete_object(Bucket=name, Key=obj["Key"])
-    s3.delete_bucket(Bucket=name)
 
 
 def _repository(tmp_path: Path, built_models: Path, unique_model: str) -> Path:

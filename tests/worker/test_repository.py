@@ -22,6 +22,32 @@ def _version(root: Path, model: str, version: str, config: str | None = None) ->
     return d
 
 
+def test_a_scan_reports_what_it_cannot_read_and_reads_the_rest(tmp_path: Path) -> None:
+    """A watcher's scan never raises for one bad directory: a version being
+    written, a bad config, a bad model name and an empty repository are
+    reported (a start-up discovery raises for each)."""
+    repo = ModelRepository(tmp_path)
+    assert repo.scan().specs == []  # empty: nothing yet, no error
+    _version(tmp_path, "digits", "1")
+    (tmp_path / "digits" / "2").mkdir()  # being written
+    _version(tmp_path, "digits", "3", config="max_batch_size = -1\n")
+    _version(tmp_path, "Bad Name", "1")
+
+    scan = repo.scan()
+
+    assert [(s.name, s.version) for s in scan.specs] == [("digits", "1")]
+    problems = {p.relative_to(tmp_path).as_posix(): why for p, why in scan.problems}
+    assert set(problems) == {"Bad Name", "digits/2", "digits/3"}
+    assert "no model.onnx" in problems["digits/2"]
+    assert "max_batch_size" in problems["digits/3"]
+    assert set(scan.signatures) == {("digits", "1"), ("digits", "2"), ("digits", "3")}
+    assert scan.signatures[("digits", "2")] == ()
+    (tmp_path / "digits" / "2" / "model.onnx").write_bytes(b"onnx")
+    assert repo.scan().signatures[("digits", "2")] != ()  # what a watcher sees change
+    with pytest.raises(ConfigError):
+        repo.discover()
+
+
 def test_discover_every_version_in_order(tmp_path: Path) -> None:
     for version in ("10", "2", "beta", "1"):
         _version(tmp_path, "digits", version)
