@@ -197,8 +197,10 @@ async def test_a_corrupt_version_is_refused_and_the_served_one_keeps_serving(
     with capture_logs() as logs:
         async with running_worker(url, root, watch_interval=WATCH) as w, Client(url) as client:
             assert w.watcher is not None
-            (root / model / "3").mkdir()
-            (root / model / "3" / "model.onnx").write_bytes(b"not an onnx model")
+            hidden = root / model / ".3"  # written whole, then renamed: no half-written look
+            hidden.mkdir()
+            (hidden / "model.onnx").write_bytes(b"not an onnx model")
+            hidden.rename(root / model / "3")
             await eventually(lambda: (model, "3") in w.watcher.refused, "v3 refused")  # type: ignore[union-attr]
             reply = await client.infer_reply(model, {"input": x})
             assert reply.ok and reply.version == "1"
@@ -213,7 +215,8 @@ async def test_a_corrupt_version_is_refused_and_the_served_one_keeps_serving(
 
             # good files in its place are loaded
             shutil.rmtree(root / model / "3")
-            shutil.copytree(built_models / "digits" / "1", root / model / "3")
+            shutil.copytree(built_models / "digits" / "1", hidden)
+            hidden.rename(root / model / "3")
             await eventually(lambda: w.table.latest[model] == "3", "v3 served once mended")
             assert (model, "3") not in w.watcher.refused
             reply = await client.infer_reply(model, {"input": x})
