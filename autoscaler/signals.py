@@ -8,6 +8,10 @@
   message, so message counts are scaled by the mean requests per message the
   live workers report in their heartbeats (the last figure heard while none
   is live).
+  The **synchronous path** (the Open Inference Protocol over HTTP and gRPC)
+  goes through no broker: the requests live workers hold for it
+  (``sync_in_flight``) are added to the backlog, and left out of the
+  in-flight counts that stand in for a broker's.
 - **arrival rate**: requests/s offered, an EWMA of the transport's
   ``produce_rate(model)`` where it can read one (:class:`ProduceRateReader`,
   :attr:`Capability.PRODUCE_RATE`), else of
@@ -17,7 +21,12 @@
   while a live worker has sent only one heartbeat (no rate yet, as after an
   autoscaler restart), and for ``silence_hold_s`` after a worker fell silent
   without saying it stopped: a worker that is not heard from is not a worker
-  that answers nothing.
+  that answers nothing. Synchronous demand is added as the heartbeats'
+  ``sync_arrived_total`` counters' rates on the produce-rate path (refused
+  calls included: a load balancer's retries are demand too), and as their
+  ``sync_rejected_total`` rates on the backlog path (what was answered is in
+  the answer rate, what waits is in the backlog). A worker that has served
+  synchronous calls but sent one heartbeat makes that part unknown.
 - **per-instance throughput, busy fraction, GPU utilization, saturation**:
   from heartbeats of workers in state ``ready``; a heartbeat older than three
   of its own intervals is dropped. A worker *batches* when its model runs
@@ -72,6 +81,8 @@ class _Worker:
     beat: Heartbeat
     received_at: float  # monotonic
     answer_rate: float | None = None  # from the last two distinct heartbeats
+    sync_rate: float | None = None  # synchronous calls arriving per second, likewise
+    reject_rate: float | None = None  # synchronous calls refused per second, likewise
 
 
 class Signals:
@@ -154,16 +165,21 @@ class Signals:
             self._workers.pop(beat.worker_id, None)
             return
         prev = self._workers.get(beat.worker_id)
-        rate = prev.answer_rate if prev is not None else None
+        if prev is not None and beat.sent_at < prev.beat.sent_at:
+            return  # out of order: keep the newer one
+        w = _Worker(beat=beat, received_at=now)
+        if prev is not None:
+            w.answer_rate, w.sync_rate, w.reject_rate = (
+                prev.answer_rate,
+                prev.sync_rate,
+                prev.reject_rate,
+            )
         if prev is not None and beat.sent_at > prev.beat.sent_at:
             dt = beat.sent_at - prev.beat.sent_at
-            answered = beat.answered_total - prev.beat.answered_total
-            if answered < 0:  # restarted under the same id: the counter started again
-                answered = beat.answered_total
-            rate = answered / dt
-        elif prev is not None and beat.sent_at < prev.beat.sent_at:
-            return  # out of order: keep the newer one
-        self._workers[beat.worker_id] = _Worker(beat=beat, received_at=now, answer_rate=rate)
+            w.answer_rate = _rate(prev.beat.answered_total, beat.answered_total, dt)
+            w.sync_rate = _rate(prev.beat.sync_arrived_total, beat.sync_arrived_total, dt)
+            w.reject_rate = _rate(prev.beat.sync_rejected_total, beat.sync_rejected_total, dt)
+        self._workers[beat.worker_id] = w
 
     def live_workers(self) -> list[Heartbeat]:
         """Heartbeats of workers heard from within three of their intervals."""
@@ -205,12 +221,14 @@ class Signals:
                 unknown_in_flight.add(model)
             else:
                 messages += d.in_flight
-        total = round(messages * self._per_message)
+        total = round(messages * self._per_message) + sum(b.sync_in_flight for b in live)
         # Kafka lag (end offset - committed) already counts what workers hold
         # uncommitted; elsewhere an unknown in-flight count is the workers' sum.
         if unknown_in_flight and not self.transport.can(Capability.LAG_COUNTS_IN_FLIGHT):
             total += sum(
-                b.in_flight for b in live if not b.models or set(b.models) & unknown_in_flight
+                b.in_flight - b.sync_in_flight
+                for b in live
+                if not b.models or set(b.models) & unknown_in_flight
             )
         return total
 
@@ -245,21 +263,38 @@ class Signals:
             return None
         return sum(w.answer_rate or 0.0 for w in workers)
 
+    def _sync_rates(self) -> tuple[float, float] | None:
+        """Synchronous calls arriving and refused per second, summed over the
+        workers; ``None`` while a worker that has served some has no rate yet."""
+        arrived = rejected = 0.0
+        for w in self._workers.values():
+            if w.sync_rate is None or w.reject_rate is None:
+                if w.beat.sync_arrived_total > 0:
+                    return None
+                continue
+            arrived += w.sync_rate
+            rejected += w.reject_rate
+        return arrived, rejected
+
     async def _arrival_rate(self, now: float, backlog: int | None, in_service: int) -> float | None:
         """The smoothed arrival rate: the broker's produce rate where it has
-        one, else backlog growth plus the answer rate; ``None`` when either
-        part is unknown (never a 0 that is only missing data)."""
+        one, else backlog growth plus the answer rate; plus the synchronous
+        path's (see the module's docstring). ``None`` when a part is unknown
+        (never a 0 that is only missing data)."""
         produced = await self._produce_rate()
+        sync = self._sync_rates()
         dt = now - self._last_poll if self._last_poll is not None else None
         if produced is not None:
+            if sync is None:
+                return None
             produced *= self._per_message  # messages/s to requests/s
-            return self._arrival.update(produced, dt or 0.0)
+            return self._arrival.update(produced + sync[0], dt or 0.0)
         if backlog is None or self._last_backlog is None or not dt:
             return None  # the first poll, or the backlog could not be read
         answered = self._answer_rate(in_service, now)
-        if answered is None:
+        if answered is None or sync is None:
             return None
-        raw = max(0.0, (backlog - self._last_backlog) / dt + answered)
+        raw = max(0.0, (backlog - self._last_backlog) / dt + answered + sync[1])
         return self._arrival.update(raw, dt)
 
     def _measures_capacity(self, beat: Heartbeat) -> bool:
@@ -309,6 +344,14 @@ class Signals:
             desired=capacity.desired,
             saturation=(sum(loads) / len(loads)) if loads else None,
         )
+
+
+def _rate(before: int, after: int, dt: float) -> float:
+    """Per second, from two readings of a counter ``dt`` seconds apart; a
+    counter that went back (the worker restarted under the same id) started
+    again from 0."""
+    counted = after - before
+    return (after if counted < 0 else counted) / dt
 
 
 def batches(beat: Heartbeat) -> bool:

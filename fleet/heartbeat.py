@@ -32,7 +32,7 @@ class Heartbeat(BaseModel):
     queue_wait_ms_p50: float = 0.0  # receipt to the start of the batch's run, per request
     inference_ms_p50: float = 0.0  # the model run, per batch
     reply_ms_p50: float = 0.0  # a batch's end to its replies published
-    in_flight: int = 0  # requests received and not yet answered
+    in_flight: int = 0  # requests received (queued and synchronous) and not yet answered
     requests_per_message: float = 1.0  # mean requests per broker message received (coalescing)
     gpu_utilization: float | None = None  # 0..1 from NVML; None without a GPU
     provider: str = ""  # the ONNX Runtime execution provider in use
@@ -40,6 +40,12 @@ class Heartbeat(BaseModel):
     answered_total: int = 0
     errors_total: int = 0
     expired_total: int = 0
+    # the synchronous path (the Open Inference Protocol over HTTP and gRPC),
+    # which no broker counts: the autoscaler adds it to the queues' figures
+    sync_in_flight: int = 0  # synchronous requests waiting or running now
+    sync_arrived_total: int = 0  # synchronous requests that asked, refused ones included
+    sync_rejected_total: int = 0  # of those, refused because the worker was full
+    sync_queue_wait_ms_p50: float = 0.0  # arrival to the start of its batch, per request
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()

@@ -85,9 +85,16 @@ def _add_oip(p: argparse.ArgumentParser) -> None:
         "0 picks one (default: not served)",
     )
     p.add_argument(
+        "--oip-grpc-port",
+        type=int,
+        help="port of the Open Inference Protocol over gRPC on --oip-host; "
+        "0 picks one (default: not served)",
+    )
+    p.add_argument(
         "--max-sync-requests",
         type=int,
-        help="OIP requests waiting or running at once before more get 503 (default 4x max batch)",
+        help="OIP requests (HTTP and gRPC) waiting or running at once before more are "
+        "refused: 503 / RESOURCE_EXHAUSTED (default 4x max batch)",
     )
     p.add_argument(
         "--sync-timeout",

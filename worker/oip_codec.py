@@ -67,14 +67,14 @@ def decode_infer(body: bytes, header_length: str | None) -> InferBody:
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
         raise InvalidArgument("'id' must be a string")
-    params = _parameters(doc.get("parameters"), "the request")
+    params = check_parameters(doc.get("parameters"), "the request")
     inputs = _inputs(doc.get("inputs"), binary)
     return InferBody(
         id=rid,
         inputs=inputs,
         outputs=_outputs(doc.get("outputs")),
         binary_output=params.get("binary_data_output") is True,
-        timeout_s=_timeout(params.get("timeout")),
+        timeout_s=timeout_seconds(params.get("timeout")),
         parameters={k: v for k, v in params.items() if k not in PROTOCOL_PARAMETERS},
     )
 
@@ -92,7 +92,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
     return bytes(view[:n]), view[n:]
 
 
-def _parameters(raw: object, where: str) -> dict[str, ParamValue]:
+def check_parameters(raw: object, where: str) -> dict[str, ParamValue]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -105,7 +105,7 @@ def _parameters(raw: object, where: str) -> dict[str, ParamValue]:
     return dict(raw)
 
 
-def _timeout(raw: ParamValue | None) -> float | None:
+def timeout_seconds(raw: ParamValue | None) -> float | None:
     if raw is None:
         return None
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not raw > 0:
@@ -121,8 +121,8 @@ def _inputs(raw: object, binary: memoryview) -> tuple[Tensor, ...]:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict):
             raise InvalidArgument(f"input {i} must be a JSON object")
-        name, datatype, shape = _head(entry, f"input {i}")
-        params = _parameters(entry.get("parameters"), f"input {name!r}")
+        name, datatype, shape = check_head(entry, f"input {i}")
+        params = check_parameters(entry.get("parameters"), f"input {name!r}")
         size = params.get("binary_data_size")
         if size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -133,15 +133,15 @@ def _inputs(raw: object, binary: memoryview) -> tuple[Tensor, ...]:
                 )
             data = binary[offset : offset + size]
             offset += size
-            tensors.append(_binary_tensor(name, datatype, shape, data))
+            tensors.append(binary_tensor(name, datatype, shape, data))
         else:
-            tensors.append(_json_tensor(name, datatype, shape, entry.get("data")))
+            tensors.append(list_tensor(name, datatype, shape, entry.get("data")))
     if offset != len(binary):
         raise InvalidArgument(f"{len(binary) - offset} bytes of binary data belong to no input")
     return tuple(tensors)
 
 
-def _head(entry: Mapping[str, Any], where: str) -> tuple[str, DataType, tuple[int, ...]]:
+def check_head(entry: Mapping[str, Any], where: str) -> tuple[str, DataType, tuple[int, ...]]:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise InvalidArgument(f"{where} needs a 'name'")
@@ -162,7 +162,7 @@ def _head(entry: Mapping[str, Any], where: str) -> tuple[str, DataType, tuple[in
     return name, datatype, tuple(shape)
 
 
-def _binary_tensor(
+def binary_tensor(
     name: str, datatype: DataType, shape: tuple[int, ...], data: memoryview
 ) -> Tensor:
     count = check_shape(name, shape)
@@ -176,7 +176,7 @@ def _binary_tensor(
     return Tensor(name=name, datatype=datatype, shape=shape, data=data)
 
 
-def _json_tensor(name: str, datatype: DataType, shape: tuple[int, ...], data: object) -> Tensor:
+def list_tensor(name: str, datatype: DataType, shape: tuple[int, ...], data: object) -> Tensor:
     if not isinstance(data, list):
         raise InvalidArgument(f"input {name!r} needs 'data' (a list) or binary_data_size")
     count = check_shape(name, shape)
@@ -207,7 +207,7 @@ def _outputs(raw: object) -> tuple[RequestedOutput, ...] | None:
     for i, entry in enumerate(raw):
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
             raise InvalidArgument(f"output {i} must be an object with a 'name'")
-        params = _parameters(entry.get("parameters"), f"output {entry['name']!r}")
+        params = check_parameters(entry.get("parameters"), f"output {entry['name']!r}")
         out.append(RequestedOutput(entry["name"], params.get("binary_data") is True))
     return tuple(out)
 
@@ -288,9 +288,14 @@ __all__ = [
     "BodyTooLarge",
     "InferBody",
     "RequestedOutput",
+    "binary_tensor",
+    "check_head",
     "check_outputs",
+    "check_parameters",
     "decode_infer",
     "encode_infer",
     "error_body",
+    "list_tensor",
     "oversize",
+    "timeout_seconds",
 ]

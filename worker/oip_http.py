@@ -1,18 +1,11 @@
 """The Open Inference Protocol (KServe v2) over HTTP: one more ingress of the pipelines.
 
-An ``/infer`` call becomes an :class:`~worker.pipeline.Item` of the same
-pipeline the broker's deliveries feed, so synchronous and queued requests for
-one model version share batches; it goes in the synchronous lane, served
-before queued ``online`` and ``batch`` items. The server is the
-:class:`~worker.pipeline.ReplySink` of its items and wakes each waiting call
-with its outcome.
-
-Admission: at most ``max_queued`` synchronous requests wait or run at once;
-one more is refused at once with 503 (a load balancer retries elsewhere). The
-request's ``timeout`` parameter (microseconds, as Triton's clients send it)
-is its deadline, ``default_timeout`` without one: an item not started by then
-is dropped and the call answered 504. A caller that disconnects cancels its
-item unless it already runs.
+This server decodes REST calls and hands them to the worker's
+:class:`~worker.sync_ingress.SyncIngress`, which it shares with the gRPC
+server: one admission limit, one synchronous lane of the same batches as the
+queue traffic (see there). The request's ``timeout`` parameter
+(microseconds, as Triton's clients send it) is its deadline. A caller that
+disconnects cancels its item unless it already runs.
 
 Errors are the protocol's bodies, ``{"error": "..."}``, with the status of
 their :class:`~fleet.errors.FleetError` code: 400 for a malformed request, a
@@ -23,32 +16,17 @@ deadline; 500 for a failure inside the worker.
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from importlib import metadata
 from typing import Any
 
 from aiohttp import web
 
-from fleet.contract import Priority, Reply, Request, new_request_id
-from fleet.errors import (
-    DeadlineExceeded,
-    ErrorCode,
-    FleetError,
-    Internal,
-    InvalidArgument,
-    ModelNotFound,
-    Overloaded,
-    Unavailable,
-)
+from fleet.errors import ErrorCode, FleetError
 from fleet.logging import get_logger
 from worker import oip_codec
-from worker.ledger import Ledger
-from worker.model_table import ModelTable
-from worker.pipeline import Item, Outcome
 from worker.runtime import ModelRuntime
+from worker.sync_ingress import SyncIngress
 
 log = get_logger("worker.oip_http")
 
@@ -61,9 +39,8 @@ _STATUS = {
     ErrorCode.INTERNAL: 500,
     ErrorCode.CONFIG: 500,
 }
-# what a request's own content can make a runtime's checks raise: its caller's error
-_INPUT_ERRORS = (ValueError, TypeError, IndexError, KeyError, OverflowError)
 _MODEL = "/v2/models/{model}"
+EXTENSIONS = ["binary_tensor_data"]
 _VERSION = "/v2/models/{model}/versions/{version}"
 
 
@@ -86,7 +63,7 @@ def _json(doc: dict[str, Any], status: int = 200) -> web.Response:
     return web.json_response(doc, status=status)
 
 
-def _server_version() -> str:
+def server_version() -> str:
     try:
         return metadata.version("inference-fleet")
     except metadata.PackageNotFoundError:
@@ -94,28 +71,12 @@ def _server_version() -> str:
 
 
 class OipHttpServer:
-    """The OIP REST endpoints of one worker's :class:`~worker.model_table.ModelTable`."""
+    """The OIP REST endpoints of one worker's synchronous ingress."""
 
-    def __init__(
-        self,
-        table: ModelTable,
-        ledger: Ledger,
-        *,
-        ready: Callable[[], bool],
-        max_body_bytes: int,
-        max_queued: int,
-        default_timeout: float,
-    ) -> None:
-        self._table = table
-        self._ledger = ledger
-        self._ready = ready
+    def __init__(self, sync: SyncIngress, *, max_body_bytes: int) -> None:
+        self._sync = sync
         self._max_body = max_body_bytes
-        self._max_queued = max_queued
-        self._default_timeout = default_timeout
-        self._waiting: dict[Item, asyncio.Future[Reply | None]] = {}
-        self._queued = 0  # items submitted and not yet settled
         self._runner: web.AppRunner | None = None
-        self._ids = map(f"oip-{new_request_id()[:12]}-{{}}".format, itertools.count())
         self.port: int | None = None
 
     # ------------------------------------------------------------------ serving
@@ -142,48 +103,24 @@ class OipHttpServer:
         return self.port
 
     async def stop(self) -> None:
-        self.abort_waiting()
+        self._sync.abort_waiting()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
-    def abort_waiting(self) -> None:
-        """Answer every call still waiting with 503: its pipeline will not (abort)."""
-        for fut in self._waiting.values():
-            if not fut.done():
-                fut.set_exception(Unavailable("the worker stopped before answering"))
-
-    def in_flight(self) -> int:
-        """Synchronous requests submitted and not yet settled."""
-        return self._queued
-
-    def waiting(self) -> int:
-        """Calls waiting for their answer (not those whose caller went away)."""
-        return len(self._waiting)
-
     # ------------------------------------------------------------------ metadata
     async def _server_metadata(self, _request: web.Request) -> web.Response:
-        return _json(
-            {"name": "fleet", "version": _server_version(), "extensions": ["binary_tensor_data"]}
-        )
+        return _json({"name": "fleet", "version": server_version(), "extensions": EXTENSIONS})
 
     async def _live(self, _request: web.Request) -> web.Response:
         return web.Response(status=200)
 
     async def _server_ready(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200 if self._ready() else 503)
+        return web.Response(status=200 if self._sync.ready() else 503)
 
     def _runtime(self, request: web.Request) -> tuple[str, str, ModelRuntime]:
         model = request.match_info["model"]
-        versions = self._table.runtimes.get(model)
-        if versions is None:
-            raise ModelNotFound(f"this worker does not serve model {model!r}")
-        version = request.match_info.get("version") or self._table.latest[model]
-        runtime = versions.get(version)
-        if runtime is None:
-            raise ModelNotFound(
-                f"model {model!r} has no version {version!r}; versions: {sorted(versions)}"
-            )
+        version, runtime = self._sync.runtime(model, request.match_info.get("version"))
         return model, version, runtime
 
     async def _model_metadata(self, request: web.Request) -> web.Response:
@@ -191,23 +128,14 @@ class OipHttpServer:
             model, _, runtime = self._runtime(request)
         except FleetError as exc:
             return _error(exc)
-        name = runtime.spec.config.runtime
-        return _json(
-            {
-                "name": model,
-                "versions": sorted(self._table.runtimes[model]),
-                "platform": "onnxruntime_onnx" if name == "onnxruntime" else name,
-                "inputs": _io_metadata(getattr(runtime, "inputs", ())),
-                "outputs": _io_metadata(getattr(runtime, "outputs", ())),
-            }
-        )
+        return _json(model_metadata(self._sync, model, runtime))
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         try:
             self._runtime(request)
         except FleetError as exc:
             return _error(exc)
-        return web.Response(status=200 if self._ready() else 503)
+        return web.Response(status=200 if self._sync.ready() else 503)
 
     # ------------------------------------------------------------------ inference
     async def _infer(self, request: web.Request) -> web.Response:
@@ -218,7 +146,14 @@ class OipHttpServer:
             names = [io.name for io in getattr(runtime, "outputs", ())]
             if names:
                 oip_codec.check_outputs(parsed, names)
-            reply = await self._serve(model, version, parsed)
+            reply = await self._sync.infer(
+                model,
+                version,
+                parsed.inputs,
+                request_id=parsed.id,
+                parameters=parsed.parameters,
+                timeout_s=parsed.timeout_s,
+            )
             if reply.error is not None:
                 return _error(reply.error.to_exception())
             data, headers = oip_codec.encode_infer(parsed, reply)
@@ -235,72 +170,17 @@ class OipHttpServer:
         except web.HTTPRequestEntityTooLarge:
             raise oip_codec.oversize(self._max_body + 1, self._max_body) from None
 
-    async def _serve(self, model: str, version: str, parsed: oip_codec.InferBody) -> Reply:
-        """Submit the request to its pipeline and wait for its reply."""
-        if not self._ready():
-            raise Unavailable("the worker is not ready")
-        if self._queued >= self._max_queued:
-            raise Overloaded(f"{self._queued} synchronous requests are waiting; try another worker")
-        timeout = parsed.timeout_s or self._default_timeout
-        req = Request(
-            id=parsed.id or next(self._ids),  # a uuid per call costs a syscall
-            model=model,
-            version=version,
-            inputs=parsed.inputs,
-            deadline=time.time() + timeout,
-            priority=Priority.ONLINE,
-            parameters=parsed.parameters,
-            sent_at=time.time(),
-            timeout=timeout,
-            arrived=time.monotonic(),
-        )
-        item = self._submit(req)
-        fut = self._waiting[item]
-        try:
-            reply = await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            item.cancelled = True
-            raise DeadlineExceeded(f"no answer within the timeout of {timeout:g} s") from None
-        except asyncio.CancelledError:  # the caller went away
-            item.cancelled = True
-            raise
-        finally:
-            self._waiting.pop(item, None)
-        if reply is None:
-            raise DeadlineExceeded(f"the deadline of {timeout:g} s passed before inference")
-        return reply
 
-    def _submit(self, req: Request) -> Item:
-        try:
-            pipe, feeds, rows = self._table.route(req)
-        except FleetError:
-            raise
-        except _INPUT_ERRORS as exc:
-            raise InvalidArgument(f"the inputs do not fit the model: {exc}") from None
-        except Exception as exc:
-            log.exception("routing a request failed", model=req.model)
-            raise Internal(f"the request could not be served: {exc!r}") from None
-        if not pipe.accepting:
-            raise Unavailable("the worker is stopping")
-        item = Item(request=req, feeds=feeds, rows=rows, sink=self, synchronous=True)
-        try:
-            pipe.submit(item)
-        except Exception as exc:
-            log.exception("submitting a request failed", model=req.model)
-            raise Internal(f"the request could not be served: {exc!r}") from None
-        self._waiting[item] = asyncio.get_running_loop().create_future()
-        self._queued += 1
-        self._ledger.submitted()
-        return item
-
-    async def settle(self, outcomes: Sequence[Outcome]) -> None:
-        """Wake each waiting call with its outcome (a cancelled call's is dropped)."""
-        for o in outcomes:
-            self._queued -= 1
-            self._ledger.finished(o)
-            fut = self._waiting.get(o.item)
-            if fut is not None and not fut.done():
-                fut.set_result(o.reply)
+def model_metadata(sync: SyncIngress, model: str, runtime: ModelRuntime) -> dict[str, Any]:
+    """The protocol's model metadata of one version of ``model``."""
+    name = runtime.spec.config.runtime
+    return {
+        "name": model,
+        "versions": sorted(sync.table.runtimes[model]),
+        "platform": "onnxruntime_onnx" if name == "onnxruntime" else name,
+        "inputs": _io_metadata(getattr(runtime, "inputs", ())),
+        "outputs": _io_metadata(getattr(runtime, "outputs", ())),
+    }
 
 
 def _io_metadata(specs: Sequence[Any]) -> list[dict[str, Any]]:
@@ -314,4 +194,4 @@ def _io_metadata(specs: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["OipHttpServer", "status_of"]
+__all__ = ["EXTENSIONS", "OipHttpServer", "model_metadata", "server_version", "status_of"]

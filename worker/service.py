@@ -3,9 +3,15 @@
 A :class:`Worker` composes the parts: a :class:`~worker.model_table.ModelTable`
 (every model version loaded by its runtime, warmed up, one pipeline each), the
 :class:`~worker.broker_ingress.BrokerIngress` that turns broker deliveries into
-pipeline items and settles them, the Open Inference Protocol's HTTP server
-(:class:`~worker.oip_http.OipHttpServer`, another ingress of the same
-pipelines, when ``oip_port`` is set), the HTTP health server, and heartbeats.
+pipeline items and settles them, the Open Inference Protocol's servers over HTTP and gRPC
+(:class:`~worker.oip_http.OipHttpServer` and :class:`~worker.oip_grpc.OipGrpcServer`,
+when ``oip_port`` or ``oip_grpc_port`` is set: other ingresses of the same
+pipelines, through one :class:`~worker.sync_ingress.SyncIngress`), the HTTP
+health server, and heartbeats.
+
+The synchronous path is ready once the models are loaded and their pipelines
+run, before the broker answers: it needs no broker. It stops being ready when
+the worker drains.
 Starting one changes no process-wide state; see :mod:`worker.tuning`.
 
 ::
@@ -39,11 +45,13 @@ from worker.ledger import Ledger
 from worker.lifecycle import Backoff, BrokerWait
 from worker.metrics import WorkerMetrics
 from worker.model_table import ModelTable
+from worker.oip_grpc import OipGrpcServer
 from worker.oip_http import OipHttpServer
 from worker.repository import ModelRepository
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.stats import WindowStats
+from worker.sync_ingress import SyncIngress
 from worker.watcher import RepositoryWatcher
 
 log = get_logger("worker.service")
@@ -69,10 +77,14 @@ class Worker:
         self._watch_task: asyncio.Task[None] | None = None
         self._health: HealthServer | None = None
         self.boot: BrokerWait | None = None  # the wait for the broker at start
+        self.sync: SyncIngress | None = None  # the OIP servers' shared ingress
         self.oip: OipHttpServer | None = None
+        self.oip_grpc: OipGrpcServer | None = None
+        self._serving = False  # models loaded, pipelines running, not draining
         self._idle_logged: str | None = None
         self.http_port: int | None = None
         self.oip_port: int | None = None
+        self.oip_grpc_port: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -105,16 +117,8 @@ class Worker:
         self.table.start(
             worker_id=self.worker_id, on_batch=self.ledger.batch, threads=s.max_model_threads
         )
-        if s.oip_port is not None:
-            self.oip = OipHttpServer(
-                self.table,
-                self.ledger,
-                ready=lambda: self.state == "ready",
-                max_body_bytes=s.max_message_bytes,
-                max_queued=s.max_sync_requests or 4 * self.table.max_batch_size(),
-                default_timeout=s.sync_timeout,
-            )
-            self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
+        self._serving = True
+        await self._start_oip()
         self._transport = await self._wait_for_broker()
         await self._open_stores()
         self._ingress = BrokerIngress(
@@ -146,8 +150,28 @@ class Worker:
             providers=self.table.providers,
             http_port=self.http_port,
             oip_port=self.oip_port,
+            oip_grpc_port=self.oip_grpc_port,
             event_loop=running_loop_kind(),
         )
+
+    async def _start_oip(self) -> None:
+        """The Open Inference Protocol's servers, where the settings ask for them."""
+        s = self.settings
+        if s.oip_port is None and s.oip_grpc_port is None:
+            return
+        self.sync = SyncIngress(
+            self.table,
+            self.ledger,
+            ready=lambda: self._serving,
+            max_queued=s.max_sync_requests or 4 * self.table.max_batch_size(),
+            default_timeout=s.sync_timeout,
+        )
+        if s.oip_port is not None:
+            self.oip = OipHttpServer(self.sync, max_body_bytes=s.max_message_bytes)
+            self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
+        if s.oip_grpc_port is not None:
+            self.oip_grpc = OipGrpcServer(self.sync, max_message_bytes=s.max_message_bytes)
+            self.oip_grpc_port = await self.oip_grpc.start(s.oip_host, s.oip_grpc_port)
 
     async def _open_stores(self) -> None:
         """The result store and the result cache, where the settings name them."""
@@ -181,6 +205,7 @@ class Worker:
         if self.state == "stopped":
             return
         self.state = "draining"
+        self._serving = False
         self.metrics.ready.set(0)
         log.info("draining", worker_id=self.worker_id, in_flight=self.in_flight())
         await self._stop_watching()
@@ -198,6 +223,7 @@ class Worker:
     async def abort(self) -> None:
         """Stop at once without finishing anything (what a crash looks like to
         the broker: everything unacked is delivered again)."""
+        self._serving = False
         await self._stop_watching()
         await self.table.abort()
         await self._shutdown()
@@ -243,8 +269,11 @@ class Worker:
             await self._results.close()
         if self._cache is not None:
             await self._cache.close()
+        self._serving = False
         if self.oip is not None:
             await self.oip.stop()
+        if self.oip_grpc is not None:
+            await self.oip_grpc.stop()
         if self._health is not None:
             await self._health.stop()
         log.info("worker stopped", worker_id=self.worker_id, answered=self.stats.answered_total)
@@ -256,7 +285,7 @@ class Worker:
     def in_flight(self) -> int:
         """Requests received (from the broker or over OIP) and not yet answered."""
         queued = self._ingress.in_flight() if self._ingress is not None else 0
-        return queued + (self.oip.in_flight() if self.oip is not None else 0)
+        return queued + (self.sync.in_flight() if self.sync is not None else 0)
 
     def _readiness(self) -> tuple[bool, str]:
         if self.boot is not None and self.boot.status is not None:
@@ -298,6 +327,7 @@ class Worker:
         idle = self._idle_reason()
         max_batch = self.table.max_batch_size()
         w = self.stats.roll()
+        sync = self.sync.window() if self.sync is not None else None
         return Heartbeat(
             worker_id=self.worker_id,
             host=socket.gethostname(),
@@ -321,6 +351,10 @@ class Worker:
             answered_total=self.stats.answered_total,
             errors_total=self.stats.errors_total,
             expired_total=self.stats.expired_total,
+            sync_in_flight=sync.in_flight if sync else 0,
+            sync_arrived_total=sync.arrived_total if sync else 0,
+            sync_rejected_total=sync.rejected_total if sync else 0,
+            sync_queue_wait_ms_p50=sync.queue_wait_p50 * 1000 if sync else 0.0,
         )
 
     def _idle_reason(self) -> str | None:

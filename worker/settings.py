@@ -78,11 +78,17 @@ class WorkerSettings(RedactedRepr, BaseSettings):
         description="port of the Open Inference Protocol over HTTP (/v2/...), apart from "
         "/metrics; 0 picks a free port; None serves none",
     )
+    oip_grpc_port: int | None = Field(
+        None,
+        description="port of the Open Inference Protocol over gRPC "
+        "(inference.GRPCInferenceService) on oip_host; 0 picks a free port; None serves none",
+    )
     max_sync_requests: int | None = Field(
         None,
         ge=1,
-        description="synchronous (OIP) requests waiting or running at once before more are "
-        "refused with 503; default 4x the largest max batch",
+        description="synchronous (OIP over HTTP and gRPC) requests waiting or running at once "
+        "before more are refused (HTTP 503, gRPC RESOURCE_EXHAUSTED); default 4x the "
+        "largest max batch",
     )
     sync_timeout: float = Field(
         60.0, gt=0, description="seconds an OIP request without a timeout parameter may wait"

@@ -410,3 +410,57 @@ async def test_snapshot_time_is_the_wall_clock() -> None:
     s, t, _ = await make(wall_clock=lambda: 1.7e9)
     t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
     assert (await s.collect(CAP)).now == 1.7e9
+
+
+# ---------------------------------------------------------------------- the synchronous path
+
+
+async def test_synchronous_calls_held_add_to_the_backlog_once() -> None:
+    s, t, _ = await make(models=("a", "b"))
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=5, in_flight=None)  # in flight from heartbeats
+    t.depths["b"] = Depth(model="b", ready=0, in_flight=2)
+    # w1 holds 4 queued requests and 3 synchronous calls; w2 only synchronous ones
+    t.on_beat(beat("w1", 1.0, in_flight=7, sync_in_flight=3, models=["a"]))
+    t.on_beat(beat("w2", 1.0, in_flight=6, sync_in_flight=6, models=["b"]))
+    assert (await s.collect(CAP)).backlog == 5 + 4 + 2 + 3 + 6
+
+
+async def test_synchronous_arrivals_add_to_the_brokers_produce_rate() -> None:
+    t = KafkaLike()
+    t.rates = {"a": 20.0}
+    s, _, clock = await make(t)
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=None)
+    t.on_beat(beat("idle", 100.0))  # never served a synchronous call: adds 0
+    t.on_beat(beat("w1", 100.0, sync_arrived_total=500, sync_rejected_total=10))
+    assert (await s.collect(CAP)).arrival_rate is None  # w1's rate is not known yet
+    clock.t += 2.0
+    # 70 calls/s arrived at w1, 5/s of them refused: demand all the same
+    t.on_beat(beat("w1", 102.0, sync_arrived_total=640, sync_rejected_total=20))
+    assert (await s.collect(CAP)).arrival_rate == pytest.approx(20.0 + 70.0)
+
+
+async def test_an_http_only_fleet_has_an_arrival_rate_from_its_heartbeats() -> None:
+    """No broker traffic: backlog growth is 0, the answer rate and the
+    refused calls are the whole demand."""
+    s, t, clock = await make()
+    assert t.on_beat is not None
+    t.depths["a"] = Depth(model="a", ready=0, in_flight=0)
+    t.on_beat(beat("w1", 100.0, sync_arrived_total=0, answered_total=0))
+    await s.collect(CAP)
+    clock.t += 1.0
+    t.on_beat(
+        beat(
+            "w1",
+            101.0,
+            sync_arrived_total=150,
+            sync_rejected_total=30,
+            answered_total=112,
+            sync_in_flight=8,
+            in_flight=8,
+        )
+    )
+    snap = await s.collect(CAP)
+    assert snap.backlog == 8
+    assert snap.arrival_rate == pytest.approx(8 + 112 + 30)  # waiting + answered + refused

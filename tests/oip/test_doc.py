@@ -33,8 +33,9 @@ def _blocks(kind: str) -> list[str]:
 
 
 @pytest.mark.memory
-def test_the_python_example_runs(tmp_path: Path) -> None:
-    (example,) = _blocks("python")
+@pytest.mark.parametrize("index", [0, 1], ids=["http", "grpc"])
+def test_the_python_example_runs(tmp_path: Path, index: int) -> None:
+    example = _blocks("python")[index]
     script = tmp_path / "example.py"
     script.write_text(example, encoding="utf-8")
     proc = subprocess.run(

@@ -107,8 +107,9 @@ async def test_a_caller_that_goes_away_cancels_its_request(
                 assert await wait_until(lambda: worker.in_flight() == 2, 10)
                 call.cancel()
                 await asyncio.gather(call, return_exceptions=True)
-            oip = worker.oip
-            assert await wait_until(lambda: oip.waiting() == 1, 10)  # the blocker only
+            sync = worker.sync
+            assert sync is not None
+            assert await wait_until(lambda: sync.waiting() == 1, 10)  # the blocker only
             runtime.gate.set()
             await blocker
             assert await wait_until(lambda: worker.in_flight() == 0, 10)
