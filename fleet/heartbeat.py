@@ -46,6 +46,8 @@ class Heartbeat(BaseModel):
     sync_arrived_total: int = 0  # synchronous requests that asked, refused ones included
     sync_rejected_total: int = 0  # of those, refused because the worker was full
     sync_queue_wait_ms_p50: float = 0.0  # arrival to the start of its batch, per request
+    oip_port: int | None = None  # where it serves the OIP over HTTP on ``host``, if it does
+    oip_grpc_port: int | None = None  # and over gRPC
 
     def encode(self) -> bytes:
         return self.model_dump_json().encode()

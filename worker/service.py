@@ -355,6 +355,8 @@ class Worker:
             sync_arrived_total=sync.arrived_total if sync else 0,
             sync_rejected_total=sync.rejected_total if sync else 0,
             sync_queue_wait_ms_p50=sync.queue_wait_p50 * 1000 if sync else 0.0,
+            oip_port=self.oip_port,
+            oip_grpc_port=self.oip_grpc_port,
         )
 
     def _idle_reason(self) -> str | None:

@@ -23,7 +23,6 @@ from autoscaler.config import parse_config
 from autoscaler.loop import Autoscaler, from_config
 from autoscaler.types import Decision, Snapshot
 from producer import Client
-from tests.conftest import broker_url_for
 
 POLL_S = 0.5
 BURST = 3000
@@ -40,16 +39,6 @@ def _demand_in_instances(s: Snapshot) -> float:
     rate = s.arrival_rate or 0.0
     backlog = s.backlog or 0
     return (rate + backlog / DRAIN_TIME_S) / PER_INSTANCE_RPS
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("amqp", marks=pytest.mark.rabbitmq),
-        pytest.param("kafka", marks=pytest.mark.kafka),
-    ]
-)
-def real_broker(request: pytest.FixtureRequest) -> str:
-    return broker_url_for(str(request.param))
 
 
 def e2e_config(broker: str, model: str, models_dir: Path, log_dir: Path) -> dict[str, Any]:
