@@ -154,12 +154,14 @@ def stop_process(proc: subprocess.Popen[Any], grace: float) -> None:
 # ----------------------------------------------------------------------------- fleet
 
 
-def _client_proc(broker: str, duration: float, in_flight: int, rate: float | None, q: Any) -> None:
+def _client_proc(
+    broker: str, duration: float, in_flight: int, rate: float | None, q: Any, max_batch: int = 64
+) -> None:
     from producer import Client
     from producer.loadgen import drive, random_inputs
 
     async def run() -> tuple[Any, float]:
-        async with Client(broker, timeout=30, max_in_flight=100_000) as client:
+        async with Client(broker, timeout=30, max_in_flight=100_000, max_batch=max_batch) as client:
             cpu = time.process_time()
             result = await drive(
                 client,
@@ -176,7 +178,16 @@ def _client_proc(broker: str, duration: float, in_flight: int, rate: float | Non
     q.put((r.latencies, r.batch_sizes, dict(r.errors), r.sent, r.seconds, cpu))
 
 
-def _drive(broker: str, duration: float, in_flight: int, rate: float | None, clients: int) -> Row:
+def _drive(
+    broker: str,
+    duration: float,
+    in_flight: int,
+    rate: float | None,
+    clients: int,
+    max_batch: int = 64,
+) -> Row:
+    """``clients`` client processes; ``max_batch`` requests at most per
+    broker message (1: no coalescing)."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     procs = [
@@ -188,6 +199,7 @@ def _drive(broker: str, duration: float, in_flight: int, rate: float | None, cli
                 max(1, in_flight // clients),
                 rate / clients if rate else None,
                 q,
+                max_batch,
             ),
         )
         for _ in range(clients)

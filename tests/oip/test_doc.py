@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -55,4 +56,26 @@ async def test_the_curl_body_is_answered(oip_worker: Worker, unique_model: str) 
         assert r.status == 200
         doc = await r.json()
     assert doc["id"] == "r-1"
+    assert {o["name"] for o in doc["outputs"]} == {"label", "probabilities"}
+
+
+@pytest.mark.memory
+async def test_the_readmes_curl_commands_are_answered(
+    oip_worker: Worker, unique_model: str
+) -> None:
+    """README.md's two ``curl`` commands, pointed at this test's worker."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "/v2/" in b]
+    script = block.replace("localhost:8000", f"127.0.0.1:{oip_worker.oip_port}").replace(
+        "/models/digits/", f"/models/{unique_model}-digits/"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-euc", script, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    status, body = out.decode().split("\n", 1)
+    assert status == "200"
+    doc = json.loads(body)
+    assert doc["id"] == "r-1" and doc["model_name"] == f"{unique_model}-digits"
     assert {o["name"] for o in doc["outputs"]} == {"label", "probabilities"}
