@@ -113,10 +113,11 @@ class OipHttpServer:
         return _json({"name": "fleet", "version": server_version(), "extensions": EXTENSIONS})
 
     async def _live(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return _json({"live": True})
 
     async def _server_ready(self, _request: web.Request) -> web.Response:
-        return web.Response(status=200 if self._sync.ready() else 503)
+        ready = self._sync.ready()
+        return _json({"ready": ready}, 200 if ready else 503)
 
     def _runtime(self, request: web.Request) -> tuple[str, str, ModelRuntime]:
         model = request.match_info["model"]
@@ -132,10 +133,12 @@ class OipHttpServer:
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         try:
-            self._runtime(request)
+            model, version, _ = self._runtime(request)
         except FleetError as exc:
             return _error(exc)
-        return web.Response(status=200 if self._sync.ready() else 503)
+        ready = self._sync.ready()
+        doc = {"name": model, "version": version, "ready": ready}
+        return _json(doc, 200 if ready else 503)
 
     # ------------------------------------------------------------------ inference
     async def _infer(self, request: web.Request) -> web.Response:
