@@ -27,8 +27,20 @@ locals {
       FLEET_ASG_NAME       = local.worker_group_name
       AWS_REGION           = local.region
     },
+    local.oip_env,
     local.jobs_env,
     var.worker_env,
+  )
+
+  # The Open Inference Protocol the load balancer forwards to: on every
+  # address of the instance (the container shares the host's network), on the
+  # ports of the target groups. worker_env may not change these (its validation).
+  oip_env = merge(
+    {
+      FLEET_OIP_HOST = "0.0.0.0"
+      FLEET_OIP_PORT = tostring(var.worker_oip_port)
+    },
+    var.alb_grpc ? { FLEET_OIP_GRPC_PORT = tostring(var.worker_grpc_port) } : {},
   )
 
   autoscaler_env = merge(

@@ -49,17 +49,32 @@ output "load_balancer_zone_id" {
 }
 
 output "load_balancer_url" {
-  description = "URL of the load balancer's listener (the workers' /healthz, /readyz and /metrics behind it)."
-  value       = var.certificate_arn == null ? "http://${aws_lb.this.dns_name}:${var.alb_http_port}" : "https://${aws_lb.this.dns_name}"
+  description = "URL of the load balancer's listener: the workers' Open Inference Protocol (/v2 and /v2/*) behind it; any other path answers 404 (the workers' /healthz, /readyz and /metrics are not reachable through it)."
+  value       = local.alb_url
+}
+
+output "inference_url" {
+  description = "Base URL of the Open Inference Protocol REST API through the load balancer (KServe v2): GET <url>/health/ready, POST <url>/models/<model>/infer."
+  value       = "${local.alb_url}/v2"
+}
+
+output "grpc_endpoint" {
+  description = "With alb_grpc: host:port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService) through the load balancer, over TLS. Null otherwise."
+  value       = var.alb_grpc ? "${aws_lb.this.dns_name}:443" : null
 }
 
 output "target_group_arn" {
-  description = "Target group of the workers (health check: the worker's liveness path)."
+  description = "Target group of the workers' Open Inference Protocol REST port (health check: /v2/health/ready)."
   value       = aws_lb_target_group.worker.arn
 }
 
+output "grpc_target_group_arn" {
+  description = "With alb_grpc: target group of the workers' Open Inference Protocol gRPC port (health check: the ServerReady RPC). Null otherwise."
+  value       = one(aws_lb_target_group.grpc[*].arn)
+}
+
 output "worker_health_path" {
-  description = "Health check path of the target group: the worker's liveness endpoint."
+  description = "Health check path of the target group: the worker's Open Inference Protocol readiness (/v2/health/ready)."
   value       = local.worker_health_path
 }
 

@@ -1,12 +1,19 @@
 # One security group per role. Nothing is open unless it is used:
-#   load balancer  <- listener port from alb_ingress_cidrs;  -> worker HTTP port
-#   workers        <- HTTP port from the load balancer (and metrics_scrape_cidrs)
+#   load balancer  <- listener port from alb_ingress_cidrs
+#                  -> the workers' OIP port (and gRPC port with alb_grpc)
+#   workers        <- OIP port (and gRPC port with alb_grpc) from the load balancer;
+#                     HTTP port (/healthz, /readyz, /metrics) from
+#                     metrics_scrape_cidrs only, never from the load balancer
 #                  -> HTTPS (AWS APIs, S3, image registry), the broker's ports
 #   autoscaler     <- metrics port from metrics_scrape_cidrs only
 #                  -> HTTPS (Auto Scaling API, SSM, registry), the broker's ports
 #   managed broker <- its ports from the workers and the autoscaler, and from
 #                     broker_client_cidrs / broker_client_security_group_ids
 #                     (the producers)
+#
+# The "HTTP port" in the groups' own descriptions is the OIP REST port (HTTP
+# too); they stay worded as they are because a changed description replaces a
+# security group, which the running instances and the load balancer still hold.
 
 locals {
   alb_ingress_cidrs = length(var.alb_ingress_cidrs) > 0 ? var.alb_ingress_cidrs : [local.vpc_cidr]
@@ -79,10 +86,21 @@ resource "aws_vpc_security_group_ingress_rule" "alb_listener" {
 
 resource "aws_vpc_security_group_egress_rule" "alb_to_worker" {
   security_group_id            = aws_security_group.alb.id
-  description                  = "Worker HTTP port (traffic and health checks)"
+  description                  = "Worker OIP port (traffic and health checks)"
   ip_protocol                  = "tcp"
-  from_port                    = var.worker_http_port
-  to_port                      = var.worker_http_port
+  from_port                    = var.worker_oip_port
+  to_port                      = var.worker_oip_port
+  referenced_security_group_id = aws_security_group.worker.id
+}
+
+resource "aws_vpc_security_group_egress_rule" "alb_to_worker_grpc" {
+  count = var.alb_grpc ? 1 : 0
+
+  security_group_id            = aws_security_group.alb.id
+  description                  = "Worker OIP gRPC port (traffic and health checks)"
+  ip_protocol                  = "tcp"
+  from_port                    = var.worker_grpc_port
+  to_port                      = var.worker_grpc_port
   referenced_security_group_id = aws_security_group.worker.id
 }
 
@@ -102,10 +120,21 @@ resource "aws_security_group" "worker" {
 
 resource "aws_vpc_security_group_ingress_rule" "worker_from_alb" {
   security_group_id            = aws_security_group.worker.id
-  description                  = "HTTP port from the load balancer"
+  description                  = "OIP port from the load balancer"
   ip_protocol                  = "tcp"
-  from_port                    = var.worker_http_port
-  to_port                      = var.worker_http_port
+  from_port                    = var.worker_oip_port
+  to_port                      = var.worker_oip_port
+  referenced_security_group_id = aws_security_group.alb.id
+}
+
+resource "aws_vpc_security_group_ingress_rule" "worker_grpc_from_alb" {
+  count = var.alb_grpc ? 1 : 0
+
+  security_group_id            = aws_security_group.worker.id
+  description                  = "OIP gRPC port from the load balancer"
+  ip_protocol                  = "tcp"
+  from_port                    = var.worker_grpc_port
+  to_port                      = var.worker_grpc_port
   referenced_security_group_id = aws_security_group.alb.id
 }
 

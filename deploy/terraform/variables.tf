@@ -173,9 +173,31 @@ variable "warm_pool_max_prepared_capacity" {
 }
 
 variable "worker_http_port" {
-  description = "Port of the worker's HTTP endpoints (/healthz, /readyz, /metrics)."
+  description = "Port of the worker's health and metrics endpoints (/healthz, /readyz, /metrics): not behind the load balancer; reachable only from metrics_scrape_cidrs."
   type        = number
   default     = 8080
+}
+
+variable "worker_oip_port" {
+  description = "Port of the worker's Open Inference Protocol REST API (KServe v2, /v2/...; FLEET_OIP_PORT): the load balancer's target group, health-checked on /v2/health/ready."
+  type        = number
+  default     = 8000
+
+  validation {
+    condition     = var.worker_oip_port >= 1 && var.worker_oip_port <= 65535 && var.worker_oip_port != var.worker_http_port
+    error_message = "worker_oip_port must be a TCP port (1-65535) other than worker_http_port: the load balancer must not reach /metrics."
+  }
+}
+
+variable "worker_grpc_port" {
+  description = "Port of the worker's Open Inference Protocol gRPC server (inference.GRPCInferenceService; FLEET_OIP_GRPC_PORT), served and behind the load balancer only with alb_grpc."
+  type        = number
+  default     = 8001
+
+  validation {
+    condition     = var.worker_grpc_port >= 1 && var.worker_grpc_port <= 65535 && !contains([var.worker_http_port, var.worker_oip_port], var.worker_grpc_port)
+    error_message = "worker_grpc_port must be a TCP port (1-65535) other than worker_http_port and worker_oip_port."
+  }
 }
 
 variable "drain_timeout_seconds" {
@@ -262,6 +284,11 @@ variable "worker_env" {
     condition     = alltrue([for k, v in var.worker_env : can(regex("^[A-Z_][A-Z0-9_]*$", k)) && k != "FLEET_BROKER_URL" && length(v) > 0])
     error_message = "worker_env: names are UPPER_SNAKE_CASE, values non-empty, and FLEET_BROKER_URL comes from broker_url / the managed broker."
   }
+
+  validation {
+    condition     = length(setintersection(keys(var.worker_env), ["FLEET_OIP_HOST", "FLEET_OIP_PORT", "FLEET_OIP_GRPC_PORT"])) == 0
+    error_message = "worker_env must not set FLEET_OIP_HOST, FLEET_OIP_PORT or FLEET_OIP_GRPC_PORT: the load balancer's target groups and security groups follow worker_oip_port, worker_grpc_port and alb_grpc; set those instead."
+  }
 }
 
 variable "ecr_repository_arns" {
@@ -308,6 +335,17 @@ variable "alb_http_port" {
   description = "Port of the HTTP listener when certificate_arn is null."
   type        = number
   default     = 80
+}
+
+variable "alb_grpc" {
+  description = "Also serve the Open Inference Protocol over gRPC through the load balancer: the workers serve it on worker_grpc_port and the HTTPS listener forwards /inference.GRPCInferenceService/* to a gRPC target group. Needs certificate_arn (the load balancer speaks gRPC on HTTPS listeners only)."
+  type        = bool
+  default     = false
+
+  validation {
+    condition     = !var.alb_grpc || var.certificate_arn != null
+    error_message = "alb_grpc = true needs certificate_arn: an application load balancer forwards gRPC only from an HTTPS listener. Set certificate_arn (an ACM certificate) or leave alb_grpc false."
+  }
 }
 
 variable "alb_access_logs_bucket" {

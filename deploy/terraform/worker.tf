@@ -72,6 +72,7 @@ resource "aws_launch_template" "worker" {
       file_parameter_path   = local.worker_file_parameter_path
       image                 = var.worker_image
       http_port             = var.worker_http_port
+      oip_port              = var.worker_oip_port
       drain_timeout_seconds = var.drain_timeout_seconds
       log_group             = aws_cloudwatch_log_group.worker.name
       group_name            = local.worker_group_name
@@ -99,12 +100,14 @@ resource "aws_autoscaling_group" "worker" {
   max_size         = var.worker_max_size
   desired_capacity = var.worker_initial_capacity
 
-  # A worker whose process stops answering its liveness path on the target
-  # group is replaced. Liveness, not readiness: a worker waiting for its broker
-  # is alive, and a broker outage must not replace the whole group.
+  # A worker that stops answering the target group's health check (the Open
+  # Inference Protocol's /v2/health/ready: models loaded, inference path
+  # serving) is replaced. That check does not depend on the broker: a worker
+  # waiting for its broker still serves /v2, and a broker outage must not
+  # replace the whole group (alb.tf).
   health_check_type         = "ELB"
   health_check_grace_period = var.health_check_grace_period
-  target_group_arns         = [aws_lb_target_group.worker.arn]
+  target_group_arns         = concat([aws_lb_target_group.worker.arn], aws_lb_target_group.grpc[*].arn)
   default_instance_warmup   = var.health_check_grace_period
 
   termination_policies = ["OldestLaunchTemplate", "OldestInstance"]

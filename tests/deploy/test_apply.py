@@ -33,7 +33,6 @@ import pytest
 
 from autoscaler.actuators.ec2 import Ec2Actuator
 from tests.conftest import missing
-from worker.health import HEALTH_PATH
 
 pytestmark = [pytest.mark.apply, pytest.mark.timeout(900)]
 
@@ -313,6 +312,75 @@ def _applying(
         ssm.delete_parameter(Name=ami_parameter)
 
 
+OIP_PORT, METRICS_PORT = "8000", "8080"  # worker_oip_port, worker_http_port defaults
+
+
+def _check_load_balancer(a: Applied) -> None:
+    """The listener answers 404 but for /v2 and /v2/*, which go to the workers'
+    OIP port, checked on /v2/health/ready."""
+    out, elb = a.outputs, a.client("elbv2")
+    (target_group,) = elb.describe_target_groups(TargetGroupArns=[out["target_group_arn"]])[
+        "TargetGroups"
+    ]
+    assert target_group["HealthCheckPath"] == out["worker_health_path"] == "/v2/health/ready"
+    assert str(target_group["Port"]) == OIP_PORT
+    assert target_group["HealthCheckPort"] == "traffic-port"
+    assert target_group["Matcher"]["HttpCode"] == "200"
+    # alb_grpc off: null outputs, which `terraform output` leaves out.
+    assert out.get("grpc_target_group_arn") is None and out.get("grpc_endpoint") is None
+    (lb,) = elb.describe_load_balancers(LoadBalancerArns=[out["load_balancer_arn"]])[
+        "LoadBalancers"
+    ]
+    assert lb["Scheme"] == "internal" and lb["DNSName"] == out["load_balancer_dns_name"]
+    assert out["inference_url"] == f"{out['load_balancer_url']}/v2"
+
+    (listener,) = elb.describe_listeners(LoadBalancerArn=out["load_balancer_arn"])["Listeners"]
+    assert (listener["Protocol"], listener["Port"]) == ("HTTP", 80)
+    (default,) = listener["DefaultActions"]
+    assert default["Type"] == "fixed-response"
+    fixed = default["FixedResponseConfig"]
+    assert (fixed["StatusCode"], fixed["ContentType"]) == ("404", "application/json")
+    assert json.loads(fixed["MessageBody"]) == {"error": "not found"}
+    rules = [
+        r
+        for r in elb.describe_rules(ListenerArn=listener["ListenerArn"])["Rules"]
+        if not r.get("IsDefault")
+    ]
+    (rule,) = rules
+    (condition,) = rule["Conditions"]
+    assert condition["Field"] == "path-pattern"
+    patterns = condition.get("PathPatternConfig", {}).get("Values") or condition["Values"]
+    assert sorted(patterns) == ["/v2", "/v2/*"]
+    (action,) = rule["Actions"]
+    assert (action["Type"], action["TargetGroupArn"]) == ("forward", out["target_group_arn"])
+
+
+def _check_load_balancer_reaches_the_oip_port_only(
+    found: list[dict[str, Any]], groups: dict[str, str]
+) -> None:
+    """The load balancer's group reaches the workers' OIP port, nothing else;
+    the workers admit the load balancer on that port only, never the metrics port."""
+    by_id = {g["GroupId"]: g for g in found}
+
+    def ports(permissions: list[dict[str, Any]], peer: str) -> set[str]:
+        out = set()
+        for rule in permissions:
+            if peer in {p["GroupId"] for p in rule.get("UserIdGroupPairs", [])}:
+                assert rule["FromPort"] == rule["ToPort"], rule
+                out.add(str(rule["FromPort"]))
+        return out
+
+    alb, worker = by_id[groups["alb"]], by_id[groups["worker"]]
+    assert ports(alb["IpPermissionsEgress"], groups["worker"]) == {OIP_PORT}
+    assert all(
+        {p["GroupId"] for p in r.get("UserIdGroupPairs", [])} == {groups["worker"]}
+        for r in alb["IpPermissionsEgress"]
+    ), alb["IpPermissionsEgress"]
+    assert ports(worker["IpPermissions"], groups["alb"]) == {OIP_PORT}
+    # No metrics_scrape_cidrs in the variant: nothing at all reaches the metrics port.
+    assert METRICS_PORT not in {str(r.get("FromPort")) for r in worker["IpPermissions"]}
+
+
 def _check_resources(a: Applied) -> None:
     """What apply made is there, and wired as the outputs say."""
     out = a.outputs
@@ -328,24 +396,19 @@ def _check_resources(a: Applied) -> None:
     assert warm["WarmPoolConfiguration"]["MinSize"] == 1
     assert warm["WarmPoolConfiguration"]["MaxGroupPreparedCapacity"] == 1
 
-    elb = a.client("elbv2")
-    (target_group,) = elb.describe_target_groups(TargetGroupArns=[out["target_group_arn"]])[
-        "TargetGroups"
-    ]
-    assert target_group["HealthCheckPath"] == HEALTH_PATH == out["worker_health_path"]
-    (lb,) = elb.describe_load_balancers(LoadBalancerArns=[out["load_balancer_arn"]])[
-        "LoadBalancers"
-    ]
-    assert lb["Scheme"] == "internal" and lb["DNSName"] == out["load_balancer_dns_name"]
+    _check_load_balancer(a)
 
     groups = {k: v for k, v in out["security_group_ids"].items() if v is not None}
     assert set(groups) == {"alb", "worker", "autoscaler"}  # external broker: none of its own
     found = a.client("ec2").describe_security_groups(GroupIds=sorted(groups.values()))
     assert {g["VpcId"] for g in found["SecurityGroups"]} == {out["vpc_id"]}
+    _check_load_balancer_reaches_the_oip_port_only(found["SecurityGroups"], groups)
 
     ssm = a.client("ssm")
     env = _parameters(ssm, out["worker_parameter_path"])
     assert env["FLEET_MODELS"] == out["models_uri"] == f"s3://{out['models_bucket']}/models"
+    assert (env["FLEET_OIP_HOST"], env["FLEET_OIP_PORT"]) == ("0.0.0.0", OIP_PORT)
+    assert "FLEET_OIP_GRPC_PORT" not in env  # alb_grpc off
     assert env["FLEET_BROKER_URL"].startswith("amqps://fleet:")
     assert "FLEET_METRICS_NAMESPACE" not in env
     config = ssm.get_parameter(Name=out["autoscaler_config_parameter"], WithDecryption=True)

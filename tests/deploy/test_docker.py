@@ -138,6 +138,10 @@ def test_models_from_a_mounted_directory_by_default(name: str) -> None:
     env = " ".join(i.args for i in final if i.keyword == "ENV")
     assert "FLEET_MODELS=/models" in env
     assert "FLEET_HTTP_HOST=0.0.0.0" in env
+    # The Open Inference Protocol too, once FLEET_OIP_PORT names its port.
+    assert "FLEET_OIP_HOST=0.0.0.0" in env
+    (exposed,) = [i.args.split() for i in final if i.keyword == "EXPOSE"]
+    assert {"8080", "8000", "8001"} <= set(exposed)
 
 
 def test_dockerignore_keeps_the_context_small() -> None:

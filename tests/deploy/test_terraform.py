@@ -7,6 +7,7 @@ provider is installed.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from functools import cache
@@ -189,7 +190,9 @@ def test_root_volumes_encrypted() -> None:
 def test_worker_group_health_checks_warm_pool_and_hooks() -> None:
     asg = config()["resource"]["aws_autoscaling_group.worker"]
     assert asg["health_check_type"] == "ELB"
-    assert asg["target_group_arns"] == ["${aws_lb_target_group.worker.arn}"]
+    assert asg["target_group_arns"] == (
+        "${concat([aws_lb_target_group.worker.arn], aws_lb_target_group.grpc[*].arn)}"
+    )
     (warm,) = block(asg, "warm_pool")
     assert warm["pool_state"] == "Stopped"
     hooks = {h["lifecycle_transition"]: h for h in block(asg, "initial_lifecycle_hook")}
@@ -215,14 +218,148 @@ def test_worker_group_spans_at_least_two_subnets() -> None:
     assert "length(var.private_subnet_ids) >= 2" in subnet_rule["condition"]
 
 
-def test_health_check_path_is_the_workers_liveness_not_readiness() -> None:
+def _oip_http_routes() -> set[str]:
+    """The paths worker/oip_http.py registers with ``add_get`` (string literals)."""
+    tree = ast.parse((ROOT / "worker" / "oip_http.py").read_text(encoding="utf-8"))
+    return {
+        node.args[0].value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "add_get"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and isinstance(node.args[0].value, str)
+    }
+
+
+def test_target_group_is_the_oip_port_checked_on_its_readiness() -> None:
     # The group replaces instances that fail the target group's check: that
-    # must be liveness, or a broker outage (readiness fails) replaces them all.
-    assert config()["locals"]["worker_health_path"] == HEALTH_PATH != READY_PATH
-    (check,) = block(config()["resource"]["aws_lb_target_group.worker"], "health_check")
+    # is the OIP's readiness (models loaded, inference path serving), which
+    # the worker's OIP server answers, never the broker-bound /readyz (a
+    # broker outage would replace them all) and never the metrics port.
+    path = config()["locals"]["worker_health_path"]
+    assert path == "/v2/health/ready"
+    assert path in _oip_http_routes(), "the worker's OIP server does not serve it"
+    assert path not in (HEALTH_PATH, READY_PATH)
+    tg = config()["resource"]["aws_lb_target_group.worker"]
+    assert tg["port"] == "${var.worker_oip_port}"
+    assert tg["protocol"] == "HTTP"
+    (check,) = block(tg, "health_check")
     assert check["path"] == "${local.worker_health_path}"
     assert check["port"] == "traffic-port"
     assert str(check["matcher"]) == "200"
+    variables = config()["variable"]
+    assert int(variables["worker_oip_port"]["default"]) == 8000
+    assert int(variables["worker_grpc_port"]["default"]) == 8001
+    assert int(variables["worker_http_port"]["default"]) == 8080
+    (rule,) = block(variables["worker_oip_port"], "validation")
+    assert "var.worker_oip_port != var.worker_http_port" in rule["condition"]
+
+
+def test_listeners_forward_only_the_oip_and_answer_404_otherwise() -> None:
+    listeners = resources("aws_lb_listener")
+    assert set(listeners) == {"aws_lb_listener.http", "aws_lb_listener.https"}
+    for key, listener in listeners.items():
+        (action,) = block(listener, "default_action")
+        assert action["type"] == "fixed-response", key
+        (fixed,) = block(action, "fixed_response")
+        assert fixed["status_code"] == "404", key
+        assert fixed["content_type"] == "application/json", key
+        assert fixed["message_body"] == "${local.alb_not_found}", key
+    assert config()["locals"]["alb_not_found"] == '${jsonencode({error = "not found"})}'
+    # Every listener rule forwards the OIP to its target group; nothing else
+    # (the workers' /healthz, /readyz, /metrics) is routed.
+    rule = config()["resource"]["aws_lb_listener_rule.oip"]
+    assert rule["listener_arn"] == "${local.alb_listener_arn}"
+    (action,) = block(rule, "action")
+    assert action == {"type": "forward", "target_group_arn": "${aws_lb_target_group.worker.arn}"}
+    (condition,) = block(rule, "condition")
+    (pattern,) = block(condition, "path_pattern")
+    assert pattern["values"] == ["/v2", "/v2/*"]
+    for key, other in resources("aws_lb_listener_rule").items():
+        (cond,) = block(other, "condition")
+        values = [v for pp in block(cond, "path_pattern") for v in pp["values"]]
+        assert values and all(v.startswith(("/v2", "/${local.oip_grpc_service}/")) for v in values)
+        assert not {"/healthz", "/readyz", "/metrics"} & set(values), key
+    # One listener at a time: the rule is on whichever exists.
+    arn = config()["locals"]["alb_listener_arn"]
+    assert "aws_lb_listener.https[*].arn" in arn and "aws_lb_listener.http[*].arn" in arn
+
+
+def _grpc_service_methods() -> tuple[str, set[str]]:
+    """The service name worker/oip_grpc.py registers (its ``SERVICE``) and the
+    string constants of that module (among them the method names)."""
+    tree = ast.parse((ROOT / "worker" / "oip_grpc.py").read_text(encoding="utf-8"))
+    (service,) = [
+        str(node.value.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and [getattr(t, "id", None) for t in node.targets] == ["SERVICE"]
+        and isinstance(node.value, ast.Constant)
+        and isinstance(node.value.value, str)
+    ]
+    strings = {
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
+    return service, strings
+
+
+def test_grpc_target_group_and_rule_with_alb_grpc() -> None:
+    tg = config()["resource"]["aws_lb_target_group.grpc"]
+    assert tg["count"] == "${var.alb_grpc ? 1 : 0}"
+    assert (tg["protocol"], tg["protocol_version"]) == ("HTTP", "GRPC")
+    assert tg["port"] == "${var.worker_grpc_port}"
+    (check,) = block(tg, "health_check")
+    assert check["path"] == "${local.worker_grpc_health_path}"
+    assert str(check["matcher"]) == "0"  # gRPC status OK
+    # The health check calls the ServerReady method the worker's gRPC server registers.
+    service, strings = _grpc_service_methods()
+    local = config()["locals"]
+    assert local["oip_grpc_service"] == service == "inference.GRPCInferenceService"
+    assert local["worker_grpc_health_path"] == "/${local.oip_grpc_service}/ServerReady"
+    assert "ServerReady" in strings
+    rule = config()["resource"]["aws_lb_listener_rule.grpc"]
+    assert rule["count"] == "${var.alb_grpc ? 1 : 0}"
+    assert rule["listener_arn"] == "${one(aws_lb_listener.https[*].arn)}"
+    (action,) = block(rule, "action")
+    assert action == {"type": "forward", "target_group_arn": "${aws_lb_target_group.grpc[0].arn}"}
+    (condition,) = block(rule, "condition")
+    (pattern,) = block(condition, "path_pattern")
+    assert pattern["values"] == ["/${local.oip_grpc_service}/*"]
+    # The workers serve it only with alb_grpc, on worker_grpc_port.
+    oip_env = local["oip_env"]
+    assert "var.alb_grpc ? {FLEET_OIP_GRPC_PORT = tostring(var.worker_grpc_port)} : {}" in oip_env
+
+
+def test_alb_grpc_needs_a_certificate() -> None:
+    variable = config()["variable"]["alb_grpc"]
+    assert variable["default"] is False
+    (rule,) = block(variable, "validation")
+    assert rule["condition"] == "${!var.alb_grpc || var.certificate_arn != null}"
+    message = rule["error_message"]
+    assert message.startswith("alb_grpc = true needs certificate_arn")
+    assert "HTTPS listener" in message
+
+
+def test_workers_serve_the_oip_on_the_target_groups_ports() -> None:
+    local = config()["locals"]
+    assert "local.oip_env" in local["worker_env"]
+    assert 'FLEET_OIP_HOST = "0.0.0.0"' in local["oip_env"]
+    assert "FLEET_OIP_PORT = tostring(var.worker_oip_port)" in local["oip_env"]
+    # worker_env cannot move them away from the target groups.
+    rules = block(config()["variable"]["worker_env"], "validation")
+    guarded = [r["condition"] for r in rules if "FLEET_OIP_PORT" in r["condition"]]
+    assert guarded and all(n in guarded[0] for n in ("FLEET_OIP_HOST", "FLEET_OIP_GRPC_PORT"))
+    # The container shares the instance's network and is started with the
+    # OIP on every address, on the port the boot script is given.
+    run = (TEMPLATES / "worker-run.sh.tftpl").read_text(encoding="utf-8")
+    assert "--network host" in run
+    assert "OIP_PORT='${oip_port}'" in run
+    assert '--oip-host 0.0.0.0 --oip-port "$OIP_PORT"' in run
+    assert re.search(r"\boip_port\s+= var\.worker_oip_port\n", (TF / "worker.tf").read_text())
 
 
 def test_autoscaler_is_a_group_of_one() -> None:
@@ -332,7 +469,11 @@ def test_every_fleet_setting_given_to_the_worker_is_read() -> None:
     )
     read_by_name = set(re.findall(r"[\"'](FLEET_[A-Z0-9_]+)[\"']", source))
     settings = {f"FLEET_{name.upper()}" for name in WorkerSettings.model_fields}
-    given = set(re.findall(r"\b(FLEET_[A-Z0-9_]+)\s*=", config()["locals"]["worker_env"]))
+    given = {
+        name
+        for local in ("worker_env", "oip_env", "jobs_env")
+        for name in re.findall(r"\b(FLEET_[A-Z0-9_]+)\s*=", config()["locals"][local])
+    }
     run_script = (TEMPLATES / "worker-run.sh.tftpl").read_text(encoding="utf-8")
     given |= set(re.findall(r"(FLEET_[A-Z0-9_]+)=", run_script))
     assert {"FLEET_MODELS", "FLEET_INSTANCE_ID", "FLEET_LIFECYCLE_HOOK"} <= given
@@ -369,6 +510,48 @@ def test_no_secret_in_user_data() -> None:
     # The broker URL reaches the instances only as SecureString parameters.
     for key, param in resources("aws_ssm_parameter").items():
         assert param["type"] == "SecureString", key
+
+
+def _rule_port(rule: dict[str, Any]) -> str:
+    assert rule["from_port"] == rule["to_port"], rule
+    return str(rule["from_port"])
+
+
+def test_load_balancer_reaches_the_workers_on_the_oip_ports_only() -> None:
+    alb, worker = "${aws_security_group.alb.id}", "${aws_security_group.worker.id}"
+    oip, grpc = "${var.worker_oip_port}", "${var.worker_grpc_port}"
+    egress = {
+        key: rule
+        for key, rule in resources("aws_vpc_security_group_egress_rule").items()
+        if rule["security_group_id"] == alb
+    }
+    assert {k: _rule_port(r) for k, r in egress.items()} == {
+        "aws_vpc_security_group_egress_rule.alb_to_worker": oip,
+        "aws_vpc_security_group_egress_rule.alb_to_worker_grpc": grpc,
+    }
+    from_alb = {
+        key: rule
+        for key, rule in resources("aws_vpc_security_group_ingress_rule").items()
+        if rule.get("referenced_security_group_id") == alb
+    }
+    assert {k: _rule_port(r) for k, r in from_alb.items()} == {
+        "aws_vpc_security_group_ingress_rule.worker_from_alb": oip,
+        "aws_vpc_security_group_ingress_rule.worker_grpc_from_alb": grpc,
+    }
+    for key in (*egress, *from_alb):
+        rule = config()["resource"][key]
+        assert worker in (rule["security_group_id"], rule.get("referenced_security_group_id")), key
+        if "grpc" in key:
+            assert rule["count"] == "${var.alb_grpc ? 1 : 0}", key
+        else:
+            assert "count" not in rule and "for_each" not in rule, key
+    # The metrics port: from metrics_scrape_cidrs only.
+    for key, rule in resources("aws_vpc_security_group_ingress_rule").items():
+        if "worker_http_port" in json.dumps(rule):
+            assert key == "aws_vpc_security_group_ingress_rule.scrape", key
+            assert rule["cidr_ipv4"] == "${each.value.cidr}"
+            assert "referenced_security_group_id" not in rule
+    assert "var.metrics_scrape_cidrs" in config()["locals"]["scrape_rules"]
 
 
 def test_security_groups_open_only_what_is_used() -> None:
@@ -508,7 +691,8 @@ def test_every_broker_variant_is_checked_by_checkov() -> None:
 
 
 async def test_liveness_answers_while_readiness_fails() -> None:
-    # What the target group checks must stay 200 while the broker is away.
+    # What the image's HEALTHCHECK (/healthz) checks must stay 200 while the
+    # broker is away.
     import aiohttp
 
     from worker.health import HealthServer

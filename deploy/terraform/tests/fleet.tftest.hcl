@@ -34,7 +34,10 @@ mock_provider "aws" {
     defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:loadbalancer/app/fleet-alb/0123456789abcdef" }
   }
   mock_resource "aws_lb_target_group" {
-    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/wrk-0123/0123456789abcdef" }
+    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:targetgroup/oip-0123/0123456789abcdef" }
+  }
+  mock_resource "aws_lb_listener" {
+    defaults = { arn = "arn:aws:elasticloadbalancing:us-east-1:123456789012:listener/app/fleet-alb/0123456789abcdef/0123456789abcdef" }
   }
   mock_resource "aws_iam_role" {
     defaults = { arn = "arn:aws:iam::123456789012:role/fleet-role" }
@@ -116,8 +119,62 @@ run "new_vpc_with_defaults" {
     error_message = "The worker group must use the load balancer's health checks."
   }
   assert {
-    condition     = aws_lb_target_group.worker.health_check[0].path == "/healthz"
-    error_message = "The target group must check the worker's liveness path, not readiness."
+    condition = (
+      aws_lb_target_group.worker.port == 8000 &&
+      aws_lb_target_group.worker.health_check[0].path == "/v2/health/ready" &&
+      aws_lb_target_group.worker.health_check[0].port == "traffic-port" &&
+      aws_lb_target_group.worker.health_check[0].matcher == "200"
+    )
+    error_message = "The target group is the workers' OIP port (worker_oip_port), checked on the OIP's /v2/health/ready for 200."
+  }
+  assert {
+    condition = (
+      aws_lb_listener.http[0].default_action[0].type == "fixed-response" &&
+      aws_lb_listener.http[0].default_action[0].fixed_response[0].status_code == "404" &&
+      aws_lb_listener.http[0].default_action[0].fixed_response[0].content_type == "application/json" &&
+      aws_lb_listener.http[0].default_action[0].fixed_response[0].message_body == "{\"error\":\"not found\"}"
+    )
+    error_message = "The listener answers every path it does not forward with a JSON 404: /healthz, /readyz and /metrics are not reachable through it."
+  }
+  assert {
+    condition = (
+      aws_lb_listener_rule.oip.listener_arn == aws_lb_listener.http[0].arn &&
+      aws_lb_listener_rule.oip.action[0].type == "forward" &&
+      aws_lb_listener_rule.oip.action[0].target_group_arn == aws_lb_target_group.worker.arn &&
+      one(aws_lb_listener_rule.oip.condition).path_pattern[0].values == toset(["/v2", "/v2/*"])
+    )
+    error_message = "The listener forwards /v2 and /v2/* to the workers' OIP target group."
+  }
+  assert {
+    condition = (
+      aws_vpc_security_group_egress_rule.alb_to_worker.from_port == 8000 && aws_vpc_security_group_egress_rule.alb_to_worker.to_port == 8000 &&
+      aws_vpc_security_group_ingress_rule.worker_from_alb.from_port == 8000 && aws_vpc_security_group_ingress_rule.worker_from_alb.to_port == 8000 &&
+      aws_vpc_security_group_ingress_rule.worker_from_alb.referenced_security_group_id == aws_security_group.alb.id &&
+      length(aws_vpc_security_group_egress_rule.alb_to_worker_grpc) == 0 && length(aws_vpc_security_group_ingress_rule.worker_grpc_from_alb) == 0
+    )
+    error_message = "The load balancer reaches the workers on the OIP port only, never on the metrics port."
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.scrape) == 0
+    error_message = "Without metrics_scrape_cidrs nothing reaches the workers' metrics port."
+  }
+  assert {
+    condition = (
+      aws_ssm_parameter.worker_env["FLEET_OIP_PORT"].value == "8000" &&
+      aws_ssm_parameter.worker_env["FLEET_OIP_HOST"].value == "0.0.0.0" &&
+      !contains(keys(aws_ssm_parameter.worker_env), "FLEET_OIP_GRPC_PORT") &&
+      strcontains(base64decode(aws_launch_template.worker.user_data), "OIP_PORT='8000'") &&
+      strcontains(base64decode(aws_launch_template.worker.user_data), "--oip-host 0.0.0.0 --oip-port \"$OIP_PORT\"")
+    )
+    error_message = "The workers serve the OIP on every address of the instance, on worker_oip_port; no gRPC without alb_grpc."
+  }
+  assert {
+    condition     = length(aws_lb_target_group.grpc) == 0 && length(aws_lb_listener_rule.grpc) == 0 && aws_autoscaling_group.worker.target_group_arns == toset([aws_lb_target_group.worker.arn])
+    error_message = "No gRPC target group or rule without alb_grpc; the group is attached to the OIP target group."
+  }
+  assert {
+    condition     = output.inference_url == "http://${aws_lb.this.dns_name}:80/v2" && output.grpc_endpoint == null && output.grpc_target_group_arn == null
+    error_message = "inference_url is the listener's /v2; no gRPC endpoint without alb_grpc."
   }
   assert {
     condition     = aws_autoscaling_group.worker.warm_pool[0].pool_state == "Stopped"
@@ -741,6 +798,97 @@ run "https_listener_with_certificate" {
     condition     = length(aws_lb_listener.https) == 1 && length(aws_lb_listener.http) == 0
     error_message = "A certificate gives an HTTPS listener and no HTTP listener."
   }
+  assert {
+    condition = (
+      aws_lb_listener.https[0].default_action[0].type == "fixed-response" &&
+      aws_lb_listener.https[0].default_action[0].fixed_response[0].status_code == "404" &&
+      one(aws_lb_listener_rule.oip.condition).path_pattern[0].values == toset(["/v2", "/v2/*"])
+    )
+    error_message = "The HTTPS listener forwards /v2 and /v2/* and answers 404 to everything else."
+  }
+  assert {
+    condition     = length(aws_vpc_security_group_ingress_rule.alb_listener) > 0 && alltrue([for r in aws_vpc_security_group_ingress_rule.alb_listener : r.from_port == 443 && r.to_port == 443])
+    error_message = "With a certificate the listener port is 443."
+  }
+}
+
+run "grpc_through_the_https_listener" {
+  command = apply
+
+  variables {
+    certificate_arn = "arn:aws:acm:us-east-1:123456789012:certificate/00000000-0000-0000-0000-000000000000"
+    alb_grpc        = true
+  }
+
+  assert {
+    condition = (
+      aws_lb_target_group.grpc[0].protocol == "HTTP" &&
+      aws_lb_target_group.grpc[0].protocol_version == "GRPC" &&
+      aws_lb_target_group.grpc[0].port == 8001 &&
+      aws_lb_target_group.grpc[0].health_check[0].path == "/inference.GRPCInferenceService/ServerReady" &&
+      aws_lb_target_group.grpc[0].health_check[0].matcher == "0"
+    )
+    error_message = "alb_grpc: a gRPC target group on worker_grpc_port, checked with the ServerReady RPC for status 0."
+  }
+  assert {
+    condition = (
+      aws_lb_listener_rule.grpc[0].listener_arn == aws_lb_listener.https[0].arn &&
+      aws_lb_listener_rule.grpc[0].action[0].target_group_arn == aws_lb_target_group.grpc[0].arn &&
+      one(aws_lb_listener_rule.grpc[0].condition).path_pattern[0].values == toset(["/inference.GRPCInferenceService/*"])
+    )
+    error_message = "The HTTPS listener forwards the OIP gRPC service to the gRPC target group."
+  }
+  assert {
+    condition     = toset(aws_autoscaling_group.worker.target_group_arns) == toset([aws_lb_target_group.worker.arn, aws_lb_target_group.grpc[0].arn])
+    error_message = "The worker group is attached to both target groups."
+  }
+  assert {
+    condition = (
+      aws_vpc_security_group_egress_rule.alb_to_worker_grpc[0].from_port == 8001 &&
+      aws_vpc_security_group_ingress_rule.worker_grpc_from_alb[0].from_port == 8001 &&
+      aws_vpc_security_group_ingress_rule.worker_grpc_from_alb[0].referenced_security_group_id == aws_security_group.alb.id &&
+      aws_vpc_security_group_egress_rule.alb_to_worker.from_port == 8000
+    )
+    error_message = "alb_grpc: the load balancer reaches the workers on the OIP and gRPC ports, nothing else."
+  }
+  assert {
+    condition     = aws_ssm_parameter.worker_env["FLEET_OIP_GRPC_PORT"].value == "8001"
+    error_message = "alb_grpc: the workers serve the OIP over gRPC on worker_grpc_port."
+  }
+  assert {
+    condition     = output.grpc_endpoint == "${aws_lb.this.dns_name}:443" && output.grpc_target_group_arn == aws_lb_target_group.grpc[0].arn && output.inference_url == "https://${aws_lb.this.dns_name}/v2"
+    error_message = "The gRPC endpoint and target group are outputs."
+  }
+}
+
+run "grpc_needs_a_certificate" {
+  command = plan
+
+  variables {
+    alb_grpc = true
+  }
+
+  expect_failures = [var.alb_grpc]
+}
+
+run "oip_port_is_not_the_metrics_port" {
+  command = plan
+
+  variables {
+    worker_oip_port = 8080
+  }
+
+  expect_failures = [var.worker_oip_port]
+}
+
+run "worker_env_cannot_move_the_oip" {
+  command = plan
+
+  variables {
+    worker_env = { FLEET_OIP_PORT = "9000" }
+  }
+
+  expect_failures = [var.worker_env]
 }
 
 run "cpu_instance_types_run_on_the_cpu" {
