@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fleetctl import variants_cmd
+from fleetctl import repository_cmd, variants_cmd
 from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
 
 
@@ -20,6 +20,7 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     msub = p.add_subparsers(dest="models_command", required=True)
     _add_build(msub)
     _add_push(msub)
+    repository_cmd.add_commands(msub)
     variants_cmd.add_commands(msub)
 
 

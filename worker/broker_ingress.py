@@ -65,6 +65,7 @@ from fleet.transport import (
 )
 from worker.ledger import Ledger
 from worker.model_table import ModelTable
+from worker.parked import Parked
 from worker.pipeline import Item, Outcome, Pipeline
 from worker.runtime import Feeds
 
@@ -506,7 +507,7 @@ class BrokerIngress:
         self._ledger.submitted()
         return None
 
-    def _route(self, req: Request, queue_model: str) -> tuple[Pipeline, Feeds, int]:
+    def _route(self, req: Request, queue_model: str) -> tuple[Pipeline | Parked, Feeds, int]:
         if req.model != queue_model:
             raise InvalidArgument(
                 f"request for model {req.model!r} arrived on {queue_model!r}'s queue"

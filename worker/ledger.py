@@ -30,16 +30,17 @@ class Ledger:
     metrics: WorkerMetrics
     stats: WindowStats
     stages: StageHistograms = field(default_factory=_stage_histograms)
-    _outcomes: dict[tuple[str, str], Any] = field(default_factory=dict)
+    _outcomes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.metrics.registry.register(self.stages)
 
-    def _count(self, model: str, outcome: str) -> None:
-        """``fleet_worker_requests{model, outcome}`` += 1, its child looked up once."""
-        child = self._outcomes.get((model, outcome))
+    def _count(self, model: str, version: str, outcome: str) -> None:
+        """``fleet_worker_requests{model, version, outcome}`` += 1, its child looked up once."""
+        key = (model, version, outcome)
+        child = self._outcomes.get(key)
         if child is None:
-            child = self._outcomes[model, outcome] = self.metrics.requests.labels(model, outcome)
+            child = self._outcomes[key] = self.metrics.requests.labels(*key)
         child.inc()
 
     def message(self, items: int) -> None:
@@ -54,23 +55,24 @@ class Ledger:
         """A request a pipeline took came out answered, failed or expired."""
         self.metrics.in_flight.dec()
         model = outcome.item.request.model
-        if outcome.reply is None:
-            self.expired(model)
-        elif outcome.reply.ok:
+        reply = outcome.reply
+        if reply is None:
+            self.expired(model, outcome.item.request.version or "")
+        elif reply.ok:
             self.stats.answered_total += 1
-            self._count(model, "ok")
+            self._count(model, reply.version, "ok")
         else:
-            self.error(model)
+            self.error(model, reply.version)
 
-    def expired(self, model: str) -> None:
+    def expired(self, model: str, version: str = "") -> None:
         """A request was dropped unanswered: its deadline had passed."""
         self.stats.expired_total += 1
-        self._count(model, "expired")
+        self._count(model, version, "expired")
 
-    def error(self, model: str) -> None:
+    def error(self, model: str, version: str = "") -> None:
         """A request was answered with an error."""
         self.stats.errors_total += 1
-        self._count(model, "error")
+        self._count(model, version, "error")
 
     def dead_lettered(self, requests: int = 0) -> None:
         """A message went to the dead-letter queue, with ``requests`` of its
@@ -81,9 +83,9 @@ class Ledger:
     def batch(self, b: BatchStats) -> None:
         """A pipeline ran a batch."""
         self.stats.record_batch(b.rows, b.inference_s, b.queue_wait_s)
-        self.metrics.batch_size.labels(b.model).observe(b.rows)
-        self.metrics.inference.labels(b.model).observe(b.inference_s)
-        queue_wait = self.metrics.queue_wait.labels(b.model)
+        self.metrics.batch_size.labels(b.model, b.version).observe(b.rows)
+        self.metrics.inference.labels(b.model, b.version).observe(b.inference_s)
+        queue_wait = self.metrics.queue_wait.labels(b.model, b.version)
         batch_wait = self.stages.histogram("batch_wait", b.model)
         for w in b.queue_wait_s:
             queue_wait.observe(w)

@@ -14,26 +14,29 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "fleet_worker_requests", "Requests by outcome", ["model", "outcome"], registry=r
+            "fleet_worker_requests",
+            "Requests by model version and outcome (version empty: refused before a version)",
+            ["model", "version", "outcome"],
+            registry=r,
         )
         self.batch_size = Histogram(
             "fleet_worker_batch_size",
             "Rows per batch",
-            ["model"],
+            ["model", "version"],
             buckets=_BATCH_BUCKETS,
             registry=r,
         )
         self.queue_wait = Histogram(
             "fleet_worker_queue_wait_seconds",
             "From the client's publish to the start of inference",
-            ["model"],
+            ["model", "version"],
             buckets=_TIME_BUCKETS,
             registry=r,
         )
         self.inference = Histogram(
             "fleet_worker_inference_seconds",
             "Model run per batch",
-            ["model"],
+            ["model", "version"],
             buckets=_TIME_BUCKETS,
             registry=r,
         )

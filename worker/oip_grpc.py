@@ -182,7 +182,8 @@ class OipGrpcServer:
         self, req: pb.ModelInferRequest, ctx: aio.ServicerContext[Any, Any]
     ) -> Message:
         try:
-            version, runtime = self._sync.runtime(req.model_name, req.model_version)
+            rid = req.id or self._sync.new_id()
+            version, runtime = self._sync.resolve(req.model_name, req.model_version, rid)
             inputs = decode_inputs(req)
             params = _parameters(req.parameters, "the request")
             timeout = oip_codec.timeout_seconds(params.get("timeout"))
@@ -200,7 +201,7 @@ class OipGrpcServer:
                 req.model_name,
                 version,
                 inputs,
-                request_id=req.id or None,
+                request_id=rid,
                 parameters={
                     k: v for k, v in params.items() if k not in oip_codec.PROTOCOL_PARAMETERS
                 },

@@ -144,16 +144,19 @@ class OipHttpServer:
     async def _infer(self, request: web.Request) -> web.Response:
         try:
             body = await self._read(request)
-            model, version, runtime = self._runtime(request)
+            model, asked = request.match_info["model"], request.match_info.get("version")
+            self._sync.resolve(model, None, "")  # an unknown model first
             parsed = oip_codec.decode_infer(body, request.headers.get(oip_codec.HEADER_LENGTH))
+            rid = parsed.id or self._sync.new_id()
+            version, runtime = self._sync.resolve(model, asked, rid)
             names = [io.name for io in getattr(runtime, "outputs", ())]
-            if names:
+            if names:  # a version not served yet is checked once it is
                 oip_codec.check_outputs(parsed, names)
             reply = await self._sync.infer(
                 model,
                 version,
                 parsed.inputs,
-                request_id=parsed.id,
+                request_id=rid,
                 parameters=parsed.parameters,
                 timeout_s=parsed.timeout_s,
             )

@@ -78,6 +78,7 @@ class BatchStats:
     rows: int
     inference_s: float
     queue_wait_s: list[float] = field(default_factory=list)
+    version: str = ""
 
 
 class Pipeline:
@@ -200,7 +201,13 @@ class Pipeline:
         rows = sum(i.rows for i in items)
         waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
-            BatchStats(model=self.model, rows=rows, inference_s=elapsed, queue_wait_s=waits)
+            BatchStats(
+                model=self.model,
+                rows=rows,
+                inference_s=elapsed,
+                queue_wait_s=waits,
+                version=self.version,
+            )
         )
         out: list[Outcome] = []
         offset = 0

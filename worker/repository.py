@@ -1,13 +1,14 @@
 """The model repository: ``<root>/<model>/<version>/model.onnx`` (+ ``config.toml``).
 
 The root is a local directory or ``s3://bucket/prefix``; an S3 root is copied
-into a local cache directory first (only the models' files), then read the same
-way. Versions are directory names, ordered numerically where numeric
-(``1 < 2 < 10``), then by name.
+into a local cache directory first (only the models' files, and each model's
+``model.toml``), then read the same way. Versions are directory names, ordered
+numerically where numeric (``1 < 2 < 10``), then by name.
 
 :func:`push_s3` (``fleet models push``) uploads a local repository to an S3
 root in the layout :func:`sync_s3` reads:
-``<prefix>/<model>/<version>/{model.onnx,config.toml,metadata.json}``.
+``<prefix>/<model>/<version>/{model.onnx,config.toml,metadata.json}`` and
+``<prefix>/<model>/model.toml``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -24,6 +26,8 @@ from fleet.contract import check_model_name
 from fleet.errors import ConfigError, FleetError, ModelNotFound, Unavailable
 from fleet.logging import get_logger
 from worker.config import CONFIG_FILE, ModelConfig
+from worker.serving_policy import POLICY_FILE, ModelPolicy
+from worker.versions import version_key
 
 log = get_logger(__name__)
 
@@ -52,11 +56,6 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def version_key(version: str) -> tuple[int, int, str]:
-    """Numeric versions first, in numeric order; then the others by name."""
-    return (0, int(version), version) if version.isdigit() else (1, 0, version)
 
 
 class ModelRepository:
@@ -230,7 +229,7 @@ def sync_s3(uri: str, dest: Path, *, client: Any = None, quiet: bool = False) ->
         for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
             for obj in page.get("Contents", []):
                 rel = PurePosixPath(obj["Key"][len(prefix) :])
-                if len(rel.parts) != 3 or rel.name not in MODEL_FILES or ".." in rel.parts:
+                if not _is_model_file(rel):
                     continue
                 target = dest.joinpath(*rel.parts)
                 seen.add(target)
@@ -278,6 +277,10 @@ def push_s3(root: Path, uri: str, *, client: Any = None, delete: bool = False) -
     ``root`` does not have (versions removed since the last push).
     """
     specs = _discover_local(Path(root), label=str(root))
+    policies = sorted({s.path.parent.parent / POLICY_FILE for s in specs})
+    policies = [p for p in policies if p.is_file()]
+    for path in policies:  # checked as a worker reads it: a bad one uploads nothing
+        ModelPolicy.read(path.parent, [s.version for s in specs if s.name == path.parent.name])
     bucket, prefix = parse_s3_uri(uri)
     client = client if client is not None else _s3(uri)
     from boto3.exceptions import S3UploadFailedError
@@ -292,6 +295,10 @@ def push_s3(root: Path, uri: str, *, client: Any = None, delete: bool = False) -
                     key = f"{prefix}{spec.name}/{spec.version}/{name}"
                     pushed = _upload(client, bucket, key, path)
                     (done.uploaded if pushed else done.unchanged).append(key)
+        for path in policies:  # after the versions its labels name
+            key = f"{prefix}{path.parent.name}/{POLICY_FILE}"
+            pushed = _upload(client, bucket, key, path)
+            (done.uploaded if pushed else done.unchanged).append(key)
         if delete:
             keep = {*done.uploaded, *done.unchanged}
             for key in _model_keys(client, bucket, prefix):
@@ -308,6 +315,46 @@ def push_s3(root: Path, uri: str, *, client: Any = None, delete: bool = False) -
         deleted=len(done.deleted),
     )
     return done
+
+
+def upload_policy(uri: str, model: str, path: Path) -> str:
+    """Upload a model's ``model.toml`` to the S3 root ``uri``; its key."""
+    bucket, prefix = parse_s3_uri(uri)
+    key = f"{prefix}{model}/{POLICY_FILE}"
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        _upload(_s3(uri), bucket, key, path)
+    except (BotoCoreError, ClientError, S3UploadFailedError) as exc:
+        raise _s3_error(f"upload to {uri}", exc) from exc
+    return f"s3://{bucket}/{key}"
+
+
+def update_policy(
+    root: str | Path, model: str, change: Callable[[ModelPolicy], ModelPolicy]
+) -> tuple[ModelPolicy, str]:
+    """Change ``model``'s ``model.toml`` in the repository at ``root`` (a
+    directory or ``s3://``): read it (none: every default), apply ``change``,
+    check the result against the model's versions there, and write it whole
+    (a watcher never reads half a file). The new policy and where it went;
+    :class:`~fleet.errors.ConfigError` or ``ModelNotFound`` and nothing
+    written otherwise."""
+    repo = ModelRepository(root)
+    versions = [s.version for s in repo.scan().specs if s.name == model]
+    if not versions:
+        raise ModelNotFound(f"model {model!r} has no readable version in {repo.uri}")
+    model_dir = repo.root / model
+    policy = ModelPolicy.read(model_dir, versions) or ModelPolicy()
+    new = change(policy)
+    new.check(versions, source=f"{repo.uri}/{model}/{POLICY_FILE}")
+    path = model_dir / POLICY_FILE
+    partial = model_dir / f".{POLICY_FILE}.part"
+    partial.write_text(new.to_toml(), encoding="utf-8")
+    os.replace(partial, path)
+    if str(root).startswith("s3://"):
+        return new, upload_policy(str(root), model, path)
+    return new, str(path)
 
 
 def _s3(uri: str) -> Any:
@@ -342,10 +389,18 @@ def _model_keys(client: Any, bucket: str, prefix: str) -> list[str]:
     keys: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
-            rel = PurePosixPath(obj["Key"][len(prefix) :])
-            if len(rel.parts) == 3 and rel.name in MODEL_FILES and ".." not in rel.parts:
+            if _is_model_file(PurePosixPath(obj["Key"][len(prefix) :])):
                 keys.append(obj["Key"])
     return keys
+
+
+def _is_model_file(rel: PurePosixPath) -> bool:
+    """Whether a key (relative to the root) is one :func:`sync_s3` copies."""
+    if ".." in rel.parts:
+        return False
+    if len(rel.parts) == 3:
+        return rel.name in MODEL_FILES
+    return len(rel.parts) == 2 and rel.name == POLICY_FILE
 
 
 def _s3_error(what: str, exc: Exception) -> FleetError:
@@ -365,8 +420,8 @@ def _remove_stale(dest: Path, keep: set[Path]) -> None:
     """Drop cached model files whose object is gone from the bucket."""
     if not dest.is_dir():
         return
-    for path in dest.glob("*/*/*"):
-        if path.name in MODEL_FILES and path not in keep:
+    for path in [*dest.glob("*/*/*"), *dest.glob(f"*/{POLICY_FILE}")]:
+        if (path.name in MODEL_FILES or path.name == POLICY_FILE) and path not in keep:
             path.unlink()
             path.with_name(f".{path.name}.etag").unlink(missing_ok=True)
     for version_dir in dest.glob("*/*"):
@@ -382,6 +437,7 @@ def _remove_stale(dest: Path, keep: set[Path]) -> None:
 
 __all__ = [
     "MODEL_FILE",
+    "POLICY_FILE",
     "ModelRepository",
     "ModelSpec",
     "Pushed",
@@ -391,5 +447,7 @@ __all__ = [
     "push_s3",
     "signature",
     "sync_s3",
+    "update_policy",
+    "upload_policy",
     "version_key",
 ]

@@ -241,12 +241,15 @@ class Worker:
             metrics=self.metrics,
             on_change=ingress.model_changed,
         )
+        self.table.on_unknown = self.watcher.wake
         self._watch_task = asyncio.get_running_loop().create_task(
             self.watcher.run(), name="repository-watcher"
         )
 
     async def _stop_watching(self) -> None:
         """No version is loaded or retired from here on."""
+        self.table.on_unknown = None
+        self.table.coming = {}
         if self._watch_task is not None:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)
@@ -304,6 +307,13 @@ class Worker:
                 for model, versions in self.runtimes.items()
             }
         }
+        if self.table.policies:
+            details["policies"] = {
+                model: policy.model_dump(exclude_defaults=True)
+                for model, policy in sorted(self.table.policies.items())
+            }
+        if self.watcher is not None and self.watcher.policy_problems:
+            details["policies refused"] = dict(sorted(self.watcher.policy_problems.items()))
         if self.watcher is not None and self.watcher.refused:
             details["refused"] = {
                 f"{model}:{version}": r.reason

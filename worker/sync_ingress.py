@@ -44,6 +44,7 @@ from fleet.logging import get_logger
 from fleet.tensor import Tensor
 from worker.ledger import Ledger
 from worker.model_table import ModelTable
+from worker.parked import unknown
 from worker.pipeline import Item, Outcome
 from worker.runtime import ModelRuntime
 
@@ -110,20 +111,31 @@ class SyncIngress:
             queue_wait_p50=statistics.median(waits) if waits else 0.0,
         )
 
-    def runtime(self, model: str, version: str | None) -> tuple[str, ModelRuntime]:
-        """The version served for ``model`` (the default one for ``None`` or
-        ``""``) and its runtime; :class:`ModelNotFound` naming what is served."""
-        versions = self.table.runtimes.get(model)
-        if versions is None:
+    def new_id(self) -> str:
+        """An id for a call that brought none (a uuid per call costs a syscall)."""
+        return next(self._ids)
+
+    def resolve(
+        self, model: str, asked: str | None, request_id: str
+    ) -> tuple[str, ModelRuntime | None]:
+        """The version ``asked`` (a version, a label, or none: the default)
+        means for this call, and its runtime where it is served now;
+        :class:`ModelNotFound` for a model not served."""
+        if model not in self.table.runtimes:
             raise ModelNotFound(
                 f"this worker does not serve model {model!r}; models: {self.table.models}"
             )
-        version = version or self.table.latest[model]
-        runtime = versions.get(version)
+        version = self.table.resolve(model, asked or None, request_id)
+        return version, self.table.runtimes[model].get(version)
+
+    def runtime(self, model: str, asked: str | None) -> tuple[str, ModelRuntime]:
+        """The version served for ``asked`` (see :meth:`resolve`) and its
+        runtime; :class:`ModelNotFound` naming what is served."""
+        version, runtime = self.resolve(model, asked, "")
         if runtime is None:
-            raise ModelNotFound(
-                f"model {model!r} has no version {version!r}; versions: {sorted(versions)}"
-            )
+            policy = self.table.policies.get(model)
+            labels = list(policy.labels) if policy else []
+            raise unknown(model, version, self.table.served(model), labels)
         return version, runtime
 
     def abort_waiting(self) -> None:
@@ -139,7 +151,7 @@ class SyncIngress:
         version: str,
         inputs: tuple[Tensor, ...],
         *,
-        request_id: str | None,
+        request_id: str,
         parameters: Mapping[str, ParamValue],
         timeout_s: float | None,
     ) -> Reply:
@@ -152,7 +164,7 @@ class SyncIngress:
             raise Overloaded(f"{self._queued} synchronous requests are waiting; try another worker")
         timeout = timeout_s or self.default_timeout
         req = Request(
-            id=request_id or next(self._ids),  # a uuid per call costs a syscall
+            id=request_id,
             model=model,
             version=version,
             inputs=inputs,

@@ -26,6 +26,15 @@ the repository skips) and renaming it when complete is safer still.
   its queues.
 - **A served version's files changed**: it is not loaded again; a change is a
   new version.
+- **The model's ``model.toml``** (:mod:`worker.serving_policy`) is read on
+  every look: its version policy chooses the versions served (a version it no
+  longer chooses is retired once none of the model's chosen versions is still
+  on its way), its labels and default route requests. A file that cannot be
+  used is logged once and the last one accepted stays in force.
+- **Requests for a version on its way** are held until it serves (see
+  :mod:`worker.parked`); a request for a version the worker has not heard of
+  asks for a look at once (:meth:`RepositoryWatcher.wake`) and is answered
+  after it.
 
 ``on_change(model, new)`` is awaited after each change (``new``: the model
 is new to this worker).
@@ -37,12 +46,13 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fleet.errors import FleetError
+from fleet.errors import ConfigError, FleetError
 from fleet.logging import get_logger
 from worker.metrics import WorkerMetrics
 from worker.model_table import ModelTable
-from worker.repository import ModelRepository, ModelSpec
+from worker.repository import ModelRepository, ModelSpec, Scan
 from worker.runtime import ModelRuntime, load_runtime
+from worker.serving_policy import ModelPolicy
 
 log = get_logger(__name__)
 
@@ -96,13 +106,31 @@ class RepositoryWatcher:
         self._seen: dict[Key, Signature] = {}
         self._kept: set[Key] = set()  # removed from the repository, kept: a model's last version
         self._unreadable = False
+        self._wake = asyncio.Event()
+        #: model -> why its model.toml is not in force (logged once per reason)
+        self.policy_problems: dict[str, str] = {}
+
+    def wake(self) -> None:
+        """Look now rather than at the end of the interval."""
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        """``seconds``, or until :meth:`wake` (no ``wait_for``: a cancellation
+        is never lost)."""
+        handle = asyncio.get_running_loop().call_later(seconds, self._wake.set)
+        try:
+            await self._wake.wait()
+        finally:
+            handle.cancel()
+            self._wake.clear()
 
     async def run(self) -> None:
         """Look every ``interval`` seconds (``settle`` while something is
-        pending) until cancelled; a failed look is logged and retried."""
+        pending, at once when woken) until cancelled; a failed look is logged
+        and retried."""
         pending = False
         while True:
-            await asyncio.sleep(self.settle if pending else self.interval)
+            await self._sleep(self.settle if pending else self.interval)
             try:
                 pending = await self.poll()
             except asyncio.CancelledError:
@@ -113,6 +141,7 @@ class RepositoryWatcher:
 
     async def poll(self) -> bool:
         """Look once and act on what changed; whether something waits to settle."""
+        self.table.looking()
         try:
             scan = await asyncio.to_thread(self.repository.scan)
         except FleetError as exc:
@@ -123,35 +152,74 @@ class RepositoryWatcher:
                     error=exc.message,
                 )
             self._unreadable = True
+            self.table.looked({})
             return False
         if self._unreadable:
             log.info("model repository readable again", uri=self.repository.uri)
             self._unreadable = False
         previous, self._seen = self._seen, dict(scan.signatures)
         settled = {k for k, sig in scan.signatures.items() if previous.get(k) == sig}
-        pending = False
         for where, reason in scan.problems:
             key = (where.parent.name, where.name)
             if key not in scan.signatures or key[1] in self.table.runtimes.get(key[0], {}):
                 continue  # a model directory, or a version served (never reloaded)
             if key in settled:
                 self._refuse(key, scan.signatures[key], reason)
-            else:
-                pending = True
+        self._read_policies(scan)
+        chosen = self._chosen(scan)
+        self.table.coming = {
+            model: {v for v in versions if v not in self.table.runtimes.get(model, {})}
+            for model, versions in chosen.items()
+        }
+        pending = any(k not in settled for m, vs in self.table.coming.items() for k in _keys(m, vs))
         for spec in scan.specs:
             key = (spec.name, spec.version)
-            if spec.version in self.table.runtimes.get(spec.name, {}):
-                continue
-            signature = scan.signatures[key]
-            refusal = self.refused.get(key)
-            if refusal is not None and refusal.signature == signature:
-                continue
-            if key not in settled:
-                pending = True
-                continue
-            await self._serve(spec, signature)
-        await self._retire_removed(set(scan.signatures))
+            if spec.version in self.table.coming.get(spec.name, ()) and key in settled:
+                await self._serve(spec, scan.signatures[key])
+        await self._retire_removed(set(scan.signatures), chosen)
+        self.table.looked({k: r.reason for k, r in self.refused.items()})
         return pending
+
+    def _chosen(self, scan: Scan) -> dict[str, set[str]]:
+        """Per model, the versions to serve: of those in the repository and
+        not refused (with the same files), the ones its policy chooses."""
+        available: dict[str, list[str]] = {}
+        for (model, version), signature in scan.signatures.items():
+            refusal = self.refused.get((model, version))
+            if refusal is None or refusal.signature != signature:
+                available.setdefault(model, []).append(version)
+        chosen: dict[str, set[str]] = {}
+        for model, versions in available.items():
+            policy = self.table.policies.get(model)
+            chosen[model] = set(policy.served(versions) if policy is not None else versions)
+        return chosen
+
+    def _read_policies(self, scan: Scan) -> None:
+        """Each model's ``model.toml``, checked against its readable versions;
+        one that cannot be used leaves the last one in force, said once."""
+        readable: dict[str, list[str]] = {}
+        for spec in scan.specs:
+            readable.setdefault(spec.name, []).append(spec.version)
+        for model in {m for m, _ in scan.signatures}:
+            try:
+                policy = ModelPolicy.read(self.repository.root / model, readable.get(model, []))
+            except ConfigError as exc:
+                if self.policy_problems.get(model) != exc.message:
+                    self.policy_problems[model] = exc.message
+                    log.error(
+                        "model policy refused; the last one stays", model=model, error=exc.message
+                    )
+                continue
+            self.policy_problems.pop(model, None)
+            if policy is None:
+                self.table.policies.pop(model, None)
+            elif policy != self.table.policies.get(model):
+                self.table.policies[model] = policy
+                log.info(
+                    "model policy in force",
+                    model=model,
+                    policy=policy.model_dump(exclude_defaults=True),
+                )
 
     async def _serve(self, spec: ModelSpec, signature: Signature) -> None:
         key = (spec.name, spec.version)
@@ -180,16 +248,24 @@ class RepositoryWatcher:
         if known is not None and known.signature == signature:
             return
         self.refused[key] = Refusal(signature, reason)
+        self.table.coming.get(key[0], set()).discard(key[1])
         self.metrics.model_load_failures.labels(*key).inc()
         log.error("model version refused", model=key[0], version=key[1], error=reason)
 
-    async def _retire_removed(self, present: set[Key]) -> None:
+    async def _retire_removed(self, present: set[Key], chosen: dict[str, set[str]]) -> None:
+        """Retire the served versions gone from the repository, and those its
+        policy no longer chooses once none of the model's chosen ones is still
+        on its way; never a model's last version."""
         for key in [k for k in self.refused if k not in present]:
             del self.refused[key]
         for model, versions in list(self.table.runtimes.items()):
-            for version in [v for v in versions if (model, v) not in present]:
+            settled = not self.table.coming.get(model)
+            for version in list(versions):
+                gone = (model, version) not in present
+                if not gone and (version in chosen.get(model, {version}) or not settled):
+                    continue
                 if len(self.table.runtimes[model]) < 2:
-                    if (model, version) not in self._kept:
+                    if gone and (model, version) not in self._kept:
                         self._kept.add((model, version))
                         log.warning(
                             "the last version of a model was removed from the repository;"
@@ -198,18 +274,22 @@ class RepositoryWatcher:
                             version=version,
                         )
                     continue
-                runtime = self.table.runtimes[model][version]
-                log.info("retiring a model version", model=model, version=version)
-                await self.table.retire(model, version)
-                self.metrics.model_provider.remove(model, version, runtime.provider)
-                log.info(
-                    "model version retired",
-                    model=model,
-                    version=version,
-                    default=self.table.latest[model],
-                )
-                await self._on_change(model, False)
+                await self._retire(model, version)
         self._kept -= present  # back in the repository: say so again if removed again
+
+    async def _retire(self, model: str, version: str) -> None:
+        runtime = self.table.runtimes[model][version]
+        log.info("retiring a model version", model=model, version=version)
+        await self.table.retire(model, version)
+        self.metrics.model_provider.remove(model, version, runtime.provider)
+        log.info(
+            "model version retired", model=model, version=version, default=self.table.latest[model]
+        )
+        await self._on_change(model, False)
+
+
+def _keys(model: str, versions: set[str]) -> list[Key]:
+    return [(model, v) for v in versions]
 
 
 __all__ = ["Refusal", "RepositoryWatcher", "load_and_warm"]

@@ -48,3 +48,10 @@ def broker_url(broker_kind: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
         MemoryBroker.reset(url.removeprefix("memory://"))
         return
     yield secure_url(broker_kind, monkeypatch)
+
+
+@pytest.fixture
+def memory_url(unique_model: str) -> Iterator[str]:
+    """A memory:// broker of this test's own."""
+    yield f"memory://{unique_model}"
+    MemoryBroker.reset(unique_model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +21,12 @@ from structlog.testing import capture_logs
 
 from fleet.errors import FleetError
 from fleet.transport.base import wait_until
-from fleet.transport.memory import MemoryBroker
 from producer import Client
 from tests.helpers import direct_onnx, rows, running_worker
 from worker.service import Worker
 
 WATCH = 0.2  # seconds between the workers' looks at the repository
 WAIT = 60.0
-
-
-@pytest.fixture
-def memory_url(unique_model: str) -> Iterator[str]:
-    yield f"memory://{unique_model}"
-    MemoryBroker.reset(unique_model)
 
 
 async def eventually(predicate: Any, what: str, timeout: float = WAIT) -> None:

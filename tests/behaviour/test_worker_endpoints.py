@@ -33,10 +33,8 @@ async def test_health_ready_and_metrics(model_repo: Path, unique_model: str) -> 
                 assert r.status == 200
             async with http.get(f"{base}/metrics") as r:
                 text = await r.text()
-            assert (
-                f'fleet_worker_requests_total{{model="{unique_model}-digits",outcome="ok"}} 1.0'
-                in text
-            )
+            labels = f'model="{unique_model}-digits",outcome="ok",version="1"'
+            assert f"fleet_worker_requests_total{{{labels}}} 1.0" in text
             assert "fleet_worker_batch_size_bucket" in text
             assert "fleet_worker_ready 1.0" in text
             stopping = asyncio.ensure_future(worker.stop())

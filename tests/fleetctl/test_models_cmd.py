@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -151,3 +152,65 @@ def test_push_refuses_a_destination_that_is_not_s3(
 ) -> None:
     assert _run("models", "push", "--repository", str(tmp_path), "--to", str(tmp_path)) == 2
     assert "s3://bucket/prefix" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- list, label
+
+
+def _two_versions(tmp_path: Path, built_models: Path) -> Path:
+    root = tmp_path / "repo"
+    for v in ("1", "2"):
+        shutil.copytree(built_models / "digits" / "1", root / "digits" / v)
+    (root / "digits" / "3").mkdir()  # unreadable: no model file
+    return root
+
+
+@pytest.mark.unit
+def test_label_then_list(
+    tmp_path: Path, built_models: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = str(_two_versions(tmp_path, built_models))
+    assert _run("models", "label", "digits", "stable", "1", "--default", "--repository", root) == 0
+    assert _run("models", "label", "digits", "live", "1=90", "2=10", "--repository", root) == 0
+    out = capsys.readouterr().out
+    assert "digits: stable -> 1 (default: stable)" in out
+    assert "digits: live -> 1=90 2=10 (default: stable)" in out
+    assert _run("models", "list", "--repository", root) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0] == "digits: versions 1* 2*; default stable"
+    assert "  label live: 1=90 2=10" in listed and "  label stable: 1" in listed
+    assert any(line.startswith("  version 3 unreadable: no model.onnx") for line in listed)
+    assert _run("models", "list", "--repository", root, "--json") == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["digits"]["labels"]["live"] == {"1": 90.0, "2": 10.0}
+    assert _run("models", "label", "digits", "live", "--remove", "--repository", root) == 0
+    capsys.readouterr()
+    assert _run("models", "list", "--repository", root) == 0
+    assert "live" not in capsys.readouterr().out
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("argv", "code", "words"),
+    [
+        (["digits", "stable"], 2, "VERSION[=WEIGHT] ... or --remove"),
+        (["digits", "stable", "1", "--remove"], 2, "VERSION[=WEIGHT] ... or --remove"),
+        (["digits", "stable", "1=x"], 2, "must be a number"),
+        (["digits", "stable", "7"], 1, "no version 7 in the repository"),
+        (["nope", "stable", "1"], 1, "model 'nope' has no readable version"),
+        (["digits", "1", "2"], 1, "label '1': a label starts with a letter"),
+    ],
+)
+def test_label_errors_are_clear_and_write_nothing(
+    tmp_path: Path,
+    built_models: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    code: int,
+    words: str,
+) -> None:
+    root = _two_versions(tmp_path, built_models)
+    assert _run("models", "label", *argv, "--repository", str(root)) == code
+    err = capsys.readouterr().err
+    assert err.startswith("fleet models label: ") and words in err
+    assert not (root / "digits" / "model.toml").exists()
