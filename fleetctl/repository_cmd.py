@@ -1,10 +1,13 @@
-"""``fleet models list`` and ``fleet models label``: what a repository serves.
+"""``fleet models list|label|load|unload``: what a repository and a worker serve.
 
 ``list`` shows each model's versions (which ones its policy serves), labels,
-default and the versions that cannot be read. ``label`` points a label at a
-version or splits it between versions, which is how a fleet promotes a
-version and rolls it back: each is one command, and every worker follows
-within one look at the repository.
+default and the versions that cannot be read; with ``--worker`` what one
+worker serves. ``label`` points a label at a version or splits it between
+versions, which is how a fleet promotes a version and rolls it back: each is
+one command, and every worker follows within one look at the repository.
+``load`` and ``unload`` act on one worker through its Open Inference Protocol
+port (the repository extension), for workers run without watching
+(``--watch-interval 0``) or to take a model off one worker.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +27,68 @@ from fleetctl.formatting import DEFAULT_MODELS, HelpFormatter, Subparsers
 def add_commands(msub: Subparsers[argparse.ArgumentParser]) -> None:
     _add_list(msub)
     _add_label(msub)
+    for action in ("load", "unload"):
+        _add_control(msub, action)
+
+
+def _worker_arg(p: argparse.ArgumentParser, *, required: bool) -> None:
+    p.add_argument(
+        "--worker",
+        required=required,
+        metavar="URL",
+        help="a worker's Open Inference Protocol address, e.g. http://127.0.0.1:8000",
+    )
+
+
+def _add_control(msub: Subparsers[argparse.ArgumentParser], action: str) -> None:
+    what = {
+        "load": "serve a model from the repository now, on one worker",
+        "unload": "stop serving a model on one worker until it is loaded again",
+    }[action]
+    p = msub.add_parser(
+        action,
+        help=what,
+        description=f"{what[0].upper()}{what[1:]}, through the worker's Open Inference "
+        f"Protocol repository extension (POST /v2/repository/models/MODEL/{action}). A fleet "
+        "that watches its repository follows the repository instead: write or remove a "
+        "version, or change model.toml (fleet models label).",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("model")
+    _worker_arg(p, required=True)
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the worker")
+    p.set_defaults(handler=control_model, action=action)
+
+
+def control_model(args: argparse.Namespace) -> int:
+    url = f"{args.worker.rstrip('/')}/v2/repository/models/{args.model}/{args.action}"
+    try:
+        _post(url, {}, args.timeout)
+    except RuntimeError as exc:
+        print(f"fleet models {args.action}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.model}: {args.action}ed on {args.worker}")
+    return 0
+
+
+def _post(url: str, body: dict[str, Any], timeout: float) -> Any:
+    """POST ``body`` as JSON; the answer's JSON, or :class:`RuntimeError` with
+    the worker's error."""
+    data = json.dumps(body).encode()
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return json.loads(answer.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            why = json.loads(exc.read()).get("error", exc.reason)
+        except (ValueError, AttributeError):
+            why = exc.reason
+        raise RuntimeError(f"{exc.code}: {why}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise RuntimeError(f"cannot reach {url}: {getattr(exc, 'reason', exc)}") from None
 
 
 def _repository_arg(p: argparse.ArgumentParser) -> None:
@@ -42,6 +109,7 @@ def _add_list(msub: Subparsers[argparse.ArgumentParser]) -> None:
         formatter_class=HelpFormatter,
     )
     _repository_arg(p)
+    _worker_arg(p, required=False)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=list_models)
 
@@ -108,6 +176,8 @@ def _split(split: dict[str, float]) -> str:
 
 
 def list_models(args: argparse.Namespace) -> int:
+    if args.worker is not None:
+        return _list_worker(args)
     try:
         models = describe(args.repository)
     except FleetError as exc:
@@ -125,6 +195,22 @@ def list_models(args: argparse.Namespace) -> int:
             print(f"  model.toml refused: {m['policy_error']}")
         for version, why in m["problems"].items():
             print(f"  version {version} unreadable: {why}")
+    return 0
+
+
+def _list_worker(args: argparse.Namespace) -> int:
+    """One worker's repository index: each version and its state."""
+    try:
+        entries = _post(f"{args.worker.rstrip('/')}/v2/repository/index", {}, 30.0)
+    except RuntimeError as exc:
+        print(f"fleet models list: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(entries, indent=2))
+        return 0
+    for e in entries:
+        reason = f" ({e['reason']})" if e.get("reason") else ""
+        print(f"{e['name']} {e['version']}: {e['state']}{reason}")
     return 0
 
 
@@ -154,4 +240,4 @@ def describe(root: str | Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-__all__ = ["add_commands", "describe", "label_model", "list_models"]
+__all__ = ["add_commands", "control_model", "describe", "label_model", "list_models"]

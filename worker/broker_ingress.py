@@ -127,6 +127,7 @@ class BrokerIngress:
         self._max_held_requests = max_held_requests or 4 * table.max_batch_size()
         self._max_held_bytes = max_held_bytes
         self._consumers: list[Consumer] = []
+        self._model_consumers: dict[str, list[Consumer]] = {}
         self._messages: set[_Message] = set()
         self._held_requests = 0  # sum of remaining over _messages, kept as they change
         self._held_bytes = 0  # sum of size over _messages
@@ -162,6 +163,7 @@ class BrokerIngress:
                 model, priority, self._on_delivery, prefetch=prefetch
             )
             self._consumers.append(consumer)
+            self._model_consumers.setdefault(model, []).append(consumer)
             if self._paused:
                 await consumer.pause()
 
@@ -177,6 +179,15 @@ class BrokerIngress:
         async with self._flow:
             if not self._stopped:
                 await self._consume(model)
+
+    async def model_removed(self, model: str) -> None:
+        """``model`` is unloaded: consume its queues no more (what was
+        received is still answered)."""
+        async with self._flow:
+            consumers = self._model_consumers.pop(model, [])
+            self._consumers = [c for c in self._consumers if c not in consumers]
+            for c in consumers:
+                await c.cancel()
 
     async def _tap(self) -> None:
         """Jobs the broker dead-letters itself (past its delivery limit) end
@@ -222,6 +233,7 @@ class BrokerIngress:
         async with self._flow:
             self._stopped = True
             consumers, self._consumers = self._consumers, []
+            self._model_consumers = {}
             for c in consumers:
                 await c.cancel()
 

@@ -149,6 +149,22 @@ class ModelTable:
             await asyncio.shield(pipe.close())
         runtime.close()
 
+    async def remove(self, model: str) -> None:
+        """Stop serving ``model`` altogether (an explicit unload): requests
+        held for it are answered ``ModelNotFound``, what its versions hold is
+        answered, then they are unloaded."""
+        versions = self.runtimes.pop(model)
+        self.latest.pop(model, None)
+        self.policies.pop(model, None)
+        self.coming.pop(model, None)
+        for key in [k for k in self._parked if k[0] == model]:
+            self._parked.pop(key).fail(ModelNotFound(f"model {model!r} was unloaded"))
+        for version, runtime in versions.items():
+            pipe = self._pipelines.pop((model, version), None)
+            if pipe is not None:
+                await asyncio.shield(pipe.close())
+            runtime.close()
+
     def route(self, request: Request) -> tuple[Pipeline | Parked, Feeds, int]:
         """The pipeline of the model version ``request`` asks for (see the
         module), and its inputs checked by that runtime; a :class:`Parked`

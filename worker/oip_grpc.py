@@ -156,8 +156,9 @@ class OipGrpcServer:
         return pb.ModelReadyResponse(ready=self._sync.ready())
 
     async def _server_metadata(self, _req: Any, _ctx: aio.ServicerContext[Any, Any]) -> Message:
+        extensions = [e for e in EXTENSIONS if e != "model_repository"]  # REST only
         return pb.ServerMetadataResponse(
-            name="fleet", version=server_version(), extensions=EXTENSIONS
+            name="fleet", version=server_version(), extensions=extensions
         )
 
     async def _model_metadata(

@@ -7,6 +7,13 @@ queue traffic (see there). The request's ``timeout`` parameter
 (microseconds, as Triton's clients send it) is its deadline. A caller that
 disconnects cancels its item unless it already runs.
 
+The repository extension: ``POST /v2/repository/index`` lists every version
+the worker serves or knows of with its state (``READY``, ``LOADING``,
+``UNAVAILABLE`` and why), ``POST /v2/repository/models/{name}/load`` serves
+a model from the repository now (every version its policy chooses) and
+``.../unload`` stops serving it until it is loaded again. They act on this
+worker only; a fleet follows its repository (see :mod:`worker.watcher`).
+
 Errors are the protocol's bodies, ``{"error": "..."}``, with the status of
 their :class:`~fleet.errors.FleetError` code: 400 for a malformed request, a
 wrong shape or datatype; 404 for a model or version not served; 413 for a
@@ -16,13 +23,14 @@ deadline; 500 for a failure inside the worker.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from importlib import metadata
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from fleet.errors import ErrorCode, FleetError
+from fleet.errors import ErrorCode, FleetError, InvalidArgument, Unavailable
 from fleet.logging import get_logger
 from worker import oip_codec
 from worker.runtime import ModelRuntime
@@ -40,7 +48,7 @@ _STATUS = {
     ErrorCode.CONFIG: 500,
 }
 _MODEL = "/v2/models/{model}"
-EXTENSIONS = ["binary_tensor_data"]
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
 _VERSION = "/v2/models/{model}/versions/{version}"
 
 
@@ -70,12 +78,29 @@ def server_version() -> str:
         return "0"
 
 
+class RepositoryControl(Protocol):
+    """What the repository extension asks of a worker (its watcher)."""
+
+    def index(self) -> list[dict[str, str]]: ...
+
+    async def load(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...
+
+
 class OipHttpServer:
     """The OIP REST endpoints of one worker's synchronous ingress."""
 
-    def __init__(self, sync: SyncIngress, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        sync: SyncIngress,
+        *,
+        max_body_bytes: int,
+        repository: Callable[[], RepositoryControl | None] = lambda: None,
+    ) -> None:
         self._sync = sync
         self._max_body = max_body_bytes
+        self._repository = repository
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -86,6 +111,9 @@ class OipHttpServer:
         r.add_get("/v2", self._server_metadata)
         r.add_get("/v2/health/live", self._live)
         r.add_get("/v2/health/ready", self._server_ready)
+        r.add_post("/v2/repository/index", self._index)
+        r.add_post("/v2/repository/models/{model}/load", self._load)
+        r.add_post("/v2/repository/models/{model}/unload", self._unload)
         for base in (_MODEL, _VERSION):
             r.add_get(base, self._model_metadata)
             r.add_get(base + "/ready", self._model_ready)
@@ -139,6 +167,59 @@ class OipHttpServer:
         ready = self._sync.ready()
         doc = {"name": model, "version": version, "ready": ready}
         return _json(doc, 200 if ready else 503)
+
+    # ------------------------------------------------------------------ repository
+    def _control(self) -> RepositoryControl:
+        control = self._repository()
+        if control is None:
+            raise Unavailable("the worker is starting: its repository is not under control yet")
+        return control
+
+    async def _index(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request)
+            ready = body.get("ready", False)
+            if not isinstance(ready, bool):
+                raise InvalidArgument("'ready' must be true or false")
+            entries = self._control().index()
+        except FleetError as exc:
+            return _error(exc)
+        if ready:
+            entries = [e for e in entries if e["state"] == "READY"]
+        return web.json_response(entries)
+
+    async def _load(self, request: web.Request) -> web.Response:
+        try:
+            body = await self._body(request)
+            if body.get("parameters"):
+                raise InvalidArgument(
+                    "load takes no parameters: the model's files and config.toml come from"
+                    " the repository"
+                )
+            await self._control().load(request.match_info["model"])
+        except FleetError as exc:
+            return _error(exc, 400 if exc.code is not ErrorCode.UNAVAILABLE else None)
+        return _json({})
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        try:
+            await self._body(request)  # unload_dependents: there are none
+            await self._control().unload(request.match_info["model"])
+        except FleetError as exc:
+            return _error(exc, 400 if exc.code is not ErrorCode.UNAVAILABLE else None)
+        return _json({})
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        raw = await self._read(request)
+        if not raw.strip():
+            return {}
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise InvalidArgument(f"the request body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise InvalidArgument("the request body must be a JSON object")
+        return doc
 
     # ------------------------------------------------------------------ inference
     async def _infer(self, request: web.Request) -> web.Response:
@@ -200,4 +281,11 @@ def _io_metadata(specs: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
-__all__ = ["EXTENSIONS", "OipHttpServer", "model_metadata", "server_version", "status_of"]
+__all__ = [
+    "EXTENSIONS",
+    "OipHttpServer",
+    "RepositoryControl",
+    "model_metadata",
+    "server_version",
+    "status_of",
+]

@@ -167,7 +167,9 @@ class Worker:
             default_timeout=s.sync_timeout,
         )
         if s.oip_port is not None:
-            self.oip = OipHttpServer(self.sync, max_body_bytes=s.max_message_bytes)
+            self.oip = OipHttpServer(
+                self.sync, max_body_bytes=s.max_message_bytes, repository=lambda: self.watcher
+            )
             self.oip_port = await self.oip.start(s.oip_host, s.oip_port)
         if s.oip_grpc_port is not None:
             self.oip_grpc = OipGrpcServer(self.sync, max_message_bytes=s.max_message_bytes)
@@ -230,17 +232,19 @@ class Worker:
 
     def _start_watching(self, ingress: BrokerIngress) -> None:
         """Keep the served versions in step with the repository (see
-        :mod:`worker.watcher`), unless ``watch_interval`` is 0."""
+        :mod:`worker.watcher`), unless ``watch_interval`` is 0: then only
+        explicit loads and unloads change them."""
         s = self.settings
-        if s.watch_interval <= 0:
-            return
         self.watcher = RepositoryWatcher(
             ModelRepository(s.models),
             self.table,
             interval=s.watch_interval,
             metrics=self.metrics,
             on_change=ingress.model_changed,
+            on_removed=ingress.model_removed,
         )
+        if s.watch_interval <= 0:
+            return
         self.table.on_unknown = self.watcher.wake
         self._watch_task = asyncio.get_running_loop().create_task(
             self.watcher.run(), name="repository-watcher"

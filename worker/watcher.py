@@ -36,8 +36,16 @@ the repository skips) and renaming it when complete is safer still.
   asks for a look at once (:meth:`RepositoryWatcher.wake`) and is answered
   after it.
 
+Explicit control, with or without watching (``interval`` 0: no looks of its
+own): :meth:`RepositoryWatcher.load` looks at once and serves a model's
+versions without waiting for them to settle; :meth:`RepositoryWatcher.unload`
+stops serving a model altogether (its last version too) until it is loaded
+again; :meth:`RepositoryWatcher.index` lists every version and its state.
+These are the Open Inference Protocol's repository extension
+(``/v2/repository/...``) and ``fleet models load|unload|list --worker``.
+
 ``on_change(model, new)`` is awaited after each change (``new``: the model
-is new to this worker).
+is new to this worker), ``on_removed(model)`` before a model is unloaded.
 """
 
 from __future__ import annotations
@@ -46,13 +54,14 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fleet.errors import ConfigError, FleetError
+from fleet.errors import ConfigError, FleetError, ModelNotFound
 from fleet.logging import get_logger
 from worker.metrics import WorkerMetrics
 from worker.model_table import ModelTable
 from worker.repository import ModelRepository, ModelSpec, Scan
 from worker.runtime import ModelRuntime, load_runtime
 from worker.serving_policy import ModelPolicy
+from worker.versions import version_key
 
 log = get_logger(__name__)
 
@@ -90,19 +99,25 @@ class RepositoryWatcher:
         interval: float,
         metrics: WorkerMetrics,
         on_change: Callable[[str, bool], Awaitable[None]],
+        on_removed: Callable[[str], Awaitable[None]] | None = None,
         settle: float = 1.0,
         load: Callable[[ModelSpec], ModelRuntime] = load_and_warm,
     ) -> None:
-        if interval <= 0:
-            raise ValueError("the watch interval must be positive")
+        if interval < 0:
+            raise ValueError("the watch interval must not be negative")
         self.repository = repository
         self.table = table
         self.interval = interval
-        self.settle = min(settle, interval)
+        self.settle = min(settle, interval) if interval > 0 else settle
         self.metrics = metrics
         self.refused: dict[Key, Refusal] = {}
         self._on_change = on_change
+        self._on_removed = on_removed
         self._load = load
+        self._lock = asyncio.Lock()  # one look, load or unload at a time
+        #: models unloaded explicitly: not served again until loaded
+        self.unloaded: set[str] = set()
+        self._known: set[Key] = set()  # versions seen in the repository or unloaded
         self._seen: dict[Key, Signature] = {}
         self._kept: set[Key] = set()  # removed from the repository, kept: a model's last version
         self._unreadable = False
@@ -128,6 +143,8 @@ class RepositoryWatcher:
         """Look every ``interval`` seconds (``settle`` while something is
         pending, at once when woken) until cancelled; a failed look is logged
         and retried."""
+        if self.interval <= 0:
+            raise ValueError("the watch interval must be positive to watch")
         pending = False
         while True:
             await self._sleep(self.settle if pending else self.interval)
@@ -139,8 +156,14 @@ class RepositoryWatcher:
                 log.exception("watching the model repository failed; trying again")
                 pending = False
 
-    async def poll(self) -> bool:
-        """Look once and act on what changed; whether something waits to settle."""
+    async def poll(self, *, settled: bool = False, only: str | None = None) -> bool:
+        """Look once and act on what changed; whether something waits to
+        settle (``settled``: take every version as it is now; ``only``: change
+        that model alone)."""
+        async with self._lock:
+            return await self._poll(settled, only)
+
+    async def _poll(self, take_all: bool, only: str | None) -> bool:
         self.table.looking()
         try:
             scan = await asyncio.to_thread(self.repository.scan)
@@ -158,7 +181,8 @@ class RepositoryWatcher:
             log.info("model repository readable again", uri=self.repository.uri)
             self._unreadable = False
         previous, self._seen = self._seen, dict(scan.signatures)
-        settled = {k for k, sig in scan.signatures.items() if previous.get(k) == sig}
+        self._known = set(scan.signatures)
+        settled = {k for k, sig in scan.signatures.items() if take_all or previous.get(k) == sig}
         for where, reason in scan.problems:
             key = (where.parent.name, where.name)
             if key not in scan.signatures or key[1] in self.table.runtimes.get(key[0], {}):
@@ -174,9 +198,11 @@ class RepositoryWatcher:
         pending = any(k not in settled for m, vs in self.table.coming.items() for k in _keys(m, vs))
         for spec in scan.specs:
             key = (spec.name, spec.version)
+            if only is not None and spec.name != only:
+                continue
             if spec.version in self.table.coming.get(spec.name, ()) and key in settled:
                 await self._serve(spec, scan.signatures[key])
-        await self._retire_removed(set(scan.signatures), chosen)
+        await self._retire_removed(set(scan.signatures), chosen, only)
         self.table.looked({k: r.reason for k, r in self.refused.items()})
         return pending
 
@@ -185,6 +211,8 @@ class RepositoryWatcher:
         not refused (with the same files), the ones its policy chooses."""
         available: dict[str, list[str]] = {}
         for (model, version), signature in scan.signatures.items():
+            if model in self.unloaded:
+                continue
             refusal = self.refused.get((model, version))
             if refusal is None or refusal.signature != signature:
                 available.setdefault(model, []).append(version)
@@ -252,13 +280,17 @@ class RepositoryWatcher:
         self.metrics.model_load_failures.labels(*key).inc()
         log.error("model version refused", model=key[0], version=key[1], error=reason)
 
-    async def _retire_removed(self, present: set[Key], chosen: dict[str, set[str]]) -> None:
+    async def _retire_removed(
+        self, present: set[Key], chosen: dict[str, set[str]], only: str | None = None
+    ) -> None:
         """Retire the served versions gone from the repository, and those its
         policy no longer chooses once none of the model's chosen ones is still
         on its way; never a model's last version."""
         for key in [k for k in self.refused if k not in present]:
             del self.refused[key]
         for model, versions in list(self.table.runtimes.items()):
+            if only is not None and model != only:
+                continue
             settled = not self.table.coming.get(model)
             for version in list(versions):
                 gone = (model, version) not in present
@@ -286,6 +318,62 @@ class RepositoryWatcher:
             "model version retired", model=model, version=version, default=self.table.latest[model]
         )
         await self._on_change(model, False)
+
+    # ------------------------------------------------------------------ explicit control
+    async def load(self, model: str) -> None:
+        """Serve ``model`` now: a look at once, every version taken as it is;
+        :class:`ConfigError` (why) or :class:`ModelNotFound` if it does not serve."""
+        self.unloaded.discard(model)
+        await self.poll(settled=True, only=model)
+        if model in self.table.runtimes:
+            return
+        reasons = [f"version {v}: {r.reason}" for (m, v), r in self.refused.items() if m == model]
+        if model in self.policy_problems:
+            reasons.append(f"model.toml: {self.policy_problems[model]}")
+        if reasons:
+            raise ConfigError(f"model {model!r} could not be loaded: " + "; ".join(reasons))
+        known = sorted({m for m, _ in self._seen})
+        raise ModelNotFound(f"model {model!r} is not in {self.repository.uri} (models: {known})")
+
+    async def unload(self, model: str) -> None:
+        """Stop serving ``model`` (every version) until :meth:`load`."""
+        async with self._lock:
+            if model not in self.table.runtimes:
+                raise ModelNotFound(f"this worker does not serve model {model!r}")
+            self.unloaded.add(model)
+            self._known.update((model, v) for v in self.table.runtimes[model])
+            log.info("unloading a model", model=model)
+            if self._on_removed is not None:
+                await self._on_removed(model)
+            for version, runtime in self.table.runtimes[model].items():
+                self.metrics.model_provider.remove(model, version, runtime.provider)
+            await self.table.remove(model)
+            log.info("model unloaded", model=model)
+
+    def index(self) -> list[dict[str, str]]:
+        """Every version this worker serves or knows of in its repository
+        (as of its last look), with its state: ``READY`` (served),
+        ``LOADING`` (on its way), ``UNAVAILABLE`` (with why)."""
+        keys = self._known | {(m, v) for m, vs in self.table.runtimes.items() for v in vs}
+        out: list[dict[str, str]] = []
+        for model, version in sorted(keys, key=lambda k: (k[0], version_key(k[1]))):
+            entry = {"name": model, "version": version}
+            refusal = self.refused.get((model, version))
+            if version in self.table.runtimes.get(model, {}):
+                entry["state"] = "READY"
+            elif version in self.table.coming.get(model, ()):
+                entry["state"] = "LOADING"
+            else:
+                entry["state"] = "UNAVAILABLE"
+                entry["reason"] = (
+                    refusal.reason
+                    if refusal is not None
+                    else "unloaded"
+                    if model in self.unloaded
+                    else "not chosen by the model's policy"
+                )
+            out.append(entry)
+        return out
 
 
 def _keys(model: str, versions: set[str]) -> list[Key]:
