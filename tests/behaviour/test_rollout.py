@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +105,7 @@ class Traffic:
 
 
 @asynccontextmanager
-async def _workers(url: str, root: Path, n: int) -> AsyncIterator[list[Worker]]:
+async def _workers(url: str, root: Path | str, n: int) -> AsyncIterator[list[Worker]]:
     async with AsyncExitStack() as stack:
         yield [
             await stack.enter_async_context(
@@ -127,8 +127,56 @@ async def test_a_version_rolled_out_and_back_under_load_fails_no_request(
 ) -> None:
     model = f"{unique_model}-digits"
     root = _repository(tmp_path, built_models, model)
+    v2 = root / model / "2"
+    await _roll_out_and_back(
+        broker_url,
+        root,
+        model,
+        write=lambda: shutil.copytree(built_models / "digits" / "1", v2),
+        remove=lambda: shutil.rmtree(v2),
+    )
+
+
+@pytest.mark.aws
+async def test_a_version_rolled_out_and_back_through_s3_under_load_fails_no_request(
+    broker_url: str, bucket: str, built_models: Path, tmp_path: Path, unique_model: str
+) -> None:
+    """The same, the workers reading ``s3://``: v2 written with ``fleet
+    models push``, removed with ``push --delete``."""
+    from worker.repository import push_s3
+
+    model = f"{unique_model}-digits"
+    local = _repository(tmp_path, built_models, model)
+    uri = f"s3://{bucket}/models"
+    push_s3(local, uri)
+    v2 = local / model / "2"
+
+    def write() -> None:
+        shutil.copytree(built_models / "digits" / "1", v2)
+        push_s3(local, uri)
+
+    def remove() -> None:
+        shutil.rmtree(v2)
+        push_s3(local, uri, delete=True)
+
+    await _roll_out_and_back(broker_url, uri, model, write=write, remove=remove, local=local)
+
+
+async def _roll_out_and_back(
+    broker_url: str,
+    root: Path | str,
+    model: str,
+    *,
+    write: Callable[[], object],
+    remove: Callable[[], object],
+    local: Path | None = None,
+) -> None:
+    """Under load (unpinned lanes and one pinned to v1), ``write`` v2, pin a
+    lane to it once both workers serve it, then ``remove`` it: no request
+    fails, pinned ones get their version, unpinned ones v1 before, v2 after
+    the switch and v1 after the rollback."""
     x = rows(64, 256, seed=5)
-    want = direct_onnx(root / model, {"input": x})["label"]
+    want = direct_onnx((local or Path(root)) / model, {"input": x})["label"]
     loop = asyncio.get_running_loop()
     async with (
         _workers(broker_url, root, 2) as workers,
@@ -142,7 +190,7 @@ async def test_a_version_rolled_out_and_back_under_load_fails_no_request(
         await eventually(lambda: len(traffic.answers) >= 30, "traffic before the rollout")
 
         written = loop.time()
-        shutil.copytree(built_models / "digits" / "1", root / model / "2")
+        await asyncio.to_thread(write)
         await eventually(
             lambda: _default(workers, model, "2", served={"1", "2"}), "v2 served by both"
         )
@@ -158,7 +206,7 @@ async def test_a_version_rolled_out_and_back_under_load_fails_no_request(
         await traffic.stop("2")  # nothing asks for v2 by name once it is to go
 
         removing = loop.time()
-        shutil.rmtree(root / model / "2")
+        await asyncio.to_thread(remove)
         await eventually(lambda: _default(workers, model, "1", served={"1"}), "v2 retired by both")
         rolled_back = loop.time()
         await eventually(
@@ -200,6 +248,9 @@ async def test_a_corrupt_version_is_refused_and_the_served_one_keeps_serving(
             assert w.table.latest[model] == "1" and set(w.table.runtimes[model]) == {"1"}
             details = w._details()  # what /readyz shows
             assert f"{model}:3" in details["refused"]  # type: ignore[operator]
+            # what `fleet models list --worker` shows (the OIP repository index)
+            (three,) = [e for e in w.watcher.index() if e["version"] == "3"]
+            assert three["state"] == "UNAVAILABLE" and three["reason"]
             metrics = w.metrics.render().decode()
             failures = f'fleet_worker_model_load_failures_total{{model="{model}",version="3"}} 1.0'
             assert failures in metrics
