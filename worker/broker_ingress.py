@@ -497,6 +497,8 @@ class BrokerIngress:
     def _submit(self, msg: _Message, req: Request) -> FleetError | None:
         """Route one request to its pipeline; the error to answer it with if that fails."""
         model = msg.delivery.model
+        if model not in self._model_consumers:  # unloaded meanwhile: another worker's
+            return _STOPPING
         try:
             pipe, feeds, rows = self._route(req, model)
         except FleetError as exc:

@@ -48,6 +48,7 @@ class ModelTable:
         self.on_unknown: Callable[[], None] | None = None
         self._parked: dict[Key, Parked] = {}
         self._looks = 0  # looks at the repository begun (see looking())
+        self._refused: dict[Key, str] = {}  # versions the watcher refused, and why
         self._pipelines: dict[Key, Pipeline] = {}
         self._pipeline_args: dict[str, Any] | None = None  # set by start()
 
@@ -197,6 +198,12 @@ class ModelTable:
         if parked is not None:
             return parked
         coming = version in self.coming.get(model, ())
+        reason = self._refused.get(key)
+        if not coming and reason is not None:  # its files have not changed since
+            raise ModelNotFound(
+                f"model {model!r} version {version!r} could not be loaded: {reason};"
+                f" versions: {self.served(model)}"
+            )
         if not coming and self.on_unknown is None:
             policy = self.policies.get(model)
             raise unknown(model, version, self.served(model), list(policy.labels) if policy else [])
@@ -220,6 +227,7 @@ class ModelTable:
         """After a look at the repository: requests held (before it began)
         for a version that is neither served nor coming are answered
         ``ModelNotFound`` (why, for a version refused)."""
+        self._refused = dict(refused)
         for key, parked in list(self._parked.items()):
             model, version = key
             if version in self.coming.get(model, ()) or parked.since >= self._looks:

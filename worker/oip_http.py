@@ -23,6 +23,7 @@ deadline; 500 for a failure inside the worker.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from importlib import metadata
@@ -171,8 +172,8 @@ class OipHttpServer:
     # ------------------------------------------------------------------ repository
     def _control(self) -> RepositoryControl:
         control = self._repository()
-        if control is None:
-            raise Unavailable("the worker is starting: its repository is not under control yet")
+        if control is None or not self._sync.ready():
+            raise Unavailable("the worker is starting or stopping: not now")
         return control
 
     async def _index(self, request: web.Request) -> web.Response:
@@ -196,7 +197,8 @@ class OipHttpServer:
                     "load takes no parameters: the model's files and config.toml come from"
                     " the repository"
                 )
-            await self._control().load(request.match_info["model"])
+            control = self._control()  # a caller that goes away does not cut it short
+            await asyncio.shield(asyncio.ensure_future(control.load(request.match_info["model"])))
         except FleetError as exc:
             return _error(exc, 400 if exc.code is not ErrorCode.UNAVAILABLE else None)
         return _json({})
@@ -204,7 +206,8 @@ class OipHttpServer:
     async def _unload(self, request: web.Request) -> web.Response:
         try:
             await self._body(request)  # unload_dependents: there are none
-            await self._control().unload(request.match_info["model"])
+            control = self._control()
+            await asyncio.shield(asyncio.ensure_future(control.unload(request.match_info["model"])))
         except FleetError as exc:
             return _error(exc, 400 if exc.code is not ErrorCode.UNAVAILABLE else None)
         return _json({})

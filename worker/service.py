@@ -252,8 +252,8 @@ class Worker:
 
     async def _stop_watching(self) -> None:
         """No version is loaded or retired from here on."""
-        self.table.on_unknown = None
-        self.table.coming = {}
+        self.table.on_unknown = None  # requests for versions on their way stay held:
+        # the table answers them Unavailable (retriable) when it closes
         if self._watch_task is not None:
             self._watch_task.cancel()
             await asyncio.gather(self._watch_task, return_exceptions=True)

@@ -118,6 +118,7 @@ class RepositoryWatcher:
         #: models unloaded explicitly: not served again until loaded
         self.unloaded: set[str] = set()
         self._known: set[Key] = set()  # versions seen in the repository or unloaded
+        self._last_look = float("-inf")  # loop time the run loop last looked
         self._seen: dict[Key, Signature] = {}
         self._kept: set[Key] = set()  # removed from the repository, kept: a model's last version
         self._unreadable = False
@@ -148,6 +149,14 @@ class RepositoryWatcher:
         pending = False
         while True:
             await self._sleep(self.settle if pending else self.interval)
+            gap = (
+                self._last_look
+                + min(self.settle, self.interval)
+                - asyncio.get_running_loop().time()
+            )
+            if gap > 0:  # woken again right after a look: at most one per settle
+                await asyncio.sleep(gap)
+            self._last_look = asyncio.get_running_loop().time()
             try:
                 pending = await self.poll()
             except asyncio.CancelledError:
@@ -191,10 +200,14 @@ class RepositoryWatcher:
                 self._refuse(key, scan.signatures[key], reason)
         self._read_policies(scan)
         chosen = self._chosen(scan)
-        self.table.coming = {
+        coming = {
             model: {v for v in versions if v not in self.table.runtimes.get(model, {})}
             for model, versions in chosen.items()
+            if only is None or model == only
         }
+        if only is not None:  # the others' stay as the last full look left them
+            coming = {**{m: vs for m, vs in self.table.coming.items() if m != only}, **coming}
+        self.table.coming = coming
         pending = any(k not in settled for m, vs in self.table.coming.items() for k in _keys(m, vs))
         for spec in scan.specs:
             key = (spec.name, spec.version)
@@ -202,7 +215,8 @@ class RepositoryWatcher:
                 continue
             if spec.version in self.table.coming.get(spec.name, ()) and key in settled:
                 await self._serve(spec, scan.signatures[key])
-        await self._retire_removed(set(scan.signatures), chosen, only)
+        # chosen again: a version refused just now must not retire one that serves
+        await self._retire_removed(set(scan.signatures), self._chosen(scan), only)
         self.table.looked({k: r.reason for k, r in self.refused.items()})
         return pending
 

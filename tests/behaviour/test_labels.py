@@ -266,3 +266,57 @@ async def test_a_label_goes_where_a_version_goes_over_oip(
         finally:
             await http.close()
             await grpc.close()
+
+
+@pytest.mark.memory
+async def test_a_refused_version_never_retires_one_the_policy_keeps(
+    built_models: Path, tmp_path: Path, unique_model: str, memory_url: str
+) -> None:
+    """latest = 2 with versions 1 and 2 served: a corrupt 3 is refused, and
+    1 keeps serving (the newest two that load are still 1 and 2)."""
+    model = f"{unique_model}-digits"
+    root = _repository(tmp_path, built_models, model)
+    _versions(built_models, root, model, "2")
+    (root / model / "model.toml").write_text("[versions]\nlatest = 2\n")
+    async with running_worker(memory_url, root, watch_interval=WATCH) as w:
+        assert w.watcher is not None
+        watcher = w.watcher
+        hidden = root / model / ".3"
+        hidden.mkdir()
+        (hidden / "model.onnx").write_bytes(b"not a model")
+        hidden.rename(root / model / "3")
+        await eventually(lambda: (model, "3") in watcher.refused, "v3 refused")
+        for _ in range(5):
+            await watcher.poll()
+            assert set(w.table.runtimes[model]) == {"1", "2"}
+
+
+@pytest.mark.memory
+async def test_a_held_request_past_its_deadline_is_dropped(
+    built_models: Path, tmp_path: Path, unique_model: str, memory_url: str
+) -> None:
+    """A version on its way that does not arrive in time: requests held for
+    it are dropped at their deadline, and no longer count as in flight."""
+    model = f"{unique_model}-digits"
+    root = _repository(tmp_path, built_models, model)
+    async with (
+        running_worker(memory_url, root, watch_interval=WATCH) as w,
+        Client(memory_url) as client,
+    ):
+        assert w.watcher is not None
+        w.watcher.settle = 60.0  # seen pending, next look in a minute: on its way till then
+        (root / model / "2").mkdir()  # its model file never comes
+        (root / model / "2" / "config.toml").write_text("max_batch_size = 4\n")
+        await eventually(lambda: "2" in w.table.coming.get(model, ()), "v2 on its way")
+        calls = [
+            asyncio.ensure_future(
+                client.infer(model, {"input": rows(64, 1)}, version="2", timeout=0.5)
+            )
+            for _ in range(3)
+        ]
+        await eventually(lambda: w.table.held() == 3, "held")
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert all(type(r).__name__ == "DeadlineExceeded" for r in results), results
+        await eventually(lambda: w.table.held() == 0 and w.in_flight() == 0, "dropped", 10)
+        reply = await client.infer_reply(model, {"input": rows(64, 1)})
+        assert reply.ok and reply.version == "1"
