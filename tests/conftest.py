@@ -18,6 +18,7 @@ import gc
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -28,6 +29,8 @@ from urllib.parse import quote
 from urllib.request import Request, urlopen
 
 import pytest
+import structlog
+from structlog._config import BoundLoggerLazyProxy
 
 from fleet import aws
 from fleet.transport._amqp_management import management_api
@@ -86,6 +89,27 @@ def _collect_garbage_after_each_test() -> Iterator[None]:
     not whichever later test happens to trigger a collection."""
     yield
     gc.collect()
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_it_was() -> Iterator[None]:
+    """A command run in this process (``fleet autoscaler``'s handler) sets up
+    structlog for the whole process: a level filter, and loggers cached on
+    first use. Put the setup back after such a test, and forget the loggers
+    cached meanwhile, so a later test's ``capture_logs`` sees every level."""
+    before = structlog.get_config()
+    yield
+    if structlog.get_config() == before:
+        return
+    structlog.configure(**before)
+    for module in list(sys.modules.values()):
+        try:
+            values = list(vars(module).values())
+        except TypeError:  # not a module with a namespace
+            continue
+        for value in values:
+            if isinstance(value, BoundLoggerLazyProxy):
+                value.__dict__.pop("bind", None)  # cached by cache_logger_on_first_use
 
 
 def missing(what: str) -> NoReturn:
