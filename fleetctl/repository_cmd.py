@@ -54,7 +54,7 @@ def _add_control(msub: Subparsers[argparse.ArgumentParser], action: str) -> None
         "version, or change model.toml (fleet models label).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model")
+    p.add_argument("model", metavar="MODEL")
     _worker_arg(p, required=True)
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the worker")
     p.set_defaults(handler=control_model, action=action)
@@ -119,15 +119,15 @@ def _add_label(msub: Subparsers[argparse.ArgumentParser]) -> None:
         "label",
         help="point a label at a version, or split it between versions",
         description="Set LABEL of MODEL in the model's model.toml: one VERSION, or a split "
-        "VERSION=WEIGHT ... (e.g. 3=90 4=10: 90%% of the label's requests get version 3). "
+        "VERSION=WEIGHT ... (e.g. 3=90 4=10: 90 in 100 of the label's requests get version 3). "
         "Requests name a label where they name a version. Promote: "
         "`fleet models label digits stable 4`; roll back: `fleet models label digits stable 3`. "
         "The file is checked against the repository's versions first and written whole; on "
         "s3:// it is uploaded. Workers follow on their next look (--watch-interval).",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model")
-    p.add_argument("label")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("label", metavar="LABEL")
     p.add_argument("versions", nargs="*", metavar="VERSION[=WEIGHT]")
     _repository_arg(p)
     p.add_argument("--remove", action="store_true", help="remove the label")
