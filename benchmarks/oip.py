@@ -187,7 +187,7 @@ async def _grpc_load(
 _LOADS = {"http": _http_load, "grpc": _grpc_load}
 
 
-def _http_proc(
+def _load_proc(
     kind: str, url: str, duration: float, in_flight: int, rate: float | None, q: Any
 ) -> None:
     q.put(asyncio.run(_LOADS[kind](url, duration, in_flight, rate)))
@@ -198,7 +198,7 @@ def _drive_http(
 ) -> Row:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_http_proc, args=(kind, url, duration, in_flight, rate, q))
+    p = ctx.Process(target=_load_proc, args=(kind, url, duration, in_flight, rate, q))
     p.start()
     lat, errors, seconds = q.get(timeout=duration + 180)
     p.join(30)
@@ -229,7 +229,7 @@ def _mean_batch(before: tuple[float, float], after: tuple[float, float]) -> floa
 def _mixed(broker: str, url: str, duration: float, in_flight: int) -> tuple[Row, Row]:
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_http_proc, args=("http", url, duration, in_flight // 2, None, q))
+    p = ctx.Process(target=_load_proc, args=("http", url, duration, in_flight // 2, None, q))
     p.start()
     queue_row = _drive(broker, duration, in_flight // 2, None, 1)
     lat, errors, seconds = q.get(timeout=duration + 180)

@@ -205,14 +205,19 @@ class ModelTable:
                 f" versions: {self.served(model)}"
             )
         if not coming and self.on_unknown is None:
-            policy = self.policies.get(model)
-            raise unknown(model, version, self.served(model), list(policy.labels) if policy else [])
+            raise self.not_found(model, version)
         if self._pipeline_args is None:
             raise Unavailable(f"model {model!r} version {version!r} is not served yet")
         parked = self._parked[key] = Parked(model, version, since=self._looks)
         if not coming and self.on_unknown is not None:
             self.on_unknown()  # perhaps written a moment ago: look now
         return parked
+
+    def not_found(self, model: str, asked: str) -> ModelNotFound:
+        """The error for a version or label of ``model`` neither served nor
+        coming, naming the versions and labels served."""
+        policy = self.policies.get(model)
+        return unknown(model, asked, self.served(model), list(policy.labels) if policy else [])
 
     def served(self, model: str) -> list[str]:
         """The versions of ``model`` served now, oldest first."""
@@ -240,9 +245,7 @@ class ModelTable:
                     f" versions: {self.served(model)}"
                 )
             else:
-                policy = self.policies.get(model)
-                labels = list(policy.labels) if policy else []
-                exc = unknown(model, version, self.served(model), labels)
+                exc = self.not_found(model, version)
             parked.fail(exc)
 
     def held(self) -> int:

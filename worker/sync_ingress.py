@@ -44,7 +44,6 @@ from fleet.logging import get_logger
 from fleet.tensor import Tensor
 from worker.ledger import Ledger
 from worker.model_table import ModelTable
-from worker.parked import unknown
 from worker.pipeline import Item, Outcome
 from worker.runtime import ModelRuntime
 
@@ -133,9 +132,7 @@ class SyncIngress:
         runtime; :class:`ModelNotFound` naming what is served."""
         version, runtime = self.resolve(model, asked, "")
         if runtime is None:
-            policy = self.table.policies.get(model)
-            labels = list(policy.labels) if policy else []
-            raise unknown(model, version, self.table.served(model), labels)
+            raise self.table.not_found(model, version)
         return version, runtime
 
     def abort_waiting(self) -> None:

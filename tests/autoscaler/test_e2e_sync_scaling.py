@@ -105,8 +105,12 @@ async def test_http_traffic_alone_scales_out_and_back_in(
         async with aiohttp.ClientSession() as http:
             # open loop: RATE requests/s whatever the answers, until a worker
             # the autoscaler started has served (or LOAD_S)
+            # (sent by the clock, not by sleeps: a slow loop sends several at once)
             while time.monotonic() - load_at < LOAD_S:
-                calls.append(asyncio.ensure_future(balancer.call(http)))
+                due = int((time.monotonic() - load_at) * RATE) + 1
+                calls += [
+                    asyncio.ensure_future(balancer.call(http)) for _ in range(due - len(calls))
+                ]
                 if len(balancer.served) > 1 and balancer.served.total() > 200:
                     break
                 await asyncio.sleep(1 / RATE)
