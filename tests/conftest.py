@@ -35,6 +35,7 @@ from structlog._config import BoundLoggerLazyProxy
 from fleet import aws
 from fleet.transport._amqp_management import management_api
 from fleet.transport.memory import MemoryBroker
+from tests.container.image import prepare_image
 from tests.sharing import file_lock, holding, in_parallel, lock_mode, shared_resources
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,6 +70,8 @@ BROKERS: dict[str, BrokerKind] = {
 def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
     """Under xdist, hold the shared servers as the test needs them (see
     tests/sharing.py) before its setup and time limit start."""
+    if item.get_closest_marker("container"):
+        prepare_image()  # needs no server: built before the servers are held
     mode = lock_mode(item) if in_parallel() else None
     if mode is None:
         yield

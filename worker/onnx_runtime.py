@@ -8,9 +8,12 @@ default is the host's core count, whatever the container allows).
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,36 @@ log = get_logger(__name__)
 
 
 _OrtInvalidArgument: type[Exception] = ort.capi.onnxruntime_pybind11_state.InvalidArgument
+
+GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider"})
+_gpu_libraries: list[bool] = []  # [loaded?] once tried
+
+
+def preload_gpu_libraries(providers: Sequence[str]) -> bool:
+    """Load CUDA and cuDNN from their pip wheels (``onnxruntime-gpu[cuda,cudnn]``,
+    the ``nvidia`` packages) before a GPU session opens: ONNX Runtime's CUDA
+    provider finds them only once loaded. Tried once per process, only for GPU
+    providers and only where those wheels are installed; a CUDA installed on the
+    host is found by the usual library path. Whether the wheels' libraries are
+    loaded."""
+    if not GPU_PROVIDERS & set(providers):
+        return False
+    if not _gpu_libraries:
+        preload = getattr(ort, "preload_dlls", None)  # onnxruntime-gpu >= 1.21
+        if preload is None or importlib.util.find_spec("nvidia") is None:
+            _gpu_libraries.append(False)
+        else:
+            said = StringIO()  # it prints what it cannot load
+            try:
+                with contextlib.redirect_stdout(said):
+                    preload()
+                _gpu_libraries.append(True)
+            except (OSError, RuntimeError) as exc:
+                _gpu_libraries.append(False)
+                said.write(str(exc))
+            for line in filter(None, said.getvalue().splitlines()):
+                log.warning("GPU library preload", detail=line)
+    return _gpu_libraries[0]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -120,6 +153,7 @@ class OnnxRuntime:
             available=ort.get_available_providers(),
             known=ort.get_all_providers(),
         )
+        preload_gpu_libraries(providers)
         cache_path = _trt_cache_path(spec)
         options = _session_options(config)
         session = _open_session(spec, options, _with_options(providers, cache_path))
@@ -390,4 +424,11 @@ SPEC = RuntimeSpec(
     description="ONNX Runtime, on the execution providers the model's configuration lists",
 )
 
-__all__ = ["SPEC", "IOSpec", "OnnxRuntime", "check_provider", "resolve_providers"]
+__all__ = [
+    "SPEC",
+    "IOSpec",
+    "OnnxRuntime",
+    "check_provider",
+    "preload_gpu_libraries",
+    "resolve_providers",
+]

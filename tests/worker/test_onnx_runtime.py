@@ -8,7 +8,9 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 import pytest
+from structlog.testing import capture_logs
 
+import worker.onnx_runtime as onnx_runtime
 from fleet.errors import ConfigError, Internal, InvalidArgument
 from fleet.tensor import DataType, Tensor
 from tests.worker.models import WEIGHTS, linear_model, row_collapsing_model, spec_for
@@ -342,3 +344,63 @@ def test_read_only_input_from_the_wire(runtime: OnnxRuntime) -> None:
     feeds, rows = runtime.validate(tensors)
     assert rows == 2 and not feeds["x"].flags.writeable
     assert_linear(runtime.run(feeds)["y"], x)
+
+
+class FakePreload:
+    """``onnxruntime.preload_dlls`` as a GPU build has it: counts its calls and
+    prints what it would fail to load."""
+
+    def __init__(self, says: str = "") -> None:
+        self.calls = 0
+        self.says = says
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.says:
+            print(self.says)
+
+
+@pytest.fixture
+def preload(monkeypatch: pytest.MonkeyPatch) -> FakePreload:
+    fake = FakePreload()
+    monkeypatch.setattr(onnx_runtime, "_gpu_libraries", [])
+    monkeypatch.setattr(ort, "preload_dlls", fake, raising=False)
+    real_find_spec = onnx_runtime.importlib.util.find_spec
+    monkeypatch.setattr(
+        onnx_runtime.importlib.util,
+        "find_spec",
+        lambda name, *a: object() if name == "nvidia" else real_find_spec(name, *a),
+    )
+    return fake
+
+
+def test_gpu_libraries_from_their_wheels_are_loaded_once_for_gpu_providers(
+    preload: FakePreload,
+) -> None:
+    assert onnx_runtime.preload_gpu_libraries(["CPUExecutionProvider"]) is False
+    assert preload.calls == 0  # a CPU model never touches them
+    for _ in range(3):
+        gpu_first = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        assert onnx_runtime.preload_gpu_libraries(gpu_first) is True
+    assert onnx_runtime.preload_gpu_libraries(["TensorrtExecutionProvider"]) is True
+    assert preload.calls == 1
+
+
+def test_gpu_library_preload_skipped_without_the_nvidia_wheels(
+    preload: FakePreload, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(onnx_runtime.importlib.util, "find_spec", lambda name, *a: None)
+    assert onnx_runtime.preload_gpu_libraries(["CUDAExecutionProvider"]) is False
+    assert preload.calls == 0
+
+
+def test_what_the_gpu_library_preload_prints_is_logged_not_printed(
+    preload: FakePreload, capsys: pytest.CaptureFixture[str]
+) -> None:
+    preload.says = "Failed to load libcudnn.so.9: not found"
+    with capture_logs() as logs:
+        onnx_runtime.preload_gpu_libraries(["CUDAExecutionProvider"])
+    assert capsys.readouterr().out == ""
+    assert [(e["event"], e["detail"]) for e in logs] == [
+        ("GPU library preload", "Failed to load libcudnn.so.9: not found")
+    ]
