@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from autoscaler.actuators.base import ActuatorConfigBase
 from autoscaler.registry import ACTUATORS, POLICIES, config_lines, unknown_kind
+from autoscaler.state_store import backend_for
 from fleet.config_file import bad_fields, error_lines, read_toml
 from fleet.contract import check_model_name
 from fleet.errors import ConfigError, InvalidArgument
@@ -117,10 +118,10 @@ class AutoscalerConfig(RedactedRepr, _Section):
     declare_queues: bool = True
     """Declare the watched models' queues/topics at start, so requests can wait
     for the first worker (scale from zero)."""
-    state_file: Path | None = None
-    """A local file where the policy's state (cooldowns, the scale-in
-    stabilization window, learned surges) is kept across restarts; ``None``:
-    a restarted autoscaler starts afresh."""
+    state_file: str | None = None
+    """Where the policy's state (cooldowns, the scale-in stabilization window,
+    learned surges) is kept across restarts: a local path, ``s3://BUCKET/KEY``
+    or ``ssm:/NAME``; ``None``: a restarted autoscaler starts afresh."""
     policy: PolicySection = Field(default_factory=PolicySection)
     actuator: SerializeAsAny[ActuatorConfigBase]
     """Validated by the model of the actuator its ``kind`` names (see
@@ -137,6 +138,15 @@ class AutoscalerConfig(RedactedRepr, _Section):
             return resolve_password(value, BROKER)
         except ConfigError as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("state_file")
+    @classmethod
+    def _state_location(cls, value: str | None) -> str | None:
+        if value is not None:
+            if not value.strip():
+                raise ValueError("must name a file, s3://BUCKET/KEY or ssm:/NAME")
+            backend_for(value)  # a malformed s3:// or ssm: location is refused here
+        return value
 
     @field_validator("models")
     @classmethod

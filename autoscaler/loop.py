@@ -121,7 +121,7 @@ class Autoscaler:
         final, error = await self._apply(snapshot, decision)
         self.state = self.policy.settle(snapshot, decision, final.desired, before, after)
         if self.state_store is not None:
-            self.state_store.save(self.policy, self.state)
+            await asyncio.to_thread(self.state_store.save, self.policy, self.state)
         self._log(snapshot, final, error)
         self.metrics.observe(snapshot, final)
         if self.cloudwatch is not None:

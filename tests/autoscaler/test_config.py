@@ -71,7 +71,7 @@ def test_the_example_file_loads() -> None:
     assert isinstance(cfg.actuator, Ec2ActuatorConfig)
     assert cfg.actuator.group_name == "fleet-workers"
     assert cfg.models == ["digits"]
-    assert cfg.state_file == Path(".cache/autoscaler-state.json")
+    assert cfg.state_file == ".cache/autoscaler-state.json"
 
 
 def test_a_good_file_loads(tmp_path: Path) -> None:

@@ -325,7 +325,7 @@ async def test_policy_state_survives_a_restart(tmp_path: Path) -> None:
     first = _scaler([(1000.0, low)], DryRunActuator(initial_capacity=8), store)
     async with first:
         assert (await first.run_once()).desired == 6
-    assert store.path.exists()
+    assert (tmp_path / "state.json").exists()
     second = _scaler([(1010.0, low)], DryRunActuator(initial_capacity=6), store)
     async with second:
         d = await second.run_once()
