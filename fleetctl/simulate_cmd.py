@@ -79,6 +79,25 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
         help="seconds to simulate (default: the pattern's own length)",
     )
     p.add_argument("--dt", type=float, default=0.1, help="simulation step in seconds")
+    p.add_argument(
+        "--spot-interruptions",
+        type=float,
+        default=0.0,
+        metavar="PER_HOUR",
+        help="spot interruptions per instance-hour in service (default 0: on-demand)",
+    )
+    p.add_argument(
+        "--spot-notice",
+        type=float,
+        default=120.0,
+        help="seconds from an interruption's notice to the instance's end (EC2: 120)",
+    )
+    p.add_argument(
+        "--no-capacity-rebalance",
+        dest="capacity_rebalance",
+        action="store_false",
+        help="launch an interrupted instance's replacement once it is gone, not at the notice",
+    )
 
 
 def _sim_config(args: argparse.Namespace) -> tuple[SimConfig, ServiceProfile]:
@@ -98,6 +117,9 @@ def _sim_config(args: argparse.Namespace) -> tuple[SimConfig, ServiceProfile]:
         warm_start_s=args.warm_boot,
         model_load_s=args.model_load,
         deadline_s=args.deadline,
+        spot_interruptions_per_hour=args.spot_interruptions,
+        spot_notice_s=args.spot_notice,
+        capacity_rebalance=args.capacity_rebalance,
         initial_capacity=None if getattr(args, "warm_start", True) else 1,
     )
     return cfg, profile
@@ -274,6 +296,9 @@ def _simulate(args: argparse.Namespace) -> int:
             )
         )
     print(text_table(results))
+    if cfg.spot_interruptions_per_hour > 0:
+        counts = ", ".join(f"{r.policy} {r.interrupted}" for r in results)
+        print(f"\nspot interruptions: {counts}")
     path = plot(
         results, args.out / f"simulate-{pattern.name}.png", objective_ms=cfg.latency_objective_ms
     )

@@ -201,7 +201,16 @@ def _fleet(cfg: SimConfig, profile: ServiceProfile) -> list[str]:
         f"- billing per second from launch, booting included, at least "
         f"{cfg.billing_minimum_s:g} s per instance (EC2's minimum); stopped warm-pool "
         "instances are not billed;\n"
-        f"- service-time profile `{profile.source}`: batches up to {profile.max_batch}, "
+        + (
+            "- on-demand instances, never interrupted (`fleet simulate --spot-interruptions "
+            "PER_HOUR` interrupts spot instances at that rate, each with EC2's two-minute "
+            "notice and a replacement launched at the notice: the group's capacity "
+            "rebalancing);\n"
+            if cfg.spot_interruptions_per_hour == 0
+            else f"- spot instances, {cfg.spot_interruptions_per_hour:g} interruptions per "
+            f"instance-hour, {cfg.spot_notice_s:g} s notice;\n"
+        )
+        + f"- service-time profile `{profile.source}`: batches up to {profile.max_batch}, "
         + ", ".join(f"t({b}) = {ms:g} ms" for b, ms in profile.batch_ms)
         + f"; {profile.max_rps:.0f} req/s per instance at full batches, "
         f"{profile.sustainable_rps:g} req/s sustainable within the objective "
@@ -232,7 +241,8 @@ def _policies() -> list[str]:
         "Missing data (an answer rate nobody reports is missing, not 0): hold, except "
         "that a backlog with the arrival rate unknown still scales out to what drains it "
         "within `drain_time_s`. The live autoscaler keeps the policy's state across "
-        "restarts in `state_file`, and a cooldown starts only when the actuator's change "
+        "restarts in `state_file` (a local file, an S3 object or an SSM parameter), "
+        "and a cooldown starts only when the actuator's change "
         "took effect. See `autoscaler/policy.py`.\n",
         _param_table(PolicyConfig) + "\n",
         "### `target-tracking` (SageMaker asynchronous inference)\n",

@@ -33,6 +33,13 @@ Time advances in steps of ``dt_s`` (100 ms). Each step:
 - **billing**: per second from launch to removal, booting included, with
   ``billing_minimum_s`` (EC2: 60 s) charged for an instance removed sooner.
   Stopped instances in the warm pool are not billed (only their volumes are).
+- **spot interruptions**: with ``spot_interruptions_per_hour`` set, each
+  instance in service is interrupted at that rate (seeded, drawn at each
+  poll). It gets EC2's notice (``spot_notice_s``, two minutes), serves through
+  it and is then gone. The group keeps its desired capacity, so it launches a
+  replacement, at the notice with capacity rebalancing (``capacity_rebalance``,
+  as the Terraform deployment sets it) or once the instance is gone without.
+  The policy sees the replacement as pending and the lost instance leave.
 - **deadlines**: with ``deadline_s`` set, a request that has waited that long
   in the queue is dropped there (the worker would discard it unprocessed) and
   counts as over the objective (``expired``).
@@ -107,6 +114,13 @@ class SimConfig:
     rate at the profile's sustainable throughput (static policies: their count)."""
     timeline_points: int = 600
     """About how many points the timeline (and so the plot) has."""
+    spot_interruptions_per_hour: float = 0.0
+    """Interruptions per instance-hour in service (0: on-demand instances)."""
+    spot_notice_s: float = 120.0
+    """From an interruption's notice to the instance's end (EC2: two minutes)."""
+    capacity_rebalance: bool = True
+    """Launch an interrupted instance's replacement at the notice (the group's
+    capacity rebalancing), not once the instance is gone."""
 
     def __post_init__(self) -> None:
         if not self.dt_s > 0 or self.poll_interval_s < self.dt_s:
@@ -117,6 +131,8 @@ class SimConfig:
             raise ValueError("warm_pool_size, warm_start_s and model_load_s must not be negative")
         if self.billing_minimum_s < 0 or (self.deadline_s is not None and not self.deadline_s > 0):
             raise ValueError("billing_minimum_s >= 0 and deadline_s > 0 (or None)")
+        if self.spot_interruptions_per_hour < 0 or self.spot_notice_s < 0:
+            raise ValueError("spot_interruptions_per_hour and spot_notice_s must not be negative")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -152,6 +168,8 @@ class SimResult:
     timeline: Timeline = field(repr=False)
     final_state: Any = field(default=None, repr=False, compare=False)
     """The policy's state at the end (to carry what it learned into another run)."""
+    interrupted: int = 0
+    """Spot interruptions during the run."""
 
     @property
     def over_share(self) -> float:
@@ -360,6 +378,8 @@ class _Fleet:
     booting: list[tuple[int, int]] = field(default_factory=list)  # (ready tick, launch tick)
     serving_since: list[int] = field(default_factory=list)  # launch ticks of those in service
     warm: int = 0  # stopped instances ready in the warm pool
+    leaving: list[int] = field(default_factory=list)  # ticks interrupted instances end
+    interrupted: int = 0
     refills: list[int] = field(default_factory=list)  # ticks pool replacements are ready
     expired: int = 0
     queue: deque[list[float]] = field(default_factory=deque)  # [arrival time, count]
@@ -446,9 +466,12 @@ def simulate(
     polls = _Polls()
     arrival = Ewma(cfg.arrival_smoothing_s)
     state = policy.initial_state() if initial_state is None else initial_state
+    spot = np.random.default_rng([cfg.seed, 1]) if cfg.spot_interruptions_per_hour > 0 else None
     k = 0
     while k < run.ticks:
         k_start, k_end = k, min(k + run.poll_ticks, run.ticks)
+        if spot is not None:
+            _interrupt(run, fleet, spot, k, (k_end - k) * run.dt)
         poll_arrivals = run.poll_sums[k // run.poll_ticks]
         use = _Usage()
         k = _advance(run, fleet, rec, use, k, k_end)
@@ -459,7 +482,7 @@ def simulate(
     fleet.dropped += fleet.queued
     rec.flush()
     result = _result(run, fleet, rec, polls, policy=name or policy.name, pattern=pattern.name)
-    return replace(result, final_state=state)
+    return replace(result, final_state=state, interrupted=fleet.interrupted)
 
 
 # ---------------------------------------------------------------------------- serving
@@ -471,7 +494,11 @@ def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_en
     dt = run.dt
     while k < k_end:
         _finish_boots(fleet, k)
+        if fleet.leaving:
+            _finish_interrupted(run, fleet, k)
         seg_end = min([k_end, *(r for r, _ in fleet.booting if r > k)])
+        if fleet.leaving:
+            seg_end = min([seg_end, *(t for t in fleet.leaving if t > k)])
         c = fleet.in_service
         n = run.arrivals[k:seg_end]
         fleet.instance_s += (c + len(fleet.booting)) * (seg_end - k) * dt
@@ -513,6 +540,39 @@ def _finish_boots(fleet: _Fleet, k: int) -> None:
             fleet.booting = [b for b in fleet.booting if b[0] > k]
             fleet.in_service += len(ready)
             fleet.serving_since.extend(launched for _, launched in ready)
+
+
+def _interrupt(run: _Run, fleet: _Fleet, rng: np.random.Generator, k: int, span_s: float) -> None:
+    """Spot interruptions among the instances in service over the next
+    ``span_s``, noticed at tick ``k``; with capacity rebalancing each one's
+    replacement launches now."""
+    exposed = fleet.in_service - len(fleet.leaving)
+    if exposed <= 0:
+        return
+    p = -math.expm1(-run.cfg.spot_interruptions_per_hour * span_s / 3600.0)
+    hit = int(rng.binomial(exposed, p))
+    if not hit:
+        return
+    fleet.interrupted += hit
+    fleet.leaving.extend([k + max(1, round(run.cfg.spot_notice_s / run.dt))] * hit)
+    if run.cfg.capacity_rebalance:
+        _launch(run, fleet, k, hit)
+
+
+def _finish_interrupted(run: _Run, fleet: _Fleet, k: int) -> None:
+    """Interrupted instances whose notice ran out by tick ``k`` are gone (the
+    longest serving first); without capacity rebalancing, each one's
+    replacement launches now."""
+    gone = sum(1 for t in fleet.leaving if t <= k)
+    if not gone:
+        return
+    fleet.leaving = [t for t in fleet.leaving if t > k]
+    gone = min(gone, fleet.in_service)
+    fleet.in_service -= gone
+    fleet.serving_since.sort()
+    del fleet.serving_since[:gone]
+    if not run.cfg.capacity_rebalance:
+        _launch(run, fleet, k, gone)
 
 
 def _fast_stretch(
@@ -720,6 +780,9 @@ def _scale(run: _Run, fleet: _Fleet, k: int, want: int) -> None:
             for launched in fleet.serving_since[len(fleet.serving_since) - leave :]:
                 _bill_minimum(run, fleet, k, launched)
             del fleet.serving_since[len(fleet.serving_since) - leave :]
+            if len(fleet.leaving) > fleet.in_service:  # interrupted ones removed too
+                fleet.leaving.sort()
+                del fleet.leaving[fleet.in_service :]
             room = run.cfg.warm_pool_size - fleet.warm - len(fleet.refills)
             fleet.warm += max(0, min(leave, room))  # stopped, back in the pool
     fleet.desired = want

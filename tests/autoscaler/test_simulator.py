@@ -463,3 +463,51 @@ def test_fast_model_agrees_with_the_event_level_reference(capacity: int, rate: f
         )
         ref = event_level(flat(rate), capacity, dt=dt)
         assert fast.over_share == pytest.approx(ref.over_share, rel=0.10), dt
+
+
+# ---------------------------------------------------------------------------- spot
+
+
+def _spot(rate: float, **changes: Any) -> Any:
+    """Ten static instances at 300 req/s for four hours, interrupted at ``rate``."""
+    settings: dict[str, Any] = {"spot_interruptions_per_hour": rate, "warm_pool_size": 2}
+    config = SimConfig(**{**settings, **changes})
+    return simulate(StaticPolicy(StaticConfig(capacity=10)), flat(300.0, 4 * 3600.0), config=config)
+
+
+def test_no_spot_interruptions_change_nothing() -> None:
+    plain = simulate(StaticPolicy(StaticConfig(capacity=10)), flat(300.0, 4 * 3600.0))
+    spot = _spot(0.0, warm_pool_size=0)
+    assert spot.interrupted == 0
+    assert (spot.over_objective, spot.instance_hours, spot.p99_ms, spot.served) == (
+        plain.over_objective,
+        plain.instance_hours,
+        plain.p99_ms,
+        plain.served,
+    )
+
+
+def test_spot_interruptions_come_at_their_rate_and_the_group_replaces_them() -> None:
+    r = _spot(0.5)
+    # 10 instances for 4 h at 0.5 an hour: 20 expected; the bounds are 4.5 sigma
+    assert 0 < r.interrupted and abs(r.interrupted - 20) <= 20
+    # with capacity rebalancing and a warm pool, the replacement (40 s) serves
+    # before the interrupted instance's notice (120 s) ends: never fewer than 10
+    assert r.timeline.in_service.min() >= 10
+    # the overlap is billed: each interruption adds its notice (two minutes)
+    # to ten instances' forty hours
+    assert r.instance_hours == pytest.approx(40.0 + r.interrupted * 120 / 3600, abs=0.05)
+    assert r.served == r.arrived
+
+
+def test_without_capacity_rebalance_an_interruption_leaves_a_gap() -> None:
+    r = _spot(0.5, capacity_rebalance=False, warm_pool_size=0)
+    assert r.interrupted > 0
+    assert r.timeline.in_service.min() < 10  # a cold boot after the instance is gone
+    # the replacement is billed from its launch, when the other stops being billed
+    assert r.instance_hours == pytest.approx(40.0, abs=0.05)
+
+
+def test_spot_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="spot"):
+        SimConfig(spot_interruptions_per_hour=-1.0)

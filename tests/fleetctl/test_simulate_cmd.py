@@ -159,3 +159,19 @@ def test_warm_start_sizes_the_fleet_for_the_first_minute(
     assert warm.handler(warm) == 0
     warm_over = _over_objective(capsys.readouterr().out, "default")
     assert cold_over > 10 * max(warm_over, 0.1)
+
+
+def test_simulate_with_spot_interruptions_says_how_many(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["simulate", "--pattern", "diurnal", "--horizon", "7200", "--policy", "static"]
+    args = parse([*argv, "--spot-interruptions", "2", "--warm-pool", "2", "--out", str(tmp_path)])
+    assert args.capacity_rebalance and args.spot_notice == 120.0
+    assert args.handler(args) == 0
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith("spot interruptions:")]
+    assert int(line.rsplit(" ", 1)[1]) > 0
+    args = parse([*argv, "--out", str(tmp_path)])  # on-demand: no such line
+    assert args.handler(args) == 0
+    assert "spot interruptions" not in capsys.readouterr().out
+    assert not parse([*argv, "--no-capacity-rebalance"]).capacity_rebalance
