@@ -19,6 +19,22 @@ EventLoop = Literal["asyncio", "uvloop"]
 EVENT_LOOPS: tuple[EventLoop, ...] = ("asyncio", "uvloop")
 
 
+async def cancel_and_wait(*tasks: asyncio.Task[Any], every: float = 1.0) -> None:
+    """Cancel ``tasks`` and return once every one is done. A task that swallows
+    a cancellation (``asyncio.wait_for`` in Python 3.11 can, when what it waits
+    for finishes at the same moment) is cancelled again every ``every``
+    seconds instead of being waited for forever. What a task raised is
+    retrieved and dropped, as ``gather(..., return_exceptions=True)`` would."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=every)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()
+
+
 def check(name: str) -> EventLoop:
     """``name`` if this process can run that loop; else :class:`ConfigError`."""
     if name == "asyncio":

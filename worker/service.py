@@ -31,7 +31,7 @@ import time
 
 from fleet.cache import ResultCache
 from fleet.errors import FleetError
-from fleet.eventloop import running_loop_kind
+from fleet.eventloop import cancel_and_wait, running_loop_kind
 from fleet.heartbeat import Heartbeat, WorkerState
 from fleet.jobs import ResultStore, open_cache, open_store
 from fleet.logging import get_logger
@@ -255,8 +255,7 @@ class Worker:
         self.table.on_unknown = None  # requests for versions on their way stay held:
         # the table answers them Unavailable (retriable) when it closes
         if self._watch_task is not None:
-            self._watch_task.cancel()
-            await asyncio.gather(self._watch_task, return_exceptions=True)
+            await cancel_and_wait(self._watch_task)
             self._watch_task = None
 
     async def _shutdown(self) -> None:
@@ -264,8 +263,7 @@ class Worker:
         if self._ingress is not None:
             self._ingress.close()
         if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+            await cancel_and_wait(self._heartbeat_task)
         if self._transport is not None:
             try:
                 await self._send_heartbeat()

@@ -53,6 +53,7 @@ from aiokafka.errors import (
 )
 
 from fleet.contract import Priority
+from fleet.eventloop import cancel_and_wait
 from fleet.logging import get_logger
 from fleet.transport._kafka_common import (
     ConsumerHost,
@@ -359,8 +360,7 @@ class GroupConsumer(Consumer):
     async def _stop_loop(self) -> None:
         task, self._loop_task = self._loop_task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
     async def shutdown(self, *, cancel_handlers: bool = False) -> None:
         """Commit what is done and leave the group. Idempotent, and every caller
@@ -386,8 +386,7 @@ class GroupConsumer(Consumer):
         if finisher is not None and finisher is not asyncio.current_task():
             finisher.cancel()
         if self._committer is not None:
-            self._committer.cancel()
-            await asyncio.gather(self._committer, return_exceptions=True)
+            await cancel_and_wait(self._committer)
         try:
             await asyncio.wait_for(self._commit(list(self._parts.values())), 5.0)
         except TimeoutError:
@@ -762,8 +761,7 @@ class TailConsumer(Consumer):
 
     async def _cancel(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
         if self._kafka is not None:
             await stop_client(self._kafka)
         self.transport.forget_consumer(self)

@@ -89,6 +89,7 @@ from fleet.errors import (
     Overloaded,
     Unavailable,
 )
+from fleet.eventloop import cancel_and_wait
 from fleet.logging import get_logger
 from fleet.redact import redact_url
 from fleet.settings import BROKER, resolve_password
@@ -478,8 +479,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         self._closing = True
         self._up.clear()
         if self._reconnector is not None:
-            self._reconnector.cancel()
-            await asyncio.gather(self._reconnector, return_exceptions=True)
+            await cancel_and_wait(self._reconnector)
         subs, self._subs = self._subs, []
         for sub in subs:
             sub.cancelled = True

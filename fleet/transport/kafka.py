@@ -118,6 +118,7 @@ from fleet.errors import (
     Overloaded,
     Unavailable,
 )
+from fleet.eventloop import cancel_and_wait
 from fleet.logging import get_logger
 from fleet.redact import redact_url
 from fleet.transport._kafka_common import (
@@ -379,10 +380,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         if self._closed:
             return
         self._closed = self._closing = True
-        for task in (self._watcher, self._checker):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(*(t for t in (self._watcher, self._checker) if t is not None))
         for c in list(self._consumers):
             if isinstance(c, GroupConsumer):
                 await c.shutdown(cancel_handlers=True)

@@ -55,3 +55,37 @@ def test_worker_settings_take_the_loop_from_the_environment(
     assert WorkerSettings(models="m").event_loop == "uvloop"
     with pytest.raises(ValidationError, match="event_loop"):
         WorkerSettings(models="m", event_loop="trio")
+
+
+async def _swallows_one_cancellation(stop: asyncio.Event) -> None:
+    """A loop whose first cancellation is lost, as ``asyncio.wait_for`` in
+    Python 3.11 can lose one, then waits for work that never comes."""
+    try:
+        await asyncio.sleep(3600)
+    except asyncio.CancelledError:
+        pass  # lost
+    await stop.wait()
+
+
+async def test_cancel_and_wait_ends_a_task_that_swallowed_a_cancellation() -> None:
+    stop = asyncio.Event()
+    task = asyncio.ensure_future(_swallows_one_cancellation(stop))
+    await asyncio.sleep(0)
+    # the usual cancel-then-gather waits on it for ever
+    task.cancel()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(asyncio.gather(task)), 0.2)
+    assert not task.done()
+    await asyncio.wait_for(eventloop.cancel_and_wait(task, every=0.05), 5)
+    assert task.cancelled()
+
+
+async def test_cancel_and_wait_retrieves_what_tasks_raised() -> None:
+    async def fails() -> None:
+        raise RuntimeError("boom")
+
+    failed = asyncio.ensure_future(fails())
+    await asyncio.sleep(0)
+    slow = asyncio.ensure_future(asyncio.sleep(3600))
+    await eventloop.cancel_and_wait(failed, slow)
+    assert failed.done() and slow.cancelled()
