@@ -79,6 +79,10 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
         help="seconds to simulate (default: the pattern's own length)",
     )
     p.add_argument("--dt", type=float, default=0.1, help="simulation step in seconds")
+    _spot_options(p)
+
+
+def _spot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--spot-interruptions",
         type=float,
