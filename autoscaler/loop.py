@@ -120,6 +120,8 @@ class Autoscaler:
         decision, after = self.policy.decide(snapshot, before)
         final, error = await self._apply(snapshot, decision)
         self.state = self.policy.settle(snapshot, decision, final.desired, before, after)
+        if self.actuator.sizes_warm_pool:
+            await self._size_warm_pool(snapshot, final)
         if self.state_store is not None:
             await asyncio.to_thread(self.state_store.save, self.policy, self.state)
         self._log(snapshot, final, error)
@@ -200,6 +202,19 @@ class Autoscaler:
             return None
         return ceiling
 
+    async def _size_warm_pool(self, snapshot: Snapshot, final: Decision) -> None:
+        """Keep the policy's next scale-out step ready in the warm pool; a
+        refusal is logged and counted, never fatal."""
+        want = self.policy.warm_pool(snapshot, self.state, final.desired)
+        try:
+            size = await self.actuator.size_warm_pool(want)
+        except FleetError as exc:
+            self.metrics.errors.labels(stage="actuator").inc()
+            log.warning("warm pool not sized", wanted=want, error=f"{type(exc).__name__}: {exc}")
+            return
+        if size is not None:
+            self.metrics.warm_pool_size.set(size)
+
     def _log(self, snapshot: Snapshot, final: Decision, error: str | None) -> None:
         """The one ``autoscaler.decision`` line of a poll."""
         fields: dict[str, Any] = {
@@ -212,6 +227,7 @@ class Autoscaler:
             else round(snapshot.arrival_rate, 3),
             "in_service": snapshot.in_service,
             "pending": snapshot.pending,
+            "warm": snapshot.warm,
             "previous_desired": snapshot.desired,
             "policy": self.policy.name,
         }

@@ -47,6 +47,17 @@ class AutoscalerMetrics:
         self.desired = Gauge("fleet_autoscaler_desired", "Capacity last asked for", registry=r)
         self.in_service = Gauge("fleet_autoscaler_in_service", "Instances in service", registry=r)
         self.pending = Gauge("fleet_autoscaler_pending", "Instances booting", registry=r)
+        self.warm = Gauge(
+            "fleet_autoscaler_warm_pool",
+            "Instances ready in the warm pool (NaN: no warm pool)",
+            registry=r,
+        )
+        self.warm_pool_size = Gauge(
+            "fleet_autoscaler_warm_pool_size",
+            "Warm-pool size last set by the autoscaler (NaN: not set)",
+            registry=r,
+        )
+        self.warm_pool_size.set(float("nan"))
         self.backlog = Gauge(
             "fleet_autoscaler_backlog", "Requests waiting (NaN: unreadable)", registry=r
         )
@@ -87,6 +98,7 @@ class AutoscalerMetrics:
         self.desired.set(decision.desired)
         self.in_service.set(snapshot.in_service)
         self.pending.set(snapshot.pending)
+        self.warm.set(_value(snapshot.warm))
         self.backlog.set(_value(snapshot.backlog))
         self.arrival_rate.set(_value(snapshot.arrival_rate))
         self.per_instance_rps.set(_value(snapshot.per_instance_rps))

@@ -244,6 +244,16 @@ class DefaultPolicy(Policy[PolicyState]):
         state = replace(state, recommendations=window, idle_since=idle_since)
         return self._limited(state, s, target, reasons)
 
+    def warm_pool(self, snapshot: Snapshot, state: PolicyState, desired: int) -> int | None:
+        """The next scale-out step, ready to start warm: the instances a surge
+        of ``surge_ratio`` times today's load would add, or what the last
+        learned surge needed beyond ``desired`` if more; at least one, within
+        ``max_step_up`` and ``max_capacity``."""
+        cfg = self.config
+        step = math.ceil(desired * (cfg.surge_ratio - 1.0) - 1e-9)
+        step = max(step, state.surge_peak - desired, 1)
+        return max(0, min(step, cfg.max_step_up, cfg.max_capacity - desired))
+
     def settle(
         self,
         snapshot: Snapshot,

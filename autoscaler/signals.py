@@ -342,6 +342,7 @@ class Signals:
             in_service=capacity.in_service,
             pending=capacity.pending,
             desired=capacity.desired,
+            warm=capacity.warm,
             saturation=(sum(loads) / len(loads)) if loads else None,
         )
 

@@ -28,6 +28,9 @@ class Snapshot:
     in_service: int  # instances serving now
     pending: int  # instances booting (count as coming capacity, not free capacity)
     desired: int  # the capacity last asked for
+    warm: int | None = None
+    """Instances ready in the group's warm pool: they serve a warm start after
+    being asked for, not a cold boot (``None``: no warm pool, or unknown)."""
     saturation: float | None = None
     """Share of the in-service instances' capacity in use, mean over them (1:
     at capacity): busy fraction times batch fill (mean batch size / max batch
@@ -83,6 +86,13 @@ class Policy(abc.ABC, Generic[S]):
         actuator applied (``snapshot.desired`` when it refused the change), so
         a policy can start a cooldown only for a change that took effect."""
         return after
+
+    def warm_pool(self, snapshot: Snapshot, state: S, desired: int) -> int | None:
+        """How many instances to keep ready in the warm pool with ``desired``
+        asked for: what the policy's next scale-out would take from it.
+        ``None`` (the default): the policy has no opinion, the pool stays as
+        the group has it."""
+        return None
 
 
 __all__ = ["Decision", "Direction", "Policy", "Snapshot"]

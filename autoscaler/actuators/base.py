@@ -16,12 +16,14 @@ from fleet.heartbeat import Heartbeat
 
 
 class Capacity(NamedTuple):
-    """What an actuator reports: instances serving, booting, and asked for.
-    A tuple: ``in_service, pending, desired = await actuator.capacity()``."""
+    """What an actuator reports: instances serving, booting, and asked for,
+    and the instances ready in a warm pool (``None``: the group has none, or
+    the actuator does not know)."""
 
     in_service: int
     pending: int
     desired: int
+    warm: int | None = None
 
 
 class Actuator(abc.ABC):
@@ -46,6 +48,17 @@ class Actuator(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027  # optional hook
         """Release what :meth:`start` took."""
+
+    @property
+    def sizes_warm_pool(self) -> bool:
+        """Whether this actuator keeps a warm pool sized by the policy
+        (:meth:`size_warm_pool`)."""
+        return False
+
+    async def size_warm_pool(self, n: int | None) -> int | None:  # optional hook
+        """Keep ``n`` instances ready in the warm pool (``None``: the policy
+        has no opinion); returns the size applied (``None``: nothing changed)."""
+        return None
 
     def observe_heartbeat(self, beat: Heartbeat, received_at: float) -> None:  # noqa: B027
         """A worker heartbeat arrived (``received_at`` on the monotonic clock).

@@ -30,7 +30,7 @@ import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from pydantic import Field
 
@@ -50,6 +50,8 @@ log = get_logger("autoscaler.actuators.ec2")
 T = TypeVar("T")
 
 PENDING_STATES = frozenset({"Pending", "Pending:Wait", "Pending:Proceed"})
+# Warm-pool instances prepared and ready to start (a warm start, not a cold boot).
+WARM_READY = frozenset({"Warmed:Stopped", "Warmed:Running", "Warmed:Hibernated"})
 BUSY_CODES = frozenset({"ResourceContention", "ScalingActivityInProgress"})
 """Another change of the same group is in progress: the next poll tries again."""
 INSTANCE_ID = re.compile(r"i-[0-9a-f]{8}(?:[0-9a-f]{9})?")
@@ -81,6 +83,13 @@ class Ec2ActuatorConfig(ActuatorConfigBase):
     backoff_max_s: float = Field(default=5.0, gt=0, le=120)
     """Accepted for older files and ignored: botocore's retry mode sets the
     backoff."""
+    warm_pool: Annotated[int, Field(ge=0)] | Literal["auto"] | None = None
+    """The group's warm pool: ``None`` leaves it as it is (Terraform sizes it);
+    a number keeps that many instances ready (its minimum size); ``"auto"``
+    keeps the policy's next scale-out step ready, following the fleet's size
+    (the default policy: what a surge of ``surge_ratio`` times today's load
+    would add). The pool's other settings are kept. Needs
+    ``autoscaling:PutWarmPool`` and ``autoscaling:DescribeWarmPool``."""
 
     def aws_region(self) -> str | None:
         return self.region
@@ -111,6 +120,7 @@ class Ec2Actuator(Actuator):
         instance_protection: bool = False,
         max_attempts: int = aws.DEFAULT_MAX_ATTEMPTS,
         retry_mode: aws.RetryMode = "standard",
+        warm_pool: int | Literal["auto"] | None = None,
     ) -> None:
         """``client``: an Auto Scaling client to use as it is (its own retry
         configuration applies); by default one is built with
@@ -125,6 +135,9 @@ class Ec2Actuator(Actuator):
         self._busy: dict[str, tuple[int, float]] = {}  # instance id -> (in_flight, busy fraction)
         self._leaving: set[str] = set()  # unprotected to go; not protected again
         self.retries = 0  # attempts botocore retried (throttled, transient, unreachable)
+        self.warm_pool = warm_pool
+        self._pool: dict[str, Any] | None = None  # the warm pool's configuration, as last read
+        self._pool_known = False  # whether the group has been asked for its warm pool
         if client is not None:
             self._use(client)
 
@@ -137,6 +150,7 @@ class Ec2Actuator(Actuator):
             instance_protection=cfg.instance_protection,
             max_attempts=cfg.max_attempts,
             retry_mode=cfg.retry_mode,
+            warm_pool=cfg.warm_pool,
         )
 
     # ------------------------------------------------------------------ plumbing
@@ -266,7 +280,66 @@ class Ec2Actuator(Actuator):
                 [i for i in st.in_service if i not in st.protected and i not in self._leaving],
                 True,
             )
-        return Capacity(in_service=len(st.in_service), pending=len(st.pending), desired=st.desired)
+        warm = None
+        if self.warm_pool is not None or not self._pool_known or self._pool is not None:
+            warm = await self._warm_or_none()
+        return Capacity(
+            in_service=len(st.in_service), pending=len(st.pending), desired=st.desired, warm=warm
+        )
+
+    # ------------------------------------------------------------------ the warm pool
+    async def _warm_or_none(self) -> int | None:
+        """:meth:`_warm`, or ``None`` when the pool cannot be read (logged
+        once: a role without ``autoscaling:DescribeWarmPool`` still scales)."""
+        try:
+            return await self._warm()
+        except FleetError as exc:
+            if not self._pool_known:
+                log.warning("warm pool unreadable", group=self.group_name, error=str(exc))
+            self._pool_known = True
+            return None
+
+    async def _warm(self) -> int | None:
+        """Instances ready in the warm pool (stopped, running or hibernated,
+        prepared); ``None`` when the group has no warm pool."""
+        resp = await self.call(
+            "DescribeWarmPool",
+            self.client.describe_warm_pool,
+            AutoScalingGroupName=self.group_name,
+        )
+        self._pool_known = True
+        pool = resp.get("WarmPoolConfiguration")
+        self._pool = dict(pool) if pool else None
+        if self._pool is None:
+            return None
+        return sum(1 for i in resp.get("Instances", []) if i.get("LifecycleState") in WARM_READY)
+
+    @property
+    def sizes_warm_pool(self) -> bool:
+        return self.warm_pool is not None
+
+    async def size_warm_pool(self, n: int | None) -> int | None:
+        """Keep ``n`` instances ready (the policy's suggestion, used when
+        ``warm_pool`` is ``"auto"``; a fixed ``warm_pool`` wins). The pool's
+        other settings are kept; a group without a pool gets one, stopped.
+        Returns the minimum size set, ``None`` when it was already that."""
+        size = n if self.warm_pool == "auto" else self.warm_pool
+        if size is None:
+            return None
+        if not self._pool_known:
+            await self._warm()
+        pool = self._pool or {}
+        if pool and int(pool.get("MinSize", 0)) == size:
+            return None
+        kwargs: dict[str, Any] = {"AutoScalingGroupName": self.group_name, "MinSize": size}
+        for key in ("MaxGroupPreparedCapacity", "PoolState", "InstanceReusePolicy"):
+            if pool.get(key) is not None:
+                kwargs[key] = pool[key]
+        kwargs.setdefault("PoolState", "Stopped")
+        await self.call("PutWarmPool", self.client.put_warm_pool, **kwargs)
+        self._pool = {**pool, **kwargs}
+        log.info("warm pool sized", group=self.group_name, min_size=size, was=pool.get("MinSize"))
+        return size
 
     def observe_heartbeat(self, beat: Heartbeat, received_at: float) -> None:
         iid = beat.instance_id

@@ -21,6 +21,7 @@ import boto3
 import botocore.endpoint
 import pytest
 from botocore.stub import Stubber
+from structlog.testing import capture_logs
 
 from autoscaler.actuators.ec2 import Ec2Actuator, Ec2ActuatorConfig
 from fleet import aws
@@ -133,13 +134,13 @@ def _actuator(aws_url: str, group: Group, **kw: Any) -> Ec2Actuator:
 async def test_scale_out_and_in_changes_moto_instances(aws_url: str, group: Group) -> None:
     act = _actuator(aws_url, group)
     await act.start()
-    assert await act.capacity() == (0, 0, 0)
+    assert await act.capacity() == (0, 0, 0, None)  # no warm pool
 
     assert await act.set_desired(2, ("backlog",)) == 2
     ids = group.instance_ids()
     assert len(ids) == 2
     assert group.running_in_ec2() == ids
-    in_service, pending, desired = await act.capacity()
+    in_service, pending, desired, _warm = await act.capacity()
     assert (in_service + pending, desired) == (2, 2)
 
     assert await act.set_desired(1, ("idle",)) == 1
@@ -233,7 +234,7 @@ async def test_a_leaving_instance_is_not_protected_again_before_it_goes(
     assert protected == {ids[0], ids[2]}
     group.asg.set_desired_capacity(AutoScalingGroupName=group.name, DesiredCapacity=2)
     assert group.instance_ids() == {ids[0], ids[2]}
-    assert await act.capacity() == (2, 0, 2)
+    assert await act.capacity() == (2, 0, 2, None)
 
 
 @pytest.mark.aws
@@ -364,8 +365,49 @@ _GROUP = {
 async def test_capacity_counts_in_service_and_pending() -> None:
     act, stub = _stubbed()
     stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
+    stub.add_response("describe_warm_pool", {}, {"AutoScalingGroupName": "g"})
+    stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
     with stub:
-        assert await act.capacity() == (1, 1, 2)
+        assert await act.capacity() == (1, 1, 2, None)
+        assert await act.capacity() == (1, 1, 2, None)  # no pool: not asked again
+    stub.assert_no_pending_responses()
+
+
+@pytest.mark.unit
+async def test_capacity_counts_the_warm_pools_ready_instances() -> None:
+    act, stub = _stubbed()
+    pool = {
+        "WarmPoolConfiguration": {"MinSize": 3, "PoolState": "Stopped", "Status": "Active"},
+        "Instances": [
+            {
+                "InstanceId": f"i-w{n}",
+                "LifecycleState": state,
+                "AvailabilityZone": "us-east-1a",
+                "HealthStatus": "Healthy",
+                "LaunchTemplate": {"LaunchTemplateId": "lt-1"},
+                "ProtectedFromScaleIn": False,
+            }
+            for n, state in enumerate(
+                ["Warmed:Stopped", "Warmed:Running", "Warmed:Pending", "Warmed:Terminating"]
+            )
+        ],
+    }
+    stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
+    stub.add_response("describe_warm_pool", pool, {"AutoScalingGroupName": "g"})
+    with stub:
+        assert await act.capacity() == (1, 1, 2, 2)  # the pending and leaving ones are not ready
+
+
+@pytest.mark.unit
+async def test_a_role_that_cannot_read_the_warm_pool_still_scales() -> None:
+    act, stub = _stubbed()
+    stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
+    stub.add_client_error("describe_warm_pool", "AccessDenied", "not allowed", 403)
+    stub.add_response("describe_auto_scaling_groups", _GROUP, {"AutoScalingGroupNames": ["g"]})
+    with stub, capture_logs() as logs:
+        assert await act.capacity() == (1, 1, 2, None)
+        assert await act.capacity() == (1, 1, 2, None)
+    assert [e["event"] for e in logs] == ["warm pool unreadable"]
 
 
 @pytest.mark.unit
@@ -458,3 +500,60 @@ async def test_unreachable_endpoint_is_unavailable(sleeps: list[float]) -> None:
     with pytest.raises(Unavailable, match=r"endpoint unreachable.*gave up after 2 attempts"):
         await act.capacity()
     assert act.retries == 1 and len(sleeps) == 1
+
+
+@pytest.mark.aws
+async def test_the_warm_pool_follows_the_fleet_through_the_loop(aws_url: str, group: Group) -> None:
+    """``warm_pool = "auto"``: each poll keeps the default policy's next
+    scale-out step ready, and the pool's own settings stay as Terraform set them."""
+    from autoscaler.loop import Autoscaler
+    from autoscaler.policy import DefaultPolicy, PolicyConfig
+    from tests.autoscaler.test_loop import ScriptedSignals
+
+    group.asg.update_auto_scaling_group(AutoScalingGroupName=group.name, MaxSize=20)
+    group.asg.put_warm_pool(
+        AutoScalingGroupName=group.name,
+        MinSize=1,
+        MaxGroupPreparedCapacity=16,
+        PoolState="Stopped",
+    )
+    act = _actuator(aws_url, group, warm_pool="auto")
+    policy = DefaultPolicy(PolicyConfig(max_capacity=20, scale_out_cooldown_s=0))
+    # 2, then 4 instances' worth of traffic at 50 req/s each (target load 0.9)
+    signals = ScriptedSignals([(1000.0, 90.0), (1005.0, 180.0)])
+    scaler = Autoscaler(policy=policy, actuator=act, signals=signals, poll_interval_s=5.0)  # type: ignore[arg-type]
+
+    def pool() -> dict[str, Any]:
+        return dict(
+            group.asg.describe_warm_pool(AutoScalingGroupName=group.name)["WarmPoolConfiguration"]
+        )
+
+    async with scaler:
+        first = await scaler.run_once()
+        assert first.desired == 2
+        assert pool()["MinSize"] == 2  # a doubling of the load: 2 more
+        second = await scaler.run_once()
+        assert second.desired == 4
+        assert pool()["MinSize"] == 4
+    assert pool()["MaxGroupPreparedCapacity"] == 16 and pool()["PoolState"] == "Stopped"
+    assert scaler.metrics.warm_pool_size._value.get() == 4
+
+
+@pytest.mark.aws
+async def test_a_fixed_warm_pool_size_is_set_once(aws_url: str, group: Group) -> None:
+    act = _actuator(aws_url, group, warm_pool=3)
+    assert act.sizes_warm_pool
+    assert await act.size_warm_pool(7) == 3  # the configured size wins over a suggestion
+    assert await act.size_warm_pool(None) is None  # already 3: nothing sent
+    got = group.asg.describe_warm_pool(AutoScalingGroupName=group.name)["WarmPoolConfiguration"]
+    assert (got["MinSize"], got["PoolState"]) == (3, "Stopped")  # made, stopped
+    assert (await act.capacity()).warm == 0  # moto prepares no instances
+
+
+@pytest.mark.unit
+def test_warm_pool_setting_is_checked() -> None:
+    assert Ec2ActuatorConfig(kind="ec2", group_name="g", warm_pool="auto").warm_pool == "auto"
+    assert Ec2ActuatorConfig(kind="ec2", group_name="g", warm_pool=2).warm_pool == 2
+    for bad in (-1, "some"):
+        with pytest.raises(ValueError, match="warm_pool"):
+            Ec2ActuatorConfig(kind="ec2", group_name="g", warm_pool=bad)  # type: ignore[arg-type]

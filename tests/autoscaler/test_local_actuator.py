@@ -82,12 +82,12 @@ async def test_pending_until_ready_then_sigterm_drains(
         while await in_service() < 2:
             assert time.monotonic() < end, f"workers never became ready: {act.status()}"
             await asyncio.sleep(0.1)
-        assert (await act.capacity()) == (2, 0, 2)
+        assert (await act.capacity()) == (2, 0, 2, None)
 
         # scale in: the newest one gets SIGTERM, drains and exits 0
         newest = act.workers[-1].worker_id
         assert await act.set_desired(1) == 1
-        assert (await act.capacity()) == (1, 0, 1)
+        assert (await act.capacity()) == (1, 0, 1, None)
         await asyncio.wait_for(act.wait_stopped(), 25)
         assert act.stopped_by_sigterm == [(newest, 0)]
         assert act.killed == 0 and act.unexpected_exits == 0
@@ -171,7 +171,7 @@ async def test_a_command_that_keeps_dying_backs_off(tmp_path: Path) -> None:
     await act.set_desired(1)
     first = act.workers[0]
     await first.proc.wait()
-    assert (await act.capacity()) == (0, 0, 1)
+    assert (await act.capacity()) == (0, 0, 1, None)
     assert act.unexpected_exits == 1
     assert act.workers == []  # within the backoff: not yet replaced
     await asyncio.sleep(0.35)

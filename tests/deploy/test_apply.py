@@ -489,10 +489,10 @@ async def _drive_the_group(a: Applied) -> None:
     try:
         await act.start()
         assert await act.set_desired(3, ("test: scale-out",)) == 3
-        in_service, pending, desired = await act.capacity()
+        in_service, pending, desired, _warm = await act.capacity()
         assert (in_service + pending, desired) == (3, 3)
         assert await act.set_desired(0, ("test: scale-in",)) == 0
-        in_service, pending, desired = await act.capacity()
+        in_service, pending, desired, _warm = await act.capacity()
         assert (in_service + pending, desired) == (0, 0)
         # The group's bounds hold whatever is asked.
         assert await act.set_desired(50) == 8
