@@ -84,6 +84,12 @@ def _sim_options(p: argparse.ArgumentParser) -> None:
 
 def _spot_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--warm-pool-auto",
+        action="store_true",
+        help="size the warm pool at every poll as the policy suggests, never below --warm-pool"
+        ' (the ec2 actuator\'s warm_pool = "auto")',
+    )
+    p.add_argument(
         "--spot-interruptions",
         type=float,
         default=0.0,
@@ -119,6 +125,7 @@ def _sim_config(args: argparse.Namespace) -> tuple[SimConfig, ServiceProfile]:
         seed=args.seed,
         warm_pool_size=args.warm_pool,
         warm_start_s=args.warm_boot,
+        warm_pool_auto=args.warm_pool_auto,
         model_load_s=args.model_load,
         deadline_s=args.deadline,
         spot_interruptions_per_hour=args.spot_interruptions,
@@ -303,6 +310,9 @@ def _simulate(args: argparse.Namespace) -> int:
     if cfg.spot_interruptions_per_hour > 0:
         counts = ", ".join(f"{r.policy} {r.interrupted}" for r in results)
         print(f"\nspot interruptions: {counts}")
+    if cfg.warm_pool_auto:
+        pools = ", ".join(f"{r.policy} {r.mean_warm_pool:.1f}" for r in results)
+        print(f"\nwarm pool, mean instances stopped in it: {pools}")
     path = plot(
         results, args.out / f"simulate-{pattern.name}.png", objective_ms=cfg.latency_objective_ms
     )

@@ -88,7 +88,8 @@ class Ec2ActuatorConfig(ActuatorConfigBase):
     a number keeps that many instances ready (its minimum size); ``"auto"``
     keeps the policy's next scale-out step ready, following the fleet's size
     (the default policy: what a surge of ``surge_ratio`` times today's load
-    would add). The pool's other settings are kept. Needs
+    would add, or what the last learned surge needed), never below the pool's
+    size when the autoscaler started. The pool's other settings are kept. Needs
     ``autoscaling:PutWarmPool`` and ``autoscaling:DescribeWarmPool``."""
 
     def aws_region(self) -> str | None:
@@ -138,6 +139,7 @@ class Ec2Actuator(Actuator):
         self.warm_pool = warm_pool
         self._pool: dict[str, Any] | None = None  # the warm pool's configuration, as last read
         self._pool_known = False  # whether the group has been asked for its warm pool
+        self._pool_floor = 0  # "auto" never goes below the pool's size at start
         if client is not None:
             self._use(client)
 
@@ -307,8 +309,10 @@ class Ec2Actuator(Actuator):
             self.client.describe_warm_pool,
             AutoScalingGroupName=self.group_name,
         )
-        self._pool_known = True
         pool = resp.get("WarmPoolConfiguration")
+        if not self._pool_known and pool:
+            self._pool_floor = int(pool.get("MinSize") or 0)
+        self._pool_known = True
         self._pool = dict(pool) if pool else None
         if self._pool is None:
             return None
@@ -323,11 +327,13 @@ class Ec2Actuator(Actuator):
         ``warm_pool`` is ``"auto"``; a fixed ``warm_pool`` wins). The pool's
         other settings are kept; a group without a pool gets one, stopped.
         Returns the minimum size set, ``None`` when it was already that."""
-        size = n if self.warm_pool == "auto" else self.warm_pool
-        if size is None:
-            return None
         if not self._pool_known:
             await self._warm()
+        size = self.warm_pool
+        if size == "auto":
+            size = None if n is None else max(n, self._pool_floor)
+        if size is None:
+            return None
         pool = self._pool or {}
         if pool and int(pool.get("MinSize", 0)) == size:
             return None

@@ -94,6 +94,9 @@ class SimConfig:
     """Stopped, pre-initialized instances kept ready to start (0: no warm pool)."""
     warm_start_s: float = 40.0
     """From taking an instance from the warm pool to its container running."""
+    warm_pool_auto: bool = False
+    """Size the warm pool at every poll as the policy suggests, never below
+    ``warm_pool_size`` (the ``ec2`` actuator's ``warm_pool = "auto"``)."""
     model_load_s: float = 0.0
     """Loading and warming the model, after a cold boot or a warm start alike."""
     billing_minimum_s: float = 60.0
@@ -170,6 +173,8 @@ class SimResult:
     """The policy's state at the end (to carry what it learned into another run)."""
     interrupted: int = 0
     """Spot interruptions during the run."""
+    mean_warm_pool: float = 0.0
+    """Instances stopped in the warm pool, time-average (their volumes are billed)."""
 
     @property
     def over_share(self) -> float:
@@ -378,6 +383,8 @@ class _Fleet:
     booting: list[tuple[int, int]] = field(default_factory=list)  # (ready tick, launch tick)
     serving_since: list[int] = field(default_factory=list)  # launch ticks of those in service
     warm: int = 0  # stopped instances ready in the warm pool
+    pool_size: int = 0  # the warm pool's size: ready plus being prepared
+    pool_area: float = 0.0  # instance-seconds stopped in the pool (volumes billed only)
     leaving: list[int] = field(default_factory=list)  # ticks interrupted instances end
     interrupted: int = 0
     refills: list[int] = field(default_factory=list)  # ticks pool replacements are ready
@@ -462,6 +469,7 @@ def simulate(
         desired=initial,
         serving_since=[start] * initial,
         warm=cfg.warm_pool_size,
+        pool_size=cfg.warm_pool_size,
     )
     polls = _Polls()
     arrival = Ewma(cfg.arrival_smoothing_s)
@@ -482,7 +490,12 @@ def simulate(
     fleet.dropped += fleet.queued
     rec.flush()
     result = _result(run, fleet, rec, polls, policy=name or policy.name, pattern=pattern.name)
-    return replace(result, final_state=state, interrupted=fleet.interrupted)
+    return replace(
+        result,
+        final_state=state,
+        interrupted=fleet.interrupted,
+        mean_warm_pool=fleet.pool_area / max(result.horizon_s, 1e-9),
+    )
 
 
 # ---------------------------------------------------------------------------- serving
@@ -748,6 +761,12 @@ def _policy_turn(
     )
     decision, state = policy.decide(snap, state)
     _scale(run, fleet, k, max(0, decision.desired))
+    fleet.pool_area += fleet.warm * run.poll_ticks * run.dt
+    if run.cfg.warm_pool_auto:
+        size = policy.warm_pool(snap, state, fleet.desired)
+        if size is not None:
+            fleet.pool_size = max(run.cfg.warm_pool_size, size)
+            _refill(run, fleet, k)
     polls.t.append(now)
     polls.desired.append(fleet.desired)
     polls.in_service.append(fleet.in_service)
@@ -783,7 +802,7 @@ def _scale(run: _Run, fleet: _Fleet, k: int, want: int) -> None:
             if len(fleet.leaving) > fleet.in_service:  # interrupted ones removed too
                 fleet.leaving.sort()
                 del fleet.leaving[fleet.in_service :]
-            room = run.cfg.warm_pool_size - fleet.warm - len(fleet.refills)
+            room = fleet.pool_size - fleet.warm - len(fleet.refills)
             fleet.warm += max(0, min(leave, room))  # stopped, back in the pool
     fleet.desired = want
 
@@ -796,8 +815,18 @@ def _launch(run: _Run, fleet: _Fleet, k: int, count: int) -> None:
     fleet.warm -= warm
     cold_tick = k + max(0, round((cfg.boot_delay_s + cfg.model_load_s) / dt))
     warm_tick = k + max(0, round((cfg.warm_start_s + cfg.model_load_s) / dt))
-    fleet.refills.extend([k + max(0, round(cfg.boot_delay_s / dt))] * warm)
     fleet.booting.extend([(warm_tick, k)] * warm + [(cold_tick, k)] * (count - warm))
+    _refill(run, fleet, k)
+
+
+def _refill(run: _Run, fleet: _Fleet, k: int) -> None:
+    """Bring the warm pool to its size: instances prepared (a cold boot, then
+    stopped) for what is missing, stopped ones terminated beyond it."""
+    missing = fleet.pool_size - fleet.warm - len(fleet.refills)
+    if missing > 0:
+        fleet.refills.extend([k + max(0, round(run.cfg.boot_delay_s / run.dt))] * missing)
+    elif missing < 0:
+        fleet.warm -= min(-missing, fleet.warm)
 
 
 def _bill_minimum(run: _Run, fleet: _Fleet, k: int, launched: int) -> None:

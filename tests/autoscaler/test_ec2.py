@@ -557,3 +557,16 @@ def test_warm_pool_setting_is_checked() -> None:
     for bad in (-1, "some"):
         with pytest.raises(ValueError, match="warm_pool"):
             Ec2ActuatorConfig(kind="ec2", group_name="g", warm_pool=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.aws
+async def test_auto_never_shrinks_the_pool_below_its_size_at_start(
+    aws_url: str, group: Group
+) -> None:
+    group.asg.put_warm_pool(AutoScalingGroupName=group.name, MinSize=5)
+    act = _actuator(aws_url, group, warm_pool="auto")
+    assert await act.size_warm_pool(2) is None  # 5 already: not shrunk, nothing sent
+    assert await act.size_warm_pool(7) == 7
+    assert await act.size_warm_pool(1) == 5
+    got = group.asg.describe_warm_pool(AutoScalingGroupName=group.name)["WarmPoolConfiguration"]
+    assert got["MinSize"] == 5
