@@ -22,7 +22,8 @@
 #   FLEET_DEBIAN_MIRROR    the package mirror (default http://deb.debian.org/debian)
 #   FLEET_IMAGE            the worker image's name (default localhost/fleet-worker:cpu)
 #   FLEET_IMAGE_EXTRAS     the package extras to install (default: the Dockerfile's)
-#   PIP_CERT               a CA bundle pip must trust (a proxy's); mounted into the
+#   PIP_CERT               a CA bundle pip must trust (a proxy's; default: this
+#                          host's bundle, where there is one); mounted into the
 #                          build read-only, never kept in the image
 set -euo pipefail
 
@@ -93,8 +94,9 @@ build() {
     if [[ -n ${FLEET_IMAGE_EXTRAS:-} ]]; then
         args+=(--build-arg "EXTRAS=$FLEET_IMAGE_EXTRAS")
     fi
-    if [[ -n ${PIP_CERT:-} && -f $PIP_CERT ]]; then
-        args+=(--build-arg PIP_CA_BUNDLE=/etc/pip-ca.crt -v "$PIP_CERT:/etc/pip-ca.crt:ro")
+    local ca="${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}"
+    if [[ -f $ca ]]; then
+        args+=(--build-arg PIP_CA_BUNDLE=/etc/pip-ca.crt -v "$ca:/etc/pip-ca.crt:ro")
     fi
     say "podman build $IMAGE"
     (cd "$ROOT" && podman build "${args[@]}" . >&2)
