@@ -23,7 +23,8 @@ Where the state lives (``state_file`` in the configuration):
 - ``s3://BUCKET/KEY``: an S3 object, for an autoscaler whose host is replaced
   (the Terraform deployment keeps it in the models bucket);
 - ``ssm:/NAME``: an SSM parameter (``String``, intelligent tiering, so a state
-  over 4 KB is kept too).
+  over 4 KB is kept too). The Terraform deployment creates it holding ``{}``,
+  which reads as no state saved yet, so that ``terraform destroy`` removes it.
 
 On AWS the state is written only when it changed (the document apart from its
 ``saved_at``) or when its last write is ``REFRESH_S`` old, so a quiet fleet
@@ -232,6 +233,8 @@ class StateStore:
             if text is None:
                 return None
             doc = json.loads(text)
+            if doc == {}:  # made empty for the autoscaler to fill (by Terraform)
+                return None
         except Exception as exc:  # OSError, ValueError, or any AWS error
             log.warning(
                 "policy state unreadable: starting afresh", path=self.where, error=repr(exc)

@@ -98,3 +98,18 @@ def test_a_malformed_location_is_a_config_error(location: str, tmp_path: Path) -
     )
     with pytest.raises(ConfigError, match="state_file"):
         load_config(path)
+
+
+@pytest.mark.aws
+def test_a_parameter_made_empty_is_a_fresh_start_then_filled(ssm_name: str) -> None:
+    """The deployment creates the parameter holding ``{}`` (so that destroying
+    the deployment removes it): no state yet, said quietly; then the first save
+    fills it."""
+    ssm = boto3.client("ssm")
+    ssm.put_parameter(Name=ssm_name, Value="{}", Type="String")
+    store = StateStore(f"ssm:{ssm_name}")
+    with capture_logs() as logs:
+        assert store.load(DefaultPolicy()) is None
+    assert logs == []
+    store.save(DefaultPolicy(), LIVED)
+    assert StateStore(f"ssm:{ssm_name}").load(DefaultPolicy()) == LIVED
