@@ -9,18 +9,21 @@
 #   2. checkov over deploy/terraform, offline, once per broker variant with
 #      its values (deploy/terraform/tests/variants/*.tfvars: external,
 #      rabbitmq, kafka), against the committed baseline
-#      deploy/terraform/.checkov.baseline: any finding not in it fails, and so
+#      deploy/terraform/.checkov.baseline (examples/ left out: it calls the
+#      same configuration): any finding not in it fails, and so
 #      does a baseline entry without a written reason. checkov lives in its own
 #      virtual environment, .cache/checkov-venv (it pins its own boto3).
 #   3. terraform validate and terraform test (mocked AWS provider), only where a
 #      terraform >= 1.9 and the AWS provider are already on this machine (a
 #      plugin directory), with the committed .terraform.lock.hcl read-only: the
 #      installed provider must be the locked one; the registry is never
-#      contacted. Otherwise one line:
+#      contacted. examples/complete (a root that calls deploy/terraform as a
+#      module) is validated the same way, with its own copy of the lock file. Otherwise one line:
 #      "terraform validate/test: skipped: <reason>", and under CI=true a
 #      failure: CI never passes without them.
 #   4. hadolint on deploy/docker/Dockerfile and Dockerfile.cpu
 #   5. shellcheck on scripts/*.sh, deploy/*.sh and the rendered user-data templates
+#      (modules/*/templates/*.sh.tftpl)
 #
 # Every step runs; the exit status is 1 when any failed. Environment:
 #   TF_PLUGIN_DIR   a provider plugin directory to use (checked first)
@@ -135,8 +138,11 @@ PY
     for var_file in "${variants[@]}"; do
         [[ -e "$var_file" ]] || continue
         say "checkov: $(basename "$var_file" .tfvars)"
+        # examples/complete calls this configuration as a module: checkov would
+        # check the same resources again under module.fleet, with the example's
+        # values instead of the variant's.
         "$CHECKOV_VENV/bin/checkov" --directory "$TF_DIR" --framework terraform \
-            --var-file "$var_file" \
+            --var-file "$var_file" --skip-path "$TF_DIR/examples" \
             --skip-download --download-external-modules false \
             --baseline "$BASELINE" --quiet --compact ||
             fail "checkov ($(basename "$var_file")): findings not in the baseline"
@@ -196,6 +202,15 @@ else
         cat "$work/init.log" >&2
         fail "terraform init (plugin directory $plugin_dir)"
     fi
+    example="$work/terraform/examples/complete"
+    rm -rf "$example/.terraform"
+    if "$validate_tf" -chdir="$example" init -backend=false -input=false -no-color \
+        -lockfile=readonly -plugin-dir="$plugin_dir" >"$work/init-example.log" 2>&1; then
+        "$validate_tf" -chdir="$example" validate -no-color || fail "terraform validate (examples/complete)"
+    else
+        cat "$work/init-example.log" >&2
+        fail "terraform init (examples/complete)"
+    fi
 fi
 
 # ---------------------------------------------------------------------------
@@ -226,13 +241,16 @@ if [[ -n "$shellcheck_bin" ]]; then
     # Templates are rendered first: every ${...} interpolation becomes a
     # placeholder word and $${ becomes ${, as templatefile() would.
     mkdir -p "$work/templates"
-    "$PYTHON" - "$TF_DIR/templates" "$work/templates" <<'PY'
+    "$PYTHON" - "$TF_DIR/modules" "$work/templates" <<'PY'
 import pathlib
 import re
 import sys
 
 src, dst = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
-for path in sorted(src.glob("*.sh.tftpl")):
+templates = sorted(src.glob("*/templates/*.sh.tftpl"))
+if not templates:
+    sys.exit(f"no user-data templates under {src}")
+for path in templates:
     text = path.read_text(encoding="utf-8").replace("$${", "\0")
     text = re.sub(r"\$\{[^}]*\}", "tfvalue", text).replace("\0", "${")
     (dst / path.name.removesuffix(".tftpl")).write_text(text, encoding="utf-8")

@@ -416,7 +416,7 @@ variable "models" {
 }
 
 variable "autoscaler_config" {
-  description = "Autoscaler configuration (TOML, see deploy/autoscaler.example.toml), used verbatim: it must carry the broker URL itself. Null: templates/autoscaler.toml.tftpl rendered with this deployment's broker, models, group, region and capacity bounds."
+  description = "Autoscaler configuration (TOML, see deploy/autoscaler.example.toml), used verbatim: it must carry the broker URL itself. Null: modules/autoscaler/templates/autoscaler.toml.tftpl rendered with this deployment's broker, models, group, region and capacity bounds."
   type        = string
   default     = null
   sensitive   = true
@@ -531,6 +531,11 @@ variable "mq_admin_username" {
   validation {
     condition     = can(regex("^[A-Za-z0-9][A-Za-z0-9_.-]{1,99}$", var.mq_admin_username))
     error_message = "mq_admin_username: 2-100 letters, digits, '_', '.' and '-', starting with a letter or digit."
+  }
+
+  validation {
+    condition     = var.broker != "rabbitmq" || var.mq_admin_username != var.broker_username
+    error_message = "broker_username is the fleet's own user, not the administrator (mq_admin_username): give them different names."
   }
 }
 

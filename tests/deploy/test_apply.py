@@ -185,20 +185,20 @@ def applied(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Applied]:
 BROKER_TARGETS = tuple(
     f"-target={t}"
     for t in (
-        "aws_ssm_parameter.worker_env",
-        "aws_ssm_parameter.worker_broker_url",
-        "aws_ssm_parameter.worker_broker_password",
-        "aws_ssm_parameter.autoscaler_env",
-        "aws_ssm_parameter.autoscaler_broker_password",
-        "aws_ssm_parameter.autoscaler_config",
-        "aws_iam_role_policy.worker",
-        "aws_iam_role_policy.autoscaler",
-        "aws_iam_role_policy.worker_kafka",
-        "aws_iam_role_policy.autoscaler_kafka",
-        "aws_vpc_security_group_ingress_rule.broker_from_clients",
-        "aws_vpc_security_group_ingress_rule.broker_from_producers",
-        "aws_msk_scram_secret_association.this",
-        "data.aws_iam_policy_document.producer_kafka",
+        "module.worker_group.aws_ssm_parameter.worker_env",
+        "module.worker_group.aws_ssm_parameter.worker_broker_url",
+        "module.worker_group.aws_ssm_parameter.worker_broker_password",
+        "module.autoscaler.aws_ssm_parameter.autoscaler_env",
+        "module.autoscaler.aws_ssm_parameter.autoscaler_broker_password",
+        "module.autoscaler.aws_ssm_parameter.autoscaler_config",
+        "module.worker_group.aws_iam_role_policy.worker",
+        "module.autoscaler.aws_iam_role_policy.autoscaler",
+        "module.worker_group.aws_iam_role_policy.worker_kafka",
+        "module.autoscaler.aws_iam_role_policy.autoscaler_kafka",
+        "module.broker.aws_vpc_security_group_ingress_rule.broker_from_clients",
+        "module.broker.aws_vpc_security_group_ingress_rule.broker_from_producers",
+        "module.broker.aws_msk_scram_secret_association.this",
+        "module.broker.data.aws_iam_policy_document.producer_kafka",
     )
 )
 

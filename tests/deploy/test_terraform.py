@@ -24,7 +24,21 @@ pytestmark = pytest.mark.deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 TF = ROOT / "deploy" / "terraform"
-TEMPLATES = TF / "templates"
+MODULES = TF / "modules"
+MODULE_NAMES = ("network", "broker", "images", "worker_group", "autoscaler")
+TEMPLATES = MODULES / "worker_group" / "templates"
+AUTOSCALER_TEMPLATES = MODULES / "autoscaler" / "templates"
+
+
+def template(name: str) -> Path:
+    """A template of the module that renders it: worker-* in worker_group,
+    autoscaler* in autoscaler."""
+    return (AUTOSCALER_TEMPLATES if name.startswith("autoscaler") else TEMPLATES) / name
+
+
+def shell_templates() -> list[Path]:
+    """Every user-data and run-script template of every module."""
+    return sorted(MODULES.glob("*/templates/*.sh.tftpl"))
 
 
 def _clean(value: Any) -> Any:
@@ -57,30 +71,75 @@ def _load(path: Path) -> dict[str, Any]:
     return dict(_clean(parsed))
 
 
-@cache
-def config() -> dict[str, dict[str, Any]]:
-    """{"resource": {"type.name": body}, "data": {...}, "variable": {name: body},
-    "output": {...}, "locals": {name: expr}} over every .tf file."""
+def tf_files() -> list[Path]:
+    """The root module's .tf files, then each module's."""
+    return sorted(TF.glob("*.tf")) + [
+        path for name in MODULE_NAMES for path in sorted((MODULES / name).glob("*.tf"))
+    ]
+
+
+def _module_config(directory: Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {
         "resource": {},
         "data": {},
         "variable": {},
         "output": {},
         "locals": {},
+        "module": {},
     }
-    for path in sorted(TF.glob("*.tf")):
+    for path in sorted(directory.glob("*.tf")):
         parsed = _load(path)
         for kind in ("resource", "data"):
             for block in parsed.get(kind, []):
                 for rtype, named in block.items():
                     for name, body in named.items():
-                        out[kind][f"{rtype}.{name}"] = body
-        for kind in ("variable", "output"):
+                        key = f"{rtype}.{name}"
+                        assert key not in out[kind], f"{directory.name}: {kind} {key} twice"
+                        out[kind][key] = body
+        for kind in ("variable", "output", "module"):
             for block in parsed.get(kind, []):
                 out[kind].update(block)
         for block in parsed.get("locals", []):
-            out["locals"].update(block)
+            for name, expr in block.items():
+                assert name not in out["locals"], f"{directory.name}: local {name} twice"
+                out["locals"][name] = expr
     return out
+
+
+@cache
+def config() -> dict[str, dict[str, Any]]:
+    """{"resource": {"type.name": body}, "data": {...}, "locals": {name: expr}}
+    over the root module and every module under modules/ (a resource's
+    "type.name" is unique across them all; a data source or local that two
+    modules both define must be the same in both), "variable", "output" and
+    "module" (the module calls) of the root module, which users see, and
+    "modules": {name: that module's own config}."""
+    root = _module_config(TF)
+    modules = {name: _module_config(MODULES / name) for name in MODULE_NAMES}
+    out: dict[str, dict[str, Any]] = {
+        "resource": dict(root["resource"]),
+        "data": dict(root["data"]),
+        "variable": root["variable"],
+        "output": root["output"],
+        "locals": dict(root["locals"]),
+        "module": root["module"],
+        "modules": modules,
+    }
+    for name, module in modules.items():
+        for key, body in module["resource"].items():
+            assert key not in out["resource"], f"resource {key} in two modules ({name})"
+            out["resource"][key] = body
+        for kind in ("data", "locals"):
+            for key, body in module[kind].items():
+                if key in out[kind]:
+                    assert out[kind][key] == body, f"{kind} {key} differs in module {name}"
+                out[kind][key] = body
+    return out
+
+
+def _module_resources_of_root() -> dict[str, Any]:
+    """The resources the root module itself declares."""
+    return _module_config(TF)["resource"]
 
 
 def resources(rtype: str) -> dict[str, Any]:
@@ -101,12 +160,30 @@ def policy_statements() -> dict[str, list[dict[str, Any]]]:
 
 
 def tf_text() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(TF.glob("*.tf")))
+    return "\n".join(p.read_text(encoding="utf-8") for p in tf_files())
 
 
 # ---------------------------------------------------------------------------
 # Layout and documentation
 # ---------------------------------------------------------------------------
+
+
+MODULE_FILES = {
+    "network": ("main.tf", "security_groups.tf"),
+    "broker": ("main.tf", "security_groups.tf", "kafka_iam.tf"),
+    "images": ("main.tf",),
+    "worker_group": (
+        "main.tf",
+        "worker.tf",
+        "alb.tf",
+        "config.tf",
+        "iam.tf",
+        "models.tf",
+        "jobs.tf",
+        "dashboard.tf",
+    ),
+    "autoscaler": ("main.tf", "autoscaler.tf", "config.tf", "iam.tf"),
+}
 
 
 def test_files_by_concern() -> None:
@@ -115,21 +192,44 @@ def test_files_by_concern() -> None:
         "main.tf",
         "variables.tf",
         "outputs.tf",
-        "network.tf",
-        "worker.tf",
-        "autoscaler.tf",
-        "alb.tf",
-        "iam.tf",
-        "broker.tf",
-        "images.tf",
-        "models.tf",
-        "dashboard.tf",
+        "moved.tf",
         ".terraform.lock.hcl",
         "backend.tf.example",
         "README.md",
         ".checkov.baseline",
     ):
         assert (TF / name).is_file(), name
+    # The root composes the modules and creates nothing but the shared key.
+    assert set(config()["module"]) == set(MODULE_NAMES)
+    for name, body in config()["module"].items():
+        assert body["source"] == f"./modules/{name}", name
+    root = config()["modules"]
+    assert {k.split(".")[0] for k in _module_resources_of_root()} == {
+        "aws_kms_key",
+        "aws_kms_alias",
+    }
+    for name, files in MODULE_FILES.items():
+        directory = MODULES / name
+        for file in ("versions.tf", "variables.tf", "outputs.tf", *files):
+            assert (directory / file).is_file(), f"{name}/{file}"
+        # Modules declare their providers' requirements but configure none.
+        versions = _load(directory / "versions.tf")["terraform"][0]["required_providers"][0]
+        assert versions["aws"]["version"] == ">= 5.60, < 6.0", name
+        for path in directory.glob("*.tf"):
+            assert "provider" not in _load(path), f"{name}/{path.name}: a provider block"
+        for var_name, body in root[name]["variable"].items():
+            assert str(body.get("description", "")).strip(), f"{name}: variable {var_name}"
+        for out_name, body in root[name]["output"].items():
+            assert str(body.get("description", "")).strip(), f"{name}: output {out_name}"
+        # Every variable a module declares is used in it, and every argument
+        # of its call at the root is one of its variables.
+        text = "\n".join(p.read_text(encoding="utf-8") for p in directory.glob("*.tf"))
+        for var_name in root[name]["variable"]:
+            assert f"var.{var_name}" in text, f"{name}: variable {var_name} unused"
+        arguments = set(config()["module"][name]) - {"source"}
+        assert arguments <= set(root[name]["variable"]), (name, arguments)
+        required = {v for v, body in root[name]["variable"].items() if "default" not in body}
+        assert required <= arguments, (name, required - arguments)
     tests = list((TF / "tests").glob("*.tftest.hcl"))
     assert tests, "terraform test files"
     assert all('mock_provider "aws"' in t.read_text() for t in tests)
@@ -207,9 +307,12 @@ def test_worker_group_health_checks_warm_pool_and_hooks() -> None:
 
 def test_worker_group_spans_at_least_two_subnets() -> None:
     asg = config()["resource"]["aws_autoscaling_group.worker"]
-    assert asg["vpc_zone_identifier"] == "${local.private_subnet_ids}"
+    assert asg["vpc_zone_identifier"] == "${var.private_subnet_ids}"
     conditions = [p["condition"] for p in block(block(asg, "lifecycle")[0], "precondition")]
-    assert "${length(local.private_subnet_ids) >= 2}" in conditions
+    assert "${length(var.private_subnet_ids) >= 2}" in conditions
+    # The root gives the worker group the network's private subnets.
+    call = config()["module"]["worker_group"]
+    assert call["private_subnet_ids"] == "${module.network.private_subnet_ids}"
     variables = config()["variable"]
     assert int(variables["az_count"]["default"]) >= 2
     (az_rule,) = block(variables["az_count"], "validation")
@@ -359,7 +462,9 @@ def test_workers_serve_the_oip_on_the_target_groups_ports() -> None:
     assert "--network host" in run
     assert "OIP_PORT='${oip_port}'" in run
     assert '--oip-host 0.0.0.0 --oip-port "$OIP_PORT"' in run
-    assert re.search(r"\boip_port\s+= var\.worker_oip_port\n", (TF / "worker.tf").read_text())
+    worker_tf = (MODULES / "worker_group" / "worker.tf").read_text()
+    assert re.search(r"\boip_port\s+= var\.worker_oip_port\n", worker_tf)
+    assert config()["module"]["worker_group"]["worker_oip_port"] == "${var.worker_oip_port}"
 
 
 def test_autoscaler_is_a_group_of_one() -> None:
@@ -393,10 +498,20 @@ def test_autoscaling_mutations_scoped_to_the_worker_group() -> None:
                 if a.startswith("autoscaling:") and not a.startswith("autoscaling:Describe")
             ]
             if mutations:
-                assert st["resources"] == ["${local.worker_group_arn}"], (key, mutations)
+                # the worker group's own policy ARN (the autoscaler module is given it)
+                assert st["resources"] in (
+                    ["${local.worker_group_arn}"],
+                    ["${var.worker_group_arn}"],
+                ), (key, mutations)
     assert config()["locals"]["worker_group_arn"].endswith(
         ":autoScalingGroupName/${local.worker_group_name}"
     )
+    assert config()["locals"]["worker_group_name"] == "${var.name}-worker"
+    worker_group = config()["modules"]["worker_group"]
+    assert worker_group["output"]["group_policy_arn"]["value"] == "${local.worker_group_arn}"
+    call = config()["module"]["autoscaler"]
+    assert call["worker_group_arn"] == "${module.worker_group.group_policy_arn}"
+    assert "worker_group_arn" not in config()["modules"]["autoscaler"]["locals"]
 
 
 def _actions(doc: str) -> dict[str, dict[str, Any]]:
@@ -419,7 +534,7 @@ def test_worker_role_permissions() -> None:
 def test_autoscaler_role_permissions() -> None:
     actions = _actions("aws_iam_policy_document.autoscaler")
     assert "autoscaling:DescribeAutoScalingGroups" in actions
-    assert actions["autoscaling:SetDesiredCapacity"]["resources"] == ["${local.worker_group_arn}"]
+    assert actions["autoscaling:SetDesiredCapacity"]["resources"] == ["${var.worker_group_arn}"]
     assert "autoscaling:CompleteLifecycleAction" not in actions
     params = actions["ssm:GetParametersByPath"]["resources"]
     assert not any("worker_parameter_path" in r for r in params)
@@ -441,9 +556,12 @@ def test_autoscaler_may_put_metrics_into_its_namespace_only() -> None:
     (cond,) = block(st, "condition")
     assert cond["variable"] == "cloudwatch:namespace"
     assert cond["values"] == ["${statement.value}"]
-    template = (TEMPLATES / "autoscaler.toml.tftpl").read_text(encoding="utf-8")
+    template = (AUTOSCALER_TEMPLATES / "autoscaler.toml.tftpl").read_text(encoding="utf-8")
     assert "cloudwatch_namespace = ${jsonencode(namespace)}" in template
-    assert "namespace    = var.metrics_namespace" in (TF / "config.tf").read_text()
+    assert (
+        "namespace    = var.metrics_namespace" in (MODULES / "autoscaler" / "config.tf").read_text()
+    )
+    assert config()["module"]["autoscaler"]["metrics_namespace"] == "${var.metrics_namespace}"
 
 
 def test_both_roles_may_pull_every_ecr_image_they_run() -> None:
@@ -451,13 +569,21 @@ def test_both_roles_may_pull_every_ecr_image_they_run() -> None:
     # registry login under set -e, and the launch hook abandons the instance.
     for doc in ("worker", "autoscaler"):
         statements = _dynamic_statements(f"aws_iam_policy_document.{doc}")
-        assert statements["PullImages"]["resources"] == "${local.ecr_pull_arns}", doc
-        assert "local.ecr_pull_arns" in statements["EcrLogin"]["for_each"], doc
+        assert statements["PullImages"]["resources"] == "${var.ecr_pull_arns}", doc
+        assert "var.ecr_pull_arns" in statements["EcrLogin"]["for_each"], doc
+    # Both modules are given the images module's list ...
+    for module in ("worker_group", "autoscaler"):
+        assert config()["module"][module]["ecr_pull_arns"] == "${module.images.pull_arns}", module
+    assert config()["modules"]["images"]["output"]["pull_arns"]["value"] == "${local.ecr_pull_arns}"
     pulls = config()["locals"]["ecr_pull_arns"]
-    for source in ("aws_ecr_repository.this", "local.image_ecr_arns", "var.ecr_repository_arns"):
+    for source in ("aws_ecr_repository.this", "local.image_ecr_arns", "var.repository_arns"):
         assert source in pulls, source
     image_arns = config()["locals"]["image_ecr_arns"]
-    assert "var.worker_image" in image_arns and "var.autoscaler_image" in image_arns
+    assert "var.images" in image_arns
+    # ... built from both images and the extra repositories.
+    images = config()["module"]["images"]
+    assert images["images"] == ["${var.worker_image}", "${var.autoscaler_image}"]
+    assert images["repository_arns"] == "${var.ecr_repository_arns}"
 
 
 def test_every_fleet_setting_given_to_the_worker_is_read() -> None:
@@ -502,7 +628,13 @@ _SECRET_WORDS = re.compile(r"broker_url|password|secret|mq_url|msk_url", re.IGNO
 def test_no_secret_in_user_data() -> None:
     for key, lt in resources("aws_launch_template").items():
         assert not _SECRET_WORDS.search(lt["user_data"]), key
-    for path in TEMPLATES.glob("*.sh.tftpl"):
+    names = {path.name for path in shell_templates()}
+    assert names == {
+        f"{role}-{kind}.sh.tftpl"
+        for role in ("worker", "autoscaler")
+        for kind in ("run", "user-data")
+    }
+    for path in shell_templates():
         text = path.read_text(encoding="utf-8")
         assert not re.search(r"(amqps?|kafka)://", text), path.name
         assert not re.search(r"AKIA[0-9A-Z]{16}", text), path.name
@@ -595,7 +727,11 @@ def test_images_are_required_with_a_tag_and_the_autoscaler_gets_the_cpu_image() 
         (rule,) = block(variables[name], "validation")
         assert "local.image_reference_pattern" in rule["condition"], name
     user_data = config()["resource"]["aws_launch_template.autoscaler"]["user_data"]
-    assert re.search(r"\bimage\s+= var\.autoscaler_image\n", (TF / "autoscaler.tf").read_text())
+    autoscaler_tf = (MODULES / "autoscaler" / "autoscaler.tf").read_text()
+    assert re.search(r"\bimage\s+= var\.autoscaler_image\n", autoscaler_tf)
+    call = config()["module"]["autoscaler"]
+    assert call["autoscaler_image"] == "${var.autoscaler_image}"
+    assert "worker_image" not in call
     assert "worker_image" not in user_data
     pattern = config()["locals"]["image_reference_pattern"].replace("\\\\", "\\")
     good = [
@@ -622,7 +758,8 @@ def test_managed_broker_toggles() -> None:
     msk = config()["resource"]["aws_msk_cluster.this"]
     assert "var.broker" in msk["count"]
     (enc,) = block(msk, "encryption_info")
-    assert enc["encryption_at_rest_kms_key_arn"] == "${aws_kms_key.fleet.arn}"
+    assert enc["encryption_at_rest_kms_key_arn"] == "${var.kms_key_arn}"
+    assert config()["module"]["broker"]["kms_key_arn"] == "${aws_kms_key.fleet.arn}"
 
 
 def test_checkov_baseline_gives_a_reason_for_every_accepted_finding() -> None:
@@ -630,9 +767,15 @@ def test_checkov_baseline_gives_a_reason_for_every_accepted_finding() -> None:
     for entry in baseline["failed_checks"]:
         assert (TF / entry["file"].lstrip("/")).is_file(), entry["file"]
         for finding in entry["findings"]:
-            # checkov names a counted resource with its index, e.g. aws_mq_broker.this[0]
+            # checkov names a counted resource with its index, e.g.
+            # module.broker.aws_mq_broker.this[0], and a module's resources
+            # with the module's address, in the module's own files
             resource = re.sub(r"\[\d+\]$", "", finding["resource"])
-            assert resource in config()["resource"], finding["resource"]
+            module, _, address = resource.partition(".")[2].partition(".")
+            assert resource.startswith("module."), finding["resource"]
+            assert entry["file"].startswith(f"/modules/{module}/"), (entry["file"], resource)
+            declared = config()["modules"][module]
+            assert address in declared["resource"] or address in declared["data"], resource
             reasons = finding.get("reasons", {})
             assert set(reasons) == set(finding["check_ids"]), finding["resource"]
             assert all(len(r.strip()) > 40 for r in reasons.values()), finding["resource"]

@@ -21,7 +21,7 @@ from fleet.settings import BROKER, resolve_password
 from fleet.transport import _kafka_security as security
 from fleet.transport.base import DEAD_LETTER, DEAD_LETTER_TAP, HEARTBEATS, REPLY_PREFIX, queue_name
 from fleet.transport.kafka import REPLIES
-from tests.deploy.test_terraform import TEMPLATES, TF, block, config
+from tests.deploy.test_terraform import TF, block, config, template
 
 pytestmark = pytest.mark.deploy
 
@@ -73,7 +73,7 @@ def test_msk_auth_modes_default_to_iam_and_plaintext_is_an_opt_in() -> None:
     assert _quoted(rule["condition"]) == set(MSK_PORTS)
     assert "WARNING" in variable["description"] and "plaintext" in variable["description"]
     assert "msk_client_broker" not in config()["variable"]
-    broker_tf = (TF / "broker.tf").read_text(encoding="utf-8")
+    broker_tf = (TF / "main.tf").read_text(encoding="utf-8")  # the root: it sees the variables
     assert 'check "msk_plaintext"' in broker_tf
     assert '!(var.broker == "kafka" && var.msk_auth == "plaintext")' in broker_tf
 
@@ -253,17 +253,29 @@ def test_producers_may_delete_only_their_reply_topics() -> None:
     assert grants["ReadData"] == {replies, inbox}
     assert "AlterGroup" not in grants
     output = config()["output"]["kafka_producer_policy_json"]
-    assert "data.aws_iam_policy_document.producer_kafka[0].json" in output["value"]
+    assert output["value"] == "${module.broker.producer_kafka_policy_json}"
+    module_output = config()["modules"]["broker"]["output"]["producer_kafka_policy_json"]
+    assert "data.aws_iam_policy_document.producer_kafka[0].json" in module_output["value"]
 
 
 def test_kafka_policies_attach_to_the_roles_only_with_iam() -> None:
-    for role in ("worker", "autoscaler"):
+    broker_outputs = config()["modules"]["broker"]["output"]
+    assert broker_outputs["msk_iam"]["value"] == "${local.msk_iam}"
+    for role, module in (("worker", "worker_group"), ("autoscaler", "autoscaler")):
         policy = config()["resource"][f"aws_iam_role_policy.{role}_kafka"]
-        assert policy["count"] == "${local.msk_iam ? 1 : 0}"
+        assert policy["count"] == "${var.kafka_iam ? 1 : 0}"
         assert policy["role"] == f"${{aws_iam_role.{role}.id}}"
-        assert policy["policy"] == f"${{data.aws_iam_policy_document.{role}_kafka[0].json}}"
+        assert policy["policy"] == "${var.kafka_policy_json}"
         group = config()["resource"][f"aws_autoscaling_group.{role}"]
         assert f"${{aws_iam_role_policy.{role}_kafka}}" in group["depends_on"]
+        # The root hands each module its role's document from the broker module.
+        call = config()["module"][module]
+        assert call["kafka_iam"] == "${module.broker.msk_iam}", role
+        assert call["kafka_policy_json"] == f"${{module.broker.{role}_kafka_policy_json}}", role
+        document = broker_outputs[f"{role}_kafka_policy_json"]["value"]
+        assert document == (
+            f"${{local.msk_iam ? data.aws_iam_policy_document.{role}_kafka[0].json : null}}"
+        ), role
     assert config()["locals"]["msk_iam"] == '${var.broker == "kafka" && var.msk_auth == "iam"}'
 
 
@@ -276,7 +288,8 @@ def test_scram_secret_is_named_for_msk_and_encrypted_with_the_fleet_key() -> Non
     secret = config()["resource"]["aws_secretsmanager_secret.msk_scram"]
     assert secret["count"] == "${local.msk_scram ? 1 : 0}"
     assert secret["name_prefix"].startswith("AmazonMSK_")
-    assert secret["kms_key_id"] == "${aws_kms_key.fleet.arn}"
+    assert secret["kms_key_id"] == "${var.kms_key_arn}"
+    assert config()["module"]["broker"]["kms_key_arn"] == "${aws_kms_key.fleet.arn}"
     version = config()["resource"]["aws_secretsmanager_secret_version.msk_scram"]
     assert "username = var.broker_username" in version["secret_string"]
     assert (
@@ -339,13 +352,22 @@ def test_broker_password_reaches_both_roles_as_a_file_parameter() -> None:
     assert config()["locals"]["broker_password_file"] == (
         '${var.broker == "rabbitmq" || local.msk_scram}'
     )
-    for role in ("worker", "autoscaler"):
+    broker_outputs = config()["modules"]["broker"]["output"]
+    assert broker_outputs["password_file"]["value"] == "${local.broker_password_file}"
+    assert broker_outputs["password"]["value"] == "${local.broker_password}"
+    assert broker_outputs["password"]["sensitive"] is True
+    for role, module in (("worker", "worker_group"), ("autoscaler", "autoscaler")):
+        call = config()["module"][module]
+        assert call["broker_password_file"] == "${module.broker.password_file}", role
+        assert call["broker_password"] == "${module.broker.password}", role
         param = config()["resource"][f"aws_ssm_parameter.{role}_broker_password"]
+        assert param["count"] == "${var.broker_password_file ? 1 : 0}"
         assert param["type"] == "SecureString"
         assert param["name"] == (
             f"${{local.{role}_file_parameter_path}}/${{local.broker_password_variable}}"
         )
-        assert param["value"] == "${local.broker_password}"
+        assert param["value"] == "${var.broker_password}"
+        assert config()["modules"][module]["variable"]["broker_password"]["sensitive"] is True
         assert config()["locals"][f"{role}_file_parameter_path"] == f"/${{var.name}}/{role}/files"
         # The role may read its file parameters, and only its own.
         (doc,) = [
@@ -361,7 +383,7 @@ def test_broker_password_reaches_both_roles_as_a_file_parameter() -> None:
         assert not any(other in r for r in doc["resources"]), role
         # The boot script writes each file parameter into a file the container's
         # user alone reads, mounts it read-only and names it in the environment.
-        run = (TEMPLATES / f"{role}-run.sh.tftpl").read_text(encoding="utf-8")
+        run = template(f"{role}-run.sh.tftpl").read_text(encoding="utf-8")
         assert "FILE_PARAMETER_PATH='${file_parameter_path}'" in run
         assert '--path "$FILE_PARAMETER_PATH"' in run
         assert 'chown "$CONTAINER_UID" "$file"' in run and 'chmod 0400 "$file"' in run

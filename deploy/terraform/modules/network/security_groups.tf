@@ -4,12 +4,13 @@
 #   workers        <- OIP port (and gRPC port with alb_grpc) from the load balancer;
 #                     HTTP port (/healthz, /readyz, /metrics) from
 #                     metrics_scrape_cidrs only, never from the load balancer
-#                  -> HTTPS (AWS APIs, S3, image registry), the broker's ports
+#                  -> HTTPS (AWS APIs, S3, image registry), and the broker's
+#                     ports (rules of the broker module)
 #   autoscaler     <- metrics port from metrics_scrape_cidrs only
-#                  -> HTTPS (Auto Scaling API, SSM, registry), the broker's ports
-#   managed broker <- its ports from the workers and the autoscaler, and from
-#                     broker_client_cidrs / broker_client_security_group_ids
-#                     (the producers)
+#                  -> HTTPS (Auto Scaling API, SSM, registry), and the broker's
+#                     ports (rules of the broker module)
+# The managed broker's own group, and every rule towards a broker, belong to
+# the broker module.
 #
 # The "HTTP port" in the groups' own descriptions is the OIP REST port (HTTP
 # too); they stay worded as they are because a changed description replaces a
@@ -19,40 +20,6 @@ locals {
   alb_ingress_cidrs = length(var.alb_ingress_cidrs) > 0 ? var.alb_ingress_cidrs : [local.vpc_cidr]
   alb_listener_port = var.certificate_arn == null ? var.alb_http_port : 443
 
-  # Ports the clients of the broker (workers, autoscaler) reach it on.
-  managed_broker_ports = {
-    rabbitmq = [5671, 443] # AMQPS, management API over HTTPS
-    # MSK: the one port of the client authentication in use (IAM 9098,
-    # SCRAM 9096, TLS 9094, plaintext 9092).
-    kafka = [local.msk_mode.port]
-  }
-  broker_ports = var.broker == "external" ? var.external_broker_ports : local.managed_broker_ports[var.broker]
-
-  # role x port, for the egress rules towards the broker
-  broker_client_sgs = {
-    worker     = aws_security_group.worker.id
-    autoscaler = aws_security_group.autoscaler.id
-  }
-  broker_client_rules = {
-    for pair in setproduct(keys(local.broker_client_sgs), local.broker_ports) :
-    "${pair[0]}-${pair[1]}" => { role = pair[0], port = pair[1] }
-  }
-  external_broker_rules = var.broker != "external" ? {} : {
-    for pair in setproduct(keys(local.broker_client_rules), var.external_broker_cidrs) :
-    "${pair[0]}-${pair[1]}" => merge(local.broker_client_rules[pair[0]], { cidr = pair[1] })
-  }
-  # Producers' access to a managed broker: index-keyed, so that security
-  # groups created in the same apply (unknown until then) can be listed.
-  broker_producer_rules = var.broker == "external" ? {} : merge(
-    {
-      for pair in setproduct(var.broker_client_cidrs, local.broker_ports) :
-      "cidr-${pair[0]}-${pair[1]}" => { cidr = pair[0], sg = null, port = pair[1] }
-    },
-    {
-      for pair in setproduct(range(length(var.broker_client_security_group_ids)), local.broker_ports) :
-      "sg${pair[0]}-${pair[1]}" => { cidr = null, sg = var.broker_client_security_group_ids[pair[0]], port = pair[1] }
-    },
-  )
   scrape_rules = {
     for pair in setproduct(["worker", "autoscaler"], var.metrics_scrape_cidrs) :
     "${pair[0]}-${pair[1]}" => { role = pair[0], cidr = pair[1] }
@@ -182,66 +149,5 @@ resource "aws_vpc_security_group_ingress_rule" "scrape" {
   ip_protocol       = "tcp"
   from_port         = each.value.role == "worker" ? var.worker_http_port : var.autoscaler_metrics_port
   to_port           = each.value.role == "worker" ? var.worker_http_port : var.autoscaler_metrics_port
-  cidr_ipv4         = each.value.cidr
-}
-
-# ---------------------------------------------------------------------------
-# Broker
-# ---------------------------------------------------------------------------
-
-resource "aws_security_group" "broker" {
-  count = var.broker == "external" ? 0 : 1
-
-  name_prefix = "${var.name}-broker-"
-  description = "${var.name} managed broker: its ports from the workers and the autoscaler"
-  vpc_id      = local.vpc_id
-
-  lifecycle {
-    create_before_destroy = true
-  }
-}
-
-resource "aws_vpc_security_group_ingress_rule" "broker_from_clients" {
-  for_each = var.broker == "external" ? {} : local.broker_client_rules
-
-  security_group_id            = aws_security_group.broker[0].id
-  description                  = "Broker port ${each.value.port} from the ${each.value.role}"
-  ip_protocol                  = "tcp"
-  from_port                    = each.value.port
-  to_port                      = each.value.port
-  referenced_security_group_id = local.broker_client_sgs[each.value.role]
-}
-
-resource "aws_vpc_security_group_ingress_rule" "broker_from_producers" {
-  for_each = local.broker_producer_rules
-
-  security_group_id            = aws_security_group.broker[0].id
-  description                  = "Broker port ${each.value.port} from producers"
-  ip_protocol                  = "tcp"
-  from_port                    = each.value.port
-  to_port                      = each.value.port
-  cidr_ipv4                    = each.value.cidr
-  referenced_security_group_id = each.value.sg
-}
-
-resource "aws_vpc_security_group_egress_rule" "clients_to_managed_broker" {
-  for_each = var.broker == "external" ? {} : local.broker_client_rules
-
-  security_group_id            = local.broker_client_sgs[each.value.role]
-  description                  = "Broker port ${each.value.port}"
-  ip_protocol                  = "tcp"
-  from_port                    = each.value.port
-  to_port                      = each.value.port
-  referenced_security_group_id = aws_security_group.broker[0].id
-}
-
-resource "aws_vpc_security_group_egress_rule" "clients_to_external_broker" {
-  for_each = local.external_broker_rules
-
-  security_group_id = local.broker_client_sgs[each.value.role]
-  description       = "Broker port ${each.value.port}"
-  ip_protocol       = "tcp"
-  from_port         = each.value.port
-  to_port           = each.value.port
   cidr_ipv4         = each.value.cidr
 }

@@ -23,7 +23,7 @@ resource "aws_launch_template" "autoscaler" {
   instance_type          = var.autoscaler_instance_type
   ebs_optimized          = true
   update_default_version = true
-  vpc_security_group_ids = [aws_security_group.autoscaler.id]
+  vpc_security_group_ids = [var.security_group_id]
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.autoscaler.arn
@@ -65,18 +65,18 @@ resource "aws_launch_template" "autoscaler" {
 
   tag_specifications {
     resource_type = "instance"
-    tags          = merge(local.tags, { Name = "${var.name}-autoscaler", Role = "autoscaler" })
+    tags          = merge(var.tags, { Name = "${var.name}-autoscaler", Role = "autoscaler" })
   }
 
   tag_specifications {
     resource_type = "volume"
-    tags          = merge(local.tags, { Name = "${var.name}-autoscaler", Role = "autoscaler" })
+    tags          = merge(var.tags, { Name = "${var.name}-autoscaler", Role = "autoscaler" })
   }
 }
 
 resource "aws_autoscaling_group" "autoscaler" {
   name                = local.autoscaler_group_name
-  vpc_zone_identifier = local.private_subnet_ids
+  vpc_zone_identifier = var.private_subnet_ids
 
   min_size         = 1
   max_size         = 1

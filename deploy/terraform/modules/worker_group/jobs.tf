@@ -53,7 +53,7 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "jobs" {
     bucket_key_enabled = true
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.fleet.arn
+      kms_master_key_id = var.kms_key_arn
     }
   }
 }
@@ -122,7 +122,7 @@ data "aws_iam_policy_document" "jobs_access" {
   statement {
     sid       = "JobObjectsKey"
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
-    resources = [aws_kms_key.fleet.arn]
+    resources = [var.kms_key_arn]
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"

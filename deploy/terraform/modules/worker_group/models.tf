@@ -9,7 +9,7 @@ locals {
   models_bucket        = local.create_models_bucket ? aws_s3_bucket.models[0].bucket : var.models_bucket
   models_uri           = "s3://${local.models_bucket}/${trim(var.models_prefix, "/")}"
   # A created bucket is encrypted with the fleet key; a given one with models_kms_key_arn (if any).
-  models_kms_key_arn = local.create_models_bucket ? aws_kms_key.fleet.arn : var.models_kms_key_arn
+  models_kms_key_arn = local.create_models_bucket ? var.kms_key_arn : var.models_kms_key_arn
 }
 
 resource "aws_s3_bucket" "models" {
@@ -56,7 +56,7 @@ resource "aws_s3_bucket_server_side_encryption_configuration" "models" {
     bucket_key_enabled = true
     apply_server_side_encryption_by_default {
       sse_algorithm     = "aws:kms"
-      kms_master_key_id = aws_kms_key.fleet.arn
+      kms_master_key_id = var.kms_key_arn
     }
   }
 }

@@ -33,7 +33,7 @@ resource "aws_launch_template" "worker" {
   instance_type          = var.worker_instance_type
   ebs_optimized          = true
   update_default_version = true
-  vpc_security_group_ids = [aws_security_group.worker.id]
+  vpc_security_group_ids = [var.worker_security_group_id]
 
   iam_instance_profile {
     arn = aws_iam_instance_profile.worker.arn
@@ -83,18 +83,18 @@ resource "aws_launch_template" "worker" {
 
   tag_specifications {
     resource_type = "instance"
-    tags          = merge(local.tags, { Name = "${var.name}-worker", Role = "worker" })
+    tags          = merge(var.tags, { Name = "${var.name}-worker", Role = "worker" })
   }
 
   tag_specifications {
     resource_type = "volume"
-    tags          = merge(local.tags, { Name = "${var.name}-worker", Role = "worker" })
+    tags          = merge(var.tags, { Name = "${var.name}-worker", Role = "worker" })
   }
 }
 
 resource "aws_autoscaling_group" "worker" {
   name                = local.worker_group_name
-  vpc_zone_identifier = local.private_subnet_ids
+  vpc_zone_identifier = var.private_subnet_ids
 
   min_size         = var.worker_min_size
   max_size         = var.worker_max_size
@@ -184,7 +184,7 @@ resource "aws_autoscaling_group" "worker" {
     ignore_changes = [desired_capacity]
 
     precondition {
-      condition     = length(local.private_subnet_ids) >= 2
+      condition     = length(var.private_subnet_ids) >= 2
       error_message = "The worker group must span at least two subnets."
     }
     precondition {

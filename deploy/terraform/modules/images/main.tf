@@ -1,11 +1,15 @@
-# Where the images come from. Two private ECR repositories (create_ecr_repositories):
+# Where the images come from. Two private ECR repositories (create_repositories):
 # <name>/worker for the GPU image and <name>/cpu for the CPU image the autoscaler
-# runs. The instance roles may pull from these, from any ECR repository that
-# worker_image or autoscaler_image names, and from ecr_repository_arns: an image
-# in ECR never meets a registry login the role may not make.
+# runs. Output pull_arns: these, any ECR repository that one of var.images
+# names, and var.repository_arns; the instance roles may pull from them, so an
+# image in ECR never meets a registry login the role may not make.
+
+data "aws_partition" "current" {}
 
 locals {
-  ecr_repositories = var.create_ecr_repositories ? {
+  partition = data.aws_partition.current.partition
+
+  ecr_repositories = var.create_repositories ? {
     worker = "${var.name}/worker"
     cpu    = "${var.name}/cpu"
   } : {}
@@ -13,7 +17,7 @@ locals {
   # 123456789012.dkr.ecr.us-east-1.amazonaws.com/path/name:tag -> its repository's ARN
   ecr_image_pattern = "^([0-9]{12})\\.dkr\\.ecr\\.([a-z0-9-]+)\\.amazonaws\\.com(\\.cn)?/([^:@]+)"
   image_ecr_arns = [
-    for image in [var.worker_image, var.autoscaler_image] :
+    for image in var.images :
     format(
       "arn:%s:ecr:%s:%s:repository/%s",
       local.partition,
@@ -26,7 +30,7 @@ locals {
   ecr_pull_arns = distinct(concat(
     [for repo in aws_ecr_repository.this : repo.arn],
     local.image_ecr_arns,
-    var.ecr_repository_arns,
+    var.repository_arns,
   ))
 }
 
@@ -44,7 +48,7 @@ resource "aws_ecr_repository" "this" {
 
   encryption_configuration {
     encryption_type = "KMS"
-    kms_key         = aws_kms_key.fleet.arn
+    kms_key         = var.kms_key_arn
   }
 }
 

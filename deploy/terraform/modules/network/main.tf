@@ -1,8 +1,13 @@
-# Either a new VPC across var.az_count availability zones (public subnets for the
-# NAT gateways and an internet-facing load balancer, private subnets for
-# everything else), or an existing VPC and its subnets.
+# The fleet's network: either a new VPC across var.az_count availability zones
+# (public subnets for the NAT gateways and an internet-facing load balancer,
+# private subnets for everything else), or an existing VPC and its subnets;
+# flow logs of a new VPC; and the security groups of the load balancer, the
+# workers and the autoscaler (security_groups.tf).
+
+data "aws_region" "current" {}
 
 locals {
+  region     = data.aws_region.current.name
   create_vpc = var.vpc_id == null
 
   azs = local.create_vpc ? slice(data.aws_availability_zones.available[0].names, 0, var.az_count) : []
@@ -149,7 +154,7 @@ resource "aws_cloudwatch_log_group" "flow_logs" {
 
   name              = "/${var.name}/vpc-flow-logs"
   retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.fleet.arn
+  kms_key_id        = var.kms_key_arn
 }
 
 data "aws_iam_policy_document" "flow_logs_assume" {

@@ -7,9 +7,25 @@
 #   "kafka"     Amazon MSK, private, encrypted at rest with the fleet key and
 #               between brokers; clients per var.msk_auth (default: TLS and IAM)
 # The URL reaches the instances only through SecureString parameters, and a
-# password never is in it: it is a file parameter of its own (config.tf).
+# password never is in it: it is a file parameter of its own (the worker_group
+# and autoscaler modules).
+
+data "aws_caller_identity" "current" {}
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
 
 locals {
+  account_id = data.aws_caller_identity.current.account_id
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.name
+
+  # The URL the workers and the autoscaler are given (FLEET_BROKER_URL).
+  broker_url = {
+    external = var.broker_url
+    rabbitmq = local.mq_url
+    kafka    = local.msk_url
+  }[var.broker]
+
   # Amazon MQ for RabbitMQ serves AMQP over TLS only, on 5671.
   mq_host = var.broker != "rabbitmq" ? null : regex("^amqps://([^:/]+)", aws_mq_broker.this[0].instances[0].endpoints[0])[0]
   # Amazon MQ serves the RabbitMQ management API on its console URL (HTTPS on
@@ -110,7 +126,7 @@ resource "aws_secretsmanager_secret" "mq" {
   # secret (and the broker's password in it) is kept, not replaced.
   name_prefix             = "${var.name}/rabbitmq-password-"
   description             = "${var.name}: password of the Amazon MQ administrator ${var.mq_admin_username}"
-  kms_key_id              = aws_kms_key.fleet.arn
+  kms_key_id              = var.kms_key_arn
   recovery_window_in_days = 7
 }
 
@@ -133,7 +149,7 @@ resource "aws_secretsmanager_secret" "mq_fleet" {
 
   name_prefix             = "${var.name}/rabbitmq-app-password-"
   description             = "${var.name}: password of the Amazon MQ application user ${var.broker_username}"
-  kms_key_id              = aws_kms_key.fleet.arn
+  kms_key_id              = var.kms_key_arn
   recovery_window_in_days = 7
 }
 
@@ -183,7 +199,7 @@ resource "aws_mq_broker" "this" {
   host_instance_type         = var.mq_instance_type
   deployment_mode            = var.mq_deployment_mode
   publicly_accessible        = false
-  subnet_ids                 = var.mq_deployment_mode == "SINGLE_INSTANCE" ? [local.private_subnet_ids[0]] : local.private_subnet_ids
+  subnet_ids                 = var.mq_deployment_mode == "SINGLE_INSTANCE" ? [var.private_subnet_ids[0]] : var.private_subnet_ids
   security_groups            = [aws_security_group.broker[0].id]
   auto_minor_version_upgrade = true
 
@@ -226,7 +242,7 @@ resource "aws_cloudwatch_log_group" "msk" {
 
   name              = "/${var.name}/msk"
   retention_in_days = var.log_retention_days
-  kms_key_id        = aws_kms_key.fleet.arn
+  kms_key_id        = var.kms_key_arn
 }
 
 resource "aws_msk_cluster" "this" {
@@ -234,11 +250,11 @@ resource "aws_msk_cluster" "this" {
 
   cluster_name           = "${var.name}-kafka"
   kafka_version          = var.msk_kafka_version
-  number_of_broker_nodes = coalesce(var.msk_broker_nodes, length(local.private_subnet_ids))
+  number_of_broker_nodes = coalesce(var.msk_broker_nodes, length(var.private_subnet_ids))
 
   broker_node_group_info {
     instance_type   = var.msk_instance_type
-    client_subnets  = local.private_subnet_ids
+    client_subnets  = var.private_subnet_ids
     security_groups = [aws_security_group.broker[0].id]
 
     storage_info {
@@ -249,7 +265,7 @@ resource "aws_msk_cluster" "this" {
   }
 
   encryption_info {
-    encryption_at_rest_kms_key_arn = aws_kms_key.fleet.arn
+    encryption_at_rest_kms_key_arn = var.kms_key_arn
 
     encryption_in_transit {
       client_broker = var.msk_auth == "plaintext" ? "PLAINTEXT" : "TLS"
@@ -284,7 +300,7 @@ resource "aws_msk_cluster" "this" {
 
   lifecycle {
     precondition {
-      condition     = coalesce(var.msk_broker_nodes, length(local.private_subnet_ids)) % length(local.private_subnet_ids) == 0
+      condition     = coalesce(var.msk_broker_nodes, length(var.private_subnet_ids)) % length(var.private_subnet_ids) == 0
       error_message = "msk_broker_nodes must be a multiple of the number of private subnets."
     }
   }
@@ -307,7 +323,7 @@ resource "aws_secretsmanager_secret" "msk_scram" {
 
   name_prefix             = "AmazonMSK_${var.name}-${var.broker_username}-"
   description             = "${var.name}: SASL/SCRAM credentials of the MSK user ${var.broker_username}"
-  kms_key_id              = aws_kms_key.fleet.arn
+  kms_key_id              = var.kms_key_arn
   recovery_window_in_days = 7
 }
 
@@ -332,12 +348,4 @@ resource "aws_msk_scram_secret_association" "this" {
   secret_arn_list = [aws_secretsmanager_secret.msk_scram[0].arn]
 
   depends_on = [aws_secretsmanager_secret_version.msk_scram]
-}
-
-# Plaintext is an explicit opt-in; plan and apply say so every time.
-check "msk_plaintext" {
-  assert {
-    condition     = !(var.broker == "kafka" && var.msk_auth == "plaintext")
-    error_message = "msk_auth = \"plaintext\": MSK takes clients without TLS and without authentication on 9092; requests, replies and every topic are readable and writable by anything the security group admits."
-  }
 }

@@ -37,8 +37,8 @@ resource "aws_lb" "this" {
   name                       = "${var.name}-alb"
   load_balancer_type         = "application"
   internal                   = var.alb_internal
-  subnets                    = local.alb_subnet_ids
-  security_groups            = [aws_security_group.alb.id]
+  subnets                    = var.alb_subnet_ids
+  security_groups            = [var.alb_security_group_id]
   drop_invalid_header_fields = true
   enable_deletion_protection = var.alb_deletion_protection
 
@@ -53,7 +53,7 @@ resource "aws_lb" "this" {
 
   lifecycle {
     precondition {
-      condition     = length(local.alb_subnet_ids) >= 2
+      condition     = length(var.alb_subnet_ids) >= 2
       error_message = "The load balancer needs at least two subnets (public_subnet_ids when alb_internal = false)."
     }
   }
@@ -64,7 +64,7 @@ resource "aws_lb_target_group" "worker" {
   port                 = var.worker_oip_port
   protocol             = "HTTP"
   target_type          = "instance"
-  vpc_id               = local.vpc_id
+  vpc_id               = var.vpc_id
   deregistration_delay = 30
 
   health_check {
@@ -96,7 +96,7 @@ resource "aws_lb_target_group" "grpc" {
   protocol             = "HTTP"
   protocol_version     = "GRPC"
   target_type          = "instance"
-  vpc_id               = local.vpc_id
+  vpc_id               = var.vpc_id
   deregistration_delay = 30
 
   health_check {
