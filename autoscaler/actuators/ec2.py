@@ -342,6 +342,10 @@ class Ec2Actuator(Actuator):
             if pool.get(key) is not None:
                 kwargs[key] = pool[key]
         kwargs.setdefault("PoolState", "Stopped")
+        cap = kwargs.get("MaxGroupPreparedCapacity")
+        if cap is not None and 0 <= int(cap) < size:
+            # a cap below the minimum would be read as the minimum anyway
+            kwargs["MaxGroupPreparedCapacity"] = size
         await self.call("PutWarmPool", self.client.put_warm_pool, **kwargs)
         self._pool = {**pool, **kwargs}
         log.info("warm pool sized", group=self.group_name, min_size=size, was=pool.get("MinSize"))

@@ -243,6 +243,7 @@ module "autoscaler" {
   models                       = var.models
   autoscaler_config            = var.autoscaler_config
   autoscaler_env               = var.autoscaler_env
+  autoscaler_warm_pool         = var.autoscaler_warm_pool
   metrics_namespace            = var.metrics_namespace
   ebs_kms_key_arn              = var.ebs_kms_key_arn
   enable_ssm_session_manager   = var.enable_ssm_session_manager

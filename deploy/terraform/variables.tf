@@ -422,6 +422,17 @@ variable "autoscaler_config" {
   sensitive   = true
 }
 
+variable "autoscaler_warm_pool" {
+  description = "The worker group's warm pool as the autoscaler keeps it: null leaves it as warm_pool_min_size made it; \"auto\" keeps the policy's next scale-out step ready, following the fleet's size (never below its size at start); a number keeps that many. Grants the autoscaler autoscaling:PutWarmPool on the worker group."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.autoscaler_warm_pool == null || can(regex("^(auto|[0-9]+)$", var.autoscaler_warm_pool))
+    error_message = "autoscaler_warm_pool is null, \"auto\" or a whole number of instances."
+  }
+}
+
 variable "autoscaler_env" {
   description = "Extra environment for the autoscaler container (its settings are in the TOML configuration). Stored as SecureString parameters under the autoscaler's path."
   type        = map(string)

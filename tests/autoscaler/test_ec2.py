@@ -570,3 +570,16 @@ async def test_auto_never_shrinks_the_pool_below_its_size_at_start(
     assert await act.size_warm_pool(1) == 5
     got = group.asg.describe_warm_pool(AutoScalingGroupName=group.name)["WarmPoolConfiguration"]
     assert got["MinSize"] == 5
+
+
+@pytest.mark.aws
+async def test_a_prepared_capacity_cap_below_the_new_size_is_raised(
+    aws_url: str, group: Group
+) -> None:
+    """Terraform sets the cap to the pool's size (so the pool holds exactly
+    that many); a larger pool raises it with the minimum."""
+    group.asg.put_warm_pool(AutoScalingGroupName=group.name, MinSize=1, MaxGroupPreparedCapacity=1)
+    act = _actuator(aws_url, group, warm_pool="auto")
+    assert await act.size_warm_pool(3) == 3
+    got = group.asg.describe_warm_pool(AutoScalingGroupName=group.name)["WarmPoolConfiguration"]
+    assert (got["MinSize"], got["MaxGroupPreparedCapacity"]) == (3, 3)

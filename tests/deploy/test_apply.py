@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -355,6 +356,21 @@ def _check_load_balancer(a: Applied) -> None:
     assert (action["Type"], action["TargetGroupArn"]) == ("forward", out["target_group_arn"])
 
 
+def _check_autoscaler_config(ssm: Any, rendered: str, name: str) -> None:
+    """The configuration Terraform rendered is one the autoscaler loads, and
+    the parameter its policy state goes to exists, holding no state yet."""
+    from autoscaler.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "autoscaler.toml"
+        path.write_text(rendered, encoding="utf-8")
+        cfg = load_config(path)
+    assert cfg.state_file is not None
+    assert cfg.state_file == f"ssm:/{name}/autoscaler/policy-state"
+    state = ssm.get_parameter(Name=cfg.state_file.removeprefix("ssm:"))["Parameter"]
+    assert (state["Type"], state["Value"]) == ("String", "{}")
+
+
 def _check_load_balancer_reaches_the_oip_port_only(
     found: list[dict[str, Any]], groups: dict[str, str]
 ) -> None:
@@ -413,6 +429,7 @@ def _check_resources(a: Applied) -> None:
     assert "FLEET_METRICS_NAMESPACE" not in env
     config = ssm.get_parameter(Name=out["autoscaler_config_parameter"], WithDecryption=True)
     assert f'group_name = "{out["worker_group_name"]}"' in config["Parameter"]["Value"]
+    _check_autoscaler_config(ssm, config["Parameter"]["Value"], a.name)
 
     a.client("s3").head_bucket(Bucket=out["models_bucket"])
     repos = a.client("ecr").describe_repositories(

@@ -564,6 +564,29 @@ def test_autoscaler_may_put_metrics_into_its_namespace_only() -> None:
     assert config()["module"]["autoscaler"]["metrics_namespace"] == "${var.metrics_namespace}"
 
 
+def test_autoscaler_keeps_its_policy_state_and_may_size_the_warm_pool() -> None:
+    statements = {
+        st["sid"]: st
+        for st in block(config()["data"]["aws_iam_policy_document.autoscaler"], "statement")
+    }
+    state = statements["KeepOwnPolicyState"]
+    assert state["actions"] == ["ssm:GetParameter", "ssm:PutParameter"]
+    assert state["resources"] == ["${local.parameter_arn_prefix}${local.policy_state_name}"]
+    assert config()["locals"]["policy_state_name"] == "/${var.name}/autoscaler/policy-state"
+    # outside the env path, whose parameters become the container's environment
+    assert not config()["locals"]["policy_state_name"].startswith(
+        config()["locals"]["autoscaler_parameter_path"]
+    )
+    pool = _dynamic_statements("aws_iam_policy_document.autoscaler")["SizeWorkerWarmPool"]
+    assert pool["actions"] == ["autoscaling:PutWarmPool"]
+    assert pool["resources"] == ["${var.worker_group_arn}"]
+    assert "var.autoscaler_warm_pool" in pool["for_each"]
+    assert config()["module"]["autoscaler"]["autoscaler_warm_pool"] == "${var.autoscaler_warm_pool}"
+    template = (AUTOSCALER_TEMPLATES / "autoscaler.toml.tftpl").read_text(encoding="utf-8")
+    assert 'state_file = ${jsonencode("ssm:${state_name}")}' in template
+    assert "warm_pool = ${warm_pool}" in template
+
+
 def test_both_roles_may_pull_every_ecr_image_they_run() -> None:
     # An ECR image whose repository the role may not pull from fails the
     # registry login under set -e, and the launch hook abandons the instance.
@@ -640,7 +663,12 @@ def test_no_secret_in_user_data() -> None:
         assert not re.search(r"AKIA[0-9A-Z]{16}", text), path.name
         assert "get-parameters-by-path" in text or "RUN_SCRIPT" in text, path.name
     # The broker URL reaches the instances only as SecureString parameters.
+    # One exception: the autoscaler's policy state (times and instance counts,
+    # written by the autoscaler itself), made holding nothing.
     for key, param in resources("aws_ssm_parameter").items():
+        if key == "aws_ssm_parameter.policy_state":
+            assert (param["type"], param["value"]) == ("String", "{}"), key
+            continue
         assert param["type"] == "SecureString", key
 
 

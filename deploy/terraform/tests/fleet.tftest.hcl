@@ -782,9 +782,44 @@ run "autoscaler_configuration" {
     error_message = "The autoscaler configuration carries the broker URL: SecureString."
   }
   assert {
+    condition = (
+      strcontains(nonsensitive(module.autoscaler.parameters.config.value), "state_file = \"ssm:/fleet/autoscaler/policy-state\"") &&
+      nonsensitive(module.autoscaler.parameters.policy_state.name) == "/fleet/autoscaler/policy-state" &&
+      nonsensitive(module.autoscaler.parameters.policy_state.value) == "{}"
+    )
+    error_message = "The autoscaler keeps its policy state in an SSM parameter the deployment makes (and removes)."
+  }
+  assert {
+    condition     = !strcontains(nonsensitive(module.autoscaler.parameters.config.value), "warm_pool")
+    error_message = "Without autoscaler_warm_pool the warm pool is left as the group has it."
+  }
+  assert {
     condition     = !strcontains(base64decode(module.autoscaler.launch_template.user_data), "not-a-real-password")
     error_message = "The broker URL must not be in the autoscaler's user data."
   }
+}
+
+run "autoscaler_sizes_the_warm_pool" {
+  command = apply
+
+  variables {
+    autoscaler_warm_pool = "auto"
+  }
+
+  assert {
+    condition     = strcontains(nonsensitive(module.autoscaler.parameters.config.value), "warm_pool = \"auto\"")
+    error_message = "autoscaler_warm_pool = \"auto\" reaches the actuator's configuration."
+  }
+}
+
+run "autoscaler_warm_pool_is_checked" {
+  command = plan
+
+  variables {
+    autoscaler_warm_pool = "some"
+  }
+
+  expect_failures = [var.autoscaler_warm_pool]
 }
 
 run "https_listener_with_certificate" {

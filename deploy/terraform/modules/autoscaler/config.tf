@@ -22,6 +22,9 @@ locals {
   )
 
   # The autoscaler's TOML carries the broker URL, so it is a SecureString too.
+  warm_pool = var.autoscaler_warm_pool == null ? null : (
+    var.autoscaler_warm_pool == "auto" ? "\"auto\"" : tostring(tonumber(var.autoscaler_warm_pool))
+  )
   autoscaler_config = var.autoscaler_config != null ? var.autoscaler_config : templatefile("${path.module}/templates/autoscaler.toml.tftpl", {
     broker_url   = var.broker_url
     models       = var.models
@@ -31,7 +34,24 @@ locals {
     max_capacity = var.worker_max_size
     metrics_port = var.autoscaler_metrics_port
     namespace    = var.metrics_namespace
+    state_name   = local.policy_state_name
+    warm_pool    = local.warm_pool
   })
+}
+
+# Made holding {} (read as no state yet) so that destroying the deployment
+# removes it; the autoscaler overwrites it, so its value and tier are its own.
+# Not a secret: times and instance counts.
+resource "aws_ssm_parameter" "policy_state" {
+  name        = local.policy_state_name
+  description = "${var.name} autoscaler policy state (written by the autoscaler)"
+  type        = "String"
+  tier        = "Intelligent-Tiering"
+  value       = "{}"
+
+  lifecycle {
+    ignore_changes = [value, tier]
+  }
 }
 
 resource "aws_ssm_parameter" "autoscaler_env" {

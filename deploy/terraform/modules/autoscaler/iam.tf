@@ -69,6 +69,21 @@ data "aws_iam_policy_document" "autoscaler" {
   }
 
   statement {
+    sid       = "KeepOwnPolicyState"
+    actions   = ["ssm:GetParameter", "ssm:PutParameter"]
+    resources = ["${local.parameter_arn_prefix}${local.policy_state_name}"]
+  }
+
+  dynamic "statement" {
+    for_each = var.autoscaler_warm_pool == null ? [] : [1]
+    content {
+      sid       = "SizeWorkerWarmPool"
+      actions   = ["autoscaling:PutWarmPool"]
+      resources = [var.worker_group_arn]
+    }
+  }
+
+  statement {
     sid = "SetCapacityOfWorkerGroupOnly"
     actions = [
       "autoscaling:SetDesiredCapacity",

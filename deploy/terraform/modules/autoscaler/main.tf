@@ -17,6 +17,9 @@ locals {
   autoscaler_parameter_path      = "/${var.name}/autoscaler/env"
   autoscaler_file_parameter_path = "/${var.name}/autoscaler/files"
   autoscaler_config_name         = "/${var.name}/autoscaler/config"
+  # The policy's state (cooldowns, stabilization window, learned surges),
+  # which the autoscaler writes after each poll and reads back at start.
+  policy_state_name = "/${var.name}/autoscaler/policy-state"
 }
 
 resource "aws_cloudwatch_log_group" "autoscaler" {

@@ -49,11 +49,12 @@ output "role_policies" {
 }
 
 output "parameters" {
-  description = "The autoscaler's SSM parameters: env (by variable), config, and broker_password (a list of zero or one)."
+  description = "The autoscaler's SSM parameters: env (by variable), config, broker_password (a list of zero or one) and policy_state."
   value = {
     env             = aws_ssm_parameter.autoscaler_env
     config          = aws_ssm_parameter.autoscaler_config
     broker_password = aws_ssm_parameter.autoscaler_broker_password
+    policy_state    = aws_ssm_parameter.policy_state
   }
   sensitive = true
 }

@@ -137,6 +137,12 @@ variable "autoscaler_config" {
   sensitive   = true
 }
 
+variable "autoscaler_warm_pool" {
+  description = "The worker group's warm pool as the autoscaler keeps it: null leaves it as warm_pool_min_size made it; \"auto\" keeps the policy's next scale-out step ready (never below its size at start); a number keeps that many."
+  type        = string
+  default     = null
+}
+
 variable "autoscaler_env" {
   description = "Extra environment for the autoscaler container (its settings are in the TOML configuration). Stored as SecureString parameters under the autoscaler's path."
   type        = map(string)
