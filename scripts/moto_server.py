@@ -1,4 +1,5 @@
-"""moto's AWS server, with the Amazon MSK calls moto does not answer filled in.
+"""moto's AWS server, with the Amazon MSK calls moto does not answer filled in,
+and S3's conditional writes made atomic.
 
 ``scripts/moto.sh`` runs this in place of ``moto_server`` (same arguments).
 moto creates an MSK cluster but leaves it ``CREATING`` for ever, and answers
@@ -18,12 +19,19 @@ neither GetBootstrapBrokers nor the SASL/SCRAM secret calls, so a
 It stands in for MSK's control plane only: no broker listens on those hosts.
 What it lets a test check is the Terraform's wiring (URLs, ports, rights,
 secrets), not MSK itself.
+
+S3: moto checks a PutObject's ``If-Match`` / ``If-None-Match`` and then
+writes, in two steps with nothing held between them, so two requests served
+at once on its threads can both pass the same condition. S3 itself lets
+exactly one win. Here a conditional PutObject holds one lock from its check
+to its write.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -119,7 +127,25 @@ def _found_first(describe: Callable[..., dict[str, Any]]) -> Callable[..., dict[
     return found_first
 
 
+_CONDITIONAL_PUTS = threading.Lock()
+
+
+def _atomic_conditional_puts() -> None:
+    from moto.s3.responses import S3Response
+
+    put = S3Response.put_object
+
+    def put_object(self: S3Response) -> Any:
+        if self.headers.get("If-Match") or self.headers.get("If-None-Match"):
+            with _CONDITIONAL_PUTS:
+                return put(self)
+        return put(self)
+
+    S3Response.put_object = put_object  # type: ignore[method-assign]
+
+
 def _patch() -> None:
+    _atomic_conditional_puts()
     created = models.FakeKafkaCluster.__init__
 
     def active_at_once(self: models.FakeKafkaCluster, *args: Any, **kwargs: Any) -> None:

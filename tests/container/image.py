@@ -66,8 +66,7 @@ def inspect(image: str) -> dict[str, Any]:
 
 def prepare_image() -> None:
     """Build the image ahead of a container test, before it holds the shared
-    servers. A failure is left for the test's own fixture to report."""
-    if missing_tools():
-        return
+    servers (installing the tools first where they are missing). A failure is
+    left for the test's own fixture to report."""
     with contextlib.suppress(ImageBuildFailed, subprocess.TimeoutExpired):
         worker_image()

@@ -39,18 +39,18 @@ MAX_IMAGE_BYTES = 650_000_000
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    absent = missing_tools()
-    if absent:
-        message = (
-            f"the container tier needs {', '.join(absent)} (scripts/container.sh installs them)"
-        )
-        if IN_CI:
-            pytest.fail(f"{message} (CI=true: a missing tool is a failure)", pytrace=False)
-        pytest.skip(message)
+    """The image, built by scripts/container.sh, which installs debootstrap,
+    podman and buildah where they are missing (as root, from apt)."""
     try:
         return worker_image()
     except ImageBuildFailed as exc:
-        pytest.fail(str(exc), pytrace=False)
+        absent = missing_tools()
+        if not absent:
+            pytest.fail(str(exc), pytrace=False)
+        message = f"the container tier needs {', '.join(absent)}, which could not be installed"
+        if IN_CI:
+            pytest.fail(f"{message} (CI=true: a missing tool is a failure)\n{exc}", pytrace=False)
+        pytest.skip(message)
 
 
 @pytest.fixture(scope="module")
