@@ -553,3 +553,34 @@ async def test_a_second_stop_waits_until_the_consumer_has_left(
         await getattr(consumer, stop)()
         assert consumer._kafka._closed, f"second {stop}() returned before the client stopped"
         await first
+
+
+# --------------------------------------------------------------------------- idle
+
+
+async def test_idle_consumers_poll_seldom_and_a_record_still_wakes_them_at_once(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a fetch that brought nothing, a consumer's next one waits
+    ``FETCH_IDLE_POLL_MS``; a record that arrives meanwhile ends that wait.
+    With the wait set to a minute, an idle group consumer and tail consumer
+    each fetch a few times in two seconds, not twenty, and records published
+    then are taken long before the minute is up."""
+    from fleet.transport import _kafka_consumer
+    from fleet.transport._kafka_consumer import GroupConsumer, TailConsumer
+
+    monkeypatch.setattr(_kafka_consumer, "FETCH_IDLE_POLL_MS", 60_000)
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    got: list[Delivery] = []
+    beats: list[bytes] = []
+    group = await t.consume(unique_model, ONLINE, collector(got), prefetch=4)
+    tail = await t.subscribe_heartbeats(beats.append)
+    assert isinstance(group, GroupConsumer) and isinstance(tail, TailConsumer)
+    before = (group.fetches, tail.fetches)
+    await asyncio.sleep(2.0)
+    polls = (group.fetches - before[0], tail.fetches - before[1])
+    assert max(polls) <= 2, polls  # 100 ms polls would make about twenty each
+    await t.publish_request(unique_model, ONLINE, b"wake up")
+    await t.publish_heartbeat(b"beat")
+    await eventually(lambda: len(got) == 1 and b"beat" in beats, timeout=20)
