@@ -564,23 +564,25 @@ async def test_idle_consumers_poll_seldom_and_a_record_still_wakes_them_at_once(
     """After a fetch that brought nothing, a consumer's next one waits
     ``FETCH_IDLE_POLL_MS``; a record that arrives meanwhile ends that wait.
     With the wait set to a minute, an idle group consumer and tail consumer
-    each fetch a few times in two seconds, not twenty, and records published
-    then are taken long before the minute is up."""
+    (an inbox on a topic of its own: nothing else writes there) each fetch a
+    few times in two seconds, not twenty, and records published then are
+    taken long before the minute is up."""
     from fleet.transport import _kafka_consumer
-    from fleet.transport._kafka_consumer import GroupConsumer, TailConsumer
+    from fleet.transport._kafka_consumer import GroupConsumer
 
     monkeypatch.setattr(_kafka_consumer, "FETCH_IDLE_POLL_MS", 60_000)
-    t = await kafka(partitions=1)
+    t = await kafka(partitions=1, inbox="topic")
     await t.declare_model(unique_model)
     got: list[Delivery] = []
-    beats: list[bytes] = []
+    replies: list[bytes] = []
     group = await t.consume(unique_model, ONLINE, collector(got), prefetch=4)
-    tail = await t.subscribe_heartbeats(beats.append)
-    assert isinstance(group, GroupConsumer) and isinstance(tail, TailConsumer)
+    address = await t.open_inbox(replies.append)
+    tail = t._inboxes[address]
+    assert isinstance(group, GroupConsumer)
     before = (group.fetches, tail.fetches)
     await asyncio.sleep(2.0)
     polls = (group.fetches - before[0], tail.fetches - before[1])
     assert max(polls) <= 2, polls  # 100 ms polls would make about twenty each
     await t.publish_request(unique_model, ONLINE, b"wake up")
-    await t.publish_heartbeat(b"beat")
-    await eventually(lambda: len(got) == 1 and b"beat" in beats, timeout=20)
+    await t.publish_reply(address, b"reply")
+    await eventually(lambda: len(got) == 1 and replies == [b"reply"], timeout=20)
