@@ -73,9 +73,12 @@ class PolicyConfig:
     and nothing configured says (scaling from zero): a low guess, so the first
     step is sized for the load rather than a single instance. It only ever adds
     capacity; once instances serve, their measurement takes over."""
-    target_load: float = 0.9
-    """Share of ``per_instance_rps`` to plan each instance for (headroom for
-    Poisson bursts and measurement error)."""
+    target_load: float = 1.0
+    """Share of ``per_instance_rps`` to plan each instance for. That rate is
+    already the most one instance serves with p99 within the objective under
+    Poisson arrivals (as ``fleet recommend`` measures it, and the simulator's
+    profile states it), so bursts are in it; lower this for headroom against
+    a measurement you trust less."""
     drain_time_s: float = 30.0
     """Time within which the capacity asked for should clear the backlog."""
     target_utilization: float = 0.75

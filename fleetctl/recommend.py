@@ -1,6 +1,6 @@
 """``fleet recommend``: ramp offered load against one worker until saturation.
 
-Steps of open-loop load (each ``growth`` times the last), one request per
+Steps of open-loop Poisson load (each ``growth`` times the last), one request per
 broker message, each request timed from publish to reply by its id. The ramp
 stops at saturation: throughput stops growing (less than 5% more than the
 step before), p99 latency passes the objective, or more than 1% of requests
@@ -164,10 +164,14 @@ async def _offer(
 ) -> tuple[list[asyncio.Task[None]], float, float]:
     """Start ``rate`` requests/s for one step; returns the tasks and the step's span."""
     rng = np.random.default_rng(int(rate * 1000) % (2**32))
+    # Poisson arrivals: the sustainable rate is then what real traffic, with
+    # its bursts, gets within the objective
+    due_at = np.cumsum(rng.exponential(1.0 / rate, int(rate * settings.step_s * 1.5) + 64))
     tasks: list[asyncio.Task[None]] = []
     start = time.monotonic()
     while (elapsed := time.monotonic() - start) < settings.step_s:
-        for _ in range(max(0, int(rate * elapsed) - len(tasks))):
+        due = int(np.searchsorted(due_at, elapsed, side="right"))
+        for _ in range(max(0, due - len(tasks))):
             x = rng.standard_normal((1, settings.features)).astype(np.float32)
             tasks.append(asyncio.create_task(_one(client, settings, tracker, x)))
         await asyncio.sleep(0.005)

@@ -13,11 +13,26 @@ Time advances in steps of ``dt_s`` (100 ms). Each step:
   settles at the batch size ``b = λ t(b)`` (the requests that arrive during one
   run make the next batch); with a backlog, each takes its share of it too.
   Within a step the queue drains as a fluid at ``c b / t(b)`` requests/s.
-- **latency** of a request: its wait in the FIFO (departure by fluid position,
-  exact per cohort) + the rest of the batch already running when it arrived
-  (uniform over ``t(b)`` when the instance is busy, none when idle; each cohort
-  is split into 8 equal parts at that distribution's octiles) + its own batch
-  ``t(b)``.
+- **latency** of a request, by what it meets:
+
+  - *no backlog* (at most a batch per instance waits, the queue's own
+    Poisson fluctuation): the stationary latency of the ``c`` instances in
+    service offered the pattern's rate at that moment
+    (:mod:`autoscaler.simulator.stationary`: measured request by request, as
+    the event-level reference serves them, and interpolated). The cohort is
+    split at that distribution's quantiles, and its share over the objective
+    is read from it. It does not depend on ``dt``: the step's own Poisson
+    count does not enter it, so a smaller step no longer means noisier
+    batches;
+  - *a backlog* (more than a batch per instance waits): its wait in the FIFO
+    (departure by fluid position, exact per cohort) + the rest of the batch
+    already running when it arrived (uniform over ``t(b)`` when the instance
+    is busy, none when idle; each cohort split into 8 equal parts at that
+    distribution's octiles) + its own batch ``t(b)``.
+
+  :func:`~autoscaler.simulator.events.event_level` replays a run's arrivals
+  and its instances in service request by request: the two agree within a
+  few percent on every built-in pattern and step (``tests/autoscaler``).
 - **capacity**: the policy is asked every ``poll_interval_s`` with a
   :class:`~autoscaler.types.Snapshot` of what the live signals would read:
   busy fraction and GPU utilization as workers report them (busy time, so
@@ -65,6 +80,7 @@ from autoscaler.baselines import StaticPolicy
 from autoscaler.ewma import Ewma
 from autoscaler.simulator.patterns import Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
+from autoscaler.simulator.stationary import WEIGHTS, LatencyTable, table_for
 from autoscaler.types import Policy, Snapshot
 
 FloatArray = npt.NDArray[np.float64]
@@ -175,6 +191,9 @@ class SimResult:
     """Spot interruptions during the run."""
     mean_warm_pool: float = 0.0
     """Instances stopped in the warm pool, time-average (their volumes are billed)."""
+    serving: IntArray | None = field(default=None, repr=False, compare=False)
+    """Instances in service in each step (to replay the run's capacity in
+    :func:`~autoscaler.simulator.events.event_level`)."""
 
     @property
     def over_share(self) -> float:
@@ -206,21 +225,31 @@ def _bin_of(lat: FloatArray) -> IntArray:
     return idx
 
 
+_Batch = tuple[FloatArray, FloatArray | IntArray, FloatArray, FloatArray, IntArray]
+"""Buffered cohorts: five arrays of one length (see :meth:`_Recorder.add`)."""
+
+
 @dataclass(slots=True)
 class _Recorder:
     """Latency histograms: overall and per timeline bucket. Cohorts are
     buffered and binned many at a time (:meth:`flush`); read ``hist``,
-    ``per_bucket`` and ``over`` after the last flush."""
+    ``per_bucket`` and ``over`` after the last flush.
+
+    Two kinds of cohort: *queued* ones (they waited in the FIFO behind a
+    backlog: their wait, the rest of a running batch, their own batch) and
+    *stationary* ones (no backlog when they arrived: the latency that ``c``
+    instances offered the step's rate settle into, from the
+    :class:`~autoscaler.simulator.stationary.LatencyTable`)."""
 
     objective_s: float
     buckets: int
+    table: LatencyTable
     hist: FloatArray = field(init=False)
     per_bucket: FloatArray = field(init=False)
     over: float = 0.0
-    _pending: list[tuple[FloatArray, FloatArray | IntArray, FloatArray, FloatArray, IntArray]] = (
-        field(init=False, default_factory=list)
-    )
-    _steps: list[tuple[FloatArray, IntArray, FloatArray, IntArray, int]] = field(
+    _pending: list[_Batch] = field(init=False, default_factory=list)
+    _stationary: list[_Batch] = field(init=False, default_factory=list)
+    _steps: list[tuple[FloatArray, IntArray, IntArray, int]] = field(
         init=False, default_factory=list
     )
     _pending_n: int = 0
@@ -237,67 +266,107 @@ class _Recorder:
         rho: FloatArray,
         bucket: IntArray,
     ) -> None:
-        """Cohorts: latency before the residual (``base``), their size, the batch
-        run time and the busy fraction that sets the residual distribution."""
+        """Queued cohorts: latency before the residual (``base``), their size,
+        the batch run time and the busy fraction that sets the residual
+        distribution."""
         if base.size == 0:
             return
         self._pending.append((base, weight, run, rho, bucket))
-        self._pending_n += base.size
-        if self._pending_n >= _FLUSH_COHORTS:
-            self.flush()
+        self._count(base.size)
 
-    def add_steps(
-        self, run: FloatArray, n: IntArray, rho: FloatArray, bucket: IntArray, c: int
+    def add_stationary(
+        self,
+        base: FloatArray,
+        weight: FloatArray | IntArray,
+        u: FloatArray,
+        c: FloatArray,
+        bucket: IntArray,
     ) -> None:
+        """Stationary cohorts: a wait before (``base``), their size, the load
+        (``u``, of the peak throughput) and the instances in service."""
+        if base.size == 0:
+            return
+        self._stationary.append((base, weight, u, c, bucket))
+        self._count(base.size)
+
+    def add_steps(self, u: FloatArray, n: IntArray, bucket: IntArray, c: int) -> None:
         """Steps without a queue, ``c`` in service: each step's ``n``
-        arrivals wait for nothing but the rest of the running batch, then
-        their own (``run``); ``rho`` is the busy fraction."""
-        self._steps.append((run, n, rho, bucket, c))
-        self._pending_n += n.size
+        arrivals meet the stationary latency at its load ``u``."""
+        self._steps.append((u, n, bucket, c))
+        self._count(n.size)
+
+    def _count(self, n: int) -> None:
+        self._pending_n += n
         if self._pending_n >= _FLUSH_COHORTS:
             self.flush()
 
     def _merged_steps(self) -> None:
-        """The buffered steps as cohorts, one per distinct arrival count,
-        instances in service and timeline bucket (their latencies are the
-        same: the count and the instances set the batch), with the summed
-        arrivals as weight (exact: counts of requests)."""
+        """The buffered steps as stationary cohorts, one per load (to 1/4096
+        of the peak), instances in service and timeline bucket, with the
+        summed arrivals as weight (exact: counts of requests)."""
         steps, self._steps = self._steps, []
-        run, rho = (np.concatenate([p[i] for p in steps]) for i in (0, 2))
-        n, bucket = (np.concatenate([p[i] for p in steps]) for i in (1, 3))
-        c = np.concatenate([np.full(len(p[1]), p[4], dtype=np.int64) for p in steps])
-        key = (bucket * (int(c.max()) + 1) + c) * (int(n.max()) + 1) + n
+        u = np.rint(np.concatenate([p[0] for p in steps]) * 4096.0).astype(np.int64)
+        n, bucket = (np.concatenate([p[i] for p in steps]) for i in (1, 2))
+        c = np.concatenate([np.full(len(p[1]), p[3], dtype=np.int64) for p in steps])
+        key = (bucket * (int(c.max()) + 1) + c) * (int(u.max()) + 1) + u
         _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
         weight = np.bincount(inverse.ravel(), weights=n)
-        self._pending.append((run[first], weight, run[first], rho[first], bucket[first]))
+        self._stationary.append(
+            (
+                np.zeros(first.size),
+                weight,
+                u[first] / 4096.0,
+                c[first].astype(np.float64),
+                bucket[first],
+            )
+        )
 
     def flush(self) -> None:
         """Bin every buffered cohort."""
         if self._steps:
             self._merged_steps()
-        if not self._pending:
-            return
+        if self._pending:
+            self._flush_queued()
+        if self._stationary:
+            self._flush_stationary()
+        self._pending_n = 0
+
+    def _flush_queued(self) -> None:
         base, weight, run, rho = (np.concatenate([p[i] for p in self._pending]) for i in range(4))
         bucket = np.concatenate([p[4] for p in self._pending])
         self._pending.clear()
-        self._pending_n = 0
-        some = weight > 0
-        if not some.all():  # steps without arrivals
-            base, weight, run, rho, bucket = (a[some] for a in (base, weight, run, rho, bucket))
-            if base.size == 0:
-                return
         r = np.maximum(rho, 1e-12)[:, None]
         resid = np.clip((_OCTILES[None, :] - (1.0 - r)) / r, 0.0, 1.0) * run[:, None]
-        lat = (base[:, None] + resid).ravel()
-        w = np.repeat(weight / _SPLIT, _SPLIT)
+        lat = base[:, None] + resid
+        self._bin(lat, weight[:, None] / _SPLIT * np.ones(_SPLIT), bucket)
+        self.over += float((weight[:, None] / _SPLIT * (lat > self.objective_s)).sum())
+
+    def _flush_stationary(self) -> None:
+        base, weight, u, c = (np.concatenate([p[i] for p in self._stationary]) for i in range(4))
+        bucket = np.concatenate([p[4] for p in self._stationary])
+        self._stationary.clear()
+        some = weight > 0
+        if not some.all():  # steps without arrivals
+            base, weight, u, c, bucket = (a[some] for a in (base, weight, u, c, bucket))
+            if base.size == 0:
+                return
+        curves = self.table.curves(u, c)
+        self._bin(base[:, None] + curves, weight[:, None] * WEIGHTS[None, :], bucket)
+        over = self.table.over(curves, self.objective_s - base)
+        self.over += float((weight * over).sum())
+
+    def _bin(self, lat: FloatArray, w: FloatArray, bucket: IntArray) -> None:
+        """Add latencies ``lat`` (a row per cohort) of weights ``w`` (the same
+        shape) to the histograms."""
+        parts = lat.shape[1]
+        lat, w = lat.ravel(), w.ravel()
         bins = len(_EDGES) - 1
         idx = _bin_of(lat)
         self.hist += np.bincount(idx, weights=w, minlength=bins)
         lo, hi = int(bucket.min()), int(bucket.max())
-        flat = (np.repeat(bucket, _SPLIT) - lo) * bins + idx
+        flat = (np.repeat(bucket, parts) - lo) * bins + idx
         counts = np.bincount(flat, weights=w, minlength=(hi - lo + 1) * bins)
         self.per_bucket[lo : hi + 1] += counts.reshape(hi - lo + 1, bins)
-        self.over += float(w[lat > self.objective_s].sum())
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -318,6 +387,7 @@ class _Run:
     b_max: float
     t1: float
     tick_bucket: IntArray  # the timeline bucket of each step
+    serving: IntArray  # instances in service in each step (filled as the run goes)
     poll_sums: list[int]  # arrivals in each poll interval
     poll_max: list[int]  # the most arrivals in one step of each poll interval
 
@@ -348,6 +418,7 @@ class _Run:
             b_max=float(profile.max_batch),
             t1=float(profile.service_time(1.0)),
             tick_bucket=np.arange(ticks, dtype=np.int64) // bucket_ticks,
+            serving=np.zeros(ticks, dtype=np.int64),
             poll_sums=_per_poll(arrivals, poll_ticks, "sum"),
             poll_max=_per_poll(arrivals, poll_ticks, "max"),
         )
@@ -423,6 +494,9 @@ class _Cohorts:
     runs: list[float] = field(default_factory=list)
     rhos: list[float] = field(default_factory=list)
     bks: list[int] = field(default_factory=list)
+    loads: list[float] = field(default_factory=list)
+    """Per cohort: the load it met (of the peak throughput) if it arrived
+    without a backlog (a stationary cohort), else -1."""
 
 
 @dataclass(slots=True)
@@ -461,7 +535,9 @@ def simulate(
     one), e.g. what an earlier run learned (:attr:`SimResult.final_state`)."""
     cfg = config or SimConfig()
     run = _Run.make(pattern, profile, cfg, horizon_s)
-    rec = _Recorder(objective_s=cfg.latency_objective_ms / 1e3, buckets=run.n_buckets)
+    rec = _Recorder(
+        objective_s=cfg.latency_objective_ms / 1e3, buckets=run.n_buckets, table=table_for(profile)
+    )
     initial = _initial_capacity(policy, run)
     start = -(10**9)  # the initial instances have run long enough
     fleet = _Fleet(
@@ -495,6 +571,7 @@ def simulate(
         final_state=state,
         interrupted=fleet.interrupted,
         mean_warm_pool=fleet.pool_area / max(result.horizon_s, 1e-9),
+        serving=run.serving,
     )
 
 
@@ -513,6 +590,7 @@ def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_en
         if fleet.leaving:
             seg_end = min([seg_end, *(t for t in fleet.leaving if t > k)])
         c = fleet.in_service
+        run.serving[k:seg_end] = c
         n = run.arrivals[k:seg_end]
         fleet.instance_s += (c + len(fleet.booting)) * (seg_end - k) * dt
         whole = seg_end - k == run.poll_ticks and k % run.poll_ticks == 0  # a whole poll interval
@@ -529,15 +607,22 @@ def _advance(run: _Run, fleet: _Fleet, rec: _Recorder, use: _Usage, k: int, k_en
                 _tick_without_capacity(run, fleet, kk, nk)
         else:
             cohorts = _ticks(run, fleet, use, k, n.tolist(), c)
-        rec.add(
-            np.array(cohorts.bases),
-            np.array(cohorts.weights),
-            np.array(cohorts.runs),
-            np.array(cohorts.rhos),
-            np.array(cohorts.bks, dtype=np.int64),
-        )
+        _record(rec, cohorts, c)
         k = seg_end
     return k
+
+
+def _record(rec: _Recorder, cohorts: _Cohorts, c: int) -> None:
+    """Hand a stretch's cohorts to the recorder, each as its kind."""
+    base, weight, load = (np.array(a) for a in (cohorts.bases, cohorts.weights, cohorts.loads))
+    bucket = np.array(cohorts.bks, dtype=np.int64)
+    calm = load >= 0.0
+    if calm.any():
+        cs = np.full(int(calm.sum()), float(c))
+        rec.add_stationary(base[calm], weight[calm], load[calm], cs, bucket[calm])
+    queued = ~calm
+    runs, rhos = np.array(cohorts.runs), np.array(cohorts.rhos)
+    rec.add(base[queued], weight[queued], runs[queued], rhos[queued], bucket[queued])
 
 
 def _finish_boots(fleet: _Fleet, k: int) -> None:
@@ -606,7 +691,7 @@ def _fast_stretch(
     b = np.asarray(profile.batch_at_rate(lam), dtype=np.float64)
     batch_run = np.asarray(profile.service_time(b), dtype=np.float64)
     rho = np.where(b <= 1.0 + 1e-9, np.minimum(lam * run.t1, 1.0), 1.0)
-    rec.add_steps(batch_run, n, rho, run.tick_bucket[k:seg_end], c)
+    rec.add_steps(run.rates[k:seg_end] / (c * run.mu_max), n, run.tick_bucket[k:seg_end], c)
     fleet.served += total
     use.busy_s += float(rho.sum()) * c * dt
     use.sat_s += float((rho * b).sum()) / run.b_max * c * dt
@@ -645,6 +730,7 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
     dt, b_max, bucket_ticks = run.dt, run.b_max, run.bucket_ticks
     batch_of, service_time_of = run.profile.lookups()
     expiring = run.cfg.deadline_s is not None
+    rates, per_c, c_max = run.rates, 1.0 / (c * run.mu_max), c * b_max
     for kk, nk in enumerate(counts, start=k):
         t = kk * dt
         if expiring:
@@ -655,14 +741,18 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
         run_k = service_time_of(b_k)
         rate = c * b_k / run_k
         first = len(bases)
-        left, pos, out = _drain_queue(fleet, cohorts, t, rate, run_k, rate * dt + fleet.credit)
+        # a backlog the instances take in one batch each is the stationary
+        # queue's own: the stationary latency at this load covers its wait
+        calm = queued_before <= c_max
+        own = None if calm else run_k
+        left, pos, out = _drain_queue(fleet, cohorts, t, rate, own, rate * dt + fleet.credit)
         fleet.queued -= out
         fresh = (nk if nk < left else math.floor(left)) if left >= 1.0 else 0
         if fresh:
             wait = (pos + fresh / 2) / rate - dt / 2
             wait = wait if wait > 0.0 else 0.0
             fleet.wait_area += wait * fresh
-            bases.append(wait + run_k)
+            bases.append(0.0 if own is None else wait + own)
             weights.append(fresh)
             left -= fresh
             out += fresh
@@ -674,6 +764,7 @@ def _ticks(run: _Run, fleet: _Fleet, use: _Usage, k: int, counts: list[int], c: 
         cohorts.runs.extend([run_k] * added)
         cohorts.rhos.extend([rho_k] * added)
         cohorts.bks.extend([kk // bucket_ticks] * added)
+        cohorts.loads.extend([rates[kk] * per_c if calm else -1.0] * added)
         queued = fleet.queued
         fleet.served += out
         fleet.queue_area += (queued_before + queued) / 2 * dt
@@ -703,10 +794,11 @@ def _expire(run: _Run, fleet: _Fleet, t: float) -> None:
 
 
 def _drain_queue(
-    fleet: _Fleet, cohorts: _Cohorts, t: float, rate: float, run_k: float, left: float
+    fleet: _Fleet, cohorts: _Cohorts, t: float, rate: float, own: float | None, left: float
 ) -> tuple[float, float, int]:
     """Serve waiting cohorts, oldest first, while a whole request fits in
-    ``left``; returns what is left, the fluid position reached and how many
+    ``left``, each recorded as its wait plus ``own`` (``None``: as nothing,
+    the stationary latency covers it); returns what is left, the fluid position reached and how many
     were served (the queue count is not changed here)."""
     pos = 0.0
     out = 0
@@ -716,7 +808,7 @@ def _drain_queue(
         m = min(head[1], math.floor(left))
         wait = max(0.0, t + (pos + m / 2) / rate - head[0])
         fleet.wait_area += wait * m
-        cohorts.bases.append(wait + run_k)
+        cohorts.bases.append(0.0 if own is None else wait + own)
         cohorts.weights.append(m)
         pos += m
         left -= m

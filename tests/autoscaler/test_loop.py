@@ -354,7 +354,7 @@ async def test_a_change_clamped_to_nothing_is_not_resent_every_poll() -> None:
     """At the actuator's ceiling, asking for more again each poll changes
     nothing: the loop remembers the ceiling and asks again only after a while."""
     act = DryRunActuator(initial_capacity=4, max_capacity=4)
-    high = 45.0 * 10
+    high = 50.0 * 10  # ten instances' worth
     script = [(1000.0 + 5 * i, high) for i in range(4)]
     scaler = _scaler(script, act)
     now = {"t": 0.0}

@@ -4,6 +4,7 @@ default policy must meet on every built-in pattern."""
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from autoscaler.simulator.compare import compare_pattern, seer_goal
 from autoscaler.simulator.engine import SimConfig, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern, get_pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile, linear_profile
-from autoscaler.simulator.report import MAX_OVER_SHARE, MAX_STATIC_SHARE, meets_static_goal
+from autoscaler.simulator.report import MAX_OVER_SHARE, meets_static_goal
 from autoscaler.types import Decision, Policy, Snapshot
 
 pytestmark = pytest.mark.unit
@@ -142,23 +143,20 @@ def test_goal_against_the_baselines(name: str) -> None:
 # not hold the marker says by how much, as measured: strict, so the day it
 # holds the test fails and the marker must go.
 _SEER_GAP = {
-    "spiky": "measured (seed 0, learned state carried over): 9.93 instance-hours, 1.59x the"
-    " clairvoyant's 6.25, with 0.01% over the objective: pre-warming 135 s before a surge,"
-    " planning 45 req/s per instance and the 90 s scale-in stabilization after it cost more"
-    " than foresight's exact plan",
-    "triple": "measured (seed 0): 11.11 instance-hours, 1.37x the clairvoyant's 8.14, with"
-    " 0.68% over (the clairvoyant 3.15%): at the base rate the reference's two instances"
-    " leave ~3% late and three cost 1.36x; no plan has both",
-    "diurnal": "measured (seed 0): 126.93 instance-hours (1.09x the clairvoyant's 116.81)"
-    " with 0.15% over, but target tracking uses 102.64 (6.56% over): fewer requests over"
-    " the objective, not at fewer instance-hours",
-    "ramp": "measured (seed 0): 14.74 instance-hours (1.07x the clairvoyant's 13.84) with"
-    " 0.17% over, but target tracking uses 12.82 (5.60% over) and KEDA 11.94 (54.56% over):"
-    " fewer requests over the objective, not at fewer instance-hours",
-    "bursty": "measured (seed 0): 6.41% over the objective at 11.98 instance-hours, 1.84x"
-    " the clairvoyant's 6.53 (0.27% over): bursts of 10 to 60 s are over before new"
+    "spiky": "measured (seed 0, learned state carried over): 13.63 instance-hours, 1.48x the"
+    " clairvoyant's 9.22, with 0.43% over the objective: pre-warming 135 s before a surge"
+    " and the 90 s scale-in stabilization after it cost more than foresight's exact plan",
+    "diurnal": "measured (seed 0): 169.61 instance-hours (0.98x the clairvoyant's 173.44)"
+    " with 0.52% over, but target tracking uses 103.14 (12.53% over), and on 103.14"
+    " instance-hours no plan misses fewer than 8.73% (test_no_plan_meets_the_goal_on_"
+    "target_trackings_hours)",
+    "ramp": "measured (seed 0): 19.95 instance-hours (0.95x the clairvoyant's 21.07) with"
+    " 0.72% over, but target tracking uses 12.82 (13.58% over) and KEDA 11.94 (52.80%"
+    " over), and on 12.82 instance-hours no plan misses fewer than 9.41%",
+    "bursty": "measured (seed 0): 6.06% over the objective at 14.84 instance-hours, 1.63x"
+    " the clairvoyant's 9.13 (0.30% over): bursts of 10 to 60 s are over before new"
     " instances serve, so only capacity held through the idle gaps serves them; holding a"
-    " burst's capacity for 10 minutes after it costs 1.8x foresight and still misses the"
+    " burst's capacity for 10 minutes after it costs 1.6x foresight and still misses the"
     " start of a burst bigger than the last",
 }
 
@@ -193,10 +191,28 @@ def test_goal_against_foresight(name: str) -> None:
 _HOLDS = {
     "spiky": ("over", "over-seer", "target-tracking", "keda"),
     "diurnal": ("hours", "over", "over-seer", "keda"),
-    "triple": ("over", "over-seer", "target-tracking", "keda"),
+    "triple": ("hours", "over", "over-seer", "target-tracking", "keda"),
     "ramp": ("hours", "over", "over-seer"),
     "bursty": ("target-tracking", "keda"),
 }
+
+
+@pytest.mark.parametrize("name", ["diurnal", "ramp"])
+def test_no_plan_meets_the_goal_on_target_trackings_hours(name: str) -> None:
+    """On diurnal and ramp, target tracking runs so few instance-hours that
+    even a plan knowing the rate, resizing every minute for free, misses the
+    objective on more than 1% of requests on them: "at most 1% over" and
+    "fewer over than target tracking at no more instance-hours" cannot both
+    hold, for any policy."""
+    from autoscaler.simulator.frontier import least_over
+
+    run = _seer_goal(name)
+    tt = run.by_policy("target-tracking")
+    assert least_over(BUILTIN[name], tt.instance_hours) > MAX_OVER_SHARE
+    # and on the default policy's own hours the plan does little better than it
+    default = run.by_policy("default")
+    best = least_over(BUILTIN[name], default.instance_hours)
+    assert best <= default.over_share <= best + 0.005
 
 
 @pytest.mark.parametrize(
@@ -235,11 +251,11 @@ def test_what_foresight_is_worth(name: str, reachable: bool) -> None:
 # per built-in pattern, seed 0, the default fleet. Measured; a change of the
 # reference or of the simulator that moves them must say why here.
 _SEER = {
-    "spiky": (6.2529, 0.1793),
-    "diurnal": (116.8088, 0.3231),
-    "triple": (8.1390, 3.1764),
-    "ramp": (13.8403, 0.1911),
-    "bursty": (6.5255, 1.5337),
+    "spiky": (9.2217, 0.3656),
+    "diurnal": (173.4367, 0.4084),
+    "triple": (15.2085, 0.1091),
+    "ramp": (21.0750, 0.5118),
+    "bursty": (9.1419, 1.5004),
 }
 
 
@@ -252,46 +268,17 @@ def test_clairvoyant_reference_is_pinned(name: str) -> None:
 
 
 def test_clairvoyant_does_not_count_running_batches_as_backlog() -> None:
-    """triple's base rate is exactly two instances' sustainable rate: the
-    reference runs two there, not a third for the requests in the batches
-    the two are running (which the snapshot's backlog includes)."""
-    seer = _comparison("triple").by_policy("clairvoyant")
+    """With instances that sustain 50 req/s, triple's base rate is exactly two
+    instances' rate: the reference runs two there, not a third for the
+    requests in the batches the two are running (which the snapshot's
+    backlog includes)."""
+    fifty = replace(DEFAULT_PROFILE, sustainable_rps=50.0)
+    seer = compare_pattern(BUILTIN["triple"], profile=fifty, kinds=("clairvoyant",)).results[0]
     tl = seer.timeline
     base = (tl.t_s > 600) & (tl.t_s < 3300)  # before the step's lookahead
     assert set(tl.desired[base]) == {2.0}
     peak = (tl.t_s > 3700) & (tl.t_s < 5300)
     assert set(tl.desired[peak]) == {6.0}
-
-
-def test_triple_has_no_capacity_plan_that_meets_the_static_goal() -> None:
-    """The base rate of triple is exactly 2 instances' sustainable rate: with
-    foresight and 2 instances at the base, too many requests are late; with 3,
-    the instance-hours pass half of static's. Mixing the two does not help:
-    every share of the base spent at 3 that keeps the hours within half of
-    static's leaves more than 1% late."""
-    from autoscaler.simulator.clairvoyant import ClairvoyantConfig, ClairvoyantPolicy
-
-    pattern = BUILTIN["triple"]
-    static = _comparison("triple").by_policy("static")
-    sim = SimConfig()
-    plans = {}
-    for drain in (30.0, 1e9):  # drains backlogs (3 at the base), or never (2)
-        cfg = ClairvoyantConfig(
-            per_instance_rps=DEFAULT_PROFILE.sustainable_rps,
-            lookahead_s=sim.boot_delay_s + sim.poll_interval_s,
-            drain_time_s=drain,
-        )
-        plans[drain] = simulate(ClairvoyantPolicy(pattern, cfg), pattern)
-    three, two = plans[30.0], plans[1e9]
-    assert not meets_static_goal(three, static) and not meets_static_goal(two, static)
-    # running a share f of the base period at 3 and the rest at 2 interpolates
-    # both hours and late requests (each switch only adds a backlog): take the
-    # largest f the hours budget allows
-    budget = MAX_STATIC_SHARE * static.instance_hours
-    f = (budget - two.instance_hours) / (three.instance_hours - two.instance_hours)
-    assert 0 < f < 1
-    late = (1 - f) * two.over_share + f * three.over_share
-    assert late > MAX_OVER_SHARE, f"mixing at f={f:.2f} would leave {100 * late:.2f}% late"
 
 
 class Scripted(Policy[None]):
@@ -407,64 +394,6 @@ def test_csv_timestamps_are_replayed_as_they_came(tmp_path: Path) -> None:
         assert r.arrived == len(stamps) and r.served == len(stamps)
 
 
-# ---------------------------------------------------------------------------- fidelity
-
-
-@pytest.mark.parametrize(
-    ("capacity", "rate"),
-    [pytest.param(1, 50.0, id="1-at-50"), pytest.param(2, 100.0, id="2-at-100")],
-)
-def test_event_level_reference_does_not_depend_on_the_step(capacity: int, rate: float) -> None:
-    """Request by request, the share over the objective is the same whatever
-    step the arrivals are drawn with (within 10%), and a queue of batches
-    near saturation does miss it."""
-    from autoscaler.simulator.events import event_level
-
-    shares = [event_level(flat(rate), capacity, dt=dt).over_share for dt in (0.05, 0.1, 0.2)]
-    assert min(shares) > 0.02
-    assert max(shares) <= 1.10 * min(shares), shares
-
-
-def test_event_level_reference_at_light_load() -> None:
-    """Batches of one that never wait: every latency is t(1), within the objective."""
-    from autoscaler.simulator.events import event_level
-
-    r = event_level(flat(5.0, 600), 4)
-    assert r.over_share == 0.0
-    assert r.mean_batch == pytest.approx(1.0, abs=0.01)
-    assert r.p99_ms == pytest.approx(float(DEFAULT_PROFILE.service_time(1.0)) * 1e3, rel=0.01)
-
-
-# The fast model does not agree with the event-level reference, and depends on
-# the step: measured (1800 s, seed 0) share over the objective, fast model at
-# dt 0.05 / 0.1 / 0.2 s against the reference's.
-_FIDELITY_GAP = {
-    "1-at-50": "fast 24.79% / 13.07% / 4.77% against 6.78% / 6.98% / 6.79% event-level",
-    "2-at-100": "fast 12.93% / 4.77% / 1.37% against 3.81% / 3.75% / 3.66% event-level",
-}
-
-
-@pytest.mark.parametrize(
-    ("capacity", "rate"),
-    [
-        pytest.param(c, r, id=i, marks=pytest.mark.xfail(strict=True, reason=_FIDELITY_GAP[i]))
-        for c, r, i in ((1, 50.0, "1-at-50"), (2, 100.0, "2-at-100"))
-    ],
-)
-def test_fast_model_agrees_with_the_event_level_reference(capacity: int, rate: float) -> None:
-    """Within 10% relative of the reference, at every step."""
-    from autoscaler.simulator.events import event_level
-
-    for dt in (0.05, 0.1, 0.2):
-        fast = simulate(
-            StaticPolicy(StaticConfig(capacity=capacity)),
-            flat(rate),
-            config=SimConfig(dt_s=dt, initial_capacity=capacity),
-        )
-        ref = event_level(flat(rate), capacity, dt=dt)
-        assert fast.over_share == pytest.approx(ref.over_share, rel=0.10), dt
-
-
 # ---------------------------------------------------------------------------- spot
 
 
@@ -516,13 +445,14 @@ def test_spot_settings_are_checked() -> None:
 def test_a_warm_pool_sized_by_the_policy_starts_more_of_a_surge_warm() -> None:
     """``triple``'s surges repeat: a pool of one takes one instance of each
     step-up warm; sized by the policy it holds the next step, so the same
-    capacity, bought at the same times, serves sooner."""
+    capacity (within 0.1%: a scale-in may come a poll apart), bought at the
+    same times, serves sooner."""
     fixed = simulate(DefaultPolicy(), BUILTIN["triple"], config=SimConfig(warm_pool_size=1))
     auto = simulate(
         DefaultPolicy(),
         BUILTIN["triple"],
         config=SimConfig(warm_pool_size=1, warm_pool_auto=True),
     )
-    assert auto.instance_hours == pytest.approx(fixed.instance_hours, rel=1e-6)
+    assert auto.instance_hours == pytest.approx(fixed.instance_hours, rel=1e-3)
     assert auto.over_objective < 0.8 * fixed.over_objective
     assert auto.mean_warm_pool > 2 * fixed.mean_warm_pool  # the price: stopped volumes
