@@ -41,7 +41,11 @@ the one before agrees within 10%), capacity for the last surge's peak is
 asked for ``prewarm_lead_s`` before the next one is due. If that one does not
 come within ``prewarm_grace_s`` the pre-warm is given up and nothing more is
 predicted until two surges are seen again. This is what lets a fleet whose
-instances take minutes to boot serve bursts that last less than that.
+instances take minutes to boot serve bursts that last less than that. Once a
+steady series is seen (four surges, each interval within 10% of the last),
+the scale-in after each one follows the need at once, without the
+stabilization window, the cooldown or the step limit: the next surge is
+pre-warmed for when due, so holding its capacity in between only costs.
 
 The policy is pure: no clock, no I/O, no randomness; time comes from the
 snapshot and everything that changes lives in :class:`PolicyState`.
@@ -116,9 +120,11 @@ class PolicyConfig:
     """Shortest recurrence interval that is predicted."""
     max_period_s: float = 4 * 3600.0
     """Longest recurrence interval that is predicted."""
-    prewarm_lead_s: float = 135.0
+    prewarm_lead_s: float = 125.0
     """How long before a predicted surge capacity is asked for: the instances'
-    boot time plus a poll or two."""
+    boot time (a cold boot of 120 s by default, as the simulator's) plus a
+    poll: the first poll inside the lead asks, so the capacity serves by the
+    surge's due time."""
     prewarm_grace_s: float = 60.0
     """How long after its due time a predicted surge is waited for."""
     burst_max_s: float = 300.0
@@ -226,6 +232,7 @@ class DefaultPolicy(Policy[PolicyState]):
         floor = self._floor(now, idle_since, reasons)
         target = min(max(math.ceil(need - 1e-9), floor), cfg.max_capacity)
         state, prewarm = self._surges(state, now, need)
+        ended = prewarm == 0 and self._surge_ended(state, now, need)
         if prewarm > target:
             target = min(prewarm, cfg.max_capacity)
             reasons.append(f"surge due every {self._period(state):.0f}s: pre-warm {target}")
@@ -243,9 +250,9 @@ class DefaultPolicy(Policy[PolicyState]):
             if target < cur:
                 reasons.append("per-instance throughput unknown: hold (never scale in on a guess)")
                 target = cur
-        target, window = self._stabilized(state, now, cur, target, reasons)
+        target, window = self._stabilized(state, now, cur, target, reasons, ended)
         state = replace(state, recommendations=window, idle_since=idle_since)
-        return self._limited(state, s, target, reasons)
+        return self._limited(state, s, target, reasons, ended)
 
     def warm_pool(self, snapshot: Snapshot, state: PolicyState, desired: int) -> int | None:
         """The next scale-out step, ready to start warm: the instances a surge
@@ -385,13 +392,23 @@ class DefaultPolicy(Policy[PolicyState]):
         )
 
     def _stabilized(
-        self, state: PolicyState, now: float, cur: int, target: int, reasons: list[str]
+        self,
+        state: PolicyState,
+        now: float,
+        cur: int,
+        target: int,
+        reasons: list[str],
+        ended: bool = False,
     ) -> tuple[int, tuple[tuple[float, int], ...]]:
-        """Scale in only to the highest count recommended within the window;
-        returns the target and the window's recommendations, this one added."""
+        """Scale in only to the highest count recommended within the window
+        (after a predicted surge, ``ended``: what it recommended does not
+        count); returns the target and the window's recommendations, this one
+        added."""
         cfg = self.config
         window = tuple(
-            (t, n) for t, n in state.recommendations if now - t < cfg.scale_in_stabilization_s
+            (t, n)
+            for t, n in state.recommendations
+            if now - t < cfg.scale_in_stabilization_s and not ended
         )
         window = (*window, (now, target))
         if target < cur:
@@ -405,10 +422,16 @@ class DefaultPolicy(Policy[PolicyState]):
         return target, window
 
     def _limited(
-        self, state: PolicyState, s: Snapshot, target: int, reasons: list[str]
+        self,
+        state: PolicyState,
+        s: Snapshot,
+        target: int,
+        reasons: list[str],
+        ended: bool = False,
     ) -> tuple[Decision, PolicyState]:
         """The cooldowns, one per direction (none for a step-up while instances
-        boot: they count as coming capacity), and the step limits."""
+        boot: they count as coming capacity), and the step limits (none for
+        the scale-in after a predicted surge, ``ended``)."""
         cfg = self.config
         now, cur = s.now, s.desired
         if target > cur:
@@ -425,6 +448,9 @@ class DefaultPolicy(Policy[PolicyState]):
                 target = cur + cfg.max_step_up
                 reasons.append(f"step limited to +{cfg.max_step_up}")
             return Decision.to(cur, target, *reasons), replace(state, last_out_at=now)
+        if target < cur and ended:
+            reasons.append("a predicted surge is over: back to what the traffic needs")
+            return Decision.to(cur, target, *reasons), replace(state, last_in_at=now)
         if target < cur:
             if state.last_in_at is not None and now - state.last_in_at < cfg.scale_in_cooldown_s:
                 left = cfg.scale_in_cooldown_s - (now - state.last_in_at)
@@ -436,6 +462,25 @@ class DefaultPolicy(Policy[PolicyState]):
         return Decision.hold(cur, *reasons), state
 
     # ------------------------------------------------------------------ surges
+    def _surge_ended(self, state: PolicyState, now: float, need: float) -> bool:
+        """A surge of a steady series has just ended: the fourth at one period
+        (each interval within 10% of the last), the need is back below a
+        surge's, and its recommendations would still hold capacity (within the
+        stabilization window after its last surge-level need). The next is
+        pre-warmed for when due, so nothing holds its capacity now."""
+        cfg = self.config
+        onsets = state.surge_onsets
+        if len(onsets) < 4 or state.surge_until is None or not self._predicted(state):
+            return False
+        period = onsets[-1] - onsets[-2]
+        if abs((onsets[-3] - onsets[-4]) - period) > 0.1 * period:
+            return False
+        return (
+            onsets[-1] < now
+            and need < cfg.surge_ratio * state.surge_base
+            and now <= state.surge_until + cfg.scale_in_stabilization_s
+        )
+
     def _predicted(self, state: PolicyState) -> bool:
         """Whether the next surge is predicted (pre-warmed for): two surges at
         a period in range, and a third before them, if any, agreeing."""
@@ -490,7 +535,7 @@ class DefaultPolicy(Policy[PolicyState]):
             until = now + cfg.surge_lookback_s / 2
             peak = max(peak, math.ceil(need))
         elif not active and needs and need >= cfg.surge_ratio * max(level, 1.0):
-            onsets = (*onsets, now)[-3:]
+            onsets = (*onsets, now)[-4:]
             base, peak, until = max(level, 1.0), math.ceil(need), now + cfg.surge_lookback_s / 2
             active = True
         state = replace(
@@ -506,7 +551,7 @@ class DefaultPolicy(Policy[PolicyState]):
         period = onsets[-1] - onsets[-2]
         if not cfg.min_period_s <= period <= cfg.max_period_s:
             return state, 0
-        if len(onsets) == 3 and abs((onsets[-2] - onsets[-3]) - period) > 0.1 * period:
+        if len(onsets) >= 3 and abs((onsets[-2] - onsets[-3]) - period) > 0.1 * period:
             return state, 0
         due = onsets[-1] + period
         if due - cfg.prewarm_lead_s <= now <= due + cfg.prewarm_grace_s:

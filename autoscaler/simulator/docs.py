@@ -105,13 +105,20 @@ def _introduction(cfg: SimConfig, command: str) -> list[str]:
     ]
 
 
-def _least(run: SeerGoalRun, hours: float, profile: ServiceProfile, cfg: SimConfig) -> str:
-    """The least possible share over the objective on ``hours``, as a cell."""
+def _least(run: SeerGoalRun, of: SimResult, profile: ServiceProfile, cfg: SimConfig) -> str:
+    """The least possible share over the objective on the instance-hours of
+    ``of`` (over its horizon), as a cell."""
     pattern = BUILTIN.get(run.pattern)
     if pattern is None:
         return "n/a"
     try:
-        least = least_over(pattern, hours, profile=profile, objective_ms=cfg.latency_objective_ms)
+        least = least_over(
+            pattern,
+            of.instance_hours,
+            profile=profile,
+            objective_ms=cfg.latency_objective_ms,
+            horizon_s=of.horizon_s,
+        )
     except ValueError:
         return "cannot keep up"
     return f"{100 * least:.2f}%"
@@ -130,7 +137,7 @@ def _seer_goal(runs: Sequence[SeerGoalRun], profile: ServiceProfile, cfg: SimCon
         d, seer = run.by_policy("default"), run.by_policy(ClairvoyantPolicy.name)
         tt, keda = run.by_policy("target-tracking"), run.by_policy("keda")
         ratio = d.instance_hours / seer.instance_hours if seer.instance_hours else float("inf")
-        least = " / ".join(_least(run, r.instance_hours, profile, cfg) for r in (tt, keda))
+        least = " / ".join(_least(run, r, profile, cfg) for r in (tt, keda))
         lines.append(
             f"| {run.pattern} | {run.seed} | {d.instance_hours:.2f} | {seer.instance_hours:.2f}"
             f" | {ratio:.2f} | {100 * d.over_share:.2f}% | {100 * seer.over_share:.2f}%"

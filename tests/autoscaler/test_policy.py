@@ -330,6 +330,41 @@ def test_recurring_surges_are_prewarmed() -> None:
     assert seen[1495.0] >= surge
 
 
+def _surges(cfg: PolicyConfig, onsets: list[int], until: int) -> dict[float, int]:
+    """400 req/s for 40 s from each onset, 2 req/s otherwise: the policy's
+    desired count at each 5 s poll."""
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    desired = 1
+    seen: dict[float, int] = {}
+    for t in range(0, until, 5):
+        rate = 400.0 if any(o <= t < o + 40 for o in onsets) else 2.0
+        decision, state = policy.decide(snap(float(t), rate=rate, instances=desired), state)
+        desired = decision.desired
+        seen[float(t)] = desired
+    return seen
+
+
+def test_after_a_steady_series_of_surges_capacity_is_not_held() -> None:
+    """The fourth surge at one period ends: the next is pre-warmed for when
+    due, so the scale-in follows the need at once (no stabilization window,
+    no cooldown, no step limit), where after the third it is held."""
+    cfg = PolicyConfig(prewarm_lead_s=150)
+    seen = _surges(cfg, [300, 900, 1500, 2100], 2400)
+    surge = math.ceil(400.0 / LOAD)
+    assert seen[2135.0] >= surge
+    assert seen[2150.0] == 1  # the need is back below a surge's: at once
+    assert seen[1550.0] >= surge  # after the third: held by the stabilization window
+
+
+def test_irregular_surges_keep_their_capacity_held() -> None:
+    """Four surges whose intervals differ by more than 10%: no steady series,
+    so the scale-in after the last waits for the stabilization window."""
+    cfg = PolicyConfig(prewarm_lead_s=150)
+    seen = _surges(cfg, [300, 900, 1500, 2200], 2500)
+    assert seen[2250.0] > 1
+
+
 def test_is_pure() -> None:
     policy = DefaultPolicy()
     state = policy.initial_state()

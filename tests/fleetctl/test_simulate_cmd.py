@@ -175,3 +175,34 @@ def test_simulate_with_spot_interruptions_says_how_many(
     assert args.handler(args) == 0
     assert "spot interruptions" not in capsys.readouterr().out
     assert not parse([*argv, "--no-capacity-rebalance"]).capacity_rebalance
+
+
+def test_simulate_with_a_measured_profile_measures_its_latency_table_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A profile from ``fleet recommend`` has no shipped latency table: the
+    first run measures it (and says so on stderr), keeps it in the cache, and
+    the next run reads it back."""
+    from autoscaler.simulator import stationary
+    from autoscaler.simulator.profile import linear_profile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(stationary, "ON_DEMAND_REQUESTS", 2000)
+    stationary.table_for.cache_clear()
+    profile = tmp_path / "profile.json"
+    linear_profile(base_ms=4.0, per_item_ms=0.5, max_batch=8, sustainable_rps=400.0).save(profile)
+    argv = [
+        *("simulate", "--pattern", "triple", "--horizon", "300", "--policy", "default"),
+        *("--profile", str(profile), "--out", str(tmp_path)),
+    ]
+    try:
+        for run in range(2):
+            stationary.table_for.cache_clear()
+            args = parse(argv)
+            assert args.handler(args) == 0
+            captured = capsys.readouterr()
+            assert ("measuring the latency table" in captured.err) is (run == 0)
+            assert "default" in captured.out
+        assert len(list((tmp_path / "cache" / "fleet" / "simulator").glob("latency-*.npz"))) == 1
+    finally:
+        stationary.table_for.cache_clear()
