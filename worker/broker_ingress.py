@@ -129,6 +129,7 @@ class BrokerIngress:
         self._consumers: list[Consumer] = []
         self._model_consumers: dict[str, list[Consumer]] = {}
         self._messages: set[_Message] = set()
+        self._settling = 0  # messages whose ack (or reject, or requeue) is under way
         self._held_requests = 0  # sum of remaining over _messages, kept as they change
         self._held_bytes = 0  # sum of size over _messages
         self._message_of: dict[Item, _Message] = {}
@@ -239,7 +240,7 @@ class BrokerIngress:
 
     async def settled(self) -> None:
         """Return once every message received was acked, rejected or handed back."""
-        while self._messages:
+        while self._messages or self._settling:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
@@ -750,6 +751,7 @@ class BrokerIngress:
             return
         self._messages.discard(msg)
         self._held_bytes -= msg.size
+        self._settling += 1  # a drain waits for the ack too, not just the answer
         try:
             if msg.failed:
                 log.warning(
@@ -763,6 +765,8 @@ class BrokerIngress:
                 await msg.delivery.ack()
         except FleetError as exc:
             log.warning("settling failed; the message will be delivered again", error=str(exc))
+        finally:
+            self._settling -= 1
         await self._check_hold()
 
 

@@ -3,6 +3,7 @@ deliveries that remember the channel they came on."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
@@ -23,6 +24,10 @@ log = get_logger("fleet.transport.amqp")
 
 OnMessage = Callable[["Subscription", AbstractIncomingMessage], None]
 Declare = Callable[[AbstractChannel], Awaitable[AbstractQueue]]
+
+# Tasks a delivery passes through between aiormq's frame reader and the
+# subscription (aiormq's consumer task, then aio-pika's), with room to spare.
+DISPATCH_HOPS = 4
 
 
 class Owner(Protocol):
@@ -72,7 +77,7 @@ class AmqpDelivery(Delivery):
         self._settled = True
         channel = self._channel
         if channel is None or channel is not self._sub.channel or channel.is_closed:
-            log.debug("channel of this delivery is gone; the broker redelivers it", ack=ack)
+            log.info("channel of this delivery is gone; the broker redelivers it", ack=ack)
             return
         try:
             if ack:
@@ -80,7 +85,7 @@ class AmqpDelivery(Delivery):
             else:
                 await self._message.nack(requeue=requeue)
         except CONNECTION_EXCEPTIONS as exc:
-            log.debug("could not settle a delivery; the broker redelivers it", error=repr(exc))
+            log.info("could not settle a delivery; the broker redelivers it", error=repr(exc))
         self._sub.settled(channel)
 
 
@@ -106,6 +111,7 @@ class Subscription(Consumer):
         self.tag: str | None = None
         self.unsettled = 0
         self.cancelled = False
+        self.cancel_done = False  # the broker confirmed the cancel: nothing more comes
         self.paused = False
         self.restarting = False
 
@@ -170,7 +176,7 @@ class Subscription(Consumer):
 
     def settled(self, channel: AbstractChannel) -> None:
         self.unsettled -= 1
-        if self.cancelled and self.unsettled <= 0 and channel is self.channel:
+        if self.cancel_done and self.unsettled <= 0 and channel is self.channel:
             self.transport._spawn(self.close())
 
     async def cancel(self) -> None:
@@ -181,6 +187,14 @@ class Subscription(Consumer):
         if channel is not None and not channel.is_closed and queue is not None and tag:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await queue.cancel(tag)
+        # Deliveries the broker sent before its CancelOk were read before it,
+        # but reach _deliver through tasks of their own (aiormq's, then
+        # aio-pika's): let those run, so that they are counted, before the
+        # channel may close. Closed earlier, the acks of what they carry would
+        # be lost and the broker would deliver them again to someone else.
+        for _ in range(DISPATCH_HOPS):
+            await asyncio.sleep(0)
+        self.cancel_done = True
         if self.unsettled <= 0:
             await self.close()
 

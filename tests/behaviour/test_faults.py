@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from producer import Client
+from tests.conftest import BROKERS
 from tests.helpers import WorkerProcess, direct_onnx, rows, running_worker
 
 pytestmark = pytest.mark.faults
@@ -145,3 +146,48 @@ async def test_broker_restart_under_load_loses_nothing(
         assert out["label"].shape == (1,)
         assert worker.transport.connected
     _check(labels, model_repo / digits, x, client, extra=1)
+
+
+@pytest.mark.parametrize(
+    "broker_kind",
+    [pytest.param(kind, marks=BROKERS[kind].mark) for kind in ("amqp", "kafka")],
+)
+async def test_a_drained_worker_and_its_successor_answer_each_request_once(
+    broker_kind: str, broker_url: str, model_repo: Path, unique_model: str
+) -> None:
+    """Many one-row requests queued at once; SIGTERM once the first is
+    answered; a second worker answers the rest. A drain acks all it answered
+    before it goes, so the broker gives the successor none of it again."""
+    mlp = f"{unique_model}-mlp"
+    total = 2000
+    x = rows(256, total, seed=3)
+    # Small messages, few held: the drained worker leaves most of them queued.
+    leaving = await WorkerProcess(broker_url, model_repo, "leaves", "--prefetch", "4").start()
+    after: WorkerProcess | None = None
+    try:
+        async with Client(broker_url, timeout=120.0, max_batch=8) as client:
+            calls = [
+                asyncio.ensure_future(client.infer(mlp, {"input": x[i : i + 1]}))
+                for i in range(total)
+            ]
+            await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+            leaving.signal(signal.SIGTERM)
+            assert await leaving.wait() == 0
+            after = await WorkerProcess(broker_url, model_repo, "after").start()
+            answers = await asyncio.gather(*calls)
+        after.signal(signal.SIGTERM)
+        assert await after.wait() == 0
+        want = direct_onnx(model_repo / mlp, {"input": x})["logits"]
+        got = np.concatenate([a["logits"] for a in answers])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+        counts = [_answered(w) for w in (leaving, after)]
+        assert sum(counts) == total, f"answered {counts}: {sum(counts) - total} twice"
+    finally:
+        await leaving.stop()
+        if after is not None:
+            await after.stop()
+
+
+def _answered(worker: WorkerProcess) -> int:
+    (stopped,) = [line for line in worker.lines if line.get("event") == "worker stopped"]
+    return int(stopped["answered"])

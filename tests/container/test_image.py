@@ -147,6 +147,15 @@ class ContainerWorker:
     def events(self) -> list[str]:
         return [str(line.get("event")) for line in self.lines()]
 
+    def notices(self) -> list[str]:
+        """Its warnings and errors, and the deliveries it left to be delivered again."""
+        keep = ("warning", "error", "critical")
+        return [
+            str(line)
+            for line in self.lines()
+            if line.get("level") in keep or "redeliver" in str(line.get("event"))
+        ][-20:]
+
     def wait_ready(self, port: int, timeout: float = 180.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -259,7 +268,8 @@ async def test_worker_from_the_image_answers_and_drains_on_sigterm(
             np.concatenate([a["logits"] for a in answers]), want, rtol=1e-5, atol=1e-6
         )
         # Each request answered once between the two (the first two calls by the first).
-        assert first.answered() + second.answered() == total + 2
+        counts = first.answered(), second.answered()
+        assert sum(counts) == total + 2, (counts, first.notices(), second.notices())
         print(f"\nanswered: {first.answered()} by the drained worker, {second.answered()} after")
     finally:
         for worker in workers:

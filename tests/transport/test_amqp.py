@@ -355,6 +355,68 @@ async def test_unacked_is_redelivered_with_attempt_2(
     await delivery.ack()
 
 
+async def test_acks_made_just_before_a_close_reach_the_broker(
+    open_amqp: OpenAmqp, unique_model: str
+) -> None:
+    """A worker acks what it answered, then closes at once (the end of a
+    drain): every ack is sent before the connection goes."""
+    worker = await open_amqp()
+    await worker.declare_model(unique_model)
+    total = 200
+    for i in range(total):
+        await worker.publish_request(unique_model, ONLINE, b"%d" % i)
+    got = Deliveries()
+    await worker.consume(unique_model, ONLINE, got, prefetch=total)
+    held = await got.wait(total)
+    await asyncio.gather(*(d.ack() for d in held))
+    await worker.close()
+
+    other = await open_amqp()
+    again = Deliveries()
+    await other.consume(unique_model, ONLINE, again, prefetch=total)
+    assert await again.none_within(1.0), f"{len(again.items)} acked deliveries came again"
+
+
+async def test_what_comes_while_a_cancel_is_on_its_way_can_still_be_acked(
+    open_amqp: OpenAmqp, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker may deliver until it answers a cancel. Settling everything
+    received before that answer must not close the channel: a delivery still
+    on its way would be answered and then, its ack lost, delivered again."""
+    worker = await open_amqp()
+    await worker.declare_model(unique_model)
+    for body in (b"first", b"second"):
+        await worker.publish_request(unique_model, ONLINE, body)
+    got = Deliveries()
+    consumer = await worker.consume(unique_model, ONLINE, got, prefetch=1)
+    (first,) = await got.wait(1)
+
+    queue = consumer.queue  # type: ignore[attr-defined]
+    real_cancel = type(queue).cancel
+    acked = asyncio.Event()
+
+    async def slow_cancel(self: Any, tag: str, *args: Any, **kwargs: Any) -> Any:
+        if self is queue:  # this cancel takes a while to reach the broker
+            await acked.wait()
+            await asyncio.sleep(0.5)
+        return await real_cancel(self, tag, *args, **kwargs)
+
+    monkeypatch.setattr(type(queue), "cancel", slow_cancel)
+    cancelling = asyncio.create_task(consumer.cancel())
+    await asyncio.sleep(0.1)
+    await first.ack()  # all received is settled, with the cancel not yet answered
+    acked.set()
+    (_, second) = await got.wait(2, timeout=5)  # its slot freed, the broker sends the next
+    await second.ack()
+    await cancelling
+    await worker.close()
+
+    other = await open_amqp()
+    again = Deliveries()
+    await other.consume(unique_model, ONLINE, again, prefetch=2)
+    assert await again.none_within(1.0), [(d.body, d.attempt) for d in again.items]
+
+
 # ---------------------------------------------------------------------- connections
 async def test_ack_on_a_dead_channel_after_reconnect_is_a_no_op(
     open_amqp: OpenAmqp, management: Management, unique_model: str
