@@ -130,6 +130,7 @@ class BrokerIngress:
         self._model_consumers: dict[str, list[Consumer]] = {}
         self._messages: set[_Message] = set()
         self._settling = 0  # messages whose ack (or reject, or requeue) is under way
+        self._handling = 0  # deliveries not yet admitted (a job's start, a split, ...)
         self._held_requests = 0  # sum of remaining over _messages, kept as they change
         self._held_bytes = 0  # sum of size over _messages
         self._message_of: dict[Item, _Message] = {}
@@ -234,13 +235,16 @@ class BrokerIngress:
         async with self._flow:
             self._stopped = True
             consumers, self._consumers = self._consumers, []
-            self._model_consumers = {}
+            # A broker delivers until it confirms a cancel: what comes meanwhile
+            # is served like the rest. Handed back, it would come straight back
+            # here, toward the delivery limit.
             for c in consumers:
                 await c.cancel()
+            self._model_consumers = {}
 
     async def settled(self) -> None:
         """Return once every message received was acked, rejected or handed back."""
-        while self._messages or self._settling:
+        while self._messages or self._settling or self._handling:
             await asyncio.sleep(0.01)
 
     def close(self) -> None:
@@ -297,6 +301,13 @@ class BrokerIngress:
 
     # ------------------------------------------------------------------ requests
     async def _on_delivery(self, delivery: Delivery) -> None:
+        self._handling += 1  # a drain waits for it, whichever way it ends
+        try:
+            await self._handle(delivery)
+        finally:
+            self._handling -= 1
+
+    async def _handle(self, delivery: Delivery) -> None:
         try:
             frame = wire.decode_requests(delivery.body, self._limits)
         except FleetError as exc:

@@ -15,8 +15,14 @@ from fleet import wire
 from fleet.contract import Priority, Request
 from fleet.tensor import Tensor
 from fleet.transport import connect
-from fleet.transport.base import wait_until
-from fleet.transport.memory import MemoryBroker, _MemoryDelivery
+from fleet.transport.base import queue_name, wait_until
+from fleet.transport.memory import (
+    MemoryBroker,
+    MemoryTransport,
+    _MemoryConsumer,
+    _MemoryDelivery,
+    _Message,
+)
 from tests.helpers import running_worker
 from tests.worker.fakes import doubling_repo, loaded
 from worker.runtime import RuntimeSpec
@@ -97,3 +103,79 @@ async def test_a_drain_waits_for_the_acks_not_just_the_answers(
                 assert acked, "the drain ended before the ack was made"
     finally:
         MemoryBroker.reset(unique_model)
+
+
+async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_back(
+    tmp_path: Path, doubling: RuntimeSpec, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker delivers until it confirms a cancel. What it delivers meanwhile
+    is answered and acked by the draining worker: handed back, it would come
+    straight back to the same consumer, round and round toward the delivery
+    limit, and be answered twice when a message ends half done."""
+    root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
+    url = f"memory://{unique_model}"
+    real_cancel = _MemoryConsumer.cancel
+    cancelling = asyncio.Event()
+
+    async def slow_cancel(self: _MemoryConsumer) -> None:
+        cancelling.set()
+        await asyncio.sleep(0.3)  # the round trip: still consuming
+        await real_cancel(self)
+
+    monkeypatch.setattr(_MemoryConsumer, "cancel", slow_cancel)
+    frames: list[bytes] = []
+    try:
+        async with connect(url) as raw:
+            inbox = await raw.open_inbox(frames.append)
+            async with running_worker(url, root) as worker:
+                stopping = asyncio.ensure_future(worker.stop())
+                await cancelling.wait()
+                reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
+                await raw.publish_request(
+                    unique_model, Priority.ONLINE, wire.encode_requests(reqs, inbox)
+                )
+                await stopping
+                q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
+                assert not q.ready and not q.unacked, "the message was acked"
+                assert worker.stats.answered_total == 2
+            assert await wait_until(lambda: bool(frames), 10)
+    finally:
+        MemoryBroker.reset(unique_model)
+    assert sorted(r.id for f in frames for r in wire.decode_replies(f).items) == ["a", "b"]
+
+
+async def test_a_drain_waits_for_a_redelivered_message_being_split(
+    tmp_path: Path, doubling: RuntimeSpec, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message delivered again is published anew one request at a time, then
+    acked. A drain that ended halfway would close the connection under it: some
+    requests published, the rest lost with the ack, the whole message delivered
+    again, and those published answered twice."""
+    root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
+    url = f"memory://{unique_model}"
+    try:
+        async with connect(url) as raw:
+            inbox = await raw.open_inbox(lambda body: None)
+            async with running_worker(url, root) as worker:
+                real_publish = MemoryTransport.publish_request
+                splitting = asyncio.Event()
+
+                async def slow_publish(self: MemoryTransport, *args: object) -> None:
+                    splitting.set()
+                    await asyncio.sleep(0.2)
+                    await real_publish(self, *args)  # type: ignore[arg-type]
+
+                monkeypatch.setattr(MemoryTransport, "publish_request", slow_publish)
+                broker = MemoryBroker.get(unique_model)
+                q = broker.queues[queue_name(unique_model, Priority.ONLINE)]
+                reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
+                # delivered once before, to a worker that stopped
+                q.ready.append(_Message(wire.encode_requests(reqs, inbox), attempts=1))
+                broker.pump(q)
+                await splitting.wait()
+                await worker.stop()  # the split copies stay queued
+                queued = [wire.decode_requests(m.body).items for m in q.ready]
+                assert not q.unacked, "the message was acked"
+    finally:
+        MemoryBroker.reset(unique_model)
+    assert sorted(r.id for items in queued for r in items) == ["a", "b"]
