@@ -186,10 +186,11 @@ class BrokerIngress:
         """``model`` is unloaded: consume its queues no more (what was
         received is still answered)."""
         async with self._flow:
-            consumers = self._model_consumers.pop(model, [])
+            consumers = self._model_consumers.get(model, [])
             self._consumers = [c for c in self._consumers if c not in consumers]
-            for c in consumers:
+            for c in consumers:  # served until the broker confirms (see stop_consuming)
                 await c.cancel()
+            self._model_consumers.pop(model, None)
 
     async def _tap(self) -> None:
         """Jobs the broker dead-letters itself (past its delivery limit) end

@@ -179,3 +179,38 @@ async def test_a_drain_waits_for_a_redelivered_message_being_split(
     finally:
         MemoryBroker.reset(unique_model)
     assert sorted(r.id for items in queued for r in items) == ["a", "b"]
+
+
+async def test_what_arrives_while_an_unloaded_models_cancel_is_on_its_way_is_served(
+    tmp_path: Path, doubling: RuntimeSpec, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same on unloading a model: the table still serves it until its
+    consumers are cancelled, so what the broker delivers meanwhile is answered."""
+    root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
+    url = f"memory://{unique_model}"
+    real_cancel = _MemoryConsumer.cancel
+    cancelling = asyncio.Event()
+
+    async def slow_cancel(self: _MemoryConsumer) -> None:
+        cancelling.set()
+        await asyncio.sleep(0.3)
+        await real_cancel(self)
+
+    monkeypatch.setattr(_MemoryConsumer, "cancel", slow_cancel)
+    try:
+        async with connect(url) as raw:
+            inbox = await raw.open_inbox(lambda body: None)
+            async with running_worker(url, root) as worker:
+                assert worker.watcher is not None
+                unloading = asyncio.ensure_future(worker.watcher.unload(unique_model))
+                await cancelling.wait()
+                reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
+                await raw.publish_request(
+                    unique_model, Priority.ONLINE, wire.encode_requests(reqs, inbox)
+                )
+                await unloading
+                assert await wait_until(lambda: worker.stats.answered_total == 2, 10)
+                q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
+                assert not q.ready and not q.unacked, "the message was acked"
+    finally:
+        MemoryBroker.reset(unique_model)
