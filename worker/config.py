@@ -5,9 +5,10 @@ Every field is optional::
     runtime = "onnxruntime"      # the model runtime that loads the model (see worker.runtime)
     max_batch_size = 32          # rows per model run
     max_wait_ms = 0.0            # how long a free model waits to fill a batch (0: not at all)
+    inline_below_ms = 1.0        # a batch known to run faster runs on the event loop (0: never)
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]   # default: see below
     allow_cpu_fallback = false   # may the session run on CPU when a GPU was asked for?
-    intra_op_threads = 0         # 0: the CPUs this process may use (affinity, cgroup quota)
+    intra_op_threads = 0         # 0: the CPUs this process may use (affinity, quota), less one
     inter_op_threads = 1
     allow_spinning = false       # ORT pool threads busy-wait for work when true
     buckets = [1, 2, 4, 8, 16, 32]   # batch sizes warmed up (and padded to)
@@ -192,6 +193,11 @@ class ModelConfig(BaseModel):
     # model ran forms the next batch. A free model waits up to this long for a
     # full batch first; 0 runs it at once, the lowest latency at any load.
     max_wait_ms: float = Field(default=0.0, ge=0.0, le=60_000.0)
+    # A model runs in a thread so that the worker receives and replies while
+    # it computes; a batch it is known (from the runs of its size) to finish
+    # in less than this runs on the event loop instead, saving the hand-over
+    # to the thread and back, which costs more than such a run. 0: always a thread.
+    inline_below_ms: float = Field(default=1.0, ge=0.0, le=1_000.0)
     providers: tuple[str, ...] = Field(default=CPU_ONLY, min_length=1)
     allow_cpu_fallback: bool = False
     intra_op_threads: int = Field(default=0, ge=0, le=1024, validate_default=True)
@@ -235,7 +241,9 @@ class ModelConfig(BaseModel):
     @field_validator("intra_op_threads")
     @classmethod
     def _resolve_threads(cls, value: int) -> int:
-        return value or available_cpus()
+        """0: a thread per CPU the process may use but one, left to the event
+        loop that receives and replies meanwhile (and often to the broker)."""
+        return value or max(1, available_cpus() - 1)
 
     @field_validator("buckets")
     @classmethod

@@ -115,6 +115,7 @@ class ModelTable:
             version=spec.version,
             runner=runtime,
             max_wait=spec.config.max_wait_ms / 1000,
+            inline_below=spec.config.inline_below_ms / 1000,
             **self._pipeline_args,
         )
         pipe.start()

@@ -1,9 +1,16 @@
-"""One model version's pipeline: batcher → model run off the event loop → reply sinks.
+"""One model version's pipeline: batcher → model run → reply sinks.
 
 An :class:`Item` is one request, already validated, and the :class:`ReplySink`
 its answer goes to. Every ingress (broker deliveries, an HTTP or a gRPC
 endpoint) produces the same items; the pipeline hands each sink the outcomes
 of its items, a batch at a time, and knows nothing of where they came from.
+
+A model runs in a thread of its own, so the event loop receives and replies
+while it computes; but a batch the model is known to finish in less than
+``inline_below`` seconds runs on the event loop itself, where handing it to a
+thread and back would cost more than it saves. The pipeline learns that from
+the runs it makes, per size class of batch (rows 1, 2-3, 4-7, ...): a class
+not yet run, or run slower than the bound of late, goes to the thread.
 
 Items whose deadline passed, or that their ingress cancelled (a synchronous
 caller that went away), are dropped before inference. When a batch fails,
@@ -92,6 +99,8 @@ class Pipeline:
         worker_id: str,
         on_batch: Callable[[BatchStats], None],
         threads: int = 1,
+        inline_below: float = 0.0,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.model = model
         self.version = version
@@ -103,6 +112,10 @@ class Pipeline:
         self._slots = asyncio.Semaphore(threads)
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._inline_below = inline_below
+        self._clock = clock
+        self._run_s: dict[int, float] = {}  # size class -> moving average of a run, seconds
+        self.inline_runs = 0
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -185,9 +198,13 @@ class Pipeline:
     async def _infer(self, items: list[Item]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         started, started_mono = time.time(), time.monotonic()
-        t0 = time.perf_counter()
+        t0 = self._clock()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+            if self._runs_inline(items):
+                self.inline_runs += 1
+                outputs = self._run_batch(items)
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
         except Exception as exc:
             if len(items) == 1:
                 return [self._error(items[0], exc)]
@@ -196,9 +213,10 @@ class Pipeline:
             for item in items:
                 results.extend(await self._infer([item]))
             return results
-        elapsed = time.perf_counter() - t0
+        elapsed = self._clock() - t0
         ended = time.monotonic()
         rows = sum(i.rows for i in items)
+        self._learn(rows, elapsed)
         waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
             BatchStats(
@@ -226,6 +244,18 @@ class Pipeline:
             )
             out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings), ended))
         return out
+
+    def _runs_inline(self, items: list[Item]) -> bool:
+        """Whether this batch's size class is known to run in under ``inline_below``."""
+        if self._inline_below <= 0:
+            return False
+        known = self._run_s.get(sum(i.rows for i in items).bit_length())
+        return known is not None and known < self._inline_below
+
+    def _learn(self, rows: int, elapsed: float) -> None:
+        size_class = rows.bit_length()
+        known = self._run_s.get(size_class)
+        self._run_s[size_class] = elapsed if known is None else known + 0.2 * (elapsed - known)
 
     def _run_batch(self, items: list[Item]) -> Feeds:
         if len(items) == 1:

@@ -44,11 +44,15 @@ async def oip_worker(broker: str, model_repo: Path) -> AsyncIterator[Worker]:
 @pytest.fixture
 def gated_repo(tmp_path: Path, unique_model: str) -> Iterator[Callable[[float], Path]]:
     """Makes a repository serving ``<unique_model>-gated``: batches of 4 rows,
-    flushed when full or after the given ``max_wait_ms``."""
+    flushed when full or after the given ``max_wait_ms``; its runs wait at a
+    gate, so they always run in the model's thread, never on the event loop."""
     loaded.clear()
 
     def make(max_wait_ms: float) -> Path:
-        config = f'runtime = "gated"\nmax_batch_size = 4\nmax_wait_ms = {max_wait_ms}\n'
+        config = (
+            f'runtime = "gated"\nmax_batch_size = 4\nmax_wait_ms = {max_wait_ms}\n'
+            "inline_below_ms = 0\n"
+        )
         return doubling_repo(tmp_path / "models", f"{unique_model}-gated", config)
 
     with RUNTIMES.registered(GATED):

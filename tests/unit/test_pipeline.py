@@ -4,6 +4,7 @@ reply sinks that are not a broker."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -171,3 +172,98 @@ async def test_a_failing_sink_does_not_keep_replies_from_the_others() -> None:
     _, model, _ = await _run([_item(0, 1.0, sink=BrokenSink()), _item(1, 1.0, sink=good)])
     assert model.batches == [2]
     assert [o.item.request.id for o in good.outcomes] == ["r1"]
+
+
+class TimedModel(FakeModel):
+    """Takes ``cost`` seconds of a clock of its own per run, and notes the thread it ran on."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__()
+        self.cost = cost
+        self.now = 0.0
+        self.threads: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.threads.append(threading.get_ident())
+        self.now += self.cost
+        return super().run(feeds)
+
+
+async def _one_at_a_time(pipe: Pipeline, rows: list[int], value: float = 1.0) -> None:
+    """Submit a request of each row count in turn, each after the last was answered."""
+    for i, n in enumerate(rows):
+        sink = RequestSink()
+        pipe.submit(_item(i, value, rows=n, sink=sink))
+        reply = await asyncio.wait_for(sink.answer, 5)
+        assert reply is not None
+
+
+def _timed_pipeline(model: TimedModel, inline_below: float) -> Pipeline:
+    pipe = Pipeline(
+        model="m",
+        version="1",
+        runner=model,
+        max_wait=0.0,
+        worker_id="w",
+        on_batch=lambda _: None,
+        inline_below=inline_below,
+        clock=model.clock,
+    )
+    pipe.start()
+    return pipe
+
+
+async def test_a_batch_known_to_be_fast_runs_on_the_event_loop() -> None:
+    """The first run of a size class goes to the thread; once its runs are known
+    to take less than the bound, that class runs on the loop's own thread."""
+    model = TimedModel(cost=0.0001)
+    pipe = _timed_pipeline(model, inline_below=0.001)
+    await _one_at_a_time(pipe, [1, 1, 1, 4, 4, 1])
+    await asyncio.wait_for(pipe.close(), 5)
+    loop_thread = threading.get_ident()
+    on_loop = [t == loop_thread for t in model.threads]
+    assert on_loop == [False, True, True, False, True, True]
+    assert pipe.inline_runs == 4
+
+
+async def test_a_slow_model_always_runs_in_its_thread() -> None:
+    model = TimedModel(cost=0.005)
+    pipe = _timed_pipeline(model, inline_below=0.001)
+    await _one_at_a_time(pipe, [1, 1, 1])
+    await asyncio.wait_for(pipe.close(), 5)
+    assert threading.get_ident() not in model.threads and pipe.inline_runs == 0
+
+
+async def test_a_model_that_slows_down_goes_back_to_its_thread() -> None:
+    model = TimedModel(cost=0.0001)
+    pipe = _timed_pipeline(model, inline_below=0.001)
+    await _one_at_a_time(pipe, [1, 1])
+    model.cost = 0.005  # one slow run lifts the average past the bound
+    await _one_at_a_time(pipe, [1, 1, 1])
+    await asyncio.wait_for(pipe.close(), 5)
+    loop_thread = threading.get_ident()
+    assert [t == loop_thread for t in model.threads] == [False, True, True, False, False]
+
+
+async def test_a_bound_of_zero_never_runs_on_the_event_loop() -> None:
+    model = TimedModel(cost=0.0)
+    pipe = _timed_pipeline(model, inline_below=0.0)
+    await _one_at_a_time(pipe, [1, 1, 1])
+    await asyncio.wait_for(pipe.close(), 5)
+    assert threading.get_ident() not in model.threads and pipe.inline_runs == 0
+
+
+async def test_a_bad_item_fails_alone_on_the_event_loop_too() -> None:
+    model = TimedModel(cost=0.0001)
+    pipe = _timed_pipeline(model, inline_below=0.001)
+    await _one_at_a_time(pipe, [3, 1, 1, 1])  # every class up to 3 rows is known to be fast
+    sinks = [CollectingSink() for _ in range(3)]
+    for i, (value, sink) in enumerate(zip([1.0, -1.0, 3.0], sinks, strict=True)):
+        pipe.submit(_item(10 + i, value, sink=sink))
+    await asyncio.wait_for(pipe.close(), 5)
+    assert pipe.inline_runs == 6  # two of the first four, the batch of 3, then its items one by one
+    errors = [o.reply.error for s in sinks for o in s.outcomes if o.reply is not None]
+    assert [e.code if e else None for e in errors] == [None, ErrorCode.INTERNAL, None]

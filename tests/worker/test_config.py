@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 import worker.config
 from fleet.errors import ConfigError
@@ -25,7 +26,7 @@ def test_defaults_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert config.max_wait_ms == 0.0
     assert config.providers == ("CPUExecutionProvider",)
     assert config.inter_op_threads == 1
-    assert config.intra_op_threads == available_cpus() >= 1
+    assert config.intra_op_threads == max(1, available_cpus() - 1)
     assert config.buckets == (1, 2, 4, 8, 16, 32)
     assert config.pad_to_bucket is False
     assert config.allow_cpu_fallback is True
@@ -211,3 +212,19 @@ def test_trt_cache_path_is_keyed_on_everything(tmp_path: Path) -> None:
     }
     for key, other in others.items():
         assert path_for(**{key: other}) != path, key
+
+
+@pytest.mark.parametrize(("cpus", "threads"), [(1, 1), (2, 1), (8, 7)])
+def test_intra_op_threads_leave_a_cpu_to_the_event_loop(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, threads: int
+) -> None:
+    monkeypatch.setattr(worker.config, "available_cpus", lambda: cpus)
+    assert ModelConfig().intra_op_threads == threads
+    assert ModelConfig(intra_op_threads=cpus).intra_op_threads == cpus  # as asked
+
+
+def test_inline_bound_is_read_in_milliseconds() -> None:
+    assert ModelConfig().inline_below_ms == 1.0
+    assert ModelConfig(inline_below_ms=0).inline_below_ms == 0.0
+    with pytest.raises(ValidationError):
+        ModelConfig(inline_below_ms=-1)

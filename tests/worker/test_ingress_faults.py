@@ -31,6 +31,9 @@ from worker.runtime import Array, Feeds, RuntimeSpec
 from worker.service import Worker, WorkerSettings
 
 DOUBLING_CONFIG = 'runtime = "doubling"\nmax_batch_size = 4\nmax_wait_ms = {wait}\n'
+# Tests here hold runs in the model's thread (a run that never returns, or not
+# until the test says so); no run may be taken onto the event loop.
+THREADED = "inline_below_ms = 0\n"
 
 
 def _request(
@@ -276,7 +279,7 @@ async def test_a_request_that_crashes_workers_is_isolated_from_its_frame_mates(
     """Every worker that runs the marked request dies (its run never returns, the
     worker aborts, and a new worker replaces it; three serve at a time). Its
     frame-mates are answered; it alone is dead-lettered."""
-    root = doubling_repo(tmp_path, unique_model, DOUBLING_CONFIG.format(wait=100))
+    root = doubling_repo(tmp_path, unique_model, DOUBLING_CONFIG.format(wait=100) + THREADED)
     url = f"memory://{unique_model}"
     release = threading.Event()
     workers: list[Worker] = []
@@ -356,7 +359,7 @@ async def test_a_worker_holds_no_more_than_its_bound_and_leaves_the_rest_to_othe
 ) -> None:
     """Six messages of four requests, each message ~1.3 kB; the bound is eight
     requests or 2 kB: two messages."""
-    root = doubling_repo(tmp_path, unique_model, DOUBLING_CONFIG.format(wait=1))
+    root = doubling_repo(tmp_path, unique_model, DOUBLING_CONFIG.format(wait=1) + THREADED)
     url = f"memory://{unique_model}"
     release = threading.Event()
     real_run = DoublingRuntime.run
