@@ -9,8 +9,9 @@ A model runs in a thread of its own, so the event loop receives and replies
 while it computes; but a batch the model is known to finish in less than
 ``inline_below`` seconds runs on the event loop itself, where handing it to a
 thread and back would cost more than it saves. The pipeline learns that from
-the runs it makes, per size class of batch (rows 1, 2-3, 4-7, ...): a class
-not yet run, or run slower than the bound of late, goes to the thread.
+the runs it makes (the run alone, without the hand-over), per size class of
+batch (rows 1, 2-3, 4-7, ...): a class not yet run, or run slower than the
+bound of late, goes to the thread.
 
 Items whose deadline passed, or that their ingress cancelled (a synchronous
 caller that went away), are dropped before inference. When a batch fails,
@@ -216,7 +217,6 @@ class Pipeline:
         elapsed = self._clock() - t0
         ended = time.monotonic()
         rows = sum(i.rows for i in items)
-        self._learn(rows, elapsed)
         waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
             BatchStats(
@@ -258,6 +258,9 @@ class Pipeline:
         self._run_s[size_class] = elapsed if known is None else known + 0.2 * (elapsed - known)
 
     def _run_batch(self, items: list[Item]) -> Feeds:
+        """Run ``items`` as one batch where it is called (the loop or the
+        thread), learning how long a run of its size class takes: the run alone,
+        not the hand-over to a thread and back."""
         if len(items) == 1:
             feeds = items[0].feeds
         else:
@@ -265,7 +268,10 @@ class Pipeline:
                 name: np.concatenate([i.feeds[name] for i in items], axis=0)
                 for name in items[0].feeds
             }
-        return self.runner.run(feeds)
+        t0 = self._clock()
+        outputs = self.runner.run(feeds)
+        self._learn(sum(i.rows for i in items), self._clock() - t0)
+        return outputs
 
     def _reply(
         self,

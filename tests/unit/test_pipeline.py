@@ -177,13 +177,17 @@ async def test_a_failing_sink_does_not_keep_replies_from_the_others() -> None:
 class TimedModel(FakeModel):
     """Takes ``cost`` seconds of a clock of its own per run, and notes the thread it ran on."""
 
-    def __init__(self, cost: float) -> None:
+    def __init__(self, cost: float, loop_clock_step: float = 0.0) -> None:
         super().__init__()
         self.cost = cost
         self.now = 0.0
         self.threads: list[int] = []
+        self.loop_thread = threading.get_ident()
+        self.loop_clock_step = loop_clock_step  # time passing on the loop at each look
 
     def clock(self) -> float:
+        if threading.get_ident() == self.loop_thread:
+            self.now += self.loop_clock_step
         return self.now
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -227,6 +231,15 @@ async def test_a_batch_known_to_be_fast_runs_on_the_event_loop() -> None:
     on_loop = [t == loop_thread for t in model.threads]
     assert on_loop == [False, True, True, False, True, True]
     assert pipe.inline_runs == 4
+
+
+async def test_what_is_learned_is_the_run_not_the_hand_over_to_the_thread() -> None:
+    """A slow hand-over (time passing on the loop) does not keep a fast model off it."""
+    model = TimedModel(cost=0.0001, loop_clock_step=0.005)
+    pipe = _timed_pipeline(model, inline_below=0.001)
+    await _one_at_a_time(pipe, [1, 1])
+    await asyncio.wait_for(pipe.close(), 5)
+    assert [t == threading.get_ident() for t in model.threads] == [False, True]
 
 
 async def test_a_slow_model_always_runs_in_its_thread() -> None:
