@@ -111,6 +111,7 @@ from aiokafka.errors import (
 from fleet.contract import Priority
 from fleet.errors import (
     ConfigError,
+    FleetError,
     InvalidArgument,
     LimitExceeded,
     ModelNotFound,
@@ -705,8 +706,24 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         limit = min(self.options.max_lag, self.options.max_queue_length)
         if waiting >= limit:
             raise Overloaded(f"topic {topic!r} has {waiting} messages waiting (limit {limit})")
-        await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
+        try:
+            await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
+        except ModelNotFound as exc:
+            raise await self._refused_topic(topic, exc) from exc
         self._published_since[topic] = self._published_since.get(topic, 0) + 1
+
+    async def _refused_topic(self, topic: str, exc: ModelNotFound) -> FleetError:
+        """A broker answered that it does not know ``topic``: gone
+        (:class:`ModelNotFound`), or a broker just restarted that has not
+        caught up with the cluster's topics (:class:`Unavailable`, to retry),
+        as the cluster's metadata tells; when it cannot be read, to retry."""
+        try:
+            gone = await self._partitions(topic, fresh=True) is None
+        except Unavailable:
+            gone = False
+        if gone:
+            return exc
+        return Unavailable(f"a broker did not know topic {topic!r}; it exists: try again")
 
     async def _waiting_estimate(self, topic: str) -> int:
         now = time.monotonic()

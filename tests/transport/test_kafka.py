@@ -359,6 +359,33 @@ async def test_declaring_a_model_rides_out_a_request_to_a_dead_broker(
     assert failures == []
 
 
+async def test_a_topic_a_broker_does_not_know_yet_is_unavailable_not_not_found(
+    kafka: Connect, admin: Any, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker just restarted can answer that it does not know a topic the
+    cluster has: the request is to be tried again, not refused as for a model
+    nobody serves. Once the topic is really gone, it is ModelNotFound."""
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    await t.publish_request(unique_model, ONLINE, b"r0")
+
+    async def unknown_topic(topic: str, *args: Any, **kwargs: Any) -> None:
+        raise ModelNotFound(f"no topic {topic!r}")
+
+    monkeypatch.setattr(t, "_send", unknown_topic)
+    with pytest.raises(Unavailable) as err:
+        await t.publish_request(unique_model, ONLINE, b"r1")
+    assert err.value.retriable
+    topic = queue_name(unique_model, ONLINE)
+    await admin.delete_topics([topic])
+    end = time.monotonic() + 10
+    while await t._partitions(topic, fresh=True) is not None:  # deleted when the cluster says so
+        assert time.monotonic() < end, f"{topic} still listed"
+        await asyncio.sleep(0.1)
+    with pytest.raises(ModelNotFound):
+        await t.publish_request(unique_model, ONLINE, b"r2")
+
+
 async def test_a_failed_shared_reply_is_an_error_to_retry_not_a_drop(
     kafka: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
