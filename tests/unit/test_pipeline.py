@@ -242,9 +242,13 @@ async def test_what_is_learned_is_the_run_not_the_hand_over_to_the_thread() -> N
     assert [t == threading.get_ident() for t in model.threads] == [False, True]
 
 
-async def test_a_slow_model_always_runs_in_its_thread() -> None:
-    model = TimedModel(cost=0.005)
-    pipe = _timed_pipeline(model, inline_below=0.001)
+@pytest.mark.parametrize(
+    ("cost", "bound"), [(0.005, 0.001), (0.0, 0.0)], ids=["slow-model", "bound-of-zero"]
+)
+async def test_runs_stay_in_the_models_thread(cost: float, bound: float) -> None:
+    """A model slower than the bound, or any model under a bound of 0."""
+    model = TimedModel(cost=cost)
+    pipe = _timed_pipeline(model, inline_below=bound)
     await _one_at_a_time(pipe, [1, 1, 1])
     await asyncio.wait_for(pipe.close(), 5)
     assert threading.get_ident() not in model.threads and pipe.inline_runs == 0
@@ -259,14 +263,6 @@ async def test_a_model_that_slows_down_goes_back_to_its_thread() -> None:
     await asyncio.wait_for(pipe.close(), 5)
     loop_thread = threading.get_ident()
     assert [t == loop_thread for t in model.threads] == [False, True, True, False, False]
-
-
-async def test_a_bound_of_zero_never_runs_on_the_event_loop() -> None:
-    model = TimedModel(cost=0.0)
-    pipe = _timed_pipeline(model, inline_below=0.0)
-    await _one_at_a_time(pipe, [1, 1, 1])
-    await asyncio.wait_for(pipe.close(), 5)
-    assert threading.get_ident() not in model.threads and pipe.inline_runs == 0
 
 
 async def test_a_bad_item_fails_alone_on_the_event_loop_too() -> None:

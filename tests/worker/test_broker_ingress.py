@@ -105,6 +105,21 @@ async def test_a_drain_waits_for_the_acks_not_just_the_answers(
         MemoryBroker.reset(unique_model)
 
 
+def _slow_cancels(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Cancels take 0.3 s (the round trip, still consuming); the event is set
+    when one begins."""
+    real_cancel = _MemoryConsumer.cancel
+    cancelling = asyncio.Event()
+
+    async def slow_cancel(self: _MemoryConsumer) -> None:
+        cancelling.set()
+        await asyncio.sleep(0.3)
+        await real_cancel(self)
+
+    monkeypatch.setattr(_MemoryConsumer, "cancel", slow_cancel)
+    return cancelling
+
+
 async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_back(
     tmp_path: Path, doubling: RuntimeSpec, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -114,15 +129,7 @@ async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_
     limit, and be answered twice when a message ends half done."""
     root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
     url = f"memory://{unique_model}"
-    real_cancel = _MemoryConsumer.cancel
-    cancelling = asyncio.Event()
-
-    async def slow_cancel(self: _MemoryConsumer) -> None:
-        cancelling.set()
-        await asyncio.sleep(0.3)  # the round trip: still consuming
-        await real_cancel(self)
-
-    monkeypatch.setattr(_MemoryConsumer, "cancel", slow_cancel)
+    cancelling = _slow_cancels(monkeypatch)
     frames: list[bytes] = []
     try:
         async with connect(url) as raw:
@@ -188,15 +195,7 @@ async def test_what_arrives_while_an_unloaded_models_cancel_is_on_its_way_is_ser
     consumers are cancelled, so what the broker delivers meanwhile is answered."""
     root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
     url = f"memory://{unique_model}"
-    real_cancel = _MemoryConsumer.cancel
-    cancelling = asyncio.Event()
-
-    async def slow_cancel(self: _MemoryConsumer) -> None:
-        cancelling.set()
-        await asyncio.sleep(0.3)
-        await real_cancel(self)
-
-    monkeypatch.setattr(_MemoryConsumer, "cancel", slow_cancel)
+    cancelling = _slow_cancels(monkeypatch)
     try:
         async with connect(url) as raw:
             inbox = await raw.open_inbox(lambda body: None)
