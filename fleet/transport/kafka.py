@@ -275,6 +275,11 @@ def shared_partition(address: str) -> int | None:
     return int(digits[:4], 16) if digits[12:13] == _SHARED_MARK else None
 
 
+# The metadata's error for a topic the cluster does not have; any other (a
+# leader being elected, a broker catching up) is passing.
+_UNKNOWN_TOPIC = 3
+
+
 class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
     capabilities = frozenset(
@@ -713,17 +718,21 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._published_since[topic] = self._published_since.get(topic, 0) + 1
 
     async def _refused_topic(self, topic: str, exc: ModelNotFound) -> FleetError:
-        """A broker answered that it does not know ``topic``: gone
-        (:class:`ModelNotFound`), or a broker just restarted that has not
-        caught up with the cluster's topics (:class:`Unavailable`, to retry),
-        as the cluster's metadata tells; when it cannot be read, to retry."""
+        """A broker answered that it does not know ``topic``, which this
+        transport has seen: a broker just restarted and not caught up with the
+        cluster's topics, or (rarely: fleet never deletes a model's topics)
+        the topic was deleted. Either way this send is :class:`Unavailable`,
+        to retry; where the metadata too says the topic is gone, it is
+        forgotten, so the next publish finds out afresh (``ModelNotFound``)."""
         try:
-            gone = await self._partitions(topic, fresh=True) is None
+            meta = await self._call("metadata", self._admin.describe_topics([topic]))
         except Unavailable:
-            gone = False
-        if gone:
-            return exc
-        return Unavailable(f"a broker did not know topic {topic!r}; it exists: try again")
+            meta = None
+        if meta is not None and not any(
+            t.get("topic") == topic and t.get("error_code", 0) != _UNKNOWN_TOPIC for t in meta
+        ):
+            self._partitions_cache.pop(topic, None)
+        return Unavailable(f"a broker did not know topic {topic!r}; try again ({exc})")
 
     async def _waiting_estimate(self, topic: str) -> int:
         now = time.monotonic()
