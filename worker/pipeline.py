@@ -199,13 +199,14 @@ class Pipeline:
     async def _infer(self, items: list[Item]) -> list[Outcome]:
         loop = asyncio.get_running_loop()
         started, started_mono = time.time(), time.monotonic()
+        rows = sum(i.rows for i in items)
         t0 = self._clock()
         try:
-            if self._runs_inline(items):
+            if self._runs_inline(rows):
                 self.inline_runs += 1
-                outputs = self._run_batch(items)
+                outputs = self._run_batch(items, rows)
             else:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, items, rows)
         except Exception as exc:
             if len(items) == 1:
                 return [self._error(items[0], exc)]
@@ -216,7 +217,6 @@ class Pipeline:
             return results
         elapsed = self._clock() - t0
         ended = time.monotonic()
-        rows = sum(i.rows for i in items)
         waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
             BatchStats(
@@ -245,11 +245,11 @@ class Pipeline:
             out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings), ended))
         return out
 
-    def _runs_inline(self, items: list[Item]) -> bool:
-        """Whether this batch's size class is known to run in under ``inline_below``."""
+    def _runs_inline(self, rows: int) -> bool:
+        """Whether a batch of ``rows``'s size class is known to run in under ``inline_below``."""
         if self._inline_below <= 0:
             return False
-        known = self._run_s.get(sum(i.rows for i in items).bit_length())
+        known = self._run_s.get(rows.bit_length())
         return known is not None and known < self._inline_below
 
     def _learn(self, rows: int, elapsed: float) -> None:
@@ -257,7 +257,7 @@ class Pipeline:
         known = self._run_s.get(size_class)
         self._run_s[size_class] = elapsed if known is None else known + 0.2 * (elapsed - known)
 
-    def _run_batch(self, items: list[Item]) -> Feeds:
+    def _run_batch(self, items: list[Item], rows: int) -> Feeds:
         """Run ``items`` as one batch where it is called (the loop or the
         thread), learning how long a run of its size class takes: the run alone,
         not the hand-over to a thread and back."""
@@ -270,7 +270,7 @@ class Pipeline:
             }
         t0 = self._clock()
         outputs = self.runner.run(feeds)
-        self._learn(sum(i.rows for i in items), self._clock() - t0)
+        self._learn(rows, self._clock() - t0)
         return outputs
 
     def _reply(

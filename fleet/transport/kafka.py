@@ -111,7 +111,6 @@ from aiokafka.errors import (
 from fleet.contract import Priority
 from fleet.errors import (
     ConfigError,
-    FleetError,
     InvalidArgument,
     LimitExceeded,
     ModelNotFound,
@@ -717,7 +716,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             raise await self._refused_topic(topic, exc) from exc
         self._published_since[topic] = self._published_since.get(topic, 0) + 1
 
-    async def _refused_topic(self, topic: str, exc: ModelNotFound) -> FleetError:
+    async def _refused_topic(self, topic: str, exc: ModelNotFound) -> Unavailable:
         """A broker answered that it does not know ``topic``, which this
         transport has seen: a broker just restarted and not caught up with the
         cluster's topics, or (rarely: fleet never deletes a model's topics)

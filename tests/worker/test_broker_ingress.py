@@ -105,19 +105,19 @@ async def test_a_drain_waits_for_the_acks_not_just_the_answers(
         MemoryBroker.reset(unique_model)
 
 
-def _slow_cancels(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
-    """Cancels take 0.3 s (the round trip, still consuming); the event is set
-    when one begins."""
+def _held_cancels(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """Cancels held on their way (the round trip, still consuming): the first
+    event is set when one begins, and it completes once the second is set."""
     real_cancel = _MemoryConsumer.cancel
-    cancelling = asyncio.Event()
+    cancelling, release = asyncio.Event(), asyncio.Event()
 
-    async def slow_cancel(self: _MemoryConsumer) -> None:
+    async def held_cancel(self: _MemoryConsumer) -> None:
         cancelling.set()
-        await asyncio.sleep(0.3)
+        await release.wait()
         await real_cancel(self)
 
-    monkeypatch.setattr(_MemoryConsumer, "cancel", slow_cancel)
-    return cancelling
+    monkeypatch.setattr(_MemoryConsumer, "cancel", held_cancel)
+    return cancelling, release
 
 
 async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_back(
@@ -129,20 +129,22 @@ async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_
     limit, and be answered twice when a message ends half done."""
     root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
     url = f"memory://{unique_model}"
-    cancelling = _slow_cancels(monkeypatch)
+    cancelling, release = _held_cancels(monkeypatch)
     frames: list[bytes] = []
     try:
         async with connect(url) as raw:
             inbox = await raw.open_inbox(frames.append)
             async with running_worker(url, root) as worker:
+                q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
                 stopping = asyncio.ensure_future(worker.stop())
                 await cancelling.wait()
                 reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
                 await raw.publish_request(
                     unique_model, Priority.ONLINE, wire.encode_requests(reqs, inbox)
                 )
+                assert await wait_until(lambda: not q.ready, 10)  # delivered before the cancel
+                release.set()
                 await stopping
-                q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
                 assert not q.ready and not q.unacked, "the message was acked"
                 assert worker.stats.answered_total == 2
             assert await wait_until(lambda: bool(frames), 10)
@@ -195,21 +197,23 @@ async def test_what_arrives_while_an_unloaded_models_cancel_is_on_its_way_is_ser
     consumers are cancelled, so what the broker delivers meanwhile is answered."""
     root = doubling_repo(tmp_path, unique_model, 'runtime = "doubling"\nmax_batch_size = 4\n')
     url = f"memory://{unique_model}"
-    cancelling = _slow_cancels(monkeypatch)
+    cancelling, release = _held_cancels(monkeypatch)
     try:
         async with connect(url) as raw:
             inbox = await raw.open_inbox(lambda body: None)
             async with running_worker(url, root) as worker:
                 assert worker.watcher is not None
+                q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
                 unloading = asyncio.ensure_future(worker.watcher.unload(unique_model))
                 await cancelling.wait()
                 reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
                 await raw.publish_request(
                     unique_model, Priority.ONLINE, wire.encode_requests(reqs, inbox)
                 )
+                assert await wait_until(lambda: not q.ready, 10)  # delivered before the cancel
+                release.set()
                 await unloading
                 assert await wait_until(lambda: worker.stats.answered_total == 2, 10)
-                q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
                 assert not q.ready and not q.unacked, "the message was acked"
     finally:
         MemoryBroker.reset(unique_model)
