@@ -15,13 +15,14 @@ from fleet import wire
 from fleet.contract import Priority, Request
 from fleet.tensor import Tensor
 from fleet.transport import connect
-from fleet.transport.base import queue_name, wait_until
+from fleet.transport.base import Transport, queue_name, wait_until
 from fleet.transport.memory import (
     MemoryBroker,
     MemoryTransport,
     _MemoryConsumer,
     _MemoryDelivery,
     _Message,
+    _Queue,
 )
 from tests.helpers import running_worker
 from tests.worker.fakes import doubling_repo, loaded
@@ -120,6 +121,23 @@ def _held_cancels(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, async
     return cancelling, release
 
 
+async def _deliver_during_cancel(
+    raw: Transport,
+    q: _Queue,
+    inbox: str,
+    model: str,
+    cancelling: asyncio.Event,
+    release: asyncio.Event,
+) -> None:
+    """Once a cancel is on its way, publish requests a and b, see them
+    delivered, then let the cancel complete."""
+    await cancelling.wait()
+    reqs = [_request(rid, model, 1.0) for rid in ("a", "b")]
+    await raw.publish_request(model, Priority.ONLINE, wire.encode_requests(reqs, inbox))
+    assert await wait_until(lambda: not q.ready, 10)  # delivered before the cancel
+    release.set()
+
+
 async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_back(
     tmp_path: Path, doubling: RuntimeSpec, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -137,13 +155,7 @@ async def test_what_arrives_while_the_cancel_is_on_its_way_is_served_not_handed_
             async with running_worker(url, root) as worker:
                 q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
                 stopping = asyncio.ensure_future(worker.stop())
-                await cancelling.wait()
-                reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
-                await raw.publish_request(
-                    unique_model, Priority.ONLINE, wire.encode_requests(reqs, inbox)
-                )
-                assert await wait_until(lambda: not q.ready, 10)  # delivered before the cancel
-                release.set()
+                await _deliver_during_cancel(raw, q, inbox, unique_model, cancelling, release)
                 await stopping
                 assert not q.ready and not q.unacked, "the message was acked"
                 assert worker.stats.answered_total == 2
@@ -205,13 +217,7 @@ async def test_what_arrives_while_an_unloaded_models_cancel_is_on_its_way_is_ser
                 assert worker.watcher is not None
                 q = MemoryBroker.get(unique_model).queues[queue_name(unique_model, Priority.ONLINE)]
                 unloading = asyncio.ensure_future(worker.watcher.unload(unique_model))
-                await cancelling.wait()
-                reqs = [_request(rid, unique_model, 1.0) for rid in ("a", "b")]
-                await raw.publish_request(
-                    unique_model, Priority.ONLINE, wire.encode_requests(reqs, inbox)
-                )
-                assert await wait_until(lambda: not q.ready, 10)  # delivered before the cancel
-                release.set()
+                await _deliver_during_cancel(raw, q, inbox, unique_model, cancelling, release)
                 await unloading
                 assert await wait_until(lambda: worker.stats.answered_total == 2, 10)
                 assert not q.ready and not q.unacked, "the message was acked"
