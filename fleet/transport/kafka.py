@@ -82,6 +82,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import random
 import time
 import uuid
@@ -281,6 +282,10 @@ _UNKNOWN_TOPIC = 3
 
 class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
+    #: seconds a topic this transport has seen may be reported missing before
+    #: it counts as gone: a broker just restarted answers "unknown topic", to
+    #: sends and to metadata requests alike, until it has caught up
+    missing_grace = 10.0
     capabilities = frozenset(
         {Capability.PRODUCE_RATE, Capability.LAG_COUNTS_IN_FLIGHT, Capability.DEAD_LETTER_TAP}
     )
@@ -310,6 +315,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._consumers: set[Consumer] = set()
         self._inboxes: dict[str, TailConsumer] = {}
         self._partitions_cache: dict[str, list[int]] = {}
+        self._missing_since: dict[str, float] = {}  # seen topics reported missing
         self._lag_cache: dict[str, tuple[float, int]] = {}
         self._published_since: dict[str, int] = {}
         self._reply_topics: dict[str, float] = {}
@@ -557,6 +563,26 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._partitions_cache.pop(topic, None)
         return None
 
+    async def _require(self, topic: str, missing: str) -> list[int]:
+        """The partition ids of ``topic``, which must exist. A topic this
+        transport has seen is :class:`Unavailable` while it has been reported
+        missing for less than ``missing_grace`` seconds, then
+        :class:`ModelNotFound`; one never seen is ModelNotFound at once."""
+        ids = await self._partitions(topic)
+        if ids is not None:
+            self._missing_since[topic] = math.inf  # seen, and not missing
+            return ids
+        now = time.monotonic()
+        since = self._missing_since.get(topic)
+        if since is None:
+            raise ModelNotFound(missing)
+        if since == math.inf:
+            self._missing_since[topic] = since = now
+        if now - since < self.missing_grace:
+            raise Unavailable(f"a broker did not know topic {topic!r}, which it had; try again")
+        del self._missing_since[topic]
+        raise ModelNotFound(missing)
+
     async def declare_model(self, model: str) -> None:
         """Create the model's topics and wait until every partition has a
         leader: a consumer group formed before the new topics' metadata is
@@ -704,8 +730,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         check_size(body, self.max_message_bytes, "request")
         self._check_open()
         topic = queue_name(model, priority)
-        if await self._partitions(topic) is None:
-            raise ModelNotFound(f"no worker has declared topic {topic!r}")
+        await self._require(topic, f"no worker has declared topic {topic!r}")
         waiting = await self._waiting_estimate(topic)
         limit = min(self.options.max_lag, self.options.max_queue_length)
         if waiting >= limit:
@@ -713,24 +738,20 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         try:
             await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
         except ModelNotFound as exc:
-            raise await self._refused_topic(topic, exc) from exc
+            raise self._refused_topic(topic, exc) from exc
+        except Unavailable:  # a deleted topic times out: its partitions are looked up afresh
+            self._partitions_cache.pop(topic, None)
+            raise
         self._published_since[topic] = self._published_since.get(topic, 0) + 1
 
-    async def _refused_topic(self, topic: str, exc: ModelNotFound) -> Unavailable:
+    def _refused_topic(self, topic: str, exc: ModelNotFound) -> Unavailable:
         """A broker answered that it does not know ``topic``, which this
         transport has seen: a broker just restarted and not caught up with the
         cluster's topics, or (rarely: fleet never deletes a model's topics)
         the topic was deleted. Either way this send is :class:`Unavailable`,
-        to retry; where the metadata too says the topic is gone, it is
-        forgotten, so the next publish finds out afresh (``ModelNotFound``)."""
-        try:
-            meta = await self._call("metadata", self._admin.describe_topics([topic]))
-        except Unavailable:
-            meta = None
-        if meta is not None and not any(
-            t.get("topic") == topic and t.get("error_code", 0) != _UNKNOWN_TOPIC for t in meta
-        ):
-            self._partitions_cache.pop(topic, None)
+        to retry; the topic's partitions are looked up afresh next time, and
+        :meth:`_require` tells the two cases apart."""
+        self._partitions_cache.pop(topic, None)
         return Unavailable(f"a broker did not know topic {topic!r}; try again ({exc})")
 
     async def _waiting_estimate(self, topic: str) -> int:
@@ -963,9 +984,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         end offset minus committed offset, a partition never committed counting
         from its log start. ``in_flight`` is the part of it the group has handed
         out, as its consumers record in the commit metadata before they do."""
-        partitions = await self._partitions(topic)
-        if partitions is None:
-            raise ModelNotFound(f"no topic {topic!r}")
+        partitions = await self._require(topic, f"no topic {topic!r}")
         tps = [TopicPartition(topic, p) for p in partitions]
         end = await self._offsets.end_offsets(tps)
         committed = await self.committed(topic, tps)

@@ -238,7 +238,7 @@ def assert_clean(ledger: Ledger, allowed: tuple[str, ...] = ()) -> None:
     ``allowed`` typed errors."""
     counts = ledger.counts()
     assert not ledger.bad(), ledger.summary()
-    assert set(counts) <= {"ok", *allowed}, ledger.summary()
+    assert set(counts) <= {"ok", *allowed}, ledger.summary(allowed)
 
 
 def assert_felt(ledger: Ledger, slow: float = 1.0) -> None:

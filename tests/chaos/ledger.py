@@ -153,9 +153,13 @@ class Ledger:
         """Entries that break the rules: lost, crossed, hung, unexpected, pending."""
         return [e for e in self.entries if e.outcome in BAD or not e.outcome]
 
-    def summary(self) -> str:
+    def summary(self, allowed: tuple[str, ...] = ()) -> str:
+        """The counts, then up to ten entries that break the rules or end in
+        an outcome other than ``ok`` and the ``allowed`` ones."""
         lines = [f"{k}={v}" for k, v in sorted(self.counts().items())]
-        for e in self.bad()[:10]:
+        fine = {"ok", *allowed}
+        odd = self.bad() + [e for e in self.entries if e.outcome and e.outcome not in {*BAD, *fine}]
+        for e in odd[:10]:
             lines.append(f"  {e.outcome}: {e.model} {e.id} {e.detail}")
         return "\n".join(lines)
 

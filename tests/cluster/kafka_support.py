@@ -73,11 +73,22 @@ class KafkaCluster:
         finally:
             await admin.close()
 
-    async def partitions(self, topics: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
+    async def partitions(
+        self, topics: Sequence[str], within: float = 10.0
+    ) -> list[tuple[str, dict[str, Any]]]:
         """Every partition of ``topics`` as the metadata describes it (leader,
-        replicas, isr); a topic that has an error or no partitions fails the test."""
+        replicas, isr); a topic that still has an error or no partitions after
+        ``within`` seconds fails the test. The broker asked may not know a
+        topic yet: one made a moment ago, or any, right after its restart."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + within
         async with self.admin() as admin:
-            described = await asyncio.wait_for(admin.describe_topics(list(topics)), 10)
+            while True:
+                described = await asyncio.wait_for(admin.describe_topics(list(topics)), 10)
+                ready = all(t["error_code"] == 0 and t["partitions"] for t in described)
+                if ready or loop.time() > end:
+                    break
+                await asyncio.sleep(0.2)
         out: list[tuple[str, dict[str, Any]]] = []
         for t in described:
             assert t["error_code"] == 0 and t["partitions"], f"topic {t['topic']}: {t}"
@@ -140,7 +151,7 @@ class KafkaCluster:
         behind: list[str] = []
         while True:
             try:
-                parts = await self.partitions(topics)
+                parts = await self.partitions(topics, within=0)  # this loop waits
             except (AssertionError, OSError, TimeoutError) as exc:  # metadata moving
                 behind = [repr(exc)]
             else:
