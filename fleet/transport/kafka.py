@@ -50,7 +50,9 @@ they handed out into the commit metadata before handing records out, see
 lag. ``consumers`` is the larger member count of the two groups.
 Backpressure: Kafka has no length limit, so ``publish_request`` refuses with
 :class:`Overloaded` once the messages waiting in the topic it publishes to
-(``ready``, cached for half a second, plus what this transport published since;
+(``ready``, read again in the background every half second, plus what this
+transport published since: its first publishes count from 0 until the first
+read ends;
 a committed offset the broker does not return, as right after a restart, is
 taken to be the last one read, not the log start)
 reach ``min(options.max_lag, options.max_queue_length)``. Per topic, not per
@@ -82,6 +84,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import random
 import time
@@ -318,6 +321,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._missing_since: dict[str, float] = {}  # seen topics reported missing
         self._lag_cache: dict[str, tuple[float, int]] = {}
         self._published_since: dict[str, int] = {}
+        self._lag_reads: dict[str, asyncio.Task[None]] = {}  # backlog reads under way
         self._reply_topics: dict[str, float] = {}
         self._rates: dict[str, tuple[float, int]] = {}
         self._known_committed: dict[TopicPartition, Any] = {}
@@ -392,6 +396,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             return
         self._closed = self._closing = True
         await cancel_and_wait(*(t for t in (self._watcher, self._checker) if t is not None))
+        await cancel_and_wait(*self._lag_reads.values())
         for c in list(self._consumers):
             if isinstance(c, GroupConsumer):
                 await c.shutdown(cancel_handlers=True)
@@ -731,7 +736,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._check_open()
         topic = queue_name(model, priority)
         await self._require(topic, f"no worker has declared topic {topic!r}")
-        waiting = await self._waiting_estimate(topic)
+        waiting = self._waiting_estimate(topic)
         limit = min(self.options.max_lag, self.options.max_queue_length)
         if waiting >= limit:
             raise Overloaded(f"topic {topic!r} has {waiting} messages waiting (limit {limit})")
@@ -754,23 +759,41 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._partitions_cache.pop(topic, None)
         return Unavailable(f"a broker did not know topic {topic!r}; try again ({exc})")
 
-    async def _waiting_estimate(self, topic: str) -> int:
-        now = time.monotonic()
+    def _waiting_estimate(self, topic: str) -> int:
+        """The topic's backlog as last read, plus what this transport has
+        published since. The figure is read in the background (one read per
+        topic at a time) when there is none or it is older than ``_LAG_TTL``:
+        no publish waits on that read's round trips, and the publishes before
+        the first read ends count from 0."""
         cached = self._lag_cache.get(topic)
-        if cached is None or now - cached[0] > _LAG_TTL:
-            try:
-                ready, _in_flight = await self._call("lag", self._topic_backlog(topic))
-            except Unavailable as exc:
-                # The backlog is a guard, not a precondition: when it cannot be
-                # read (partition leaders moving after a restart), the last
-                # known figure stands until the next read, and the send itself
-                # says whether the broker takes the message.
-                log.warning("lag unreadable; using the last known", topic=topic, error=str(exc))
-                self._lag_cache[topic] = (now, cached[1] if cached is not None else 0)
-            else:
-                self._lag_cache[topic] = (now, ready)
-                self._published_since[topic] = 0
-        return self._lag_cache[topic][1] + self._published_since.get(topic, 0)
+        stale = cached is None or time.monotonic() - cached[0] > _LAG_TTL
+        if stale and topic not in self._lag_reads:
+            task = asyncio.get_running_loop().create_task(self._read_lag(topic))
+            self._lag_reads[topic] = task
+            task.add_done_callback(functools.partial(self._lag_read_done, topic))
+        return (cached[1] if cached is not None else 0) + self._published_since.get(topic, 0)
+
+    def _lag_read_done(self, topic: str, task: asyncio.Task[None]) -> None:
+        self._lag_reads.pop(topic, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("lag read failed", topic=topic, error=repr(exc))
+
+    async def _read_lag(self, topic: str) -> None:
+        now = time.monotonic()
+        counted = self._published_since.get(topic, 0)  # in the read from here on
+        cached = self._lag_cache.get(topic)
+        try:
+            ready, _in_flight = await self._call("lag", self._topic_backlog(topic))
+        except (Unavailable, ModelNotFound) as exc:
+            # The backlog is a guard, not a precondition: when it cannot be
+            # read (partition leaders moving after a restart), the last
+            # known figure stands until the next read, and the send itself
+            # says whether the broker takes the message.
+            log.warning("lag unreadable; using the last known", topic=topic, error=str(exc))
+            self._lag_cache[topic] = (now, cached[1] if cached is not None else 0)
+        else:
+            self._lag_cache[topic] = (now, ready)
+            self._published_since[topic] = self._published_since.get(topic, 0) - counted
 
     async def dead_letter(self, record: Any, reason: str, attempt: int) -> None:
         headers = dead_letter_headers(record, reason, attempt)

@@ -163,7 +163,7 @@ async def test_an_empty_committed_read_is_not_the_whole_log(
     monkeypatch.setattr(client, "committed", empty)
     client._lag_cache.clear()
     await client.publish_request(unique_model, ONLINE, b"not overloaded")
-    assert reads
+    await eventually(lambda: bool(reads), timeout=10)
     depth = await client.depth(unique_model)
     assert depth.backlog <= 1
 
@@ -190,6 +190,37 @@ async def test_an_unreadable_backlog_does_not_refuse_a_publish(
     await client.publish_request(unique_model, ONLINE, b"and again")
     assert len(reads) == 1, "an unreadable backlog is not read again at once"
     await eventually(lambda: len(got) == 2, timeout=30)
+
+
+async def test_a_slow_backlog_read_does_not_hold_up_publishes(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A topic's backlog is read in the background, the first time and each
+    time the figure is stale: the publishes meanwhile use the last figure (0
+    before the first) and wait for no broker round trip of that read; one
+    read at a time."""
+    client = await kafka(partitions=2, max_lag=20)
+    await client.declare_model(unique_model)
+    topic = queue_name(unique_model, ONLINE)
+    release = asyncio.Event()
+    reads: list[int] = []
+
+    async def slow(topic: str) -> tuple[int, int]:
+        reads.append(1)
+        await release.wait()  # a read that never ends until told
+        return 3, 0
+
+    monkeypatch.setattr(client, "_topic_backlog", slow)
+    for round_ in (1, 2):
+        for i in range(3):
+            await asyncio.wait_for(client.publish_request(unique_model, ONLINE, b"%d" % i), 10)
+        assert len(reads) == round_
+        release.set()
+        await eventually(lambda: topic not in client._lag_reads, timeout=10)
+        assert client._lag_cache[topic][1] == 3
+        release.clear()
+        at, ready = client._lag_cache[topic]
+        client._lag_cache[topic] = (at - 60, ready)  # stale: read again
 
 
 # --------------------------------------------------------------------------- a killed worker
