@@ -278,10 +278,6 @@ def shared_partition(address: str) -> int | None:
     return int(digits[:4], 16) if digits[12:13] == _SHARED_MARK else None
 
 
-# The metadata's error for a topic the cluster does not have; any other (a
-# leader being elected, a broker catching up) is passing.
-_UNKNOWN_TOPIC = 3
-
 
 class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
