@@ -278,7 +278,6 @@ def shared_partition(address: str) -> int | None:
     return int(digits[:4], 16) if digits[12:13] == _SHARED_MARK else None
 
 
-
 class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
     #: seconds a topic this transport has seen may be reported missing before
