@@ -7,7 +7,8 @@ A request's path, and the stage names used in metrics, heartbeats and
              publish         the broker's publish confirm (overlaps what follows)
     broker   request_broker  from the publish to the worker's receipt
     worker   batch_wait      from receipt to the start of its batch's model run
-             inference       the batch's model run
+             inference       the batch's model run alone (handing the batch to the
+                             model's thread is batch_wait, handing it back reply)
              reply           from the end of the run to the reply handed to the broker
     broker   reply_broker    from the worker's publish to the client's receipt
     client   decode          decoding the reply message

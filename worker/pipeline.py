@@ -204,9 +204,11 @@ class Pipeline:
         try:
             if self._runs_inline(rows):
                 self.inline_runs += 1
-                outputs = self._run_batch(items, rows)
+                outputs, run_start, run_end = self._run_batch(items, rows)
             else:
-                outputs = await loop.run_in_executor(self._executor, self._run_batch, items, rows)
+                outputs, run_start, run_end = await loop.run_in_executor(
+                    self._executor, self._run_batch, items, rows
+                )
         except Exception as exc:
             if len(items) == 1:
                 return [self._error(items[0], exc)]
@@ -215,8 +217,12 @@ class Pipeline:
             for item in items:
                 results.extend(await self._infer([item]))
             return results
-        elapsed = self._clock() - t0
-        ended = time.monotonic()
+        # the run alone is the inference; the hand-over to the model's thread
+        # (and the batch's assembly) is waiting, the hand-back is the reply's
+        elapsed = run_end - run_start
+        lead = max(0.0, run_start - t0)
+        started, started_mono = started + lead, started_mono + lead
+        ended = time.monotonic() - max(0.0, self._clock() - run_end)
         waits = [i.request.waited(started, monotonic=started_mono) for i in items]
         self._on_batch(
             BatchStats(
@@ -257,10 +263,11 @@ class Pipeline:
         known = self._run_s.get(size_class)
         self._run_s[size_class] = elapsed if known is None else known + 0.2 * (elapsed - known)
 
-    def _run_batch(self, items: list[Item], rows: int) -> Feeds:
+    def _run_batch(self, items: list[Item], rows: int) -> tuple[Feeds, float, float]:
         """Run ``items`` as one batch where it is called (the loop or the
         thread), learning how long a run of its size class takes: the run alone,
-        not the hand-over to a thread and back."""
+        not the hand-over to a thread and back. Returns the outputs and when
+        the run started and ended, on the pipeline's clock."""
         if len(items) == 1:
             feeds = items[0].feeds
         else:
@@ -270,8 +277,9 @@ class Pipeline:
             }
         t0 = self._clock()
         outputs = self.runner.run(feeds)
-        self._learn(rows, self._clock() - t0)
-        return outputs
+        t1 = self._clock()
+        self._learn(rows, t1 - t0)
+        return outputs, t0, t1
 
     def _reply(
         self,

@@ -278,12 +278,16 @@ def shared_partition(address: str) -> int | None:
     return int(digits[:4], 16) if digits[12:13] == _SHARED_MARK else None
 
 
+# The metadata's error for a topic the cluster does not have.
+_UNKNOWN_TOPIC = 3
+
+
 class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
     #: seconds a topic this transport has seen may be reported missing before
     #: it counts as gone: a broker just restarted answers "unknown topic", to
     #: sends and to metadata requests alike, until it has caught up
-    missing_grace = 10.0
+    missing_grace = 30.0
     capabilities = frozenset(
         {Capability.PRODUCE_RATE, Capability.LAG_COUNTS_IN_FLIGHT, Capability.DEAD_LETTER_TAP}
     )
@@ -554,24 +558,39 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         """The topic's partition ids, or None if there is no such topic."""
         if not fresh and topic in self._partitions_cache:
             return self._partitions_cache[topic]
+        return (await self._describe(topic))[0]
+
+    async def _describe(self, topic: str) -> tuple[list[int] | None, int]:
+        """The topic's partition ids as the metadata describes them, or None
+        and the metadata's error for the topic (unknown topic if not listed)."""
         meta = await self._call("metadata", self._admin.describe_topics([topic]))
+        code = _UNKNOWN_TOPIC
         for t in meta:
-            if t.get("topic") == topic and t.get("error_code", 0) == 0 and t.get("partitions"):
+            if t.get("topic") != topic:
+                continue
+            code = t.get("error_code", 0)
+            if code == 0 and t.get("partitions"):
                 ids = sorted(p["partition"] for p in t["partitions"])
                 self._partitions_cache[topic] = ids
-                return ids
+                return ids, 0
         self._partitions_cache.pop(topic, None)
-        return None
+        return None, code
 
     async def _require(self, topic: str, missing: str) -> list[int]:
-        """The partition ids of ``topic``, which must exist. A topic this
-        transport has seen is :class:`Unavailable` while it has been reported
-        missing for less than ``missing_grace`` seconds, then
+        """The partition ids of ``topic``, which must exist. Metadata naming
+        the topic with a passing error (no leader yet) is :class:`Unavailable`.
+        A topic this transport has seen is Unavailable while it has been
+        reported unknown for less than ``missing_grace`` seconds, then
         :class:`ModelNotFound`; one never seen is ModelNotFound at once."""
-        ids = await self._partitions(topic)
+        ids = self._partitions_cache.get(topic)
+        code = 0
+        if ids is None:
+            ids, code = await self._describe(topic)
         if ids is not None:
             self._missing_since[topic] = math.inf  # seen, and not missing
             return ids
+        if code not in (_UNKNOWN_TOPIC, 0) and for_code(code).retriable:
+            raise Unavailable(f"topic {topic!r}: {for_code(code).__name__}; try again")
         now = time.monotonic()
         since = self._missing_since.get(topic)
         if since is None:

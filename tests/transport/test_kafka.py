@@ -404,6 +404,28 @@ async def test_a_topic_a_broker_does_not_know_yet_is_unavailable_not_not_found(
             raise AssertionError("a publish to a deleted topic succeeded")
 
 
+async def test_a_topic_whose_leader_is_moving_is_unavailable_never_not_found(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata that names the topic with a passing error (no leader while one
+    is elected) says the topic exists: a publish is Unavailable, however long
+    it lasts, even from a client that has not published to it before."""
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    t.missing_grace = 0.0
+    t._partitions_cache.clear()
+
+    async def electing(topics: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": name, "error_code": 5, "partitions": []} for name in topics]
+
+    with monkeypatch.context() as m:
+        m.setattr(t._admin, "describe_topics", electing)
+        for body in (b"r1", b"r2"):
+            with pytest.raises(Unavailable):
+                await t.publish_request(unique_model, ONLINE, body)
+    await t.publish_request(unique_model, ONLINE, b"r3")
+
+
 async def test_a_failed_shared_reply_is_an_error_to_retry_not_a_drop(
     kafka: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -242,6 +242,32 @@ async def test_what_is_learned_is_the_run_not_the_hand_over_to_the_thread() -> N
     assert [t == threading.get_ident() for t in model.threads] == [False, True]
 
 
+async def test_a_replys_inference_time_is_the_run_not_the_hand_over() -> None:
+    """The time reported as inference (in the reply, the batch's stats and so
+    the busy time) is the model's run alone; handing the batch to the model's
+    thread and back is not the model's."""
+    model = TimedModel(cost=0.002, loop_clock_step=0.005)
+    stats: list[BatchStats] = []
+    pipe = Pipeline(
+        model="m",
+        version="1",
+        runner=model,
+        max_wait=0.0,
+        worker_id="w",
+        on_batch=stats.append,
+        inline_below=0.0,  # always in the model's thread
+        clock=model.clock,
+    )
+    pipe.start()
+    sink = RequestSink()
+    pipe.submit(_item(0, 1.0, sink=sink))
+    reply = await asyncio.wait_for(sink.answer, 5)
+    await asyncio.wait_for(pipe.close(), 5)
+    assert reply is not None and reply.timings is not None
+    assert reply.timings.inference_ms == pytest.approx(2.0)
+    assert [b.inference_s for b in stats] == [pytest.approx(0.002)]
+
+
 @pytest.mark.parametrize(
     ("cost", "bound"), [(0.005, 0.001), (0.0, 0.0)], ids=["slow-model", "bound-of-zero"]
 )
