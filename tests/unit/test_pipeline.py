@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -205,14 +205,16 @@ async def _one_at_a_time(pipe: Pipeline, rows: list[int], value: float = 1.0) ->
         assert reply is not None
 
 
-def _timed_pipeline(model: TimedModel, inline_below: float) -> Pipeline:
+def _timed_pipeline(
+    model: TimedModel, inline_below: float, on_batch: Callable[[BatchStats], None] | None = None
+) -> Pipeline:
     pipe = Pipeline(
         model="m",
         version="1",
         runner=model,
         max_wait=0.0,
         worker_id="w",
-        on_batch=lambda _: None,
+        on_batch=on_batch or (lambda _: None),
         inline_below=inline_below,
         clock=model.clock,
     )
@@ -248,17 +250,7 @@ async def test_a_replys_inference_time_is_the_run_not_the_hand_over() -> None:
     thread and back is not the model's."""
     model = TimedModel(cost=0.002, loop_clock_step=0.005)
     stats: list[BatchStats] = []
-    pipe = Pipeline(
-        model="m",
-        version="1",
-        runner=model,
-        max_wait=0.0,
-        worker_id="w",
-        on_batch=stats.append,
-        inline_below=0.0,  # always in the model's thread
-        clock=model.clock,
-    )
-    pipe.start()
+    pipe = _timed_pipeline(model, inline_below=0.0, on_batch=stats.append)  # in its thread
     sink = RequestSink()
     pipe.submit(_item(0, 1.0, sink=sink))
     reply = await asyncio.wait_for(sink.answer, 5)
