@@ -85,7 +85,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import math
 import random
 import time
 import uuid
@@ -317,7 +316,8 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._consumers: set[Consumer] = set()
         self._inboxes: dict[str, TailConsumer] = {}
         self._partitions_cache: dict[str, list[int]] = {}
-        self._missing_since: dict[str, float] = {}  # seen topics reported missing
+        self._seen: set[str] = set()  # topics the metadata has shown
+        self._missing_since: dict[str, float] = {}  # of those, reported unknown since
         self._lag_cache: dict[str, tuple[float, int]] = {}
         self._published_since: dict[str, int] = {}
         self._lag_reads: dict[str, asyncio.Task[None]] = {}  # backlog reads under way
@@ -521,7 +521,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         for entry in resp.topic_errors:
             name, code = entry[0], entry[1]
             if code == 0:
-                self._partitions_cache[name] = list(range(topics[name]))
+                self._known(name, list(range(topics[name])))
             elif code == TopicAlreadyExistsError.errno:
                 # it keeps the partitions it has; metadata will tell, once
                 # it knows the topic (one made a moment ago by another client)
@@ -546,7 +546,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         made it."""
         loop = asyncio.get_running_loop()
         end = loop.time() + self.options.publish_timeout
-        while await self._partitions(topic, fresh=True) is None:
+        while True:
+            with contextlib.suppress(Unavailable):  # shown, without a leader yet
+                if await self._partitions(topic, fresh=True) is not None:
+                    return
             if loop.time() > end:
                 raise Unavailable(
                     f"topic {topic!r} exists but the broker's metadata has not shown it"
@@ -555,14 +558,11 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             await asyncio.sleep(0.1)
 
     async def _partitions(self, topic: str, *, fresh: bool = False) -> list[int] | None:
-        """The topic's partition ids, or None if there is no such topic."""
+        """The topic's partition ids, or None if the metadata does not know the
+        topic. Metadata naming the topic with a passing error (no leader while
+        one is elected) says it exists: that is :class:`Unavailable`."""
         if not fresh and topic in self._partitions_cache:
             return self._partitions_cache[topic]
-        return (await self._describe(topic))[0]
-
-    async def _describe(self, topic: str) -> tuple[list[int] | None, int]:
-        """The topic's partition ids as the metadata describes them, or None
-        and the metadata's error for the topic (unknown topic if not listed)."""
         meta = await self._call("metadata", self._admin.describe_topics([topic]))
         code = _UNKNOWN_TOPIC
         for t in meta:
@@ -570,35 +570,34 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
                 continue
             code = t.get("error_code", 0)
             if code == 0 and t.get("partitions"):
-                ids = sorted(p["partition"] for p in t["partitions"])
-                self._partitions_cache[topic] = ids
-                return ids, 0
+                return self._known(topic, sorted(p["partition"] for p in t["partitions"]))
         self._partitions_cache.pop(topic, None)
-        return None, code
-
-    async def _require(self, topic: str, missing: str) -> list[int]:
-        """The partition ids of ``topic``, which must exist. Metadata naming
-        the topic with a passing error (no leader yet) is :class:`Unavailable`.
-        A topic this transport has seen is Unavailable while it has been
-        reported unknown for less than ``missing_grace`` seconds, then
-        :class:`ModelNotFound`; one never seen is ModelNotFound at once."""
-        ids = self._partitions_cache.get(topic)
-        code = 0
-        if ids is None:
-            ids, code = await self._describe(topic)
-        if ids is not None:
-            self._missing_since[topic] = math.inf  # seen, and not missing
-            return ids
         if code not in (_UNKNOWN_TOPIC, 0) and for_code(code).retriable:
             raise Unavailable(f"topic {topic!r}: {for_code(code).__name__}; try again")
-        now = time.monotonic()
-        since = self._missing_since.get(topic)
-        if since is None:
+        return None
+
+    def _known(self, topic: str, ids: list[int]) -> list[int]:
+        """Note that ``topic`` exists, with partitions ``ids``."""
+        self._partitions_cache[topic] = ids
+        self._seen.add(topic)
+        self._missing_since.pop(topic, None)
+        return ids
+
+    async def _require(self, topic: str, missing: str) -> list[int]:
+        """The partition ids of ``topic``, which must exist. A topic this
+        transport has seen is :class:`Unavailable` while it has been reported
+        unknown for less than ``missing_grace`` seconds, then
+        :class:`ModelNotFound`; one never seen is ModelNotFound at once."""
+        ids = await self._partitions(topic)
+        if ids is not None:
+            return ids
+        if topic not in self._seen:
             raise ModelNotFound(missing)
-        if since == math.inf:
-            self._missing_since[topic] = since = now
+        now = time.monotonic()
+        since = self._missing_since.setdefault(topic, now)
         if now - since < self.missing_grace:
             raise Unavailable(f"a broker did not know topic {topic!r}, which it had; try again")
+        self._seen.discard(topic)
         del self._missing_since[topic]
         raise ModelNotFound(missing)
 
@@ -756,22 +755,18 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             raise Overloaded(f"topic {topic!r} has {waiting} messages waiting (limit {limit})")
         try:
             await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
-        except ModelNotFound as exc:
-            raise self._refused_topic(topic, exc) from exc
-        except Unavailable:  # a deleted topic times out: its partitions are looked up afresh
+        except (ModelNotFound, Unavailable) as exc:
+            # A broker that does not know the topic (one just restarted, not
+            # caught up yet, or the topic deleted: fleet never deletes a
+            # model's topics) or a send to a deleted topic that timed out. The
+            # send is Unavailable, to retry; the partitions are looked up
+            # afresh next time, and _require tells a restart from a deletion.
             self._partitions_cache.pop(topic, None)
+            if isinstance(exc, ModelNotFound):
+                msg = f"a broker did not know topic {topic!r}; try again ({exc})"
+                raise Unavailable(msg) from exc
             raise
         self._published_since[topic] = self._published_since.get(topic, 0) + 1
-
-    def _refused_topic(self, topic: str, exc: ModelNotFound) -> Unavailable:
-        """A broker answered that it does not know ``topic``, which this
-        transport has seen: a broker just restarted and not caught up with the
-        cluster's topics, or (rarely: fleet never deletes a model's topics)
-        the topic was deleted. Either way this send is :class:`Unavailable`,
-        to retry; the topic's partitions are looked up afresh next time, and
-        :meth:`_require` tells the two cases apart."""
-        self._partitions_cache.pop(topic, None)
-        return Unavailable(f"a broker did not know topic {topic!r}; try again ({exc})")
 
     def _waiting_estimate(self, topic: str) -> int:
         """The topic's backlog as last read, plus what this transport has

@@ -426,6 +426,25 @@ async def test_a_topic_whose_leader_is_moving_is_unavailable_never_not_found(
     await t.publish_request(unique_model, ONLINE, b"r3")
 
 
+async def test_a_reply_to_an_inbox_whose_leader_is_moving_is_retried_not_dropped(
+    kafka: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An inbox topic whose metadata names it with a passing error (no leader
+    while one is elected) still exists: a reply to it is Unavailable, for the
+    worker to retry, not dropped as a reply to an inbox gone."""
+    client, worker = await kafka(inbox="topic"), await kafka()
+    address = await client.open_inbox(lambda _b: None)
+
+    async def electing(topics: list[str]) -> list[dict[str, Any]]:
+        return [{"topic": name, "error_code": 5, "partitions": []} for name in topics]
+
+    with monkeypatch.context() as m:
+        m.setattr(worker._admin, "describe_topics", electing)
+        with pytest.raises(Unavailable) as err:
+            await worker.publish_reply(address, b"reply")
+    assert err.value.retriable
+
+
 async def test_a_failed_shared_reply_is_an_error_to_retry_not_a_drop(
     kafka: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
