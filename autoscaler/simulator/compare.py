@@ -17,6 +17,7 @@ from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
 from autoscaler.simulator.report import (
     GOAL_CARRY_OVER,
     GOAL_WARM_POOL,
+    GOAL_WARM_START_S,
     PatternComparison,
     SeerGoalRun,
     check_goal,
@@ -139,7 +140,10 @@ def goal_config(seed: int, base: SimConfig | None = None) -> SimConfig:
     """The fleet the goal against foresight is measured on: ``base`` (default:
     the default fleet) with the seed and a warm pool of :data:`GOAL_WARM_POOL`."""
     return dataclasses.replace(
-        base or SimConfig(), seed=seed, warm_pool_size=GOAL_WARM_POOL, warm_start_s=40.0
+        base or SimConfig(),
+        seed=seed,
+        warm_pool_size=GOAL_WARM_POOL,
+        warm_start_s=GOAL_WARM_START_S,
     )
 
 

@@ -113,18 +113,67 @@ def _ramp(t: FloatArray) -> FloatArray:
     return np.asarray(20.0 + (500.0 - 20.0) * np.clip(t / 5400.0, 0.0, 1.0))
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class BurstShape:
+    """The generator of ``bursty``: idle gaps of ``gap_min_s`` times a Pareto
+    (Lomax + 1, shape ``gap_shape``) draw, at most ``gap_max_s``; bursts of a
+    uniform duration in ``duration_s``, whose peak is ``peak_min`` times a
+    Pareto (shape ``peak_shape``) draw, at most ``peak_max``; each rising and
+    falling over ``edge_s`` above the ``base`` rate."""
+
+    base: float = 2.0
+    edge_s: float = 3.0
+    gap_min_s: float = 60.0
+    gap_shape: float = 1.2
+    gap_max_s: float = 900.0
+    duration_s: tuple[float, float] = (10.0, 60.0)
+    peak_min: float = 150.0
+    peak_shape: float = 3.0
+    peak_max: float = 350.0
+
+    def gap(self, rng: np.random.Generator) -> float:
+        return min(self.gap_min_s * (1.0 + rng.pareto(self.gap_shape)), self.gap_max_s)
+
+    def burst(self, rng: np.random.Generator) -> tuple[float, float]:
+        """(duration s, peak req/s) of one burst."""
+        duration = float(rng.uniform(*self.duration_s))
+        return duration, min(self.peak_min * (1.0 + rng.pareto(self.peak_shape)), self.peak_max)
+
+    def mean_gap_s(self) -> float:
+        """The mean of :meth:`gap`."""
+        return _capped_pareto_mean(self.gap_min_s, self.gap_shape, self.gap_max_s)
+
+    def mean_requests(self) -> float:
+        """The mean count of requests in one burst, base traffic included."""
+        duration = sum(self.duration_s) / 2.0
+        peak = _capped_pareto_mean(self.peak_min, self.peak_shape, self.peak_max)
+        return self.base * duration + (peak - self.base) * (duration - self.edge_s)
+
+    def profile(self, t: FloatArray, start: float, duration: float, peak: float) -> FloatArray:
+        """The rate above ``base`` at times ``t`` of a burst from ``start``."""
+        up = np.clip((t - start) / self.edge_s, 0.0, 1.0)
+        down = np.clip((start + duration - t) / self.edge_s, 0.0, 1.0)
+        return np.asarray((peak - self.base) * np.minimum(up, down))
+
+
+BURSTS = BurstShape()
+
+
+def _capped_pareto_mean(low: float, shape: float, cap: float) -> float:
+    """The mean of ``min(low * Y, cap)``, Y a Pareto draw of ``shape`` (at least 1)."""
+    return float(low + low**shape * (cap ** (1.0 - shape) - low ** (1.0 - shape)) / (1.0 - shape))
+
+
 def _burst_schedule(seed: int, horizon_s: float) -> FloatArray:
     """Rows of (start s, duration s, peak req/s): heavy-tailed gaps and peaks."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[float, float, float]] = []
     t = 0.0
     while True:
-        gap = min(60.0 * (1.0 + rng.pareto(1.2)), 900.0)
-        t += gap
-        duration = float(rng.uniform(10.0, 60.0))
+        t += BURSTS.gap(rng)
+        duration, peak = BURSTS.burst(rng)
         if t + duration > horizon_s:
             break
-        peak = min(150.0 * (1.0 + rng.pareto(3.0)), 350.0)
         rows.append((t, duration, peak))
         t += duration
     return np.array(rows, dtype=np.float64).reshape(-1, 3)
@@ -133,15 +182,12 @@ def _burst_schedule(seed: int, horizon_s: float) -> FloatArray:
 def bursty(seed: int = 0, horizon_s: float = 2 * 3600.0) -> Pattern:
     """On/off bursts (see the module's description); ``seed`` draws the
     schedule of bursts, not the arrivals."""
-    base, edge = 2.0, 3.0
     schedule = _burst_schedule(seed, horizon_s)
 
     def rate(t: FloatArray) -> FloatArray:
-        out = np.full_like(t, base)
+        out = np.full_like(t, BURSTS.base)
         for start, duration, peak in schedule:
-            up = np.clip((t - start) / edge, 0.0, 1.0)
-            down = np.clip((start + duration - t) / edge, 0.0, 1.0)
-            out = out + (peak - base) * np.minimum(up, down)
+            out = out + BURSTS.profile(t, start, duration, peak)
         return out
 
     name = "bursty" if seed == 0 else f"bursty-{seed}"

@@ -201,6 +201,7 @@ def check_seer_goal(
 
 
 GOAL_WARM_POOL = 4
+GOAL_WARM_START_S = 40.0
 """Warm instances in the goal's fleet: a burst's first step (4 x 50 req/s)
 starts in ``warm_start_s`` (40 s) instead of a cold boot (120 s)."""
 
@@ -284,6 +285,7 @@ __all__ = [
     "COLUMNS",
     "GOAL_CARRY_OVER",
     "GOAL_WARM_POOL",
+    "GOAL_WARM_START_S",
     "MAX_OVER_ABOVE_SEER",
     "MAX_OVER_SHARE",
     "MAX_SEER_HOURS",
