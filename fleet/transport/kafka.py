@@ -51,8 +51,8 @@ lag. ``consumers`` is the larger member count of the two groups.
 Backpressure: Kafka has no length limit, so ``publish_request`` refuses with
 :class:`Overloaded` once the messages waiting in the topic it publishes to
 (``ready``, read again in the background every half second, plus what this
-transport published since: its first publishes count from 0 until the first
-read ends;
+transport published that the read did not see, by the end offsets it read:
+its first publishes count from 0 until the first read ends;
 a committed offset the broker does not return, as right after a restart, is
 taken to be the last one read, not the log start)
 reach ``min(options.max_lag, options.max_queue_length)``. Per topic, not per
@@ -86,11 +86,12 @@ import asyncio
 import contextlib
 import functools
 import random
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 from urllib.parse import urlsplit
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -281,6 +282,14 @@ def shared_partition(address: str) -> int | None:
 _UNKNOWN_TOPIC = 3
 
 
+class _Backlog(NamedTuple):
+    """A topic's backlog as one read saw it."""
+
+    ready: int
+    in_flight: int
+    ends: dict[int, int]  # partition: end offset at the read
+
+
 class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     scheme = "kafka"
     #: seconds a topic this transport has seen may be reported missing before
@@ -319,7 +328,8 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._seen: set[str] = set()  # topics the metadata has shown
         self._missing_since: dict[str, float] = {}  # of those, reported unknown since
         self._lag_cache: dict[str, tuple[float, int]] = {}
-        self._published_since: dict[str, int] = {}
+        self._read_ends: dict[str, dict[int, int]] = {}  # end offsets the last read saw
+        self._unread: dict[str, list[tuple[int, int]]] = {}  # (partition, offset) sent past them
         self._lag_reads: dict[str, asyncio.Task[None]] = {}  # backlog reads under way
         self._reply_topics: dict[str, float] = {}
         self._rates: dict[str, tuple[float, int]] = {}
@@ -723,9 +733,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         partition: int | None = None,
         headers: list[tuple[str, bytes]] | None = None,
         key: bytes | None = None,
-    ) -> None:
+    ) -> Any:
+        """Send one message; its record metadata (partition, offset)."""
         try:
-            await asyncio.wait_for(
+            return await asyncio.wait_for(
                 self._producer.send_and_wait(
                     topic, value, key=key, partition=partition, headers=headers
                 ),
@@ -754,7 +765,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         if waiting >= limit:
             raise Overloaded(f"topic {topic!r} has {waiting} messages waiting (limit {limit})")
         try:
-            await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
+            sent = await self._send(topic, body, headers=[(ATTEMPT_HEADER, _FIRST_BYTE)])
         except (ModelNotFound, Unavailable) as exc:
             # A broker that does not know the topic (one just restarted, not
             # caught up yet, or the topic deleted: fleet never deletes a
@@ -766,11 +777,24 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
                 msg = f"a broker did not know topic {topic!r}; try again ({exc})"
                 raise Unavailable(msg) from exc
             raise
-        self._published_since[topic] = self._published_since.get(topic, 0) + 1
+        self._count_sent(topic, sent)
+
+    def _count_sent(self, topic: str, sent: Any) -> None:
+        """A message published to ``topic`` counts on top of the last backlog
+        read unless that read saw it (its offset below the read's end offset
+        of its partition): a send that lands while the backlog is read is in
+        the figure, whichever of the two ends first."""
+        partition = getattr(sent, "partition", -1)
+        offset = getattr(sent, "offset", -1)
+        if offset is None or offset < 0:
+            offset = sys.maxsize  # not known: not seen by any read
+        ends = self._read_ends.get(topic)
+        if ends is None or offset >= ends.get(partition, 0):
+            self._unread.setdefault(topic, []).append((partition, offset))
 
     def _waiting_estimate(self, topic: str) -> int:
         """The topic's backlog as last read, plus what this transport has
-        published since. The figure is read in the background (one read per
+        published that the read did not see. The figure is read in the background (one read per
         topic at a time) when there is none or it is older than ``_LAG_TTL``:
         no publish waits on that read's round trips, and the publishes before
         the first read ends count from 0."""
@@ -780,7 +804,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             task = asyncio.get_running_loop().create_task(self._read_lag(topic))
             self._lag_reads[topic] = task
             task.add_done_callback(functools.partial(self._lag_read_done, topic))
-        return (cached[1] if cached is not None else 0) + self._published_since.get(topic, 0)
+        return (cached[1] if cached is not None else 0) + len(self._unread.get(topic, ()))
 
     def _lag_read_done(self, topic: str, task: asyncio.Task[None]) -> None:
         self._lag_reads.pop(topic, None)
@@ -789,10 +813,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
 
     async def _read_lag(self, topic: str) -> None:
         now = time.monotonic()
-        counted = self._published_since.get(topic, 0)  # in the read from here on
         cached = self._lag_cache.get(topic)
         try:
-            ready, _in_flight = await self._call("lag", self._topic_backlog(topic))
+            backlog = await self._call("lag", self._topic_backlog(topic))
         except (Unavailable, ModelNotFound) as exc:
             # The backlog is a guard, not a precondition: when it cannot be
             # read (partition leaders moving after a restart), the last
@@ -801,8 +824,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             log.warning("lag unreadable; using the last known", topic=topic, error=str(exc))
             self._lag_cache[topic] = (now, cached[1] if cached is not None else 0)
         else:
-            self._lag_cache[topic] = (now, ready)
-            self._published_since[topic] = self._published_since.get(topic, 0) - counted
+            self._lag_cache[topic] = (now, backlog.ready)
+            ends = self._read_ends[topic] = backlog.ends
+            unread = self._unread.get(topic, [])
+            self._unread[topic] = [(p, o) for p, o in unread if o >= ends.get(p, 0)]
 
     async def dead_letter(self, record: Any, reason: str, attempt: int) -> None:
         headers = dead_letter_headers(record, reason, attempt)
@@ -1011,7 +1036,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
                     return len(g[5])
         return None
 
-    async def _topic_backlog(self, topic: str) -> tuple[int, int]:
+    async def _topic_backlog(self, topic: str) -> _Backlog:
         """``(ready, in_flight)`` of one topic's group. Their sum is the lag:
         end offset minus committed offset, a partition never committed counting
         from its log start. ``in_flight`` is the part of it the group has handed
@@ -1046,7 +1071,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             out = min(lag, max(0, handed.get(tp, base[tp]) - base[tp]))
             ready += lag - out
             in_flight += out
-        return ready, in_flight
+        return _Backlog(ready, in_flight, {tp.partition: end[tp] for tp in tps})
 
     async def depth(self, model: str) -> Depth:
         self._check_open()
@@ -1056,9 +1081,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             raise ModelNotFound(f"model {model!r} has no topics")
         ready = in_flight = 0
         for t in present:
-            r, f = await self._call("lag", self._topic_backlog(t))
-            ready += r
-            in_flight += f
+            backlog = await self._call("lag", self._topic_backlog(t))
+            ready += backlog.ready
+            in_flight += backlog.in_flight
         members = [await self.group_members(t) for t in present]
         known = [m for m in members if m is not None]
         return Depth(

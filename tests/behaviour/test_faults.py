@@ -10,6 +10,7 @@ import asyncio
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,11 +182,23 @@ async def test_a_drained_worker_and_its_successor_answer_each_request_once(
         got = np.concatenate([a["logits"] for a in answers])
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
         counts = [_answered(w) for w in (leaving, after)]
-        assert sum(counts) == total, f"answered {counts}: {sum(counts) - total} twice"
+        assert sum(counts) == total, (
+            f"answered {counts}: {sum(counts) - total} twice; the workers said:\n"
+            + "\n".join(map(str, _warnings(leaving) + _warnings(after)))
+        )
     finally:
         await leaving.stop()
         if after is not None:
             await after.stop()
+
+
+def _warnings(worker: WorkerProcess) -> list[dict[str, Any]]:
+    """What the worker logged that explains a message delivered again."""
+    return [
+        line
+        for line in worker.lines
+        if line.get("level") in ("warning", "error") or "redeliver" in str(line.get("event"))
+    ]
 
 
 def _answered(worker: WorkerProcess) -> int:

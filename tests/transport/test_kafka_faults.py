@@ -19,6 +19,7 @@ from aiokafka.errors import RequestTimedOutError
 from fleet.contract import Priority
 from fleet.errors import LimitExceeded, Unavailable
 from fleet.transport import Delivery, queue_name
+from fleet.transport.kafka import _Backlog
 from tests.transport.kafka_support import Connect, collector, eventually, lag_becomes
 
 pytestmark = pytest.mark.kafka
@@ -205,10 +206,10 @@ async def test_a_slow_backlog_read_does_not_hold_up_publishes(
     release = asyncio.Event()
     reads: list[int] = []
 
-    async def slow(topic: str) -> tuple[int, int]:
+    async def slow(topic: str) -> Any:
         reads.append(1)
         await release.wait()  # a read that never ends until told
-        return 3, 0
+        return _Backlog(3, 0, {})
 
     monkeypatch.setattr(client, "_topic_backlog", slow)
     for round_ in (1, 2):
@@ -221,6 +222,33 @@ async def test_a_slow_backlog_read_does_not_hold_up_publishes(
         release.clear()
         at, ready = client._lag_cache[topic]
         client._lag_cache[topic] = (at - 60, ready)  # stale: read again
+
+
+async def test_a_publish_a_backlog_read_saw_is_not_counted_twice(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A publish that lands while the backlog is being read is in the read's
+    figure: it is not counted again on top of it, however the read and the
+    send interleave (the end offsets the read saw tell)."""
+    client = await kafka(partitions=2, max_lag=20)
+    await client.declare_model(unique_model)
+    topic = queue_name(unique_model, ONLINE)
+    release = asyncio.Event()
+    real = client._topic_backlog
+
+    async def after_the_sends(topic: str) -> Any:
+        await release.wait()  # the read's offsets come after both sends landed
+        return await real(topic)
+
+    monkeypatch.setattr(client, "_topic_backlog", after_the_sends)
+    for i in range(2):
+        await client.publish_request(unique_model, ONLINE, b"%d" % i)
+    release.set()
+    await eventually(lambda: topic in client._lag_cache, timeout=10)
+    assert client._lag_cache[topic][1] == 2
+    assert client._waiting_estimate(topic) == 2
+    await client.publish_request(unique_model, ONLINE, b"after the read")
+    assert client._waiting_estimate(topic) == 3
 
 
 # --------------------------------------------------------------------------- a killed worker
