@@ -197,7 +197,8 @@ def _warnings(worker: WorkerProcess) -> list[dict[str, Any]]:
     return [
         line
         for line in worker.lines
-        if line.get("level") in ("warning", "error") or "redeliver" in str(line.get("event"))
+        if line.get("level") in ("warning", "error")
+        or any(word in str(line.get("event")) for word in ("redeliver", "restart", "closed"))
     ]
 
 
