@@ -82,7 +82,7 @@ def _burst_seconds(
     u = (np.arange(strata, dtype=np.float64) + 0.5) / strata
     low, high = shape.duration_s
     durations = low + (high - low) * u
-    peaks = np.minimum(shape.peak_min * (1.0 - u) ** (-1.0 / shape.peak_shape), shape.peak_max)
+    peaks = shape.peak_quantile(u)
     rates: list[FloatArray] = []
     into: list[FloatArray] = []
     for duration in durations.tolist():
@@ -139,7 +139,7 @@ def least_hours(
     base_miss = misses(np.array([shape.base]), _MOST, profile, objective_ms)[0]
     early = into < start_s
     gap_s = shape.mean_gap_s()
-    cycle_s = gap_s + sum(shape.duration_s) / 2.0
+    cycle_s = gap_s + shape.mean_duration_s()
     requests = shape.base * gap_s + shape.mean_requests()
     target = over_share * requests
     counts = np.arange(_MOST + 1, dtype=np.float64)

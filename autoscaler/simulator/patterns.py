@@ -143,9 +143,17 @@ class BurstShape:
         """The mean of :meth:`gap`."""
         return _capped_pareto_mean(self.gap_min_s, self.gap_shape, self.gap_max_s)
 
+    def mean_duration_s(self) -> float:
+        """The mean duration of a burst."""
+        return sum(self.duration_s) / 2.0
+
+    def peak_quantile(self, u: FloatArray) -> FloatArray:
+        """The peaks below which a share ``u`` of :meth:`burst`'s peaks lie."""
+        return np.minimum(self.peak_min * (1.0 - u) ** (-1.0 / self.peak_shape), self.peak_max)
+
     def mean_requests(self) -> float:
         """The mean count of requests in one burst, base traffic included."""
-        duration = sum(self.duration_s) / 2.0
+        duration = self.mean_duration_s()
         peak = _capped_pareto_mean(self.peak_min, self.peak_shape, self.peak_max)
         return self.base * duration + (peak - self.base) * (duration - self.edge_s)
 

@@ -794,10 +794,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
 
     def _waiting_estimate(self, topic: str) -> int:
         """The topic's backlog as last read, plus what this transport has
-        published that the read did not see. The figure is read in the background (one read per
-        topic at a time) when there is none or it is older than ``_LAG_TTL``:
-        no publish waits on that read's round trips, and the publishes before
-        the first read ends count from 0."""
+        published that the read did not see. The figure is read in the
+        background (one read per topic at a time) when there is none or it is
+        older than ``_LAG_TTL``: no publish waits on that read's round trips,
+        and the publishes before the first read ends count from 0."""
         cached = self._lag_cache.get(topic)
         stale = cached is None or time.monotonic() - cached[0] > _LAG_TTL
         if stale and topic not in self._lag_reads:
