@@ -635,8 +635,8 @@ class BrokerIngress:
                         fm.failed = True
         for m in msgs:
             self._answered(m)
-        for m in set(msgs):
-            await self._maybe_settle(m)
+        # Settled together, a batch's acks leave in one frame where the transport can.
+        await asyncio.gather(*(self._maybe_settle(m) for m in dict.fromkeys(msgs)))
 
     def _frames(
         self, replies: list[Reply], msgs: Sequence[_Message | None], *, stages: bool = False

@@ -899,12 +899,15 @@ class AmqpTransport(Transport, DeadLetterTap):
             queue = await channel.declare_queue(
                 DEAD_LETTER, passive=True, timeout=self.options.publish_timeout
             )
+            last = None
             while len(out) < limit:
                 message = await queue.get(fail=False, timeout=self.options.publish_timeout)
                 if message is None:
                     break
                 out.append(message.body)
-                await message.ack()
+                last = message
+            if last is not None:  # one frame: acks sent one by one may be lost at the close
+                await last.ack(multiple=True)
         return out
 
 
