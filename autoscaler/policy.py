@@ -13,7 +13,8 @@ Capacity is whichever of these asks for more:
 
 Then, in this order: the floor (``min_capacity``, or 0 after ``idle_to_zero_s``
 without traffic when ``scale_to_zero`` is on; raised to a scheduled floor
-while one of ``schedule``'s windows is open) and ``max_capacity``; pre-warming
+while one of ``schedule``'s windows is open, and to the daily floor learned
+from history when ``daily_floor`` is set) and ``max_capacity``; pre-warming
 for a recurring surge; the tolerance band; the scale-in stabilization window
 (scale in only to the highest count recommended within it); the cooldowns,
 one per direction; the step limits.
@@ -47,6 +48,14 @@ the scale-in after each one follows the need at once, without the
 stabilization window, the cooldown or the step limit: the next surge is
 pre-warmed for when due, so holding its capacity in between only costs.
 
+**A daily floor** (opt in, ``daily_floor``): the policy keeps the peak need of
+each ``history_slot_s`` slot of the last ``history_days`` days, and holds at
+least ``daily_floor`` times what the same time of day needed (the least of
+those days, over the slots up to ``prewarm_lead_s`` ahead), so that traffic
+with a daily cycle finds its morning climb's capacity already booted. The
+history is in the state, so it survives a restart; a gap in it longer than
+``history_days`` starts it afresh.
+
 The policy is pure: no clock, no I/O, no randomness; time comes from the
 snapshot and everything that changes lives in :class:`PolicyState`.
 """
@@ -59,6 +68,8 @@ from dataclasses import dataclass, replace
 from autoscaler.registry import PolicySpec
 from autoscaler.schedule import ScheduledFloor, scheduled_floor
 from autoscaler.types import Decision, Policy, Snapshot
+
+_DAY = 86_400.0
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -134,6 +145,18 @@ class PolicyConfig:
     """After a burst whose recurrence is not predicted, hold the capacity it
     needed this long (the next may come at any time, and would be over before
     new instances serve); 0: never. Surges are tracked only with ``predict_surges``."""
+    daily_floor: float = 0.0
+    """A floor predicted from history, for traffic with a daily cycle: this
+    share of what the load needed at the same time of day on each of the last
+    ``history_days`` days (the least of them, looking ``prewarm_lead_s``
+    ahead, so the capacity serves when that time comes); 0: off. Learned in
+    ``history_slot_s`` slots and kept in the policy's state, so it carries
+    across restarts."""
+    history_days: int = 2
+    """Days of history the daily floor reads (the least of them counts: one
+    busy day does not raise the next day's floor alone)."""
+    history_slot_s: float = 600.0
+    """The daily history's resolution: the peak need of each slot is kept."""
     schedule: tuple[ScheduledFloor, ...] = ()
     """Scheduled capacity floors (``[[policy.schedule]]``: ``cron`` in UTC,
     ``min``, ``duration``): at least ``min`` instances while a window is open,
@@ -154,6 +177,8 @@ class PolicyConfig:
             raise ValueError("max_step_up and max_step_down must be at least 1")
         if self.surge_ratio <= 1 or self.min_period_s <= 0 or self.max_period_s < self.min_period_s:
             raise ValueError("need surge_ratio > 1 and 0 < min_period_s <= max_period_s")
+        if not 0 <= self.daily_floor <= 1 or self.history_days < 1 or self.history_slot_s <= 0:
+            raise ValueError("need 0 <= daily_floor <= 1, history_days >= 1, history_slot_s > 0")
         for name in (
             "drain_time_s",
             "scale_out_cooldown_s",
@@ -183,6 +208,8 @@ class PolicyState:
     surge_until: float | None = None  # the current surge lasts at least until then
     hold_until: float | None = None  # the capacity a burst needed is held until then
     hold_count: int = 0  # ... and that capacity
+    daily_from: float = 0.0  # the start of the daily history's first slot
+    daily: tuple[int, ...] = ()  # the peak need of each slot from then (-1: not seen)
 
     def shifted(self, by: float) -> PolicyState:
         """The same state with every time in it moved by ``by`` seconds (to
@@ -201,6 +228,7 @@ class PolicyState:
             surge_onsets=tuple(t + by for t in self.surge_onsets),
             surge_until=at(self.surge_until),
             hold_until=at(self.hold_until),
+            daily_from=self.daily_from + by,
         )
 
 
@@ -230,6 +258,9 @@ class DefaultPolicy(Policy[PolicyState]):
         idle_since = (state.idle_since if state.idle_since is not None else now) if idle else None
         need, reasons = self._need(s, s.backlog, s.arrival_rate, per)
         floor = self._floor(now, idle_since, reasons)
+        if cfg.daily_floor > 0:
+            state = self._learn_daily(state, now, need)
+            floor = max(floor, self._daily(state, now, reasons))
         target = min(max(math.ceil(need - 1e-9), floor), cfg.max_capacity)
         state, prewarm = self._surges(state, now, need)
         ended = prewarm == 0 and self._surge_ended(state, now, need)
@@ -369,6 +400,48 @@ class DefaultPolicy(Policy[PolicyState]):
                 reasons.append(f"idle for {now - idle_since:.0f}s: scale to zero")
                 return 0
         return max(cfg.min_capacity, 1, scheduled)
+
+    def _learn_daily(self, state: PolicyState, now: float, need: float) -> PolicyState:
+        """Note ``need`` in the history: each slot keeps its peak, and only
+        ``history_days`` of slots are kept (a gap longer than that starts it
+        afresh)."""
+        slot_s = self.config.history_slot_s
+        keep = math.ceil(self.config.history_days * _DAY / slot_s) + 1
+        count = math.ceil(need - 1e-9)
+        i = math.floor((now - state.daily_from) / slot_s)
+        if not state.daily or i < 0 or i >= len(state.daily) + keep:
+            return replace(state, daily_from=now - now % slot_s, daily=(count,))
+        daily = list(state.daily) + [-1] * (i + 1 - len(state.daily))
+        daily[i] = max(daily[i], count)
+        drop = max(0, len(daily) - keep)
+        return replace(
+            state, daily_from=state.daily_from + drop * slot_s, daily=tuple(daily[drop:])
+        )
+
+    def _daily(self, state: PolicyState, now: float, reasons: list[str]) -> int:
+        """The daily floor at ``now`` (0: no history yet): ``daily_floor`` of
+        the least, over the earlier days with history, of the peak need in the
+        slots from now to ``prewarm_lead_s`` ahead on that day."""
+        cfg = self.config
+        peaks: list[int] = []
+        for day in range(1, cfg.history_days + 1):
+            ago = now - day * _DAY - state.daily_from
+            hi = math.floor((ago + cfg.prewarm_lead_s) / cfg.history_slot_s)
+            if hi < 0:
+                continue
+            lo = max(0, math.floor(ago / cfg.history_slot_s))
+            seen = [n for n in state.daily[lo : hi + 1] if n >= 0]
+            if seen:
+                peaks.append(max(seen))
+        if not peaks:
+            return 0
+        count = min(math.ceil(cfg.daily_floor * min(peaks) - 1e-9), cfg.max_capacity)
+        if count:
+            reasons.append(
+                f"daily floor {count}: {cfg.daily_floor:.0%} of the {min(peaks)} needed"
+                f" at this time on the last {len(peaks)} day(s)"
+            )
+        return count
 
     def _scheduled(self, now: float, reasons: list[str]) -> int:
         """The scheduled floor open at ``now`` (0: none), at most ``max_capacity``."""

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from autoscaler.policy import DefaultPolicy, PolicyConfig
 from autoscaler.registry import POLICIES
 from autoscaler.simulator.clairvoyant import ClairvoyantConfig, ClairvoyantPolicy
 from autoscaler.simulator.docs import render
@@ -15,6 +16,7 @@ from autoscaler.simulator.engine import SimConfig, SimResult, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile
 from autoscaler.simulator.report import (
+    DAILY_FLOOR,
     GOAL_CARRY_OVER,
     GOAL_WARM_POOL,
     GOAL_WARM_START_S,
@@ -181,6 +183,19 @@ def seer_goal(
     return SeerGoalRun(pattern=pattern.name, seed=seed, results=tuple(results), goal=goal)
 
 
+def daily_floor_run(
+    pattern: Pattern, seed: int, *, profile: ServiceProfile, base: SimConfig | None = None
+) -> SimResult:
+    """The default policy with a daily floor of :data:`DAILY_FLOOR` on
+    ``pattern``, on the goal's fleet, after a run of the pattern before it
+    (a day of history, for a pattern a day long), as a restarted autoscaler
+    reads it back from its state file."""
+    policy = DefaultPolicy(PolicyConfig(daily_floor=DAILY_FLOOR))
+    cfg = goal_config(seed, base)
+    start = learned_state(policy, pattern, profile=profile, config=cfg)
+    return simulate(policy, pattern, profile=profile, config=cfg, initial_state=start)
+
+
 def write_docs(
     out_dir: str | Path,
     *,
@@ -212,11 +227,19 @@ def write_docs(
         for name in patterns
         for seed in goal_seeds
     ]
+    daily = None
+    if "diurnal" in patterns and goal_seeds and horizon_s is None:
+        daily = daily_floor_run(BUILTIN["diurnal"], goal_seeds[0], profile=profile, base=config)
     path = out / "policies.md"
-    path.write_text(
-        render(comparisons, profile=profile, config=cfg, command=command, goal_runs=goal_runs),
-        encoding="utf-8",
+    text = render(
+        comparisons,
+        profile=profile,
+        config=cfg,
+        command=command,
+        goal_runs=goal_runs,
+        daily=daily,
     )
+    path.write_text(text, encoding="utf-8")
     return path, comparisons, goal_runs
 
 
@@ -232,6 +255,7 @@ __all__ = [
     "PatternComparison",
     "SeerGoalRun",
     "compare_pattern",
+    "daily_floor_run",
     "goal_config",
     "learned_state",
     "make_policy",

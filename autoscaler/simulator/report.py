@@ -205,6 +205,10 @@ GOAL_WARM_START_S = 40.0
 """Warm instances in the goal's fleet: a burst's first step (4 x 50 req/s)
 starts in ``warm_start_s`` (40 s) instead of a cold boot (120 s)."""
 
+DAILY_FLOOR = 1.0
+"""The ``daily_floor`` the docs measure on ``diurnal``, against the default
+policy without one."""
+
 GOAL_CARRY_OVER = ("spiky",)
 """Patterns on which the default policy starts with the state it learned in
 an earlier run of the same pattern (as a restarted autoscaler reads it back

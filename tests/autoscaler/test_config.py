@@ -229,6 +229,15 @@ def test_default_policy_parameters_reach_the_policy(tmp_path: Path) -> None:
     assert policy.config.max_capacity == 7 and policy.config.drain_time_s == 12.0
 
 
+def test_a_daily_floor_is_configured_and_checked(tmp_path: Path) -> None:
+    text = GOOD.replace('kind = "default"', 'kind = "default"\ndaily_floor = 0.9\nhistory_days = 3')
+    policy = build_policy(load_config(_write(tmp_path, text)).policy)
+    assert isinstance(policy, DefaultPolicy)
+    assert (policy.config.daily_floor, policy.config.history_days) == (0.9, 3)
+    text = GOOD.replace('kind = "default"', 'kind = "default"\ndaily_floor = 2.0')
+    assert "0 <= daily_floor <= 1" in _error(tmp_path, text)
+
+
 def test_missing_required_fields(tmp_path: Path) -> None:
     message = _error(tmp_path, "poll_interval_s = 1\n")
     for field in ("broker", "models", "actuator"):

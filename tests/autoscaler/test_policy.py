@@ -380,6 +380,9 @@ def test_is_pure() -> None:
         pytest.param({"tolerance": 1.0}, id="tolerance"),
         pytest.param({"max_step_up": 0}, id="step"),
         pytest.param({"drain_time_s": 0.0}, id="drain-time"),
+        pytest.param({"daily_floor": 1.5}, id="daily-floor"),
+        pytest.param({"history_days": 0}, id="history-days"),
+        pytest.param({"history_slot_s": 0.0}, id="history-slot"),
     ],
 )
 def test_config_validation(kwargs: dict[str, Any]) -> None:
@@ -508,3 +511,77 @@ def test_no_hold_after_a_long_surge_or_a_regular_one() -> None:
     regular = _bursts(replace(cfg, prewarm_lead_s=150), [300, 900, 1500], 40, 2000)
     assert regular[1700] <= 2  # between the third and the pre-warm for the fourth
     assert regular[1960] >= math.ceil(400 / LOAD)  # pre-warmed for 2100
+
+
+DAY = 86_400
+
+
+def _days(cfg: PolicyConfig, rate_at: Any, *, until: int, step: int = 60) -> dict[int, int]:
+    """The capacity decided each ``step`` seconds up to ``until`` for a
+    rate that is a function of time, the actuator following."""
+    times = list(range(0, until, step))
+    decisions = run(cfg, [snap(t, rate=rate_at(t), instances=2) for t in times])
+    return {t: d.desired for t, d in zip(times, decisions, strict=True)}
+
+
+def _morning(t: int) -> float:
+    """Quiet (2 instances' load) but for a peak of 10 instances' from 09:00 to 10:00."""
+    return LOAD * (10 if 9 * 3600 <= t % DAY < 10 * 3600 else 2)
+
+
+def test_a_daily_floor_prewarms_what_the_same_time_needed_the_day_before() -> None:
+    cfg = PolicyConfig(daily_floor=1.0, prewarm_lead_s=300, scale_in_cooldown_s=0)
+    got = _days(cfg, _morning, until=DAY + 11 * 3600)
+    ahead = DAY + 9 * 3600 - 240  # within the lead, before the peak
+    assert got[9 * 3600 - 240] == 2  # first day: nothing learned yet
+    assert got[ahead] == 10  # second day: ready before the load comes
+    assert got[DAY + 11 * 3600 - 60] < 10  # and let go after it
+
+
+def test_without_a_daily_floor_nothing_is_prewarmed() -> None:
+    cfg = PolicyConfig(prewarm_lead_s=300, scale_in_cooldown_s=0)
+    got = _days(cfg, _morning, until=DAY + 9 * 3600)
+    assert got[DAY + 9 * 3600 - 240] == 2
+    assert DefaultPolicy(cfg).initial_state().daily == ()
+
+
+def test_the_daily_floor_reads_the_least_of_the_days_and_its_share() -> None:
+    """A peak seen on one day of two does not raise the floor alone; the
+    share scales what the days agree on."""
+
+    def one_busy_day(t: int) -> float:
+        return _morning(t) if t < DAY else LOAD * 2
+
+    cfg = PolicyConfig(daily_floor=1.0, prewarm_lead_s=300, scale_in_cooldown_s=0)
+    got = _days(cfg, one_busy_day, until=2 * DAY + 9 * 3600)
+    assert got[2 * DAY + 9 * 3600 - 240] == 2
+    half = replace(cfg, daily_floor=0.5)
+    got = _days(half, _morning, until=2 * DAY + 9 * 3600)
+    assert got[2 * DAY + 9 * 3600 - 240] == 5
+
+
+def test_the_daily_history_survives_a_restart_and_stays_bounded() -> None:
+    """Kept in the state (so the state file carries it), and no longer than
+    ``history_days`` of slots however long the policy runs."""
+    cfg = PolicyConfig(daily_floor=1.0, history_days=2, history_slot_s=600)
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    for t in range(0, 4 * DAY, 300):
+        _, state = policy.decide(snap(t, rate=_morning(t), instances=2), state)
+    assert len(state.daily) <= 2 * DAY // 600 + 2
+    moved = state.shifted(-4 * DAY)  # a run whose clock starts 4 days earlier
+    decision, _ = policy.decide(snap(9 * 3600 - 60, instances=2), moved)
+    assert decision.desired == 10
+    assert any("daily floor" in r for r in decision.reasons)
+
+
+def test_a_gap_longer_than_the_history_starts_it_afresh() -> None:
+    cfg = PolicyConfig(daily_floor=1.0, history_days=1)
+    policy = DefaultPolicy(cfg)
+    state = policy.initial_state()
+    for t in range(0, DAY, 300):
+        _, state = policy.decide(snap(t, rate=_morning(t), instances=2), state)
+    later = 5 * DAY + 9 * 3600 - 60  # the autoscaler was down for days
+    decision, state = policy.decide(snap(later, instances=2), state)
+    assert decision.desired == 2
+    assert len(state.daily) == 1

@@ -13,11 +13,17 @@ import pytest
 
 from autoscaler.baselines import StaticConfig, StaticPolicy
 from autoscaler.policy import DefaultPolicy
-from autoscaler.simulator.compare import compare_pattern, seer_goal
+from autoscaler.simulator.compare import (
+    compare_pattern,
+    daily_floor_run,
+    goal_config,
+    make_policy,
+    seer_goal,
+)
 from autoscaler.simulator.engine import SimConfig, simulate
 from autoscaler.simulator.patterns import BUILTIN, Pattern, get_pattern
 from autoscaler.simulator.profile import DEFAULT_PROFILE, ServiceProfile, linear_profile
-from autoscaler.simulator.report import MAX_OVER_SHARE, meets_static_goal
+from autoscaler.simulator.report import MAX_OVER_SHARE, MAX_SEER_HOURS, meets_static_goal
 from autoscaler.types import Decision, Policy, Snapshot
 
 pytestmark = pytest.mark.unit
@@ -499,3 +505,22 @@ def test_a_warm_pool_sized_by_the_policy_starts_more_of_a_surge_warm() -> None:
     assert auto.instance_hours == pytest.approx(fixed.instance_hours, rel=1e-3)
     assert auto.over_objective < 0.8 * fixed.over_objective
     assert auto.mean_warm_pool > 2 * fixed.mean_warm_pool  # the price: stopped volumes
+
+
+def test_a_daily_floor_cuts_the_misses_on_diurnal_within_the_goals_hours() -> None:
+    """With a day of history, a daily floor serves ``diurnal``'s climbs with
+    capacity already booted: fewer requests over the objective than without
+    it, on no more than the goal's share of the clairvoyant reference's hours."""
+    pattern, cfg = BUILTIN["diurnal"], goal_config(1)
+    floored = daily_floor_run(pattern, 1, profile=DEFAULT_PROFILE)
+    plain = simulate(DefaultPolicy(), pattern, profile=DEFAULT_PROFILE, config=cfg)
+    seer = simulate(
+        make_policy("clairvoyant", pattern, DEFAULT_PROFILE, config=cfg),
+        pattern,
+        profile=DEFAULT_PROFILE,
+        config=cfg,
+    )
+    assert floored.over_share < 0.75 * plain.over_share, (floored.over_share, plain.over_share)
+    assert floored.over_share < seer.over_share
+    assert floored.instance_hours <= MAX_SEER_HOURS * seer.instance_hours
+    assert floored.instance_hours > plain.instance_hours  # what it costs

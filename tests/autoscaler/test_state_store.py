@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from autoscaler.policy import DefaultPolicy, PolicyState
+from autoscaler.policy import DefaultPolicy, PolicyConfig, PolicyState
 from autoscaler.registry import POLICIES
 from autoscaler.state_store import StateStore
 from autoscaler.types import Policy, Snapshot
@@ -62,6 +62,20 @@ def test_default_state_keeps_learned_surges(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s.json")
     store.save(DefaultPolicy(), state)
     assert store.load(DefaultPolicy()) == state
+
+
+def test_default_state_keeps_its_daily_history_compactly(tmp_path: Path) -> None:
+    """Two days of history at the default resolution, as integers: the file
+    stays well under an SSM parameter's 8 KB."""
+    policy = DefaultPolicy(PolicyConfig(daily_floor=1.0))
+    state = policy.initial_state()
+    for i in range(2 * 288):  # two days, every 5 minutes
+        _, state = policy.decide(_snap(1.7e9 + 300 * i, 50.0 + i % 97, 3), state)
+    store = StateStore(tmp_path / "s.json")
+    store.save(policy, state)
+    assert store.load(policy) == state
+    assert len(state.daily) >= 288
+    assert (tmp_path / "s.json").stat().st_size < 4096
 
 
 @pytest.mark.parametrize(
