@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,7 +92,9 @@ def check_model_name(name: str) -> str:
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (a uuid4's length; made several times
+    faster than one, on every request)."""
+    return os.urandom(16).hex()
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

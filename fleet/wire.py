@@ -51,6 +51,7 @@ from __future__ import annotations
 import math
 import struct
 import time
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -164,7 +165,7 @@ def _frame(
     _str(parts, reply_to)
     parts.append(_U32.pack(len(items)))
     for item in items:
-        parts.append(_U32.pack(sum(len(p) for p in item)))
+        parts.append(_U32.pack(sum(map(len, item))))
         parts.extend(item)
     return b"".join(parts)
 
@@ -273,6 +274,8 @@ def encode_replies(
 
 
 class _Reader:
+    """Reads fields in place (``unpack_from``): no slice is made for a number."""
+
     __slots__ = ("buf", "end", "pos")
 
     def __init__(self, buf: memoryview, pos: int = 0, end: int | None = None) -> None:
@@ -280,43 +283,77 @@ class _Reader:
         self.pos = pos
         self.end = len(buf) if end is None else end
 
+    def _advance(self, n: int) -> int:
+        """Move past ``n`` bytes; where they start."""
+        pos = self.pos
+        if n < 0 or pos + n > self.end:
+            raise DecodeError(f"truncated: wanted {n} bytes at offset {pos}, {self.end - pos} left")
+        self.pos = pos + n
+        return pos
+
     def take(self, n: int) -> memoryview:
-        if n < 0 or self.pos + n > self.end:
-            raise DecodeError(
-                f"truncated: wanted {n} bytes at offset {self.pos}, {self.end - self.pos} left"
-            )
-        view = self.buf[self.pos : self.pos + n]
-        self.pos += n
-        return view
+        pos = self._advance(n)
+        return self.buf[pos : pos + n]
+
+    def fields(self, st: struct.Struct) -> tuple[typing.Any, ...]:
+        """Several fixed-size fields at once."""
+        return st.unpack_from(self.buf, self._advance(st.size))
 
     def unpack(self, st: struct.Struct) -> int:
-        return st.unpack(self.take(st.size))[0]  # type: ignore[no-any-return]
+        return st.unpack_from(self.buf, self._advance(st.size))[0]  # type: ignore[no-any-return]
 
     def f64(self) -> float:
-        return float(_F64.unpack(self.take(8))[0])
+        return float(_F64.unpack_from(self.buf, self._advance(8))[0])
 
     def f32(self) -> float:
-        return float(_F32.unpack(self.take(4))[0])
+        return float(_F32.unpack_from(self.buf, self._advance(4))[0])
 
     def str(self) -> str:
-        raw = self.take(self.unpack(_U16))
+        buf, pos = self.buf, self.pos  # inlined: the hottest read of all
+        start = pos + 2
+        if start > self.end:
+            raise DecodeError(f"truncated: wanted 2 bytes at offset {pos}, {self.end - pos} left")
+        stop = start + (buf[pos] | buf[pos + 1] << 8)
+        if stop > self.end:
+            raise DecodeError(
+                f"truncated: wanted {stop - start} bytes at offset {start}, {self.end - start} left"
+            )
+        self.pos = stop
         try:
-            return bytes(raw).decode()
+            return str(buf[start:stop], "utf-8")
         except UnicodeDecodeError:
             raise DecodeError("a string is not valid UTF-8") from None
 
 
+def _bytes_view(data: bytes | memoryview) -> memoryview:
+    """``data`` as a flat view of bytes (a view of another format indexes as it)."""
+    view = memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        try:
+            view = view.cast("B")
+        except TypeError:  # not contiguous
+            view = memoryview(view.tobytes())
+    return view
+
+
+_SHAPES = [struct.Struct(f"<{rank}Q") for rank in range(256)]
+_DATATYPES = {int(d): (d, d.itemsize) for d in DataType}
+_PRIORITIES = {int(p): p for p in Priority}
+_CODE_RANK = struct.Struct("<BB")
+_TIMINGS = struct.Struct("<ffI")
+_TWO_F64 = struct.Struct("<dd")
+
+
 def _read_tensor(r: _Reader, limits: Limits) -> Tensor:
     name = r.str()
-    code = r.unpack(_U8)
-    try:
-        datatype = DataType(code)
-    except ValueError:
-        raise DecodeError(f"tensor {name!r}: unknown datatype code {code}") from None
-    rank = r.unpack(_U8)
+    code, rank = r.fields(_CODE_RANK)
+    known = _DATATYPES.get(code)
+    if known is None:
+        raise DecodeError(f"tensor {name!r}: unknown datatype code {code}")
+    datatype, itemsize = known
     if rank > limits.max_rank:
         raise LimitExceeded(f"tensor {name!r}: rank {rank} is over the limit of {limits.max_rank}")
-    shape = tuple(r.unpack(_U64) for _ in range(rank))
+    shape: tuple[int, ...] = r.fields(_SHAPES[rank])
     count = math.prod(shape)
     if count > limits.max_elements:
         raise LimitExceeded(
@@ -335,10 +372,10 @@ def _read_tensor(r: _Reader, limits: Limits) -> Tensor:
         except InvalidArgument as exc:
             raise DecodeError(exc.message) from None
         return Tensor(name=name, datatype=datatype, shape=shape, data=data)
-    if nbytes != count * datatype.itemsize:
+    if nbytes != count * itemsize:
         raise DecodeError(
             f"tensor {name!r}: {nbytes} bytes of data, shape {list(shape)} of "
-            f"{datatype.name} needs {count * datatype.itemsize}"
+            f"{datatype.name} needs {count * itemsize}"
         )
     return Tensor(name=name, datatype=datatype, shape=shape, data=r.take(nbytes))
 
@@ -347,7 +384,9 @@ def _read_tensors(r: _Reader, limits: Limits) -> tuple[Tensor, ...]:
     n = r.unpack(_U16)
     if n > limits.max_tensors:
         raise LimitExceeded(f"{n} tensors is over the limit of {limits.max_tensors}")
-    tensors = tuple(_read_tensor(r, limits) for _ in range(n))
+    if n == 1:
+        return (_read_tensor(r, limits),)
+    tensors = tuple([_read_tensor(r, limits) for _ in range(n)])
     if len({t.name for t in tensors}) != len(tensors):
         raise DecodeError("two tensors share a name")
     return tensors
@@ -373,11 +412,11 @@ def _read_param(r: _Reader) -> tuple[str, ParamValue]:
 def _read_request(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Request:
     model = r.str()
     version = r.str() or None
-    deadline = r.f64()
-    sent_at = r.f64()
+    deadline, sent_at = r.fields(_TWO_F64)
     timeout = r.f64() if ctx.version >= 2 else None
     prio = r.unpack(_U8)
-    if prio > max(Priority):
+    priority = _PRIORITIES.get(prio)
+    if priority is None:
         raise DecodeError(f"unknown priority {prio}")
     nparams = r.unpack(_U16)
     if nparams > limits.max_parameters:
@@ -398,7 +437,7 @@ def _read_request(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reques
         version=version,
         inputs=inputs,
         deadline=deadline,
-        priority=Priority(prio),
+        priority=priority,
         parameters=params,
         sent_at=sent_at,
         timeout=timeout,
@@ -418,8 +457,9 @@ def _read_reply(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reply:
         error = ErrorInfo(code=code, message=r.str(), retriable=retriable)
     elif status != 0:
         raise DecodeError(f"unknown reply status {status}")
-    queue_ms, inference_ms, batch_size, worker_id = r.f32(), r.f32(), r.unpack(_U32), r.str()
-    received_at, replied_at = (r.f64(), r.f64()) if ctx.version >= 2 else (0.0, 0.0)
+    queue_ms, inference_ms, batch_size = r.fields(_TIMINGS)
+    worker_id = r.str()
+    received_at, replied_at = r.fields(_TWO_F64) if ctx.version >= 2 else (0.0, 0.0)
     timings = Timings(
         queue_ms=queue_ms,
         inference_ms=inference_ms,
@@ -459,7 +499,7 @@ def decode(
         raise LimitExceeded(
             f"message of {len(data)} bytes is over the limit of {limits.max_message_bytes}"
         )
-    r = _Reader(memoryview(data))
+    r = _Reader(_bytes_view(data))
     if len(data) < _HEAD.size:
         raise DecodeError(f"message of {len(data)} bytes is shorter than a frame header")
     magic, version, kind, flags = _HEAD.unpack(r.take(_HEAD.size))
@@ -503,7 +543,7 @@ def salvage_ids(data: bytes | memoryview, max_items: int = 65_536) -> tuple[str,
     reply_to = ""
     ids: list[str] = []
     try:
-        r = _Reader(memoryview(data))
+        r = _Reader(_bytes_view(data))
         magic, _version, kind, _flags = _HEAD.unpack(r.take(_HEAD.size))
         if magic != MAGIC or kind != KIND_REQUESTS:
             return "", []

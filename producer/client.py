@@ -477,7 +477,7 @@ class Client:
         if req.id in self._pending:
             raise InvalidArgument(f"request id {req.id!r} is already in flight")
         body = wire.encode_request_body(req)
-        self._check_size(sum(len(b) for b in body))
+        self._check_size(sum(map(len, body)))
         return await self._with_retries(req, body, deadline, stages, span)
 
     def _check_size(self, size: int) -> None:
@@ -519,7 +519,7 @@ class Client:
     async def _attempt(
         self, req: Request, body: wire.Parts, deadline: float, stages: bool, span: Any
     ) -> Reply:
-        size = sum(len(b) for b in body)
+        size = sum(map(len, body))
         await self._reserve(req.model, size, deadline)
         pending = _Pending(
             id=req.id,

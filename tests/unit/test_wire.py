@@ -253,3 +253,14 @@ def test_too_many_headers_fail_only_their_item() -> None:
     (item,) = frame.items
     assert isinstance(item, ItemError) and item.id == "m"
     assert isinstance(item.error, LimitExceeded)
+
+
+def test_a_frame_in_a_view_of_another_format_decodes_the_same() -> None:
+    """A frame handed over as a view of, say, 16-bit units is read as bytes."""
+    for rid in ("a", "ab"):  # one of the two frames is a whole number of 16-bit units
+        blob = wire.encode_requests([_request(rid), _request("b", version="2")], "inbox")
+        if len(blob) % 2 == 0:
+            break
+    view = memoryview(blob).cast("H")
+    assert wire.decode(view, arrived=1.0) == wire.decode(blob, arrived=1.0)
+    assert wire.salvage_ids(view) == ("inbox", [rid, "b"])
