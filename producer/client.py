@@ -95,6 +95,12 @@ class _Pending:
     span: Any = None  # its call's trace span, when tracing is on
 
 
+def _expire(future: asyncio.Future[Reply]) -> None:
+    """A request's time is up: its caller raises the timeout."""
+    if not future.done():
+        future.set_exception(TimeoutError())
+
+
 @dataclass(slots=True)
 class ClientStats:
     published: int = 0  # requests handed to the broker (re-sends included)
@@ -536,12 +542,18 @@ class Client:
         self._pending[req.id] = pending
         self._bytes_in_flight += size
         self._enqueue(pending)
+        # One timer on the future itself, not wait_for and shield: they cost
+        # a coroutine, two futures and their callbacks on every request. A
+        # caller cancelled here cancels the future, which every path that
+        # answers it checks, and _release cleans up either way.
+        remaining = max(0.0, deadline - time.monotonic())
+        timer = asyncio.get_running_loop().call_later(remaining, _expire, pending.future)
         try:
-            remaining = max(0.0, deadline - time.monotonic())
-            return await asyncio.wait_for(asyncio.shield(pending.future), remaining)
+            return await pending.future
         except TimeoutError:
             raise self._timed_out(pending, req.timeout or 0.0) from None
         finally:
+            timer.cancel()
             self._release(pending)
 
     def _timed_out(self, p: _Pending, wait: float) -> FleetError:
