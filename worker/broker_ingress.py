@@ -272,33 +272,28 @@ class BrokerIngress:
 
     # ------------------------------------------------------------------ held work
     async def _check_hold(self) -> None:
-        """Stop consuming at the bound; consume again once at most half of it is held."""
-        requests, size = self.held()
-        if not self._paused:
-            if requests >= self._max_held_requests or size >= self._max_held_bytes:
-                await self._pause()
-        elif requests <= self._max_held_requests // 2 and size <= self._max_held_bytes // 2:
-            await self._resume()
-
-    async def _pause(self) -> None:
-        """Pause the consumers rather than cancel them: a paused Kafka consumer
-        keeps its group membership, so holding the bound costs no rebalance."""
+        """Stop consuming at the bound; consume again once at most half of it
+        is held. Decided under the lock, on what is held by then: a decision
+        made before waiting for it could pause a worker whose held work was
+        all settled meanwhile, and with nothing held nothing would resume it.
+        Pausing cancels the consumers but keeps their channels (a paused
+        Kafka consumer keeps its group membership: no rebalance)."""
         async with self._flow:
-            if self._paused or self._stopped:
+            if self._stopped:
                 return
-            self._paused = True
-            log.debug("holding as much as allowed; consuming paused", held=self.held())
-            for c in self._consumers:
-                await c.pause()
-
-    async def _resume(self) -> None:
-        async with self._flow:
-            if not self._paused or self._stopped:
-                return
-            self._paused = False
-            log.debug("consuming again", held=self.held())
-            for c in self._consumers:
-                await c.resume()
+            requests, size = self.held()
+            if not self._paused:
+                if requests < self._max_held_requests and size < self._max_held_bytes:
+                    return
+                self._paused = True
+                log.debug("holding as much as allowed; consuming paused", held=self.held())
+                for c in self._consumers:
+                    await c.pause()
+            elif requests <= self._max_held_requests // 2 and size <= self._max_held_bytes // 2:
+                self._paused = False
+                log.debug("consuming again", held=self.held())
+                for c in self._consumers:
+                    await c.resume()
 
     # ------------------------------------------------------------------ requests
     async def _on_delivery(self, delivery: Delivery) -> None:

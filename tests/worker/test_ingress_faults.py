@@ -23,7 +23,7 @@ from fleet.errors import ErrorCode, InvalidArgument, Unavailable
 from fleet.tensor import DataType, Tensor
 from fleet.transport import Transport, connect
 from fleet.transport.base import HEARTBEATS, queue_name, wait_until
-from fleet.transport.memory import MemoryBroker
+from fleet.transport.memory import MemoryBroker, _MemoryConsumer
 from producer import Client
 from tests.helpers import running_worker
 from tests.worker.fakes import DoublingRuntime, doubling_repo, loaded
@@ -405,6 +405,51 @@ async def test_a_worker_holds_no_more_than_its_bound_and_leaves_the_rest_to_othe
                 assert ingress is not None and ingress.held() == (0, 0)
     finally:
         release.set()
+        MemoryBroker.reset(unique_model)
+
+
+@pytest.mark.memory
+async def test_a_pause_decided_before_its_turn_does_not_stall_a_worker(
+    tmp_path: Path, doubling: RuntimeSpec, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consuming again takes a broker round trip per lane, under the hold's
+    lock. Work that arrives meanwhile reaches the bound and asks to pause;
+    if that work is all answered before the lock is free, a pause decided on
+    what was held before waiting leaves the worker paused with nothing held,
+    and nothing would ever resume it (at saturation every request then timed
+    out). The interleaving, step by step: resume under way, the bound
+    reached, everything settled, then the resume's round trip ends."""
+    root = doubling_repo(tmp_path, unique_model, DOUBLING_CONFIG.format(wait=1))
+    url = f"memory://{unique_model}"
+    real_resume = _MemoryConsumer.resume
+    round_trip = asyncio.Event()
+
+    async def slow_resume(self: _MemoryConsumer) -> None:
+        await round_trip.wait()
+        await real_resume(self)
+
+    try:
+        async with running_worker(url, root, max_held_requests=4) as worker:
+            ingress = worker._ingress
+            assert ingress is not None
+            ingress._held_requests = 4  # the bound: paused
+            await ingress._check_hold()
+            assert ingress.paused
+            monkeypatch.setattr(_MemoryConsumer, "resume", slow_resume)
+            ingress._held_requests = 0  # all settled: consuming again...
+            resuming = asyncio.create_task(ingress._check_hold())
+            await asyncio.sleep(0.05)
+            ingress._held_requests = 4  # ...work delivered meanwhile reaches the bound
+            pausing = asyncio.create_task(ingress._check_hold())
+            await asyncio.sleep(0.05)
+            ingress._held_requests = 0  # and is answered and settled
+            settled = asyncio.create_task(ingress._check_hold())
+            await asyncio.sleep(0.05)
+            round_trip.set()
+            await asyncio.gather(resuming, pausing, settled)
+            assert not ingress.paused, "paused with nothing held: nothing would resume it"
+    finally:
+        round_trip.set()
         MemoryBroker.reset(unique_model)
 
 
