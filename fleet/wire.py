@@ -305,9 +305,6 @@ class _Reader:
     def f64(self) -> float:
         return float(_F64.unpack_from(self.buf, self._advance(8))[0])
 
-    def f32(self) -> float:
-        return float(_F32.unpack_from(self.buf, self._advance(4))[0])
-
     def str(self) -> str:
         buf, pos = self.buf, self.pos  # inlined: the hottest read of all
         start = pos + 2
@@ -502,7 +499,7 @@ def decode(
     r = _Reader(_bytes_view(data))
     if len(data) < _HEAD.size:
         raise DecodeError(f"message of {len(data)} bytes is shorter than a frame header")
-    magic, version, kind, flags = _HEAD.unpack(r.take(_HEAD.size))
+    magic, version, kind, flags = r.fields(_HEAD)
     if magic != MAGIC:
         raise DecodeError("not a fleet message (bad magic)")
     if version not in VERSIONS:
@@ -544,7 +541,7 @@ def salvage_ids(data: bytes | memoryview, max_items: int = 65_536) -> tuple[str,
     ids: list[str] = []
     try:
         r = _Reader(_bytes_view(data))
-        magic, _version, kind, _flags = _HEAD.unpack(r.take(_HEAD.size))
+        magic, _version, kind, _flags = r.fields(_HEAD)
         if magic != MAGIC or kind != KIND_REQUESTS:
             return "", []
         reply_to = r.str()

@@ -95,20 +95,18 @@ class Settler:
 
     def frames(self) -> list[tuple[int, Decision, bool]]:
         """Take the decisions made so far as (tag, decision, multiple) frames."""
-        out: list[tuple[int, Decision, bool]] = []
-        run: list[int] = []
-        for tag in self._outstanding:  # oldest first: runs cover what is below them
+        runs: list[list[int]] = []  # like decisions, from the oldest open delivery up
+        for tag in self._outstanding:  # oldest first: a run covers what is below it
             decision = self._decided.get(tag)
             if decision is None:
                 break
-            if run and self._decided[run[-1]] != decision:
-                out.append((run[-1], self._decided[run[-1]], len(run) > 1))
-                run = []
-            run.append(tag)
-        if run:
-            out.append((run[-1], self._decided[run[-1]], len(run) > 1))
-        covered = {tag for tag in self._outstanding if tag <= out[-1][0]} if out else set()
-        out += [(t, d, False) for t, d in sorted(self._decided.items()) if t not in covered]
+            if runs and self._decided[runs[-1][-1]] == decision:
+                runs[-1].append(tag)
+            else:
+                runs.append([tag])
+        out = [(run[-1], self._decided[run[-1]], len(run) > 1) for run in runs]
+        last = runs[-1][-1] if runs else -1  # past it: behind a delivery still open
+        out += [(t, d, False) for t, d in sorted(self._decided.items()) if t > last]
         for tag in self._decided:
             del self._outstanding[tag]
         self._decided = {}
