@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from fleet import eventloop
 from fleet.errors import FleetError
 from fleet.eventloop import EVENT_LOOPS
+from fleet.heap import freeze_heap
 from fleetctl.formatting import HelpFormatter, Subparsers
 
 if TYPE_CHECKING:
@@ -178,14 +179,17 @@ def run_worker(args: argparse.Namespace) -> int:
         print(f"fleet worker: invalid settings:\n{exc}", file=sys.stderr)
         return 2
     tune_process_for_serving()
-    return eventloop.run(serve(Worker(settings)), settings.event_loop)
+    return eventloop.run(serve(Worker(settings), freeze=True), settings.event_loop)
 
 
-async def serve(worker: Worker, stop: asyncio.Event | None = None) -> int:
+async def serve(worker: Worker, stop: asyncio.Event | None = None, *, freeze: bool = False) -> int:
     """Run ``worker`` until SIGTERM/SIGINT (or ``stop`` is set) or an Auto
     Scaling termination, then drain it and, when the instance is leaving,
     complete the lifecycle action. A stop while the worker starts (loading its
-    models, waiting for its broker) ends it at once with 0: it holds no work."""
+    models, waiting for its broker) ends it at once with 0: it holds no work.
+    With ``freeze`` (a process that is this worker), what exists once it has
+    started is exempted from the garbage collector's walks
+    (:func:`fleet.heap.freeze_heap`)."""
     from worker.lifecycle import LifecycleWatcher
 
     stop = asyncio.Event() if stop is None else stop
@@ -194,6 +198,8 @@ async def serve(worker: Worker, stop: asyncio.Event | None = None) -> int:
         loop.add_signal_handler(sig, stop.set)
     if not await _start_unless_stopped(worker, stop):
         return 0
+    if freeze:
+        freeze_heap()
     watcher = LifecycleWatcher.from_env()
     watching = loop.create_task(_watch(watcher, stop)) if watcher is not None else None
     await stop.wait()
