@@ -48,12 +48,18 @@ class DataType(enum.IntEnum):
 
     @classmethod
     def from_numpy(cls, dtype: np.dtype[Any]) -> DataType:
+        known = _BY_DTYPE.get(dtype)
+        if known is not None:
+            return known
         if dtype.kind in ("O", "S", "U"):
             return cls.BYTES
         try:
-            return _FROM_NUMPY[np.dtype(dtype).newbyteorder("<").str]
+            found = _FROM_NUMPY[np.dtype(dtype).newbyteorder("<").str]
         except KeyError:
             raise InvalidArgument(f"numpy dtype {dtype} has no inference datatype") from None
+        if len(_BY_DTYPE) < 64:  # the few dtypes seen: each numeric one in either byte order
+            _BY_DTYPE[dtype] = found
+        return found
 
     @classmethod
     def from_onnx(cls, onnx_type: str) -> DataType:
@@ -80,6 +86,7 @@ _NUMPY: dict[DataType, np.dtype[Any]] = {
     DataType.BYTES: np.dtype("O"),
 }
 _FROM_NUMPY = {dt.str: t for t, dt in _NUMPY.items() if t is not DataType.BYTES}
+_BY_DTYPE: dict[np.dtype[Any], DataType] = {}  # dtypes mapped before, as given
 _FROM_ONNX = {
     "tensor(bool)": DataType.BOOL,
     "tensor(uint8)": DataType.UINT8,
@@ -149,6 +156,28 @@ class Tensor:
             raise InvalidArgument(f"tensor {self.name!r}: {exc}") from None
 
 
+def split_rows(name: str, array: npt.ArrayLike, counts: list[int]) -> list[Tensor]:
+    """``array`` cut along its first axis into tensors of ``counts`` rows
+    each, in order: what :meth:`Tensor.from_numpy` makes of each slice, with
+    the datatype found and the array made contiguous once, not per slice."""
+    arr = np.asarray(array)
+    datatype = DataType.from_numpy(arr.dtype)
+    out: list[Tensor] = []
+    offset = 0
+    if datatype is DataType.BYTES:
+        for n in counts:
+            out.append(Tensor.from_numpy(name, arr[offset : offset + n]))
+            offset += n
+        return out
+    arr = np.ascontiguousarray(arr, dtype=datatype.numpy)
+    for n in counts:
+        piece = arr[offset : offset + n]  # rows of a C-contiguous array: contiguous
+        data = piece.data.cast("B") if piece.size else b""
+        out.append(Tensor(name=name, datatype=datatype, shape=piece.shape, data=data))
+        offset += n
+    return out
+
+
 def check_shape(name: str, shape: tuple[int, ...]) -> int:
     """The element count of ``shape``; :class:`InvalidArgument` unless every
     dimension is a non-negative integer that fits the wire's u64."""
@@ -198,4 +227,4 @@ def _element_bytes(name: str, item: object) -> bytes:
     )
 
 
-__all__ = ["DataType", "Tensor", "check_bytes_elements", "check_shape"]
+__all__ = ["DataType", "Tensor", "check_bytes_elements", "check_shape", "split_rows"]

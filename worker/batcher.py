@@ -40,16 +40,18 @@ class Batcher(Generic[T]):
     _sync: deque[_Entry[T]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False
+    _order: tuple[deque[_Entry[T]], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
         if self.max_wait < 0:
             raise ValueError("max_wait must not be negative")
+        self._order = (self._sync, *(self._lanes[p] for p in Priority))
 
-    def _ordered(self) -> list[deque[_Entry[T]]]:
+    def _ordered(self) -> tuple[deque[_Entry[T]], ...]:
         """The lanes in the order they are served."""
-        return [self._sync, *(self._lanes[p] for p in Priority)]
+        return self._order
 
     def __len__(self) -> int:
         return sum(len(lane) for lane in self._ordered())

@@ -32,7 +32,7 @@ import numpy as np
 from fleet.contract import ErrorInfo, Reply, Request, Timings
 from fleet.errors import FleetError, Internal
 from fleet.logging import get_logger
-from fleet.tensor import Tensor
+from fleet.tensor import Tensor, split_rows
 from worker.batcher import Batcher
 from worker.runtime import Feeds
 
@@ -234,13 +234,10 @@ class Pipeline:
             )
         )
         out: list[Outcome] = []
-        offset = 0
-        for item, wait in zip(items, waits, strict=True):
-            tensors = tuple(
-                Tensor.from_numpy(name, arr[offset : offset + item.rows])
-                for name, arr in outputs.items()
-            )
-            offset += item.rows
+        counts = [i.rows for i in items]
+        per_output = [split_rows(name, arr, counts) for name, arr in outputs.items()]
+        for n, (item, wait) in enumerate(zip(items, waits, strict=True)):
+            tensors = tuple(pieces[n] for pieces in per_output)
             timings = Timings(
                 queue_ms=wait * 1000,
                 inference_ms=elapsed * 1000,

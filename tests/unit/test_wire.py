@@ -20,7 +20,7 @@ from fleet.errors import (
     Overloaded,
     UnsupportedVersion,
 )
-from fleet.tensor import DataType, Tensor
+from fleet.tensor import DataType, Tensor, split_rows
 
 pytestmark = pytest.mark.unit
 
@@ -160,6 +160,49 @@ def test_salvage_reads_ids_of_a_frame_over_the_size_limit() -> None:
         wire.decode(data, wire.Limits(max_message_bytes=64))
     assert wire.salvage_ids(data) == ("inbox.1", ["a", "b"])
     assert wire.salvage_ids(b"garbage") == ("", [])
+
+
+def test_a_datatype_is_the_same_for_either_byte_order_and_asked_again() -> None:
+    for _ in range(2):  # the second time from what was mapped before
+        for code, datatype in (
+            ("f4", DataType.FP32),
+            ("i8", DataType.INT64),
+            ("u2", DataType.UINT16),
+        ):
+            for order in ("<", ">", "="):
+                assert DataType.from_numpy(np.dtype(order + code)) is datatype
+        assert DataType.from_numpy(np.dtype("U3")) is DataType.BYTES
+        with pytest.raises(InvalidArgument, match="no inference datatype"):
+            DataType.from_numpy(np.dtype([("a", "<f4")]))
+    # a big-endian array is sent little-endian
+    arr = np.arange(3, dtype=">f4")
+    t = Tensor.from_numpy("x", arr)
+    assert t.datatype is DataType.FP32 and bytes(t.data) == np.arange(3, dtype="<f4").tobytes()
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(12, dtype="<f4").reshape(6, 2),
+        np.arange(6, dtype=">i8"),  # sent little-endian
+        np.array([b"a", b"bc", b"", b"def", b"g", b"h"], dtype=object),
+        np.asfortranarray(np.arange(18, dtype="<f8").reshape(6, 3)),  # not C-contiguous
+    ],
+    ids=["fp32", "big-endian", "bytes", "fortran"],
+)
+def test_rows_split_into_tensors_as_each_slice_would_be(array: np.ndarray) -> None:
+    counts = [1, 2, 0, 3]
+    pieces = split_rows("y", array, counts)
+    offset = 0
+    for n, piece in zip(counts, pieces, strict=True):
+        alone = Tensor.from_numpy("y", array[offset : offset + n])
+        assert (piece.name, piece.datatype, piece.shape) == (
+            alone.name,
+            alone.datatype,
+            alone.shape,
+        )
+        assert bytes(piece.data) == bytes(alone.data)
+        offset += n
 
 
 def test_tensor_with_wrong_data_length_is_invalid() -> None:
