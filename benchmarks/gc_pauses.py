@@ -52,11 +52,11 @@ class Pauses:
 
 
 async def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from fleet.transport.base import wait_until
     from fleetctl.worker_cmd import serve
     from producer import Client
     from worker.service import Worker, WorkerSettings
 
-    model = args.model
     settings = WorkerSettings(broker=args.url, models=args.models, worker_id="gc", http_port=0)
     worker, stop = Worker(settings), asyncio.Event()
     serving = asyncio.ensure_future(serve(worker, stop, freeze=args.freeze))
@@ -64,17 +64,20 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
     pool = rng.standard_normal((256, WIDTH[args.model])).astype(np.float32)
     lat: list[float] = []
     try:
-        while worker.state != "ready":
-            await asyncio.sleep(0.05)
+        await wait_until(lambda: worker.state == "ready" or serving.done(), 120)
+        if serving.done():
+            await serving  # raises why the worker did not start
+        if worker.state != "ready":
+            raise RuntimeError("the worker did not start within 120 s")
         async with Client(args.url, timeout=30, max_in_flight=100_000) as client:
             for i in range(200):  # warm the path
-                await client.infer(model, {"input": pool[i % 256 : i % 256 + 1]})
+                await client.infer(args.model, {"input": pool[i % 256 : i % 256 + 1]})
             pauses = Pauses()
             gc.callbacks.append(pauses)
 
             async def one(i: int) -> None:
                 t0 = time.perf_counter()
-                await client.infer(model, {"input": pool[i % 256 : i % 256 + 1]})
+                await client.infer(args.model, {"input": pool[i % 256 : i % 256 + 1]})
                 lat.append(time.perf_counter() - t0)
 
             tasks, at, i = set(), time.perf_counter(), 0

@@ -71,7 +71,7 @@ async def main():
     pool = rng.standard_normal((256, args["width"])).astype(np.float32)
     # stage times flat in an array: a list per request would be 40,000 more
     # objects for the garbage collector to walk, the harness's, not the client's
-    lat, flat, per, inference = array.array("d"), array.array("d"), [0], 0.0
+    lat, flat, per, inference = array.array("d"), array.array("d"), 1, 0.0
     async with Client(args["broker"], timeout=30, max_in_flight=100_000) as client:
         has_stages = "stages" in inspect.signature(client.infer_reply).parameters
         freeze_heap()
@@ -83,7 +83,7 @@ async def main():
             return
 
         async def one(i):
-            nonlocal inference
+            nonlocal inference, per
             t0 = time.perf_counter()
             x = {"input": pool[i % 256 : i % 256 + 1]}
             reply = await client.infer_reply(args["model"], x, **extra)
@@ -91,7 +91,7 @@ async def main():
                 lat.append(time.perf_counter() - t0)
                 inference += reply.timings.inference_ms / 1000 / max(1, reply.timings.batch_size)
                 if reply.stages is not None if has_stages else False:
-                    per[0] = len(reply.stages.__slots__)
+                    per = len(reply.stages.__slots__)
                     flat.extend([getattr(reply.stages, f) for f in reply.stages.__slots__])
 
         cpu = time.process_time()
@@ -116,7 +116,7 @@ async def main():
                 i += 1
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - t_start
-        stages = [flat[i : i + per[0]].tolist() for i in range(0, len(flat), per[0] or 1)]
+        stages = [flat[i : i + per].tolist() for i in range(0, len(flat), per)]
         print(json.dumps({"lat": lat.tolist(), "stages": stages, "cpu_s": time.process_time() - cpu,
                           "seconds": seconds, "inference_s": inference}))
 

@@ -9,6 +9,7 @@ followed by its bytes, as in KServe's binary extension.
 from __future__ import annotations
 
 import enum
+import itertools
 import math
 import struct
 from dataclasses import dataclass
@@ -129,9 +130,7 @@ class Tensor:
                 parts.append(_LEN.pack(len(raw)))
                 parts.append(raw)
             return cls(name=name, datatype=datatype, shape=arr.shape, data=b"".join(parts))
-        arr = np.ascontiguousarray(arr, dtype=datatype.numpy)
-        data = arr.data.cast("B") if arr.size else b""
-        return cls(name=name, datatype=datatype, shape=arr.shape, data=data)
+        return _numeric(name, datatype, np.ascontiguousarray(arr, dtype=datatype.numpy))
 
     def to_numpy(self) -> npt.NDArray[Any]:
         """A numpy view of the data (read-only when the data is ``bytes``).
@@ -162,20 +161,18 @@ def split_rows(name: str, array: npt.ArrayLike, counts: list[int]) -> list[Tenso
     the datatype found and the array made contiguous once, not per slice."""
     arr = np.asarray(array)
     datatype = DataType.from_numpy(arr.dtype)
-    out: list[Tensor] = []
-    offset = 0
+    # each piece's first row; one more (where the last ends) is left unread
+    parts = list(zip(itertools.accumulate(counts, initial=0), counts, strict=False))
     if datatype is DataType.BYTES:
-        for n in counts:
-            out.append(Tensor.from_numpy(name, arr[offset : offset + n]))
-            offset += n
-        return out
-    arr = np.ascontiguousarray(arr, dtype=datatype.numpy)
-    for n in counts:
-        piece = arr[offset : offset + n]  # rows of a C-contiguous array: contiguous
-        data = piece.data.cast("B") if piece.size else b""
-        out.append(Tensor(name=name, datatype=datatype, shape=piece.shape, data=data))
-        offset += n
-    return out
+        return [Tensor.from_numpy(name, arr[s : s + n]) for s, n in parts]
+    arr = np.ascontiguousarray(arr, dtype=datatype.numpy)  # its rows' slices: contiguous too
+    return [_numeric(name, datatype, arr[s : s + n]) for s, n in parts]
+
+
+def _numeric(name: str, datatype: DataType, arr: npt.NDArray[Any]) -> Tensor:
+    """A tensor over the bytes of ``arr``: C-contiguous, of ``datatype``'s dtype."""
+    data = arr.data.cast("B") if arr.size else b""
+    return Tensor(name=name, datatype=datatype, shape=arr.shape, data=data)
 
 
 def check_shape(name: str, shape: tuple[int, ...]) -> int:

@@ -40,7 +40,7 @@ class Batcher(Generic[T]):
     _sync: deque[_Entry[T]] = field(default_factory=deque)
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False
-    _order: tuple[deque[_Entry[T]], ...] = ()
+    _order: tuple[deque[_Entry[T]], ...] = ()  # the lanes in the order they are served
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -49,12 +49,8 @@ class Batcher(Generic[T]):
             raise ValueError("max_wait must not be negative")
         self._order = (self._sync, *(self._lanes[p] for p in Priority))
 
-    def _ordered(self) -> tuple[deque[_Entry[T]], ...]:
-        """The lanes in the order they are served."""
-        return self._order
-
     def __len__(self) -> int:
-        return sum(len(lane) for lane in self._ordered())
+        return sum(len(lane) for lane in self._order)
 
     @property
     def closed(self) -> bool:
@@ -63,7 +59,7 @@ class Batcher(Generic[T]):
 
     @property
     def rows(self) -> int:
-        return sum(e.rows for lane in self._ordered() for e in lane)
+        return sum(e.rows for lane in self._order for e in lane)
 
     def put(
         self,
@@ -88,19 +84,19 @@ class Batcher(Generic[T]):
 
     def drain(self) -> list[T]:
         """Take everything still queued (for shutdown)."""
-        out = [e.item for lane in self._ordered() for e in lane]
-        for lane in self._ordered():
+        out = [e.item for lane in self._order for e in lane]
+        for lane in self._order:
             lane.clear()
         return out
 
     def _oldest(self) -> float | None:
-        heads = [lane[0].arrived for lane in self._ordered() if lane]
+        heads = [lane[0].arrived for lane in self._order if lane]
         return min(heads) if heads else None
 
     def _take(self) -> list[T]:
         batch: list[T] = []
         rows = 0
-        for lane in self._ordered():
+        for lane in self._order:
             while lane and rows + lane[0].rows <= self.max_batch_size:
                 entry = lane.popleft()
                 rows += entry.rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ class _Node:
 
 
 @pytest.fixture
-def unfrozen() -> object:
+def unfrozen() -> Iterator[None]:
     """The test starts with nothing frozen and leaves nothing frozen."""
     gc.unfreeze()
     yield None
