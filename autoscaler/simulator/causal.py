@@ -35,6 +35,7 @@ traffic (long-run averages of the renewal process).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -119,6 +120,46 @@ def _burst_cost(
     return np.asarray((first + then).mean(axis=0))
 
 
+@dataclass(frozen=True, slots=True)
+class _Costs:
+    """What the bound needs that does not hang on the share over: per price
+    of :data:`_PRICES`, the least cost of a cycle; the mean requests in a
+    cycle and its mean length (s)."""
+
+    least: FloatArray
+    requests: float
+    cycle_s: float
+
+
+@functools.lru_cache(maxsize=8)
+def _least_costs(
+    shape: BurstShape, profile: ServiceProfile, objective_ms: float, start_s: float, strata: int
+) -> _Costs:
+    survive, ending, capped = _gap_odds(shape)
+    rates, into, which = _burst_seconds(shape, strata)
+    # requests/s over the objective grow with the rate: a rate taken down to
+    # a grid of 0.25 req/s keeps the bound a bound, at a fraction of the cost
+    grid = np.arange(0.0, float(rates.max()) + 0.25, 0.25)
+    burst_miss = misses(grid, _MOST, profile, objective_ms)[(rates / 0.25).astype(np.int64)]
+    base_miss = misses(np.array([shape.base]), _MOST, profile, objective_ms)[0]
+    early = into < start_s
+    counts = np.arange(_MOST + 1, dtype=np.float64)
+    late = np.arange(len(survive)) >= shape.gap_max_s - start_s
+    least = np.empty(len(_PRICES))
+    for i, lam in enumerate(_PRICES.tolist()):
+        met = _burst_cost(lam * counts[None, :] + burst_miss, early, which, lam * start_s)
+        idle = lam * counts + base_miss
+        per_second = survive[:, None] * idle[None, :] + ending[:, None] * met[None, :]
+        total = np.inf
+        for k in range(_MOST + 1):  # held through the start_s before the cap
+            floor = np.where(late[:, None] & (counts[None, :] < k), np.inf, per_second)
+            total = min(total, float(floor.min(axis=1).sum()) + capped * float(met[k]))
+        least[i] = total
+    gap_s = shape.mean_gap_s()
+    requests = shape.base * gap_s + shape.mean_requests()
+    return _Costs(least=least, requests=requests, cycle_s=gap_s + shape.mean_duration_s())
+
+
 def least_hours(
     over_share: float,
     *,
@@ -128,42 +169,20 @@ def least_hours(
     start_s: float = 40.0,
     strata: int = 48,
 ) -> CausalBound:
-    """The bound of the module for at most ``over_share`` of the requests
-    over the objective."""
-    survive, ending, capped = _gap_odds(shape)
-    rates, into, which = _burst_seconds(shape, strata)
-    # requests/s over the objective grow with the rate: a rate taken down to
-    # a grid of 0.25 req/s keeps the bound a bound, at a fraction of the cost
-    grid = np.arange(0.0, float(rates.max()) + 0.25, 0.25)
-    burst_miss = misses(grid, _MOST, profile, objective_ms)[(rates / 0.25).astype(np.int64)]
-    base_miss = misses(np.array([shape.base]), _MOST, profile, objective_ms)[0]
-    early = into < start_s
-    gap_s = shape.mean_gap_s()
-    cycle_s = gap_s + shape.mean_duration_s()
-    requests = shape.base * gap_s + shape.mean_requests()
-    target = over_share * requests
-    counts = np.arange(_MOST + 1, dtype=np.float64)
-    best = CausalBound(
-        over_share=over_share, instance_hours_per_hour=0.0, price=0.0, requests_per_hour=0.0
+    """The bound of the module for at most ``over_share`` over the objective."""
+    costs = _least_costs(shape, profile, objective_ms, start_s, strata)
+    bounds = (costs.least - over_share * costs.requests) / _PRICES / costs.cycle_s  # instances
+    i = int(np.argmax(bounds))
+    if not bounds[i] > 0.0:
+        return CausalBound(
+            over_share=over_share, instance_hours_per_hour=0.0, price=0.0, requests_per_hour=0.0
+        )
+    return CausalBound(
+        over_share=over_share,
+        instance_hours_per_hour=float(bounds[i]),
+        price=float(_PRICES[i]),
+        requests_per_hour=costs.requests / costs.cycle_s * 3600.0,
     )
-    for lam in _PRICES:
-        met = _burst_cost(lam * counts[None, :] + burst_miss, early, which, lam * start_s)
-        idle = lam * counts + base_miss
-        per_second = survive[:, None] * idle[None, :] + ending[:, None] * met[None, :]
-        late = np.arange(per_second.shape[0]) >= shape.gap_max_s - start_s
-        total = np.inf
-        for k in range(_MOST + 1):  # held through the start_s before the cap
-            floor = np.where(late[:, None] & (counts[None, :] < k), np.inf, per_second)
-            total = min(total, float(floor.min(axis=1).sum()) + capped * float(met[k]))
-        bound = (total - target) / lam / cycle_s  # instances, on average
-        if bound > best.instance_hours_per_hour:
-            best = CausalBound(
-                over_share=over_share,
-                instance_hours_per_hour=bound,
-                price=float(lam),
-                requests_per_hour=requests / cycle_s * 3600.0,
-            )
-    return best
 
 
 __all__ = ["CausalBound", "least_hours"]

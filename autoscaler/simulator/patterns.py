@@ -157,7 +157,13 @@ class BurstShape:
         peak = _capped_pareto_mean(self.peak_min, self.peak_shape, self.peak_max)
         return self.base * duration + (peak - self.base) * (duration - self.edge_s)
 
-    def profile(self, t: FloatArray, start: float, duration: float, peak: float) -> FloatArray:
+    def profile(
+        self,
+        t: FloatArray,
+        start: float | FloatArray,
+        duration: float | FloatArray,
+        peak: float | FloatArray,
+    ) -> FloatArray:
         """The rate above ``base`` at times ``t`` of a burst from ``start``."""
         up = np.clip((t - start) / self.edge_s, 0.0, 1.0)
         down = np.clip((start + duration - t) / self.edge_s, 0.0, 1.0)
@@ -192,10 +198,16 @@ def bursty(seed: int = 0, horizon_s: float = 2 * 3600.0) -> Pattern:
     schedule of bursts, not the arrivals."""
     schedule = _burst_schedule(seed, horizon_s)
 
+    starts, durations, peaks = schedule.T
+
     def rate(t: FloatArray) -> FloatArray:
+        # bursts never overlap: only the last one started by ``t`` adds to it
+        which = np.searchsorted(starts, t, side="right") - 1
         out = np.full_like(t, BURSTS.base)
-        for start, duration, peak in schedule:
-            out = out + BURSTS.profile(t, start, duration, peak)
+        inside = np.flatnonzero(which >= 0)
+        if len(inside):
+            at = which[inside]
+            out[inside] += BURSTS.profile(t[inside], starts[at], durations[at], peaks[at])
         return out
 
     name = "bursty" if seed == 0 else f"bursty-{seed}"

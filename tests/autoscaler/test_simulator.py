@@ -427,6 +427,22 @@ def test_bursty_is_seeded_on_off_and_heavy_tailed() -> None:
         assert 3.5 <= float(np.median(ratio)) <= 8.0 and ratio.max() >= 9.0
 
 
+def test_bursty_rate_is_the_base_plus_every_bursts_profile() -> None:
+    """The rate, looked up by the burst each time falls in, is the base plus
+    the sum of every burst's profile, at any times, in any order."""
+    from autoscaler.simulator.patterns import BURSTS, _burst_schedule, bursty
+
+    pattern = bursty(3)
+    schedule = _burst_schedule(3, pattern.horizon_s)
+    t = np.random.default_rng(0).uniform(-100.0, pattern.horizon_s + 100.0, 20_000)
+    t = np.concatenate([t, schedule[:, 0], schedule[:, 0] + schedule[:, 1], [0.0]])
+    expected = np.full_like(t, BURSTS.base)
+    for start, duration, peak in schedule:
+        expected = expected + BURSTS.profile(t, start, duration, peak)
+    assert np.array_equal(pattern.rate(t), expected)
+    assert (pattern.rate(t) > BURSTS.base).any()
+
+
 def test_csv_timestamps_are_replayed_as_they_came(tmp_path: Path) -> None:
     f = tmp_path / "requests.csv"
     stamps = [1000.0, 1000.2, 1000.4, 1003.5, 1003.6, 1009.9]
