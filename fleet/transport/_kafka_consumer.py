@@ -515,11 +515,14 @@ class GroupConsumer(Consumer):
                 batch = await kafka.getmany(timeout_ms=wait_ms, max_records=room)
                 self.fetches += 1
                 wait_ms = _next_wait(batch)
+                fetched: dict[TopicPartition, list[Any]] = {}
                 for tp, records in batch.items():
                     if records and self._held:  # paused during the fetch: read them later
                         kafka.seek(tp, records[0].offset)
                     elif records:
-                        await self._hand_out(tp, records)
+                        fetched[tp] = records
+                if fetched:
+                    await self._hand_out(fetched)
             except asyncio.CancelledError:
                 raise
             except ConsumerStoppedError:
@@ -543,17 +546,32 @@ class GroupConsumer(Consumer):
                 log.exception("consumer loop failed; retrying", topic=self.topic)
                 await asyncio.sleep(self.transport.options.reconnect_interval)
 
-    async def _hand_out(self, tp: TopicPartition, records: list[Any]) -> None:
+    async def _hand_out(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Hand out one fetch's records, every partition's counts committed
+        first in one commit (not one per partition, each a round trip to the
+        group coordinator that the later partitions' records would wait on)."""
         if not self._assignment_ready.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._assignment_ready.wait(), 10.0)
+        claims = [c for tp, records in fetched.items() if (c := self._claim(tp, records))]
+        if not claims:
+            return
+        # record that these were handed out before handing them out (attempt counts)
+        await self._commit([part for part, _before, _todo in claims])
+        for part, before, todo in claims:
+            await self._dispatch(part, before, todo)
+
+    def _claim(
+        self, tp: TopicPartition, records: list[Any]
+    ) -> tuple[_Partition, int, list[tuple[Any, int]]] | None:
+        """Mark a partition's new records handed out: the partition, where it
+        stood before, and each record with its attempt; ``None``: none to hand out."""
         part = self._parts.get(tp)
         if part is None and tp in self._kafka.assignment():
             self._kafka.seek(tp, records[0].offset)  # not set up yet: read them again
-            return
+            return None
         if part is None or not part.open:
-            return  # revoked meanwhile: the new owner reads these again
-        limit = self.delivery_limit
+            return None  # revoked meanwhile: the new owner reads these again
         before = part.handed_upto
         todo: list[tuple[Any, int]] = []
         for rec in records:
@@ -564,21 +582,22 @@ class GroupConsumer(Consumer):
             part.pending[rec.offset] = False
             part.handed_upto = rec.offset
             todo.append((rec, header_attempt(rec.headers) + part.prior_count(rec.offset)))
-        if not todo:
-            return
-        # record that these were handed out before handing them out (attempt counts)
-        await self._commit([part])
+        return (part, before, todo) if todo else None
+
+    async def _dispatch(self, part: _Partition, before: int, todo: list[tuple[Any, int]]) -> None:
+        """Start a handler for each claimed record (once its count is committed)."""
         if not part.open:  # revoked while committing: none of these was handed out
             part.handed_upto = before
             for rec, _attempt in todo:
                 part.pending.pop(rec.offset, None)
             return
+        limit = self.delivery_limit
         for rec, attempt in todo:
             if attempt > limit:
                 log.warning(
                     "delivery limit reached; dead-lettering",
                     topic=self.topic,
-                    partition=tp.partition,
+                    partition=part.tp.partition,
                     offset=rec.offset,
                     attempt=attempt,
                 )

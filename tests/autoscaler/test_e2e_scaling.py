@@ -135,19 +135,23 @@ async def test_backlog_scales_out_drains_and_scales_in(
                     asyncio.ensure_future(client.infer(model, {"input": x}, timeout=60.0))
                     for _ in range(BURST)
                 ]
-                # the backlog is seen ...
+                # ... until a poll sees demand clearly beyond one instance (a
+                # client slowed down by a loaded machine, its requests taken
+                # as they come, would otherwise never make one) ...
                 await _until(
-                    lambda: rec.first(lambda s, d: (s.backlog or 0) > 0, burst_at) is not None,
-                    10,
-                    "a backlog",
+                    lambda: (
+                        rec.first(lambda s, d: _demand_in_instances(s) > OVER_ONE, burst_at)
+                        is not None
+                    ),
+                    20,
+                    "a backlog beyond one instance",
                     rec,
                 )
             finally:
                 os.kill(held.pid, signal.SIGCONT)
-            # ... and workers are started within two polls of the first poll
-            # whose demand is clearly beyond one instance (a small backlog at
-            # a modest rate is rightly held; counted in polls: a loaded machine
-            # stretches seconds)
+            # ... and workers are started within two polls of that poll (a
+            # small backlog at a modest rate is rightly held; counted in polls:
+            # a loaded machine stretches seconds)
             # (the decision is recorded once the actuator has started its workers)
             await _until(
                 lambda: rec.first(lambda s, d: d.direction == "out", burst_at) is not None,

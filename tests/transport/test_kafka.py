@@ -191,6 +191,45 @@ async def test_a_paused_consumer_stays_in_its_group_and_keeps_its_partitions(
     assert all(d.attempt == 1 for d in a + b)
 
 
+async def test_a_fetchs_records_of_many_partitions_wait_on_one_commit(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attempt counts of every partition a fetch brought records from are
+    committed in one commit before any of them is handed out: one round trip
+    to the group coordinator per fetch, not one per partition in turn."""
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    t, client = await kafka(partitions=8), await kafka(partitions=8)
+    await client.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await t.consume(unique_model, ONLINE, collector(got, ack=False), prefetch=64)
+    assert isinstance(group, GroupConsumer)
+    await eventually(lambda: group.idle_reason() is None, timeout=30)
+    await group.pause()
+    for i in range(32):  # no key: spread over the partitions
+        await client.publish_request(unique_model, ONLINE, f"r{i}".encode())
+    fetches: list[set[TopicPartition]] = []
+    commits: list[set[TopicPartition]] = []
+    hand_out, commit = group._hand_out, group._commit
+
+    async def spied_hand_out(fetched: dict[TopicPartition, list[Any]]) -> None:
+        fetches.append(set(fetched))
+        await hand_out(fetched)
+
+    async def spied_commit(parts: Any, **kw: Any) -> bool:
+        parts = list(parts)
+        commits.append({p.tp for p in parts})
+        return await commit(parts, **kw)
+
+    monkeypatch.setattr(group, "_hand_out", spied_hand_out)
+    monkeypatch.setattr(group, "_commit", spied_commit)
+    await group.resume()
+    await eventually(lambda: len(got) == 32)
+    assert sorted(d.body for d in got) == sorted(f"r{i}".encode() for i in range(32))
+    assert commits == fetches, (commits, fetches)  # no acks: hand-out commits only
+    assert len(set().union(*fetches)) > 1  # 32 spread at random: all in one, about 1e-28
+
+
 # --------------------------------------------------------------------------- attempts
 
 
