@@ -1,7 +1,7 @@
 """Latency at everyday load, where it goes, and what the fleet costs in CPU.
 
     .venv/bin/python benchmarks/latency.py [--brokers amqp,kafka] [--models mlp,digits]
-        [--rates 200,1000,4000] [--duration 10] [--baseline-ref HEAD~1]
+        [--rates 200,1000,4000] [--duration 10] [--baseline-ref HEAD~1 [--repeat 3]]
         [--event-loops asyncio,uvloop --repeat 3]
 
 For each broker and model, one ``fleet worker`` process and one client process:
@@ -17,7 +17,9 @@ For each broker and model, one ``fleet worker`` process and one client process:
 
 Prints the targets and whether each is met. With ``--event-loops``, each loop
 (worker and client on it) is measured ``--repeat`` times, interleaved, and the
-medians are compared with asyncio's instead. Brokers come from
+medians are compared with asyncio's instead; with ``--baseline-ref`` and
+``--repeat`` above 1, each build is measured that many times, interleaved,
+and the medians are compared with the baseline's. Brokers come from
 FLEET_TEST_AMQP_URL / FLEET_TEST_KAFKA_URL, else the local scripts start them.
 Traffic goes to loopback only and every run is bounded in time.
 """
@@ -259,15 +261,16 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
     return ok
 
 
-def compare_loops(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
-    """Each event loop's medians over its runs (interleaved with the other
-    loops'), and their ratios to asyncio's."""
-    print(f"\n== {label}: event loops, median of {len(runs['asyncio'])} interleaved runs each")
+def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
+    """Each variant's medians over its runs (interleaved with the others'),
+    and their ratios to the first variant's (the reference)."""
+    first = next(iter(runs))
+    print(f"\n== {label}: median of {len(runs[first])} interleaved runs each")
 
     def med(values: list[float]) -> float:
         return float(np.median(values))
 
-    rates = list(runs["asyncio"][0]["rates"])
+    rates = list(runs[first][0]["rates"])
     for loop, results in runs.items():
         cells = []
         for rate in rates:
@@ -280,20 +283,20 @@ def compare_loops(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
         rps = med([len(x["lat"]) / x["seconds"] for x in sats])
         sat_cpu = med([_cpu_ms(x) for x in sats])
         runs_of = {"cells": cells, "rps": rps, "sat_cpu": sat_cpu}
-        if loop == "asyncio":
+        if loop == first:
             ref = runs_of
         text = "; ".join(
             f"{rate}/s p50 {p50:.2f} p99 {p99:.2f} ms CPU/req {cpu:.3f} ms"
             for rate, p50, p99, cpu in cells
         )
         print(f"{loop:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms")
-        if loop != "asyncio":
+        if loop != first:
             ratios = "; ".join(
                 f"{c[0]}/s p50 {c[1] / r[1]:.2f}x p99 {c[2] / r[2]:.2f}x CPU {c[3] / r[3]:.2f}x"
                 for c, r in zip(cells, ref["cells"], strict=True)
             )
             print(
-                f"{'':>8}  vs asyncio: {ratios}; saturation {rps / ref['rps']:.2f}x, "
+                f"{'':>8}  vs {first}: {ratios}; saturation {rps / ref['rps']:.2f}x, "
                 f"CPU/req {sat_cpu / ref['sat_cpu']:.2f}x"
             )
 
@@ -346,7 +349,13 @@ def main() -> int:
         help="event loops to compare, e.g. asyncio,uvloop: each measured --repeat times, "
         "interleaved, with the medians' ratios to asyncio printed",
     )
-    ap.add_argument("--repeat", type=int, default=1, help="runs per event loop")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per event loop; with --baseline-ref, runs of each build, interleaved, "
+        "with the medians' ratios printed",
+    )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
     from worker.zoo import build_all
@@ -371,7 +380,14 @@ def main() -> int:
                         for _ in range(args.repeat):
                             for loop in loops:
                                 runs[loop].append(measure(ROOT, url, model, args, loop))
-                        compare_loops(label, runs)
+                        compare_runs(f"{label}, event loops", runs)
+                        continue
+                    if base_tree is not None and args.repeat > 1:
+                        runs = {"baseline": [], "this": []}
+                        for _ in range(args.repeat):
+                            runs["baseline"].append(measure(base_tree, url, model, args))
+                            runs["this"].append(measure(ROOT, url, model, args))
+                        compare_runs(f"{label}, this build and --baseline-ref", runs)
                         continue
                     res = measure(ROOT, url, model, args)
                     base = measure(base_tree, url, model, args) if base_tree else None
