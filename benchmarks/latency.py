@@ -271,7 +271,7 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
         return float(np.median(values))
 
     rates = list(runs[first][0]["rates"])
-    for loop, results in runs.items():
+    for variant, results in runs.items():
         cells = []
         for rate in rates:
             lats = [[x * 1000 for x in r["rates"][rate]["lat"]] for r in results]
@@ -283,14 +283,14 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
         rps = med([len(x["lat"]) / x["seconds"] for x in sats])
         sat_cpu = med([_cpu_ms(x) for x in sats])
         runs_of = {"cells": cells, "rps": rps, "sat_cpu": sat_cpu}
-        if loop == first:
+        if variant == first:
             ref = runs_of
         text = "; ".join(
             f"{rate}/s p50 {p50:.2f} p99 {p99:.2f} ms CPU/req {cpu:.3f} ms"
             for rate, p50, p99, cpu in cells
         )
-        print(f"{loop:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms")
-        if loop != first:
+        print(f"{variant:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms")
+        if variant != first:
             ratios = "; ".join(
                 f"{c[0]}/s p50 {c[1] / r[1]:.2f}x p99 {c[2] / r[2]:.2f}x CPU {c[3] / r[3]:.2f}x"
                 for c, r in zip(cells, ref["cells"], strict=True)

@@ -196,18 +196,15 @@ def _burst_schedule(seed: int, horizon_s: float) -> FloatArray:
 def bursty(seed: int = 0, horizon_s: float = 2 * 3600.0) -> Pattern:
     """On/off bursts (see the module's description); ``seed`` draws the
     schedule of bursts, not the arrivals."""
-    schedule = _burst_schedule(seed, horizon_s)
-
-    starts, durations, peaks = schedule.T
+    starts, durations, peaks = _burst_schedule(seed, horizon_s).T
 
     def rate(t: FloatArray) -> FloatArray:
         # bursts never overlap: only the last one started by ``t`` adds to it
         which = np.searchsorted(starts, t, side="right") - 1
         out = np.full_like(t, BURSTS.base)
         inside = np.flatnonzero(which >= 0)
-        if len(inside):
-            at = which[inside]
-            out[inside] += BURSTS.profile(t[inside], starts[at], durations[at], peaks[at])
+        at = which[inside]
+        out[inside] += BURSTS.profile(t[inside], starts[at], durations[at], peaks[at])
         return out
 
     name = "bursty" if seed == 0 else f"bursty-{seed}"

@@ -23,10 +23,10 @@ count is added to. So ``attempt`` is: how many times this consumer group has
 handed the record out, counting this time, as far as the committed metadata
 knows. It can undercount when the metadata commit itself fails (best effort).
 That commit is on every record's path: one round trip to the group
-coordinator (0.5-0.8 ms p50, 1.7-3.9 ms p99 at 1,000 records/s on one loopback
-broker, about one record per commit), one per fetch whatever the partitions the
-fetch brought records from (one commit carries them all). It is the only cost: while it is under
-way, aiokafka's fetcher is already fetching the partition's next records (it
+coordinator per fetch, however many partitions the fetch brought records from
+(0.5-0.8 ms p50, 1.7-3.9 ms p99 at 1,000 records/s on one loopback broker,
+about one record per commit). It is the only cost: while it is under way,
+aiokafka's fetcher is already fetching the partition's next records (it
 fetches a partition again as soon as ``getmany`` has taken its records).
 A rebalance takes partitions from consumers that are alive: the revoke
 commits the counts as they were before this assignment handed anything out,

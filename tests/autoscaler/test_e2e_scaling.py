@@ -168,7 +168,8 @@ async def test_backlog_scales_out_drains_and_scales_in(
             out = rec.first(lambda s, d: d.direction == "out", burst_at)
             assert out is not None
             beyond = rec.first(lambda s, d: _demand_in_instances(s) > OVER_ONE, burst_at)
-            if beyond is not None and beyond[0] < out[0]:  # else: out no later than that
+            assert beyond is not None  # waited for above
+            if beyond[0] < out[0]:  # else: out no later than that
                 polls_between = sum(1 for p in rec.polls if beyond[0] < p[0] <= out[0])
                 assert polls_between <= 2, (polls_between, out[2].reasons)
 

@@ -439,8 +439,9 @@ def test_bursty_rate_is_the_base_plus_every_bursts_profile() -> None:
     expected = np.full_like(t, BURSTS.base)
     for start, duration, peak in schedule:
         expected = expected + BURSTS.profile(t, start, duration, peak)
-    assert np.array_equal(pattern.rate(t), expected)
-    assert (pattern.rate(t) > BURSTS.base).any()
+    got = pattern.rate(t)
+    assert np.array_equal(got, expected)
+    assert (got > BURSTS.base).any()
 
 
 def test_csv_timestamps_are_replayed_as_they_came(tmp_path: Path) -> None:

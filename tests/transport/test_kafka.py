@@ -204,7 +204,7 @@ async def test_a_fetchs_records_of_many_partitions_wait_on_one_commit(
     got: list[Delivery] = []
     group = await t.consume(unique_model, ONLINE, collector(got, ack=False), prefetch=64)
     assert isinstance(group, GroupConsumer)
-    await eventually(lambda: group.idle_reason() is None, timeout=30)
+    await eventually(lambda: len(group._parts) == 8, timeout=30)  # every partition set up
     await group.pause()
     for i in range(32):  # no key: spread over the partitions
         await client.publish_request(unique_model, ONLINE, f"r{i}".encode())
