@@ -42,6 +42,7 @@ from typing import Any
 import numpy.typing as npt
 
 from fleet.errors import FleetError, InvalidArgument, error_from_code
+from fleet.fastinit import positional
 from fleet.tensor import Tensor
 
 ParamValue = bool | int | float | str
@@ -221,6 +222,17 @@ class ItemError:
     error: FleetError
 
 
+# Fast constructors (fleet.fastinit) for the paths that make one or more per
+# request: every field, in declaration order, already checked.
+make_request = positional(Request)
+"""``make_request(id, model, version, inputs, deadline, priority, parameters,
+sent_at, timeout, arrived, headers)``."""
+make_reply = positional(Reply)
+"""``make_reply(id, model, version, outputs, error, timings, stages)``."""
+make_timings = positional(Timings)
+"""``make_timings(queue_ms, inference_ms, batch_size, worker_id, received_at, replied_at)``."""
+
+
 __all__ = [
     "CLOCK_SKEW_TOLERANCE_S",
     "ErrorInfo",
@@ -232,5 +244,8 @@ __all__ = [
     "Stages",
     "Timings",
     "check_model_name",
+    "make_reply",
+    "make_request",
+    "make_timings",
     "new_request_id",
 ]

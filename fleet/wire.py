@@ -55,7 +55,17 @@ import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from fleet.contract import ErrorInfo, ItemError, ParamValue, Priority, Reply, Request, Timings
+from fleet.contract import (
+    ErrorInfo,
+    ItemError,
+    ParamValue,
+    Priority,
+    Reply,
+    Request,
+    make_reply,
+    make_request,
+    make_timings,
+)
 from fleet.errors import (
     DecodeError,
     FleetError,
@@ -63,7 +73,7 @@ from fleet.errors import (
     LimitExceeded,
     UnsupportedVersion,
 )
-from fleet.tensor import DataType, Tensor, check_bytes_elements, check_shape
+from fleet.tensor import DataType, Tensor, check_bytes_elements, check_shape, make_tensor
 
 MAGIC = b"\x89FLT"
 VERSION = 2  # requests without headers
@@ -87,10 +97,13 @@ _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
-_F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 _MAX_ERROR_MESSAGE = 4096
-_TIMEOUT_PART = 8  # index of the timeout in encode_request_body's parts
+_TIMEOUT_PART = 4  # index of the timeout in encode_request_body's parts
+_TENSOR_HEADS = [struct.Struct(f"<BB{rank + 1}Q") for rank in range(256)]  # dims, then nbytes
+_PRIORITY_NPARAMS = struct.Struct("<BH")
+_TIMINGS = struct.Struct("<ffI")
+_TWO_F64 = struct.Struct("<dd")
 _I64_RANGE = range(-(1 << 63), 1 << 63)
 _F32_MAX = 3.4028234663852886e38
 
@@ -114,27 +127,44 @@ DEFAULT_LIMITS = Limits()
 # --------------------------------------------------------------------------- encoding
 
 
-def _str(parts: Parts, value: str) -> None:
+def _str_bytes(value: str) -> bytes:
+    """``value`` as the wire writes a string: its UTF-8 length, then its bytes."""
     try:
         raw = value.encode()
     except UnicodeEncodeError:
         raise InvalidArgument(f"string {value[:40]!r} is not encodable as UTF-8") from None
     if len(raw) > 0xFFFF:
         raise LimitExceeded(f"string of {len(raw)} bytes is longer than 65535")
-    parts.append(_U16.pack(len(raw)))
-    parts.append(raw)
+    return _U16.pack(len(raw)) + raw
+
+
+_NAMES: dict[str, bytes] = {}  # names seen (models, versions, tensors, workers), encoded
+_MAX_NAMES = 1024
+
+
+def _name_bytes(value: str) -> bytes:
+    """:func:`_str_bytes` of a name: the same few recur in every message."""
+    known = _NAMES.get(value)
+    if known is None:
+        known = _str_bytes(value)
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[value] = known
+    return known
+
+
+def _str(parts: Parts, value: str) -> None:
+    parts.append(_str_bytes(value))
 
 
 def _tensor(parts: Parts, t: Tensor) -> None:
-    _str(parts, t.name)
-    check_shape(t.name, t.shape)
-    if len(t.shape) > 0xFF:
-        raise InvalidArgument(f"tensor {t.name!r}: rank {len(t.shape)} is over 255")
-    parts.append(_U8.pack(int(t.datatype)))
-    parts.append(_U8.pack(len(t.shape)))
-    for dim in t.shape:
-        parts.append(_U64.pack(int(dim)))
-    parts.append(_U64.pack(len(t.data)))
+    shape = t.shape
+    check_shape(t.name, shape)
+    rank = len(shape)
+    if rank > 0xFF:
+        raise InvalidArgument(f"tensor {t.name!r}: rank {rank} is over 255")
+    parts.append(
+        _name_bytes(t.name) + _TENSOR_HEADS[rank].pack(t.datatype, rank, *shape, len(t.data))
+    )
     parts.append(t.data)  # not copied: the frame's join is the one copy
 
 
@@ -181,16 +211,15 @@ def encode_request_body(req: Request) -> Parts:
     request without a ``timeout`` gets the time left to its deadline now.
     Tensor data is referenced, not copied: it must not change until the
     request is answered."""
-    parts: Parts = []
-    _str(parts, req.id)
-    _str(parts, req.model)
-    _str(parts, req.version or "")
-    parts.append(_F64.pack(req.deadline))
-    parts.append(_F64.pack(req.sent_at))
     timeout = req.deadline - time.time() if req.timeout is None else req.timeout
-    parts.append(_F64.pack(timeout))
-    parts.append(_U8.pack(int(req.priority)))
-    parts.append(_U16.pack(len(req.parameters)))
+    parts: Parts = [
+        _str_bytes(req.id),
+        _name_bytes(req.model),
+        _name_bytes(req.version or ""),
+        _TWO_F64.pack(req.deadline, req.sent_at),
+        _F64.pack(timeout),  # _TIMEOUT_PART
+        _PRIORITY_NPARAMS.pack(req.priority, len(req.parameters)),
+    ]
     for key, value in req.parameters.items():
         _param(parts, key, value)
     if req.headers:
@@ -245,10 +274,7 @@ def encode_replies(
     replied_at = (time.time() if now is None else now) if stages else 0.0
     items: list[Parts] = []
     for rep in replies:
-        parts: Parts = []
-        _str(parts, rep.id)
-        _str(parts, rep.model)
-        _str(parts, rep.version)
+        parts: Parts = [_str_bytes(rep.id), _name_bytes(rep.model), _name_bytes(rep.version)]
         if rep.error is None:
             parts.append(b"\x00")
         else:
@@ -256,13 +282,10 @@ def encode_replies(
             parts.append(b"\x01" + _U16.pack(rep.error.code) + _U8.pack(rep.error.retriable))
             _str(parts, message)
         tm = rep.timings
-        parts.append(_F32.pack(_f32(tm.queue_ms)))
-        parts.append(_F32.pack(_f32(tm.inference_ms)))
-        parts.append(_U32.pack(tm.batch_size))
-        _str(parts, tm.worker_id)
+        parts.append(_TIMINGS.pack(_f32(tm.queue_ms), _f32(tm.inference_ms), tm.batch_size))
+        parts.append(_name_bytes(tm.worker_id))
         if stages:
-            parts.append(_F64.pack(tm.received_at))
-            parts.append(_F64.pack(replied_at if tm.received_at else 0.0))
+            parts.append(_TWO_F64.pack(tm.received_at, replied_at if tm.received_at else 0.0))
         parts.append(_U16.pack(len(rep.outputs)))
         for t in rep.outputs:
             _tensor(parts, t)
@@ -271,6 +294,10 @@ def encode_replies(
 
 
 # --------------------------------------------------------------------------- decoding
+
+
+def _truncated(wanted: int, pos: int, end: int) -> DecodeError:
+    return DecodeError(f"truncated: wanted {wanted} bytes at offset {pos}, {end - pos} left")
 
 
 class _Reader:
@@ -287,7 +314,7 @@ class _Reader:
         """Move past ``n`` bytes; where they start."""
         pos = self.pos
         if n < 0 or pos + n > self.end:
-            raise DecodeError(f"truncated: wanted {n} bytes at offset {pos}, {self.end - pos} left")
+            raise _truncated(n, pos, self.end)
         self.pos = pos + n
         return pos
 
@@ -309,12 +336,10 @@ class _Reader:
         buf, pos = self.buf, self.pos  # inlined: the hottest read of all
         start = pos + 2
         if start > self.end:
-            raise DecodeError(f"truncated: wanted 2 bytes at offset {pos}, {self.end - pos} left")
+            raise _truncated(2, pos, self.end)
         stop = start + (buf[pos] | buf[pos + 1] << 8)
         if stop > self.end:
-            raise DecodeError(
-                f"truncated: wanted {stop - start} bytes at offset {start}, {self.end - start} left"
-            )
+            raise _truncated(stop - start, start, self.end)
         self.pos = stop
         try:
             return str(buf[start:stop], "utf-8")
@@ -333,48 +358,56 @@ def _bytes_view(data: bytes | memoryview) -> memoryview:
     return view
 
 
-_SHAPES = [struct.Struct(f"<{rank}Q") for rank in range(256)]
+_SHAPE_NBYTES = [struct.Struct(f"<{rank + 1}Q") for rank in range(256)]  # dims, then nbytes
 _DATATYPES = {int(d): (d, d.itemsize) for d in DataType}
 _PRIORITIES = {int(p): p for p in Priority}
-_CODE_RANK = struct.Struct("<BB")
-_TIMINGS = struct.Struct("<ffI")
-_TWO_F64 = struct.Struct("<dd")
 
 
 def _read_tensor(r: _Reader, limits: Limits) -> Tensor:
     name = r.str()
-    code, rank = r.fields(_CODE_RANK)
+    buf, pos, end = r.buf, r.pos, r.end  # fields read in place: the hottest path of all
+    if pos + 2 > end:
+        raise _truncated(2, pos, end)
+    code, rank = buf[pos], buf[pos + 1]
     known = _DATATYPES.get(code)
     if known is None:
         raise DecodeError(f"tensor {name!r}: unknown datatype code {code}")
     datatype, itemsize = known
     if rank > limits.max_rank:
         raise LimitExceeded(f"tensor {name!r}: rank {rank} is over the limit of {limits.max_rank}")
-    shape: tuple[int, ...] = r.fields(_SHAPES[rank])
+    head = _SHAPE_NBYTES[rank]
+    pos += 2
+    if pos + head.size > end:
+        raise _truncated(head.size, pos, end)
+    dims_nbytes: tuple[int, ...] = head.unpack_from(buf, pos)
+    pos += head.size
+    shape, nbytes = dims_nbytes[:rank], dims_nbytes[rank]
     count = math.prod(shape)
     if count > limits.max_elements:
         raise LimitExceeded(
             f"tensor {name!r}: {count} elements is over the limit of {limits.max_elements}"
         )
-    for dim in shape:  # a zero-element shape may still name a huge dimension
-        if dim > limits.max_elements:
-            raise LimitExceeded(
-                f"tensor {name!r}: dimension {dim} is over the limit of {limits.max_elements}"
-            )
-    nbytes = r.unpack(_U64)
-    if datatype is DataType.BYTES:
-        data = r.take(nbytes)
-        try:
-            check_bytes_elements(name, data, count)
-        except InvalidArgument as exc:
-            raise DecodeError(exc.message) from None
-        return Tensor(name=name, datatype=datatype, shape=shape, data=data)
-    if nbytes != count * itemsize:
+    if not count:  # a zero-element shape may still name a huge dimension
+        for dim in shape:
+            if dim > limits.max_elements:
+                raise LimitExceeded(
+                    f"tensor {name!r}: dimension {dim} is over the limit of {limits.max_elements}"
+                )
+    if datatype is not DataType.BYTES and nbytes != count * itemsize:
         raise DecodeError(
             f"tensor {name!r}: {nbytes} bytes of data, shape {list(shape)} of "
             f"{datatype.name} needs {count * itemsize}"
         )
-    return Tensor(name=name, datatype=datatype, shape=shape, data=r.take(nbytes))
+    if pos + nbytes > end:
+        raise _truncated(nbytes, pos, end)
+    r.pos = pos + nbytes
+    data = buf[pos : pos + nbytes]
+    if datatype is DataType.BYTES:
+        try:
+            check_bytes_elements(name, data, count)
+        except InvalidArgument as exc:
+            raise DecodeError(exc.message) from None
+    return make_tensor(name, datatype, shape, data)
 
 
 def _read_tensors(r: _Reader, limits: Limits) -> tuple[Tensor, ...]:
@@ -428,18 +461,18 @@ def _read_request(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reques
             key = r.str()
             headers[key] = r.str()
     inputs = _read_tensors(r, limits)
-    return Request(
-        id=rid,
-        model=model,
-        version=version,
-        inputs=inputs,
-        deadline=deadline,
-        priority=priority,
-        parameters=params,
-        sent_at=sent_at,
-        timeout=timeout,
-        arrived=ctx.arrived,
-        headers=headers,
+    return make_request(
+        rid,
+        model,
+        version,
+        inputs,
+        deadline,
+        priority,
+        params,
+        sent_at,
+        timeout,
+        ctx.arrived,
+        headers,
     )
 
 
@@ -457,18 +490,9 @@ def _read_reply(r: _Reader, rid: str, limits: Limits, ctx: _Context) -> Reply:
     queue_ms, inference_ms, batch_size = r.fields(_TIMINGS)
     worker_id = r.str()
     received_at, replied_at = r.fields(_TWO_F64) if ctx.version >= 2 else (0.0, 0.0)
-    timings = Timings(
-        queue_ms=queue_ms,
-        inference_ms=inference_ms,
-        batch_size=batch_size,
-        worker_id=worker_id,
-        received_at=received_at,
-        replied_at=replied_at,
-    )
+    timings = make_timings(queue_ms, inference_ms, batch_size, worker_id, received_at, replied_at)
     outputs = _read_tensors(r, limits)
-    return Reply(
-        id=rid, model=model, version=version, outputs=outputs, error=error, timings=timings
-    )
+    return make_reply(rid, model, version, outputs, error, timings, None)
 
 
 @dataclass(frozen=True, slots=True)

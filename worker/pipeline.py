@@ -29,7 +29,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fleet.contract import ErrorInfo, Reply, Request, Timings
+from fleet.contract import ErrorInfo, Reply, Request, Timings, make_reply, make_timings
 from fleet.errors import FleetError, Internal
 from fleet.logging import get_logger
 from fleet.tensor import Tensor, split_rows
@@ -236,16 +236,12 @@ class Pipeline:
         out: list[Outcome] = []
         counts = [i.rows for i in items]
         per_output = [split_rows(name, arr, counts) for name, arr in outputs.items()]
+        model, version, worker_id, run_ms = self.model, self.version, self.worker_id, elapsed * 1000
         for n, (item, wait) in enumerate(zip(items, waits, strict=True)):
             tensors = tuple(pieces[n] for pieces in per_output)
-            timings = Timings(
-                queue_ms=wait * 1000,
-                inference_ms=elapsed * 1000,
-                batch_size=rows,
-                worker_id=self.worker_id,
-                received_at=started - wait,
-            )
-            out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings), ended))
+            timings = make_timings(wait * 1000, run_ms, rows, worker_id, started - wait, 0.0)
+            reply = make_reply(item.request.id, model, version, tensors, None, timings, None)
+            out.append(Outcome(item, reply, ended))
         return out
 
     def _runs_inline(self, rows: int) -> bool:

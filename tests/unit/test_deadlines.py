@@ -89,11 +89,15 @@ def test_nan_deadline_or_budget_counts_as_expired(field: str) -> None:
 
 
 def _version_1_frame(req: Request) -> bytes:
-    body = wire.encode_request_body(req)
-    del body[8]  # version 1 has no timeout
-    size = sum(len(p) for p in body)
+    """``req`` (no inputs, no parameters) in a version 1 frame: no timeout."""
+
+    def text(value: str) -> bytes:
+        return struct.pack("<H", len(value)) + value.encode()
+
+    body = text(req.id) + text(req.model) + text(req.version or "")
+    body += struct.pack("<ddBHH", req.deadline, req.sent_at, req.priority, 0, 0)
     head = struct.pack("<4sBBH", wire.MAGIC, 1, wire.KIND_REQUESTS, 0)
-    return head + struct.pack("<H", 5) + b"inbox" + struct.pack("<II", 1, size) + b"".join(body)
+    return head + text("inbox") + struct.pack("<II", 1, len(body)) + body
 
 
 def test_version_1_frames_still_decode_and_use_the_wall_clock() -> None:

@@ -307,3 +307,48 @@ def test_a_frame_in_a_view_of_another_format_decodes_the_same() -> None:
     view = memoryview(blob).cast("H")
     assert wire.decode(view, arrived=1.0) == wire.decode(blob, arrived=1.0)
     assert wire.salvage_ids(view) == ("inbox", [rid, "b"])
+
+
+def _text(value: str) -> bytes:
+    raw = value.encode()
+    return struct.pack("<H", len(raw)) + raw
+
+
+def test_a_request_frame_is_byte_for_byte_the_documented_grammar() -> None:
+    data = np.array([[1.5, -2.0]], dtype=np.float32)
+    req = _request(
+        "r1",
+        model="m\u00fc",
+        version="3",
+        inputs=(Tensor.from_numpy("x", data),),
+        deadline=2e9,
+        sent_at=1.5e9,
+        timeout=2.5,
+        priority=Priority.BATCH,
+        parameters={"n": 7},
+    )
+    tensor = _text("x") + struct.pack("<BB2QQ", DataType.FP32, 2, 1, 2, 8) + data.tobytes()
+    body = _text("r1") + _text("m\u00fc") + _text("3")
+    body += struct.pack("<dddBH", 2e9, 1.5e9, 2.5, 1, 1)
+    body += _text("n") + struct.pack("<Bq", 1, 7) + struct.pack("<H", 1) + tensor
+    head = struct.pack("<4sBBH", wire.MAGIC, 2, wire.KIND_REQUESTS, wire.FLAG_STAGES)
+    expected = head + _text("inbox") + struct.pack("<II", 1, len(body)) + body
+    assert wire.encode_requests([req], "inbox", flags=wire.FLAG_STAGES) == expected
+
+
+def test_a_reply_frame_is_byte_for_byte_the_documented_grammar() -> None:
+    out = np.array([[3]], dtype=np.int64)
+    timings = Timings(queue_ms=1.5, inference_ms=0.25, batch_size=9, worker_id="w", received_at=7.0)
+    ok = Reply(
+        id="a", model="m", version="1", outputs=(Tensor.from_numpy("y", out),), timings=timings
+    )
+    failed = Reply(id="b", model="m", error=ErrorInfo(code=4, message="no", retriable=True))
+    first = _text("a") + _text("m") + _text("1") + b"\x00" + struct.pack("<ffI", 1.5, 0.25, 9)
+    first += _text("w") + struct.pack("<dd", 7.0, 8.0) + struct.pack("<H", 1)
+    first += _text("y") + struct.pack("<BB2QQ", DataType.INT64, 2, 1, 1, 8) + out.tobytes()
+    second = _text("b") + _text("m") + _text("") + b"\x01" + struct.pack("<HB", 4, 1) + _text("no")
+    second += struct.pack("<ffI", 0.0, 0.0, 0) + _text("") + struct.pack("<ddH", 0.0, 0.0, 0)
+    head = struct.pack("<4sBBH", wire.MAGIC, 2, wire.KIND_REPLIES, 0) + _text("")
+    items = struct.pack("<I", len(first)) + first + struct.pack("<I", len(second)) + second
+    expected = head + struct.pack("<I", 2) + items
+    assert wire.encode_replies([ok, failed], stages=True, now=8.0) == expected
