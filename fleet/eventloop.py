@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine, Iterable
 from typing import Any, Literal, TypeVar
 
 from fleet.errors import ConfigError
@@ -33,6 +33,17 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any], every: float = 1.0) -> None
     for task in tasks:
         if not task.cancelled():
             task.exception()
+
+
+async def together(aws: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather(*aws)``, but a lone awaitable is awaited where it is,
+    without the task ``gather`` wraps it in. The serving path's fan-outs (a
+    batch's reply sinks, reply addresses, messages to settle) are most often
+    of one, and a task costs a round of the loop and its bookkeeping."""
+    items = list(aws)
+    if len(items) == 1:
+        return [await items[0]]
+    return list(await asyncio.gather(*items))
 
 
 def check(name: str) -> EventLoop:

@@ -46,6 +46,7 @@ from fleet import tracing, wire
 from fleet.cache import CACHE_PARAM, DEFAULT_CACHE_TTL_S, ResultCache
 from fleet.contract import ErrorInfo, ItemError, Priority, Reply, Request, Timings
 from fleet.errors import DeadlineExceeded, FleetError, Internal, InvalidArgument, LimitExceeded
+from fleet.eventloop import together
 from fleet.jobs import OPEN_STATES, JobEvent, JobState, ResultStore, job_id_of, reply_of
 from fleet.logging import get_logger
 from fleet.payloads import (
@@ -576,7 +577,7 @@ class BrokerIngress:
             replies, msgs = by_address.setdefault(msg.reply_to, ([], []))
             replies.append(o.reply)
             msgs.append(msg)
-        await asyncio.gather(*(self._publish(a, r, m) for a, (r, m) in by_address.items()))
+        await together(self._publish(a, r, m) for a, (r, m) in by_address.items())
         if self._cache is not None:
             self._fill_cache(outcomes)
         tracer = tracing.active()
@@ -631,7 +632,7 @@ class BrokerIngress:
         for m in msgs:
             self._answered(m)
         # Settled together, a batch's acks leave in one frame where the transport can.
-        await asyncio.gather(*(self._maybe_settle(m) for m in dict.fromkeys(msgs)))
+        await together(self._maybe_settle(m) for m in dict.fromkeys(msgs))
 
     def _frames(
         self, replies: list[Reply], msgs: Sequence[_Message | None], *, stages: bool = False

@@ -31,6 +31,7 @@ import numpy as np
 
 from fleet.contract import ErrorInfo, Reply, Request, Timings, make_reply, make_timings
 from fleet.errors import FleetError, Internal
+from fleet.eventloop import together
 from fleet.logging import get_logger
 from fleet.tensor import Tensor, split_rows
 from worker.batcher import Batcher
@@ -188,7 +189,7 @@ class Pipeline:
         by_sink: dict[int, tuple[ReplySink, list[Outcome]]] = {}
         for o in outcomes:
             by_sink.setdefault(id(o.item.sink), (o.item.sink, []))[1].append(o)
-        await asyncio.gather(*(self._settle(sink, outs) for sink, outs in by_sink.values()))
+        await together(self._settle(sink, outs) for sink, outs in by_sink.values())
 
     async def _settle(self, sink: ReplySink, outcomes: list[Outcome]) -> None:
         try:

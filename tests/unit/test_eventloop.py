@@ -89,3 +89,26 @@ async def test_cancel_and_wait_retrieves_what_tasks_raised() -> None:
     slow = asyncio.ensure_future(asyncio.sleep(3600))
     await eventloop.cancel_and_wait(failed, slow)
     assert failed.done() and slow.cancelled()
+
+
+async def _task_of(value: int) -> tuple[int, asyncio.Task[object] | None]:
+    await asyncio.sleep(0)
+    if value < 0:
+        raise ValueError(value)
+    return value, asyncio.current_task()
+
+
+async def test_together_awaits_a_lone_awaitable_in_the_callers_task() -> None:
+    (got,) = await eventloop.together([_task_of(1)])
+    assert got == (1, asyncio.current_task())
+    assert await eventloop.together([]) == []
+
+
+async def test_together_runs_several_as_gather_does_in_order() -> None:
+    got = await eventloop.together(_task_of(i) for i in (3, 1, 2))
+    assert [value for value, _ in got] == [3, 1, 2]
+    assert all(task is not asyncio.current_task() for _, task in got)
+    with pytest.raises(ValueError, match="-1"):
+        await eventloop.together([_task_of(1), _task_of(-1)])
+    with pytest.raises(ValueError, match="-2"):
+        await eventloop.together([_task_of(-2)])
