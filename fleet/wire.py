@@ -139,7 +139,8 @@ def _str_bytes(value: str) -> bytes:
 
 
 _NAMES: dict[str, bytes] = {}  # names seen (models, versions, tensors, workers), encoded
-_MAX_NAMES = 1024
+_MAX_NAMES = 1024  # at most this many kept, each of at most _MAX_NAME_CHARS
+_MAX_NAME_CHARS = 128
 
 
 def _name_bytes(value: str) -> bytes:
@@ -147,7 +148,7 @@ def _name_bytes(value: str) -> bytes:
     known = _NAMES.get(value)
     if known is None:
         known = _str_bytes(value)
-        if len(_NAMES) < _MAX_NAMES:
+        if len(_NAMES) < _MAX_NAMES and len(value) <= _MAX_NAME_CHARS:
             _NAMES[value] = known
     return known
 

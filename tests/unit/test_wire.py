@@ -352,3 +352,12 @@ def test_a_reply_frame_is_byte_for_byte_the_documented_grammar() -> None:
     items = struct.pack("<I", len(first)) + first + struct.pack("<I", len(second)) + second
     expected = head + struct.pack("<I", 2) + items
     assert wire.encode_replies([ok, failed], stages=True, now=8.0) == expected
+
+
+def test_names_are_encoded_alike_whether_remembered_or_not() -> None:
+    long_name = "n" * 1000
+    for name in ("input", "\u00e9t\u00e9", long_name, "input"):
+        tensor = Tensor.from_numpy(name, np.zeros((1, 2), np.float32))
+        (got,) = wire.decode_requests(wire.encode_requests([_request(inputs=(tensor,))], "x")).items
+        assert isinstance(got, Request) and got.inputs[0].name == name
+    assert long_name not in wire._NAMES
