@@ -29,6 +29,9 @@ def positional(cls: type[T]) -> Callable[..., T]:
     if hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} has a __post_init__, which would be skipped")
     names = [f.name for f in dataclasses.fields(cls)]
+    clash = [n for n in names if n in ("_obj", "_new", "_cls") or n.startswith("_set_")]
+    if clash:
+        raise TypeError(f"{cls.__name__}: field {clash[0]!r} clashes with the constructor's names")
     scope: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
     scope.update({f"_set_{name}": getattr(cls, name).__set__ for name in names})
     sets = "".join(f"    _set_{name}(_obj, {name})\n" for name in names)

@@ -71,6 +71,10 @@ def test_classes_it_cannot_make_faithfully_are_refused() -> None:
         def __post_init__(self) -> None:
             raise AssertionError
 
-    for cls in (Plain, Checked, int):
+    @dataclasses.dataclass(slots=True)
+    class Clashing:
+        _cls: int
+
+    for cls in (Plain, Checked, Clashing, int):
         with pytest.raises(TypeError):
             positional(cls)
