@@ -109,14 +109,14 @@ def _run(tree: Path, rows: int) -> dict[str, float]:
 
 
 def _report(this: dict[str, float], base: dict[str, float] | None) -> None:
-    print(
-        f"{'step':28s} {'this us/req':>12s}" + (f" {'baseline':>10s} {'ratio':>7s}" if base else "")
-    )
-    for name, value in [*this.items(), ("total", sum(this.values()))]:
+    extra = f" {'baseline':>10s} {'ratio':>7s}" if base else ""
+    print(f"{'step':28s} {'this us/req':>12s}{extra}")
+    rows = {**this, "total": sum(this.values())}
+    before = None if base is None else {**base, "total": sum(base.values())}
+    for name, value in rows.items():
         line = f"{name:28s} {value:12.2f}"
-        if base is not None:
-            before = base[name] if name in base else sum(base.values())
-            line += f" {before:10.2f} {value / before:6.2f}x"
+        if before is not None:
+            line += f" {before[name]:10.2f} {value / before[name]:6.2f}x"
         print(line)
 
 
@@ -133,10 +133,11 @@ def main() -> int:
     if not args.baseline_ref:
         _report(_measure(args.rows), None)
         return 0
+    sys.path.insert(0, str(ROOT))  # not before: a measuring process imports from its own tree
+    from benchmarks.revisions import add_worktree, remove_worktree
+
     with tempfile.TemporaryDirectory(prefix="fleet-codec-") as tmp:
-        tree = Path(tmp) / "baseline"
-        add = ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), args.baseline_ref]
-        subprocess.run(add, check=True, capture_output=True)
+        tree = add_worktree(args.baseline_ref, Path(tmp))
         try:
             runs: dict[Path, list[dict[str, float]]] = {ROOT: [], tree: []}
             for n in range(args.rounds):
@@ -144,8 +145,7 @@ def main() -> int:
                     runs[where].append(_run(where, args.rows))
                 print(f"round {n + 1} of {args.rounds} done", file=sys.stderr)
         finally:
-            remove = ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)]
-            subprocess.run(remove, check=False, capture_output=True)
+            remove_worktree(tree)
     best = {where: {k: min(r[k] for r in rs) for k in rs[0]} for where, rs in runs.items()}
     print(f"this build against {args.baseline_ref}, best of {args.rounds} runs each:")
     _report(best[ROOT], best[tree])

@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.request_path import _cpu_s, _service, stop_process  # noqa: E402
+from benchmarks.revisions import add_worktree, remove_worktree  # noqa: E402
 from fleet.stages import CLIENT_STAGES  # noqa: E402
 from fleet.worker_command import worker_argv, worker_command  # noqa: E402
 from fleetctl.demo import wait_model_served  # noqa: E402
@@ -308,12 +309,7 @@ def _v(met: bool) -> str:
 def _baseline_tree(ref: str, into: Path) -> Path:
     """A worktree of ``ref`` with its own demo models (built by its own code:
     the serving settings of that build)."""
-    tree = into / "baseline"
-    subprocess.run(
-        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), ref],
-        check=True,
-        capture_output=True,
-    )
+    tree = add_worktree(ref, into)
     subprocess.run(
         [
             sys.executable,
@@ -396,10 +392,7 @@ def main() -> int:
             for name in started:
                 subprocess.run(["bash", str(ROOT / "scripts" / f"{name}.sh"), "stop"], check=False)
             if base_tree is not None:
-                subprocess.run(
-                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base_tree)],
-                    check=False,
-                )
+                remove_worktree(base_tree)
     return 0 if ok else 1
 
 

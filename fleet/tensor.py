@@ -195,10 +195,12 @@ def check_shape(name: str, shape: tuple[int, ...]) -> int:
         if type(dim) is not int:
             plain = False
             if not isinstance(dim, int | np.integer):
-                raise InvalidArgument(f"tensor {name!r}: dimension {dim!r} in shape {list(shape)}")
+                break
         if not 0 <= dim < _U64_END:
-            raise InvalidArgument(f"tensor {name!r}: dimension {dim!r} in shape {list(shape)}")
-    return math.prod(shape) if plain else math.prod(int(d) for d in shape)
+            break
+    else:
+        return math.prod(shape) if plain else math.prod(int(d) for d in shape)
+    raise InvalidArgument(f"tensor {name!r}: dimension {dim!r} in shape {list(shape)}")
 
 
 def check_bytes_elements(name: str, data: bytes | memoryview, count: int) -> None:

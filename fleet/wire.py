@@ -95,12 +95,12 @@ _HEAD = struct.Struct("<4sBBH")
 _U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _U32 = struct.Struct("<I")
-_U64 = struct.Struct("<Q")
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
 _MAX_ERROR_MESSAGE = 4096
 _TIMEOUT_PART = 4  # index of the timeout in encode_request_body's parts
-_TENSOR_HEADS = [struct.Struct(f"<BB{rank + 1}Q") for rank in range(256)]  # dims, then nbytes
+# a tensor's head after its name: datatype, rank, each dimension, then nbytes
+_TENSOR_HEADS = [struct.Struct(f"<BB{rank + 1}Q") for rank in range(256)]
 _PRIORITY_NPARAMS = struct.Struct("<BH")
 _TIMINGS = struct.Struct("<ffI")
 _TWO_F64 = struct.Struct("<dd")
@@ -319,10 +319,6 @@ class _Reader:
         self.pos = pos + n
         return pos
 
-    def take(self, n: int) -> memoryview:
-        pos = self._advance(n)
-        return self.buf[pos : pos + n]
-
     def fields(self, st: struct.Struct) -> tuple[typing.Any, ...]:
         """Several fixed-size fields at once."""
         return st.unpack_from(self.buf, self._advance(st.size))
@@ -359,7 +355,6 @@ def _bytes_view(data: bytes | memoryview) -> memoryview:
     return view
 
 
-_SHAPE_NBYTES = [struct.Struct(f"<{rank + 1}Q") for rank in range(256)]  # dims, then nbytes
 _DATATYPES = {int(d): (d, d.itemsize) for d in DataType}
 _PRIORITIES = {int(p): p for p in Priority}
 
@@ -376,13 +371,12 @@ def _read_tensor(r: _Reader, limits: Limits) -> Tensor:
     datatype, itemsize = known
     if rank > limits.max_rank:
         raise LimitExceeded(f"tensor {name!r}: rank {rank} is over the limit of {limits.max_rank}")
-    head = _SHAPE_NBYTES[rank]
-    pos += 2
+    head = _TENSOR_HEADS[rank]
     if pos + head.size > end:
         raise _truncated(head.size, pos, end)
-    dims_nbytes: tuple[int, ...] = head.unpack_from(buf, pos)
+    fields: tuple[int, ...] = head.unpack_from(buf, pos)
     pos += head.size
-    shape, nbytes = dims_nbytes[:rank], dims_nbytes[rank]
+    shape, nbytes = fields[2 : rank + 2], fields[rank + 2]
     count = math.prod(shape)
     if count > limits.max_elements:
         raise LimitExceeded(
@@ -543,7 +537,7 @@ def decode(
     for _ in range(count):
         size = r.unpack(_U32)
         item = _Reader(r.buf, r.pos, r.pos + size)
-        r.take(size)  # bounds-checks the whole item before reading into it
+        r._advance(size)  # bounds-checks the whole item before reading into it
         rid = ""
         try:
             rid = item.str()
@@ -574,7 +568,7 @@ def salvage_ids(data: bytes | memoryview, max_items: int = 65_536) -> tuple[str,
         for _ in range(count):
             size = r.unpack(_U32)
             item = _Reader(r.buf, r.pos, r.pos + size)
-            r.take(size)
+            r._advance(size)
             ids.append(item.str())
     except FleetError:
         pass

@@ -237,12 +237,11 @@ class Pipeline:
         out: list[Outcome] = []
         counts = [i.rows for i in items]
         per_output = [split_rows(name, arr, counts) for name, arr in outputs.items()]
-        model, version, worker_id, run_ms = self.model, self.version, self.worker_id, elapsed * 1000
+        run_ms = elapsed * 1000
         for n, (item, wait) in enumerate(zip(items, waits, strict=True)):
             tensors = tuple(pieces[n] for pieces in per_output)
-            timings = make_timings(wait * 1000, run_ms, rows, worker_id, started - wait, 0.0)
-            reply = make_reply(item.request.id, model, version, tensors, None, timings, None)
-            out.append(Outcome(item, reply, ended))
+            timings = make_timings(wait * 1000, run_ms, rows, self.worker_id, started - wait, 0.0)
+            out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings), ended))
         return out
 
     def _runs_inline(self, rows: int) -> bool:
@@ -283,14 +282,8 @@ class Pipeline:
         error: ErrorInfo | None = None,
         timings: Timings | None = None,
     ) -> Reply:
-        return Reply(
-            id=item.request.id,
-            model=self.model,
-            version=self.version,
-            outputs=outputs,
-            error=error,
-            timings=timings or Timings(worker_id=self.worker_id),
-        )
+        timings = timings or Timings(worker_id=self.worker_id)
+        return make_reply(item.request.id, self.model, self.version, outputs, error, timings, None)
 
     def _error(self, item: Item, exc: BaseException) -> Outcome:
         if not isinstance(exc, FleetError):
