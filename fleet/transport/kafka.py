@@ -111,6 +111,7 @@ from aiokafka.errors import (
     UnknownTopicOrPartitionError,
     for_code,
 )
+from aiokafka.protocol.metadata import MetadataRequest
 
 from fleet.contract import Priority
 from fleet.errors import (
@@ -574,6 +575,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         if not fresh and topic in self._partitions_cache:
             return self._partitions_cache[topic]
         meta = await self._call("metadata", self._admin.describe_topics([topic]))
+        return self._read_partitions(topic, meta)
+
+    def _read_partitions(self, topic: str, meta: list[dict[str, Any]]) -> list[int] | None:
+        """``_partitions`` of one metadata answer."""
         code = _UNKNOWN_TOPIC
         for t in meta:
             if t.get("topic") != topic:
@@ -593,15 +598,43 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._missing_since.pop(topic, None)
         return ids
 
+    async def _ask_every_broker(self, topic: str) -> list[int] | None:
+        """``_partitions`` as the first broker that knows ``topic`` tells it,
+        asking each in turn; None if none does. One broker's metadata can lag
+        the cluster's by a moment (a topic just created, a broker just
+        started); a broker that cannot be asked is passed over, and one that
+        names the topic without a leader makes it :class:`Unavailable`."""
+        client = self._admin._client
+        request = MetadataRequest([topic], allow_auto_topic_creation=False)
+        passing: Unavailable | None = None  # the topic named, without a leader
+        for broker in sorted(b.nodeId for b in client.cluster.brokers()):
+            try:
+                answer = await self._call("metadata", client.send(broker, request))
+            except Unavailable:
+                continue
+            try:
+                ids = self._read_partitions(topic, answer.to_object()["topics"])
+            except Unavailable as exc:
+                passing = exc
+                continue
+            if ids is not None:
+                return ids
+        if passing is not None:
+            raise passing
+        return None
+
     async def _require(self, topic: str, missing: str) -> list[int]:
         """The partition ids of ``topic``, which must exist. A topic this
         transport has seen is :class:`Unavailable` while it has been reported
         unknown for less than ``missing_grace`` seconds, then
-        :class:`ModelNotFound`; one never seen is ModelNotFound at once."""
+        :class:`ModelNotFound`; one never seen is ModelNotFound once no broker
+        knows it."""
         ids = await self._partitions(topic)
         if ids is not None:
             return ids
         if topic not in self._seen:
+            if (ids := await self._ask_every_broker(topic)) is not None:
+                return ids
             raise ModelNotFound(missing)
         now = time.monotonic()
         since = self._missing_since.setdefault(topic, now)

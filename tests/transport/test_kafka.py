@@ -443,6 +443,29 @@ async def test_a_topic_a_broker_does_not_know_yet_is_unavailable_not_not_found(
             raise AssertionError("a publish to a deleted topic succeeded")
 
 
+async def test_a_topic_one_broker_does_not_know_yet_is_asked_of_every_broker(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's first publish to a model a worker has just declared can meet a
+    broker whose metadata has not caught up with the new topic: before a topic
+    it has never seen is ModelNotFound, the transport asks every broker, and one
+    that knows the topic is enough. A topic no broker knows is still refused."""
+    worker = await kafka(partitions=1)
+    await worker.declare_model(unique_model)
+    client = await kafka(partitions=1)
+    asked: list[list[str]] = []
+
+    async def lagging(topics: list[str]) -> list[dict[str, Any]]:
+        asked.append(topics)
+        return [{"topic": name, "error_code": 3, "partitions": []} for name in topics]
+
+    monkeypatch.setattr(client._admin, "describe_topics", lagging)
+    await client.publish_request(unique_model, ONLINE, b"first")
+    assert asked == [[queue_name(unique_model, ONLINE)]]  # the random broker said unknown
+    with pytest.raises(ModelNotFound):
+        await client.publish_request(f"{unique_model}-nobody", ONLINE, b"x")
+
+
 async def test_a_topic_whose_leader_is_moving_is_unavailable_never_not_found(
     kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
