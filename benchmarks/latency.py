@@ -1,11 +1,13 @@
 """Latency at everyday load, where it goes, and what the fleet costs in CPU.
 
-    .venv/bin/python benchmarks/latency.py [--brokers amqp,kafka] [--models mlp,digits]
-        [--rates 200,1000,4000] [--duration 10] [--baseline-ref HEAD~1 [--repeat 3]]
+    .venv/bin/python benchmarks/latency.py [--brokers amqp,kafka] [--models-to-run mlp,digits]
+        [--rates 200,1000,4000] [--duration 10] [--warmup 5] [--baseline-ref HEAD~1 [--repeat 3]]
         [--event-loops asyncio,uvloop --repeat 3]
 
 For each broker and model, one ``fleet worker`` process and one client process:
 
+0. warm-up, not counted: 2 s of a closed loop, then ``--warmup`` seconds at the
+   first rate (a broker just started answers slowly while its JIT compiles);
 1. idle: both connected, no traffic, for ``--idle`` seconds: CPU share of a core each;
 2. open-loop Poisson arrivals (seeded) at each rate: p50 and p99 of the whole
    call and of every stage (:mod:`fleet.stages`), and CPU per request of the
@@ -172,6 +174,8 @@ def measure(
     try:
         asyncio.run(wait_model_served(broker, model))
         _client(tree, **base, mode="closed", duration=2, in_flight=32)  # warm the path
+        if args.warmup > 0 and args.rates:  # and a broker just started (its JIT)
+            _client(tree, **base, mode="open", rate=args.rates[0], duration=args.warmup)
         out: dict[str, Any] = {"rates": {}}
         if args.idle > 0 and tree == ROOT:
             before = _cpu_s(worker.pid)
@@ -335,6 +339,13 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per run")
     ap.add_argument(
         "--idle", type=float, default=10.0, help="seconds of idle measurement (0: skip)"
+    )
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=5.0,
+        help="seconds of traffic at the first rate before measuring, not counted"
+        " (a broker just started is slow while its JIT compiles)",
     )
     ap.add_argument("--in-flight", type=int, default=256, help="requests in flight at saturation")
     ap.add_argument("--baseline-ref", help="git revision to compare saturation against")
