@@ -230,6 +230,38 @@ async def test_a_fetchs_records_of_many_partitions_wait_on_one_commit(
     assert len(set().union(*fetches)) > 1  # 32 spread at random: all in one, about 1e-28
 
 
+async def test_a_caught_up_partition_is_claimed_ahead_one_commit_for_many_records(
+    kafka: Connect, unique_model: str
+) -> None:
+    """At everyday load a fetch brings a record or two: the hand-out commit of a
+    partition whose fetch reached the log's end counts ``CLAIM_AHEAD`` offsets
+    past it as handed out too, so the records that follow are handed out with
+    no commit of their own. They are counted all the same: after a crash each
+    comes back with its attempt one higher."""
+    from fleet.transport._kafka_consumer import CLAIM_AHEAD, GroupConsumer
+
+    crashed, client = await kafka(partitions=1), await kafka(partitions=1)
+    await crashed.declare_model(unique_model)
+    first: list[Delivery] = []
+    group = await crashed.consume(unique_model, ONLINE, collector(first, ack=False), prefetch=64)
+    assert isinstance(group, GroupConsumer)
+    n = 20
+    assert n < CLAIM_AHEAD
+    for i in range(n):  # one at a time: the consumer is caught up each time
+        await client.publish_request(unique_model, ONLINE, f"r{i}".encode())
+        await eventually(lambda i=i: len(first) == i + 1)
+    assert [d.attempt for d in first] == [1] * n
+    assert group.claim_commits == 1, group.claim_commits  # one commit each, without the claim
+    await crashed.close()  # goes away without acking
+
+    second_worker = await kafka(partitions=1)
+    second: list[Delivery] = []
+    await second_worker.consume(unique_model, ONLINE, collector(second), prefetch=64)
+    await eventually(lambda: len(second) == n, timeout=30)
+    assert sorted(d.body for d in second) == sorted(f"r{i}".encode() for i in range(n))
+    assert [d.attempt for d in second] == [2] * n
+
+
 # --------------------------------------------------------------------------- attempts
 
 
