@@ -372,7 +372,12 @@ class GroupConsumer(Consumer):
             self._kafka.pause(*self._kafka.assignment())
 
     async def resume(self) -> None:
+        """Fetch again, at once: the partitions are resumed here, not when the
+        fetch loop next comes round (it may be inside a wait for records that
+        paused partitions never bring)."""
         self._held = False
+        if self._kafka is not None and not self._stopping and self.outstanding < self.prefetch:
+            self._kafka.resume(*self._kafka.paused())
         self._room.set()
 
     async def cancel(self) -> None:

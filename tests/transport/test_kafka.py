@@ -262,6 +262,35 @@ async def test_a_caught_up_partition_is_claimed_ahead_one_commit_for_many_record
     assert [d.attempt for d in second] == [2] * n
 
 
+async def test_a_consumer_resumed_while_waiting_for_records_fetches_at_once(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker pauses its consumers when it holds as much as it may, and that
+    can happen while the fetch loop waits for records. Resuming must resume the
+    partitions then and there: left paused until the loop's wait ends, they
+    fetch nothing meanwhile (at saturation the wait is 100 ms, and requests
+    waited that long in the topic again and again). With the waits set to a
+    minute, a record published after the resume is still taken long before."""
+    from fleet.transport import _kafka_consumer
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    monkeypatch.setattr(_kafka_consumer, "FETCH_POLL_MS", 60_000)
+    monkeypatch.setattr(_kafka_consumer, "FETCH_IDLE_POLL_MS", 60_000)
+    t = await kafka(partitions=1)
+    await t.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await t.consume(unique_model, ONLINE, collector(got), prefetch=4)
+    assert isinstance(group, GroupConsumer)
+    await t.publish_request(unique_model, ONLINE, b"first")
+    await eventually(lambda: len(got) == 1, timeout=20)  # the loop now waits a minute
+    await group.pause()
+    await asyncio.sleep(0.5)  # the fetcher sees the partitions paused
+    await group.resume()
+    await t.publish_request(unique_model, ONLINE, b"after the resume")
+    await eventually(lambda: len(got) == 2, timeout=20)
+    assert got[1].body == b"after the resume"
+
+
 # --------------------------------------------------------------------------- attempts
 
 
