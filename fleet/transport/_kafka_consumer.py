@@ -89,12 +89,15 @@ _HAND_BACK_TRIES = 3
 REVOKE_GRACE = 1.0  # seconds a revoke waits for in-flight records to be acked
 DRAIN_TIMEOUT = 30.0  # seconds a cancelled consumer stays in its group for late acks
 POLL_MS = 200
-# How long one getmany waits for records. Under load aiokafka's getmany does
-# not always return when records arrive: a closed loop of 256 requests in
-# flight on one worker saw fetches whose records came only at the end of the
-# wait (p90 of the call 1 s with a 1,000 ms wait, and 270-1,200 req/s). A
-# 100 ms wait bounds that stall (3,300-4,500 req/s in the same runs) for a few
-# more idle wake-ups (an idle worker 1.9% of a core, against 1.4%).
+# How long one getmany waits for records. Under load a closed loop of 256
+# requests in flight on one worker saw fetches whose records came only at the
+# end of the wait (p90 of the call 1 s with a 1,000 ms wait, and 270-1,200
+# req/s); a 100 ms wait bounded that stall (3,300-4,500 req/s in the same
+# runs) for a few more idle wake-ups (an idle worker 1.9% of a core, against
+# 1.4%). The cause was found later: a worker holding as much as it may pauses
+# its consumers, and resume() left the partitions paused until this loop came
+# round, so a getmany under way fetched nothing for the rest of its wait.
+# resume() now resumes them at once; the short wait stays as a bound.
 FETCH_POLL_MS = 100
 # How long one getmany waits after one that returned nothing (and the consumer
 # was not full or paused meanwhile). A record that arrives ends the wait at
