@@ -602,7 +602,10 @@ class GroupConsumer(Consumer):
         """How far past its last record a partition's hand-out commit claims:
         ``CLAIM_AHEAD`` if the fetch reached the log's end (what it claims does
         not exist yet), else 0 (a backlog is never counted before it is read)."""
-        end = self._kafka.highwater(part.tp) if self._kafka is not None else None
+        kafka = self._kafka
+        if kafka is None or part.tp not in kafka.assignment():
+            return 0  # moved meanwhile: the commit skips it anyway
+        end = kafka.highwater(part.tp)
         return CLAIM_AHEAD if end is not None and end <= part.handed_upto + 1 else 0
 
     def _claim(
