@@ -178,21 +178,26 @@ async def test_backlog_scales_out_drains_and_scales_in(
             assert all(r and all(a.shape[0] == 1 for a in r.values()) for r in results)
             assert client.stats.answered == BURST and client.stats.failed == 0
 
-        # backlog drained ...
+        # the backlog drains, and after the stabilization window and the
+        # scale-in cooldown the fleet is back at the floor (in either order:
+        # the floor may come while one instance's share is still queued): the
+        # extra workers get SIGTERM and exit 0
         drained = await _until(
             lambda: rec.polls[-1][1].backlog == 0 and rec.polls[-1][0] > started, 30, "drained", rec
         )
-        # ... then, after the stabilization window and the scale-in cooldown,
-        # back to the floor: the extra workers get SIGTERM and exit 0
         await _until(lambda: act.status()["desired"] == 1, 25, "scale-in", rec)
         await asyncio.wait_for(act.wait_stopped(), 25)
         assert drained > started
-        # the step back to the floor comes once the backlog is (all but) drained;
-        # RabbitMQ's management figures lag by a second, so "all but" is 1%
+        # the step back to the floor comes only once the floor is enough: the
+        # arrival rate plus the backlog cleared within the drain time fit in one
+        # instance (a backlog left then is one instance's to clear, e.g. up to
+        # 200 requests at no arrivals; how much is left depends on how fast
+        # this machine drained, so only the bound is asserted)
         to_floor = [p for p in rec.polls if p[2].direction == "in" and p[2].desired == 1]
         assert to_floor, "never scaled back in"
-        last_backlog = to_floor[-1][1].backlog
-        assert last_backlog is not None and last_backlog <= BURST // 100, last_backlog
+        at_floor = to_floor[-1][1]
+        assert at_floor.backlog is not None and at_floor.arrival_rate is not None
+        assert _demand_in_instances(at_floor) <= 1.0, (at_floor, to_floor[-1][2].reasons)
         extra = len(act.stopped_by_sigterm)
         assert extra >= 1
         assert all(rc == 0 for _, rc in act.stopped_by_sigterm), act.stopped_by_sigterm
