@@ -13,6 +13,11 @@ For each broker and model, one ``fleet worker`` process and one client process:
    call and of every stage (:mod:`fleet.stages`), and CPU per request of the
    client and the worker, with the model's own time taken out (the batches'
    inference time, per request);
+   then the same arrivals against the broker library's own request/reply
+   echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
+   delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
+   compared over ``--repeat`` do not take it): its figures and the fleet's
+   ratios to them;
 3. saturation: ``--in-flight`` requests in flight (closed loop): requests/s;
    with ``--baseline-ref``, the same against a worker and client of that git
    revision (checked out in a temporary worktree), in the same run: the ratio.
@@ -43,6 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import library_floor  # noqa: E402
 from benchmarks.request_path import _cpu_s, _service, stop_process  # noqa: E402
 from benchmarks.revisions import add_worktree, remove_worktree  # noqa: E402
 from fleet.stages import CLIENT_STAGES  # noqa: E402
@@ -204,6 +210,26 @@ def _cpu_ms(r: dict[str, Any]) -> float:
     return 1000 * (r["cpu_s"] + r["worker_cpu_s"] - r["inference_s"]) / n
 
 
+def _split(r: dict[str, Any]) -> str:
+    """Where the CPU per request goes: the client's and the worker's share."""
+    n = max(1, len(r["lat"]))
+    worker = r["worker_cpu_s"] - r["inference_s"]
+    return f"client {1000 * r['cpu_s'] / n:.3f}, worker {1000 * worker / n:.3f}"
+
+
+def _vs_floor(r: dict[str, Any], f: dict[str, Any]) -> None:
+    """The library floor's figures at the same rate, and the fleet's ratios to them."""
+    lat = [x * 1000 for x in r["lat"]]
+    f_lat = [x * 1000 for x in f["lat"]]
+    f50, f99 = _pct(f_lat, 50), _pct(f_lat, 99)
+    print(
+        f"{'':>8} library floor: {len(f_lat) / f['seconds']:.0f} req/s, p50 {f50:.2f} ms, "
+        f"p99 {f99:.2f} ms, CPU/req {_cpu_ms(f):.3f} ms ({_split(f)}); the fleet's "
+        f"p50 {_pct(lat, 50) / f50:.3g}x, p99 {_pct(lat, 99) / f99:.3g}x, "
+        f"CPU/req {_cpu_ms(r) / _cpu_ms(f):.3g}x"
+    )
+
+
 def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | None) -> bool:
     ok = True
     print(f"\n== {label}")
@@ -224,6 +250,8 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
             f"{rate:>8} {rps:>8.0f} {_pct(lat, 50):>7.2f} {_pct(lat, 99):>7.2f} "
             f"{_cpu_ms(r):>7.3f}  | p50{' ' * 14}{p50s}\n{'':>42}| p99{' ' * 14}{p99s}"
         )
+        if rate in res.get("floor", {}):
+            _vs_floor(r, res["floor"][rate])
         if base is not None and rate in base["rates"]:
             b = base["rates"][rate]
             b_lat = [x * 1000 for x in b["lat"]]
@@ -245,14 +273,14 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
         if int(rate) <= 200:
             met = _cpu_ms(r) <= 1.0
             ok &= met
-            print(f"  CPU per request {_cpu_ms(r):.3f} ms (target <= 1 ms: {_v(met)})")
+            print(f"  CPU per request {_cpu_ms(r):.3f} ms ({_split(r)}; target <= 1 ms: {_v(met)})")
     sat = res["saturation"]
     rps = len(sat["lat"]) / sat["seconds"]
     met = _cpu_ms(sat) <= 0.1
     ok &= met
     print(
         f"saturation: {rps:.0f} req/s, CPU per request {_cpu_ms(sat):.3f} ms "
-        f"(target <= 0.1 ms: {_v(met)})"
+        f"({_split(sat)}; target <= 0.1 ms: {_v(met)})"
     )
     if base is not None:
         b = base["saturation"]
@@ -363,6 +391,13 @@ def main() -> int:
         help="runs per event loop; with --baseline-ref, runs of each build, interleaved, "
         "with the medians' ratios printed",
     )
+    ap.add_argument(
+        "--floor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the broker library's own request/reply echo at each rate"
+        " (benchmarks/library_floor.py) and print the fleet's ratios to it",
+    )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
     from worker.zoo import build_all
@@ -397,6 +432,11 @@ def main() -> int:
                         compare_runs(f"{label}, this build and --baseline-ref", runs)
                         continue
                     res = measure(ROOT, url, model, args)
+                    if args.floor:
+                        size = 4 * WIDTH[model] + 64  # the tensor's bytes and a header's
+                        res["floor"] = library_floor.measure(
+                            b, url, args.rates, args.duration, size
+                        )
                     base = measure(base_tree, url, model, args) if base_tree else None
                     ok &= report(label, b, res, base)
         finally:

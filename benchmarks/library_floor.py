@@ -1,0 +1,288 @@
+"""The broker client libraries' own floor: request/reply with nothing else.
+
+    .venv/bin/python benchmarks/library_floor.py serve amqp|kafka URL SECONDS
+    .venv/bin/python benchmarks/library_floor.py call amqp|kafka URL '{"rate": .., ...}'
+
+The least any request/reply service on aio-pika or aiokafka does for the
+delivery guarantees the fleet gives, with no model, no batching, no codec and
+no bookkeeping: an echo.
+
+- RabbitMQ: the request is published persistent and mandatory, with a
+  publisher confirm, to a quorum queue; the server consumes it with a
+  prefetch and manual acks, publishes the reply (mandatory, confirmed) to the
+  caller's exclusive queue and acks the request once the reply is confirmed.
+- Kafka: the request is sent by an idempotent producer with ``acks=all``;
+  the server reads it in a consumer group with manual commits, sends the
+  reply (``acks=all``) to the reply topic keyed by the caller, and commits
+  once the replies are acknowledged; the caller tails the reply topic.
+
+``benchmarks/latency.py`` runs it at the same rates, with the same arrivals
+(seeded Poisson), payload size and machine as the fleet, in the same run:
+the fleet's latency and CPU per request are printed as ratios to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+REQUESTS = "floor.requests"
+REPLIES = "floor.replies"
+
+Send = Callable[[str, bytes], Awaitable[None]]
+
+
+async def open_loop(
+    send: Send, futures: dict[str, asyncio.Future[bytes]], args: dict[str, Any]
+) -> dict[str, Any]:
+    """Seeded Poisson arrivals at ``args["rate"]`` for ``args["duration"]``
+    seconds; each call sends a body of ``args["bytes"]`` and awaits its echo."""
+    rng = np.random.default_rng(args["seed"])
+    body = bytes(args["bytes"])
+    loop = asyncio.get_running_loop()
+    lat: list[float] = []
+
+    async def one(i: int) -> None:
+        t0 = time.perf_counter()
+        key = str(i)
+        futures[key] = answer = loop.create_future()  # the echo may beat the confirm
+        await send(key, body)
+        await answer
+        lat.append(time.perf_counter() - t0)
+
+    tasks: set[asyncio.Task[None]] = set()
+    cpu, t_start = time.process_time(), time.perf_counter()
+    at, end, i = t_start, t_start + args["duration"], 0
+    while at < end:
+        delay = at - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.ensure_future(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        at += rng.exponential(1.0 / args["rate"])
+        i += 1
+    await asyncio.gather(*tasks)
+    return {
+        "lat": lat,
+        "cpu_s": time.process_time() - cpu,
+        "seconds": time.perf_counter() - t_start,
+    }
+
+
+# ---------------------------------------------------------------- RabbitMQ
+async def amqp_serve(url: str, seconds: float) -> None:
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    consume = await conn.channel(publisher_confirms=False)
+    await consume.set_qos(prefetch_count=256)
+    publish = await conn.channel(publisher_confirms=True)
+    queue = await consume.declare_queue(
+        REQUESTS, durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    await queue.purge()
+
+    async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        reply = aio_pika.Message(message.body, correlation_id=message.correlation_id)
+        await publish.default_exchange.publish(reply, str(message.reply_to), mandatory=True)
+        await message.ack()
+
+    await queue.consume(on)
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    await conn.close()
+
+
+async def amqp_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    channel = await conn.channel(publisher_confirms=True)
+    inbox = await channel.declare_queue(exclusive=True, auto_delete=True)
+    futures: dict[str, asyncio.Future[bytes]] = {}
+
+    async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        futures.pop(str(message.correlation_id)).set_result(message.body)
+
+    await inbox.consume(on_reply, no_ack=True)
+
+    async def send(key: str, body: bytes) -> None:
+        message = aio_pika.Message(
+            body,
+            correlation_id=key,
+            reply_to=inbox.name,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await channel.default_exchange.publish(message, REQUESTS, mandatory=True)
+
+    try:
+        return await open_loop(send, futures, args)
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------- Kafka
+def _servers(url: str) -> str:
+    return url.removeprefix("kafka://").split("?")[0]
+
+
+async def kafka_topics(url: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=_servers(url))
+    await admin.start()
+    try:
+        for name in (REQUESTS, REPLIES):
+            try:
+                await admin.create_topics([NewTopic(name, 1, 1)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+async def kafka_serve(url: str, seconds: float) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    await kafka_topics(url)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=_servers(url), enable_idempotence=True, acks="all"
+    )
+    consumer = AIOKafkaConsumer(
+        REQUESTS,
+        bootstrap_servers=_servers(url),
+        group_id=f"floor-{uuid.uuid4().hex}",
+        enable_auto_commit=False,
+        auto_offset_reset="latest",
+    )
+    await producer.start()
+    await consumer.start()
+    while not consumer.assignment():  # joined the group
+        await consumer.getmany(timeout_ms=200)
+    for tp in consumer.assignment():  # and at the end of the topic before any call
+        await consumer.position(tp)
+    print("ready", flush=True)
+    end = time.monotonic() + seconds
+    try:
+        while time.monotonic() < end:
+            batches = await consumer.getmany(timeout_ms=200)
+            sent = [
+                await producer.send(REPLIES, r.value, key=r.key)
+                for records in batches.values()
+                for r in records
+            ]
+            await asyncio.gather(*sent)
+            if sent:
+                await consumer.commit()
+    finally:
+        await consumer.stop()
+        await producer.stop()
+
+
+async def kafka_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+    producer = AIOKafkaProducer(
+        bootstrap_servers=_servers(url), enable_idempotence=True, acks="all"
+    )
+    tail = AIOKafkaConsumer(bootstrap_servers=_servers(url), auto_offset_reset="latest")
+    await producer.start()
+    await tail.start()
+    tail.assign([TopicPartition(REPLIES, 0)])
+    await tail.seek_to_end()
+    await tail.position(TopicPartition(REPLIES, 0))  # at the end before the first call
+    futures: dict[str, asyncio.Future[bytes]] = {}
+
+    async def read() -> None:
+        while True:
+            for records in (await tail.getmany(timeout_ms=1000)).values():
+                for r in records:
+                    future = futures.pop((r.key or b"").decode(), None)
+                    if future is not None:
+                        future.set_result(r.value or b"")
+
+    reader = asyncio.ensure_future(read())
+
+    async def send(key: str, body: bytes) -> None:
+        await (await producer.send(REQUESTS, body, key=key.encode()))
+
+    try:
+        return await open_loop(send, futures, args)
+    finally:
+        reader.cancel()
+        await tail.stop()
+        await producer.stop()
+
+
+def _run(*argv: str, timeout: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, *argv],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"library floor call failed: {out.stderr[-2000:]}")
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def measure(
+    broker: str, url: str, rates: Sequence[int], duration: float, size: int
+) -> dict[int, dict[str, Any]]:
+    """The echo at each rate (after 2 s of warm-up at the first): latencies,
+    the caller's CPU (``cpu_s``) and the server's (``worker_cpu_s``), in the
+    shape of ``latency.py``'s runs (``inference_s`` 0: there is no model)."""
+    from benchmarks.request_path import _cpu_s, stop_process
+
+    budget = (duration + 30) * (len(rates) + 1)
+    with subprocess.Popen(
+        [sys.executable, __file__, "serve", broker, url, str(budget)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as server:
+        try:
+            assert server.stdout is not None
+            if server.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"library floor server for {broker} did not start")
+            out: dict[int, dict[str, Any]] = {}
+            for n, rate in enumerate([rates[0], *rates]):
+                seconds = 2 if n == 0 else duration
+                args = {"rate": rate, "duration": seconds, "seed": 0, "bytes": size}
+                before = _cpu_s(server.pid)
+                run = _run("call", broker, url, json.dumps(args), timeout=duration + 120)
+                run.update(worker_cpu_s=_cpu_s(server.pid) - before, inference_s=0.0, stages=[])
+                if n > 0:
+                    out[rate] = run
+            return out
+        finally:
+            stop_process(server, 10)
+
+
+def main(argv: list[str]) -> None:
+    what, broker, url, rest = argv
+    if what == "serve":
+        asyncio.run({"amqp": amqp_serve, "kafka": kafka_serve}[broker](url, float(rest)))
+        return
+    out = asyncio.run({"amqp": amqp_call, "kafka": kafka_call}[broker](url, json.loads(rest)))
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
