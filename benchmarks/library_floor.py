@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REQUESTS = "floor.requests"
 REPLIES = "floor.replies"
 
+CALL_TIMEOUT = 30.0  # seconds a call waits for its echo before it counts as failed
 Send = Callable[[str, bytes], Awaitable[None]]
 
 
@@ -53,13 +54,19 @@ async def open_loop(
     body = bytes(args["bytes"])
     loop = asyncio.get_running_loop()
     lat: list[float] = []
+    failed: list[int] = []
 
     async def one(i: int) -> None:
         t0 = time.perf_counter()
         key = str(i)
         futures[key] = answer = loop.create_future()  # the echo may beat the confirm
-        await send(key, body)
-        await answer
+        try:
+            await send(key, body)
+            await asyncio.wait_for(answer, CALL_TIMEOUT)
+        except Exception:  # a call that failed or went unanswered is counted, not timed
+            futures.pop(key, None)
+            failed.append(i)
+            return
         lat.append(time.perf_counter() - t0)
 
     tasks: set[asyncio.Task[None]] = set()
@@ -77,6 +84,7 @@ async def open_loop(
     await asyncio.gather(*tasks)
     return {
         "lat": lat,
+        "failed": len(failed),
         "cpu_s": time.process_time() - cpu,
         "seconds": time.perf_counter() - t_start,
     }

@@ -25,6 +25,7 @@ def test_the_echo_answers_every_call_and_reports_both_processes_cpu(kind: str) -
     url = broker_url_for(kind)
     runs = library_floor.measure(kind, url, [40], 1.0, 128)
     run = runs[40]
+    assert run["failed"] == 0
     assert len(run["lat"]) == _arrivals(40, 1.0, 0) > 0
     assert all(x > 0 for x in run["lat"])
     assert run["cpu_s"] > 0 and run["worker_cpu_s"] >= 0
