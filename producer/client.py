@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -66,6 +67,9 @@ from fleet.transport import Transport, connect
 from producer.jobs import Jobs
 
 log = get_logger("producer.client")
+
+# the stages a reply's arrival counts (the publish stage was counted at its confirm)
+_OBSERVED_HERE = tuple(i for i, stage in enumerate(CLIENT_STAGES) if stage != "publish")
 
 _VERSION_TTL_S = 2.0  # how long a model's current version (the cache's) is trusted
 _MAX_FRAME_BYTES = 1 << 20  # coalesce up to ~1 MiB per broker message
@@ -797,9 +801,12 @@ class Client:
             decoded - received,
             decoded - p.enqueued,
         )
-        for i, (hist, value) in enumerate(zip(self._hists(reply.model), values, strict=True)):
-            if i != 1:
-                hist.observe(value)
+        hists = self._hists(reply.model)
+        for i in _OBSERVED_HERE:  # Histogram.observe, inlined: eight per reply
+            hist, value = hists[i], values[i]
+            hist.counts[bisect_left(hist.bounds, value)] += 1
+            hist.count += 1
+            hist.sum += value
         return values
 
 

@@ -567,9 +567,9 @@ class BrokerIngress:
         """Publish a batch's replies, grouped per reply address; settle their messages."""
         by_address: dict[str, tuple[list[Reply], list[_Message]]] = {}
         ended = min((o.ended for o in outcomes if o.ended), default=0.0)
+        self._ledger.finished(outcomes)
         for o in outcomes:
             msg = self._message_of.pop(o.item)
-            self._ledger.finished(o)
             if o.reply is None:
                 self._answered(msg)
                 await self._maybe_settle(msg)

@@ -6,6 +6,7 @@ The :class:`Ledger` keeps both of the worker's views: the Prometheus metrics
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,17 +32,20 @@ class Ledger:
     stats: WindowStats
     stages: StageHistograms = field(default_factory=_stage_histograms)
     _outcomes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    in_flight: int = 0  # read by ``fleet_worker_in_flight`` when scraped
 
     def __post_init__(self) -> None:
         self.metrics.registry.register(self.stages)
+        # a plain count, read at the scrape: not two locked updates per request
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
 
-    def _count(self, model: str, version: str, outcome: str) -> None:
-        """``fleet_worker_requests{model, version, outcome}`` += 1, its child looked up once."""
+    def _count(self, model: str, version: str, outcome: str, n: int = 1) -> None:
+        """``fleet_worker_requests{model, version, outcome}`` += n, its child looked up once."""
         key = (model, version, outcome)
         child = self._outcomes.get(key)
         if child is None:
             child = self._outcomes[key] = self.metrics.requests.labels(*key)
-        child.inc()
+        child.inc(n)
 
     def message(self, items: int) -> None:
         """A message (a client's coalesced requests) arrived with ``items`` requests."""
@@ -49,20 +53,26 @@ class Ledger:
 
     def submitted(self) -> None:
         """A request went into a pipeline: in flight until :meth:`finished`."""
-        self.metrics.in_flight.inc()
+        self.in_flight += 1
 
-    def finished(self, outcome: Outcome) -> None:
-        """A request a pipeline took came out answered, failed or expired."""
-        self.metrics.in_flight.dec()
-        model = outcome.item.request.model
-        reply = outcome.reply
-        if reply is None:
-            self.expired(model, outcome.item.request.version or "")
-        elif reply.ok:
-            self.stats.answered_total += 1
-            self._count(model, reply.version, "ok")
-        else:
-            self.error(model, reply.version)
+    def finished(self, outcomes: Sequence[Outcome]) -> None:
+        """Requests a pipeline took came out answered, failed or expired (a
+        batch's: the answered ones counted once per model version)."""
+        self.in_flight -= len(outcomes)
+        answered: dict[tuple[str, str], int] = {}
+        for outcome in outcomes:
+            model = outcome.item.request.model
+            reply = outcome.reply
+            if reply is None:
+                self.expired(model, outcome.item.request.version or "")
+            elif reply.ok:
+                key = (model, reply.version)
+                answered[key] = answered.get(key, 0) + 1
+            else:
+                self.error(model, reply.version)
+        for (model, version), n in answered.items():
+            self.stats.answered_total += n
+            self._count(model, version, "ok", n)
 
     def expired(self, model: str, version: str = "") -> None:
         """A request was dropped unanswered: its deadline had passed."""

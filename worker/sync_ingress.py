@@ -213,9 +213,9 @@ class SyncIngress:
 
     async def settle(self, outcomes: Sequence[Outcome]) -> None:
         """Wake each waiting call with its outcome (a cancelled call's is dropped)."""
+        self._ledger.finished(outcomes)
         for o in outcomes:
             self._queued -= 1
-            self._ledger.finished(o)
             timings = o.reply.timings if o.reply is not None else None
             if timings is not None and len(self._waits) < _MAX_WAITS:
                 self._waits.append(timings.queue_ms / 1000)
