@@ -33,6 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.arrivals import poisson  # noqa: E402
 from benchmarks.latency import WIDTH  # noqa: E402
 from benchmarks.request_path import _service  # noqa: E402
 
@@ -80,18 +81,7 @@ async def _run(args: argparse.Namespace) -> dict[str, Any]:
                 await client.infer(args.model, {"input": pool[i % 256 : i % 256 + 1]})
                 lat.append(time.perf_counter() - t0)
 
-            tasks, at, i = set(), time.perf_counter(), 0
-            end = at + args.duration
-            while at < end:
-                delay = at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.ensure_future(one(i))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                at += rng.exponential(1.0 / args.rate)
-                i += 1
-            await asyncio.gather(*tasks)
+            await poisson(one, rng, args.rate, args.duration)
             gc.callbacks.remove(pauses)
     finally:
         stop.set()

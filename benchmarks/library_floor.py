@@ -37,6 +37,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.arrivals import poisson  # noqa: E402
 
 REQUESTS = "floor.requests"
 REPLIES = "floor.replies"
@@ -69,19 +72,8 @@ async def open_loop(
             return
         lat.append(time.perf_counter() - t0)
 
-    tasks: set[asyncio.Task[None]] = set()
     cpu, t_start = time.process_time(), time.perf_counter()
-    at, end, i = t_start, t_start + args["duration"], 0
-    while at < end:
-        delay = at - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        task = asyncio.ensure_future(one(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        at += rng.exponential(1.0 / args["rate"])
-        i += 1
-    await asyncio.gather(*tasks)
+    await poisson(one, rng, args["rate"], args["duration"])
     return {
         "lat": lat,
         "failed": len(failed),
