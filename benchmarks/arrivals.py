@@ -6,26 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import numpy as np
+
+
+def offsets(rng: np.random.Generator, rate: float, seconds: float) -> Iterator[float]:
+    """Seconds from the start at which the calls of a Poisson stream of
+    ``rate`` per second start, for ``seconds``."""
+    at = 0.0
+    while at < seconds:
+        yield at
+        at += rng.exponential(1.0 / rate)
 
 
 async def poisson(
     call: Callable[[int], Awaitable[None]], rng: np.random.Generator, rate: float, seconds: float
 ) -> None:
-    """Start ``call(i)`` for i = 0, 1, ... at Poisson arrivals of ``rate`` per
-    second for ``seconds``, and wait for every call to finish."""
+    """Start ``call(i)`` for i = 0, 1, ... at :func:`offsets`, however long
+    the earlier calls take, and wait for every call to finish."""
     tasks: set[asyncio.Future[None]] = set()
-    at = time.perf_counter()
-    end, i = at + seconds, 0
-    while at < end:
-        delay = at - time.perf_counter()
+    start = time.perf_counter()
+    for i, at in enumerate(offsets(rng, rate, seconds)):
+        delay = start + at - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
         task = asyncio.ensure_future(call(i))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
-        at += rng.exponential(1.0 / rate)
-        i += 1
     await asyncio.gather(*tasks)

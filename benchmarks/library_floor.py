@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.arrivals import poisson  # noqa: E402
+from fleet.transport import connect  # noqa: E402
 
 REQUESTS = "floor.requests"
 REPLIES = "floor.replies"
@@ -135,15 +136,16 @@ async def amqp_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- Kafka
-def _servers(url: str) -> str:
-    return url.removeprefix("kafka://").split("?")[0]
+def _kafka_options(url: str) -> dict[str, Any]:
+    """The servers and security settings the fleet's own clients use for ``url``."""
+    return dict(connect(url).client_options)  # type: ignore[attr-defined]
 
 
 async def kafka_topics(url: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=_servers(url))
+    admin = AIOKafkaAdminClient(**_kafka_options(url))
     await admin.start()
     try:
         for name in (REQUESTS, REPLIES):
@@ -159,12 +161,11 @@ async def kafka_serve(url: str, seconds: float) -> None:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     await kafka_topics(url)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=_servers(url), enable_idempotence=True, acks="all"
-    )
+    options = _kafka_options(url)
+    producer = AIOKafkaProducer(**options, enable_idempotence=True, acks="all")
     consumer = AIOKafkaConsumer(
         REQUESTS,
-        bootstrap_servers=_servers(url),
+        **options,
         group_id=f"floor-{uuid.uuid4().hex}",
         enable_auto_commit=False,
         auto_offset_reset="latest",
@@ -196,10 +197,8 @@ async def kafka_serve(url: str, seconds: float) -> None:
 async def kafka_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    producer = AIOKafkaProducer(
-        bootstrap_servers=_servers(url), enable_idempotence=True, acks="all"
-    )
-    tail = AIOKafkaConsumer(bootstrap_servers=_servers(url), auto_offset_reset="latest")
+    producer = AIOKafkaProducer(**_kafka_options(url), enable_idempotence=True, acks="all")
+    tail = AIOKafkaConsumer(**_kafka_options(url), auto_offset_reset="latest")
     await producer.start()
     await tail.start()
     tail.assign([TopicPartition(REPLIES, 0)])

@@ -122,6 +122,18 @@ class Histogram:
         return out
 
 
+def observe_each(
+    hists: Sequence[Histogram], values: Sequence[float], indices: Iterable[int]
+) -> None:
+    """``hists[i].observe(values[i])`` for each ``i`` in ``indices``, inlined:
+    a client makes eight of these per reply, and the calls were most of their cost."""
+    for i in indices:
+        hist, value = hists[i], values[i]
+        hist.counts[bisect_left(hist.bounds, value)] += 1
+        hist.count += 1
+        hist.sum += value
+
+
 class StageHistograms(Collector):
     """One :class:`Histogram` per (stage, label values); a Prometheus collector.
 
@@ -164,4 +176,11 @@ class StageHistograms(Collector):
         ]
 
 
-__all__ = ["BUCKETS", "CLIENT_STAGES", "WORKER_STAGES", "Histogram", "StageHistograms"]
+__all__ = [
+    "BUCKETS",
+    "CLIENT_STAGES",
+    "WORKER_STAGES",
+    "Histogram",
+    "StageHistograms",
+    "observe_each",
+]
