@@ -231,6 +231,17 @@ make_reply = positional(Reply)
 """``make_reply(id, model, version, outputs, error, timings, stages)``."""
 make_timings = positional(Timings)
 """``make_timings(queue_ms, inference_ms, batch_size, worker_id, received_at, replied_at)``."""
+make_stages = positional(Stages)
+"""``make_stages(coalesce_ms, publish_ms, request_broker_ms, batch_wait_ms, inference_ms,
+reply_ms, reply_broker_ms, decode_ms, total_ms)``."""
+
+
+def with_stages(reply: Reply, stages: Stages) -> Reply:
+    """``reply`` with its :attr:`Reply.stages` set: what ``dataclasses.replace``
+    makes, without its walk over the fields and the checked ``__init__``."""
+    return make_reply(
+        reply.id, reply.model, reply.version, reply.outputs, reply.error, reply.timings, stages
+    )
 
 
 __all__ = [
@@ -246,6 +257,8 @@ __all__ = [
     "check_model_name",
     "make_reply",
     "make_request",
+    "make_stages",
     "make_timings",
     "new_request_id",
+    "with_stages",
 ]

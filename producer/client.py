@@ -38,9 +38,10 @@ from fleet.contract import (
     Priority,
     Reply,
     Request,
-    Stages,
     check_model_name,
+    make_stages,
     new_request_id,
+    with_stages,
 )
 from fleet.errors import (
     DeadlineExceeded,
@@ -63,6 +64,7 @@ from fleet.payloads import (
 from fleet.stages import CLIENT_STAGES, Histogram, StageHistograms, observe_each
 from fleet.tensor import Tensor
 from fleet.transport import Transport, connect
+from producer.deadlines import Deadlines
 from producer.jobs import Jobs
 
 log = get_logger("producer.client")
@@ -96,12 +98,6 @@ class _Pending:
     confirmed: float = 0.0  # time.monotonic() when the broker confirmed that publish
     version: int = wire.VERSION  # its body's frame version: only equal ones share a frame
     span: Any = None  # its call's trace span, when tracing is on
-
-
-def _expire(future: asyncio.Future[Reply]) -> None:
-    """A request's time is up: its caller raises the timeout."""
-    if not future.done():
-        future.set_exception(TimeoutError())
 
 
 @dataclass(slots=True)
@@ -240,6 +236,7 @@ class Client:
         broker_limit = self._transport.max_message_bytes
         self.max_message_bytes = min(max_message_bytes or broker_limit, broker_limit)
         self._pending: dict[str, _Pending] = {}
+        self._deadlines = Deadlines()
         self._bytes_in_flight = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._lanes: dict[tuple[str, Priority], _Lane] = {}
@@ -289,6 +286,7 @@ class Client:
             if not p.future.done():
                 p.future.set_exception(Unavailable("client closed"))
         self._pending.clear()
+        self._deadlines.close()
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -545,18 +543,17 @@ class Client:
         self._pending[req.id] = pending
         self._bytes_in_flight += size
         self._enqueue(pending)
-        # One timer on the future itself, not wait_for and shield: they cost
-        # a coroutine, two futures and their callbacks on every request. A
-        # caller cancelled here cancels the future, which every path that
-        # answers it checks, and _release cleans up either way.
-        remaining = max(0.0, deadline - time.monotonic())
-        timer = asyncio.get_running_loop().call_later(remaining, _expire, pending.future)
+        # The deadline fails the future itself (one timer for all requests),
+        # not wait_for and shield: they cost a coroutine, two futures and
+        # their callbacks on every request. A caller cancelled here cancels
+        # the future, which every path that answers it checks, and _release
+        # cleans up either way.
+        self._deadlines.add(deadline, pending.future, len(self._pending))
         try:
             return await pending.future
         except TimeoutError:
             raise self._timed_out(pending, req.timeout or 0.0) from None
         finally:
-            timer.cancel()
             self._release(pending)
 
     def _timed_out(self, p: _Pending, wait: float) -> FleetError:
@@ -752,7 +749,7 @@ class Client:
             self.stats.answered += 1
             values = self._observe_stages(p, item, received, decoded)
             if p.want_stages:
-                item = replace(item, stages=Stages(*(v * 1000 for v in values)))
+                item = with_stages(item, make_stages(*[v * 1000 for v in values]))
             if p.span is not None:
                 self._trace_stages(p, received_wall, decoded - received)
             p.future.set_result(item)

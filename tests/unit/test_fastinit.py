@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleet.contract import ErrorInfo, Priority, Reply, Request, Stages, Timings
+from fleet.contract import ErrorInfo, Priority, Reply, Request, Stages, Timings, with_stages
 from fleet.fastinit import positional
 from fleet.tensor import DataType, Tensor, make_tensor
 
@@ -18,6 +18,7 @@ TENSOR = Tensor.from_numpy("x", np.arange(3, dtype=np.float32))
 EXAMPLES: list[Any] = [
     TENSOR,
     Timings(queue_ms=1.0, inference_ms=2.0, batch_size=3, worker_id="w", received_at=4.0),
+    Stages(coalesce_ms=0.5, request_broker_ms=1.5, total_ms=4.0),
     Reply(
         id="r",
         model="m",
@@ -52,6 +53,17 @@ def test_the_fast_constructor_makes_the_same_object(example: Any) -> None:
     assert [getattr(made, f.name) for f in dataclasses.fields(cls)] == values
     with pytest.raises(dataclasses.FrozenInstanceError):
         setattr(made, dataclasses.fields(cls)[0].name, "changed")
+
+
+def test_with_stages_is_replace() -> None:
+    reply = EXAMPLES[3]
+    stages = Stages(*(float(i) for i in range(len(dataclasses.fields(Stages)))))
+    made = with_stages(reply, stages)
+    assert made.stages is stages and made == dataclasses.replace(reply, stages=stages)
+    assert [getattr(made, f.name) for f in dataclasses.fields(Reply)] == [
+        getattr(dataclasses.replace(reply, stages=stages), f.name)
+        for f in dataclasses.fields(Reply)
+    ]
 
 
 def test_make_tensor_takes_the_fields_in_order() -> None:
