@@ -319,14 +319,18 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
         sats = [r["saturation"] for r in results]
         rps = med([len(x["lat"]) / x["seconds"] for x in sats])
         sat_cpu = med([_cpu_ms(x) for x in sats])
-        runs_of = {"cells": cells, "rps": rps, "sat_cpu": sat_cpu}
+        sat_client = med([1000 * x["cpu_s"] / max(1, len(x["lat"])) for x in sats])
+        runs_of = {"cells": cells, "rps": rps, "sat_cpu": sat_cpu, "sat_client": sat_client}
         if variant == first:
             ref = runs_of
         text = "; ".join(
             f"{rate}/s p50 {p50:.2f} p99 {p99:.2f} ms CPU/req {cpu:.3f} ms"
             for rate, p50, p99, cpu in cells
         )
-        print(f"{variant:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms")
+        print(
+            f"{variant:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms "
+            f"(client {sat_client:.3f})"
+        )
         if variant != first:
             ratios = "; ".join(
                 f"{c[0]}/s p50 {c[1] / r[1]:.2f}x p99 {c[2] / r[2]:.2f}x CPU {c[3] / r[3]:.2f}x"
@@ -334,7 +338,8 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
             )
             print(
                 f"{'':>8}  vs {first}: {ratios}; saturation {rps / ref['rps']:.2f}x, "
-                f"CPU/req {sat_cpu / ref['sat_cpu']:.2f}x"
+                f"CPU/req {sat_cpu / ref['sat_cpu']:.2f}x "
+                f"(client {sat_client / ref['sat_client']:.2f}x)"
             )
 
 

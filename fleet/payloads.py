@@ -255,9 +255,14 @@ async def claim_reply(reply: Reply, store: PayloadStore) -> Reply:
     return dataclasses.replace(reply, outputs=(Tensor.from_numpy(CLAIM, text),))
 
 
+def is_claimed(reply: Reply) -> bool:
+    """Whether ``reply`` is a claim on a payload store, not the reply itself."""
+    return len(reply.outputs) == 1 and reply.outputs[0].name == CLAIM
+
+
 def reply_claim(reply: Reply) -> Ref | None:
     """The reference a claimed reply carries, or ``None``."""
-    if len(reply.outputs) != 1 or reply.outputs[0].name != CLAIM:
+    if not is_claimed(reply):
         return None
     return Ref.parse(reply.outputs[0].to_numpy().tobytes().decode(errors="replace"))
 
@@ -299,6 +304,7 @@ __all__ = [
     "claim_reply",
     "claim_request",
     "inputs_size",
+    "is_claimed",
     "open_payloads",
     "reply_claim",
     "resolve_reply",

@@ -58,6 +58,7 @@ from fleet.payloads import (
     PayloadStore,
     claim_request,
     inputs_size,
+    is_claimed,
     open_payloads,
     resolve_reply,
 )
@@ -459,33 +460,36 @@ class Client:
         return version
 
     async def _claimed_send(self, req: Request, deadline: float, stages: bool, span: Any) -> Reply:
-        """:meth:`_send`, answered by the cache when it can, through the
-        payload store when the request or its reply is large; the blobs are
-        deleted when the call ends."""
+        """The request sent (:meth:`_with_retries`), answered by the cache when
+        it can, through the payload store when the request or its reply is
+        large; the blobs are deleted when the call ends."""
         if self.cache is not None:
             hit, req = await self._cached(req)
             if hit is not None:
                 return hit
         if not self._should_claim(req):
-            reply = await self._send(req, deadline, stages, span)
+            reply = await self._with_retries(req, self._encoded(req), deadline, stages, span)
         else:
             assert self.payloads is not None
             req, ref = await claim_request(req, self.payloads)
             try:
-                reply = await self._send(req, deadline, stages, span)
+                reply = await self._with_retries(req, self._encoded(req), deadline, stages, span)
             finally:
                 await asyncio.shield(self.payloads.delete(ref))
+        if not is_claimed(reply):
+            return reply
         reply, blob = await resolve_reply(reply, self.payloads)
         if blob is not None and self.payloads is not None:
             await self.payloads.delete(blob)
         return reply
 
-    async def _send(self, req: Request, deadline: float, stages: bool, span: Any) -> Reply:
+    def _encoded(self, req: Request) -> wire.Parts:
+        """``req``'s body, checked to be sendable."""
         if req.id in self._pending:
             raise InvalidArgument(f"request id {req.id!r} is already in flight")
         body = wire.encode_request_body(req)
         self._check_size(sum(map(len, body)))
-        return await self._with_retries(req, body, deadline, stages, span)
+        return body
 
     def _check_size(self, size: int) -> None:
         framed = size + _ITEM_OVERHEAD + _FRAME_OVERHEAD + len(self._reply_to.encode())
