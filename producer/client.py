@@ -39,6 +39,7 @@ from fleet.contract import (
     Reply,
     Request,
     check_model_name,
+    make_request,
     make_stages,
     new_request_id,
     with_stages,
@@ -130,19 +131,21 @@ def _request(
     parameters: Mapping[str, ParamValue] | None,
     headers: Mapping[str, str],
 ) -> Request:
-    """A request with ``wait`` seconds of budget from now."""
+    """A request with ``wait`` seconds of budget from now (every field given,
+    so made by the fast constructor: ``Request``'s own ``__init__`` checks nothing more)."""
     now = time.time()
-    return Request(
-        id=rid,
-        model=model,
-        version=version,
-        inputs=tuple(Tensor.from_numpy(n, np.asarray(a)) for n, a in inputs.items()),
-        deadline=now + wait,
-        priority=Priority.parse(priority),
-        parameters=dict(parameters or {}),
-        sent_at=now,
-        timeout=wait,
-        headers=headers,
+    return make_request(
+        rid,
+        model,
+        version,
+        tuple([Tensor.from_numpy(n, np.asarray(a)) for n, a in inputs.items()]),
+        now + wait,  # deadline
+        Priority.parse(priority),
+        dict(parameters or {}),
+        now,  # sent_at
+        wait,  # timeout
+        None,  # arrived: stamped by the worker
+        headers,
     )
 
 
