@@ -412,7 +412,11 @@ def _read_tensors(r: _Reader, limits: Limits) -> tuple[Tensor, ...]:
     if n == 1:
         return (_read_tensor(r, limits),)
     tensors = tuple([_read_tensor(r, limits) for _ in range(n)])
-    if len({t.name for t in tensors}) != len(tensors):
+    if n == 2:  # a common case (a label and its scores): no set to build
+        shared = tensors[0].name == tensors[1].name
+    else:
+        shared = len({t.name for t in tensors}) != n
+    if shared:
         raise DecodeError("two tensors share a name")
     return tensors
 

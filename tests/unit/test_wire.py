@@ -98,6 +98,21 @@ def test_replies_round_trip_with_outputs_and_errors() -> None:
         got_bad.arrays()
 
 
+@pytest.mark.parametrize(
+    "names", [("y", "y"), ("y", "z", "y"), ("y", "z"), ("y", "z", "w")], ids="-".join
+)
+def test_two_outputs_of_one_name_fail_only_their_reply(names: tuple[str, ...]) -> None:
+    outputs = tuple(Tensor.from_numpy(n, np.arange(2, dtype=np.int64)) for n in names)
+    replies = [Reply(id="a", model="m", outputs=outputs), Reply(id="b", model="m")]
+    first, second = wire.decode_replies(wire.encode_replies(replies)).items
+    if len(set(names)) < len(names):
+        assert isinstance(first, ItemError) and first.id == "a"
+        assert "share a name" in first.error.message
+    else:
+        assert isinstance(first, Reply) and [t.name for t in first.outputs] == list(names)
+    assert isinstance(second, Reply) and second.id == "b"
+
+
 def test_many_requests_share_one_frame_and_a_bad_item_fails_alone() -> None:
     frame = bytearray(wire.encode_requests([_request("a"), _request("b"), _request("c")], "x"))
     # corrupt the datatype byte of item "b" only
