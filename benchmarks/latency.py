@@ -232,6 +232,18 @@ def _vs_floor(r: dict[str, Any], f: dict[str, Any]) -> None:
         f"p50 {_pct(lat, 50) / f50:.3g}x, p99 {_pct(lat, 99) / f99:.3g}x, "
         f"CPU/req {_cpu_ms(r) / _cpu_ms(f):.3g}x"
     )
+    if f.get("request_leg") and r["stages"]:  # the broker legs, leg by leg
+        st = np.array(r["stages"])  # ms
+        legs = []
+        for leg, stage in (("request", "request_broker"), ("reply", "reply_broker")):
+            fleet = list(st[:, CLIENT_STAGES.index(stage)])
+            floor = [x * 1000 for x in f[f"{leg}_leg"]]
+            legs.append(
+                f"{leg} p50 {_pct(floor, 50):.2f} / p99 {_pct(floor, 99):.2f} ms "
+                f"(the fleet's {stage} {_pct(fleet, 50) / _pct(floor, 50):.3g}x / "
+                f"{_pct(fleet, 99) / _pct(floor, 99):.3g}x)"
+            )
+        print(f"{'':>8} library floor's broker legs: {'; '.join(legs)}")
 
 
 def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | None) -> bool:

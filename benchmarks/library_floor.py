@@ -16,9 +16,16 @@ no bookkeeping: an echo.
   reply (``acks=all``) to the reply topic keyed by the caller, and commits
   once the replies are acknowledged; the caller tails the reply topic.
 
+The server puts two stamps ahead of each echo: when it received the request
+and when it began the reply's send, on the monotonic clock that every process
+of one host shares. The caller splits each round trip into its two broker
+legs with them: from the request's send to the server's receipt, and from the
+reply's send to the caller's receipt (the fleet's ``request_broker`` and
+``reply_broker`` stages).
+
 ``benchmarks/latency.py`` runs it at the same rates, with the same arrivals
 (seeded Poisson), payload size and machine as the fleet, in the same run:
-the fleet's latency and CPU per request are printed as ratios to it.
+the fleet's latency, broker legs and CPU per request are printed as ratios to it.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import struct
 import subprocess
 import sys
 import time
@@ -46,40 +54,55 @@ REQUESTS = "floor.requests"
 REPLIES = "floor.replies"
 
 CALL_TIMEOUT = 30.0  # seconds a call waits for its echo before it counts as failed
+STAMPS = struct.Struct("<dd")  # the server's receipt and reply send, time.monotonic()
 Send = Callable[[str, bytes], Awaitable[None]]
+Answer = tuple[float, bytes]  # when the echo arrived (time.monotonic()), and its body
+
+
+def stamped(received: float, body: bytes) -> bytes:
+    """An echo of ``body``: the server's receipt and now ahead of it."""
+    return STAMPS.pack(received, time.monotonic()) + body
 
 
 async def open_loop(
-    send: Send, futures: dict[str, asyncio.Future[bytes]], args: dict[str, Any]
+    send: Send, futures: dict[str, asyncio.Future[Answer]], args: dict[str, Any]
 ) -> dict[str, Any]:
     """Seeded Poisson arrivals at ``args["rate"]`` for ``args["duration"]``
-    seconds; each call sends a body of ``args["bytes"]`` and awaits its echo."""
+    seconds; each call sends a body of ``args["bytes"]`` and awaits its echo.
+    Returns each answered call's round trip (``lat``) and its two broker legs
+    (``request_leg``, ``reply_leg``), in seconds."""
     rng = np.random.default_rng(args["seed"])
     body = bytes(args["bytes"])
     loop = asyncio.get_running_loop()
     lat: list[float] = []
+    legs: tuple[list[float], list[float]] = ([], [])
     failed: list[int] = []
 
     async def one(i: int) -> None:
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         key = str(i)
         futures[key] = answer = loop.create_future()  # the echo may beat the confirm
         try:
             await send(key, body)
-            await asyncio.wait_for(answer, CALL_TIMEOUT)
+            arrived, echo = await asyncio.wait_for(answer, CALL_TIMEOUT)
         except Exception:  # a call that failed or went unanswered is counted, not timed
             futures.pop(key, None)
             failed.append(i)
             return
-        lat.append(time.perf_counter() - t0)
+        lat.append(time.monotonic() - t0)
+        received, replied = STAMPS.unpack_from(echo)
+        legs[0].append(received - t0)
+        legs[1].append(arrived - replied)
 
-    cpu, t_start = time.process_time(), time.perf_counter()
+    cpu, t_start = time.process_time(), time.monotonic()
     await poisson(one, rng, args["rate"], args["duration"])
     return {
         "lat": lat,
+        "request_leg": legs[0],
+        "reply_leg": legs[1],
         "failed": len(failed),
         "cpu_s": time.process_time() - cpu,
-        "seconds": time.perf_counter() - t_start,
+        "seconds": time.monotonic() - t_start,
     }
 
 
@@ -97,7 +120,10 @@ async def amqp_serve(url: str, seconds: float) -> None:
     await queue.purge()
 
     async def on(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        reply = aio_pika.Message(message.body, correlation_id=message.correlation_id)
+        received = time.monotonic()
+        reply = aio_pika.Message(
+            stamped(received, message.body), correlation_id=message.correlation_id
+        )
         await publish.default_exchange.publish(reply, str(message.reply_to), mandatory=True)
         await message.ack()
 
@@ -113,10 +139,11 @@ async def amqp_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
     conn = await aio_pika.connect(url)
     channel = await conn.channel(publisher_confirms=True)
     inbox = await channel.declare_queue(exclusive=True, auto_delete=True)
-    futures: dict[str, asyncio.Future[bytes]] = {}
+    futures: dict[str, asyncio.Future[Answer]] = {}
 
     async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        futures.pop(str(message.correlation_id)).set_result(message.body)
+        arrived = time.monotonic()
+        futures.pop(str(message.correlation_id)).set_result((arrived, message.body))
 
     await inbox.consume(on_reply, no_ack=True)
 
@@ -181,8 +208,9 @@ async def kafka_serve(url: str, seconds: float) -> None:
     try:
         while time.monotonic() < end:
             batches = await consumer.getmany(timeout_ms=200)
+            received = time.monotonic()
             sent = [
-                await producer.send(REPLIES, r.value, key=r.key)
+                await producer.send(REPLIES, stamped(received, r.value or b""), key=r.key)
                 for records in batches.values()
                 for r in records
             ]
@@ -204,15 +232,17 @@ async def kafka_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
     tail.assign([TopicPartition(REPLIES, 0)])
     await tail.seek_to_end()
     await tail.position(TopicPartition(REPLIES, 0))  # at the end before the first call
-    futures: dict[str, asyncio.Future[bytes]] = {}
+    futures: dict[str, asyncio.Future[Answer]] = {}
 
     async def read() -> None:
         while True:
-            for records in (await tail.getmany(timeout_ms=1000)).values():
+            batches = await tail.getmany(timeout_ms=1000)
+            arrived = time.monotonic()
+            for records in batches.values():
                 for r in records:
                     future = futures.pop((r.key or b"").decode(), None)
                     if future is not None:
-                        future.set_result(r.value or b"")
+                        future.set_result((arrived, r.value or b""))
 
     reader = asyncio.ensure_future(read())
 
