@@ -16,8 +16,9 @@ For each broker and model, one ``fleet worker`` process and one client process:
    then the same arrivals against the broker library's own request/reply
    echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
-   compared over ``--repeat`` do not take it): its figures and the fleet's
-   ratios to them;
+   compared over ``--repeat`` do not take it): its figures, its two broker
+   legs beside the fleet's ``request_broker`` and ``reply_broker``, and the
+   fleet's ratios to them;
 3. saturation: ``--in-flight`` requests in flight (closed loop): requests/s;
    with ``--baseline-ref``, the same against a worker and client of that git
    revision (checked out in a temporary worktree), in the same run: the ratio.
