@@ -189,8 +189,8 @@ class OnnxRuntime:
     def validate(self, inputs: Sequence[Tensor]) -> tuple[Feeds, int]:
         """Check a request's tensors against the signature; the arrays and the row count."""
         names = [t.name for t in inputs]
-        duplicated = sorted({n for n in names if names.count(n) > 1})
-        if duplicated:
+        if len(names) > 1 and len(set(names)) != len(names):
+            duplicated = sorted({n for n in names if names.count(n) > 1})
             raise InvalidArgument(f"input {duplicated[0]!r} is given more than once")
         unknown = [n for n in names if n not in self._input_by_name]
         if unknown:
@@ -212,11 +212,7 @@ class OnnxRuntime:
                     f" got {tensor.datatype.name}"
                 )
             shape = tuple(tensor.shape)
-            fits = len(shape) == len(expected.shape) and all(
-                want is None or want == got
-                for want, got in zip(expected.shape[1:], shape[1:], strict=True)
-            )
-            if not fits:
+            if not _fits(expected.shape, shape):
                 raise InvalidArgument(
                     f"input {tensor.name!r}: expected shape {expected.describe()},"
                     f" got {list(shape)}"
@@ -396,6 +392,19 @@ def _batching(spec: ModelSpec, inputs: list[IOSpec]) -> tuple[int, tuple[int, ..
         configured_max_batch_size=config.max_batch_size,
     )
     return min(size, config.max_batch_size), (size,), True
+
+
+def _fits(want: Sequence[int | None], got: tuple[int, ...]) -> bool:
+    """Whether a shape ``got`` is one the signature ``want`` takes: the same
+    rank, and every dimension past the first as declared (``None``: any).
+    A plain loop: this runs for every request."""
+    if len(want) != len(got):
+        return False
+    for i in range(1, len(got)):
+        dim = want[i]
+        if dim is not None and dim != got[i]:
+            return False
+    return True
 
 
 def _rows(feeds: Mapping[str, Array]) -> int:

@@ -89,6 +89,8 @@ def accepted_parameters(runtime: object) -> frozenset[str]:
 
 def check_parameters(runtime: ModelRuntime, parameters: Mapping[str, object]) -> None:
     """Refuse, naming them, the parameters ``runtime`` does not take."""
+    if not parameters:  # most requests: nothing to check
+        return
     accepted = accepted_parameters(runtime)
     # "fleet." names are the fleet's own (the cache's hash, a claim), read by the ingress
     unknown = sorted(k for k in set(parameters) - accepted if not k.startswith("fleet."))
