@@ -213,11 +213,14 @@ def _cpu_ms(r: dict[str, Any]) -> float:
     return 1000 * (r["cpu_s"] + r["worker_cpu_s"] - r["inference_s"]) / n
 
 
+def _client_ms(r: dict[str, Any]) -> float:
+    """The client's CPU ms per answered request."""
+    return 1000 * r["cpu_s"] / max(1, len(r["lat"]))
+
+
 def _split(r: dict[str, Any]) -> str:
     """Where the CPU per request goes: the client's and the worker's share."""
-    n = max(1, len(r["lat"]))
-    worker = r["worker_cpu_s"] - r["inference_s"]
-    return f"client {1000 * r['cpu_s'] / n:.3f}, worker {1000 * worker / n:.3f}"
+    return f"client {_client_ms(r):.3f}, worker {_cpu_ms(r) - _client_ms(r):.3f}"
 
 
 def _vs_floor(r: dict[str, Any], f: dict[str, Any]) -> None:
@@ -332,7 +335,7 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
         sats = [r["saturation"] for r in results]
         rps = med([len(x["lat"]) / x["seconds"] for x in sats])
         sat_cpu = med([_cpu_ms(x) for x in sats])
-        sat_client = med([1000 * x["cpu_s"] / max(1, len(x["lat"])) for x in sats])
+        sat_client = med([_client_ms(x) for x in sats])
         runs_of = {"cells": cells, "rps": rps, "sat_cpu": sat_cpu, "sat_client": sat_client}
         if variant == first:
             ref = runs_of

@@ -225,8 +225,9 @@ async def kafka_serve(url: str, seconds: float) -> None:
 async def kafka_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-    producer = AIOKafkaProducer(**_kafka_options(url), enable_idempotence=True, acks="all")
-    tail = AIOKafkaConsumer(**_kafka_options(url), auto_offset_reset="latest")
+    options = _kafka_options(url)
+    producer = AIOKafkaProducer(**options, enable_idempotence=True, acks="all")
+    tail = AIOKafkaConsumer(**options, auto_offset_reset="latest")
     await producer.start()
     await tail.start()
     tail.assign([TopicPartition(REPLIES, 0)])

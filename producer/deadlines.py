@@ -2,12 +2,14 @@
 
 A timer per request (``loop.call_later``) is a handle object, a push onto the
 event loop's heap and a cancel on every reply: about 3 us a request. Here a
-request's deadline is a tuple on a heap of our own (about 0.5 us), and a
+request's deadline is a tuple on a heap of our own (about 0.55 us), and a
 single timer is armed for the earliest one. Replies leave their entries
 behind; an entry whose future is done is dropped when the timer reaches it,
 or when the heap holds more than twice the live requests (so a done future,
-and the reply it holds, is kept for a bounded time). With nothing in flight
-no timer is armed: an idle client never wakes for deadlines.
+and the reply it holds, is kept for a bounded time). Once nothing is in
+flight the timer fires at most once more, drops what is left and is not
+armed again until the next request: an idle client does not wake for
+deadlines.
 """
 
 from __future__ import annotations
