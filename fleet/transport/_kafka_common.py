@@ -50,6 +50,9 @@ class ConsumerHost(Protocol):
     async def group_members(self, group: str) -> int | None:
         """How many members the group has; ``None`` if the broker won't say."""
 
+    def probe_soon(self) -> None:
+        """A connection broke: ask the broker now whether it is still there."""
+
     def forget_consumer(self, consumer: Consumer) -> None:
         """``consumer`` has stopped: the transport no longer closes it."""
 

@@ -38,7 +38,9 @@ arrived within the claim and were never handed out come back with their
 attempt one higher than their deliveries (at most one per crash). A backlog
 is never claimed ahead (it would count records that exist and wait), so a
 crash loop on a record at the head of a backlog counts no more records than
-those handed out with it. Acks' commits carry the claim; a revoke's drops it.
+those handed out with it. Acks' commits carry the claim; a revoke's drops it,
+and so does the first commit after a reconnect or a rewind, which count again
+only what was handed out.
 A rebalance takes partitions from consumers that are alive: the revoke
 commits the counts as they were before this assignment handed anything out,
 so a record its worker was still busy with is delivered to the new owner with
@@ -152,10 +154,13 @@ class _Partition:
                 return count
         return 0
 
-    def metadata(self, *, count_handed: bool = True) -> str:
+    def metadata(self, *, count_handed: bool = True, count_claim: bool = True) -> str:
         """Delivery counts of offsets from ``next_commit`` on, as of now;
-        without ``count_handed``, as if this assignment handed nothing out."""
-        handed = max(self.handed_upto, self.claim_upto) if count_handed else -1
+        without ``count_handed``, as if this assignment handed nothing out;
+        without ``count_claim``, as if it claimed nothing ahead."""
+        handed = -1
+        if count_handed:
+            handed = max(self.handed_upto, self.claim_upto) if count_claim else self.handed_upto
         segs: list[tuple[int, int]] = []
         lo = -1
         for upto, count in self.prior:
@@ -179,6 +184,13 @@ class _Partition:
             a, b = merged[0], merged[1]
             merged[:2] = [(b[0], max(a[1], b[1]))]
         return format_attempts(merged)
+
+    def counts_so_far(self) -> list[tuple[int, int]]:
+        """The delivery counts a fresh start of this partition begins with (a
+        reconnect or a rewind): what was handed out counted once more, what was
+        only claimed ahead not (it was never handed out, and the fresh start's
+        first commit drops the claim from the group's metadata)."""
+        return parse_attempts(self.metadata(count_claim=False))
 
     def mark_done(self, offset: int) -> bool:
         if not self.live or offset not in self.pending:
@@ -349,7 +361,7 @@ class GroupConsumer(Consumer):
             # re-balanced once the metadata shows its partitions
             metadata_max_age_ms=3_000,
         )
-        await start_client(self._kafka, start_timeout)
+        await start_client(self._kafka, start_timeout, on_break=self.transport.probe_soon)
         self._kafka.subscribe([self.topic], listener=_Listener(self))
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(self._run(), name=f"kafka-consume-{self.topic}")
@@ -512,7 +524,7 @@ class GroupConsumer(Consumer):
                 continue  # nothing handed out is open there
             old.open = old.live = False
             self._parts[tp] = _Partition(
-                tp=tp, next_commit=old.next_commit, prior=parse_attempts(old.metadata())
+                tp=tp, next_commit=old.next_commit, prior=old.counts_so_far()
             )
             self._kafka.seek(tp, old.next_commit)
             log.info("abandoned in-flight records", topic=self.topic, partition=tp.partition)
@@ -718,9 +730,7 @@ class GroupConsumer(Consumer):
         old.void = True
         old.open = old.live = False
         self._room.set()
-        self._parts[tp] = _Partition(
-            tp=tp, next_commit=old.next_commit, prior=parse_attempts(old.metadata())
-        )
+        self._parts[tp] = _Partition(tp=tp, next_commit=old.next_commit, prior=old.counts_so_far())
         self._kafka.seek(tp, old.next_commit)
         log.info("rewound a partition", topic=self.topic, partition=tp.partition)
 

@@ -16,14 +16,21 @@ large response, parsed in one step of the caller's event loop (a quarter of a
 second of CPU for 1,700 topics). A started client therefore tracks the
 heartbeat topic until it tracks topics of its own (a producer adds those it
 sends to, a consumer those it reads), from before it starts.
+
+A broker that restarts within a few seconds may never fail a call of ours:
+aiokafka reconnects by itself. So a started client can tell its owner each
+time one of its connections breaks (not when aiokafka closes one itself),
+and the owner decides, by asking the broker, whether the broker is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
+from aiokafka.conn import CloseReason
 from aiokafka.errors import KafkaError
 
 from fleet.transport.base import HEARTBEATS
@@ -35,17 +42,43 @@ end by itself before it is cancelled anyway."""
 STOP_TIMEOUT = 10.0
 
 
+_BROKEN = (CloseReason.CONNECTION_BROKEN, CloseReason.CONNECTION_TIMEOUT)
+
+
+def _notice_breaks(inner: Any, on_break: Callable[[], None]) -> None:
+    """Call ``on_break`` after aiokafka's own handling each time one of the
+    client's connections breaks or times out. aiokafka's client hands its
+    ``_on_connection_closed`` to each connection it opens, so it is replaced
+    before the first one is opened."""
+    closed = inner._on_connection_closed
+
+    def on_closed(conn: Any, reason: Any) -> None:
+        closed(conn, reason)
+        if reason in _BROKEN:
+            on_break()
+
+    inner._on_connection_closed = on_closed
+
+
 async def start_client(
-    client: Any, timeout: float | None, *, stop: str = "stop", grace: float = START_GRACE
+    client: Any,
+    timeout: float | None,
+    *,
+    stop: str = "stop",
+    grace: float = START_GRACE,
+    on_break: Callable[[], None] | None = None,
 ) -> None:
     """``await client.start()`` within ``timeout`` seconds (None: no limit).
 
     On failure, timeout or cancellation the client is stopped with its ``stop``
-    method and the exception is raised again."""
+    method and the exception is raised again. ``on_break``: called each time
+    one of the client's connections breaks."""
     # consumers and the admin client keep theirs as ``_client``, producers as ``client``
     inner = getattr(client, "_client", None) or getattr(client, "client", None)
     if inner is not None and not inner._topics:  # before start: it refreshes too
         inner.set_topics([HEARTBEATS])
+    if inner is not None and on_break is not None:
+        _notice_breaks(inner, on_break)
     task = asyncio.ensure_future(client.start())
     try:
         await asyncio.wait_for(asyncio.shield(task), timeout)

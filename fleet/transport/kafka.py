@@ -68,9 +68,11 @@ settings takes, 1 MiB less :data:`RECORD_OVERHEAD`) is checked before sending
 overhead, so what passes the check the broker takes. A topic created elsewhere
 with a lower limit refuses with :class:`LimitExceeded` too, never retriably.
 
-Reconnects: aiokafka reconnects by itself; a probe (a metadata request) every
-``options.reconnect_interval`` seconds, and at once after a call fails for a
-lost connection or a timeout, notices the broker going away and coming back.
+Reconnects: aiokafka reconnects by itself; a probe (a metadata request, each
+known broker asked in turn until one answers) every ``options.reconnect_interval``
+seconds, and at once after a call fails for a lost connection or a timeout or
+one of this transport's connections breaks, notices the broker going away and
+coming back (a broker that restarts in a second fails no call of ours).
 A call that timed out fails alone (retriably): only a failed probe counts the
 broker as gone, so a slow broker never causes what follows. Once it is back
 the watcher re-creates the fixed topics and any missing inbox topic, makes each
@@ -381,12 +383,14 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._producer_options = common
         try:
             admin = AIOKafkaAdminClient(**common)
-            await start_client(admin, self.options.publish_timeout, stop="close")
+            await start_client(
+                admin, self.options.publish_timeout, stop="close", on_break=self.probe_soon
+            )
             self._admin = admin
             self._brokers = max(1, len(admin._client.cluster.brokers()))
             self._producer = await self._new_producer()
             offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
-            await start_client(offsets, self.options.publish_timeout)
+            await start_client(offsets, self.options.publish_timeout, on_break=self.probe_soon)
             self._offsets = offsets
             await self._create_topics({DEAD_LETTER: 1, HEARTBEATS: 1}, self._topic_config)
             await self._create_topics({REPLIES: self.options.reply_partitions}, self._inbox_config)
@@ -454,7 +458,13 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     def _check_soon(self, exc: BaseException) -> None:
         """A call failed: if it may mean the broker is gone, probe it now. Only
         a failed probe marks the broker down (and so leads to a restore)."""
-        if not isinstance(exc, (*_CONNECTION_ERRORS, *_TIMEOUTS)) or self._closing:
+        if isinstance(exc, (*_CONNECTION_ERRORS, *_TIMEOUTS)):
+            self.probe_soon()
+
+    def probe_soon(self) -> None:
+        """Probe the broker now (unless a probe is under way): a call failed
+        or a connection broke. Only a failed probe marks the broker down."""
+        if self._closing:
             return
         if self._checker is None or self._checker.done():
             self._checker = asyncio.get_running_loop().create_task(
@@ -473,13 +483,22 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
 
     # ------------------------------------------------------------------ reconnects
     async def _probe(self) -> bool:
-        try:
-            topics = await asyncio.wait_for(
-                self._admin.describe_topics([HEARTBEATS]), _PROBE_TIMEOUT
-            )
-        except (*_OFFSET_ERRORS, AttributeError):
+        """Whether the cluster answers: the heartbeat topic's metadata, from the
+        first broker that answers, each known broker asked in turn (one broker
+        restarting is not the cluster gone)."""
+        admin = self._admin
+        if admin is None:
             return False
-        return bool(topics) and all(t.get("error_code", 0) == 0 for t in topics)
+        client = admin._client
+        request = MetadataRequest([HEARTBEATS], allow_auto_topic_creation=False)
+        for broker in sorted(b.nodeId for b in client.cluster.brokers()):
+            try:
+                answer = await asyncio.wait_for(client.send(broker, request), _PROBE_TIMEOUT)
+            except _OFFSET_ERRORS:
+                continue
+            topics = answer.to_object()["topics"]
+            return bool(topics) and all(t.get("error_code", 0) == 0 for t in topics)
+        return False
 
     async def _watch(self) -> None:
         """Probe the broker: every ``reconnect_interval`` while it is away, every
@@ -735,7 +754,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             acks="all",
             max_request_size=self.options.max_message_bytes + RECORD_OVERHEAD,
         )
-        await start_client(producer, self.options.publish_timeout)
+        await start_client(producer, self.options.publish_timeout, on_break=self.probe_soon)
         return producer
 
     async def _replace_producer(self) -> None:

@@ -262,6 +262,35 @@ async def test_a_caught_up_partition_is_claimed_ahead_one_commit_for_many_record
     assert [d.attempt for d in second] == [2] * n
 
 
+@pytest.mark.parametrize("start_over", ["reconnect", "rewind"])
+async def test_a_fresh_start_counts_what_was_handed_out_not_what_was_claimed(
+    kafka: Connect, unique_model: str, start_over: str
+) -> None:
+    """After a reconnect (or a rewind, when a hand-back keeps failing) the
+    consumer reads its partition again from the committed offset, the records
+    it handed out counted once more. What it had only claimed ahead was never
+    handed out: a record that arrives there afterwards is a first delivery."""
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    worker, client = await kafka(partitions=1), await kafka(partitions=1)
+    await worker.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await worker.consume(unique_model, ONLINE, collector(got, ack=False), prefetch=4)
+    assert isinstance(group, GroupConsumer)
+    await client.publish_request(unique_model, ONLINE, b"held")
+    await eventually(lambda: len(got) == 1)
+    assert group.claim_commits == 1  # caught up: the hand-out commit claimed ahead
+    if start_over == "reconnect":
+        group.abandon_in_flight()
+    else:
+        (part,) = group._parts.values()
+        group.rewind(part, group.generation)
+    await eventually(lambda: len(got) == 2)
+    await client.publish_request(unique_model, ONLINE, b"new")
+    await eventually(lambda: len(got) == 3)
+    assert [(d.body, d.attempt) for d in got] == [(b"held", 1), (b"held", 2), (b"new", 1)]
+
+
 async def test_a_consumer_resumed_while_waiting_for_records_fetches_at_once(
     kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -694,6 +723,69 @@ async def test_reconnect_listener_fires_after_a_broker_restart(
     await eventually(lambda: {d.body for d in got} == {b"after restart"}, timeout=40)
     await asyncio.sleep(1.0)
     assert fired == [1]  # once
+
+
+async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
+    kafka: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that restarts between two probes fails no call of ours (aiokafka
+    reconnects by itself), yet the consumers' in-flight records and the
+    clients' unanswered requests must be dealt with. Every connection that
+    breaks therefore has the transport probe the broker at once."""
+    from aiokafka.conn import CloseReason
+
+    from fleet.transport import kafka as kafka_transport
+
+    monkeypatch.setattr(kafka_transport, "_HEALTHY_PROBE_INTERVAL", 3600.0)  # no routine probe
+    t = await kafka()
+    assert isinstance(t, KafkaTransport)
+    probed = asyncio.Event()
+
+    async def probe() -> bool:
+        probed.set()
+        return True
+
+    monkeypatch.setattr(t, "_probe", probe)
+    for client in (t._admin._client, t._producer.client, t._offsets._client):
+        probed.clear()
+        conns = [c for c in client._conns.values() if c.connected()]
+        assert conns, client
+        conns[0].close(reason=CloseReason.IDLE_DROP)  # aiokafka's own: no probe
+        await asyncio.sleep(0.05)
+        assert not probed.is_set()
+        await client.force_metadata_update()
+        conns = [c for c in client._conns.values() if c.connected()]
+        conns[0].close(reason=CloseReason.CONNECTION_BROKEN)
+        await asyncio.wait_for(probed.wait(), 30)
+    assert t.connected
+
+
+async def test_a_probe_passes_over_a_broker_that_is_down(
+    kafka: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One broker of a cluster restarting is not the cluster gone: the probe
+    asks each known broker in turn until one answers. Here the cluster's
+    metadata names a broker (id 0) on a port where nothing listens, ahead of
+    the real one."""
+    import socket
+
+    from aiokafka.structs import BrokerMetadata
+
+    t = await kafka()
+    assert isinstance(t, KafkaTransport)
+    with socket.socket() as s:  # a port nothing listens on once it is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cluster = t._admin._client.cluster
+    real = cluster.brokers()
+    assert all(b.nodeId != 0 for b in real)
+    dead = BrokerMetadata(0, "127.0.0.1", port, None)
+    known = cluster.broker_metadata
+    monkeypatch.setattr(cluster, "brokers", lambda: {dead, *real})
+    monkeypatch.setattr(cluster, "broker_metadata", lambda i: dead if i == 0 else known(i))
+    assert await t._probe()
+    monkeypatch.setattr(cluster, "brokers", lambda: {dead})
+    assert not await t._probe()
 
 
 # --------------------------------------------------------------------------- cancellation
