@@ -60,12 +60,7 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 
 import aio_pika
 import aiohttp
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
     ChannelNotFoundEntity,
@@ -73,12 +68,15 @@ from aio_pika.exceptions import (
     DeliveryError,
     PublishError,
 )
+from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     AuthenticationError,
     ChannelAccessRefused,
+    ChannelInvalidStateError,
     IncompatibleProtocolError,
     ProbableAuthenticationError,
 )
+from pamqp.commands import Basic
 
 from fleet.contract import Priority
 from fleet.errors import (
@@ -633,6 +631,9 @@ class AmqpTransport(Transport, DeadLetterTap):
 
     # ------------------------------------------------------------------ publishing
     async def _publish_channel(self) -> AbstractChannel:
+        publisher = self._publisher
+        if publisher is not None and not publisher.is_closed and not self._closing:
+            return publisher  # the usual case: no lock to take
         conn = await self._ready()
         async with self._publisher_lock:
             if self._publisher is None or self._publisher.is_closed:
@@ -640,14 +641,21 @@ class AmqpTransport(Transport, DeadLetterTap):
             return self._publisher
 
     async def _publish(self, routing_key: str, body: bytes, *, persistent: bool) -> None:
-        """Publish on the default exchange (mandatory) and wait for the confirm."""
+        """Publish on the default exchange (mandatory) and wait for the confirm.
+
+        Straight through aiormq's channel, as aio-pika's ``Exchange.publish``
+        does after building its ``Message`` (7 us a call, on requests and on
+        replies alike): the same frames, with nothing but the delivery mode
+        set. A message the broker returns raises ``PublishError`` and one it
+        nacks ``DeliveryError``, as through aio-pika."""
         channel = await self._publish_channel()
-        mode = (
-            aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
-        )
-        await channel.default_exchange.publish(
-            aio_pika.Message(body, delivery_mode=mode),
-            routing_key,
+        if channel.is_closed:
+            raise ChannelInvalidStateError(f"{channel!r} closed")
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_publish(
+            body,
+            routing_key=routing_key,
+            properties=Basic.Properties(delivery_mode=2 if persistent else 1),
             mandatory=True,
             timeout=self.options.publish_timeout,
         )
@@ -810,7 +818,7 @@ class AmqpTransport(Transport, DeadLetterTap):
     async def tap_dead_letters(self, on_delivery: OnDelivery, *, prefetch: int) -> Consumer:
         declare = self._bound(DEAD_LETTER_TAP, DLX, arguments=DEAD_LETTER_ARGUMENTS)
 
-        def on_message(sub: Subscription, message: AbstractIncomingMessage) -> None:
+        def on_message(sub: Subscription, message: DeliveredMessage) -> None:
             delivery = AmqpDelivery(sub, message, "", Priority.BATCH)
             self._spawn(run_handler(on_delivery, delivery))
 
@@ -826,7 +834,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         async def declare(channel: AbstractChannel) -> AbstractQueue:
             return await self._declare_work(channel, name)
 
-        def on_message(sub: Subscription, message: AbstractIncomingMessage) -> None:
+        def on_message(sub: Subscription, message: DeliveredMessage) -> None:
             self._spawn(run_handler(on_delivery, AmqpDelivery(sub, message, model, priority)))
 
         sub = await self._subscribe(name, declare, on_message, prefetch=max(1, prefetch))

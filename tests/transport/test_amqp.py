@@ -437,17 +437,15 @@ async def test_what_comes_while_a_cancel_is_on_its_way_can_still_be_acked(
     consumer = await worker.consume(unique_model, ONLINE, got, prefetch=1)
     (first,) = await got.wait(1)
 
-    queue = consumer.queue  # type: ignore[attr-defined]
-    real_cancel = type(queue).cancel
+    real_cancel = consumer._cancel_consumer  # type: ignore[attr-defined]
     acked = asyncio.Event()
 
-    async def slow_cancel(self: Any, tag: str, *args: Any, **kwargs: Any) -> Any:
-        if self is queue:  # this cancel takes a while to reach the broker
-            await acked.wait()
-            await asyncio.sleep(0.5)
-        return await real_cancel(self, tag, *args, **kwargs)
+    async def slow_cancel(tag: str) -> None:  # this cancel takes a while to reach the broker
+        await acked.wait()
+        await asyncio.sleep(0.5)
+        await real_cancel(tag)
 
-    monkeypatch.setattr(type(queue), "cancel", slow_cancel)
+    monkeypatch.setattr(consumer, "_cancel_consumer", slow_cancel)
     cancelling = asyncio.create_task(consumer.cancel())
     await asyncio.sleep(0.1)
     await first.ack()  # all received is settled, with the cancel not yet answered
