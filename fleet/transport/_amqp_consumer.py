@@ -2,10 +2,10 @@
 deliveries that remember the channel they came on.
 
 A consumer is registered with aiormq's channel directly, not through
-aio-pika's queue: aio-pika wraps each delivery in an ``IncomingMessage`` and
-runs the callback in a task of its own, on top of aiormq's task, and those
-two cost a third of the client's CPU per call at saturation. Settlements go
-through aiormq too (:class:`Settler`)."""
+aio-pika's queue: aio-pika wraps each delivery in an ``IncomingMessage``
+(12.6 us, timed alone) and runs the callback in a task of its own on top of
+aiormq's (4.7 us), per message. Settlements go through aiormq too
+(:class:`Settler`)."""
 
 from __future__ import annotations
 
