@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 from fleet.contract import Priority
 from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
 from fleet.transport import DEAD_LETTER, Transport, connect, queue_name
-from fleet.transport.base import wait_until
+from fleet.transport.base import new_reply_address, wait_until
 from tests.conftest import broker_url_for, missing
 from tests.transport.conftest import WAIT, Deliveries, Frames
 
@@ -516,8 +516,9 @@ async def test_broker_restart(
     unique_model: str,
 ) -> None:
     """The inbox comes back under its address, consumers are restored,
-    ``connected`` follows the connection, a publish waits for it, and each
-    reconnect listener is called once."""
+    ``connected`` follows the connection, a publish waits for it, a request
+    waiting in its queue is still there, and each reconnect listener is
+    called once."""
     command = os.environ.get("FLEET_TEST_AMQP_RESTART")
     if not command:
         missing("FLEET_TEST_AMQP_RESTART is not set: cannot restart the broker")
@@ -531,6 +532,9 @@ async def test_broker_restart(
     await worker.declare_model(unique_model)
     got = Deliveries()
     await worker.consume(unique_model, ONLINE, got, prefetch=4)
+    waiting = f"{unique_model}-waiting"  # a model nobody consumes yet
+    await worker.declare_model(waiting)
+    await client.publish_request(waiting, ONLINE, b"queued before")
 
     restart = await asyncio.create_subprocess_shell(command, stdout=asyncio.subprocess.DEVNULL)
     assert await wait_until(lambda: not client.connected, 60)
@@ -549,8 +553,48 @@ async def test_broker_restart(
     async with raw_channel(amqp_url) as channel:  # replies to it are routed
         await channel.default_exchange.publish(aio_pika.Message(b"raw"), address, mandatory=True)
     await replies.wait_for(b"raw")
+    kept = Deliveries()
+    await worker.consume(waiting, ONLINE, kept, prefetch=1)
+    (queued,) = await kept.wait(1)
+    assert queued.body == b"queued before"
+    await queued.ack()
     await asyncio.sleep(0.5)
     assert sorted(calls) == ["client", "worker"]
+
+
+async def test_requests_are_published_persistent_and_replies_transient(
+    open_amqp: OpenAmqp, amqp_url: str, unique_model: str
+) -> None:
+    """A request must outlive a broker restart; a reply goes to an exclusive
+    queue that does not, and is not written to disk for nothing."""
+    t = await open_amqp()
+    await t.declare_model(unique_model)
+    await t.publish_request(unique_model, ONLINE, b"request")
+    inbox = new_reply_address()
+    async with raw_channel(amqp_url) as channel:
+        await channel.declare_queue(inbox, exclusive=True)
+        await t.publish_reply(inbox, b"reply")
+        request = await _get(channel, queue_name(unique_model, ONLINE))
+        reply = await _get(channel, inbox)
+    assert (request.body, request.delivery_mode) == (b"request", aio_pika.DeliveryMode.PERSISTENT)
+    assert (reply.body, reply.delivery_mode) == (b"reply", aio_pika.DeliveryMode.NOT_PERSISTENT)
+
+
+async def _get(channel: AbstractChannel, name: str) -> Any:
+    """The first message in queue ``name``, waiting for one up to ``WAIT`` seconds."""
+    queue = await channel.declare_queue(name, passive=True)
+    got: list[Any] = []
+
+    async def one() -> bool:
+        message = await queue.get(fail=False, no_ack=True)
+        got.extend([message] if message is not None else [])
+        return bool(got)
+
+    deadline = time.monotonic() + WAIT
+    while not await one():
+        assert time.monotonic() < deadline, f"nothing in {name!r}"
+        await asyncio.sleep(0.05)
+    return got[0]
 
 
 # ---------------------------------------------------------------------- operators
