@@ -204,10 +204,14 @@ class Subscription(Consumer):
         self.cancel_done = False  # the broker confirmed the cancel: nothing more comes
         self.paused = False
         self.restarting = False
+        # consuming, pausing and resuming one at a time: each awaits the broker,
+        # and one in between could leave a consumer nobody cancels
+        self._switch = asyncio.Lock()
 
     async def start(self, conn: AbstractConnection) -> None:
         """Open a fresh channel, declare the queue, consume."""
         self.channel, self.underlay, self.settler, self.unsettled = None, None, None, 0
+        self.queue, self.tag = None, None  # the old channel's: a resume meanwhile waits for us
         channel = await conn.channel(publisher_confirms=False)
         self.channel = channel
         channel.close_callbacks.add(self._channel_closed)
@@ -222,9 +226,11 @@ class Subscription(Consumer):
     async def consume(self) -> None:
         """Declare the queue and, unless paused, consume on the current channel."""
         assert self.channel is not None
-        self.queue = await self.declare(self.channel)
-        if not self.paused:
-            await self._consume_on(self.queue)
+        queue = await self.declare(self.channel)
+        async with self._switch:
+            self.queue = queue
+            if not self.paused:
+                await self._consume_on(queue)
 
     async def _consume_on(self, queue: AbstractQueue) -> None:
         assert self.underlay is not None
@@ -242,25 +248,29 @@ class Subscription(Consumer):
     async def pause(self) -> None:
         """Cancel the consumer but keep the channel: what it delivered can
         still be settled, and :meth:`resume` consumes on it again."""
-        if self.paused:
-            return
-        self.paused = True
-        tag, self.tag = self.tag, None
-        if tag:
-            await self._cancel_consumer(tag)
+        async with self._switch:
+            if self.paused:
+                return
+            self.paused = True
+            tag, self.tag = self.tag, None
+            if tag:
+                await self._cancel_consumer(tag)
 
     async def resume(self) -> None:
-        if not self.paused:
-            return
-        self.paused = False
-        channel, queue = self.channel, self.queue
-        if self.cancelled or channel is None or channel.is_closed or queue is None:
-            return  # a restart or a reconnection consumes again
-        try:
-            await self._consume_on(queue)
-        except CONNECTION_EXCEPTIONS as exc:
-            log.warning("could not consume again; restarting", queue=self.label, error=repr(exc))
-            self.transport._restart_soon(self)
+        async with self._switch:
+            if not self.paused:
+                return
+            self.paused = False
+            channel, queue = self.channel, self.queue
+            if self.cancelled or channel is None or channel.is_closed or queue is None:
+                return  # a restart or a reconnection consumes again
+            try:
+                await self._consume_on(queue)
+            except CONNECTION_EXCEPTIONS as exc:
+                log.warning(
+                    "could not consume again; restarting", queue=self.label, error=repr(exc)
+                )
+                self.transport._restart_soon(self)
 
     async def _deliver(self, message: DeliveredMessage) -> None:
         if self.prefetch is not None and self.settler is not None:
@@ -288,8 +298,9 @@ class Subscription(Consumer):
         """Stop receiving; the channel stays open until what it delivered is settled."""
         self.cancelled = True
         self.transport._forget(self)
-        if self.tag:
-            await self._cancel_consumer(self.tag)
+        async with self._switch:  # a consume under way gets its tag first
+            if self.tag:
+                await self._cancel_consumer(self.tag)
         # Deliveries the broker sent before its CancelOk were read before it,
         # but reach _deliver through a task of their own (aiormq's): let those
         # run, so that they are counted, before the channel may close. Closed

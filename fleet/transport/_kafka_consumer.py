@@ -141,6 +141,7 @@ class _Partition:
     prior: list[tuple[int, int]]  # delivery counts read at assignment
     pending: dict[int, bool] = field(default_factory=dict)  # handed out: offset -> done
     handed_upto: int = -1
+    given_upto: int = -1  # of those, the last that reached a handler or the dead letters
     claim_upto: int = -1  # counted as handed out in the commits from now on
     claimed_upto: int = -1  # of those, in a commit that succeeded
     live: bool = True  # acks and commits count
@@ -157,10 +158,12 @@ class _Partition:
     def metadata(self, *, count_handed: bool = True, count_claim: bool = True) -> str:
         """Delivery counts of offsets from ``next_commit`` on, as of now;
         without ``count_handed``, as if this assignment handed nothing out;
-        without ``count_claim``, as if it claimed nothing ahead."""
+        without ``count_claim``, counting only what reached a handler (not
+        what it claimed ahead, nor records whose hand-out commit is still
+        under way)."""
         handed = -1
         if count_handed:
-            handed = max(self.handed_upto, self.claim_upto) if count_claim else self.handed_upto
+            handed = max(self.handed_upto, self.claim_upto) if count_claim else self.given_upto
         segs: list[tuple[int, int]] = []
         lo = -1
         for upto, count in self.prior:
@@ -187,8 +190,8 @@ class _Partition:
 
     def counts_so_far(self) -> list[tuple[int, int]]:
         """The delivery counts a fresh start of this partition begins with (a
-        reconnect or a rewind): what was handed out counted once more, what was
-        only claimed ahead not (it was never handed out, and the fresh start's
+        reconnect or a rewind): what reached a handler counted once more, what
+        was only claimed ahead, or not yet dispatched, not (the fresh start's
         first commit drops the claim from the group's metadata)."""
         return parse_attempts(self.metadata(count_claim=False))
 
@@ -650,6 +653,7 @@ class GroupConsumer(Consumer):
             for rec, _attempt in todo:
                 part.pending.pop(rec.offset, None)
             return
+        part.given_upto = todo[-1][0].offset
         limit = self.delivery_limit
         for rec, attempt in todo:
             if attempt > limit:
@@ -804,7 +808,7 @@ class TailConsumer(Consumer):
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             retry_backoff_ms=100,
         )
-        await start_client(self._kafka, None)
+        await start_client(self._kafka, None, on_break=self.transport.probe_soon)
         tps = [TopicPartition(self.topic, p) for p in partitions]
         self._kafka.assign(tps)
         await self.reposition_at_end()

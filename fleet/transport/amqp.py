@@ -632,7 +632,12 @@ class AmqpTransport(Transport, DeadLetterTap):
     # ------------------------------------------------------------------ publishing
     async def _publish_channel(self) -> AbstractChannel:
         publisher = self._publisher
-        if publisher is not None and not publisher.is_closed and not self._closing:
+        if (
+            publisher is not None
+            and not publisher.is_closed
+            and self._up.is_set()
+            and not self._closing
+        ):
             return publisher  # the usual case: no lock to take
         conn = await self._ready()
         async with self._publisher_lock:

@@ -430,6 +430,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         await self._stop_clients()
 
     async def _stop_clients(self) -> None:
+        checker, self._checker = self._checker, None  # a probe must not use a closed client
+        if checker is not None:
+            await cancel_and_wait(checker)
         for client, stop in (
             (self._producer, "stop"),
             (self._offsets, "stop"),
@@ -464,7 +467,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     def probe_soon(self) -> None:
         """Probe the broker now (unless a probe is under way): a call failed
         or a connection broke. Only a failed probe marks the broker down."""
-        if self._closing:
+        if self._closing or self._admin is None:
             return
         if self._checker is None or self._checker.done():
             self._checker = asyncio.get_running_loop().create_task(
@@ -483,11 +486,12 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
 
     # ------------------------------------------------------------------ reconnects
     async def _probe(self) -> bool:
-        """Whether the cluster answers: the heartbeat topic's metadata, from the
-        first broker that answers, each known broker asked in turn (one broker
-        restarting is not the cluster gone)."""
+        """Whether the cluster answers: the heartbeat topic's metadata, without
+        an error, from any broker, each known broker asked in turn until one
+        gives it (one broker restarting, or not knowing its topics yet, is not
+        the cluster gone)."""
         admin = self._admin
-        if admin is None:
+        if admin is None or self._closing:
             return False
         client = admin._client
         request = MetadataRequest([HEARTBEATS], allow_auto_topic_creation=False)
@@ -497,7 +501,8 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             except _OFFSET_ERRORS:
                 continue
             topics = answer.to_object()["topics"]
-            return bool(topics) and all(t.get("error_code", 0) == 0 for t in topics)
+            if topics and all(t.get("error_code", 0) == 0 for t in topics):
+                return True
         return False
 
     async def _watch(self) -> None:

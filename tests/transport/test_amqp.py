@@ -597,6 +597,42 @@ async def _get(channel: AbstractChannel, name: str) -> Any:
     return got[0]
 
 
+async def test_a_pause_while_a_resume_is_consuming_leaves_no_consumer(
+    open_amqp: OpenAmqp, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resume awaits the broker's ConsumeOk; a pause that comes meanwhile
+    must cancel the consumer that answer starts, or the paused consumer keeps
+    receiving and nothing can cancel it."""
+    worker = await open_amqp()
+    await worker.declare_model(unique_model)
+    got = Deliveries()
+    sub = await worker.consume(unique_model, ONLINE, got, prefetch=4)
+    await sub.pause()
+    underlay = sub.underlay  # type: ignore[attr-defined]
+    real_consume = underlay.basic_consume
+    asked, answer = asyncio.Event(), asyncio.Event()
+
+    async def slow_consume(*args: Any, **kwargs: Any) -> Any:
+        asked.set()
+        await answer.wait()  # the ConsumeOk is on its way
+        return await real_consume(*args, **kwargs)
+
+    monkeypatch.setattr(underlay, "basic_consume", slow_consume)
+    resuming = asyncio.create_task(sub.resume())
+    await asyncio.wait_for(asked.wait(), WAIT)
+    pausing = asyncio.create_task(sub.pause())
+    await asyncio.sleep(0)
+    answer.set()
+    await asyncio.wait_for(asyncio.gather(resuming, pausing), WAIT)
+    await worker.publish_request(unique_model, ONLINE, b"while paused")
+    assert await got.none_within(1.0), [d.body for d in got.items]
+    monkeypatch.setattr(underlay, "basic_consume", real_consume)
+    await sub.resume()
+    (delivery,) = await got.wait(1)
+    assert delivery.body == b"while paused"
+    await delivery.ack()
+
+
 # ---------------------------------------------------------------------- operators
 async def test_depth_counts_ready_and_in_flight(
     open_amqp: OpenAmqp, management: Management, unique_model: str

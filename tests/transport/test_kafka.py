@@ -279,16 +279,47 @@ async def test_a_fresh_start_counts_what_was_handed_out_not_what_was_claimed(
     assert isinstance(group, GroupConsumer)
     await client.publish_request(unique_model, ONLINE, b"held")
     await eventually(lambda: len(got) == 1)
-    assert group.claim_commits == 1  # caught up: the hand-out commit claimed ahead
+    (part,) = group._parts.values()
+    assert part.claimed_upto > part.handed_upto  # caught up: its hand-out commit claimed ahead
     if start_over == "reconnect":
         group.abandon_in_flight()
     else:
-        (part,) = group._parts.values()
         group.rewind(part, group.generation)
     await eventually(lambda: len(got) == 2)
     await client.publish_request(unique_model, ONLINE, b"new")
     await eventually(lambda: len(got) == 3)
     assert [(d.body, d.attempt) for d in got] == [(b"held", 1), (b"held", 2), (b"new", 1)]
+
+
+async def test_a_record_whose_hand_out_commit_is_under_way_at_a_reconnect_comes_back_as_new(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record is handed to its handler only once its hand-out commit is
+    done. A reconnect while that commit waits gives the record up before any
+    handler saw it: read again, it is a first delivery, not a second."""
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    worker, client = await kafka(partitions=1), await kafka(partitions=1)
+    await worker.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await worker.consume(unique_model, ONLINE, collector(got, ack=False), prefetch=4)
+    assert isinstance(group, GroupConsumer)
+    real_commit = group._commit
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def held_commit(parts: Any, **kwargs: Any) -> bool:
+        if kwargs.get("count_handed", True) and not entered.is_set():
+            entered.set()  # the first hand-out commit waits for the broker
+            await release.wait()
+        return await real_commit(parts, **kwargs)
+
+    monkeypatch.setattr(group, "_commit", held_commit)
+    await client.publish_request(unique_model, ONLINE, b"r")
+    await asyncio.wait_for(entered.wait(), 30)
+    group.abandon_in_flight()
+    release.set()
+    await eventually(lambda: len(got) == 1)
+    assert [(d.body, d.attempt) for d in got] == [(b"r", 1)]
 
 
 async def test_a_consumer_resumed_while_waiting_for_records_fetches_at_once(
@@ -748,6 +779,7 @@ async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
     monkeypatch.setattr(t, "_probe", probe)
     for client in (t._admin._client, t._producer.client, t._offsets._client):
         probed.clear()
+        await client.force_metadata_update()  # at least one connection open
         conns = [c for c in client._conns.values() if c.connected()]
         assert conns, client
         conns[0].close(reason=CloseReason.IDLE_DROP)  # aiokafka's own: no probe
