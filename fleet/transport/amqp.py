@@ -72,7 +72,6 @@ from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     AuthenticationError,
     ChannelAccessRefused,
-    ChannelInvalidStateError,
     IncompatibleProtocolError,
     ProbableAuthenticationError,
 )
@@ -653,9 +652,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         replies alike): the same frames, with nothing but the delivery mode
         set. A message the broker returns raises ``PublishError`` and one it
         nacks ``DeliveryError``, as through aio-pika."""
-        channel = await self._publish_channel()
-        if channel.is_closed:
-            raise ChannelInvalidStateError(f"{channel!r} closed")
+        channel = await self._publish_channel()  # open: nothing awaited since its check
         underlay = await channel.get_underlay_channel()
         await underlay.basic_publish(
             body,
