@@ -94,9 +94,37 @@ async def start_client(
 
 async def stop_client(client: Any, stop: str = "stop") -> None:
     """Stop an aiokafka client, bounded; a broker that does not answer is logged
-    by aiokafka and otherwise ignored here."""
-    with contextlib.suppress(KafkaError, OSError, TimeoutError):
-        await asyncio.wait_for(getattr(client, stop)(), STOP_TIMEOUT)
+    by aiokafka and otherwise ignored here.
+
+    A consumer's ``stop()`` cancels its fetches still running and awaits each
+    without catching its cancellation. A fetch that failed sleeps out a
+    backoff (every fetch does, while the broker is away) and does not catch
+    it either, so ``stop()`` raises ``CancelledError`` before it closes the
+    consumer's connections. That cancellation is not the caller's: the
+    fetches left are cancelled and awaited, and the connections closed, here."""
+    try:
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            await asyncio.wait_for(getattr(client, stop)(), STOP_TIMEOUT)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is None or task.cancelling():
+            raise  # the caller's own
+        await _finish_stop(client)
+
+
+async def _finish_stop(client: Any) -> None:
+    """What a consumer's ``stop()`` left undone after a fetch's cancellation
+    got out of it: the other fetches, and the connections."""
+    fetcher = getattr(client, "_fetcher", None)
+    if fetcher is not None:
+        left = [t for t in fetcher._pending_tasks if not t.done()]
+        for t in left:
+            t.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+    inner = getattr(client, "_client", None)
+    if inner is not None:
+        with contextlib.suppress(KafkaError, OSError, TimeoutError):
+            await asyncio.wait_for(inner.close(), STOP_TIMEOUT)
 
 
 __all__ = ["START_GRACE", "start_client", "stop_client"]

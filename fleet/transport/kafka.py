@@ -409,8 +409,15 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         if self._closed:
             return
         self._closed = self._closing = True
-        await cancel_and_wait(*(t for t in (self._watcher, self._checker) if t is not None))
-        await cancel_and_wait(*self._lag_reads.values())
+        try:  # whatever fails on the way, no client is left open
+            await cancel_and_wait(*(t for t in (self._watcher, self._checker) if t is not None))
+            await cancel_and_wait(*self._lag_reads.values())
+            await self._close_consumers()
+        finally:
+            self._connected = False
+            await self._stop_clients()
+
+    async def _close_consumers(self) -> None:
         for c in list(self._consumers):
             if isinstance(c, GroupConsumer):
                 await c.shutdown(cancel_handlers=True)
@@ -426,8 +433,6 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
                 await asyncio.wait_for(self._admin.delete_topics(inboxes), 3.0)
             except _OFFSET_ERRORS as exc:
                 log.debug("inbox topics not deleted", topics=inboxes, error=repr(exc))
-        self._connected = False
-        await self._stop_clients()
 
     async def _stop_clients(self) -> None:
         checker, self._checker = self._checker, None  # a probe must not use a closed client

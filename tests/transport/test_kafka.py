@@ -792,6 +792,80 @@ async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
     assert t.connected
 
 
+async def test_a_consumer_closed_while_a_failed_fetch_waits_out_its_backoff_closes(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the broker is away, each of aiokafka's fetches fails and then
+    sleeps its retry backoff. aiokafka's ``stop()`` cancels that sleep and lets
+    the cancellation out before it closes the consumer's connections; the
+    transport's close must still end, with every client stopped. Here the
+    fetch in flight fails on a broken connection, and its backoff is long
+    enough to be under way when the transport closes."""
+    from aiokafka.client import ConnectionGroup
+    from aiokafka.conn import CloseReason
+
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    t = await kafka(partitions=2)
+    await t.declare_model(unique_model)
+    await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
+    group = next(c for c in t._consumers if isinstance(c, GroupConsumer))
+    assert group._kafka is not None
+    consumer, fetcher = group._kafka, group._kafka._fetcher
+
+    def fetching() -> bool:  # a fetch waits on the broker
+        return any(
+            not task.done() and task.get_coro().__qualname__ == "Fetcher._proc_fetch_request"
+            for task in fetcher._pending_tasks
+        )
+
+    await eventually(fetching, timeout=30)
+    failed = asyncio.Event()
+    monkeypatch.setattr(fetcher, "_retry_backoff", 3600.0)
+    monkeypatch.setattr(  # called just before the backoff's sleep
+        fetcher, "_invalidate_preferred_read_replica_for_node", lambda *a: failed.set()
+    )
+    for (_, kind), conn in list(consumer._client._conns.items()):
+        if kind == ConnectionGroup.DEFAULT:  # the fetches', not the group's
+            conn.close(reason=CloseReason.CONNECTION_BROKEN)
+    await asyncio.wait_for(failed.wait(), 30)
+    await asyncio.sleep(0)  # into the sleep
+    admin, producer = t._admin, t._producer
+    assert admin is not None and producer is not None
+    closing = asyncio.ensure_future(t.close())
+    await asyncio.wait({closing}, timeout=60)
+    assert closing.done(), "the close did not end"
+    assert not closing.cancelled(), "a cancellation not the caller's ended the close"
+    assert closing.exception() is None
+    for client in (consumer._client, admin._client, producer.client):
+        assert not [c for c in client._conns.values() if c.connected()], client
+
+
+async def test_a_close_that_fails_on_the_way_still_stops_every_client(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    t = await kafka(partitions=2)
+    await t.declare_model(unique_model)
+    await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
+    group = next(c for c in t._consumers if isinstance(c, GroupConsumer))
+    shutdown = group.shutdown
+
+    async def failing(**kwargs: Any) -> None:
+        await shutdown(**kwargs)
+        raise RuntimeError("shutdown failed")
+
+    monkeypatch.setattr(group, "shutdown", failing)
+    admin, producer, offsets = t._admin, t._producer, t._offsets
+    assert admin is not None and producer is not None and offsets is not None
+    with pytest.raises(RuntimeError, match="shutdown failed"):
+        await t.close()
+    for client in (admin._client, producer.client, offsets._client):
+        assert not [c for c in client._conns.values() if c.connected()], client
+    assert not t.connected
+
+
 async def test_a_probe_passes_over_a_broker_that_is_down(
     kafka: Connect, monkeypatch: pytest.MonkeyPatch
 ) -> None:
