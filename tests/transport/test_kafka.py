@@ -757,7 +757,7 @@ async def test_reconnect_listener_fires_after_a_broker_restart(
 
 
 async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
-    kafka: Connect, monkeypatch: pytest.MonkeyPatch
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A broker that restarts between two probes fails no call of ours (aiokafka
     reconnects by itself), yet the consumers' in-flight records and the
@@ -766,6 +766,7 @@ async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
     from aiokafka.conn import CloseReason
 
     from fleet.transport import kafka as kafka_transport
+    from fleet.transport._kafka_consumer import GroupConsumer
 
     monkeypatch.setattr(kafka_transport, "_HEALTHY_PROBE_INTERVAL", 3600.0)  # no routine probe
     t = await kafka()
@@ -777,7 +778,12 @@ async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
         return True
 
     monkeypatch.setattr(t, "_probe", probe)
-    for client in (t._admin._client, t._producer.client, t._offsets._client):
+    await t.declare_model(unique_model)
+    await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
+    group = next(c for c in t._consumers if isinstance(c, GroupConsumer))
+    assert group._kafka is not None
+    clients = (t._admin._client, t._producer.client, t._offsets._client, group._kafka._client)
+    for client in clients:
         probed.clear()
         await client.force_metadata_update()  # at least one connection open
         conns = [c for c in client._conns.values() if c.connected()]
