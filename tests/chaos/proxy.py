@@ -7,6 +7,7 @@ and injects network faults on command, at run time::
         proxy.set_bandwidth(64 * 1024)         # bytes per second per direction
         proxy.reset(mid_frame=True)            # RST every connection mid-chunk
         proxy.blackhole()                      # half-open: accept, read, forward nothing
+        proxy.refuse()                         # the broker down: RST every connection, new ones too
         proxy.recover()                        # back to a clean pipe
 
 Each accepted connection gets one upstream connection and two pumps (one per
@@ -107,6 +108,7 @@ class FaultProxy:
         self._bandwidth: float | None = None
         self._open = asyncio.Event()
         self._open.set()
+        self._refusing = False
         self._conns: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
@@ -167,10 +169,17 @@ class FaultProxy:
                 conn.rst()
         return len(conns)
 
+    def refuse(self) -> None:
+        """A broker that is down: RST every open connection, and each one
+        accepted from now on, until :meth:`recover`."""
+        self._refusing = True
+        self.reset(mid_frame=False)
+
     def recover(self) -> None:
-        """No latency, no cap, no blackhole; held data is delivered."""
+        """No latency, no cap, no blackhole, no refusing; held data is delivered."""
         self._latency = self._jitter = 0.0
         self._bandwidth = None
+        self._refusing = False
         self._open.set()
 
     @property
@@ -202,7 +211,11 @@ class FaultProxy:
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)
+        if self._refusing:
+            self.stats.resets += 1
         try:
+            if self._refusing:
+                return  # the finally resets it
             await self._serve(conn)
         except asyncio.CancelledError:
             pass  # closing the proxy; a cancelled server callback only logs noise

@@ -11,6 +11,7 @@ every request is answered correctly or gets a typed error within its deadline
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ from tests.chaos.conftest import (
 )
 from tests.chaos.ledger import Ledger
 from tests.chaos.proxy import FaultProxy
-from tests.helpers import running_worker
+from tests.helpers import WorkerProcess, running_worker
 
 pytestmark = [pytest.mark.chaos]
 
@@ -148,3 +149,33 @@ async def test_half_open_connection_fails_typed_then_recovers(
         if e.outcome == "ok" and e.sent >= a and e.ended <= b
     ]
     assert not through, f"{len(through)} answered through a blackholed proxy"
+
+
+async def test_a_worker_stopped_while_its_broker_is_down_exits_cleanly(
+    route: tuple[str, FaultProxy], model_repo: Path, unique_model: str
+) -> None:
+    """SIGTERM while every connection to the broker is refused (its consumer's
+    fetches failing and backing off, its reconnects failing): the worker
+    drains what it holds, gives up on the broker within its own timeouts and
+    exits 0, with no error but the broker's absence logged."""
+    url, proxy = route
+    digits = f"{unique_model}-digits"
+    load = Load(model_repo / digits, digits, 1, seed=15)
+    worker = await WorkerProcess(url, model_repo, "offline").start()
+    try:
+        async with Client(url, timeout=30) as client:  # it serves first
+            ledger = Ledger()
+            await load.run(ledger, client, range(1), timeout=30)
+            assert ledger.counts() == {"ok": 1}
+        proxy.refuse()
+        await asyncio.sleep(2.0)  # the worker's connections fail meanwhile
+        worker.signal(signal.SIGTERM)
+        assert await worker.wait(timeout=120) == 0
+        events = [line.get("event") for line in worker.lines]
+        assert "worker stopped" in events, events[-20:]
+        # the broker libraries' warnings too: JSON lines, no text a shipper cannot parse
+        text = [line["event"] for line in worker.lines if "level" not in line]
+        assert not text, "\n".join(str(t) for t in text[:40])
+    finally:
+        proxy.recover()
+        await worker.stop()

@@ -148,3 +148,25 @@ async def test_upstream_down_resets_the_client() -> None:
                 await asyncio.wait_for(reader.read(1), 5)
         finally:
             writer.close()
+
+
+async def test_refuse_resets_open_and_new_connections_until_recover() -> None:
+    async with echo_proxy() as proxy:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        try:
+            writer.write(b"up")
+            assert await asyncio.wait_for(reader.readexactly(2), 10) == b"up"
+            proxy.refuse()
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(reader.read(1), 5)
+        finally:
+            writer.close()
+        r2, w2 = await asyncio.open_connection("127.0.0.1", proxy.port)  # accepted, then reset
+        try:
+            with pytest.raises(ConnectionResetError):
+                await asyncio.wait_for(r2.read(1), 5)
+        finally:
+            w2.close()
+        assert proxy.stats.resets == 2
+        proxy.recover()
+        assert await _roundtrip(proxy.port, b"again") == b"again"
