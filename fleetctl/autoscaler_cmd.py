@@ -48,7 +48,7 @@ def add_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
 def run_command(args: argparse.Namespace) -> int:
     from autoscaler.config import load_config
 
-    configure(level=args.log_level)
+    configure(level=args.log_level, json=getattr(args, "log_format", "json") == "json")
     try:
         cfg = load_config(args.config)
     except ConfigError as exc:

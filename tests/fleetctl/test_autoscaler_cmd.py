@@ -34,3 +34,21 @@ async def test_once_prints_a_json_decision(
     assert decision["direction"] in ("out", "in", "hold")
     assert decision["snapshot"]["backlog"] == 0
     assert decision["snapshot"]["in_service"] == 2
+
+
+def test_the_log_format_chosen_on_the_command_line_holds(tmp_path: Path) -> None:
+    """``fleet --log-format console autoscaler`` logs to a terminal as asked:
+    the command's own logging set-up keeps the format."""
+    import structlog
+
+    from fleetctl.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["--log-format", "console", "autoscaler", "--config", str(tmp_path / "none.toml")]
+    )
+    try:
+        assert args.handler(args) != 0  # no such file: it stops after setting up its logs
+        renderer = structlog.get_config()["processors"][-1]
+        assert isinstance(renderer, structlog.dev.ConsoleRenderer)
+    finally:
+        structlog.reset_defaults()
