@@ -18,7 +18,9 @@ For each broker and model, one ``fleet worker`` process and one client process:
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
    compared over ``--repeat`` do not take it): its figures, its two broker
    legs beside the fleet's ``request_broker`` and ``reply_broker``, and the
-   fleet's ratios to them;
+   fleet's ratios to them; on RabbitMQ also the protocol's own floor, the
+   same echo with its frames sent and read by :mod:`benchmarks.amqp_wire`
+   (an asyncio ``Protocol``, no library): the least a Python client spends;
 3. saturation: ``--in-flight`` requests in flight (closed loop): requests/s;
    with ``--baseline-ref``, the same against a worker and client of that git
    revision (checked out in a temporary worktree), in the same run: the ratio.
@@ -223,15 +225,15 @@ def _split(r: dict[str, Any]) -> str:
     return f"client {_client_ms(r):.3f}, worker {_cpu_ms(r) - _client_ms(r):.3f}"
 
 
-def _vs_floor(r: dict[str, Any], f: dict[str, Any]) -> None:
-    """The library floor's figures at the same rate, and the fleet's ratios to them."""
+def _vs_floor(r: dict[str, Any], f: dict[str, Any], name: str = "library floor") -> None:
+    """A floor's figures at the same rate, and the fleet's ratios to them."""
     lat = [x * 1000 for x in r["lat"]]
     f_lat = [x * 1000 for x in f["lat"]]
     f50, f99 = _pct(f_lat, 50), _pct(f_lat, 99)
     if f.get("failed"):
-        print(f"{'':>8} library floor: {f['failed']} calls failed or went unanswered")
+        print(f"{'':>8} {name}: {f['failed']} calls failed or went unanswered")
     print(
-        f"{'':>8} library floor: {len(f_lat) / f['seconds']:.0f} req/s, p50 {f50:.2f} ms, "
+        f"{'':>8} {name}: {len(f_lat) / f['seconds']:.0f} req/s, p50 {f50:.2f} ms, "
         f"p99 {f99:.2f} ms, CPU/req {_cpu_ms(f):.3f} ms ({_split(f)}); the fleet's "
         f"p50 {_pct(lat, 50) / f50:.3g}x, p99 {_pct(lat, 99) / f99:.3g}x, "
         f"CPU/req {_cpu_ms(r) / _cpu_ms(f):.3g}x"
@@ -247,7 +249,7 @@ def _vs_floor(r: dict[str, Any], f: dict[str, Any]) -> None:
                 f"(the fleet's {stage} {_pct(fleet, 50) / _pct(floor, 50):.3g}x / "
                 f"{_pct(fleet, 99) / _pct(floor, 99):.3g}x)"
             )
-        print(f"{'':>8} library floor's broker legs: {'; '.join(legs)}")
+        print(f"{'':>8} {name}'s broker legs: {'; '.join(legs)}")
 
 
 def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | None) -> bool:
@@ -272,6 +274,8 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
         )
         if rate in res.get("floor", {}):
             _vs_floor(r, res["floor"][rate])
+        if rate in res.get("wire_floor", {}):
+            _vs_floor(r, res["wire_floor"][rate], "protocol floor")
         if base is not None and rate in base["rates"]:
             b = base["rates"][rate]
             b_lat = [x * 1000 for x in b["lat"]]
@@ -459,12 +463,15 @@ def main() -> int:
                     res = measure(ROOT, url, model, args)
                     if args.floor:
                         size = 4 * WIDTH[model] + 64  # the tensor's bytes and a header's
-                        try:
-                            res["floor"] = library_floor.measure(
-                                b, url, args.rates, args.duration, size
-                            )
-                        except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                            print(f"library floor of {b} not measured: {str(exc)[-300:]}")
+                        # on RabbitMQ also the protocol's own floor (benchmarks/amqp_wire.py)
+                        kinds = {"floor": b, "wire_floor": "amqp-wire"} if b == "amqp" else {}
+                        for key, kind in (kinds or {"floor": b}).items():
+                            try:
+                                res[key] = library_floor.measure(
+                                    kind, url, args.rates, args.duration, size
+                                )
+                            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                                print(f"{kind} floor not measured: {str(exc)[-300:]}")
                     base = measure(base_tree, url, model, args) if base_tree else None
                     ok &= report(label, b, res, base)
         finally:

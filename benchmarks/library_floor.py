@@ -1,7 +1,7 @@
 """The broker client libraries' own floor: request/reply with nothing else.
 
-    .venv/bin/python benchmarks/library_floor.py serve amqp|kafka URL SECONDS
-    .venv/bin/python benchmarks/library_floor.py call amqp|kafka URL '{"rate": .., ...}'
+    .venv/bin/python benchmarks/library_floor.py serve amqp|amqp-wire|kafka URL SECONDS
+    .venv/bin/python benchmarks/library_floor.py call amqp|amqp-wire|kafka URL '{"rate": .., ...}'
 
 The least any request/reply service on aio-pika or aiokafka does for the
 delivery guarantees the fleet gives, with no model, no batching, no codec and
@@ -15,6 +15,10 @@ no bookkeeping: an echo.
   the server reads it in a consumer group with manual commits, sends the
   reply (``acks=all``) to the reply topic keyed by the caller, and commits
   once the replies are acknowledged; the caller tails the reply topic.
+- ``amqp-wire``: the RabbitMQ echo's frames, but sent and read by
+  :mod:`benchmarks.amqp_wire` (the protocol over an asyncio ``Protocol``, with
+  nothing per frame but its parsing) instead of aio-pika: what the protocol
+  itself costs in Python, the floor of any client of it.
 
 The server puts two stamps ahead of each echo: when it received the request
 and when it began the reply's send, on the monotonic clock that every process
@@ -160,6 +164,69 @@ async def amqp_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
         return await open_loop(send, futures, args)
     finally:
         await conn.close()
+
+
+# ---------------------------------------------------------------- RabbitMQ, frames by hand
+async def _request_queue(url: str) -> None:
+    import aio_pika
+
+    conn = await aio_pika.connect(url)
+    async with conn:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(
+            REQUESTS, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await queue.purge()
+
+
+async def wire_serve(url: str, seconds: float) -> None:
+    from benchmarks.amqp_wire import open_wire
+
+    await _request_queue(url)
+    wire = await open_wire(url, prefetch=256)
+
+    def on(tag: int, correlation_id: bytes | None, reply_to: bytes | None, body: bytes) -> None:
+        received = time.monotonic()
+        assert reply_to is not None
+        confirm = wire.publish(
+            reply_to, stamped(received, body), persistent=False, correlation_id=correlation_id
+        )
+        # the request is acked once its reply is confirmed
+        confirm.add_done_callback(lambda f: f.exception() is None and wire.ack(tag))
+
+    await wire.consume(REQUESTS, "floor", on, no_ack=False)
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    wire.close()
+
+
+async def wire_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
+    from pamqp import commands
+
+    from benchmarks.amqp_wire import CHANNEL, open_wire
+
+    wire = await open_wire(url)
+    declared = await wire.call(
+        CHANNEL, commands.Queue.Declare(queue="", exclusive=True, auto_delete=True)
+    )
+    inbox = declared.queue.encode()
+    futures: dict[str, asyncio.Future[Answer]] = {}
+
+    def on_reply(tag: int, correlation_id: bytes | None, _: bytes | None, body: bytes) -> None:
+        arrived = time.monotonic()
+        futures.pop((correlation_id or b"").decode()).set_result((arrived, body))
+
+    await wire.consume(declared.queue, "replies", on_reply, no_ack=True)
+
+    async def send(key: str, body: bytes) -> None:
+        await wire.publish(
+            REQUESTS.encode(), body, persistent=True, correlation_id=key.encode(), reply_to=inbox
+        )
+
+    try:
+        return await open_loop(send, futures, args)
+    finally:
+        wire.close()
 
 
 # ---------------------------------------------------------------- Kafka
@@ -308,9 +375,11 @@ def measure(
 def main(argv: list[str]) -> None:
     what, broker, url, rest = argv
     if what == "serve":
-        asyncio.run({"amqp": amqp_serve, "kafka": kafka_serve}[broker](url, float(rest)))
+        serve = {"amqp": amqp_serve, "amqp-wire": wire_serve, "kafka": kafka_serve}[broker]
+        asyncio.run(serve(url, float(rest)))
         return
-    out = asyncio.run({"amqp": amqp_call, "kafka": kafka_call}[broker](url, json.loads(rest)))
+    call = {"amqp": amqp_call, "amqp-wire": wire_call, "kafka": kafka_call}[broker]
+    out = asyncio.run(call(url, json.loads(rest)))
     print(json.dumps(out))
 
 
