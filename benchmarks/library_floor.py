@@ -15,10 +15,10 @@ no bookkeeping: an echo.
   the server reads it in a consumer group with manual commits, sends the
   reply (``acks=all``) to the reply topic keyed by the caller, and commits
   once the replies are acknowledged; the caller tails the reply topic.
-- ``amqp-wire``: the RabbitMQ echo's frames, but sent and read by
-  :mod:`benchmarks.amqp_wire` (the protocol over an asyncio ``Protocol``, with
-  nothing per frame but its parsing) instead of aio-pika: what the protocol
-  itself costs in Python, the floor of any client of it.
+- ``amqp-wire``: the RabbitMQ echo with the same guarantees, its frames sent
+  and read by :mod:`fleet.transport._amqp_wire` (the protocol over an asyncio
+  ``Protocol``, nothing per frame but its parsing) instead of aio-pika: what
+  the protocol itself costs in Python, near the floor of any client of it.
 
 The server puts two stamps ahead of each echo: when it received the request
 and when it began the reply's send, on the monotonic clock that every process
@@ -179,54 +179,74 @@ async def _request_queue(url: str) -> None:
         await queue.purge()
 
 
+_KEY = struct.Struct("<IB")  # the call's number, the length of the caller's queue name
+
+
+async def _wire(url: str) -> Any:
+    from urllib.parse import unquote, urlsplit
+
+    from fleet.transport._amqp_wire import WireConnection
+
+    parts = urlsplit(url)
+    return await WireConnection.open(
+        parts.hostname or "127.0.0.1",
+        parts.port or 5672,
+        login=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+        vhost=unquote(parts.path[1:]) or "/",
+    )
+
+
 async def wire_serve(url: str, seconds: float) -> None:
-    from benchmarks.amqp_wire import open_wire
+    """The echo's server on :mod:`fleet.transport._amqp_wire`. The request's
+    body starts with the call's number and the caller's queue (the client
+    reads no properties but the headers and message id)."""
+    from fleet.transport._amqp_wire import Delivered
 
     await _request_queue(url)
-    wire = await open_wire(url, prefetch=256)
+    conn = await _wire(url)
+    replies = await conn.channel(confirms=True)
+    requests = await conn.channel(prefetch=256)
 
-    def on(tag: int, correlation_id: bytes | None, reply_to: bytes | None, body: bytes) -> None:
+    def on(d: Delivered) -> None:
         received = time.monotonic()
-        assert reply_to is not None
-        confirm = wire.publish(
-            reply_to, stamped(received, body), persistent=False, correlation_id=correlation_id
-        )
+        _, n = _KEY.unpack_from(d.body)
+        inbox = d.body[_KEY.size : _KEY.size + n].decode()
+        echo = stamped(received, d.body[:4] + d.body[_KEY.size + n :])
+        confirm = replies.publish(inbox, echo, persistent=False)
         # the request is acked once its reply is confirmed
-        confirm.add_done_callback(lambda f: f.exception() is None and wire.ack(tag))
+        confirm.add_done_callback(lambda f: f.exception() is None and requests.ack(d.delivery_tag))
 
-    await wire.consume(REQUESTS, "floor", on, no_ack=False)
+    await requests.consume(REQUESTS, on, no_ack=False)
     print("ready", flush=True)
     await asyncio.sleep(seconds)
-    wire.close()
+    await conn.close()
 
 
 async def wire_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
-    from pamqp import commands
+    from fleet.transport._amqp_wire import Delivered
 
-    from benchmarks.amqp_wire import CHANNEL, open_wire
-
-    wire = await open_wire(url)
-    declared = await wire.call(
-        CHANNEL, commands.Queue.Declare(queue="", exclusive=True, auto_delete=True)
-    )
-    inbox = declared.queue.encode()
+    conn = await _wire(url)
+    ch = await conn.channel(confirms=True)
+    inbox, _, _ = await ch.declare_queue("", exclusive=True, auto_delete=True)
+    head = inbox.encode()
     futures: dict[str, asyncio.Future[Answer]] = {}
 
-    def on_reply(tag: int, correlation_id: bytes | None, _: bytes | None, body: bytes) -> None:
+    def on_reply(d: Delivered) -> None:
         arrived = time.monotonic()
-        futures.pop((correlation_id or b"").decode()).set_result((arrived, body))
+        (number,) = struct.unpack_from("<I", d.body, STAMPS.size)
+        futures.pop(str(number)).set_result((arrived, d.body))
 
-    await wire.consume(declared.queue, "replies", on_reply, no_ack=True)
+    await ch.consume(inbox, on_reply, no_ack=True)
 
     async def send(key: str, body: bytes) -> None:
-        await wire.publish(
-            REQUESTS.encode(), body, persistent=True, correlation_id=key.encode(), reply_to=inbox
-        )
+        prefix = _KEY.pack(int(key), len(head)) + head
+        await ch.publish(REQUESTS, prefix + body, persistent=True)
 
     try:
         return await open_loop(send, futures, args)
     finally:
-        wire.close()
+        await conn.close()
 
 
 # ---------------------------------------------------------------- Kafka
