@@ -439,3 +439,38 @@ def test_the_permissions_cover_the_fleets_names_and_nothing_else() -> None:
     # docs/security.md shows the same line the script runs
     doc = (ROOT / "docs" / "security.md").read_text(encoding="utf-8")
     assert f"set_permissions -p / fleet-app '{names}' '{write}' '{names}'" in doc
+
+
+@pytest.mark.parametrize("login", ["password", "certificate"])
+async def test_the_protocol_client_logs_in_over_tls(
+    amqps_url: str, amqp_tls_dir: Path, login: str
+) -> None:
+    """``fleet.transport._amqp_wire`` over TLS: guest's password (PLAIN), or
+    the client certificate alone (EXTERNAL); a message goes round."""
+    from urllib.parse import unquote
+
+    from fleet.transport._amqp_wire import Delivered, WireConnection
+
+    url = amqps_url if login == "password" else external_url(amqps_url, amqp_tls_dir)
+    parts = urlsplit(url)
+    conn = await WireConnection.open(
+        parts.hostname or "127.0.0.1",
+        parts.port or 5671,
+        login=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        external=login == "certificate",
+        ssl_context=tls_context(dict(parse_qsl(parts.query))),
+    )
+    try:
+        ch = await conn.channel(confirms=True)
+        name = new_reply_address()  # a name the certificate's user may declare
+        await ch.declare_queue(name, exclusive=True)
+        got: list[Delivered] = []
+        await ch.consume(name, got.append, no_ack=True)
+        await asyncio.wait_for(ch.publish(name, b"over tls", persistent=False), WAIT)
+        async with asyncio.timeout(WAIT):
+            while not got:
+                await asyncio.sleep(0.01)
+        assert got[0].body == b"over tls"
+    finally:
+        await conn.close()
