@@ -1,36 +1,33 @@
 """Consumers of the ``amqp://`` transport: each on a channel of its own, and
 deliveries that remember the channel they came on.
 
-A consumer is registered with aiormq's channel directly, not through
-aio-pika's queue: aio-pika wraps each delivery in an ``IncomingMessage``
-(12.6 us, timed alone) and runs the callback in a task of its own on top of
-aiormq's (4.7 us), per message. Settlements go through aiormq too
-(:class:`Settler`)."""
+Consumers run on the transport's protocol connection
+(:mod:`fleet.transport._amqp_wire`), not aio-pika's: a delivery reaches the
+subscription in the same turn of the event loop that read its frames, where
+aio-pika and aiormq pass it through a task to read each frame, a queue, the
+channel's task and a task of its own per message. Settlements go out on the
+same channel (:class:`Settler`)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import Any, Protocol
 
-import aiormq.abc
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 from aio_pika.exceptions import CONNECTION_EXCEPTIONS
-from aiormq.abc import DeliveredMessage
 
 from fleet.contract import Priority
 from fleet.logging import get_logger
+from fleet.transport._amqp_wire import Delivered, WireChannel, WireConnection
 from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 
 log = get_logger("fleet.transport.amqp")
 
-OnMessage = Callable[["Subscription", DeliveredMessage], None]
-Declare = Callable[[AbstractChannel], Awaitable[AbstractQueue]]
-
-# Tasks a delivery passes through between aiormq's frame reader and the
-# subscription (aiormq's consumer task), with room to spare.
-DISPATCH_HOPS = 4
+OnMessage = Callable[["Subscription", Delivered], None]
+Declare = Callable[[WireChannel], Awaitable[str]]
+"""Declare (and bind) the subscription's queue on its channel; its name."""
 
 
 class Owner(Protocol):
@@ -43,8 +40,8 @@ class Owner(Protocol):
     def _forget(self, sub: Subscription) -> None: ...
 
 
-def _attempt(message: DeliveredMessage) -> int:
-    count = (message.header.properties.headers or {}).get("x-delivery-count")
+def _attempt(message: Delivered) -> int:
+    count = (message.headers or {}).get("x-delivery-count")
     if isinstance(count, int) and not isinstance(count, bool):
         return count + 1
     return 2 if message.redelivered else 1
@@ -68,8 +65,8 @@ class Settler:
     less work for the client and the broker too.
     """
 
-    def __init__(self, underlay: aiormq.abc.AbstractChannel) -> None:
-        self._underlay = underlay
+    def __init__(self, channel: WireChannel) -> None:
+        self._channel = channel
         self._outstanding: dict[int, None] = {}  # delivered, not settled; oldest first
         self._decided: dict[int, Decision] = {}
         self._sent: asyncio.Future[None] | None = None
@@ -121,9 +118,9 @@ class Settler:
                 try:
                     for tag, (ack, requeue), multiple in self.frames():
                         if ack:
-                            await self._underlay.basic_ack(tag, multiple=multiple)
+                            self._channel.ack(tag, multiple=multiple)
                         else:
-                            await self._underlay.basic_nack(tag, multiple=multiple, requeue=requeue)
+                            self._channel.nack(tag, multiple=multiple, requeue=requeue)
                 except CONNECTION_EXCEPTIONS as exc:
                     log.info(
                         "could not settle deliveries; the broker redelivers them", error=repr(exc)
@@ -136,7 +133,7 @@ class Settler:
 
 class AmqpDelivery(Delivery):
     def __init__(
-        self, sub: Subscription, message: DeliveredMessage, model: str, priority: Priority
+        self, sub: Subscription, message: Delivered, model: str, priority: Priority
     ) -> None:
         self.body = message.body
         self.model = model
@@ -194,10 +191,9 @@ class Subscription(Consumer):
         self.declare = declare
         self.on_message = on_message
         self.prefetch = prefetch  # None: no-ack
-        self.channel: AbstractChannel | None = None
-        self.underlay: aiormq.abc.AbstractChannel | None = None  # the channel's, in aiormq
+        self.channel: WireChannel | None = None
         self.settler: Settler | None = None
-        self.queue: AbstractQueue | None = None
+        self.queue: str | None = None
         self.tag: str | None = None
         self.unsettled = 0
         self.cancelled = False
@@ -208,19 +204,15 @@ class Subscription(Consumer):
         # and one in between could leave a consumer nobody cancels
         self._switch = asyncio.Lock()
 
-    async def start(self, conn: AbstractConnection) -> None:
+    async def start(self, conn: WireConnection) -> None:
         """Open a fresh channel, declare the queue, consume."""
-        self.channel, self.underlay, self.settler, self.unsettled = None, None, None, 0
+        self.channel, self.settler, self.unsettled = None, None, 0
         self.queue, self.tag = None, None  # the old channel's: a resume meanwhile waits for us
-        channel = await conn.channel(publisher_confirms=False)
+        channel = await conn.channel(prefetch=self.prefetch)
         self.channel = channel
-        channel.close_callbacks.add(self._channel_closed)
-        underlay = await channel.get_underlay_channel()
-        self.underlay = underlay
-        self.settler = Settler(underlay)
-        underlay.on_consumer_cancel_callbacks.add(self._broker_cancelled)
-        if self.prefetch is not None:
-            await channel.set_qos(prefetch_count=self.prefetch)
+        channel.on_close.append(partial(self._channel_closed, channel))
+        channel.on_cancel.append(self._broker_cancelled)
+        self.settler = Settler(channel)
         await self.consume()
 
     async def consume(self) -> None:
@@ -232,18 +224,15 @@ class Subscription(Consumer):
             if not self.paused:
                 await self._consume_on(queue)
 
-    async def _consume_on(self, queue: AbstractQueue) -> None:
-        assert self.underlay is not None
-        ok = await self.underlay.basic_consume(
-            queue.name, self._deliver, no_ack=self.prefetch is None
-        )
-        self.tag = ok.consumer_tag
+    async def _consume_on(self, queue: str) -> None:
+        assert self.channel is not None
+        self.tag = await self.channel.consume(queue, self._deliver, no_ack=self.prefetch is None)
 
     async def _cancel_consumer(self, tag: str) -> None:
-        underlay = self.underlay
-        if underlay is not None and not underlay.is_closed:
+        channel = self.channel
+        if channel is not None and not channel.is_closed:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
-                await underlay.basic_cancel(tag)
+                await channel.cancel(tag)
 
     async def pause(self) -> None:
         """Cancel the consumer but keep the channel: what it delivered can
@@ -272,24 +261,23 @@ class Subscription(Consumer):
                 )
                 self.transport._restart_soon(self)
 
-    async def _deliver(self, message: DeliveredMessage) -> None:
+    def _deliver(self, message: Delivered) -> None:
         if self.prefetch is not None and self.settler is not None:
             self.unsettled += 1
-            if message.delivery_tag is not None:
-                self.settler.delivered(message.delivery_tag)
+            self.settler.delivered(message.delivery_tag)
         self.on_message(self, message)
 
-    def _channel_closed(self, channel: object, exc: BaseException | None) -> None:
+    def _channel_closed(self, channel: WireChannel, exc: BaseException) -> None:
         if channel is self.channel and not self.cancelled:
             log.debug("consumer channel closed", queue=self.label, error=repr(exc))
             self.transport._restart_soon(self)
 
-    def _broker_cancelled(self, frame: Any) -> None:
-        if getattr(frame, "consumer_tag", None) == self.tag and not self.cancelled:
+    def _broker_cancelled(self, tag: str) -> None:
+        if tag == self.tag and not self.cancelled:
             log.warning("the broker cancelled a consumer; consuming again", queue=self.label)
             self.transport._restart_soon(self)
 
-    def settled(self, channel: AbstractChannel) -> None:
+    def settled(self, channel: WireChannel) -> None:
         self.unsettled -= 1
         if self.cancel_done and self.unsettled <= 0 and channel is self.channel:
             self.transport._spawn(self.close())
@@ -301,13 +289,8 @@ class Subscription(Consumer):
         async with self._switch:  # a consume under way gets its tag first
             if self.tag:
                 await self._cancel_consumer(self.tag)
-        # Deliveries the broker sent before its CancelOk were read before it,
-        # but reach _deliver through a task of their own (aiormq's): let those
-        # run, so that they are counted, before the channel may close. Closed
-        # earlier, the acks of what they carry would be lost and the broker
-        # would deliver them again to someone else.
-        for _ in range(DISPATCH_HOPS):
-            await asyncio.sleep(0)
+        # deliveries the broker sent before its CancelOk were read before it,
+        # and reached _deliver in that same read: all are counted by now
         self.cancel_done = True
         if self.unsettled <= 0:
             await self.close()
@@ -323,7 +306,7 @@ class Subscription(Consumer):
 
 
 def bytes_handler(callback: OnBytes) -> OnMessage:
-    def on_message(sub: Subscription, message: DeliveredMessage) -> None:
+    def on_message(sub: Subscription, message: Delivered) -> None:
         try:
             callback(message.body)
         except Exception:

@@ -25,7 +25,7 @@ import struct
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pamqp import commands, decode
 from pamqp import frame as pframe
@@ -147,7 +147,15 @@ class WireChannel:
             waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._waiter = waiter
             self.conn.write(pframe.marshal(method, self.number))
-            return await waiter
+            try:
+                return await asyncio.wait_for(waiter, self.conn.call_timeout)
+            except TimeoutError:
+                # a broker that does not answer: a late answer could be taken
+                # for the next call's, so the connection goes, not only the call
+                error = WireError(f"no answer to {type(method).__name__} in time")
+                self.conn._lost(error)
+                self.conn.abort()
+                raise error from None
 
     async def confirm_select(self) -> None:
         await self.call(commands.Confirm.Select())
@@ -358,9 +366,10 @@ class WireChannel:
 class WireConnection(asyncio.Protocol):
     """One AMQP connection; channels from :meth:`channel`."""
 
-    def __init__(self, heartbeat: int) -> None:
+    def __init__(self, heartbeat: int, call_timeout: float | None = None) -> None:
         loop = asyncio.get_running_loop()
         self.loop = loop
+        self.call_timeout = call_timeout  # seconds a channel's method waits for its answer
         self.channels: dict[int, WireChannel] = {}
         self.frame_max = 131072
         self.heartbeat = heartbeat
@@ -395,8 +404,9 @@ class WireConnection(asyncio.Protocol):
         timeout: float = 10.0,
     ) -> WireConnection:
         """Connect, log in (PLAIN, or EXTERNAL with a client certificate),
-        tune and open ``vhost``; all within ``timeout`` seconds."""
-        conn = cls(heartbeat)
+        tune and open ``vhost``; all within ``timeout`` seconds, as each
+        channel method afterwards."""
+        conn = cls(heartbeat, timeout)
         loop = asyncio.get_running_loop()
         started = conn._expect()
         try:
@@ -498,9 +508,9 @@ class WireConnection(asyncio.Protocol):
         self._wrote = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(PROTOCOL_HEADER)
+        # a stream transport (uvloop's is not an asyncio.Transport subclass)
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(PROTOCOL_HEADER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost(WireError(f"connection lost: {exc!r}" if exc else "connection closed"))

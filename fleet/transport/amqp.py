@@ -65,17 +65,13 @@ from aio_pika.exceptions import (
     CONNECTION_EXCEPTIONS,
     ChannelNotFoundEntity,
     ChannelPreconditionFailed,
-    DeliveryError,
-    PublishError,
 )
-from aiormq.abc import DeliveredMessage
 from aiormq.exceptions import (
     AuthenticationError,
     ChannelAccessRefused,
     IncompatibleProtocolError,
     ProbableAuthenticationError,
 )
-from pamqp.commands import Basic
 
 from fleet.contract import Priority
 from fleet.errors import (
@@ -99,6 +95,13 @@ from fleet.transport._amqp_consumer import (
     run_handler,
 )
 from fleet.transport._amqp_management import management_api
+from fleet.transport._amqp_wire import (
+    Delivered,
+    Nacked,
+    Returned,
+    WireChannel,
+    WireConnection,
+)
 from fleet.transport.base import (
     DEAD_LETTER,
     DEAD_LETTER_TAP,
@@ -147,6 +150,7 @@ _RESET = (ConnectionResetError, BrokenPipeError, EOFError, IncompatibleProtocolE
 _DIAGNOSE_TIMEOUT = 2.0  # seconds for the second look at a reset with a client certificate
 _MANAGEMENT_TIMEOUT = 1.0  # seconds per management API call
 _MANAGEMENT_RETRY = 30.0  # seconds to leave an unreachable management API alone
+_HEARTBEAT = 60  # seconds, as aio-pika's: the URL's ?heartbeat= changes both
 
 
 @dataclass(frozen=True, kw_only=True, slots=True, repr=False)
@@ -329,7 +333,10 @@ class AmqpTransport(Transport, DeadLetterTap):
         self._management_ssl = self._management_api.ssl_context()
         self._management_down_until = 0.0
         self._conn: AbstractConnection | None = None
-        self._publisher: AbstractChannel | None = None
+        self._publisher: AbstractChannel | None = None  # topology, heartbeats, notifications
+        # requests, replies and consumers: the protocol connection (_amqp_wire)
+        self._wire: WireConnection | None = None
+        self._wire_publisher: WireChannel | None = None
         self._publisher_lock = asyncio.Lock()
         self._up = asyncio.Event()
         self._closing = False
@@ -342,8 +349,14 @@ class AmqpTransport(Transport, DeadLetterTap):
     # ------------------------------------------------------------------ lifecycle
     @property
     def connected(self) -> bool:
-        conn = self._conn
-        return self._up.is_set() and conn is not None and conn.connected.is_set()
+        conn, wire = self._conn, self._wire
+        return (
+            self._up.is_set()
+            and conn is not None
+            and conn.connected.is_set()
+            and wire is not None
+            and not wire.is_closed
+        )
 
     async def connect(self) -> None:
         if self.connected:
@@ -414,23 +427,48 @@ class AmqpTransport(Transport, DeadLetterTap):
         context = None if self._tls_query is None else tls_context(self._tls_query)
         timeout = self.options.publish_timeout
         conn = await aio_pika.connect(url, timeout=timeout, ssl_context=context)
+        wire: WireConnection | None = None
         try:
             publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
             await self._declare_topology(publisher)
+            wire = await self._open_wire(url, context)
+            wire_publisher = await wire.channel(confirms=True)
             for sub in list(self._subs):
-                await sub.start(conn)
-            if not conn.connected.is_set():
+                await sub.start(wire)
+            if not conn.connected.is_set() or wire.is_closed:
                 raise ConnectionError("connection lost while restoring it")
         except BaseException:
+            if wire is not None:
+                await wire.close()
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await conn.close()
             raise
         self._conn, self._publisher = conn, publisher
+        self._wire, self._wire_publisher = wire, wire_publisher
         conn.close_callbacks.add(self._connection_closed)
+        wire.closed.add_done_callback(lambda done: self._connection_closed(wire, done.result()))
         self._up.set()
 
+    async def _open_wire(self, url: str, context: ssl.SSLContext | None) -> WireConnection:
+        """The protocol connection to the node of ``url``, logged in as aio-pika is."""
+        parts = urlsplit(url)
+        query = {k.lower(): v for k, v in parse_qsl(parts.query)}
+        return await WireConnection.open(
+            parts.hostname or "localhost",
+            parts.port or (5671 if context is not None else 5672),
+            login=unquote(parts.username or "guest"),
+            password=unquote(parts.password or "guest"),
+            external=query.get("auth", "").upper() == "EXTERNAL",
+            vhost=unquote(parts.path[1:]) or "/",
+            ssl_context=context,
+            heartbeat=int(query.get("heartbeat", _HEARTBEAT)),
+            name=query.get("name"),
+            timeout=self.options.publish_timeout,
+        )
+
     def _connection_closed(self, conn: object, exc: BaseException | None) -> None:
-        if conn is not self._conn or self._closing:
+        """aio-pika's connection or the protocol one lost: both go, both come back."""
+        if (conn is not self._conn and conn is not self._wire) or self._closing:
             return
         log.warning("lost the connection to RabbitMQ; reconnecting", error=repr(exc))
         self._start_reconnect()
@@ -445,7 +483,10 @@ class AmqpTransport(Transport, DeadLetterTap):
     async def _reconnect(self) -> None:
         try:
             old, self._conn, self._publisher = self._conn, None, None
+            wire, self._wire, self._wire_publisher = self._wire, None, None
             self._node = (self._node + 1) % len(self._amqp_urls)  # that node may be going away
+            if wire is not None:
+                await wire.close(timeout=1.0)
             if old is not None:
                 with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                     await old.close()
@@ -482,6 +523,9 @@ class AmqpTransport(Transport, DeadLetterTap):
             sub.cancelled = True
             await sub.close()
         conn, self._conn, self._publisher = self._conn, None, None
+        wire, self._wire, self._wire_publisher = self._wire, None, None
+        if wire is not None:
+            await wire.close()
         if conn is not None:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await conn.close()
@@ -526,11 +570,14 @@ class AmqpTransport(Transport, DeadLetterTap):
         self, label: str, declare: Declare, on_message: OnMessage, *, prefetch: int | None
     ) -> Subscription:
         """Start a consumer now, and again after every reconnect."""
-        conn = await self._ready()
+        await self._ready()
+        wire = self._wire
+        if wire is None:
+            raise Unavailable("transport is closed")
         sub = Subscription(self, label, declare, on_message, prefetch=prefetch)
         with _translated(f"consume from {label}"):
             try:
-                await sub.start(conn)
+                await sub.start(wire)
             except BaseException:
                 await sub.close()
                 raise
@@ -548,11 +595,11 @@ class AmqpTransport(Transport, DeadLetterTap):
         sub.restarting = True
         self._spawn(self._restart(sub, sub.channel))
 
-    async def _restart(self, sub: Subscription, channel: AbstractChannel | None) -> None:
+    async def _restart(self, sub: Subscription, channel: WireChannel | None) -> None:
         try:
             while not (self._closing or sub.cancelled):
                 await asyncio.sleep(self.options.reconnect_interval)
-                conn = self._conn
+                conn = self._wire
                 if conn is None or not self._up.is_set() or sub.channel is not channel:
                     return  # a reconnection took over
                 try:
@@ -644,23 +691,31 @@ class AmqpTransport(Transport, DeadLetterTap):
                 self._publisher = await conn.channel(publisher_confirms=True, on_return_raises=True)
             return self._publisher
 
-    async def _publish(self, routing_key: str, body: bytes, *, persistent: bool) -> None:
-        """Publish on the default exchange (mandatory) and wait for the confirm.
+    async def _publish_wire(self) -> WireChannel:
+        publisher = self._wire_publisher
+        if (
+            publisher is not None
+            and not publisher.is_closed
+            and self._up.is_set()
+            and not self._closing
+        ):
+            return publisher  # the usual case: no lock to take
+        await self._ready()
+        async with self._publisher_lock:
+            wire = self._wire
+            if wire is None:
+                raise Unavailable("transport is closed")
+            if self._wire_publisher is None or self._wire_publisher.is_closed:
+                self._wire_publisher = await wire.channel(confirms=True)
+            return self._wire_publisher
 
-        Straight through aiormq's channel, as aio-pika's ``Exchange.publish``
-        does after building its ``Message`` (7 us a call, on requests and on
-        replies alike): the same frames, with nothing but the delivery mode
-        set. A message the broker returns raises ``PublishError`` and one it
-        nacks ``DeliveryError``, as through aio-pika."""
-        channel = await self._publish_channel()  # open: nothing awaited since its check
-        underlay = await channel.get_underlay_channel()
-        await underlay.basic_publish(
-            body,
-            routing_key=routing_key,
-            properties=Basic.Properties(delivery_mode=2 if persistent else 1),
-            mandatory=True,
-            timeout=self.options.publish_timeout,
-        )
+    async def _publish(self, routing_key: str, body: bytes, *, persistent: bool) -> None:
+        """Publish on the default exchange (mandatory) and wait for the confirm,
+        on the protocol connection. A message the broker returns raises
+        ``Returned``, one it nacks ``Nacked``, no confirm in time ``TimeoutError``."""
+        channel = await self._publish_wire()
+        confirm = channel.publish(routing_key, body, persistent=persistent)
+        await asyncio.wait_for(confirm, self.options.publish_timeout)
 
     @property
     def max_message_bytes(self) -> int:
@@ -673,9 +728,9 @@ class AmqpTransport(Transport, DeadLetterTap):
         try:
             await self._publish(name, body, persistent=True)
             self._nacked_since = None
-        except PublishError as exc:  # returned: no queue of that name
+        except Returned as exc:  # no queue of that name
             raise ModelNotFound(f"no worker has declared queue {name!r}") from exc
-        except DeliveryError as exc:
+        except Nacked as exc:
             raise await self._nacked(name) from exc
         except CONNECTION_EXCEPTIONS as exc:
             raise Unavailable(f"publish to {name!r} failed: {exc!r}") from exc
@@ -722,9 +777,9 @@ class AmqpTransport(Transport, DeadLetterTap):
         check_size(body, self.max_message_bytes, "reply")
         try:
             await self._publish(reply_to, body, persistent=False)
-        except PublishError:
+        except Returned:
             log.debug("reply to an inbox that is gone; dropped", reply_to=reply_to)
-        except CONNECTION_EXCEPTIONS as exc:  # DeliveryError included
+        except CONNECTION_EXCEPTIONS as exc:  # a nack and no confirm in time included
             raise Unavailable(f"reply to {reply_to!r} failed: {exc!r}") from exc
 
     async def publish_heartbeat(self, body: bytes) -> None:
@@ -772,10 +827,9 @@ class AmqpTransport(Transport, DeadLetterTap):
     async def open_inbox(self, on_reply: OnBytes) -> str:
         name = new_reply_address()
 
-        async def declare(channel: AbstractChannel) -> AbstractQueue:
-            return await channel.declare_queue(
-                name, exclusive=True, auto_delete=True, timeout=self.options.publish_timeout
-            )
+        async def declare(channel: WireChannel) -> str:
+            await channel.declare_queue(name, exclusive=True, auto_delete=True)
+            return name
 
         await self._subscribe(name, declare, bytes_handler(on_reply), prefetch=None)
         return name
@@ -791,18 +845,13 @@ class AmqpTransport(Transport, DeadLetterTap):
         """Declare the queue ``name`` bound to ``exchange``: exclusive and
         deleted with its consumer, or durable with ``arguments`` when given."""
 
-        async def declare(channel: AbstractChannel) -> AbstractQueue:
-            timeout = self.options.publish_timeout
+        async def declare(channel: WireChannel) -> str:
             if arguments is None:
-                queue = await channel.declare_queue(
-                    name, exclusive=True, auto_delete=True, timeout=timeout
-                )
+                await channel.declare_queue(name, exclusive=True, auto_delete=True)
             else:
-                queue = await channel.declare_queue(
-                    name, durable=True, arguments=arguments, timeout=timeout
-                )
-            await queue.bind(exchange, routing_key=routing_key, timeout=timeout)
-            return queue
+                await channel.declare_queue(name, durable=True, arguments=arguments)
+            await channel.bind(name, exchange, name if routing_key is None else routing_key)
+            return name
 
         return declare
 
@@ -820,7 +869,7 @@ class AmqpTransport(Transport, DeadLetterTap):
     async def tap_dead_letters(self, on_delivery: OnDelivery, *, prefetch: int) -> Consumer:
         declare = self._bound(DEAD_LETTER_TAP, DLX, arguments=DEAD_LETTER_ARGUMENTS)
 
-        def on_message(sub: Subscription, message: DeliveredMessage) -> None:
+        def on_message(sub: Subscription, message: Delivered) -> None:
             delivery = AmqpDelivery(sub, message, "", Priority.BATCH)
             self._spawn(run_handler(on_delivery, delivery))
 
@@ -833,10 +882,12 @@ class AmqpTransport(Transport, DeadLetterTap):
     ) -> Consumer:
         name = queue_name(model, priority)
 
-        async def declare(channel: AbstractChannel) -> AbstractQueue:
-            return await self._declare_work(channel, name)
+        async def declare(channel: WireChannel) -> str:
+            arguments = work_queue_arguments(self.options)
+            await channel.declare_queue(name, durable=True, arguments=arguments)
+            return name
 
-        def on_message(sub: Subscription, message: DeliveredMessage) -> None:
+        def on_message(sub: Subscription, message: Delivered) -> None:
             self._spawn(run_handler(on_delivery, AmqpDelivery(sub, message, model, priority)))
 
         sub = await self._subscribe(name, declare, on_message, prefetch=max(1, prefetch))

@@ -19,12 +19,12 @@ import aiohttp
 import pytest
 from aio_pika.abc import AbstractChannel
 from aio_pika.exceptions import ChannelPreconditionFailed
-from pamqp.commands import Basic
 from structlog.testing import capture_logs
 
 from fleet.contract import Priority
 from fleet.errors import ConfigError, ModelNotFound, Overloaded, Unavailable
 from fleet.transport import DEAD_LETTER, Transport, connect, queue_name
+from fleet.transport._amqp_wire import Nacked, Returned
 from fleet.transport.base import new_reply_address, wait_until
 from tests.conftest import broker_url_for, missing
 from tests.transport.conftest import WAIT, Deliveries, Frames
@@ -190,7 +190,7 @@ async def test_full_queue_is_overloaded_at_once(open_amqp: OpenAmqp, unique_mode
     with pytest.raises(Overloaded) as info:
         await transport.publish_request(unique_model, ONLINE, b"full")
     assert time.monotonic() - started < 2.0  # a nack, not a timeout
-    assert isinstance(info.value.__cause__, aio_pika.exceptions.DeliveryError)
+    assert isinstance(info.value.__cause__, Nacked)
     assert (await transport.depth(unique_model)).ready == 3
 
 
@@ -205,13 +205,13 @@ async def test_nack_with_room_is_unavailable_not_overloaded(
     await transport.publish_request(unique_model, ONLINE, b"1")
 
     async def nacked(*_: object, **__: object) -> None:
-        raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
+        raise Nacked("the broker nacked publish 1")
 
     monkeypatch.setattr(transport, "_publish", nacked)
     with pytest.raises(Unavailable, match="room") as info:
         await transport.publish_request(unique_model, ONLINE, b"2")
     assert info.value.retriable
-    assert isinstance(info.value.__cause__, aio_pika.exceptions.DeliveryError)
+    assert isinstance(info.value.__cause__, Nacked)
     monkeypatch.undo()
     await transport.publish_request(unique_model, ONLINE, b"2")
     await transport.publish_request(unique_model, ONLINE, b"3")
@@ -242,7 +242,7 @@ async def test_lasting_nacks_with_room_move_a_cluster_transport_to_the_next_node
         transport.add_reconnect_listener(on_reconnect)
 
         async def nacked(*_: object, **__: object) -> None:
-            raise aio_pika.exceptions.DeliveryError(None, Basic.Nack(delivery_tag=1))
+            raise Nacked("the broker nacked publish 1")
 
         monkeypatch.setattr(transport, "_publish", nacked)
         with capture_logs() as logs:
@@ -270,7 +270,7 @@ async def test_unknown_model_is_not_found(open_amqp: OpenAmqp, unique_model: str
     transport = await open_amqp()
     with pytest.raises(ModelNotFound) as info:
         await transport.publish_request(unique_model, BATCH, b"x")
-    assert isinstance(info.value.__cause__, aio_pika.exceptions.PublishError)
+    assert isinstance(info.value.__cause__, Returned)
     with pytest.raises(ModelNotFound):
         await transport.depth(unique_model)
     await transport.declare_model(unique_model)  # the transport is still usable
@@ -608,8 +608,8 @@ async def test_a_pause_while_a_resume_is_consuming_leaves_no_consumer(
     got = Deliveries()
     sub = await worker.consume(unique_model, ONLINE, got, prefetch=4)
     await sub.pause()
-    underlay = sub.underlay  # type: ignore[attr-defined]
-    real_consume = underlay.basic_consume
+    channel = sub.channel  # type: ignore[attr-defined]
+    real_consume = channel.consume
     asked, answer = asyncio.Event(), asyncio.Event()
 
     async def slow_consume(*args: Any, **kwargs: Any) -> Any:
@@ -617,7 +617,7 @@ async def test_a_pause_while_a_resume_is_consuming_leaves_no_consumer(
         await answer.wait()  # the ConsumeOk is on its way
         return await real_consume(*args, **kwargs)
 
-    monkeypatch.setattr(underlay, "basic_consume", slow_consume)
+    monkeypatch.setattr(channel, "consume", slow_consume)
     resuming = asyncio.create_task(sub.resume())
     await asyncio.wait_for(asked.wait(), WAIT)
     pausing = asyncio.create_task(sub.pause())
@@ -626,7 +626,7 @@ async def test_a_pause_while_a_resume_is_consuming_leaves_no_consumer(
     await asyncio.wait_for(asyncio.gather(resuming, pausing), WAIT)
     await worker.publish_request(unique_model, ONLINE, b"while paused")
     assert await got.none_within(1.0), [d.body for d in got.items]
-    monkeypatch.setattr(underlay, "basic_consume", real_consume)
+    monkeypatch.setattr(channel, "consume", real_consume)
     await sub.resume()
     (delivery,) = await got.wait(1)
     assert delivery.body == b"while paused"

@@ -19,12 +19,10 @@ class Underlay:
     def __init__(self) -> None:
         self.frames: list[tuple[str, int, bool, bool]] = []
 
-    async def basic_ack(self, tag: int, multiple: bool = False) -> None:
-        await asyncio.sleep(0)
+    def ack(self, tag: int, *, multiple: bool = False) -> None:
         self.frames.append(("ack", tag, multiple, False))
 
-    async def basic_nack(self, tag: int, multiple: bool = False, requeue: bool = True) -> None:
-        await asyncio.sleep(0)
+    def nack(self, tag: int, *, multiple: bool = False, requeue: bool = True) -> None:
         self.frames.append(("nack", tag, multiple, requeue))
 
 
