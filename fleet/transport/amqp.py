@@ -1,4 +1,14 @@
-"""``amqp://``: RabbitMQ through aio-pika.
+"""``amqp://``: RabbitMQ, the data path on a protocol connection of our own.
+
+Two connections to the same node: aio-pika's, for the topology, the
+management of queues, heartbeats and notifications; and one of
+:mod:`fleet.transport._amqp_wire`, for the path of every request: requests
+and replies are published on a confirm channel of it, and every consumer
+(work queues, inboxes, heartbeat and notification subscribers, the dead
+letters' tap) consumes on a channel of its own on it. There a delivery
+reaches its consumer, and a confirm its publisher, in the turn of the event
+loop that read their frames (aiormq, under aio-pika, passes each frame
+through tasks and queues of its own). Losing either connection reconnects both.
 
 Topology (declared on connect and again after every reconnect):
 
@@ -21,7 +31,7 @@ listeners called.
 Each consumer has a channel of its own; a delivery remembers that channel and
 settling it once the channel is gone is a no-op (the broker redelivers).
 
-Errors: a publish the broker returns (no such queue) is :class:`ModelNotFound`,
+Errors: a publish the broker returns (no such queue; ``Returned``) is :class:`ModelNotFound`,
 one it nacks with the queue full :class:`Overloaded`, one it nacks with room in
 the queue (a quorum queue whose leader is changing), a timeout or a lost
 connection :class:`Unavailable`, a declaration that clashes with an existing queue
