@@ -205,10 +205,16 @@ class Subscription(Consumer):
         self._switch = asyncio.Lock()
 
     async def start(self, conn: WireConnection) -> None:
-        """Open a fresh channel, declare the queue, consume."""
+        """Open a fresh channel, declare the queue, consume (unless cancelled
+        meanwhile: a cancel while a reconnection restores this subscription)."""
+        if self.cancelled:
+            return
         self.channel, self.settler, self.unsettled = None, None, 0
         self.queue, self.tag = None, None  # the old channel's: a resume meanwhile waits for us
         channel = await conn.channel(prefetch=self.prefetch)
+        if self.cancelled:
+            await channel.close()
+            return
         self.channel = channel
         channel.on_close.append(partial(self._channel_closed, channel))
         channel.on_cancel.append(self._broker_cancelled)
@@ -216,17 +222,24 @@ class Subscription(Consumer):
         await self.consume()
 
     async def consume(self) -> None:
-        """Declare the queue and, unless paused, consume on the current channel."""
-        assert self.channel is not None
-        queue = await self.declare(self.channel)
+        """Declare the queue and, unless paused or cancelled, consume on the
+        current channel."""
+        channel = self.channel
+        if channel is None or self.cancelled:
+            return
+        queue = await self.declare(channel)
         async with self._switch:
+            if channel is not self.channel or self.cancelled:
+                return  # closed or replaced meanwhile
             self.queue = queue
             if not self.paused:
                 await self._consume_on(queue)
 
     async def _consume_on(self, queue: str) -> None:
-        assert self.channel is not None
-        self.tag = await self.channel.consume(queue, self._deliver, no_ack=self.prefetch is None)
+        channel = self.channel
+        if channel is None:
+            return
+        self.tag = await channel.consume(queue, self._deliver, no_ack=self.prefetch is None)
 
     async def _cancel_consumer(self, tag: str) -> None:
         channel = self.channel

@@ -132,6 +132,7 @@ class WireChannel:
         self._published = 0
         self._confirms: dict[int, asyncio.Future[None]] = {}
         self._returned: set[int] = set()
+        self._abandoned = False
         self._head = struct.pack(">BH", 1, number)
 
     @property
@@ -147,15 +148,42 @@ class WireChannel:
             waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._waiter = waiter
             self.conn.write(pframe.marshal(method, self.number))
+            name = type(method).__name__
             try:
-                return await asyncio.wait_for(waiter, self.conn.call_timeout)
+                return await self._answer(waiter)
             except TimeoutError:
-                # a broker that does not answer: a late answer could be taken
-                # for the next call's, so the connection goes, not only the call
-                error = WireError(f"no answer to {type(method).__name__} in time")
-                self.conn._lost(error)
-                self.conn.abort()
+                error = WireError(f"no answer to {name} in {self.conn.call_timeout} s")
+                self._abandon(error)
                 raise error from None
+            except asyncio.CancelledError:
+                if not waiter.done():
+                    self._abandon(WireError(f"{name} given up before its answer"))
+                raise
+
+    async def _answer(self, waiter: asyncio.Future[Any]) -> Any:
+        """The call's answer, within the connection's call timeout; while the
+        broker blocks the connection (it reads nothing from it) the wait goes on."""
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(waiter), self.conn.call_timeout)
+            except TimeoutError:
+                if self.conn.blocked is None:
+                    raise
+
+    def _abandon(self, error: BaseException) -> None:
+        """Out of step with the broker (a call it did not answer in time, or
+        given up): closed for its users now, and closed with the broker; its
+        number stays taken until the broker's CloseOk, and what comes on it
+        meanwhile (a late answer, deliveries, confirms) is dropped."""
+        if self.closed is not None:
+            return
+        self._closed(error, keep_number=True)
+        self._abandoned = True
+        close = commands.Channel.Close(
+            reply_code=200, reply_text="abandoned", class_id=0, method_id=0
+        )
+        with contextlib.suppress(WireError):
+            self.conn.write(pframe.marshal(close, self.number))
 
     async def confirm_select(self) -> None:
         await self.call(commands.Confirm.Select())
@@ -218,8 +246,7 @@ class WireChannel:
         :class:`Returned`, a nack with :class:`Nacked`."""
         if self.closed is not None:
             raise WireError(f"channel {self.number} is closed: {self.closed}")
-        self._published += 1
-        seq = self._published
+        seq = self._published + 1  # the broker's count, once the frames are written
         method = (
             b"\x00\x3c\x00\x28\x00\x00"
             + _short(exchange.encode())
@@ -235,12 +262,13 @@ class WireChannel:
         for at in range(0, len(body), chunk) if body else ():
             piece = body[at : at + chunk]
             parts += [struct.pack(">BHI", 3, self.number, len(piece)), piece, end]
+        self.conn.write(b"".join(parts))  # raises, and counts nothing, on a closed connection
+        self._published = seq
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._confirming:
             self._confirms[seq] = future
         else:
             future.set_result(None)
-        self.conn.write(b"".join(parts))
         return future
 
     def ack(self, delivery_tag: int, *, multiple: bool = False) -> None:
@@ -319,7 +347,14 @@ class WireChannel:
             self._returned.add(int(content.message_id))
 
     def _confirmed(self, tag: int, multiple: bool, ack: bool) -> None:
-        tags = [k for k in self._confirms if k <= tag] if multiple else [tag]
+        if multiple:  # publishes are numbered in order, and kept in that order
+            tags = []
+            for k in self._confirms:
+                if k > tag:
+                    break
+                tags.append(k)
+        else:
+            tags = [tag]
         for k in tags:
             future = self._confirms.pop(k, None)
             returned = k in self._returned
@@ -337,6 +372,10 @@ class WireChannel:
         if isinstance(method, commands.Channel.Close):
             self.conn.write(pframe.marshal(commands.Channel.CloseOk(), self.number))
             self._closed(WireClosed(method.reply_code or 0, str(method.reply_text)))
+            self.conn.channels.pop(self.number, None)
+        elif self._abandoned:
+            if isinstance(method, commands.Channel.CloseOk):
+                self.conn.channels.pop(self.number, None)
         elif isinstance(method, commands.Basic.Return):
             self._content = _Content(self._returned_message)
         elif isinstance(method, commands.Basic.Cancel):  # the broker's: its queue is gone
@@ -349,11 +388,13 @@ class WireChannel:
             if waiter is not None and not waiter.done():
                 waiter.set_result(method)
 
-    def _closed(self, exc: BaseException) -> None:
+    def _closed(self, exc: BaseException, *, keep_number: bool = False) -> None:
         if self.closed is not None:
             return
         self.closed = exc
-        self.conn.channels.pop(self.number, None)
+        if not keep_number:
+            self.conn.channels.pop(self.number, None)
+        self._consumers.clear()
         waiters = [self._waiter, *self._confirms.values()]
         self._waiter, self._confirms = None, {}
         for future in waiters:
@@ -379,6 +420,7 @@ class WireConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[Any] | None = None  # channel 0's next method
         self._next_channel = 1
+        self.channel_max = 2047  # until the broker's Tune
         self._wrote = self._heard = False
         self._ticker: asyncio.TimerHandle | None = None
         self._silent_ticks = 0
@@ -451,10 +493,12 @@ class WireConnection(asyncio.Protocol):
         )
         self.frame_max = min(tune.frame_max or self.frame_max, self.frame_max)
         theirs, ours = int(tune.heartbeat), self.heartbeat
-        self.heartbeat = min(theirs, ours) if theirs and ours else 0 if not ours else theirs
+        # 0 from us turns heartbeats off; 0 from the broker leaves ours
+        self.heartbeat = 0 if not ours else min(theirs, ours) if theirs else ours
+        self.channel_max = min(int(tune.channel_max) or 65535, 65535)
         self.write(
             pframe.marshal(
-                commands.Connection.TuneOk(tune.channel_max, self.frame_max, self.heartbeat), 0
+                commands.Connection.TuneOk(self.channel_max, self.frame_max, self.heartbeat), 0
             )
         )
         await self._call(commands.Connection.Open(virtual_host=vhost))
@@ -473,15 +517,29 @@ class WireConnection(asyncio.Protocol):
 
     async def channel(self, *, confirms: bool = False, prefetch: int | None = None) -> WireChannel:
         """A new channel, in confirm mode if asked, with a prefetch if given."""
-        number = self._next_channel
-        self._next_channel += 1
+        number = self._free_number()
         ch = self.channels[number] = WireChannel(self, number)
-        await ch.call(commands.Channel.Open())
-        if confirms:
-            await ch.confirm_select()
-        if prefetch is not None:
-            await ch.qos(prefetch)
+        try:
+            await ch.call(commands.Channel.Open())
+            if confirms:
+                await ch.confirm_select()
+            if prefetch is not None:
+                await ch.qos(prefetch)
+        except BaseException:
+            ch._abandon(WireError(f"channel {ch.number} not set up"))
+            raise
         return ch
+
+    def _free_number(self) -> int:
+        """The next channel number not in use, from after the last one given,
+        wrapping round below ``channel_max`` (numbers are reused, as they must
+        be on a connection that outlives 65,535 channels)."""
+        for n in range(self._next_channel, self._next_channel + self.channel_max):
+            number = (n - 1) % self.channel_max + 1
+            if number not in self.channels:
+                self._next_channel = number + 1
+                return number
+        raise WireError(f"all {self.channel_max} channels of the connection are in use")
 
     # ------------------------------------------------------------------ heartbeats
     def _tick(self) -> None:

@@ -110,6 +110,7 @@ from fleet.transport._amqp_wire import (
     Nacked,
     Returned,
     WireChannel,
+    WireClosed,
     WireConnection,
 )
 from fleet.transport.base import (
@@ -311,6 +312,14 @@ def _translated(what: str) -> Iterator[None]:
         raise ModelNotFound(f"{what}: {exc}") from exc
     except ChannelAccessRefused as exc:
         raise ConfigError(f"{what}: the user's permissions do not allow it ({exc})") from exc
+    except WireClosed as exc:  # the same refusals, on the protocol connection
+        if exc.reply_code == 406:
+            raise ConfigError(f"{what}: declared elsewhere with other arguments ({exc})") from exc
+        if exc.reply_code == 404:
+            raise ModelNotFound(f"{what}: {exc}") from exc
+        if exc.reply_code == 403:
+            raise ConfigError(f"{what}: the user's permissions do not allow it ({exc})") from exc
+        raise Unavailable(f"{what}: {exc!r}") from exc
     except CONNECTION_EXCEPTIONS as exc:  # includes TimeoutError (an OSError)
         raise Unavailable(f"{what}: {exc!r}") from exc
 
@@ -517,6 +526,9 @@ class AmqpTransport(Transport, DeadLetterTap):
                     level = log.info if attempt == 1 else log.debug
                     level("reconnection attempt failed", attempt=attempt, error=repr(exc))
                     continue
+                except Exception:  # a bug must not end the reconnecting for good
+                    log.exception("reconnection attempt failed unexpectedly", attempt=attempt)
+                    continue
                 log.info("reconnected to RabbitMQ", url=self._safe_url, attempts=attempt)
                 await self._fire_reconnected()
                 return
@@ -686,14 +698,12 @@ class AmqpTransport(Transport, DeadLetterTap):
         self._queues.update((model, p) for p in Priority)
 
     # ------------------------------------------------------------------ publishing
+    def _up_now(self) -> bool:
+        return self._up.is_set() and not self._closing
+
     async def _publish_channel(self) -> AbstractChannel:
         publisher = self._publisher
-        if (
-            publisher is not None
-            and not publisher.is_closed
-            and self._up.is_set()
-            and not self._closing
-        ):
+        if publisher is not None and not publisher.is_closed and self._up_now():
             return publisher  # the usual case: no lock to take
         conn = await self._ready()
         async with self._publisher_lock:
@@ -703,12 +713,7 @@ class AmqpTransport(Transport, DeadLetterTap):
 
     async def _publish_wire(self) -> WireChannel:
         publisher = self._wire_publisher
-        if (
-            publisher is not None
-            and not publisher.is_closed
-            and self._up.is_set()
-            and not self._closing
-        ):
+        if publisher is not None and not publisher.is_closed and self._up_now():
             return publisher  # the usual case: no lock to take
         await self._ready()
         async with self._publisher_lock:

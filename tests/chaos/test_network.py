@@ -103,8 +103,8 @@ async def test_resets_mid_frame_lose_nothing(
 
         async def resets() -> None:
             for _ in range(3):
-                async with asyncio.timeout(30):  # both sides reconnected
-                    while proxy.connections < 2:
+                async with asyncio.timeout(30):  # both sides reconnected (two connections each)
+                    while proxy.connections < 4:
                         await asyncio.sleep(0.05)
                 proxy.reset(mid_frame=True)
                 await asyncio.sleep(1.5)

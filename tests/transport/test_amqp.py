@@ -180,6 +180,52 @@ async def test_other_arguments_are_a_config_error(open_amqp: OpenAmqp, unique_mo
     await second.publish_request(unique_model, ONLINE, b"still usable")
 
 
+async def test_a_consumer_on_a_queue_with_other_arguments_is_a_config_error(
+    open_amqp: OpenAmqp, unique_model: str
+) -> None:
+    """The same refusal where a consumer declares its queue (on the protocol
+    connection): a ConfigError, not an outage to retry."""
+    first = await open_amqp(max_queue_length=10)
+    await first.declare_model(unique_model)
+    second = await open_amqp(max_queue_length=20)
+    with pytest.raises(ConfigError, match="other arguments"):
+        await second.consume(unique_model, ONLINE, Deliveries(), prefetch=1)
+    assert second.connected  # only that consumer's channel was closed
+    await second.publish_request(unique_model, ONLINE, b"still usable")
+
+
+async def test_a_consumer_cancelled_while_a_reconnection_restores_it(
+    open_amqp: OpenAmqp, unique_model: str
+) -> None:
+    """A cancel that lands while a reconnection is starting the consumer again
+    (its queue declared, its consume not yet sent): the reconnection still
+    completes, and the cancelled consumer receives nothing."""
+    worker = await open_amqp()
+    await worker.declare_model(unique_model)
+    got = Deliveries()
+    sub = await worker.consume(unique_model, ONLINE, got, prefetch=4)
+    entered, gate = asyncio.Event(), asyncio.Event()
+    declare = sub.declare  # type: ignore[attr-defined]
+
+    async def held(channel: Any) -> str:
+        name = str(await declare(channel))
+        entered.set()
+        await gate.wait()  # declared; the consume comes next
+        return name
+
+    sub.declare = held  # type: ignore[attr-defined]
+    reconnected = asyncio.Event()
+    worker.add_reconnect_listener(reconnected.set)
+    worker._wire.abort()  # type: ignore[attr-defined]  # the data connection drops
+    await asyncio.wait_for(entered.wait(), WAIT)
+    await asyncio.wait_for(sub.cancel(), WAIT)
+    gate.set()
+    await asyncio.wait_for(reconnected.wait(), WAIT)
+    assert worker.connected
+    await worker.publish_request(unique_model, ONLINE, b"after")
+    assert await got.none_within(1.0)
+
+
 # ---------------------------------------------------------------------- errors
 async def test_full_queue_is_overloaded_at_once(open_amqp: OpenAmqp, unique_model: str) -> None:
     transport = await open_amqp(max_queue_length=3, publish_timeout=10.0)

@@ -177,24 +177,24 @@ async def test_a_consumer_that_raises_does_not_break_the_connection(wire: Open) 
 
 
 async def test_heartbeats_keep_an_idle_connection_and_drop_a_silent_one(wire: Open) -> None:
-    """Heartbeats of 1 s: an idle connection lives on (both sides send them);
+    """Heartbeats of 2 s: an idle connection lives on (both sides send them);
     behind a proxy that forwards nothing any more, the connection is dropped
     after two silent intervals, and what waits on it fails."""
     from tests.chaos.proxy import FaultProxy
 
     parts = urlsplit(broker_url_for("amqp"))
     async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        conn = await wire(host="127.0.0.1", port=proxy.port, heartbeat=1)
-        assert conn.heartbeat == 1
+        conn = await wire(host="127.0.0.1", port=proxy.port, heartbeat=2)
+        assert conn.heartbeat == 2
         ch = await conn.channel(confirms=True)
         name, _, _ = await ch.declare_queue("", exclusive=True)
-        await asyncio.sleep(3.5)  # idle past three intervals
+        await asyncio.sleep(5)  # idle past two intervals
         assert not conn.is_closed
         await asyncio.wait_for(ch.publish(name, b"alive", persistent=False), 10)
         proxy.blackhole()
         confirm = ch.publish(name, b"lost", persistent=False)
         # dropped by this side or the broker's, whichever counts two intervals first
-        await asyncio.wait_for(conn.closed, 10)
+        await asyncio.wait_for(conn.closed, 20)
         with pytest.raises(WireError):
             await confirm
         proxy.recover()
@@ -242,3 +242,125 @@ async def test_a_clean_close_leaves_nothing_open(wire: Open) -> None:
     assert conn.is_closed and ch.is_closed
     with pytest.raises(WireError):
         await ch.declare_queue("", exclusive=True)
+
+
+@pytest.mark.unit
+async def test_a_multiple_confirm_settles_every_publish_up_to_its_tag_and_no_further() -> None:
+    from fleet.transport._amqp_wire import Nacked, WireChannel
+
+    class Conn:
+        frame_max = 131072
+        written: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+    ch = WireChannel(Conn(), 1)  # type: ignore[arg-type]
+    ch._confirming = True
+    confirms = [ch.publish("q", b"%d" % i, persistent=True) for i in range(4)]
+    ch._confirmed(2, multiple=True, ack=True)
+    assert [f.done() for f in confirms] == [True, True, False, False]
+    ch._returned.add(4)
+    ch._confirmed(4, multiple=False, ack=True)  # returned, then acked: Returned
+    ch._confirmed(3, multiple=False, ack=False)
+    with pytest.raises(Nacked):
+        confirms[2].result()
+    with pytest.raises(Returned):
+        confirms[3].result()
+    assert not ch._confirms and not ch._returned
+
+
+class _Transport(asyncio.Transport):
+    """What a connection writes, in order; closed on demand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.out: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+
+def _answering(conn: WireConnection, transport: _Transport) -> asyncio.Task[None]:
+    """Answer each Channel.Open written with an OpenOk, as a broker would."""
+    from pamqp import commands
+    from pamqp import frame as pframe
+
+    async def answer() -> None:
+        seen = 0
+        while True:
+            await asyncio.sleep(0)
+            for data in transport.out[seen:]:
+                _, number, method = pframe.unmarshal(data)
+                if isinstance(method, commands.Channel.Open):
+                    conn.data_received(pframe.marshal(commands.Channel.OpenOk(), number))
+            seen = len(transport.out)
+
+    return asyncio.get_running_loop().create_task(answer())
+
+
+@pytest.mark.unit
+async def test_channel_numbers_are_reused_and_bounded() -> None:
+    from pamqp import commands
+    from pamqp import frame as pframe
+
+    conn, transport = WireConnection(heartbeat=0, call_timeout=10), _Transport()
+    conn.connection_made(transport)
+    transport.out.clear()
+    conn.channel_max = 3
+    answering = _answering(conn, transport)
+    try:
+        chans = [await conn.channel() for _ in range(3)]
+        assert [c.number for c in chans] == [1, 2, 3]
+        with pytest.raises(WireError, match="all 3 channels"):
+            await conn.channel()
+        closing = asyncio.ensure_future(chans[1].close())
+        await asyncio.sleep(0)
+        conn.data_received(pframe.marshal(commands.Channel.CloseOk(), 2))
+        await closing
+        assert (await conn.channel()).number == 2  # the one given back
+    finally:
+        answering.cancel()
+
+
+@pytest.mark.unit
+async def test_a_call_unanswered_in_time_abandons_its_channel_not_the_connection() -> None:
+    """No answer within the call timeout: the channel is closed for its users
+    and with the broker (its number kept until the CloseOk); while the broker
+    blocks the connection, the call waits on instead."""
+    from pamqp import commands
+    from pamqp import frame as pframe
+
+    conn, transport = WireConnection(heartbeat=0, call_timeout=0.05), _Transport()
+    conn.connection_made(transport)
+    answering = _answering(conn, transport)
+    try:
+        ch = await conn.channel()
+        transport.out.clear()
+        with pytest.raises(WireError, match="no answer to Declare"):
+            await ch.declare_queue("q")
+        assert ch.is_closed and not conn.is_closed
+        closes = [pframe.unmarshal(d)[2] for d in transport.out[1:]]
+        assert [type(m) for m in closes] == [commands.Channel.Close]
+        assert ch.number in conn.channels  # until the broker's CloseOk
+        conn.data_received(pframe.marshal(commands.Queue.DeclareOk("q", 0, 0), ch.number))  # late
+        conn.data_received(pframe.marshal(commands.Channel.CloseOk(), ch.number))
+        assert ch.number not in conn.channels
+
+        blocked = await conn.channel()
+        conn.blocked = "low on memory"
+        declaring = asyncio.ensure_future(blocked.declare_queue("q"))
+        await asyncio.sleep(0.3)  # six call timeouts
+        assert not declaring.done()
+        conn.data_received(pframe.marshal(commands.Queue.DeclareOk("q", 0, 0), blocked.number))
+        assert await declaring == ("q", 0, 0)
+        assert not blocked.is_closed
+    finally:
+        answering.cancel()
