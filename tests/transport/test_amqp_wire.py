@@ -205,23 +205,8 @@ async def test_two_silent_heartbeat_intervals_drop_the_connection() -> None:
     """Each half interval sends a heartbeat where nothing else was written,
     and four half intervals in a row with nothing heard drop the connection."""
 
-    class Transport(asyncio.Transport):
-        def __init__(self) -> None:
-            super().__init__()
-            self.out: list[bytes] = []
-            self.closing = False
-
-        def write(self, data: bytes | bytearray | memoryview) -> None:
-            self.out.append(bytes(data))
-
-        def is_closing(self) -> bool:
-            return self.closing
-
-        def close(self) -> None:
-            self.closing = True
-
     conn = WireConnection(heartbeat=1)
-    transport = Transport()
+    transport = _Transport()
     conn.connection_made(transport)
     transport.out.clear()  # the protocol header
     conn._tick()
