@@ -478,7 +478,7 @@ class AmqpTransport(Transport, DeadLetterTap):
             login=unquote(parts.username or "guest"),
             password=unquote(parts.password or "guest"),
             external=query.get("auth", "").upper() == "EXTERNAL",
-            vhost=unquote(parts.path[1:]) or "/",
+            vhost=self._vhost,
             ssl_context=context,
             heartbeat=int(query.get("heartbeat", _HEARTBEAT)),
             name=query.get("name"),

@@ -177,24 +177,24 @@ async def test_a_consumer_that_raises_does_not_break_the_connection(wire: Open) 
 
 
 async def test_heartbeats_keep_an_idle_connection_and_drop_a_silent_one(wire: Open) -> None:
-    """Heartbeats of 2 s: an idle connection lives on (both sides send them);
+    """Heartbeats of 4 s: an idle connection lives on (both sides send them);
     behind a proxy that forwards nothing any more, the connection is dropped
     after two silent intervals, and what waits on it fails."""
     from tests.chaos.proxy import FaultProxy
 
     parts = urlsplit(broker_url_for("amqp"))
     async with FaultProxy(parts.hostname or "127.0.0.1", parts.port or 5672) as proxy:
-        conn = await wire(host="127.0.0.1", port=proxy.port, heartbeat=2)
-        assert conn.heartbeat == 2
+        conn = await wire(host="127.0.0.1", port=proxy.port, heartbeat=4)
+        assert conn.heartbeat == 4
         ch = await conn.channel(confirms=True)
         name, _, _ = await ch.declare_queue("", exclusive=True)
-        await asyncio.sleep(5)  # idle past two intervals
+        await asyncio.sleep(9)  # idle past two intervals
         assert not conn.is_closed
         await asyncio.wait_for(ch.publish(name, b"alive", persistent=False), 10)
         proxy.blackhole()
         confirm = ch.publish(name, b"lost", persistent=False)
         # dropped by this side or the broker's, whichever counts two intervals first
-        await asyncio.wait_for(conn.closed, 20)
+        await asyncio.wait_for(conn.closed, 40)
         with pytest.raises(WireError):
             await confirm
         proxy.recover()
