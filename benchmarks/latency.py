@@ -18,9 +18,10 @@ For each broker and model, one ``fleet worker`` process and one client process:
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
    compared over ``--repeat`` do not take it): its figures, its two broker
    legs beside the fleet's ``request_broker`` and ``reply_broker``, and the
-   fleet's ratios to them; on RabbitMQ also the protocol's own floor, the
-   same echo with its frames sent and read by :mod:`fleet.transport._amqp_wire`
-   (an asyncio ``Protocol``, no library): near the least a Python client spends;
+   fleet's ratios to them; and the protocol's own floor, the same echo with
+   its requests sent and read by :mod:`fleet.transport._amqp_wire` or
+   :mod:`fleet.transport._kafka_wire` (an asyncio ``Protocol``, no client
+   library): near the least a Python client spends;
 3. saturation: ``--in-flight`` requests in flight (closed loop): requests/s;
    with ``--baseline-ref``, the same against a worker and client of that git
    revision (checked out in a temporary worktree), in the same run: the ratio.
@@ -463,9 +464,9 @@ def main() -> int:
                     res = measure(ROOT, url, model, args)
                     if args.floor:
                         size = 4 * WIDTH[model] + 64  # the tensor's bytes and a header's
-                        # on RabbitMQ also the protocol's own floor (fleet.transport._amqp_wire)
-                        kinds = {"floor": b, "wire_floor": "amqp-wire"} if b == "amqp" else {}
-                        for key, kind in (kinds or {"floor": b}).items():
+                        # and the protocol's own floor (fleet.transport._amqp_wire, _kafka_wire)
+                        kinds = {"floor": b, "wire_floor": f"{b}-wire"}
+                        for key, kind in kinds.items():
                             try:
                                 res[key] = library_floor.measure(
                                     kind, url, args.rates, args.duration, size

@@ -1,7 +1,7 @@
 """The broker client libraries' own floor: request/reply with nothing else.
 
-    .venv/bin/python benchmarks/library_floor.py serve amqp|amqp-wire|kafka URL SECONDS
-    .venv/bin/python benchmarks/library_floor.py call amqp|amqp-wire|kafka URL '{"rate": .., ...}'
+    .venv/bin/python benchmarks/library_floor.py serve amqp|amqp-wire|kafka|kafka-wire URL SECONDS
+    .venv/bin/python benchmarks/library_floor.py call amqp|amqp-wire|kafka|kafka-wire URL '{..}'
 
 The least any request/reply service on aio-pika or aiokafka does for the
 delivery guarantees the fleet gives, with no model, no batching, no codec and
@@ -19,6 +19,10 @@ no bookkeeping: an echo.
   and read by :mod:`fleet.transport._amqp_wire` (the protocol over an asyncio
   ``Protocol``, nothing per frame but its parsing) instead of aio-pika: what
   the protocol itself costs in Python, near the floor of any client of it.
+- ``kafka-wire``: the Kafka echo on :mod:`fleet.transport._kafka_wire` (the
+  fleet's own produce and fetch): the idempotent producer with ``acks=all``
+  both ways; the server tails the request partition without a group and
+  commits nothing, so it is a little under what the fleet's guarantees cost.
 
 The server puts two stamps ahead of each echo: when it received the request
 and when it began the reply's send, on the monotonic clock that every process
@@ -345,6 +349,70 @@ async def kafka_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
         await producer.stop()
 
 
+def _kafka_wire(url: str, name: str) -> Any:
+    from fleet.transport._kafka_wire import Cluster
+
+    options = _kafka_options(url)
+    return Cluster(
+        options["bootstrap_servers"],
+        client_id=name,
+        ssl_context=options.get("ssl_context"),
+        timeout=10.0,
+    )
+
+
+async def kafka_wire_serve(url: str, seconds: float) -> None:
+    """The Kafka echo's server on :mod:`fleet.transport._kafka_wire`: the
+    request partition tailed from its end (no group, no commits), each reply
+    sent by the idempotent producer with ``acks=all`` as it is read."""
+    from fleet.transport._kafka_wire import Producer, Tail
+
+    await kafka_topics(url)
+    cluster = _kafka_wire(url, "floor-serve")
+    producer = Producer(cluster, timeout_ms=10_000)
+    await producer.start()
+    sending: set[asyncio.Future[Any]] = set()
+
+    def on(record: Any) -> None:
+        echo = stamped(time.monotonic(), record.value or b"")
+        sent = asyncio.ensure_future(producer.send(REPLIES, echo, key=record.key, partition=0))
+        sending.add(sent)
+        sent.add_done_callback(sending.discard)
+
+    tail = Tail(cluster, REQUESTS, [0], on)
+    await tail.start()
+    print("ready", flush=True)
+    await asyncio.sleep(seconds)
+    await tail.stop()
+    await cluster.close()
+
+
+async def kafka_wire_call(url: str, args: dict[str, Any]) -> dict[str, Any]:
+    from fleet.transport._kafka_wire import Producer, Tail
+
+    cluster = _kafka_wire(url, "floor-call")
+    producer = Producer(cluster, timeout_ms=10_000)
+    await producer.start()
+    futures: dict[str, asyncio.Future[Answer]] = {}
+
+    def on(record: Any) -> None:
+        future = futures.pop((record.key or b"").decode(), None)
+        if future is not None:
+            future.set_result((time.monotonic(), record.value or b""))
+
+    tail = Tail(cluster, REPLIES, [0], on)
+    await tail.start()
+
+    async def send(key: str, body: bytes) -> None:
+        await producer.send(REQUESTS, body, key=key.encode(), partition=0)
+
+    try:
+        return await open_loop(send, futures, args)
+    finally:
+        await tail.stop()
+        await cluster.close()
+
+
 def _run(*argv: str, timeout: float) -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, __file__, *argv],
@@ -395,10 +463,20 @@ def measure(
 def main(argv: list[str]) -> None:
     what, broker, url, rest = argv
     if what == "serve":
-        serve = {"amqp": amqp_serve, "amqp-wire": wire_serve, "kafka": kafka_serve}[broker]
+        serve = {
+            "amqp": amqp_serve,
+            "amqp-wire": wire_serve,
+            "kafka": kafka_serve,
+            "kafka-wire": kafka_wire_serve,
+        }[broker]
         asyncio.run(serve(url, float(rest)))
         return
-    call = {"amqp": amqp_call, "amqp-wire": wire_call, "kafka": kafka_call}[broker]
+    call = {
+        "amqp": amqp_call,
+        "amqp-wire": wire_call,
+        "kafka": kafka_call,
+        "kafka-wire": kafka_wire_call,
+    }[broker]
     out = asyncio.run(call(url, json.loads(rest)))
     print(json.dumps(out))
 

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 
+from fleet.transport._kafka_wire import Cluster
 from fleet.transport.base import Consumer
 from fleet.transport.options import TransportOptions
 
@@ -31,6 +32,10 @@ class ConsumerHost(Protocol):
 
     @property
     def client_id(self) -> str: ...
+
+    @property
+    def wire(self) -> Cluster | None:
+        """The data path's own connections; None where aiokafka's serve it (SASL)."""
 
     @property
     def options(self) -> TransportOptions: ...

@@ -2,6 +2,16 @@
 records as :class:`Delivery` objects and commits what was acked, and a tail
 consumer (no group) for inboxes and heartbeats.
 
+Fetching. Where the transport has its own connections (no SASL), records are
+fetched by :class:`fleet.transport._kafka_wire.Fetcher` (group consumers) and
+:class:`fleet.transport._kafka_wire.Tail` (tail consumers); aiokafka's
+consumer keeps the group, with its partitions paused, and is polled now and
+then for its coordinator's errors. A fetch's records are handed out in the
+turn that read them when nothing stands in the way (the fetch loop handing
+out, a hold, no room, an assignment being set up, records not yet claimed);
+else the fetch loop hands them out. Without those connections aiokafka's
+``getmany`` fetches, with the same hand-out.
+
 Commits. Each partition keeps, per assignment, the offsets handed out and not
 yet committed in order. ``ack`` marks one done; the committed offset is the
 highest *contiguous* done offset + 1, so a slow record holds back the commit of
@@ -59,7 +69,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +92,7 @@ from fleet.transport._kafka_common import (
 )
 from fleet.transport._kafka_security import AUTHORIZATION_ERRORS
 from fleet.transport._kafka_start import start_client, stop_client
+from fleet.transport._kafka_wire import Fetcher, Tail
 from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 
 log = get_logger("fleet.transport.kafka")
@@ -212,6 +223,10 @@ class _Partition:
         return advanced
 
 
+_Claim = tuple[_Partition, int, list[tuple[Any, int]]]
+"""A partition, where it stood before, and its records claimed, with their attempts."""
+
+
 class KafkaDelivery(Delivery):
     def __init__(
         self, consumer: GroupConsumer, part: _Partition, record: Any, attempt: int
@@ -320,6 +335,9 @@ class GroupConsumer(Consumer):
         self.generation = 0  # one more after each reconnect: older deliveries are void
         self._parts: dict[TopicPartition, _Partition] = {}
         self._kafka: Any = None
+        self._fetcher: Fetcher | None = None  # the transport's own fetches, where it has them
+        self._next_poll = 0.0  # when _step_wire next polls aiokafka's consumer
+        self._handing = False  # records being handed out: wait for it
         self._loop_task: asyncio.Task[None] | None = None
         self._committer: asyncio.Task[None] | None = None
         self._finisher: asyncio.Task[None] | None = None
@@ -365,6 +383,14 @@ class GroupConsumer(Consumer):
             metadata_max_age_ms=3_000,
         )
         await start_client(self._kafka, start_timeout, on_break=self.transport.probe_soon)
+        if self.transport.wire is not None:
+            self._fetcher = Fetcher(
+                self.transport.wire,
+                self.topic,
+                max_wait_ms=FETCH_MAX_WAIT_MS,
+                retry_interval=self.transport.options.reconnect_interval,
+                on_fetched=self._take_now,
+            )
         self._kafka.subscribe([self.topic], listener=_Listener(self))
         loop = asyncio.get_running_loop()
         self._loop_task = loop.create_task(self._run(), name=f"kafka-consume-{self.topic}")
@@ -386,7 +412,9 @@ class GroupConsumer(Consumer):
         """Fetch nothing more, but stay in the group with the partitions
         assigned: unlike leaving, this costs no rebalance."""
         self._held = True
-        if self._kafka is not None and not self._stopping:
+        if self._fetcher is not None:
+            self._fetcher.pause()
+        elif self._kafka is not None and not self._stopping:
             self._kafka.pause(*self._kafka.assignment())
 
     async def resume(self) -> None:
@@ -395,7 +423,10 @@ class GroupConsumer(Consumer):
         paused partitions never bring)."""
         self._held = False
         if self._kafka is not None and not self._stopping and self.outstanding < self.prefetch:
-            self._kafka.resume(*self._kafka.paused())
+            if self._fetcher is not None:
+                self._fetcher.resume()
+            else:
+                self._kafka.resume(*self._kafka.paused())
         self._room.set()
 
     async def cancel(self) -> None:
@@ -457,6 +488,8 @@ class GroupConsumer(Consumer):
         for part in self._parts.values():
             part.live = False
         self._parts.clear()
+        if self._fetcher is not None:
+            await self._fetcher.stop()
         if self._kafka is not None:
             await stop_client(self._kafka)
         self.transport.forget_consumer(self)
@@ -479,6 +512,8 @@ class GroupConsumer(Consumer):
         for p in parts:
             p.live = False
             self._parts.pop(p.tp, None)
+        if self._fetcher is not None:
+            self._fetcher.revoke([tp.partition for tp in revoked if tp.topic == self.topic])
         if parts:
             log.info(
                 "partitions revoked", topic=self.topic, partitions=[p.tp.partition for p in parts]
@@ -486,6 +521,8 @@ class GroupConsumer(Consumer):
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         mine = sorted((tp for tp in assigned if tp.topic == self.topic), key=lambda t: t.partition)
+        if self._fetcher is not None and self._kafka is not None:
+            self._kafka.pause(*assigned)  # the transport's own fetches read them
         committed: dict[TopicPartition, Any] = {}
         if mine:
             try:
@@ -497,6 +534,8 @@ class GroupConsumer(Consumer):
             offset = meta.offset if meta is not None and meta.offset >= 0 else None
             prior = parse_attempts(meta.metadata if meta is not None else None)
             self._parts[tp] = _Partition(tp=tp, next_commit=offset, prior=prior)
+        if self._fetcher is not None and mine:
+            await self._fetcher.assign({tp.partition: self._parts[tp].next_commit for tp in mine})
         if mine:
             if self._idle_reason is not None:
                 log.info("partitions assigned again", topic=self.topic)
@@ -529,41 +568,18 @@ class GroupConsumer(Consumer):
             self._parts[tp] = _Partition(
                 tp=tp, next_commit=old.next_commit, prior=old.counts_so_far()
             )
-            self._kafka.seek(tp, old.next_commit)
+            self._seek(tp, old.next_commit)
             log.info("abandoned in-flight records", topic=self.topic, partition=tp.partition)
 
     # ------------------------------------------------------------------ fetching
     async def _run(self) -> None:
-        kafka = self._kafka
         wait_ms = FETCH_POLL_MS
         while not self._stopping:
             try:
-                assigned = list(kafka.assignment())
-                if self._held or self.outstanding >= self.prefetch:
-                    # full or paused: keep polling (group liveness) but fetch nothing
-                    if assigned:
-                        kafka.pause(*assigned)
-                    await kafka.getmany(timeout_ms=0)
-                    self._room.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._room.wait(), POLL_MS / 1000)
-                    wait_ms = FETCH_POLL_MS
-                    continue
-                paused = list(kafka.paused())
-                if paused:
-                    kafka.resume(*paused)
-                room = self.prefetch - self.outstanding
-                batch = await kafka.getmany(timeout_ms=wait_ms, max_records=room)
-                self.fetches += 1
-                wait_ms = _next_wait(batch)
-                fetched: dict[TopicPartition, list[Any]] = {}
-                for tp, records in batch.items():
-                    if records and self._held:  # paused during the fetch: read them later
-                        kafka.seek(tp, records[0].offset)
-                    elif records:
-                        fetched[tp] = records
-                if fetched:
-                    await self._hand_out(fetched)
+                if self._fetcher is not None:
+                    wait_ms = await self._step_wire(self._fetcher, wait_ms)
+                else:
+                    wait_ms = await self._step(self._kafka, wait_ms)
             except asyncio.CancelledError:
                 raise
             except ConsumerStoppedError:
@@ -587,31 +603,146 @@ class GroupConsumer(Consumer):
                 log.exception("consumer loop failed; retrying", topic=self.topic)
                 await asyncio.sleep(self.transport.options.reconnect_interval)
 
+    async def _step(self, kafka: Any, wait_ms: int) -> int:
+        """One round of the fetch loop on aiokafka's fetches: the next wait."""
+        assigned = list(kafka.assignment())
+        if self._held or self.outstanding >= self.prefetch:
+            # full or paused: keep polling (group liveness) but fetch nothing
+            if assigned:
+                kafka.pause(*assigned)
+            await kafka.getmany(timeout_ms=0)
+            await self._wait_for_room()
+            return FETCH_POLL_MS
+        paused = list(kafka.paused())
+        if paused:
+            kafka.resume(*paused)
+        room = self.prefetch - self.outstanding
+        batch = await kafka.getmany(timeout_ms=wait_ms, max_records=room)
+        self.fetches += 1
+        fetched: dict[TopicPartition, list[Any]] = {}
+        for tp, records in batch.items():
+            if records and self._held:  # paused during the fetch: read them later
+                kafka.seek(tp, records[0].offset)
+            elif records:
+                fetched[tp] = records
+        if fetched:
+            await self._hand_out(fetched)
+        return _next_wait(batch)
+
+    async def _step_wire(self, fetcher: Fetcher, wait_ms: int) -> int:
+        """One round of the fetch loop on the transport's own fetches (which
+        go on ahead in the background): aiokafka's consumer only keeps the
+        group, its partitions always paused, and is polled now and then for
+        the errors its coordinator raises and for the group's liveness."""
+        kafka = self._kafka
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_poll:
+            self._next_poll = now + POLL_MS / 1000  # at most this often
+            kafka.pause(*kafka.assignment())
+            await kafka.getmany(timeout_ms=0)
+        if self._held or self.outstanding >= self.prefetch:
+            fetcher.pause()
+            await self._wait_for_room()
+            return FETCH_POLL_MS
+        fetcher.resume()
+        if self._handing:  # a hand-out task commits first: it wakes this loop when done
+            await self._wait_for_room()
+            return FETCH_POLL_MS
+        if not await fetcher.wait(wait_ms):
+            self.fetches += 1
+            return FETCH_IDLE_POLL_MS
+        if self._handing or self._held or self.outstanding >= self.prefetch:
+            return FETCH_POLL_MS  # changed during the wait: the next round sees to it
+        self.fetches += 1
+        batch = fetcher.take(self.prefetch - self.outstanding)
+        await self._hand_out({TopicPartition(self.topic, p): rs for p, rs in batch.items()})
+        return FETCH_POLL_MS
+
+    async def _wait_for_room(self) -> None:
+        self._room.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._room.wait(), POLL_MS / 1000)
+
+    def _seek(self, tp: TopicPartition, offset: int) -> None:
+        if self._fetcher is not None:
+            self._fetcher.seek(tp.partition, offset)
+        else:
+            self._kafka.seek(tp, offset)
+
     async def _hand_out(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         """Hand out one fetch's records, every partition's counts committed
         first in one commit (not one per partition, each a round trip to the
         group coordinator that the later partitions' records would wait on)."""
-        if not self._assignment_ready.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._assignment_ready.wait(), 10.0)
-        claims = [c for tp, records in fetched.items() if (c := self._claim(tp, records))]
-        if not claims:
-            return
-        # record that these were handed out before handing them out (attempt
-        # counts), unless an earlier commit claimed them already
-        unclaimed = [
-            part for part, _before, _todo in claims if part.handed_upto > part.claimed_upto
-        ]
-        if unclaimed:
-            for part in unclaimed:
-                part.claim_upto = part.handed_upto + self._ahead(part)
-            self.claim_commits += 1
-            if await self._commit(unclaimed):
+        self._handing = True
+        try:
+            if not self._assignment_ready.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._assignment_ready.wait(), 10.0)
+            claims = [c for tp, records in fetched.items() if (c := self._claim(tp, records))]
+            if claims:
+                await self._hand_out_claims(claims)
+        finally:
+            self._handing = False
+
+    async def _hand_out_claims(self, claims: list[_Claim]) -> None:
+        self._handing = True
+        try:
+            # record that these were handed out before handing them out
+            # (attempt counts), unless an earlier commit claimed them already
+            unclaimed = [part for part, _before, _todo in claims if self._unclaimed(part)]
+            if unclaimed:
                 for part in unclaimed:
-                    if part.live:
-                        part.claimed_upto = max(part.claimed_upto, part.claim_upto)
+                    part.claim_upto = part.handed_upto + self._ahead(part)
+                self.claim_commits += 1
+                if await self._commit(unclaimed):
+                    for part in unclaimed:
+                        if part.live:
+                            part.claimed_upto = max(part.claimed_upto, part.claim_upto)
+            for part, before, todo in claims:
+                for rec, attempt in self._start(part, before, todo):
+                    await self._over_limit(part, rec, attempt)
+        finally:
+            self._handing = False
+            self._room.set()  # the loop may take what came meanwhile
+
+    @staticmethod
+    def _unclaimed(part: _Partition) -> bool:
+        return part.handed_upto > part.claimed_upto
+
+    def _take_now(self) -> None:
+        """Hand out a fetch's records in the turn they arrived (no task, no
+        wake-up of the fetch loop), unless something stands in the way: a
+        hand-out under way, a hold, no room, an assignment being set up.
+        Records not claimed yet are handed out by a task, after their commit."""
+        fetcher = self._fetcher
+        if (
+            fetcher is None
+            or self._handing
+            or self._held
+            or self._stopping
+            or self.outstanding >= self.prefetch
+            or not self._assignment_ready.is_set()
+        ):
+            return  # the fetch loop takes them
+        batch = fetcher.take(self.prefetch - self.outstanding)
+        self.fetches += 1
+        claims = [
+            c
+            for p, records in batch.items()
+            if (c := self._claim(TopicPartition(self.topic, p), records))
+        ]
+        if any(self._unclaimed(part) for part, _before, _todo in claims):
+            self._handing = True
+            self._spawn(self._hand_out_claims(claims))
+            return
         for part, before, todo in claims:
-            await self._dispatch(part, before, todo)
+            for rec, attempt in self._start(part, before, todo):
+                self._spawn(self._over_limit(part, rec, attempt))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _ahead(self, part: _Partition) -> int:
         """How far past its last record a partition's hand-out commit claims:
@@ -620,17 +751,18 @@ class GroupConsumer(Consumer):
         kafka = self._kafka
         if kafka is None or part.tp not in kafka.assignment():
             return 0  # moved meanwhile: the commit skips it anyway
-        end = kafka.highwater(part.tp)
+        if self._fetcher is not None:
+            end = self._fetcher.highwater(part.tp.partition)
+        else:
+            end = kafka.highwater(part.tp)
         return CLAIM_AHEAD if end is not None and end <= part.handed_upto + 1 else 0
 
-    def _claim(
-        self, tp: TopicPartition, records: list[Any]
-    ) -> tuple[_Partition, int, list[tuple[Any, int]]] | None:
+    def _claim(self, tp: TopicPartition, records: list[Any]) -> _Claim | None:
         """Mark a partition's new records handed out: the partition, where it
         stood before, and each record with its attempt; ``None``: none to hand out."""
         part = self._parts.get(tp)
         if part is None and tp in self._kafka.assignment():
-            self._kafka.seek(tp, records[0].offset)  # not set up yet: read them again
+            self._seek(tp, records[0].offset)  # not set up yet: read them again
             return None
         if part is None or not part.open:
             return None  # revoked meanwhile: the new owner reads these again
@@ -646,37 +778,43 @@ class GroupConsumer(Consumer):
             todo.append((rec, header_attempt(rec.headers) + part.prior_count(rec.offset)))
         return (part, before, todo) if todo else None
 
-    async def _dispatch(self, part: _Partition, before: int, todo: list[tuple[Any, int]]) -> None:
-        """Start a handler for each claimed record (once its count is committed)."""
+    def _start(
+        self, part: _Partition, before: int, todo: list[tuple[Any, int]]
+    ) -> list[tuple[Any, int]]:
+        """Start a handler for each claimed record (once its count is
+        committed); the records past the delivery limit are returned, for the
+        caller to dead-letter (:meth:`_over_limit`)."""
         if not part.open:  # revoked while committing: none of these was handed out
             part.handed_upto = before
             for rec, _attempt in todo:
                 part.pending.pop(rec.offset, None)
-            return
+            return []
         part.given_upto = todo[-1][0].offset
         limit = self.delivery_limit
+        over: list[tuple[Any, int]] = []
         for rec, attempt in todo:
             if attempt > limit:
-                log.warning(
-                    "delivery limit reached; dead-lettering",
-                    topic=self.topic,
-                    partition=part.tp.partition,
-                    offset=rec.offset,
-                    attempt=attempt,
-                )
-                try:
-                    await self.transport.dead_letter(rec, "delivery-limit", attempt)
-                except Exception as exc:
-                    log.warning("dead-lettering failed", topic=self.topic, error=repr(exc))
-                    continue  # left pending: read again after a rebalance or restart
-                if part.mark_done(rec.offset):
-                    self._dirty.set()
+                over.append((rec, attempt))
                 continue
             self.outstanding += 1
-            delivery = KafkaDelivery(self, part, rec, attempt)
-            task = asyncio.get_running_loop().create_task(self._deliver(delivery))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._deliver(KafkaDelivery(self, part, rec, attempt)))
+        return over
+
+    async def _over_limit(self, part: _Partition, rec: Any, attempt: int) -> None:
+        log.warning(
+            "delivery limit reached; dead-lettering",
+            topic=self.topic,
+            partition=part.tp.partition,
+            offset=rec.offset,
+            attempt=attempt,
+        )
+        try:
+            await self.transport.dead_letter(rec, "delivery-limit", attempt)
+        except Exception as exc:
+            log.warning("dead-lettering failed", topic=self.topic, error=repr(exc))
+            return  # left pending: read again after a rebalance or restart
+        if part.mark_done(rec.offset):
+            self._dirty.set()
 
     async def _deliver(self, delivery: KafkaDelivery) -> None:
         try:
@@ -735,7 +873,7 @@ class GroupConsumer(Consumer):
         old.open = old.live = False
         self._room.set()
         self._parts[tp] = _Partition(tp=tp, next_commit=old.next_commit, prior=old.counts_so_far())
-        self._kafka.seek(tp, old.next_commit)
+        self._seek(tp, old.next_commit)
         log.info("rewound a partition", topic=self.topic, partition=tp.partition)
 
     # ------------------------------------------------------------------ commits
@@ -790,15 +928,28 @@ class TailConsumer(Consumer):
         self.on_bytes = on_bytes
         self.key = key  # only records with this key (an inbox on a shared topic)
         self.read_records = 0  # every record fetched, kept or not
-        self.fetches = 0  # getmany calls (idle wake-ups too)
+        self._polls = 0  # getmany calls (idle wake-ups too)
         self.read_bytes = 0
         self.kept_bytes = 0  # of the records handed on
+        self._wire: Tail | None = None  # the transport's own fetches, where it has them
         self._kafka: Any = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self._cancel_task: asyncio.Task[None] | None = None
 
     async def start(self, partitions: Sequence[int]) -> None:
+        wire = self.transport.wire
+        if wire is not None:
+            self._wire = Tail(
+                wire,
+                self.topic,
+                partitions,
+                self._record,
+                max_wait_ms=FETCH_IDLE_POLL_MS,  # a record ends the wait at once
+                retry_interval=self.transport.options.reconnect_interval,
+            )
+            await self._wire.start()
+            return
         self._kafka = AIOKafkaConsumer(
             **self.transport.client_options,
             client_id=f"{self.transport.client_id}-tail",
@@ -816,28 +967,53 @@ class TailConsumer(Consumer):
             self._run(), name=f"kafka-tail-{self.topic}"
         )
 
+    @property
+    def fetches(self) -> int:
+        """Fetches sent (idle wake-ups too)."""
+        return self._wire.fetches if self._wire is not None else self._polls
+
     async def pause(self) -> None:
         """Read nothing until :meth:`resume`; the position is kept, so nothing
         published meanwhile is missed."""
+        if self._wire is not None:
+            self._wire.pause()
+            return
         self._kafka.pause(*self._kafka.assignment())
 
     async def resume(self) -> None:
+        if self._wire is not None:
+            self._wire.resume()
+            return
         self._kafka.resume(*self._kafka.paused())
 
     async def reposition_at_end(self) -> None:
         """Seek to the end and resolve the position now, so that nothing
         published after this returns is skipped."""
+        if self._wire is not None:
+            await self._wire.seek_to_end()
+            return
         tps = list(self._kafka.assignment())
         await self._kafka.seek_to_end(*tps)
         for tp in tps:
             await self._kafka.position(tp)
+
+    def _record(self, rec: Any) -> None:
+        self.read_records += 1
+        self.read_bytes += len(rec.value or b"") + len(rec.key or b"")
+        if self.key is not None and rec.key != self.key:
+            return
+        self.kept_bytes += len(rec.value or b"") + len(rec.key or b"")
+        try:
+            self.on_bytes(bytes(rec.value or b""))
+        except Exception:
+            log.exception("subscriber callback failed", topic=self.topic)
 
     async def _run(self) -> None:
         wait_ms = FETCH_POLL_MS
         while not self._closed:
             try:
                 batch = await self._kafka.getmany(timeout_ms=wait_ms)
-                self.fetches += 1
+                self._polls += 1
                 wait_ms = _next_wait(batch)
             except asyncio.CancelledError:
                 raise
@@ -849,15 +1025,7 @@ class TailConsumer(Consumer):
                 continue
             for records in batch.values():
                 for rec in records:
-                    self.read_records += 1
-                    self.read_bytes += len(rec.value or b"") + len(rec.key or b"")
-                    if self.key is not None and rec.key != self.key:
-                        continue
-                    self.kept_bytes += len(rec.value or b"") + len(rec.key or b"")
-                    try:
-                        self.on_bytes(bytes(rec.value or b""))
-                    except Exception:
-                        log.exception("subscriber callback failed", topic=self.topic)
+                    self._record(rec)
 
     async def cancel(self) -> None:
         """Stop and leave. Every caller returns only once that is done (see
@@ -870,6 +1038,8 @@ class TailConsumer(Consumer):
         await asyncio.shield(self._cancel_task)
 
     async def _cancel(self) -> None:
+        if self._wire is not None:
+            await self._wire.stop()
         if self._task is not None:
             await cancel_and_wait(self._task)
         if self._kafka is not None:

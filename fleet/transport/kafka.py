@@ -68,6 +68,18 @@ settings takes, 1 MiB less :data:`RECORD_OVERHEAD`) is checked before sending
 overhead, so what passes the check the broker takes. A topic created elsewhere
 with a lower limit refuses with :class:`LimitExceeded` too, never retriably.
 
+Data path: requests and replies are sent, and read (the groups' records, the
+inboxes, the heartbeats and notifications), on connections of the transport's
+own (:mod:`fleet.transport._kafka_wire`, the Kafka protocol over an asyncio
+``Protocol``): an idempotent producer with ``acks=all`` like aiokafka's, and
+fetches whose records are handed on in the turn that read them. aiokafka
+keeps the rest: topics, consumer groups (membership, heartbeats, rebalances;
+a group consumer's partitions stay paused in aiokafka and are fetched by the
+transport), commits and offsets, the probe. With SASL, or with the option
+``data_path=aiokafka``, aiokafka does it all; the guarantees are the same.
+Its connections reconnect when next used; one that breaks makes the
+transport probe the broker, as aiokafka's do.
+
 Reconnects: aiokafka reconnects by itself; a probe (a metadata request, each
 known broker asked in turn until one answers) every ``options.reconnect_interval``
 seconds, and at once after a call fails for a lost connection or a timeout or
@@ -143,6 +155,8 @@ from fleet.transport._kafka_security import (
     raise_if_not_authorized,
 )
 from fleet.transport._kafka_start import start_client, stop_client
+from fleet.transport._kafka_wire import Cluster
+from fleet.transport._kafka_wire import Producer as WireProducer
 from fleet.transport.base import (
     DEAD_LETTER,
     DEAD_LETTER_TAP,
@@ -176,6 +190,7 @@ REPLIES = "fleet.replies"
 _SHARED_MARK = "0"
 """The 13th hex digit of an inbox address on :data:`REPLIES` (a uuid4's is 4)."""
 INBOX_KINDS = ("shared", "topic")
+DATA_PATHS = ("own", "aiokafka")
 RECORD_OVERHEAD = 4096
 """Bytes a record batch may add to a body (batch header, record framing, our
 headers, the dead-letter headers): the producer's ``max_request_size`` and the
@@ -232,6 +247,12 @@ class KafkaOptions(TransportOptions):
     """Copies that must have a record before the broker confirms it (the
     producer sends with ``acks=all``); default 2 where the replication factor
     is 3 or more, else the broker's default."""
+    data_path: str = "own"
+    """What sends requests and replies and fetches them. ``own``: the
+    transport's own produce and fetch over the Kafka protocol
+    (:mod:`fleet.transport._kafka_wire`), with aiokafka keeping topics, groups
+    and offsets; with SASL, aiokafka does it all. ``aiokafka``: aiokafka
+    does it all. Both give the same guarantees."""
 
     def __post_init__(self) -> None:
         TransportOptions.__post_init__(self)
@@ -239,6 +260,9 @@ class KafkaOptions(TransportOptions):
             raise ConfigError("transport option session_timeout must be at least 0.5 s")
         if self.inbox not in INBOX_KINDS:
             raise ConfigError(f"transport option inbox={self.inbox!r} is not one of {INBOX_KINDS}")
+        if self.data_path not in DATA_PATHS:
+            msg = f"transport option data_path={self.data_path!r} is not one of {DATA_PATHS}"
+            raise ConfigError(msg)
         if self.reply_partitions > 0x10000:
             raise ConfigError("transport option reply_partitions must be at most 65536")
         for key in ("replication_factor", "min_insync_replicas"):
@@ -319,6 +343,7 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         self._admin: Any = None
         self._producer: Any = None
         self._producer_options: dict[str, Any] = {}
+        self.wire: Cluster | None = None  # the data path's own connections (no SASL)
         self._replacing = False
         self._offsets: Any = None  # a consumer without a group, for offset look-ups
         self._connected = False
@@ -388,6 +413,14 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             )
             self._admin = admin
             self._brokers = max(1, len(admin._client.cluster.brokers()))
+            if self.options.data_path == "own" and not self.security.sasl:
+                self.wire = Cluster(
+                    self.bootstrap,
+                    client_id=self.client_id,
+                    ssl_context=self.security.ssl_context(),
+                    timeout=self.options.publish_timeout,
+                    on_break=self.probe_soon,
+                )
             self._producer = await self._new_producer()
             offsets = AIOKafkaConsumer(**common, group_id=None, enable_auto_commit=False)
             await start_client(offsets, self.options.publish_timeout, on_break=self.probe_soon)
@@ -446,6 +479,9 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
             if client is not None:
                 await stop_client(client, stop)
         self._producer = self._offsets = self._admin = None
+        wire, self.wire = self.wire, None
+        if wire is not None:
+            await wire.close()
 
     def forget_consumer(self, consumer: Consumer) -> None:
         self._consumers.discard(consumer)
@@ -758,6 +794,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
 
     # ------------------------------------------------------------------ producing
     async def _new_producer(self) -> Any:
+        if self.wire is not None:
+            wire = WireProducer(self.wire, timeout_ms=self._timeout_ms)
+            await asyncio.wait_for(wire.start(), self.options.publish_timeout)
+            return wire
         producer = AIOKafkaProducer(
             **self._producer_options,
             enable_idempotence=True,
@@ -798,12 +838,10 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
     ) -> Any:
         """Send one message; its record metadata (partition, offset)."""
         try:
-            return await asyncio.wait_for(
-                self._producer.send_and_wait(
+            async with asyncio.timeout(self.options.publish_timeout):  # no task, unlike wait_for
+                return await self._producer.send_and_wait(
                     topic, value, key=key, partition=partition, headers=headers
-                ),
-                self.options.publish_timeout,
-            )
+                )
         except UnknownTopicOrPartitionError as exc:
             raise ModelNotFound(f"no topic {topic!r}") from exc
         except MessageSizeTooLargeError as exc:

@@ -210,18 +210,18 @@ async def test_a_fetchs_records_of_many_partitions_wait_on_one_commit(
         await client.publish_request(unique_model, ONLINE, f"r{i}".encode())
     fetches: list[set[TopicPartition]] = []
     commits: list[set[TopicPartition]] = []
-    hand_out, commit = group._hand_out, group._commit
+    hand_out, commit = group._hand_out_claims, group._commit
 
-    async def spied_hand_out(fetched: dict[TopicPartition, list[Any]]) -> None:
-        fetches.append(set(fetched))
-        await hand_out(fetched)
+    async def spied_hand_out(claims: list[Any]) -> None:
+        fetches.append({part.tp for part, _before, _todo in claims})
+        await hand_out(claims)
 
     async def spied_commit(parts: Any, **kw: Any) -> bool:
         parts = list(parts)
         commits.append({p.tp for p in parts})
         return await commit(parts, **kw)
 
-    monkeypatch.setattr(group, "_hand_out", spied_hand_out)
+    monkeypatch.setattr(group, "_hand_out_claims", spied_hand_out)
     monkeypatch.setattr(group, "_commit", spied_commit)
     await group.resume()
     await eventually(lambda: len(got) == 32)
@@ -782,7 +782,7 @@ async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
     await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
     group = next(c for c in t._consumers if isinstance(c, GroupConsumer))
     assert group._kafka is not None
-    clients = (t._admin._client, t._producer.client, t._offsets._client, group._kafka._client)
+    clients = (t._admin._client, t._offsets._client, group._kafka._client)
     for client in clients:
         probed.clear()
         await client.force_metadata_update()  # at least one connection open
@@ -795,6 +795,19 @@ async def test_a_broken_connection_makes_the_transport_ask_the_broker_at_once(
         conns = [c for c in client._conns.values() if c.connected()]
         conns[0].close(reason=CloseReason.CONNECTION_BROKEN)
         await asyncio.wait_for(probed.wait(), 30)
+    # the data path's own connections: a close of ours is no break, a lost one is
+    assert t.wire is not None
+    await t.publish_request(unique_model, ONLINE, b"x")  # a produce connection open
+    for conn in list(t.wire._conns.values()):
+        probed.clear()
+        conn.close()
+        await asyncio.sleep(0.05)
+        assert not probed.is_set()
+    await t.publish_request(unique_model, ONLINE, b"x")
+    probed.clear()
+    conn = next(c for c in t.wire._conns.values() if not c.closed)
+    conn.abort(ConnectionResetError("reset"))
+    await asyncio.wait_for(probed.wait(), 30)
     assert t.connected
 
 
@@ -812,7 +825,7 @@ async def test_a_consumer_closed_while_a_failed_fetch_waits_out_its_backoff_clos
 
     from fleet.transport._kafka_consumer import GroupConsumer
 
-    t = await kafka(partitions=2)
+    t = await kafka(partitions=2, data_path="aiokafka")  # aiokafka's fetches
     await t.declare_model(unique_model)
     await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
     group = next(c for c in t._consumers if isinstance(c, GroupConsumer))
@@ -837,7 +850,7 @@ async def test_a_consumer_closed_while_a_failed_fetch_waits_out_its_backoff_clos
     await asyncio.wait_for(failed.wait(), 30)
     await asyncio.sleep(0)  # into the sleep
     admin, producer = t._admin, t._producer
-    assert admin is not None and producer is not None
+    assert admin is not None and producer is not None and t.wire is None
     closing = asyncio.ensure_future(t.close())
     await asyncio.wait({closing}, timeout=60)
     assert closing.done(), "the close did not end"
@@ -845,6 +858,30 @@ async def test_a_consumer_closed_while_a_failed_fetch_waits_out_its_backoff_clos
     assert closing.exception() is None
     for client in (consumer._client, admin._client, producer.client):
         assert not [c for c in client._conns.values() if c.connected()], client
+
+
+async def test_a_transport_closed_while_its_own_fetches_wait_to_reconnect_closes(
+    kafka: Connect, unique_model: str
+) -> None:
+    """The same on the transport's own fetches: a fetch that lost its
+    connection waits ``reconnect_interval`` before it reconnects; a close
+    meanwhile ends at once, with every connection closed."""
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    t = await kafka(partitions=2, reconnect_interval=3600.0)
+    await t.declare_model(unique_model)
+    await t.consume(unique_model, ONLINE, collector([]), prefetch=4)
+    await t.open_inbox(lambda _b: None)
+    group = next(c for c in t._consumers if isinstance(c, GroupConsumer))
+    wire = t.wire
+    assert wire is not None and group._fetcher is not None
+    await eventually(lambda: group.fetches > 0 and len(wire._conns) >= 3, timeout=30)
+    for (_, role), conn in list(wire._conns.items()):
+        if role.startswith("fetch-"):
+            conn.abort(ConnectionResetError("reset"))
+    await asyncio.sleep(0.05)  # into the wait
+    await asyncio.wait_for(t.close(), 30)
+    assert wire.closed and not wire._conns
 
 
 async def test_a_close_that_fails_on_the_way_still_stops_every_client(
@@ -863,12 +900,14 @@ async def test_a_close_that_fails_on_the_way_still_stops_every_client(
         raise RuntimeError("shutdown failed")
 
     monkeypatch.setattr(group, "shutdown", failing)
-    admin, producer, offsets = t._admin, t._producer, t._offsets
-    assert admin is not None and producer is not None and offsets is not None
+    admin, wire, offsets = t._admin, t.wire, t._offsets
+    assert admin is not None and wire is not None and offsets is not None
+    await t.publish_request(unique_model, ONLINE, b"x")  # a produce connection open
     with pytest.raises(RuntimeError, match="shutdown failed"):
         await t.close()
-    for client in (admin._client, producer.client, offsets._client):
+    for client in (admin._client, offsets._client):
         assert not [c for c in client._conns.values() if c.connected()], client
+    assert wire.closed and not wire._conns
     assert not t.connected
 
 
@@ -964,8 +1003,10 @@ async def test_a_second_stop_waits_until_the_consumer_has_left(
         first = asyncio.ensure_future(getattr(consumer, stop)())
         await asyncio.sleep(0)  # the first stop is under way
         await getattr(consumer, stop)()
-        assert consumer._kafka._closed, f"second {stop}() returned before the client stopped"
+        stopped = consumer._kafka._closed if stop == "shutdown" else consumer._wire._closed
+        assert stopped, f"second {stop}() returned before the client stopped"
         await first
+    assert t.wire is not None and not [k for k in t.wire._conns if k[1].startswith("fetch-")]
 
 
 # --------------------------------------------------------------------------- idle

@@ -13,7 +13,10 @@ from tests.conftest import BROKERS, broker_url_for
 
 @pytest.mark.parametrize(
     "kind",
-    [pytest.param(k, marks=BROKERS[k.split("-")[0]].mark) for k in ("amqp", "amqp-wire", "kafka")],
+    [
+        pytest.param(k, marks=BROKERS[k.split("-")[0]].mark)
+        for k in ("amqp", "amqp-wire", "kafka", "kafka-wire")
+    ],
 )
 def test_the_echo_answers_every_call(kind: str) -> None:
     url = broker_url_for(kind.split("-")[0])

@@ -350,7 +350,7 @@ async def test_depth(open_transport: OpenTransport, unique_model: str) -> None:
         d = await worker.depth(unique_model)
         return d.ready == 2 and d.consumers == 1 and d.in_flight in (2, None)
 
-    assert await _poll(settled)
+    assert await _poll(settled), await worker.depth(unique_model)
     depth = await worker.depth(unique_model)
     if depth.in_flight is not None:  # a broker may not say
         assert depth.backlog == 4
