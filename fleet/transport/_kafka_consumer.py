@@ -637,7 +637,7 @@ class GroupConsumer(Consumer):
         kafka = self._kafka
         now = asyncio.get_running_loop().time()
         if now >= self._next_poll:
-            self._next_poll = now + POLL_MS / 1000  # at most this often
+            self._next_poll = now + FETCH_IDLE_POLL_MS / 1000  # at most this often
             kafka.pause(*kafka.assignment())
             await kafka.getmany(timeout_ms=0)
         if self._held or self.outstanding >= self.prefetch:

@@ -265,6 +265,10 @@ class Broker(NamedTuple):
 class Topic:
     partitions: dict[int, int]  # partition -> leader node (-1: none now)
     fetched_at: float = field(default_factory=time.monotonic)
+    live: list[int] = field(default_factory=list)  # the partitions with a leader
+
+    def __post_init__(self) -> None:
+        self.live = [p for p, leader in self.partitions.items() if leader >= 0]
 
 
 def metadata_request(topics: Sequence[str]) -> bytes:
@@ -472,6 +476,7 @@ class Producer:
         self._id_lock = asyncio.Lock()
         self._seq: dict[tuple[str, int], int] = {}
         self._queue: dict[Connection, dict[tuple[str, int], list[_Record]]] = {}
+        self._conns: dict[int, Connection] = {}  # by leader: the cluster's, looked up once
         self._flush_soon = False
         self.requests = 0  # produce requests sent
 
@@ -535,10 +540,9 @@ class Producer:
     async def _send_once(
         self, topic: str, value: bytes, key: bytes | None, partition: int | None, headers: Headers
     ) -> Sent:
-        meta = await self.cluster.topic(topic)
+        meta = self.cluster.topics.get(topic) or await self.cluster.topic(topic)
         if partition is None:
-            live = [p for p, leader in meta.partitions.items() if leader >= 0]
-            partition = random.choice(live or list(meta.partitions))
+            partition = random.choice(meta.live or list(meta.partitions))
         leader = meta.partitions.get(partition)
         if leader is None:
             raise TopicUnknown(f"no partition {partition} of {topic!r}")
@@ -546,7 +550,9 @@ class Producer:
             raise for_code(5)(f"no leader for partition {partition} of {topic!r}")
         if self._stale:
             await self._producer_id()
-        conn = await self.cluster.connection(leader, "produce")
+        conn = self._conns.get(leader)
+        if conn is None or conn.closed:
+            conn = self._conns[leader] = await self.cluster.connection(leader, "produce")
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
         parts = self._queue.setdefault(conn, {})
         parts.setdefault((topic, partition), []).append((key, value, headers, future))
@@ -613,6 +619,7 @@ class Producer:
 
 
 OFFSET_OUT_OF_RANGE = 1
+_NOT_AUTHORIZED = frozenset({29, 30, 31})  # topic, group, cluster authorization failed
 EARLIEST = -2  # ListOffsets' timestamp for the start of a partition
 
 
@@ -835,6 +842,9 @@ class Tail:
                     continue  # sought or revoked meanwhile
                 if error == OFFSET_OUT_OF_RANGE:
                     self.positions.pop(partition, None)
+                    ok = False
+                elif error in _NOT_AUTHORIZED:
+                    log.error("fetch refused by the broker's ACLs; retrying", topic=self.topic)
                     ok = False
                 elif error:
                     log.debug("fetch refused", topic=self.topic, error=error)
