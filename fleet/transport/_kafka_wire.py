@@ -8,10 +8,13 @@ read it: no task per connection, per request or per fetch, and sends made in
 one turn go out in one produce request per broker. aiokafka keeps what is not
 on a request's path (topics, groups, offsets, the probe).
 
-What it speaks, every request in a version without tagged fields, which
-brokers from 2.1 to 4.x all take: Metadata v4, Produce v3, Fetch v4,
-ListOffsets v1 and InitProducerId v0. Record batches (v2, CRC-32C) are
-encoded and read by aiokafka's C record builder and reader.
+What it speaks, every request in a version without tagged fields that
+brokers from 2.1 on take (Kafka 4.0 dropped only older ones): Metadata v4,
+Produce v3, Fetch v4, ListOffsets v1 and InitProducerId v0. Each broker is
+asked at its first connection (ApiVersions); one that takes none of a
+request's versions is a :class:`ConfigError` naming ``data_path=aiokafka``.
+Record batches (v2, CRC-32C) are encoded and read by aiokafka's C record
+builder and reader.
 
 The producer is idempotent with ``acks=all`` like aiokafka's with
 ``enable_idempotence=True``: a producer id from the broker and a sequence
@@ -50,11 +53,16 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
+from fleet.errors import ConfigError
 from fleet.logging import get_logger
 
 log = get_logger(__name__)
 
-PRODUCE, FETCH, LIST_OFFSETS, METADATA, INIT_PRODUCER_ID = 0, 1, 2, 3, 22
+PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS, INIT_PRODUCER_ID = 0, 1, 2, 3, 18, 22
+VERSIONS = {PRODUCE: 3, FETCH: 4, LIST_OFFSETS: 1, METADATA: 4, INIT_PRODUCER_ID: 0}
+"""The version of each request this module speaks; each broker is asked
+(ApiVersions) whether it takes them when first connected to."""
+_NAMES = {PRODUCE: "Produce", FETCH: "Fetch", LIST_OFFSETS: "ListOffsets", METADATA: "Metadata"}
 RETRY_BACKOFF = 0.1  # seconds between tries of a send that met a retriable error
 UNKNOWN_GRACE = 2.0  # seconds a send waits for a topic its metadata does not list
 LATEST = -1  # ListOffsets' timestamp for the end of a partition
@@ -327,6 +335,7 @@ class Cluster:
         self.topics: dict[str, Topic] = {}
         self._conns: dict[tuple[Broker, str], Connection] = {}
         self._opening: dict[tuple[Broker, str], asyncio.Future[Connection]] = {}
+        self._checked: set[Broker] = set()  # brokers whose versions were checked
         self.closed = False
 
     def _lost(self, conn: Connection) -> None:
@@ -365,8 +374,36 @@ class Cluster:
         if self.closed:
             await close_all([conn])
             raise KafkaConnectionError("closed")
+        if broker not in self._checked:
+            try:
+                await self._check_versions(conn, broker)
+            except BaseException:
+                await close_all([conn])
+                raise
+            self._checked.add(broker)
         self._conns[key] = conn
         return conn
+
+    async def _check_versions(self, conn: Connection, broker: Broker) -> None:
+        """A broker that does not take a request in the version this module
+        speaks is a :class:`ConfigError` that names the way out."""
+        r = await asyncio.wait_for(conn.call(API_VERSIONS, 0, b""), self.timeout)
+        error = r.i16()
+        ranges: dict[int, tuple[int, int]] = {}
+        for _ in range(r.i32()):
+            api, low, high = r.i16(), r.i16(), r.i16()
+            ranges[api] = (low, high)
+        if error:
+            raise for_code(error)(f"ApiVersions from {broker.host}:{broker.port}")
+        for api, version in VERSIONS.items():
+            low, high = ranges.get(api, (1, 0))
+            if not low <= version <= high:
+                name = _NAMES.get(api, "InitProducerId")
+                raise ConfigError(
+                    f"the Kafka broker at {broker.host}:{broker.port} does not take {name}"
+                    f" v{version} (it takes v{low}-v{high}); the transport option"
+                    " data_path=aiokafka leaves every request to aiokafka"
+                )
 
     async def drop(self, role: str | None = None) -> None:
         """Close the connections of ``role`` (every one: None), also those

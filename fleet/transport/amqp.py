@@ -730,7 +730,10 @@ class AmqpTransport(Transport, DeadLetterTap):
         ``Returned``, one it nacks ``Nacked``, no confirm in time ``TimeoutError``."""
         channel = await self._publish_wire()
         confirm = channel.publish(routing_key, body, persistent=persistent)
-        await asyncio.wait_for(confirm, self.options.publish_timeout)
+        # awaited where it is: wait_for would resolve a future of its own
+        # from the confirm's, a turn of the loop later
+        async with asyncio.timeout(self.options.publish_timeout):
+            await confirm
 
     @property
     def max_message_bytes(self) -> int:

@@ -206,3 +206,15 @@ def test_metadata_is_read_field_by_field() -> None:
     brokers, topics = parse_metadata(Reader(body))
     assert brokers == {1: ("127.0.0.1", 9092)}
     assert topics["t"].partitions == {0: 1, 1: -1}  # type: ignore[union-attr]
+
+
+async def test_a_broker_without_a_version_it_needs_is_a_config_error_naming_the_way_out(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleet.errors import ConfigError
+    from fleet.transport import _kafka_wire
+
+    monkeypatch.setitem(_kafka_wire.VERSIONS, _kafka_wire.PRODUCE, 99)
+    with pytest.raises(ConfigError, match=r"does not take Produce v99.*data_path=aiokafka"):
+        await cluster.refresh([])
+    assert not cluster._conns  # the connection it opened is closed again
