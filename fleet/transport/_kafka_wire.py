@@ -39,14 +39,17 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
     DuplicateSequenceNumber,
+    GroupAuthorizationFailedError,
     KafkaConnectionError,
     KafkaError,
+    TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
     for_code,
 )
@@ -272,7 +275,6 @@ class Broker(NamedTuple):
 @dataclass
 class Topic:
     partitions: dict[int, int]  # partition -> leader node (-1: none now)
-    fetched_at: float = field(default_factory=time.monotonic)
     live: list[int] = field(default_factory=list)  # the partitions with a leader
 
     def __post_init__(self) -> None:
@@ -341,6 +343,13 @@ class Cluster:
     def _lost(self, conn: Connection) -> None:
         if self.on_break is not None and not self.closed:
             self.on_break()
+
+    def open_connection(self, node: int, role: str) -> Connection | None:
+        """The open connection of ``role`` to broker ``node``, if there is one:
+        the hot paths' lookup, with no coroutine."""
+        broker = self.brokers.get(node)
+        conn = self._conns.get((broker, role)) if broker is not None else None
+        return conn if conn is not None and not conn.closed else None
 
     async def connection(self, where: Broker | int, role: str) -> Connection:
         broker = where if isinstance(where, Broker) else self.brokers.get(where)
@@ -493,6 +502,28 @@ class TopicUnknown(UnknownTopicOrPartitionError):  # type: ignore[misc]
     retriable = False
 
 
+async def retrying(
+    step: Callable[[], Awaitable[None]],
+    within: float,
+    *,
+    unknown_too: bool = False,
+    stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """``await step()``, again after ``RETRY_BACKOFF`` while it fails
+    retriably (``unknown_too``: also on a topic the metadata does not list),
+    for up to ``within`` seconds or until ``stop()``."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await step()
+            return
+        except KafkaError as exc:
+            again = _retriable(exc) or (unknown_too and isinstance(exc, TopicUnknown))
+            if not again or time.monotonic() > deadline or stop():
+                raise
+        await asyncio.sleep(RETRY_BACKOFF)
+
+
 def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, (KafkaConnectionError, TimeoutError)) or (
         isinstance(exc, KafkaError) and bool(exc.retriable)
@@ -513,7 +544,6 @@ class Producer:
         self._id_lock = asyncio.Lock()
         self._seq: dict[tuple[str, int], int] = {}
         self._queue: dict[Connection, dict[tuple[str, int], list[_Record]]] = {}
-        self._conns: dict[int, Connection] = {}  # by leader: the cluster's, looked up once
         self._flush_soon = False
         self.requests = 0  # produce requests sent
 
@@ -522,21 +552,19 @@ class Producer:
 
     async def _producer_id(self) -> None:
         async with self._id_lock:
-            deadline = time.monotonic() + self.cluster.timeout
-            while self._stale:
-                body = _NO_TRANSACTION + _I32.pack(60000)  # transaction timeout, unused
-                r = await self.cluster.call(None, INIT_PRODUCER_ID, 0, body)
-                r.i32()  # throttle
-                error = r.i16()
-                if not error:
-                    self._pid, self._epoch = r.i64(), r.i16()
-                    self._seq.clear()
-                    self._stale = False
-                    return
-                exc = for_code(error)("no producer id")
-                if not exc.retriable or time.monotonic() > deadline:
-                    raise exc
-                await asyncio.sleep(RETRY_BACKOFF)  # a coordinator still loading
+            if self._stale:  # a coordinator still loading answers with a retriable error
+                await retrying(self._take_id, self.cluster.timeout)
+
+    async def _take_id(self) -> None:
+        body = _NO_TRANSACTION + _I32.pack(60000)  # transaction timeout, unused
+        r = await self.cluster.call(None, INIT_PRODUCER_ID, 0, body)
+        r.i32()  # throttle
+        error = r.i16()
+        if error:
+            raise for_code(error)("no producer id")
+        self._pid, self._epoch = r.i64(), r.i16()
+        self._seq.clear()
+        self._stale = False
 
     async def send(
         self,
@@ -587,9 +615,9 @@ class Producer:
             raise for_code(5)(f"no leader for partition {partition} of {topic!r}")
         if self._stale:
             await self._producer_id()
-        conn = self._conns.get(leader)
-        if conn is None or conn.closed:
-            conn = self._conns[leader] = await self.cluster.connection(leader, "produce")
+        conn = self.cluster.open_connection(leader, "produce")
+        if conn is None:
+            conn = await self.cluster.connection(leader, "produce")
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
         parts = self._queue.setdefault(conn, {})
         parts.setdefault((topic, partition), []).append((key, value, headers, future))
@@ -656,7 +684,14 @@ class Producer:
 
 
 OFFSET_OUT_OF_RANGE = 1
-_NOT_AUTHORIZED = frozenset({29, 30, 31})  # topic, group, cluster authorization failed
+_NOT_AUTHORIZED = frozenset(
+    e.errno
+    for e in (
+        TopicAuthorizationFailedError,
+        GroupAuthorizationFailedError,
+        ClusterAuthorizationFailedError,
+    )
+)
 EARLIEST = -2  # ListOffsets' timestamp for the start of a partition
 
 
@@ -753,18 +788,13 @@ class Tail:
         self._epochs[partition] = self._epochs.get(partition, 0) + 1
 
     async def _retrying(self, step: Callable[..., Any], *args: Any) -> None:
-        """A topic just created may be unknown to its broker for a moment:
-        retried for up to the cluster's timeout."""
-        deadline = time.monotonic() + self.cluster.timeout
-        while True:
-            try:
-                await step(*args)
-                return
-            except KafkaError as exc:
-                again = _retriable(exc) or isinstance(exc, TopicUnknown)
-                if not again or time.monotonic() > deadline or self._closed:
-                    raise
-            await asyncio.sleep(RETRY_BACKOFF)
+        """A topic just created may be unknown to its broker for a moment."""
+        await retrying(
+            functools.partial(step, *args),
+            self.cluster.timeout,
+            unknown_too=True,
+            stop=lambda: self._closed,
+        )
 
     async def _positions_at(self, partitions: Sequence[int], timestamp: int) -> None:
         await self._learn_leaders()
@@ -822,8 +852,8 @@ class Tail:
     def _fetch(self, leader: int) -> None:
         if self._closed or self._paused:
             return
-        conn = self.cluster._conns.get((self.cluster.brokers.get(leader, _NOWHERE), self._role))
-        if conn is None or conn.closed:
+        conn = self.cluster.open_connection(leader, self._role)
+        if conn is None:
             self._recover(leader, 0.0)
             return
         parts = [p for p, n in self._leaders.items() if n == leader and p in self.positions]
@@ -953,7 +983,6 @@ class Tail:
         await self.cluster.drop(self._role)
 
 
-_NOWHERE = Broker("", 0)
 _FETCH_HEAD = struct.Struct(">iiiibi")  # replica, max wait, min bytes, max bytes, isolation, topics
 
 
@@ -992,10 +1021,6 @@ class Fetcher:
         self._held = False  # paused by the owner
         self._full = False  # paused by a full buffer
         self._waiter: asyncio.Future[None] | None = None
-
-    @property
-    def fetches(self) -> int:
-        return self.tail.fetches
 
     def _add(self, record: Record) -> None:
         self._buffer.setdefault(record.partition, deque()).append(record)

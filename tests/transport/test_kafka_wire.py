@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,14 +26,9 @@ from fleet.transport._kafka_wire import (
     parse_metadata,
 )
 from tests.conftest import BROKERS
+from tests.transport.kafka_support import eventually
 
 pytestmark = BROKERS["kafka"].mark
-
-
-async def _until(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.01)
 
 
 @pytest.fixture
@@ -88,7 +83,7 @@ async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
     assert producer.requests - before == 1
     assert [s.offset for s in sent] == list(range(sent[0].offset, sent[0].offset + 20))
     assert {s.partition for s in sent} == {1}
-    await _until(lambda: len(got) == 20)
+    await eventually(lambda: len(got) == 20)
     assert [r.value for r in got] == [b"v%d" % i for i in range(20)]
     assert [r.headers for r in got] == [[("h", b"%d" % i)] for i in range(20)]
     assert {r.key for r in got} == {b"k"}
@@ -107,7 +102,7 @@ async def test_a_tail_starts_at_the_end_and_keeps_its_place_while_paused(
     await asyncio.sleep(0.7)  # a fetch under way when paused may bring it: both are fine
     tail.resume()
     await producer.send(topic, b"after", partition=0)
-    await _until(lambda: [r.value for r in got][-1:] == [b"after"])
+    await eventually(lambda: [r.value for r in got][-1:] == [b"after"])
     assert [r.value for r in got] == [b"while paused", b"after"]
 
 
@@ -128,7 +123,7 @@ async def test_a_send_after_its_connection_broke_is_sent_again_with_a_new_produc
     got: list[Any] = []
     await _tail(cluster, topic, got, [2])
     third = await producer.send(topic, b"three", partition=2)
-    await _until(lambda: len(got) == 1)
+    await eventually(lambda: len(got) == 1)
     assert got[0].offset == third.offset
 
 
@@ -139,12 +134,12 @@ async def test_a_tail_whose_connection_broke_reads_on_from_where_it_was(
     got: list[Any] = []
     tail = await _tail(cluster, topic, got, [0])
     await producer.send(topic, b"a", partition=0)
-    await _until(lambda: len(got) == 1)
+    await eventually(lambda: len(got) == 1)
     fetching = [c for (_, role), c in cluster._conns.items() if role.startswith("fetch-")]
     assert fetching
     fetching[0].abort(ConnectionResetError("reset"))
     await producer.send(topic, b"b", partition=0)
-    await _until(lambda: len(got) == 2)
+    await eventually(lambda: len(got) == 2)
     assert [r.value for r in got] == [b"a", b"b"]
     await tail.stop()
     assert not [k for k in cluster._conns if k[1].startswith("fetch-")]
