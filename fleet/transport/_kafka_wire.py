@@ -41,7 +41,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -172,8 +172,8 @@ class Connection(asyncio.Protocol):
         return conn
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport (uvloop's is not an asyncio.Transport subclass)
+        self._transport = cast(asyncio.Transport, transport)
 
     def send(self, api_key: int, version: int, body: bytes, on_response: OnResponse) -> None:
         """Send a request; ``on_response`` gets its response's body (after the

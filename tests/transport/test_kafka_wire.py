@@ -14,6 +14,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
 
+from fleet import eventloop
 from fleet.transport._kafka_wire import (
     METADATA,
     Cluster,
@@ -213,3 +214,27 @@ async def test_a_broker_without_a_version_it_needs_is_a_config_error_naming_the_
     with pytest.raises(ConfigError, match=r"does not take Produce v99.*data_path=aiokafka"):
         await cluster.refresh([])
     assert not cluster._conns  # the connection it opened is closed again
+
+
+async def test_a_send_and_a_tail_work_on_uvloop(kafka_url: str, topic: str) -> None:
+    """uvloop's transports are no ``asyncio.Transport`` subclass: the
+    connections take them all the same (``fleet worker --event-loop uvloop``)."""
+
+    async def round_trip() -> list[bytes]:
+        c = Cluster(
+            [kafka_url.removeprefix("kafka://")],
+            client_id="wire-test",
+            ssl_context=None,
+            timeout=10.0,
+            on_break=lambda: None,
+        )
+        try:
+            got: list[Any] = []
+            await _tail(c, topic, got, [0])
+            await (await _producer(c)).send(topic, b"on uvloop", partition=0)
+            await eventually(lambda: len(got) == 1)
+            return [r.value for r in got]
+        finally:
+            await c.close()
+
+    assert await asyncio.to_thread(eventloop.run, round_trip(), "uvloop") == [b"on uvloop"]
