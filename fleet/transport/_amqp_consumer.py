@@ -69,28 +69,28 @@ class Settler:
         self._channel = channel
         self._outstanding: dict[int, None] = {}  # delivered, not settled; oldest first
         self._decided: dict[int, Decision] = {}
-        self._sent: asyncio.Future[None] | None = None
-        self._flusher: asyncio.Task[None] | None = None
+        # set from a decision until the frames of its turn are written
+        self._written: asyncio.Future[None] | None = None
 
     def delivered(self, tag: int) -> None:
         self._outstanding[tag] = None
 
-    async def settle(self, tag: int, *, ack: bool, requeue: bool) -> None:
-        """Decide ``tag``; returns once its frame is written to the connection."""
+    def settle(self, tag: int, *, ack: bool, requeue: bool) -> None:
+        """Decide ``tag``; its frame is written, with every decision of this
+        turn of the event loop, by a callback the first decision schedules
+        (no task, and no wait for it: :meth:`idle` waits)."""
         if tag not in self._outstanding or tag in self._decided:
             return
         self._decided[tag] = (ack, not ack and requeue)
-        if self._sent is None:
-            self._sent = asyncio.get_running_loop().create_future()
-        sent = self._sent
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-        await asyncio.shield(sent)
+        if self._written is None:
+            loop = asyncio.get_running_loop()
+            self._written = loop.create_future()
+            loop.call_soon(self._flush)
 
     async def idle(self) -> None:
         """Wait until every decision made so far is written."""
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        while self._written is not None:
+            await asyncio.shield(self._written)
 
     def frames(self) -> list[tuple[int, Decision, bool]]:
         """Take the decisions made so far as (tag, decision, multiple) frames."""
@@ -111,24 +111,19 @@ class Settler:
         self._decided = {}
         return out
 
-    async def _flush(self) -> None:
+    def _flush(self) -> None:
+        written, self._written = self._written, None
         try:
-            while self._sent is not None:
-                sent, self._sent = self._sent, None
-                try:
-                    for tag, (ack, requeue), multiple in self.frames():
-                        if ack:
-                            self._channel.ack(tag, multiple=multiple)
-                        else:
-                            self._channel.nack(tag, multiple=multiple, requeue=requeue)
-                except CONNECTION_EXCEPTIONS as exc:
-                    log.info(
-                        "could not settle deliveries; the broker redelivers them", error=repr(exc)
-                    )
-                finally:
-                    sent.set_result(None)
+            for tag, (ack, requeue), multiple in self.frames():
+                if ack:
+                    self._channel.ack(tag, multiple=multiple)
+                else:
+                    self._channel.nack(tag, multiple=multiple, requeue=requeue)
+        except CONNECTION_EXCEPTIONS as exc:
+            log.info("could not settle deliveries; the broker redelivers them", error=repr(exc))
         finally:
-            self._flusher = None
+            if written is not None:
+                written.set_result(None)
 
 
 class AmqpDelivery(Delivery):
@@ -170,7 +165,7 @@ class AmqpDelivery(Delivery):
         ):
             log.info("channel of this delivery is gone; the broker redelivers it", ack=ack)
             return
-        await settler.settle(self._tag, ack=ack, requeue=requeue)
+        settler.settle(self._tag, ack=ack, requeue=requeue)
         self._sub.settled(channel)
 
 

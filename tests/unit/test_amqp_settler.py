@@ -47,7 +47,9 @@ def broker_view(frames: list[tuple[str, int, bool, bool]], tags: range) -> dict[
 
 async def test_acks_made_together_leave_in_one_frame() -> None:
     s, underlay = settler(range(1, 201))
-    await asyncio.gather(*(s.settle(t, ack=True, requeue=False) for t in range(1, 201)))
+    for t in range(1, 201):
+        s.settle(t, ack=True, requeue=False)
+    await s.idle()
     assert underlay.frames == [("ack", 200, True, False)]
 
 
@@ -63,40 +65,57 @@ async def test_a_delivery_still_open_is_never_covered() -> None:
         7: (True, False),  # past 6, which stays open
         8: (False, True),
     }
-    await asyncio.gather(*(s.settle(t, ack=a, requeue=r) for t, (a, r) in decide.items()))
+    for t, (a, r) in decide.items():
+        s.settle(t, ack=a, requeue=r)
+    await s.idle()
     want = {t: ("ack" if a else "requeue" if r else "reject") for t, (a, r) in decide.items()}
     assert broker_view(underlay.frames, tags) == want
     assert len(underlay.frames) == 6  # 1-2, 3, 4, 5, then 7 and 8 one by one
 
-    await s.settle(6, ack=True, requeue=False)
+    s.settle(6, ack=True, requeue=False)
+    await s.idle()
     assert broker_view(underlay.frames, tags) == want | {6: "ack"}
 
 
-async def test_decisions_made_while_frames_are_written_follow_in_the_next_flush() -> None:
+async def test_decisions_made_after_a_flush_follow_in_the_next() -> None:
     s, underlay = settler(range(1, 5))
-    first = asyncio.create_task(s.settle(1, ack=True, requeue=False))
-    await asyncio.sleep(0)  # the flush has started writing tag 1
-    await asyncio.gather(s.settle(2, ack=True, requeue=False), s.settle(3, ack=True, requeue=False))
-    await first
-    assert broker_view(underlay.frames, range(1, 5)) == {1: "ack", 2: "ack", 3: "ack"}
+    s.settle(1, ack=True, requeue=False)
+    await asyncio.sleep(0)  # the flush scheduled by the decision has written tag 1
+    assert underlay.frames == [("ack", 1, False, False)]
+    s.settle(2, ack=True, requeue=False)
+    s.settle(3, ack=True, requeue=False)
     await s.idle()
+    assert broker_view(underlay.frames, range(1, 5)) == {1: "ack", 2: "ack", 3: "ack"}
     assert len(underlay.frames) == 2
 
 
 async def test_a_tag_settled_twice_or_never_delivered_writes_nothing() -> None:
     s, underlay = settler(range(1, 3))
-    await s.settle(1, ack=True, requeue=False)
-    await s.settle(1, ack=False, requeue=True)
-    await s.settle(9, ack=True, requeue=False)
+    s.settle(1, ack=True, requeue=False)
+    s.settle(1, ack=False, requeue=True)
+    s.settle(9, ack=True, requeue=False)
+    await s.idle()
     assert underlay.frames == [("ack", 1, False, False)]
 
 
-async def test_a_waiter_cancelled_does_not_stop_the_others() -> None:
+async def test_a_decision_is_written_in_a_callback_and_idle_waits_for_it() -> None:
     s, underlay = settler(range(1, 3))
-    one = asyncio.create_task(s.settle(1, ack=True, requeue=False))
-    two = asyncio.create_task(s.settle(2, ack=True, requeue=False))
-    await asyncio.sleep(0)
-    one.cancel()
-    await two
+    await s.idle()  # nothing decided: returns at once
+    s.settle(2, ack=True, requeue=False)
+    assert underlay.frames == []  # not in the decider's own call
     await s.idle()
-    assert underlay.frames == [("ack", 2, True, False)]
+    assert underlay.frames == [("ack", 2, False, False)]
+
+
+async def test_a_broken_channel_is_logged_and_idle_still_returns() -> None:
+    class Broken(Underlay):
+        def ack(self, tag: int, *, multiple: bool = False) -> None:
+            raise ConnectionError("gone")
+
+    s = Settler(Broken())  # type: ignore[arg-type]
+    s.delivered(1)
+    s.settle(1, ack=True, requeue=False)
+    await s.idle()
+    s.delivered(2)
+    s.settle(2, ack=True, requeue=False)  # a later decision schedules a flush again
+    await s.idle()
