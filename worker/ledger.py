@@ -32,6 +32,9 @@ class Ledger:
     stats: WindowStats
     stages: StageHistograms = field(default_factory=_stage_histograms)
     _outcomes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    # per (model, version): its batch size, inference and queue wait children,
+    # and its batch_wait and inference stage histograms, each looked up once
+    _batch: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
     in_flight: int = 0  # read by ``fleet_worker_in_flight`` when scraped
 
     def __post_init__(self) -> None:
@@ -93,14 +96,24 @@ class Ledger:
     def batch(self, b: BatchStats) -> None:
         """A pipeline ran a batch."""
         self.stats.record_batch(b.rows, b.inference_s, b.queue_wait_s)
-        self.metrics.batch_size.labels(b.model, b.version).observe(b.rows)
-        self.metrics.inference.labels(b.model, b.version).observe(b.inference_s)
-        queue_wait = self.metrics.queue_wait.labels(b.model, b.version)
-        batch_wait = self.stages.histogram("batch_wait", b.model)
+        key = (b.model, b.version)
+        children = self._batch.get(key)
+        if children is None:
+            m = self.metrics
+            children = self._batch[key] = (
+                m.batch_size.labels(*key),
+                m.inference.labels(*key),
+                m.queue_wait.labels(*key),
+                self.stages.histogram("batch_wait", b.model),
+                self.stages.histogram("inference", b.model),
+            )
+        batch_size, inference, queue_wait, batch_wait, inference_stage = children
+        batch_size.observe(b.rows)
+        inference.observe(b.inference_s)
         for w in b.queue_wait_s:
             queue_wait.observe(w)
             batch_wait.observe(w)
-        self.stages.histogram("inference", b.model).observe(b.inference_s, len(b.queue_wait_s))
+        inference_stage.observe(b.inference_s, len(b.queue_wait_s))
 
     def replied(self, model: str, seconds: float, requests: int) -> None:
         """``requests`` replies of ``model`` were published ``seconds`` after
