@@ -12,7 +12,10 @@ For each broker and model, one ``fleet worker`` process and one client process:
 2. open-loop Poisson arrivals (seeded) at each rate: p50 and p99 of the whole
    call and of every stage (:mod:`fleet.stages`), and CPU per request of the
    client and the worker, with the model's own time taken out (the batches'
-   inference time, per request);
+   inference time, per request); at 200 req/s and below, where the target
+   is 1 ms, the same arrivals once more against a client that answers at
+   once: the load generator's own CPU per request, taken out of the fleet's
+   (the figures before it are printed too);
    then the same arrivals against the broker library's own request/reply
    echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
@@ -60,6 +63,7 @@ from fleet.worker_command import worker_argv, worker_command  # noqa: E402
 from fleetctl.demo import wait_model_served  # noqa: E402
 
 WIDTH = {"mlp": 256, "digits": 64}
+CPU_TARGET_RATE = 200  # at and below this rate: the fleet's CPU per request <= 1 ms
 TARGETS = {  # (rate, broker) -> (p50 ms, p99 ms)
     (1000, "amqp"): (3.0, 10.0),
     (1000, "kafka"): (5.0, 20.0),
@@ -82,13 +86,40 @@ except ImportError:
 
 args = json.loads(sys.argv[1])
 
+
+class NullClient:
+    # Mode "null": the load generator alone. Each call is answered one turn
+    # of the loop later (a real reply wakes its caller in a turn of its own)
+    # with a reply of the real one's shape, so what this run spends is what
+    # the generator and the bookkeeping below spend per request.
+
+    def __init__(self):
+        stages = type("Stages", (), {"__slots__": tuple(f"s{i}" for i in range(args["stages"]))})()
+        for name in stages.__slots__:
+            setattr(stages, name, 0.1)
+        timings = type("Timings", (), {"inference_ms": 0.4, "batch_size": 1})()
+        self.reply = type("Reply", (), {"error": None, "timings": timings, "stages": stages})()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        return None
+
+    async def infer_reply(self, model, inputs, *, stages=False):
+        await asyncio.sleep(0)
+        return self.reply
+
+
 async def main():
     rng = np.random.default_rng(args["seed"])
     pool = rng.standard_normal((256, args["width"])).astype(np.float32)
     # stage times flat in an array: a list per request would be 40,000 more
     # objects for the garbage collector to walk, the harness's, not the client's
     lat, flat, per, inference, get = array.array("d"), array.array("d"), 1, 0.0, None
-    async with Client(args["broker"], timeout=30, max_in_flight=100_000) as client:
+    null = args["mode"] == "null"
+    connected = NullClient() if null else Client(args["broker"], timeout=30, max_in_flight=100_000)
+    async with connected as client:
         has_stages = "stages" in inspect.signature(client.infer_reply).parameters
         freeze_heap()
         extra = {"stages": True} if has_stages else {}
@@ -121,16 +152,26 @@ async def main():
                     await one(next(counter))
             await asyncio.gather(*(loop() for _ in range(args["in_flight"])))
         else:
-            tasks, at, i = set(), t_start, 0
-            while at < end:
-                delay = at - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                task = asyncio.ensure_future(one(i))
+            # each arrival a timer of the loop's that starts its call and sets
+            # the next: one callback per request, not a sleep's task wake-up
+            # and future on top
+            loop, tasks = asyncio.get_running_loop(), set()
+            ended = loop.create_future()
+            first = loop.time()
+            last = first + args["duration"]
+
+            def arrive(i, at):
+                task = loop.create_task(one(i))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 at += rng.exponential(1.0 / args["rate"])
-                i += 1
+                if at < last:
+                    loop.call_at(at, arrive, i + 1, at)
+                else:
+                    ended.set_result(None)
+
+            loop.call_at(first, arrive, 0, first)
+            await ended
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - t_start
         stages = [flat[i : i + per].tolist() for i in range(0, len(flat), per)]
@@ -200,6 +241,15 @@ def measure(
             before = _cpu_s(worker.pid)
             r = _client(tree, **base, mode="open", rate=rate, duration=args.duration)
             r["worker_cpu_s"] = _cpu_s(worker.pid) - before
+            if rate <= CPU_TARGET_RATE and tree == ROOT:  # the same arrivals, no fleet
+                r["generator"] = _client(
+                    tree,
+                    **base,
+                    mode="null",
+                    stages=len(CLIENT_STAGES),
+                    rate=rate,
+                    duration=args.duration,
+                )
             out["rates"][rate] = r
         before = _cpu_s(worker.pid)
         sat = _client(tree, **base, mode="closed", duration=args.duration, in_flight=args.in_flight)
@@ -214,6 +264,13 @@ def _cpu_ms(r: dict[str, Any]) -> float:
     """Client + worker CPU ms per answered request, the model's own time excluded."""
     n = max(1, len(r["lat"]))
     return 1000 * (r["cpu_s"] + r["worker_cpu_s"] - r["inference_s"]) / n
+
+
+def _generator_ms(r: dict[str, Any]) -> float:
+    """The load generator's own CPU ms per request, where measured (0 if not):
+    the same arrivals against a client that answers at once (mode "null")."""
+    g = r.get("generator")
+    return 1000 * g["cpu_s"] / max(1, len(g["lat"])) if g else 0.0
 
 
 def _client_ms(r: dict[str, Any]) -> float:
@@ -295,10 +352,15 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
             met = _pct(lat, 99) <= p99_t
             ok &= met
             print(f"  p99 {_pct(lat, 99):.2f} ms (target <= {p99_t} ms: {_v(met)})")
-        if int(rate) <= 200:
-            met = _cpu_ms(r) <= 1.0
+        if int(rate) <= CPU_TARGET_RATE:
+            fleet = _cpu_ms(r) - _generator_ms(r)
+            met = fleet <= 1.0
             ok &= met
-            print(f"  CPU per request {_cpu_ms(r):.3f} ms ({_split(r)}; target <= 1 ms: {_v(met)})")
+            print(
+                f"  CPU per request {_cpu_ms(r):.3f} ms ({_split(r)}), less the load "
+                f"generator's own {_generator_ms(r):.3f} ms: the fleet's {fleet:.3f} ms "
+                f"(target <= 1 ms: {_v(met)})"
+            )
     sat = res["saturation"]
     rps = len(sat["lat"]) / sat["seconds"]
     met = _cpu_ms(sat) <= 0.1
