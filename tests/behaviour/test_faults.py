@@ -11,12 +11,13 @@ import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 from producer import Client
-from tests.conftest import BROKERS
+from tests.conftest import BROKERS, broker_url_for
 from tests.helpers import WorkerProcess, direct_onnx, rows, running_worker
 
 pytestmark = pytest.mark.faults
@@ -205,3 +206,37 @@ def _warnings(worker: WorkerProcess) -> list[dict[str, Any]]:
 def _answered(worker: WorkerProcess) -> int:
     (stopped,) = [line for line in worker.lines if line.get("event") == "worker stopped"]
     return int(stopped["answered"])
+
+
+# The suite runs Kafka on its SASL listener, where the transport uses
+# aiokafka for everything. Its default data path elsewhere (plaintext and
+# mutual TLS) is the transport's own protocol connections: the same faults
+# on the plaintext port run it.
+def _own_data_path_url() -> str:
+    url = broker_url_for("kafka")
+    assert urlsplit(url).scheme == "kafka" and "data_path" not in url, url
+    return url
+
+
+@pytest.mark.parametrize("broker_kind", [pytest.param("kafka", marks=BROKERS["kafka"].mark)])
+async def test_killed_worker_loses_nothing_on_kafkas_own_data_path(
+    broker_kind: str, model_repo: Path, unique_model: str
+) -> None:
+    await test_killed_worker_loses_nothing(
+        broker_kind, _own_data_path_url(), model_repo, unique_model
+    )
+
+
+@pytest.mark.parametrize("broker_kind", [pytest.param("kafka", marks=BROKERS["kafka"].mark)])
+async def test_broker_restart_under_load_loses_nothing_on_kafkas_own_data_path(
+    broker_kind: str,
+    model_repo: Path,
+    unique_model: str,
+    restart_broker: Callable[[], Awaitable[None]],
+) -> None:
+    url = _own_data_path_url()
+    async with running_worker(url, model_repo) as worker:
+        assert getattr(worker.transport, "wire", None) is not None  # the own connections
+    await test_broker_restart_under_load_loses_nothing(
+        url, model_repo, unique_model, restart_broker
+    )
