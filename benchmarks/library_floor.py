@@ -92,7 +92,8 @@ async def open_loop(
         futures[key] = answer = loop.create_future()  # the echo may beat the confirm
         try:
             await send(key, body)
-            arrived, echo = await asyncio.wait_for(answer, CALL_TIMEOUT)
+            async with asyncio.timeout(CALL_TIMEOUT):  # no task per call, unlike wait_for
+                arrived, echo = await answer
         except Exception:  # a call that failed or went unanswered is counted, not timed
             futures.pop(key, None)
             failed.append(i)
