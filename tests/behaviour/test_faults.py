@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import pytest
 
+from fleet.transport import connect
 from producer import Client
 from tests.conftest import BROKERS, broker_url_for
 from tests.helpers import WorkerProcess, direct_onnx, rows, running_worker
@@ -235,8 +236,12 @@ async def test_broker_restart_under_load_loses_nothing_on_kafkas_own_data_path(
     restart_broker: Callable[[], Awaitable[None]],
 ) -> None:
     url = _own_data_path_url()
-    async with running_worker(url, model_repo) as worker:
-        assert getattr(worker.transport, "wire", None) is not None  # the own connections
+    transport = connect(url)
+    await transport.connect()
+    try:
+        assert getattr(transport, "wire", None) is not None  # the own connections
+    finally:
+        await transport.close()
     await test_broker_restart_under_load_loses_nothing(
         url, model_repo, unique_model, restart_broker
     )

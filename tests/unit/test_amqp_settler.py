@@ -108,8 +108,11 @@ async def test_a_decision_is_written_in_a_callback_and_idle_waits_for_it() -> No
 
 
 async def test_a_broken_channel_is_logged_and_idle_still_returns() -> None:
+    tried: list[int] = []
+
     class Broken(Underlay):
         def ack(self, tag: int, *, multiple: bool = False) -> None:
+            tried.append(tag)
             raise ConnectionError("gone")
 
     s = Settler(Broken())  # type: ignore[arg-type]
@@ -119,3 +122,4 @@ async def test_a_broken_channel_is_logged_and_idle_still_returns() -> None:
     s.delivered(2)
     s.settle(2, ack=True, requeue=False)  # a later decision schedules a flush again
     await s.idle()
+    assert tried == [1, 2]
