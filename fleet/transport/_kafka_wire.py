@@ -75,6 +75,9 @@ _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
 _HEADER = struct.Struct(">ihhi")  # size, api key, api version, correlation id
 _PARTITION_FETCH = struct.Struct(">iqi")  # partition, offset, max bytes
+# a fetch response's partition, up to its aborted transactions: partition,
+# error, high watermark, last stable offset, aborted transactions (-1: none)
+_PARTITION_FETCHED = struct.Struct(">ihqqi")
 _NO_TRANSACTION = _I16.pack(-1)
 
 Headers = list[tuple[str, bytes | None]]
@@ -895,15 +898,13 @@ class Tail:
     def _read(self, r: Reader, epochs: dict[int, int]) -> bool:
         """Hand on the records of a fetch's response; False when a partition
         needs its leader or position looked up again."""
-        ok = True
+        ok, head = True, _PARTITION_FETCHED
         r.i32()  # throttle
         for _ in range(r.i32()):
             r.string()
-            for _ in range(r.i32()):
-                partition, error, highwater = r.i32(), r.i16(), r.i64()
-                r.i64()  # last stable offset
-                aborted = r.i32()  # aborted transactions (-1: none)
-                r.pos += 16 * max(0, aborted)
+            for _ in range(r.i32()):  # one unpack per partition: every fetch lists them all
+                partition, error, highwater, _, aborted = head.unpack_from(r.buf, r.pos)
+                r.pos += head.size + 16 * max(0, aborted)
                 records = r.bytes_()
                 if epochs.get(partition) != self._epochs.get(partition, 0):
                     continue  # sought or revoked meanwhile

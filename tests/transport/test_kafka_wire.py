@@ -6,6 +6,7 @@ on either side, unknown topics, and a response nobody asked for."""
 from __future__ import annotations
 
 import asyncio
+import struct
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from fleet import eventloop
 from fleet.transport._kafka_wire import (
@@ -25,6 +27,7 @@ from fleet.transport._kafka_wire import (
     TopicUnknown,
     metadata_request,
     parse_metadata,
+    string,
 )
 from tests.conftest import BROKERS
 from tests.transport.kafka_support import eventually
@@ -167,6 +170,35 @@ async def test_a_response_to_no_request_ends_the_connection_and_fails_what_waits
         await waiting
     assert conn.closed
     await conn.wait_closed()
+
+
+def test_a_fetch_response_is_read_partition_by_partition() -> None:
+    """Each partition's head (with aborted transactions to skip), its high
+    watermark and its records, at the offsets the batch gives them."""
+    builder = DefaultRecordBatchBuilder(2, 0, 0, -1, -1, -1, 1 << 20)
+    for i, value in enumerate([b"a", b"b", b"c"]):
+        builder.append(i, None, None, value, [])
+    batch = struct.pack(">q", 5) + bytes(builder.build())[8:]  # base offset 5
+    body = b"".join(
+        (
+            struct.pack(">ii", 0, 1),  # throttle, one topic
+            string("t"),
+            struct.pack(">i", 3),
+            struct.pack(">ihqqii", 0, 0, 3, 3, -1, -1),  # no transactions, no records
+            struct.pack(">ihqqi", 1, 0, 8, 8, 2),
+            bytes(32),  # two aborted transactions (producer id, first offset)
+            struct.pack(">i", len(batch)),
+            batch,
+            struct.pack(">ihqqii", 2, 0, 4, 4, 0, 0),  # an empty list, empty records
+        )
+    )
+    got: list[Any] = []
+    tail = Tail(None, "t", [0, 1, 2], got.append)  # type: ignore[arg-type]
+    tail.positions = {0: 3, 1: 6, 2: 4}  # the record at 5 was read before
+    assert tail._read(Reader(body), {0: 0, 1: 0, 2: 0})
+    assert tail.highwater == {0: 3, 1: 8, 2: 4}
+    assert [(r.partition, r.offset, r.value) for r in got] == [(1, 6, b"b"), (1, 7, b"c")]
+    assert tail.positions == {0: 3, 1: 8, 2: 4}
 
 
 def test_metadata_is_read_field_by_field() -> None:
