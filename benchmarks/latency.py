@@ -8,14 +8,18 @@ For each broker and model, one ``fleet worker`` process and one client process:
 
 0. warm-up, not counted: 2 s of a closed loop, then ``--warmup`` seconds at the
    first rate (a broker just started answers slowly while its JIT compiles);
-1. idle: both connected, no traffic, for ``--idle`` seconds: CPU share of a core each;
+1. idle: both connected, no traffic, for ``--idle`` seconds: CPU share of a core
+   each, and the broker's where its process listens on this host (it shares the
+   cores; a broker holding the topics of many test runs can take a fifth of a
+   core while idle, and every figure with it);
 2. open-loop Poisson arrivals (seeded) at each rate: p50 and p99 of the whole
    call and of every stage (:mod:`fleet.stages`), and CPU per request of the
    client and the worker, with the model's own time taken out (the batches'
    inference time, per request); at 200 req/s and below, where the target
    is 1 ms, the same arrivals once more against a client that answers at
    once: the load generator's own CPU per request, taken out of the fleet's
-   (the figures before it are printed too);
+   (the figures before it are printed too), and the broker's CPU per request
+   beside it, not counted;
    then the same arrivals against the broker library's own request/reply
    echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
@@ -47,6 +51,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +61,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import library_floor  # noqa: E402
-from benchmarks.request_path import _cpu_s, _service, stop_process  # noqa: E402
+from benchmarks.request_path import (  # noqa: E402
+    _cpu_s,
+    _service,
+    listener_pid,
+    stop_process,
+)
 from benchmarks.revisions import add_worktree, remove_worktree  # noqa: E402
 from fleet.stages import CLIENT_STAGES  # noqa: E402
 from fleet.worker_command import worker_argv, worker_command  # noqa: E402
@@ -211,6 +221,21 @@ def _worker(tree: Path, broker: str, models: Path, loop: str) -> subprocess.Pope
     return subprocess.Popen(argv, cwd=tree, env=env)
 
 
+def _broker_clock(broker: str) -> Callable[[], float]:
+    """The CPU seconds used so far by the broker process listening on this
+    host for ``broker``'s URL (it shares the cores; its CPU is not the
+    fleet's), or NaN where there is none to be seen."""
+    pid = listener_pid(broker)
+
+    def clock() -> float:
+        try:
+            return _cpu_s(pid) if pid is not None else float("nan")
+        except OSError:  # it stopped (a restart): nothing to measure
+            return float("nan")
+
+    return clock
+
+
 def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
@@ -230,17 +255,20 @@ def measure(
         if args.warmup > 0 and args.rates:  # and a broker just started (its JIT)
             _client(tree, **base, mode="open", rate=args.rates[0], duration=args.warmup)
         out: dict[str, Any] = {"rates": {}}
+        broker_cpu = _broker_clock(broker)
         if args.idle > 0 and tree == ROOT:
-            before = _cpu_s(worker.pid)
+            before, broker_before = _cpu_s(worker.pid), broker_cpu()
             idle = _client(tree, **base, mode="idle", duration=args.idle)
             out["idle"] = {
                 "worker": (_cpu_s(worker.pid) - before) / args.idle,
                 "client": idle["cpu_s"] / args.idle,
+                "broker": (broker_cpu() - broker_before) / args.idle,
             }
         for rate in args.rates:
-            before = _cpu_s(worker.pid)
+            before, broker_before = _cpu_s(worker.pid), broker_cpu()
             r = _client(tree, **base, mode="open", rate=rate, duration=args.duration)
             r["worker_cpu_s"] = _cpu_s(worker.pid) - before
+            r["broker_cpu_s"] = broker_cpu() - broker_before
             if rate <= CPU_TARGET_RATE and tree == ROOT:  # the same arrivals, no fleet
                 r["generator"] = _client(
                     tree,
@@ -271,6 +299,11 @@ def _generator_ms(r: dict[str, Any]) -> float:
     the same arrivals against a client that answers at once (mode "null")."""
     g = r.get("generator")
     return 1000 * g["cpu_s"] / max(1, len(g["lat"])) if g else 0.0
+
+
+def _broker_ms(r: dict[str, Any]) -> float:
+    """The broker's CPU ms per answered request (NaN where not measured)."""
+    return 1000 * r.get("broker_cpu_s", float("nan")) / max(1, len(r["lat"]))
 
 
 def _client_ms(r: dict[str, Any]) -> float:
@@ -317,7 +350,10 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
         w, c = res["idle"]["worker"], res["idle"]["client"]
         met = w < 0.02 and c < 0.02
         ok &= met
-        print(f"idle: worker {w:.2%} of a core, client {c:.2%} (target < 2% each: {_v(met)})")
+        print(
+            f"idle: worker {w:.2%} of a core, client {c:.2%} (target < 2% each: {_v(met)}); "
+            f"the broker {res['idle'].get('broker', float('nan')):.2%} (not counted)"
+        )
     head = "".join(f"{s[:9]:>10}" for s in CLIENT_STAGES)
     print(f"{'rate':>8} {'req/s':>8} {'p50':>7} {'p99':>7}  CPU/req  | stage p50 / p99 ms:{head}")
     for rate, r in res["rates"].items():
@@ -359,7 +395,8 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
             print(
                 f"  CPU per request {_cpu_ms(r):.3f} ms ({_split(r)}), less the load "
                 f"generator's own {_generator_ms(r):.3f} ms: the fleet's {fleet:.3f} ms "
-                f"(target <= 1 ms: {_v(met)})"
+                f"(target <= 1 ms: {_v(met)}); the broker's own {_broker_ms(r):.3f} ms "
+                f"(not counted)"
             )
     sat = res["saturation"]
     rps = len(sat["lat"]) / sat["seconds"]

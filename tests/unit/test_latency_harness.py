@@ -1,14 +1,20 @@
 """The latency benchmark's load generator, run alone (its "null" mode): the
 seeded Poisson arrivals it starts, and the shape of what it reports, which
-the benchmark takes out of the fleet's CPU per request."""
+the benchmark takes out of the fleet's CPU per request; and how it finds the
+broker process whose CPU it reports beside the fleet's."""
 
 from __future__ import annotations
+
+import math
+import os
+import socket
 
 import numpy as np
 import pytest
 
 from benchmarks.arrivals import offsets
-from benchmarks.latency import ROOT, _client
+from benchmarks.latency import ROOT, _broker_clock, _client
+from benchmarks.request_path import listener_pid
 
 pytestmark = pytest.mark.unit
 
@@ -30,3 +36,18 @@ def test_the_generator_alone_starts_every_seeded_arrival_and_reports_its_cpu() -
     assert len(result["lat"]) == len(list(offsets(rng, 400, 0.5)))
     assert {len(row) for row in result["stages"]} == {5}
     assert result["cpu_s"] > 0
+
+
+def test_the_broker_process_is_found_by_its_listening_port() -> None:
+    """The benchmark reports the CPU of the broker it finds on the URL's port:
+    here, this process listens; a port nobody listens on, or no port, finds none."""
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        assert listener_pid(f"amqp://guest:guest@127.0.0.1:{port}/") == os.getpid()
+        assert listener_pid(f"kafka://localhost:{port}") == os.getpid()
+        assert _broker_clock(f"kafka://127.0.0.1:{port}")() >= 0.0
+    assert listener_pid(f"kafka://127.0.0.1:{port}") is None  # closed now
+    assert listener_pid("memory://") is None
+    assert math.isnan(_broker_clock("memory://")())
