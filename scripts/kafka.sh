@@ -7,6 +7,8 @@
 #   scripts/kafka.sh stop      stop the broker this script started, wait for it to exit
 #   scripts/kafka.sh restart   stop + start; the data directory (topics, committed
 #                              offsets) survives
+#   scripts/kafka.sh reset     stop, empty the data directory (every topic and
+#                              offset gone), start: a broker as new, for benchmarks
 #   scripts/kafka.sh status    say whether it runs; exit 1 when it does not
 #
 # Everything lives under .cache/kafka (git-ignored): libs/ (jars from Maven
@@ -349,8 +351,14 @@ case "${1:-}" in
         stop
         start
         ;;
+    reset)
+        stop
+        say "emptying $DATA"
+        find "$DATA" -mindepth 1 -delete
+        start
+        ;;
     status) status ;;
     tls-env) tls_env ;;
     fetch) fetch_jars ;;
-    *) die "usage: $0 start|stop|restart|status|tls-env|fetch" ;;
+    *) die "usage: $0 start|stop|restart|reset|status|tls-env|fetch" ;;
 esac
