@@ -10,8 +10,8 @@ For each broker and model, one ``fleet worker`` process and one client process:
    first rate (a broker just started answers slowly while its JIT compiles);
 1. idle: both connected, no traffic, for ``--idle`` seconds: CPU share of a core
    each, and the broker's where its process listens on this host (it shares the
-   cores; a broker holding the topics of many test runs can take a fifth of a
-   core while idle, and every figure with it);
+   cores: a local Kafka holding the topics of many test runs took 18% of a
+   core with no traffic, a new one 4-8%; ``scripts/kafka.sh reset`` makes one new);
 2. open-loop Poisson arrivals (seeded) at each rate: p50 and p99 of the whole
    call and of every stage (:mod:`fleet.stages`), and CPU per request of the
    client and the worker, with the model's own time taken out (the batches'
@@ -165,22 +165,24 @@ async def main():
             # each arrival a timer of the loop's that starts its call and sets
             # the next: one callback per request, not a sleep's task wake-up
             # and future on top
+            # and set by their offsets from the start, summed as
+            # benchmarks.arrivals.offsets sums them: the same seed starts the
+            # same number of calls, whatever the loop's clock reads
             loop, tasks = asyncio.get_running_loop(), set()
             ended = loop.create_future()
             first = loop.time()
-            last = first + args["duration"]
 
-            def arrive(i, at):
+            def arrive(i, offset):
                 task = loop.create_task(one(i))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-                at += rng.exponential(1.0 / args["rate"])
-                if at < last:
-                    loop.call_at(at, arrive, i + 1, at)
+                offset += rng.exponential(1.0 / args["rate"])
+                if offset < args["duration"]:
+                    loop.call_at(first + offset, arrive, i + 1, offset)
                 else:
                     ended.set_result(None)
 
-            loop.call_at(first, arrive, 0, first)
+            loop.call_at(first, arrive, 0, 0.0)
             await ended
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - t_start
@@ -294,21 +296,26 @@ def _cpu_ms(r: dict[str, Any]) -> float:
     return 1000 * (r["cpu_s"] + r["worker_cpu_s"] - r["inference_s"]) / n
 
 
+def _per_request_ms(r: dict[str, Any], cpu_s: float) -> float:
+    """``cpu_s`` seconds of CPU in ms per request ``r`` answered."""
+    return 1000 * cpu_s / max(1, len(r["lat"]))
+
+
 def _generator_ms(r: dict[str, Any]) -> float:
     """The load generator's own CPU ms per request, where measured (0 if not):
     the same arrivals against a client that answers at once (mode "null")."""
     g = r.get("generator")
-    return 1000 * g["cpu_s"] / max(1, len(g["lat"])) if g else 0.0
+    return _per_request_ms(g, g["cpu_s"]) if g else 0.0
 
 
 def _broker_ms(r: dict[str, Any]) -> float:
     """The broker's CPU ms per answered request (NaN where not measured)."""
-    return 1000 * r.get("broker_cpu_s", float("nan")) / max(1, len(r["lat"]))
+    return _per_request_ms(r, r.get("broker_cpu_s", float("nan")))
 
 
 def _client_ms(r: dict[str, Any]) -> float:
     """The client's CPU ms per answered request."""
-    return 1000 * r["cpu_s"] / max(1, len(r["lat"]))
+    return _per_request_ms(r, r["cpu_s"])
 
 
 def _split(r: dict[str, Any]) -> str:

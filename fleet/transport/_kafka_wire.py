@@ -898,11 +898,12 @@ class Tail:
     def _read(self, r: Reader, epochs: dict[int, int]) -> bool:
         """Hand on the records of a fetch's response; False when a partition
         needs its leader or position looked up again."""
-        ok, head = True, _PARTITION_FETCHED
+        ok = True
+        head = _PARTITION_FETCHED  # one unpack per partition: every fetch lists them all
         r.i32()  # throttle
         for _ in range(r.i32()):
             r.string()
-            for _ in range(r.i32()):  # one unpack per partition: every fetch lists them all
+            for _ in range(r.i32()):
                 partition, error, highwater, _, aborted = head.unpack_from(r.buf, r.pos)
                 r.pos += head.size + 16 * max(0, aborted)
                 records = r.bytes_()
