@@ -31,6 +31,15 @@ def worker_command(*, python: str | None = None, log_level: str | None = None) -
     return [*argv, "worker"]
 
 
+def releases_sigterm(command: Sequence[str]) -> bool:
+    """Whether ``command`` is ``python -m fleetctl ...``: a process that may be
+    started with SIGTERM blocked, since it unblocks it once its handler is set
+    (``fleetctl/__main__.py``). A SIGTERM that comes while the interpreter
+    itself still starts then waits for that handler (exit 0), where unblocked
+    it would kill the process (-15). Another command may never unblock it."""
+    return len(command) >= 3 and list(command[1:3]) == ["-m", "fleetctl"]
+
+
 def worker_argv(
     *,
     broker: str | None,
@@ -93,4 +102,11 @@ def worker_launch(
     return WorkerLaunch(argv=argv, env={BROKER_ENV: broker})
 
 
-__all__ = ["BROKER_ENV", "WorkerLaunch", "worker_argv", "worker_command", "worker_launch"]
+__all__ = [
+    "BROKER_ENV",
+    "WorkerLaunch",
+    "releases_sigterm",
+    "worker_argv",
+    "worker_command",
+    "worker_launch",
+]

@@ -24,7 +24,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -36,7 +36,7 @@ from autoscaler.registry import ActuatorContext, ActuatorSpec
 from fleet.errors import ConfigError, Unavailable
 from fleet.heartbeat import Heartbeat
 from fleet.logging import get_logger
-from fleet.worker_command import worker_command, worker_launch
+from fleet.worker_command import releases_sigterm, worker_command, worker_launch
 
 log = get_logger("autoscaler.actuators.local")
 
@@ -169,14 +169,17 @@ class LocalActuator(Actuator):
             self.log_dir.mkdir(parents=True, exist_ok=True)
             out = (self.log_dir / f"{worker_id}.log").open("ab")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT if out is not None else None,
-                env={**os.environ, **self.env, **launch.env},
-                start_new_session=True,  # a terminal's Ctrl-C is ours to pass on, not theirs
-            )
+            # the worker inherits SIGTERM blocked and unblocks it once its
+            # handler is set: stopped while it boots, it exits 0, never -15
+            with _sigterm_blocked(releases_sigterm(argv)):
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=asyncio.subprocess.STDOUT if out is not None else None,
+                    env={**os.environ, **self.env, **launch.env},
+                    start_new_session=True,  # a terminal's Ctrl-C is ours to pass on
+                )
         except OSError as exc:
             if out is not None:
                 out.close()
@@ -337,6 +340,21 @@ class LocalActuator(Actuator):
             "unexpected_exits": self.unexpected_exits,
             "killed": self.killed,
         }
+
+
+@contextlib.contextmanager
+def _sigterm_blocked(block: bool) -> Iterator[None]:
+    """SIGTERM blocked in this thread while a child is started (when
+    ``block``): the child inherits the mask across exec. A SIGTERM meant for
+    this process meanwhile waits, and is delivered when the block ends."""
+    if not block:
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def _build(cfg: LocalActuatorConfig, context: ActuatorContext) -> LocalActuator:

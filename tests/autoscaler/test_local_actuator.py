@@ -178,3 +178,43 @@ async def test_a_command_that_keeps_dying_backs_off(tmp_path: Path) -> None:
     await act.capacity()
     assert len(act.workers) == 1  # replaced after the backoff
     await act.close()
+
+
+@pytest.mark.unit
+async def test_a_worker_stopped_the_moment_it_starts_exits_0(tmp_path: Path) -> None:
+    """SIGTERM right after the spawn reaches the worker while its interpreter
+    still starts, before any handler of its own could be set: it waits
+    (inherited blocked) for ``python -m fleetctl``'s handler, which exits 0."""
+    act = LocalActuator(
+        broker="memory://unused", models_dir=tmp_path, command=worker_command(), grace_period_s=30
+    )
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    await act.set_desired(1)
+    assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before  # ours unblocked again
+    (worker,) = act.workers
+    await act.set_desired(0)
+    await asyncio.wait_for(act.wait_stopped(), 20)
+    assert act.stopped_by_sigterm == [(worker.worker_id, 0)]
+    assert act.killed == 0
+    await act.close()
+
+
+@pytest.mark.unit
+async def test_another_command_starts_with_sigterm_not_blocked(tmp_path: Path) -> None:
+    """Only ``python -m fleetctl`` unblocks SIGTERM: any other command starts
+    with it as usual."""
+    act = LocalActuator(
+        broker="memory://unused",
+        models_dir=tmp_path,
+        command=[
+            sys.executable,
+            "-c",
+            "import signal; print(signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))",
+        ],
+        log_dir=tmp_path / "logs",
+    )
+    await act.set_desired(1)
+    (worker,) = act.workers
+    await worker.proc.wait()
+    assert (tmp_path / "logs" / f"{worker.worker_id}.log").read_text().strip() == "False"
+    await act.close()
