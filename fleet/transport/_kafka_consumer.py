@@ -619,19 +619,18 @@ class GroupConsumer(Consumer):
             await kafka.getmany(timeout_ms=0)
             await self._wait_for_room()
             return FETCH_POLL_MS
+        if await self._rebalancing():
+            return FETCH_POLL_MS
         paused = list(kafka.paused())
         if paused:
             kafka.resume(*paused)
         room = self.prefetch - self.outstanding
         batch = await kafka.getmany(timeout_ms=wait_ms, max_records=room)
         self.fetches += 1
-        fetched: dict[TopicPartition, list[Any]] = {}
-        for tp, records in batch.items():
-            if records and self._held:  # paused during the fetch: read them later
-                kafka.seek(tp, records[0].offset)
-            elif records:
-                fetched[tp] = records
-        if fetched:
+        fetched = {tp: records for tp, records in batch.items() if records}
+        if fetched and self._held:  # paused during the fetch: read them later
+            self._put_back(fetched)
+        elif fetched:
             await self._hand_out(fetched)
         return _next_wait(batch)
 
@@ -654,15 +653,35 @@ class GroupConsumer(Consumer):
         if self._handing:  # a hand-out task commits first: it wakes this loop when done
             await self._wait_for_room()
             return FETCH_POLL_MS
+        if await self._rebalancing():
+            return FETCH_POLL_MS
         if not await fetcher.wait(wait_ms):
             self.fetches += 1
             return FETCH_IDLE_POLL_MS
-        if self._handing or self._held or self.outstanding >= self.prefetch:
+        if (
+            self._handing
+            or self._held
+            or self.outstanding >= self.prefetch
+            or not self._assignment_ready.is_set()
+        ):
             return FETCH_POLL_MS  # changed during the wait: the next round sees to it
         self.fetches += 1
         batch = fetcher.take(self.prefetch - self.outstanding)
         await self._hand_out({TopicPartition(self.topic, p): rs for p, rs in batch.items()})
         return FETCH_POLL_MS
+
+    async def _rebalancing(self) -> bool:
+        """Whether a rebalance is under way (from the revoke until the next
+        assignment is set up); then wait a moment for its end. The fetch loop
+        takes no records meanwhile: those of the assignment that is ending,
+        claimed into the next one, would move its hand-out position past the
+        records it reads again from the committed offset, and the commit would
+        pass those without their ever being handed out."""
+        if self._assignment_ready.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._assignment_ready.wait(), POLL_MS / 1000)
+        return True
 
     async def _wait_for_room(self) -> None:
         self._room.clear()
@@ -678,17 +697,29 @@ class GroupConsumer(Consumer):
     async def _hand_out(self, fetched: dict[TopicPartition, list[Any]]) -> None:
         """Hand out one fetch's records, every partition's counts committed
         first in one commit (not one per partition, each a round trip to the
-        group coordinator that the later partitions' records would wait on)."""
+        group coordinator that the later partitions' records would wait on).
+        Records fetched while a rebalance began are put back (see
+        :meth:`_rebalancing`), never held until it ends and claimed then."""
+        if not self._assignment_ready.is_set():
+            self._put_back(fetched)
+            return
         self._handing = True
         try:
-            if not self._assignment_ready.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._assignment_ready.wait(), 10.0)
             claims = [c for tp, records in fetched.items() if (c := self._claim(tp, records))]
             if claims:
                 await self._hand_out_claims(claims)
         finally:
             self._handing = False
+
+    def _put_back(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """Read these records again later: each partition still assigned is
+        sought back to its first one. Such records are of the current
+        assignment: aiokafka returns none while a reassignment is under way,
+        and the transport's own fetch loop takes none then."""
+        owned = self._kafka.assignment() if self._kafka is not None else ()
+        for tp, records in fetched.items():
+            if records and tp in owned:
+                self._seek(tp, records[0].offset)
 
     async def _hand_out_claims(self, claims: list[_Claim]) -> None:
         self._handing = True

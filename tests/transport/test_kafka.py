@@ -322,6 +322,58 @@ async def test_a_record_whose_hand_out_commit_is_under_way_at_a_reconnect_comes_
     assert [(d.body, d.attempt) for d in got] == [(b"r", 1)]
 
 
+async def test_records_buffered_at_a_rebalance_are_read_again_not_claimed_after_it(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebalance starts while a record's hand-out commit is under way and
+    the next record waits in the fetch buffer. The revoke gives the first
+    record up unhanded; the next assignment reads the partition again from
+    the committed offset. Had the fetch loop taken the buffered record during
+    the rebalance and claimed it into the next assignment, that assignment's
+    hand-out position would pass the first record, which would then be
+    committed past without ever being handed out."""
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    worker, client = await kafka(partitions=1), await kafka(partitions=1)
+    await worker.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await worker.consume(unique_model, ONLINE, collector(got), prefetch=4)
+    assert isinstance(group, GroupConsumer) and group._fetcher is not None
+    fetcher = group._fetcher
+    await eventually(lambda: len(group._parts) == 1, timeout=30)
+    (tp,) = group._parts
+    real_commit = group._commit
+    handing, revoking = asyncio.Event(), asyncio.Event()
+    release_hand_out, release_revoke = asyncio.Event(), asyncio.Event()
+
+    async def held_commit(parts: Any, **kwargs: Any) -> bool:
+        if kwargs.get("count_handed", True) and not handing.is_set():
+            handing.set()  # r0's hand-out commit waits for the broker
+            await release_hand_out.wait()
+        elif not kwargs.get("count_handed", True):
+            revoking.set()  # the revoke's commit waits too
+            await release_revoke.wait()
+        return await real_commit(parts, **kwargs)
+
+    monkeypatch.setattr(group, "_commit", held_commit)
+    await client.publish_request(unique_model, ONLINE, b"r0")
+    await asyncio.wait_for(handing.wait(), 30)
+    await client.publish_request(unique_model, ONLINE, b"r1")
+    await eventually(lambda: fetcher._count == 1)  # r1 buffered
+    revoke = asyncio.create_task(group.on_revoked({tp}))  # the rebalance begins
+    await asyncio.sleep(0)
+    release_hand_out.set()  # r0 is given up: its partition is being revoked
+    await asyncio.wait_for(revoking.wait(), 30)
+    # the fetch loop comes round and waits for the assignment
+    await eventually(lambda: len(group._assignment_ready._waiters) > 0)  # type: ignore[attr-defined]
+    release_revoke.set()
+    await asyncio.wait_for(revoke, 30)
+    await group.on_assigned({tp})  # and the partition stays with this consumer
+    await eventually(lambda: len(got) >= 2, timeout=30)
+    assert sorted(d.body for d in got) == [b"r0", b"r1"]
+    await lag_becomes(client, unique_model, 0)
+
+
 async def test_a_consumer_resumed_while_waiting_for_records_fetches_at_once(
     kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
