@@ -619,8 +619,6 @@ class GroupConsumer(Consumer):
             await kafka.getmany(timeout_ms=0)
             await self._wait_for_room()
             return FETCH_POLL_MS
-        if await self._rebalancing():
-            return FETCH_POLL_MS
         paused = list(kafka.paused())
         if paused:
             kafka.resume(*paused)
@@ -673,10 +671,12 @@ class GroupConsumer(Consumer):
     async def _rebalancing(self) -> bool:
         """Whether a rebalance is under way (from the revoke until the next
         assignment is set up); then wait a moment for its end. The fetch loop
-        takes no records meanwhile: those of the assignment that is ending,
-        claimed into the next one, would move its hand-out position past the
-        records it reads again from the committed offset, and the commit would
-        pass those without their ever being handed out."""
+        on the transport's own fetches takes no records meanwhile: those of
+        the assignment that is ending, claimed into the next one, would move
+        its hand-out position past the records it reads again from the
+        committed offset, and the commit would pass those without their ever
+        being handed out. (aiokafka's ``getmany`` returns none of an ending
+        assignment, and is polled meanwhile: it raises the group's errors.)"""
         if self._assignment_ready.is_set():
             return False
         with contextlib.suppress(TimeoutError):
