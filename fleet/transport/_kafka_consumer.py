@@ -54,7 +54,11 @@ only what was handed out.
 A rebalance takes partitions from consumers that are alive: the revoke
 commits the counts as they were before this assignment handed anything out,
 so a record its worker was still busy with is delivered to the new owner with
-the attempt it had (a crash never reaches the revoke, so it is counted).
+the attempt it had (a crash never reaches the revoke, so it is counted). From
+the revoke until the next assignment is set up, no fetched record is handed
+out or held: the next assignment reads its partitions from their committed
+offsets, and a record of the old one claimed into it would skip the ones
+before it.
 
 Hand-backs. ``requeue`` publishes the record again at the end of its topic
 with the ``fleet-attempt`` header one higher (past ``delivery_limit``: to the
