@@ -19,7 +19,10 @@ For each broker and model, one ``fleet worker`` process and one client process:
    is 1 ms, the same arrivals once more against a client that answers at
    once: the load generator's own CPU per request, taken out of the fleet's
    (the figures before it are printed too), and the broker's CPU per request
-   beside it, not counted;
+   beside it, not counted; and the wake-ups per request (voluntary context
+   switches) of the client, of the load generator alone and of the worker:
+   at such rates each request wakes the processes one by one, and every
+   wake-up costs;
    then the same arrivals against the broker library's own request/reply
    echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
@@ -66,6 +69,7 @@ from benchmarks.request_path import (  # noqa: E402
     _service,
     listener_pid,
     stop_process,
+    wakeups,
 )
 from benchmarks.revisions import add_worktree, remove_worktree  # noqa: E402
 from fleet.stages import CLIENT_STAGES  # noqa: E402
@@ -85,7 +89,7 @@ TARGETS = {  # (rate, broker) -> (p50 ms, p99 ms)
 # so it uses only the Client API every build has; stages where the build has them,
 # and the heap frozen once connected where the build can (fleet.heap).
 CLIENT = r"""
-import array, asyncio, inspect, json, sys, time
+import array, asyncio, inspect, json, resource, sys, time
 from operator import attrgetter
 import numpy as np
 from producer import Client
@@ -138,6 +142,7 @@ async def main():
             await asyncio.sleep(args["duration"])
             print(json.dumps({"cpu_s": time.process_time() - cpu}))
             return
+        woke = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
         async def one(i):
             nonlocal inference, per, get
@@ -187,8 +192,9 @@ async def main():
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - t_start
         stages = [flat[i : i + per].tolist() for i in range(0, len(flat), per)]
+        woke = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - woke
         print(json.dumps({"lat": lat.tolist(), "stages": stages, "cpu_s": time.process_time() - cpu,
-                          "seconds": seconds, "inference_s": inference}))
+                          "seconds": seconds, "inference_s": inference, "wakeups": woke}))
 
 if args.get("event_loop") == "uvloop":
     import uvloop
@@ -268,8 +274,10 @@ def measure(
             }
         for rate in args.rates:
             before, broker_before = _cpu_s(worker.pid), broker_cpu()
+            woke = wakeups(worker.pid)
             r = _client(tree, **base, mode="open", rate=rate, duration=args.duration)
             r["worker_cpu_s"] = _cpu_s(worker.pid) - before
+            r["worker_wakeups"] = wakeups(worker.pid) - woke
             r["broker_cpu_s"] = broker_cpu() - broker_before
             if rate <= CPU_TARGET_RATE and tree == ROOT:  # the same arrivals, no fleet
                 r["generator"] = _client(
@@ -316,6 +324,18 @@ def _broker_ms(r: dict[str, Any]) -> float:
 def _client_ms(r: dict[str, Any]) -> float:
     """The client's CPU ms per answered request."""
     return _per_request_ms(r, r["cpu_s"])
+
+
+def _wakeups_line(r: dict[str, Any]) -> str:
+    """The client's and the worker's voluntary context switches (each a sleep
+    ended by an event) per request; NaN where a build's client does not count them."""
+    n = max(1, len(r["lat"]))
+    g = r.get("generator") or {}
+    generator = g.get("wakeups", float("nan")) / max(1, len(g.get("lat", ())))
+    return (
+        f"client {r.get('wakeups', float('nan')) / n:.2f} (the load generator alone "
+        f"{generator:.2f}), worker {r.get('worker_wakeups', float('nan')) / n:.2f}"
+    )
 
 
 def _split(r: dict[str, Any]) -> str:
@@ -405,6 +425,7 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
                 f"(target <= 1 ms: {_v(met)}); the broker's own {_broker_ms(r):.3f} ms "
                 f"(not counted)"
             )
+            print(f"  wake-ups per request: {_wakeups_line(r)}")
     sat = res["saturation"]
     rps = len(sat["lat"]) / sat["seconds"]
     met = _cpu_ms(sat) <= 0.1

@@ -230,6 +230,18 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of the process's threads so far: each is a
+    wait (for a socket, a timer, a lock) that an event ended."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in status.read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def listener_pid(url: str) -> int | None:
     """The process listening on ``url``'s port on this host (a broker on
     loopback), where it can be found in /proc; None elsewhere."""

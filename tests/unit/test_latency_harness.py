@@ -1,20 +1,22 @@
 """The latency benchmark's load generator, run alone (its "null" mode): the
 seeded Poisson arrivals it starts, and the shape of what it reports, which
-the benchmark takes out of the fleet's CPU per request; and how it finds the
-broker process whose CPU it reports beside the fleet's."""
+the benchmark takes out of the fleet's CPU per request; how it finds the
+broker process whose CPU it reports beside the fleet's; and how it counts
+wake-ups."""
 
 from __future__ import annotations
 
 import math
 import os
 import socket
+import time
 
 import numpy as np
 import pytest
 
 from benchmarks.arrivals import offsets
 from benchmarks.latency import ROOT, _broker_clock, _client
-from benchmarks.request_path import listener_pid
+from benchmarks.request_path import listener_pid, wakeups
 
 pytestmark = pytest.mark.unit
 
@@ -36,6 +38,17 @@ def test_the_generator_alone_starts_every_seeded_arrival_and_reports_its_cpu() -
     assert len(result["lat"]) == len(list(offsets(rng, 400, 0.5)))
     assert {len(row) for row in result["stages"]} == {5}
     assert result["cpu_s"] > 0
+    assert result["wakeups"] >= 0
+
+
+def test_a_wait_that_an_event_ends_counts_as_a_wake_up() -> None:
+    """The benchmark counts a process's voluntary context switches: each
+    sleep here is one (at least; the interpreter may block on its own too)."""
+    before = wakeups(os.getpid())
+    for _ in range(20):
+        time.sleep(0.001)
+    assert wakeups(os.getpid()) - before >= 20
+    assert wakeups(2**22 + 1) == 0  # no such process: nothing counted
 
 
 def test_the_broker_process_is_found_by_its_listening_port() -> None:
