@@ -1,22 +1,26 @@
 """Kafka over TLS and SASL, against the broker's secured listeners: requests
-answered through a worker on each listener, and every refusal (a wrong
+answered through a worker on each listener, every refusal (a wrong
 password, an untrusted broker certificate, no client certificate where one
-is required) a clear, non-retriable error at connect."""
+is required) a clear, non-retriable error at connect, and a rebalance on
+aiokafka's fetches (SASL: no connections of the transport's own)."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from fleet.contract import Priority
 from fleet.errors import AuthenticationFailed, ConfigError
-from fleet.transport import connect
+from fleet.transport import Delivery, connect
 from fleet.transport._kafka_security import diagnose
 from fleet.transport.kafka import KafkaTransport
 from producer import Client
 from tests.helpers import direct_onnx, rows, running_worker
 from tests.tls.conftest import tls_env
+from tests.transport.kafka_support import collector, eventually, lag_becomes
 
 pytestmark = [pytest.mark.tls, pytest.mark.kafka]
 
@@ -110,3 +114,47 @@ def test_tls_files_that_cannot_be_read_fail_before_connecting(
     url = listener("SSL", monkeypatch).split("?")[0] + f"?cafile={tmp_path}/none.pem"
     with pytest.raises(ConfigError, match="Kafka TLS files"):
         connect(url).security.client_kwargs()  # type: ignore[attr-defined]
+
+
+async def test_consumers_joining_and_leaving_lose_nothing_on_aiokafkas_fetches(
+    monkeypatch: pytest.MonkeyPatch, unique_model: str
+) -> None:
+    """Where the transport has no connections of its own (SASL), aiokafka's
+    consumer fetches the records; what it returns while a rebalance is being
+    set up is put back, so a consumer joining and one leaving lose and skip
+    nothing."""
+    url = listener("SASL", monkeypatch)
+    made: list[KafkaTransport] = []
+
+    async def opened() -> KafkaTransport:
+        t = connect(url, partitions=4, reconnect_interval=0.2)
+        assert isinstance(t, KafkaTransport)
+        await t.connect()
+        made.append(t)
+        return t
+
+    try:
+        first, second, client = [await opened() for _ in range(3)]
+        assert first.wire is None  # aiokafka's fetches
+        await client.declare_model(unique_model)
+        got: list[Delivery] = []
+        await first.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
+        sent: set[bytes] = set()
+
+        async def publish(n: int) -> None:
+            for _ in range(n):
+                body = f"r{len(sent)}".encode()
+                await client.publish_request(unique_model, Priority.ONLINE, body)
+                sent.add(body)
+                await asyncio.sleep(0.01)
+
+        await publish(20)
+        joined = await second.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
+        await publish(20)
+        await joined.cancel()
+        await publish(20)
+        await eventually(lambda: {d.body for d in got} >= sent, timeout=40)
+        await lag_becomes(client, unique_model, 0)
+    finally:
+        for t in made:
+            await t.close()
