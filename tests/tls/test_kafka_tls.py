@@ -158,3 +158,41 @@ async def test_consumers_joining_and_leaving_lose_nothing_on_aiokafkas_fetches(
     finally:
         for t in made:
             await t.close()
+
+
+async def test_records_aiokafka_returns_while_an_assignment_is_set_up_are_read_again(
+    monkeypatch: pytest.MonkeyPatch, unique_model: str
+) -> None:
+    """aiokafka may return the new assignment's first records while this
+    consumer still sets that assignment up: they are put back (the partition
+    sought back to the first of them) and read again once it is set up, not
+    dropped with the position past them."""
+    from fleet.transport._kafka_consumer import GroupConsumer
+    from fleet.transport._kafka_wire import Record
+
+    url = listener("SASL", monkeypatch)
+    worker, client = connect(url, partitions=1), connect(url, partitions=1)
+    await worker.connect()
+    await client.connect()
+    try:
+        assert isinstance(worker, KafkaTransport) and worker.wire is None  # aiokafka's fetches
+        await client.declare_model(unique_model)
+        got: list[Delivery] = []
+        group = await worker.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
+        assert isinstance(group, GroupConsumer)
+        await eventually(lambda: len(group._parts) == 1, timeout=30)
+        await group.pause()
+        for i in range(2):
+            await client.publish_request(unique_model, Priority.ONLINE, f"r{i}".encode())
+        (tp,) = group._parts
+        returned = [Record(tp.topic, tp.partition, i, 0, None, b"", []) for i in (0, 1)]
+        group._kafka.seek(tp, 2)  # as if a fetch had returned them
+        group._assignment_ready.clear()  # the assignment is being set up
+        await group._hand_out({tp: returned})
+        group._assignment_ready.set()
+        await group.resume()
+        await eventually(lambda: len(got) >= 2, timeout=30)
+        assert sorted(d.body for d in got) == [b"r0", b"r1"]
+    finally:
+        await worker.close()
+        await client.close()
