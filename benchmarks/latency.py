@@ -304,9 +304,14 @@ def _cpu_ms(r: dict[str, Any]) -> float:
     return 1000 * (r["cpu_s"] + r["worker_cpu_s"] - r["inference_s"]) / n
 
 
+def _per_request(r: dict[str, Any], total: float) -> float:
+    """``total`` per request ``r`` answered."""
+    return total / max(1, len(r["lat"]))
+
+
 def _per_request_ms(r: dict[str, Any], cpu_s: float) -> float:
     """``cpu_s`` seconds of CPU in ms per request ``r`` answered."""
-    return 1000 * cpu_s / max(1, len(r["lat"]))
+    return 1000 * _per_request(r, cpu_s)
 
 
 def _generator_ms(r: dict[str, Any]) -> float:
@@ -329,13 +334,12 @@ def _client_ms(r: dict[str, Any]) -> float:
 def _wakeups_line(r: dict[str, Any]) -> str:
     """The client's and the worker's voluntary context switches (each a sleep
     ended by an event) per request; NaN where a build's client does not count them."""
-    n = max(1, len(r["lat"]))
-    g = r.get("generator") or {}
-    generator = g.get("wakeups", float("nan")) / max(1, len(g.get("lat", ())))
-    return (
-        f"client {r.get('wakeups', float('nan')) / n:.2f} (the load generator alone "
-        f"{generator:.2f}), worker {r.get('worker_wakeups', float('nan')) / n:.2f}"
-    )
+    nan = float("nan")
+    g = r.get("generator")
+    generator = _per_request(g, g.get("wakeups", nan)) if g else nan
+    client = _per_request(r, r.get("wakeups", nan))
+    worker = _per_request(r, r.get("worker_wakeups", nan))
+    return f"client {client:.2f} (the load generator alone {generator:.2f}), worker {worker:.2f}"
 
 
 def _split(r: dict[str, Any]) -> str:

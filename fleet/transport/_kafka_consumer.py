@@ -655,7 +655,8 @@ class GroupConsumer(Consumer):
         if self._handing:  # a hand-out task commits first: it wakes this loop when done
             await self._wait_for_room()
             return FETCH_POLL_MS
-        if await self._rebalancing():
+        if not self._assignment_ready.is_set():  # no coroutine per round when it is
+            await self._await_assignment()
             return FETCH_POLL_MS
         if not await fetcher.wait(wait_ms):
             self.fetches += 1
@@ -672,20 +673,17 @@ class GroupConsumer(Consumer):
         await self._hand_out({TopicPartition(self.topic, p): rs for p, rs in batch.items()})
         return FETCH_POLL_MS
 
-    async def _rebalancing(self) -> bool:
-        """Whether a rebalance is under way (from the revoke until the next
-        assignment is set up); then wait a moment for its end. The fetch loop
+    async def _await_assignment(self) -> None:
+        """Wait a moment for a rebalance to end (from the revoke until the
+        next assignment is set up). The fetch loop
         on the transport's own fetches takes no records meanwhile: those of
         the assignment that is ending, claimed into the next one, would move
         its hand-out position past the records it reads again from the
         committed offset, and the commit would pass those without their ever
         being handed out. (aiokafka's ``getmany`` returns none of an ending
         assignment, and is polled meanwhile: it raises the group's errors.)"""
-        if self._assignment_ready.is_set():
-            return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._assignment_ready.wait(), POLL_MS / 1000)
-        return True
 
     async def _wait_for_room(self) -> None:
         self._room.clear()
@@ -703,7 +701,7 @@ class GroupConsumer(Consumer):
         first in one commit (not one per partition, each a round trip to the
         group coordinator that the later partitions' records would wait on).
         Records fetched while a rebalance began are put back (see
-        :meth:`_rebalancing`), never held until it ends and claimed then."""
+        :meth:`_await_assignment`), never held until it ends and claimed then."""
         if not self._assignment_ready.is_set():
             self._put_back(fetched)
             return
@@ -722,7 +720,7 @@ class GroupConsumer(Consumer):
         and the transport's own fetch loop takes none then."""
         owned = self._kafka.assignment() if self._kafka is not None else ()
         for tp, records in fetched.items():
-            if records and tp in owned:
+            if tp in owned:
                 self._seek(tp, records[0].offset)
 
     async def _hand_out_claims(self, claims: list[_Claim]) -> None:

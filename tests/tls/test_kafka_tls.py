@@ -6,8 +6,9 @@ aiokafka's fetches (SASL: no connections of the transport's own)."""
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +21,12 @@ from fleet.transport.kafka import KafkaTransport
 from producer import Client
 from tests.helpers import direct_onnx, rows, running_worker
 from tests.tls.conftest import tls_env
-from tests.transport.kafka_support import collector, eventually, lag_becomes
+from tests.transport.kafka_support import (
+    Connect,
+    collector,
+    eventually,
+    joining_and_leaving_loses_nothing,
+)
 
 pytestmark = [pytest.mark.tls, pytest.mark.kafka]
 
@@ -116,52 +122,38 @@ def test_tls_files_that_cannot_be_read_fail_before_connecting(
         connect(url).security.client_kwargs()  # type: ignore[attr-defined]
 
 
-async def test_consumers_joining_and_leaving_lose_nothing_on_aiokafkas_fetches(
-    monkeypatch: pytest.MonkeyPatch, unique_model: str
-) -> None:
-    """Where the transport has no connections of its own (SASL), aiokafka's
-    consumer fetches the records; what it returns while a rebalance is being
-    set up is put back, so a consumer joining and one leaving lose and skip
-    nothing."""
+@pytest.fixture
+async def sasl_kafka(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Connect]:
+    """Transports on the SASL listener (options as keywords): aiokafka's
+    fetches, no connections of the transport's own; all closed afterwards."""
     url = listener("SASL", monkeypatch)
     made: list[KafkaTransport] = []
 
-    async def opened() -> KafkaTransport:
-        t = connect(url, partitions=4, reconnect_interval=0.2)
+    async def make(**options: Any) -> KafkaTransport:
+        t = connect(url, reconnect_interval=0.2, **options)
         assert isinstance(t, KafkaTransport)
         await t.connect()
         made.append(t)
+        assert t.wire is None  # aiokafka's fetches
         return t
 
-    try:
-        first, second, client = [await opened() for _ in range(3)]
-        assert first.wire is None  # aiokafka's fetches
-        await client.declare_model(unique_model)
-        got: list[Delivery] = []
-        await first.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
-        sent: set[bytes] = set()
+    yield make
+    for t in made:
+        await t.close()
 
-        async def publish(n: int) -> None:
-            for _ in range(n):
-                body = f"r{len(sent)}".encode()
-                await client.publish_request(unique_model, Priority.ONLINE, body)
-                sent.add(body)
-                await asyncio.sleep(0.01)
 
-        await publish(20)
-        joined = await second.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
-        await publish(20)
-        await joined.cancel()
-        await publish(20)
-        await eventually(lambda: {d.body for d in got} >= sent, timeout=40)
-        await lag_becomes(client, unique_model, 0)
-    finally:
-        for t in made:
-            await t.close()
+async def test_consumers_joining_and_leaving_lose_nothing_on_aiokafkas_fetches(
+    sasl_kafka: Connect, unique_model: str
+) -> None:
+    """Where the transport has no connections of its own (SASL), aiokafka's
+    consumer fetches the records: a consumer joining and one leaving lose
+    and skip nothing there either."""
+    first, second, client = [await sasl_kafka(partitions=4) for _ in range(3)]
+    await joining_and_leaving_loses_nothing(first, second, client, unique_model)
 
 
 async def test_records_aiokafka_returns_while_an_assignment_is_set_up_are_read_again(
-    monkeypatch: pytest.MonkeyPatch, unique_model: str
+    sasl_kafka: Connect, unique_model: str
 ) -> None:
     """aiokafka may return the new assignment's first records while this
     consumer still sets that assignment up: they are put back (the partition
@@ -170,29 +162,21 @@ async def test_records_aiokafka_returns_while_an_assignment_is_set_up_are_read_a
     from fleet.transport._kafka_consumer import GroupConsumer
     from fleet.transport._kafka_wire import Record
 
-    url = listener("SASL", monkeypatch)
-    worker, client = connect(url, partitions=1), connect(url, partitions=1)
-    await worker.connect()
-    await client.connect()
-    try:
-        assert isinstance(worker, KafkaTransport) and worker.wire is None  # aiokafka's fetches
-        await client.declare_model(unique_model)
-        got: list[Delivery] = []
-        group = await worker.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
-        assert isinstance(group, GroupConsumer)
-        await eventually(lambda: len(group._parts) == 1, timeout=30)
-        await group.pause()
-        for i in range(2):
-            await client.publish_request(unique_model, Priority.ONLINE, f"r{i}".encode())
-        (tp,) = group._parts
-        returned = [Record(tp.topic, tp.partition, i, 0, None, b"", []) for i in (0, 1)]
-        group._kafka.seek(tp, 2)  # as if a fetch had returned them
-        group._assignment_ready.clear()  # the assignment is being set up
-        await group._hand_out({tp: returned})
-        group._assignment_ready.set()
-        await group.resume()
-        await eventually(lambda: len(got) >= 2, timeout=30)
-        assert sorted(d.body for d in got) == [b"r0", b"r1"]
-    finally:
-        await worker.close()
-        await client.close()
+    worker, client = await sasl_kafka(partitions=1), await sasl_kafka(partitions=1)
+    await client.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await worker.consume(unique_model, Priority.ONLINE, collector(got), prefetch=4)
+    assert isinstance(group, GroupConsumer)
+    await eventually(lambda: len(group._parts) == 1, timeout=30)
+    await group.pause()
+    for i in range(2):
+        await client.publish_request(unique_model, Priority.ONLINE, f"r{i}".encode())
+    (tp,) = group._parts
+    returned = [Record(tp.topic, tp.partition, i, 0, None, b"", []) for i in (0, 1)]
+    group._kafka.seek(tp, 2)  # as if a fetch had returned them
+    group._assignment_ready.clear()  # the assignment is being set up
+    await group._hand_out({tp: returned})
+    group._assignment_ready.set()
+    await group.resume()
+    await eventually(lambda: len(got) >= 2, timeout=30)
+    assert sorted(d.body for d in got) == [b"r0", b"r1"]

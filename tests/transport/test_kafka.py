@@ -22,7 +22,13 @@ from fleet.transport import Delivery, connect, queue_name
 from fleet.transport.base import new_reply_address
 from fleet.transport.kafka import REPLIES, KafkaTransport, shared_partition
 from tests.conftest import missing
-from tests.transport.kafka_support import Connect, collector, eventually, lag_becomes
+from tests.transport.kafka_support import (
+    Connect,
+    collector,
+    eventually,
+    joining_and_leaving_loses_nothing,
+    lag_becomes,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -140,25 +146,7 @@ async def test_rebalance_when_a_consumer_joins_and_leaves_loses_nothing(
     kafka: Connect, unique_model: str
 ) -> None:
     first, second, client = [await kafka(partitions=4) for _ in range(3)]
-    await client.declare_model(unique_model)
-    got: list[Delivery] = []
-    await first.consume(unique_model, ONLINE, collector(got), prefetch=4)
-    sent: set[bytes] = set()
-
-    async def publish(n: int) -> None:
-        for _ in range(n):
-            body = f"r{len(sent)}".encode()
-            await client.publish_request(unique_model, ONLINE, body)
-            sent.add(body)
-            await asyncio.sleep(0.01)
-
-    await publish(20)
-    joined = await second.consume(unique_model, ONLINE, collector(got), prefetch=4)
-    await publish(20)
-    await joined.cancel()
-    await publish(20)
-    await eventually(lambda: {d.body for d in got} >= sent, timeout=40)
-    await lag_becomes(client, unique_model, 0)
+    await joining_and_leaving_loses_nothing(first, second, client, unique_model)
 
 
 async def test_a_paused_consumer_stays_in_its_group_and_keeps_its_partitions(
@@ -347,10 +335,11 @@ async def test_records_buffered_at_a_rebalance_are_read_again_not_claimed_after_
     release_hand_out, release_revoke = asyncio.Event(), asyncio.Event()
 
     async def held_commit(parts: Any, **kwargs: Any) -> bool:
-        if kwargs.get("count_handed", True) and not handing.is_set():
+        handed = kwargs.get("count_handed", True)
+        if handed and not handing.is_set():
             handing.set()  # r0's hand-out commit waits for the broker
             await release_hand_out.wait()
-        elif not kwargs.get("count_handed", True):
+        elif not handed:
             revoking.set()  # the revoke's commit waits too
             await release_revoke.wait()
         return await real_commit(parts, **kwargs)

@@ -38,7 +38,7 @@ def test_the_generator_alone_starts_every_seeded_arrival_and_reports_its_cpu() -
     assert len(result["lat"]) == len(list(offsets(rng, 400, 0.5)))
     assert {len(row) for row in result["stages"]} == {5}
     assert result["cpu_s"] > 0
-    assert result["wakeups"] >= 0
+    assert isinstance(result["wakeups"], int)
 
 
 def test_a_wait_that_an_event_ends_counts_as_a_wake_up() -> None:
