@@ -249,7 +249,6 @@ class KafkaDelivery(Delivery):
 
     async def ack(self) -> None:
         self._settle()
-        await asyncio.sleep(0)
 
     async def reject(self) -> None:
         """Dead-letter it. A dead-letter publish that keeps failing hands the
@@ -645,7 +644,8 @@ class GroupConsumer(Consumer):
         now = asyncio.get_running_loop().time()
         if now >= self._next_poll:
             self._next_poll = now + FETCH_IDLE_POLL_MS / 1000  # at most this often
-            kafka.pause(*kafka.assignment())
+            if unpaused := kafka.assignment() - kafka.paused():  # new since the last poll
+                kafka.pause(*unpaused)
             await kafka.getmany(timeout_ms=0)
         if self._held or self.outstanding >= self.prefetch:
             fetcher.pause()

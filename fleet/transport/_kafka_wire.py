@@ -1098,7 +1098,8 @@ class Fetcher:
                 out[p] = [queue.popleft() for _ in range(n)]
                 room -= n
         self._count -= max_records - room
-        self._refill()
+        if self._full:  # else the tail fetches already: nothing to resume
+            self._refill()
         return out
 
     async def stop(self) -> None:

@@ -1,6 +1,7 @@
 """The Kafka protocol's produce and fetch (``fleet.transport._kafka_wire``)
 against a real broker: sends of one turn in one request, keys, headers and
-offsets, tails positioned at the end, pause and resume, a lost connection
+offsets, tails positioned at the end, pause and resume, a fetch buffer that
+fills and makes room again, a lost connection
 on either side, unknown topics, and a response nobody asked for."""
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fleet.transport._kafka_wire import (
     METADATA,
     Cluster,
     Connection,
+    Fetcher,
     Producer,
     Reader,
     Tail,
@@ -108,6 +110,30 @@ async def test_a_tail_starts_at_the_end_and_keeps_its_place_while_paused(
     await producer.send(topic, b"after", partition=0)
     await eventually(lambda: [r.value for r in got][-1:] == [b"after"])
     assert [r.value for r in got] == [b"while paused", b"after"]
+
+
+async def test_a_full_fetch_buffer_stops_fetching_until_a_take_makes_room(
+    cluster: Cluster, topic: str
+) -> None:
+    producer = await _producer(cluster)
+    await asyncio.gather(*(producer.send(topic, b"r%d" % i, partition=0) for i in range(6)))
+    fetcher = Fetcher(cluster, topic, max_wait_ms=200, retry_interval=0.1, buffer_limit=4)
+    await fetcher.assign({0: None})  # from the start of the partition
+    try:
+        assert await fetcher.wait(5000)
+        await eventually(lambda: fetcher.tail._paused)  # full: no more fetches
+        fetches = fetcher.tail.fetches
+        await asyncio.gather(*(producer.send(topic, b"r%d" % i, partition=0) for i in range(6, 12)))
+        await asyncio.sleep(0.5)
+        assert fetcher.tail.fetches == fetches  # the later six wait for room
+        taken: list[bytes] = []
+        while len(taken) < 12:
+            assert await fetcher.wait(5000)
+            taken += [r.value for rs in fetcher.take(3).values() for r in rs]
+        assert taken == [b"r%d" % i for i in range(12)]
+        assert not fetcher.tail._paused  # room again: fetching goes on
+    finally:
+        await fetcher.stop()
 
 
 async def test_a_send_after_its_connection_broke_is_sent_again_with_a_new_producer_id(
