@@ -41,6 +41,7 @@ class Batcher(Generic[T]):
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     _closed: bool = False
     _order: tuple[deque[_Entry[T]], ...] = ()  # the lanes in the order they are served
+    _rows: int = 0  # rows queued, kept as items come and go
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
@@ -59,7 +60,7 @@ class Batcher(Generic[T]):
 
     @property
     def rows(self) -> int:
-        return sum(e.rows for lane in self._order for e in lane)
+        return self._rows
 
     def put(
         self,
@@ -75,6 +76,7 @@ class Batcher(Generic[T]):
             raise ValueError(f"an item of {rows} rows cannot fit a batch of {self.max_batch_size}")
         lane = self._sync if synchronous else self._lanes[priority]
         lane.append(_Entry(item, rows, self.clock()))
+        self._rows += rows
         self._wakeup.set()
 
     def close(self) -> None:
@@ -87,6 +89,7 @@ class Batcher(Generic[T]):
         out = [e.item for lane in self._order for e in lane]
         for lane in self._order:
             lane.clear()
+        self._rows = 0
         return out
 
     def _oldest(self) -> float | None:
@@ -103,28 +106,44 @@ class Batcher(Generic[T]):
                 batch.append(entry.item)
             if lane:
                 break  # the next item does not fit: the batch is full
+        self._rows -= rows
         return batch
+
+    def full_batch(self) -> list[T]:
+        """A batch now if a full one waits (``max_batch_size`` rows queued),
+        else ``[]``; what ``next_batch`` would return first."""
+        return self._take() if self._rows >= self.max_batch_size else []
 
     async def next_batch(self) -> list[T]:
         """Wait for the next batch. Returns ``[]`` only once closed and empty."""
+        await self.ready()
+        return self._take()
+
+    def take(self) -> list[T]:
+        """The next batch now, as far as the rows queued fill it (``[]``: none)."""
+        return self._take()
+
+    async def ready(self) -> None:
+        """Wait until the next batch is due: full, its oldest item has waited
+        ``max_wait``, or closed (and so, once empty, no batch ever again)."""
         while True:
             oldest = self._oldest()
             if oldest is None:
                 if self._closed:
-                    return []
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
             if self._closed or self.rows >= self.max_batch_size:
-                return self._take()
+                return
             remaining = oldest + self.max_wait - self.clock()
             if remaining <= 0:
-                return self._take()
+                return
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
             except TimeoutError:
-                return self._take()
+                return
 
 
 __all__ = ["Batcher"]

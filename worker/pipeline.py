@@ -13,6 +13,14 @@ the runs it makes (the run alone, without the hand-over), per size class of
 batch (rows 1, 2-3, 4-7, ...): a class not yet run, or run slower than the
 bound of late, goes to the thread.
 
+Items come in bursts: every delivery of one read from the socket is handled
+before the batch loop has its turn again. So a full batch does not wait for
+that turn when a model slot is free (the batch loop holding it while it waits
+for items, or a run that ended on the model's thread before the loop heard of
+it): :meth:`Pipeline.submit` hands it to the model's thread at once. Work that
+would wait for a busy model stays in the batcher, where the batch loop forms
+the next batch as ever.
+
 Items whose deadline passed, or that their ingress cancelled (a synchronous
 caller that went away), are dropped before inference. When a batch fails,
 its items are run one by one so that only the bad one fails.
@@ -22,10 +30,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -38,6 +46,21 @@ from worker.batcher import Batcher
 from worker.runtime import Feeds
 
 log = get_logger("worker.pipeline")
+
+
+@dataclass(eq=False, slots=True)
+class _Launch:
+    """A batch's run as started: when, its rows, and the thread's future
+    (``None``: it runs inline, where it is awaited)."""
+
+    started: float  # time.time()
+    started_mono: float
+    t0: float  # the pipeline's clock
+    rows: int
+    run: asyncio.Future[tuple[Feeds, float, float]] | None = None
+    owns_slot: bool = False  # a batch's run, holding a model slot (not an isolating rerun)
+    finished: bool = False  # set by the model's thread as the run ends
+    slot_passed: bool = False  # its slot went to the next batch before the loop heard it end
 
 
 class ModelRunner(Protocol):
@@ -118,6 +141,9 @@ class Pipeline:
         self._clock = clock
         self._run_s: dict[int, float] = {}  # size class -> moving average of a run, seconds
         self.inline_runs = 0
+        self.early_batches = 0  # full batches started from submit
+        self._in_flight: set[_Launch] = set()  # runs handed to the model's thread
+        self._idle_slot = False  # the batch loop holds a free slot, waiting for a batch
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -126,6 +152,60 @@ class Pipeline:
         self.batcher.put(
             item, rows=item.rows, priority=item.request.priority, synchronous=item.synchronous
         )
+        if self.batcher.rows >= self.batcher.max_batch_size:
+            self._start_full_batch()
+
+    def _start_full_batch(self) -> None:
+        """Hand a full batch to the model's thread now. Items come in bursts
+        (every delivery of one read from the socket is handled before the
+        batch loop's turn comes round again): without this, the model would
+        sit idle until the whole burst was decoded, and each batch would
+        wait for the burst ahead of it. Only while the model is idle: work
+        that would wait for it anyway stays in the batcher, where the batch
+        loop forms the next batch as it always does (a later synchronous
+        request first, a cancelled one dropped). A batch of a size class
+        known to run inline is left to the batch loop too."""
+        if self._runs_inline(self.batcher.max_batch_size):
+            return
+        donor = None  # a run that ended on the thread: its slot, not yet released
+        if not self._idle_slot:
+            donor = next(
+                (r for r in self._in_flight if r.owns_slot and r.finished and not r.slot_passed),
+                None,
+            )
+            if donor is None:
+                return  # every slot busy: the batch loop takes it when one is free
+        batch = self.batcher.full_batch()
+        if not batch:
+            return
+        if donor is None:
+            self._idle_slot = False
+        else:
+            donor.slot_passed = True
+        outcomes, live = _triage(batch)
+        launch = self._launch(live, inline=False, owns_slot=True) if live else None
+        self.early_batches += 1
+        self._spawn(self._finish(outcomes, live, launch))
+
+    async def _finish(
+        self, outcomes: list[Outcome], live: list[Item], launch: _Launch | None
+    ) -> None:
+        try:
+            if launch is not None:
+                outcomes.extend(await self._infer(live, launch))
+        finally:
+            self._release(launch)
+        await self._hand_over(outcomes)
+
+    def _release(self, launch: _Launch | None) -> None:
+        """Free a batch's slot, unless it went on to the next batch already."""
+        if launch is None or not launch.slot_passed:
+            self._slots.release()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     @property
     def accepting(self) -> bool:
@@ -164,24 +244,32 @@ class Pipeline:
         idle model runs a request at once rather than waiting for company."""
         while True:
             await self._slots.acquire()
-            batch = await self.batcher.next_batch()
+            self._idle_slot = True  # a full batch may start on it from submit
+            batch: list[Item] = []
+            while self._idle_slot:
+                await self.batcher.ready()
+                if not self._idle_slot:
+                    break
+                batch = self.batcher.take()
+                if batch or self.batcher.closed:
+                    break
+            if not self._idle_slot:
+                continue  # submit started a batch on this slot; wait for another
+            self._idle_slot = False
             if not batch:
                 self._slots.release()
                 return
-            task = asyncio.get_running_loop().create_task(self._process(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._process(batch))
 
     async def _process(self, batch: list[Item]) -> None:
+        launch = None
         try:
-            now = time.time()
-            dropped = [i.cancelled or i.request.expired(now) for i in batch]
-            outcomes = [Outcome(i, None) for i, d in zip(batch, dropped, strict=True) if d]
-            live = [i for i, d in zip(batch, dropped, strict=True) if not d]
+            outcomes, live = _triage(batch)
             if live:
-                outcomes.extend(await self._infer(live))
+                launch = self._launch(live, owns_slot=True)
+                outcomes.extend(await self._infer(live, launch))
         finally:
-            self._slots.release()  # the next batch may run while these replies go out
+            self._release(launch)  # the next batch may run while these replies go out
         await self._hand_over(outcomes)
 
     async def _hand_over(self, outcomes: list[Outcome]) -> None:
@@ -197,19 +285,43 @@ class Pipeline:
         except Exception:
             log.exception("publishing replies failed", model=self.model)
 
-    async def _infer(self, items: list[Item]) -> list[Outcome]:
-        loop = asyncio.get_running_loop()
-        started, started_mono = time.time(), time.monotonic()
+    def _launch(
+        self, items: list[Item], *, inline: bool = True, owns_slot: bool = False
+    ) -> _Launch:
+        """Start ``items``' run on the model's thread now, or (``inline`` and
+        its size class known to be quick) leave it to run where awaited."""
         rows = sum(i.rows for i in items)
-        t0 = self._clock()
+        launch = _Launch(time.time(), time.monotonic(), self._clock(), rows, owns_slot=owns_slot)
+        if not (inline and self._runs_inline(rows)):
+            launch.run = asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_on_thread, launch, items
+            )
+            self._in_flight.add(launch)
+        return launch
+
+    def _run_on_thread(self, launch: _Launch, items: list[Item]) -> tuple[Feeds, float, float]:
         try:
-            if self._runs_inline(rows):
+            return self._run_batch(items, launch.rows)
+        finally:
+            launch.finished = True  # the model is free, before the loop hears of it
+
+    async def _infer(self, items: list[Item], launch: _Launch | None = None) -> list[Outcome]:
+        launch = launch or self._launch(items)
+        started, started_mono, t0, rows = (
+            launch.started,
+            launch.started_mono,
+            launch.t0,
+            launch.rows,
+        )
+        try:
+            if launch.run is None:
                 self.inline_runs += 1
                 outputs, run_start, run_end = self._run_batch(items, rows)
             else:
-                outputs, run_start, run_end = await loop.run_in_executor(
-                    self._executor, self._run_batch, items, rows
-                )
+                try:
+                    outputs, run_start, run_end = await launch.run
+                finally:
+                    self._in_flight.discard(launch)
         except Exception as exc:
             if len(items) == 1:
                 return [self._error(items[0], exc)]
@@ -290,6 +402,16 @@ class Pipeline:
             log.warning("model run failed", model=self.model, error=repr(exc))
             exc = Internal(f"model {self.model} version {self.version} failed: {exc}")
         return Outcome(item, self._reply(item, error=ErrorInfo.of(exc)))
+
+
+def _triage(batch: list[Item]) -> tuple[list[Outcome], list[Item]]:
+    """The outcomes of the items to drop (deadline passed, or cancelled by
+    their ingress), and the items to run."""
+    now = time.time()
+    dropped = [i.cancelled or i.request.expired(now) for i in batch]
+    outcomes = [Outcome(i, None) for i, d in zip(batch, dropped, strict=True) if d]
+    live = [i for i, d in zip(batch, dropped, strict=True) if not d]
+    return outcomes, live
 
 
 __all__ = ["BatchStats", "Item", "ModelRunner", "Outcome", "Pipeline", "ReplySink"]

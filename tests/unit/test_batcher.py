@@ -82,3 +82,16 @@ async def test_close_flushes_the_rest_then_ends() -> None:
     assert await asyncio.wait_for(b.next_batch(), 1) == []
     with pytest.raises(RuntimeError):
         b.put(2)
+
+
+async def test_a_full_batch_is_taken_at_once_or_not_at_all() -> None:
+    b: Batcher[int] = Batcher(max_batch_size=4, max_wait=60.0)
+    b.put(0, rows=2)
+    b.put(1, rows=1, priority=Priority.BATCH)
+    assert b.full_batch() == [] and b.rows == 3  # not full: left for next_batch
+    b.put(2, rows=2)
+    assert b.full_batch() == [0, 2] and b.rows == 1  # online first, up to 4 rows
+    b.put(3, rows=3)
+    assert b.full_batch() == [3, 1] and b.rows == 0  # online before batch
+    b.put(4, rows=2)
+    assert b.drain() == [4] and b.rows == 0

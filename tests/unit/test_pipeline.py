@@ -294,3 +294,75 @@ async def test_a_bad_item_fails_alone_on_the_event_loop_too() -> None:
     assert pipe.inline_runs == 6  # two of the first four, the batch of 3, then its items one by one
     errors = [o.reply.error for s in sinks for o in s.outcomes if o.reply is not None]
     assert [e.code if e else None for e in errors] == [None, ErrorCode.INTERNAL, None]
+
+
+class GatedModel(FakeModel):
+    """Notes, from whichever thread runs it, that a run began."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began = threading.Event()
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.began.set()
+        return super().run(feeds)
+
+
+async def test_a_full_batch_of_a_burst_starts_on_the_models_thread_at_once() -> None:
+    """A burst's items are submitted one after another before the batch loop
+    has a turn: once a full batch waits, it goes to the model's thread then,
+    not after the whole burst has been handled."""
+    model = GatedModel()
+    pipe = _pipeline(model)
+    pipe.start()
+    await asyncio.sleep(0)  # the batch loop waits for items
+    items = [_item(i, 1.0) for i in range(FakeModel.max_batch_size + 3)]
+    for item in items:
+        pipe.submit(item)
+    # the event loop's thread blocks here: only the model's thread can begin a run
+    assert model.began.wait(5)
+    assert pipe.early_batches == 1
+    await asyncio.wait_for(pipe.close(), 5)
+    assert model.batches == [FakeModel.max_batch_size, 3]
+    replies = [o.reply for i in items for o in i.sink.outcomes]  # type: ignore[attr-defined]
+    assert len(replies) == len(items) and all(r is not None and r.ok for r in replies)
+
+
+async def test_a_full_batch_known_to_be_fast_is_left_to_the_batch_loop() -> None:
+    model = TimedModel(cost=0.0001)
+    pipe = _timed_pipeline(model, inline_below=0.001)
+    await _one_at_a_time(pipe, [FakeModel.max_batch_size])  # the full size class: fast
+    early = pipe.early_batches  # that first run of the class went to the thread
+    sinks = [RequestSink() for _ in range(FakeModel.max_batch_size)]
+    for i, sink in enumerate(sinks):
+        pipe.submit(_item(i, 1.0, sink=sink))
+    assert pipe.early_batches == early
+    await asyncio.wait_for(asyncio.gather(*(s.answer for s in sinks)), 5)
+    await asyncio.wait_for(pipe.close(), 5)
+    assert model.threads[1:] == [threading.get_ident()]  # one batch, on the loop
+
+
+def _block_until(done: Callable[[], bool]) -> None:
+    """Wait on the event loop's own thread, so that nothing else runs there."""
+    deadline = time.monotonic() + 5
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.001)
+
+
+async def test_a_run_that_ended_on_the_thread_passes_its_slot_to_the_next_full_batch() -> None:
+    """In a long burst, batch after batch goes to the model's thread without
+    the event loop having a turn, and every slot is given back in the end."""
+    model = GatedModel()
+    pipe = _pipeline(model)
+    pipe.start()
+    await asyncio.sleep(0)
+    size = FakeModel.max_batch_size
+    items = [_item(i, 1.0) for i in range(3 * size)]
+    for n, item in enumerate(items):
+        pipe.submit(item)
+        if (n + 1) % size == 0:  # a full batch went to the thread: wait till its run ends
+            _block_until(lambda: all(r.finished for r in pipe._in_flight))
+    assert model.batches == [size, size, size] and pipe.early_batches == 3
+    await asyncio.wait_for(pipe.close(), 5)
+    replies = [o.reply for i in items for o in i.sink.outcomes]  # type: ignore[attr-defined]
+    assert len(replies) == len(items) and all(r is not None and r.ok for r in replies)
