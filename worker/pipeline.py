@@ -160,11 +160,11 @@ class Pipeline:
         (every delivery of one read from the socket is handled before the
         batch loop's turn comes round again): without this, the model would
         sit idle until the whole burst was decoded, and each batch would
-        wait for the burst ahead of it. Only while the model is idle: work
-        that would wait for it anyway stays in the batcher, where the batch
-        loop forms the next batch as it always does (a later synchronous
-        request first, a cancelled one dropped). A batch of a size class
-        known to run inline is left to the batch loop too."""
+        wait for the burst ahead of it. Only while a model slot is free:
+        work that would wait for a busy model stays in the batcher, where the
+        batch loop forms the next batch as it always does (a later
+        synchronous request first, a cancelled one dropped). A batch of a
+        size class known to run inline is left to the batch loop too."""
         if self._runs_inline(self.batcher.max_batch_size):
             return
         donor = None  # a run that ended on the thread: its slot, not yet released
