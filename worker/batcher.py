@@ -96,7 +96,8 @@ class Batcher(Generic[T]):
         heads = [lane[0].arrived for lane in self._order if lane]
         return min(heads) if heads else None
 
-    def _take(self) -> list[T]:
+    def take(self) -> list[T]:
+        """The next batch now, as far as the rows queued fill it (``[]``: none)."""
         batch: list[T] = []
         rows = 0
         for lane in self._order:
@@ -112,16 +113,12 @@ class Batcher(Generic[T]):
     def full_batch(self) -> list[T]:
         """A batch now if a full one waits (``max_batch_size`` rows queued),
         else ``[]``; what ``next_batch`` would return first."""
-        return self._take() if self._rows >= self.max_batch_size else []
+        return self.take() if self._rows >= self.max_batch_size else []
 
     async def next_batch(self) -> list[T]:
         """Wait for the next batch. Returns ``[]`` only once closed and empty."""
         await self.ready()
-        return self._take()
-
-    def take(self) -> list[T]:
-        """The next batch now, as far as the rows queued fill it (``[]``: none)."""
-        return self._take()
+        return self.take()
 
     async def ready(self) -> None:
         """Wait until the next batch is due: full, its oldest item has waited
