@@ -536,7 +536,9 @@ def _retriable(exc: BaseException) -> bool:
 class Producer:
     """An idempotent producer with ``acks=all``: ``send`` resolves once every
     in-sync replica has the record. Sends made in one turn of the event loop
-    go out as one produce request per broker, a record batch per partition."""
+    go out as one produce request per broker, a record batch per partition.
+    Records reach a partition in the order their sends were called, also
+    while the first of them wait for metadata or a connection."""
 
     def __init__(self, cluster: Cluster, *, timeout_ms: int) -> None:
         self.cluster = cluster
@@ -548,6 +550,9 @@ class Producer:
         self._seq: dict[tuple[str, int], int] = {}
         self._queue: dict[Connection, dict[tuple[str, int], list[_Record]]] = {}
         self._flush_soon = False
+        # per topic, the sends waiting to learn where their record goes
+        self._backlogs: dict[str, deque[tuple[int | None, _Record]]] = {}
+        self._routers: set[asyncio.Future[None]] = set()
         self.requests = 0  # produce requests sent
 
     async def start(self) -> None:
@@ -603,12 +608,72 @@ class Producer:
     send_and_wait = send  # aiokafka's name for it
 
     async def stop(self) -> None:
-        """Nothing to stop: the cluster's connections are closed with it."""
+        """Stop routing sends that wait for metadata or a connection (they are
+        cancelled); the cluster's connections are closed with the cluster."""
+        routers, self._routers = self._routers, set()
+        for router in routers:
+            router.cancel()
+        await asyncio.gather(*routers, return_exceptions=True)
 
     async def _send_once(
         self, topic: str, value: bytes, key: bytes | None, partition: int | None, headers: Headers
     ) -> Sent:
+        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        record = (key, value, headers, future)
+        backlog = self._backlogs.get(topic)
+        route = None if backlog is not None else self._route(topic, partition)
+        if route is not None:
+            self._enqueue(route, topic, record)
+        elif backlog is not None:  # behind earlier sends to the topic: keep their order
+            backlog.append((partition, record))
+        else:  # metadata, a producer id or a connection to wait for first
+            self._backlogs[topic] = deque([(partition, record)])
+            router = asyncio.ensure_future(self._route_backlog(topic))
+            self._routers.add(router)
+            router.add_done_callback(self._routers.discard)
+        return await future
+
+    async def _route_backlog(self, topic: str) -> None:
+        """Route the topic's waiting sends one after another, in the order
+        they were made; those that need no wait go in the same turn."""
+        backlog = self._backlogs[topic]
+        try:
+            while backlog:
+                partition, record = backlog[0]
+                future = record[3]
+                if not future.done():  # its sender may have given up
+                    try:
+                        route = self._route(topic, partition)
+                        route = route or await self._route_slowly(topic, partition)
+                    except Exception as exc:  # the sender decides whether to retry
+                        if not future.done():
+                            future.set_exception(exc)
+                    else:
+                        self._enqueue(route, topic, record)
+                backlog.popleft()
+        finally:
+            del self._backlogs[topic]
+            for _, (_, _, _, future) in backlog:
+                future.cancel()  # only when stopped
+
+    def _route(self, topic: str, partition: int | None) -> tuple[Connection, int] | None:
+        """Where a record goes, when that is known without waiting."""
+        meta = self.cluster.topics.get(topic)
+        if meta is None or self._stale:
+            return None
+        partition = self._partition(meta, topic, partition)
+        conn = self.cluster.open_connection(meta.partitions[partition], "produce")
+        return None if conn is None else (conn, partition)
+
+    async def _route_slowly(self, topic: str, partition: int | None) -> tuple[Connection, int]:
         meta = self.cluster.topics.get(topic) or await self.cluster.topic(topic)
+        partition = self._partition(meta, topic, partition)
+        if self._stale:
+            await self._producer_id()
+        return await self.cluster.connection(meta.partitions[partition], "produce"), partition
+
+    @staticmethod
+    def _partition(meta: Topic, topic: str, partition: int | None) -> int:
         if partition is None:
             partition = random.choice(meta.live or list(meta.partitions))
         leader = meta.partitions.get(partition)
@@ -616,18 +681,15 @@ class Producer:
             raise TopicUnknown(f"no partition {partition} of {topic!r}")
         if leader < 0:
             raise for_code(5)(f"no leader for partition {partition} of {topic!r}")
-        if self._stale:
-            await self._producer_id()
-        conn = self.cluster.open_connection(leader, "produce")
-        if conn is None:
-            conn = await self.cluster.connection(leader, "produce")
-        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        return partition
+
+    def _enqueue(self, route: tuple[Connection, int], topic: str, record: _Record) -> None:
+        conn, partition = route
         parts = self._queue.setdefault(conn, {})
-        parts.setdefault((topic, partition), []).append((key, value, headers, future))
+        parts.setdefault((topic, partition), []).append(record)
         if not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
-        return await future
 
     def _flush(self) -> None:
         self._flush_soon = False

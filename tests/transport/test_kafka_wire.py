@@ -1,6 +1,7 @@
 """The Kafka protocol's produce and fetch (``fleet.transport._kafka_wire``)
 against a real broker: sends of one turn in one request, keys, headers and
-offsets, tails positioned at the end, pause and resume, a fetch buffer that
+offsets, sends kept in call order while the first wait for metadata,
+tails positioned at the end, pause and resume, a fetch buffer that
 fills and makes room again, a lost connection
 on either side, unknown topics, and a response nobody asked for."""
 
@@ -94,6 +95,30 @@ async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
     assert [r.headers for r in got] == [[("h", b"%d" % i)] for i in range(20)]
     assert {r.key for r in got} == {b"k"}
     assert [r.offset for r in got] == [s.offset for s in sent]
+
+
+async def test_a_send_that_waits_for_metadata_keeps_its_place_before_later_sends(
+    cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = await _producer(cluster)
+    await producer.send(topic, b"warm", partition=0)  # a produce connection is open
+    cluster.forget(topic)
+    gate = asyncio.Event()
+    lookup = cluster.topic
+
+    async def slow_lookup(name: str) -> Any:
+        await gate.wait()
+        return await lookup(name)
+
+    monkeypatch.setattr(cluster, "topic", slow_lookup)
+    first = asyncio.ensure_future(producer.send(topic, b"first", partition=0))
+    await asyncio.sleep(0)  # the first send now waits for the topic's metadata
+    await cluster.refresh([topic])  # known again, by another way
+    second = asyncio.ensure_future(producer.send(topic, b"second", partition=0))
+    await asyncio.sleep(0.2)  # room for the second send to go out on its own
+    gate.set()
+    sent = await asyncio.wait_for(asyncio.gather(first, second), 10)
+    assert sent[0].offset < sent[1].offset
 
 
 async def test_a_tail_starts_at_the_end_and_keeps_its_place_while_paused(
