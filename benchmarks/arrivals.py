@@ -23,28 +23,35 @@ async def poisson(
     call: Callable[[int], Awaitable[None]], rng: np.random.Generator, rate: float, seconds: float
 ) -> None:
     """Start ``call(i)`` for i = 0, 1, ... at :func:`offsets`, however long
-    the earlier calls take, and wait for every call to finish. Each call is
-    started by a timer of the loop's that also sets the next one: a callback
-    per call, not a sleeping task woken for each."""
+    the earlier calls take, and wait for every call to finish. A timer of the
+    loop's starts every call due by then and sets the next: a callback per
+    arrival, not a sleeping task woken for each. (A timer set from a timer's
+    callback runs a turn later at the earliest: one call per timer would fall
+    behind whenever a turn of the loop takes longer than the gap between two
+    arrivals, and catch up later in a burst the workload does not have.)"""
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Future[None]] = set()
     ended: asyncio.Future[None] = loop.create_future()
     start = loop.time()
     at = iter(offsets(rng, rate, seconds))
 
-    def arrive(i: int) -> None:
-        task = asyncio.ensure_future(call(i))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        later = next(at, None)
-        if later is None:
-            ended.set_result(None)
-        else:
-            loop.call_at(start + later, arrive, i + 1)
+    def arrive(i: int, offset: float) -> None:
+        now = loop.time()
+        while True:
+            task = asyncio.ensure_future(call(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i, later = i + 1, next(at, None)
+            if later is None:
+                ended.set_result(None)
+                return
+            if start + later > now:
+                loop.call_at(start + later, arrive, i, later)
+                return
 
     first = next(at, None)
     if first is None:
         return
-    loop.call_at(start + first, arrive, 0)
+    loop.call_at(start + first, arrive, 0, first)
     await ended
     await asyncio.gather(*tasks)

@@ -144,9 +144,13 @@ async def main():
             return
         woke = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
 
-        async def one(i):
+        async def one(i, due=None):
+            # an open-loop call's time counts from when it was due, not from
+            # when its task began: a late start is the caller's wait too
             nonlocal inference, per, get
             t0 = time.perf_counter()
+            if due is not None:
+                t0 -= max(0.0, asyncio.get_running_loop().time() - due)
             x = {"input": pool[i % 256 : i % 256 + 1]}
             reply = await client.infer_reply(args["model"], x, **extra)
             if reply.error is None:
@@ -178,14 +182,22 @@ async def main():
             first = loop.time()
 
             def arrive(i, offset):
-                task = loop.create_task(one(i))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
-                offset += rng.exponential(1.0 / args["rate"])
-                if offset < args["duration"]:
-                    loop.call_at(first + offset, arrive, i + 1, offset)
-                else:
-                    ended.set_result(None)
+                # every call due by now starts now: a timer set from a timer's
+                # callback runs a turn later at the earliest, so one call per
+                # turn would fall behind whenever a turn takes longer than the
+                # gap between arrivals, and catch up later in a burst
+                now = loop.time()
+                while True:
+                    task = loop.create_task(one(i, first + offset))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                    i, offset = i + 1, offset + rng.exponential(1.0 / args["rate"])
+                    if offset >= args["duration"]:
+                        ended.set_result(None)
+                        return
+                    if first + offset > now:
+                        loop.call_at(first + offset, arrive, i, offset)
+                        return
 
             loop.call_at(first, arrive, 0, 0.0)
             await ended

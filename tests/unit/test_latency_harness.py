@@ -1,11 +1,12 @@
 """The latency benchmark's load generator, run alone (its "null" mode): the
 seeded Poisson arrivals it starts, and the shape of what it reports, which
 the benchmark takes out of the fleet's CPU per request; how it finds the
-broker process whose CPU it reports beside the fleet's; and how it counts
-wake-ups."""
+broker process whose CPU it reports beside the fleet's; how it counts
+wake-ups; and arrivals that keep their pace when the loop's turns are slow."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import socket
@@ -14,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.arrivals import offsets
+from benchmarks.arrivals import offsets, poisson
 from benchmarks.latency import ROOT, _broker_clock, _client
 from benchmarks.request_path import listener_pid, wakeups
 
@@ -64,3 +65,31 @@ def test_the_broker_process_is_found_by_its_listening_port() -> None:
     assert listener_pid(f"kafka://127.0.0.1:{port}") is None  # closed now
     assert listener_pid("memory://") is None
     assert math.isnan(_broker_clock("memory://")())
+
+
+async def test_calls_due_by_a_slow_turn_of_the_loop_all_start_in_the_next() -> None:
+    """Arrivals 0.5 ms apart on average against turns of the loop of 2 ms or
+    more: the generator starts every call due by then in one turn (a timer
+    per call would start one a turn, fall behind and catch up in bursts)."""
+    loop = asyncio.get_running_loop()
+    turn, started = 0, []
+
+    def slow_turn() -> None:
+        nonlocal turn
+        turn += 1
+        time.sleep(0.002)
+        if not done:
+            loop.call_soon(slow_turn)
+
+    async def call(i: int) -> None:
+        started.append(turn)
+
+    done = False
+    loop.call_soon(slow_turn)
+    await poisson(call, np.random.default_rng(5), 2000, 0.2)
+    done = True
+    expected = len(list(offsets(np.random.default_rng(5), 2000, 0.2)))
+    assert len(started) == expected > 300
+    # at most one turn per 2 ms of the 0.2 s, however slow the host: fewer
+    # turns than half the calls (one call a turn would need a turn each)
+    assert len(set(started)) < expected / 2
