@@ -12,7 +12,9 @@ For each broker and model, one ``fleet worker`` process and one client process:
    each, and the broker's where its process listens on this host (it shares the
    cores: a local Kafka holding the topics of many test runs took 18% of a
    core with no traffic, a new one 4-8%; ``scripts/kafka.sh reset`` makes one new);
-2. open-loop Poisson arrivals (seeded) at each rate: p50 and p99 of the whole
+2. open-loop Poisson arrivals (seeded) at each rate, every call timed from
+   its arrival (a start delayed by a busy loop counts, past the loop's 1 ms
+   timer resolution; how late the calls began is printed): p50 and p99 of the whole
    call and of every stage (:mod:`fleet.stages`), and CPU per request of the
    client and the worker, with the model's own time taken out (the batches'
    inference time, per request); at 200 req/s and below, where the target
