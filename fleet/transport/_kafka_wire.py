@@ -550,8 +550,8 @@ class Producer:
         self._seq: dict[tuple[str, int], int] = {}
         self._queue: dict[Connection, dict[tuple[str, int], list[_Record]]] = {}
         self._flush_soon = False
-        # per topic, the sends waiting to learn where their record goes
-        self._backlogs: dict[str, deque[tuple[int | None, _Record]]] = {}
+        # per partition asked for (None: any), the sends waiting to learn where their record goes
+        self._backlogs: dict[tuple[str, int | None], deque[_Record]] = {}
         self._routers: set[asyncio.Future[None]] = set()
         self.requests = 0  # produce requests sent
 
@@ -620,26 +620,28 @@ class Producer:
     ) -> Sent:
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
         record = (key, value, headers, future)
-        backlog = self._backlogs.get(topic)
+        backlog = self._backlogs.get((topic, partition))
         route = None if backlog is not None else self._route(topic, partition)
         if route is not None:
             self._enqueue(route, topic, record)
-        elif backlog is not None:  # behind earlier sends to the topic: keep their order
-            backlog.append((partition, record))
+        elif backlog is not None:  # behind earlier sends to the partition: keep their order
+            backlog.append(record)
         else:  # metadata, a producer id or a connection to wait for first
-            self._backlogs[topic] = deque([(partition, record)])
-            router = asyncio.ensure_future(self._route_backlog(topic))
+            self._backlogs[topic, partition] = deque([record])
+            router = asyncio.ensure_future(self._route_backlog(topic, partition))
             self._routers.add(router)
             router.add_done_callback(self._routers.discard)
         return await future
 
-    async def _route_backlog(self, topic: str) -> None:
-        """Route the topic's waiting sends one after another, in the order
-        they were made; those that need no wait go in the same turn."""
-        backlog = self._backlogs[topic]
+    async def _route_backlog(self, topic: str, partition: int | None) -> None:
+        """Route the waiting sends to a partition (or to any partition of the
+        topic: ``None``) one after another, in the order they were made; those
+        that need no wait go in the same turn. Other partitions' sends do not
+        wait for these."""
+        backlog = self._backlogs[topic, partition]
         try:
             while backlog:
-                partition, record = backlog[0]
+                record = backlog[0]
                 future = record[3]
                 if not future.done():  # its sender may have given up
                     try:
@@ -652,8 +654,8 @@ class Producer:
                         self._enqueue(route, topic, record)
                 backlog.popleft()
         finally:
-            del self._backlogs[topic]
-            for _, (_, _, _, future) in backlog:
+            del self._backlogs[topic, partition]
+            for _, _, _, future in backlog:
                 future.cancel()  # only when stopped
 
     def _route(self, topic: str, partition: int | None) -> tuple[Connection, int] | None:

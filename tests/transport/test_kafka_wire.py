@@ -121,6 +121,29 @@ async def test_a_send_that_waits_for_metadata_keeps_its_place_before_later_sends
     assert sent[0].offset < sent[1].offset
 
 
+async def test_a_send_that_waits_holds_up_no_send_to_another_partition(
+    cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer = await _producer(cluster)
+    await producer.send(topic, b"warm", partition=0)
+    cluster.forget(topic)
+    gate = asyncio.Event()
+    lookup = cluster.topic
+
+    async def slow_lookup(name: str) -> Any:
+        await gate.wait()
+        return await lookup(name)
+
+    monkeypatch.setattr(cluster, "topic", slow_lookup)
+    first = asyncio.ensure_future(producer.send(topic, b"first", partition=0))
+    await asyncio.sleep(0)  # the first send now waits for the topic's metadata
+    await cluster.refresh([topic])
+    other = await asyncio.wait_for(producer.send(topic, b"other", partition=1), 10)
+    assert other.partition == 1 and not first.done()
+    gate.set()
+    assert (await asyncio.wait_for(first, 10)).partition == 0
+
+
 async def test_a_tail_starts_at_the_end_and_keeps_its_place_while_paused(
     cluster: Cluster, topic: str
 ) -> None:
