@@ -1,9 +1,9 @@
 """The Kafka protocol's produce and fetch (``fleet.transport._kafka_wire``)
 against a real broker: sends of one turn in one request, keys, headers and
-offsets, sends kept in call order while the first wait for metadata,
-tails positioned at the end, pause and resume, a fetch buffer that
-fills and makes room again, a lost connection
-on either side, unknown topics, and a response nobody asked for."""
+offsets, sends kept in call order while the first wait for metadata (and
+no other partition's held up by them), tails positioned at the end, pause
+and resume, a fetch buffer that fills and makes room again, a lost
+connection on either side, unknown topics, and a response nobody asked for."""
 
 from __future__ import annotations
 
@@ -97,9 +97,12 @@ async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
     assert [r.offset for r in got] == [s.offset for s in sent]
 
 
-async def test_a_send_that_waits_for_metadata_keeps_its_place_before_later_sends(
+async def _first_send_held_in_metadata(
     cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[Producer, asyncio.Future[Any], asyncio.Event]:
+    """A producer with its connection open whose send to partition 0 waits
+    for the topic's metadata until the event is set; the metadata is known
+    again meanwhile (by another way), so later sends need not wait."""
     producer = await _producer(cluster)
     await producer.send(topic, b"warm", partition=0)  # a produce connection is open
     cluster.forget(topic)
@@ -113,7 +116,14 @@ async def test_a_send_that_waits_for_metadata_keeps_its_place_before_later_sends
     monkeypatch.setattr(cluster, "topic", slow_lookup)
     first = asyncio.ensure_future(producer.send(topic, b"first", partition=0))
     await asyncio.sleep(0)  # the first send now waits for the topic's metadata
-    await cluster.refresh([topic])  # known again, by another way
+    await cluster.refresh([topic])
+    return producer, first, gate
+
+
+async def test_a_send_that_waits_for_metadata_keeps_its_place_before_later_sends(
+    cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer, first, gate = await _first_send_held_in_metadata(cluster, topic, monkeypatch)
     second = asyncio.ensure_future(producer.send(topic, b"second", partition=0))
     await asyncio.sleep(0.2)  # room for the second send to go out on its own
     gate.set()
@@ -124,20 +134,7 @@ async def test_a_send_that_waits_for_metadata_keeps_its_place_before_later_sends
 async def test_a_send_that_waits_holds_up_no_send_to_another_partition(
     cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    producer = await _producer(cluster)
-    await producer.send(topic, b"warm", partition=0)
-    cluster.forget(topic)
-    gate = asyncio.Event()
-    lookup = cluster.topic
-
-    async def slow_lookup(name: str) -> Any:
-        await gate.wait()
-        return await lookup(name)
-
-    monkeypatch.setattr(cluster, "topic", slow_lookup)
-    first = asyncio.ensure_future(producer.send(topic, b"first", partition=0))
-    await asyncio.sleep(0)  # the first send now waits for the topic's metadata
-    await cluster.refresh([topic])
+    producer, first, gate = await _first_send_held_in_metadata(cluster, topic, monkeypatch)
     other = await asyncio.wait_for(producer.send(topic, b"other", partition=1), 10)
     assert other.partition == 1 and not first.done()
     gate.set()
