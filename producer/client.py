@@ -44,6 +44,7 @@ from fleet.contract import (
     new_request_id,
     with_stages,
 )
+from fleet.deadlines import Deadlines
 from fleet.errors import (
     DeadlineExceeded,
     FleetError,
@@ -66,7 +67,6 @@ from fleet.payloads import (
 from fleet.stages import CLIENT_STAGES, Histogram, StageHistograms, observe_each
 from fleet.tensor import Tensor
 from fleet.transport import Transport, connect
-from producer.deadlines import Deadlines
 from producer.jobs import Jobs
 
 log = get_logger("producer.client")

@@ -56,6 +56,7 @@ from aiokafka.errors import (
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 
+from fleet.deadlines import Deadlines
 from fleet.errors import ConfigError
 from fleet.logging import get_logger
 
@@ -80,7 +81,7 @@ _PARTITION_FETCH = struct.Struct(">iqi")  # partition, offset, max bytes
 _PARTITION_FETCHED = struct.Struct(">ihqqi")
 _NO_TRANSACTION = _I16.pack(-1)
 
-Headers = list[tuple[str, bytes | None]]
+Headers = Sequence[tuple[str, bytes | None]]
 OnResponse = Callable[["Reader | BaseException"], None]
 
 
@@ -533,6 +534,10 @@ def _retriable(exc: BaseException) -> bool:
     )
 
 
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.monotonic() >= deadline
+
+
 class Producer:
     """An idempotent producer with ``acks=all``: ``send`` resolves once every
     in-sync replica has the record. Sends made in one turn of the event loop
@@ -553,6 +558,10 @@ class Producer:
         # per partition asked for (None: any), the sends waiting to learn where their record goes
         self._backlogs: dict[tuple[str, int | None], deque[_Record]] = {}
         self._routers: set[asyncio.Future[None]] = set()
+        # one timer for every send's deadline, not a loop timer (and a
+        # cancel) per send as asyncio.timeout would make
+        self._deadlines = Deadlines()
+        self._sending = 0  # sends not yet ended
         self.requests = 0  # produce requests sent
 
     async def start(self) -> None:
@@ -582,28 +591,48 @@ class Producer:
         key: bytes | None = None,
         partition: int | None = None,
         headers: Headers | None = None,
+        timeout: float | None = None,
     ) -> Sent:
         """Send one record; retriable failures are tried again until the
-        caller gives up (cancels)."""
+        caller gives up (cancels) or ``timeout`` seconds have passed
+        (:class:`TimeoutError`). A send that times out may still have
+        reached the broker, as one cancelled may."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         unknown_since: float | None = None
-        while True:
-            try:
-                return await self._send_once(topic, value, key, partition, headers or [])
-            except TopicUnknown:
-                # a topic just created: its metadata may take a moment to reach every broker
-                now = time.monotonic()
-                unknown_since = now if unknown_since is None else unknown_since
-                if now - unknown_since >= UNKNOWN_GRACE or self.cluster.closed:
-                    raise
-            except KafkaError as exc:
-                if not _retriable(exc) or self.cluster.closed:
-                    raise
-                log.debug("Kafka send failed; retrying", topic=topic, error=repr(exc))
-            except TimeoutError:
-                if self.cluster.closed:
-                    raise
-            self.cluster.forget(topic)
-            await asyncio.sleep(RETRY_BACKOFF)
+        self._sending += 1
+        try:
+            while True:
+                try:
+                    return await self._send_once(
+                        topic, value, key, partition, headers or [], deadline
+                    )
+                except TopicUnknown:
+                    # a topic just created: its metadata may take a moment to reach every broker
+                    now = time.monotonic()
+                    unknown_since = now if unknown_since is None else unknown_since
+                    if now - unknown_since >= UNKNOWN_GRACE or self.cluster.closed:
+                        raise
+                except KafkaError as exc:
+                    if not _retriable(exc) or self.cluster.closed:
+                        raise
+                    log.debug("Kafka send failed; retrying", topic=topic, error=repr(exc))
+                except TimeoutError:
+                    if self.cluster.closed or _past(deadline):  # ours: no retry
+                        raise
+                self.cluster.forget(topic)
+                await self._back_off(deadline)
+        finally:
+            self._sending -= 1
+
+    @staticmethod
+    async def _back_off(deadline: float | None) -> None:
+        """Wait before trying again; :class:`TimeoutError` once ``deadline`` is past."""
+        left = RETRY_BACKOFF if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        await asyncio.sleep(min(RETRY_BACKOFF, left))
+        if _past(deadline):
+            raise TimeoutError
 
     send_and_wait = send  # aiokafka's name for it
 
@@ -614,11 +643,20 @@ class Producer:
         for router in routers:
             router.cancel()
         await asyncio.gather(*routers, return_exceptions=True)
+        self._deadlines.close()
 
     async def _send_once(
-        self, topic: str, value: bytes, key: bytes | None, partition: int | None, headers: Headers
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes | None,
+        partition: int | None,
+        headers: Headers,
+        deadline: float | None,
     ) -> Sent:
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        if deadline is not None:  # fails the future at the deadline, wherever the send is
+            self._deadlines.add(deadline, future, self._sending)
         record = (key, value, headers, future)
         backlog = self._backlogs.get((topic, partition))
         route = None if backlog is not None else self._route(topic, partition)

@@ -837,9 +837,14 @@ class KafkaTransport(Transport, ProduceRateReader, DeadLetterTap):
         key: bytes | None = None,
     ) -> Any:
         """Send one message; its record metadata (partition, offset)."""
+        producer, wait = self._producer, self.options.publish_timeout
         try:
-            async with asyncio.timeout(self.options.publish_timeout):  # no task, unlike wait_for
-                return await self._producer.send_and_wait(
+            if isinstance(producer, WireProducer):  # one timer for all its sends' deadlines
+                return await producer.send_and_wait(
+                    topic, value, key=key, partition=partition, headers=headers, timeout=wait
+                )
+            async with asyncio.timeout(wait):  # no task, unlike wait_for
+                return await producer.send_and_wait(
                     topic, value, key=key, partition=partition, headers=headers
                 )
         except UnknownTopicOrPartitionError as exc:

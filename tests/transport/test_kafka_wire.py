@@ -141,6 +141,18 @@ async def test_a_send_that_waits_holds_up_no_send_to_another_partition(
     assert (await asyncio.wait_for(first, 10)).partition == 0
 
 
+async def test_a_send_that_times_out_while_it_waits_is_never_written(
+    cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    producer, first, gate = await _first_send_held_in_metadata(cluster, topic, monkeypatch)
+    with pytest.raises(TimeoutError):  # queued behind the first, which waits on the gate
+        await asyncio.wait_for(producer.send(topic, b"late", partition=0, timeout=0.2), 10)
+    gate.set()
+    sent = await asyncio.wait_for(first, 10)
+    after = await asyncio.wait_for(producer.send(topic, b"after", partition=0, timeout=10), 10)
+    assert after.offset == sent.offset + 1  # nothing of "late" between them
+
+
 async def test_a_tail_starts_at_the_end_and_keeps_its_place_while_paused(
     cluster: Cluster, topic: str
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from producer.deadlines import Deadlines
+from fleet.deadlines import Deadlines
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,5 @@
-"""One timer for the deadlines of every request a client has in flight.
+"""One timer for the deadlines of every request in flight (a client's calls,
+a producer's sends).
 
 A timer per request (``loop.call_later``) is a handle object, a push onto the
 event loop's heap and a cancel on every reply: about 3 us a request. Here a

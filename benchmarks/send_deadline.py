@@ -1,0 +1,112 @@
+"""The Kafka producer's per-send deadline: one timer for every send against
+``asyncio.timeout`` around each send.
+
+Sends one record at a time to a loopback broker (each awaited, the way a
+request or a reply goes out at everyday load) and measures the process's CPU
+per send, in blocks of ``--sends`` that alternate between the two ways (the
+order flipped every round, so a drift of the host's speed weighs on both).
+Prints each way's median and the ratio of the one timer to
+``asyncio.timeout``, median over the rounds' pairs.
+
+    python benchmarks/send_deadline.py [--rounds 12] [--sends 1500]
+
+Uses ``FLEET_TEST_KAFKA_URL`` or starts ``scripts/kafka.sh``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
+from aiokafka.errors import TopicAlreadyExistsError  # noqa: E402
+
+from benchmarks.request_path import _service  # noqa: E402
+from fleet.transport._kafka_wire import Cluster, Producer  # noqa: E402
+
+TOPIC = "fleet.bench.send-deadline"
+TIMEOUT = 10.0  # seconds: never reached, only armed
+
+
+async def _cpu_per_send(send: Callable[[], Awaitable[object]], n: int) -> float:
+    start = time.process_time()
+    for _ in range(n):
+        await send()
+    return (time.process_time() - start) / n * 1e6
+
+
+async def _create_topic(url: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://"))
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
+    except TopicAlreadyExistsError:
+        pass
+    finally:
+        await admin.close()
+
+
+async def measure(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
+    await _create_topic(url)
+    cluster = Cluster(
+        [url.removeprefix("kafka://")],
+        client_id="bench",
+        ssl_context=None,
+        timeout=10.0,
+        on_break=lambda: None,
+    )
+    try:
+        producer = Producer(cluster, timeout_ms=10_000)
+        await producer.start()
+        value = b"x" * 300  # about a small request's size
+
+        async def per_send_timer() -> object:
+            async with asyncio.timeout(TIMEOUT):
+                return await producer.send(TOPIC, value, partition=0)
+
+        async def one_timer() -> object:
+            return await producer.send(TOPIC, value, partition=0, timeout=TIMEOUT)
+
+        await _cpu_per_send(one_timer, 200)  # topic created, connection open, warm
+        ways = {"asyncio.timeout": per_send_timer, "one timer": one_timer}
+        out: dict[str, list[float]] = {name: [] for name in ways}
+        for r in range(rounds):
+            for name in list(ways)[:: 1 if r % 2 else -1]:
+                out[name].append(await _cpu_per_send(ways[name], sends))
+        return out
+    finally:
+        await cluster.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--sends", type=int, default=1500, help="sends per block")
+    args = ap.parse_args()
+    started: list[str] = []
+    url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
+    out = asyncio.run(measure(url, args.rounds, args.sends))
+    base, new = out["asyncio.timeout"], out["one timer"]
+    ratios = sorted(n / b for n, b in zip(new, base, strict=True))
+    print(f"CPU per send, median of {args.rounds} blocks of {args.sends}:")
+    print(f"  asyncio.timeout per send: {statistics.median(base):.1f} us")
+    print(f"  one timer for all sends:  {statistics.median(new):.1f} us")
+    print(
+        f"  ratio {statistics.median(ratios):.3f}x (pairs from {ratios[0]:.3f}x"
+        f" to {ratios[-1]:.3f}x)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
