@@ -1,16 +1,18 @@
-"""The Kafka producer's per-send deadline: one timer for every send against
-``asyncio.timeout`` around each send.
+"""A publish's deadline: one timer for every publish against
+``asyncio.timeout`` around each, on the Kafka producer and on a RabbitMQ
+channel with confirms.
 
-Sends one record at a time to a loopback broker (each awaited, the way a
-request or a reply goes out at everyday load) and measures the process's CPU
-per send, in blocks of ``--sends`` that alternate between the two ways (the
-order flipped every round, so a drift of the host's speed weighs on both).
-Prints each way's median and the ratio of the one timer to
+Publishes one message at a time to a loopback broker (each confirm awaited,
+the way a request or a reply goes out at everyday load) and measures the
+process's CPU per publish, in blocks of ``--sends`` that alternate between
+the two ways (the order flipped every round, so a drift of the host's speed
+weighs on both). Prints each way's median and the ratio of the one timer to
 ``asyncio.timeout``, median over the rounds' pairs.
 
-    python benchmarks/send_deadline.py [--rounds 12] [--sends 1500]
+    python benchmarks/send_deadline.py [--brokers kafka,amqp] [--rounds 12] [--sends 1500]
 
-Uses ``FLEET_TEST_KAFKA_URL`` or starts ``scripts/kafka.sh``.
+Uses ``FLEET_TEST_KAFKA_URL`` and ``FLEET_TEST_AMQP_URL``, or starts
+``scripts/kafka.sh`` and ``scripts/rabbitmq.sh``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ import asyncio
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -30,6 +33,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.errors import TopicAlreadyExistsError  # noqa: E402
 
 from benchmarks.request_path import _service  # noqa: E402
+from fleet.deadlines import Deadlines  # noqa: E402
+from fleet.transport._amqp_wire import WireConnection  # noqa: E402
 from fleet.transport._kafka_wire import Cluster, Producer  # noqa: E402
 
 TOPIC = "fleet.bench.send-deadline"
@@ -54,7 +59,7 @@ async def _create_topic(url: str) -> None:
         await admin.close()
 
 
-async def measure(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
+async def measure_kafka(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
     await _create_topic(url)
     cluster = Cluster(
         [url.removeprefix("kafka://")],
@@ -77,34 +82,81 @@ async def measure(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
 
         await _cpu_per_send(one_timer, 200)  # topic created, connection open, warm
         ways = {"asyncio.timeout": per_send_timer, "one timer": one_timer}
-        out: dict[str, list[float]] = {name: [] for name in ways}
-        for r in range(rounds):
-            for name in list(ways)[:: 1 if r % 2 else -1]:
-                out[name].append(await _cpu_per_send(ways[name], sends))
-        return out
+        return await _alternate(ways, rounds, sends)
     finally:
         await cluster.close()
+
+
+async def measure_amqp(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
+    parts = urlsplit(url)
+    conn = await WireConnection.open(
+        parts.hostname or "127.0.0.1",
+        parts.port or 5672,
+        login=unquote(parts.username or "guest"),
+        password=unquote(parts.password or "guest"),
+    )
+    try:
+        channel = await conn.channel(confirms=True)
+        # a queue of its own that keeps the last 1,000: publishes never pile up
+        queue, _, _ = await channel.declare_queue(exclusive=True, arguments={"x-max-length": 1000})
+        deadlines = Deadlines()
+        body = b"x" * 300
+
+        async def per_send_timer() -> None:
+            confirm = channel.publish(queue, body, persistent=False)
+            async with asyncio.timeout(TIMEOUT):
+                await confirm
+
+        async def one_timer() -> None:
+            confirm = channel.publish(queue, body, persistent=False)
+            deadlines.add(time.monotonic() + TIMEOUT, confirm, channel.unconfirmed)
+            await confirm
+
+        await _cpu_per_send(one_timer, 200)
+        out = await _alternate(
+            {"asyncio.timeout": per_send_timer, "one timer": one_timer}, rounds, sends
+        )
+        deadlines.close()
+        return out
+    finally:
+        await conn.close()
+
+
+async def _alternate(
+    ways: Mapping[str, Callable[[], Awaitable[object]]], rounds: int, sends: int
+) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {name: [] for name in ways}
+    for r in range(rounds):
+        for name in list(ways)[:: 1 if r % 2 else -1]:
+            out[name].append(await _cpu_per_send(ways[name], sends))
+    return out
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    ap.add_argument("--brokers", default="kafka,amqp", help="comma-separated: kafka, amqp")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--sends", type=int, default=1500, help="sends per block")
     args = ap.parse_args()
     started: list[str] = []
-    url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
-    out = asyncio.run(measure(url, args.rounds, args.sends))
-    base, new = out["asyncio.timeout"], out["one timer"]
-    ratios = sorted(n / b for n, b in zip(new, base, strict=True))
-    print(f"CPU per send, median of {args.rounds} blocks of {args.sends}:")
-    print(f"  asyncio.timeout per send: {statistics.median(base):.1f} us")
-    print(f"  one timer for all sends:  {statistics.median(new):.1f} us")
-    print(
-        f"  ratio {statistics.median(ratios):.3f}x (pairs from {ratios[0]:.3f}x"
-        f" to {ratios[-1]:.3f}x)"
-    )
+    for broker in [b for b in args.brokers.split(",") if b]:
+        if broker == "kafka":
+            url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
+            out = asyncio.run(measure_kafka(url, args.rounds, args.sends))
+        else:
+            url = _service("rabbitmq", "FLEET_TEST_AMQP_URL", started)
+            out = asyncio.run(measure_amqp(url, args.rounds, args.sends))
+        base, new = out["asyncio.timeout"], out["one timer"]
+        ratios = sorted(n / b for n, b in zip(new, base, strict=True))
+        print(f"{broker}: CPU per publish, median of {args.rounds} blocks of {args.sends}:")
+        print(f"  asyncio.timeout per publish: {statistics.median(base):.1f} us")
+        print(f"  one timer for all publishes: {statistics.median(new):.1f} us")
+        print(
+            f"  ratio {statistics.median(ratios):.3f}x (pairs from {ratios[0]:.3f}x"
+            f" to {ratios[-1]:.3f}x)"
+        )
     return 0
 
 

@@ -232,6 +232,11 @@ class WireChannel:
         self._closed(WireError(f"channel {self.number} closed"))
 
     # ------------------------------------------------------------------ frames out
+    @property
+    def unconfirmed(self) -> int:
+        """How many publishes wait for their confirm."""
+        return len(self._confirms)
+
     def publish(
         self,
         routing_key: str,

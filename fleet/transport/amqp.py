@@ -61,6 +61,7 @@ import contextlib
 import json
 import re
 import ssl
+import time
 import uuid
 from base64 import b64decode
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
@@ -84,6 +85,7 @@ from aiormq.exceptions import (
 )
 
 from fleet.contract import Priority
+from fleet.deadlines import Deadlines
 from fleet.errors import (
     AuthenticationFailed,
     ConfigError,
@@ -339,6 +341,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         self._amqp_urls = node_urls(self._amqp_url)
         self._node = 0  # the index in _amqp_urls of the node to try first
         self._nacked_since: float | None = None  # first of the nacks with room in a row
+        self._confirm_deadlines = Deadlines()  # fails a confirm not come in publish_timeout
         self._safe_url = urlunsplit(
             parts._replace(netloc=parts.netloc.rpartition("@")[2], query="")
         )
@@ -548,6 +551,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         wire, self._wire, self._wire_publisher = self._wire, None, None
         if wire is not None:
             await wire.close()
+        self._confirm_deadlines.close()
         if conn is not None:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await conn.close()
@@ -730,10 +734,14 @@ class AmqpTransport(Transport, DeadLetterTap):
         ``Returned``, one it nacks ``Nacked``, no confirm in time ``TimeoutError``."""
         channel = await self._publish_wire()
         confirm = channel.publish(routing_key, body, persistent=persistent)
-        # awaited where it is: wait_for would resolve a future of its own
-        # from the confirm's, a turn of the loop later
-        async with asyncio.timeout(self.options.publish_timeout):
-            await confirm
+        # awaited where it is (wait_for would resolve a future of its own from
+        # the confirm's, a turn of the loop later), its deadline an entry on
+        # one timer for every publish (asyncio.timeout makes a loop timer and
+        # cancels it on each)
+        if not confirm.done():
+            deadline = time.monotonic() + self.options.publish_timeout
+            self._confirm_deadlines.add(deadline, confirm, channel.unconfirmed)
+        await confirm
 
     @property
     def max_message_bytes(self) -> int:

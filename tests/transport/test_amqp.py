@@ -240,6 +240,21 @@ async def test_full_queue_is_overloaded_at_once(open_amqp: OpenAmqp, unique_mode
     assert (await transport.depth(unique_model)).ready == 3
 
 
+async def test_a_confirm_that_never_comes_fails_the_publish_at_publish_timeout(
+    open_amqp: OpenAmqp, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    transport = await open_amqp(publish_timeout=0.5)
+    await transport.declare_model(unique_model)
+    await transport.publish_request(unique_model, ONLINE, b"confirmed")
+    channel = await transport._publish_wire()
+    monkeypatch.setattr(channel, "_confirmed", lambda *args: None)  # acks go unheard
+    with pytest.raises(Unavailable) as info:
+        await asyncio.wait_for(transport.publish_request(unique_model, ONLINE, b"unheard"), 10)
+    assert isinstance(info.value.__cause__, TimeoutError)
+    monkeypatch.undo()
+    await transport.publish_request(unique_model, ONLINE, b"heard again")
+
+
 async def test_nack_with_room_is_unavailable_not_overloaded(
     open_amqp: OpenAmqp, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
