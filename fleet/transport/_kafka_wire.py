@@ -643,7 +643,9 @@ class Producer:
         for router in routers:
             router.cancel()
         await asyncio.gather(*routers, return_exceptions=True)
-        self._deadlines.close()
+        # the deadlines keep running: a send in a produce request under way
+        # still fails at its deadline if no answer comes (a producer replaced
+        # after a sequence error leaves the cluster's connections open)
 
     async def _send_once(
         self,
