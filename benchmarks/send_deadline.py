@@ -2,14 +2,16 @@
 ``asyncio.timeout`` around each, on the Kafka producer and on a RabbitMQ
 channel with confirms.
 
-Publishes one message at a time to a loopback broker (each confirm awaited,
-the way a request or a reply goes out at everyday load) and measures the
-process's CPU per publish, in blocks of ``--sends`` that alternate between
-the two ways (the order flipped every round, so a drift of the host's speed
-weighs on both). Prints each way's median and the ratio of the one timer to
+Publishes to a loopback broker, each confirm awaited, from one task at a
+time (the way a request or a reply goes out at everyday load) and from
+``--senders`` at once (a busy client), and measures the process's CPU per
+publish in blocks of ``--sends`` that alternate between the two ways (the
+order flipped every round, so a drift of the host's speed weighs on both).
+Prints each way's median and the ratio of the one timer to
 ``asyncio.timeout``, median over the rounds' pairs.
 
-    python benchmarks/send_deadline.py [--brokers kafka,amqp] [--rounds 12] [--sends 1500]
+    python benchmarks/send_deadline.py [--brokers kafka,amqp] [--senders 1,64]
+        [--rounds 12] [--sends 1500]
 
 Uses ``FLEET_TEST_KAFKA_URL`` and ``FLEET_TEST_AMQP_URL``, or starts
 ``scripts/kafka.sh`` and ``scripts/rabbitmq.sh``.
@@ -41,11 +43,16 @@ TOPIC = "fleet.bench.send-deadline"
 TIMEOUT = 10.0  # seconds: never reached, only armed
 
 
-async def _cpu_per_send(send: Callable[[], Awaitable[object]], n: int) -> float:
+async def _cpu_per_send(send: Callable[[], Awaitable[object]], n: int, senders: int = 1) -> float:
+    """CPU us per publish of ``n`` publishes, made by ``senders`` tasks at once."""
+
+    async def sender() -> None:
+        for _ in range(n // senders):
+            await send()
+
     start = time.process_time()
-    for _ in range(n):
-        await send()
-    return (time.process_time() - start) / n * 1e6
+    await asyncio.gather(*(sender() for _ in range(senders)))
+    return (time.process_time() - start) / (n // senders * senders) * 1e6
 
 
 async def _create_topic(url: str) -> None:
@@ -59,7 +66,7 @@ async def _create_topic(url: str) -> None:
         await admin.close()
 
 
-async def measure_kafka(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
+async def measure_kafka(url: str, rounds: int, sends: int, senders: int) -> dict[str, list[float]]:
     await _create_topic(url)
     cluster = Cluster(
         [url.removeprefix("kafka://")],
@@ -82,12 +89,12 @@ async def measure_kafka(url: str, rounds: int, sends: int) -> dict[str, list[flo
 
         await _cpu_per_send(one_timer, 200)  # topic created, connection open, warm
         ways = {"asyncio.timeout": per_send_timer, "one timer": one_timer}
-        return await _alternate(ways, rounds, sends)
+        return await _alternate(ways, rounds, sends, senders)
     finally:
         await cluster.close()
 
 
-async def measure_amqp(url: str, rounds: int, sends: int) -> dict[str, list[float]]:
+async def measure_amqp(url: str, rounds: int, sends: int, senders: int) -> dict[str, list[float]]:
     parts = urlsplit(url)
     conn = await WireConnection.open(
         parts.hostname or "127.0.0.1",
@@ -113,9 +120,8 @@ async def measure_amqp(url: str, rounds: int, sends: int) -> dict[str, list[floa
             await confirm
 
         await _cpu_per_send(one_timer, 200)
-        out = await _alternate(
-            {"asyncio.timeout": per_send_timer, "one timer": one_timer}, rounds, sends
-        )
+        ways = {"asyncio.timeout": per_send_timer, "one timer": one_timer}
+        out = await _alternate(ways, rounds, sends, senders)
         deadlines.close()
         return out
     finally:
@@ -123,13 +129,25 @@ async def measure_amqp(url: str, rounds: int, sends: int) -> dict[str, list[floa
 
 
 async def _alternate(
-    ways: Mapping[str, Callable[[], Awaitable[object]]], rounds: int, sends: int
+    ways: Mapping[str, Callable[[], Awaitable[object]]], rounds: int, sends: int, senders: int
 ) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {name: [] for name in ways}
     for r in range(rounds):
         for name in list(ways)[:: 1 if r % 2 else -1]:
-            out[name].append(await _cpu_per_send(ways[name], sends))
+            out[name].append(await _cpu_per_send(ways[name], sends, senders))
     return out
+
+
+def _report(label: str, out: dict[str, list[float]], rounds: int, sends: int) -> None:
+    base, new = out["asyncio.timeout"], out["one timer"]
+    ratios = sorted(n / b for n, b in zip(new, base, strict=True))
+    print(f"{label}: CPU per publish, median of {rounds} blocks of {sends}:")
+    print(f"  asyncio.timeout per publish: {statistics.median(base):.1f} us")
+    print(f"  one timer for all publishes: {statistics.median(new):.1f} us")
+    print(
+        f"  ratio {statistics.median(ratios):.3f}x (pairs from {ratios[0]:.3f}x"
+        f" to {ratios[-1]:.3f}x)"
+    )
 
 
 def main() -> int:
@@ -139,24 +157,22 @@ def main() -> int:
     ap.add_argument("--brokers", default="kafka,amqp", help="comma-separated: kafka, amqp")
     ap.add_argument("--rounds", type=int, default=12)
     ap.add_argument("--sends", type=int, default=1500, help="sends per block")
+    ap.add_argument(
+        "--senders",
+        default="1,64",
+        help="comma-separated: how many publish at once (1: everyday load; more: a busy client)",
+    )
     args = ap.parse_args()
     started: list[str] = []
     for broker in [b for b in args.brokers.split(",") if b]:
-        if broker == "kafka":
-            url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
-            out = asyncio.run(measure_kafka(url, args.rounds, args.sends))
-        else:
-            url = _service("rabbitmq", "FLEET_TEST_AMQP_URL", started)
-            out = asyncio.run(measure_amqp(url, args.rounds, args.sends))
-        base, new = out["asyncio.timeout"], out["one timer"]
-        ratios = sorted(n / b for n, b in zip(new, base, strict=True))
-        print(f"{broker}: CPU per publish, median of {args.rounds} blocks of {args.sends}:")
-        print(f"  asyncio.timeout per publish: {statistics.median(base):.1f} us")
-        print(f"  one timer for all publishes: {statistics.median(new):.1f} us")
-        print(
-            f"  ratio {statistics.median(ratios):.3f}x (pairs from {ratios[0]:.3f}x"
-            f" to {ratios[-1]:.3f}x)"
-        )
+        for senders in [int(n) for n in args.senders.split(",") if n]:
+            if broker == "kafka":
+                url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
+                out = asyncio.run(measure_kafka(url, args.rounds, args.sends, senders))
+            else:
+                url = _service("rabbitmq", "FLEET_TEST_AMQP_URL", started)
+                out = asyncio.run(measure_amqp(url, args.rounds, args.sends, senders))
+            _report(f"{broker}, {senders} at once", out, args.rounds, args.sends)
     return 0
 
 
