@@ -260,14 +260,15 @@ def _kafka_options(url: str) -> dict[str, Any]:
     return dict(connect(url).client_options)  # type: ignore[attr-defined]
 
 
-async def kafka_topics(url: str) -> None:
+async def kafka_topics(url: str, names: Sequence[str] = (REQUESTS, REPLIES)) -> None:
+    """Topics ``names`` of one partition, where they do not exist yet."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
     admin = AIOKafkaAdminClient(**_kafka_options(url))
     await admin.start()
     try:
-        for name in (REQUESTS, REPLIES):
+        for name in names:
             try:
                 await admin.create_topics([NewTopic(name, 1, 1)])
             except TopicAlreadyExistsError:

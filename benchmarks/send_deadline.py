@@ -26,18 +26,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from aiokafka.errors import TopicAlreadyExistsError  # noqa: E402
-
+from benchmarks.library_floor import _kafka_wire, _wire, kafka_topics  # noqa: E402
 from benchmarks.request_path import _service  # noqa: E402
 from fleet.deadlines import Deadlines  # noqa: E402
-from fleet.transport._amqp_wire import WireConnection  # noqa: E402
-from fleet.transport._kafka_wire import Cluster, Producer  # noqa: E402
+from fleet.transport._kafka_wire import Producer  # noqa: E402
 
 TOPIC = "fleet.bench.send-deadline"
 TIMEOUT = 10.0  # seconds: never reached, only armed
@@ -55,26 +51,9 @@ async def _cpu_per_send(send: Callable[[], Awaitable[object]], n: int, senders: 
     return (time.process_time() - start) / (n // senders * senders) * 1e6
 
 
-async def _create_topic(url: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=url.removeprefix("kafka://"))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
-    except TopicAlreadyExistsError:
-        pass
-    finally:
-        await admin.close()
-
-
 async def measure_kafka(url: str, rounds: int, sends: int, senders: int) -> dict[str, list[float]]:
-    await _create_topic(url)
-    cluster = Cluster(
-        [url.removeprefix("kafka://")],
-        client_id="bench",
-        ssl_context=None,
-        timeout=10.0,
-        on_break=lambda: None,
-    )
+    await kafka_topics(url, [TOPIC])
+    cluster = _kafka_wire(url, "bench")
     try:
         producer = Producer(cluster, timeout_ms=10_000)
         await producer.start()
@@ -95,18 +74,12 @@ async def measure_kafka(url: str, rounds: int, sends: int, senders: int) -> dict
 
 
 async def measure_amqp(url: str, rounds: int, sends: int, senders: int) -> dict[str, list[float]]:
-    parts = urlsplit(url)
-    conn = await WireConnection.open(
-        parts.hostname or "127.0.0.1",
-        parts.port or 5672,
-        login=unquote(parts.username or "guest"),
-        password=unquote(parts.password or "guest"),
-    )
+    conn = await _wire(url)
+    deadlines = Deadlines()
     try:
         channel = await conn.channel(confirms=True)
         # a queue of its own that keeps the last 1,000: publishes never pile up
         queue, _, _ = await channel.declare_queue(exclusive=True, arguments={"x-max-length": 1000})
-        deadlines = Deadlines()
         body = b"x" * 300
 
         async def per_send_timer() -> None:
@@ -121,10 +94,9 @@ async def measure_amqp(url: str, rounds: int, sends: int, senders: int) -> dict[
 
         await _cpu_per_send(one_timer, 200)
         ways = {"asyncio.timeout": per_send_timer, "one timer": one_timer}
-        out = await _alternate(ways, rounds, sends, senders)
-        deadlines.close()
-        return out
+        return await _alternate(ways, rounds, sends, senders)
     finally:
+        deadlines.close()
         await conn.close()
 
 
