@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import time
 import uuid
@@ -243,11 +244,13 @@ async def test_full_queue_is_overloaded_at_once(open_amqp: OpenAmqp, unique_mode
 async def test_a_confirm_that_never_comes_fails_the_publish_at_publish_timeout(
     open_amqp: OpenAmqp, unique_model: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    transport = await open_amqp(publish_timeout=0.5)
+    transport = await open_amqp()  # the default publish_timeout: real confirms have room
     await transport.declare_model(unique_model)
     await transport.publish_request(unique_model, ONLINE, b"confirmed")
     channel = await transport._publish_wire()
     monkeypatch.setattr(channel, "_confirmed", lambda *args: None)  # acks go unheard
+    short = dataclasses.replace(transport.options, publish_timeout=0.5)
+    monkeypatch.setattr(transport, "options", short)  # only the unheard one waits 0.5 s
     with pytest.raises(Unavailable) as info:
         await asyncio.wait_for(transport.publish_request(unique_model, ONLINE, b"unheard"), 10)
     assert isinstance(info.value.__cause__, TimeoutError)
