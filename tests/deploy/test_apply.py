@@ -246,6 +246,36 @@ def applied_msk_scram(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appl
         yield applied
 
 
+def _runner(terraform: str, workdir: Path, hung: list[str]) -> Any:
+    """``run(*args, check=True, stdin=None)``: terraform ARGS in ``workdir``,
+    within 600 s; a command that runs past it fails with what terraform was
+    still waiting on, and its name goes on ``hung``."""
+
+    def run(
+        *args: str, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        try:
+            proc = subprocess.run(
+                [terraform, f"-chdir={workdir}", *args, "-no-color"],
+                env=_env(),
+                input=stdin,
+                capture_output=True,
+                text=True,
+                check=False,
+                timeout=600,
+            )
+        except subprocess.TimeoutExpired as e:
+            hung.append(args[0])
+            # its last lines name what it waited on ("Still destroying... [id=...]")
+            out = e.output.decode() if isinstance(e.output, bytes) else (e.output or "")
+            raise AssertionError(f"terraform {args[0]}: over 600 s\n{out[-6000:]}") from None
+        if check:
+            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+        return proc
+
+    return run
+
+
 @contextmanager
 def _applying(
     variant: str,
@@ -275,21 +305,8 @@ def _applying(
     ssm = _client("ssm")
     ssm.put_parameter(Name=ami_parameter, Value=image, Type="String")
 
-    def run(
-        *args: str, check: bool = True, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [terraform, f"-chdir={workdir}", *args, "-no-color"],
-            env=_env(),
-            input=stdin,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-        if check:
-            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-        return proc
+    hung: list[str] = []  # commands that ran past their time
+    run = _runner(terraform, workdir, hung)
 
     variables = [
         "-var-file=test.tfvars",
@@ -309,7 +326,8 @@ def _applying(
         applied.outputs = Outputs(outputs, applied)
         yield applied
     finally:
-        run("destroy", "-auto-approve", "-refresh=false", *variables, check=False)
+        if "destroy" not in hung:  # one that hung would hang again on the same state
+            run("destroy", "-auto-approve", "-refresh=false", *variables, check=False)
         ssm.delete_parameter(Name=ami_parameter)
 
 
