@@ -25,6 +25,17 @@ writes, in two steps with nothing held between them, so two requests served
 at once on its threads can both pass the same condition. S3 itself lets
 exactly one win. Here a conditional PutObject holds one lock from its check
 to its write.
+
+EC2 tags: moto answers every call that shows a tagged resource by iterating
+that resource's tag dict, which another thread's CreateTags changes in place.
+The read then fails (``dictionary changed size during iteration``) and the
+call answers 500, after a create has already stored what it made. Terraform
+retries the create, moto makes a second one, and the first is left behind:
+a second route table in a VPC makes DeleteVpc refuse (DependencyViolation),
+which Terraform retries for 20 minutes. Here a tag write builds the
+resource's new dict aside and puts it in place whole, and CreateRouteTable
+with a ClientToken already seen answers the table that token made, as EC2
+does.
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import types
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -144,8 +157,59 @@ def _atomic_conditional_puts() -> None:
     S3Response.put_object = put_object  # type: ignore[method-assign]
 
 
+_TAG_WRITES = threading.Lock()
+
+
+def _whole(write: Callable[..., bool]) -> Callable[..., bool]:
+    """``write`` (TagBackend.create_tags and its kin) made on copies of the
+    resources' tag dicts, each then put in place whole: a thread reading
+    tags meanwhile sees the old dict or the new one, never one changing."""
+
+    def whole(self: Any, resource_ids: list[str], tags: Any) -> bool:
+        with _TAG_WRITES:
+            copies = {r: dict(self.tags[r]) for r in resource_ids if r in self.tags}
+            aside = types.SimpleNamespace(tags=defaultdict(dict, copies))
+            done = write(aside, resource_ids, tags)  # moto's own checks, on the copies
+            for r in resource_ids:
+                self.tags[r] = aside.tags[r]
+            return done
+
+    return whole
+
+
+_ROUTE_TABLES: dict[tuple[str, str], str] = {}  # (account and region, ClientToken) -> table id
+_ROUTE_TABLE_TOKENS = threading.Lock()
+
+
+def _tags_whole_and_route_tables_once() -> None:
+    from moto.ec2.models.tags import TagBackend
+    from moto.ec2.responses.route_tables import RouteTables
+
+    for name in ("create_tags", "delete_tags", "delete_tag_keys"):
+        setattr(TagBackend, name, _whole(getattr(TagBackend, name)))
+    create = RouteTables.create_route_table
+
+    def create_route_table(self: Any) -> Any:
+        token = self._get_param("ClientToken")
+        if not token:
+            return create(self)
+        key = (f"{self.current_account}/{self.region}", token)
+        with _ROUTE_TABLE_TOKENS:
+            made = _ROUTE_TABLES.get(key)
+            if made is not None and made in self.ec2_backend.route_tables:
+                from moto.core.responses import ActionResult
+
+                return ActionResult({"RouteTable": self.ec2_backend.route_tables[made]})
+            answer = create(self)
+            _ROUTE_TABLES[key] = answer.result["RouteTable"].id
+            return answer
+
+    RouteTables.create_route_table = create_route_table  # type: ignore[method-assign]
+
+
 def _patch() -> None:
     _atomic_conditional_puts()
+    _tags_whole_and_route_tables_once()
     created = models.FakeKafkaCluster.__init__
 
     def active_at_once(self: models.FakeKafkaCluster, *args: Any, **kwargs: Any) -> None:

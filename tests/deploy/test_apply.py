@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -246,32 +247,38 @@ def applied_msk_scram(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Appl
         yield applied
 
 
-def _runner(terraform: str, workdir: Path, hung: list[str]) -> Any:
+def _runner(terraform: str, workdir: Path, hung: list[str], timeout: float = 600) -> Any:
     """``run(*args, check=True, stdin=None)``: terraform ARGS in ``workdir``,
-    within 600 s; a command that runs past it fails with what terraform was
-    still waiting on, and its name goes on ``hung``."""
+    within ``timeout`` seconds; a command that runs past it is killed with
+    its provider plugins, fails with what terraform was still waiting on,
+    and its name goes on ``hung``."""
 
     def run(
         *args: str, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        try:
-            proc = subprocess.run(
-                [terraform, f"-chdir={workdir}", *args, "-no-color"],
-                env=_env(),
-                input=stdin,
-                capture_output=True,
-                text=True,
-                check=False,
-                timeout=600,
-            )
-        except subprocess.TimeoutExpired as e:
-            hung.append(args[0])
-            # its last lines name what it waited on ("Still destroying... [id=...]")
-            out = e.output.decode() if isinstance(e.output, bytes) else (e.output or "")
-            raise AssertionError(f"terraform {args[0]}: over 600 s\n{out[-6000:]}") from None
+        argv = [terraform, f"-chdir={workdir}", *args, "-no-color"]
+        with subprocess.Popen(
+            argv,
+            env=_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # its provider plugins go with it
+        ) as proc:
+            try:
+                stdout, stderr = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                hung.append(args[0])
+                os.killpg(proc.pid, signal.SIGKILL)
+                stdout, _ = proc.communicate()
+                # its last lines name what it waited on ("Still destroying... [id=...]")
+                said = stdout[-6000:]
+                raise AssertionError(f"terraform {args[0]}: over {timeout} s\n{said}") from None
+        done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
         if check:
-            assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-        return proc
+            assert done.returncode == 0, (stdout + stderr)[-6000:]
+        return done
 
     return run
 
@@ -436,6 +443,13 @@ def _check_resources(a: Applied) -> None:
     assert set(groups) == {"alb", "worker", "autoscaler"}  # external broker: none of its own
     found = a.client("ec2").describe_security_groups(GroupIds=sorted(groups.values()))
     assert {g["VpcId"] for g in found["SecurityGroups"]} == {out["vpc_id"]}
+    # a create the AWS server made twice (a retry) leaves one Terraform does not
+    # know of; a second route table would keep the VPC from being deleted
+    tables = a.client("ec2").describe_route_tables(
+        Filters=[{"Name": "vpc-id", "Values": [out["vpc_id"]]}]
+    )["RouteTables"]
+    names = sorted(t["Value"] for r in tables for t in r.get("Tags", []) if t["Key"] == "Name")
+    assert len(names) == len(set(names)), f"route tables made twice: {names}"
     _check_load_balancer_reaches_the_oip_port_only(found["SecurityGroups"], groups)
 
     ssm = a.client("ssm")
@@ -562,6 +576,38 @@ def _nothing_left(a: Applied) -> None:
     assert logs == []
     key = a.client("kms").describe_key(KeyId=out["kms_key_arn"])["KeyMetadata"]
     assert key["KeyState"] == "PendingDeletion"  # KMS keys are only ever scheduled
+
+
+def test_a_hung_terraform_fails_with_what_it_waited_on_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    fake = tmp_path / "terraform"
+    fake.write_text(
+        "#!/bin/bash\n"
+        "echo 'aws_vpc.this: Still destroying... [id=vpc-1, 10s elapsed]'\n"
+        f"sleep 600 & echo $! > {tmp_path}/plugin.pid\n"
+        "wait\n",
+        encoding="utf-8",
+    )
+    fake.chmod(0o755)
+    hung: list[str] = []
+    run = _runner(str(fake), tmp_path, hung, timeout=2)
+    with pytest.raises(AssertionError, match=r"(?s)over 2 s.*aws_vpc.this: Still destroying"):
+        run("destroy", "-auto-approve")
+    assert hung == ["destroy"]
+    plugin = int((tmp_path / "plugin.pid").read_text())
+    deadline = time.monotonic() + 10
+    while _alive(plugin) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(plugin), "the command's own children outlived it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended, only not yet been reaped
 
 
 async def test_apply_scale_and_destroy(applied: Applied) -> None:
