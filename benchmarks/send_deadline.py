@@ -14,7 +14,7 @@ Prints each way's median and the ratio of the one timer to
         [--rounds 12] [--sends 1500]
 
 Uses ``FLEET_TEST_KAFKA_URL`` and ``FLEET_TEST_AMQP_URL``, or starts
-``scripts/kafka.sh`` and ``scripts/rabbitmq.sh``.
+``scripts/kafka.sh`` and ``scripts/rabbitmq.sh`` (and stops what it started).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,13 +43,15 @@ TIMEOUT = 10.0  # seconds: never reached, only armed
 async def _cpu_per_send(send: Callable[[], Awaitable[object]], n: int, senders: int = 1) -> float:
     """CPU us per publish of ``n`` publishes, made by ``senders`` tasks at once."""
 
+    each = n // senders
+
     async def sender() -> None:
-        for _ in range(n // senders):
+        for _ in range(each):
             await send()
 
     start = time.process_time()
     await asyncio.gather(*(sender() for _ in range(senders)))
-    return (time.process_time() - start) / (n // senders * senders) * 1e6
+    return (time.process_time() - start) / (each * senders) * 1e6
 
 
 async def measure_kafka(url: str, rounds: int, sends: int, senders: int) -> dict[str, list[float]]:
@@ -135,16 +138,27 @@ def main() -> int:
         help="comma-separated: how many publish at once (1: everyday load; more: a busy client)",
     )
     args = ap.parse_args()
+    counts = [int(n) for n in args.senders.split(",") if n]
+    if not all(1 <= n <= args.sends for n in counts):
+        ap.error(f"--senders: each count from 1 to --sends ({args.sends}), not {args.senders}")
+    services = {
+        "kafka": ("kafka", "FLEET_TEST_KAFKA_URL", measure_kafka),
+        "amqp": ("rabbitmq", "FLEET_TEST_AMQP_URL", measure_amqp),
+    }
+    brokers = [b for b in args.brokers.split(",") if b]
+    if unknown := set(brokers) - set(services):
+        ap.error(f"--brokers: kafka or amqp, not {', '.join(sorted(unknown))}")
     started: list[str] = []
-    for broker in [b for b in args.brokers.split(",") if b]:
-        for senders in [int(n) for n in args.senders.split(",") if n]:
-            if broker == "kafka":
-                url = _service("kafka", "FLEET_TEST_KAFKA_URL", started)
-                out = asyncio.run(measure_kafka(url, args.rounds, args.sends, senders))
-            else:
-                url = _service("rabbitmq", "FLEET_TEST_AMQP_URL", started)
-                out = asyncio.run(measure_amqp(url, args.rounds, args.sends, senders))
-            _report(f"{broker}, {senders} at once", out, args.rounds, args.sends)
+    try:
+        for broker in brokers:
+            name, var, measure = services[broker]
+            url = _service(name, var, started)
+            for senders in counts:
+                out = asyncio.run(measure(url, args.rounds, args.sends, senders))
+                _report(f"{broker}, {senders} at once", out, args.rounds, args.sends)
+    finally:
+        for name in started:
+            subprocess.run(["bash", str(ROOT / "scripts" / f"{name}.sh"), "stop"], check=False)
     return 0
 
 
