@@ -579,27 +579,45 @@ def _nothing_left(a: Applied) -> None:
 
 
 def test_a_hung_terraform_fails_with_what_it_waited_on_and_leaves_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fake = tmp_path / "terraform"
+    fake, pid_file = tmp_path / "terraform", tmp_path / "plugin.pid"
     fake.write_text(
         "#!/bin/bash\n"
         "echo 'aws_vpc.this: Still destroying... [id=vpc-1, 10s elapsed]'\n"
-        f"sleep 600 & echo $! > {tmp_path}/plugin.pid\n"
+        f"sleep 600 & echo $! > {pid_file}.new && mv {pid_file}.new {pid_file}\n"
         "wait\n",
         encoding="utf-8",
     )
     fake.chmod(0o755)
+    communicate = subprocess.Popen.communicate
+
+    def past_its_time(proc: Any, stdin: Any = None, timeout: float | None = None) -> Any:
+        """The runner's bounded wait runs out once the fake has said its line
+        and started its child, however slow the host: no clock decides it."""
+        if timeout is None:
+            return communicate(proc, stdin)
+        _wait_for(pid_file)
+        raise subprocess.TimeoutExpired(proc.args, timeout)
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", past_its_time)
     hung: list[str] = []
-    run = _runner(str(fake), tmp_path, hung, timeout=2)
-    with pytest.raises(AssertionError, match=r"(?s)over 2 s.*aws_vpc.this: Still destroying"):
+    run = _runner(str(fake), tmp_path, hung, timeout=600)
+    with pytest.raises(AssertionError, match=r"(?s)over 600 s.*aws_vpc.this: Still destroying"):
         run("destroy", "-auto-approve")
     assert hung == ["destroy"]
-    plugin = int((tmp_path / "plugin.pid").read_text())
+    plugin = int(pid_file.read_text())
     deadline = time.monotonic() + 10
     while _alive(plugin) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(plugin), "the command's own children outlived it"
+
+
+def _wait_for(path: Path) -> None:
+    deadline = time.monotonic() + 30
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.01)
 
 
 def _alive(pid: int) -> bool:
