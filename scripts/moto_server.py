@@ -182,6 +182,7 @@ _ROUTE_TABLE_TOKENS = threading.Lock()
 
 
 def _tags_whole_and_route_tables_once() -> None:
+    from moto.core.responses import ActionResult
     from moto.ec2.models.tags import TagBackend
     from moto.ec2.responses.route_tables import RouteTables
 
@@ -197,8 +198,6 @@ def _tags_whole_and_route_tables_once() -> None:
         with _ROUTE_TABLE_TOKENS:
             made = _ROUTE_TABLES.get(key)
             if made is not None and made in self.ec2_backend.route_tables:
-                from moto.core.responses import ActionResult
-
                 return ActionResult({"RouteTable": self.ec2_backend.route_tables[made]})
             answer = create(self)
             _ROUTE_TABLES[key] = answer.result["RouteTable"].id
