@@ -24,7 +24,9 @@ For each broker and model, one ``fleet worker`` process and one client process:
    beside it, not counted; and the wake-ups per request (voluntary context
    switches) of the client, of the load generator alone and of the worker:
    at such rates each request wakes the processes one by one, and every
-   wake-up costs;
+   wake-up costs: what one bare wake-up costs on this host is measured once
+   per run (:mod:`benchmarks.wakeup_cost`; ``--no-wake-cost`` skips it) and
+   the fleet's wake-ups per request are put at that cost;
    then the same arrivals against the broker library's own request/reply
    echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
@@ -65,7 +67,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import library_floor  # noqa: E402
+from benchmarks import library_floor, wakeup_cost  # noqa: E402
 from benchmarks.request_path import (  # noqa: E402
     _cpu_s,
     _service,
@@ -354,15 +356,45 @@ def _client_ms(r: dict[str, Any]) -> float:
     return _per_request_ms(r, r["cpu_s"])
 
 
-def _wakeups_line(r: dict[str, Any]) -> str:
-    """The client's and the worker's voluntary context switches (each a sleep
-    ended by an event) per request; NaN where a build's client does not count them."""
+def _wakeups(r: dict[str, Any]) -> tuple[float, float, float]:
+    """The client's, the load generator's alone and the worker's voluntary
+    context switches (each a sleep ended by an event) per request; NaN where
+    a build's client does not count them."""
     nan = float("nan")
     g = r.get("generator")
     generator = _per_request(g, g.get("wakeups", nan)) if g else nan
     client = _per_request(r, r.get("wakeups", nan))
     worker = _per_request(r, r.get("worker_wakeups", nan))
-    return f"client {client:.2f} (the load generator alone {generator:.2f}), worker {worker:.2f}"
+    return client, generator, worker
+
+
+def _cpu_target(r: dict[str, Any], wake_us: dict[str, float] | None) -> bool:
+    """Print the fleet's CPU per request at a rate of the 1 ms target, and
+    its wake-ups; whether the target is met. With ``wake_us`` (what one bare
+    wake-up costs on this host, :mod:`benchmarks.wakeup_cost`), also what the
+    fleet's own wake-ups come to at that cost."""
+    fleet = _cpu_ms(r) - _generator_ms(r)
+    met = fleet <= 1.0
+    print(
+        f"  CPU per request {_cpu_ms(r):.3f} ms ({_split(r)}), less the load "
+        f"generator's own {_generator_ms(r):.3f} ms: the fleet's {fleet:.3f} ms "
+        f"(target <= 1 ms: {_v(met)}); the broker's own {_broker_ms(r):.3f} ms "
+        f"(not counted)"
+    )
+    client, generator, worker = _wakeups(r)
+    print(
+        f"  wake-ups per request: client {client:.2f} (the load generator alone "
+        f"{generator:.2f}), worker {worker:.2f}"
+    )
+    if wake_us:
+        own = client - generator + worker
+        print(
+            f"  one bare wake-up on this host: {wake_us['asyncio']:.1f} us of CPU on an "
+            f"asyncio loop ({wake_us['epoll']:.1f} us on a plain epoll loop); the fleet's "
+            f"{own:.2f} wake-ups per request at that cost: {own * wake_us['asyncio'] / 1000:.3f} "
+            f"ms of its {fleet:.3f} ms"
+        )
+    return met
 
 
 def _split(r: dict[str, Any]) -> str:
@@ -397,7 +429,13 @@ def _vs_floor(r: dict[str, Any], f: dict[str, Any], name: str = "library floor")
         print(f"{'':>8} {name}'s broker legs: {'; '.join(legs)}")
 
 
-def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | None) -> bool:
+def report(
+    label: str,
+    broker: str,
+    res: dict[str, Any],
+    base: dict[str, Any] | None,
+    wake_us: dict[str, float] | None = None,
+) -> bool:
     ok = True
     print(f"\n== {label}")
     if "idle" in res:
@@ -448,16 +486,7 @@ def report(label: str, broker: str, res: dict[str, Any], base: dict[str, Any] | 
             ok &= met
             print(f"  p99 {_pct(lat, 99):.2f} ms (target <= {p99_t} ms: {_v(met)})")
         if int(rate) <= CPU_TARGET_RATE:
-            fleet = _cpu_ms(r) - _generator_ms(r)
-            met = fleet <= 1.0
-            ok &= met
-            print(
-                f"  CPU per request {_cpu_ms(r):.3f} ms ({_split(r)}), less the load "
-                f"generator's own {_generator_ms(r):.3f} ms: the fleet's {fleet:.3f} ms "
-                f"(target <= 1 ms: {_v(met)}); the broker's own {_broker_ms(r):.3f} ms "
-                f"(not counted)"
-            )
-            print(f"  wake-ups per request: {_wakeups_line(r)}")
+            ok &= _cpu_target(r, wake_us)
     sat = res["saturation"]
     rps = len(sat["lat"]) / sat["seconds"]
     met = _cpu_ms(sat) <= 0.1
@@ -587,11 +616,22 @@ def main() -> int:
         help="also measure the broker library's own request/reply echo at each rate"
         " (benchmarks/library_floor.py) and print the fleet's ratios to it",
     )
+    ap.add_argument(
+        "--wake-cost",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="at the rates of the 1 ms target, measure once what a bare wake-up costs on"
+        " this host (benchmarks/wakeup_cost.py) and print what the fleet's wake-ups per"
+        " request come to at that cost",
+    )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
     from worker.zoo import build_all
 
     build_all(args.models)
+    wake_us = None
+    if args.wake_cost and min(args.rates, default=CPU_TARGET_RATE + 1) <= CPU_TARGET_RATE:
+        wake_us = wakeup_cost.compare(rate=150, seconds=3, rounds=3)
     started: list[str] = []
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -633,7 +673,7 @@ def main() -> int:
                             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                                 print(f"{kind} floor not measured: {str(exc)[-300:]}")
                     base = measure(base_tree, url, model, args) if base_tree else None
-                    ok &= report(label, b, res, base)
+                    ok &= report(label, b, res, base, wake_us)
         finally:
             for name in started:
                 subprocess.run(["bash", str(ROOT / "scripts" / f"{name}.sh"), "stop"], check=False)

@@ -1,0 +1,50 @@
+"""The wake-up cost benchmark's receivers: every message is read, and the
+CPU is counted per wake-up."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import wakeup_cost
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("kind", wakeup_cost.KINDS)
+def test_a_receiver_reads_every_message_and_counts_its_cpu_per_wake_up(kind: str) -> None:
+    r = wakeup_cost.receive(kind, rate=200, seconds=0.25)
+    assert r["kind"] == kind
+    assert r["messages"] == 50  # 200 a second for a quarter of one, none lost
+    assert 1 <= r["wakes"] <= 50  # messages read together are one wake-up
+    assert r["cpu_us"] > 0
+    assert r["switches"] >= 0
+
+
+def test_an_unknown_receiver_is_refused_before_anything_starts() -> None:
+    with pytest.raises(ValueError, match="not one of epoll, asyncio"):
+        wakeup_cost.receive("threads", rate=1, seconds=1)
+
+
+def test_the_latency_report_puts_the_fleets_wake_ups_at_the_hosts_cost(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.latency import _cpu_target
+
+    r = {  # 100 requests: client 0.5 s and worker 0.75 s of CPU, the model's 0.25 s of it
+        "lat": [0.002] * 100,
+        "cpu_s": 0.5,
+        "worker_cpu_s": 0.75,
+        "inference_s": 0.25,
+        "wakeups": 300,
+        "worker_wakeups": 200,
+        "generator": {"lat": [0.0] * 100, "cpu_s": 0.1, "wakeups": 100},
+    }
+    assert not _cpu_target(r, {"asyncio": 100.0, "epoll": 25.0})  # 10 - 1 = 9 ms: not met
+    out = capsys.readouterr().out
+    assert "the fleet's 9.000 ms (target <= 1 ms: NOT met)" in out
+    assert "client 3.00 (the load generator alone 1.00), worker 2.00" in out
+    # (3 - 1 + 2) wake-ups of 100 us each: 0.4 ms of the 9
+    assert "100.0 us of CPU on an asyncio loop (25.0 us on a plain epoll loop)" in out
+    assert "the fleet's 4.00 wake-ups per request at that cost: 0.400 ms of its 9.000 ms" in out
+    assert _cpu_target({**r, "cpu_s": 0.15, "worker_cpu_s": 0.25}, None)  # 1.5 - 1: met
+    assert "wake-up on this host" not in capsys.readouterr().out
