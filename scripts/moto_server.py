@@ -36,10 +36,20 @@ which Terraform retries for 20 minutes. Here a tag write builds the
 resource's new dict aside and puts it in place whole, and CreateRouteTable
 with a ClientToken already seen answers the table that token made, as EC2
 does.
+
+EC2 security group rules: moto revokes a rule by building the group's list
+of rules anew and putting it in place, so a rule another thread adds to that
+group meanwhile is lost (or one it revokes comes back). And a revoke naming
+a rule id the group does not hold is ``InvalidPermission.NotFound`` on moto
+where EC2 answers ``InvalidSecurityGroupRuleId.NotFound``, which Terraform
+takes as "already deleted" on a destroy (a retried revoke, whose first try
+went through, failed a destroy here). Here every authorize and revoke holds
+one lock, and such a revoke answers EC2's code.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 import threading
@@ -206,9 +216,49 @@ def _tags_whole_and_route_tables_once() -> None:
     RouteTables.create_route_table = create_route_table  # type: ignore[method-assign]
 
 
+_RULE_WRITES = threading.RLock()
+
+
+def _rule_writes_whole() -> None:
+    """Security group rules: each write under one lock, and a revoke that
+    names a rule id the group does not hold answered as EC2 answers it."""
+    from moto.ec2.exceptions import EC2ClientError
+    from moto.ec2.models.security_groups import SecurityGroupBackend
+
+    def serialised(write: Callable[..., Any], *, direction: str | None) -> Callable[..., Any]:
+        signature = inspect.signature(write)
+
+        def one_at_a_time(self: Any, *args: Any, **kwargs: Any) -> Any:
+            with _RULE_WRITES:
+                if direction is not None:
+                    call = signature.bind(self, *args, **kwargs).arguments
+                    ids = call.get("security_rule_ids") or []
+                    group = self.get_security_group_by_name_or_id(
+                        call["group_name_or_id"], call.get("vpc_id")
+                    )
+                    held = {r.id for r in getattr(group, f"{direction}_rules", [])}
+                    if group is not None and any(i not in held for i in ids):
+                        missing = next(i for i in ids if i not in held)
+                        raise EC2ClientError(
+                            "InvalidSecurityGroupRuleId.NotFound",
+                            f"The security group rule ID '{missing}' does not exist",
+                        )
+                return write(self, *args, **kwargs)
+
+        return one_at_a_time
+
+    for direction in ("ingress", "egress"):
+        for verb in ("authorize", "revoke"):
+            name = f"{verb}_security_group_{direction}"
+            write = getattr(SecurityGroupBackend, name)
+            checked = direction if verb == "revoke" else None
+            setattr(SecurityGroupBackend, name, serialised(write, direction=checked))
+
+
 def _patch() -> None:
     _atomic_conditional_puts()
     _tags_whole_and_route_tables_once()
+    _rule_writes_whole()
     created = models.FakeKafkaCluster.__init__
 
     def active_at_once(self: models.FakeKafkaCluster, *args: Any, **kwargs: Any) -> None:

@@ -1,17 +1,23 @@
 """scripts/moto_server.py's EC2 mends: a tag write never changes a tag dict
-that another request is reading, and CreateRouteTable makes one table per
-ClientToken, however often a retry sends it."""
+that another request is reading, CreateRouteTable makes one table per
+ClientToken, however often a retry sends it, and security group rules are
+written one at a time, a revoke of a rule id no longer held answered as EC2
+answers it."""
 
 from __future__ import annotations
 
 import importlib.util
+import threading
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from moto import mock_aws
 from moto.ec2.exceptions import TagLimitExceeded
+from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.route_tables import RouteTables
 
@@ -29,12 +35,19 @@ def _server() -> ModuleType:
 
 
 @pytest.fixture
-def mended(monkeypatch: pytest.MonkeyPatch) -> None:
+def mended(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """moto's classes with the server's EC2 mends, put back as they were after."""
     for name in ("create_tags", "delete_tags", "delete_tag_keys"):
         monkeypatch.setattr(TagBackend, name, getattr(TagBackend, name))
     monkeypatch.setattr(RouteTables, "create_route_table", RouteTables.create_route_table)
-    _server()._tags_whole_and_route_tables_once()
+    for direction in ("ingress", "egress"):
+        for verb in ("authorize", "revoke"):
+            name = f"{verb}_security_group_{direction}"
+            monkeypatch.setattr(SecurityGroupBackend, name, getattr(SecurityGroupBackend, name))
+    server = _server()
+    server._tags_whole_and_route_tables_once()
+    server._rule_writes_whole()
+    return server
 
 
 def test_a_read_of_tags_under_way_survives_a_write(mended: None) -> None:
@@ -74,3 +87,62 @@ def test_a_route_table_is_made_once_per_client_token(mended: None) -> None:
         assert made[0] == made[1] != made[2]
         tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
         assert len(tables["RouteTables"]) == 3  # the main one and the two tokens'
+
+
+def _ec2() -> Any:
+    return boto3.client(
+        "ec2", region_name="eu-west-3", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
+@pytest.mark.parametrize("direction", ["Ingress", "Egress"])
+def test_a_revoke_of_a_rule_id_no_longer_held_is_answered_as_ec2_answers_it(
+    mended: ModuleType, direction: str
+) -> None:
+    with mock_aws():
+        ec2 = _ec2()
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
+        rule = {
+            "IpProtocol": "tcp",
+            "FromPort": 443,
+            "ToPort": 443,
+            "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
+        }
+        authorize = getattr(ec2, f"authorize_security_group_{direction.lower()}")
+        revoke = getattr(ec2, f"revoke_security_group_{direction.lower()}")
+        made = authorize(GroupId=group, IpPermissions=[rule])["SecurityGroupRules"][0]
+        revoke(GroupId=group, SecurityGroupRuleIds=[made["SecurityGroupRuleId"]])
+        with pytest.raises(ClientError) as again:  # a retry of a revoke that went through
+            revoke(GroupId=group, SecurityGroupRuleIds=[made["SecurityGroupRuleId"]])
+        # moto as it comes: InvalidPermission.NotFound, which fails a terraform destroy
+        assert again.value.response["Error"]["Code"] == "InvalidSecurityGroupRuleId.NotFound"
+        rules = ec2.describe_security_group_rules(Filters=[{"Name": "group-id", "Values": [group]}])
+        assert made["SecurityGroupRuleId"] not in [
+            r["SecurityGroupRuleId"] for r in rules["SecurityGroupRules"]
+        ]
+
+
+def test_a_rule_write_waits_for_the_one_under_way(mended: ModuleType) -> None:
+    with mock_aws():
+        ec2 = _ec2()
+        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+        group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
+        rule = {
+            "IpProtocol": "tcp",
+            "FromPort": 80,
+            "ToPort": 80,
+            "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
+        }
+        done = threading.Event()
+
+        def authorize() -> None:
+            ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[rule])
+            done.set()
+
+        with mended._RULE_WRITES:  # a revoke rebuilding this group's rules, say
+            writer = threading.Thread(target=authorize)
+            writer.start()
+            assert not done.wait(0.5)  # moto as it comes: added while the list is rebuilt
+        writer.join(10)
+        assert done.is_set()
