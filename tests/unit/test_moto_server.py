@@ -89,10 +89,20 @@ def test_a_route_table_is_made_once_per_client_token(mended: None) -> None:
         assert len(tables["RouteTables"]) == 3  # the main one and the two tokens'
 
 
-def _ec2() -> Any:
-    return boto3.client(
+def _group() -> tuple[Any, str, dict[str, Any]]:
+    """An EC2 client (under ``mock_aws``), a new VPC's security group, and a rule for it."""
+    ec2 = boto3.client(
         "ec2", region_name="eu-west-3", aws_access_key_id="testing", aws_secret_access_key="testing"
     )
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
+    rule = {
+        "IpProtocol": "tcp",
+        "FromPort": 443,
+        "ToPort": 443,
+        "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
+    }
+    return ec2, group, rule
 
 
 @pytest.mark.parametrize("direction", ["Ingress", "Egress"])
@@ -100,15 +110,7 @@ def test_a_revoke_of_a_rule_id_no_longer_held_is_answered_as_ec2_answers_it(
     mended: ModuleType, direction: str
 ) -> None:
     with mock_aws():
-        ec2 = _ec2()
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
-        rule = {
-            "IpProtocol": "tcp",
-            "FromPort": 443,
-            "ToPort": 443,
-            "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
-        }
+        ec2, group, rule = _group()
         authorize = getattr(ec2, f"authorize_security_group_{direction.lower()}")
         revoke = getattr(ec2, f"revoke_security_group_{direction.lower()}")
         made = authorize(GroupId=group, IpPermissions=[rule])["SecurityGroupRules"][0]
@@ -125,15 +127,7 @@ def test_a_revoke_of_a_rule_id_no_longer_held_is_answered_as_ec2_answers_it(
 
 def test_a_rule_write_waits_for_the_one_under_way(mended: ModuleType) -> None:
     with mock_aws():
-        ec2 = _ec2()
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
-        rule = {
-            "IpProtocol": "tcp",
-            "FromPort": 80,
-            "ToPort": 80,
-            "IpRanges": [{"CidrIp": "10.0.0.0/8"}],
-        }
+        ec2, group, rule = _group()
         done = threading.Event()
 
         def authorize() -> None:
