@@ -575,6 +575,16 @@ def _baseline_tree(ref: str, into: Path) -> Path:
     return tree
 
 
+def _reports_wake_cost(args: argparse.Namespace) -> bool:
+    """Whether this run prints the 1 ms target's lines, and with them a
+    wake-up's cost: a rate of that target, and no comparison of event loops
+    or of builds over ``--repeat`` (those print their ratios alone)."""
+    loops = [x for x in args.event_loops.split(",") if x]
+    compares = loops != ["asyncio"] or (args.baseline_ref and args.repeat > 1)
+    low = min(args.rates, default=CPU_TARGET_RATE + 1) <= CPU_TARGET_RATE
+    return bool(args.wake_cost and low and not compares)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -629,9 +639,9 @@ def main() -> int:
     from worker.zoo import build_all
 
     build_all(args.models)
-    wake_us = None
-    if args.wake_cost and min(args.rates, default=CPU_TARGET_RATE + 1) <= CPU_TARGET_RATE:
-        wake_us = wakeup_cost.compare(rate=150, seconds=3, rounds=3)
+    wake_us = (
+        wakeup_cost.compare(rate=150, seconds=3, rounds=3) if _reports_wake_cost(args) else None
+    )
     started: list[str] = []
     ok = True
     with tempfile.TemporaryDirectory() as tmp:

@@ -219,6 +219,21 @@ def _tags_whole_and_route_tables_once() -> None:
 _RULE_WRITES = threading.RLock()
 
 
+def _not_held(backend: Any, call: inspect.BoundArguments, direction: str | None) -> list[str]:
+    """The rule ids a revoke (``direction``: ingress or egress; None for an
+    authorize) names that its group, where there is one, does not hold."""
+    ids = call.arguments.get("security_rule_ids") or []
+    if direction is None or not ids:
+        return []
+    group = backend.get_security_group_by_name_or_id(
+        call.arguments["group_name_or_id"], call.arguments.get("vpc_id")
+    )
+    if group is None:  # moto's own InvalidGroup.NotFound follows
+        return []
+    held = {r.id for r in getattr(group, f"{direction}_rules")}
+    return [i for i in ids if i not in held]
+
+
 def _rule_writes_whole() -> None:
     """Security group rules: each write under one lock, and a revoke that
     names a rule id the group does not hold answered as EC2 answers it."""
@@ -230,19 +245,12 @@ def _rule_writes_whole() -> None:
 
         def one_at_a_time(self: Any, *args: Any, **kwargs: Any) -> Any:
             with _RULE_WRITES:
-                if direction is not None:
-                    call = signature.bind(self, *args, **kwargs).arguments
-                    ids = call.get("security_rule_ids") or []
-                    group = self.get_security_group_by_name_or_id(
-                        call["group_name_or_id"], call.get("vpc_id")
+                missing = _not_held(self, signature.bind(self, *args, **kwargs), direction)
+                if missing:
+                    raise EC2ClientError(
+                        "InvalidSecurityGroupRuleId.NotFound",
+                        f"The security group rule ID '{missing[0]}' does not exist",
                     )
-                    held = {r.id for r in getattr(group, f"{direction}_rules", [])}
-                    if group is not None and any(i not in held for i in ids):
-                        missing = next(i for i in ids if i not in held)
-                        raise EC2ClientError(
-                            "InvalidSecurityGroupRuleId.NotFound",
-                            f"The security group rule ID '{missing}' does not exist",
-                        )
                 return write(self, *args, **kwargs)
 
         return one_at_a_time

@@ -48,3 +48,20 @@ def test_the_latency_report_puts_the_fleets_wake_ups_at_the_hosts_cost(
     assert "the fleet's 4.00 wake-ups per request at that cost: 0.400 ms of its 9.000 ms" in out
     assert _cpu_target({**r, "cpu_s": 0.15, "worker_cpu_s": 0.25}, None)  # 1.5 - 1: met
     assert "wake-up on this host" not in capsys.readouterr().out
+
+
+def test_a_wake_up_is_measured_only_for_runs_that_print_the_1_ms_target() -> None:
+    from argparse import Namespace
+
+    from benchmarks.latency import _reports_wake_cost
+
+    def run(**changed: object) -> Namespace:
+        args = {"wake_cost": True, "rates": [150, 1000], "event_loops": "asyncio"}
+        return Namespace(**{**args, "baseline_ref": None, "repeat": 1, **changed})
+
+    assert _reports_wake_cost(run())
+    assert _reports_wake_cost(run(baseline_ref="HEAD~1"))  # one run of each build: reported
+    assert not _reports_wake_cost(run(wake_cost=False))
+    assert not _reports_wake_cost(run(rates=[1000, 4000]))  # no rate of the 1 ms target
+    assert not _reports_wake_cost(run(event_loops="asyncio,uvloop"))  # ratios alone
+    assert not _reports_wake_cost(run(baseline_ref="HEAD~1", repeat=3))
