@@ -26,7 +26,10 @@ For each broker and model, one ``fleet worker`` process and one client process:
    at such rates each request wakes the processes one by one, and every
    wake-up costs: what one bare wake-up costs on this host is measured once
    per run (:mod:`benchmarks.wakeup_cost`; ``--no-wake-cost`` skips it) and
-   the fleet's wake-ups per request are put at that cost;
+   the fleet's wake-ups per request are put at that cost; and so is what the
+   fleet's own codec work for one request costs back to back and once every
+   1/150 s (:mod:`benchmarks.cold_work`): how much dearer this host makes
+   work that waits between requests;
    then the same arrivals against the broker library's own request/reply
    echo (:mod:`benchmarks.library_floor`: aio-pika or aiokafka with the same
    delivery guarantees and nothing else; ``--no-floor`` skips it, and runs
@@ -67,7 +70,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import library_floor, wakeup_cost  # noqa: E402
+from benchmarks import cold_work, library_floor, wakeup_cost  # noqa: E402
 from benchmarks.request_path import (  # noqa: E402
     _cpu_s,
     _service,
@@ -82,6 +85,7 @@ from fleetctl.demo import wait_model_served  # noqa: E402
 
 WIDTH = {"mlp": 256, "digits": 64}
 CPU_TARGET_RATE = 200  # at and below this rate: the fleet's CPU per request <= 1 ms
+CPU_TARGET_WORK_RATE = 150.0  # the rate the host probes space their work at
 TARGETS = {  # (rate, broker) -> (p50 ms, p99 ms)
     (1000, "amqp"): (3.0, 10.0),
     (1000, "kafka"): (5.0, 20.0),
@@ -372,7 +376,8 @@ def _cpu_target(r: dict[str, Any], wake_us: dict[str, float] | None) -> bool:
     """Print the fleet's CPU per request at a rate of the 1 ms target, and
     its wake-ups; whether the target is met. With ``wake_us`` (what one bare
     wake-up costs on this host, :mod:`benchmarks.wakeup_cost`), also what the
-    fleet's own wake-ups come to at that cost."""
+    fleet's own wake-ups come to at that cost; where it holds the codec
+    work's figures too (``cold_*``, :mod:`benchmarks.cold_work`), those."""
     fleet = _cpu_ms(r) - _generator_ms(r)
     met = fleet <= 1.0
     print(
@@ -393,6 +398,12 @@ def _cpu_target(r: dict[str, Any], wake_us: dict[str, float] | None) -> bool:
             f"asyncio loop ({wake_us['epoll']:.1f} us on a plain epoll loop); the fleet's "
             f"{own:.2f} wake-ups per request at that cost: {own * wake_us['asyncio'] / 1000:.3f} "
             f"ms of its {fleet:.3f} ms"
+        )
+    if wake_us and "cold_back_to_back" in wake_us:
+        cold = {k.removeprefix("cold_"): v for k, v in wake_us.items() if k.startswith("cold_")}
+        print(
+            "  the fleet's codec work for one request (both sides) on this host: "
+            + cold_work.describe(cold, CPU_TARGET_WORK_RATE)
         )
     return met
 
@@ -575,6 +586,14 @@ def _baseline_tree(ref: str, into: Path) -> Path:
     return tree
 
 
+def _host_costs() -> dict[str, float]:
+    """What a bare wake-up costs on this host now, and the fleet's codec work
+    back to back and spaced as at 150 req/s (``cold_*``)."""
+    host = wakeup_cost.compare(rate=CPU_TARGET_WORK_RATE, seconds=3, rounds=3)
+    cold = cold_work.measure(rate=CPU_TARGET_WORK_RATE)
+    return {**host, **{f"cold_{k}": v for k, v in cold.items()}}
+
+
 def _reports_wake_cost(args: argparse.Namespace) -> bool:
     """Whether this run prints the 1 ms target's lines, and with them a
     wake-up's cost: a rate of that target, and no comparison of event loops
@@ -632,16 +651,15 @@ def main() -> int:
         default=True,
         help="at the rates of the 1 ms target, measure once what a bare wake-up costs on"
         " this host (benchmarks/wakeup_cost.py) and print what the fleet's wake-ups per"
-        " request come to at that cost",
+        " request come to at that cost, and what its codec work for one request costs"
+        " back to back and once every 1/150 s (benchmarks/cold_work.py)",
     )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
     from worker.zoo import build_all
 
     build_all(args.models)
-    wake_us = (
-        wakeup_cost.compare(rate=150, seconds=3, rounds=3) if _reports_wake_cost(args) else None
-    )
+    wake_us = _host_costs() if _reports_wake_cost(args) else None
     started: list[str] = []
     ok = True
     with tempfile.TemporaryDirectory() as tmp:

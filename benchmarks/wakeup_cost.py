@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -190,30 +191,40 @@ def compare(rate: float, seconds: float, rounds: int) -> dict[str, float]:
     return {k: statistics.median(v) for k, v in runs.items()}
 
 
-def _positive(text: str) -> float:
+def positive(text: str) -> float:
+    """An option's positive number (argparse ``type``)."""
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
     return value
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An option's whole number of at least ``minimum`` (argparse ``type``)."""
+
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number of at least {minimum}"
+            )
+        return value
+
+    return whole
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--rate", type=_positive, default=150.0, help="messages per second")
-    ap.add_argument("--seconds", type=_positive, default=3.0, help="seconds per run")
-    ap.add_argument("--rounds", type=_count, default=3, help="alternated runs of each receiver")
+    ap.add_argument("--rate", type=positive, default=150.0, help="messages per second")
+    ap.add_argument("--seconds", type=positive, default=3.0, help="seconds per run")
+    ap.add_argument(
+        "--rounds", type=at_least(1), default=3, help="alternated runs of each receiver"
+    )
     ap.add_argument("--receive", choices=KINDS, help=argparse.SUPPRESS)  # one run, as JSON
     args = ap.parse_args()
     if args.receive:

@@ -65,3 +65,60 @@ def test_a_wake_up_is_measured_only_for_runs_that_print_the_1_ms_target() -> Non
     assert not _reports_wake_cost(run(rates=[1000, 4000]))  # no rate of the 1 ms target
     assert not _reports_wake_cost(run(event_loops="asyncio,uvloop"))  # ratios alone
     assert not _reports_wake_cost(run(baseline_ref="HEAD~1", repeat=3))
+
+
+def test_the_cold_work_is_the_codecs_round_trip_of_one_request() -> None:
+    from benchmarks import cold_work
+
+    work = cold_work.codec_round_trip()
+    reply = work()
+    assert reply.id == "0123456789abcdef"
+    assert reply.model == "mlp"
+    assert reply.timings.batch_size == 1
+    (scores,) = reply.outputs
+    assert scores.name == "probabilities"
+    assert scores.to_numpy().shape == (1, 10)
+    assert work() == reply  # the same work each run
+
+
+def test_the_cold_work_is_measured_in_every_mode_in_a_process_of_its_own() -> None:
+    from benchmarks import cold_work
+
+    r = cold_work.measure(rate=500, runs=6)
+    assert set(r) == set(cold_work.MODES)
+    assert r["back_to_back"] > 0
+    assert all(v >= 0 for v in r.values())  # the clock's own cost taken out, never below 0
+
+
+def test_the_cold_work_options_are_checked() -> None:
+    from benchmarks import cold_work
+
+    for bad in (["--runs", "2"], ["--rate", "0"], ["--runs", "x"]):
+        with pytest.raises(SystemExit) as exc:
+            cold_work.main(bad)
+        assert exc.value.code == 2
+
+
+def test_the_latency_report_puts_the_codec_work_beside_the_target(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.latency import _cpu_target
+
+    r = {
+        "lat": [0.002] * 100,
+        "cpu_s": 0.05,
+        "worker_cpu_s": 0.05,
+        "inference_s": 0.0,
+        "wakeups": 300,
+        "worker_wakeups": 200,
+    }
+    host = {"asyncio": 50.0, "epoll": 25.0}
+    cold = {"cold_back_to_back": 25.0, "cold_sleeping": 200.0, "cold_busy": 100.0}
+    assert _cpu_target(r, {**host, **cold})
+    out = capsys.readouterr().out
+    assert (
+        "codec work for one request (both sides) on this host: 25.0 us back to back; "
+        "once every 6.67 ms: 200.0 us asleep between (8.0x), 100.0 us busy between (4.0x)"
+    ) in out
+    _cpu_target(r, host)
+    assert "codec work" not in capsys.readouterr().out
