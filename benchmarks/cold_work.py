@@ -4,11 +4,12 @@ than back to back, on this host now.
     .venv/bin/python benchmarks/cold_work.py [--rate 150] [--runs 300]
 
 At an everyday rate a request's work runs once every few milliseconds, and
-in between the caches it needs are taken by whatever else the host runs. On
-a shared virtual machine that includes the hypervisor and other guests, which
-interrupt a vCPU hundreds of times a second even while it is busy. So the CPU
-a request costs at 150 req/s is less what its code does than how much of it
-must be fetched again, and both change with the host's state.
+in between the caches it needs are taken by whatever else the host runs:
+other processes, and interrupts, which on a virtual machine leave the guest
+for the hypervisor (a loop that only reads the clock is paused for more than
+20 us hundreds of times a second on a busy vCPU here). So the CPU a request
+costs at 150 req/s is less what its code does than how much of it must be
+fetched again, and that changes with the host's state.
 
 The work measured is the fleet's own codec for one request, both sides: the
 client encodes a request frame (a 256-float row), the worker decodes it and
