@@ -93,8 +93,9 @@ def _spaced(work: Callable[[], object], gap: float, runs: int, busy: bool) -> li
 
 
 def run(rate: float, runs: int) -> dict[str, float]:
-    """Median CPU microseconds per run of the codec work in each mode (the
-    clock reads' own cost taken out of the spaced ones), in this process."""
+    """CPU microseconds per run of the codec work in each mode, in this
+    process: back to back the mean over a loop; spaced the median of the
+    runs, less the median of the clock reads' own cost."""
     work = codec_round_trip()
     for _ in range(200):  # past first-use costs
         work()
@@ -103,7 +104,7 @@ def run(rate: float, runs: int) -> dict[str, float]:
         work()
     out = {"back_to_back": (time.thread_time_ns() - t0) / 1000 / (runs * 10)}
     gap = 1.0 / rate
-    for mode in ("sleeping", "busy"):
+    for mode in MODES[1:]:
         busy = mode == "busy"
         clock = statistics.median(_spaced(lambda: None, gap, max(1, runs // 3), busy))
         spaced = statistics.median(_spaced(work, gap, runs, busy))

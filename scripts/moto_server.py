@@ -219,11 +219,11 @@ def _tags_whole_and_route_tables_once() -> None:
 _RULE_WRITES = threading.RLock()
 
 
-def _not_held(backend: Any, call: inspect.BoundArguments, direction: str | None) -> list[str]:
-    """The rule ids a revoke (``direction``: ingress or egress; None for an
-    authorize) names that its group, where there is one, does not hold."""
+def _not_held(backend: Any, call: inspect.BoundArguments, direction: str) -> list[str]:
+    """The rule ids a revoke (``direction``: ingress or egress) names that
+    its group, where there is one, does not hold."""
     ids = call.arguments.get("security_rule_ids") or []
-    if direction is None or not ids:
+    if not ids:
         return []
     group = backend.get_security_group_by_name_or_id(
         call.arguments["group_name_or_id"], call.arguments.get("vpc_id")
@@ -245,8 +245,9 @@ def _rule_writes_whole() -> None:
 
         def one_at_a_time(self: Any, *args: Any, **kwargs: Any) -> Any:
             with _RULE_WRITES:
-                missing = _not_held(self, signature.bind(self, *args, **kwargs), direction)
-                if missing:
+                if direction is not None and (
+                    missing := _not_held(self, signature.bind(self, *args, **kwargs), direction)
+                ):
                     raise EC2ClientError(
                         "InvalidSecurityGroupRuleId.NotFound",
                         f"The security group rule ID '{missing[0]}' does not exist",

@@ -87,7 +87,6 @@ def test_the_cold_work_is_measured_in_every_mode_in_a_process_of_its_own() -> No
     r = cold_work.measure(rate=500, runs=6)
     assert set(r) == set(cold_work.MODES)
     assert r["back_to_back"] > 0
-    assert all(v >= 0 for v in r.values())  # the clock's own cost taken out, never below 0
 
 
 def test_the_cold_work_options_are_checked() -> None:
@@ -113,8 +112,8 @@ def test_the_latency_report_puts_the_codec_work_beside_the_target(
         "worker_wakeups": 200,
     }
     host = {"asyncio": 50.0, "epoll": 25.0}
-    cold = {"cold_back_to_back": 25.0, "cold_sleeping": 200.0, "cold_busy": 100.0}
-    assert _cpu_target(r, {**host, **cold})
+    cold = {"back_to_back": 25.0, "sleeping": 200.0, "busy": 100.0}
+    assert _cpu_target(r, host, cold)
     out = capsys.readouterr().out
     assert (
         "codec work for one request (both sides) on this host: 25.0 us back to back; "
