@@ -31,7 +31,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 CLIENT_STAGES = (
@@ -134,53 +134,103 @@ def observe_each(
         hist.sum += value
 
 
-class StageHistograms(Collector):
-    """One :class:`Histogram` per (stage, label values); a Prometheus collector.
+class Histograms(Collector):
+    """A Prometheus histogram with labels: one :class:`Histogram` per label
+    values, which its caller keeps to observe with no lookup and no lock.
 
-    ``observe`` is called from one event loop; ``collect`` (a scrape, from
+    Observations come from one event loop; ``collect`` (a scrape, from
     another thread) reads counts that may be mid-update by one observation,
     which Prometheus tolerates."""
 
-    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: Sequence[str] = (),
+        bounds: Sequence[float] = BUCKETS,
+    ) -> None:
         self.name = name
         self.documentation = documentation
-        self.labels = tuple(labels)
+        self.label_names = tuple(labels)
+        self.bounds = tuple(float(b) for b in bounds)
         self._hists: dict[tuple[str, ...], Histogram] = {}
 
-    def histogram(self, stage: str, *label_values: str) -> Histogram:
-        """The histogram of ``stage`` for these label values (made on first use;
-        keep it to observe without a lookup)."""
-        key = (stage, *label_values)
-        hist = self._hists.get(key)
+    def labels(self, *label_values: str) -> Histogram:
+        """The histogram of these label values (made on first use)."""
+        hist = self._hists.get(label_values)
         if hist is None:
-            hist = self._hists[key] = Histogram()
+            hist = self._hists[label_values] = Histogram(self.bounds)
         return hist
-
-    def observe(self, stage: str, seconds: float, *label_values: str) -> None:
-        self.histogram(stage, *label_values).observe(seconds)
 
     def items(self) -> Iterator[tuple[tuple[str, ...], Histogram]]:
         return iter(list(self._hists.items()))
 
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self.name, self.documentation, labels=self.label_names)
+
     def collect(self) -> Iterable[HistogramMetricFamily]:
-        family = HistogramMetricFamily(
-            self.name, self.documentation, labels=("stage", *self.labels)
-        )
+        family = self._family()
         for key, hist in self.items():
             family.add_metric(list(key), hist.buckets(), hist.sum)
         yield family
 
     def describe(self) -> Iterable[HistogramMetricFamily]:
-        return [
-            HistogramMetricFamily(self.name, self.documentation, labels=("stage", *self.labels))
-        ]
+        return [self._family()]
+
+
+class StageHistograms(Histograms):
+    """:class:`Histograms` of the stages (:data:`CLIENT_STAGES`,
+    :data:`WORKER_STAGES`): the label ``stage`` first, then ``labels``."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str] = ()) -> None:
+        super().__init__(name, documentation, ("stage", *labels))
+
+    def histogram(self, stage: str, *label_values: str) -> Histogram:
+        """The histogram of ``stage`` for these label values (made on first use;
+        keep it to observe without a lookup)."""
+        return self.labels(stage, *label_values)
+
+    def observe(self, stage: str, seconds: float, *label_values: str) -> None:
+        self.labels(stage, *label_values).observe(seconds)
+
+
+class Counters(Collector):
+    """A Prometheus counter with labels, each child a float in a dict: an
+    increment is one addition, with no lock (one event loop increments;
+    a scrape from another thread reads a copy)."""
+
+    def __init__(self, name: str, documentation: str, labels: Sequence[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.label_names = tuple(labels)
+        self._values: dict[tuple[str, ...], float] = {}
+
+    def inc(self, label_values: tuple[str, ...], amount: float = 1.0) -> None:
+        self._values[label_values] = self._values.get(label_values, 0.0) + amount
+
+    def value(self, *label_values: str) -> float:
+        return self._values.get(label_values, 0.0)
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        family = self._family()
+        for key, value in list(self._values.items()):
+            family.add_metric(list(key), value)
+        yield family
+
+    def describe(self) -> Iterable[CounterMetricFamily]:
+        return [self._family()]
 
 
 __all__ = [
     "BUCKETS",
     "CLIENT_STAGES",
     "WORKER_STAGES",
+    "Counters",
     "Histogram",
+    "Histograms",
     "StageHistograms",
     "observe_each",
 ]

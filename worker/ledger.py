@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from fleet.stages import StageHistograms
+from fleet.stages import Histogram, StageHistograms
 from worker.metrics import WorkerMetrics
 from worker.pipeline import BatchStats, Outcome
 from worker.stats import WindowStats
@@ -31,10 +30,9 @@ class Ledger:
     metrics: WorkerMetrics
     stats: WindowStats
     stages: StageHistograms = field(default_factory=_stage_histograms)
-    _outcomes: dict[tuple[str, str, str], Any] = field(default_factory=dict)
     # per (model, version): its batch size, inference and queue wait children,
     # and its batch_wait and inference stage histograms, each looked up once
-    _batch: dict[tuple[str, str], tuple[Any, ...]] = field(default_factory=dict)
+    _batch: dict[tuple[str, str], tuple[Histogram, ...]] = field(default_factory=dict)
     in_flight: int = 0  # read by ``fleet_worker_in_flight`` when scraped
 
     def __post_init__(self) -> None:
@@ -43,12 +41,8 @@ class Ledger:
         self.metrics.in_flight.set_function(lambda: self.in_flight)
 
     def _count(self, model: str, version: str, outcome: str, n: int = 1) -> None:
-        """``fleet_worker_requests{model, version, outcome}`` += n, its child looked up once."""
-        key = (model, version, outcome)
-        child = self._outcomes.get(key)
-        if child is None:
-            child = self._outcomes[key] = self.metrics.requests.labels(*key)
-        child.inc(n)
+        """``fleet_worker_requests{model, version, outcome}`` += n."""
+        self.metrics.requests.inc((model, version, outcome), n)
 
     def message(self, items: int) -> None:
         """A message (a client's coalesced requests) arrived with ``items`` requests."""

@@ -3,7 +3,9 @@ live in one process, as they do in tests)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from fleet.stages import Counters, Histograms
 
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 _TIME_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
@@ -13,33 +15,29 @@ class WorkerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
+        # observed on every batch: fleet's own lock-free families, not prometheus_client's
+        self.requests = Counters(
             "fleet_worker_requests",
             "Requests by model version and outcome (version empty: refused before a version)",
-            ["model", "version", "outcome"],
-            registry=r,
+            ("model", "version", "outcome"),
         )
-        self.batch_size = Histogram(
-            "fleet_worker_batch_size",
-            "Rows per batch",
-            ["model", "version"],
-            buckets=_BATCH_BUCKETS,
-            registry=r,
+        self.batch_size = Histograms(
+            "fleet_worker_batch_size", "Rows per batch", ("model", "version"), _BATCH_BUCKETS
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = Histograms(
             "fleet_worker_queue_wait_seconds",
             "From the client's publish to the start of inference",
-            ["model", "version"],
-            buckets=_TIME_BUCKETS,
-            registry=r,
+            ("model", "version"),
+            _TIME_BUCKETS,
         )
-        self.inference = Histogram(
+        self.inference = Histograms(
             "fleet_worker_inference_seconds",
             "Model run per batch",
-            ["model", "version"],
-            buckets=_TIME_BUCKETS,
-            registry=r,
+            ("model", "version"),
+            _TIME_BUCKETS,
         )
+        for family in (self.requests, self.batch_size, self.queue_wait, self.inference):
+            r.register(family)
         self.in_flight = Gauge(
             "fleet_worker_in_flight", "Requests received, not answered", registry=r
         )

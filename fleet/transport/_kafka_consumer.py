@@ -96,7 +96,7 @@ from fleet.transport._kafka_common import (
 )
 from fleet.transport._kafka_security import AUTHORIZATION_ERRORS
 from fleet.transport._kafka_start import start_client, stop_client
-from fleet.transport._kafka_wire import Fetcher, Tail
+from fleet.transport._kafka_wire import Fetcher, Tail, offset_commit_request
 from fleet.transport.base import Consumer, Delivery, OnBytes, OnDelivery
 
 log = get_logger("fleet.transport.kafka")
@@ -937,7 +937,8 @@ class GroupConsumer(Consumer):
             if not offsets:
                 return False
             try:
-                await self._kafka.commit(offsets)
+                if not await self._commit_on_wire(offsets):
+                    await self._kafka.commit(offsets)
             except (CommitFailedError, IllegalStateError) as exc:
                 log.info("commit skipped: partitions moved", topic=self.topic, error=repr(exc))
                 return False
@@ -953,6 +954,33 @@ class GroupConsumer(Consumer):
             if part is not None and part.next_commit == offset:
                 part.dirty = False  # unless an ack moved it on meanwhile
         return True
+
+    async def _commit_on_wire(self, offsets: dict[TopicPartition, tuple[int, str]]) -> bool:
+        """Commit ``offsets`` on the transport's own connection to the group's
+        coordinator, in the generation aiokafka's coordinator joined: True
+        when the broker took every one. Else False, and aiokafka's commit does
+        it, with its coordinator lookup, retries and errors: without those
+        connections, while the coordinator or the generation is not known, and
+        on any error (a commit of the same offsets twice is harmless)."""
+        wire = self.transport.wire
+        coordinator = getattr(self._kafka, "_coordinator", None)
+        if wire is None or coordinator is None:
+            return False
+        node, generation, member = (
+            coordinator.coordinator_id,
+            coordinator.generation,
+            coordinator.member_id,
+        )
+        if node is None or generation < 0 or not member:
+            return False
+        by_partition = {(tp.topic, tp.partition): v for tp, v in offsets.items()}
+        body = offset_commit_request(self.group, generation, member, by_partition)
+        try:
+            refused = await wire.commit(node, body)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            log.debug("commit on the data path failed; aiokafka commits", error=repr(exc))
+            return False
+        return not refused
 
 
 class TailConsumer(Consumer):

@@ -10,7 +10,9 @@ on a request's path (topics, groups, offsets, the probe).
 
 What it speaks, every request in a version without tagged fields that
 brokers from 2.1 on take (Kafka 4.0 dropped only older ones): Metadata v4,
-Produce v3, Fetch v4, ListOffsets v1 and InitProducerId v0. Each broker is
+Produce v3, Fetch v4, ListOffsets v1, InitProducerId v0 and OffsetCommit v2
+(a group consumer's commits, with the generation aiokafka's coordinator
+joined; aiokafka commits again where the broker refuses one). Each broker is
 asked at its first connection (ApiVersions); one that takes none of a
 request's versions is a :class:`ConfigError` naming ``data_path=aiokafka``.
 Record batches (v2, CRC-32C) are encoded and read by aiokafka's C record
@@ -39,7 +41,7 @@ import ssl
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, cast
 
@@ -63,10 +65,24 @@ from fleet.logging import get_logger
 log = get_logger(__name__)
 
 PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS, INIT_PRODUCER_ID = 0, 1, 2, 3, 18, 22
-VERSIONS = {PRODUCE: 3, FETCH: 4, LIST_OFFSETS: 1, METADATA: 4, INIT_PRODUCER_ID: 0}
+OFFSET_COMMIT = 8
+VERSIONS = {
+    PRODUCE: 3,
+    FETCH: 4,
+    LIST_OFFSETS: 1,
+    METADATA: 4,
+    INIT_PRODUCER_ID: 0,
+    OFFSET_COMMIT: 2,
+}
 """The version of each request this module speaks; each broker is asked
 (ApiVersions) whether it takes them when first connected to."""
-_NAMES = {PRODUCE: "Produce", FETCH: "Fetch", LIST_OFFSETS: "ListOffsets", METADATA: "Metadata"}
+_NAMES = {
+    PRODUCE: "Produce",
+    FETCH: "Fetch",
+    LIST_OFFSETS: "ListOffsets",
+    METADATA: "Metadata",
+    OFFSET_COMMIT: "OffsetCommit",
+}
 RETRY_BACKOFF = 0.1  # seconds between tries of a send that met a retriable error
 UNKNOWN_GRACE = 2.0  # seconds a send waits for a topic its metadata does not list
 LATEST = -1  # ListOffsets' timestamp for the end of a partition
@@ -79,6 +95,7 @@ _PARTITION_FETCH = struct.Struct(">iqi")  # partition, offset, max bytes
 # a fetch response's partition, up to its aborted transactions: partition,
 # error, high watermark, last stable offset, aborted transactions (-1: none)
 _PARTITION_FETCHED = struct.Struct(">ihqqi")
+_COMMIT_PARTITION = struct.Struct(">iq")  # partition, offset (its metadata follows)
 _NO_TRANSACTION = _I16.pack(-1)
 
 Headers = Sequence[tuple[str, bytes | None]]
@@ -317,6 +334,36 @@ def parse_metadata(r: Reader) -> tuple[dict[int, Broker], dict[str, Topic | int]
     return brokers, topics
 
 
+def offset_commit_request(
+    group: str, generation: int, member: str, offsets: Mapping[tuple[str, int], tuple[int, str]]
+) -> bytes:
+    """OffsetCommit v2 of ``offsets`` (offset and metadata by topic and
+    partition) for ``member`` of ``group`` in ``generation``; the broker keeps
+    them as long as its own retention says."""
+    by_topic: dict[str, list[bytes]] = {}
+    for (topic, partition), (offset, meta) in offsets.items():
+        entry = _COMMIT_PARTITION.pack(partition, offset) + string(meta)
+        by_topic.setdefault(topic, []).append(entry)
+    parts = [string(group), _I32.pack(generation), string(member), _I64.pack(-1)]
+    parts.append(_I32.pack(len(by_topic)))
+    for topic, entries in by_topic.items():
+        parts += (string(topic), _I32.pack(len(entries)), *entries)
+    return b"".join(parts)
+
+
+def offset_commit_errors(r: Reader) -> dict[tuple[str, int], int]:
+    """The partitions an OffsetCommit v2 response says were not committed,
+    with their error codes."""
+    errors: dict[tuple[str, int], int] = {}
+    for _ in range(r.i32()):
+        topic = r.string() or ""
+        for _ in range(r.i32()):
+            partition, error = r.i32(), r.i16()
+            if error:
+                errors[(topic, partition)] = error
+    return errors
+
+
 class Cluster:
     """What the data path knows of the cluster: its brokers, the leaders of
     the topics it uses, and its connections, one per broker and role (a
@@ -442,6 +489,15 @@ class Cluster:
             except (KafkaConnectionError, TimeoutError) as exc:
                 error = exc
         raise error
+
+    async def commit(self, coordinator: int, body: bytes) -> dict[tuple[str, int], int]:
+        """One OffsetCommit (``body``: :func:`offset_commit_request`) on the
+        ``meta`` connection of the group's coordinator, within the timeout:
+        the partitions it refused, with their error codes. A lost connection
+        or the timeout raises."""
+        conn = await self.connection(coordinator, "meta")
+        async with asyncio.timeout(self.timeout):  # no task, unlike wait_for
+            return offset_commit_errors(await conn.call(OFFSET_COMMIT, 2, body))
 
     async def refresh(self, topics: Sequence[str]) -> None:
         """Read the brokers and these topics' leaders afresh."""

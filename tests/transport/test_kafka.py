@@ -92,6 +92,48 @@ async def test_commit_waits_for_the_oldest_unacked_record(
     await lag_becomes(t, unique_model, 0)
 
 
+async def test_commits_go_on_the_data_path_and_aiokafka_commits_what_the_broker_refuses_there(
+    kafka: Connect, unique_model: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A group consumer commits on the transport's own connection to the
+    group's coordinator: aiokafka's commit is not called. Where the broker
+    refuses such a commit (here: one in a generation the group is not in),
+    aiokafka's commit does it, and the offsets are committed all the same."""
+    from fleet.transport import _kafka_consumer
+    from fleet.transport._kafka_consumer import GroupConsumer
+
+    t = await kafka(partitions=1)
+    assert t.wire is not None
+    await t.declare_model(unique_model)
+    got: list[Delivery] = []
+    group = await t.consume(unique_model, ONLINE, collector(got), prefetch=10)
+    assert isinstance(group, GroupConsumer)
+    by_aiokafka: list[Any] = []
+    aiokafka_commit = group._kafka.commit
+
+    async def spied(offsets: Any) -> None:
+        by_aiokafka.append(offsets)
+        await aiokafka_commit(offsets)
+
+    monkeypatch.setattr(group._kafka, "commit", spied)
+    await t.publish_request(unique_model, ONLINE, b"r0")
+    await eventually(lambda: len(got) == 1)
+    await lag_becomes(t, unique_model, 0)
+    assert by_aiokafka == []
+
+    request = _kafka_consumer.offset_commit_request
+
+    def stale(group: str, generation: int, member: str, offsets: Any) -> bytes:
+        return request(group, generation + 1000, member, offsets)
+
+    monkeypatch.setattr(_kafka_consumer, "offset_commit_request", stale)
+    await t.publish_request(unique_model, ONLINE, b"r1")
+    await eventually(lambda: len(got) == 2)
+    await lag_becomes(t, unique_model, 0)
+    assert by_aiokafka, "the refused commit was not made by aiokafka"
+    assert [d.attempt for d in got] == [1, 1]
+
+
 async def test_publish_past_max_lag_is_overloaded(kafka: Connect, unique_model: str) -> None:
     t = await kafka(partitions=2, max_lag=3)
     await t.declare_model(unique_model)

@@ -29,6 +29,8 @@ from fleet.transport._kafka_wire import (
     Tail,
     TopicUnknown,
     metadata_request,
+    offset_commit_errors,
+    offset_commit_request,
     parse_metadata,
     string,
 )
@@ -320,6 +322,41 @@ def test_metadata_is_read_field_by_field() -> None:
     brokers, topics = parse_metadata(Reader(body))
     assert brokers == {1: ("127.0.0.1", 9092)}
     assert topics["t"].partitions == {0: 1, 1: -1}  # type: ignore[union-attr]
+
+
+def test_an_offset_commit_is_the_protocols_own_and_its_refusals_are_read_back() -> None:
+    """OffsetCommit v2, byte for byte as aiokafka's protocol classes encode
+    it; of its response, only the partitions with an error come back."""
+    from aiokafka.protocol.commit import OffsetCommitRequest_v2, OffsetCommitResponse_v2
+
+    offsets = {("a", 0): (5, "fa1:9=1"), ("b", 2): (7, ""), ("a", 1): (0, "m")}
+    ours = offset_commit_request("g", 3, "member-1", offsets)
+    theirs = OffsetCommitRequest_v2(
+        "g", 3, "member-1", -1, [("a", [(0, 5, "fa1:9=1"), (1, 0, "m")]), ("b", [(2, 7, "")])]
+    ).encode()
+    assert ours == theirs
+    response = OffsetCommitResponse_v2([("a", [(0, 0), (1, 22)]), ("b", [(2, 0)])]).encode()
+    assert offset_commit_errors(Reader(response)) == {("a", 1): 22}
+    assert offset_commit_errors(Reader(OffsetCommitResponse_v2([]).encode())) == {}
+
+
+async def test_an_offset_commit_outside_any_group_generation_is_taken_and_read_back(
+    cluster: Cluster, admin: AIOKafkaAdminClient, topic: str
+) -> None:
+    """A commit for a group with no members (generation -1, no member id) is
+    the broker's plain offset store: taken, and read back with its metadata."""
+    from aiokafka import TopicPartition
+    from aiokafka.protocol.coordination import FindCoordinatorRequest_v0
+
+    group = f"wire-commit-{uuid.uuid4().hex[:8]}"
+    await cluster.refresh([topic])
+    r = await cluster.call(None, 10, 0, string(group))  # FindCoordinator v0
+    found = FindCoordinatorRequest_v0.RESPONSE_TYPE.decode(r.buf[r.pos :])
+    assert found.error_code == 0, found
+    body = offset_commit_request(group, -1, "", {(topic, 1): (3, "fa1:4=1")})
+    assert await cluster.commit(found.coordinator_id, body) == {}
+    committed = await admin.list_consumer_group_offsets(group)
+    assert committed[TopicPartition(topic, 1)] == (3, "fa1:4=1")
 
 
 async def test_a_broker_without_a_version_it_needs_is_a_config_error_naming_the_way_out(
