@@ -18,6 +18,10 @@ highest *contiguous* done offset + 1, so a slow record holds back the commit of
 later ones (they are delivered again after a crash; processing is idempotent
 and the client drops duplicate replies by id). A committer task commits soon
 after acks (``COMMIT_LINGER``), only partitions this consumer still owns.
+Where the transport has its own connections, a commit goes on them to the
+group's coordinator, in the generation aiokafka's coordinator joined; one
+the broker refuses there is made again by aiokafka's commit, whose errors
+and retries stand.
 
 Attempts. Kafka keeps no delivery count, and a record read again after a crash
 or a rebalance is the very same record, so a header cannot count redeliveries.
