@@ -177,6 +177,16 @@ async def main():
                         per, get = len(reply.stages.__slots__), attrgetter(*reply.stages.__slots__)
                     flat.extend(get(reply.stages))
 
+        calls = [0, 0]  # with "count_calls": Python and built-in calls of this thread
+
+        def count(frame, event, arg):
+            if event == "call":
+                calls[0] += 1
+            elif event == "c_call":
+                calls[1] += 1
+
+        if args.get("count_calls"):
+            sys.setprofile(count)
         cpu = time.process_time()
         t_start = time.perf_counter()
         end = t_start + args["duration"]
@@ -219,10 +229,12 @@ async def main():
             await ended
             await asyncio.gather(*tasks)
         seconds = time.perf_counter() - t_start
+        sys.setprofile(None)
         stages = [flat[i : i + per].tolist() for i in range(0, len(flat), per)]
         woke = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - woke
         print(json.dumps({"lat": lat.tolist(), "stages": stages, "cpu_s": time.process_time() - cpu,
                           "seconds": seconds, "inference_s": inference, "wakeups": woke,
+                          "calls": {"python": calls[0], "builtin": calls[1]},
                           "late": np.percentile(late, [50, 99]).tolist() if late else None}))
 
 if args.get("event_loop") == "uvloop":

@@ -2,7 +2,8 @@
 seeded Poisson arrivals it starts, and the shape of what it reports, which
 the benchmark takes out of the fleet's CPU per request; how it finds the
 broker process whose CPU it reports beside the fleet's; how it counts
-wake-ups; and arrivals that keep their pace when the loop's turns are slow."""
+wake-ups and, when asked, calls; and arrivals that keep their pace when the
+loop's turns are slow."""
 
 from __future__ import annotations
 
@@ -40,6 +41,18 @@ def test_the_generator_alone_starts_every_seeded_arrival_and_reports_its_cpu() -
     assert {len(row) for row in result["stages"]} == {5}
     assert result["cpu_s"] > 0
     assert isinstance(result["wakeups"], int)
+    assert result["calls"] == {"python": 0, "builtin": 0}  # not counted unless asked
+
+
+def test_the_generator_counts_its_calls_per_arrival_when_asked() -> None:
+    """With ``count_calls`` the client counts its thread's calls over its run
+    (``benchmarks/calls.py``): twice the arrivals, more calls."""
+    args = {"broker": "unused://", "model": "m", "width": 4, "seed": 3, "mode": "null"}
+    short = _client(ROOT, **args, stages=5, rate=400, duration=0.25, count_calls=True)
+    long = _client(ROOT, **args, stages=5, rate=400, duration=0.5, count_calls=True)
+    assert len(long["lat"]) > len(short["lat"]) > 0
+    assert long["calls"]["python"] > short["calls"]["python"] > len(short["lat"])
+    assert long["calls"]["builtin"] > short["calls"]["builtin"] > 0
 
 
 def test_a_wait_that_an_event_ends_counts_as_a_wake_up() -> None:
