@@ -278,23 +278,32 @@ class BrokerIngress:
         made before waiting for it could pause a worker whose held work was
         all settled meanwhile, and with nothing held nothing would resume it.
         Pausing cancels the consumers but keeps their channels (a paused
-        Kafka consumer keeps its group membership: no rebalance)."""
+        Kafka consumer keeps its group membership: no rebalance). Where what
+        is held asks for no change (most calls), it returns at once: a holder
+        of the lock has set ``_paused`` to what it is making true."""
+        if self._stopped or not self._hold_changes():
+            return
         async with self._flow:
-            if self._stopped:
+            if self._stopped or not self._hold_changes():
                 return
-            requests, size = self.held()
             if not self._paused:
-                if requests < self._max_held_requests and size < self._max_held_bytes:
-                    return
                 self._paused = True
                 log.debug("holding as much as allowed; consuming paused", held=self.held())
                 for c in self._consumers:
                     await c.pause()
-            elif requests <= self._max_held_requests // 2 and size <= self._max_held_bytes // 2:
+            else:
                 self._paused = False
                 log.debug("consuming again", held=self.held())
                 for c in self._consumers:
                     await c.resume()
+
+    def _hold_changes(self) -> bool:
+        """Whether what is held asks to pause (at the bound) or to resume (at
+        most half of it, while paused)."""
+        requests, size = self.held()
+        if not self._paused:
+            return requests >= self._max_held_requests or size >= self._max_held_bytes
+        return requests <= self._max_held_requests // 2 and size <= self._max_held_bytes // 2
 
     # ------------------------------------------------------------------ requests
     async def _on_delivery(self, delivery: Delivery) -> None:

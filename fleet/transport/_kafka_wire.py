@@ -1027,7 +1027,7 @@ class Tail:
                 _FETCH_HEAD.pack(-1, self.max_wait_ms, 1, self.max_bytes, 0, 1),
                 string(self.topic),
                 _I32.pack(len(parts)),
-                *(_PARTITION_FETCH.pack(p, self.positions[p], self.max_bytes) for p in parts),
+                *[_PARTITION_FETCH.pack(p, self.positions[p], self.max_bytes) for p in parts],
             )
         )
         self._busy.add(leader)
@@ -1065,8 +1065,10 @@ class Tail:
             r.string()
             for _ in range(r.i32()):
                 partition, error, highwater, _, aborted = head.unpack_from(r.buf, r.pos)
-                r.pos += head.size + 16 * max(0, aborted)
-                records = r.bytes_()
+                pos = r.pos + head.size + 16 * max(0, aborted)
+                (size,) = _I32.unpack_from(r.buf, pos)  # the records', read in place
+                r.pos = pos + 4 + max(0, size)
+                records = r.buf[pos + 4 : r.pos] if size > 0 else None
                 if epochs.get(partition) != self._epochs.get(partition, 0):
                     continue  # sought or revoked meanwhile
                 if error == OFFSET_OUT_OF_RANGE:
