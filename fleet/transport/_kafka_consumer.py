@@ -366,6 +366,8 @@ class GroupConsumer(Consumer):
         self._stopping = False
         self._held = False  # paused: stay in the group, fetch nothing
         self._shutdown_task: asyncio.Task[None] | None = None
+        # the coordinator and generation a commit on the data path failed in
+        self._wire_failed: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(
@@ -965,7 +967,8 @@ class GroupConsumer(Consumer):
         when the broker took every one. Else False, and aiokafka's commit does
         it, with its coordinator lookup, retries and errors: without those
         connections, while the coordinator or the generation is not known, and
-        on any error (a commit of the same offsets twice is harmless)."""
+        on any error (a commit of the same offsets twice is harmless), and
+        from then on until the coordinator or the generation changes."""
         wire = self.transport.wire
         coordinator = getattr(self._kafka, "_coordinator", None)
         if wire is None or coordinator is None:
@@ -975,16 +978,21 @@ class GroupConsumer(Consumer):
             coordinator.generation,
             coordinator.member_id,
         )
-        if node is None or generation < 0 or not member:
+        if node is None or generation < 0 or not member or (node, generation) == self._wire_failed:
             return False
         by_partition = {(tp.topic, tp.partition): v for tp, v in offsets.items()}
         body = offset_commit_request(self.group, generation, member, by_partition)
         try:
-            refused = await wire.commit(node, body)
+            taken = not await wire.commit(node, body)
         except (KafkaError, OSError, TimeoutError) as exc:
             log.debug("commit on the data path failed; aiokafka commits", error=repr(exc))
-            return False
-        return not refused
+            taken = False
+        if not taken:
+            # aiokafka's commits alone until the coordinator or the generation
+            # changes: a coordinator that does not answer costs one timeout per
+            # commit, not two
+            self._wire_failed = (node, generation)
+        return taken
 
 
 class TailConsumer(Consumer):

@@ -98,7 +98,8 @@ async def test_commits_go_on_the_data_path_and_aiokafka_commits_what_the_broker_
     """A group consumer commits on the transport's own connection to the
     group's coordinator: aiokafka's commit is not called. Where the broker
     refuses such a commit (here: one in a generation the group is not in),
-    aiokafka's commit does it, and the offsets are committed all the same."""
+    aiokafka's commit does it, and the offsets are committed all the same;
+    so are the next ones, until the coordinator or the generation changes."""
     from fleet.transport import _kafka_consumer
     from fleet.transport._kafka_consumer import GroupConsumer
 
@@ -131,7 +132,21 @@ async def test_commits_go_on_the_data_path_and_aiokafka_commits_what_the_broker_
     await eventually(lambda: len(got) == 2)
     await lag_becomes(t, unique_model, 0)
     assert by_aiokafka, "the refused commit was not made by aiokafka"
-    assert [d.attempt for d in got] == [1, 1]
+    # in the same generation, the next commits go to aiokafka at once
+    on_wire: list[bytes] = []
+    wire_commit = t.wire.commit
+
+    async def spied_wire(node: int, body: bytes) -> dict[tuple[str, int], int]:
+        on_wire.append(body)
+        return await wire_commit(node, body)
+
+    monkeypatch.setattr(t.wire, "commit", spied_wire)
+    made = len(by_aiokafka)
+    await t.publish_request(unique_model, ONLINE, b"r2")
+    await eventually(lambda: len(got) == 3)
+    await lag_becomes(t, unique_model, 0)
+    assert len(by_aiokafka) > made and on_wire == []
+    assert [d.attempt for d in got] == [1, 1, 1]
 
 
 async def test_publish_past_max_lag_is_overloaded(kafka: Connect, unique_model: str) -> None:
