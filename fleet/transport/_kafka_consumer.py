@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -146,6 +147,10 @@ COMMIT_LINGER = 0.1
 # How many offsets past its last record the hand-out commit of a caught-up
 # partition counts as handed out (see "Claims" above).
 CLAIM_AHEAD = 64
+# How long a group consumer whose commit on the data path failed (refused, or
+# its coordinator unanswering) leaves its commits to aiokafka, unless the
+# group's coordinator or generation changes first.
+WIRE_COMMIT_BACKOFF = 30.0
 
 
 def _next_wait(batch: dict[Any, Any]) -> int:
@@ -366,8 +371,8 @@ class GroupConsumer(Consumer):
         self._stopping = False
         self._held = False  # paused: stay in the group, fetch nothing
         self._shutdown_task: asyncio.Task[None] | None = None
-        # the coordinator and generation a commit on the data path failed in
-        self._wire_failed: tuple[int, int] | None = None
+        # the coordinator and generation a commit on the data path failed in, and when
+        self._wire_failed: tuple[int, int, float] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(
@@ -968,7 +973,8 @@ class GroupConsumer(Consumer):
         it, with its coordinator lookup, retries and errors: without those
         connections, while the coordinator or the generation is not known, and
         on any error (a commit of the same offsets twice is harmless), and
-        from then on until the coordinator or the generation changes."""
+        then for ``WIRE_COMMIT_BACKOFF`` seconds unless the coordinator or
+        the generation changes."""
         wire = self.transport.wire
         coordinator = getattr(self._kafka, "_coordinator", None)
         if wire is None or coordinator is None:
@@ -978,8 +984,12 @@ class GroupConsumer(Consumer):
             coordinator.generation,
             coordinator.member_id,
         )
-        if node is None or generation < 0 or not member or (node, generation) == self._wire_failed:
+        if node is None or generation < 0 or not member:
             return False
+        failed = self._wire_failed
+        if failed is not None and failed[:2] == (node, generation):
+            if time.monotonic() - failed[2] < WIRE_COMMIT_BACKOFF:
+                return False
         by_partition = {(tp.topic, tp.partition): v for tp, v in offsets.items()}
         body = offset_commit_request(self.group, generation, member, by_partition)
         try:
@@ -988,10 +998,10 @@ class GroupConsumer(Consumer):
             log.debug("commit on the data path failed; aiokafka commits", error=repr(exc))
             taken = False
         if not taken:
-            # aiokafka's commits alone until the coordinator or the generation
-            # changes: a coordinator that does not answer costs one timeout per
-            # commit, not two
-            self._wire_failed = (node, generation)
+            # aiokafka's commits alone for a while, or until the coordinator
+            # or the generation changes: a coordinator that does not answer
+            # costs one timeout per commit, not two
+            self._wire_failed = (node, generation, time.monotonic())
         return taken
 
 

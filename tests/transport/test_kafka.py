@@ -99,7 +99,8 @@ async def test_commits_go_on_the_data_path_and_aiokafka_commits_what_the_broker_
     group's coordinator: aiokafka's commit is not called. Where the broker
     refuses such a commit (here: one in a generation the group is not in),
     aiokafka's commit does it, and the offsets are committed all the same;
-    so are the next ones, until the coordinator or the generation changes."""
+    so are the next ones for a while (``WIRE_COMMIT_BACKOFF``), unless the
+    coordinator or the generation changes."""
     from fleet.transport import _kafka_consumer
     from fleet.transport._kafka_consumer import GroupConsumer
 
@@ -132,7 +133,7 @@ async def test_commits_go_on_the_data_path_and_aiokafka_commits_what_the_broker_
     await eventually(lambda: len(got) == 2)
     await lag_becomes(t, unique_model, 0)
     assert by_aiokafka, "the refused commit was not made by aiokafka"
-    # in the same generation, the next commits go to aiokafka at once
+    # in the same generation, the next commits go to aiokafka at once, for a while
     on_wire: list[bytes] = []
     wire_commit = t.wire.commit
 
@@ -146,7 +147,15 @@ async def test_commits_go_on_the_data_path_and_aiokafka_commits_what_the_broker_
     await eventually(lambda: len(got) == 3)
     await lag_becomes(t, unique_model, 0)
     assert len(by_aiokafka) > made and on_wire == []
-    assert [d.attempt for d in got] == [1, 1, 1]
+    # once that while is over the data path is tried again, and takes them
+    monkeypatch.setattr(_kafka_consumer, "offset_commit_request", request)
+    monkeypatch.setattr(_kafka_consumer, "WIRE_COMMIT_BACKOFF", 0.0)
+    made = len(by_aiokafka)
+    await t.publish_request(unique_model, ONLINE, b"r3")
+    await eventually(lambda: len(got) == 4)
+    await lag_becomes(t, unique_model, 0)
+    assert on_wire and len(by_aiokafka) == made
+    assert [d.attempt for d in got] == [1, 1, 1, 1]
 
 
 async def test_publish_past_max_lag_is_overloaded(kafka: Connect, unique_model: str) -> None:
