@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.latency import WIDTH, _baseline_tree, _client  # noqa: E402
-from benchmarks.request_path import _service, stop_process  # noqa: E402
+from benchmarks.request_path import BROKER_SERVICES, broker_url, stop_process  # noqa: E402
 from benchmarks.revisions import remove_worktree  # noqa: E402
 from benchmarks.wakeup_cost import positive  # noqa: E402
 from fleet.stages import CLIENT_STAGES  # noqa: E402
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=ROOT / ".cache" / "bench-models")
     args = ap.parse_args(argv)
     brokers = [b for b in args.brokers.split(",") if b]
-    unknown = [b for b in brokers if b not in ("amqp", "kafka")]
+    unknown = [b for b in brokers if b not in BROKER_SERVICES]
     if unknown:
         ap.error(f"unknown broker {unknown[0]!r}: amqp or kafka")
     from worker.zoo import build_all
@@ -198,11 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         base_tree = _baseline_tree(args.baseline_ref, Path(tmp)) if args.baseline_ref else None
         try:
             for b in brokers:
-                name, var = {
-                    "amqp": ("rabbitmq", "FLEET_TEST_AMQP_URL"),
-                    "kafka": ("kafka", "FLEET_TEST_KAFKA_URL"),
-                }[b]
-                url = _service(name, var, started)
+                url = broker_url(b, started)
                 for model in [m for m in args.names.split(",") if m]:
                     runs = {}
                     if base_tree is not None:

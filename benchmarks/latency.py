@@ -73,7 +73,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import cold_work, library_floor, wakeup_cost  # noqa: E402
 from benchmarks.request_path import (  # noqa: E402
     _cpu_s,
-    _service,
+    broker_url,
     listener_pid,
     stop_process,
     wakeups,
@@ -679,11 +679,7 @@ def main() -> int:
         base_tree = _baseline_tree(args.baseline_ref, Path(tmp)) if args.baseline_ref else None
         try:
             for b in [x for x in args.brokers.split(",") if x]:
-                name, var = {
-                    "amqp": ("rabbitmq", "FLEET_TEST_AMQP_URL"),
-                    "kafka": ("kafka", "FLEET_TEST_KAFKA_URL"),
-                }[b]
-                url = _service(name, var, started)
+                url = broker_url(b, started)
                 for model in [m for m in args.names.split(",") if m]:
                     label = f"{model} over {b}, one worker, {os.cpu_count()} CPUs"
                     loops = [x for x in args.event_loops.split(",") if x]

@@ -340,6 +340,20 @@ def _service(name: str, var: str, started: list[str]) -> str:
     return str(found[-1])
 
 
+BROKER_SERVICES = {
+    "amqp": ("rabbitmq", "FLEET_TEST_AMQP_URL"),
+    "kafka": ("kafka", "FLEET_TEST_KAFKA_URL"),
+}
+"""A broker's local script (``scripts/NAME.sh``) and the variable whose URL wins over it."""
+
+
+def broker_url(broker: str, started: list[str]) -> str:
+    """The URL of ``broker`` (``amqp`` or ``kafka``): its variable's, else
+    that of a local server started now (its script named in ``started``)."""
+    name, var = BROKER_SERVICES[broker]
+    return _service(name, var, started)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
