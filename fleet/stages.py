@@ -208,9 +208,6 @@ class Counters(Collector):
     def inc(self, label_values: tuple[str, ...], amount: float = 1.0) -> None:
         self._values[label_values] = self._values.get(label_values, 0.0) + amount
 
-    def value(self, *label_values: str) -> float:
-        return self._values.get(label_values, 0.0)
-
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.label_names)
 
