@@ -40,7 +40,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.latency import WIDTH, _baseline_tree, _client  # noqa: E402
+from benchmarks.latency import COUNT_CALLS, WIDTH, _baseline_tree, _client  # noqa: E402
 from benchmarks.request_path import BROKER_SERVICES, broker_url, stop_process  # noqa: E402
 from benchmarks.revisions import remove_worktree  # noqa: E402
 from benchmarks.wakeup_cost import positive  # noqa: E402
@@ -53,19 +53,14 @@ SIGNAL = signal.SIGUSR2
 # Runs a module as ``python -m`` would, counting the calls of its main thread
 # between two SIGUSR2s and writing them, as JSON, to the file named first.
 # Only the standard library: it runs in whichever tree is measured.
-HOOK = r"""
+HOOK = (
+    r"""
 import json, runpy, signal, sys
 
 out, module, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
-calls = [0, 0]
-
-
-def count(frame, event, arg):
-    if event == "call":
-        calls[0] += 1
-    elif event == "c_call":
-        calls[1] += 1
-
+"""
+    + COUNT_CALLS
+    + r"""
 
 def toggle(signum, frame):
     if sys.getprofile() is None:
@@ -83,6 +78,7 @@ signal.signal(signal.SIGUSR2, toggle)
 sys.argv = [module, *argv]
 runpy.run_module(module, run_name="__main__", alter_sys=True)
 """
+)
 
 
 def hooked(out: Path, module: str, argv: list[str]) -> list[str]:

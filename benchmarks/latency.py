@@ -96,7 +96,21 @@ TARGETS = {  # (rate, broker) -> (p50 ms, p99 ms)
 # The client process: runs in the tree under test (this one or the baseline's),
 # so it uses only the Client API every build has; stages where the build has them,
 # and the heap frozen once connected where the build can (fleet.heap).
-CLIENT = r"""
+# A profile function counting the Python and the built-in calls it sees, in
+# ``calls``; the client below and ``benchmarks/calls.py``'s worker hook share it.
+COUNT_CALLS = r"""
+calls = [0, 0]
+
+
+def count(frame, event, arg):
+    if event == "call":
+        calls[0] += 1
+    elif event == "c_call":
+        calls[1] += 1
+"""
+
+CLIENT = (
+    r"""
 import array, asyncio, inspect, json, resource, sys, time
 from operator import attrgetter
 import numpy as np
@@ -105,7 +119,9 @@ try:
     from fleet.heap import freeze_heap
 except ImportError:
     freeze_heap = lambda: 0
-
+"""
+    + COUNT_CALLS
+    + r"""
 args = json.loads(sys.argv[1])
 TIMER_SLACK = 0.001  # seconds an idle loop's timer may fire late
 
@@ -177,15 +193,7 @@ async def main():
                         per, get = len(reply.stages.__slots__), attrgetter(*reply.stages.__slots__)
                     flat.extend(get(reply.stages))
 
-        calls = [0, 0]  # with "count_calls": Python and built-in calls of this thread
-
-        def count(frame, event, arg):
-            if event == "call":
-                calls[0] += 1
-            elif event == "c_call":
-                calls[1] += 1
-
-        if args.get("count_calls"):
+        if args.get("count_calls"):  # this thread's calls over the run, in calls
             sys.setprofile(count)
         cpu = time.process_time()
         t_start = time.perf_counter()
@@ -243,6 +251,7 @@ if args.get("event_loop") == "uvloop":
 else:
     asyncio.run(main())
 """
+)
 
 
 def _client(tree: Path, **args: Any) -> dict[str, Any]:
