@@ -32,10 +32,13 @@ The read then fails (``dictionary changed size during iteration``) and the
 call answers 500, after a create has already stored what it made. Terraform
 retries the create, moto makes a second one, and the first is left behind:
 a second route table in a VPC makes DeleteVpc refuse (DependencyViolation),
-which Terraform retries for 20 minutes. Here a tag write builds the
-resource's new dict aside and puts it in place whole, and CreateRouteTable
-with a ClientToken already seen answers the table that token made, as EC2
-does.
+which Terraform retries for 20 minutes. Terraform also retries a create
+whose answer it did not read, with none logged as failed here (seen under
+load), and a retried CreateLaunchTemplate then fails on the name its first
+try took (``InvalidLaunchTemplateName.AlreadyExistsException``). Here a tag write
+builds the resource's new dict aside and puts it in place whole, and
+CreateRouteTable and CreateLaunchTemplate with a ClientToken already seen
+answer what that token made, as EC2 does.
 
 EC2 security group rules: moto revokes a rule by building the group's list
 of rules anew and putting it in place, so a rule another thread adds to that
@@ -187,33 +190,46 @@ def _whole(write: Callable[..., bool]) -> Callable[..., bool]:
     return whole
 
 
-_ROUTE_TABLES: dict[tuple[str, str], str] = {}  # (account and region, ClientToken) -> table id
-_ROUTE_TABLE_TOKENS = threading.Lock()
+def _once_per_client_token(
+    create: Callable[[Any], Any], stands: Callable[[Any, Any], bool]
+) -> Callable[[Any], Any]:
+    """``create`` (an EC2 Create* answer) made once per ClientToken: a retry
+    with a token already seen gets the answer that token had, while what it
+    made still ``stands(backend, answer)``, as EC2 answers a retry."""
+    answers: dict[tuple[str, str], Any] = {}  # (account and region, ClientToken) -> answer
+    lock = threading.Lock()
 
-
-def _tags_whole_and_route_tables_once() -> None:
-    from moto.core.responses import ActionResult
-    from moto.ec2.models.tags import TagBackend
-    from moto.ec2.responses.route_tables import RouteTables
-
-    for name in ("create_tags", "delete_tags", "delete_tag_keys"):
-        setattr(TagBackend, name, _whole(getattr(TagBackend, name)))
-    create = RouteTables.create_route_table
-
-    def create_route_table(self: Any) -> Any:
+    def once(self: Any) -> Any:
         token = self._get_param("ClientToken")
         if not token:
             return create(self)
         key = (f"{self.current_account}/{self.region}", token)
-        with _ROUTE_TABLE_TOKENS:
-            made = _ROUTE_TABLES.get(key)
-            if made is not None and made in self.ec2_backend.route_tables:
-                return ActionResult({"RouteTable": self.ec2_backend.route_tables[made]})
-            answer = create(self)
-            _ROUTE_TABLES[key] = answer.result["RouteTable"].id
+        with lock:
+            answer = answers.get(key)
+            if answer is None or not stands(self.ec2_backend, answer):
+                answer = answers[key] = create(self)
             return answer
 
-    RouteTables.create_route_table = create_route_table  # type: ignore[method-assign]
+    return once
+
+
+def _tags_whole_and_creates_once() -> None:
+    from moto.ec2.models.tags import TagBackend
+    from moto.ec2.responses.launch_templates import LaunchTemplates
+    from moto.ec2.responses.route_tables import RouteTables
+
+    for name in ("create_tags", "delete_tags", "delete_tag_keys"):
+        setattr(TagBackend, name, _whole(getattr(TagBackend, name)))
+    RouteTables.create_route_table = _once_per_client_token(  # type: ignore[method-assign,assignment]
+        RouteTables.create_route_table,
+        lambda backend, answer: answer.result["RouteTable"].id in backend.route_tables,
+    )
+    LaunchTemplates.create_launch_template = _once_per_client_token(  # type: ignore[method-assign,assignment]
+        LaunchTemplates.create_launch_template,
+        lambda backend, answer: (
+            answer.result["LaunchTemplate"]["LaunchTemplateId"] in backend.launch_templates
+        ),
+    )
 
 
 _RULE_WRITES = threading.RLock()
@@ -266,7 +282,7 @@ def _rule_writes_whole() -> None:
 
 def _patch() -> None:
     _atomic_conditional_puts()
-    _tags_whole_and_route_tables_once()
+    _tags_whole_and_creates_once()
     _rule_writes_whole()
     created = models.FakeKafkaCluster.__init__
 

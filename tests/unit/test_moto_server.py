@@ -1,6 +1,7 @@
 """scripts/moto_server.py's EC2 mends: a tag write never changes a tag dict
-that another request is reading, CreateRouteTable makes one table per
-ClientToken, however often a retry sends it, and security group rules are
+that another request is reading, CreateRouteTable and CreateLaunchTemplate
+make one resource per ClientToken, however often a retry sends it, and
+security group rules are
 written one at a time, a revoke of a rule id no longer held answered as EC2
 answers it."""
 
@@ -19,6 +20,7 @@ from moto import mock_aws
 from moto.ec2.exceptions import TagLimitExceeded
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.tags import TagBackend
+from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.responses.route_tables import RouteTables
 
 pytestmark = pytest.mark.unit
@@ -40,12 +42,15 @@ def mended(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     for name in ("create_tags", "delete_tags", "delete_tag_keys"):
         monkeypatch.setattr(TagBackend, name, getattr(TagBackend, name))
     monkeypatch.setattr(RouteTables, "create_route_table", RouteTables.create_route_table)
+    monkeypatch.setattr(
+        LaunchTemplates, "create_launch_template", LaunchTemplates.create_launch_template
+    )
     for direction in ("ingress", "egress"):
         for verb in ("authorize", "revoke"):
             name = f"{verb}_security_group_{direction}"
             monkeypatch.setattr(SecurityGroupBackend, name, getattr(SecurityGroupBackend, name))
     server = _server()
-    server._tags_whole_and_route_tables_once()
+    server._tags_whole_and_creates_once()
     server._rule_writes_whole()
     return server
 
@@ -87,6 +92,32 @@ def test_a_route_table_is_made_once_per_client_token(mended: None) -> None:
         assert made[0] == made[1] != made[2]
         tables = ec2.describe_route_tables(Filters=[{"Name": "vpc-id", "Values": [vpc]}])
         assert len(tables["RouteTables"]) == 3  # the main one and the two tokens'
+
+
+def test_a_launch_template_is_made_once_per_client_token(mended: None) -> None:
+    with mock_aws():
+        ec2 = boto3.client(
+            "ec2",
+            region_name="eu-west-3",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        data = {"ImageId": "ami-12c6146b"}
+
+        def create(name: str, token: str) -> str:
+            made = ec2.create_launch_template(
+                LaunchTemplateName=name, LaunchTemplateData=data, ClientToken=token
+            )
+            return str(made["LaunchTemplate"]["LaunchTemplateId"])
+
+        first, retried = create("worker", "first"), create("worker", "first")
+        assert first == retried
+        names = ec2.describe_launch_templates()["LaunchTemplates"]
+        assert [t["LaunchTemplateName"] for t in names] == ["worker"]
+        with pytest.raises(ClientError, match="AlreadyExists"):
+            create("worker", "second")  # a new token for a name in use: refused, as on EC2
+        ec2.delete_launch_template(LaunchTemplateId=first)
+        assert create("worker", "first") != first  # what the token made is gone: made anew
 
 
 def _group() -> tuple[Any, str, dict[str, Any]]:
