@@ -10,9 +10,12 @@ on a request's path (topics, groups, offsets, the probe).
 
 What it speaks, every request in a version without tagged fields that
 brokers from 2.1 on take (Kafka 4.0 dropped only older ones): Metadata v4,
-Produce v3, Fetch v4, ListOffsets v1, InitProducerId v0 and OffsetCommit v2
-(a group consumer's commits, with the generation aiokafka's coordinator
-joined; aiokafka commits again where the broker refuses one). Each broker is
+Produce v3, Fetch v7 (in fetch sessions: after a first full fetch, a request
+names only the partitions whose position moved and a response only those
+with news, not every partition of the topic each time), ListOffsets v1,
+InitProducerId v0 and OffsetCommit v2 (a group consumer's commits, with the
+generation aiokafka's coordinator joined; aiokafka commits again where the
+broker refuses one). Each broker is
 asked at its first connection (ApiVersions); one that takes none of a
 request's versions is a :class:`ConfigError` naming ``data_path=aiokafka``.
 Record batches (v2, CRC-32C) are encoded and read by aiokafka's C record
@@ -68,7 +71,7 @@ PRODUCE, FETCH, LIST_OFFSETS, METADATA, API_VERSIONS, INIT_PRODUCER_ID = 0, 1, 2
 OFFSET_COMMIT = 8
 VERSIONS = {
     PRODUCE: 3,
-    FETCH: 4,
+    FETCH: 7,
     LIST_OFFSETS: 1,
     METADATA: 4,
     INIT_PRODUCER_ID: 0,
@@ -91,10 +94,12 @@ _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 _I64 = struct.Struct(">q")
 _HEADER = struct.Struct(">ihhi")  # size, api key, api version, correlation id
-_PARTITION_FETCH = struct.Struct(">iqi")  # partition, offset, max bytes
+_PARTITION_FETCH = struct.Struct(">iqqi")  # partition, offset, log start (-1), max bytes
 # a fetch response's partition, up to its aborted transactions: partition,
-# error, high watermark, last stable offset, aborted transactions (-1: none)
-_PARTITION_FETCHED = struct.Struct(">ihqqi")
+# error, high watermark, last stable offset, log start offset, aborted
+# transactions (-1: none)
+_PARTITION_FETCHED = struct.Struct(">ihqqqi")
+_FETCHED_HEAD = struct.Struct(">ihi")  # throttle, error, fetch session id
 _COMMIT_PARTITION = struct.Struct(">iq")  # partition, offset (its metadata follows)
 _NO_TRANSACTION = _I16.pack(-1)
 
@@ -847,6 +852,10 @@ class Producer:
 
 
 OFFSET_OUT_OF_RANGE = 1
+# a fetch session the broker no longer holds, or a request out of its order:
+# fetch in full again, in a new session
+_SESSION_LOST = frozenset((70, 71))  # FETCH_SESSION_ID_NOT_FOUND, INVALID_FETCH_SESSION_EPOCH
+_LAST_EPOCH = 0x7FFFFFFF
 _NOT_AUTHORIZED = frozenset(
     e.errno
     for e in (
@@ -856,6 +865,41 @@ _NOT_AUTHORIZED = frozenset(
     )
 )
 EARLIEST = -2  # ListOffsets' timestamp for the start of a partition
+
+
+@dataclass(slots=True)
+class _Session:
+    """A fetch session with one broker (Kafka's KIP-227). Epoch 0: the next
+    fetch is a full one, naming every partition (and, with an ``id``, ending
+    that session and starting a new one); after it, each fetch names only the
+    partitions whose position is not the one the broker holds (``sent``), and
+    its response only those with records or a new high watermark."""
+
+    id: int = 0
+    epoch: int = 0
+    sent: dict[int, int] = field(default_factory=dict)  # partition -> position the broker holds
+
+    def request(self, parts: list[int], positions: dict[int, int]) -> tuple[list[int], bool]:
+        """The partitions of ``parts`` the next fetch names, and whether it is a
+        full one; ``sent`` then holds what the broker will hold."""
+        sent = self.sent
+        if self.epoch:
+            listed = [p for p in parts if sent.get(p) != positions[p]]
+            for p in listed:
+                sent[p] = positions[p]
+            if len(sent) == len(parts):  # none left the session: incremental
+                return listed, False
+            self.epoch = 0
+        self.sent = {p: positions[p] for p in parts}
+        return parts, True
+
+    def answered(self, full: bool, session_id: int) -> None:
+        """A fetch went through: the next one is the session's next (or a full
+        one, where the broker made no session)."""
+        if full:
+            self.id, self.epoch = session_id, 1 if session_id else 0
+        else:
+            self.epoch = 1 if self.epoch == _LAST_EPOCH else self.epoch + 1
 
 
 @dataclass(slots=True)
@@ -908,6 +952,7 @@ class Tail:
         self._busy: set[int] = set()  # leaders with a fetch (or its recovery) under way
         self._leaders: dict[int, int] = {}
         self._epochs: dict[int, int] = {}  # one more at each seek: older fetches are void
+        self._sessions: dict[int, _Session] = {}  # leader -> its fetch session
         self._paused = False
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -1022,20 +1067,28 @@ class Tail:
         parts = [p for p, n in self._leaders.items() if n == leader and p in self.positions]
         if not parts:
             return
-        body = b"".join(
-            (
-                _FETCH_HEAD.pack(-1, self.max_wait_ms, 1, self.max_bytes, 0, 1),
-                string(self.topic),
-                _I32.pack(len(parts)),
-                *[_PARTITION_FETCH.pack(p, self.positions[p], self.max_bytes) for p in parts],
-            )
+        session = self._sessions.get(leader)
+        if session is None:
+            session = self._sessions[leader] = _Session()
+        listed, full = session.request(parts, self.positions)
+        head = _FETCH_HEAD.pack(
+            -1, self.max_wait_ms, 1, self.max_bytes, 0, session.id, session.epoch
         )
+        size = self.max_bytes
+        if listed:
+            topics = (_I32.pack(1), string(self.topic), _I32.pack(len(listed)))
+            fetch = [_PARTITION_FETCH.pack(p, self.positions[p], -1, size) for p in listed]
+            body = b"".join((head, *topics, *fetch, _NOTHING_FORGOTTEN))
+        else:
+            body = head + _NO_TOPICS  # the session's partitions, as the broker holds them
         self._busy.add(leader)
         self.fetches += 1
-        epochs = {p: self._epochs.get(p, 0) for p in parts}
-        conn.send(FETCH, 4, body, lambda r: self._fetched(leader, epochs, r))
+        epochs = self._epochs.copy()
+        conn.send(FETCH, 7, body, lambda r: self._fetched(leader, epochs, full, r))
 
-    def _fetched(self, leader: int, epochs: dict[int, int], r: Reader | BaseException) -> None:
+    def _fetched(
+        self, leader: int, epochs: dict[int, int], full: bool, r: Reader | BaseException
+    ) -> None:
         if self._closed:
             self._busy.discard(leader)
             return
@@ -1043,7 +1096,7 @@ class Tail:
             log.debug("fetch failed; retrying", topic=self.topic, error=repr(r))
             self._recover(leader, self.retry_interval)
             return
-        ok = self._read(r, epochs)
+        ok = self._read(r, epochs, self._sessions[leader], full)
         if self.after_fetch is not None:  # the leader counts as busy: no fetch sent from there
             try:
                 self.after_fetch()
@@ -1055,21 +1108,30 @@ class Tail:
         self._busy.discard(leader)
         self._fetch(leader)
 
-    def _read(self, r: Reader, epochs: dict[int, int]) -> bool:
+    def _read(self, r: Reader, epochs: dict[int, int], session: _Session, full: bool) -> bool:
         """Hand on the records of a fetch's response; False when a partition
         needs its leader or position looked up again."""
+        _throttle, error, session_id = _FETCHED_HEAD.unpack_from(r.buf, r.pos)
+        r.pos += _FETCHED_HEAD.size
+        if error:
+            session.epoch = 0  # the next fetch is a full one, in a new session
+            if error in _SESSION_LOST:
+                log.debug("fetch session lost; fetching in full", topic=self.topic, error=error)
+                return True
+            log.debug("fetch refused", topic=self.topic, error=error)
+            return False
+        session.answered(full, session_id)
         ok = True
-        head = _PARTITION_FETCHED  # one unpack per partition: every fetch lists them all
-        r.i32()  # throttle
+        head = _PARTITION_FETCHED  # one unpack per partition the response names
         for _ in range(r.i32()):
             r.string()
             for _ in range(r.i32()):
-                partition, error, highwater, _, aborted = head.unpack_from(r.buf, r.pos)
+                partition, error, highwater, _, _, aborted = head.unpack_from(r.buf, r.pos)
                 pos = r.pos + head.size + 16 * max(0, aborted)
                 (size,) = _I32.unpack_from(r.buf, pos)  # the records', read in place
                 r.pos = pos + 4 + max(0, size)
                 records = r.buf[pos + 4 : r.pos] if size > 0 else None
-                if epochs.get(partition) != self._epochs.get(partition, 0):
+                if epochs.get(partition, 0) != self._epochs.get(partition, 0):
                     continue  # sought or revoked meanwhile
                 if error == OFFSET_OUT_OF_RANGE:
                     self.positions.pop(partition, None)
@@ -1115,7 +1177,9 @@ class Tail:
 
     def _recover(self, leader: int, delay: float) -> None:
         """Reconnect (and look the leaders and lost positions up again) in a
-        task, then fetch again."""
+        task, then fetch again (in full: the broker's session may be gone)."""
+        for session in self._sessions.values():
+            session.epoch = 0
         self._busy.add(leader)
         task = asyncio.get_running_loop().create_task(self._reconnect(leader, delay))
         self._tasks.add(task)
@@ -1147,7 +1211,10 @@ class Tail:
         await self.cluster.drop(self._role)
 
 
-_FETCH_HEAD = struct.Struct(">iiiibi")  # replica, max wait, min bytes, max bytes, isolation, topics
+# replica, max wait, min bytes, max bytes, isolation, fetch session id and epoch
+_FETCH_HEAD = struct.Struct(">iiiibii")
+_NO_TOPICS = _I32.pack(0) + _I32.pack(0)  # no partitions named, none forgotten
+_NOTHING_FORGOTTEN = _I32.pack(0)
 
 
 class Fetcher:

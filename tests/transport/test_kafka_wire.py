@@ -8,7 +8,9 @@ connection on either side, unknown topics, and a response nobody asked for."""
 from __future__ import annotations
 
 import asyncio
+import io
 import struct
+import types
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,10 +18,12 @@ from typing import Any
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError
+from aiokafka.protocol.fetch import FetchRequest_v7, FetchResponse_v7
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from fleet import eventloop
 from fleet.transport._kafka_wire import (
+    FETCH,
     METADATA,
     Cluster,
     Connection,
@@ -28,6 +32,7 @@ from fleet.transport._kafka_wire import (
     Reader,
     Tail,
     TopicUnknown,
+    _Session,
     metadata_request,
     offset_commit_errors,
     offset_commit_request,
@@ -260,6 +265,12 @@ async def test_a_response_to_no_request_ends_the_connection_and_fails_what_waits
     await conn.wait_closed()
 
 
+def _fetch_response(session_id: int, *partitions: bytes, error: int = 0) -> bytes:
+    """A Fetch v7 response of topic ``t`` naming these partitions."""
+    head = struct.pack(">ihii", 0, error, session_id, 1)  # throttle, error, session, one topic
+    return b"".join((head, string("t"), struct.pack(">i", len(partitions)), *partitions))
+
+
 def test_a_fetch_response_is_read_partition_by_partition() -> None:
     """Each partition's head (with aborted transactions to skip), its high
     watermark and its records, at the offsets the batch gives them."""
@@ -267,26 +278,142 @@ def test_a_fetch_response_is_read_partition_by_partition() -> None:
     for i, value in enumerate([b"a", b"b", b"c"]):
         builder.append(i, None, None, value, [])
     batch = struct.pack(">q", 5) + bytes(builder.build())[8:]  # base offset 5
-    body = b"".join(
-        (
-            struct.pack(">ii", 0, 1),  # throttle, one topic
-            string("t"),
-            struct.pack(">i", 3),
-            struct.pack(">ihqqii", 0, 0, 3, 3, -1, -1),  # no transactions, no records
-            struct.pack(">ihqqi", 1, 0, 8, 8, 2),
-            bytes(32),  # two aborted transactions (producer id, first offset)
-            struct.pack(">i", len(batch)),
-            batch,
-            struct.pack(">ihqqii", 2, 0, 4, 4, 0, 0),  # an empty list, empty records
-        )
+    body = _fetch_response(
+        7,
+        struct.pack(">ihqqqii", 0, 0, 3, 3, 0, -1, -1),  # no transactions, no records
+        struct.pack(">ihqqqi", 1, 0, 8, 8, 0, 2)
+        + bytes(32)  # two aborted transactions (producer id, first offset)
+        + struct.pack(">i", len(batch))
+        + batch,
+        struct.pack(">ihqqqii", 2, 0, 4, 4, 0, 0, 0),  # an empty list, empty records
     )
     got: list[Any] = []
     tail = Tail(None, "t", [0, 1, 2], got.append)  # type: ignore[arg-type]
     tail.positions = {0: 3, 1: 6, 2: 4}  # the record at 5 was read before
-    assert tail._read(Reader(body), {0: 0, 1: 0, 2: 0})
+    session = _Session()
+    framed = Reader(struct.pack(">i", 17) + body)  # as a connection hands it on
+    framed.pos = 4  # past the correlation id
+    assert tail._read(framed, {}, session, True)
     assert tail.highwater == {0: 3, 1: 8, 2: 4}
     assert [(r.partition, r.offset, r.value) for r in got] == [(1, 6, b"b"), (1, 7, b"c")]
     assert tail.positions == {0: 3, 1: 8, 2: 4}
+    assert (session.id, session.epoch) == (7, 1)  # the broker's session: incremental from now
+
+
+def test_a_fetch_session_names_only_what_moved_and_starts_over_when_it_must() -> None:
+    session = _Session()
+    positions = {0: 10, 1: 20, 2: 30}
+    assert session.request([0, 1, 2], positions) == ([0, 1, 2], True)
+    session.answered(True, 0)  # the broker made no session: every fetch is full
+    assert session.request([0, 1, 2], positions) == ([0, 1, 2], True)
+    session.answered(True, 99)
+    assert (session.id, session.epoch) == (99, 1)
+    assert session.request([0, 1, 2], positions) == ([], False)  # nothing moved
+    session.answered(False, 99)
+    positions[1] = 21
+    assert session.request([0, 1, 2], positions) == ([1], False)
+    session.answered(False, 99)
+    assert session.epoch == 3
+    positions[3] = 40
+    assert session.request([0, 1, 2, 3], positions) == ([3], False)  # added: named alone
+    session.answered(False, 99)
+    assert session.request([0, 2, 3], positions) == ([0, 2, 3], True)  # one left: in full
+    assert (session.id, session.epoch) == (99, 0)  # ending session 99, starting anew
+    session.answered(True, 100)
+    session.epoch = 0x7FFFFFFF
+    session.answered(False, 100)
+    assert session.epoch == 1  # after the last epoch comes 1, not 0 (a full fetch's)
+
+
+@pytest.mark.parametrize("error", [70, 71])
+def test_a_lost_fetch_session_is_a_full_fetch_next_and_no_error(error: int) -> None:
+    tail = Tail(None, "t", [0], lambda _r: None)  # type: ignore[arg-type]
+    tail.positions = {0: 3}
+    session = _Session(id=5, epoch=9, sent={0: 3})
+    assert tail._read(Reader(_fetch_response(0, error=error)), {}, session, False)
+    assert session.request([0], tail.positions) == ([0], True)
+    refused = _Session(id=5, epoch=9, sent={0: 3})
+    assert not tail._read(Reader(_fetch_response(0, error=29)), {}, refused, False)  # an ACL
+    assert refused.epoch == 0
+
+
+def test_a_fetch_request_is_the_protocols_own() -> None:
+    """Byte for byte aiokafka's encoding of the same Fetch v7, full and incremental."""
+    sent: list[bytes] = []
+    conn = types.SimpleNamespace(send=lambda _api, _version, body, _on: sent.append(body))
+    cluster = types.SimpleNamespace(open_connection=lambda _leader, _role: conn)
+    tail = Tail(cluster, "t", [0, 1], lambda _r: None, max_wait_ms=500)  # type: ignore[arg-type]
+    tail._leaders, tail.positions = {0: 1, 1: 1}, {0: 10, 1: 20}
+    tail._fetch(1)
+    tail._sessions[1].answered(True, 42)
+    tail.positions[1] = 21
+    tail._fetch(1)
+    tail._sessions[1].answered(False, 42)
+    tail._fetch(1)  # nothing moved since: no partition named
+    parts = [(0, 10, -1, 16 << 20), (1, 20, -1, 16 << 20)]
+    expected = [
+        FetchRequest_v7(-1, 500, 1, 16 << 20, 0, 0, 0, [("t", parts)], []),
+        FetchRequest_v7(-1, 500, 1, 16 << 20, 0, 42, 1, [("t", [(1, 21, -1, 16 << 20)])], []),
+        FetchRequest_v7(-1, 500, 1, 16 << 20, 0, 42, 2, [], []),
+    ]
+    assert sent == [bytes(e.encode()) for e in expected]
+
+
+async def test_a_fetch_session_names_only_partitions_with_news_and_outlives_its_loss(
+    cluster: Cluster, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a real broker: after the first, full fetch of the topic's three
+    partitions, a response names only the partition a record went to, and
+    the next request only that partition; a session the broker no longer
+    knows is started anew, nothing missed and nothing read twice."""
+    seen: list[tuple[Any, Any]] = []  # (request, response) of each fetch, decoded
+    send = Connection.send
+
+    def spy(self: Connection, api: int, version: int, body: bytes, on_response: Any) -> None:
+        if api != FETCH:
+            return send(self, api, version, body, on_response)
+        request = FetchRequest_v7.SCHEMA.decode(io.BytesIO(body))
+
+        def answered(r: Any) -> None:
+            if isinstance(r, Reader):
+                seen.append((request, FetchResponse_v7.SCHEMA.decode(io.BytesIO(r.buf[4:]))))
+            on_response(r)
+
+        return send(self, api, version, body, answered)
+
+    monkeypatch.setattr(Connection, "send", spy)
+    producer = await _producer(cluster)
+    got: list[Any] = []
+    tail = await _tail(cluster, topic, got, [0, 1, 2])
+    await eventually(lambda: len(seen) >= 1)  # the full fetch (names them all), answered
+    first = (await producer.send(topic, b"a", partition=1)).offset
+    await eventually(lambda: len(got) == 1)
+    await producer.send(topic, b"b", partition=1)
+    await eventually(lambda: len(got) == 2)
+
+    requests = [[p[0] for _t, parts in rq[7] for p in parts] for rq, _ in seen]
+    responses = [[p[0] for _t, parts in rs[3] for p in parts] for _, rs in seen]
+    assert seen[0][0][5:7] == (0, 0) and requests[0] == [0, 1, 2]  # a full fetch, a new session
+    session_id = seen[0][1][2]
+    assert session_id != 0
+    with_records = [
+        i for i, (_, rs) in enumerate(seen) if any(p[-1] for _t, ps in rs[3] for p in ps)
+    ]
+    assert [responses[i] for i in with_records] == [[1], [1]]  # only the partition with news
+    after = with_records[0] + 1
+    assert requests[after] == [1]  # only the one that moved, at its new position
+    assert seen[after][0][7][0][1][0][1] == first + 1
+    assert all(rq[5] == session_id for rq, _ in seen[1:])
+    (session,) = tail._sessions.values()
+    session.id = 0x7FFF0000  # a session the broker never made
+    await eventually(lambda: any(rs[1] == 70 for _, rs in seen))  # FETCH_SESSION_ID_NOT_FOUND
+    await producer.send(topic, b"c", partition=2)
+    await eventually(lambda: len(got) == 3)
+    assert [r.value for r in got] == [b"a", b"b", b"c"]
+    lost = next(i for i, (_, rs) in enumerate(seen) if rs[1] == 70)
+    assert seen[lost + 1][0][5:7] == (0x7FFF0000, 0)  # in full, ending the unknown session
+    assert sorted(p[0] for _t, parts in seen[lost + 1][0][7] for p in parts) == [0, 1, 2]
+    await tail.stop()
 
 
 def test_metadata_is_read_field_by_field() -> None:
