@@ -881,15 +881,16 @@ class _Session:
 
     def request(self, parts: list[int], positions: dict[int, int]) -> tuple[list[int], bool]:
         """The partitions of ``parts`` the next fetch names, and whether it is a
-        full one; ``sent`` then holds what the broker will hold."""
+        full one (also when a partition joined or left the session); ``sent``
+        then holds what the broker will hold. ``positions`` may hold others'."""
         sent = self.sent
-        if self.epoch:
-            listed = [p for p in parts if sent.get(p) != positions[p]]
+        if self.epoch and sent.keys() == set(parts):
+            # the positions that moved: one set difference, not a look-up each
+            listed = [p for p, _ in positions.items() - sent.items() if p in sent]
             for p in listed:
                 sent[p] = positions[p]
-            if len(sent) == len(parts):  # none left the session: incremental
-                return listed, False
-            self.epoch = 0
+            return listed, False
+        self.epoch = 0
         self.sent = {p: positions[p] for p in parts}
         return parts, True
 
@@ -1320,12 +1321,16 @@ class Fetcher:
         out: dict[int, list[Record]] = {}
         room = max_records
         for p, queue in self._buffer.items():
+            if not queue:
+                continue
             if room <= 0:
                 break
-            n = min(room, len(queue))
-            if n:
-                out[p] = [queue.popleft() for _ in range(n)]
-                room -= n
+            if len(queue) <= room:
+                out[p] = taken = list(queue)
+                queue.clear()
+            else:
+                out[p] = taken = [queue.popleft() for _ in range(room)]
+            room -= len(taken)
         self._count -= max_records - room
         if self._full:  # else the tail fetches already: nothing to resume
             self._refill()

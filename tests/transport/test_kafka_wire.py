@@ -314,11 +314,13 @@ def test_a_fetch_session_names_only_what_moved_and_starts_over_when_it_must() ->
     assert session.request([0, 1, 2], positions) == ([1], False)
     session.answered(False, 99)
     assert session.epoch == 3
-    positions[3] = 40
-    assert session.request([0, 1, 2, 3], positions) == ([3], False)  # added: named alone
+    positions[3] = 40  # another leader's: not this session's
+    assert session.request([0, 1, 2], positions) == ([], False)
     session.answered(False, 99)
-    assert session.request([0, 2, 3], positions) == ([0, 2, 3], True)  # one left: in full
+    assert session.request([0, 1, 2, 3], positions) == ([0, 1, 2, 3], True)  # one joined: in full
     assert (session.id, session.epoch) == (99, 0)  # ending session 99, starting anew
+    session.answered(True, 99)
+    assert session.request([0, 2, 3], positions) == ([0, 2, 3], True)  # one left: in full
     session.answered(True, 100)
     session.epoch = 0x7FFFFFFF
     session.answered(False, 100)
