@@ -55,6 +55,13 @@ def mended(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     return server
 
 
+def _ec2() -> Any:
+    """An EC2 client, for use under ``mock_aws``."""
+    return boto3.client(
+        "ec2", region_name="eu-west-3", aws_access_key_id="testing", aws_secret_access_key="testing"
+    )
+
+
 def test_a_read_of_tags_under_way_survives_a_write(mended: None) -> None:
     backend = TagBackend()
     backend.create_tags(["rtb-1"], {"Name": "public"})
@@ -78,12 +85,7 @@ def test_a_refused_tag_write_changes_nothing(mended: None) -> None:
 
 def test_a_route_table_is_made_once_per_client_token(mended: None) -> None:
     with mock_aws():
-        ec2 = boto3.client(
-            "ec2",
-            region_name="eu-west-3",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        ec2 = _ec2()
         vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
         made = [
             ec2.create_route_table(VpcId=vpc, ClientToken=token)["RouteTable"]["RouteTableId"]
@@ -96,12 +98,7 @@ def test_a_route_table_is_made_once_per_client_token(mended: None) -> None:
 
 def test_a_launch_template_is_made_once_per_client_token(mended: None) -> None:
     with mock_aws():
-        ec2 = boto3.client(
-            "ec2",
-            region_name="eu-west-3",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
+        ec2 = _ec2()
         data = {"ImageId": "ami-12c6146b"}
 
         def create(name: str, token: str) -> str:
@@ -122,9 +119,7 @@ def test_a_launch_template_is_made_once_per_client_token(mended: None) -> None:
 
 def _group() -> tuple[Any, str, dict[str, Any]]:
     """An EC2 client (under ``mock_aws``), a new VPC's security group, and a rule for it."""
-    ec2 = boto3.client(
-        "ec2", region_name="eu-west-3", aws_access_key_id="testing", aws_secret_access_key="testing"
-    )
+    ec2 = _ec2()
     vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
     group = ec2.create_security_group(GroupName="g", Description="g", VpcId=vpc)["GroupId"]
     rule = {
