@@ -35,8 +35,8 @@ a second route table in a VPC makes DeleteVpc refuse (DependencyViolation),
 which Terraform retries for 20 minutes. Terraform also retries a create
 whose answer it did not read, with none logged as failed here (seen under
 load), and a retried CreateLaunchTemplate then fails on the name its first
-try took (``InvalidLaunchTemplateName.AlreadyExistsException``). Here a tag write
-builds the resource's new dict aside and puts it in place whole, and
+try took (``InvalidLaunchTemplateName.AlreadyExistsException``). Here a tag
+write builds the resource's new dict aside and puts it in place whole, and
 CreateRouteTable and CreateLaunchTemplate with a ClientToken already seen
 answer what that token made, as EC2 does.
 

@@ -1,9 +1,8 @@
 """scripts/moto_server.py's EC2 mends: a tag write never changes a tag dict
 that another request is reading, CreateRouteTable and CreateLaunchTemplate
 make one resource per ClientToken, however often a retry sends it, and
-security group rules are
-written one at a time, a revoke of a rule id no longer held answered as EC2
-answers it."""
+security group rules are written one at a time, a revoke of a rule id no
+longer held answered as EC2 answers it."""
 
 from __future__ import annotations
 
