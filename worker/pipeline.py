@@ -134,7 +134,8 @@ class Pipeline:
         self.batcher: Batcher[Item] = Batcher(runner.max_batch_size, max_wait)
         self._on_batch = on_batch
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix=f"ort-{model}")
-        self._slots = asyncio.Semaphore(threads)
+        self._free = threads  # model slots no batch holds
+        self._slot_waiter: asyncio.Future[None] | None = None  # the batch loop's, for a slot
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._inline_below = inline_below
@@ -143,7 +144,6 @@ class Pipeline:
         self.inline_runs = 0
         self.early_batches = 0  # full batches started from submit
         self._in_flight: set[_Launch] = set()  # runs handed to the model's thread
-        self._idle_slot = False  # the batch loop holds a free slot, waiting for a batch
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
@@ -168,7 +168,7 @@ class Pipeline:
         if self._runs_inline(self.batcher.max_batch_size):
             return
         donor = None  # a run that ended on the thread: its slot, not yet released
-        if not self._idle_slot:
+        if not self._free:
             donor = next(
                 (r for r in self._in_flight if r.owns_slot and r.finished and not r.slot_passed),
                 None,
@@ -179,7 +179,7 @@ class Pipeline:
         if not batch:
             return
         if donor is None:
-            self._idle_slot = False
+            self._free -= 1
         else:
             donor.slot_passed = True
         outcomes, live = _triage(batch)
@@ -200,7 +200,10 @@ class Pipeline:
     def _release(self, launch: _Launch | None) -> None:
         """Free a batch's slot, unless it went on to the next batch already."""
         if launch is None or not launch.slot_passed:
-            self._slots.release()
+            self._free += 1
+            waiter, self._slot_waiter = self._slot_waiter, None
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -239,26 +242,23 @@ class Pipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        """Take a batch each time a model slot is free: what arrived while the
-        model ran goes into the next batch whole, and with ``max_wait`` 0 an
-        idle model runs a request at once rather than waiting for company."""
+        """Take a batch each time one is due and a model slot is free: what
+        arrived while the model ran goes into the next batch whole, and with
+        ``max_wait`` 0 an idle model runs a request at once rather than waiting
+        for company. The loop waits for a slot only while every one is busy,
+        so a batch that ends with nothing queued wakes nobody."""
         while True:
-            await self._slots.acquire()
-            self._idle_slot = True  # a full batch may start on it from submit
-            batch: list[Item] = []
-            while self._idle_slot:
-                await self.batcher.ready()
-                if not self._idle_slot:
-                    break
-                batch = self.batcher.take()
-                if batch or self.batcher.closed:
-                    break
-            if not self._idle_slot:
-                continue  # submit started a batch on this slot; wait for another
-            self._idle_slot = False
+            await self.batcher.ready()
+            if not self._free:
+                self._slot_waiter = asyncio.get_running_loop().create_future()
+                await self._slot_waiter
+                continue  # a batch may have started from submit meanwhile
+            batch = self.batcher.take()
             if not batch:
-                self._slots.release()
-                return
+                if self.batcher.closed:
+                    return
+                continue  # taken from submit meanwhile
+            self._free -= 1
             self._spawn(self._process(batch))
 
     async def _process(self, batch: list[Item]) -> None:

@@ -91,7 +91,7 @@ from aiokafka.errors import (
 )
 
 from fleet.contract import Priority
-from fleet.eventloop import cancel_and_wait
+from fleet.eventloop import Handlers, cancel_and_wait
 from fleet.logging import get_logger
 from fleet.transport._kafka_common import (
     ConsumerHost,
@@ -143,7 +143,7 @@ PAUSED_FETCHER_WAKE_MS = 30_000
 # alone would otherwise queue at the group coordinator ahead of the hand-out
 # commits that records wait on. A crash reads again at most the records acked
 # in this window: recomputed, and their duplicate replies dropped by id.
-COMMIT_LINGER = 0.1
+COMMIT_LINGER = 0.5
 # How many offsets past its last record the hand-out commit of a caught-up
 # partition counts as handed out (see "Claims" above).
 CLAIM_AHEAD = 64
@@ -356,6 +356,7 @@ class GroupConsumer(Consumer):
         self._committer: asyncio.Task[None] | None = None
         self._finisher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._handlers = Handlers()  # the deliveries'
         self._room = asyncio.Event()
         self._dirty = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -389,7 +390,7 @@ class GroupConsumer(Consumer):
             # partitions stay silent that long: keep it short (see
             # KafkaOptions.session_timeout); stop() leaves the group at once
             # (LeaveGroup), so a clean exit costs no timeout
-            heartbeat_interval_ms=max(100, session_ms // 6),
+            heartbeat_interval_ms=max(100, session_ms // 3),
             session_timeout_ms=session_ms,
             max_poll_interval_ms=300_000,
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
@@ -410,6 +411,7 @@ class GroupConsumer(Consumer):
                 max_wait_ms=FETCH_MAX_WAIT_MS,
                 retry_interval=self.transport.options.reconnect_interval,
                 on_fetched=self._take_now,
+                on_sent=self._handlers.run_due,  # handled in the turn they came in
             )
         self._kafka.subscribe([self.topic], listener=_Listener(self))
         loop = asyncio.get_running_loop()
@@ -483,7 +485,7 @@ class GroupConsumer(Consumer):
         for it rather than going on while the consumer is still in its group,
         and cancelling a caller does not leave it half done."""
         if cancel_handlers:
-            handlers = list(self._tasks)
+            handlers = [*self._handlers.cancel(), *self._tasks]
             for t in handlers:
                 t.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
@@ -847,7 +849,7 @@ class GroupConsumer(Consumer):
                 over.append((rec, attempt))
                 continue
             self.outstanding += 1
-            self._spawn(self._deliver(KafkaDelivery(self, part, rec, attempt)))
+            self._handlers.start(self._deliver(KafkaDelivery(self, part, rec, attempt)))
         return over
 
     async def _over_limit(self, part: _Partition, rec: Any, attempt: int) -> None:

@@ -936,9 +936,11 @@ class Tail:
         retry_interval: float = 1.0,
         reset: int = LATEST,
         after_fetch: Callable[[], None] | None = None,
+        after_send: Callable[[], None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.after_fetch = after_fetch  # called once a response's records are handed on
+        self.after_send = after_send  # then once the next fetch is sent, in that same turn
         self.topic = topic
         self.partitions = list(partitions)
         self.on_record = on_record
@@ -1108,6 +1110,11 @@ class Tail:
             return
         self._busy.discard(leader)
         self._fetch(leader)
+        if self.after_send is not None:
+            try:
+                self.after_send()
+            except Exception:
+                log.exception("fetch handler failed", topic=self.topic)
 
     def _read(self, r: Reader, epochs: dict[int, int], session: _Session, full: bool) -> bool:
         """Hand on the records of a fetch's response; False when a partition
@@ -1224,7 +1231,8 @@ class Fetcher:
     fetching goes on ahead while the buffer holds fewer than
     ``buffer_limit`` records and the owner has not paused it. Once a fetch's
     records are in, ``on_fetched`` may :meth:`take` them in that same turn;
-    what it leaves ends a :meth:`wait`."""
+    what it leaves ends a :meth:`wait`. ``on_sent`` is called once the next
+    fetch is sent, in that turn too."""
 
     def __init__(
         self,
@@ -1235,6 +1243,7 @@ class Fetcher:
         retry_interval: float,
         buffer_limit: int = 1024,
         on_fetched: Callable[[], None] | None = None,
+        on_sent: Callable[[], None] | None = None,
     ) -> None:
         self.tail = Tail(
             cluster,
@@ -1245,6 +1254,7 @@ class Fetcher:
             retry_interval=retry_interval,
             reset=EARLIEST,
             after_fetch=self._fetched,
+            after_send=on_sent,
         )
         self.buffer_limit = buffer_limit
         self.on_fetched = on_fetched

@@ -203,6 +203,38 @@ async def test_a_full_fetch_buffer_stops_fetching_until_a_take_makes_room(
         await fetcher.stop()
 
 
+async def test_a_fetchs_records_are_taken_then_the_next_fetch_sent_then_on_sent_called(
+    cluster: Cluster, topic: str
+) -> None:
+    """In the one turn a response is read: ``on_fetched`` takes its records,
+    the next fetch goes out, and ``on_sent`` runs (the consumer's handlers)."""
+    seen: list[tuple[str, int]] = []  # what, and the fetches sent by then
+    records: list[bytes | None] = []
+
+    def taken() -> None:
+        seen.append(("fetched", fetcher.tail.fetches))
+        records.extend(r.value for rs in fetcher.take(10).values() for r in rs)
+        asyncio.get_running_loop().call_soon(lambda: seen.append(("next turn", 0)))
+
+    def sent() -> None:
+        seen.append(("sent", fetcher.tail.fetches))
+
+    fetcher = Fetcher(
+        cluster, topic, max_wait_ms=200, retry_interval=0.1, on_fetched=taken, on_sent=sent
+    )
+    await fetcher.assign({0: None})
+    try:
+        producer = await _producer(cluster)
+        await producer.send(topic, b"one", partition=0)
+        await eventually(lambda: ("next turn", 0) in seen)
+        at = seen.index(("next turn", 0))
+        (fetched, fetches), after = seen[at - 2], seen[at - 1]
+        assert records == [b"one"] and fetched == "fetched"
+        assert after == ("sent", fetches + 1)  # the next fetch went out, in that same turn
+    finally:
+        await fetcher.stop()
+
+
 async def test_a_send_after_its_connection_broke_is_sent_again_with_a_new_producer_id(
     cluster: Cluster, topic: str
 ) -> None:

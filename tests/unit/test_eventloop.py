@@ -112,3 +112,115 @@ async def test_together_runs_several_as_gather_does_in_order() -> None:
         await eventloop.together([_task_of(1), _task_of(-1)])
     with pytest.raises(ValueError, match="-2"):
         await eventloop.together([_task_of(-2)])
+
+
+class _Log:
+    """What handlers did, in order, and the task each step ran in."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[str, asyncio.Task[object] | None]] = []
+
+    def note(self, what: str) -> None:
+        self.steps.append((what, asyncio.current_task()))
+
+    @property
+    def what(self) -> list[str]:
+        return [w for w, _ in self.steps]
+
+
+async def _handler(log: _Log, name: str, wait: asyncio.Future[None] | None = None) -> None:
+    log.note(f"{name} began")
+    try:
+        if wait is not None:
+            await wait
+        log.note(f"{name} ended")
+    finally:
+        log.note(f"{name} finally")
+
+
+async def test_handlers_run_in_the_next_turn_in_order_without_a_task() -> None:
+    log, handlers = _Log(), eventloop.Handlers()
+    handlers.start(_handler(log, "a"))
+    handlers.start(_handler(log, "b"))
+    assert log.steps == []  # not in the turn they arrived in
+    await asyncio.sleep(0)
+    assert log.what == ["a began", "a ended", "a finally", "b began", "b ended", "b finally"]
+    assert {task for _, task in log.steps} == {None} and not handlers.tasks
+
+
+async def test_a_handler_that_waits_goes_on_in_a_task() -> None:
+    log, handlers = _Log(), eventloop.Handlers()
+    wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    handlers.start(_handler(log, "a", wait))
+    handlers.start(_handler(log, "b"))
+    await asyncio.sleep(0)
+    assert log.what == ["a began", "b began", "b ended", "b finally"]
+    (task,) = handlers.tasks
+    wait.set_result(None)
+    await asyncio.wait_for(task, 5)
+    assert log.what[4:] == ["a ended", "a finally"]
+    assert log.steps[0][1] is None and log.steps[4][1] is task
+    assert not handlers.tasks  # let go once done
+
+
+async def test_what_a_waiting_handler_raises_ends_its_task_with_it() -> None:
+    async def fails(wait: asyncio.Future[None]) -> None:
+        await wait
+        raise ValueError("late")
+
+    handlers = eventloop.Handlers()
+    wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    handlers.start(fails(wait))
+    await asyncio.sleep(0)
+    (task,) = handlers.tasks
+    wait.set_result(None)
+    with pytest.raises(ValueError, match="late"):
+        await asyncio.wait_for(task, 5)
+
+
+async def test_cancel_drops_handlers_not_started_and_cancels_those_under_way() -> None:
+    log, handlers = _Log(), eventloop.Handlers()
+    wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    handlers.start(_handler(log, "a", wait))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a's task has had its first step: it waits on wait
+    handlers.start(_handler(log, "b"))  # due in the next turn: never runs
+    tasks = handlers.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert log.what == ["a began", "a finally"]  # the cancellation reached the handler
+    assert wait.cancelled() and all(t.cancelled() for t in tasks) and not handlers.tasks
+
+
+async def test_a_task_cancelled_before_its_first_step_ends_its_handler() -> None:
+    log, handlers = _Log(), eventloop.Handlers()
+    wait: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    handlers.start(_handler(log, "a", wait))
+    await asyncio.sleep(0)  # a waits on wait; its task has not had a step yet
+    (task,) = handlers.tasks
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled() and log.what == ["a began", "a finally"]
+
+
+async def test_a_handler_that_waits_on_nothing_goes_on_in_the_next_turn() -> None:
+    async def yields(log: _Log) -> None:
+        log.note("began")
+        await asyncio.sleep(0)
+        log.note("ended")
+
+    log, handlers = _Log(), eventloop.Handlers()
+    handlers.start(yields(log))
+    await asyncio.sleep(0)
+    (task,) = handlers.tasks
+    await asyncio.wait_for(task, 5)
+    assert log.what == ["began", "ended"] and log.steps[1][1] is task
+
+
+async def test_run_due_runs_the_handlers_now_and_once() -> None:
+    log, handlers = _Log(), eventloop.Handlers()
+    handlers.start(_handler(log, "a"))
+    handlers.run_due()
+    assert log.what == ["a began", "a ended", "a finally"]
+    await asyncio.sleep(0)  # the turn they were due in: nothing left to run
+    assert len(log.steps) == 3

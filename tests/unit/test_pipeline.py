@@ -366,3 +366,41 @@ async def test_a_run_that_ended_on_the_thread_passes_its_slot_to_the_next_full_b
     await asyncio.wait_for(pipe.close(), 5)
     replies = [o.reply for i in items for o in i.sink.outcomes]  # type: ignore[attr-defined]
     assert len(replies) == len(items) and all(r is not None and r.ok for r in replies)
+
+
+class HeldModel(FakeModel):
+    """Runs only once let go: a run that stays under way while the test submits more."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.began = threading.Event()
+        self.go = threading.Event()
+
+    def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.began.set()
+        assert self.go.wait(5)
+        return super().run(feeds)
+
+
+async def test_what_arrives_while_the_model_runs_is_the_next_batch_whole() -> None:
+    """With the one model slot busy, later requests wait in the batcher, and
+    all of them go in the batch that starts when the slot is free."""
+    model = HeldModel()
+    pipe = Pipeline(
+        model="m", version="1", runner=model, max_wait=0.0, worker_id="w", on_batch=lambda _: None
+    )
+    pipe.start()
+    sinks = [RequestSink() for _ in range(6)]
+    pipe.submit(_item(0, 1.0, sink=sinks[0]))
+    while not model.began.is_set():
+        await asyncio.sleep(0.001)
+    for i, sink in enumerate(sinks[1:], 1):
+        pipe.submit(_item(i, 1.0, sink=sink))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the batch loop has its turns: nothing new may start
+    assert model.batches == [] and len(pipe.batcher) == 5
+    model.go.set()
+    replies = await asyncio.wait_for(asyncio.gather(*(s.answer for s in sinks)), 5)
+    await asyncio.wait_for(pipe.close(), 5)
+    assert model.batches == [1, 5]
+    assert all(r is not None and r.ok for r in replies)
