@@ -8,11 +8,9 @@ measures what it changes on a given machine, broker and model.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
-import types
-from collections.abc import Awaitable, Coroutine, Generator, Iterable
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Awaitable, Coroutine, Iterable
+from typing import Any, Literal, TypeVar
 
 from fleet.errors import ConfigError
 
@@ -46,86 +44,6 @@ async def together(aws: Iterable[Awaitable[T]]) -> list[T]:
     if len(items) == 1:
         return [await items[0]]
     return list(await asyncio.gather(*items))
-
-
-Handler = Coroutine[Any, Any, None]
-
-
-def start_eagerly(coro: Handler, tasks: set[asyncio.Task[None]]) -> None:
-    """Run ``coro`` here, up to where it first waits; only if it waits does
-    the rest go on in a task, kept in ``tasks`` until it is done."""
-    try:
-        waits_on = coro.send(None)
-    except StopIteration:
-        return
-    task = asyncio.get_running_loop().create_task(
-        cast(Handler, _rest(coro, waits_on))  # a generator-based coroutine
-    )
-    tasks.add(task)
-
-    def done(task: asyncio.Task[None]) -> None:
-        tasks.discard(task)
-        coro.close()  # ended already: nothing; cancelled before the task's first step: ends it
-
-    task.add_done_callback(done)
-
-
-@types.coroutine
-def _rest(coro: Handler, waits_on: Any) -> Generator[Any, None, None]:
-    """The rest of ``coro``, which waits on ``waits_on``: what the task runs.
-    A task resumes what it runs with ``send(None)`` once what it waits on is
-    done, or throws the cancellation in; both go on to ``coro``."""
-    while True:
-        try:
-            yield waits_on
-        except BaseException as exc:  # thrown in by the task: a cancellation
-            try:
-                waits_on = coro.throw(exc)
-            except StopIteration:
-                return
-            continue
-        try:
-            waits_on = coro.send(None)
-        except StopIteration:
-            return
-
-
-class Handlers:
-    """Runs the handlers of what a connection delivers, each up to where it
-    first waits; only a handler that waits goes on in a task. Most wait for
-    nothing (a request joins a batch, and the reply is published from the
-    batch), and a task for each would cost its scheduling, a round of the
-    loop and a callback when done. They run in the next turn of the loop, all
-    in one callback, as a task each would (the turn they arrived in ends
-    first: a Kafka fetch loop sends its next fetch), or sooner where the
-    connection calls :meth:`run_due` once that turn's own work is done."""
-
-    def __init__(self) -> None:
-        self.tasks: set[asyncio.Task[None]] = set()
-        self._due: list[Handler] = []
-
-    def start(self, coro: Handler) -> None:
-        if not self._due:
-            asyncio.get_running_loop().call_soon(self.run_due)
-        self._due.append(coro)
-
-    def run_due(self) -> None:
-        """Run the handlers due now (none: nothing)."""
-        due, self._due = self._due, []
-        for coro in due:
-            with contextlib.suppress(asyncio.CancelledError):  # a task would have kept it
-                start_eagerly(coro, self.tasks)
-
-    def cancel(self) -> list[asyncio.Task[None]]:
-        """Drop the handlers not started (they never run) and cancel those
-        under way; the tasks to wait for."""
-        due, self._due = self._due, []
-        for coro in due:
-            coro.close()
-        tasks = list(self.tasks)
-        for task in tasks:
-            task.cancel()
-        return tasks
 
 
 def check(name: str) -> EventLoop:

@@ -91,7 +91,7 @@ from aiokafka.errors import (
 )
 
 from fleet.contract import Priority
-from fleet.eventloop import Handlers, cancel_and_wait
+from fleet.eventloop import cancel_and_wait
 from fleet.logging import get_logger
 from fleet.transport._kafka_common import (
     ConsumerHost,
@@ -356,7 +356,6 @@ class GroupConsumer(Consumer):
         self._committer: asyncio.Task[None] | None = None
         self._finisher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._handlers = Handlers()  # the deliveries'
         self._room = asyncio.Event()
         self._dirty = asyncio.Event()
         self._commit_lock = asyncio.Lock()
@@ -411,7 +410,6 @@ class GroupConsumer(Consumer):
                 max_wait_ms=FETCH_MAX_WAIT_MS,
                 retry_interval=self.transport.options.reconnect_interval,
                 on_fetched=self._take_now,
-                on_sent=self._handlers.run_due,  # handled in the turn they came in
             )
         self._kafka.subscribe([self.topic], listener=_Listener(self))
         loop = asyncio.get_running_loop()
@@ -485,7 +483,7 @@ class GroupConsumer(Consumer):
         for it rather than going on while the consumer is still in its group,
         and cancelling a caller does not leave it half done."""
         if cancel_handlers:
-            handlers = [*self._handlers.cancel(), *self._tasks]
+            handlers = list(self._tasks)
             for t in handlers:
                 t.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
@@ -849,7 +847,7 @@ class GroupConsumer(Consumer):
                 over.append((rec, attempt))
                 continue
             self.outstanding += 1
-            self._handlers.start(self._deliver(KafkaDelivery(self, part, rec, attempt)))
+            self._spawn(self._deliver(KafkaDelivery(self, part, rec, attempt)))
         return over
 
     async def _over_limit(self, part: _Partition, rec: Any, attempt: int) -> None:

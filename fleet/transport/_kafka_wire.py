@@ -201,6 +201,11 @@ class Connection(asyncio.Protocol):
         # a stream transport (uvloop's is not an asyncio.Transport subclass)
         self._transport = cast(asyncio.Transport, transport)
 
+    @property
+    def idle(self) -> bool:
+        """Whether no request sent on it awaits its response."""
+        return not self._pending
+
     def send(self, api_key: int, version: int, body: bytes, on_response: OnResponse) -> None:
         """Send a request; ``on_response`` gets its response's body (after the
         correlation id) or the error that ended the connection."""
@@ -601,8 +606,10 @@ def _past(deadline: float | None) -> bool:
 
 class Producer:
     """An idempotent producer with ``acks=all``: ``send`` resolves once every
-    in-sync replica has the record. Sends made in one turn of the event loop
-    go out as one produce request per broker, a record batch per partition.
+    in-sync replica has the record. A send to a broker whose connection has
+    no produce request in flight goes out at once; the sends made while one
+    is in flight gather until the end of the turn of the event loop, and go
+    out as one produce request per broker, a record batch per partition.
     Records reach a partition in the order their sends were called, also
     while the first of them wait for metadata or a connection."""
 
@@ -790,7 +797,10 @@ class Producer:
         conn, partition = route
         parts = self._queue.setdefault(conn, {})
         parts.setdefault((topic, partition), []).append(record)
-        if not self._flush_soon:
+        if conn.idle:  # nothing to gather behind: out now, with what waits for it
+            del self._queue[conn]
+            self._produce(conn, parts)
+        elif not self._flush_soon:
             self._flush_soon = True
             asyncio.get_running_loop().call_soon(self._flush)
 
@@ -798,25 +808,29 @@ class Producer:
         self._flush_soon = False
         queue, self._queue = self._queue, {}
         for conn, parts in queue.items():
-            by_topic: dict[str, list[bytes]] = {}
-            batches: list[_Batch] = []
-            for (topic, partition), records in parts.items():
-                records = [r for r in records if not r[3].done()]  # not given up on
-                if not records:
-                    continue
-                batch = self._batch(topic, partition, records)
-                by_topic.setdefault(topic, []).append(
-                    _I32.pack(partition) + _I32.pack(len(batch)) + batch
-                )
-                batches.append((topic, partition, records))
-            if not batches:
+            self._produce(conn, parts)
+
+    def _produce(self, conn: Connection, parts: dict[tuple[str, int], list[_Record]]) -> None:
+        """One produce request on ``conn``: a record batch per partition."""
+        by_topic: dict[str, list[bytes]] = {}
+        batches: list[_Batch] = []
+        for (topic, partition), records in parts.items():
+            records = [r for r in records if not r[3].done()]  # not given up on
+            if not records:
                 continue
-            body = [_NO_TRANSACTION, _I16.pack(-1), _I32.pack(self.timeout_ms)]
-            body.append(_I32.pack(len(by_topic)))
-            for topic, encoded in by_topic.items():
-                body += [string(topic), _I32.pack(len(encoded)), *encoded]
-            self.requests += 1
-            conn.send(PRODUCE, 3, b"".join(body), functools.partial(self._produced, batches))
+            batch = self._batch(topic, partition, records)
+            by_topic.setdefault(topic, []).append(
+                _I32.pack(partition) + _I32.pack(len(batch)) + batch
+            )
+            batches.append((topic, partition, records))
+        if not batches:
+            return
+        body = [_NO_TRANSACTION, _I16.pack(-1), _I32.pack(self.timeout_ms)]
+        body.append(_I32.pack(len(by_topic)))
+        for topic, encoded in by_topic.items():
+            body += [string(topic), _I32.pack(len(encoded)), *encoded]
+        self.requests += 1
+        conn.send(PRODUCE, 3, b"".join(body), functools.partial(self._produced, batches))
 
     def _batch(self, topic: str, partition: int, records: list[_Record]) -> bytes:
         seq = self._seq.get((topic, partition), 0)
@@ -936,11 +950,9 @@ class Tail:
         retry_interval: float = 1.0,
         reset: int = LATEST,
         after_fetch: Callable[[], None] | None = None,
-        after_send: Callable[[], None] | None = None,
     ) -> None:
         self.cluster = cluster
         self.after_fetch = after_fetch  # called once a response's records are handed on
-        self.after_send = after_send  # then once the next fetch is sent, in that same turn
         self.topic = topic
         self.partitions = list(partitions)
         self.on_record = on_record
@@ -1110,11 +1122,6 @@ class Tail:
             return
         self._busy.discard(leader)
         self._fetch(leader)
-        if self.after_send is not None:
-            try:
-                self.after_send()
-            except Exception:
-                log.exception("fetch handler failed", topic=self.topic)
 
     def _read(self, r: Reader, epochs: dict[int, int], session: _Session, full: bool) -> bool:
         """Hand on the records of a fetch's response; False when a partition
@@ -1231,8 +1238,7 @@ class Fetcher:
     fetching goes on ahead while the buffer holds fewer than
     ``buffer_limit`` records and the owner has not paused it. Once a fetch's
     records are in, ``on_fetched`` may :meth:`take` them in that same turn;
-    what it leaves ends a :meth:`wait`. ``on_sent`` is called once the next
-    fetch is sent, in that turn too."""
+    what it leaves ends a :meth:`wait`."""
 
     def __init__(
         self,
@@ -1243,7 +1249,6 @@ class Fetcher:
         retry_interval: float,
         buffer_limit: int = 1024,
         on_fetched: Callable[[], None] | None = None,
-        on_sent: Callable[[], None] | None = None,
     ) -> None:
         self.tail = Tail(
             cluster,
@@ -1254,7 +1259,6 @@ class Fetcher:
             retry_interval=retry_interval,
             reset=EARLIEST,
             after_fetch=self._fetched,
-            after_send=on_sent,
         )
         self.buffer_limit = buffer_limit
         self.on_fetched = on_fetched

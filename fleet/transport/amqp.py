@@ -94,7 +94,7 @@ from fleet.errors import (
     Overloaded,
     Unavailable,
 )
-from fleet.eventloop import Handlers, cancel_and_wait
+from fleet.eventloop import cancel_and_wait
 from fleet.logging import get_logger
 from fleet.redact import redact_url
 from fleet.settings import BROKER, resolve_password
@@ -366,7 +366,6 @@ class AmqpTransport(Transport, DeadLetterTap):
         self._destinations: set[str] = set()  # notification exchanges declared
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._handlers = Handlers()  # the deliveries'
         self._reconnector: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -556,7 +555,7 @@ class AmqpTransport(Transport, DeadLetterTap):
         if conn is not None:
             with contextlib.suppress(*CONNECTION_EXCEPTIONS):
                 await conn.close()
-        tasks = [*self._handlers.cancel(), *self._tasks]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -898,7 +897,7 @@ class AmqpTransport(Transport, DeadLetterTap):
 
         def on_message(sub: Subscription, message: Delivered) -> None:
             delivery = AmqpDelivery(sub, message, "", Priority.BATCH)
-            self._handlers.start(run_handler(on_delivery, delivery))
+            self._spawn(run_handler(on_delivery, delivery))
 
         return await self._subscribe(
             DEAD_LETTER_TAP, declare, on_message, prefetch=max(1, prefetch)
@@ -915,9 +914,7 @@ class AmqpTransport(Transport, DeadLetterTap):
             return name
 
         def on_message(sub: Subscription, message: Delivered) -> None:
-            self._handlers.start(
-                run_handler(on_delivery, AmqpDelivery(sub, message, model, priority))
-            )
+            self._spawn(run_handler(on_delivery, AmqpDelivery(sub, message, model, priority)))
 
         sub = await self._subscribe(name, declare, on_message, prefetch=max(1, prefetch))
         self._queues.add((model, priority))

@@ -12,8 +12,8 @@ import io
 import struct
 import types
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any, cast
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,6 +31,7 @@ from fleet.transport._kafka_wire import (
     Producer,
     Reader,
     Tail,
+    Topic,
     TopicUnknown,
     _Session,
     metadata_request,
@@ -84,6 +85,8 @@ async def _tail(cluster: Cluster, topic: str, got: list[Any], parts: list[int]) 
 async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
     cluster: Cluster, topic: str
 ) -> None:
+    """The first send of the turn finds the connection idle and goes at once;
+    the other nineteen, made while it is in flight, go in one request."""
     producer = await _producer(cluster)
     got: list[Any] = []
     await _tail(cluster, topic, got, [0, 1, 2])
@@ -94,7 +97,7 @@ async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
             for i in range(20)
         )
     )
-    assert producer.requests - before == 1
+    assert producer.requests - before == 2
     assert [s.offset for s in sent] == list(range(sent[0].offset, sent[0].offset + 20))
     assert {s.partition for s in sent} == {1}
     await eventually(lambda: len(got) == 20)
@@ -203,36 +206,45 @@ async def test_a_full_fetch_buffer_stops_fetching_until_a_take_makes_room(
         await fetcher.stop()
 
 
-async def test_a_fetchs_records_are_taken_then_the_next_fetch_sent_then_on_sent_called(
-    cluster: Cluster, topic: str
-) -> None:
-    """In the one turn a response is read: ``on_fetched`` takes its records,
-    the next fetch goes out, and ``on_sent`` runs (the consumer's handlers)."""
-    seen: list[tuple[str, int]] = []  # what, and the fetches sent by then
-    records: list[bytes | None] = []
+class _HeldConnection:
+    """A produce connection that keeps what is sent on it, idle when told."""
 
-    def taken() -> None:
-        seen.append(("fetched", fetcher.tail.fetches))
-        records.extend(r.value for rs in fetcher.take(10).values() for r in rs)
-        asyncio.get_running_loop().call_soon(lambda: seen.append(("next turn", 0)))
+    def __init__(self) -> None:
+        self.idle = False
+        self.sent: list[Any] = []
 
-    def sent() -> None:
-        seen.append(("sent", fetcher.tail.fetches))
+    def send(self, api_key: int, version: int, body: bytes, on_response: Any) -> None:
+        self.sent.append(on_response)
 
-    fetcher = Fetcher(
-        cluster, topic, max_wait_ms=200, retry_interval=0.1, on_fetched=taken, on_sent=sent
+
+async def test_a_connection_idle_again_takes_the_sends_gathered_for_it_first() -> None:
+    """A send waits behind a request in flight; the response comes in, and a
+    send in that same turn goes out at once: with the one that waited, ahead
+    of it, in one request."""
+    conn = _HeldConnection()
+    cluster = types.SimpleNamespace(
+        topics={"t": Topic({0: 1})}, open_connection=lambda _leader, _role: conn
     )
-    await fetcher.assign({0: None})
-    try:
-        producer = await _producer(cluster)
-        await producer.send(topic, b"one", partition=0)
-        await eventually(lambda: ("next turn", 0) in seen)
-        at = seen.index(("next turn", 0))
-        (fetched, fetches), after = seen[at - 2], seen[at - 1]
-        assert records == [b"one"] and fetched == "fetched"
-        assert after == ("sent", fetches + 1)  # the next fetch went out, in that same turn
-    finally:
-        await fetcher.stop()
+    producer = Producer(cast(Cluster, cluster), timeout_ms=1000)
+    producer._stale = False  # a producer id is known
+    first = _sent_in_this_turn(producer, b"1")
+    assert conn.sent == []  # gathered: a request is in flight
+    conn.idle = True
+    second = _sent_in_this_turn(producer, b"2")
+    (on_response,) = conn.sent
+    (batch,) = on_response.args[0]
+    assert batch[:2] == ("t", 0) and [value for _k, value, _h, _f in batch[2]] == [b"1", b"2"]
+    await asyncio.sleep(0)  # the end of the turn: nothing is left to send
+    assert len(conn.sent) == 1 and producer.requests == 1
+    first.close()
+    second.close()
+
+
+def _sent_in_this_turn(producer: Producer, value: bytes) -> Coroutine[Any, Any, Any]:
+    """A send run here up to where it waits for its answer."""
+    send = producer.send("t", value, partition=0)
+    send.send(None)
+    return send
 
 
 async def test_a_send_after_its_connection_broke_is_sent_again_with_a_new_producer_id(
