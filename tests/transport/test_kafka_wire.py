@@ -25,6 +25,7 @@ from fleet import eventloop
 from fleet.transport._kafka_wire import (
     FETCH,
     METADATA,
+    QUIET_S,
     Cluster,
     Connection,
     Fetcher,
@@ -85,7 +86,7 @@ async def _tail(cluster: Cluster, topic: str, got: list[Any], parts: list[int]) 
 async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
     cluster: Cluster, topic: str
 ) -> None:
-    """The first send of the turn finds the connection idle and goes at once;
+    """The first send of the turn finds the connection quiet and goes at once;
     the other nineteen, made while it is in flight, go in one request."""
     producer = await _producer(cluster)
     got: list[Any] = []
@@ -207,11 +208,16 @@ async def test_a_full_fetch_buffer_stops_fetching_until_a_take_makes_room(
 
 
 class _HeldConnection:
-    """A produce connection that keeps what is sent on it, idle when told."""
+    """A produce connection that keeps what is sent on it, quiet when told."""
 
     def __init__(self) -> None:
         self.idle = False
         self.sent: list[Any] = []
+        self.asked: list[float] = []
+
+    def quiet(self, for_s: float) -> bool:
+        self.asked.append(for_s)
+        return self.idle
 
     def send(self, api_key: int, version: int, body: bytes, on_response: Any) -> None:
         self.sent.append(on_response)
@@ -236,6 +242,7 @@ async def test_a_connection_idle_again_takes_the_sends_gathered_for_it_first() -
     assert batch[:2] == ("t", 0) and [value for _k, value, _h, _f in batch[2]] == [b"1", b"2"]
     await asyncio.sleep(0)  # the end of the turn: nothing is left to send
     assert len(conn.sent) == 1 and producer.requests == 1
+    assert set(conn.asked) == {QUIET_S}
     first.close()
     second.close()
 
