@@ -255,9 +255,7 @@ class Pipeline:
                 continue  # a batch may have started from submit meanwhile
             batch = self.batcher.take()
             if not batch:
-                if self.batcher.closed:
-                    return
-                continue  # taken from submit meanwhile
+                return  # ready() with nothing queued: closed, and all of it taken
             self._free -= 1
             self._spawn(self._process(batch))
 

@@ -231,7 +231,8 @@ class KafkaOptions(TransportOptions):
     consumer's partitions to others: how long a killed worker's partitions
     stay silent. 6 s is the lowest a broker allows by default
     (``group.min.session.timeout.ms``); set it lower where the broker allows
-    it. Heartbeats go every third of it, as Kafka's own clients send them."""
+    it. Heartbeats go every third of it, the longest interval Kafka's
+    documentation advises."""
     replication_factor: int | None = None
     """Copies of every topic the fleet creates; default ``min(3, brokers)``."""
     inbox: str = "shared"

@@ -83,7 +83,7 @@ async def _tail(cluster: Cluster, topic: str, got: list[Any], parts: list[int]) 
     return tail
 
 
-async def test_sends_of_one_turn_go_in_one_request_and_are_read_back_in_order(
+async def test_sends_of_one_turn_behind_the_first_go_in_one_request_in_order(
     cluster: Cluster, topic: str
 ) -> None:
     """The first send of the turn finds the connection quiet and goes at once;

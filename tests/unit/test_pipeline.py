@@ -368,12 +368,11 @@ async def test_a_run_that_ended_on_the_thread_passes_its_slot_to_the_next_full_b
     assert len(replies) == len(items) and all(r is not None and r.ok for r in replies)
 
 
-class HeldModel(FakeModel):
+class HeldModel(GatedModel):
     """Runs only once let go: a run that stays under way while the test submits more."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.began = threading.Event()
         self.go = threading.Event()
 
     def run(self, feeds: dict[str, Any]) -> dict[str, Any]:
@@ -392,8 +391,7 @@ async def test_what_arrives_while_the_model_runs_is_the_next_batch_whole() -> No
     pipe.start()
     sinks = [RequestSink() for _ in range(6)]
     pipe.submit(_item(0, 1.0, sink=sinks[0]))
-    while not model.began.is_set():
-        await asyncio.sleep(0.001)
+    assert await asyncio.to_thread(model.began.wait, 5)
     for i, sink in enumerate(sinks[1:], 1):
         pipe.submit(_item(i, 1.0, sink=sink))
     for _ in range(5):
