@@ -15,21 +15,26 @@ from benchmarks import calls
 
 pytestmark = pytest.mark.unit
 
-# Calls f() exactly CALLS times once the file "go" exists, then says "done";
-# it waits on built-ins only, so the Python calls counted are f's, the call
-# of the last wait and the signal handler's.
+# Calls f() exactly CALLS times once the counting has begun, then says
+# "done"; it waits on built-ins only, so the Python calls counted are f's,
+# the call of the last wait and the signal handler's. It sees for itself
+# that the counting has begun (a profile hook is set), so no f() is ever
+# called before the first signal's handler has run, however late that
+# runs; and the last wait says "done" from inside itself, so a second
+# signal sent on that word finds the wait called already.
 MODULE = """
 import os, sys, time
 
 here = sys.argv[1]
-ready, go, done, stop = (here + "/" + name for name in ("ready", "go", "done", "stop"))
+ready, done, stop = (here + "/" + name for name in ("ready", "done", "stop"))
 
 
 def f():
     return 1
 
 
-def wait_for(path):
+def wait_for(path, announce):
+    open(announce, "w").close()
     while True:
         try:
             os.stat(path)
@@ -39,11 +44,11 @@ def wait_for(path):
 
 
 open(ready, "w").close()
-wait_for(go)
+while sys.getprofile() is None:
+    time.sleep(0.01)
 for _ in range({calls}):
     f()
-open(done, "w").close()
-wait_for(stop)
+wait_for(stop, done)
 """
 
 
@@ -65,7 +70,6 @@ def _count(tmp_path: Path, n: int) -> dict[str, int]:
     try:
         _wait_for(here / "ready")
         proc.send_signal(signal.SIGUSR2)  # start counting
-        (here / "go").touch()
         _wait_for(here / "done")
         proc.send_signal(signal.SIGUSR2)  # stop, and write the counts
         counts = calls.read_counts(out)
