@@ -106,8 +106,32 @@ class Applied:
 
     def destroy(self) -> None:
         """``terraform destroy``; the state is empty after it."""
-        self.run("destroy", "-auto-approve", "-refresh=false", *self.variables)
+        args = ("destroy", "-auto-approve", "-refresh=false", *self.variables)
+        done = self.run(*args, check=False)
+        if done.returncode != 0:
+            said = done.stdout + done.stderr
+            assert self._endpoint_deleted_already(said), said[-6000:]
+            self.run(*args)
         assert self.run("state", "list").stdout.strip() == ""
+
+    def _endpoint_deleted_already(self, said: str) -> bool:
+        """Whether the destroy failed only where moto's DeleteVpcEndpoints is
+        not idempotent: a call that finds the endpoint's routes gone already
+        answers InvalidRoute.NotFound, where AWS answers success. Only if moto
+        holds the endpoint deleted does it leave the state, and the destroy
+        run again; any other failure stands."""
+        found = re.search(
+            r"deleting EC2 VPC Endpoint \((vpce-[0-9a-f]+)\).*InvalidRoute\.NotFound", said
+        )
+        if found is None or said.count("Error:") != 1:
+            return False
+        (endpoint,) = self.client("ec2").describe_vpc_endpoints(VpcEndpointIds=[found[1]])[
+            "VpcEndpoints"
+        ]
+        if endpoint["State"].lower() != "deleted":
+            return False
+        self.run("state", "rm", "module.network.aws_vpc_endpoint.s3[0]")
+        return True
 
     def value(self, expression: str) -> Any:
         """``expression`` evaluated by ``terraform console`` on the applied state."""

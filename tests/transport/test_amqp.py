@@ -365,6 +365,7 @@ async def test_url_query_options(open_amqp: OpenAmqp, unique_model: str) -> None
 
 
 # ---------------------------------------------------------------------- dead letters
+@pytest.mark.shares("dead-letters")
 async def test_reject_goes_to_dead_letter_queue(
     open_amqp: OpenAmqp, amqp_url: str, unique_model: str
 ) -> None:
@@ -382,6 +383,7 @@ async def test_reject_goes_to_dead_letter_queue(
     assert death["reason"] == "rejected"
 
 
+@pytest.mark.shares("dead-letters")
 async def test_delivery_limit_sends_to_dead_letter_queue(
     open_amqp: OpenAmqp, amqp_url: str, unique_model: str
 ) -> None:
