@@ -20,44 +20,45 @@ It stands in for MSK's control plane only: no broker listens on those hosts.
 What it lets a test check is the Terraform's wiring (URLs, ports, rights,
 secrets), not MSK itself.
 
-S3: moto checks a PutObject's ``If-Match`` / ``If-None-Match`` and then
-writes, in two steps with nothing held between them, so two requests served
-at once on its threads can both pass the same condition. S3 itself lets
-exactly one win. Here a conditional PutObject holds one lock from its check
-to its write.
+One call at a time: moto's server answers each request on its own thread,
+and moto's backends are not written for that: two conditional S3 PutObjects
+can both pass one condition (moto checks, then writes); a read of an EC2
+resource's tags fails (``dictionary changed size during iteration``) as
+another request tags it, answering 500 after a create has stored what it
+made (seen on a loaded machine); a group's rule list rebuilt to revoke one
+rule loses a rule another request adds meanwhile. Here every call
+holds one lock from its first byte read to its last written (moto's work is
+Python under one interpreter lock anyway, so little is lost).
 
-EC2 tags: moto answers every call that shows a tagged resource by iterating
-that resource's tag dict, which another thread's CreateTags changes in place.
-The read then fails (``dictionary changed size during iteration``) and the
-call answers 500, after a create has already stored what it made. Terraform
-retries the create, moto makes a second one, and the first is left behind:
-a second route table in a VPC makes DeleteVpc refuse (DependencyViolation),
-which Terraform retries for 20 minutes. Terraform also retries a create
-whose answer it did not read, with none logged as failed here (seen under
-load), and a retried CreateLaunchTemplate then fails on the name its first
-try took (``InvalidLaunchTemplateName.AlreadyExistsException``). Here a tag
-write builds the resource's new dict aside and puts it in place whole, and
-CreateRouteTable and CreateLaunchTemplate with a ClientToken already seen
-answer what that token made, as EC2 does.
+A retried call answered as before: when an answer does not reach the AWS SDK
+(a 500 like the above, a connection that failed), the SDK sends the call
+again, with the same ``amz-sdk-invocation-id`` header and the next attempt
+number in ``amz-sdk-request``. moto carries it out again, and a create then
+finds the name its first try took (SSM ``ParameterAlreadyExists``, seen
+failing an apply), a delete the thing gone (``InvalidRoute.NotFound`` from
+DeleteVpcEndpoints, seen failing a destroy). Here a later attempt of a call
+whose earlier attempt was answered 2xx gets that answer again, and moto
+does not run it twice; each such replay is logged.
 
-EC2 security group rules: moto revokes a rule by building the group's list
-of rules anew and putting it in place, so a rule another thread adds to that
-group meanwhile is lost (or one it revokes comes back). And a revoke naming
-a rule id the group does not hold is ``InvalidPermission.NotFound`` on moto
-where EC2 answers ``InvalidSecurityGroupRuleId.NotFound``, which Terraform
-takes as "already deleted" on a destroy (a retried revoke, whose first try
-went through, failed a destroy here). Here every authorize and revoke holds
-one lock, and such a revoke answers EC2's code.
+EC2 ClientTokens: CreateRouteTable and CreateLaunchTemplate with a
+ClientToken already seen answer what that token made, as EC2 does (moto
+makes another: a second route table in a VPC makes DeleteVpc refuse, which
+Terraform retries for 20 minutes).
+
+EC2 security group rules: a revoke naming a rule id the group does not hold
+is ``InvalidPermission.NotFound`` on moto where EC2 answers
+``InvalidSecurityGroupRuleId.NotFound``, which Terraform takes as "already
+deleted" on a destroy. Here such a revoke answers EC2's code.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import sys
 import threading
-import types
-from collections import defaultdict
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote
@@ -153,41 +154,70 @@ def _found_first(describe: Callable[..., dict[str, Any]]) -> Callable[..., dict[
     return found_first
 
 
-_CONDITIONAL_PUTS = threading.Lock()
+_ONE_AT_A_TIME = threading.Lock()
+_KEPT_ANSWERS = 4096  # the answers kept for replay, the oldest dropped first
+_KEPT_BYTES = 1 << 20  # an answer longer than this is not kept
+
+Answer = tuple[str, list[tuple[str, str]], bytes]  # status, headers, body
 
 
-def _atomic_conditional_puts() -> None:
-    from moto.s3.responses import S3Response
-
-    put = S3Response.put_object
-
-    def put_object(self: S3Response) -> Any:
-        if self.headers.get("If-Match") or self.headers.get("If-None-Match"):
-            with _CONDITIONAL_PUTS:
-                return put(self)
-        return put(self)
-
-    S3Response.put_object = put_object  # type: ignore[method-assign]
+def _attempt(environ: dict[str, Any]) -> int:
+    """The attempt number the AWS SDK sent (``amz-sdk-request: attempt=2;
+    max=25``), 1 where it sent none."""
+    for part in environ.get("HTTP_AMZ_SDK_REQUEST", "").split(";"):
+        key, _, value = part.strip().partition("=")
+        if key == "attempt" and value.isdigit():
+            return int(value)
+    return 1
 
 
-_TAG_WRITES = threading.Lock()
+def _answered(app: Callable[..., Any], environ: dict[str, Any]) -> Answer:
+    """What the WSGI ``app`` answers ``environ``, read whole."""
+    said: dict[str, Any] = {}
+    body: list[bytes] = []
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        said.update(status=status, headers=headers)
+        return body.append
+
+    result = app(environ, start_response)
+    try:
+        body.extend(result)
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+    return said["status"], said["headers"], b"".join(body)
 
 
-def _whole(write: Callable[..., bool]) -> Callable[..., bool]:
-    """``write`` (TagBackend.create_tags and its kin) made on copies of the
-    resources' tag dicts, each then put in place whole: a thread reading
-    tags meanwhile sees the old dict or the new one, never one changing."""
+def one_call_at_a_time(app: Callable[..., Any]) -> Callable[..., Any]:
+    """The WSGI ``app`` answering one call at a time, and a later attempt of
+    a call (same ``amz-sdk-invocation-id``) whose earlier one it answered
+    2xx with that answer again, without running the call twice."""
+    answers: OrderedDict[str, Answer] = OrderedDict()
 
-    def whole(self: Any, resource_ids: list[str], tags: Any) -> bool:
-        with _TAG_WRITES:
-            copies = {r: dict(self.tags[r]) for r in resource_ids if r in self.tags}
-            aside = types.SimpleNamespace(tags=defaultdict(dict, copies))
-            done = write(aside, resource_ids, tags)  # moto's own checks, on the copies
-            for r in resource_ids:
-                self.tags[r] = aside.tags[r]
-            return done
+    def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        invocation = environ.get("HTTP_AMZ_SDK_INVOCATION_ID")
+        with _ONE_AT_A_TIME:
+            kept = answers.get(invocation) if invocation else None
+            if kept is not None and kept[0].startswith("2") and _attempt(environ) > 1:
+                where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
+                print(
+                    f"moto_server: attempt {_attempt(environ)} of call {invocation} ({where}, "
+                    f"{environ.get('HTTP_X_AMZ_TARGET', '')}): its first answer, {kept[0]}, again",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            else:
+                kept = _answered(app, environ)
+                if invocation and len(kept[2]) <= _KEPT_BYTES:
+                    answers[invocation] = kept
+                    while len(answers) > _KEPT_ANSWERS:
+                        answers.popitem(last=False)
+        status, headers, body = kept
+        start_response(status, headers)
+        return [body]
 
-    return whole
+    return answer
 
 
 def _once_per_client_token(
@@ -213,13 +243,10 @@ def _once_per_client_token(
     return once
 
 
-def _tags_whole_and_creates_once() -> None:
-    from moto.ec2.models.tags import TagBackend
+def _creates_once_per_client_token() -> None:
     from moto.ec2.responses.launch_templates import LaunchTemplates
     from moto.ec2.responses.route_tables import RouteTables
 
-    for name in ("create_tags", "delete_tags", "delete_tag_keys"):
-        setattr(TagBackend, name, _whole(getattr(TagBackend, name)))
     RouteTables.create_route_table = _once_per_client_token(  # type: ignore[method-assign,assignment]
         RouteTables.create_route_table,
         lambda backend, answer: answer.result["RouteTable"].id in backend.route_tables,
@@ -230,9 +257,6 @@ def _tags_whole_and_creates_once() -> None:
             answer.result["LaunchTemplate"]["LaunchTemplateId"] in backend.launch_templates
         ),
     )
-
-
-_RULE_WRITES = threading.RLock()
 
 
 def _not_held(backend: Any, call: inspect.BoundArguments, direction: str) -> list[str]:
@@ -250,40 +274,52 @@ def _not_held(backend: Any, call: inspect.BoundArguments, direction: str) -> lis
     return [i for i in ids if i not in held]
 
 
-def _rule_writes_whole() -> None:
-    """Security group rules: each write under one lock, and a revoke that
-    names a rule id the group does not hold answered as EC2 answers it."""
+def _revokes_answer_ec2s_code() -> None:
+    """A revoke of security group rules that names a rule id the group does
+    not hold answered as EC2 answers it."""
     from moto.ec2.exceptions import EC2ClientError
     from moto.ec2.models.security_groups import SecurityGroupBackend
 
-    def serialised(write: Callable[..., Any], *, direction: str | None) -> Callable[..., Any]:
-        signature = inspect.signature(write)
+    def checked(revoke: Callable[..., Any], direction: str) -> Callable[..., Any]:
+        signature = inspect.signature(revoke)
 
-        def one_at_a_time(self: Any, *args: Any, **kwargs: Any) -> Any:
-            with _RULE_WRITES:
-                if direction is not None and (
-                    missing := _not_held(self, signature.bind(self, *args, **kwargs), direction)
-                ):
-                    raise EC2ClientError(
-                        "InvalidSecurityGroupRuleId.NotFound",
-                        f"The security group rule ID '{missing[0]}' does not exist",
-                    )
-                return write(self, *args, **kwargs)
+        def held_first(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if missing := _not_held(self, signature.bind(self, *args, **kwargs), direction):
+                raise EC2ClientError(
+                    "InvalidSecurityGroupRuleId.NotFound",
+                    f"The security group rule ID '{missing[0]}' does not exist",
+                )
+            return revoke(self, *args, **kwargs)
 
-        return one_at_a_time
+        return held_first
 
     for direction in ("ingress", "egress"):
-        for verb in ("authorize", "revoke"):
-            name = f"{verb}_security_group_{direction}"
-            write = getattr(SecurityGroupBackend, name)
-            checked = direction if verb == "revoke" else None
-            setattr(SecurityGroupBackend, name, serialised(write, direction=checked))
+        name = f"revoke_security_group_{direction}"
+        setattr(SecurityGroupBackend, name, checked(getattr(SecurityGroupBackend, name), direction))
+
+
+def _served_one_call_at_a_time() -> None:
+    """moto's server application (one per server) answering through
+    ``one_call_at_a_time``."""
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication as App
+
+    made, dispatch = App.__init__, App.__call__
+
+    def init(self: App, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        self.served = one_call_at_a_time(functools.partial(dispatch, self))  # type: ignore[attr-defined]
+
+    def call(self: App, environ: dict[str, Any], start_response: Any) -> Any:
+        return self.served(environ, start_response)  # type: ignore[attr-defined]
+
+    App.__init__ = init  # type: ignore[method-assign]
+    App.__call__ = call  # type: ignore[method-assign]
 
 
 def _patch() -> None:
-    _atomic_conditional_puts()
-    _tags_whole_and_creates_once()
-    _rule_writes_whole()
+    _served_one_call_at_a_time()
+    _creates_once_per_client_token()
+    _revokes_answer_ec2s_code()
     created = models.FakeKafkaCluster.__init__
 
     def active_at_once(self: models.FakeKafkaCluster, *args: Any, **kwargs: Any) -> None:

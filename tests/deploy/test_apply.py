@@ -14,6 +14,7 @@ absence fails the tier.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -107,31 +108,8 @@ class Applied:
     def destroy(self) -> None:
         """``terraform destroy``; the state is empty after it."""
         args = ("destroy", "-auto-approve", "-refresh=false", *self.variables)
-        done = self.run(*args, check=False)
-        if done.returncode != 0:
-            said = done.stdout + done.stderr
-            assert self._endpoint_deleted_already(said), said[-6000:]
-            self.run(*args)
+        self.run(*args)
         assert self.run("state", "list").stdout.strip() == ""
-
-    def _endpoint_deleted_already(self, said: str) -> bool:
-        """Whether the destroy failed only where moto's DeleteVpcEndpoints is
-        not idempotent: a call that finds the endpoint's routes gone already
-        answers InvalidRoute.NotFound, where AWS answers success. Only if moto
-        holds the endpoint deleted does it leave the state, and the destroy
-        run again; any other failure stands."""
-        found = re.search(
-            r"deleting EC2 VPC Endpoint \((vpce-[0-9a-f]+)\).*InvalidRoute\.NotFound", said
-        )
-        if found is None or said.count("Error:") != 1:
-            return False
-        (endpoint,) = self.client("ec2").describe_vpc_endpoints(VpcEndpointIds=[found[1]])[
-            "VpcEndpoints"
-        ]
-        if endpoint["State"].lower() != "deleted":
-            return False
-        self.run("state", "rm", "module.network.aws_vpc_endpoint.s3[0]")
-        return True
 
     def value(self, expression: str) -> Any:
         """``expression`` evaluated by ``terraform console`` on the applied state."""
@@ -172,7 +150,9 @@ def _client(service: str) -> Any:
     )
 
 
-def _env() -> dict[str, str]:
+def _env(log: Path | None = None) -> dict[str, str]:
+    """The environment terraform runs in: moto's fake credentials, and with
+    ``log``, the AWS provider's debug log written there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "TF_"))}
     env.update(
         AWS_ACCESS_KEY_ID="testing",
@@ -184,7 +164,22 @@ def _env() -> dict[str, str]:
         TF_IN_AUTOMATION="1",
         TF_INPUT="0",
     )
+    if log is not None:
+        env.update(TF_LOG_PROVIDER="DEBUG", TF_LOG_PATH=str(log))
     return env
+
+
+def _sent_again(log: Path) -> list[str]:
+    """The AWS calls the provider's debug ``log`` shows it sent more than
+    once (the SDK retries a call whose answer failed or did not come)."""
+    text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+    again = []
+    for record in re.split(r"\n(?=\d{4}-\d\d-\d\dT)", text):
+        attempt = re.search(r'amz_sdk_request="attempt=(\d+)', record)
+        if "HTTP Request Sent" in record and attempt and int(attempt[1]) > 1:
+            method = re.search(r"rpc\.method=(\w+)", record)
+            again.append(f"{method[1] if method else '?'} (attempt {attempt[1]})")
+    return again
 
 
 @pytest.fixture(autouse=True)
@@ -275,15 +270,18 @@ def _runner(terraform: str, workdir: Path, hung: list[str], timeout: float = 600
     """``run(*args, check=True, stdin=None)``: terraform ARGS in ``workdir``,
     within ``timeout`` seconds; a command that runs past it is killed with
     its provider plugins, fails with what terraform was still waiting on,
-    and its name goes on ``hung``."""
+    and its name goes on ``hung``. A failure names the AWS calls the SDK
+    sent again (each command's provider log is kept in ``workdir``)."""
+    ran = itertools.count(1)
 
     def run(
         *args: str, check: bool = True, stdin: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         argv = [terraform, f"-chdir={workdir}", *args, "-no-color"]
+        log = workdir / f"provider-{next(ran):02d}-{args[0]}.log"
         with subprocess.Popen(
             argv,
-            env=_env(),
+            env=_env(log),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -297,11 +295,12 @@ def _runner(terraform: str, workdir: Path, hung: list[str], timeout: float = 600
                 os.killpg(proc.pid, signal.SIGKILL)
                 stdout, _ = proc.communicate()
                 # its last lines name what it waited on ("Still destroying... [id=...]")
-                said = stdout[-6000:]
+                said = f"{stdout[-6000:]}\nsent again: {_sent_again(log)}"
                 raise AssertionError(f"terraform {args[0]}: over {timeout} s\n{said}") from None
         done = subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
         if check:
-            assert done.returncode == 0, (stdout + stderr)[-6000:]
+            said = (stdout + stderr)[-6000:]
+            assert done.returncode == 0, f"{said}\nsent again: {_sent_again(log)}"
         return done
 
     return run

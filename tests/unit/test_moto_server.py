@@ -1,13 +1,15 @@
-"""scripts/moto_server.py's EC2 mends: a tag write never changes a tag dict
-that another request is reading, CreateRouteTable and CreateLaunchTemplate
-make one resource per ClientToken, however often a retry sends it, and
-security group rules are written one at a time, a revoke of a rule id no
-longer held answered as EC2 answers it."""
+"""scripts/moto_server.py's mends: the server answers one call at a time,
+and a retried call whose first attempt it answered 2xx gets that answer
+again without moto running it twice; CreateRouteTable and
+CreateLaunchTemplate make one resource per ClientToken; a revoke of a
+security group rule id no longer held is answered as EC2 answers it."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -16,11 +18,11 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
-from moto.ec2.exceptions import TagLimitExceeded
 from moto.ec2.models.security_groups import SecurityGroupBackend
-from moto.ec2.models.tags import TagBackend
 from moto.ec2.responses.launch_templates import LaunchTemplates
 from moto.ec2.responses.route_tables import RouteTables
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from werkzeug.test import Client
 
 pytestmark = pytest.mark.unit
 
@@ -38,19 +40,16 @@ def _server() -> ModuleType:
 @pytest.fixture
 def mended(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     """moto's classes with the server's EC2 mends, put back as they were after."""
-    for name in ("create_tags", "delete_tags", "delete_tag_keys"):
-        monkeypatch.setattr(TagBackend, name, getattr(TagBackend, name))
     monkeypatch.setattr(RouteTables, "create_route_table", RouteTables.create_route_table)
     monkeypatch.setattr(
         LaunchTemplates, "create_launch_template", LaunchTemplates.create_launch_template
     )
     for direction in ("ingress", "egress"):
-        for verb in ("authorize", "revoke"):
-            name = f"{verb}_security_group_{direction}"
-            monkeypatch.setattr(SecurityGroupBackend, name, getattr(SecurityGroupBackend, name))
+        name = f"revoke_security_group_{direction}"
+        monkeypatch.setattr(SecurityGroupBackend, name, getattr(SecurityGroupBackend, name))
     server = _server()
-    server._tags_whole_and_creates_once()
-    server._rule_writes_whole()
+    server._creates_once_per_client_token()
+    server._revokes_answer_ec2s_code()
     return server
 
 
@@ -59,27 +58,6 @@ def _ec2() -> Any:
     return boto3.client(
         "ec2", region_name="eu-west-3", aws_access_key_id="testing", aws_secret_access_key="testing"
     )
-
-
-def test_a_read_of_tags_under_way_survives_a_write(mended: None) -> None:
-    backend = TagBackend()
-    backend.create_tags(["rtb-1"], {"Name": "public"})
-    reading = iter(backend.tags["rtb-1"].items())  # as moto's describe_tags reads them
-    assert next(reading) == ("Name", "public")
-    backend.create_tags(["rtb-1"], {"Role": "nat"})
-    backend.delete_tags(["rtb-1"], {"Name": None})  # type: ignore[dict-item]
-    backend.delete_tag_keys(["rtb-1"], ["Missing"])
-    # moto as it comes: RuntimeError, dictionary keys changed during iteration
-    assert list(reading) == []
-    assert backend.tags["rtb-1"] == {"Role": "nat"}
-
-
-def test_a_refused_tag_write_changes_nothing(mended: None) -> None:
-    backend = TagBackend()
-    backend.create_tags(["rtb-1"], {f"k{i}": "v" for i in range(50)})
-    with pytest.raises(TagLimitExceeded):
-        backend.create_tags(["rtb-1"], {"one-too-many": "v"})
-    assert len(backend.tags["rtb-1"]) == 50 and "one-too-many" not in backend.tags["rtb-1"]
 
 
 def test_a_route_table_is_made_once_per_client_token(mended: None) -> None:
@@ -150,18 +128,113 @@ def test_a_revoke_of_a_rule_id_no_longer_held_is_answered_as_ec2_answers_it(
         ]
 
 
-def test_a_rule_write_waits_for_the_one_under_way(mended: ModuleType) -> None:
+@pytest.fixture
+def moto_app() -> Iterator[Any]:
+    """moto's server application, in process, on backends reset after."""
     with mock_aws():
-        ec2, group, rule = _group()
-        done = threading.Event()
+        yield DomainDispatcherApplication(create_backend_app)
 
-        def authorize() -> None:
-            ec2.authorize_security_group_ingress(GroupId=group, IpPermissions=[rule])
-            done.set()
 
-        with mended._RULE_WRITES:  # a revoke rebuilding this group's rules, say
-            writer = threading.Thread(target=authorize)
-            writer.start()
-            assert not done.wait(0.5)  # moto as it comes: added while the list is rebuilt
-        writer.join(10)
-        assert done.is_set()
+def _put_parameter(app: Any, invocation: str, attempt: int) -> tuple[int, dict[str, Any]]:
+    """SSM PutParameter of one new name, sent to the WSGI ``app`` as the AWS
+    SDK sends attempt ``attempt`` of call ``invocation``."""
+    scope = "Credential=testing/20261207/eu-west-3/ssm/aws4_request"
+    answer = Client(app).post(
+        "/",
+        data=json.dumps({"Name": "/fleet/p", "Value": "v", "Type": "String"}),
+        headers={
+            "Host": "ssm.eu-west-3.amazonaws.com",
+            "X-Amz-Target": "AmazonSSM.PutParameter",
+            "Content-Type": "application/x-amz-json-1.1",
+            "Authorization": f"AWS4-HMAC-SHA256 {scope}, SignedHeaders=host, Signature=0",
+            "amz-sdk-invocation-id": invocation,
+            "amz-sdk-request": f"attempt={attempt}; max=25",
+        },
+    )
+    return answer.status_code, json.loads(answer.get_data())
+
+
+def test_a_retried_call_gets_its_first_answer_and_runs_once(moto_app: Any) -> None:
+    served = _server().one_call_at_a_time(moto_app)
+    assert _put_parameter(served, "call-1", 1) == (200, {"Version": 1, "Tier": "Standard"})
+    # its answer lost on the way: the SDK sends it again
+    assert _put_parameter(served, "call-1", 2) == (200, {"Version": 1, "Tier": "Standard"})
+    # a new call with the same arguments is moto's to answer, as before
+    status, said = _put_parameter(served, "call-2", 1)
+    assert (status, said["__type"]) == (400, "ParameterAlreadyExists")
+    # moto as it comes: the retry runs again and fails on the name its first try took
+    status, said = _put_parameter(moto_app, "call-1", 2)
+    assert (status, said["__type"]) == (400, "ParameterAlreadyExists")
+
+
+def _counted(statuses: list[str]) -> tuple[Any, list[str]]:
+    """A WSGI application answering ``statuses`` in turn, and the list of
+    the calls it ran."""
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        ran.append(environ["HTTP_AMZ_SDK_INVOCATION_ID"])
+        start_response(statuses[len(ran) - 1], [("Content-Type", "text/plain")])
+        return [f"answer {len(ran)}".encode()]
+
+    return app, ran
+
+
+def _send(app: Any, invocation: str, attempt: int) -> tuple[str, bytes]:
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/",
+        "HTTP_AMZ_SDK_INVOCATION_ID": invocation,
+        "HTTP_AMZ_SDK_REQUEST": f"attempt={attempt}; max=3",
+    }
+    said: list[str] = []
+    body = app(environ, lambda status, headers: said.append(status))
+    return said[0], b"".join(body)
+
+
+def test_a_retry_of_a_call_that_failed_runs_again() -> None:
+    app, ran = _counted(["500 INTERNAL SERVER ERROR", "200 OK", "200 OK"])
+    served = _server().one_call_at_a_time(app)
+    assert _send(served, "c", 1) == ("500 INTERNAL SERVER ERROR", b"answer 1")
+    assert _send(served, "c", 2) == ("200 OK", b"answer 2")
+    assert _send(served, "c", 3) == ("200 OK", b"answer 2")  # the 2xx is kept
+    assert _send(served, "c", 1) == ("200 OK", b"answer 3")  # a first attempt always runs
+    assert ran == ["c", "c", "c"]
+
+
+def test_the_answers_kept_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    server = _server()
+    monkeypatch.setattr(server, "_KEPT_ANSWERS", 2)
+    app, ran = _counted(["200 OK"] * 5)
+    served = server.one_call_at_a_time(app)
+    for invocation in ("a", "b", "c"):
+        _send(served, invocation, 1)
+    assert _send(served, "c", 2) == ("200 OK", b"answer 3")  # kept
+    assert _send(served, "a", 2) == ("200 OK", b"answer 4")  # the oldest, dropped: run again
+    assert ran == ["a", "b", "c", "a"]
+
+
+def test_a_call_waits_for_the_one_under_way() -> None:
+    inside, leave = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        ran.append(environ["HTTP_AMZ_SDK_INVOCATION_ID"])
+        if len(ran) == 1:
+            inside.set()
+            assert leave.wait(10)
+        start_response("200 OK", [])
+        return [b""]
+
+    served = _server().one_call_at_a_time(app)
+    first = threading.Thread(target=_send, args=(served, "first", 1))
+    second = threading.Thread(target=_send, args=(served, "second", 1))
+    first.start()
+    assert inside.wait(10)
+    second.start()
+    second.join(0.5)
+    assert ran == ["first"]  # moto as it comes: both run at once, on their own threads
+    leave.set()
+    first.join(10)
+    second.join(10)
+    assert ran == ["first", "second"]
