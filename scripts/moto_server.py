@@ -171,6 +171,14 @@ def _attempt(environ: dict[str, Any]) -> int:
     return 1
 
 
+def _call(environ: dict[str, Any]) -> str:
+    """A call's service (from its signature's scope), method, path and target."""
+    scope = environ.get("HTTP_AUTHORIZATION", "").split("Credential=")[-1].split("/")
+    service = scope[3] if len(scope) > 3 else "?"
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    return f"{service} {environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')} {target}".strip()
+
+
 def _answered(app: Callable[..., Any], environ: dict[str, Any]) -> Answer:
     """What the WSGI ``app`` answers ``environ``, read whole."""
     said: dict[str, Any] = {}
@@ -200,10 +208,9 @@ def one_call_at_a_time(app: Callable[..., Any]) -> Callable[..., Any]:
         with _ONE_AT_A_TIME:
             kept = answers.get(invocation) if invocation else None
             if kept is not None and kept[0].startswith("2") and _attempt(environ) > 1:
-                where = f"{environ.get('REQUEST_METHOD')} {environ.get('PATH_INFO')}"
                 print(
-                    f"moto_server: attempt {_attempt(environ)} of call {invocation} ({where}, "
-                    f"{environ.get('HTTP_X_AMZ_TARGET', '')}): its first answer, {kept[0]}, again",
+                    f"moto_server: attempt {_attempt(environ)} of call {invocation} "
+                    f"({_call(environ)}): its first answer, {kept[0]}, again",
                     file=sys.stderr,
                     flush=True,
                 )
