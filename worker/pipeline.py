@@ -13,16 +13,6 @@ the runs it makes (the run alone, without the hand-over), per size class of
 batch (rows 1, 2-3, 4-7, ...): a class not yet run, or run slower than the
 bound of late, goes to the thread.
 
-While the model is mostly idle, a batch known to run in under
-``IDLE_INLINE_FACTOR`` times that bound runs on the event loop too: when its
-runs would fill under ``IDLE_SHARE`` of the time between batches (a moving
-average) and no other run is on the thread. At everyday rates a hand-over
-costs two thread wake-ups, more CPU than the run holds the loop up: a model
-whose runs take 1 ms between requests (caches gone cold; 0.25 ms back to
-back) spent 0.25 ms more CPU per request in its thread on a 2-core virtual
-machine. Under load the batches come close together and such runs stay in
-the thread, where the loop receives and replies meanwhile.
-
 Items come in bursts: every delivery of one read from the socket is handled
 before the batch loop has its turn again. So a full batch does not wait for
 that turn when a model slot is free (the batch loop holding it while it waits
@@ -56,9 +46,6 @@ from worker.batcher import Batcher
 from worker.runtime import Feeds
 
 log = get_logger("worker.pipeline")
-
-IDLE_INLINE_FACTOR = 5  # while mostly idle, runs known under this times inline_below run inline
-IDLE_SHARE = 0.25  # "mostly idle": runs would fill under this share of the time between batches
 
 
 @dataclass(eq=False, slots=True)
@@ -154,8 +141,6 @@ class Pipeline:
         self._inline_below = inline_below
         self._clock = clock
         self._run_s: dict[int, float] = {}  # size class -> moving average of a run, seconds
-        self._gap = 0.0  # moving average of the time between batches, seconds (0: unknown)
-        self._last_launch: float | None = None  # the pipeline's clock
         self.inline_runs = 0
         self.early_batches = 0  # full batches started from submit
         self._in_flight: set[_Launch] = set()  # runs handed to the model's thread
@@ -305,7 +290,6 @@ class Pipeline:
         its size class known to be quick) leave it to run where awaited."""
         rows = sum(i.rows for i in items)
         launch = _Launch(time.time(), time.monotonic(), self._clock(), rows, owns_slot=owns_slot)
-        self._time_between(launch.t0)
         if not (inline and self._runs_inline(rows)):
             launch.run = asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_on_thread, launch, items
@@ -370,29 +354,12 @@ class Pipeline:
             out.append(Outcome(item, self._reply(item, outputs=tensors, timings=timings), ended))
         return out
 
-    def _time_between(self, now: float) -> None:
-        """Learn the time between batches from one that starts ``now``."""
-        last, self._last_launch = self._last_launch, now
-        if last is not None:
-            gap = now - last
-            self._gap = gap if not self._gap else self._gap + 0.2 * (gap - self._gap)
-
     def _runs_inline(self, rows: int) -> bool:
-        """Whether a batch of ``rows``'s size class is known to run in under
-        ``inline_below``, or, the model mostly idle, in under
-        ``IDLE_INLINE_FACTOR`` times that."""
+        """Whether a batch of ``rows``'s size class is known to run in under ``inline_below``."""
         if self._inline_below <= 0:
             return False
         known = self._run_s.get(rows.bit_length())
-        if known is None:
-            return False
-        if known < self._inline_below:
-            return True
-        return (
-            known < IDLE_INLINE_FACTOR * self._inline_below
-            and known < IDLE_SHARE * self._gap
-            and not self._in_flight
-        )
+        return known is not None and known < self._inline_below
 
     def _learn(self, rows: int, elapsed: float) -> None:
         size_class = rows.bit_length()

@@ -196,19 +196,9 @@ class TimedModel(FakeModel):
         return super().run(feeds)
 
 
-async def _one_at_a_time(
-    pipe: Pipeline,
-    rows: list[int],
-    value: float = 1.0,
-    idle: tuple[TimedModel, float] | None = None,
-) -> None:
-    """Submit a request of each row count in turn, each after the last was
-    answered; with ``idle`` (a timed model, seconds), that long on its clock
-    after it, the model idle."""
+async def _one_at_a_time(pipe: Pipeline, rows: list[int], value: float = 1.0) -> None:
+    """Submit a request of each row count in turn, each after the last was answered."""
     for i, n in enumerate(rows):
-        if idle is not None:
-            model, seconds = idle
-            model.now += seconds
         sink = RequestSink()
         pipe.submit(_item(i, value, rows=n, sink=sink))
         reply = await asyncio.wait_for(sink.answer, 5)
@@ -271,37 +261,13 @@ async def test_a_replys_inference_time_is_the_run_not_the_hand_over() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cost", "bound", "idle"),
-    [(0.005, 0.001, 0.0), (0.006, 0.001, 1.0), (0.0, 0.0, 0.0), (0.0, 0.0, 1.0)],
-    ids=["slow-model", "slow-model-idle", "bound-of-zero", "bound-of-zero-idle"],
+    ("cost", "bound"), [(0.005, 0.001), (0.0, 0.0)], ids=["slow-model", "bound-of-zero"]
 )
-async def test_runs_stay_in_the_models_thread(cost: float, bound: float, idle: float) -> None:
-    """A model slower than the bound (busy, or idle but over 5 times the
-    bound), or any model under a bound of 0."""
+async def test_runs_stay_in_the_models_thread(cost: float, bound: float) -> None:
+    """A model slower than the bound, or any model under a bound of 0."""
     model = TimedModel(cost=cost)
     pipe = _timed_pipeline(model, inline_below=bound)
-    await _one_at_a_time(pipe, [1, 1, 1], idle=(model, idle))
-    await asyncio.wait_for(pipe.close(), 5)
-    assert threading.get_ident() not in model.threads and pipe.inline_runs == 0
-
-
-async def test_a_mostly_idle_model_runs_slower_batches_on_the_event_loop() -> None:
-    """Runs over the bound but under 5 times it, filling little of the time
-    between batches: on the loop, once the first has taught how long they take."""
-    model = TimedModel(cost=0.003)
-    pipe = _timed_pipeline(model, inline_below=0.001)
-    await _one_at_a_time(pipe, [1, 1, 1, 1], idle=(model, 0.05))
-    await asyncio.wait_for(pipe.close(), 5)
-    loop_thread = threading.get_ident()
-    assert [t == loop_thread for t in model.threads] == [False, True, True, True]
-
-
-async def test_a_busy_model_keeps_slower_batches_in_its_thread() -> None:
-    """The same runs, one right after the other (no time passes between
-    them but the runs'): in the model's thread."""
-    model = TimedModel(cost=0.003)
-    pipe = _timed_pipeline(model, inline_below=0.001)
-    await _one_at_a_time(pipe, [1, 1, 1, 1])
+    await _one_at_a_time(pipe, [1, 1, 1])
     await asyncio.wait_for(pipe.close(), 5)
     assert threading.get_ident() not in model.threads and pipe.inline_runs == 0
 
