@@ -47,7 +47,9 @@ Prints the targets and whether each is met. With ``--event-loops``, each loop
 (worker and client on it) is measured ``--repeat`` times, interleaved, and the
 medians are compared with asyncio's instead; with ``--baseline-ref`` and
 ``--repeat`` above 1, each build is measured that many times, interleaved,
-and the medians are compared with the baseline's. Brokers come from
+and the medians are compared with the baseline's. Interleaved rounds take
+turns at going first (ABBA...), so that a host or broker that drifts over
+the run favours neither. Brokers come from
 FLEET_TEST_AMQP_URL / FLEET_TEST_KAFKA_URL, else the local scripts start them.
 Traffic goes to loopback only and every run is bounded in time.
 """
@@ -626,6 +628,13 @@ def _reports_wake_cost(args: argparse.Namespace) -> bool:
     return bool(args.wake_cost and low and not compares)
 
 
+def interleaved(kinds: list[str], repeat: int) -> list[list[str]]:
+    """The order of each of ``repeat`` rounds: ``kinds``, then reversed, in
+    turn (ABBA), so a host that drifts during the run, or a broker that
+    grows slower with each run's topics, favours no kind by going first."""
+    return [kinds if i % 2 == 0 else kinds[::-1] for i in range(repeat)]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -694,16 +703,17 @@ def main() -> int:
                     loops = [x for x in args.event_loops.split(",") if x]
                     if loops != ["asyncio"]:
                         runs: dict[str, list[dict[str, Any]]] = {x: [] for x in loops}
-                        for _ in range(args.repeat):
-                            for loop in loops:
+                        for order in interleaved(loops, args.repeat):
+                            for loop in order:
                                 runs[loop].append(measure(ROOT, url, model, args, loop))
                         compare_runs(f"{label}, event loops", runs)
                         continue
                     if base_tree is not None and args.repeat > 1:
                         runs = {"baseline": [], "this": []}
-                        for _ in range(args.repeat):
-                            runs["baseline"].append(measure(base_tree, url, model, args))
-                            runs["this"].append(measure(ROOT, url, model, args))
+                        trees = {"baseline": base_tree, "this": ROOT}
+                        for order in interleaved(list(trees), args.repeat):
+                            for build in order:
+                                runs[build].append(measure(trees[build], url, model, args))
                         compare_runs(f"{label}, this build and --baseline-ref", runs)
                         continue
                     res = measure(ROOT, url, model, args)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from benchmarks.arrivals import offsets, poisson
-from benchmarks.latency import ROOT, _broker_clock, _client
+from benchmarks.latency import ROOT, _broker_clock, _client, interleaved
 from benchmarks.request_path import listener_pid, wakeups
 
 pytestmark = pytest.mark.unit
@@ -106,3 +106,9 @@ async def test_calls_due_by_a_slow_turn_of_the_loop_all_start_in_the_next() -> N
     # at most one turn per 2 ms of the 0.2 s, however slow the host: fewer
     # turns than half the calls (one call a turn would need a turn each)
     assert len(set(started)) < expected / 2
+
+
+def test_interleaved_rounds_take_turns_at_going_first() -> None:
+    rounds = interleaved(["baseline", "this"], 4)
+    assert rounds == [["baseline", "this"], ["this", "baseline"]] * 2
+    assert interleaved(["asyncio", "uvloop"], 1) == [["asyncio", "uvloop"]]
