@@ -31,9 +31,10 @@ holds one lock from its first byte read to its last written (moto's work is
 Python under one interpreter lock anyway, so little is lost).
 
 A retried call answered as before: when an answer does not reach the AWS SDK
-(a 500 like the above, a connection that failed), the SDK sends the call
-again, with the same ``amz-sdk-invocation-id`` header and the next attempt
-number in ``amz-sdk-request``. moto carries it out again, and a create then
+(a 500 like the above, or lost on its way: seen under load, calls moto had
+answered 200 sent again), the SDK sends the call again, with the same
+``amz-sdk-invocation-id`` header and the next attempt number in
+``amz-sdk-request``. moto carries it out again, and a create then
 finds the name its first try took (SSM ``ParameterAlreadyExists``, seen
 failing an apply), a delete the thing gone (``InvalidRoute.NotFound`` from
 DeleteVpcEndpoints, seen failing a destroy). Here a later attempt of a call
@@ -204,12 +205,12 @@ def one_call_at_a_time(app: Callable[..., Any]) -> Callable[..., Any]:
     answers: OrderedDict[str, Answer] = OrderedDict()
 
     def answer(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        invocation = environ.get("HTTP_AMZ_SDK_INVOCATION_ID")
+        invocation, attempt = environ.get("HTTP_AMZ_SDK_INVOCATION_ID"), _attempt(environ)
         with _ONE_AT_A_TIME:
             kept = answers.get(invocation) if invocation else None
-            if kept is not None and kept[0].startswith("2") and _attempt(environ) > 1:
+            if kept is not None and kept[0].startswith("2") and attempt > 1:
                 print(
-                    f"moto_server: attempt {_attempt(environ)} of call {invocation} "
+                    f"moto_server: attempt {attempt} of call {invocation} "
                     f"({_call(environ)}): its first answer, {kept[0]}, again",
                     file=sys.stderr,
                     flush=True,
@@ -234,18 +235,16 @@ def _once_per_client_token(
     with a token already seen gets the answer that token had, while what it
     made still ``stands(backend, answer)``, as EC2 answers a retry."""
     answers: dict[tuple[str, str], Any] = {}  # (account and region, ClientToken) -> answer
-    lock = threading.Lock()
 
-    def once(self: Any) -> Any:
+    def once(self: Any) -> Any:  # one call at a time: the server holds _ONE_AT_A_TIME
         token = self._get_param("ClientToken")
         if not token:
             return create(self)
         key = (f"{self.current_account}/{self.region}", token)
-        with lock:
-            answer = answers.get(key)
-            if answer is None or not stands(self.ec2_backend, answer):
-                answer = answers[key] = create(self)
-            return answer
+        answer = answers.get(key)
+        if answer is None or not stands(self.ec2_backend, answer):
+            answer = answers[key] = create(self)
+        return answer
 
     return once
 

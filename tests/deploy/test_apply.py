@@ -107,8 +107,7 @@ class Applied:
 
     def destroy(self) -> None:
         """``terraform destroy``; the state is empty after it."""
-        args = ("destroy", "-auto-approve", "-refresh=false", *self.variables)
-        self.run(*args)
+        self.run("destroy", "-auto-approve", "-refresh=false", *self.variables)
         assert self.run("state", "list").stdout.strip() == ""
 
     def value(self, expression: str) -> Any:
