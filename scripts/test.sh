@@ -173,15 +173,24 @@ say "lint and types, then tests: ${side[*]} (beside the others; report in $side_
 } >"$side_log" 2>&1 &
 side_pid=$!
 say "tests: every other tier, in $WORKERS processes"
-main_rc=0
-.venv/bin/pytest -n "$WORKERS" --durations=30 --ignore=tests/cluster "${side[@]/#/--ignore=}" ||
-    main_rc=$?
+main_log=.cache/main-tests.log
+set +e
+.venv/bin/pytest -n "$WORKERS" --durations=30 --ignore=tests/cluster "${side[@]/#/--ignore=}" 2>&1 |
+    tee "$main_log"
+main_rc=${PIPESTATUS[0]}
+set -e
 side_rc=0
 wait "$side_pid" || side_rc=$?
 say "lint and types, then tests: ${side[*]} (ran beside the others)"
 cat "$side_log"
 if ((main_rc != 0 || side_rc != 0)); then
-    ((main_rc == 0)) || broker_warnings
+    if ((main_rc != 0)); then
+        broker_warnings
+        # The side report above pushes the main tier's failures out of a
+        # short tail: name them again, last.
+        say "the failures of the other tiers (the whole report is in $main_log)"
+        sed -n '/short test summary info/,$p' "$main_log" | cut -c1-600
+    fi
     echo "tests failed: other tiers exit $main_rc, lint/deploy/apply/simulator exit $side_rc" >&2
     exit 1
 fi
