@@ -60,13 +60,13 @@ async def test_a_topic_that_takes_less_refuses_with_limit_exceeded_at_once(
         )
     finally:
         await admin.close()
-    t = await kafka(partitions=1, max_message_bytes=16_384, publish_timeout=5.0)
+    t = await kafka(partitions=1, max_message_bytes=16_384, publish_timeout=60.0)
     await t.declare_model(unique_model)
     started = time.monotonic()
     with pytest.raises(LimitExceeded) as err:
         await t.publish_request(unique_model, ONLINE, b"x" * 8192)
     assert not err.value.retriable
-    assert time.monotonic() - started < 4.0  # refused, not timed out
+    assert time.monotonic() - started < 30  # refused, not timed out
 
 
 # --------------------------------------------------------------------------- hand-backs
