@@ -17,12 +17,12 @@ pytestmark = pytest.mark.unit
 
 # Calls f() exactly CALLS times once the counting has begun, then says
 # "done"; it waits on built-ins only, so the Python calls counted are f's
-# and the call of the last wait. It sees for itself
-# that the counting has begun (a profile hook is set), so no f() is ever
-# called before the first signal's handler has run, however late that
-# runs; and the last wait says "done" from inside itself, with built-ins
-# alone, so a second signal sent on that word finds the wait called already
-# and no Python call left to come but the handler's (never counted).
+# and the call of the last wait. It sees for itself that the counting has
+# begun (a profile hook is set), so no f() is ever called before the first
+# signal's handler has run, however late that runs; and the last wait says
+# "done" from inside itself, with built-ins alone, so a second signal sent
+# on that word finds the wait called already and no Python call left to
+# come but the handler's (never counted).
 MODULE = """
 import os, sys, time
 
