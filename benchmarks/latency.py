@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/latency.py [--brokers amqp,kafka] [--models-to-run mlp,digits]
         [--rates 200,1000,4000] [--duration 10] [--warmup 5] [--baseline-ref HEAD~1 [--repeat 3]]
-        [--event-loops asyncio,uvloop --repeat 3]
+        [--event-loops asyncio,uvloop --repeat 3] [--interpreters PYTHON,PYTHON --repeat 3]
 
 For each broker and model, one ``fleet worker`` process and one client process:
 
@@ -43,9 +43,13 @@ For each broker and model, one ``fleet worker`` process and one client process:
    with ``--baseline-ref``, the same against a worker and client of that git
    revision (checked out in a temporary worktree), in the same run: the ratio.
 
-Prints the targets and whether each is met. With ``--event-loops``, each loop
+Prints the targets and whether each is met, and which interpreter ran the
+worker and the client. With ``--event-loops``, each loop
 (worker and client on it) is measured ``--repeat`` times, interleaved, and the
-medians are compared with asyncio's instead; with ``--baseline-ref`` and
+medians are compared with asyncio's instead; with ``--interpreters``, each
+Python executable given (a venv made from that interpreter, with this
+project installed) runs the worker and the client, the same way, compared
+with the first; with ``--baseline-ref`` and
 ``--repeat`` above 1, each build is measured that many times, interleaved,
 and the medians are compared with the baseline's. Interleaved rounds take
 turns at going first (ABBA...), so that a host or broker that drifts over
@@ -81,6 +85,7 @@ from benchmarks.request_path import (  # noqa: E402
     wakeups,
 )
 from benchmarks.revisions import add_worktree, remove_worktree  # noqa: E402
+from fleet import interpreter  # noqa: E402
 from fleet.stages import CLIENT_STAGES  # noqa: E402
 from fleet.worker_command import worker_argv, worker_command  # noqa: E402
 from fleetctl.demo import wait_model_served  # noqa: E402
@@ -256,9 +261,9 @@ else:
 )
 
 
-def _client(tree: Path, **args: Any) -> dict[str, Any]:
+def _client(tree: Path, python: str = sys.executable, **args: Any) -> dict[str, Any]:
     out = subprocess.run(
-        [sys.executable, "-c", CLIENT, json.dumps(args)],
+        [python, "-c", CLIENT, json.dumps(args)],
         cwd=tree,
         env={**os.environ, "PYTHONPATH": str(tree)},
         capture_output=True,
@@ -271,9 +276,12 @@ def _client(tree: Path, **args: Any) -> dict[str, Any]:
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _worker(tree: Path, broker: str, models: Path, loop: str) -> subprocess.Popen[Any]:
+def _worker(tree: Path, broker: str, models: Path, loop: str, python: str) -> subprocess.Popen[Any]:
     argv = worker_argv(
-        broker=broker, models=models, worker_id="bench", command=worker_command(log_level="WARNING")
+        broker=broker,
+        models=models,
+        worker_id="bench",
+        command=worker_command(python=python, log_level="WARNING"),
     )
     env = {**os.environ, "PYTHONPATH": str(tree)}
     if loop != "asyncio":
@@ -301,12 +309,19 @@ def _pct(values: list[float], q: float) -> float:
 
 
 def measure(
-    tree: Path, broker: str, model: str, args: argparse.Namespace, loop: str = "asyncio"
+    tree: Path,
+    broker: str,
+    model: str,
+    args: argparse.Namespace,
+    loop: str = "asyncio",
+    python: str = sys.executable,
 ) -> dict[str, Any]:
     """Idle, each rate and saturation against one worker of ``tree``, the
-    worker and the client on event loop ``loop``."""
-    worker = _worker(tree, broker, args.models if tree == ROOT else tree / "models", loop)
-    base = {"broker": broker, "model": model, "width": WIDTH[model], "seed": 0}
+    worker and the client on event loop ``loop``, run by interpreter ``python``."""
+    models = args.models if tree == ROOT else tree / "models"
+    worker = _worker(tree, broker, models, loop, python)
+    base: dict[str, Any] = {"broker": broker, "model": model, "width": WIDTH[model], "seed": 0}
+    base["python"] = python
     if loop != "asyncio":
         base["event_loop"] = loop
     try:
@@ -560,7 +575,9 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
             p50 = med([_pct(lat, 50) for lat in lats])
             p99 = med([_pct(lat, 99) for lat in lats])
             cpu = med([_cpu_ms(r["rates"][rate]) for r in results])
-            cells.append((rate, p50, p99, cpu))
+            ours = [r["rates"][rate] for r in results if "generator" in r["rates"][rate]]
+            fleet = med([_cpu_ms(x) - _generator_ms(x) for x in ours]) if ours else None
+            cells.append((rate, p50, p99, cpu, fleet))
         sats = [r["saturation"] for r in results]
         rps = med([len(x["lat"]) / x["seconds"] for x in sats])
         sat_cpu = med([_cpu_ms(x) for x in sats])
@@ -570,7 +587,8 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
             ref = runs_of
         text = "; ".join(
             f"{rate}/s p50 {p50:.2f} p99 {p99:.2f} ms CPU/req {cpu:.3f} ms"
-            for rate, p50, p99, cpu in cells
+            + ("" if fleet is None else f" (the fleet's {fleet:.3f}, less the load generator's)")
+            for rate, p50, p99, cpu, fleet in cells
         )
         print(
             f"{variant:>8}: {text}; saturation {rps:.0f} req/s, CPU/req {sat_cpu:.3f} ms "
@@ -579,6 +597,7 @@ def compare_runs(label: str, runs: dict[str, list[dict[str, Any]]]) -> None:
         if variant != first:
             ratios = "; ".join(
                 f"{c[0]}/s p50 {c[1] / r[1]:.2f}x p99 {c[2] / r[2]:.2f}x CPU {c[3] / r[3]:.2f}x"
+                + ("" if c[4] is None or r[4] is None else f" (the fleet's {c[4] / r[4]:.2f}x)")
                 for c, r in zip(cells, ref["cells"], strict=True)
             )
             print(
@@ -623,7 +642,8 @@ def _reports_wake_cost(args: argparse.Namespace) -> bool:
     wake-up's cost: a rate of that target, and no comparison of event loops
     or of builds over ``--repeat`` (those print their ratios alone)."""
     loops = [x for x in args.event_loops.split(",") if x]
-    compares = loops != ["asyncio"] or (args.baseline_ref and args.repeat > 1)
+    compares = loops != ["asyncio"] or bool(args.interpreters)
+    compares = compares or bool(args.baseline_ref and args.repeat > 1)
     low = min(args.rates, default=CPU_TARGET_RATE + 1) <= CPU_TARGET_RATE
     return bool(args.wake_cost and low and not compares)
 
@@ -633,6 +653,40 @@ def interleaved(kinds: list[str], repeat: int) -> list[list[str]]:
     turn (ABBA), so a host that drifts during the run, or a broker that
     grows slower with each run's topics, favours no kind by going first."""
     return [kinds if i % 2 == 0 else kinds[::-1] for i in range(repeat)]
+
+
+def compare_interpreters(
+    url: str, model: str, args: argparse.Namespace, pythons: list[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """Each interpreter's runs (worker and client both run by it), ``--repeat``
+    of each, interleaved; keyed by a short name (``python-1``, ``python-2``...)
+    after each interpreter's line of what it is."""
+    names = {}
+    for n, python in enumerate(pythons, 1):
+        names[python] = f"python-{n}"
+        print(f"python-{n}: {python}: {describe_interpreter(python)}")
+    runs: dict[str, list[dict[str, Any]]] = {names[p]: [] for p in pythons}
+    for order in interleaved(pythons, args.repeat):
+        for python in order:
+            runs[names[python]].append(measure(ROOT, url, model, args, python=python))
+    return runs
+
+
+def describe_interpreter(python: str) -> str:
+    """``python``'s version and build, as :func:`fleet.interpreter.describe`
+    reports it from inside it."""
+    out = subprocess.run(
+        [python, "-c", "from fleet.interpreter import describe; print(describe())"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise RuntimeError(f"{python} cannot run this project: {out.stderr[-500:]}")
+    return out.stdout.strip()
 
 
 def main() -> int:
@@ -663,6 +717,13 @@ def main() -> int:
         "interleaved, with the medians' ratios to asyncio printed",
     )
     ap.add_argument(
+        "--interpreters",
+        default="",
+        help="Python executables to compare, each with this project installed (a venv"
+        " made from that interpreter): worker and client run by each, --repeat times,"
+        " interleaved, with the medians' ratios to the first printed",
+    )
+    ap.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -691,6 +752,8 @@ def main() -> int:
 
     build_all(args.models)
     wake_us, cold = _host_costs() if _reports_wake_cost(args) else (None, None)
+    if not args.interpreters:  # a comparison names each interpreter itself
+        print(f"interpreter (worker and client): {sys.executable}: {interpreter.describe()}")
     started: list[str] = []
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -700,6 +763,11 @@ def main() -> int:
                 url = broker_url(b, started)
                 for model in [m for m in args.names.split(",") if m]:
                     label = f"{model} over {b}, one worker, {os.cpu_count()} CPUs"
+                    pythons = [x for x in args.interpreters.split(",") if x]
+                    if pythons:
+                        runs = compare_interpreters(url, model, args, pythons)
+                        compare_runs(f"{label}, interpreters", runs)
+                        continue
                     loops = [x for x in args.event_loops.split(",") if x]
                     if loops != ["asyncio"]:
                         runs: dict[str, list[dict[str, Any]]] = {x: [] for x in loops}

@@ -29,6 +29,7 @@ import os
 import socket
 import time
 
+from fleet import interpreter
 from fleet.cache import ResultCache
 from fleet.errors import FleetError
 from fleet.eventloop import cancel_and_wait, running_loop_kind
@@ -152,6 +153,7 @@ class Worker:
             oip_port=self.oip_port,
             oip_grpc_port=self.oip_grpc_port,
             event_loop=running_loop_kind(),
+            **interpreter.summary(),
         )
 
     async def _start_oip(self) -> None:

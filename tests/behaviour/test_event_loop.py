@@ -1,9 +1,10 @@
 """The worker and the client on uvloop (``fleet worker --event-loop uvloop``)
-answer as they do on asyncio."""
+answer as they do on asyncio; the worker says which loop and interpreter run it."""
 
 from __future__ import annotations
 
 import asyncio
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,9 @@ async def test_a_worker_on_each_loop_answers(
     try:
         (ready,) = [line for line in worker.lines if line.get("event") == "worker ready"]
         assert ready["event_loop"] == loop
+        assert ready["python"] == platform.python_version()  # the same interpreter as here
+        assert isinstance(ready["libpython_shared"], bool)
+        assert isinstance(ready["python_optimisations"], list)
         async with Client(broker_url) as client:
             np.testing.assert_array_equal(await _ask(client, digits, x), want)
     finally:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import platform
 import socket
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +115,38 @@ def test_interleaved_rounds_take_turns_at_going_first() -> None:
     rounds = interleaved(["baseline", "this"], 4)
     assert rounds == [["baseline", "this"], ["this", "baseline"]] * 2
     assert interleaved(["asyncio", "uvloop"], 1) == [["asyncio", "uvloop"]]
+
+
+def test_each_interpreter_compared_describes_itself_or_is_refused(tmp_path: Path) -> None:
+    """``latency.py --interpreters`` names what each interpreter is before it
+    measures it, and refuses one that cannot run this project, saying why."""
+    from benchmarks.latency import describe_interpreter
+
+    assert describe_interpreter(sys.executable).startswith(f"CPython {platform.python_version()},")
+    bare = tmp_path / "python"
+    bare.write_text("#!/bin/sh\necho 'no such module: fleet' >&2\nexit 1\n")
+    bare.chmod(0o755)
+    with pytest.raises(RuntimeError, match="cannot run this project: no such module: fleet"):
+        describe_interpreter(str(bare))
+
+
+def test_a_comparison_prints_the_fleets_cpu_less_the_generators_and_its_ratio(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Where each run measured the load generator alone (the rates of the
+    1 ms target), a comparison prints the fleet's CPU per request less it,
+    and that figure's ratio beside the ratio of the whole."""
+    from benchmarks.latency import compare_runs
+
+    def run(cpu_s: float, generator_s: float) -> dict[str, object]:
+        lat = [0.002] * 100
+        rate = {"lat": lat, "cpu_s": cpu_s, "worker_cpu_s": 0.1, "inference_s": 0.0}
+        rate["generator"] = {"lat": lat, "cpu_s": generator_s}
+        sat = {"lat": lat, "seconds": 1.0, "cpu_s": 0.01, "worker_cpu_s": 0.01, "inference_s": 0.0}
+        return {"rates": {150: rate}, "saturation": sat}
+
+    compare_runs("m", {"a": [run(0.1, 0.04)], "b": [run(0.05, 0.04)]})
+    out = capsys.readouterr().out
+    assert "CPU/req 2.000 ms (the fleet's 1.600, less the load generator's)" in out
+    assert "CPU/req 1.500 ms (the fleet's 1.100, less the load generator's)" in out
+    assert "CPU 0.75x (the fleet's 0.69x)" in out

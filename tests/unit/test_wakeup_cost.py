@@ -56,7 +56,12 @@ def test_a_wake_up_is_measured_only_for_runs_that_print_the_1_ms_target() -> Non
     from benchmarks.latency import _reports_wake_cost
 
     def run(**changed: object) -> Namespace:
-        args = {"wake_cost": True, "rates": [150, 1000], "event_loops": "asyncio"}
+        args = {
+            "wake_cost": True,
+            "rates": [150, 1000],
+            "event_loops": "asyncio",
+            "interpreters": "",
+        }
         return Namespace(**{**args, "baseline_ref": None, "repeat": 1, **changed})
 
     assert _reports_wake_cost(run())
@@ -64,6 +69,7 @@ def test_a_wake_up_is_measured_only_for_runs_that_print_the_1_ms_target() -> Non
     assert not _reports_wake_cost(run(wake_cost=False))
     assert not _reports_wake_cost(run(rates=[1000, 4000]))  # no rate of the 1 ms target
     assert not _reports_wake_cost(run(event_loops="asyncio,uvloop"))  # ratios alone
+    assert not _reports_wake_cost(run(interpreters="/a/python,/b/python"))
     assert not _reports_wake_cost(run(baseline_ref="HEAD~1", repeat=3))
 
 
