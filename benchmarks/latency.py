@@ -748,6 +748,13 @@ def main() -> int:
     )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
+    pythons = [x for x in args.interpreters.split(",") if x]
+    if pythons and (len(pythons) < 2 or len(set(pythons)) < len(pythons)):
+        ap.error("--interpreters takes two or more different Python executables")
+    if pythons and (args.event_loops != "asyncio" or args.baseline_ref):
+        ap.error(
+            "--interpreters compares interpreters alone: not with --event-loops or --baseline-ref"
+        )
     from worker.zoo import build_all
 
     build_all(args.models)

@@ -150,3 +150,24 @@ def test_a_comparison_prints_the_fleets_cpu_less_the_generators_and_its_ratio(
     assert "CPU/req 2.000 ms (the fleet's 1.600, less the load generator's)" in out
     assert "CPU/req 1.500 ms (the fleet's 1.100, less the load generator's)" in out
     assert "CPU 0.75x (the fleet's 0.69x)" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--interpreters", "/a/python"],
+        ["--interpreters", "/a/python,/a/python"],
+        ["--interpreters", "/a/python,/b/python", "--event-loops", "asyncio,uvloop"],
+        ["--interpreters", "/a/python,/b/python", "--baseline-ref", "HEAD~1"],
+    ],
+)
+def test_an_interpreter_comparison_that_cannot_be_made_is_refused_before_any_work(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import latency
+
+    monkeypatch.setattr(sys, "argv", ["latency.py", *argv])
+    with pytest.raises(SystemExit) as exc:
+        latency.main()
+    assert exc.value.code == 2
+    assert "--interpreters" in capsys.readouterr().err
