@@ -1,10 +1,10 @@
 """What this Python interpreter is, and how it was built.
 
 The interpreter's build moves what every request costs in CPU. On one host
-(``benchmarks/latency.py --interpreters``, two runs of four interleaved
+(``benchmarks/latency.py --interpreters``, three runs of four interleaved
 rounds), the worker and the client on Debian's ``python3.11`` (linked
 statically, and built by its packagers with profile-guided and link-time
-optimisation) took 0.87x the CPU per request at 150 req/s, and served
+optimisation) took 0.87-0.94x the CPU per request at 150 req/s, and served
 1.05-1.22x the requests per second at saturation, of the same on a CPython
 built as a shared library with neither (what ``pyenv install`` builds unless
 told otherwise). The official ``python`` images, the serving images' default
