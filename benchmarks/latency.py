@@ -656,34 +656,43 @@ def interleaved(kinds: list[str], repeat: int) -> list[list[str]]:
 
 
 def compare_interpreters(
-    url: str, model: str, args: argparse.Namespace, pythons: list[str]
+    url: str, model: str, args: argparse.Namespace, names: dict[str, str]
 ) -> dict[str, list[dict[str, Any]]]:
     """Each interpreter's runs (worker and client both run by it), ``--repeat``
-    of each, interleaved; keyed by a short name (``python-1``, ``python-2``...)
-    after each interpreter's line of what it is."""
-    names = {}
-    for n, python in enumerate(pythons, 1):
-        names[python] = f"python-{n}"
-        print(f"python-{n}: {python}: {describe_interpreter(python)}")
-    runs: dict[str, list[dict[str, Any]]] = {names[p]: [] for p in pythons}
-    for order in interleaved(pythons, args.repeat):
+    of each, interleaved; keyed by the short name ``names`` gives it."""
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names.values()}
+    for order in interleaved(list(names), args.repeat):
         for python in order:
             runs[names[python]].append(measure(ROOT, url, model, args, python=python))
     return runs
 
 
+def name_interpreters(pythons: list[str]) -> dict[str, str]:
+    """A short name for each interpreter (``python-1``, ``python-2``...),
+    printed once with what it is; :class:`RuntimeError` for one that cannot
+    run this project."""
+    names = {}
+    for n, python in enumerate(pythons, 1):
+        names[python] = f"python-{n}"
+        print(f"python-{n}: {python}: {describe_interpreter(python)}")
+    return names
+
+
 def describe_interpreter(python: str) -> str:
     """``python``'s version and build, as :func:`fleet.interpreter.describe`
     reports it from inside it."""
-    out = subprocess.run(
-        [python, "-c", "from fleet.interpreter import describe; print(describe())"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        out = subprocess.run(
+            [python, "-c", "from fleet.interpreter import describe; print(describe())"],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except OSError as exc:  # no such file, not executable
+        raise RuntimeError(f"{python} cannot run this project: {exc.strerror}") from exc
     if out.returncode != 0:
         raise RuntimeError(f"{python} cannot run this project: {out.stderr[-500:]}")
     return out.stdout.strip()
@@ -748,19 +757,25 @@ def main() -> int:
     )
     args = ap.parse_args()
     args.rates = [int(r) for r in args.rates.split(",") if r]
-    pythons = [x for x in args.interpreters.split(",") if x]
+    args.interpreters = [x for x in args.interpreters.split(",") if x]
+    pythons = args.interpreters
     if pythons and (len(pythons) < 2 or len(set(pythons)) < len(pythons)):
         ap.error("--interpreters takes two or more different Python executables")
     if pythons and (args.event_loops != "asyncio" or args.baseline_ref):
         ap.error(
             "--interpreters compares interpreters alone: not with --event-loops or --baseline-ref"
         )
+    if pythons:  # each named once, and one that cannot run refused before any work
+        try:
+            names = name_interpreters(pythons)
+        except RuntimeError as exc:
+            ap.error(str(exc))
+    else:
+        print(f"interpreter (worker and client): {sys.executable}: {interpreter.describe()}")
     from worker.zoo import build_all
 
     build_all(args.models)
     wake_us, cold = _host_costs() if _reports_wake_cost(args) else (None, None)
-    if not args.interpreters:  # a comparison names each interpreter itself
-        print(f"interpreter (worker and client): {sys.executable}: {interpreter.describe()}")
     started: list[str] = []
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
@@ -770,9 +785,8 @@ def main() -> int:
                 url = broker_url(b, started)
                 for model in [m for m in args.names.split(",") if m]:
                     label = f"{model} over {b}, one worker, {os.cpu_count()} CPUs"
-                    pythons = [x for x in args.interpreters.split(",") if x]
                     if pythons:
-                        runs = compare_interpreters(url, model, args, pythons)
+                        runs = compare_interpreters(url, model, args, names)
                         compare_runs(f"{label}, interpreters", runs)
                         continue
                     loops = [x for x in args.event_loops.split(",") if x]

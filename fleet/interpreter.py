@@ -1,15 +1,11 @@
 """What this Python interpreter is, and how it was built.
 
-The interpreter's build moves what every request costs in CPU. On one host
-(``benchmarks/latency.py --interpreters``, three runs of four interleaved
-rounds), the worker and the client on Debian's ``python3.11`` (linked
-statically, and built by its packagers with profile-guided and link-time
-optimisation) took 0.87-0.94x the CPU per request at 150 req/s, and served
-1.05-1.22x the requests per second at saturation, of the same on a CPython
-built as a shared library with neither (what ``pyenv install`` builds unless
-told otherwise). The official ``python`` images, the serving images' default
-base, are built with both optimisations too. A worker says in its ``worker
-ready`` line what runs it.
+The interpreter's build moves what every request costs in CPU: one built
+with profile-guided and link-time optimisation costs less than one built
+with neither (what ``pyenv install`` builds unless told otherwise). The
+README's "The interpreter's build" has the figures, measured with
+``benchmarks/latency.py --interpreters``. A worker says in its ``worker
+ready`` line what runs it (:func:`summary`).
 """
 
 from __future__ import annotations

@@ -128,6 +128,8 @@ def test_each_interpreter_compared_describes_itself_or_is_refused(tmp_path: Path
     bare.chmod(0o755)
     with pytest.raises(RuntimeError, match="cannot run this project: no such module: fleet"):
         describe_interpreter(str(bare))
+    with pytest.raises(RuntimeError, match="cannot run this project: No such file"):
+        describe_interpreter(str(tmp_path / "absent"))
 
 
 def test_a_comparison_prints_the_fleets_cpu_less_the_generators_and_its_ratio(
